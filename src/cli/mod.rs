@@ -1,0 +1,257 @@
+//! The `residency-relay` command line.
+
+mod route;
+
+use std::io::{BufRead, Write};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sha2::{Digest, Sha256};
+
+use crate::policy::{self, Policy};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "residency-relay",
+    version,
+    about = "Keeps each conference inside the jurisdiction its tenant chose"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate policy files and print a summary; exit non-zero with every problem otherwise.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+        /// Region files directory (default: the config's regions_dir).
+        #[arg(long)]
+        regions: Option<PathBuf>,
+    },
+    /// Show which relay a client at ADDR would be sent to, and why.
+    ///
+    /// Every relay is taken as healthy and idle unless named by --down; the
+    /// live router feeds real health and load into the same selection.
+    Route {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        regions: Option<PathBuf>,
+        /// The client's IP address.
+        #[arg(long)]
+        ip: IpAddr,
+        /// The conference's jurisdiction. With --tenant, checked against the
+        /// tenant's plan; omitted, the plan's default.
+        #[arg(long, required_unless_present = "tenant")]
+        jurisdiction: Option<String>,
+        /// Apply this tenant's plan rules to the pin.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Relays already hosting the conference (repeatable).
+        #[arg(long = "hosting", value_name = "RELAY_ID")]
+        hosting: Vec<String>,
+        /// Relays to treat as unhealthy (repeatable).
+        #[arg(long = "down", value_name = "RELAY_ID")]
+        down: Vec<String>,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read an API key from standard input and print the SHA-256 to store in config.
+    HashApiKey,
+}
+
+/// Exit code for a refused route (a valid answer, not a failure of the tool).
+const EXIT_REFUSED: u8 = 2;
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config, regions } => check(&config, regions.as_deref()),
+        Command::Route {
+            config,
+            regions,
+            ip,
+            jurisdiction,
+            tenant,
+            hosting,
+            down,
+            json,
+        } => {
+            let policy = match load(&config, regions.as_deref()) {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            let request = route::Request {
+                ip,
+                jurisdiction: jurisdiction.as_deref(),
+                tenant: tenant.as_deref(),
+                hosting: &hosting,
+                down: &down,
+            };
+            match route::run(&policy, &request) {
+                Ok(report) => {
+                    let mut out = std::io::stdout().lock();
+                    let written = if json {
+                        writeln!(out, "{}", report.to_json(&policy))
+                    } else {
+                        write!(out, "{}", report.to_text(&policy))
+                    };
+                    if written.is_err() {
+                        return ExitCode::FAILURE;
+                    }
+                    if report.is_refusal() {
+                        ExitCode::from(EXIT_REFUSED)
+                    } else {
+                        ExitCode::SUCCESS
+                    }
+                }
+                Err(message) => {
+                    eprintln!("error: {message}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::HashApiKey => {
+            let mut line = String::new();
+            if std::io::stdin().lock().read_line(&mut line).is_err() || line.trim().is_empty() {
+                eprintln!("error: give the API key on standard input");
+                return ExitCode::FAILURE;
+            }
+            println!("{}", hex::encode(Sha256::digest(line.trim().as_bytes())));
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn load(config: &Path, regions: Option<&Path>) -> Result<Policy, ExitCode> {
+    policy::load_with_regions(config, regions).map_err(|e| {
+        eprint!("{e}");
+        ExitCode::FAILURE
+    })
+}
+
+fn check(config: &Path, regions: Option<&Path>) -> ExitCode {
+    let policy = match load(config, regions) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    print!("{}", summary(&policy));
+    ExitCode::SUCCESS
+}
+
+/// The `check` summary: jurisdictions, relays per jurisdiction, plans, tenants, GeoIP.
+pub fn summary(policy: &Policy) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(s, "{}: OK", policy.source().display());
+    let _ = writeln!(s, "jurisdictions ({}):", policy.jurisdictions().len());
+    for j in policy.jurisdictions() {
+        let relays: Vec<&str> = j
+            .relays
+            .iter()
+            .map(|r| policy.relay(*r).id.as_str())
+            .collect();
+        let _ = writeln!(
+            s,
+            "  {:<8} {} ({}; {} {})",
+            j.id,
+            j.name,
+            j.legal_basis,
+            j.countries.len(),
+            if j.countries.len() == 1 {
+                "country"
+            } else {
+                "countries"
+            }
+        );
+        if relays.is_empty() {
+            let _ = writeln!(
+                s,
+                "           relays: none (every route into {} is refused)",
+                j.id
+            );
+        } else {
+            let _ = writeln!(
+                s,
+                "           relays ({}): {}",
+                relays.len(),
+                relays.join(", ")
+            );
+        }
+        if let Some(d) = j.default_relay {
+            let _ = writeln!(
+                s,
+                "           default relay for unknown locations: {}",
+                policy.relay(d).id
+            );
+        }
+    }
+    let _ = writeln!(s, "relays ({}):", policy.relays().len());
+    for (i, r) in policy.relays().iter().enumerate() {
+        let member: Vec<&str> = policy
+            .jurisdictions_of(crate::policy::RelayIdx(i as u32))
+            .map(|j| j.id.as_str())
+            .collect();
+        let _ = writeln!(
+            s,
+            "  {:<12} {} {} (in {}), {} participants, {} bit/s",
+            r.id,
+            r.country,
+            r.quic_addr,
+            member.join(", "),
+            r.max_participants,
+            r.max_bitrate_bps
+        );
+    }
+    let default = &policy.jurisdiction(policy.default_jurisdiction()).id;
+    let _ = writeln!(s, "operator default jurisdiction: {default}");
+    let _ = writeln!(s, "plans ({}):", policy.plans().len());
+    for p in policy.plans() {
+        let choices: Vec<&str> = p
+            .jurisdictions
+            .iter()
+            .map(|j| policy.jurisdiction(*j).id.as_str())
+            .collect();
+        let default = &policy.jurisdiction(p.default).id;
+        if p.may_choose() {
+            let _ = writeln!(
+                s,
+                "  {:<12} may choose {}; default {default}",
+                p.id,
+                choices.join(", ")
+            );
+        } else {
+            let _ = writeln!(s, "  {:<12} may not choose; pinned to {default}", p.id);
+        }
+    }
+    let _ = writeln!(s, "tenants ({}):", policy.tenants().len());
+    for t in policy.tenants() {
+        let _ = writeln!(s, "  {:<12} plan {}", t.id, policy.plan_of(t).id);
+    }
+    let geo = policy.geoip();
+    match geo.database() {
+        Some(db) => {
+            let _ = writeln!(s, "geoip: {} ({})", db.path().display(), db.database_type());
+        }
+        None => {
+            let _ = writeln!(
+                s,
+                "geoip: no database (overrides only; other addresses are unlocated)"
+            );
+        }
+    }
+    let _ = writeln!(
+        s,
+        "geoip overrides: {}; trusted proxies: {}",
+        geo.overrides().entries().len(),
+        policy.trusted_proxies().len()
+    );
+    s
+}

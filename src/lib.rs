@@ -1,0 +1,22 @@
+//! residency-relay: a media relay and router that keeps each conference's
+//! media and metadata inside the jurisdiction its tenant chose.
+//!
+//! The layers, one rule each:
+//!
+//! - [`policy`]: the operator's jurisdictions (`regions/*.toml`), relay
+//!   inventory, plans and tenants (`config/*.toml`), loaded and checked once
+//!   into an immutable [`policy::Policy`]. Policy code never reads the clock
+//!   or the network.
+//! - [`geo`]: where a client is, from operator CIDR overrides and a MaxMind DB.
+//!   Location only ranks relays; it never decides the jurisdiction.
+//! - [`select`]: the pure relay-selection function. It looks only at relays
+//!   inside the conference's jurisdiction and refuses, with a reason, when
+//!   none can take the participant; it never falls back abroad.
+//! - [`cli`]: the `residency-relay` commands (`check`, `route`, …), thin
+//!   wrappers that print what the layers above decide.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod geo;
+pub mod policy;
+pub mod select;

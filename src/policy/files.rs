@@ -1,0 +1,146 @@
+//! The operator's files as written: `regions/<id>.toml` and `config/*.toml`.
+//!
+//! These structs mirror the TOML one to one (`deny_unknown_fields`, so a typo is
+//! an error, not a silently ignored setting). Nothing here is trusted yet:
+//! [`super::load`] turns them into a checked [`super::Policy`].
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// `regions/<id>.toml`: one jurisdiction.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionFile {
+    /// Short id used in conference ids and API calls, e.g. `eu`. Must match the file name.
+    pub id: String,
+    /// Display name, e.g. "European Union and EEA".
+    pub name: String,
+    /// Free text naming the law this jurisdiction answers to, e.g. "GDPR".
+    pub legal_basis: String,
+    /// ISO 3166-1 alpha-2 codes of the member countries.
+    #[serde(default)]
+    pub countries: Vec<String>,
+    /// `true` for a jurisdiction of every ISO country (then `countries` stays empty).
+    #[serde(default)]
+    pub all_countries: bool,
+}
+
+/// `config/*.toml`: inventory, tenants, plans and GeoIP settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Directory of region files, relative to the config file. Default `../regions`.
+    pub regions_dir: Option<PathBuf>,
+    /// Jurisdiction for tenants whose plan may not choose.
+    pub default_jurisdiction: String,
+    /// Jurisdiction id → relay id used for participants whose location is unknown.
+    #[serde(default)]
+    pub default_relay: BTreeMap<String, String>,
+    #[serde(default)]
+    pub selection: SelectionSection,
+    #[serde(default)]
+    pub geoip: GeoIpSection,
+    #[serde(default, rename = "relay")]
+    pub relays: Vec<RelaySection>,
+    #[serde(default, rename = "plan")]
+    pub plans: Vec<PlanSection>,
+    #[serde(default, rename = "tenant")]
+    pub tenants: Vec<TenantSection>,
+}
+
+/// `[selection]`: how relays are ranked.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelectionSection {
+    /// Kilometres added to a relay's score at 100 % load (scaled linearly below).
+    #[serde(default = "default_load_penalty_km")]
+    pub load_penalty_km: f64,
+    /// A relay already hosting the conference is kept unless another is nearer
+    /// (in score) by more than this many kilometres.
+    #[serde(default = "default_stickiness_km")]
+    pub stickiness_km: f64,
+}
+
+fn default_load_penalty_km() -> f64 {
+    1000.0
+}
+
+fn default_stickiness_km() -> f64 {
+    300.0
+}
+
+impl Default for SelectionSection {
+    fn default() -> Self {
+        SelectionSection {
+            load_penalty_km: default_load_penalty_km(),
+            stickiness_km: default_stickiness_km(),
+        }
+    }
+}
+
+/// `[geoip]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeoIpSection {
+    /// MaxMind DB file (GeoIP2/GeoLite2 Country or City, DB-IP Lite, or a
+    /// `country_code` database), relative to the config file.
+    pub database: Option<PathBuf>,
+    /// Networks whose `X-Forwarded-For` header is believed (used by the router).
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// CIDR → country mappings consulted before the database.
+    #[serde(default, rename = "override")]
+    pub overrides: Vec<OverrideSection>,
+}
+
+/// `[[geoip.override]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverrideSection {
+    pub cidr: String,
+    pub country: String,
+    /// Optional position; the country centroid otherwise.
+    pub latitude: Option<f64>,
+    pub longitude: Option<f64>,
+}
+
+/// `[[relay]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelaySection {
+    pub id: String,
+    pub country: String,
+    pub latitude: f64,
+    pub longitude: f64,
+    /// `host:port` of the QUIC listener.
+    pub quic_addr: String,
+    /// `https://…` URL of the WebTransport endpoint, if browsers are served.
+    pub webtransport_url: Option<String>,
+    pub max_participants: u32,
+    pub max_bitrate_bps: u64,
+}
+
+/// `[[plan]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanSection {
+    pub id: String,
+    /// Jurisdictions a tenant on this plan may pin a conference to. Empty: the
+    /// plan may not choose and gets the operator default.
+    #[serde(default)]
+    pub jurisdictions: Vec<String>,
+    /// Pin used when a tenant does not ask for one. Defaults to the operator default.
+    pub default: Option<String>,
+}
+
+/// `[[tenant]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSection {
+    pub id: String,
+    pub plan: String,
+    /// Lower-case hex SHA-256 of the tenant's API key; the key itself is never stored.
+    pub api_key_sha256: String,
+}

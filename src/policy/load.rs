@@ -1,0 +1,783 @@
+//! Reading and checking policy files: every problem is collected and reported
+//! together, each naming the file, the field and what to do about it.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+
+use super::files::{ConfigFile, RegionFile};
+use super::{
+    CountryCode, CountrySet, Jurisdiction, JurisdictionIdx, Plan, Policy, Relay, RelayIdx,
+    SelectionParams, Tenant,
+};
+use crate::geo::{Database, GeoIp, GeoPoint, Override, Overrides};
+
+/// One thing wrong with the operator's files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub file: PathBuf,
+    /// Where in the file, e.g. `relay[2] "de-fra-1".country`.
+    pub field: String,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(
+                f,
+                "{}: {}: {}",
+                self.file.display(),
+                self.field,
+                self.message
+            )
+        }
+    }
+}
+
+/// Every problem found while loading; the policy is unusable until all are fixed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub problems: Vec<ConfigProblem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        writeln!(
+            f,
+            "{n} problem{} in the policy files:",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            writeln!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Loads `config` and the region files of its `regions_dir`.
+pub fn load(config: &Path) -> Result<Policy, ConfigError> {
+    load_with_regions(config, None)
+}
+
+/// Loads `config`; `regions` (when given) replaces the config's `regions_dir`.
+pub fn load_with_regions(config: &Path, regions: Option<&Path>) -> Result<Policy, ConfigError> {
+    let mut problems = Problems::default();
+    let text = std::fs::read_to_string(config).map_err(|e| {
+        single(
+            config,
+            "",
+            format!("cannot read the config file: {e}; check the --config path"),
+        )
+    })?;
+    let file: ConfigFile = toml::from_str(&text).map_err(|e| {
+        single(
+            config,
+            "",
+            format!("not valid config TOML: {}", e.to_string().trim_end()),
+        )
+    })?;
+    let base = config.parent().unwrap_or(Path::new("."));
+    let regions_dir = match regions {
+        Some(dir) => dir.to_owned(),
+        None => base.join(
+            file.regions_dir
+                .as_deref()
+                .unwrap_or(Path::new("../regions")),
+        ),
+    };
+    let region_files = read_regions(&regions_dir, config, &mut problems);
+    match Policy::from_files(config, file, region_files) {
+        Ok(policy) if problems.0.is_empty() => Ok(policy),
+        Ok(_) => Err(ConfigError {
+            problems: problems.0,
+        }),
+        Err(mut e) => {
+            problems.0.append(&mut e.problems);
+            Err(ConfigError {
+                problems: problems.0,
+            })
+        }
+    }
+}
+
+fn single(file: &Path, field: &str, message: String) -> ConfigError {
+    ConfigError {
+        problems: vec![ConfigProblem {
+            file: file.to_owned(),
+            field: field.to_owned(),
+            message,
+        }],
+    }
+}
+
+fn read_regions(dir: &Path, config: &Path, problems: &mut Problems) -> Vec<(PathBuf, RegionFile)> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            problems.push(
+                config,
+                "regions_dir",
+                format!(
+                    "cannot read the regions directory {}: {e}; set regions_dir or pass --regions",
+                    dir.display()
+                ),
+            );
+            return Vec::new();
+        }
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    paths.sort();
+    if paths.is_empty() {
+        problems.push(
+            config,
+            "regions_dir",
+            format!(
+                "{} holds no region files (*.toml); add at least one",
+                dir.display()
+            ),
+        );
+    }
+    let mut regions = Vec::new();
+    for path in paths {
+        match std::fs::read_to_string(&path) {
+            Ok(text) => match toml::from_str::<RegionFile>(&text) {
+                Ok(region) => regions.push((path, region)),
+                Err(e) => problems.push(
+                    &path,
+                    "",
+                    format!("not a valid region file: {}", e.to_string().trim_end()),
+                ),
+            },
+            Err(e) => problems.push(&path, "", format!("cannot read: {e}")),
+        }
+    }
+    regions
+}
+
+#[derive(Default)]
+struct Problems(Vec<ConfigProblem>);
+
+impl Problems {
+    fn push(&mut self, file: &Path, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigProblem {
+            file: file.to_owned(),
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+}
+
+/// Names an entry of an array of tables, e.g. `relay[2] "de-fra-1".country`.
+fn at(section: &str, i: usize, id: &str, field: &str) -> String {
+    if id.is_empty() {
+        format!("{section}[{i}].{field}")
+    } else {
+        format!("{section}[{i}] \"{id}\".{field}")
+    }
+}
+
+/// Ids appear in conference ids, URLs and metric labels: keep them plain.
+fn check_id(id: &str, max: usize) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= max
+        && id.as_bytes()[0].is_ascii_lowercase()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "'{id}' is not a valid id: use 1 to {max} lower-case letters, digits, '-' or '_', starting with a letter"
+        ))
+    }
+}
+
+fn parse_country(code: &str) -> Result<CountryCode, String> {
+    CountryCode::parse(code).map_err(|e| {
+        let hint = match code.to_ascii_uppercase().as_str() {
+            "UK" => " (the United Kingdom is 'GB')",
+            "EL" => " (Greece is 'GR')",
+            "EU" => " (list the member countries instead)",
+            _ => "",
+        };
+        format!("{e}{hint}")
+    })
+}
+
+impl Policy {
+    /// Checks parsed files and builds the policy. `config_path` names the config
+    /// file in messages and anchors relative paths; `regions` pairs each region
+    /// with the file it came from.
+    pub fn from_files(
+        config_path: &Path,
+        config: ConfigFile,
+        regions: Vec<(PathBuf, RegionFile)>,
+    ) -> Result<Policy, ConfigError> {
+        let mut p = Problems::default();
+        let cfg = config_path;
+
+        // Jurisdictions, in id order.
+        let mut regions = regions;
+        regions.sort_by(|a, b| a.1.id.cmp(&b.1.id).then(a.0.cmp(&b.0)));
+        let mut jurisdictions: Vec<Jurisdiction> = Vec::new();
+        let mut seen_region: HashMap<String, PathBuf> = HashMap::new();
+        for (path, region) in regions {
+            if let Err(m) = check_id(&region.id, 32) {
+                p.push(&path, "id", m);
+            }
+            let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+            if stem != region.id {
+                p.push(
+                    &path,
+                    "id",
+                    format!(
+                        "id '{}' differs from the file name '{stem}.toml'; rename the file or change the id",
+                        region.id
+                    ),
+                );
+            }
+            if let Some(first) = seen_region.get(&region.id) {
+                p.push(
+                    &path,
+                    "id",
+                    format!(
+                        "jurisdiction '{}' is already defined in {}",
+                        region.id,
+                        first.display()
+                    ),
+                );
+                continue;
+            }
+            seen_region.insert(region.id.clone(), path.clone());
+            if region.name.trim().is_empty() {
+                p.push(
+                    &path,
+                    "name",
+                    "is empty; give the jurisdiction a display name",
+                );
+            }
+            if region.legal_basis.trim().is_empty() {
+                p.push(
+                    &path,
+                    "legal_basis",
+                    "is empty; name the law this jurisdiction answers to",
+                );
+            }
+            let mut countries = CountrySet::new();
+            if region.all_countries {
+                if !region.countries.is_empty() {
+                    p.push(
+                        &path,
+                        "countries",
+                        "must be empty when all_countries = true; remove one of the two",
+                    );
+                }
+                countries = CountrySet::all();
+            } else if region.countries.is_empty() {
+                p.push(
+                    &path,
+                    "countries",
+                    "lists no country; list ISO 3166-1 alpha-2 codes or set all_countries = true",
+                );
+            }
+            for (i, code) in region.countries.iter().enumerate() {
+                match parse_country(code) {
+                    Ok(c) => {
+                        if !countries.insert(c) {
+                            p.push(
+                                &path,
+                                format!("countries[{i}]"),
+                                format!("'{c}' is listed twice"),
+                            );
+                        }
+                    }
+                    Err(m) => p.push(&path, format!("countries[{i}]"), m),
+                }
+            }
+            let centre = GeoPoint::centre_of(countries.iter().map(|c| c.centroid()));
+            jurisdictions.push(Jurisdiction {
+                id: region.id,
+                name: region.name,
+                legal_basis: region.legal_basis,
+                countries,
+                source: path,
+                relays: Vec::new(),
+                centre,
+                default_relay: None,
+            });
+        }
+        let jurisdiction_by_id: HashMap<String, JurisdictionIdx> = jurisdictions
+            .iter()
+            .enumerate()
+            .map(|(i, j)| (j.id.clone(), JurisdictionIdx(i as u16)))
+            .collect();
+        if jurisdictions.len() > usize::from(u16::MAX) {
+            p.push(cfg, "regions_dir", "more than 65535 jurisdictions");
+        }
+        let known = |id: &str| jurisdiction_by_id.get(id).copied();
+        let known_list = || {
+            let mut ids: Vec<_> = jurisdiction_by_id.keys().map(String::as_str).collect();
+            ids.sort_unstable();
+            ids.join(", ")
+        };
+
+        let default_jurisdiction = known(&config.default_jurisdiction);
+        if default_jurisdiction.is_none() {
+            p.push(
+                cfg,
+                "default_jurisdiction",
+                format!(
+                    "'{}' is not a jurisdiction; use one of: {}",
+                    config.default_jurisdiction,
+                    known_list()
+                ),
+            );
+        }
+
+        let sel = &config.selection;
+        for (field, v) in [
+            ("selection.load_penalty_km", sel.load_penalty_km),
+            ("selection.stickiness_km", sel.stickiness_km),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                p.push(
+                    cfg,
+                    field,
+                    format!("{v} is not a distance; use a number of kilometres >= 0"),
+                );
+            }
+        }
+
+        // Relays, in id order.
+        let mut relays: Vec<Relay> = Vec::new();
+        let mut seen_relay: HashSet<String> = HashSet::new();
+        let mut seen_addr: HashMap<SocketAddr, String> = HashMap::new();
+        for (i, r) in config.relays.iter().enumerate() {
+            let field = |f: &str| at("relay", i, &r.id, f);
+            let mut ok = true;
+            if let Err(m) = check_id(&r.id, 64) {
+                p.push(cfg, field("id"), m);
+                ok = false;
+            }
+            if !seen_relay.insert(r.id.clone()) {
+                p.push(
+                    cfg,
+                    field("id"),
+                    format!("relay id '{}' is used twice; ids must be unique", r.id),
+                );
+                ok = false;
+            }
+            let country = match parse_country(&r.country) {
+                Ok(c) => {
+                    if !jurisdictions.iter().any(|j| j.countries.contains(c)) {
+                        p.push(
+                            cfg,
+                            field("country"),
+                            format!(
+                                "{c} ({}) is in no jurisdiction, so the relay could serve nobody; add {c} to a region file or remove the relay",
+                                c.name()
+                            ),
+                        );
+                    }
+                    Some(c)
+                }
+                Err(m) => {
+                    p.push(cfg, field("country"), m);
+                    None
+                }
+            };
+            let position = GeoPoint::new(r.latitude, r.longitude);
+            if position.is_none() {
+                p.push(
+                    cfg,
+                    field("latitude"),
+                    format!(
+                        "({}, {}) is not a position; latitude must be in [-90, 90] and longitude in [-180, 180]",
+                        r.latitude, r.longitude
+                    ),
+                );
+            }
+            let quic_addr = match r.quic_addr.parse::<SocketAddr>() {
+                Ok(addr) => {
+                    if let Some(other) = seen_addr.insert(addr, r.id.clone()) {
+                        p.push(
+                            cfg,
+                            field("quic_addr"),
+                            format!("{addr} is also the address of relay '{other}'; give each relay its own"),
+                        );
+                    }
+                    Some(addr)
+                }
+                Err(_) => {
+                    p.push(
+                        cfg,
+                        field("quic_addr"),
+                        format!(
+                            "'{}' is not an ip:port address such as 192.0.2.10:4433",
+                            r.quic_addr
+                        ),
+                    );
+                    None
+                }
+            };
+            if let Some(url) = &r.webtransport_url {
+                let host = url.strip_prefix("https://").unwrap_or("");
+                if host.is_empty() || host.starts_with('/') || url.contains(char::is_whitespace) {
+                    p.push(
+                        cfg,
+                        field("webtransport_url"),
+                        format!(
+                            "'{url}' is not an https:// URL with a host; WebTransport needs https"
+                        ),
+                    );
+                }
+            }
+            if r.max_participants == 0 {
+                p.push(
+                    cfg,
+                    field("max_participants"),
+                    "is 0; a relay must accept at least one participant",
+                );
+            }
+            if r.max_bitrate_bps == 0 {
+                p.push(
+                    cfg,
+                    field("max_bitrate_bps"),
+                    "is 0; give the relay's forwarding capacity in bits per second",
+                );
+            }
+            if let (true, Some(country), Some(position), Some(quic_addr)) =
+                (ok, country, position, quic_addr)
+            {
+                relays.push(Relay {
+                    id: r.id.clone(),
+                    country,
+                    position,
+                    quic_addr,
+                    webtransport_url: r.webtransport_url.clone(),
+                    max_participants: r.max_participants,
+                    max_bitrate_bps: r.max_bitrate_bps,
+                });
+            }
+        }
+        relays.sort_by(|a, b| a.id.cmp(&b.id));
+        if relays.len() > u32::MAX as usize {
+            p.push(cfg, "relay", "too many relays");
+        }
+        let relay_by_id: HashMap<String, RelayIdx> = relays
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.id.clone(), RelayIdx(i as u32)))
+            .collect();
+        for j in &mut jurisdictions {
+            j.relays = relays
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| j.countries.contains(r.country))
+                .map(|(i, _)| RelayIdx(i as u32))
+                .collect();
+        }
+
+        for (jid, rid) in &config.default_relay {
+            let field = format!("default_relay.{jid}");
+            let Some(j) = known(jid) else {
+                p.push(
+                    cfg,
+                    field,
+                    format!(
+                        "'{jid}' is not a jurisdiction; use one of: {}",
+                        known_list()
+                    ),
+                );
+                continue;
+            };
+            match relay_by_id.get(rid) {
+                None if seen_relay.contains(rid) => {} // already reported on the relay itself
+                None => p.push(cfg, field, format!("no relay has the id '{rid}'")),
+                Some(r) if !jurisdictions[j.index()].relays.contains(r) => p.push(
+                    cfg,
+                    field,
+                    format!(
+                        "relay '{rid}' is in {}, which is outside jurisdiction '{jid}'; pick a relay inside it",
+                        relays[r.index()].country
+                    ),
+                ),
+                Some(r) => jurisdictions[j.index()].default_relay = Some(*r),
+            }
+        }
+
+        // Plans.
+        let mut plans: Vec<Plan> = Vec::new();
+        let mut plan_by_id: HashMap<String, usize> = HashMap::new();
+        for (i, plan) in config.plans.iter().enumerate() {
+            let field = |f: &str| at("plan", i, &plan.id, f);
+            if let Err(m) = check_id(&plan.id, 64) {
+                p.push(cfg, field("id"), m);
+            }
+            if plan_by_id.contains_key(&plan.id) {
+                p.push(
+                    cfg,
+                    field("id"),
+                    format!("plan id '{}' is used twice", plan.id),
+                );
+                continue;
+            }
+            let mut choosable = Vec::new();
+            for (k, jid) in plan.jurisdictions.iter().enumerate() {
+                match known(jid) {
+                    Some(j) if choosable.contains(&j) => p.push(
+                        cfg,
+                        field(&format!("jurisdictions[{k}]")),
+                        format!("'{jid}' is listed twice"),
+                    ),
+                    Some(j) => choosable.push(j),
+                    None => p.push(
+                        cfg,
+                        field(&format!("jurisdictions[{k}]")),
+                        format!(
+                            "'{jid}' is not a jurisdiction; use one of: {}",
+                            known_list()
+                        ),
+                    ),
+                }
+            }
+            let default = match &plan.default {
+                Some(jid) => {
+                    let j = known(jid);
+                    if j.is_none() {
+                        p.push(
+                            cfg,
+                            field("default"),
+                            format!(
+                                "'{jid}' is not a jurisdiction; use one of: {}",
+                                known_list()
+                            ),
+                        );
+                    }
+                    j
+                }
+                None => default_jurisdiction,
+            };
+            if let Some(d) = default {
+                if !choosable.is_empty() && !choosable.contains(&d) {
+                    p.push(
+                        cfg,
+                        field("default"),
+                        format!(
+                            "the plan's default '{}' is not among its jurisdictions; add it there or set plan.default to one of them",
+                            jurisdictions[d.index()].id
+                        ),
+                    );
+                } else if choosable.is_empty()
+                    && plan.default.is_some()
+                    && Some(d) != default_jurisdiction
+                {
+                    p.push(
+                        cfg,
+                        field("default"),
+                        "a plan that may not choose gets the operator default_jurisdiction; remove plan.default or list the plan's jurisdictions",
+                    );
+                }
+            }
+            plan_by_id.insert(plan.id.clone(), plans.len());
+            if let Some(default) = default {
+                plans.push(Plan {
+                    id: plan.id.clone(),
+                    jurisdictions: choosable,
+                    default,
+                });
+            }
+        }
+
+        // Tenants.
+        let mut tenants: Vec<Tenant> = Vec::new();
+        let mut seen_tenant: HashSet<&str> = HashSet::new();
+        let mut seen_key: HashMap<[u8; 32], &str> = HashMap::new();
+        for (i, t) in config.tenants.iter().enumerate() {
+            let field = |f: &str| at("tenant", i, &t.id, f);
+            if let Err(m) = check_id(&t.id, 64) {
+                p.push(cfg, field("id"), m);
+            }
+            if !seen_tenant.insert(&t.id) {
+                p.push(
+                    cfg,
+                    field("id"),
+                    format!("tenant id '{}' is used twice", t.id),
+                );
+            }
+            let plan = plan_by_id.get(&t.plan).copied();
+            if plan.is_none() {
+                let mut ids: Vec<_> = plan_by_id.keys().map(String::as_str).collect();
+                ids.sort_unstable();
+                p.push(
+                    cfg,
+                    field("plan"),
+                    format!("'{}' is not a plan; use one of: {}", t.plan, ids.join(", ")),
+                );
+            }
+            let mut hash = [0u8; 32];
+            let key_ok = t.api_key_sha256.len() == 64
+                && t.api_key_sha256
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                && hex::decode_to_slice(&t.api_key_sha256, &mut hash).is_ok();
+            if !key_ok {
+                p.push(
+                    cfg,
+                    field("api_key_sha256"),
+                    "is not 64 lower-case hex digits; store the SHA-256 of the key (residency-relay hash-api-key), never the key",
+                );
+            } else if let Some(other) = seen_key.insert(hash, &t.id) {
+                p.push(
+                    cfg,
+                    field("api_key_sha256"),
+                    format!("tenant '{other}' has the same API key; issue each tenant its own key"),
+                );
+            }
+            if let (Some(plan), true) = (plan, key_ok) {
+                if plan < plans.len() {
+                    tenants.push(Tenant {
+                        id: t.id.clone(),
+                        plan,
+                        api_key_sha256: hash,
+                    });
+                }
+            }
+        }
+
+        // GeoIP.
+        let geo = &config.geoip;
+        let base = cfg.parent().unwrap_or(Path::new("."));
+        let mut trusted_proxies = Vec::new();
+        for (i, cidr) in geo.trusted_proxies.iter().enumerate() {
+            match parse_cidr(cidr) {
+                Ok(net) => trusted_proxies.push(net),
+                Err(m) => p.push(cfg, format!("geoip.trusted_proxies[{i}]"), m),
+            }
+        }
+        let mut overrides = Vec::new();
+        let mut override_fields = Vec::new();
+        for (i, o) in geo.overrides.iter().enumerate() {
+            let field = |f: &str| format!("geoip.override[{i}].{f}");
+            let net = parse_cidr(&o.cidr)
+                .map_err(|m| p.push(cfg, field("cidr"), m))
+                .ok();
+            let country = parse_country(&o.country)
+                .map_err(|m| p.push(cfg, field("country"), m))
+                .ok();
+            let point = match (o.latitude, o.longitude, country) {
+                (None, None, Some(c)) => Some(c.centroid()),
+                (Some(lat), Some(lon), _) => {
+                    let point = GeoPoint::new(lat, lon);
+                    if point.is_none() {
+                        p.push(
+                            cfg,
+                            field("latitude"),
+                            format!("({lat}, {lon}) is not a position"),
+                        );
+                    }
+                    point
+                }
+                (None, None, None) => None,
+                _ => {
+                    p.push(
+                        cfg,
+                        field("latitude"),
+                        "give both latitude and longitude, or neither",
+                    );
+                    None
+                }
+            };
+            if let (Some(net), Some(country), Some(point)) = (net, country, point) {
+                overrides.push(Override {
+                    net,
+                    country,
+                    point,
+                });
+                override_fields.push(i);
+            }
+        }
+        let overrides = match Overrides::new(overrides) {
+            Ok(o) => o,
+            Err(overlaps) => {
+                for overlap in overlaps {
+                    let (a, b) = (override_fields[overlap.0], override_fields[overlap.1]);
+                    p.push(
+                        cfg,
+                        format!("geoip.override[{b}].cidr"),
+                        format!(
+                            "{} overlaps geoip.override[{a}] ({}); overrides must not overlap, split or remove one",
+                            geo.overrides[b].cidr, geo.overrides[a].cidr
+                        ),
+                    );
+                }
+                Overrides::default()
+            }
+        };
+        let database = match &geo.database {
+            None => None,
+            Some(path) => {
+                let path = base.join(path);
+                match Database::open(&path) {
+                    Ok(db) => Some(db),
+                    Err(e) => {
+                        p.push(
+                            cfg,
+                            "geoip.database",
+                            format!("{e}; fix the path, or remove the setting to route by overrides only"),
+                        );
+                        None
+                    }
+                }
+            }
+        };
+
+        // A missing default jurisdiction was reported above.
+        let (true, Some(default_jurisdiction)) = (p.0.is_empty(), default_jurisdiction) else {
+            return Err(ConfigError { problems: p.0 });
+        };
+        Ok(Policy {
+            source: cfg.to_owned(),
+            jurisdictions,
+            jurisdiction_by_id,
+            relays,
+            relay_by_id,
+            plans,
+            tenants,
+            default_jurisdiction,
+            selection: SelectionParams {
+                load_penalty_km: sel.load_penalty_km,
+                stickiness_km: sel.stickiness_km,
+            },
+            geoip: GeoIp::new(overrides, database),
+            trusted_proxies,
+        })
+    }
+}
+
+fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    let net: IpNet = text.parse().map_err(|_| {
+        format!("'{text}' is not a CIDR network such as 192.0.2.0/24 or 2001:db8::/32")
+    })?;
+    if net.trunc() != net {
+        return Err(format!(
+            "'{text}' has host bits set; did you mean {}?",
+            net.trunc()
+        ));
+    }
+    Ok(net)
+}

@@ -1,0 +1,223 @@
+//! The residency policy model: jurisdictions, relays, plans and tenants.
+//!
+//! Operators write `regions/*.toml` and `config/*.toml` ([`files`]); [`load`]
+//! reads and checks them, reporting every problem at once, and yields a
+//! [`Policy`]: an immutable, indexed view that relay selection and plan rules
+//! read without touching the clock, the network or the file system.
+
+pub mod country;
+pub mod files;
+mod load;
+pub mod plan;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+pub use country::{CountryCode, CountrySet, UnknownCountry};
+pub use load::{ConfigError, ConfigProblem, load, load_with_regions};
+pub use plan::PinError;
+
+use crate::geo::{GeoIp, GeoPoint};
+
+/// Index of a jurisdiction inside one [`Policy`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JurisdictionIdx(pub(crate) u16);
+
+/// Index of a relay inside one [`Policy`]; relays are ordered by id, so
+/// comparing indices compares ids (the deterministic tie-break).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RelayIdx(pub(crate) u32);
+
+impl RelayIdx {
+    /// Position in [`Policy::relays`] and in per-relay state slices.
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+impl JurisdictionIdx {
+    /// Position in [`Policy::jurisdictions`].
+    pub fn index(self) -> usize {
+        usize::from(self.0)
+    }
+}
+
+/// A named set of countries whose law a conference stays under.
+#[derive(Debug, Clone)]
+pub struct Jurisdiction {
+    pub id: String,
+    pub name: String,
+    pub legal_basis: String,
+    pub countries: CountrySet,
+    /// The file it was read from.
+    pub source: PathBuf,
+    /// Relays whose country is in `countries`, in id order.
+    pub relays: Vec<RelayIdx>,
+    /// Spherical centre of the member countries' centroids; where a participant
+    /// of unknown location is assumed to be.
+    pub centre: Option<GeoPoint>,
+    /// Operator-chosen relay for participants of unknown location.
+    pub default_relay: Option<RelayIdx>,
+}
+
+/// A relay from the inventory.
+#[derive(Debug, Clone)]
+pub struct Relay {
+    pub id: String,
+    pub country: CountryCode,
+    pub position: GeoPoint,
+    pub quic_addr: SocketAddr,
+    pub webtransport_url: Option<String>,
+    pub max_participants: u32,
+    pub max_bitrate_bps: u64,
+}
+
+/// What a tenant may pin its conferences to.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub id: String,
+    /// Choosable jurisdictions; empty when the plan may not choose.
+    pub jurisdictions: Vec<JurisdictionIdx>,
+    /// The pin when the tenant asks for none.
+    pub default: JurisdictionIdx,
+}
+
+impl Plan {
+    /// Whether tenants on this plan may choose a jurisdiction at all.
+    pub fn may_choose(&self) -> bool {
+        !self.jurisdictions.is_empty()
+    }
+}
+
+/// A customer of the operator.
+#[derive(Clone)]
+pub struct Tenant {
+    pub id: String,
+    pub plan: usize,
+    /// SHA-256 of the API key.
+    pub api_key_sha256: [u8; 32],
+}
+
+impl fmt::Debug for Tenant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tenant")
+            .field("id", &self.id)
+            .field("plan", &self.plan)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Ranking parameters, checked to be finite and non-negative.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SelectionParams {
+    pub load_penalty_km: f64,
+    pub stickiness_km: f64,
+}
+
+impl Default for SelectionParams {
+    fn default() -> Self {
+        let section = files::SelectionSection::default();
+        SelectionParams {
+            load_penalty_km: section.load_penalty_km,
+            stickiness_km: section.stickiness_km,
+        }
+    }
+}
+
+/// The checked policy. Cheap to read from many threads; replaced whole on reload.
+#[derive(Debug)]
+pub struct Policy {
+    source: PathBuf,
+    jurisdictions: Vec<Jurisdiction>,
+    jurisdiction_by_id: HashMap<String, JurisdictionIdx>,
+    relays: Vec<Relay>,
+    relay_by_id: HashMap<String, RelayIdx>,
+    plans: Vec<Plan>,
+    tenants: Vec<Tenant>,
+    default_jurisdiction: JurisdictionIdx,
+    selection: SelectionParams,
+    geoip: GeoIp,
+    trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+impl Policy {
+    /// The config file this policy was loaded from.
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
+    pub fn jurisdictions(&self) -> &[Jurisdiction] {
+        &self.jurisdictions
+    }
+
+    pub fn jurisdiction(&self, idx: JurisdictionIdx) -> &Jurisdiction {
+        &self.jurisdictions[idx.index()]
+    }
+
+    /// Looks a jurisdiction up by its id (e.g. `eu`).
+    pub fn jurisdiction_idx(&self, id: &str) -> Option<JurisdictionIdx> {
+        self.jurisdiction_by_id.get(id).copied()
+    }
+
+    pub fn relays(&self) -> &[Relay] {
+        &self.relays
+    }
+
+    pub fn relay(&self, idx: RelayIdx) -> &Relay {
+        &self.relays[idx.index()]
+    }
+
+    pub fn relay_idx(&self, id: &str) -> Option<RelayIdx> {
+        self.relay_by_id.get(id).copied()
+    }
+
+    /// Every jurisdiction a relay belongs to (those whose countries hold its country).
+    pub fn jurisdictions_of(&self, relay: RelayIdx) -> impl Iterator<Item = &Jurisdiction> {
+        let country = self.relay(relay).country;
+        self.jurisdictions
+            .iter()
+            .filter(move |j| j.countries.contains(country))
+    }
+
+    pub fn plans(&self) -> &[Plan] {
+        &self.plans
+    }
+
+    pub fn plan(&self, id: &str) -> Option<&Plan> {
+        self.plans.iter().find(|p| p.id == id)
+    }
+
+    pub fn tenants(&self) -> &[Tenant] {
+        &self.tenants
+    }
+
+    pub fn tenant(&self, id: &str) -> Option<&Tenant> {
+        self.tenants.iter().find(|t| t.id == id)
+    }
+
+    /// The plan a tenant is on.
+    pub fn plan_of(&self, tenant: &Tenant) -> &Plan {
+        &self.plans[tenant.plan]
+    }
+
+    /// The operator default jurisdiction.
+    pub fn default_jurisdiction(&self) -> JurisdictionIdx {
+        self.default_jurisdiction
+    }
+
+    pub fn selection(&self) -> SelectionParams {
+        self.selection
+    }
+
+    /// Locator built from the `[geoip]` section.
+    pub fn geoip(&self) -> &GeoIp {
+        &self.geoip
+    }
+
+    /// Networks whose `X-Forwarded-For` is believed.
+    pub fn trusted_proxies(&self) -> &[ipnet::IpNet] {
+        &self.trusted_proxies
+    }
+}
