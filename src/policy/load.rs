@@ -89,7 +89,8 @@ pub fn load_with_regions(config: &Path, regions: Option<&Path>) -> Result<Policy
     let base = config.parent().unwrap_or(Path::new("."));
     let regions_dir = match regions {
         Some(dir) => dir.to_owned(),
-        None => base.join(
+        None => join_clean(
+            base,
             file.regions_dir
                 .as_deref()
                 .unwrap_or(Path::new("../regions")),
@@ -731,7 +732,7 @@ impl Policy {
         let database = match &geo.database {
             None => None,
             Some(path) => {
-                let path = base.join(path);
+                let path = join_clean(base, path);
                 match Database::open(&path) {
                     Ok(db) => Some(db),
                     Err(e) => {
@@ -769,6 +770,28 @@ impl Policy {
     }
 }
 
+/// `base/rel` with `.` and `..` resolved lexically, so messages show
+/// `regions/eu.toml` rather than `config/../regions/eu.toml`.
+fn join_clean(base: &Path, rel: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for part in base.join(rel).components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    out
+}
+
 fn parse_cidr(text: &str) -> Result<IpNet, String> {
     let net: IpNet = text.parse().map_err(|_| {
         format!("'{text}' is not a CIDR network such as 192.0.2.0/24 or 2001:db8::/32")
@@ -780,4 +803,23 @@ fn parse_cidr(text: &str) -> Result<IpNet, String> {
         ));
     }
     Ok(net)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joins_paths_lexically() {
+        let j = |b: &str, r: &str| join_clean(Path::new(b), Path::new(r));
+        assert_eq!(j("config", "../regions"), Path::new("regions"));
+        assert_eq!(
+            j("/etc/rr/config", "../regions"),
+            Path::new("/etc/rr/regions")
+        );
+        assert_eq!(j("", "../regions"), Path::new("../regions"));
+        assert_eq!(j("a/b", "/abs/db.mmdb"), Path::new("/abs/db.mmdb"));
+        assert_eq!(j("config", "."), Path::new("config"));
+        assert_eq!(j("config", ".."), Path::new("."));
+    }
 }

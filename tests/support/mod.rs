@@ -1,0 +1,135 @@
+//! Shared test helpers: policies built in memory and small generated GeoIP databases.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use residency_relay::policy::Policy;
+use residency_relay::policy::files::{
+    ConfigFile, GeoIpSection, PlanSection, RegionFile, RelaySection, SelectionSection,
+    TenantSection,
+};
+
+/// A region file as if read from `regions/<id>.toml`.
+pub fn region(id: &str, countries: &[&str]) -> (PathBuf, RegionFile) {
+    (
+        PathBuf::from(format!("regions/{id}.toml")),
+        RegionFile {
+            id: id.to_owned(),
+            name: format!("Region {id}"),
+            legal_basis: "test".to_owned(),
+            countries: countries.iter().map(|c| (*c).to_owned()).collect(),
+            all_countries: false,
+        },
+    )
+}
+
+/// A region of every country.
+pub fn global_region() -> (PathBuf, RegionFile) {
+    let (path, mut file) = region("global", &[]);
+    file.all_countries = true;
+    (path, file)
+}
+
+/// A relay with room for 100 participants and 1 Gbit/s; `n` picks a unique address.
+pub fn relay(id: &str, country: &str, latitude: f64, longitude: f64, n: u16) -> RelaySection {
+    RelaySection {
+        id: id.to_owned(),
+        country: country.to_owned(),
+        latitude,
+        longitude,
+        quic_addr: format!("127.0.1.{}:{}", 1 + n % 250, 4433 + n / 250),
+        webtransport_url: None,
+        max_participants: 100,
+        max_bitrate_bps: 1_000_000_000,
+    }
+}
+
+/// A config with one free and one paid plan and no tenants.
+pub fn config(default_jurisdiction: &str, relays: Vec<RelaySection>) -> ConfigFile {
+    ConfigFile {
+        regions_dir: None,
+        default_jurisdiction: default_jurisdiction.to_owned(),
+        default_relay: BTreeMap::new(),
+        selection: SelectionSection::default(),
+        geoip: GeoIpSection::default(),
+        relays,
+        plans: vec![
+            PlanSection {
+                id: "free".to_owned(),
+                jurisdictions: vec![],
+                default: None,
+            },
+            PlanSection {
+                id: "paid".to_owned(),
+                jurisdictions: vec![default_jurisdiction.to_owned()],
+                default: None,
+            },
+        ],
+        tenants: vec![TenantSection {
+            id: "t1".to_owned(),
+            plan: "paid".to_owned(),
+            api_key_sha256: "00".repeat(32),
+        }],
+    }
+}
+
+/// Builds the policy, panicking with every problem if it is invalid.
+pub fn build(config: ConfigFile, regions: Vec<(PathBuf, RegionFile)>) -> Policy {
+    Policy::from_files(Path::new("config/test.toml"), config, regions)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The repository root (for shipped files).
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A MaxMind DB holding `records` (network, JSON record), written with
+/// `mmdb-writer` and read back by the production reader in the tests.
+pub fn mmdb(
+    database_type: &str,
+    ipv4_only: bool,
+    records: &[(&str, serde_json::Value)],
+) -> Vec<u8> {
+    let mut writer = if ipv4_only {
+        mmdb_writer::Writer::builder(database_type)
+            .ip_version(mmdb_writer::IpVersion::V4)
+            .build()
+    } else {
+        mmdb_writer::Writer::new(database_type)
+    };
+    for (net, record) in records {
+        let net: ipnet::IpNet = net.parse().expect("test network");
+        writer
+            .insert(net, record)
+            .expect("insert into test database");
+    }
+    writer.to_bytes().expect("serialize test database")
+}
+
+/// A GeoIP2/GeoLite2 City-shaped record (DB-IP Lite City has the same shape).
+pub fn city_record(iso: &str, latitude: f64, longitude: f64) -> serde_json::Value {
+    serde_json::json!({
+        "city": { "geoname_id": 1, "names": { "en": "Somewhere", "de": "Irgendwo" } },
+        "continent": { "code": "EU", "geoname_id": 6255148, "names": { "en": "Europe" } },
+        "country": { "geoname_id": 2, "iso_code": iso, "names": { "en": "Country" } },
+        "location": { "accuracy_radius": 20, "latitude": latitude, "longitude": longitude, "time_zone": "Europe/Berlin" },
+        "registered_country": { "geoname_id": 2, "iso_code": iso, "names": { "en": "Country" } },
+        "subdivisions": [ { "iso_code": "XX", "names": { "en": "Region" } } ]
+    })
+}
+
+/// A GeoIP2/GeoLite2 Country-shaped record.
+pub fn country_record(iso: &str) -> serde_json::Value {
+    serde_json::json!({
+        "continent": { "code": "EU", "names": { "en": "Europe" } },
+        "country": { "iso_code": iso, "names": { "en": "Country" } },
+        "registered_country": { "iso_code": iso, "names": { "en": "Country" } }
+    })
+}
+
+/// A record of the `country_code`-only databases.
+pub fn country_code_record(iso: &str) -> serde_json::Value {
+    serde_json::json!({ "country_code": iso })
+}
