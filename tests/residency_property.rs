@@ -177,6 +177,8 @@ proptest! {
             }
             // The allocation-free path agrees.
             select::evaluate(&policy, jidx, &client, &states, &hosting, &mut scratch);
+            prop_assert_eq!(scratch.best(), evaluation.candidates.first());
+            scratch.rank();
             prop_assert_eq!(&scratch.candidates, &evaluation.candidates);
         }
     }

@@ -306,6 +306,16 @@ fn evaluate_reuses_its_buffers_and_agrees_with_select() {
         select::evaluate(&w.policy, j, &at(lat, lon), &w.states, &[], &mut scratch);
         let d = w.select("eu", at(lat, lon)).unwrap();
         assert_eq!(scratch.outcome(&w.policy), Ok(d.relay));
+        // Unranked: candidates in relay-id order, the best tracked.
+        assert!(!scratch.is_ranked());
+        assert!(
+            scratch
+                .candidates
+                .windows(2)
+                .all(|p| p[0].relay < p[1].relay)
+        );
+        assert_eq!(scratch.best(), d.evaluation.candidates.first());
+        scratch.rank();
         assert_eq!(scratch.candidates, d.evaluation.candidates);
     }
 }

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use overrides::{Overlap, Override, Overrides};
-pub use point::GeoPoint;
+pub use point::{GeoPoint, PointSet};
 
 use crate::policy::CountryCode;
 

@@ -10,10 +10,10 @@ use ipnet::IpNet;
 
 use super::files::{ConfigFile, RegionFile};
 use super::{
-    CountryCode, CountrySet, Jurisdiction, JurisdictionIdx, Plan, Policy, Relay, RelayIdx,
+    CountryCode, CountrySet, Jurisdiction, JurisdictionIdx, Member, Plan, Policy, Relay, RelayIdx,
     SelectionParams, Tenant,
 };
-use crate::geo::{Database, GeoIp, GeoPoint, Override, Overrides};
+use crate::geo::{Database, GeoIp, GeoPoint, Override, Overrides, PointSet};
 
 /// One thing wrong with the operator's files.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,6 +190,9 @@ fn at(section: &str, i: usize, id: &str, field: &str) -> String {
     }
 }
 
+/// Bitrates stay exactly representable as `f64` (load arithmetic relies on it).
+pub(crate) const MAX_BITRATE_BPS: u64 = 1 << 53;
+
 /// Ids appear in conference ids, URLs and metric labels: keep them plain.
 fn check_id(id: &str, max: usize) -> Result<(), String> {
     let ok = !id.is_empty()
@@ -317,6 +320,8 @@ impl Policy {
                 countries,
                 source: path,
                 relays: Vec::new(),
+                members: Vec::new(),
+                positions: PointSet::default(),
                 centre,
                 default_relay: None,
             });
@@ -454,6 +459,13 @@ impl Policy {
                     "is 0; a relay must accept at least one participant",
                 );
             }
+            if r.max_bitrate_bps > MAX_BITRATE_BPS {
+                p.push(
+                    cfg,
+                    field("max_bitrate_bps"),
+                    format!("is above {MAX_BITRATE_BPS} (2^53 bit/s); give the relay's real forwarding capacity"),
+                );
+            }
             if r.max_bitrate_bps == 0 {
                 p.push(
                     cfg,
@@ -485,11 +497,23 @@ impl Policy {
             .map(|(i, r)| (r.id.clone(), RelayIdx(i as u32)))
             .collect();
         for j in &mut jurisdictions {
-            j.relays = relays
+            j.members = relays
                 .iter()
                 .enumerate()
                 .filter(|(_, r)| j.countries.contains(r.country))
-                .map(|(i, _)| RelayIdx(i as u32))
+                .map(|(i, r)| Member {
+                    relay: RelayIdx(i as u32),
+                    max_participants: r.max_participants,
+                    max_bitrate_bps: r.max_bitrate_bps,
+                    inv_max_participants: 1.0 / f64::from(r.max_participants),
+                    inv_max_bitrate_bps: 1.0 / r.max_bitrate_bps as f64,
+                })
+                .collect();
+            j.relays = j.members.iter().map(|m| m.relay).collect();
+            j.positions = j
+                .members
+                .iter()
+                .map(|m| relays[m.relay.index()].position)
                 .collect();
         }
 

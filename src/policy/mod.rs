@@ -19,7 +19,7 @@ pub use country::{CountryCode, CountrySet, UnknownCountry};
 pub use load::{ConfigError, ConfigProblem, load, load_with_regions};
 pub use plan::PinError;
 
-use crate::geo::{GeoIp, GeoPoint};
+use crate::geo::{GeoIp, GeoPoint, PointSet};
 
 /// Index of a jurisdiction inside one [`Policy`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -55,11 +55,28 @@ pub struct Jurisdiction {
     pub source: PathBuf,
     /// Relays whose country is in `countries`, in id order.
     pub relays: Vec<RelayIdx>,
+    /// The same relays with what selection reads, packed together so that
+    /// ranking a jurisdiction walks one contiguous array.
+    pub members: Vec<Member>,
+    /// The position of `members[i]`'s relay, as columns for [`PointSet::distances_km`].
+    pub positions: PointSet,
     /// Spherical centre of the member countries' centroids; where a participant
     /// of unknown location is assumed to be.
     pub centre: Option<GeoPoint>,
     /// Operator-chosen relay for participants of unknown location.
     pub default_relay: Option<RelayIdx>,
+}
+
+/// A relay as relay selection sees it inside one jurisdiction.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Member {
+    pub relay: RelayIdx,
+    pub max_participants: u32,
+    pub max_bitrate_bps: u64,
+    /// `1 / max_participants` and `1 / max_bitrate_bps`: load is two
+    /// multiplications instead of two divisions per relay per decision.
+    pub inv_max_participants: f64,
+    pub inv_max_bitrate_bps: f64,
 }
 
 /// A relay from the inventory.

@@ -20,7 +20,7 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::geo::{GeoPoint, Location};
-use crate::policy::{JurisdictionIdx, Policy, RelayIdx};
+use crate::policy::{JurisdictionIdx, Member, Policy, RelayIdx};
 
 /// A relay's health as the router last saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -170,15 +170,23 @@ impl fmt::Display for RefusalReason {
     }
 }
 
-/// Everything selection looked at: ranked candidates and excluded relays.
-/// Reusable: [`evaluate`] clears and refills it.
+/// Everything selection looked at: the scored candidates and the excluded
+/// relays. Reusable: [`evaluate`] clears and refills it.
+///
+/// Candidates are kept in relay-id order as they are scored, and the best one
+/// is tracked while scoring; [`Evaluation::rank`] sorts them best-first when
+/// the full ranking is wanted (to explain a decision), so the routing path
+/// does not pay for a sort it does not read.
 #[derive(Debug, Clone)]
 pub struct Evaluation {
     pub jurisdiction: JurisdictionIdx,
     pub basis: Basis,
-    /// Best first.
     pub candidates: Vec<Candidate>,
     pub excluded: Vec<Excluded>,
+    best: Option<usize>,
+    ranked: bool,
+    /// Scratch: distance to every member of the jurisdiction.
+    distances: Vec<f64>,
 }
 
 impl Default for Evaluation {
@@ -188,14 +196,40 @@ impl Default for Evaluation {
             basis: Basis::None,
             candidates: Vec::new(),
             excluded: Vec::new(),
+            best: None,
+            ranked: true,
+            distances: Vec::new(),
         }
     }
 }
 
+/// Largest load a relay under capacity can show (just below 1).
+const MAX_LOAD: f64 = 1.0 - f64::EPSILON;
+
 impl Evaluation {
+    /// The winning candidate, if any.
+    pub fn best(&self) -> Option<&Candidate> {
+        self.best.map(|i| &self.candidates[i])
+    }
+
+    /// Sorts the candidates best-first (score, then relay id). Idempotent.
+    pub fn rank(&mut self) {
+        if !self.ranked {
+            self.candidates
+                .sort_unstable_by(|a, b| a.score.total_cmp(&b.score).then(a.relay.cmp(&b.relay)));
+            self.best = (!self.candidates.is_empty()).then_some(0);
+            self.ranked = true;
+        }
+    }
+
+    /// Whether `candidates` is in rank order.
+    pub fn is_ranked(&self) -> bool {
+        self.ranked
+    }
+
     /// The chosen relay, or why there is none.
     pub fn outcome(&self, policy: &Policy) -> Result<RelayIdx, RefusalReason> {
-        if let Some(best) = self.candidates.first() {
+        if let Some(best) = self.best() {
             return Ok(best.relay);
         }
         if policy.jurisdiction(self.jurisdiction).relays.is_empty() {
@@ -212,6 +246,7 @@ impl Evaluation {
 #[derive(Debug, Clone)]
 pub struct Decision {
     pub relay: RelayIdx,
+    /// Ranked: `evaluation.candidates[0]` is the chosen relay.
     pub evaluation: Evaluation,
 }
 
@@ -222,9 +257,10 @@ pub struct Refusal {
     pub evaluation: Evaluation,
 }
 
-/// Selects a relay for one participant. `states` is indexed by [`RelayIdx`]
-/// (a relay beyond its end counts as [`Exclusion::NoState`]); `hosting` lists
-/// the relays that already carry the conference.
+/// Selects a relay for one participant and ranks every candidate (the form
+/// for explaining a decision). `states` is indexed by [`RelayIdx`] (a relay
+/// beyond its end counts as [`Exclusion::NoState`]); `hosting` lists the
+/// relays that already carry the conference.
 pub fn select(
     policy: &Policy,
     jurisdiction: JurisdictionIdx,
@@ -241,14 +277,17 @@ pub fn select(
         hosting,
         &mut evaluation,
     );
+    evaluation.rank();
     match evaluation.outcome(policy) {
         Ok(relay) => Ok(Decision { relay, evaluation }),
         Err(reason) => Err(Refusal { reason, evaluation }),
     }
 }
 
-/// The allocation-free core of [`select`]: fills `out` with the ranked
-/// candidates and the exclusions; read the result with [`Evaluation::outcome`].
+/// The routing-path core of [`select`]: fills `out` with every scored
+/// candidate and every exclusion and picks the best, without allocating once
+/// `out` has grown to the jurisdiction's size. Read the result with
+/// [`Evaluation::outcome`]; call [`Evaluation::rank`] for the full ranking.
 pub fn evaluate(
     policy: &Policy,
     jurisdiction: JurisdictionIdx,
@@ -262,66 +301,94 @@ pub fn evaluate(
     out.jurisdiction = jurisdiction;
     out.candidates.clear();
     out.excluded.clear();
+    out.best = None;
+    out.ranked = false;
 
-    let eligible = |relay: RelayIdx| -> Result<f64, Exclusion> {
-        let r = policy.relay(relay);
-        let s = states.get(relay.index()).ok_or(Exclusion::NoState)?;
+    let check = |m: &Member| -> Result<f64, Exclusion> {
+        let s = states.get(m.relay.index()).ok_or(Exclusion::NoState)?;
         match s.health {
             Health::Healthy => {}
             Health::Unhealthy => return Err(Exclusion::Unhealthy),
             Health::Draining => return Err(Exclusion::Draining),
         }
-        if s.participants >= r.max_participants {
+        if s.participants >= m.max_participants {
             return Err(Exclusion::ParticipantsFull {
                 participants: s.participants,
-                max: r.max_participants,
+                max: m.max_participants,
             });
         }
-        if s.bitrate_bps >= r.max_bitrate_bps {
+        if s.bitrate_bps >= m.max_bitrate_bps {
             return Err(Exclusion::BitrateFull {
                 bitrate_bps: s.bitrate_bps,
-                max: r.max_bitrate_bps,
+                max: m.max_bitrate_bps,
             });
         }
-        let by_participants = f64::from(s.participants) / f64::from(r.max_participants);
-        let by_bitrate = s.bitrate_bps as f64 / r.max_bitrate_bps as f64;
-        Ok(by_participants.max(by_bitrate))
+        let by_participants = f64::from(s.participants) * m.inv_max_participants;
+        // bitrate_bps < max_bitrate_bps <= 2^53 (checked at load), so the
+        // signed conversion, one instruction rather than u64's several, is exact.
+        let by_bitrate = s.bitrate_bps as i64 as f64 * m.inv_max_bitrate_bps;
+        // Never 1.0 or more for a relay under capacity, whatever the rounding.
+        Ok(by_participants.max(by_bitrate).min(MAX_LOAD))
     };
 
     let (reference, basis): (Option<GeoPoint>, Basis) = match client.point() {
         Some(point) => (Some(point), Basis::Client),
-        None => match j.default_relay.filter(|r| eligible(*r).is_ok()) {
-            Some(r) => (Some(policy.relay(r).position), Basis::DefaultRelay),
-            None => match j.centre {
-                Some(centre) => (Some(centre), Basis::JurisdictionCentre),
-                None => (None, Basis::None),
-            },
-        },
+        None => {
+            let usable_default = j
+                .default_relay
+                .and_then(|r| j.members.iter().find(|m| m.relay == r))
+                .filter(|m| check(m).is_ok());
+            match (usable_default, j.centre) {
+                (Some(m), _) => (Some(policy.relay(m.relay).position), Basis::DefaultRelay),
+                (None, Some(centre)) => (Some(centre), Basis::JurisdictionCentre),
+                (None, None) => (None, Basis::None),
+            }
+        }
     };
     out.basis = basis;
 
-    for &relay in &j.relays {
-        match eligible(relay) {
-            Err(why) => out.excluded.push(Excluded { relay, why }),
+    // Distances first, in a branch-free loop of their own: each is a long
+    // chain of dependent floating-point operations, and with nothing else in
+    // the loop the processor overlaps many relays' chains.
+    match reference {
+        Some(p) => j.positions.distances_km(&p, &mut out.distances),
+        None => {
+            out.distances.clear();
+            out.distances.resize(j.members.len(), 0.0);
+        }
+    }
+    for (m, &distance_km) in j.members.iter().zip(&out.distances) {
+        match check(m) {
+            Err(why) => out.excluded.push(Excluded {
+                relay: m.relay,
+                why,
+            }),
             Ok(load) => {
-                let distance_km =
-                    reference.map_or(0.0, |p| p.distance_km(&policy.relay(relay).position));
-                let is_hosting = hosting.contains(&relay);
+                let is_hosting = hosting.contains(&m.relay);
                 let bonus = if is_hosting {
                     params.stickiness_km
                 } else {
                     0.0
                 };
-                out.candidates.push(Candidate {
-                    relay,
+                let candidate = Candidate {
+                    relay: m.relay,
                     distance_km,
                     load,
                     hosting: is_hosting,
                     score: distance_km + params.load_penalty_km * load - bonus,
-                });
+                };
+                out.candidates.push(candidate);
             }
         }
     }
-    out.candidates
-        .sort_unstable_by(|a, b| a.score.total_cmp(&b.score).then(a.relay.cmp(&b.relay)));
+    // Picked in a pass of its own, for the same reason.
+    let mut best: Option<(usize, f64)> = None;
+    for (i, c) in out.candidates.iter().enumerate() {
+        // Lower score wins; equal scores go to the lower relay id (candidates
+        // are in relay order, so the first of equals is kept).
+        if best.is_none_or(|(_, score)| c.score.total_cmp(&score).is_lt()) {
+            best = Some((i, c.score));
+        }
+    }
+    out.best = best.map(|(i, _)| i);
 }
