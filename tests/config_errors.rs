@@ -350,6 +350,23 @@ fn relay_fields_out_of_range() {
 }
 
 #[test]
+fn absurd_bitrate_capacity() {
+    let f = Fixture::new();
+    f.edit(
+        "max_bitrate_bps = 1000\n\n[[relay]]",
+        "max_bitrate_bps = 18446744073709551615\n\n[[relay]]",
+    );
+    let p = f.problems();
+    assert_problem(
+        &f,
+        &p,
+        "config/c.toml",
+        "relay[0] \"de-fra-1\".max_bitrate_bps",
+        "is above 9007199254740992",
+    );
+}
+
+#[test]
 fn unknown_default_jurisdiction() {
     let f = Fixture::new();
     f.edit(
