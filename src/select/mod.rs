@@ -327,8 +327,15 @@ pub fn evaluate(
         // bitrate_bps < max_bitrate_bps <= 2^53 (checked at load), so the
         // signed conversion, one instruction rather than u64's several, is exact.
         let by_bitrate = s.bitrate_bps as i64 as f64 * m.inv_max_bitrate_bps;
-        // Never 1.0 or more for a relay under capacity, whatever the rounding.
-        Ok(by_participants.max(by_bitrate).min(MAX_LOAD))
+        // Both are finite and non-negative, so plain comparisons (no NaN
+        // handling) suffice. Never 1.0 or more for a relay under capacity,
+        // whatever the rounding.
+        let load = if by_bitrate > by_participants {
+            by_bitrate
+        } else {
+            by_participants
+        };
+        Ok(if load < MAX_LOAD { load } else { MAX_LOAD })
     };
 
     let (reference, basis): (Option<GeoPoint>, Basis) = match client.point() {
@@ -357,6 +364,10 @@ pub fn evaluate(
             out.distances.resize(j.members.len(), 0.0);
         }
     }
+    // Scores are finite sums of non-negative distances and loads minus a
+    // finite bonus: never NaN and never -0.0, so `<` and `==` order them as
+    // `total_cmp` does in `rank`.
+    let mut min_score = f64::INFINITY;
     for (m, &distance_km) in j.members.iter().zip(&out.distances) {
         match check(m) {
             Err(why) => out.excluded.push(Excluded {
@@ -377,18 +388,14 @@ pub fn evaluate(
                     hosting: is_hosting,
                     score: distance_km + params.load_penalty_km * load - bonus,
                 };
+                if candidate.score < min_score {
+                    min_score = candidate.score;
+                }
                 out.candidates.push(candidate);
             }
         }
     }
-    // Picked in a pass of its own, for the same reason.
-    let mut best: Option<(usize, f64)> = None;
-    for (i, c) in out.candidates.iter().enumerate() {
-        // Lower score wins; equal scores go to the lower relay id (candidates
-        // are in relay order, so the first of equals is kept).
-        if best.is_none_or(|(_, score)| c.score.total_cmp(&score).is_lt()) {
-            best = Some((i, c.score));
-        }
-    }
-    out.best = best.map(|(i, _)| i);
+    // Lower score wins; equal scores go to the lower relay id. Candidates are
+    // in relay-id order, so that is the first one with the lowest score.
+    out.best = out.candidates.iter().position(|c| c.score == min_score);
 }
