@@ -160,8 +160,8 @@ fn baseline_select(b: &Bench, j: JurisdictionIdx, client: &Location) -> Option<u
         .map(|p| (p.latitude(), p.longitude()))?;
     let params = b.policy.selection();
     let mut candidates: Vec<(usize, f64)> = Vec::new();
-    for r in &b.policy.jurisdiction(j).relays {
-        let relay = b.policy.relay(*r);
+    for r in b.policy.jurisdiction(j).relays() {
+        let relay = b.policy.relay(r);
         let s = b.states[r.index()];
         if s.health != Health::Healthy
             || s.participants >= relay.max_participants
@@ -204,7 +204,7 @@ fn benches(c: &mut Criterion, b: &Bench) {
             let k = next();
             let j = b.jurisdictions[k % JURISDICTIONS];
             select::evaluate(&b.policy, j, &b.located[k], &b.states, &[], &mut scratch);
-            black_box(scratch.outcome(&b.policy).ok())
+            black_box(scratch.outcome().ok())
         })
     });
     c.bench_function("select_100_ranked", |bench| {
@@ -213,7 +213,7 @@ fn benches(c: &mut Criterion, b: &Bench) {
             let j = b.jurisdictions[k % JURISDICTIONS];
             select::evaluate(&b.policy, j, &b.located[k], &b.states, &[], &mut scratch);
             scratch.rank();
-            black_box(scratch.outcome(&b.policy).ok())
+            black_box(scratch.outcome().ok())
         })
     });
     c.bench_function("select_100_owned_result", |bench| {
@@ -236,7 +236,7 @@ fn benches(c: &mut Criterion, b: &Bench) {
             let j = b.jurisdictions[k % JURISDICTIONS];
             let location = b.geo.locate(black_box(b.clients[k]));
             select::evaluate(&b.policy, j, &location, &b.states, &[], &mut scratch);
-            black_box(scratch.outcome(&b.policy).ok())
+            black_box(scratch.outcome().ok())
         })
     });
     c.bench_function("decision_100_ranked", |bench| {
@@ -246,7 +246,7 @@ fn benches(c: &mut Criterion, b: &Bench) {
             let location = b.geo.locate(black_box(b.clients[k]));
             select::evaluate(&b.policy, j, &location, &b.states, &[], &mut scratch);
             scratch.rank();
-            black_box(scratch.outcome(&b.policy).ok())
+            black_box(scratch.outcome().ok())
         })
     });
     c.bench_function("decision_global_1000", |bench| {
@@ -254,7 +254,7 @@ fn benches(c: &mut Criterion, b: &Bench) {
             let k = next();
             let location = b.geo.locate(black_box(b.clients[k]));
             select::evaluate(&b.policy, b.global, &location, &b.states, &[], &mut scratch);
-            black_box(scratch.outcome(&b.policy).ok())
+            black_box(scratch.outcome().ok())
         })
     });
     c.bench_function("baseline_decision_global_1000", |bench| {

@@ -280,7 +280,7 @@ fn usage_errors_exit_one() {
         "--jurisdiction",
         "eu",
     ]);
-    assert_eq!(out.status.code(), Some(2), "clap rejects the address");
+    assert_eq!(out.status.code(), Some(1), "clap rejects the address");
     assert!(out.stdout.is_empty());
 }
 

@@ -73,8 +73,9 @@ impl Fixture {
         std::fs::write(self.config_path(), text).unwrap();
     }
 
+    /// `rel` inside the fixture, resolved as the loader resolves paths.
     fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
+        self.dir.path().canonicalize().unwrap().join(rel)
     }
 
     fn config_path(&self) -> PathBuf {
@@ -596,6 +597,98 @@ fn bad_trusted_proxy_and_selection_values() {
         "config/c.toml",
         "selection.stickiness_km",
         "kilometres >= 0",
+    );
+}
+
+#[test]
+fn plan_default_naming_an_unknown_jurisdiction() {
+    let f = Fixture::new();
+    f.edit(
+        "jurisdictions = [\"eu\", \"us\"]",
+        "jurisdictions = [\"eu\", \"us\"]\ndefault = \"apac\"",
+    );
+    let p = f.problems();
+    assert_problem(
+        &f,
+        &p,
+        "config/c.toml",
+        "plan[1] \"paid\".default",
+        "'apac' is not a jurisdiction; use one of: eu, us",
+    );
+    // The tenant on that plan is not reported again.
+    assert_eq!(p.len(), 1, "{p:#?}");
+}
+
+#[test]
+fn trusted_proxy_with_host_bits() {
+    let f = Fixture::new();
+    f.edit(
+        "trusted_proxies = [\"10.0.0.0/8\"]",
+        "trusted_proxies = [\"10.1.2.3/8\"]",
+    );
+    let p = f.problems();
+    assert_problem(
+        &f,
+        &p,
+        "config/c.toml",
+        "geoip.trusted_proxies[0]",
+        "has host bits set; did you mean 10.0.0.0/8?",
+    );
+}
+
+#[test]
+fn overlapping_ipv6_and_ipv4_mapped_overrides() {
+    let f = Fixture::new();
+    f.edit(
+        "[[geoip.override]]\ncidr = \"127.0.0.2/32\"\ncountry = \"DE\"",
+        "[[geoip.override]]\ncidr = \"2001:db8::/32\"\ncountry = \"DE\"\n\
+         [[geoip.override]]\ncidr = \"2001:db8:ff::/48\"\ncountry = \"FR\"\n\
+         [[geoip.override]]\ncidr = \"10.0.0.0/8\"\ncountry = \"DE\"\n\
+         [[geoip.override]]\ncidr = \"::ffff:10.1.0.0/112\"\ncountry = \"FR\"\n",
+    );
+    let p = f.problems();
+    assert_problem(
+        &f,
+        &p,
+        "config/c.toml",
+        "geoip.override[1].cidr",
+        "overlaps geoip.override[0] (2001:db8::/32)",
+    );
+    // The IPv4-mapped form is the IPv4 network 10.1.0.0/16, inside 10.0.0.0/8.
+    assert_problem(
+        &f,
+        &p,
+        "config/c.toml",
+        "geoip.override[3].cidr",
+        "overlaps geoip.override[2] (10.0.0.0/8)",
+    );
+}
+
+#[test]
+fn unreadable_region_file() {
+    let f = Fixture::new();
+    // A directory where a region file should be: reading it fails.
+    std::fs::create_dir(f.path("regions/ch.toml")).unwrap();
+    let p = f.problems();
+    assert_problem(&f, &p, "regions/ch.toml", "", "cannot read");
+}
+
+#[test]
+fn region_problems_are_reported_even_when_the_config_does_not_parse() {
+    let f = Fixture::new();
+    f.config("default_jurisdiction = [");
+    f.region(
+        "uk",
+        "id = \"uk\"\nname = \"UK\"\nlegal_basis = \"x\"\ncountries = [\"UK\"]\n",
+    );
+    let p = f.problems();
+    assert_problem(&f, &p, "config/c.toml", "", "not valid config TOML");
+    assert_problem(
+        &f,
+        &p,
+        "regions/uk.toml",
+        "countries[0]",
+        "the United Kingdom is 'GB'",
     );
 }
 

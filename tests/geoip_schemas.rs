@@ -292,7 +292,7 @@ fn config_loads_the_database_relative_to_itself() {
     let policy = residency_relay::policy::load(&config).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         policy.geoip().database().unwrap().path(),
-        dir.path().join("data/geo.mmdb")
+        dir.path().canonicalize().unwrap().join("data/geo.mmdb")
     );
     assert_eq!(
         policy.geoip().locate(ip("2001:db8::5")).country(),

@@ -19,6 +19,8 @@ struct Case {
     states: Vec<(u8, u32, u64)>,
     hosting: Vec<usize>,
     client: Option<(f64, f64)>,
+    /// States reported for only the first n relays (the rest: no state).
+    reported: Option<usize>,
     load_penalty_km: f64,
     stickiness_km: f64,
     default_relay: Option<usize>,
@@ -41,6 +43,7 @@ fn case() -> impl Strategy<Value = Case> {
         0.0..5000.0f64,
         0.0..5000.0f64,
         prop::option::of(0..24usize),
+        prop::option::weighted(0.2, 0..24usize),
     )
         .prop_map(
             |(
@@ -52,6 +55,7 @@ fn case() -> impl Strategy<Value = Case> {
                 load_penalty_km,
                 stickiness_km,
                 default_relay,
+                reported,
             )| Case {
                 relays,
                 jurisdictions,
@@ -61,6 +65,7 @@ fn case() -> impl Strategy<Value = Case> {
                 load_penalty_km,
                 stickiness_km,
                 default_relay,
+                reported,
             },
         )
 }
@@ -108,11 +113,15 @@ proptest! {
         }
         let policy = build(cfg, regions);
         // Relay ids r00.. sort like their draw order, so RelayIdx(i) is relay i.
-        let states: Vec<RelayState> = c.relays.iter().zip(&c.states).map(|(_, (h, p, b))| RelayState {
+        let reported = c.reported.unwrap_or(c.relays.len()).min(c.relays.len());
+        let states: Vec<RelayState> = c.states[..reported].iter().map(|(h, p, b)| RelayState {
             health: health(*h),
             participants: *p,
             bitrate_bps: *b,
         }).collect();
+        for (i, r) in policy.relays().iter().enumerate() {
+            prop_assert_eq!(&r.id, &format!("r{i:02}"));
+        }
         let hosting: Vec<RelayIdx> = c
             .hosting
             .iter()
@@ -131,13 +140,18 @@ proptest! {
         let mut scratch = Evaluation::default();
         for j in policy.jurisdictions() {
             let jidx = policy.jurisdiction_idx(&j.id).unwrap();
-            let inside = |r: RelayIdx| j.countries.contains(policy.relay(r).country);
+            // Membership and usability from the generated case itself, not
+            // from the policy the code under test built.
+            let members: Vec<usize> = match j.id.strip_prefix('j') {
+                Some(k) => c.jurisdictions[k.parse::<usize>().unwrap()].clone(),
+                None => (0..POOL.len()).collect(),
+            };
+            let inside = |r: RelayIdx| members.contains(&c.relays[r.index()].0);
             let usable = |r: RelayIdx| {
-                let s = states[r.index()];
-                let relay = policy.relay(r);
-                s.health == Health::Healthy
-                    && s.participants < relay.max_participants
-                    && s.bitrate_bps < relay.max_bitrate_bps
+                let (_, _, _, max_p, max_b) = c.relays[r.index()];
+                states.get(r.index()).is_some_and(|s| {
+                    s.health == Health::Healthy && s.participants < max_p && s.bitrate_bps < max_b
+                })
             };
             let result = select::select(&policy, jidx, &client, &states, &hosting);
             let evaluation = match &result {
@@ -156,7 +170,11 @@ proptest! {
             prop_assert_eq!(&seen, &expected);
             prop_assert!(evaluation.candidates.iter().all(|c| usable(c.relay)));
             prop_assert!(evaluation.excluded.iter().all(|e| !usable(e.relay)));
-            prop_assert!(evaluation.candidates.windows(2).all(|w| w[0].score <= w[1].score));
+            // Ranked by score, then hosting first, then relay id.
+            let in_rank_order = evaluation.candidates.windows(2).all(|w| {
+                (w[0].score, !w[0].hosting, w[0].relay) < (w[1].score, !w[1].hosting, w[1].relay)
+            });
+            prop_assert!(in_rank_order);
             match &result {
                 Ok(d) => {
                     prop_assert!(inside(d.relay), "chose {} outside {}", policy.relay(d.relay).id, j.id);
@@ -167,7 +185,10 @@ proptest! {
                     prop_assert!(!expected.iter().any(|r| usable(*r)));
                     let want = if expected.is_empty() {
                         RefusalReason::NoRelayInJurisdiction
-                    } else if expected.iter().any(|r| states[r.index()].health == Health::Healthy) {
+                    } else if expected
+                        .iter()
+                        .any(|r| states.get(r.index()).is_some_and(|s| s.health == Health::Healthy))
+                    {
                         RefusalReason::AtCapacity
                     } else {
                         RefusalReason::NoHealthyRelay

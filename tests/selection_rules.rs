@@ -194,17 +194,78 @@ fn load_penalty_moves_participants_off_a_busy_relay() {
     assert_eq!(w.chosen("eu", at(MUNICH.0, MUNICH.1)), "de-ber");
 }
 
+/// Two relays on the equator: `near` at 0°E, `host` (already hosting) at `host_lon`°E.
+fn equator_pair(
+    host_lon: f64,
+    stickiness_km: f64,
+) -> (residency_relay::policy::Policy, Vec<RelayIdx>) {
+    let relays = vec![
+        relay("host", "DE", 0.0, host_lon, 1),
+        relay("near", "DE", 0.0, 0.0, 2),
+    ];
+    let mut cfg = config("de", relays);
+    cfg.selection.stickiness_km = stickiness_km;
+    let policy = build(cfg, vec![region("de", &["DE"])]);
+    let host = vec![policy.relay_idx("host").unwrap()];
+    (policy, host)
+}
+
+fn chosen_from_origin(policy: &residency_relay::policy::Policy, hosting: &[RelayIdx]) -> String {
+    let states = vec![RelayState::IDLE; policy.relays().len()];
+    let j = policy.jurisdiction_idx("de").unwrap();
+    let d = select::select(policy, j, &at(0.0, 0.0), &states, hosting).unwrap();
+    policy.relay(d.relay).id.clone()
+}
+
 #[test]
-fn a_relay_already_hosting_is_kept_unless_another_is_nearer_by_the_margin() {
+fn a_relay_already_hosting_is_kept_unless_another_is_nearer_by_more_than_the_margin() {
+    // One degree of longitude on the equator is 111.2 km.
+    // 2.6° = 289 km farther: within the 300 km margin, the hosting relay stays.
+    let (policy, host) = equator_pair(2.6, 300.0);
+    assert_eq!(chosen_from_origin(&policy, &host), "host");
+    assert_eq!(chosen_from_origin(&policy, &[]), "near");
+    // 2.8° = 311 km farther: beyond the margin, the nearer relay wins.
+    let (policy, host) = equator_pair(2.8, 300.0);
+    assert_eq!(chosen_from_origin(&policy, &host), "near");
+    // Against the dev-like inventory: from Munich Berlin is ~200 km farther
+    // than Frankfurt, within the margin; from New York Dublin is over 1,000 km
+    // nearer than Frankfurt, beyond it.
     let mut w = World::new();
     w.hosting = vec![w.idx("de-ber")];
-    // From Munich Berlin is ~200 km farther than Frankfurt: within the 300 km margin.
     let d = w.select("eu", at(MUNICH.0, MUNICH.1)).unwrap();
     assert_eq!(w.policy.relay(d.relay).id, "de-ber");
     assert!(d.evaluation.candidates[0].hosting);
-    // From New York Dublin is over 1,000 km nearer than Berlin: beyond the margin.
     w.hosting = vec![w.idx("de-fra")];
     assert_eq!(w.chosen("eu", at(NEW_YORK.0, NEW_YORK.1)), "ie-dub");
+}
+
+#[test]
+fn an_exact_tie_keeps_the_hosting_relay() {
+    // Same place, no margin: the scores are equal. "host" sorts before "near"
+    // by id, so the id tie-break alone would pick "host" too; put the hosting
+    // relay second by id to see the hosting preference decide.
+    let relays = vec![
+        relay("a-near", "DE", 0.0, 0.0, 1),
+        relay("b-host", "DE", 0.0, 0.0, 2),
+    ];
+    let mut cfg = config("de", relays);
+    cfg.selection.stickiness_km = 0.0;
+    let policy = build(cfg, vec![region("de", &["DE"])]);
+    let host = [policy.relay_idx("b-host").unwrap()];
+    assert_eq!(chosen_from_origin(&policy, &host), "b-host");
+    assert_eq!(chosen_from_origin(&policy, &[]), "a-near");
+    // The allocation-free path agrees before ranking.
+    let states = vec![RelayState::IDLE; 2];
+    let mut e = Evaluation::default();
+    select::evaluate(
+        &policy,
+        policy.jurisdiction_idx("de").unwrap(),
+        &at(0.0, 0.0),
+        &states,
+        &host,
+        &mut e,
+    );
+    assert_eq!(e.outcome(), Ok(host[0]));
 }
 
 #[test]
@@ -252,7 +313,18 @@ fn unknown_location_goes_to_the_default_relay_or_the_centre() {
     assert_eq!(d.evaluation.basis, Basis::DefaultRelay);
 
     // Default relay down: the relay nearest the jurisdiction's centre.
-    states[policy.relay_idx("ie-dub").unwrap().index()].health = Health::Unhealthy;
+    // A busy default relay is still the operator's choice: its load does not count.
+    let dub = policy.relay_idx("ie-dub").unwrap().index();
+    states[dub].participants = 95;
+    let d = select::select(&policy, eu, &unknown, &states, &[]).unwrap();
+    assert_eq!(policy.relay(d.relay).id, "ie-dub");
+    assert_eq!(d.evaluation.basis, Basis::DefaultRelay);
+    // Full, it cannot take anyone: the centre decides.
+    states[dub].participants = 100;
+    let d = select::select(&policy, eu, &unknown, &states, &[]).unwrap();
+    assert_eq!(d.evaluation.basis, Basis::JurisdictionCentre);
+    states[dub].participants = 0;
+    states[dub].health = Health::Unhealthy;
     let d = select::select(&policy, eu, &unknown, &states, &[]).unwrap();
     assert_eq!(d.evaluation.basis, Basis::JurisdictionCentre);
     let centre = policy.jurisdiction(eu).centre.unwrap();
@@ -305,7 +377,7 @@ fn evaluate_reuses_its_buffers_and_agrees_with_select() {
     for (lat, lon) in [MUNICH, NEW_YORK, HAMBURG] {
         select::evaluate(&w.policy, j, &at(lat, lon), &w.states, &[], &mut scratch);
         let d = w.select("eu", at(lat, lon)).unwrap();
-        assert_eq!(scratch.outcome(&w.policy), Ok(d.relay));
+        assert_eq!(scratch.outcome(), Ok(d.relay));
         // Unranked: candidates in relay-id order, the best tracked.
         assert!(!scratch.is_ranked());
         assert!(

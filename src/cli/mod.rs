@@ -71,7 +71,19 @@ const EXIT_REFUSED: u8 = 2;
 
 /// Runs the command line; returns the process exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // Help and version go to stdout and succeed; every other
+            // command-line error is a usage error (1), never a refusal (2).
+            return if e.use_stderr() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     match cli.command {
         Command::Check { config, regions } => check(&config, regions.as_deref()),
         Command::Route {
@@ -153,11 +165,7 @@ pub fn summary(policy: &Policy) -> String {
     let _ = writeln!(s, "{}: OK", policy.source().display());
     let _ = writeln!(s, "jurisdictions ({}):", policy.jurisdictions().len());
     for j in policy.jurisdictions() {
-        let relays: Vec<&str> = j
-            .relays
-            .iter()
-            .map(|r| policy.relay(*r).id.as_str())
-            .collect();
+        let relays: Vec<&str> = j.relays().map(|r| policy.relay(r).id.as_str()).collect();
         let _ = writeln!(
             s,
             "  {:<8} {} ({}; {} {})",

@@ -58,6 +58,8 @@ pub(super) fn run(policy: &Policy, req: &Request<'_>) -> Result<Report, String> 
             let by = format!("tenant {} on plan {}", tenant.id, plan.id);
             match plan::pin(policy, plan, req.jurisdiction) {
                 Ok(j) => (j, by),
+                // A typo, as without --tenant: a usage error, not a refusal.
+                Err(e @ PinError::UnknownJurisdiction { .. }) => return Err(e.to_string()),
                 Err(e) => {
                     return Ok(Report {
                         ip: req.ip,
@@ -154,50 +156,36 @@ impl Report {
                 writeln!(s, "client {}: location unknown ({})", self.ip, why.as_str())
             }
         };
-        let evaluation = match &self.outcome {
-            Outcome::PinRefused(requested, e) => {
+        let Some(evaluation) = self.evaluation() else {
+            if let Outcome::PinRefused(requested, e) = &self.outcome {
                 let _ = writeln!(s, "pin: {}", self.pinned_by);
                 let _ = writeln!(s, "REFUSED ({}): requested '{requested}': {e}", e.code());
-                return s;
             }
-            Outcome::Chosen(relay, e) => {
+            return s;
+        };
+        let j = policy.jurisdiction(evaluation.jurisdiction);
+        let _ = writeln!(
+            s,
+            "jurisdiction: {} ({}; {}), pinned by {}",
+            j.id, j.name, j.legal_basis, self.pinned_by
+        );
+        let _ = match &self.outcome {
+            Outcome::Chosen(relay, _) => {
                 let r = policy.relay(*relay);
-                let j = policy.jurisdiction(e.jurisdiction);
-                let _ = writeln!(
-                    s,
-                    "jurisdiction: {} ({}; {}), pinned by {}",
-                    j.id, j.name, j.legal_basis, self.pinned_by
-                );
-                let _ = writeln!(
+                writeln!(
                     s,
                     "decision: relay {} in {} at {}",
                     r.id, r.country, r.quic_addr
-                );
-                e
+                )
             }
-            Outcome::Refused(reason, e) => {
-                let j = policy.jurisdiction(e.jurisdiction);
-                let _ = writeln!(
-                    s,
-                    "jurisdiction: {} ({}; {}), pinned by {}",
-                    j.id, j.name, j.legal_basis, self.pinned_by
-                );
-                let _ = writeln!(
-                    s,
-                    "REFUSED ({}): {reason}; no relay abroad is used",
-                    reason.code()
-                );
-                e
-            }
+            Outcome::Refused(reason, _) => writeln!(
+                s,
+                "REFUSED ({}): {reason}; no relay abroad is used",
+                reason.code()
+            ),
+            Outcome::PinRefused(..) => Ok(()),
         };
-        let _ = writeln!(
-            s,
-            "distances from: {}",
-            serde_json::to_value(evaluation.basis)
-                .unwrap_or_default()
-                .as_str()
-                .unwrap_or("")
-        );
+        let _ = writeln!(s, "distances from: {}", evaluation.basis.as_str());
         let _ = writeln!(s, "candidates ({}):", evaluation.candidates.len());
         for (rank, c) in evaluation.candidates.iter().enumerate() {
             let r = policy.relay(c.relay);

@@ -105,8 +105,7 @@ fn table() -> &'static [Option<CountryInfo>; SLOTS] {
                 continue;
             }
             let geo = country.geo();
-            let slot = usize::from(bytes[0] - b'A') * 26 + usize::from(bytes[1] - b'A');
-            table[slot] = Some(CountryInfo {
+            table[CountryCode([bytes[0], bytes[1]]).slot()] = Some(CountryInfo {
                 name: country.iso_short_name(),
                 centroid: GeoPoint::new(geo.latitude(), geo.longitude())
                     .unwrap_or(GeoPoint::NULL_ISLAND),

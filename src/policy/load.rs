@@ -79,24 +79,34 @@ pub fn load_with_regions(config: &Path, regions: Option<&Path>) -> Result<Policy
             format!("cannot read the config file: {e}; check the --config path"),
         )
     })?;
-    let file: ConfigFile = toml::from_str(&text).map_err(|e| {
-        single(
-            config,
-            "",
-            format!("not valid config TOML: {}", e.to_string().trim_end()),
-        )
-    })?;
     let base = config.parent().unwrap_or(Path::new("."));
-    let regions_dir = match regions {
-        Some(dir) => dir.to_owned(),
-        None => join_clean(
+    let parsed = toml::from_str::<ConfigFile>(&text);
+    let regions_dir = match (regions, &parsed) {
+        (Some(dir), _) => dir.to_owned(),
+        (None, Ok(file)) => resolve(
             base,
             file.regions_dir
                 .as_deref()
-                .unwrap_or(Path::new("../regions")),
+                .unwrap_or(Path::new(DEFAULT_REGIONS_DIR)),
         ),
+        (None, Err(_)) => resolve(base, Path::new(DEFAULT_REGIONS_DIR)),
     };
     let region_files = read_regions(&regions_dir, config, &mut problems);
+    let file = match parsed {
+        Ok(file) => file,
+        Err(e) => {
+            problems.push(
+                config,
+                "",
+                format!("not valid config TOML: {}", e.to_string().trim_end()),
+            );
+            // The region files are still checked, so that every problem is reported.
+            build_jurisdictions(region_files, &mut problems);
+            return Err(ConfigError {
+                problems: problems.0,
+            });
+        }
+    };
     match Policy::from_files(config, file, region_files) {
         Ok(policy) if problems.0.is_empty() => Ok(policy),
         Ok(_) => Err(ConfigError {
@@ -109,6 +119,17 @@ pub fn load_with_regions(config: &Path, regions: Option<&Path>) -> Result<Policy
             })
         }
     }
+}
+
+/// Where region files are looked for when the config does not say.
+const DEFAULT_REGIONS_DIR: &str = "../regions";
+
+/// `base/rel` as the file system resolves it (symbolic links included),
+/// absolute when it exists; unchanged otherwise, so that opening it reports
+/// the error.
+fn resolve(base: &Path, rel: &Path) -> PathBuf {
+    let path = base.join(rel);
+    std::fs::canonicalize(&path).unwrap_or(path)
 }
 
 fn single(file: &Path, field: &str, message: String) -> ConfigError {
@@ -190,6 +211,102 @@ fn at(section: &str, i: usize, id: &str, field: &str) -> String {
     }
 }
 
+/// Checks region files and builds the jurisdictions, in id order (relays
+/// are attached later).
+fn build_jurisdictions(regions: Vec<(PathBuf, RegionFile)>, p: &mut Problems) -> Vec<Jurisdiction> {
+    let mut regions = regions;
+    regions.sort_by(|a, b| a.1.id.cmp(&b.1.id).then(a.0.cmp(&b.0)));
+    let mut jurisdictions: Vec<Jurisdiction> = Vec::new();
+    let mut seen_region: HashMap<String, PathBuf> = HashMap::new();
+    for (path, region) in regions {
+        if let Err(m) = check_id(&region.id, 32) {
+            p.push(&path, "id", m);
+        }
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+        if stem != region.id {
+            p.push(
+                &path,
+                "id",
+                format!(
+                    "id '{}' differs from the file name '{stem}.toml'; rename the file or change the id",
+                    region.id
+                ),
+            );
+        }
+        if let Some(first) = seen_region.get(&region.id) {
+            p.push(
+                &path,
+                "id",
+                format!(
+                    "jurisdiction '{}' is already defined in {}",
+                    region.id,
+                    first.display()
+                ),
+            );
+            continue;
+        }
+        seen_region.insert(region.id.clone(), path.clone());
+        if region.name.trim().is_empty() {
+            p.push(
+                &path,
+                "name",
+                "is empty; give the jurisdiction a display name",
+            );
+        }
+        if region.legal_basis.trim().is_empty() {
+            p.push(
+                &path,
+                "legal_basis",
+                "is empty; name the law this jurisdiction answers to",
+            );
+        }
+        let mut countries = CountrySet::new();
+        if region.all_countries {
+            if !region.countries.is_empty() {
+                p.push(
+                    &path,
+                    "countries",
+                    "must be empty when all_countries = true; remove one of the two",
+                );
+            }
+            countries = CountrySet::all();
+        } else if region.countries.is_empty() {
+            p.push(
+                &path,
+                "countries",
+                "lists no country; list ISO 3166-1 alpha-2 codes or set all_countries = true",
+            );
+        }
+        for (i, code) in region.countries.iter().enumerate() {
+            match parse_country(code) {
+                Ok(c) => {
+                    if !countries.insert(c) {
+                        p.push(
+                            &path,
+                            format!("countries[{i}]"),
+                            format!("'{c}' is listed twice"),
+                        );
+                    }
+                }
+                Err(m) => p.push(&path, format!("countries[{i}]"), m),
+            }
+        }
+        let centre = GeoPoint::centre_of(countries.iter().map(|c| c.centroid()));
+        jurisdictions.push(Jurisdiction {
+            id: region.id,
+            name: region.name,
+            legal_basis: region.legal_basis,
+            countries,
+            source: path,
+            members: Vec::new(),
+            positions: PointSet::default(),
+            centre,
+            default_relay: None,
+        });
+    }
+    jurisdictions
+}
+
 /// Bitrates stay exactly representable as `f64` (load arithmetic relies on it).
 pub(crate) const MAX_BITRATE_BPS: u64 = 1 << 53;
 
@@ -234,98 +351,7 @@ impl Policy {
         let mut p = Problems::default();
         let cfg = config_path;
 
-        // Jurisdictions, in id order.
-        let mut regions = regions;
-        regions.sort_by(|a, b| a.1.id.cmp(&b.1.id).then(a.0.cmp(&b.0)));
-        let mut jurisdictions: Vec<Jurisdiction> = Vec::new();
-        let mut seen_region: HashMap<String, PathBuf> = HashMap::new();
-        for (path, region) in regions {
-            if let Err(m) = check_id(&region.id, 32) {
-                p.push(&path, "id", m);
-            }
-            let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
-            if stem != region.id {
-                p.push(
-                    &path,
-                    "id",
-                    format!(
-                        "id '{}' differs from the file name '{stem}.toml'; rename the file or change the id",
-                        region.id
-                    ),
-                );
-            }
-            if let Some(first) = seen_region.get(&region.id) {
-                p.push(
-                    &path,
-                    "id",
-                    format!(
-                        "jurisdiction '{}' is already defined in {}",
-                        region.id,
-                        first.display()
-                    ),
-                );
-                continue;
-            }
-            seen_region.insert(region.id.clone(), path.clone());
-            if region.name.trim().is_empty() {
-                p.push(
-                    &path,
-                    "name",
-                    "is empty; give the jurisdiction a display name",
-                );
-            }
-            if region.legal_basis.trim().is_empty() {
-                p.push(
-                    &path,
-                    "legal_basis",
-                    "is empty; name the law this jurisdiction answers to",
-                );
-            }
-            let mut countries = CountrySet::new();
-            if region.all_countries {
-                if !region.countries.is_empty() {
-                    p.push(
-                        &path,
-                        "countries",
-                        "must be empty when all_countries = true; remove one of the two",
-                    );
-                }
-                countries = CountrySet::all();
-            } else if region.countries.is_empty() {
-                p.push(
-                    &path,
-                    "countries",
-                    "lists no country; list ISO 3166-1 alpha-2 codes or set all_countries = true",
-                );
-            }
-            for (i, code) in region.countries.iter().enumerate() {
-                match parse_country(code) {
-                    Ok(c) => {
-                        if !countries.insert(c) {
-                            p.push(
-                                &path,
-                                format!("countries[{i}]"),
-                                format!("'{c}' is listed twice"),
-                            );
-                        }
-                    }
-                    Err(m) => p.push(&path, format!("countries[{i}]"), m),
-                }
-            }
-            let centre = GeoPoint::centre_of(countries.iter().map(|c| c.centroid()));
-            jurisdictions.push(Jurisdiction {
-                id: region.id,
-                name: region.name,
-                legal_basis: region.legal_basis,
-                countries,
-                source: path,
-                relays: Vec::new(),
-                members: Vec::new(),
-                positions: PointSet::default(),
-                centre,
-                default_relay: None,
-            });
-        }
+        let mut jurisdictions = build_jurisdictions(regions, &mut p);
         let jurisdiction_by_id: HashMap<String, JurisdictionIdx> = jurisdictions
             .iter()
             .enumerate()
@@ -335,10 +361,13 @@ impl Policy {
             p.push(cfg, "regions_dir", "more than 65535 jurisdictions");
         }
         let known = |id: &str| jurisdiction_by_id.get(id).copied();
-        let known_list = || {
+        let not_a_jurisdiction = |id: &str| {
             let mut ids: Vec<_> = jurisdiction_by_id.keys().map(String::as_str).collect();
             ids.sort_unstable();
-            ids.join(", ")
+            format!(
+                "'{id}' is not a jurisdiction; use one of: {}",
+                ids.join(", ")
+            )
         };
 
         let default_jurisdiction = known(&config.default_jurisdiction);
@@ -346,11 +375,7 @@ impl Policy {
             p.push(
                 cfg,
                 "default_jurisdiction",
-                format!(
-                    "'{}' is not a jurisdiction; use one of: {}",
-                    config.default_jurisdiction,
-                    known_list()
-                ),
+                not_a_jurisdiction(&config.default_jurisdiction),
             );
         }
 
@@ -509,7 +534,6 @@ impl Policy {
                     inv_max_bitrate_bps: 1.0 / r.max_bitrate_bps as f64,
                 })
                 .collect();
-            j.relays = j.members.iter().map(|m| m.relay).collect();
             j.positions = j
                 .members
                 .iter()
@@ -520,20 +544,13 @@ impl Policy {
         for (jid, rid) in &config.default_relay {
             let field = format!("default_relay.{jid}");
             let Some(j) = known(jid) else {
-                p.push(
-                    cfg,
-                    field,
-                    format!(
-                        "'{jid}' is not a jurisdiction; use one of: {}",
-                        known_list()
-                    ),
-                );
+                p.push(cfg, field, not_a_jurisdiction(jid));
                 continue;
             };
             match relay_by_id.get(rid) {
                 None if seen_relay.contains(rid) => {} // already reported on the relay itself
                 None => p.push(cfg, field, format!("no relay has the id '{rid}'")),
-                Some(r) if !jurisdictions[j.index()].relays.contains(r) => p.push(
+                Some(r) if !jurisdictions[j.index()].contains(*r) => p.push(
                     cfg,
                     field,
                     format!(
@@ -547,7 +564,9 @@ impl Policy {
 
         // Plans.
         let mut plans: Vec<Plan> = Vec::new();
-        let mut plan_by_id: HashMap<String, usize> = HashMap::new();
+        // Plan id → index in `plans`; `None` for a plan that had problems (and
+        // was not stored), so tenants on it are not reported a second time.
+        let mut plan_by_id: HashMap<String, Option<usize>> = HashMap::new();
         for (i, plan) in config.plans.iter().enumerate() {
             let field = |f: &str| at("plan", i, &plan.id, f);
             if let Err(m) = check_id(&plan.id, 64) {
@@ -573,10 +592,7 @@ impl Policy {
                     None => p.push(
                         cfg,
                         field(&format!("jurisdictions[{k}]")),
-                        format!(
-                            "'{jid}' is not a jurisdiction; use one of: {}",
-                            known_list()
-                        ),
+                        not_a_jurisdiction(jid),
                     ),
                 }
             }
@@ -584,14 +600,7 @@ impl Policy {
                 Some(jid) => {
                     let j = known(jid);
                     if j.is_none() {
-                        p.push(
-                            cfg,
-                            field("default"),
-                            format!(
-                                "'{jid}' is not a jurisdiction; use one of: {}",
-                                known_list()
-                            ),
-                        );
+                        p.push(cfg, field("default"), not_a_jurisdiction(jid));
                     }
                     j
                 }
@@ -618,14 +627,15 @@ impl Policy {
                     );
                 }
             }
-            plan_by_id.insert(plan.id.clone(), plans.len());
-            if let Some(default) = default {
+            let stored = default.map(|default| {
                 plans.push(Plan {
                     id: plan.id.clone(),
                     jurisdictions: choosable,
                     default,
                 });
-            }
+                plans.len() - 1
+            });
+            plan_by_id.insert(plan.id.clone(), stored);
         }
 
         // Tenants.
@@ -673,14 +683,12 @@ impl Policy {
                     format!("tenant '{other}' has the same API key; issue each tenant its own key"),
                 );
             }
-            if let (Some(plan), true) = (plan, key_ok) {
-                if plan < plans.len() {
-                    tenants.push(Tenant {
-                        id: t.id.clone(),
-                        plan,
-                        api_key_sha256: hash,
-                    });
-                }
+            if let (Some(Some(plan)), true) = (plan, key_ok) {
+                tenants.push(Tenant {
+                    id: t.id.clone(),
+                    plan,
+                    api_key_sha256: hash,
+                });
             }
         }
 
@@ -756,7 +764,7 @@ impl Policy {
         let database = match &geo.database {
             None => None,
             Some(path) => {
-                let path = join_clean(base, path);
+                let path = resolve(base, path);
                 match Database::open(&path) {
                     Ok(db) => Some(db),
                     Err(e) => {
@@ -794,28 +802,6 @@ impl Policy {
     }
 }
 
-/// `base/rel` with `.` and `..` resolved lexically, so messages show
-/// `regions/eu.toml` rather than `config/../regions/eu.toml`.
-fn join_clean(base: &Path, rel: &Path) -> PathBuf {
-    use std::path::Component;
-    let mut out = PathBuf::new();
-    for part in base.join(rel).components() {
-        match part {
-            Component::CurDir => {}
-            Component::ParentDir
-                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
-            {
-                out.pop();
-            }
-            other => out.push(other),
-        }
-    }
-    if out.as_os_str().is_empty() {
-        out.push(".");
-    }
-    out
-}
-
 fn parse_cidr(text: &str) -> Result<IpNet, String> {
     let net: IpNet = text.parse().map_err(|_| {
         format!("'{text}' is not a CIDR network such as 192.0.2.0/24 or 2001:db8::/32")
@@ -826,6 +812,17 @@ fn parse_cidr(text: &str) -> Result<IpNet, String> {
             net.trunc()
         ));
     }
+    // Clients with IPv4-mapped IPv6 addresses are looked up as IPv4, so a
+    // network written in that form is stored as the IPv4 network it means.
+    if let IpNet::V6(v6) = net {
+        if v6.prefix_len() >= 96 {
+            if let Some(v4) = v6.network().to_ipv4_mapped() {
+                let v4 = ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                    .map_err(|_| format!("'{text}' is not a usable network"))?;
+                return Ok(IpNet::V4(v4));
+            }
+        }
+    }
     Ok(net)
 }
 
@@ -834,16 +831,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn joins_paths_lexically() {
-        let j = |b: &str, r: &str| join_clean(Path::new(b), Path::new(r));
-        assert_eq!(j("config", "../regions"), Path::new("regions"));
+    fn ipv4_mapped_networks_become_ipv4() {
         assert_eq!(
-            j("/etc/rr/config", "../regions"),
-            Path::new("/etc/rr/regions")
+            parse_cidr("::ffff:10.0.0.0/104").unwrap(),
+            "10.0.0.0/8".parse::<IpNet>().unwrap()
         );
-        assert_eq!(j("", "../regions"), Path::new("../regions"));
-        assert_eq!(j("a/b", "/abs/db.mmdb"), Path::new("/abs/db.mmdb"));
-        assert_eq!(j("config", "."), Path::new("config"));
-        assert_eq!(j("config", ".."), Path::new("."));
+        assert_eq!(
+            parse_cidr("::ffff:192.0.2.7/128").unwrap(),
+            "192.0.2.7/32".parse::<IpNet>().unwrap()
+        );
+        // Wider than the mapped range: stays IPv6.
+        assert_eq!(
+            parse_cidr("::/64").unwrap(),
+            "::/64".parse::<IpNet>().unwrap()
+        );
+        assert!(
+            parse_cidr("::ffff:10.0.0.1/104")
+                .unwrap_err()
+                .contains("host bits")
+        );
     }
 }

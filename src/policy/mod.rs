@@ -53,10 +53,9 @@ pub struct Jurisdiction {
     pub countries: CountrySet,
     /// The file it was read from.
     pub source: PathBuf,
-    /// Relays whose country is in `countries`, in id order.
-    pub relays: Vec<RelayIdx>,
-    /// The same relays with what selection reads, packed together so that
-    /// ranking a jurisdiction walks one contiguous array.
+    /// Relays whose country is in `countries`, in id order, with what
+    /// selection reads, packed together so that ranking a jurisdiction walks
+    /// one contiguous array.
     pub members: Vec<Member>,
     /// The position of `members[i]`'s relay, as columns for [`PointSet::distances_km`].
     pub positions: PointSet,
@@ -65,6 +64,18 @@ pub struct Jurisdiction {
     pub centre: Option<GeoPoint>,
     /// Operator-chosen relay for participants of unknown location.
     pub default_relay: Option<RelayIdx>,
+}
+
+impl Jurisdiction {
+    /// Relays inside the jurisdiction, in id order.
+    pub fn relays(&self) -> impl ExactSizeIterator<Item = RelayIdx> + '_ {
+        self.members.iter().map(|m| m.relay)
+    }
+
+    /// Whether `relay` is inside the jurisdiction.
+    pub fn contains(&self, relay: RelayIdx) -> bool {
+        self.members.iter().any(|m| m.relay == relay)
+    }
 }
 
 /// A relay as relay selection sees it inside one jurisdiction.

@@ -148,6 +148,18 @@ pub enum RefusalReason {
     AtCapacity,
 }
 
+impl Basis {
+    /// Stable code (JSON, logs).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Basis::Client => "client",
+            Basis::DefaultRelay => "default_relay",
+            Basis::JurisdictionCentre => "jurisdiction_centre",
+            Basis::None => "none",
+        }
+    }
+}
+
 impl RefusalReason {
     pub fn code(self) -> &'static str {
         match self {
@@ -215,8 +227,12 @@ impl Evaluation {
     /// Sorts the candidates best-first (score, then relay id). Idempotent.
     pub fn rank(&mut self) {
         if !self.ranked {
-            self.candidates
-                .sort_unstable_by(|a, b| a.score.total_cmp(&b.score).then(a.relay.cmp(&b.relay)));
+            self.candidates.sort_unstable_by(|a, b| {
+                a.score
+                    .total_cmp(&b.score)
+                    .then(b.hosting.cmp(&a.hosting))
+                    .then(a.relay.cmp(&b.relay))
+            });
             self.best = (!self.candidates.is_empty()).then_some(0);
             self.ranked = true;
         }
@@ -228,11 +244,12 @@ impl Evaluation {
     }
 
     /// The chosen relay, or why there is none.
-    pub fn outcome(&self, policy: &Policy) -> Result<RelayIdx, RefusalReason> {
+    pub fn outcome(&self) -> Result<RelayIdx, RefusalReason> {
         if let Some(best) = self.best() {
             return Ok(best.relay);
         }
-        if policy.jurisdiction(self.jurisdiction).relays.is_empty() {
+        // Every relay inside is either a candidate or excluded.
+        if self.excluded.is_empty() {
             Err(RefusalReason::NoRelayInJurisdiction)
         } else if self.excluded.iter().any(|e| e.why.is_capacity()) {
             Err(RefusalReason::AtCapacity)
@@ -278,7 +295,7 @@ pub fn select(
         &mut evaluation,
     );
     evaluation.rank();
-    match evaluation.outcome(policy) {
+    match evaluation.outcome() {
         Ok(relay) => Ok(Decision { relay, evaluation }),
         Err(reason) => Err(Refusal { reason, evaluation }),
     }
@@ -338,19 +355,20 @@ pub fn evaluate(
         Ok(if load < MAX_LOAD { load } else { MAX_LOAD })
     };
 
+    // The operator's relay for clients of unknown location, when it can take one.
+    let usable_default = match client {
+        Location::Unknown(_) => j
+            .default_relay
+            .filter(|r| j.members.iter().any(|m| m.relay == *r && check(m).is_ok())),
+        Location::Known { .. } => None,
+    };
     let (reference, basis): (Option<GeoPoint>, Basis) = match client.point() {
         Some(point) => (Some(point), Basis::Client),
-        None => {
-            let usable_default = j
-                .default_relay
-                .and_then(|r| j.members.iter().find(|m| m.relay == r))
-                .filter(|m| check(m).is_ok());
-            match (usable_default, j.centre) {
-                (Some(m), _) => (Some(policy.relay(m.relay).position), Basis::DefaultRelay),
-                (None, Some(centre)) => (Some(centre), Basis::JurisdictionCentre),
-                (None, None) => (None, Basis::None),
-            }
-        }
+        None => match (usable_default, j.centre) {
+            (Some(r), _) => (Some(policy.relay(r).position), Basis::DefaultRelay),
+            (None, Some(centre)) => (Some(centre), Basis::JurisdictionCentre),
+            (None, None) => (None, Basis::None),
+        },
     };
     out.basis = basis;
 
@@ -381,12 +399,20 @@ pub fn evaluate(
                 } else {
                     0.0
                 };
+                // The default relay is the operator's choice for clients of
+                // unknown location: its own load does not count against it
+                // (capacity still does, through `check`).
+                let load_term = if usable_default == Some(m.relay) {
+                    0.0
+                } else {
+                    params.load_penalty_km * load
+                };
                 let candidate = Candidate {
                     relay: m.relay,
                     distance_km,
                     load,
                     hosting: is_hosting,
-                    score: distance_km + params.load_penalty_km * load - bonus,
+                    score: distance_km + load_term - bonus,
                 };
                 if candidate.score < min_score {
                     min_score = candidate.score;
@@ -395,7 +421,13 @@ pub fn evaluate(
             }
         }
     }
-    // Lower score wins; equal scores go to the lower relay id. Candidates are
-    // in relay-id order, so that is the first one with the lowest score.
-    out.best = out.candidates.iter().position(|c| c.score == min_score);
+    // Lower score wins; among equal scores a relay already hosting the
+    // conference (it is kept unless another is better by *more* than the
+    // margin), then the lower relay id: candidates are in relay-id order.
+    let lowest = |c: &Candidate| c.score == min_score;
+    out.best = out
+        .candidates
+        .iter()
+        .position(|c| lowest(c) && c.hosting)
+        .or_else(|| out.candidates.iter().position(lowest));
 }
