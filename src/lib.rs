@@ -12,11 +12,19 @@
 //! - [`select`]: the pure relay-selection function. It looks only at relays
 //!   inside the conference's jurisdiction and refuses, with a reason, when
 //!   none can take the participant; it never falls back abroad.
+//! - [`wire`]: wire protocol v1 between clients and relays: control-message
+//!   frames and the media datagram header. Parsers take untrusted bytes and
+//!   return typed errors.
+//! - [`forward`]: the sans-IO forwarding core: conferences, participants,
+//!   tracks, subscriptions and bounded per-subscriber queues. It never does
+//!   I/O and never parses payloads; fan-out clones `Bytes`, not media.
 //! - [`cli`]: the `residency-relay` commands (`check`, `route`, …), thin
 //!   wrappers that print what the layers above decide.
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod forward;
 pub mod geo;
 pub mod policy;
 pub mod select;
+pub mod wire;

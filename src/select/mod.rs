@@ -399,20 +399,12 @@ pub fn evaluate(
                 } else {
                     0.0
                 };
-                // The default relay is the operator's choice for clients of
-                // unknown location: its own load does not count against it
-                // (capacity still does, through `check`).
-                let load_term = if usable_default == Some(m.relay) {
-                    0.0
-                } else {
-                    params.load_penalty_km * load
-                };
                 let candidate = Candidate {
                     relay: m.relay,
                     distance_km,
                     load,
                     hosting: is_hosting,
-                    score: distance_km + load_term - bonus,
+                    score: distance_km + params.load_penalty_km * load - bonus,
                 };
                 if candidate.score < min_score {
                     min_score = candidate.score;
@@ -424,10 +416,22 @@ pub fn evaluate(
     // Lower score wins; among equal scores a relay already hosting the
     // conference (it is kept unless another is better by *more* than the
     // margin), then the lower relay id: candidates are in relay-id order.
+    // The default relay is the operator's choice for clients of unknown
+    // location: its own load does not count against it (capacity still does:
+    // it is only "usable" when under capacity).
+    if let Some(c) = usable_default.and_then(|r| out.candidates.iter_mut().find(|c| c.relay == r)) {
+        c.score = c.distance_km - if c.hosting { params.stickiness_km } else { 0.0 };
+        if c.score < min_score {
+            min_score = c.score;
+        }
+    }
     let lowest = |c: &Candidate| c.score == min_score;
-    out.best = out
-        .candidates
-        .iter()
-        .position(|c| lowest(c) && c.hosting)
-        .or_else(|| out.candidates.iter().position(lowest));
+    out.best = if hosting.is_empty() {
+        out.candidates.iter().position(lowest)
+    } else {
+        out.candidates
+            .iter()
+            .position(|c| lowest(c) && c.hosting)
+            .or_else(|| out.candidates.iter().position(lowest))
+    };
 }

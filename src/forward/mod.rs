@@ -1,0 +1,535 @@
+//! The forwarding core: a sans-IO state machine of conferences, participants,
+//! tracks and subscriptions.
+//!
+//! Inputs: a participant admitted (its ticket already verified by the
+//! shell), a control message, a datagram, a connection closed, each with the
+//! time passed in. Outputs: per-connection datagram queues the shell drains
+//! as each connection can send ([`Core::poll_datagram`]), control messages
+//! ([`Core::poll_control`]), and counters. No sockets, no clock reads, no
+//! tokio.
+//!
+//! Fan-out clones the received `Bytes` (a reference count), never the
+//! payload, and a steady-state datagram allocates nothing. A slow subscriber
+//! only ever fills its own bounded queue: the publisher and other subscribers
+//! are not slowed, and every drop is counted by reason.
+
+mod queue;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+pub use queue::{DropReason, Queue};
+
+use crate::wire::ErrorCode;
+use crate::wire::control::{ClientMessage, ParticipantId, ServerMessage, TrackInfo};
+use crate::wire::datagram::{self, DatagramError, TrackId};
+
+/// A connection as the core knows it: an index into its slab and a
+/// generation, so a stale id never reaches a newer connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnId {
+    index: u32,
+    generation: u32,
+}
+
+/// What a participant's ticket allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Permissions {
+    pub publish: bool,
+    pub subscribe: bool,
+    pub moderate: bool,
+}
+
+/// A participant whose ticket the shell has verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admission {
+    pub conference: String,
+    pub participant: ParticipantId,
+    pub display_name: String,
+    pub permissions: Permissions,
+}
+
+/// Limits of the core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CoreConfig {
+    /// Datagrams queued per subscriber before the drop policy applies.
+    pub queue_packets: usize,
+    /// Tracks one participant may publish.
+    pub max_tracks_per_participant: usize,
+    /// Least time between two keyframe requests for one track.
+    pub keyframe_request_interval: Duration,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            queue_packets: 256,
+            max_tracks_per_participant: 8,
+            keyframe_request_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Why a received datagram was not forwarded (ingress drops).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngressDrop {
+    Malformed(DatagramError),
+    /// From a connection that is not (or no longer) admitted.
+    UnknownConnection,
+    UnknownTrack,
+    /// A track published by someone else.
+    NotOwner,
+}
+
+impl IngressDrop {
+    pub fn code(self) -> &'static str {
+        match self {
+            IngressDrop::Malformed(e) => e.code(),
+            IngressDrop::UnknownConnection => "unknown_connection",
+            IngressDrop::UnknownTrack => "unknown_track",
+            IngressDrop::NotOwner => "not_owner",
+        }
+    }
+}
+
+/// Running totals; the shell exports them as metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub datagrams_received: u64,
+    pub bytes_received: u64,
+    /// Datagram copies queued for subscribers.
+    pub deliveries: u64,
+    pub bytes_delivered: u64,
+    pub ingress_malformed: u64,
+    pub ingress_unknown_connection: u64,
+    pub ingress_unknown_track: u64,
+    pub ingress_not_owner: u64,
+    /// Subscriber-queue drops, indexed by [`DropReason::index`].
+    pub queue_drops: [u64; DropReason::COUNT],
+    pub keyframe_requests: u64,
+    pub control_errors: u64,
+}
+
+struct Conn {
+    generation: u32,
+    conference: String,
+    participant: ParticipantId,
+    display_name: String,
+    permissions: Permissions,
+    published: Vec<TrackId>,
+    subscriptions: Vec<TrackId>,
+    queue: Queue,
+    /// Queued in `ready` and not yet drained by the shell.
+    ready: bool,
+}
+
+struct Track {
+    owner: ConnId,
+    info: TrackInfo,
+    subscribers: Vec<ConnId>,
+    last_keyframe_request: Option<Instant>,
+}
+
+/// The forwarding state machine.
+pub struct Core {
+    config: CoreConfig,
+    conns: Vec<Option<Conn>>,
+    generations: Vec<u32>,
+    free: Vec<u32>,
+    tracks: HashMap<TrackId, Track>,
+    next_track: u32,
+    /// Conference id → admitted connections.
+    conferences: HashMap<String, Vec<ConnId>>,
+    ready: Vec<ConnId>,
+    control: std::collections::VecDeque<(ConnId, ServerMessage)>,
+    counters: Counters,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("connections", &self.connections())
+            .field("conferences", &self.conferences.len())
+            .field("tracks", &self.tracks.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Core {
+    pub fn new(config: CoreConfig) -> Self {
+        Core {
+            config,
+            conns: Vec::new(),
+            generations: Vec::new(),
+            free: Vec::new(),
+            tracks: HashMap::new(),
+            next_track: 1,
+            conferences: HashMap::new(),
+            ready: Vec::new(),
+            control: std::collections::VecDeque::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Admitted connections.
+    pub fn connections(&self) -> usize {
+        self.conns.iter().filter(|c| c.is_some()).count()
+    }
+
+    fn conn(&self, id: ConnId) -> Option<&Conn> {
+        self.conns
+            .get(id.index as usize)?
+            .as_ref()
+            .filter(|c| c.generation == id.generation)
+    }
+
+    fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+        self.conns
+            .get_mut(id.index as usize)?
+            .as_mut()
+            .filter(|c| c.generation == id.generation)
+    }
+
+    /// Admits a participant; it receives `welcome` with the conference's tracks
+    /// and the others learn it joined.
+    pub fn admit(&mut self, admission: Admission) -> ConnId {
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.conns.push(None);
+                self.generations.push(0);
+                (self.conns.len() - 1) as u32
+            }
+        };
+        let generation = self.generations[index as usize].wrapping_add(1);
+        self.generations[index as usize] = generation;
+        let id = ConnId { index, generation };
+        let members = self
+            .conferences
+            .entry(admission.conference.clone())
+            .or_default();
+        let tracks: Vec<TrackInfo> = self
+            .tracks
+            .values()
+            .filter(|t| members.contains(&t.owner))
+            .map(|t| t.info.clone())
+            .collect();
+        for other in members.iter() {
+            self.control.push_back((
+                *other,
+                ServerMessage::ParticipantJoined {
+                    participant: admission.participant.clone(),
+                    display_name: admission.display_name.clone(),
+                },
+            ));
+        }
+        members.push(id);
+        self.control.push_back((
+            id,
+            ServerMessage::Welcome {
+                participant: admission.participant.clone(),
+                tracks,
+            },
+        ));
+        self.conns[index as usize] = Some(Conn {
+            generation,
+            conference: admission.conference,
+            participant: admission.participant,
+            display_name: admission.display_name,
+            permissions: admission.permissions,
+            published: Vec::new(),
+            subscriptions: Vec::new(),
+            queue: Queue::new(self.config.queue_packets),
+            ready: false,
+        });
+        id
+    }
+
+    fn error(&mut self, conn: ConnId, code: ErrorCode, message: impl Into<String>) {
+        self.counters.control_errors += 1;
+        self.control.push_back((
+            conn,
+            ServerMessage::Error {
+                code: code.code(),
+                message: message.into(),
+            },
+        ));
+    }
+
+    fn members(&self, conference: &str) -> &[ConnId] {
+        self.conferences.get(conference).map_or(&[], Vec::as_slice)
+    }
+
+    /// A control message from an admitted connection.
+    pub fn handle_control(&mut self, conn: ConnId, message: ClientMessage) {
+        let Some(c) = self.conn(conn) else {
+            return;
+        };
+        let permissions = c.permissions;
+        let participant = c.participant.clone();
+        let conference = c.conference.clone();
+        let owns = |track: &TrackId| c.published.contains(track);
+        let published = c.published.len();
+        match message {
+            ClientMessage::Hello { .. } => {
+                self.error(conn, ErrorCode::OutOfOrder, "already admitted")
+            }
+            ClientMessage::Publish {
+                request,
+                kind,
+                codec,
+                layers,
+            } => {
+                if !permissions.publish {
+                    return self.error(
+                        conn,
+                        ErrorCode::NotPermitted,
+                        "the ticket does not allow publishing",
+                    );
+                }
+                if published >= self.config.max_tracks_per_participant {
+                    return self.error(conn, ErrorCode::TooManyTracks, "too many tracks published");
+                }
+                let track = TrackId(self.next_track);
+                self.next_track = self.next_track.wrapping_add(1).max(1);
+                let info = TrackInfo {
+                    track,
+                    participant,
+                    kind,
+                    codec,
+                    layers,
+                };
+                for other in self.members(&conference).to_vec() {
+                    if other != conn {
+                        self.control
+                            .push_back((other, ServerMessage::TrackPublished(info.clone())));
+                    }
+                }
+                self.tracks.insert(
+                    track,
+                    Track {
+                        owner: conn,
+                        info,
+                        subscribers: Vec::new(),
+                        last_keyframe_request: None,
+                    },
+                );
+                if let Some(c) = self.conn_mut(conn) {
+                    c.published.push(track);
+                }
+                self.control
+                    .push_back((conn, ServerMessage::Published { request, track }));
+            }
+            ClientMessage::Unpublish { track } => {
+                if !owns(&track) {
+                    return self.error(conn, ErrorCode::NotOwner, "not your track");
+                }
+                self.remove_track(track);
+            }
+            ClientMessage::Subscribe { track } => {
+                if !permissions.subscribe {
+                    return self.error(
+                        conn,
+                        ErrorCode::NotPermitted,
+                        "the ticket does not allow subscribing",
+                    );
+                }
+                let same_conference = self
+                    .tracks
+                    .get(&track)
+                    .and_then(|t| self.conn(t.owner))
+                    .is_some_and(|owner| owner.conference == conference);
+                if !same_conference {
+                    return self.error(
+                        conn,
+                        ErrorCode::UnknownTrack,
+                        "no such track in this conference",
+                    );
+                }
+                if let Some(t) = self.tracks.get_mut(&track) {
+                    if !t.subscribers.contains(&conn) {
+                        t.subscribers.push(conn);
+                    }
+                }
+                if let Some(c) = self.conn_mut(conn) {
+                    if !c.subscriptions.contains(&track) {
+                        c.subscriptions.push(track);
+                    }
+                }
+            }
+            ClientMessage::Unsubscribe { track } => {
+                if let Some(t) = self.tracks.get_mut(&track) {
+                    t.subscribers.retain(|s| *s != conn);
+                }
+                if let Some(c) = self.conn_mut(conn) {
+                    c.subscriptions.retain(|t| *t != track);
+                }
+            }
+            ClientMessage::Leave {} => self.handle_closed(conn),
+        }
+    }
+
+    fn remove_track(&mut self, track: TrackId) {
+        let Some(t) = self.tracks.remove(&track) else {
+            return;
+        };
+        for s in &t.subscribers {
+            if let Some(c) = self.conn_mut(*s) {
+                c.subscriptions.retain(|x| *x != track);
+            }
+        }
+        let conference = self.conn(t.owner).map(|c| c.conference.clone());
+        if let Some(c) = self.conn_mut(t.owner) {
+            c.published.retain(|x| *x != track);
+        }
+        if let Some(conference) = conference {
+            for other in self.members(&conference).to_vec() {
+                if other != t.owner {
+                    self.control
+                        .push_back((other, ServerMessage::TrackUnpublished { track }));
+                }
+            }
+        }
+    }
+
+    /// A connection closed (or left): its tracks and subscriptions go, the
+    /// others learn it left. Queued datagrams for it are discarded.
+    pub fn handle_closed(&mut self, conn: ConnId) {
+        let Some(c) = self.conn(conn) else {
+            return;
+        };
+        let published = c.published.clone();
+        let subscriptions = c.subscriptions.clone();
+        let conference = c.conference.clone();
+        let participant = c.participant.clone();
+        for track in published {
+            self.remove_track(track);
+        }
+        for track in subscriptions {
+            if let Some(t) = self.tracks.get_mut(&track) {
+                t.subscribers.retain(|s| *s != conn);
+            }
+        }
+        if let Some(members) = self.conferences.get_mut(&conference) {
+            members.retain(|m| *m != conn);
+            if members.is_empty() {
+                self.conferences.remove(&conference);
+            }
+        }
+        for other in self.members(&conference).to_vec() {
+            self.control.push_back((
+                other,
+                ServerMessage::ParticipantLeft {
+                    participant: participant.clone(),
+                },
+            ));
+        }
+        self.conns[conn.index as usize] = None;
+        self.free.push(conn.index);
+        self.control.retain(|(to, _)| *to != conn);
+    }
+
+    /// A datagram from `conn`: checked, then queued for every subscriber of
+    /// its track. Returns why it was dropped, if it was.
+    pub fn handle_datagram(
+        &mut self,
+        conn: ConnId,
+        datagram: Bytes,
+        now: Instant,
+    ) -> Result<(), IngressDrop> {
+        self.counters.datagrams_received += 1;
+        self.counters.bytes_received += datagram.len() as u64;
+        let header = match datagram::parse(&datagram) {
+            Ok(h) => h,
+            Err(e) => {
+                self.counters.ingress_malformed += 1;
+                return Err(IngressDrop::Malformed(e));
+            }
+        };
+        if self.conn(conn).is_none() {
+            self.counters.ingress_unknown_connection += 1;
+            return Err(IngressDrop::UnknownConnection);
+        }
+        let Some(track) = self.tracks.get_mut(&header.track) else {
+            self.counters.ingress_unknown_track += 1;
+            return Err(IngressDrop::UnknownTrack);
+        };
+        if track.owner != conn {
+            self.counters.ingress_not_owner += 1;
+            return Err(IngressDrop::NotOwner);
+        }
+        let mut lost_reference = false;
+        for sub in &track.subscribers {
+            let Some(Some(c)) = self.conns.get_mut(sub.index as usize) else {
+                continue;
+            };
+            if c.generation != sub.generation {
+                continue;
+            }
+            self.counters.deliveries += 1;
+            self.counters.bytes_delivered += datagram.len() as u64;
+            if let Some(reason) = c.queue.push(datagram.clone(), header.flags) {
+                self.counters.queue_drops[reason.index()] += 1;
+                lost_reference |= reason.loses_reference();
+            }
+            if !c.ready {
+                c.ready = true;
+                self.ready.push(*sub);
+            }
+        }
+        if lost_reference {
+            let due = track.last_keyframe_request.is_none_or(|t| {
+                now.saturating_duration_since(t) >= self.config.keyframe_request_interval
+            });
+            if due {
+                track.last_keyframe_request = Some(now);
+                self.counters.keyframe_requests += 1;
+                let (owner, id) = (track.owner, header.track);
+                self.control
+                    .push_back((owner, ServerMessage::KeyframeRequest { track: id }));
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves the connections that have datagrams queued into `out` (the
+    /// shell's list of connections to drain).
+    pub fn take_ready(&mut self, out: &mut Vec<ConnId>) {
+        out.append(&mut self.ready);
+    }
+
+    /// The next datagram to send on `conn`, oldest first.
+    pub fn poll_datagram(&mut self, conn: ConnId) -> Option<Bytes> {
+        let c = self.conn_mut(conn)?;
+        let next = c.queue.pop();
+        if next.is_none() {
+            c.ready = false;
+        }
+        next
+    }
+
+    /// The next control message to send, and to whom.
+    pub fn poll_control(&mut self) -> Option<(ConnId, ServerMessage)> {
+        self.control.pop_front()
+    }
+
+    /// The participant on `conn` (for the shell's logs and moderation).
+    pub fn participant(&self, conn: ConnId) -> Option<(&str, &ParticipantId, &str)> {
+        self.conn(conn).map(|c| {
+            (
+                c.conference.as_str(),
+                &c.participant,
+                c.display_name.as_str(),
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,168 @@
+//! A subscriber's bounded datagram queue and its drop policy.
+//!
+//! When the queue is full, the least useful datagram goes: the new one if it
+//! is discardable; else the oldest discardable queued one; else the oldest
+//! non-keyframe; else the oldest. Every drop is reported with its reason.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+use crate::wire::datagram::Flags;
+
+/// Why a datagram was dropped from a subscriber's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The queue was full and the arriving datagram was discardable.
+    FullDroppedDiscardable,
+    /// The queue was full; the oldest queued discardable datagram made room.
+    EvictedDiscardable,
+    /// The queue was full of reference data; the oldest non-keyframe went.
+    EvictedNonKeyframe,
+    /// The queue was full of keyframes; the oldest went.
+    EvictedKeyframe,
+}
+
+impl DropReason {
+    pub const COUNT: usize = 4;
+    pub const ALL: [DropReason; Self::COUNT] = [
+        DropReason::FullDroppedDiscardable,
+        DropReason::EvictedDiscardable,
+        DropReason::EvictedNonKeyframe,
+        DropReason::EvictedKeyframe,
+    ];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Stable code (metric label).
+    pub fn code(self) -> &'static str {
+        match self {
+            DropReason::FullDroppedDiscardable => "full_dropped_discardable",
+            DropReason::EvictedDiscardable => "evicted_discardable",
+            DropReason::EvictedNonKeyframe => "evicted_non_keyframe",
+            DropReason::EvictedKeyframe => "evicted_keyframe",
+        }
+    }
+
+    /// Whether the subscriber lost data later frames depend on, so that
+    /// the publisher should send a keyframe.
+    pub fn loses_reference(self) -> bool {
+        matches!(
+            self,
+            DropReason::EvictedNonKeyframe | DropReason::EvictedKeyframe
+        )
+    }
+}
+
+/// A bounded FIFO of datagrams for one subscriber.
+#[derive(Debug)]
+pub struct Queue {
+    items: VecDeque<(Bytes, Flags)>,
+    limit: usize,
+}
+
+impl Queue {
+    /// A queue of at most `limit` datagrams (at least 1). Its memory is
+    /// reserved up front, so pushing never allocates.
+    pub fn new(limit: usize) -> Self {
+        let limit = limit.max(1);
+        Queue {
+            items: VecDeque::with_capacity(limit),
+            limit,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Queues `datagram`, applying the drop policy when full.
+    #[inline]
+    pub fn push(&mut self, datagram: Bytes, flags: Flags) -> Option<DropReason> {
+        if self.items.len() < self.limit {
+            self.items.push_back((datagram, flags));
+            return None;
+        }
+        if flags.discardable() {
+            return Some(DropReason::FullDroppedDiscardable);
+        }
+        let (victim, reason) = if let Some(i) = self.items.iter().position(|(_, f)| f.discardable())
+        {
+            (i, DropReason::EvictedDiscardable)
+        } else if let Some(i) = self.items.iter().position(|(_, f)| !f.keyframe()) {
+            (i, DropReason::EvictedNonKeyframe)
+        } else {
+            (0, DropReason::EvictedKeyframe)
+        };
+        self.items.remove(victim);
+        self.items.push_back((datagram, flags));
+        Some(reason)
+    }
+
+    /// The oldest queued datagram.
+    pub fn pop(&mut self) -> Option<Bytes> {
+        self.items.pop_front().map(|(b, _)| b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(n: u8) -> Bytes {
+        Bytes::from(vec![n])
+    }
+
+    fn drain(q: &mut Queue) -> Vec<u8> {
+        std::iter::from_fn(|| q.pop()).map(|b| b[0]).collect()
+    }
+
+    #[test]
+    fn fifo_under_the_limit() {
+        let mut q = Queue::new(3);
+        for n in 0..3 {
+            assert_eq!(q.push(d(n), Flags::default()), None);
+        }
+        assert_eq!(drain(&mut q), [0, 1, 2]);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn full_queue_drops_the_least_useful() {
+        let mut q = Queue::new(3);
+        q.push(d(0), Flags::KEYFRAME);
+        q.push(d(1), Flags::DISCARDABLE);
+        q.push(d(2), Flags::default());
+        // A discardable arrival is dropped.
+        assert_eq!(
+            q.push(d(3), Flags::DISCARDABLE),
+            Some(DropReason::FullDroppedDiscardable)
+        );
+        // Otherwise the oldest discardable makes room.
+        assert_eq!(
+            q.push(d(4), Flags::default()),
+            Some(DropReason::EvictedDiscardable)
+        );
+        // Then the oldest non-keyframe.
+        assert_eq!(
+            q.push(d(5), Flags::KEYFRAME),
+            Some(DropReason::EvictedNonKeyframe)
+        );
+        assert_eq!(
+            q.push(d(6), Flags::KEYFRAME),
+            Some(DropReason::EvictedNonKeyframe)
+        );
+        // All keyframes: the oldest goes.
+        assert_eq!(
+            q.push(d(7), Flags::KEYFRAME),
+            Some(DropReason::EvictedKeyframe)
+        );
+        assert_eq!(drain(&mut q), [5, 6, 7]);
+    }
+}

@@ -1,0 +1,308 @@
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::*;
+use crate::wire::control::TrackKind;
+use crate::wire::datagram::{Flags, MediaHeader};
+
+fn admission(conference: &str, name: &str, publish: bool, subscribe: bool) -> Admission {
+    Admission {
+        conference: conference.to_owned(),
+        participant: ParticipantId(name.to_owned()),
+        display_name: name.to_owned(),
+        permissions: Permissions {
+            publish,
+            subscribe,
+            moderate: false,
+        },
+    }
+}
+
+fn datagram(track: TrackId, sequence: u32, flags: Flags, payload: &[u8]) -> Bytes {
+    let mut out = Vec::new();
+    datagram::encode(
+        &MediaHeader {
+            track,
+            sequence,
+            flags,
+        },
+        payload,
+        &mut out,
+    );
+    Bytes::from(out)
+}
+
+/// Drains control messages, keeping those addressed to `to`.
+fn control_for(core: &mut Core, to: ConnId) -> Vec<ServerMessage> {
+    std::iter::from_fn(|| core.poll_control())
+        .filter(|(c, _)| *c == to)
+        .map(|(_, m)| m)
+        .collect()
+}
+
+fn drain(core: &mut Core, conn: ConnId) -> Vec<Bytes> {
+    std::iter::from_fn(|| core.poll_datagram(conn)).collect()
+}
+
+/// Publishes a video track from `conn` and returns its id.
+fn publish(core: &mut Core, conn: ConnId) -> TrackId {
+    core.handle_control(
+        conn,
+        ClientMessage::Publish {
+            request: 1,
+            kind: TrackKind::Video,
+            codec: "vp8".into(),
+            layers: None,
+        },
+    );
+    let published = std::iter::from_fn(|| core.poll_control()).find_map(|(to, m)| match m {
+        ServerMessage::Published { track, .. } if to == conn => Some(track),
+        _ => None,
+    });
+    published.expect("published")
+}
+
+#[test]
+fn two_subscribers_receive_exactly_the_bytes_sent_in_order() {
+    let mut core = Core::new(CoreConfig::default());
+    let now = Instant::now();
+    let alice = core.admit(admission("c1", "alice", true, true));
+    let bob = core.admit(admission("c1", "bob", false, true));
+    let carol = core.admit(admission("c1", "carol", false, true));
+    let track = publish(&mut core, alice);
+    core.handle_control(bob, ClientMessage::Subscribe { track });
+    core.handle_control(carol, ClientMessage::Subscribe { track });
+    let sent: Vec<Bytes> = (0..50)
+        .map(|i| {
+            datagram(
+                track,
+                i,
+                Flags::default(),
+                format!("payload {i}").as_bytes(),
+            )
+        })
+        .collect();
+    for d in &sent {
+        core.handle_datagram(alice, d.clone(), now).unwrap();
+    }
+    let mut ready = Vec::new();
+    core.take_ready(&mut ready);
+    assert_eq!(ready.len(), 2);
+    for sub in [bob, carol] {
+        let got = drain(&mut core, sub);
+        assert_eq!(got, sent);
+        // Zero copy: the very buffers that arrived.
+        assert!(got.iter().zip(&sent).all(|(g, s)| g.as_ptr() == s.as_ptr()));
+    }
+    assert!(
+        drain(&mut core, alice).is_empty(),
+        "a publisher does not hear itself"
+    );
+    assert_eq!(core.counters().deliveries, 100);
+}
+
+#[test]
+fn welcome_and_presence_events() {
+    let mut core = Core::new(CoreConfig::default());
+    let alice = core.admit(admission("c1", "alice", true, true));
+    let track = publish(&mut core, alice);
+    let bob = core.admit(admission("c1", "bob", true, true));
+    let to_bob = control_for(&mut core, bob);
+    assert!(
+        matches!(&to_bob[0], ServerMessage::Welcome { tracks, .. } if tracks.len() == 1 && tracks[0].track == track)
+    );
+    core.handle_closed(alice);
+    let to_bob = control_for(&mut core, bob);
+    assert!(to_bob.contains(&ServerMessage::TrackUnpublished { track }));
+    assert!(to_bob.contains(&ServerMessage::ParticipantLeft {
+        participant: ParticipantId("alice".into())
+    }));
+}
+
+#[test]
+fn permissions_and_ownership_are_enforced() {
+    let mut core = Core::new(CoreConfig::default());
+    let now = Instant::now();
+    let alice = core.admit(admission("c1", "alice", true, true));
+    let viewer = core.admit(admission("c1", "viewer", false, true));
+    let deaf = core.admit(admission("c1", "deaf", true, false));
+    let track = publish(&mut core, alice);
+
+    core.handle_control(
+        viewer,
+        ClientMessage::Publish {
+            request: 2,
+            kind: TrackKind::Audio,
+            codec: "opus".into(),
+            layers: None,
+        },
+    );
+    assert!(
+        control_for(&mut core, viewer)
+            .iter()
+            .any(|m| matches!(m, ServerMessage::Error { code: 2, .. }))
+    );
+    core.handle_control(deaf, ClientMessage::Subscribe { track });
+    assert!(
+        control_for(&mut core, deaf)
+            .iter()
+            .any(|m| matches!(m, ServerMessage::Error { code: 2, .. }))
+    );
+
+    // A datagram on someone else's track, on an unknown track, malformed.
+    assert_eq!(
+        core.handle_datagram(viewer, datagram(track, 1, Flags::default(), b"x"), now),
+        Err(IngressDrop::NotOwner)
+    );
+    assert_eq!(
+        core.handle_datagram(
+            alice,
+            datagram(TrackId(999), 1, Flags::default(), b"x"),
+            now
+        ),
+        Err(IngressDrop::UnknownTrack)
+    );
+    assert!(matches!(
+        core.handle_datagram(alice, Bytes::from_static(b"\x20\x00"), now),
+        Err(IngressDrop::Malformed(_))
+    ));
+    let c = core.counters();
+    assert_eq!(
+        (
+            c.ingress_not_owner,
+            c.ingress_unknown_track,
+            c.ingress_malformed
+        ),
+        (1, 1, 1)
+    );
+    assert_eq!(c.deliveries, 0);
+}
+
+#[test]
+fn tracks_of_another_conference_are_invisible() {
+    let mut core = Core::new(CoreConfig::default());
+    let alice = core.admit(admission("c1", "alice", true, true));
+    let mallory = core.admit(admission("c2", "mallory", true, true));
+    let track = publish(&mut core, alice);
+    assert!(
+        control_for(&mut core, mallory)
+            .iter()
+            .all(|m| !matches!(m, ServerMessage::TrackPublished(_)))
+    );
+    core.handle_control(mallory, ClientMessage::Subscribe { track });
+    assert!(
+        control_for(&mut core, mallory)
+            .iter()
+            .any(|m| matches!(m, ServerMessage::Error { code: 3, .. }))
+    );
+    core.handle_datagram(
+        alice,
+        datagram(track, 1, Flags::default(), b"secret"),
+        Instant::now(),
+    )
+    .unwrap();
+    assert!(drain(&mut core, mallory).is_empty());
+}
+
+#[test]
+fn a_stalled_subscriber_harms_no_one_and_triggers_keyframe_requests() {
+    let config = CoreConfig {
+        queue_packets: 8,
+        ..CoreConfig::default()
+    };
+    let mut core = Core::new(config);
+    let start = Instant::now();
+    let alice = core.admit(admission("c1", "alice", true, true));
+    let fast = core.admit(admission("c1", "fast", false, true));
+    let stalled = core.admit(admission("c1", "stalled", false, true));
+    let track = publish(&mut core, alice);
+    core.handle_control(fast, ClientMessage::Subscribe { track });
+    core.handle_control(stalled, ClientMessage::Subscribe { track });
+    while core.poll_control().is_some() {}
+
+    let mut fast_got = 0;
+    for i in 0..100u32 {
+        let flags = if i % 10 == 0 {
+            Flags::KEYFRAME
+        } else {
+            Flags::default()
+        };
+        let now = start + Duration::from_millis(u64::from(i) * 10);
+        core.handle_datagram(alice, datagram(track, i, flags, b"frame"), now)
+            .unwrap();
+        fast_got += drain(&mut core, fast).len();
+    }
+    assert_eq!(fast_got, 100, "the fast subscriber lost nothing");
+    let stalled_got = drain(&mut core, stalled);
+    assert_eq!(
+        stalled_got.len(),
+        8,
+        "the stalled one holds at most its queue"
+    );
+    let drops: u64 = core.counters().queue_drops.iter().sum();
+    assert_eq!(drops, 92);
+    // One keyframe request per 500 ms of simulated time at most: 1 s → 2.
+    let requests = control_for(&mut core, alice)
+        .into_iter()
+        .filter(|m| matches!(m, ServerMessage::KeyframeRequest { track: t } if *t == track))
+        .count();
+    assert_eq!(requests, 2);
+    assert_eq!(core.counters().keyframe_requests, 2);
+}
+
+#[test]
+fn closed_connections_stop_receiving_and_their_ids_go_stale() {
+    let mut core = Core::new(CoreConfig::default());
+    let now = Instant::now();
+    let alice = core.admit(admission("c1", "alice", true, true));
+    let bob = core.admit(admission("c1", "bob", false, true));
+    let track = publish(&mut core, alice);
+    core.handle_control(bob, ClientMessage::Subscribe { track });
+    core.handle_datagram(alice, datagram(track, 1, Flags::default(), b"x"), now)
+        .unwrap();
+    core.handle_closed(bob);
+    assert!(core.poll_datagram(bob).is_none());
+    // The slot is reused with a new generation; the old id reaches nothing.
+    let dave = core.admit(admission("c1", "dave", true, true));
+    assert_ne!(dave, bob);
+    assert!(core.participant(bob).is_none());
+    assert_eq!(
+        core.handle_datagram(bob, datagram(track, 2, Flags::default(), b"x"), now),
+        Err(IngressDrop::UnknownConnection)
+    );
+    core.handle_datagram(alice, datagram(track, 3, Flags::default(), b"x"), now)
+        .unwrap();
+    assert!(drain(&mut core, dave).is_empty(), "dave never subscribed");
+    core.handle_control(alice, ClientMessage::Leave {});
+    assert_eq!(core.connections(), 1);
+    assert_eq!(
+        core.handle_datagram(alice, datagram(track, 4, Flags::default(), b"x"), now),
+        Err(IngressDrop::UnknownConnection)
+    );
+}
+
+#[test]
+fn track_limit_per_participant() {
+    let mut core = Core::new(CoreConfig {
+        max_tracks_per_participant: 2,
+        ..CoreConfig::default()
+    });
+    let alice = core.admit(admission("c1", "alice", true, true));
+    publish(&mut core, alice);
+    publish(&mut core, alice);
+    core.handle_control(
+        alice,
+        ClientMessage::Publish {
+            request: 3,
+            kind: TrackKind::Data,
+            codec: "x".into(),
+            layers: None,
+        },
+    );
+    assert!(
+        control_for(&mut core, alice)
+            .iter()
+            .any(|m| matches!(m, ServerMessage::Error { code: 4, .. }))
+    );
+}

@@ -1,0 +1,52 @@
+//! Wire protocol v1 between clients and relays.
+//!
+//! - ALPN [`ALPN`] names the protocol and its version.
+//! - One bidirectional QUIC stream per connection carries length-prefixed,
+//!   size-bounded, versioned control messages ([`control`]).
+//! - Media travels in QUIC datagrams: a 9-byte header and an opaque payload
+//!   ([`datagram`]). The relay forwards datagrams byte for byte.
+//!
+//! Every parser here takes untrusted bytes and returns a typed error; none
+//! panics on input (property tests feed them random bytes).
+
+pub mod control;
+pub mod datagram;
+
+/// ALPN protocol id for wire protocol v1.
+pub const ALPN: &[u8] = b"residency-relay/1";
+
+/// Stable numeric codes carried in `error` control messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum ErrorCode {
+    /// A control message could not be decoded.
+    BadMessage = 1,
+    /// The participant's ticket does not grant this (publish, subscribe).
+    NotPermitted = 2,
+    /// No such track, or not in this conference.
+    UnknownTrack = 3,
+    /// The participant already publishes the maximum number of tracks.
+    TooManyTracks = 4,
+    /// `hello` sent twice, or another message before `hello`.
+    OutOfOrder = 5,
+    /// The track is not this participant's.
+    NotOwner = 6,
+}
+
+impl ErrorCode {
+    pub fn code(self) -> u16 {
+        self as u16
+    }
+
+    /// Stable label (metrics, logs).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadMessage => "bad_message",
+            ErrorCode::NotPermitted => "not_permitted",
+            ErrorCode::UnknownTrack => "unknown_track",
+            ErrorCode::TooManyTracks => "too_many_tracks",
+            ErrorCode::OutOfOrder => "out_of_order",
+            ErrorCode::NotOwner => "not_owner",
+        }
+    }
+}
