@@ -18,6 +18,8 @@
 //! - [`forward`]: the sans-IO forwarding core: conferences, participants,
 //!   tracks, subscriptions and bounded per-subscriber queues. It never does
 //!   I/O and never parses payloads; fan-out clones `Bytes`, not media.
+//! - [`ticket`]: signed, short-lived join tickets bound to one relay and one
+//!   jurisdiction, and the relay's verifier (sans-IO: time is an argument).
 //! - [`cli`]: the `residency-relay` commands (`check`, `route`, …), thin
 //!   wrappers that print what the layers above decide.
 #![forbid(unsafe_code)]
@@ -27,4 +29,5 @@ pub mod forward;
 pub mod geo;
 pub mod policy;
 pub mod select;
+pub mod ticket;
 pub mod wire;

@@ -368,6 +368,31 @@ fn absurd_bitrate_capacity() {
 }
 
 #[test]
+fn ticket_keys_for_unknown_jurisdictions_or_not_keys() {
+    let f = Fixture::new();
+    f.edit(
+        "default_jurisdiction = \"eu\"\n",
+        "default_jurisdiction = \"eu\"\n[ticket_keys]\nmars = []\neu = [\"0123\", \"97069a8e2b9dcdfc0376daffafc7f95fce34533d5b53cd1ecd218d735028a3ea\"]\n",
+    );
+    let p = f.problems();
+    assert_problem(
+        &f,
+        &p,
+        "config/c.toml",
+        "ticket_keys.mars",
+        "'mars' is not a jurisdiction",
+    );
+    assert_problem(
+        &f,
+        &p,
+        "config/c.toml",
+        "ticket_keys.eu[0]",
+        "a key is 32 bytes",
+    );
+    assert_eq!(p.len(), 2, "{p:#?}");
+}
+
+#[test]
 fn unknown_default_jurisdiction() {
     let f = Fixture::new();
     f.edit(

@@ -1,6 +1,7 @@
 //! The `residency-relay` command line.
 
 mod route;
+mod ticket;
 
 use std::io::{BufRead, Write};
 use std::net::IpAddr;
@@ -64,6 +65,42 @@ enum Command {
     },
     /// Read an API key from standard input and print the SHA-256 to store in config.
     HashApiKey,
+    /// Create an Ed25519 ticket-signing key; print its public key for `ticket_keys`.
+    Keygen {
+        /// Where to write the signing key (hex seed; created with mode 0600, never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Mint a join ticket (for tests and manual use; routers issue them in production).
+    Ticket {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        regions: Option<PathBuf>,
+        /// File holding the signing key (as written by `keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        conference: String,
+        #[arg(long)]
+        jurisdiction: String,
+        /// The relay the ticket admits to; must be inside the jurisdiction.
+        #[arg(long)]
+        relay: String,
+        #[arg(long)]
+        participant: String,
+        #[arg(long, default_value = "")]
+        name: String,
+        #[arg(long)]
+        publish: bool,
+        #[arg(long)]
+        subscribe: bool,
+        #[arg(long)]
+        moderate: bool,
+        /// Validity in seconds (at most 300).
+        #[arg(long, default_value_t = 60)]
+        ttl: u64,
+    },
 }
 
 /// Exit code for a refused route (a valid answer, not a failure of the tool).
@@ -130,6 +167,50 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+        Command::Keygen { out } => keygen(&out),
+        Command::Ticket {
+            config,
+            regions,
+            key,
+            conference,
+            jurisdiction,
+            relay,
+            participant,
+            name,
+            publish,
+            subscribe,
+            moderate,
+            ttl,
+        } => {
+            let policy = match load(&config, regions.as_deref()) {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            let request = ticket::Request {
+                key: &key,
+                conference,
+                jurisdiction,
+                relay,
+                participant,
+                name,
+                grants: crate::ticket::Grants {
+                    publish,
+                    subscribe,
+                    moderate,
+                },
+                ttl,
+            };
+            match ticket::mint(&policy, request) {
+                Ok(t) => {
+                    println!("{t}");
+                    ExitCode::SUCCESS
+                }
+                Err(message) => {
+                    eprintln!("error: {message}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::HashApiKey => {
             let mut line = String::new();
             if std::io::stdin().lock().read_line(&mut line).is_err() || line.trim().is_empty() {
@@ -140,6 +221,29 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
     }
+}
+
+fn keygen(out: &Path) -> ExitCode {
+    let key = match crate::ticket::generate_signing_key() {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("error: no randomness for a key: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let written = options
+        .open(out)
+        .and_then(|mut f| writeln!(f, "{}", hex::encode(key.to_bytes())));
+    if let Err(e) = written {
+        eprintln!("error: cannot create {}: {e}", out.display());
+        return ExitCode::FAILURE;
+    }
+    println!("{}", hex::encode(key.verifying_key().to_bytes()));
+    ExitCode::SUCCESS
 }
 
 fn load(config: &Path, regions: Option<&Path>) -> Result<Policy, ExitCode> {

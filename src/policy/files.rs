@@ -38,6 +38,10 @@ pub struct ConfigFile {
     /// Jurisdiction id → relay id used for participants whose location is unknown.
     #[serde(default)]
     pub default_relay: BTreeMap<String, String>,
+    /// Jurisdiction id → Ed25519 public keys (hex or base64url) whose tickets
+    /// relays in that jurisdiction accept: the keys of its routers.
+    #[serde(default)]
+    pub ticket_keys: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     pub selection: SelectionSection,
     #[serde(default)]

@@ -562,6 +562,28 @@ impl Policy {
             }
         }
 
+        let mut ticket_keys = HashMap::new();
+        for (jid, keys) in &config.ticket_keys {
+            let Some(j) = known(jid) else {
+                p.push(cfg, format!("ticket_keys.{jid}"), not_a_jurisdiction(jid));
+                continue;
+            };
+            let mut parsed = Vec::new();
+            for (i, key) in keys.iter().enumerate() {
+                match crate::ticket::parse_public_key(key) {
+                    Ok(k) => parsed.push(k),
+                    Err(m) => p.push(
+                        cfg,
+                        format!("ticket_keys.{jid}[{i}]"),
+                        format!(
+                            "{m}; give the router's public key (residency-relay keygen prints it)"
+                        ),
+                    ),
+                }
+            }
+            ticket_keys.insert(j, parsed);
+        }
+
         // Plans.
         let mut plans: Vec<Plan> = Vec::new();
         // Plan id → index in `plans`; `None` for a plan that had problems (and
@@ -798,6 +820,7 @@ impl Policy {
             },
             geoip: GeoIp::new(overrides, database),
             trusted_proxies,
+            ticket_keys,
         })
     }
 }

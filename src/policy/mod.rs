@@ -168,6 +168,7 @@ pub struct Policy {
     selection: SelectionParams,
     geoip: GeoIp,
     trusted_proxies: Vec<ipnet::IpNet>,
+    ticket_keys: HashMap<JurisdictionIdx, Vec<ed25519_dalek::VerifyingKey>>,
 }
 
 impl Policy {
@@ -247,5 +248,25 @@ impl Policy {
     /// Networks whose `X-Forwarded-For` is believed.
     pub fn trusted_proxies(&self) -> &[ipnet::IpNet] {
         &self.trusted_proxies
+    }
+
+    /// Public keys whose tickets are accepted for `jurisdiction`.
+    pub fn ticket_keys(&self, jurisdiction: JurisdictionIdx) -> &[ed25519_dalek::VerifyingKey] {
+        self.ticket_keys
+            .get(&jurisdiction)
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// The ticket verifier for `relay`: it trusts, for each jurisdiction the
+    /// relay is in, that jurisdiction's keys, and knows no other jurisdiction.
+    pub fn ticket_verifier(&self, relay: RelayIdx) -> crate::ticket::Verifier {
+        let trusted = self
+            .jurisdictions_of(relay)
+            .map(|j| {
+                let idx = self.jurisdiction_by_id[&j.id];
+                (j.id.clone(), self.ticket_keys(idx).to_vec())
+            })
+            .collect();
+        crate::ticket::Verifier::new(self.relay(relay).id.clone(), trusted)
     }
 }

@@ -51,6 +51,7 @@ pub fn config(default_jurisdiction: &str, relays: Vec<RelaySection>) -> ConfigFi
         regions_dir: None,
         default_jurisdiction: default_jurisdiction.to_owned(),
         default_relay: BTreeMap::new(),
+        ticket_keys: BTreeMap::new(),
         selection: SelectionSection::default(),
         geoip: GeoIpSection::default(),
         relays,

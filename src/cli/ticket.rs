@@ -1,0 +1,67 @@
+//! `residency-relay ticket`: mint a join ticket.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::policy::Policy;
+use crate::ticket::{self, Claims, Grants, MAX_LIFETIME_SECS};
+
+pub(super) struct Request<'a> {
+    pub(super) key: &'a Path,
+    pub(super) conference: String,
+    pub(super) jurisdiction: String,
+    pub(super) relay: String,
+    pub(super) participant: String,
+    pub(super) name: String,
+    pub(super) grants: Grants,
+    pub(super) ttl: u64,
+}
+
+/// Signs a ticket after checking that it could be accepted: the relay exists
+/// and is inside the jurisdiction, and the key is one the jurisdiction trusts.
+pub(super) fn mint(policy: &Policy, req: Request<'_>) -> Result<String, String> {
+    let j = policy
+        .jurisdiction_idx(&req.jurisdiction)
+        .ok_or_else(|| format!("no jurisdiction '{}'", req.jurisdiction))?;
+    let relay = policy
+        .relay_idx(&req.relay)
+        .ok_or_else(|| format!("no relay '{}'", req.relay))?;
+    if !policy.jurisdiction(j).contains(relay) {
+        return Err(format!(
+            "relay '{}' is in {}, outside jurisdiction '{}': no ticket for it",
+            req.relay,
+            policy.relay(relay).country,
+            req.jurisdiction
+        ));
+    }
+    if req.ttl == 0 || req.ttl > MAX_LIFETIME_SECS {
+        return Err(format!("--ttl must be 1 to {MAX_LIFETIME_SECS} seconds"));
+    }
+    let text = std::fs::read_to_string(req.key)
+        .map_err(|e| format!("cannot read {}: {e}", req.key.display()))?;
+    let key =
+        ticket::parse_signing_key(&text).map_err(|e| format!("{}: {e}", req.key.display()))?;
+    if !policy.ticket_keys(j).contains(&key.verifying_key()) {
+        return Err(format!(
+            "the key in {} is not among ticket_keys.{} in the config, so relays would refuse the ticket",
+            req.key.display(),
+            req.jurisdiction
+        ));
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| "the system clock is before 1970".to_owned())?
+        .as_secs();
+    let claims = Claims {
+        conference: req.conference,
+        jurisdiction: req.jurisdiction,
+        relay: req.relay,
+        participant: req.participant,
+        display_name: req.name,
+        grants: req.grants,
+        issued_at: now,
+        expires_at: now + req.ttl,
+        nonce: ticket::new_nonce().map_err(|e| format!("no randomness for a nonce: {e}"))?,
+    };
+    Ok(ticket::sign(&claims, &key))
+}

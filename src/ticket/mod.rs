@@ -1,0 +1,253 @@
+//! Join tickets: short-lived, Ed25519-signed, bound to one relay and one
+//! jurisdiction.
+//!
+//! A ticket is `v1.<claims>.<signature>`: the claims are JSON, both parts
+//! base64url without padding, and the signature covers the bytes
+//! `v1.<claims>` exactly as sent (no re-encoding, so no canonicalisation).
+//!
+//! A relay accepts a ticket only if, in this order: it parses; the relay is
+//! itself inside the ticket's jurisdiction; a key the relay trusts for that
+//! jurisdiction signed it; it names this relay; it is within its validity
+//! window; and its nonce was not seen before. Each failure is a distinct
+//! [`TicketError`] with a stable code. Verification is sans-IO: the current
+//! time is an argument.
+
+use std::collections::HashMap;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+/// Longest ticket accepted, in bytes.
+pub const MAX_TICKET_LEN: usize = 2048;
+
+/// Longest validity window a relay accepts (`expires_at - issued_at`).
+pub const MAX_LIFETIME_SECS: u64 = 300;
+
+/// Clock difference tolerated between the issuing router and the relay.
+pub const CLOCK_SKEW_SECS: u64 = 30;
+
+const PREFIX: &str = "v1.";
+
+/// What a ticket's holder may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grants {
+    pub publish: bool,
+    pub subscribe: bool,
+    pub moderate: bool,
+}
+
+/// The signed claims.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Claims {
+    pub conference: String,
+    pub jurisdiction: String,
+    pub relay: String,
+    pub participant: String,
+    pub display_name: String,
+    pub grants: Grants,
+    /// Unix seconds.
+    pub issued_at: u64,
+    /// Unix seconds.
+    pub expires_at: u64,
+    /// 16 random bytes, base64url; a relay accepts each nonce once.
+    pub nonce: String,
+}
+
+/// Why a ticket was refused. A bounded set: each is a metric label and an
+/// error code on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TicketError {
+    #[error("the ticket is malformed")]
+    Malformed,
+    #[error("this relay is not in the ticket's jurisdiction")]
+    ForeignJurisdiction,
+    #[error("no key trusted for the ticket's jurisdiction signed it")]
+    BadSignature,
+    #[error("the ticket is for another relay")]
+    WrongRelay,
+    #[error("the ticket has expired")]
+    Expired,
+    #[error("the ticket is not valid yet, or claims a validity window longer than allowed")]
+    BadValidity,
+    #[error("the ticket was already used")]
+    Replayed,
+    #[error("too many tickets in flight; try again shortly")]
+    Overloaded,
+}
+
+impl TicketError {
+    pub const ALL: [TicketError; 8] = [
+        TicketError::Malformed,
+        TicketError::ForeignJurisdiction,
+        TicketError::BadSignature,
+        TicketError::WrongRelay,
+        TicketError::Expired,
+        TicketError::BadValidity,
+        TicketError::Replayed,
+        TicketError::Overloaded,
+    ];
+
+    /// Stable code (metric label, logs).
+    pub fn code(self) -> &'static str {
+        match self {
+            TicketError::Malformed => "malformed",
+            TicketError::ForeignJurisdiction => "foreign_jurisdiction",
+            TicketError::BadSignature => "bad_signature",
+            TicketError::WrongRelay => "wrong_relay",
+            TicketError::Expired => "expired",
+            TicketError::BadValidity => "bad_validity",
+            TicketError::Replayed => "replayed",
+            TicketError::Overloaded => "overloaded",
+        }
+    }
+
+    /// Stable numeric code for the wire (`error` messages), 100 + position.
+    pub fn wire_code(self) -> u16 {
+        100 + Self::ALL.iter().position(|e| *e == self).unwrap_or(0) as u16
+    }
+}
+
+/// Fresh random nonce for a ticket.
+pub fn new_nonce() -> Result<String, getrandom::Error> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)?;
+    Ok(B64.encode(bytes))
+}
+
+/// Signs `claims` into a ticket string.
+pub fn sign(claims: &Claims, key: &SigningKey) -> String {
+    // Claims serialise to JSON infallibly: strings, integers and booleans only.
+    let json = serde_json::to_vec(claims).unwrap_or_default();
+    let mut ticket = format!("{PREFIX}{}", B64.encode(json));
+    let signature = key.sign(ticket.as_bytes());
+    ticket.push('.');
+    ticket.push_str(&B64.encode(signature.to_bytes()));
+    ticket
+}
+
+/// Splits and decodes a ticket without checking its signature.
+fn parse(ticket: &str) -> Result<(Claims, &[u8], Signature), TicketError> {
+    if ticket.len() > MAX_TICKET_LEN {
+        return Err(TicketError::Malformed);
+    }
+    let rest = ticket.strip_prefix(PREFIX).ok_or(TicketError::Malformed)?;
+    let (claims_b64, sig_b64) = rest.split_once('.').ok_or(TicketError::Malformed)?;
+    let signed = &ticket.as_bytes()[..PREFIX.len() + claims_b64.len()];
+    let claims_json = B64.decode(claims_b64).map_err(|_| TicketError::Malformed)?;
+    let claims: Claims =
+        serde_json::from_slice(&claims_json).map_err(|_| TicketError::Malformed)?;
+    let sig_bytes = B64.decode(sig_b64).map_err(|_| TicketError::Malformed)?;
+    let signature = Signature::from_slice(&sig_bytes).map_err(|_| TicketError::Malformed)?;
+    Ok((claims, signed, signature))
+}
+
+/// Reads the claims of a ticket without verifying it (clients use this to
+/// learn where to connect; relays never do).
+pub fn peek(ticket: &str) -> Result<Claims, TicketError> {
+    parse(ticket).map(|(claims, _, _)| claims)
+}
+
+/// A relay's ticket checker: who it is, where it is, which keys it trusts,
+/// and the nonces it has seen.
+#[derive(Debug)]
+pub struct Verifier {
+    relay: String,
+    /// Jurisdictions this relay is in, with the keys trusted for each.
+    trusted: HashMap<String, Vec<VerifyingKey>>,
+    seen: HashMap<String, u64>,
+    max_nonces: usize,
+}
+
+impl Verifier {
+    /// `trusted` must hold an entry (possibly empty) for every jurisdiction
+    /// the relay is in, and none for any other.
+    pub fn new(relay: impl Into<String>, trusted: HashMap<String, Vec<VerifyingKey>>) -> Self {
+        Verifier {
+            relay: relay.into(),
+            trusted,
+            seen: HashMap::new(),
+            max_nonces: 1_000_000,
+        }
+    }
+
+    /// Bounds the replay cache (tickets arriving while it is full of live
+    /// nonces are refused as [`TicketError::Overloaded`]).
+    pub fn with_max_nonces(mut self, max: usize) -> Self {
+        self.max_nonces = max;
+        self
+    }
+
+    /// Checks `ticket` at `now` (unix seconds) and records its nonce.
+    pub fn verify(&mut self, ticket: &str, now: u64) -> Result<Claims, TicketError> {
+        let (claims, signed, signature) = parse(ticket)?;
+        let keys = self
+            .trusted
+            .get(&claims.jurisdiction)
+            .ok_or(TicketError::ForeignJurisdiction)?;
+        if !keys
+            .iter()
+            .any(|k| k.verify_strict(signed, &signature).is_ok())
+        {
+            return Err(TicketError::BadSignature);
+        }
+        if claims.relay != self.relay {
+            return Err(TicketError::WrongRelay);
+        }
+        if claims.expires_at <= now {
+            return Err(TicketError::Expired);
+        }
+        if claims.issued_at > now + CLOCK_SKEW_SECS
+            || claims.expires_at.saturating_sub(claims.issued_at) > MAX_LIFETIME_SECS
+        {
+            return Err(TicketError::BadValidity);
+        }
+        if self.seen.contains_key(&claims.nonce) {
+            return Err(TicketError::Replayed);
+        }
+        if self.seen.len() >= self.max_nonces {
+            // Expired nonces can go: their tickets are refused as expired anyway.
+            self.seen.retain(|_, expires| *expires > now);
+            if self.seen.len() >= self.max_nonces {
+                return Err(TicketError::Overloaded);
+            }
+        }
+        self.seen.insert(claims.nonce.clone(), claims.expires_at);
+        Ok(claims)
+    }
+}
+
+/// Parses a public key written as 64 hex digits or 43 base64url characters.
+pub fn parse_public_key(text: &str) -> Result<VerifyingKey, String> {
+    let bytes = decode_key(text)?;
+    VerifyingKey::from_bytes(&bytes).map_err(|_| "not a valid Ed25519 public key".to_owned())
+}
+
+/// Parses a signing key (its 32-byte seed) written like a public key.
+pub fn parse_signing_key(text: &str) -> Result<SigningKey, String> {
+    Ok(SigningKey::from_bytes(&decode_key(text)?))
+}
+
+fn decode_key(text: &str) -> Result<[u8; 32], String> {
+    let text = text.trim();
+    let bytes = if text.len() == 64 {
+        hex::decode(text).map_err(|_| "not 64 hex digits".to_owned())?
+    } else {
+        B64.decode(text)
+            .map_err(|_| "neither 64 hex digits nor base64url".to_owned())?
+    };
+    bytes.try_into().map_err(|_| "a key is 32 bytes".to_owned())
+}
+
+/// A new random signing key.
+pub fn generate_signing_key() -> Result<SigningKey, getrandom::Error> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed)?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+#[cfg(test)]
+mod tests;
