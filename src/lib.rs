@@ -20,14 +20,21 @@
 //!   I/O and never parses payloads; fan-out clones `Bytes`, not media.
 //! - [`ticket`]: signed, short-lived join tickets bound to one relay and one
 //!   jurisdiction, and the relay's verifier (sans-IO: time is an argument).
+//! - [`relay`]: the relay process, a tokio/quinn shell that only moves
+//!   bytes between sockets and the forwarding core, plus its metrics and
+//!   HTTP endpoints.
+//! - [`client`]: a client of the relay (tests, the `client` and `loadtest`
+//!   commands).
 //! - [`cli`]: the `residency-relay` commands (`check`, `route`, …), thin
 //!   wrappers that print what the layers above decide.
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod client;
 pub mod forward;
 pub mod geo;
 pub mod policy;
+pub mod relay;
 pub mod select;
 pub mod ticket;
 pub mod wire;

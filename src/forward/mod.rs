@@ -384,6 +384,8 @@ impl Core {
                         c.subscriptions.push(track);
                     }
                 }
+                self.control
+                    .push_back((conn, ServerMessage::Subscribed { track }));
             }
             ClientMessage::Unsubscribe { track } => {
                 if let Some(t) = self.tracks.get_mut(&track) {
@@ -532,10 +534,17 @@ impl Core {
     pub fn poll_datagram(&mut self, conn: ConnId) -> Option<Bytes> {
         let c = self.conn_mut(conn)?;
         let next = c.queue.pop();
-        if next.is_none() {
+        if c.queue.is_empty() {
+            // Drained: the next datagram for it puts it back on the ready list.
             c.ready = false;
         }
         next
+    }
+
+    /// Length of the datagram [`Core::poll_datagram`] would return next, so
+    /// the shell can check the connection has room before taking it.
+    pub fn next_datagram_len(&self, conn: ConnId) -> Option<usize> {
+        self.conn(conn)?.queue.front_len()
     }
 
     /// The next control message to send, and to whom.

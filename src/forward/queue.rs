@@ -105,6 +105,11 @@ impl Queue {
         Some(reason)
     }
 
+    /// Length of the oldest queued datagram.
+    pub fn front_len(&self) -> Option<usize> {
+        self.items.front().map(|(b, _)| b.len())
+    }
+
     /// The oldest queued datagram.
     pub fn pop(&mut self) -> Option<Bytes> {
         self.items.pop_front().map(|(b, _)| b)

@@ -306,3 +306,26 @@ fn track_limit_per_participant() {
             .any(|m| matches!(m, ServerMessage::Error { code: 4, .. }))
     );
 }
+
+#[test]
+fn a_connection_drained_by_length_is_ready_again_for_the_next_datagram() {
+    let mut core = Core::new(CoreConfig::default());
+    let now = Instant::now();
+    let alice = core.admit(admission("c1", "alice", true, true));
+    let bob = core.admit(admission("c1", "bob", false, true));
+    let track = publish(&mut core, alice);
+    core.handle_control(bob, ClientMessage::Subscribe { track });
+    let mut ready = Vec::new();
+    for round in 0..3u32 {
+        core.handle_datagram(alice, datagram(track, round, Flags::default(), b"x"), now)
+            .unwrap();
+        core.take_ready(&mut ready);
+        assert_eq!(ready, [bob], "round {round}");
+        // The shell's way: look at the length, then take, until nothing is left.
+        for conn in ready.drain(..) {
+            while core.next_datagram_len(conn).is_some() {
+                core.poll_datagram(conn).unwrap();
+            }
+        }
+    }
+}

@@ -92,6 +92,10 @@ pub enum ServerMessage {
         request: u32,
         track: TrackId,
     },
+    /// Answer to `subscribe`: datagrams of this track follow from now on.
+    Subscribed {
+        track: TrackId,
+    },
     ParticipantJoined {
         participant: ParticipantId,
         display_name: String,
@@ -403,6 +407,7 @@ mod tests {
                 request: 1,
                 track: TrackId(3),
             },
+            ServerMessage::Subscribed { track: TrackId(3) },
             ServerMessage::ParticipantJoined {
                 participant: ParticipantId("p1".into()),
                 display_name: "Ada".into(),

@@ -1,6 +1,8 @@
 //! Shared test helpers: policies built in memory and small generated GeoIP databases.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod relay;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

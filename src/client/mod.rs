@@ -1,0 +1,225 @@
+//! A client of the relay: connect with a ticket, publish and subscribe,
+//! send and receive media datagrams. Used by the tests, the `client` and
+//! `loadtest` commands, and later the router's tests.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::relay::tls;
+use crate::wire::control::{
+    self, ClientMessage, ControlError, Decoder, Layers, ServerMessage, TrackInfo, TrackKind,
+};
+use crate::wire::datagram::{self, MediaHeader, TrackId};
+
+/// Why a client operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("the relay refused: {message} (code {code})")]
+    Refused { code: u16, message: String },
+    #[error("control stream: {0}")]
+    Control(#[from] ControlError),
+    #[error("the connection closed: {0}")]
+    Closed(String),
+    #[error("timed out waiting for the relay")]
+    Timeout,
+    #[error("cannot send media: {0}")]
+    Send(String),
+}
+
+/// A connected, admitted participant.
+#[derive(Debug)]
+pub struct Client {
+    endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    decoder: Decoder,
+    /// Control messages received while waiting for a specific one.
+    pending: VecDeque<ServerMessage>,
+    next_request: u32,
+    /// Tracks already published when this client joined.
+    pub initial_tracks: Vec<TrackInfo>,
+}
+
+/// How long to wait for the relay's answers.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Client {
+    /// Connects from `bind` (e.g. `127.0.0.2:0`) to the relay at `relay`,
+    /// accepting only the certificate whose SHA-256 is `cert_sha256`, and
+    /// joins with `ticket`.
+    pub async fn connect(
+        bind: SocketAddr,
+        relay: SocketAddr,
+        cert_sha256: &str,
+        ticket: &str,
+    ) -> Result<Self, ClientError> {
+        let crypto = tls::pinned_client_config(cert_sha256).map_err(ClientError::Tls)?;
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .datagram_receive_buffer_size(Some(4 << 20))
+            .keep_alive_interval(Some(Duration::from_secs(5)));
+        config.transport_config(Arc::new(transport));
+        let mut endpoint =
+            quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect(e.to_string()))?;
+        endpoint.set_default_client_config(config);
+        let conn = endpoint
+            .connect(relay, "relay")
+            .map_err(|e| ClientError::Connect(e.to_string()))?
+            .await
+            .map_err(|e| ClientError::Connect(e.to_string()))?;
+        let (send, recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| ClientError::Closed(e.to_string()))?;
+        let mut client = Client {
+            endpoint,
+            conn,
+            send,
+            recv,
+            decoder: Decoder::new(),
+            pending: VecDeque::new(),
+            next_request: 1,
+            initial_tracks: Vec::new(),
+        };
+        client
+            .send_control(&ClientMessage::Hello {
+                ticket: ticket.to_owned(),
+            })
+            .await?;
+        match client.read_control().await? {
+            ServerMessage::Welcome { tracks, .. } => {
+                client.initial_tracks = tracks;
+                Ok(client)
+            }
+            ServerMessage::Error { code, message } => Err(ClientError::Refused { code, message }),
+            other => Err(ClientError::Closed(format!(
+                "unexpected first message {other:?}"
+            ))),
+        }
+    }
+
+    async fn send_control(&mut self, message: &ClientMessage) -> Result<(), ClientError> {
+        let mut frame = Vec::new();
+        control::encode(message, &mut frame)?;
+        self.send
+            .write_all(&frame)
+            .await
+            .map_err(|e| ClientError::Closed(e.to_string()))
+    }
+
+    async fn read_control(&mut self) -> Result<ServerMessage, ClientError> {
+        loop {
+            if let Some(m) = self.decoder.next_message::<ServerMessage>()? {
+                return Ok(m);
+            }
+            let chunk = tokio::time::timeout(
+                ANSWER_TIMEOUT,
+                self.recv.read_chunk(control::MAX_FRAME_LEN, true),
+            )
+            .await
+            .map_err(|_| ClientError::Timeout)?
+            .map_err(|e| ClientError::Closed(e.to_string()))?;
+            match chunk {
+                Some(c) => self.decoder.push(&c.bytes),
+                None => return Err(ClientError::Closed("control stream ended".into())),
+            }
+        }
+    }
+
+    /// The next control message from the relay (events such as
+    /// `track_published`, `keyframe_request`, `going_away`).
+    pub async fn next_event(&mut self) -> Result<ServerMessage, ClientError> {
+        match self.pending.pop_front() {
+            Some(m) => Ok(m),
+            None => self.read_control().await,
+        }
+    }
+
+    /// Publishes a track; returns the id to send its datagrams with.
+    pub async fn publish(
+        &mut self,
+        kind: TrackKind,
+        codec: &str,
+        layers: Option<Layers>,
+    ) -> Result<TrackId, ClientError> {
+        let request = self.next_request;
+        self.next_request += 1;
+        self.send_control(&ClientMessage::Publish {
+            request,
+            kind,
+            codec: codec.to_owned(),
+            layers,
+        })
+        .await?;
+        loop {
+            match self.read_control().await? {
+                ServerMessage::Published { request: r, track } if r == request => return Ok(track),
+                ServerMessage::Error { code, message } => {
+                    return Err(ClientError::Refused { code, message });
+                }
+                other => self.pending.push_back(other),
+            }
+        }
+    }
+
+    /// Subscribes to a track; returns once the relay confirmed it, so every
+    /// datagram the publisher sends from then on reaches this client.
+    pub async fn subscribe(&mut self, track: TrackId) -> Result<(), ClientError> {
+        self.send_control(&ClientMessage::Subscribe { track })
+            .await?;
+        loop {
+            match self.read_control().await? {
+                ServerMessage::Subscribed { track: t } if t == track => return Ok(()),
+                ServerMessage::Error { code, message } => {
+                    return Err(ClientError::Refused { code, message });
+                }
+                other => self.pending.push_back(other),
+            }
+        }
+    }
+
+    /// Sends one media datagram.
+    pub fn send_media(&self, header: &MediaHeader, payload: &[u8]) -> Result<(), ClientError> {
+        let mut out = Vec::with_capacity(datagram::HEADER_LEN + payload.len());
+        datagram::encode(header, payload, &mut out);
+        self.send_raw(Bytes::from(out))
+    }
+
+    /// Sends bytes as a datagram unchanged (tests send malformed ones).
+    pub fn send_raw(&self, datagram: Bytes) -> Result<(), ClientError> {
+        self.conn
+            .send_datagram(datagram)
+            .map_err(|e| ClientError::Send(e.to_string()))
+    }
+
+    /// The next media datagram received.
+    pub async fn recv_media(&self) -> Result<Bytes, ClientError> {
+        self.conn
+            .read_datagram()
+            .await
+            .map_err(|e| ClientError::Closed(e.to_string()))
+    }
+
+    /// Why the connection closed, once it has.
+    pub fn close_reason(&self) -> Option<String> {
+        self.conn.close_reason().map(|e| e.to_string())
+    }
+
+    /// Leaves the conference and closes the connection.
+    pub async fn leave(mut self) {
+        let _ = self.send_control(&ClientMessage::Leave {}).await;
+        let _ = tokio::time::timeout(Duration::from_millis(500), self.conn.closed()).await;
+        self.conn.close(0u32.into(), b"bye");
+        self.endpoint.wait_idle().await;
+    }
+}

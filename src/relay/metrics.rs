@@ -1,0 +1,198 @@
+//! The relay's Prometheus metrics. Labels come only from bounded, typed sets
+//! (reason codes); never an address, name, participant or conference id.
+
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+use crate::forward::{Counters, DropReason};
+use crate::ticket::TicketError;
+use crate::wire::datagram::DatagramError;
+
+/// Handles to every relay metric.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub connections: IntGauge,
+    pub datagrams_received: IntCounter,
+    pub bytes_received: IntCounter,
+    pub deliveries: IntCounter,
+    pub bytes_delivered: IntCounter,
+    pub datagrams_sent: IntCounter,
+    pub send_failures: IntCounter,
+    pub ingress_drops: IntCounterVec,
+    pub queue_drops: IntCounterVec,
+    pub ticket_refusals: IntCounterVec,
+    pub control_errors: IntCounter,
+    pub keyframe_requests: IntCounter,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::with_opts(Opts::new(name, help))
+        .unwrap_or_else(|e| unreachable_metric(name, e));
+    let _ = registry.register(Box::new(c.clone()));
+    c
+}
+
+fn counter_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[&str],
+) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), &[label])
+        .unwrap_or_else(|e| unreachable_metric(name, e));
+    let _ = registry.register(Box::new(c.clone()));
+    // Every label value exists from the start, at zero.
+    for v in values {
+        let _ = c.get_metric_with_label_values(&[v]);
+    }
+    c
+}
+
+/// Metric names and help texts are constants of this file; a failure here
+/// is a programming error caught by the metrics test, not input.
+#[cold]
+fn unreachable_metric(name: &str, e: prometheus::Error) -> ! {
+    panic!("metric {name} is malformed: {e}")
+}
+
+impl Metrics {
+    pub fn new(relay_id: &str) -> Self {
+        let registry = Registry::new_custom(
+            Some("rr_relay".into()),
+            Some(std::iter::once(("relay".to_owned(), relay_id.to_owned())).collect()),
+        )
+        .unwrap_or_else(|e| unreachable_metric("registry", e));
+        let malformed: Vec<&str> = [
+            DatagramError::Truncated(0),
+            DatagramError::Oversized(0),
+            DatagramError::UnsupportedVersion(0),
+            DatagramError::ReservedFlags(0),
+        ]
+        .iter()
+        .map(|e| e.code())
+        .chain(["unknown_connection", "unknown_track", "not_owner"])
+        .collect();
+        let queue: Vec<&str> = DropReason::ALL.iter().map(|r| r.code()).collect();
+        let tickets: Vec<&str> = TicketError::ALL.iter().map(|e| e.code()).collect();
+        let connections =
+            IntGauge::with_opts(Opts::new("connections", "Admitted client connections."))
+                .unwrap_or_else(|e| unreachable_metric("connections", e));
+        let _ = registry.register(Box::new(connections.clone()));
+        let build = IntGauge::with_opts(
+            Opts::new("build_info", "Build of the relay; always 1.")
+                .const_label("version", env!("CARGO_PKG_VERSION")),
+        )
+        .unwrap_or_else(|e| unreachable_metric("build_info", e));
+        build.set(1);
+        let _ = registry.register(Box::new(build));
+        Metrics {
+            connections,
+            datagrams_received: counter(
+                &registry,
+                "datagrams_received_total",
+                "Media datagrams received.",
+            ),
+            bytes_received: counter(&registry, "bytes_received_total", "Media bytes received."),
+            deliveries: counter(
+                &registry,
+                "deliveries_total",
+                "Datagram copies queued for subscribers.",
+            ),
+            bytes_delivered: counter(
+                &registry,
+                "bytes_delivered_total",
+                "Bytes queued for subscribers.",
+            ),
+            datagrams_sent: counter(
+                &registry,
+                "datagrams_sent_total",
+                "Datagrams handed to QUIC for sending.",
+            ),
+            send_failures: counter(
+                &registry,
+                "send_failures_total",
+                "Datagrams QUIC refused to send.",
+            ),
+            ingress_drops: counter_vec(
+                &registry,
+                "ingress_drops_total",
+                "Received datagrams not forwarded, by reason.",
+                "reason",
+                &malformed,
+            ),
+            queue_drops: counter_vec(
+                &registry,
+                "queue_drops_total",
+                "Datagrams dropped from subscriber queues, by reason.",
+                "reason",
+                &queue,
+            ),
+            ticket_refusals: counter_vec(
+                &registry,
+                "ticket_refusals_total",
+                "Join tickets refused, by reason.",
+                "reason",
+                &tickets,
+            ),
+            control_errors: counter(
+                &registry,
+                "control_errors_total",
+                "Control messages answered with an error, or undecodable.",
+            ),
+            keyframe_requests: counter(
+                &registry,
+                "keyframe_requests_total",
+                "Keyframe requests sent to publishers.",
+            ),
+            registry,
+        }
+    }
+
+    /// Adds what the core counted since `last`, then remembers it.
+    pub fn sync(&self, now: &Counters, last: &mut Counters) {
+        let d = |a: u64, b: u64| a.saturating_sub(b);
+        self.datagrams_received
+            .inc_by(d(now.datagrams_received, last.datagrams_received));
+        self.bytes_received
+            .inc_by(d(now.bytes_received, last.bytes_received));
+        self.deliveries.inc_by(d(now.deliveries, last.deliveries));
+        self.bytes_delivered
+            .inc_by(d(now.bytes_delivered, last.bytes_delivered));
+        self.control_errors
+            .inc_by(d(now.control_errors, last.control_errors));
+        self.keyframe_requests
+            .inc_by(d(now.keyframe_requests, last.keyframe_requests));
+        for (label, a, b) in [
+            (
+                "unknown_connection",
+                now.ingress_unknown_connection,
+                last.ingress_unknown_connection,
+            ),
+            (
+                "unknown_track",
+                now.ingress_unknown_track,
+                last.ingress_unknown_track,
+            ),
+            ("not_owner", now.ingress_not_owner, last.ingress_not_owner),
+        ] {
+            self.ingress_drops
+                .with_label_values(&[label])
+                .inc_by(d(a, b));
+        }
+        for reason in DropReason::ALL {
+            let i = reason.index();
+            self.queue_drops
+                .with_label_values(&[reason.code()])
+                .inc_by(d(now.queue_drops[i], last.queue_drops[i]));
+        }
+        *last = now.clone();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}

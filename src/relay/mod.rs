@@ -1,0 +1,507 @@
+//! The relay process: the tokio/quinn shell around the forwarding core.
+//!
+//! One task owns the [`Core`] and the ticket [`Verifier`]; each connection
+//! has a task that does the handshake, reads the control stream and
+//! datagrams, and writes control messages. They meet only through channels:
+//! the core task never awaits a peer. Datagrams leave through
+//! `Connection::send_datagram`, which does not block; a subscriber whose QUIC
+//! send buffer is full keeps its datagrams in the core's bounded queue,
+//! where the drop policy applies, and is retried on the next tick.
+//!
+//! The shell moves bytes; it never parses payloads.
+
+pub mod metrics;
+pub mod tls;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::forward::{Admission, ConnId, Core, CoreConfig, IngressDrop, Permissions};
+use crate::ticket::{TicketError, Verifier};
+use crate::wire::ErrorCode;
+use crate::wire::control::{
+    self, ClientMessage, ControlError, Decoder, ParticipantId, ServerMessage,
+};
+pub use metrics::Metrics;
+pub use tls::Identity;
+
+/// QUIC application close codes the relay uses.
+pub mod close_code {
+    /// Normal close (leave, or after `going_away`).
+    pub const NORMAL: u32 = 0;
+    /// The ticket was refused.
+    pub const TICKET_REFUSED: u32 = 1;
+    /// The control stream broke the protocol.
+    pub const PROTOCOL: u32 = 2;
+    /// The client did not read its control messages.
+    pub const SLOW_CONTROL: u32 = 3;
+    /// The relay is shutting down.
+    pub const GOING_AWAY: u32 = 4;
+}
+
+/// `going_away` code: the relay is shutting down.
+pub const GOING_AWAY_SHUTDOWN: u16 = 1;
+
+/// How a relay runs.
+#[derive(Debug)]
+pub struct Settings {
+    pub relay_id: String,
+    pub identity: Identity,
+    pub verifier: Verifier,
+    pub core: CoreConfig,
+    /// How long connected clients get to leave after `going_away`.
+    pub shutdown_grace: Duration,
+    /// How long a new connection may take to send `hello`.
+    pub hello_timeout: Duration,
+}
+
+/// Errors that stop the relay from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+    #[error("cannot serve QUIC: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+enum Event {
+    Hello {
+        conn: quinn::Connection,
+        ticket: String,
+        reply: oneshot::Sender<Result<(ConnId, mpsc::Receiver<ServerMessage>), TicketError>>,
+    },
+    Control(ConnId, ClientMessage),
+    BadControl(ConnId),
+    Datagram(ConnId, Bytes),
+    Closed(ConnId),
+    Shutdown,
+}
+
+struct Handle {
+    conn: quinn::Connection,
+    control: mpsc::Sender<ServerMessage>,
+}
+
+/// Control messages waiting for a slow reader before it is disconnected.
+const CONTROL_BACKLOG: usize = 256;
+
+/// Serves QUIC on `socket` and HTTP (`/metrics`, `/healthz`, `/readyz`,
+/// `/cert`) on `http` until `shutdown` resolves, then tells clients it is
+/// going away and closes within `shutdown_grace`.
+pub async fn run(
+    socket: std::net::UdpSocket,
+    http: tokio::net::TcpListener,
+    settings: Settings,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RelayError> {
+    let fingerprint = settings.identity.fingerprint();
+    let crypto = tls::server_config(settings.identity).map_err(RelayError::Tls)?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(1u32.into())
+        .max_concurrent_uni_streams(0u32.into())
+        .datagram_receive_buffer_size(Some(4 << 20))
+        .datagram_send_buffer_size(1 << 20)
+        .keep_alive_interval(Some(Duration::from_secs(5)));
+    server.transport_config(Arc::new(transport));
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )?;
+    let metrics = Metrics::new(&settings.relay_id);
+    let ready = Arc::new(AtomicBool::new(true));
+    info!(relay = %settings.relay_id, addr = %endpoint.local_addr()?, cert_sha256 = %fingerprint, "relay serving QUIC");
+
+    let http_task = tokio::spawn(serve_http(
+        http,
+        metrics.clone(),
+        ready.clone(),
+        fingerprint,
+    ));
+    let (events_tx, events_rx) = mpsc::channel::<Event>(8192);
+    let core_task = tokio::spawn(core_loop(
+        Core::new(settings.core),
+        settings.verifier,
+        events_rx,
+        metrics.clone(),
+    ));
+
+    let accept = async {
+        while let Some(incoming) = endpoint.accept().await {
+            let events = events_tx.clone();
+            let metrics = metrics.clone();
+            let hello_timeout = settings.hello_timeout;
+            tokio::spawn(async move {
+                if let Err(reason) =
+                    serve_connection(incoming, events, metrics, hello_timeout).await
+                {
+                    debug!(reason, "connection ended");
+                }
+            });
+        }
+    };
+    tokio::select! {
+        _ = accept => {}
+        _ = shutdown => {}
+    }
+
+    info!(relay = %settings.relay_id, "shutting down: refusing new connections, telling clients");
+    ready.store(false, Ordering::Relaxed);
+    endpoint.set_server_config(None);
+    let _ = events_tx.send(Event::Shutdown).await;
+    let deadline = tokio::time::Instant::now() + settings.shutdown_grace;
+    while endpoint.open_connections() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    endpoint.close(close_code::GOING_AWAY.into(), b"relay shutting down");
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    drop(events_tx);
+    let _ = tokio::time::timeout(Duration::from_secs(1), core_task).await;
+    http_task.abort();
+    Ok(())
+}
+
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    metrics: Metrics,
+    ready: Arc<AtomicBool>,
+    fingerprint: String,
+) {
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4",
+                        )],
+                        metrics.render(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.load(Ordering::Relaxed);
+                async move {
+                    if ready {
+                        (StatusCode::OK, "ready\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+                    }
+                }
+            }),
+        )
+        .route(
+            "/cert",
+            get(move || {
+                let body = serde_json::json!({ "sha256": fingerprint });
+                async move { axum::Json(body) }
+            }),
+        );
+    if let Err(e) = axum::serve(listener, app).await {
+        warn!(error = %e, "HTTP listener stopped");
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+async fn core_loop(
+    mut core: Core,
+    mut verifier: Verifier,
+    mut events: mpsc::Receiver<Event>,
+    metrics: Metrics,
+) {
+    let mut handles: HashMap<ConnId, Handle> = HashMap::new();
+    let mut ready = Vec::new();
+    let mut backlog = Vec::new();
+    let mut last = core.counters().clone();
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut open = true;
+    while open {
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(e) => handle_event(e, &mut core, &mut verifier, &mut handles, &metrics),
+                None => open = false,
+            },
+            _ = tick.tick() => {}
+        }
+        // Take whatever else is already waiting before flushing, so one
+        // flush serves a batch.
+        for _ in 0..1024 {
+            match events.try_recv() {
+                Ok(e) => handle_event(e, &mut core, &mut verifier, &mut handles, &metrics),
+                Err(_) => break,
+            }
+        }
+        flush_control(&mut core, &mut handles);
+        core.take_ready(&mut ready);
+        ready.append(&mut backlog);
+        for conn in ready.drain(..) {
+            let Some(h) = handles.get(&conn) else {
+                while core.poll_datagram(conn).is_some() {}
+                continue;
+            };
+            while let Some(len) = core.next_datagram_len(conn) {
+                if h.conn.datagram_send_buffer_space() < len {
+                    backlog.push(conn);
+                    break;
+                }
+                let Some(d) = core.poll_datagram(conn) else {
+                    break;
+                };
+                match h.conn.send_datagram(d) {
+                    Ok(()) => metrics.datagrams_sent.inc(),
+                    Err(_) => metrics.send_failures.inc(),
+                }
+            }
+        }
+        metrics.connections.set(handles.len() as i64);
+        metrics.sync(core.counters(), &mut last);
+    }
+}
+
+fn handle_event(
+    event: Event,
+    core: &mut Core,
+    verifier: &mut Verifier,
+    handles: &mut HashMap<ConnId, Handle>,
+    metrics: &Metrics,
+) {
+    match event {
+        Event::Hello {
+            conn,
+            ticket,
+            reply,
+        } => match verifier.verify(&ticket, unix_now()) {
+            Ok(claims) => {
+                let id = core.admit(Admission {
+                    conference: claims.conference,
+                    participant: ParticipantId(claims.participant),
+                    display_name: claims.display_name,
+                    permissions: Permissions {
+                        publish: claims.grants.publish,
+                        subscribe: claims.grants.subscribe,
+                        moderate: claims.grants.moderate,
+                    },
+                });
+                let (tx, rx) = mpsc::channel(CONTROL_BACKLOG);
+                handles.insert(id, Handle { conn, control: tx });
+                if reply.send(Ok((id, rx))).is_err() {
+                    // The connection task is gone already.
+                    core.handle_closed(id);
+                    handles.remove(&id);
+                }
+            }
+            Err(e) => {
+                metrics.ticket_refusals.with_label_values(&[e.code()]).inc();
+                // No client address in the log: the refusal reason only.
+                info!(reason = e.code(), "ticket refused");
+                let _ = reply.send(Err(e));
+            }
+        },
+        Event::Control(id, message) => {
+            let leaving = matches!(message, ClientMessage::Leave {});
+            core.handle_control(id, message);
+            if leaving {
+                if let Some(h) = handles.remove(&id) {
+                    h.conn.close(close_code::NORMAL.into(), b"left");
+                }
+            }
+        }
+        Event::BadControl(id) => {
+            metrics.control_errors.inc();
+            core.handle_closed(id);
+            if let Some(h) = handles.remove(&id) {
+                h.conn
+                    .close(close_code::PROTOCOL.into(), b"malformed control message");
+            }
+        }
+        Event::Datagram(id, datagram) => {
+            if let Err(IngressDrop::Malformed(e)) =
+                core.handle_datagram(id, datagram, Instant::now())
+            {
+                metrics.ingress_drops.with_label_values(&[e.code()]).inc();
+            }
+        }
+        Event::Closed(id) => {
+            core.handle_closed(id);
+            handles.remove(&id);
+        }
+        Event::Shutdown => {
+            for h in handles.values() {
+                let _ = h.control.try_send(ServerMessage::GoingAway {
+                    code: GOING_AWAY_SHUTDOWN,
+                    reason: "relay shutting down; reconnect through the router".into(),
+                });
+            }
+        }
+    }
+}
+
+fn flush_control(core: &mut Core, handles: &mut HashMap<ConnId, Handle>) {
+    while let Some((id, message)) = core.poll_control() {
+        let Some(h) = handles.get(&id) else { continue };
+        if h.control.try_send(message).is_err() {
+            // The client does not read its control stream: it only hurts
+            // itself, and is disconnected rather than buffered without bound.
+            core.handle_closed(id);
+            if let Some(h) = handles.remove(&id) {
+                h.conn.close(
+                    close_code::SLOW_CONTROL.into(),
+                    b"control messages not read",
+                );
+            }
+        }
+    }
+}
+
+/// Reads until one whole control message is decoded.
+async fn read_message(
+    recv: &mut quinn::RecvStream,
+    decoder: &mut Decoder,
+) -> Result<Option<ClientMessage>, ControlError> {
+    loop {
+        if let Some(m) = decoder.next_message::<ClientMessage>()? {
+            return Ok(Some(m));
+        }
+        match recv.read_chunk(control::MAX_FRAME_LEN, true).await {
+            Ok(Some(chunk)) => decoder.push(&chunk.bytes),
+            Ok(None) | Err(_) => return Ok(None),
+        }
+    }
+}
+
+async fn write_message(send: &mut quinn::SendStream, message: &ServerMessage) -> Result<(), ()> {
+    let mut frame = Vec::new();
+    control::encode(message, &mut frame).map_err(|_| ())?;
+    send.write_all(&frame).await.map_err(|_| ())
+}
+
+async fn serve_connection(
+    incoming: quinn::Incoming,
+    events: mpsc::Sender<Event>,
+    metrics: Metrics,
+    hello_timeout: Duration,
+) -> Result<(), &'static str> {
+    let conn = incoming.await.map_err(|_| "handshake failed")?;
+    let (mut send, mut recv) = tokio::time::timeout(hello_timeout, conn.accept_bi())
+        .await
+        .map_err(|_| "no control stream in time")?
+        .map_err(|_| "connection lost before the control stream")?;
+    let mut decoder = Decoder::new();
+    let first = tokio::time::timeout(hello_timeout, read_message(&mut recv, &mut decoder))
+        .await
+        .map_err(|_| "no hello in time")?;
+    let ticket = match first {
+        Ok(Some(ClientMessage::Hello { ticket })) => ticket,
+        Ok(Some(_)) | Ok(None) | Err(_) => {
+            metrics.control_errors.inc();
+            let _ = write_message(
+                &mut send,
+                &ServerMessage::Error {
+                    code: ErrorCode::OutOfOrder.code(),
+                    message: "the first message must be hello".into(),
+                },
+            )
+            .await;
+            let _ = send.finish();
+            conn.close(close_code::PROTOCOL.into(), b"expected hello");
+            return Err("no hello");
+        }
+    };
+    let (reply_tx, reply_rx) = oneshot::channel();
+    events
+        .send(Event::Hello {
+            conn: conn.clone(),
+            ticket,
+            reply: reply_tx,
+        })
+        .await
+        .map_err(|_| "relay stopping")?;
+    let (id, mut control_rx) = match reply_rx.await.map_err(|_| "relay stopping")? {
+        Ok(admitted) => admitted,
+        Err(refusal) => {
+            let _ = write_message(
+                &mut send,
+                &ServerMessage::Error {
+                    code: refusal.wire_code(),
+                    message: refusal.to_string(),
+                },
+            )
+            .await;
+            let _ = send.finish();
+            // Give the error a moment to leave before closing.
+            let _ = tokio::time::timeout(Duration::from_millis(200), send.stopped()).await;
+            conn.close(close_code::TICKET_REFUSED.into(), refusal.code().as_bytes());
+            return Err("ticket refused");
+        }
+    };
+
+    let writer = tokio::spawn(async move {
+        while let Some(message) = control_rx.recv().await {
+            let going_away = matches!(message, ServerMessage::GoingAway { .. });
+            if write_message(&mut send, &message).await.is_err() {
+                break;
+            }
+            if going_away {
+                let _ = send.finish();
+            }
+        }
+    });
+    let outcome = loop {
+        tokio::select! {
+            datagram = conn.read_datagram() => match datagram {
+                Ok(d) => {
+                    if events.send(Event::Datagram(id, d)).await.is_err() {
+                        break "relay stopping";
+                    }
+                }
+                Err(_) => break "closed",
+            },
+            message = read_message(&mut recv, &mut decoder) => match message {
+                Ok(Some(m)) => {
+                    if events.send(Event::Control(id, m)).await.is_err() {
+                        break "relay stopping";
+                    }
+                }
+                Ok(None) => break "control stream ended",
+                Err(_) => {
+                    let _ = events.send(Event::BadControl(id)).await;
+                    break "malformed control";
+                }
+            },
+        }
+    };
+    let _ = events.send(Event::Closed(id)).await;
+    writer.abort();
+    Err(outcome)
+}
+
+/// The address a relay's self-signed certificate should name.
+pub fn certificate_names(addr: SocketAddr) -> Vec<String> {
+    vec![addr.ip().to_string(), "localhost".to_owned()]
+}

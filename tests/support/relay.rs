@@ -1,0 +1,128 @@
+//! Starting relays on loopback and minting dev tickets for them.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use residency_relay::forward::CoreConfig;
+use residency_relay::policy;
+use residency_relay::relay::{self, Identity, RelayError, Settings};
+use residency_relay::ticket::{self, Claims, Grants};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A relay running in this process.
+pub struct TestRelay {
+    pub quic: SocketAddr,
+    pub http: SocketAddr,
+    pub fingerprint: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), RelayError>>>,
+}
+
+impl TestRelay {
+    /// Starts relay `relay_id` of the dev policy, listening on `ip` (QUIC and
+    /// HTTP on free ports), with `core` limits.
+    pub async fn start(relay_id: &str, ip: &str, core: CoreConfig) -> TestRelay {
+        let policy = policy::load(&super::repo().join("config/dev.toml")).expect("dev policy");
+        let idx = policy.relay_idx(relay_id).expect("relay in dev policy");
+        let socket = std::net::UdpSocket::bind((ip, 0)).expect("bind UDP");
+        let quic = socket.local_addr().unwrap();
+        let http = tokio::net::TcpListener::bind((ip, 0))
+            .await
+            .expect("bind TCP");
+        let http_addr = http.local_addr().unwrap();
+        let identity = Identity::self_signed(relay::certificate_names(quic)).expect("certificate");
+        let fingerprint = identity.fingerprint();
+        let settings = Settings {
+            relay_id: relay_id.to_owned(),
+            identity,
+            verifier: policy.ticket_verifier(idx),
+            core,
+            shutdown_grace: Duration::from_secs(2),
+            hello_timeout: Duration::from_secs(5),
+        };
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(relay::run(socket, http, settings, async {
+            let _ = rx.await;
+        }));
+        TestRelay {
+            quic,
+            http: http_addr,
+            fingerprint,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Asks the relay to shut down and waits until it has.
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("relay task").expect("relay ran");
+        }
+    }
+
+    /// `GET path` on the relay's HTTP listener: (status, body).
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let mut stream = tokio::net::TcpStream::connect(self.http)
+            .await
+            .expect("connect HTTP");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let status = response
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    }
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Claims for `participant` in conference `eu-test` on `relay`, valid for 60 s.
+pub fn claims(relay: &str, participant: &str, grants: Grants) -> Claims {
+    let now = unix_now();
+    Claims {
+        conference: "eu-test".into(),
+        jurisdiction: "eu".into(),
+        relay: relay.into(),
+        participant: participant.into(),
+        display_name: participant.into(),
+        grants,
+        issued_at: now,
+        expires_at: now + 60,
+        nonce: ticket::new_nonce().unwrap(),
+    }
+}
+
+/// Signs with the dev key that every jurisdiction of the dev policy trusts.
+pub fn sign_dev(claims: &Claims) -> String {
+    let key = std::fs::read_to_string(super::repo().join("config/dev-ticket.key")).unwrap();
+    ticket::sign(claims, &ticket::parse_signing_key(&key).unwrap())
+}
+
+pub const PUBLISHER: Grants = Grants {
+    publish: true,
+    subscribe: true,
+    moderate: false,
+};
+pub const VIEWER: Grants = Grants {
+    publish: false,
+    subscribe: true,
+    moderate: false,
+};
