@@ -1,5 +1,6 @@
 //! The `residency-relay` command line.
 
+mod relay;
 mod route;
 mod ticket;
 
@@ -65,6 +66,22 @@ enum Command {
     },
     /// Read an API key from standard input and print the SHA-256 to store in config.
     HashApiKey,
+    /// Run a media relay from the config's inventory until SIGINT/SIGTERM.
+    Relay {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        regions: Option<PathBuf>,
+        /// This relay's id in the inventory.
+        #[arg(long)]
+        id: String,
+        /// Datagrams queued per subscriber before the drop policy applies.
+        #[arg(long, default_value_t = 256)]
+        queue_packets: usize,
+        /// Seconds connected clients get to leave after `going_away`.
+        #[arg(long, default_value_t = 5)]
+        shutdown_grace: u64,
+    },
     /// Create an Ed25519 ticket-signing key; print its public key for `ticket_keys`.
     Keygen {
         /// Where to write the signing key (hex seed; created with mode 0600, never overwritten).
@@ -168,6 +185,25 @@ pub fn main() -> ExitCode {
             }
         }
         Command::Keygen { out } => keygen(&out),
+        Command::Relay {
+            config,
+            regions,
+            id,
+            queue_packets,
+            shutdown_grace,
+        } => {
+            let policy = match load(&config, regions.as_deref()) {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            match relay::run(&policy, &id, queue_packets, shutdown_grace) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(message) => {
+                    eprintln!("error: {message}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Ticket {
             config,
             regions,

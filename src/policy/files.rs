@@ -124,6 +124,13 @@ pub struct RelaySection {
     pub webtransport_url: Option<String>,
     pub max_participants: u32,
     pub max_bitrate_bps: u64,
+    /// HTTP listener for /metrics, /healthz, /readyz. Default: the QUIC
+    /// address's IP, port 9090.
+    pub http_addr: Option<String>,
+    /// PEM certificate chain and key; without them a self-signed
+    /// certificate is made at start (development) and its SHA-256 logged.
+    pub tls_cert: Option<std::path::PathBuf>,
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 /// `[[plan]]`.

@@ -393,6 +393,8 @@ impl Policy {
             }
         }
 
+        let base = cfg.parent().unwrap_or(Path::new("."));
+
         // Relays, in id order.
         let mut relays: Vec<Relay> = Vec::new();
         let mut seen_relay: HashSet<String> = HashSet::new();
@@ -498,8 +500,46 @@ impl Policy {
                     "is 0; give the relay's forwarding capacity in bits per second",
                 );
             }
-            if let (true, Some(country), Some(position), Some(quic_addr)) =
-                (ok, country, position, quic_addr)
+            let http_addr = match (&r.http_addr, quic_addr) {
+                (Some(text), _) => text
+                    .parse::<SocketAddr>()
+                    .map_err(|_| {
+                        p.push(
+                            cfg,
+                            field("http_addr"),
+                            format!("'{text}' is not an ip:port address such as 192.0.2.10:9090"),
+                        )
+                    })
+                    .ok(),
+                (None, Some(q)) => Some(SocketAddr::new(q.ip(), 9090)),
+                (None, None) => None,
+            };
+            let tls = match (&r.tls_cert, &r.tls_key) {
+                (Some(c), Some(k)) => {
+                    let (c, k) = (resolve(base, c), resolve(base, k));
+                    for (f, path) in [("tls_cert", &c), ("tls_key", &k)] {
+                        if let Err(e) = std::fs::metadata(path) {
+                            p.push(
+                                cfg,
+                                field(f),
+                                format!("cannot read {}: {e}", path.display()),
+                            );
+                        }
+                    }
+                    Some((c, k))
+                }
+                (None, None) => None,
+                _ => {
+                    p.push(
+                        cfg,
+                        field("tls_cert"),
+                        "give both tls_cert and tls_key, or neither (a self-signed certificate)",
+                    );
+                    None
+                }
+            };
+            if let (true, Some(country), Some(position), Some(quic_addr), Some(http_addr)) =
+                (ok, country, position, quic_addr, http_addr)
             {
                 relays.push(Relay {
                     id: r.id.clone(),
@@ -509,6 +549,8 @@ impl Policy {
                     webtransport_url: r.webtransport_url.clone(),
                     max_participants: r.max_participants,
                     max_bitrate_bps: r.max_bitrate_bps,
+                    http_addr,
+                    tls,
                 });
             }
         }
@@ -716,7 +758,6 @@ impl Policy {
 
         // GeoIP.
         let geo = &config.geoip;
-        let base = cfg.parent().unwrap_or(Path::new("."));
         let mut trusted_proxies = Vec::new();
         for (i, cidr) in geo.trusted_proxies.iter().enumerate() {
             match parse_cidr(cidr) {

@@ -100,6 +100,9 @@ pub struct Relay {
     pub webtransport_url: Option<String>,
     pub max_participants: u32,
     pub max_bitrate_bps: u64,
+    pub http_addr: SocketAddr,
+    /// PEM certificate and key files, when configured.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// What a tenant may pin its conferences to.

@@ -42,6 +42,9 @@ pub fn relay(id: &str, country: &str, latitude: f64, longitude: f64, n: u16) -> 
         longitude,
         quic_addr: format!("127.0.1.{}:{}", 1 + n % 250, 4433 + n / 250),
         webtransport_url: None,
+        http_addr: None,
+        tls_cert: None,
+        tls_key: None,
         max_participants: 100,
         max_bitrate_bps: 1_000_000_000,
     }

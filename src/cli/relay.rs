@@ -1,0 +1,85 @@
+//! `residency-relay relay`: run one relay of the inventory.
+
+use std::time::Duration;
+
+use crate::forward::CoreConfig;
+use crate::policy::Policy;
+use crate::relay::{self, Identity, Settings};
+
+/// Starts the tokio runtime and serves until SIGINT or SIGTERM.
+pub(super) fn run(
+    policy: &Policy,
+    id: &str,
+    queue_packets: usize,
+    shutdown_grace: u64,
+) -> Result<(), String> {
+    init_logging();
+    let idx = policy
+        .relay_idx(id)
+        .ok_or_else(|| format!("no relay '{id}' in {}", policy.source().display()))?;
+    let r = policy.relay(idx);
+    let identity = match &r.tls {
+        Some((cert, key)) => Identity::from_pem_files(cert, key)?,
+        None => Identity::self_signed(relay::certificate_names(r.quic_addr))?,
+    };
+    let settings = Settings {
+        relay_id: r.id.clone(),
+        identity,
+        verifier: policy.ticket_verifier(idx),
+        core: CoreConfig {
+            queue_packets,
+            ..CoreConfig::default()
+        },
+        shutdown_grace: Duration::from_secs(shutdown_grace),
+        hello_timeout: Duration::from_secs(10),
+    };
+    let (quic, http) = (r.quic_addr, r.http_addr);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async move {
+        let socket = std::net::UdpSocket::bind(quic)
+            .map_err(|e| format!("cannot bind QUIC on {quic}: {e}"))?;
+        let listener = tokio::net::TcpListener::bind(http)
+            .await
+            .map_err(|e| format!("cannot bind HTTP on {http}: {e}"))?;
+        relay::run(socket, listener, settings, shutdown_signal())
+            .await
+            .map_err(|e| e.to_string())
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
+
+/// Human-readable logs on stderr; level from `RUST_LOG` (default `info`).
+pub(super) fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
