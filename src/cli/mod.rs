@@ -1,5 +1,6 @@
 //! The `residency-relay` command line.
 
+mod loadtest;
 mod relay;
 mod route;
 mod ticket;
@@ -66,6 +67,39 @@ enum Command {
     },
     /// Read an API key from standard input and print the SHA-256 to store in config.
     HashApiKey,
+    /// Load a relay with synthetic conferences and print what was delivered.
+    Loadtest {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        regions: Option<PathBuf>,
+        /// The relay (id in the inventory); its /cert and /metrics are read too.
+        #[arg(long)]
+        relay: String,
+        /// Signing key trusted for one of the relay's jurisdictions.
+        #[arg(long, default_value = "config/dev-ticket.key")]
+        key: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        conferences: usize,
+        #[arg(long, default_value_t = 4)]
+        participants: usize,
+        /// Publishers per conference (each sends one video and one audio track).
+        #[arg(long, default_value_t = 2)]
+        publishers: usize,
+        #[arg(long, default_value_t = 1_500_000)]
+        video_bps: u64,
+        #[arg(long, default_value_t = 50_000)]
+        audio_bps: u64,
+        /// Video packet size in bytes (header included).
+        #[arg(long, default_value_t = 1100)]
+        packet_size: usize,
+        /// Seconds of sending.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Local address the clients send from.
+        #[arg(long, default_value = "127.0.0.1")]
+        bind_ip: std::net::IpAddr,
+    },
     /// Run a media relay from the config's inventory until SIGINT/SIGTERM.
     Relay {
         #[arg(long)]
@@ -185,6 +219,47 @@ pub fn main() -> ExitCode {
             }
         }
         Command::Keygen { out } => keygen(&out),
+        Command::Loadtest {
+            config,
+            regions,
+            relay,
+            key,
+            conferences,
+            participants,
+            publishers,
+            video_bps,
+            audio_bps,
+            packet_size,
+            duration,
+            bind_ip,
+        } => {
+            let policy = match load(&config, regions.as_deref()) {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            let plan = loadtest::Plan {
+                relay,
+                key,
+                conferences,
+                participants,
+                publishers,
+                video_bps,
+                audio_bps,
+                packet_size: packet_size.clamp(
+                    crate::wire::datagram::HEADER_LEN + 8,
+                    crate::wire::datagram::MAX_DATAGRAM_LEN,
+                ),
+                duration: std::time::Duration::from_secs(duration.max(1)),
+                bind_ip,
+            };
+            match loadtest::run(&policy, plan) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(message) => {
+                    eprintln!("error: {message}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Relay {
             config,
             regions,

@@ -2,6 +2,8 @@
 //! send and receive media datagrams. Used by the tests, the `client` and
 //! `loadtest` commands, and later the router's tests.
 
+pub mod synthetic;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;

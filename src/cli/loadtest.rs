@@ -1,0 +1,365 @@
+//! `residency-relay loadtest`: conferences of synthetic participants
+//! against one relay, with a table of what was offered and delivered.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::client::Client;
+use crate::client::synthetic::{self, ReceiveStats};
+use crate::policy::Policy;
+use crate::ticket::{self, Claims, Grants};
+use crate::wire::control::TrackKind;
+use crate::wire::datagram::{Flags, MediaHeader, TrackId};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub(super) struct Plan {
+    pub(super) relay: String,
+    pub(super) key: std::path::PathBuf,
+    pub(super) conferences: usize,
+    pub(super) participants: usize,
+    pub(super) publishers: usize,
+    pub(super) video_bps: u64,
+    pub(super) audio_bps: u64,
+    pub(super) packet_size: usize,
+    pub(super) duration: Duration,
+    pub(super) bind_ip: IpAddr,
+}
+
+/// Audio is sent as 20 ms frames.
+const AUDIO_FRAMES_PER_SEC: u64 = 50;
+
+#[derive(Default)]
+struct Progress {
+    sent_packets: AtomicU64,
+    sent_bytes: AtomicU64,
+    received_packets: AtomicU64,
+}
+
+pub(super) fn run(policy: &Policy, plan: Plan) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(run_async(policy, plan))
+}
+
+async fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("cannot reach the relay's HTTP listener {addr}: {e}"))?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default())
+}
+
+/// A sample's value from Prometheus text, e.g. `rr_relay_process_cpu_seconds_total`.
+fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+async fn run_async(policy: &Policy, plan: Plan) -> Result<(), String> {
+    if plan.publishers > plan.participants || plan.participants == 0 || plan.conferences == 0 {
+        return Err("need at least one conference and participant, and no more publishers than participants".into());
+    }
+    let idx = policy
+        .relay_idx(&plan.relay)
+        .ok_or_else(|| format!("no relay '{}'", plan.relay))?;
+    let relay = policy.relay(idx).clone();
+    let text = std::fs::read_to_string(&plan.key)
+        .map_err(|e| format!("cannot read {}: {e}", plan.key.display()))?;
+    let key = ticket::parse_signing_key(&text)?;
+    let jurisdiction = policy
+        .jurisdictions_of(idx)
+        .find(|j| {
+            let ji = policy.jurisdiction_idx(&j.id);
+            ji.is_some_and(|ji| policy.ticket_keys(ji).contains(&key.verifying_key()))
+        })
+        .map(|j| j.id.clone())
+        .ok_or_else(|| {
+            format!(
+                "{} is not trusted for any jurisdiction of relay {}",
+                plan.key.display(),
+                relay.id
+            )
+        })?;
+    let cert: serde_json::Value = serde_json::from_str(&http_get(relay.http_addr, "/cert").await?)
+        .map_err(|e| format!("bad /cert answer: {e}"))?;
+    let pin = cert["sha256"]
+        .as_str()
+        .ok_or("no sha256 in /cert")?
+        .to_owned();
+    let before = http_get(relay.http_addr, "/metrics")
+        .await
+        .unwrap_or_default();
+
+    eprintln!(
+        "loadtest: relay {} at {} ({jurisdiction}), {} conference(s) x {} participants, {} publisher(s) each: video {} bit/s in {}-byte packets + audio {} bit/s; {} s",
+        relay.id,
+        relay.quic_addr,
+        plan.conferences,
+        plan.participants,
+        plan.publishers,
+        plan.video_bps,
+        plan.packet_size,
+        plan.audio_bps,
+        plan.duration.as_secs()
+    );
+
+    // Join everyone.
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut rooms: Vec<Vec<Client>> = Vec::new();
+    for c in 0..plan.conferences {
+        let mut room = Vec::new();
+        for p in 0..plan.participants {
+            let claims = Claims {
+                conference: format!("{jurisdiction}-loadtest{c}"),
+                jurisdiction: jurisdiction.clone(),
+                relay: relay.id.clone(),
+                participant: format!("c{c}p{p}"),
+                display_name: format!("load {c}/{p}"),
+                grants: Grants {
+                    publish: p < plan.publishers,
+                    subscribe: true,
+                    moderate: false,
+                },
+                issued_at: now,
+                expires_at: now + 120,
+                nonce: ticket::new_nonce().map_err(|e| e.to_string())?,
+            };
+            let client = Client::connect(
+                SocketAddr::new(plan.bind_ip, 0),
+                relay.quic_addr,
+                &pin,
+                &ticket::sign(&claims, &key),
+            )
+            .await
+            .map_err(|e| format!("participant c{c}p{p} could not join: {e}"))?;
+            room.push(client);
+        }
+        rooms.push(room);
+    }
+    // Publish, then everyone subscribes to everyone else's tracks.
+    let mut tracks: Vec<Vec<(usize, TrackId, TrackKind)>> = Vec::new();
+    for room in &mut rooms {
+        let mut published = Vec::new();
+        for (p, client) in room.iter_mut().enumerate().take(plan.publishers) {
+            for kind in [TrackKind::Video, TrackKind::Audio] {
+                let codec = if kind == TrackKind::Video {
+                    "synthetic-video"
+                } else {
+                    "synthetic-audio"
+                };
+                let t = client
+                    .publish(kind, codec, None)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                published.push((p, t, kind));
+            }
+        }
+        for (p, client) in room.iter_mut().enumerate() {
+            for (owner, t, _) in &published {
+                if *owner != p {
+                    client.subscribe(*t).await.map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        tracks.push(published);
+    }
+
+    let progress = Arc::new(Progress::default());
+    let deadline = Instant::now() + plan.duration;
+    let mut receivers = Vec::new();
+    let mut senders = Vec::new();
+    for (room, published) in rooms.into_iter().zip(&tracks) {
+        for (p, client) in room.into_iter().enumerate() {
+            let client = Arc::new(client);
+            let rx = client.clone();
+            let progress_rx = progress.clone();
+            receivers.push(tokio::spawn(async move {
+                let mut stats = ReceiveStats::default();
+                let stop = tokio::time::Instant::from_std(deadline + Duration::from_secs(1));
+                while let Ok(Ok(d)) = tokio::time::timeout_at(stop, rx.recv_media()).await {
+                    stats.record(&d);
+                    progress_rx.received_packets.fetch_add(1, Ordering::Relaxed);
+                }
+                (stats, rx)
+            }));
+            let mine: Vec<(TrackId, TrackKind)> = published
+                .iter()
+                .filter(|(o, _, _)| *o == p)
+                .map(|(_, t, k)| (*t, *k))
+                .collect();
+            for (track, kind) in mine {
+                let (size, pps) = match kind {
+                    TrackKind::Video => (
+                        plan.packet_size,
+                        (plan.video_bps / (8 * plan.packet_size as u64)).max(1),
+                    ),
+                    _ => (
+                        (plan.audio_bps / 8 / AUDIO_FRAMES_PER_SEC).max(16) as usize,
+                        AUDIO_FRAMES_PER_SEC,
+                    ),
+                };
+                let tx = client.clone();
+                let progress_tx = progress.clone();
+                senders.push(tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / pps));
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                    let mut sequence = 0u32;
+                    while Instant::now() < deadline {
+                        tick.tick().await;
+                        let flags = if sequence % 100 == 0 {
+                            Flags::KEYFRAME
+                        } else {
+                            Flags::default()
+                        };
+                        let payload = synthetic::payload(
+                            size.saturating_sub(crate::wire::datagram::HEADER_LEN),
+                        );
+                        if tx
+                            .send_media(
+                                &MediaHeader {
+                                    track,
+                                    sequence,
+                                    flags,
+                                },
+                                &payload,
+                            )
+                            .is_ok()
+                        {
+                            progress_tx.sent_packets.fetch_add(1, Ordering::Relaxed);
+                            progress_tx
+                                .sent_bytes
+                                .fetch_add(size as u64, Ordering::Relaxed);
+                        }
+                        sequence = sequence.wrapping_add(1);
+                    }
+                }));
+            }
+        }
+    }
+    // Progress once a second.
+    let started = Instant::now();
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        eprintln!(
+            "  {:>3} s: sent {} packets, received {}",
+            started.elapsed().as_secs(),
+            progress.sent_packets.load(Ordering::Relaxed),
+            progress.received_packets.load(Ordering::Relaxed)
+        );
+    }
+    for s in senders {
+        let _ = s.await;
+    }
+    let mut total = ReceiveStats::default();
+    let mut clients = Vec::new();
+    for r in receivers {
+        if let Ok((stats, client)) = r.await {
+            total.merge(stats);
+            clients.push(client);
+        }
+    }
+    let after = http_get(relay.http_addr, "/metrics")
+        .await
+        .unwrap_or_default();
+    for c in clients {
+        if let Ok(c) = Arc::try_unwrap(c) {
+            c.leave().await;
+        }
+    }
+
+    let secs = plan.duration.as_secs_f64();
+    let sent_packets = progress.sent_packets.load(Ordering::Relaxed);
+    let sent_bytes = progress.sent_bytes.load(Ordering::Relaxed);
+    let fanout = (plan.participants - 1) as u64;
+    let expected = sent_packets * fanout;
+    let loss = if expected == 0 {
+        0.0
+    } else {
+        100.0 * (1.0 - total.packets as f64 / expected as f64)
+    };
+    let ms = |v: Option<u64>| v.map_or("-".to_owned(), |us| format!("{:.2}", us as f64 / 1000.0));
+    let p50 = synthetic::quantile(&mut total.latencies_us, 0.50);
+    let p99 = synthetic::quantile(&mut total.latencies_us, 0.99);
+    let max = total.latencies_us.last().copied();
+    println!("{:<28} {:>14} {:>16}", "", "packets/s", "bits/s");
+    println!(
+        "{:<28} {:>14.0} {:>16.0}",
+        "offered (sent)",
+        sent_packets as f64 / secs,
+        sent_bytes as f64 * 8.0 / secs
+    );
+    println!(
+        "{:<28} {:>14.0} {:>16.0}",
+        "expected deliveries",
+        expected as f64 / secs,
+        (sent_bytes * fanout) as f64 * 8.0 / secs
+    );
+    println!(
+        "{:<28} {:>14.0} {:>16.0}",
+        "delivered",
+        total.packets as f64 / secs,
+        total.bytes as f64 * 8.0 / secs
+    );
+    println!("{:<28} {:>13.3} %", "loss", loss);
+    println!("{:<28} {:>14}", "sequence gaps", total.lost());
+    println!(
+        "{:<28} {} / {} / {} ms",
+        "latency p50 / p99 / max",
+        ms(p50),
+        ms(p99),
+        ms(max)
+    );
+    let cpu = |m: &str| sample(m, "rr_relay_cpu_seconds");
+    if let (Some(a), Some(b)) = (cpu(&before), cpu(&after)) {
+        println!(
+            "{:<28} {:>13.1} % of one core",
+            "relay CPU",
+            100.0 * (b - a) / (secs + 1.0)
+        );
+    }
+    if let Some(rss) = sample(&after, "rr_relay_process_resident_memory_bytes") {
+        println!("{:<28} {:>13.1} MiB", "relay RSS", rss / (1024.0 * 1024.0));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sample;
+
+    #[test]
+    fn reads_samples_from_exposition_text() {
+        let text = "# HELP x\nrr_relay_process_cpu_seconds_total 1.5\nrr_relay_deliveries_total{relay=\"a\"} 7\n";
+        assert_eq!(
+            sample(text, "rr_relay_process_cpu_seconds_total"),
+            Some(1.5)
+        );
+        assert_eq!(sample(text, "rr_relay_deliveries_total"), Some(7.0));
+        assert_eq!(sample(text, "rr_relay_deliveries"), None);
+    }
+}

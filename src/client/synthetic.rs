@@ -1,0 +1,139 @@
+//! Synthetic media for tests and the load tool: each payload carries its
+//! send time and a per-track sequence, so receivers measure loss and latency.
+//!
+//! Payload layout (after the datagram header): send time in microseconds
+//! since the Unix epoch (u64 BE), then filler up to the packet size. The
+//! datagram header's sequence number is the per-track sequence.
+
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::wire::datagram::{self, TrackId};
+
+/// Bytes of the payload that carry the send time.
+pub const STAMP_LEN: usize = 8;
+
+/// Microseconds since the Unix epoch.
+pub fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// A payload of `size` bytes stamped with the current time.
+pub fn payload(size: usize) -> Vec<u8> {
+    let mut p = vec![0x5a; size.max(STAMP_LEN)];
+    p[..STAMP_LEN].copy_from_slice(&now_micros().to_be_bytes());
+    p
+}
+
+/// What one receiver saw.
+#[derive(Debug, Default, Clone)]
+pub struct ReceiveStats {
+    pub packets: u64,
+    pub bytes: u64,
+    /// Per track: (first sequence, highest sequence, packets).
+    tracks: HashMap<TrackId, (u32, u32, u64)>,
+    /// One-way latencies in microseconds (sender and receiver share a clock
+    /// on loopback).
+    pub latencies_us: Vec<u64>,
+    /// Datagrams that were not synthetic media.
+    pub malformed: u64,
+}
+
+impl ReceiveStats {
+    /// Records one received datagram.
+    pub fn record(&mut self, datagram: &[u8]) {
+        let Ok(header) = datagram::parse(datagram) else {
+            self.malformed += 1;
+            return;
+        };
+        let body = datagram::payload(datagram);
+        let Some(stamp) = body.first_chunk::<STAMP_LEN>() else {
+            self.malformed += 1;
+            return;
+        };
+        self.packets += 1;
+        self.bytes += datagram.len() as u64;
+        self.latencies_us
+            .push(now_micros().saturating_sub(u64::from_be_bytes(*stamp)));
+        let entry =
+            self.tracks
+                .entry(header.track)
+                .or_insert((header.sequence, header.sequence, 0));
+        entry.0 = entry.0.min(header.sequence);
+        entry.1 = entry.1.max(header.sequence);
+        entry.2 += 1;
+    }
+
+    /// Packets missing between the first and highest sequence seen per track.
+    pub fn lost(&self) -> u64 {
+        self.tracks
+            .values()
+            .map(|(first, last, got)| (u64::from(last - first) + 1).saturating_sub(*got))
+            .sum()
+    }
+
+    pub fn merge(&mut self, other: ReceiveStats) {
+        self.packets += other.packets;
+        self.bytes += other.bytes;
+        self.malformed += other.malformed;
+        self.latencies_us.extend(other.latencies_us);
+        for (track, (f, l, g)) in other.tracks {
+            let e = self.tracks.entry(track).or_insert((f, l, 0));
+            e.0 = e.0.min(f);
+            e.1 = e.1.max(l);
+            e.2 += g;
+        }
+    }
+}
+
+/// The `q`-quantile (0..=1) of `values`, sorting them in place.
+pub fn quantile(values: &mut [u64], q: f64) -> Option<u64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_unstable();
+    let i = ((values.len() - 1) as f64 * q).round() as usize;
+    values.get(i).copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::datagram::{Flags, MediaHeader};
+
+    fn d(track: u32, sequence: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        datagram::encode(
+            &MediaHeader {
+                track: TrackId(track),
+                sequence,
+                flags: Flags::default(),
+            },
+            &payload(100),
+            &mut out,
+        );
+        out
+    }
+
+    #[test]
+    fn counts_loss_per_track_and_latency() {
+        let mut s = ReceiveStats::default();
+        for seq in [0, 1, 2, 5, 6] {
+            s.record(&d(1, seq));
+        }
+        for seq in [10, 11] {
+            s.record(&d(2, seq));
+        }
+        s.record(b"junk");
+        assert_eq!(s.packets, 7);
+        assert_eq!(s.lost(), 2);
+        assert_eq!(s.malformed, 1);
+        assert!(s.latencies_us.iter().all(|l| *l < 10_000_000));
+        let mut v = vec![5, 1, 3, 2, 4];
+        assert_eq!(quantile(&mut v, 0.5), Some(3));
+        assert_eq!(quantile(&mut v, 1.0), Some(5));
+        assert_eq!(quantile(&mut [], 0.5), None);
+    }
+}
