@@ -1,5 +1,6 @@
 //! The `residency-relay` command line.
 
+mod client;
 mod loadtest;
 mod relay;
 mod route;
@@ -67,6 +68,11 @@ enum Command {
     },
     /// Read an API key from standard input and print the SHA-256 to store in config.
     HashApiKey,
+    /// Join a relay by hand: publish synthetic media, or subscribe and count.
+    Client {
+        #[command(subcommand)]
+        action: client::Action,
+    },
     /// Load a relay with synthetic conferences and print what was delivered.
     Loadtest {
         #[arg(long)]
@@ -219,6 +225,13 @@ pub fn main() -> ExitCode {
             }
         }
         Command::Keygen { out } => keygen(&out),
+        Command::Client { action } => match client::run(action) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("error: {message}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Loadtest {
             config,
             regions,

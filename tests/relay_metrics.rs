@@ -1,0 +1,111 @@
+//! The relay's exported metrics: exact names, bounded labels, and no
+//! personal data after a scripted call.
+
+mod support;
+
+use std::collections::BTreeSet;
+
+use residency_relay::client::Client;
+use residency_relay::forward::CoreConfig;
+use residency_relay::ticket::Grants;
+use residency_relay::wire::control::TrackKind;
+use residency_relay::wire::datagram::{Flags, MediaHeader};
+use support::relay::{TestRelay, claims, sign_dev};
+
+#[tokio::test]
+async fn names_and_labels_are_exact_and_carry_no_personal_data() {
+    let mut relay = TestRelay::start("de-ber-1", "127.0.1.2", CoreConfig::default()).await;
+    let mut c = claims(
+        "de-ber-1",
+        "alice-private-participant",
+        Grants {
+            publish: true,
+            subscribe: true,
+            moderate: false,
+        },
+    );
+    c.conference = "eu-secretconference".into();
+    c.display_name = "Alice Secretname".into();
+    let mut alice = Client::connect(
+        "127.0.0.77:0".parse().unwrap(),
+        relay.quic,
+        &relay.fingerprint,
+        &sign_dev(&c),
+    )
+    .await
+    .unwrap();
+    let track = alice.publish(TrackKind::Video, "vp8", None).await.unwrap();
+    alice
+        .send_media(
+            &MediaHeader {
+                track,
+                sequence: 0,
+                flags: Flags::default(),
+            },
+            b"x",
+        )
+        .unwrap();
+    let (status, text) = relay.get("/metrics").await;
+    assert_eq!(status, 200);
+
+    let names: BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    let expected: BTreeSet<&str> = [
+        "rr_relay_build_info",
+        "rr_relay_bytes_delivered_total",
+        "rr_relay_bytes_received_total",
+        "rr_relay_connections",
+        "rr_relay_control_errors_total",
+        "rr_relay_cpu_seconds",
+        "rr_relay_datagrams_received_total",
+        "rr_relay_datagrams_sent_total",
+        "rr_relay_deliveries_total",
+        "rr_relay_ingress_drops_total",
+        "rr_relay_keyframe_requests_total",
+        "rr_relay_process_cpu_seconds_total",
+        "rr_relay_process_max_fds",
+        "rr_relay_process_open_fds",
+        "rr_relay_process_resident_memory_bytes",
+        "rr_relay_process_start_time_seconds",
+        "rr_relay_process_threads",
+        "rr_relay_process_virtual_memory_bytes",
+        "rr_relay_queue_drops_total",
+        "rr_relay_send_failures_total",
+        "rr_relay_ticket_refusals_total",
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(names, expected);
+
+    // Only bounded label names.
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        if let Some((_, labels)) = line.split_once('{') {
+            for pair in labels.split('}').next().unwrap().split(',') {
+                let name = pair.split('=').next().unwrap();
+                assert!(
+                    ["relay", "reason", "version"].contains(&name),
+                    "label {name} in {line}"
+                );
+            }
+        }
+    }
+    assert!(
+        text.contains(
+            "rr_relay_queue_drops_total{reason=\"evicted_keyframe\",relay=\"de-ber-1\"} 0"
+        )
+    );
+    // No address, name, participant or conference id.
+    for secret in [
+        "127.0.0.77",
+        "alice-private-participant",
+        "Alice Secretname",
+        "secretconference",
+    ] {
+        assert!(!text.contains(secret), "{secret} leaked into metrics");
+    }
+    alice.leave().await;
+    relay.stop().await;
+}
