@@ -49,6 +49,33 @@ pub struct Client {
     next_request: u32,
     /// Tracks already published when this client joined.
     pub initial_tracks: Vec<TrackInfo>,
+    /// Whether this client made its endpoint (and so waits for it on leave).
+    owns_endpoint: bool,
+}
+
+/// A client endpoint bound to `bind` that accepts only the relay
+/// certificate whose SHA-256 is `cert_sha256`. One endpoint can carry many
+/// clients ([`Client::connect_on`]).
+pub fn endpoint(bind: SocketAddr, cert_sha256: &str) -> Result<quinn::Endpoint, ClientError> {
+    let crypto = tls::pinned_client_config(cert_sha256).map_err(ClientError::Tls)?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .datagram_receive_buffer_size(Some(4 << 20))
+        .keep_alive_interval(Some(Duration::from_secs(5)));
+    config.transport_config(Arc::new(transport));
+    let socket =
+        std::net::UdpSocket::bind(bind).map_err(|e| ClientError::Connect(e.to_string()))?;
+    crate::relay::enlarge_socket_buffers(&socket);
+    let mut endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|e| ClientError::Connect(e.to_string()))?;
+    endpoint.set_default_client_config(config);
+    Ok(endpoint)
 }
 
 /// How long to wait for the relay's answers.
@@ -64,16 +91,17 @@ impl Client {
         cert_sha256: &str,
         ticket: &str,
     ) -> Result<Self, ClientError> {
-        let crypto = tls::pinned_client_config(cert_sha256).map_err(ClientError::Tls)?;
-        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-        let mut transport = quinn::TransportConfig::default();
-        transport
-            .datagram_receive_buffer_size(Some(4 << 20))
-            .keep_alive_interval(Some(Duration::from_secs(5)));
-        config.transport_config(Arc::new(transport));
-        let mut endpoint =
-            quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect(e.to_string()))?;
-        endpoint.set_default_client_config(config);
+        let mut client = Self::connect_on(endpoint(bind, cert_sha256)?, relay, ticket).await?;
+        client.owns_endpoint = true;
+        Ok(client)
+    }
+
+    /// Joins through an existing endpoint (see [`endpoint`]).
+    pub async fn connect_on(
+        endpoint: quinn::Endpoint,
+        relay: SocketAddr,
+        ticket: &str,
+    ) -> Result<Self, ClientError> {
         let conn = endpoint
             .connect(relay, "relay")
             .map_err(|e| ClientError::Connect(e.to_string()))?
@@ -92,6 +120,7 @@ impl Client {
             pending: VecDeque::new(),
             next_request: 1,
             initial_tracks: Vec::new(),
+            owns_endpoint: false,
         };
         client
             .send_control(&ClientMessage::Hello {
@@ -204,6 +233,15 @@ impl Client {
             .map_err(|e| ClientError::Send(e.to_string()))
     }
 
+    /// Sends bytes as a datagram, waiting while the connection's send buffer
+    /// is full instead of dropping older datagrams (load generators).
+    pub async fn send_raw_wait(&self, datagram: Bytes) -> Result<(), ClientError> {
+        self.conn
+            .send_datagram_wait(datagram)
+            .await
+            .map_err(|e| ClientError::Send(e.to_string()))
+    }
+
     /// The next media datagram received.
     pub async fn recv_media(&self) -> Result<Bytes, ClientError> {
         self.conn
@@ -222,6 +260,8 @@ impl Client {
         let _ = self.send_control(&ClientMessage::Leave {}).await;
         let _ = tokio::time::timeout(Duration::from_millis(500), self.conn.closed()).await;
         self.conn.close(0u32.into(), b"bye");
-        self.endpoint.wait_idle().await;
+        if self.owns_endpoint {
+            self.endpoint.wait_idle().await;
+        }
     }
 }

@@ -113,6 +113,7 @@ pub async fn run(
         .datagram_send_buffer_size(1 << 20)
         .keep_alive_interval(Some(Duration::from_secs(5)));
     server.transport_config(Arc::new(transport));
+    enlarge_socket_buffers(&socket);
     let endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
         Some(server),
@@ -499,6 +500,21 @@ async fn serve_connection(
     let _ = events.send(Event::Closed(id)).await;
     writer.abort();
     Err(outcome)
+}
+
+/// Socket buffer size asked for (the kernel caps it at its maximum, e.g.
+/// `net.core.rmem_max`). The default of a few hundred KiB overflows within
+/// milliseconds at gigabit rates, and overflow is loss.
+const SOCKET_BUFFER_BYTES: usize = 8 << 20;
+
+/// Asks for large UDP send and receive buffers; keeps the defaults if refused.
+pub fn enlarge_socket_buffers(socket: &std::net::UdpSocket) {
+    let s = socket2::SockRef::from(socket);
+    if s.set_recv_buffer_size(SOCKET_BUFFER_BYTES).is_err()
+        || s.set_send_buffer_size(SOCKET_BUFFER_BYTES).is_err()
+    {
+        warn!("could not enlarge UDP socket buffers; expect loss at high rates");
+    }
 }
 
 /// The address a relay's self-signed certificate should name.

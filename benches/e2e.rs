@@ -1,0 +1,320 @@
+//! End to end over loopback QUIC, measured side by side in one run:
+//!
+//! 1. Fan-out: 1 publisher → N subscribers through the relay, against the
+//!    same datagrams sent directly by a quinn endpoint to N connections
+//!    (the baseline: what QUIC itself delivers here). Both run in this one
+//!    process on the same cores, each for a few seconds, sending as fast as
+//!    the send buffers allow; then the relay again at 80 % of the direct
+//!    per-connection rate, to check it loses nothing there.
+//! 2. Memory: RSS of a relay process (the `relay` command) holding 1,000
+//!    and 10,000 idle participants, from its own /metrics.
+//!
+//! Run: `cargo bench --bench e2e` (add `-- fanout` or `-- memory` for one part).
+
+#[path = "../tests/support/mod.rs"]
+#[allow(dead_code)]
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use residency_relay::client::{self, Client};
+use residency_relay::forward::CoreConfig;
+use residency_relay::relay::{self, Identity, tls};
+use residency_relay::wire::control::TrackKind;
+use residency_relay::wire::datagram::{self, Flags, MediaHeader, TrackId};
+use support::relay::{PUBLISHER, TestRelay, VIEWER, claims, sign_dev};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const PACKET: usize = 1100;
+const SECONDS: u64 = 4;
+
+fn packet(track: TrackId) -> Bytes {
+    let mut out = Vec::new();
+    datagram::encode(
+        &MediaHeader {
+            track,
+            sequence: 0,
+            flags: Flags::default(),
+        },
+        &[0x5a; PACKET - datagram::HEADER_LEN],
+        &mut out,
+    );
+    Bytes::from(out)
+}
+
+/// Counts datagrams on each connection until `until`.
+fn count(
+    conns: Vec<quinn::Connection>,
+    until: Instant,
+) -> (Arc<AtomicU64>, Vec<tokio::task::JoinHandle<()>>) {
+    let received = Arc::new(AtomicU64::new(0));
+    let tasks = conns
+        .into_iter()
+        .map(|c| {
+            let received = received.clone();
+            tokio::spawn(async move {
+                let until = tokio::time::Instant::from_std(until);
+                while let Ok(Ok(_)) = tokio::time::timeout_at(until, c.read_datagram()).await {
+                    received.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    (received, tasks)
+}
+
+/// Direct: a quinn server sends every datagram to each of `n` connections.
+async fn direct(n: usize) -> f64 {
+    let identity = Identity::self_signed(vec!["127.0.1.9".into()]).unwrap();
+    let pin = identity.fingerprint();
+    let mut server =
+        quinn::ServerConfig::with_crypto(Arc::new(tls::server_config(identity).unwrap()));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .datagram_receive_buffer_size(Some(4 << 20))
+        .datagram_send_buffer_size(1 << 20);
+    server.transport_config(Arc::new(transport));
+    // The same socket treatment as the relay's, so only forwarding differs.
+    let socket = std::net::UdpSocket::bind("127.0.1.9:0").unwrap();
+    relay::enlarge_socket_buffers(&socket);
+    let ep = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .unwrap();
+    let addr = ep.local_addr().unwrap();
+    let clients = client::endpoint("127.0.0.2:0".parse().unwrap(), &pin).unwrap();
+    let mut client_conns = Vec::new();
+    let mut server_conns = Vec::new();
+    for _ in 0..n {
+        let connecting = clients.connect(addr, "direct").unwrap();
+        let (c, s) = tokio::join!(connecting, async {
+            ep.accept().await.unwrap().await.unwrap()
+        });
+        client_conns.push(c.unwrap());
+        server_conns.push(s);
+    }
+    let start = Instant::now();
+    let stop = start + Duration::from_secs(SECONDS);
+    let (received, tasks) = count(client_conns, stop + Duration::from_millis(500));
+    let d = packet(TrackId(1));
+    while Instant::now() < stop {
+        for s in &server_conns {
+            let _ = s.send_datagram_wait(d.clone()).await;
+        }
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    received.load(Ordering::Relaxed) as f64 / SECONDS as f64
+}
+
+/// Through the relay: the publisher sends as fast as its buffer allows, or
+/// at `rate` datagrams/s. Returns (delivered datagrams/s, sent datagrams).
+async fn through_relay(n: usize, rate: Option<f64>) -> (f64, u64) {
+    let mut relay = TestRelay::start("de-fra-1", "127.0.1.1", CoreConfig::default()).await;
+    let mut publisher = Client::connect(
+        "127.0.0.2:0".parse().unwrap(),
+        relay.quic,
+        &relay.fingerprint,
+        &sign_dev(&claims("de-fra-1", "pub", PUBLISHER)),
+    )
+    .await
+    .unwrap();
+    let track = publisher
+        .publish(TrackKind::Video, "bench", None)
+        .await
+        .unwrap();
+    let ep = client::endpoint("127.0.0.3:0".parse().unwrap(), &relay.fingerprint).unwrap();
+    let mut subscribers = Vec::new();
+    for i in 0..n {
+        let mut s = Client::connect_on(
+            ep.clone(),
+            relay.quic,
+            &sign_dev(&claims("de-fra-1", &format!("s{i}"), VIEWER)),
+        )
+        .await
+        .unwrap();
+        s.subscribe(track).await.unwrap();
+        subscribers.push(s);
+    }
+    let start = Instant::now();
+    let stop = start + Duration::from_secs(SECONDS);
+    let received = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for s in subscribers {
+        let received = received.clone();
+        tasks.push(tokio::spawn(async move {
+            let until = tokio::time::Instant::from_std(stop + Duration::from_millis(500));
+            while let Ok(Ok(_)) = tokio::time::timeout_at(until, s.recv_media()).await {
+                received.fetch_add(1, Ordering::Relaxed);
+            }
+            s
+        }));
+    }
+    let d = packet(track);
+    let mut sent = 0u64;
+    match rate {
+        None => {
+            while Instant::now() < stop {
+                if publisher.send_raw_wait(d.clone()).await.is_ok() {
+                    sent += 1;
+                }
+            }
+        }
+        Some(rate) => {
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            while Instant::now() < stop {
+                tick.tick().await;
+                if publisher.send_raw(d.clone()).is_ok() {
+                    sent += 1;
+                }
+            }
+        }
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    relay.stop().await;
+    (
+        received.load(Ordering::Relaxed) as f64 / SECONDS as f64,
+        sent,
+    )
+}
+
+async fn fanout() {
+    println!("fan-out over loopback QUIC, {PACKET}-byte datagrams, {SECONDS} s each");
+    println!(
+        "{:>6} {:>16} {:>16} {:>8} {:>22}",
+        "N", "direct Mbit/s", "relay Mbit/s", "ratio", "loss at 80 % of direct"
+    );
+    for n in [10usize, 100] {
+        let direct_pps = direct(n).await;
+        let (relay_pps, _) = through_relay(n, None).await;
+        let per_conn = direct_pps / n as f64;
+        let (paced_pps, sent) = through_relay(n, Some(0.8 * per_conn)).await;
+        let expected = sent as f64 * n as f64;
+        let loss = 100.0 * (1.0 - paced_pps * SECONDS as f64 / expected);
+        let mbit = |pps: f64| pps * PACKET as f64 * 8.0 / 1e6;
+        println!(
+            "{n:>6} {:>16.1} {:>16.1} {:>7.2}x {:>21.3} %",
+            mbit(direct_pps),
+            mbit(relay_pps),
+            relay_pps / direct_pps,
+            loss.max(0.0)
+        );
+    }
+}
+
+async fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: r\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}
+
+fn rss(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with("rr_relay_process_resident_memory_bytes"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn memory() {
+    // de-ber-1 of the dev config: QUIC 127.0.1.2:4433, HTTP 127.0.1.2:9090.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_residency-relay"))
+        .current_dir(support::repo())
+        .args([
+            "relay",
+            "--config",
+            "config/dev.toml",
+            "--id",
+            "de-ber-1",
+            "--shutdown-grace",
+            "1",
+        ])
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let http: SocketAddr = "127.0.1.2:9090".parse().unwrap();
+    while tokio::net::TcpStream::connect(http).await.is_err() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cert: serde_json::Value = serde_json::from_str(&http_get(http, "/cert").await).unwrap();
+    let pin = cert["sha256"].as_str().unwrap().to_owned();
+    let quic: SocketAddr = "127.0.1.2:4433".parse().unwrap();
+    let ep = client::endpoint("127.0.0.4:0".parse().unwrap(), &pin).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let base = rss(&http_get(http, "/metrics").await);
+    println!(
+        "relay RSS with no participants: {:.1} MiB",
+        base / 1048576.0
+    );
+    println!(
+        "{:>8} {:>14} {:>22}",
+        "idle", "RSS MiB", "KiB per participant"
+    );
+    let mut clients = Vec::new();
+    for target in [1000usize, 10000] {
+        while clients.len() < target {
+            let batch: Vec<_> = (clients.len()..target.min(clients.len() + 250))
+                .map(|i| {
+                    let mut c = claims("de-ber-1", &format!("idle{i}"), VIEWER);
+                    c.conference = format!("eu-mem{}", i / 100);
+                    let ticket = sign_dev(&c);
+                    let ep = ep.clone();
+                    tokio::spawn(async move { Client::connect_on(ep, quic, &ticket).await })
+                })
+                .collect();
+            for b in batch {
+                clients.push(b.await.unwrap().expect("idle participant joins"));
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = rss(&http_get(http, "/metrics").await);
+        println!(
+            "{target:>8} {:>14.1} {:>22.1}",
+            now / 1048576.0,
+            (now - base) / target as f64 / 1024.0
+        );
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    drop(clients);
+}
+
+fn main() {
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let wants = |part: &str| filter.is_empty() || filter.iter().any(|f| f == part);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        if wants("fanout") {
+            fanout().await;
+        }
+        if wants("memory") {
+            memory().await;
+        }
+    });
+}
