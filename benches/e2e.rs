@@ -12,7 +12,6 @@
 //! Run: `cargo bench --bench e2e` (add `-- fanout` or `-- memory` for one part).
 
 #[path = "../tests/support/mod.rs"]
-#[allow(dead_code)]
 mod support;
 
 use std::net::SocketAddr;
