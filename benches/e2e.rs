@@ -66,8 +66,10 @@ fn count(
     (received, tasks)
 }
 
-/// Direct: a quinn server sends every datagram to each of `n` connections.
-async fn direct(n: usize) -> f64 {
+/// Direct: a quinn server sends every datagram to each of `n` connections,
+/// as fast as the send buffers allow or at `rate` datagrams/s per
+/// connection. Returns (delivered datagrams/s, datagrams sent per connection).
+async fn direct(n: usize, rate: Option<f64>) -> (f64, u64) {
     let identity = Identity::self_signed(vec!["127.0.1.9".into()]).unwrap();
     let pin = identity.fingerprint();
     let mut server =
@@ -75,7 +77,7 @@ async fn direct(n: usize) -> f64 {
     let mut transport = quinn::TransportConfig::default();
     transport
         .datagram_receive_buffer_size(Some(4 << 20))
-        .datagram_send_buffer_size(1 << 20);
+        .datagram_send_buffer_size(4 << 20);
     server.transport_config(Arc::new(transport));
     // The same socket treatment as the relay's, so only forwarding differs.
     let socket = std::net::UdpSocket::bind("127.0.1.9:0").unwrap();
@@ -103,15 +105,35 @@ async fn direct(n: usize) -> f64 {
     let stop = start + Duration::from_secs(SECONDS);
     let (received, tasks) = count(client_conns, stop + Duration::from_millis(500));
     let d = packet(TrackId(1));
-    while Instant::now() < stop {
-        for s in &server_conns {
-            let _ = s.send_datagram_wait(d.clone()).await;
+    let mut rounds = 0u64;
+    match rate {
+        None => {
+            while Instant::now() < stop {
+                for s in &server_conns {
+                    let _ = s.send_datagram_wait(d.clone()).await;
+                }
+                rounds += 1;
+            }
+        }
+        Some(rate) => {
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            while Instant::now() < stop {
+                tick.tick().await;
+                for s in &server_conns {
+                    let _ = s.send_datagram(d.clone());
+                }
+                rounds += 1;
+            }
         }
     }
     for t in tasks {
         let _ = t.await;
     }
-    received.load(Ordering::Relaxed) as f64 / SECONDS as f64
+    (
+        received.load(Ordering::Relaxed) as f64 / SECONDS as f64,
+        rounds,
+    )
 }
 
 /// Through the relay: the publisher sends as fast as its buffer allows, or
@@ -191,23 +213,27 @@ async fn through_relay(n: usize, rate: Option<f64>) -> (f64, u64) {
 async fn fanout() {
     println!("fan-out over loopback QUIC, {PACKET}-byte datagrams, {SECONDS} s each");
     println!(
-        "{:>6} {:>16} {:>16} {:>8} {:>22}",
-        "N", "direct Mbit/s", "relay Mbit/s", "ratio", "loss at 80 % of direct"
+        "{:>6} {:>14} {:>14} {:>7} {:>20} {:>20}",
+        "N", "direct Mbit/s", "relay Mbit/s", "ratio", "relay loss at 80 %", "direct loss at 80 %"
     );
     for n in [10usize, 100] {
-        let direct_pps = direct(n).await;
+        let (direct_pps, _) = direct(n, None).await;
         let (relay_pps, _) = through_relay(n, None).await;
-        let per_conn = direct_pps / n as f64;
-        let (paced_pps, sent) = through_relay(n, Some(0.8 * per_conn)).await;
-        let expected = sent as f64 * n as f64;
-        let loss = 100.0 * (1.0 - paced_pps * SECONDS as f64 / expected);
+        let per_conn = 0.8 * direct_pps / n as f64;
+        let loss = |delivered_pps: f64, sent_per_conn: u64| {
+            (100.0 * (1.0 - delivered_pps * SECONDS as f64 / (sent_per_conn as f64 * n as f64)))
+                .max(0.0)
+        };
+        let (relay_paced, relay_sent) = through_relay(n, Some(per_conn)).await;
+        let (direct_paced, direct_sent) = direct(n, Some(per_conn)).await;
         let mbit = |pps: f64| pps * PACKET as f64 * 8.0 / 1e6;
         println!(
-            "{n:>6} {:>16.1} {:>16.1} {:>7.2}x {:>21.3} %",
+            "{n:>6} {:>14.1} {:>14.1} {:>6.2}x {:>18.3} % {:>18.3} %",
             mbit(direct_pps),
             mbit(relay_pps),
             relay_pps / direct_pps,
-            loss.max(0.0)
+            loss(relay_paced, relay_sent),
+            loss(direct_paced, direct_sent)
         );
     }
 }

@@ -110,7 +110,7 @@ pub async fn run(
         .max_concurrent_bidi_streams(1u32.into())
         .max_concurrent_uni_streams(0u32.into())
         .datagram_receive_buffer_size(Some(4 << 20))
-        .datagram_send_buffer_size(1 << 20)
+        .datagram_send_buffer_size(4 << 20)
         .keep_alive_interval(Some(Duration::from_secs(5)));
     server.transport_config(Arc::new(transport));
     enlarge_socket_buffers(&socket);
@@ -239,7 +239,7 @@ async fn core_loop(
     let mut ready = Vec::new();
     let mut backlog = Vec::new();
     let mut last = core.counters().clone();
-    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut open = true;
     while open {
