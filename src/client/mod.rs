@@ -219,6 +219,15 @@ impl Client {
         }
     }
 
+    /// Writes bytes to the control stream as they are, unframed (tests use
+    /// it to send malformed control messages).
+    pub async fn send_control_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        self.send
+            .write_all(bytes)
+            .await
+            .map_err(|e| ClientError::Closed(e.to_string()))
+    }
+
     /// Sends one media datagram.
     pub fn send_media(&self, header: &MediaHeader, payload: &[u8]) -> Result<(), ClientError> {
         let mut out = Vec::with_capacity(datagram::HEADER_LEN + payload.len());
