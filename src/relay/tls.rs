@@ -145,3 +145,31 @@ impl ServerCertVerifier for PinnedCert {
             .supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pem_files_load_with_the_same_fingerprint() {
+        let certified =
+            rcgen::generate_simple_self_signed(vec!["relay.example".to_owned()]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert, certified.cert.pem()).unwrap();
+        std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+        let identity = Identity::from_pem_files(&cert, &key).unwrap();
+        assert_eq!(identity.fingerprint(), fingerprint(certified.cert.der()));
+        assert!(server_config(identity).is_ok());
+        // A missing or empty file is an error naming it, not a panic.
+        let err = Identity::from_pem_files(&dir.path().join("absent.pem"), &key).unwrap_err();
+        assert!(err.contains("absent.pem"), "{err}");
+        std::fs::write(dir.path().join("empty.pem"), "").unwrap();
+        assert!(Identity::from_pem_files(&dir.path().join("empty.pem"), &key).is_err());
+    }
+
+    #[test]
+    fn pinned_client_config_builds() {
+        assert!(pinned_client_config(&"ab".repeat(32)).is_ok());
+    }
+}
