@@ -25,7 +25,11 @@ pub(super) fn run(
     let settings = Settings {
         relay_id: r.id.clone(),
         identity,
-        verifier: policy.ticket_verifier(idx),
+        // Nonces seen before a restart are forgotten: refuse tickets older
+        // than this start (less the clock skew allowed).
+        verifier: policy
+            .ticket_verifier(idx)
+            .issued_after(crate::relay::unix_now().saturating_sub(crate::ticket::CLOCK_SKEW_SECS)),
         core: CoreConfig {
             queue_packets,
             ..CoreConfig::default()

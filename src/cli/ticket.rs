@@ -34,6 +34,23 @@ pub(super) fn mint(policy: &Policy, req: Request<'_>) -> Result<String, String> 
             req.jurisdiction
         ));
     }
+    if !req
+        .conference
+        .starts_with(&format!("{}-", req.jurisdiction))
+    {
+        return Err(format!(
+            "conference ids start with their jurisdiction: '{}-…'",
+            req.jurisdiction
+        ));
+    }
+    if req.name.len() > crate::wire::control::MAX_LABEL_LEN
+        || req.participant.len() > crate::wire::control::MAX_LABEL_LEN
+    {
+        return Err(format!(
+            "--name and --participant are at most {} bytes",
+            crate::wire::control::MAX_LABEL_LEN
+        ));
+    }
     if req.ttl == 0 || req.ttl > MAX_LIFETIME_SECS {
         return Err(format!("--ttl must be 1 to {MAX_LIFETIME_SECS} seconds"));
     }

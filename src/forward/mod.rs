@@ -24,8 +24,12 @@ use bytes::Bytes;
 pub use queue::{DropReason, Queue};
 
 use crate::wire::ErrorCode;
-use crate::wire::control::{ClientMessage, ParticipantId, ServerMessage, TrackInfo};
+use crate::wire::control::{ClientMessage, ParticipantId, ServerMessage, TrackInfo, TrackKind};
 use crate::wire::datagram::{self, DatagramError, TrackId};
+
+/// Tracks listed in a `welcome` (each is at most ~250 bytes of JSON with
+/// 64-byte labels, so 48 stay well inside a 16 KiB control frame).
+pub const MAX_WELCOME_TRACKS: usize = 48;
 
 /// A connection as the core knows it: an index into its slab and a
 /// generation, so a stale id never reaches a newer connection.
@@ -236,12 +240,16 @@ impl Core {
             .conferences
             .entry(admission.conference.clone())
             .or_default();
-        let tracks: Vec<TrackInfo> = self
+        let mut tracks: Vec<TrackInfo> = self
             .tracks
             .values()
             .filter(|t| members.contains(&t.owner))
             .map(|t| t.info.clone())
             .collect();
+        tracks.sort_by_key(|t| t.track);
+        // The welcome must fit one control frame: the rest follow as
+        // `track_published` messages.
+        let later = tracks.split_off(tracks.len().min(MAX_WELCOME_TRACKS));
         for other in members.iter() {
             self.control.push_back((
                 *other,
@@ -259,6 +267,10 @@ impl Core {
                 tracks,
             },
         ));
+        for info in later {
+            self.control
+                .push_back((id, ServerMessage::TrackPublished(info)));
+        }
         self.conns[index as usize] = Some(Conn {
             generation,
             conference: admission.conference,
@@ -318,7 +330,12 @@ impl Core {
                 if published >= self.config.max_tracks_per_participant {
                     return self.error(conn, ErrorCode::TooManyTracks, "too many tracks published");
                 }
-                let track = TrackId(self.next_track);
+                // Ids are a counter; after it wraps, skip ids still in use.
+                let mut track = TrackId(self.next_track);
+                while self.tracks.contains_key(&track) {
+                    self.next_track = self.next_track.wrapping_add(1).max(1);
+                    track = TrackId(self.next_track);
+                }
                 self.next_track = self.next_track.wrapping_add(1).max(1);
                 let info = TrackInfo {
                     track,
@@ -488,7 +505,9 @@ impl Core {
             self.counters.ingress_not_owner += 1;
             return Err(IngressDrop::NotOwner);
         }
-        let mut lost_reference = false;
+        // Tracks that lost reference data to an eviction (a few distinct
+        // ones per datagram at most; a fixed array keeps this allocation-free).
+        let mut lost: [Option<TrackId>; 4] = [None; 4];
         let mut delivered = 0u64;
         for sub in &track.subscribers {
             let Some(Some(c)) = self.conns.get_mut(sub.index as usize) else {
@@ -497,10 +516,20 @@ impl Core {
             if c.generation != sub.generation {
                 continue;
             }
-            delivered += 1;
-            if let Some(reason) = c.queue.push(datagram.clone(), header.flags) {
-                self.counters.queue_drops[reason.index()] += 1;
-                lost_reference |= reason.loses_reference();
+            match c.queue.push(datagram.clone(), header.flags, header.track) {
+                None => delivered += 1,
+                Some((reason, victim)) => {
+                    self.counters.queue_drops[reason.index()] += 1;
+                    if reason != DropReason::FullDroppedDiscardable {
+                        // The arriving datagram was queued; an older one went.
+                        delivered += 1;
+                    }
+                    if reason.loses_reference() && !lost.contains(&Some(victim)) {
+                        if let Some(slot) = lost.iter_mut().find(|s| s.is_none()) {
+                            *slot = Some(victim);
+                        }
+                    }
+                }
             }
             if !c.ready {
                 c.ready = true;
@@ -509,19 +538,30 @@ impl Core {
         }
         self.counters.deliveries += delivered;
         self.counters.bytes_delivered += delivered * datagram.len() as u64;
-        if lost_reference {
-            let due = track.last_keyframe_request.is_none_or(|t| {
-                now.saturating_duration_since(t) >= self.config.keyframe_request_interval
-            });
-            if due {
-                track.last_keyframe_request = Some(now);
-                self.counters.keyframe_requests += 1;
-                let (owner, id) = (track.owner, header.track);
-                self.control
-                    .push_back((owner, ServerMessage::KeyframeRequest { track: id }));
-            }
+        for victim in lost.into_iter().flatten() {
+            self.request_keyframe(victim, now);
         }
         Ok(())
+    }
+
+    /// Asks the publisher of `track` for a keyframe, at most once per
+    /// interval, and only for video (audio and data have no keyframes).
+    fn request_keyframe(&mut self, track: TrackId, now: Instant) {
+        let Some(t) = self.tracks.get_mut(&track) else {
+            return;
+        };
+        if t.info.kind != TrackKind::Video {
+            return;
+        }
+        let due = t.last_keyframe_request.is_none_or(|last| {
+            now.saturating_duration_since(last) >= self.config.keyframe_request_interval
+        });
+        if due {
+            t.last_keyframe_request = Some(now);
+            self.counters.keyframe_requests += 1;
+            self.control
+                .push_back((t.owner, ServerMessage::KeyframeRequest { track }));
+        }
     }
 
     /// Moves the connections that have datagrams queued into `out` (the

@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
-use crate::wire::datagram::Flags;
+use crate::wire::datagram::{Flags, TrackId};
 
 /// Why a datagram was dropped from a subscriber's queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +59,7 @@ impl DropReason {
 /// A bounded FIFO of datagrams for one subscriber.
 #[derive(Debug)]
 pub struct Queue {
-    items: VecDeque<(Bytes, Flags)>,
+    items: VecDeque<(Bytes, Flags, TrackId)>,
     limit: usize,
 }
 
@@ -82,43 +82,52 @@ impl Queue {
         self.items.is_empty()
     }
 
-    /// Queues `datagram`, applying the drop policy when full.
+    /// Queues `datagram` of `track`, applying the drop policy when full.
+    /// Returns what was dropped: why, and the track the dropped datagram
+    /// belonged to (the arriving one's, or the evicted one's).
     #[inline]
-    pub fn push(&mut self, datagram: Bytes, flags: Flags) -> Option<DropReason> {
+    pub fn push(
+        &mut self,
+        datagram: Bytes,
+        flags: Flags,
+        track: TrackId,
+    ) -> Option<(DropReason, TrackId)> {
         if self.items.len() < self.limit {
-            self.items.push_back((datagram, flags));
+            self.items.push_back((datagram, flags, track));
             return None;
         }
         if flags.discardable() {
-            return Some(DropReason::FullDroppedDiscardable);
+            return Some((DropReason::FullDroppedDiscardable, track));
         }
-        let (victim, reason) = if let Some(i) = self.items.iter().position(|(_, f)| f.discardable())
-        {
+        let discardable = self.items.iter().position(|(_, f, _)| f.discardable());
+        let (victim, reason) = if let Some(i) = discardable {
             (i, DropReason::EvictedDiscardable)
-        } else if let Some(i) = self.items.iter().position(|(_, f)| !f.keyframe()) {
+        } else if let Some(i) = self.items.iter().position(|(_, f, _)| !f.keyframe()) {
             (i, DropReason::EvictedNonKeyframe)
         } else {
             (0, DropReason::EvictedKeyframe)
         };
-        self.items.remove(victim);
-        self.items.push_back((datagram, flags));
-        Some(reason)
+        let evicted = self.items.remove(victim).map_or(track, |(_, _, t)| t);
+        self.items.push_back((datagram, flags, track));
+        Some((reason, evicted))
     }
 
     /// Length of the oldest queued datagram.
     pub fn front_len(&self) -> Option<usize> {
-        self.items.front().map(|(b, _)| b.len())
+        self.items.front().map(|(b, _, _)| b.len())
     }
 
     /// The oldest queued datagram.
     pub fn pop(&mut self) -> Option<Bytes> {
-        self.items.pop_front().map(|(b, _)| b)
+        self.items.pop_front().map(|(b, _, _)| b)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const T: TrackId = TrackId(1);
 
     fn d(n: u8) -> Bytes {
         Bytes::from(vec![n])
@@ -132,7 +141,7 @@ mod tests {
     fn fifo_under_the_limit() {
         let mut q = Queue::new(3);
         for n in 0..3 {
-            assert_eq!(q.push(d(n), Flags::default()), None);
+            assert_eq!(q.push(d(n), Flags::default(), T), None);
         }
         assert_eq!(drain(&mut q), [0, 1, 2]);
         assert!(q.is_empty());
@@ -141,33 +150,33 @@ mod tests {
     #[test]
     fn full_queue_drops_the_least_useful() {
         let mut q = Queue::new(3);
-        q.push(d(0), Flags::KEYFRAME);
-        q.push(d(1), Flags::DISCARDABLE);
-        q.push(d(2), Flags::default());
+        q.push(d(0), Flags::KEYFRAME, T);
+        q.push(d(1), Flags::DISCARDABLE, T);
+        q.push(d(2), Flags::default(), T);
         // A discardable arrival is dropped.
-        assert_eq!(
-            q.push(d(3), Flags::DISCARDABLE),
-            Some(DropReason::FullDroppedDiscardable)
-        );
+        let full = Some((DropReason::FullDroppedDiscardable, T));
+        assert_eq!(q.push(d(3), Flags::DISCARDABLE, T), full);
         // Otherwise the oldest discardable makes room.
-        assert_eq!(
-            q.push(d(4), Flags::default()),
-            Some(DropReason::EvictedDiscardable)
-        );
+        let evicted = Some((DropReason::EvictedDiscardable, T));
+        assert_eq!(q.push(d(4), Flags::default(), T), evicted);
         // Then the oldest non-keyframe.
-        assert_eq!(
-            q.push(d(5), Flags::KEYFRAME),
-            Some(DropReason::EvictedNonKeyframe)
-        );
-        assert_eq!(
-            q.push(d(6), Flags::KEYFRAME),
-            Some(DropReason::EvictedNonKeyframe)
-        );
+        let evicted = Some((DropReason::EvictedNonKeyframe, T));
+        assert_eq!(q.push(d(5), Flags::KEYFRAME, T), evicted);
+        assert_eq!(q.push(d(6), Flags::KEYFRAME, T), evicted);
         // All keyframes: the oldest goes.
-        assert_eq!(
-            q.push(d(7), Flags::KEYFRAME),
-            Some(DropReason::EvictedKeyframe)
-        );
+        let evicted = Some((DropReason::EvictedKeyframe, T));
+        assert_eq!(q.push(d(7), Flags::KEYFRAME, T), evicted);
         assert_eq!(drain(&mut q), [5, 6, 7]);
+    }
+
+    #[test]
+    fn reports_the_evicted_datagrams_track() {
+        let mut q = Queue::new(2);
+        q.push(d(0), Flags::default(), TrackId(7));
+        q.push(d(1), Flags::KEYFRAME, TrackId(8));
+        assert_eq!(
+            q.push(d(2), Flags::KEYFRAME, TrackId(8)),
+            Some((DropReason::EvictedNonKeyframe, TrackId(7)))
+        );
     }
 }

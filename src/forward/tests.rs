@@ -329,3 +329,99 @@ fn a_connection_drained_by_length_is_ready_again_for_the_next_datagram() {
         }
     }
 }
+
+#[test]
+fn a_large_conference_is_welcomed_in_frames_that_fit() {
+    let mut core = Core::new(CoreConfig {
+        max_tracks_per_participant: 8,
+        ..CoreConfig::default()
+    });
+    let mut published = Vec::new();
+    for p in 0..20 {
+        let c = core.admit(admission(
+            "c1",
+            &format!("publisher-{p:02}-{}", "x".repeat(40)),
+            true,
+            true,
+        ));
+        for _ in 0..5 {
+            published.push(publish(&mut core, c));
+        }
+    }
+    while core.poll_control().is_some() {}
+    let late = core.admit(admission("c1", "late", false, true));
+    let mut seen = Vec::new();
+    for m in control_for(&mut core, late) {
+        let mut frame = Vec::new();
+        crate::wire::control::encode(&m, &mut frame).expect("every message fits a control frame");
+        match m {
+            ServerMessage::Welcome { tracks, .. } => {
+                assert_eq!(tracks.len(), MAX_WELCOME_TRACKS);
+                seen.extend(tracks.iter().map(|t| t.track));
+            }
+            ServerMessage::TrackPublished(info) => seen.push(info.track),
+            _ => {}
+        }
+    }
+    seen.sort();
+    published.sort();
+    assert_eq!(seen, published);
+}
+
+#[test]
+fn keyframe_requests_go_to_the_publisher_whose_video_was_evicted() {
+    let mut core = Core::new(CoreConfig {
+        queue_packets: 4,
+        ..CoreConfig::default()
+    });
+    let now = Instant::now();
+    let video = core.admit(admission("c1", "video", true, true));
+    let audio = core.admit(admission("c1", "audio", true, true));
+    let sub = core.admit(admission("c1", "sub", false, true));
+    let v = publish(&mut core, video);
+    core.handle_control(
+        audio,
+        ClientMessage::Publish {
+            request: 9,
+            kind: TrackKind::Audio,
+            codec: "opus".into(),
+            layers: None,
+        },
+    );
+    let a = std::iter::from_fn(|| core.poll_control())
+        .find_map(|(to, m)| match m {
+            ServerMessage::Published { track, .. } if to == audio => Some(track),
+            _ => None,
+        })
+        .unwrap();
+    core.handle_control(sub, ClientMessage::Subscribe { track: v });
+    core.handle_control(sub, ClientMessage::Subscribe { track: a });
+    while core.poll_control().is_some() {}
+    // Four video non-keyframes fill the stalled subscriber's queue; audio
+    // arriving next evicts the oldest video datagram.
+    for i in 0..4 {
+        core.handle_datagram(video, datagram(v, i, Flags::default(), b"v"), now)
+            .unwrap();
+    }
+    core.handle_datagram(audio, datagram(a, 0, Flags::default(), b"a"), now)
+        .unwrap();
+    let requests: Vec<(ConnId, ServerMessage)> =
+        std::iter::from_fn(|| core.poll_control()).collect();
+    assert_eq!(
+        requests,
+        vec![(video, ServerMessage::KeyframeRequest { track: v })]
+    );
+    // Evicting audio asks no one for a keyframe.
+    for i in 1..6 {
+        core.handle_datagram(
+            audio,
+            datagram(a, i, Flags::default(), b"a"),
+            now + Duration::from_secs(1),
+        )
+        .unwrap();
+    }
+    let more: Vec<_> = std::iter::from_fn(|| core.poll_control())
+        .filter(|(to, _)| *to == audio)
+        .collect();
+    assert!(more.is_empty(), "{more:?}");
+}

@@ -73,9 +73,11 @@ pub enum RelayError {
 }
 
 enum Event {
+    /// A connection whose ticket passed [`Verifier::check`]; the core does
+    /// the replay check and admits it.
     Hello {
         conn: quinn::Connection,
-        ticket: String,
+        claims: crate::ticket::Claims,
         reply: oneshot::Sender<Result<(ConnId, mpsc::Receiver<ServerMessage>), TicketError>>,
     },
     Control(ConnId, ClientMessage),
@@ -91,7 +93,7 @@ struct Handle {
 }
 
 /// Control messages waiting for a slow reader before it is disconnected.
-const CONTROL_BACKLOG: usize = 256;
+const CONTROL_BACKLOG: usize = 1024;
 
 /// Serves QUIC on `socket` and HTTP (`/metrics`, `/healthz`, `/readyz`,
 /// `/cert`) on `http` until `shutdown` resolves, then tells clients it is
@@ -109,8 +111,10 @@ pub async fn run(
     transport
         .max_concurrent_bidi_streams(1u32.into())
         .max_concurrent_uni_streams(0u32.into())
-        .datagram_receive_buffer_size(Some(4 << 20))
-        .datagram_send_buffer_size(4 << 20)
+        // Enough for bursts; beyond it datagrams wait in the core's queue,
+        // where the drop policy and keyframe requests apply.
+        .datagram_receive_buffer_size(Some(1 << 20))
+        .datagram_send_buffer_size(256 << 10)
         .keep_alive_interval(Some(Duration::from_secs(5)));
     server.transport_config(Arc::new(transport));
     enlarge_socket_buffers(&socket);
@@ -131,6 +135,9 @@ pub async fn run(
         fingerprint,
     ));
     let (events_tx, events_rx) = mpsc::channel::<Event>(8192);
+    // Connection tasks check signatures (stateless); the core task keeps
+    // the nonces.
+    let checker = Arc::new(settings.verifier.clone());
     let core_task = tokio::spawn(core_loop(
         Core::new(settings.core),
         settings.verifier,
@@ -143,9 +150,10 @@ pub async fn run(
             let events = events_tx.clone();
             let metrics = metrics.clone();
             let hello_timeout = settings.hello_timeout;
+            let checker = checker.clone();
             tokio::spawn(async move {
                 if let Err(reason) =
-                    serve_connection(incoming, events, metrics, hello_timeout).await
+                    serve_connection(incoming, events, metrics, checker, hello_timeout).await
                 {
                     debug!(reason, "connection ended");
                 }
@@ -223,7 +231,8 @@ async fn serve_http(
     }
 }
 
-fn unix_now() -> u64 {
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -245,7 +254,10 @@ async fn core_loop(
     while open {
         tokio::select! {
             event = events.recv() => match event {
-                Some(e) => handle_event(e, &mut core, &mut verifier, &mut handles, &metrics),
+                Some(e) => {
+                    handle_event(e, &mut core, &mut verifier, &mut handles, &metrics);
+                    flush_control(&mut core, &mut handles);
+                }
                 None => open = false,
             },
             _ = tick.tick() => {}
@@ -254,7 +266,12 @@ async fn core_loop(
         // flush serves a batch.
         for _ in 0..1024 {
             match events.try_recv() {
-                Ok(e) => handle_event(e, &mut core, &mut verifier, &mut handles, &metrics),
+                Ok(e) => {
+                    handle_event(e, &mut core, &mut verifier, &mut handles, &metrics);
+                    // Per event, so a burst of messages to one client within
+                    // a batch is not mistaken for a client that does not read.
+                    flush_control(&mut core, &mut handles);
+                }
                 Err(_) => break,
             }
         }
@@ -295,10 +312,10 @@ fn handle_event(
     match event {
         Event::Hello {
             conn,
-            ticket,
+            claims,
             reply,
-        } => match verifier.verify(&ticket, unix_now()) {
-            Ok(claims) => {
+        } => match verifier.remember(&claims, unix_now()) {
+            Ok(()) => {
                 let id = core.admit(Admission {
                     conference: claims.conference,
                     participant: ParticipantId(claims.participant),
@@ -406,6 +423,7 @@ async fn serve_connection(
     incoming: quinn::Incoming,
     events: mpsc::Sender<Event>,
     metrics: Metrics,
+    checker: Arc<Verifier>,
     hello_timeout: Duration,
 ) -> Result<(), &'static str> {
     let conn = incoming.await.map_err(|_| "handshake failed")?;
@@ -434,16 +452,30 @@ async fn serve_connection(
             return Err("no hello");
         }
     };
-    let (reply_tx, reply_rx) = oneshot::channel();
-    events
-        .send(Event::Hello {
-            conn: conn.clone(),
-            ticket,
-            reply: reply_tx,
-        })
-        .await
-        .map_err(|_| "relay stopping")?;
-    let (id, mut control_rx) = match reply_rx.await.map_err(|_| "relay stopping")? {
+    let checked = match checker.check(&ticket, unix_now()) {
+        Ok(claims) => {
+            let (reply_tx, reply_rx) = oneshot::channel();
+            events
+                .send(Event::Hello {
+                    conn: conn.clone(),
+                    claims,
+                    reply: reply_tx,
+                })
+                .await
+                .map_err(|_| "relay stopping")?;
+            reply_rx.await.map_err(|_| "relay stopping")?
+        }
+        Err(refusal) => {
+            metrics
+                .ticket_refusals
+                .with_label_values(&[refusal.code()])
+                .inc();
+            // No client address in the log: the refusal reason only.
+            info!(reason = refusal.code(), "ticket refused");
+            Err(refusal)
+        }
+    };
+    let (id, mut control_rx) = match checked {
         Ok(admitted) => admitted,
         Err(refusal) => {
             let _ = write_message(
@@ -462,10 +494,17 @@ async fn serve_connection(
         }
     };
 
+    let writer_conn = conn.clone();
     let writer = tokio::spawn(async move {
         while let Some(message) = control_rx.recv().await {
             let going_away = matches!(message, ServerMessage::GoingAway { .. });
             if write_message(&mut send, &message).await.is_err() {
+                // Cannot encode or cannot write: the client would miss
+                // events silently, so end the connection instead.
+                writer_conn.close(
+                    close_code::PROTOCOL.into(),
+                    b"control message not delivered",
+                );
                 break;
             }
             if going_away {

@@ -25,6 +25,9 @@ pub const MAX_TICKET_LEN: usize = 2048;
 /// Longest validity window a relay accepts (`expires_at - issued_at`).
 pub const MAX_LIFETIME_SECS: u64 = 300;
 
+/// Longest conference id accepted.
+pub const MAX_CONFERENCE_ID_LEN: usize = 128;
+
 /// Clock difference tolerated between the issuing router and the relay.
 pub const CLOCK_SKEW_SECS: u64 = 30;
 
@@ -77,10 +80,14 @@ pub enum TicketError {
     Replayed,
     #[error("too many tickets in flight; try again shortly")]
     Overloaded,
+    #[error("the ticket's conference does not belong to its jurisdiction")]
+    ConferenceOutsideJurisdiction,
+    #[error("the ticket was issued before this relay started; ask the router for a new one")]
+    IssuedBeforeStart,
 }
 
 impl TicketError {
-    pub const ALL: [TicketError; 8] = [
+    pub const ALL: [TicketError; 10] = [
         TicketError::Malformed,
         TicketError::ForeignJurisdiction,
         TicketError::BadSignature,
@@ -89,6 +96,8 @@ impl TicketError {
         TicketError::BadValidity,
         TicketError::Replayed,
         TicketError::Overloaded,
+        TicketError::ConferenceOutsideJurisdiction,
+        TicketError::IssuedBeforeStart,
     ];
 
     /// Stable code (metric label, logs).
@@ -102,6 +111,8 @@ impl TicketError {
             TicketError::BadValidity => "bad_validity",
             TicketError::Replayed => "replayed",
             TicketError::Overloaded => "overloaded",
+            TicketError::ConferenceOutsideJurisdiction => "conference_outside_jurisdiction",
+            TicketError::IssuedBeforeStart => "issued_before_start",
         }
     }
 
@@ -153,13 +164,16 @@ pub fn peek(ticket: &str) -> Result<Claims, TicketError> {
 
 /// A relay's ticket checker: who it is, where it is, which keys it trusts,
 /// and the nonces it has seen.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Verifier {
     relay: String,
     /// Jurisdictions this relay is in, with the keys trusted for each.
-    trusted: HashMap<String, Vec<VerifyingKey>>,
+    trusted: std::sync::Arc<HashMap<String, Vec<VerifyingKey>>>,
     seen: HashMap<String, u64>,
     max_nonces: usize,
+    /// Tickets issued before this (unix seconds) are refused: the nonces
+    /// seen before a restart are gone, so they could be replayed.
+    not_before: u64,
 }
 
 impl Verifier {
@@ -168,10 +182,18 @@ impl Verifier {
     pub fn new(relay: impl Into<String>, trusted: HashMap<String, Vec<VerifyingKey>>) -> Self {
         Verifier {
             relay: relay.into(),
-            trusted,
+            trusted: std::sync::Arc::new(trusted),
             seen: HashMap::new(),
             max_nonces: 1_000_000,
+            not_before: 0,
         }
+    }
+
+    /// Refuses tickets issued before `unix_seconds` (the relay's start time,
+    /// so that a restart, which forgets seen nonces, cannot enable replays).
+    pub fn issued_after(mut self, unix_seconds: u64) -> Self {
+        self.not_before = unix_seconds;
+        self
     }
 
     /// Bounds the replay cache (tickets arriving while it is full of live
@@ -183,7 +205,25 @@ impl Verifier {
 
     /// Checks `ticket` at `now` (unix seconds) and records its nonce.
     pub fn verify(&mut self, ticket: &str, now: u64) -> Result<Claims, TicketError> {
+        let claims = self.check(ticket, now)?;
+        self.remember(&claims, now)?;
+        Ok(claims)
+    }
+
+    /// Everything but the replay check: parse, jurisdiction, signature,
+    /// relay, conference, validity. Needs no mutable state, so connection
+    /// tasks run it (the signature check is the expensive part) before the
+    /// single core task sees the ticket.
+    pub fn check(&self, ticket: &str, now: u64) -> Result<Claims, TicketError> {
         let (claims, signed, signature) = parse(ticket)?;
+        // Names are relayed to every other participant: keep them within
+        // what the control protocol carries.
+        if claims.display_name.len() > crate::wire::control::MAX_LABEL_LEN
+            || claims.participant.len() > crate::wire::control::MAX_LABEL_LEN
+            || claims.conference.len() > MAX_CONFERENCE_ID_LEN
+        {
+            return Err(TicketError::Malformed);
+        }
         let keys = self
             .trusted
             .get(&claims.jurisdiction)
@@ -197,6 +237,15 @@ impl Verifier {
         if claims.relay != self.relay {
             return Err(TicketError::WrongRelay);
         }
+        // Conference ids carry their jurisdiction ("eu-…"): a key trusted for
+        // one jurisdiction cannot admit into another's conference.
+        let in_jurisdiction = claims
+            .conference
+            .strip_prefix(claims.jurisdiction.as_str())
+            .is_some_and(|rest| rest.starts_with('-') && rest.len() > 1);
+        if !in_jurisdiction {
+            return Err(TicketError::ConferenceOutsideJurisdiction);
+        }
         if claims.expires_at <= now {
             return Err(TicketError::Expired);
         }
@@ -205,6 +254,14 @@ impl Verifier {
         {
             return Err(TicketError::BadValidity);
         }
+        if claims.issued_at < self.not_before {
+            return Err(TicketError::IssuedBeforeStart);
+        }
+        Ok(claims)
+    }
+
+    /// The replay check: accepts each nonce once while its ticket is valid.
+    pub fn remember(&mut self, claims: &Claims, now: u64) -> Result<(), TicketError> {
         if self.seen.contains_key(&claims.nonce) {
             return Err(TicketError::Replayed);
         }
@@ -216,7 +273,7 @@ impl Verifier {
             }
         }
         self.seen.insert(claims.nonce.clone(), claims.expires_at);
-        Ok(claims)
+        Ok(())
     }
 }
 

@@ -94,6 +94,32 @@ fn each_failure_has_its_own_error() {
         v.verify(&sign(&c, &key(1)), NOW),
         Err(TicketError::BadValidity)
     );
+    // A conference of another jurisdiction.
+    let mut c = claims("h");
+    c.conference = "de-abc".into();
+    assert_eq!(
+        v.verify(&sign(&c, &key(1)), NOW),
+        Err(TicketError::ConferenceOutsideJurisdiction)
+    );
+    let mut c = claims("i");
+    c.conference = "eu".into();
+    assert_eq!(
+        v.verify(&sign(&c, &key(1)), NOW),
+        Err(TicketError::ConferenceOutsideJurisdiction)
+    );
+    // Names longer than the control protocol carries.
+    let mut c = claims("j");
+    c.display_name = "x".repeat(65);
+    assert_eq!(
+        v.verify(&sign(&c, &key(1)), NOW),
+        Err(TicketError::Malformed)
+    );
+    // Issued before the relay started.
+    let mut restarted = frankfurt().issued_after(NOW + 1);
+    assert_eq!(
+        restarted.verify(&sign(&claims("k"), &key(1)), NOW + 2),
+        Err(TicketError::IssuedBeforeStart)
+    );
     // None of the refused tickets burned its nonce.
     assert!(v.verify(&sign(&claims("a"), &key(1)), NOW).is_ok());
 }

@@ -37,7 +37,9 @@ impl TestRelay {
         let settings = Settings {
             relay_id: relay_id.to_owned(),
             identity,
-            verifier: policy.ticket_verifier(idx),
+            verifier: policy
+                .ticket_verifier(idx)
+                .issued_after(unix_now().saturating_sub(residency_relay::ticket::CLOCK_SKEW_SECS)),
             core,
             shutdown_grace: Duration::from_secs(2),
             hello_timeout: Duration::from_secs(5),
