@@ -108,11 +108,23 @@ async fn direct(n: usize, rate: Option<f64>) -> (f64, u64) {
     let mut rounds = 0u64;
     match rate {
         None => {
-            while Instant::now() < stop {
-                for s in &server_conns {
-                    let _ = s.send_datagram_wait(d.clone()).await;
-                }
-                rounds += 1;
+            // One sender per connection, so a full connection never holds
+            // up the others (the relay's sender does not wait on any).
+            let senders: Vec<_> = server_conns
+                .iter()
+                .map(|s| {
+                    let (s, d) = (s.clone(), d.clone());
+                    tokio::spawn(async move {
+                        while Instant::now() < stop {
+                            if s.send_datagram_wait(d.clone()).await.is_err() {
+                                break;
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for t in senders {
+                let _ = t.await;
             }
         }
         Some(rate) => {

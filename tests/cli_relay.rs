@@ -88,6 +88,16 @@ fn relay_serves_loadtest_and_stops_on_sigterm() {
         .status()
         .unwrap();
     assert!(killed.success());
-    let status = relay.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = relay.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = relay.kill();
+            panic!("relay did not stop within 10 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(status.success(), "relay exited with {status}");
 }

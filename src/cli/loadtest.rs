@@ -109,9 +109,6 @@ async fn run_async(policy: &Policy, plan: Plan) -> Result<(), String> {
         .as_str()
         .ok_or("no sha256 in /cert")?
         .to_owned();
-    let before = http_get(relay.http_addr, "/metrics")
-        .await
-        .unwrap_or_default();
 
     eprintln!(
         "loadtest: relay {} at {} ({jurisdiction}), {} conference(s) x {} participants, {} publisher(s) each: video {} bit/s in {}-byte packets + audio {} bit/s; {} s",
@@ -189,6 +186,11 @@ async fn run_async(policy: &Policy, plan: Plan) -> Result<(), String> {
         tracks.push(published);
     }
 
+    // Relay CPU is sampled around the media phase only (not the joins).
+    let before = http_get(relay.http_addr, "/metrics")
+        .await
+        .unwrap_or_default();
+    let cpu_window = Instant::now();
     let progress = Arc::new(Progress::default());
     let deadline = Instant::now() + plan.duration;
     let mut receivers = Vec::new();
@@ -286,6 +288,7 @@ async fn run_async(policy: &Policy, plan: Plan) -> Result<(), String> {
     let after = http_get(relay.http_addr, "/metrics")
         .await
         .unwrap_or_default();
+    let cpu_secs = cpu_window.elapsed().as_secs_f64();
     for c in clients {
         if let Ok(c) = Arc::try_unwrap(c) {
             c.leave().await;
@@ -339,7 +342,7 @@ async fn run_async(policy: &Policy, plan: Plan) -> Result<(), String> {
         println!(
             "{:<28} {:>13.1} % of one core",
             "relay CPU",
-            100.0 * (b - a) / (secs + 1.0)
+            100.0 * (b - a) / cpu_secs
         );
     }
     if let Some(rss) = sample(&after, "rr_relay_process_resident_memory_bytes") {

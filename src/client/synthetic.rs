@@ -39,6 +39,9 @@ pub struct ReceiveStats {
     pub latencies_us: Vec<u64>,
     /// Datagrams that were not synthetic media.
     pub malformed: u64,
+    /// Loss counted by receivers merged into this one (each receiver
+    /// judges its own gaps; adding their packet counts would hide them).
+    lost_merged: u64,
 }
 
 impl ReceiveStats {
@@ -68,23 +71,21 @@ impl ReceiveStats {
 
     /// Packets missing between the first and highest sequence seen per track.
     pub fn lost(&self) -> u64 {
-        self.tracks
+        let own: u64 = self
+            .tracks
             .values()
             .map(|(first, last, got)| (u64::from(last - first) + 1).saturating_sub(*got))
-            .sum()
+            .sum();
+        own + self.lost_merged
     }
 
+    /// Adds another receiver's figures; its gaps stay its own.
     pub fn merge(&mut self, other: ReceiveStats) {
+        self.lost_merged += other.lost();
         self.packets += other.packets;
         self.bytes += other.bytes;
         self.malformed += other.malformed;
         self.latencies_us.extend(other.latencies_us);
-        for (track, (f, l, g)) in other.tracks {
-            let e = self.tracks.entry(track).or_insert((f, l, 0));
-            e.0 = e.0.min(f);
-            e.1 = e.1.max(l);
-            e.2 += g;
-        }
     }
 }
 
@@ -131,6 +132,16 @@ mod tests {
         assert_eq!(s.lost(), 2);
         assert_eq!(s.malformed, 1);
         assert!(s.latencies_us.iter().all(|l| *l < 10_000_000));
+        // Two receivers of one track, each missing a different packet.
+        let (mut a, mut b) = (ReceiveStats::default(), ReceiveStats::default());
+        for seq in [0, 2, 3] {
+            a.record(&d(9, seq));
+        }
+        for seq in [0, 1, 3] {
+            b.record(&d(9, seq));
+        }
+        a.merge(b);
+        assert_eq!(a.lost(), 2);
         let mut v = vec![5, 1, 3, 2, 4];
         assert_eq!(quantile(&mut v, 0.5), Some(3));
         assert_eq!(quantile(&mut v, 1.0), Some(5));
