@@ -6,24 +6,87 @@ use std::time::{Duration, Instant};
 use clap::{Args, Subcommand};
 
 use crate::client::Client;
+use crate::client::join::{self, Credential};
 use crate::client::synthetic::{self, ReceiveStats};
 use crate::wire::control::{ServerMessage, TrackKind};
 use crate::wire::datagram::{Flags, HEADER_LEN, MediaHeader, TrackId};
 
+/// Either join through a router (`--router`, `--conference`, `--passcode`
+/// or `--invite`), or connect to a relay directly with a ticket (`--relay`,
+/// `--cert-sha256`, `--ticket`).
 #[derive(Debug, Args)]
 pub(super) struct Connection {
-    /// The relay's QUIC address.
+    /// Router base URL to join through, e.g. http://127.0.2.1:8080
+    #[arg(long, requires = "conference", conflicts_with_all = ["relay", "ticket"])]
+    router: Option<String>,
+    /// Conference id (with --router).
     #[arg(long)]
-    relay: SocketAddr,
+    conference: Option<String>,
+    /// Conference passcode (with --router).
+    #[arg(long)]
+    passcode: Option<String>,
+    /// Invitation token (with --router), instead of a passcode.
+    #[arg(long)]
+    invite: Option<String>,
+    /// Display name (with --router and --passcode).
+    #[arg(long, default_value = "cli")]
+    name: String,
+    /// The relay's QUIC address (without --router).
+    #[arg(long, requires_all = ["cert_sha256", "ticket"])]
+    relay: Option<SocketAddr>,
     /// SHA-256 of the relay's certificate (its /cert, or the log line at start).
     #[arg(long)]
-    cert_sha256: String,
+    cert_sha256: Option<String>,
     /// A ticket for this relay (`residency-relay ticket …`).
     #[arg(long)]
-    ticket: String,
+    ticket: Option<String>,
     /// Local address to send from.
     #[arg(long, default_value = "127.0.0.1:0")]
     bind: SocketAddr,
+}
+
+impl Connection {
+    async fn connect(&self) -> Result<Client, String> {
+        if let (Some(relay), Some(cert), Some(ticket)) =
+            (&self.relay, &self.cert_sha256, &self.ticket)
+        {
+            return Client::connect(self.bind, *relay, cert, ticket)
+                .await
+                .map_err(|e| e.to_string());
+        }
+        let (Some(router), Some(conference)) = (&self.router, &self.conference) else {
+            return Err(
+                "give --router and --conference, or --relay, --cert-sha256 and --ticket".into(),
+            );
+        };
+        let credential = match (&self.passcode, &self.invite) {
+            (_, Some(invite)) => Credential::Invite(invite.clone()),
+            (Some(passcode), None) => Credential::Passcode(passcode.clone()),
+            (None, None) => return Err("give --passcode or --invite".into()),
+        };
+        let joined = join::join(
+            router.trim_end_matches('/'),
+            conference,
+            &credential,
+            &self.name,
+            Some(self.bind.ip()),
+            Duration::from_secs(600),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        println!(
+            "joined as {} on relay {} ({}) at {}",
+            joined.participant_id, joined.relay_id, joined.relay_country, joined.quic_addr
+        );
+        Client::connect(
+            self.bind,
+            joined.quic_addr,
+            &joined.cert_sha256,
+            &joined.ticket,
+        )
+        .await
+        .map_err(|e| e.to_string())
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -66,9 +129,7 @@ pub(super) fn run(action: Action) -> Result<(), String> {
                 packet_size,
                 duration,
             } => {
-                let mut client = Client::connect(c.bind, c.relay, &c.cert_sha256, &c.ticket)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let mut client = c.connect().await?;
                 let track = client
                     .publish(TrackKind::Video, "synthetic-video", None)
                     .await
@@ -110,9 +171,7 @@ pub(super) fn run(action: Action) -> Result<(), String> {
                 tracks,
                 duration,
             } => {
-                let mut client = Client::connect(c.bind, c.relay, &c.cert_sha256, &c.ticket)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let mut client = c.connect().await?;
                 let mut wanted: Vec<TrackId> = tracks.into_iter().map(TrackId).collect();
                 if wanted.is_empty() {
                     wanted = client.initial_tracks.iter().map(|t| t.track).collect();

@@ -1,9 +1,12 @@
 //! The `residency-relay` command line.
 
 mod client;
+mod dev;
+mod joinload;
 mod loadtest;
 mod relay;
 mod route;
+mod router;
 mod ticket;
 
 use std::io::{BufRead, Write};
@@ -121,6 +124,43 @@ enum Command {
         /// Seconds connected clients get to leave after `going_away`.
         #[arg(long, default_value_t = 5)]
         shutdown_grace: u64,
+        /// File holding the credential the relay presents to its routers
+        /// (else the RESIDENCY_RELAY_CREDENTIAL environment variable).
+        #[arg(long)]
+        credential_file: Option<PathBuf>,
+    },
+    /// Run a router: the HTTP API that creates conferences and admits participants.
+    Router {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        regions: Option<PathBuf>,
+        /// This router's id in the config.
+        #[arg(long)]
+        id: String,
+    },
+    /// Run every router and relay of a config in one process, on loopback.
+    Dev {
+        #[arg(long, default_value = "config/dev.toml")]
+        config: PathBuf,
+        /// Run a scripted EU call, print where everyone went, and exit.
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Join load on a router: concurrent joins, then latency percentiles.
+    Joinload {
+        /// Router base URL, e.g. http://127.0.2.1:8080
+        #[arg(long)]
+        router: String,
+        /// Tenant API key that creates the conference.
+        #[arg(long)]
+        api_key: String,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Seconds of load.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
     },
     /// Create an Ed25519 ticket-signing key; print its public key for `ticket_keys`.
     Keygen {
@@ -279,12 +319,23 @@ pub fn main() -> ExitCode {
             id,
             queue_packets,
             shutdown_grace,
+            credential_file,
         } => {
             let policy = match load(&config, regions.as_deref()) {
                 Ok(p) => p,
                 Err(code) => return code,
             };
-            match relay::run(&policy, &id, queue_packets, shutdown_grace) {
+            let credential = match credential_file {
+                Some(path) => match std::fs::read_to_string(&path) {
+                    Ok(text) => Some(text.trim().to_owned()),
+                    Err(e) => {
+                        eprintln!("error: cannot read {}: {e}", path.display());
+                        return ExitCode::FAILURE;
+                    }
+                },
+                None => std::env::var("RESIDENCY_RELAY_CREDENTIAL").ok(),
+            };
+            match relay::run(&policy, &id, queue_packets, shutdown_grace, credential) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(message) => {
                     eprintln!("error: {message}");
@@ -292,6 +343,30 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+        Command::Router {
+            config,
+            regions,
+            id,
+        } => {
+            let policy = match load(&config, regions.as_deref()) {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            report(router::run(policy, &id))
+        }
+        Command::Dev { config, demo } => {
+            let policy = match load(&config, None) {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            report(dev::run(policy, demo))
+        }
+        Command::Joinload {
+            router,
+            api_key,
+            concurrency,
+            seconds,
+        } => report(joinload::run(&router, &api_key, concurrency, seconds)),
         Command::Ticket {
             config,
             regions,
@@ -343,6 +418,17 @@ pub fn main() -> ExitCode {
             }
             println!("{}", hex::encode(Sha256::digest(line.trim().as_bytes())));
             ExitCode::SUCCESS
+        }
+    }
+}
+
+/// Prints an error and fails, or succeeds.
+fn report(result: Result<(), String>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
         }
     }
 }

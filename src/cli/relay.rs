@@ -12,8 +12,37 @@ pub(super) fn run(
     id: &str,
     queue_packets: usize,
     shutdown_grace: u64,
+    credential: Option<String>,
 ) -> Result<(), String> {
     init_logging();
+    let settings = settings(policy, id, queue_packets, shutdown_grace, credential)?;
+    let r = policy.relay(policy.relay_idx(id).ok_or("unknown relay")?);
+    let (quic, http) = (r.quic_addr, r.http_addr);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async move {
+        let socket = std::net::UdpSocket::bind(quic)
+            .map_err(|e| format!("cannot bind QUIC on {quic}: {e}"))?;
+        let listener = tokio::net::TcpListener::bind(http)
+            .await
+            .map_err(|e| format!("cannot bind HTTP on {http}: {e}"))?;
+        relay::run(socket, listener, settings, shutdown_signal())
+            .await
+            .map_err(|e| e.to_string())
+    })
+}
+
+/// The settings of relay `id` of the inventory, reporting to the routers of
+/// its jurisdictions with `credential`.
+pub(super) fn settings(
+    policy: &Policy,
+    id: &str,
+    queue_packets: usize,
+    shutdown_grace: u64,
+    credential: Option<String>,
+) -> Result<Settings, String> {
     let idx = policy
         .relay_idx(id)
         .ok_or_else(|| format!("no relay '{id}' in {}", policy.source().display()))?;
@@ -36,26 +65,20 @@ pub(super) fn run(
         },
         shutdown_grace: Duration::from_secs(shutdown_grace),
         hello_timeout: Duration::from_secs(10),
+        routers: relay::RouterLink::for_relay(policy, idx),
+        credential,
     };
-    let (quic, http) = (r.quic_addr, r.http_addr);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    runtime.block_on(async move {
-        let socket = std::net::UdpSocket::bind(quic)
-            .map_err(|e| format!("cannot bind QUIC on {quic}: {e}"))?;
-        let listener = tokio::net::TcpListener::bind(http)
-            .await
-            .map_err(|e| format!("cannot bind HTTP on {http}: {e}"))?;
-        relay::run(socket, listener, settings, shutdown_signal())
-            .await
-            .map_err(|e| e.to_string())
-    })
+    if !settings.routers.is_empty() && settings.credential.is_none() {
+        tracing::warn!(
+            relay = %id,
+            "no credential (--credential-file or RESIDENCY_RELAY_CREDENTIAL): the relay cannot register with its routers and gets no joins"
+        );
+    }
+    Ok(settings)
 }
 
 /// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+pub(super) async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

@@ -2,6 +2,7 @@
 //! send and receive media datagrams. Used by the tests, the `client` and
 //! `loadtest` commands, and later the router's tests.
 
+pub mod join;
 pub mod synthetic;
 
 use std::collections::VecDeque;
@@ -257,6 +258,24 @@ impl Client {
             .read_datagram()
             .await
             .map_err(|e| ClientError::Closed(e.to_string()))
+    }
+
+    /// The application close code, once the relay closed the connection
+    /// (see [`crate::relay::close_code`]).
+    pub fn close_code(&self) -> Option<u64> {
+        match self.conn.close_reason()? {
+            quinn::ConnectionError::ApplicationClosed(c) => Some(c.error_code.into_inner()),
+            _ => None,
+        }
+    }
+
+    /// Waits until the connection is closed, by either side; returns the
+    /// application close code if the relay gave one.
+    pub async fn closed(&self) -> Option<u64> {
+        match self.conn.closed().await {
+            quinn::ConnectionError::ApplicationClosed(c) => Some(c.error_code.into_inner()),
+            _ => None,
+        }
     }
 
     /// Why the connection closed, once it has.

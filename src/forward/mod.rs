@@ -128,6 +128,22 @@ struct Conn {
     queue: Queue,
     /// Queued in `ready` and not yet drained by the shell.
     ready: bool,
+    /// Media bytes received from it and taken by the shell to send to it.
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+/// What one conference moved through this relay (for the router's reports;
+/// never exported as metric labels).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConferenceStats {
+    pub id: String,
+    pub participants: u32,
+    /// Media bytes received from and sent to its participants while they
+    /// were connected, including those that have left since (until the
+    /// conference empties).
+    pub bytes_in: u64,
+    pub bytes_out: u64,
 }
 
 struct Track {
@@ -168,6 +184,9 @@ pub struct Core {
     next_track: u32,
     /// Conference id → admitted connections.
     conferences: HashMap<String, Vec<ConnId>>,
+    /// Bytes in and out of connections that have closed, per conference
+    /// still in progress.
+    closed_bytes: HashMap<String, (u64, u64)>,
     ready: Vec<ConnId>,
     control: std::collections::VecDeque<(ConnId, ServerMessage)>,
     counters: Counters,
@@ -193,6 +212,7 @@ impl Core {
             tracks: HashMap::default(),
             next_track: 1,
             conferences: HashMap::new(),
+            closed_bytes: HashMap::new(),
             ready: Vec::new(),
             control: std::collections::VecDeque::new(),
             counters: Counters::default(),
@@ -281,6 +301,8 @@ impl Core {
             subscriptions: Vec::new(),
             queue: Queue::new(self.config.queue_packets),
             ready: false,
+            bytes_in: 0,
+            bytes_out: 0,
         });
         id
     }
@@ -447,6 +469,7 @@ impl Core {
         };
         let published = c.published.clone();
         let subscriptions = c.subscriptions.clone();
+        let (bytes_in, bytes_out) = (c.bytes_in, c.bytes_out);
         let conference = c.conference.clone();
         let participant = c.participant.clone();
         for track in published {
@@ -461,6 +484,11 @@ impl Core {
             members.retain(|m| *m != conn);
             if members.is_empty() {
                 self.conferences.remove(&conference);
+                self.closed_bytes.remove(&conference);
+            } else {
+                let t = self.closed_bytes.entry(conference.clone()).or_default();
+                t.0 += bytes_in;
+                t.1 += bytes_out;
             }
         }
         for other in self.members(&conference).to_vec() {
@@ -504,6 +532,9 @@ impl Core {
         if track.owner != conn {
             self.counters.ingress_not_owner += 1;
             return Err(IngressDrop::NotOwner);
+        }
+        if let Some(Some(c)) = self.conns.get_mut(conn.index as usize) {
+            c.bytes_in += datagram.len() as u64;
         }
         // Tracks that lost reference data to an eviction (a few distinct
         // ones per datagram at most; a fixed array keeps this allocation-free).
@@ -574,6 +605,9 @@ impl Core {
     pub fn poll_datagram(&mut self, conn: ConnId) -> Option<Bytes> {
         let c = self.conn_mut(conn)?;
         let next = c.queue.pop();
+        if let Some(d) = &next {
+            c.bytes_out += d.len() as u64;
+        }
         if c.queue.is_empty() {
             // Drained: the next datagram for it puts it back on the ready list.
             c.ready = false;
@@ -590,6 +624,38 @@ impl Core {
     /// The next control message to send, and to whom.
     pub fn poll_control(&mut self) -> Option<(ConnId, ServerMessage)> {
         self.control.pop_front()
+    }
+
+    /// Per-conference participants and bytes, for the router's reports.
+    pub fn conference_stats(&self) -> Vec<ConferenceStats> {
+        self.conferences
+            .iter()
+            .map(|(id, members)| {
+                let (mut bytes_in, mut bytes_out) =
+                    self.closed_bytes.get(id).copied().unwrap_or_default();
+                for c in members.iter().filter_map(|m| self.conn(*m)) {
+                    bytes_in += c.bytes_in;
+                    bytes_out += c.bytes_out;
+                }
+                ConferenceStats {
+                    id: id.clone(),
+                    participants: members.len() as u32,
+                    bytes_in,
+                    bytes_out,
+                }
+            })
+            .collect()
+    }
+
+    /// Connections of `conference`; only those of `participant` when given.
+    pub fn connections_of(&self, conference: &str, participant: Option<&str>) -> Vec<ConnId> {
+        self.members(conference)
+            .iter()
+            .copied()
+            .filter(|m| {
+                participant.is_none_or(|p| self.conn(*m).is_some_and(|c| c.participant.0 == p))
+            })
+            .collect()
     }
 
     /// The participant on `conn` (for the shell's logs and moderation).

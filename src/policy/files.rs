@@ -52,6 +52,33 @@ pub struct ConfigFile {
     pub plans: Vec<PlanSection>,
     #[serde(default, rename = "tenant")]
     pub tenants: Vec<TenantSection>,
+    #[serde(default, rename = "router")]
+    pub routers: Vec<RouterSection>,
+}
+
+/// `[[router]]`: a control-plane process serving some jurisdictions.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterSection {
+    pub id: String,
+    /// Where the router runs; every jurisdiction it serves must contain it.
+    pub country: String,
+    /// Jurisdictions whose conferences this router creates, stores and joins.
+    pub jurisdictions: Vec<String>,
+    /// `host:port` the HTTP API listens on.
+    pub listen: String,
+    /// Base URL clients and relays use to reach it (`http://…` or `https://…`).
+    pub url: String,
+    /// Ed25519 signing key file (hex or base64url) for its tickets, relative
+    /// to the config file. Its public key must be in `ticket_keys` of every
+    /// jurisdiction the router serves.
+    pub signing_key: PathBuf,
+    /// SQLite file of its conference records and audit log, relative to the
+    /// config file.
+    pub store: PathBuf,
+    /// Lower-case hex SHA-256 of the operator's admin token (abuse reports,
+    /// audit log). Without one the admin endpoints answer 403.
+    pub admin_token_sha256: Option<String>,
 }
 
 /// `[selection]`: how relays are ranked.
@@ -131,6 +158,9 @@ pub struct RelaySection {
     /// certificate is made at start (development) and its SHA-256 logged.
     pub tls_cert: Option<std::path::PathBuf>,
     pub tls_key: Option<std::path::PathBuf>,
+    /// Lower-case hex SHA-256 of the credential the relay presents to its
+    /// routers. Without one the relay cannot register and gets no joins.
+    pub credential_sha256: Option<String>,
 }
 
 /// `[[plan]]`.
@@ -144,6 +174,13 @@ pub struct PlanSection {
     pub jurisdictions: Vec<String>,
     /// Pin used when a tenant does not ask for one. Defaults to the operator default.
     pub default: Option<String>,
+    /// Whether tenants on this plan may create conferences without a
+    /// passcode (joins then need an invitation).
+    #[serde(default)]
+    pub allow_no_passcode: bool,
+    /// Whether new conferences have a waiting room unless the request says otherwise.
+    #[serde(default)]
+    pub waiting_room: bool,
 }
 
 /// `[[tenant]]`.
@@ -154,4 +191,6 @@ pub struct TenantSection {
     pub plan: String,
     /// Lower-case hex SHA-256 of the tenant's API key; the key itself is never stored.
     pub api_key_sha256: String,
+    /// Overrides the plan's `waiting_room` default for this tenant.
+    pub waiting_room: Option<bool>,
 }

@@ -11,7 +11,7 @@ use ipnet::IpNet;
 use super::files::{ConfigFile, RegionFile};
 use super::{
     CountryCode, CountrySet, Jurisdiction, JurisdictionIdx, Member, Plan, Policy, Relay, RelayIdx,
-    SelectionParams, Tenant,
+    Router, SelectionParams, Tenant,
 };
 use crate::geo::{Database, GeoIp, GeoPoint, Override, Overrides, PointSet};
 
@@ -538,6 +538,11 @@ impl Policy {
                     None
                 }
             };
+            let credential_sha256 = r.credential_sha256.as_deref().and_then(|h| {
+                parse_sha256_hex(h)
+                    .map_err(|m| p.push(cfg, field("credential_sha256"), m))
+                    .ok()
+            });
             if let (true, Some(country), Some(position), Some(quic_addr), Some(http_addr)) =
                 (ok, country, position, quic_addr, http_addr)
             {
@@ -551,6 +556,7 @@ impl Policy {
                     max_bitrate_bps: r.max_bitrate_bps,
                     http_addr,
                     tls,
+                    credential_sha256,
                 });
             }
         }
@@ -696,6 +702,8 @@ impl Policy {
                     id: plan.id.clone(),
                     jurisdictions: choosable,
                     default,
+                    allow_no_passcode: plan.allow_no_passcode,
+                    waiting_room: plan.waiting_room,
                 });
                 plans.len() - 1
             });
@@ -752,6 +760,7 @@ impl Policy {
                     id: t.id.clone(),
                     plan,
                     api_key_sha256: hash,
+                    waiting_room: t.waiting_room,
                 });
             }
         }
@@ -842,6 +851,8 @@ impl Policy {
             }
         };
 
+        let routers = build_routers(&config, cfg, &jurisdictions, &known, &ticket_keys, &mut p);
+
         // A missing default jurisdiction was reported above.
         let (true, Some(default_jurisdiction)) = (p.0.is_empty(), default_jurisdiction) else {
             return Err(ConfigError { problems: p.0 });
@@ -862,8 +873,176 @@ impl Policy {
             geoip: GeoIp::new(overrides, database),
             trusted_proxies,
             ticket_keys,
+            routers,
         })
     }
+}
+
+/// Parses 64 lower-case hex digits.
+fn parse_sha256_hex(text: &str) -> Result<[u8; 32], String> {
+    let mut hash = [0u8; 32];
+    let ok = text.len() == 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && hex::decode_to_slice(text, &mut hash).is_ok();
+    if ok {
+        Ok(hash)
+    } else {
+        Err("is not 64 lower-case hex digits; store the SHA-256 of the secret (residency-relay hash-api-key), never the secret".into())
+    }
+}
+
+/// Checks the `[[router]]` sections: each serves only jurisdictions that
+/// contain its country, no jurisdiction has two routers, and its signing key
+/// is one the relays of its jurisdictions trust.
+fn build_routers(
+    config: &ConfigFile,
+    cfg: &Path,
+    jurisdictions: &[Jurisdiction],
+    known: &dyn Fn(&str) -> Option<JurisdictionIdx>,
+    ticket_keys: &HashMap<JurisdictionIdx, Vec<ed25519_dalek::VerifyingKey>>,
+    p: &mut Problems,
+) -> Vec<Router> {
+    let base = cfg.parent().unwrap_or(Path::new("."));
+    let mut routers = Vec::new();
+    let mut seen: HashSet<&str> = HashSet::new();
+    let mut served_by: HashMap<JurisdictionIdx, &str> = HashMap::new();
+    for (i, r) in config.routers.iter().enumerate() {
+        let field = |f: &str| at("router", i, &r.id, f);
+        let mut ok = true;
+        if let Err(m) = check_id(&r.id, 64) {
+            p.push(cfg, field("id"), m);
+            ok = false;
+        }
+        if !seen.insert(&r.id) {
+            p.push(
+                cfg,
+                field("id"),
+                format!("router id '{}' is used twice", r.id),
+            );
+            ok = false;
+        }
+        let country = parse_country(&r.country)
+            .map_err(|m| p.push(cfg, field("country"), m))
+            .ok();
+        let mut served = Vec::new();
+        if r.jurisdictions.is_empty() {
+            p.push(
+                cfg,
+                field("jurisdictions"),
+                "list the jurisdictions this router serves",
+            );
+            ok = false;
+        }
+        for (k, jid) in r.jurisdictions.iter().enumerate() {
+            let f = field(&format!("jurisdictions[{k}]"));
+            let Some(j) = known(jid) else {
+                p.push(cfg, f, format!("'{jid}' is not a jurisdiction"));
+                ok = false;
+                continue;
+            };
+            if let Some(c) = country {
+                if !jurisdictions[j.index()].countries.contains(c) {
+                    p.push(
+                        cfg,
+                        f.clone(),
+                        format!(
+                            "a router in {c} cannot serve '{jid}': its records would be stored outside the jurisdiction; run a router inside it"
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+            if let Some(other) = served_by.insert(j, &r.id) {
+                p.push(
+                    cfg,
+                    f,
+                    format!(
+                        "'{jid}' is already served by router '{other}'; each jurisdiction has one router (its store holds the conferences)"
+                    ),
+                );
+                ok = false;
+            }
+            served.push(j);
+        }
+        let listen = r
+            .listen
+            .parse::<SocketAddr>()
+            .map_err(|_| {
+                p.push(
+                    cfg,
+                    field("listen"),
+                    format!("'{}' is not an address; use ip:port", r.listen),
+                )
+            })
+            .ok();
+        let url = r.url.trim_end_matches('/').to_owned();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            p.push(
+                cfg,
+                field("url"),
+                format!("'{}' is not an http:// or https:// URL", r.url),
+            );
+            ok = false;
+        }
+        let key_path = resolve(base, &r.signing_key);
+        let public_key = match std::fs::read_to_string(&key_path)
+            .map_err(|e| format!("cannot read {}: {e}", key_path.display()))
+            .and_then(|text| crate::ticket::parse_signing_key(text.trim()))
+        {
+            Ok(key) => Some(key.verifying_key()),
+            Err(m) => {
+                p.push(
+                    cfg,
+                    field("signing_key"),
+                    format!("{m}; make one with residency-relay keygen"),
+                );
+                None
+            }
+        };
+        if let Some(public) = public_key {
+            for (k, j) in served.iter().enumerate() {
+                let trusted = ticket_keys
+                    .get(j)
+                    .is_some_and(|keys| keys.contains(&public));
+                if !trusted {
+                    p.push(
+                        cfg,
+                        field(&format!("jurisdictions[{k}]")),
+                        format!(
+                            "relays in '{}' would refuse this router's tickets: add its public key {} to ticket_keys.{}",
+                            jurisdictions[j.index()].id,
+                            hex::encode(public.as_bytes()),
+                            jurisdictions[j.index()].id
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        let admin_token_sha256 = r.admin_token_sha256.as_deref().and_then(|h| {
+            parse_sha256_hex(h)
+                .map_err(|m| p.push(cfg, field("admin_token_sha256"), m))
+                .ok()
+        });
+        if let (true, Some(country), Some(listen), Some(public_key)) =
+            (ok, country, listen, public_key)
+        {
+            routers.push(Router {
+                id: r.id.clone(),
+                country,
+                jurisdictions: served,
+                listen,
+                url,
+                signing_key: key_path,
+                public_key,
+                store: resolve(base, &r.store),
+                admin_token_sha256,
+            });
+        }
+    }
+    routers
 }
 
 fn parse_cidr(text: &str) -> Result<IpNet, String> {

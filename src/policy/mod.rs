@@ -103,6 +103,30 @@ pub struct Relay {
     pub http_addr: SocketAddr,
     /// PEM certificate and key files, when configured.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// SHA-256 of the credential it registers with routers.
+    pub credential_sha256: Option<[u8; 32]>,
+}
+
+/// A router from the config.
+#[derive(Debug, Clone)]
+pub struct Router {
+    pub id: String,
+    pub country: CountryCode,
+    pub jurisdictions: Vec<JurisdictionIdx>,
+    pub listen: SocketAddr,
+    /// Base URL without a trailing slash.
+    pub url: String,
+    pub signing_key: PathBuf,
+    /// Public half of `signing_key`.
+    pub public_key: ed25519_dalek::VerifyingKey,
+    pub store: PathBuf,
+    pub admin_token_sha256: Option<[u8; 32]>,
+}
+
+impl Router {
+    pub fn serves(&self, jurisdiction: JurisdictionIdx) -> bool {
+        self.jurisdictions.contains(&jurisdiction)
+    }
 }
 
 /// What a tenant may pin its conferences to.
@@ -113,6 +137,8 @@ pub struct Plan {
     pub jurisdictions: Vec<JurisdictionIdx>,
     /// The pin when the tenant asks for none.
     pub default: JurisdictionIdx,
+    pub allow_no_passcode: bool,
+    pub waiting_room: bool,
 }
 
 impl Plan {
@@ -129,6 +155,7 @@ pub struct Tenant {
     pub plan: usize,
     /// SHA-256 of the API key.
     pub api_key_sha256: [u8; 32],
+    pub waiting_room: Option<bool>,
 }
 
 impl fmt::Debug for Tenant {
@@ -172,6 +199,7 @@ pub struct Policy {
     geoip: GeoIp,
     trusted_proxies: Vec<ipnet::IpNet>,
     ticket_keys: HashMap<JurisdictionIdx, Vec<ed25519_dalek::VerifyingKey>>,
+    routers: Vec<Router>,
 }
 
 impl Policy {
@@ -258,6 +286,26 @@ impl Policy {
         self.ticket_keys
             .get(&jurisdiction)
             .map_or(&[], Vec::as_slice)
+    }
+
+    pub fn routers(&self) -> &[Router] {
+        &self.routers
+    }
+
+    pub fn router(&self, id: &str) -> Option<&Router> {
+        self.routers.iter().find(|r| r.id == id)
+    }
+
+    /// The router that serves `jurisdiction`, if one is configured.
+    pub fn router_for(&self, jurisdiction: JurisdictionIdx) -> Option<&Router> {
+        self.routers.iter().find(|r| r.serves(jurisdiction))
+    }
+
+    /// Whether a tenant's new conferences get a waiting room by default.
+    pub fn waiting_room_default(&self, tenant: &Tenant) -> bool {
+        tenant
+            .waiting_room
+            .unwrap_or(self.plan_of(tenant).waiting_room)
     }
 
     /// The ticket verifier for `relay`: it trusts, for each jurisdiction the

@@ -25,6 +25,7 @@ pub struct Metrics {
     pub ticket_refusals: IntCounterVec,
     pub control_errors: IntCounter,
     pub keyframe_requests: IntCounter,
+    pub moderation_disconnects: IntCounterVec,
     /// CPU time with 10 ms resolution (the process collector's is whole seconds).
     cpu_seconds: Gauge,
 }
@@ -173,6 +174,13 @@ impl Metrics {
                 &registry,
                 "keyframe_requests_total",
                 "Keyframe requests sent to publishers.",
+            ),
+            moderation_disconnects: counter_vec(
+                &registry,
+                "moderation_disconnects_total",
+                "Participants disconnected on a router's command, by reason.",
+                "reason",
+                &["kicked", "conference_ended"],
             ),
             registry,
         }

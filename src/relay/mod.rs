@@ -45,6 +45,10 @@ pub mod close_code {
     pub const SLOW_CONTROL: u32 = 3;
     /// The relay is shutting down.
     pub const GOING_AWAY: u32 = 4;
+    /// A host removed the participant.
+    pub const KICKED: u32 = 5;
+    /// A host ended the conference.
+    pub const CONFERENCE_ENDED: u32 = 6;
 }
 
 /// `going_away` code: the relay is shutting down.
@@ -61,6 +65,58 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// How long a new connection may take to send `hello`.
     pub hello_timeout: Duration,
+    /// Routers to report to and take moderation commands from; empty for a
+    /// relay that runs alone (tickets minted by hand).
+    pub routers: Vec<RouterLink>,
+    /// The credential presented to routers.
+    pub credential: Option<String>,
+}
+
+/// A router this relay reports to.
+#[derive(Debug, Clone)]
+pub struct RouterLink {
+    pub url: String,
+    /// Jurisdiction ids the router serves that the relay is in: only their
+    /// conferences appear in reports to it.
+    pub jurisdictions: Vec<String>,
+}
+
+impl RouterLink {
+    /// The routers serving at least one of `relay`'s jurisdictions.
+    pub fn for_relay(
+        policy: &crate::policy::Policy,
+        relay: crate::policy::RelayIdx,
+    ) -> Vec<RouterLink> {
+        let mine: Vec<&str> = policy
+            .jurisdictions_of(relay)
+            .map(|j| j.id.as_str())
+            .collect();
+        policy
+            .routers()
+            .iter()
+            .filter_map(|r| {
+                let shared: Vec<String> = r
+                    .jurisdictions
+                    .iter()
+                    .map(|j| policy.jurisdiction(*j).id.clone())
+                    .filter(|j| mine.contains(&j.as_str()))
+                    .collect();
+                (!shared.is_empty()).then(|| RouterLink {
+                    url: r.url.clone(),
+                    jurisdictions: shared,
+                })
+            })
+            .collect()
+    }
+}
+
+/// What the core task hands the reporters.
+#[derive(Debug, Clone, Default)]
+struct Snapshot {
+    participants: u32,
+    /// Media bytes received plus queued for subscribers since start.
+    bytes_total: u64,
+    conferences: Vec<crate::forward::ConferenceStats>,
 }
 
 /// Errors that stop the relay from starting.
@@ -85,6 +141,8 @@ enum Event {
     Datagram(ConnId, Bytes),
     Closed(ConnId),
     Shutdown,
+    Snapshot(oneshot::Sender<Snapshot>),
+    Command(crate::router::channel::Action),
 }
 
 struct Handle {
@@ -132,12 +190,26 @@ pub async fn run(
         http,
         metrics.clone(),
         ready.clone(),
-        fingerprint,
+        fingerprint.clone(),
     ));
     let (events_tx, events_rx) = mpsc::channel::<Event>(8192);
     // Connection tasks check signatures (stateless); the core task keeps
     // the nonces.
     let checker = Arc::new(settings.verifier.clone());
+    let reporters: Vec<_> = settings
+        .routers
+        .iter()
+        .map(|link| {
+            tokio::spawn(report_loop(
+                link.clone(),
+                settings.relay_id.clone(),
+                settings.credential.clone().unwrap_or_default(),
+                fingerprint.clone(),
+                events_tx.clone(),
+                ready.clone(),
+            ))
+        })
+        .collect();
     let core_task = tokio::spawn(core_loop(
         Core::new(settings.core),
         settings.verifier,
@@ -175,6 +247,9 @@ pub async fn run(
     }
     endpoint.close(close_code::GOING_AWAY.into(), b"relay shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    for r in &reporters {
+        r.abort();
+    }
     drop(events_tx);
     let _ = tokio::time::timeout(Duration::from_secs(1), core_task).await;
     http_task.abort();
@@ -245,6 +320,7 @@ async fn core_loop(
     metrics: Metrics,
 ) {
     let mut handles: HashMap<ConnId, Handle> = HashMap::new();
+    let mut revoked = Revocations::default();
     let mut ready = Vec::new();
     let mut backlog = Vec::new();
     let mut last = core.counters().clone();
@@ -255,7 +331,7 @@ async fn core_loop(
         tokio::select! {
             event = events.recv() => match event {
                 Some(e) => {
-                    handle_event(e, &mut core, &mut verifier, &mut handles, &metrics);
+                    handle_event(e, &mut core, &mut verifier, &mut handles, &mut revoked, &metrics);
                     flush_control(&mut core, &mut handles);
                 }
                 None => open = false,
@@ -267,7 +343,14 @@ async fn core_loop(
         for _ in 0..1024 {
             match events.try_recv() {
                 Ok(e) => {
-                    handle_event(e, &mut core, &mut verifier, &mut handles, &metrics);
+                    handle_event(
+                        e,
+                        &mut core,
+                        &mut verifier,
+                        &mut handles,
+                        &mut revoked,
+                        &metrics,
+                    );
                     // Per event, so a burst of messages to one client within
                     // a batch is not mistaken for a client that does not read.
                     flush_control(&mut core, &mut handles);
@@ -302,11 +385,48 @@ async fn core_loop(
     }
 }
 
+/// Participants removed and conferences ended by the router: tickets issued
+/// up to then are refused, for as long as such a ticket could be valid.
+#[derive(Debug, Default)]
+struct Revocations {
+    participants: HashMap<(String, String), u64>,
+    conferences: HashMap<String, u64>,
+}
+
+impl Revocations {
+    fn check(&self, claims: &crate::ticket::Claims) -> Result<(), TicketError> {
+        let key = (claims.conference.clone(), claims.participant.clone());
+        let revoked_at = self
+            .conferences
+            .get(&claims.conference)
+            .copied()
+            .or_else(|| self.participants.get(&key).copied());
+        match revoked_at {
+            Some(at)
+                if claims.issued_at <= at || self.conferences.contains_key(&claims.conference) =>
+            {
+                Err(TicketError::Revoked)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Forgets revocations no ticket can outlive.
+    fn prune(&mut self, now: u64) {
+        let horizon = crate::ticket::MAX_LIFETIME_SECS + 2 * crate::ticket::CLOCK_SKEW_SECS;
+        self.participants
+            .retain(|_, at| now.saturating_sub(*at) <= horizon);
+        self.conferences
+            .retain(|_, at| now.saturating_sub(*at) <= horizon);
+    }
+}
+
 fn handle_event(
     event: Event,
     core: &mut Core,
     verifier: &mut Verifier,
     handles: &mut HashMap<ConnId, Handle>,
+    revoked: &mut Revocations,
     metrics: &Metrics,
 ) {
     match event {
@@ -314,7 +434,10 @@ fn handle_event(
             conn,
             claims,
             reply,
-        } => match verifier.remember(&claims, unix_now()) {
+        } => match revoked
+            .check(&claims)
+            .and_then(|()| verifier.remember(&claims, unix_now()))
+        {
             Ok(()) => {
                 let id = core.admit(Admission {
                     conference: claims.conference,
@@ -368,6 +491,58 @@ fn handle_event(
         Event::Closed(id) => {
             core.handle_closed(id);
             handles.remove(&id);
+        }
+        Event::Snapshot(reply) => {
+            let counters = core.counters();
+            let _ = reply.send(Snapshot {
+                participants: handles.len() as u32,
+                bytes_total: counters.bytes_received + counters.bytes_delivered,
+                conferences: core.conference_stats(),
+            });
+            revoked.prune(unix_now());
+        }
+        Event::Command(action) => {
+            use crate::router::channel::Action;
+            let now = unix_now();
+            let (conns, message, code) = match &action {
+                Action::Kick {
+                    conference,
+                    participant,
+                    reason,
+                } => {
+                    revoked
+                        .participants
+                        .insert((conference.clone(), participant.clone()), now);
+                    (
+                        core.connections_of(conference, Some(participant)),
+                        ServerMessage::Kicked {
+                            reason: reason.clone(),
+                        },
+                        "kicked",
+                    )
+                }
+                Action::End { conference } => {
+                    revoked.conferences.insert(conference.clone(), now);
+                    (
+                        core.connections_of(conference, None),
+                        ServerMessage::ConferenceEnded {},
+                        "conference_ended",
+                    )
+                }
+            };
+            for id in conns {
+                core.handle_closed(id);
+                if let Some(h) = handles.remove(&id) {
+                    metrics
+                        .moderation_disconnects
+                        .with_label_values(&[code])
+                        .inc();
+                    // The writer sends this last message, then closes the
+                    // connection with the matching code.
+                    let _ = h.control.try_send(message.clone());
+                }
+            }
+            flush_control(core, handles);
         }
         Event::Shutdown => {
             for h in handles.values() {
@@ -510,6 +685,20 @@ async fn serve_connection(
             if going_away {
                 let _ = send.finish();
             }
+            let removed = match message {
+                ServerMessage::Kicked { .. } => Some((close_code::KICKED, &b"kicked"[..])),
+                ServerMessage::ConferenceEnded {} => {
+                    Some((close_code::CONFERENCE_ENDED, &b"conference ended"[..]))
+                }
+                _ => None,
+            };
+            if let Some((code, reason)) = removed {
+                let _ = send.finish();
+                // Give the message a moment to arrive before closing.
+                let _ = tokio::time::timeout(Duration::from_millis(200), send.stopped()).await;
+                writer_conn.close(code.into(), reason);
+                break;
+            }
         }
     });
     let outcome = loop {
@@ -539,6 +728,99 @@ async fn serve_connection(
     let _ = events.send(Event::Closed(id)).await;
     writer.abort();
     Err(outcome)
+}
+
+/// Reports to one router until aborted; applies the commands it answers.
+async fn report_loop(
+    link: RouterLink,
+    relay_id: String,
+    credential: String,
+    cert_sha256: String,
+    events: mpsc::Sender<Event>,
+    ready: Arc<AtomicBool>,
+) {
+    use crate::router::channel::{self, ConferenceLoad, RelayReport, ReportReply};
+    let url = format!("{}{}", link.url, channel::report_path(&relay_id));
+    let auth = format!("Bearer {credential}");
+    let mut ack = 0u64;
+    let mut last: Option<(Instant, u64)> = None;
+    let mut failures = 0u32;
+    loop {
+        let (tx, rx) = oneshot::channel();
+        if events.send(Event::Snapshot(tx)).await.is_err() {
+            return;
+        }
+        let Ok(snapshot) = rx.await else { return };
+        let now = Instant::now();
+        let bitrate_bps = match last {
+            Some((at, bytes)) => {
+                let secs = now.duration_since(at).as_secs_f64().max(1e-3);
+                (snapshot.bytes_total.saturating_sub(bytes) as f64 * 8.0 / secs) as u64
+            }
+            None => 0,
+        };
+        last = Some((now, snapshot.bytes_total));
+        let report = RelayReport {
+            cert_sha256: cert_sha256.clone(),
+            participants: snapshot.participants,
+            bitrate_bps,
+            draining: !ready.load(Ordering::Relaxed),
+            conferences: snapshot
+                .conferences
+                .into_iter()
+                .filter(|c| {
+                    let prefix = c.id.split('-').next().unwrap_or("");
+                    link.jurisdictions.iter().any(|j| j == prefix)
+                })
+                .map(|c| ConferenceLoad {
+                    id: c.id,
+                    participants: c.participants,
+                    bytes_in: c.bytes_in,
+                    bytes_out: c.bytes_out,
+                })
+                .collect(),
+            ack,
+        };
+        let body = serde_json::to_vec(&report).unwrap_or_default();
+        let answer = crate::http_client::request(
+            "POST",
+            &url,
+            None,
+            &[("authorization", &auth)],
+            Some(body),
+            channel::HOLD + Duration::from_secs(5),
+        )
+        .await;
+        match answer {
+            Ok(r) if r.status == 200 => {
+                if failures > 0 {
+                    info!(router = %link.url, "reporting to router again");
+                }
+                failures = 0;
+                let reply: ReportReply = serde_json::from_slice(&r.body).unwrap_or_default();
+                for command in reply.commands {
+                    if command.seq > ack {
+                        ack = command.seq;
+                        if events.send(Event::Command(command.action)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            other => {
+                failures += 1;
+                if failures == 1 || failures % 60 == 0 {
+                    match other {
+                        Ok(r) => {
+                            warn!(router = %link.url, status = r.status, body = %String::from_utf8_lossy(&r.body), "router refused the report")
+                        }
+                        Err(e) => warn!(router = %link.url, error = %e, "cannot report to router"),
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
 }
 
 /// Socket buffer size asked for (the kernel caps it at its maximum, e.g.

@@ -84,10 +84,12 @@ pub enum TicketError {
     ConferenceOutsideJurisdiction,
     #[error("the ticket was issued before this relay started; ask the router for a new one")]
     IssuedBeforeStart,
+    #[error("the ticket was revoked: its participant was removed or the conference ended")]
+    Revoked,
 }
 
 impl TicketError {
-    pub const ALL: [TicketError; 10] = [
+    pub const ALL: [TicketError; 11] = [
         TicketError::Malformed,
         TicketError::ForeignJurisdiction,
         TicketError::BadSignature,
@@ -98,6 +100,7 @@ impl TicketError {
         TicketError::Overloaded,
         TicketError::ConferenceOutsideJurisdiction,
         TicketError::IssuedBeforeStart,
+        TicketError::Revoked,
     ];
 
     /// Stable code (metric label, logs).
@@ -113,6 +116,7 @@ impl TicketError {
             TicketError::Overloaded => "overloaded",
             TicketError::ConferenceOutsideJurisdiction => "conference_outside_jurisdiction",
             TicketError::IssuedBeforeStart => "issued_before_start",
+            TicketError::Revoked => "revoked",
         }
     }
 

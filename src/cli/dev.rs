@@ -1,0 +1,406 @@
+//! `residency-relay dev [--demo]`: every router and relay of a config in one
+//! process on loopback, with copy-paste commands; `--demo` runs a scripted
+//! EU call and prints where everyone went and what each relay carried.
+//!
+//! Credentials follow the dev config's conventions: tenant `<t>`'s API key
+//! is `dev-<t>-key`, relay `<r>`'s credential `dev-relay-<r>`, the admin
+//! token `dev-admin-key`. A config whose hashes do not match them still
+//! runs, but those relays cannot register (they are reported).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::client::Client;
+use crate::client::join::{self, Credential};
+use crate::client::synthetic::{self, ReceiveStats};
+use crate::http_client;
+use crate::policy::Policy;
+use crate::wire::control::TrackKind;
+use crate::wire::datagram::{Flags, HEADER_LEN, MediaHeader};
+
+fn dev_secret_matches(hash: &[u8; 32], secret: &str) -> bool {
+    crate::router::ids::secret_matches(hash, secret)
+}
+
+/// The dev API key of `tenant`, if the config uses the convention.
+fn tenant_key(policy: &Policy, tenant: &str) -> Option<String> {
+    let t = policy.tenant(tenant)?;
+    let key = format!("dev-{tenant}-key");
+    dev_secret_matches(&t.api_key_sha256, &key).then_some(key)
+}
+
+pub(super) fn run(policy: Policy, demo: bool) -> Result<(), String> {
+    super::relay::init_logging();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(serve(Arc::new(policy), demo))
+}
+
+async fn serve(policy: Arc<Policy>, demo: bool) -> Result<(), String> {
+    if policy.routers().is_empty() {
+        return Err(format!(
+            "{} has no [[router]]; dev needs at least one",
+            policy.source().display()
+        ));
+    }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let mut tasks = Vec::new();
+    for r in policy.routers() {
+        let settings = super::router::settings(policy.clone(), &r.id)?;
+        let listener = tokio::net::TcpListener::bind(r.listen)
+            .await
+            .map_err(|e| format!("router {}: cannot bind {}: {e}", r.id, r.listen))?;
+        let rx = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            crate::router::run(listener, settings, stopped(rx))
+                .await
+                .map_err(|e| e.to_string())
+        }));
+    }
+    for r in policy.relays() {
+        let credential = format!("dev-relay-{}", r.id);
+        let credential = r
+            .credential_sha256
+            .is_some_and(|h| dev_secret_matches(&h, &credential))
+            .then_some(credential);
+        if credential.is_none() {
+            eprintln!(
+                "relay {}: its credential_sha256 is not sha256(\"dev-relay-{}\"); it cannot register",
+                r.id, r.id
+            );
+        }
+        let settings = super::relay::settings(&policy, &r.id, 256, 2, credential)?;
+        let socket = std::net::UdpSocket::bind(r.quic_addr)
+            .map_err(|e| format!("relay {}: cannot bind {}: {e}", r.id, r.quic_addr))?;
+        let http = tokio::net::TcpListener::bind(r.http_addr)
+            .await
+            .map_err(|e| format!("relay {}: cannot bind {}: {e}", r.id, r.http_addr))?;
+        let rx = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            crate::relay::run(socket, http, settings, stopped(rx))
+                .await
+                .map_err(|e| e.to_string())
+        }));
+    }
+    wait_for_relays(&policy).await;
+    print_banner(&policy);
+    let outcome = if demo {
+        run_demo(&policy).await
+    } else {
+        super::relay::shutdown_signal().await;
+        Ok(())
+    };
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
+    outcome
+}
+
+/// Waits (up to 5 s) until every router sees a healthy relay in each
+/// jurisdiction it serves that has relays.
+async fn wait_for_relays(policy: &Policy) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    'outer: while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for r in policy.routers() {
+            let Ok(m) = http_client::request(
+                "GET",
+                &format!("{}/metrics", r.url),
+                None,
+                &[],
+                None,
+                Duration::from_secs(2),
+            )
+            .await
+            else {
+                continue 'outer;
+            };
+            let text = String::from_utf8_lossy(&m.body).into_owned();
+            for j in &r.jurisdictions {
+                let jurisdiction = policy.jurisdiction(*j);
+                if jurisdiction.members.is_empty() {
+                    continue;
+                }
+                let needle = format!("jurisdiction=\"{}\"", jurisdiction.id);
+                let healthy = text
+                    .lines()
+                    .filter(|l| l.starts_with("rr_router_relays_healthy") && l.contains(&needle))
+                    .any(|l| l.rsplit(' ').next().is_some_and(|v| v != "0"));
+                if !healthy {
+                    continue 'outer;
+                }
+            }
+        }
+        return;
+    }
+}
+
+fn print_banner(policy: &Policy) {
+    println!("\nresidency-relay dev: {}", policy.source().display());
+    println!("\nrouters:");
+    for r in policy.routers() {
+        let served: Vec<&str> = r
+            .jurisdictions
+            .iter()
+            .map(|j| policy.jurisdiction(*j).id.as_str())
+            .collect();
+        println!(
+            "  {:<16} {} ({}) serves {}",
+            r.id,
+            r.url,
+            r.country,
+            served.join(", ")
+        );
+    }
+    println!("\nrelays:");
+    for r in policy.relays() {
+        println!(
+            "  {:<16} quic {} ({}), metrics http://{}/metrics",
+            r.id, r.quic_addr, r.country, r.http_addr
+        );
+    }
+    println!("\ntenants:");
+    for t in policy.tenants() {
+        let plan = policy.plan_of(t);
+        match tenant_key(policy, &t.id) {
+            Some(key) => println!("  {:<16} plan {:<10} API key {key}", t.id, plan.id),
+            None => println!(
+                "  {:<16} plan {:<10} (API key not the dev convention)",
+                t.id, plan.id
+            ),
+        }
+    }
+    let Some(eu_router) = policy
+        .jurisdiction_idx("eu")
+        .and_then(|j| policy.router_for(j))
+        .or_else(|| policy.routers().first())
+    else {
+        return;
+    };
+    let url = &eu_router.url;
+    println!("\ntry it:");
+    println!(
+        "  curl -s -X POST {url}/v1/conferences -H 'Authorization: Bearer dev-acme-key' -d '{{\"residency\": \"eu\", \"waiting_room\": false}}'"
+    );
+    println!(
+        "  residency-relay client subscribe --router {url} --conference ID --passcode PASSCODE --name Ada --bind 127.0.0.2:0 --duration 30   # a participant in Germany"
+    );
+    println!(
+        "  residency-relay client publish --router {url} --conference ID --passcode PASSCODE --name Bob --bind 127.0.0.3:0 --duration 20    # a participant in the US"
+    );
+    println!("  curl -s {url}/v1/conferences/ID -H 'Authorization: Bearer HOST_TOKEN'");
+    println!("\nCtrl-C stops everything.\n");
+}
+
+/// The scripted call: a paid tenant pins a conference to the EU; people in
+/// Germany, Ireland and the US join and exchange synthetic media.
+async fn run_demo(policy: &Policy) -> Result<(), String> {
+    let eu = policy
+        .jurisdiction_idx("eu")
+        .ok_or("the demo needs an 'eu' jurisdiction")?;
+    let router = policy
+        .router_for(eu)
+        .ok_or("the demo needs a router serving 'eu'")?;
+    let tenant = policy
+        .tenants()
+        .iter()
+        .find(|t| {
+            policy.plan_of(t).jurisdictions.contains(&eu) && tenant_key(policy, &t.id).is_some()
+        })
+        .ok_or("the demo needs a paid tenant that may choose 'eu' with a dev API key")?;
+    let key = tenant_key(policy, &tenant.id).unwrap_or_default();
+    println!(
+        "demo: tenant '{}' (plan '{}') creates a conference pinned to eu",
+        tenant.id,
+        policy.plan_of(tenant).id
+    );
+    let created = http_client::request(
+        "POST",
+        &format!("{}/v1/conferences", router.url),
+        None,
+        &[("authorization", &format!("Bearer {key}"))],
+        Some(
+            json!({ "residency": "eu", "waiting_room": false })
+                .to_string()
+                .into_bytes(),
+        ),
+        Duration::from_secs(10),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    if created.status != 201 {
+        return Err(format!(
+            "create failed: {} {}",
+            created.status,
+            String::from_utf8_lossy(&created.body)
+        ));
+    }
+    let c = created.json();
+    let id = c["id"].as_str().unwrap_or_default().to_owned();
+    let passcode = c["passcode"].as_str().unwrap_or_default().to_owned();
+    let host_token = c["host_token"].as_str().unwrap_or_default().to_owned();
+    println!(
+        "  conference {id} (jurisdiction {}), passcode {passcode}",
+        c["jurisdiction"]
+    );
+
+    let people: [(&str, &str); 3] = [
+        ("Anna (Germany)", "127.0.0.2"),
+        ("Aoife (Ireland)", "127.0.0.4"),
+        ("Bob (United States)", "127.0.0.3"),
+    ];
+    let mut clients = Vec::new();
+    for (name, ip) in people {
+        let ip: IpAddr = ip.parse().map_err(|_| "bad address")?;
+        let joined = join::join(
+            &router.url,
+            &id,
+            &Credential::Passcode(passcode.clone()),
+            name,
+            Some(ip),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|e| format!("{name}: {e}"))?;
+        let located = policy
+            .geoip()
+            .locate(ip)
+            .country()
+            .map_or_else(|| "unknown".to_owned(), |c| c.to_string());
+        println!(
+            "  {name:<20} from {ip} (located in {located}) -> relay {} in {}",
+            joined.relay_id, joined.relay_country
+        );
+        let client = Client::connect(
+            SocketAddr::new(ip, 0),
+            joined.quic_addr,
+            &joined.cert_sha256,
+            &joined.ticket,
+        )
+        .await
+        .map_err(|e| format!("{name}: {e}"))?;
+        clients.push((name, client));
+    }
+    let mut tracks = Vec::new();
+    for (_, client) in &mut clients {
+        tracks.push(
+            client
+                .publish(TrackKind::Video, "synthetic-video", None)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    for (i, (_, client)) in clients.iter_mut().enumerate() {
+        for (k, t) in tracks.iter().enumerate() {
+            if k != i {
+                client.subscribe(*t).await.map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    println!(
+        "  (until relays cascade, one relay carries a whole conference: later joiners follow the first while it has room)"
+    );
+    println!(
+        "  everyone publishes 1 Mbit/s of synthetic video for 3 s and subscribes to the others"
+    );
+    let mut handles = Vec::new();
+    for ((name, client), track) in clients.into_iter().zip(tracks) {
+        handles.push(tokio::spawn(async move {
+            let size = 1000usize;
+            let mut stats = ReceiveStats::default();
+            let mut tick = tokio::time::interval(Duration::from_millis(8));
+            let end = tokio::time::Instant::now() + Duration::from_secs(3);
+            let mut sequence = 0u32;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        if tokio::time::Instant::now() >= end { break; }
+                        let flags = if sequence % 100 == 0 { Flags::KEYFRAME } else { Flags::default() };
+                        let _ = client.send_media(
+                            &MediaHeader { track, sequence, flags },
+                            &synthetic::payload(size - HEADER_LEN),
+                        );
+                        sequence += 1;
+                    }
+                    d = client.recv_media() => match d {
+                        Ok(d) => stats.record(&d),
+                        Err(_) => break,
+                    },
+                }
+            }
+            // Let the last packets arrive.
+            while let Ok(Ok(d)) =
+                tokio::time::timeout(Duration::from_millis(200), client.recv_media()).await
+            {
+                stats.record(&d);
+            }
+            client.leave().await;
+            (name, sequence, stats)
+        }));
+    }
+    for h in handles {
+        let (name, sent, mut stats) = h.await.map_err(|e| e.to_string())?;
+        println!(
+            "  {name:<20} sent {sent} packets, received {} ({} bytes), p50 latency {} us",
+            stats.packets,
+            stats.bytes,
+            synthetic::quantile(&mut stats.latencies_us, 0.5).unwrap_or(0)
+        );
+    }
+    println!("\nbytes each relay carried (from the relays' own /metrics):");
+    for r in policy.relays() {
+        let m = http_client::request(
+            "GET",
+            &format!("http://{}/metrics", r.http_addr),
+            None,
+            &[],
+            None,
+            Duration::from_secs(2),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&m.body).into_owned();
+        let value = |name: &str| {
+            text.lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0) as u64
+        };
+        let inside = policy.jurisdiction(eu).contains(
+            policy
+                .relay_idx(&r.id)
+                .unwrap_or(crate::policy::RelayIdx(u32::MAX)),
+        );
+        println!(
+            "  {:<10} {}  {} jurisdiction eu: received {} bytes, forwarded {} bytes",
+            r.id,
+            r.country,
+            if inside { "inside " } else { "outside" },
+            value("rr_relay_bytes_received_total"),
+            value("rr_relay_bytes_delivered_total"),
+        );
+    }
+    let state = http_client::request(
+        "GET",
+        &format!("{}/v1/conferences/{id}", router.url),
+        None,
+        &[("authorization", &format!("Bearer {host_token}"))],
+        None,
+        Duration::from_secs(2),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    println!("\nthe router's view of the conference:\n  {}", state.json());
+    Ok(())
+}

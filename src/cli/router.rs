@@ -1,0 +1,47 @@
+//! `residency-relay router`: run one router of the config.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::policy::Policy;
+use crate::router::{self, Settings, limits::LimitSettings};
+use crate::store::Sqlite;
+
+/// Starts the runtime and serves until SIGINT or SIGTERM.
+pub(super) fn run(policy: Policy, id: &str) -> Result<(), String> {
+    super::relay::init_logging();
+    let settings = settings(Arc::new(policy), id)?;
+    let listen = settings.router.listen;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| format!("cannot bind HTTP on {listen}: {e}"))?;
+        router::run(listener, settings, super::relay::shutdown_signal())
+            .await
+            .map_err(|e| e.to_string())
+    })
+}
+
+/// The settings of router `id`: its signing key read and its store opened.
+pub(super) fn settings(policy: Arc<Policy>, id: &str) -> Result<Settings, String> {
+    let me = policy
+        .router(id)
+        .ok_or_else(|| format!("no router '{id}' in {}", policy.source().display()))?
+        .clone();
+    let key_text = std::fs::read_to_string(&me.signing_key)
+        .map_err(|e| format!("cannot read {}: {e}", me.signing_key.display()))?;
+    let signing_key = crate::ticket::parse_signing_key(key_text.trim())?;
+    let store = Sqlite::open(&me.store).map_err(|e| e.to_string())?;
+    Ok(Settings {
+        policy,
+        router: me,
+        signing_key,
+        store: Arc::new(store),
+        ticket_lifetime: Duration::from_secs(60),
+        limits: LimitSettings::default(),
+    })
+}

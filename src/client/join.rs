@@ -1,0 +1,136 @@
+//! Joining through a router: `POST /v1/conferences/{id}/join`, waiting in
+//! the waiting room when the conference has one, and reading the relay and
+//! ticket to connect with.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::http_client;
+
+/// How the participant proves it may join.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    Passcode(String),
+    Invite(String),
+}
+
+/// Where to connect and with what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    pub participant_id: String,
+    pub relay_id: String,
+    pub relay_country: String,
+    pub quic_addr: SocketAddr,
+    pub cert_sha256: String,
+    pub ticket: String,
+}
+
+/// Why a join did not produce a ticket.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    #[error("router unreachable: {0}")]
+    Unreachable(String),
+    /// The router refused: HTTP status, error code, message.
+    #[error("refused ({status} {code}): {message}")]
+    Refused {
+        status: u16,
+        code: String,
+        message: String,
+        /// For `421`: the router to ask instead.
+        router_url: Option<String>,
+    },
+    #[error("unexpected answer: {0}")]
+    Unexpected(String),
+}
+
+/// Joins `conference` through the router at `router` (base URL), from
+/// `bind` when given; waits in the waiting room if there is one, up to
+/// `max_wait`.
+pub async fn join(
+    router: &str,
+    conference: &str,
+    credential: &Credential,
+    display_name: &str,
+    bind: Option<IpAddr>,
+    max_wait: Duration,
+) -> Result<Joined, JoinError> {
+    let body = match credential {
+        Credential::Passcode(p) => json!({ "passcode": p, "display_name": display_name }),
+        Credential::Invite(i) => json!({ "invite": i, "display_name": display_name }),
+    };
+    let url = format!("{router}/v1/conferences/{conference}/join");
+    let r = http_client::request(
+        "POST",
+        &url,
+        bind,
+        &[],
+        Some(body.to_string().into_bytes()),
+        Duration::from_secs(10),
+    )
+    .await
+    .map_err(|e| JoinError::Unreachable(e.to_string()))?;
+    let answer = r.json();
+    match r.status {
+        200 => parse_joined(&answer),
+        202 => {
+            let pid = answer["participant_id"].as_str().unwrap_or_default();
+            let token = answer["wait_token"].as_str().unwrap_or_default();
+            let poll = format!("{router}/v1/conferences/{conference}/waiting/{pid}");
+            let auth = format!("Bearer {token}");
+            let deadline = tokio::time::Instant::now() + max_wait;
+            loop {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(JoinError::Unexpected(
+                        "no host let us in before the wait ran out".into(),
+                    ));
+                }
+                // The router holds each poll until a host decides or ~10 s pass.
+                let r = http_client::request(
+                    "GET",
+                    &poll,
+                    bind,
+                    &[("authorization", &auth)],
+                    None,
+                    Duration::from_secs(30),
+                )
+                .await
+                .map_err(|e| JoinError::Unreachable(e.to_string()))?;
+                let answer = r.json();
+                match r.status {
+                    200 if answer["waiting"] == true => continue,
+                    200 => return parse_joined(&answer),
+                    _ => return Err(refused(r.status, &answer)),
+                }
+            }
+        }
+        status => Err(refused(status, &answer)),
+    }
+}
+
+fn refused(status: u16, answer: &Value) -> JoinError {
+    let e = &answer["error"];
+    JoinError::Refused {
+        status,
+        code: e["code"].as_str().unwrap_or("unknown").to_owned(),
+        message: e["message"].as_str().unwrap_or_default().to_owned(),
+        router_url: e["router_url"].as_str().map(str::to_owned),
+    }
+}
+
+fn parse_joined(answer: &Value) -> Result<Joined, JoinError> {
+    let text = |v: &Value| v.as_str().map(str::to_owned);
+    let relay = &answer["relay"];
+    let joined = (|| {
+        Some(Joined {
+            participant_id: text(&answer["participant_id"])?,
+            relay_id: text(&relay["id"])?,
+            relay_country: text(&relay["country"])?,
+            quic_addr: relay["quic_addr"].as_str()?.parse().ok()?,
+            cert_sha256: text(&relay["cert_sha256"])?,
+            ticket: text(&answer["ticket"])?,
+        })
+    })();
+    joined.ok_or_else(|| JoinError::Unexpected(answer.to_string()))
+}

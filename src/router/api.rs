@@ -1,0 +1,1400 @@
+//! The router's HTTP API (`/v1`), JSON in and out.
+//!
+//! Every error is `{"error": {"code", "message"}}` with a fitting status;
+//! `421` answers also name the router that serves the conference's
+//! jurisdiction (`router_url`), and `429` answers carry `Retry-After`.
+//! Request bodies are parsed by hand from bytes so that any malformed body
+//! is a `400` with a message, never a panic or a `5xx`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tracing::{info, warn};
+
+use super::Shared;
+use super::channel::{Action, RelayReport, ReportReply};
+use super::ids;
+use crate::policy::{JurisdictionIdx, RelayIdx, Tenant};
+use crate::select;
+use crate::store::{
+    AuditEvent, Ban, ConferenceRecord, InviteRecord, InviteRefusal, ParticipantRecord, Role,
+    Status, StoreError,
+};
+use crate::ticket::{self, Claims, Grants};
+
+/// Largest request body accepted.
+const MAX_BODY: usize = 16 * 1024;
+/// Longest display name, in characters.
+const MAX_NAME: usize = 64;
+/// Longest abuse-report or kick reason, in characters.
+const MAX_REASON: usize = 1000;
+/// How long a waiting participant's poll is held before answering "still waiting".
+const WAIT_HOLD: Duration = Duration::from_secs(10);
+/// Default and longest validity of an invitation.
+const INVITE_TTL: u64 = 24 * 3600;
+const MAX_INVITE_TTL: u64 = 7 * 24 * 3600;
+
+type App = Arc<Shared>;
+
+/// The router's routes.
+pub fn routes(shared: App) -> Router {
+    Router::new()
+        .route("/v1/conferences", post(create_conference))
+        .route("/v1/conferences/{id}", get(conference_state))
+        .route("/v1/conferences/{id}/invites", post(create_invite))
+        .route("/v1/conferences/{id}/join", post(join))
+        .route("/v1/conferences/{id}/lock", post(lock))
+        .route("/v1/conferences/{id}/unlock", post(unlock))
+        .route("/v1/conferences/{id}/end", post(end))
+        .route("/v1/conferences/{id}/participants/{pid}/kick", post(kick))
+        .route(
+            "/v1/conferences/{id}/participants/{pid}/report",
+            post(report_abuse),
+        )
+        .route("/v1/conferences/{id}/waiting", get(waiting_list))
+        .route("/v1/conferences/{id}/waiting/{pid}", get(waiting_poll))
+        .route("/v1/conferences/{id}/waiting/{pid}/admit", post(admit))
+        .route("/v1/conferences/{id}/waiting/{pid}/deny", post(deny))
+        .route("/v1/conferences/{id}/audit", get(audit_log))
+        .route("/v1/admin/reports", get(abuse_reports))
+        .route("/v1/relays/{relay}/report", post(relay_report))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(shared.clone(), count))
+        .with_state(shared)
+}
+
+/// Counts every answer by route template and status.
+async fn count(State(shared): State<App>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    let response = next.run(request).await;
+    shared
+        .metrics
+        .http_requests
+        .with_label_values(&[route.as_str(), response.status().as_str()])
+        .inc();
+    response
+}
+
+/// An API error.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    retry_after: Option<u64>,
+    router_url: Option<String>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+            router_url: None,
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        warn!(error = %e, "store operation failed");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "store_error",
+            "the router could not read or write its records; try again",
+        )
+    }
+}
+
+impl From<ids::RandomError> for ApiError {
+    fn from(e: ids::RandomError) -> Self {
+        warn!(error = %e, "no randomness");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the router could not make a secret; try again",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut error = json!({ "code": self.code, "message": self.message });
+        if let Some(url) = &self.router_url {
+            error["router_url"] = json!(url);
+        }
+        let mut response = (self.status, Json(json!({ "error": error }))).into_response();
+        if let Some(secs) = self.retry_after {
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        response
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn now_unix() -> u64 {
+    crate::relay::unix_now()
+}
+
+fn parse<T: DeserializeOwned + Default>(body: &Bytes) -> ApiResult<T> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("the request body is not the expected JSON: {e}"),
+        )
+    })
+}
+
+fn check_text(field: &str, text: &str, max: usize, required: bool) -> ApiResult<String> {
+    let text = text.trim();
+    if required && text.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("{field} must not be empty"),
+        ));
+    }
+    if text.chars().count() > max || text.chars().any(char::is_control) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("{field} must be at most {max} characters without control characters"),
+        ));
+    }
+    Ok(text.to_owned())
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let token = value.strip_prefix("Bearer ")?.trim();
+    (!token.is_empty()).then_some(token)
+}
+
+fn unauthorized() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "send Authorization: Bearer <tenant API key or host token>",
+    )
+}
+
+/// The tenant whose API key this is. Every tenant's hash is compared, in
+/// constant time, whatever matches.
+fn tenant<'a>(shared: &'a Shared, headers: &HeaderMap) -> Option<&'a Tenant> {
+    let key = bearer(headers)?;
+    let mut found = None;
+    for t in shared.policy.tenants() {
+        if ids::secret_matches(&t.api_key_sha256, key) {
+            found = Some(t);
+        }
+    }
+    found
+}
+
+/// Who may manage a conference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Manager {
+    Tenant,
+    Host,
+}
+
+/// The client's address: the connection's, or the `X-Forwarded-For` entry
+/// added by the nearest trusted proxy when the connection comes from one.
+fn client_ip(shared: &Shared, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+    let trusted = |ip: &IpAddr| {
+        shared
+            .policy
+            .trusted_proxies()
+            .iter()
+            .any(|n| n.contains(ip))
+    };
+    let peer_ip = peer.ip().to_canonical();
+    if !trusted(&peer_ip) {
+        return peer_ip;
+    }
+    let Some(forwarded) = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",")
+        .split(',')
+        .rev()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<IpAddr>().map(|ip| ip.to_canonical()))
+        .find(|ip| !matches!(ip, Ok(ip) if trusted(ip)))
+    else {
+        return peer_ip;
+    };
+    // An unparsable entry: do not guess; use the proxy's own address.
+    forwarded.unwrap_or(peer_ip)
+}
+
+/// Loads a conference this router serves, or answers 421 / 404.
+fn conference(shared: &Shared, id: &str) -> ApiResult<(ConferenceRecord, JurisdictionIdx)> {
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_conference",
+            "no such conference",
+        )
+    };
+    let j_id = ids::jurisdiction_of(id).ok_or_else(not_found)?;
+    let j = shared.policy.jurisdiction_idx(j_id).ok_or_else(not_found)?;
+    if !shared.me.serves(j) {
+        return Err(misdirected(shared, j));
+    }
+    let record = shared.store.conference(id)?.ok_or_else(not_found)?;
+    Ok((record, j))
+}
+
+/// `421`: the jurisdiction is served elsewhere (or nowhere).
+fn misdirected(shared: &Shared, j: JurisdictionIdx) -> ApiError {
+    shared.metrics.misdirected.inc();
+    let jid = &shared.policy.jurisdiction(j).id;
+    match shared.policy.router_for(j) {
+        Some(r) => ApiError {
+            router_url: Some(r.url.clone()),
+            ..ApiError::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                "wrong_router",
+                format!(
+                    "jurisdiction '{jid}' is served by router '{}' at {}; this router stores nothing for it",
+                    r.id, r.url
+                ),
+            )
+        },
+        None => ApiError::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            "jurisdiction_not_served",
+            format!("no router of this operator serves jurisdiction '{jid}'"),
+        ),
+    }
+}
+
+/// Checks the bearer token against the conference's tenant or host token.
+fn manager(shared: &Shared, headers: &HeaderMap, c: &ConferenceRecord) -> ApiResult<Manager> {
+    let Some(token) = bearer(headers) else {
+        return Err(unauthorized());
+    };
+    if ids::secret_matches(&c.host_token_sha256, token) {
+        return Ok(Manager::Host);
+    }
+    match tenant(shared, headers) {
+        Some(t) if t.id == c.tenant => Ok(Manager::Tenant),
+        // Another tenant's conference looks like no conference at all.
+        Some(_) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_conference",
+            "no such conference",
+        )),
+        None => Err(unauthorized()),
+    }
+}
+
+fn audit(shared: &Shared, conference: &str, event: &str, detail: Value) {
+    let entry = AuditEvent {
+        time: now_unix(),
+        conference: conference.to_owned(),
+        event: event.to_owned(),
+        detail,
+    };
+    if let Err(e) = shared.store.audit(&entry) {
+        shared.metrics.store_errors.inc();
+        warn!(error = %e, event, "audit log write failed");
+    }
+}
+
+fn store_failed(shared: &Shared) -> impl Fn(StoreError) -> ApiError + '_ {
+    move |e| {
+        shared.metrics.store_errors.inc();
+        ApiError::from(e)
+    }
+}
+
+// ---------------------------------------------------------------- conferences
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateRequest {
+    residency: Option<String>,
+    /// `false` for a conference joined by invitation only (if the plan allows).
+    passcode: Option<bool>,
+    waiting_room: Option<bool>,
+}
+
+async fn create_conference(
+    State(shared): State<App>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    let tenant = tenant(&shared, &headers).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send Authorization: Bearer <tenant API key>",
+        )
+    })?;
+    let request: CreateRequest = parse(&body)?;
+    let plan = shared.policy.plan_of(tenant);
+    let j = crate::policy::plan::pin(&shared.policy, plan, request.residency.as_deref()).map_err(
+        |e| {
+            let status = match e {
+                crate::policy::PinError::UnknownJurisdiction { .. } => StatusCode::BAD_REQUEST,
+                _ => StatusCode::FORBIDDEN,
+            };
+            ApiError::new(status, e.code(), e.to_string())
+        },
+    )?;
+    if !shared.me.serves(j) {
+        return Err(misdirected(&shared, j));
+    }
+    let with_passcode = request.passcode.unwrap_or(true);
+    if !with_passcode && !plan.allow_no_passcode {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "passcode_required",
+            format!(
+                "plan '{}' requires a passcode on every conference; omit \"passcode\": false",
+                plan.id
+            ),
+        ));
+    }
+    let jid = shared.policy.jurisdiction(j).id.clone();
+    let id = ids::conference_id(&jid)?;
+    let passcode = if with_passcode {
+        Some(ids::passcode()?)
+    } else {
+        None
+    };
+    let host_token = ids::token("hst")?;
+    let waiting_room = request
+        .waiting_room
+        .unwrap_or_else(|| shared.policy.waiting_room_default(tenant));
+    let record = ConferenceRecord {
+        id: id.clone(),
+        tenant: tenant.id.clone(),
+        jurisdiction: jid.clone(),
+        passcode: passcode.as_deref().map(ids::hash_passcode).transpose()?,
+        host_token_sha256: ids::sha256(&host_token),
+        locked: false,
+        waiting_room,
+        created: now_unix(),
+        ended: None,
+    };
+    shared
+        .store
+        .insert_conference(&record)
+        .map_err(store_failed(&shared))?;
+    shared
+        .metrics
+        .conferences_created
+        .with_label_values(&[jid.as_str()])
+        .inc();
+    audit(
+        &shared,
+        &id,
+        "conference_created",
+        json!({ "tenant": tenant.id, "jurisdiction": jid, "passcode": with_passcode, "waiting_room": waiting_room }),
+    );
+    info!(tenant = %tenant.id, jurisdiction = %jid, "conference created");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "id": id,
+            "jurisdiction": jid,
+            "passcode": passcode,
+            "host_token": host_token,
+            "router_url": shared.me.url,
+            "waiting_room": waiting_room,
+        })),
+    ))
+}
+
+async fn conference_state(
+    State(shared): State<App>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    let (c, _) = conference(&shared, &id)?;
+    manager(&shared, &headers, &c)?;
+    let live = shared.relays.conference(&id);
+    let participants: u32 = live.iter().map(|r| r.load.participants).sum();
+    let used = shared.store.relays_of(&id).map_err(store_failed(&shared))?;
+    let relays: Vec<Value> = used
+        .iter()
+        .map(|u| {
+            let here = shared
+                .policy
+                .relay_idx(&u.relay)
+                .and_then(|r| live.iter().find(|l| l.relay == r));
+            let country = shared
+                .policy
+                .relay_idx(&u.relay)
+                .map(|r| shared.policy.relay(r).country.to_string());
+            json!({
+                "id": u.relay,
+                "country": country,
+                "first_seen": u.first_seen,
+                "last_seen": u.last_seen,
+                "participants": here.map_or(0, |l| l.load.participants),
+                "bytes_in": here.map_or(0, |l| l.load.bytes_in),
+                "bytes_out": here.map_or(0, |l| l.load.bytes_out),
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "id": c.id,
+        "jurisdiction": c.jurisdiction,
+        "locked": c.locked,
+        "waiting_room": c.waiting_room,
+        "passcode_required": c.passcode.is_some(),
+        "participants": participants,
+        "relays": relays,
+        "created": c.created,
+        "ended": c.ended,
+    })))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InviteRequest {
+    display_name: String,
+    role: Option<String>,
+    ttl_seconds: Option<u64>,
+}
+
+async fn create_invite(
+    State(shared): State<App>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    let (c, _) = conference(&shared, &id)?;
+    manager(&shared, &headers, &c)?;
+    ended_check(&c)?;
+    let request: InviteRequest = parse(&body)?;
+    let display_name = check_text("display_name", &request.display_name, MAX_NAME, true)?;
+    let role = match request.role.as_deref() {
+        None => Role::Speaker,
+        Some(r) => Role::parse(r).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "role must be host, speaker or viewer",
+            )
+        })?,
+    };
+    let ttl = request.ttl_seconds.unwrap_or(INVITE_TTL);
+    if ttl == 0 || ttl > MAX_INVITE_TTL {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("ttl_seconds must be between 1 and {MAX_INVITE_TTL}"),
+        ));
+    }
+    let token = ids::token("inv")?;
+    let participant_id = ids::participant_id()?;
+    let expires = now_unix() + ttl;
+    shared
+        .store
+        .insert_invite(&InviteRecord {
+            token_sha256: ids::sha256(&token),
+            conference: id.clone(),
+            participant_id: participant_id.clone(),
+            display_name,
+            role,
+            expires,
+        })
+        .map_err(store_failed(&shared))?;
+    audit(
+        &shared,
+        &id,
+        "invite_created",
+        json!({ "participant": participant_id, "role": role.as_str(), "expires": expires }),
+    );
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "invite": token,
+            "participant_id": participant_id,
+            "role": role.as_str(),
+            "expires_at": expires,
+        })),
+    ))
+}
+
+fn ended_check(c: &ConferenceRecord) -> ApiResult<()> {
+    if c.ended.is_some() {
+        Err(ApiError::new(
+            StatusCode::GONE,
+            "ended",
+            "the conference has ended",
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------- joins
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JoinRequest {
+    passcode: Option<String>,
+    invite: Option<String>,
+    #[serde(default)]
+    display_name: String,
+}
+
+/// A refused join: the error, counted under `reason`.
+fn refuse(
+    shared: &Shared,
+    j: Option<JurisdictionIdx>,
+    reason: &'static str,
+    e: ApiError,
+) -> ApiError {
+    shared
+        .metrics
+        .join_refusals
+        .with_label_values(&[reason])
+        .inc();
+    if let Some(j) = j {
+        shared
+            .metrics
+            .joins
+            .with_label_values(&[shared.policy.jurisdiction(j).id.as_str(), "refused"])
+            .inc();
+    }
+    e
+}
+
+async fn join(
+    State(shared): State<App>,
+    Path(id): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let started = Instant::now();
+    let ip = client_ip(&shared, peer, &headers);
+    let request: JoinRequest = parse(&body).map_err(|e| refuse(&shared, None, "bad_request", e))?;
+    let (c, j) = conference(&shared, &id).map_err(|e| {
+        if e.status == StatusCode::NOT_FOUND {
+            refuse(&shared, None, "unknown_conference", e)
+        } else {
+            e
+        }
+    })?;
+    let result = join_checked(&shared, &c, j, ip, request, started);
+    if let Err(e) = &result {
+        if e.code == "store_error" {
+            shared.metrics.store_errors.inc();
+        }
+    }
+    result
+}
+
+fn join_checked(
+    shared: &Shared,
+    c: &ConferenceRecord,
+    j: JurisdictionIdx,
+    ip: IpAddr,
+    request: JoinRequest,
+    started: Instant,
+) -> ApiResult<Response> {
+    let now = now_unix();
+    let refused = |reason: &'static str, e: ApiError| {
+        audit(shared, &c.id, "join_refused", json!({ "reason": reason }));
+        refuse(shared, Some(j), reason, e)
+    };
+    if c.ended.is_some() {
+        return Err(refused("ended", ended_check(c).unwrap_err()));
+    }
+    if let Err(limit) = shared.limiter.check(ip, &c.id, Instant::now()) {
+        let secs = limit.retry_after().as_secs().max(1);
+        return Err(refused(
+            "rate_limited",
+            ApiError {
+                retry_after: Some(secs),
+                ..ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    limit.code(),
+                    format!("too many failed joins; try again in {secs} s"),
+                )
+            },
+        ));
+    }
+    let address_hash = ids::address_hash(&shared.address_key, ip);
+    // Who is joining: an invitation names them, a passcode does not.
+    let (invite, display_name) = match (&request.invite, &request.passcode) {
+        (Some(token), _) => {
+            let hash = ids::sha256(token);
+            match shared.store.invite(&hash, &c.id, now)? {
+                Ok(invite) => {
+                    let name = invite.display_name.clone();
+                    (Some(invite), name)
+                }
+                Err(why) => {
+                    shared.limiter.failed(ip, &c.id, Instant::now());
+                    let message = match why {
+                        InviteRefusal::Unknown => "the invitation is not valid for this conference",
+                        InviteRefusal::Used => "the invitation was already used",
+                        InviteRefusal::Expired => "the invitation has expired",
+                    };
+                    return Err(refused(
+                        "bad_invite",
+                        ApiError::new(StatusCode::FORBIDDEN, "bad_invite", message),
+                    ));
+                }
+            }
+        }
+        (None, Some(passcode)) => {
+            let ok = c
+                .passcode
+                .as_ref()
+                .is_some_and(|stored| ids::passcode_matches(stored, passcode));
+            if !ok {
+                shared.limiter.failed(ip, &c.id, Instant::now());
+                let (code, message) = if c.passcode.is_some() {
+                    ("wrong_passcode", "wrong passcode")
+                } else {
+                    (
+                        "invite_required",
+                        "this conference is joined by invitation only",
+                    )
+                };
+                return Err(refused(
+                    "wrong_passcode",
+                    ApiError::new(StatusCode::FORBIDDEN, code, message),
+                ));
+            }
+            let name = check_text("display_name", &request.display_name, MAX_NAME, true)
+                .map_err(|e| refuse(shared, Some(j), "bad_request", e))?;
+            (None, name)
+        }
+        (None, None) => {
+            return Err(refused(
+                "passcode_required",
+                ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "passcode_required",
+                    "send \"passcode\" or \"invite\"",
+                ),
+            ));
+        }
+    };
+    let invite_hash = invite.as_ref().map(|i| i.token_sha256);
+    let role = invite.as_ref().map_or(Role::Speaker, |i| i.role);
+    let participant_id = match &invite {
+        Some(i) => i.participant_id.clone(),
+        None => ids::participant_id()?,
+    };
+    if shared.store.is_banned(
+        &c.id,
+        Some(&participant_id),
+        &address_hash,
+        invite_hash.as_ref(),
+    )? {
+        return Err(refused(
+            "banned",
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "banned",
+                "a host removed you from this conference",
+            ),
+        ));
+    }
+    if c.locked && role != Role::Host {
+        return Err(refused(
+            "locked",
+            ApiError::new(
+                StatusCode::LOCKED,
+                "locked",
+                "the conference is locked; ask a host to unlock it",
+            ),
+        ));
+    }
+    if let Some(i) = &invite {
+        // Claimed only now, so a refusal above does not burn it; the claim
+        // is atomic, so a second concurrent use fails here.
+        if let Err(_used) = shared.store.use_invite(&i.token_sha256, &c.id, now)? {
+            return Err(refused(
+                "bad_invite",
+                ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "bad_invite",
+                    "the invitation was already used",
+                ),
+            ));
+        }
+    }
+    let mut record = ParticipantRecord {
+        id: participant_id.clone(),
+        conference: c.id.clone(),
+        display_name,
+        role,
+        status: Status::Joined,
+        address_hash,
+        invite_sha256: invite_hash,
+        wait_token_sha256: None,
+        relay: None,
+        created: now,
+    };
+    // The waiting room holds passcode joiners; invitations name their
+    // holder and skip it.
+    if c.waiting_room && invite.is_none() {
+        let wait_token = ids::token("wait")?;
+        record.status = Status::Waiting;
+        record.wait_token_sha256 = Some(ids::sha256(&wait_token));
+        shared.store.upsert_participant(&record)?;
+        audit(
+            shared,
+            &c.id,
+            "waiting",
+            json!({ "participant": participant_id }),
+        );
+        shared
+            .metrics
+            .joins
+            .with_label_values(&[shared.policy.jurisdiction(j).id.as_str(), "waiting"])
+            .inc();
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({
+                "waiting": true,
+                "participant_id": participant_id,
+                "wait_token": wait_token,
+                "poll": format!("/v1/conferences/{}/waiting/{}", c.id, participant_id),
+            })),
+        )
+            .into_response());
+    }
+    let answer = issue_ticket(shared, c, j, ip, &mut record)?;
+    shared
+        .metrics
+        .join_seconds
+        .with_label_values(&[shared.policy.jurisdiction(j).id.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    Ok(Json(answer).into_response())
+}
+
+/// Selects a relay inside the jurisdiction for a participant at `ip`, signs
+/// a ticket bound to it, and records the join.
+fn issue_ticket(
+    shared: &Shared,
+    c: &ConferenceRecord,
+    j: JurisdictionIdx,
+    ip: IpAddr,
+    record: &mut ParticipantRecord,
+) -> ApiResult<Value> {
+    let jurisdiction = shared.policy.jurisdiction(j);
+    let location = shared.policy.geoip().locate(ip);
+    let states = shared.relays.states(Instant::now());
+    let assigned = shared
+        .relays
+        .assigned(&c.id)
+        .filter(|r| jurisdiction.contains(*r));
+    let hosting: Vec<RelayIdx> = assigned.into_iter().collect();
+    let relay = match select::select(&shared.policy, j, &location, &states, &hosting) {
+        // One relay carries a conference until relays cascade: the relay
+        // already carrying it wins while it can take the participant.
+        Ok(d) => match assigned {
+            Some(a) if d.evaluation.candidates.iter().any(|c| c.relay == a) => a,
+            _ => d.relay,
+        },
+        Err(refusal) => {
+            let reason = refusal.reason.code();
+            audit(shared, &c.id, "join_refused", json!({ "reason": reason }));
+            return Err(refuse(
+                shared,
+                Some(j),
+                reason,
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    reason,
+                    format!(
+                        "{} '{}'; no relay outside it is ever used",
+                        refusal.reason, jurisdiction.id
+                    ),
+                ),
+            ));
+        }
+    };
+    // Residency guard: selection only looks inside the jurisdiction; this
+    // makes a future change that breaks that fail closed, not open.
+    if !jurisdiction.contains(relay) {
+        return Err(refuse(
+            shared,
+            Some(j),
+            "no_healthy_relay",
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_healthy_relay",
+                "no relay inside the jurisdiction",
+            ),
+        ));
+    }
+    let r = shared.policy.relay(relay);
+    let now = now_unix();
+    let grants = match record.role {
+        Role::Host => Grants {
+            publish: true,
+            subscribe: true,
+            moderate: true,
+        },
+        Role::Speaker => Grants {
+            publish: true,
+            subscribe: true,
+            moderate: false,
+        },
+        Role::Viewer => Grants {
+            publish: false,
+            subscribe: true,
+            moderate: false,
+        },
+    };
+    let claims = Claims {
+        conference: c.id.clone(),
+        jurisdiction: jurisdiction.id.clone(),
+        relay: r.id.clone(),
+        participant: record.id.clone(),
+        display_name: record.display_name.clone(),
+        grants,
+        issued_at: now,
+        expires_at: now + shared.ticket_lifetime.as_secs().max(1),
+        nonce: ticket::new_nonce().map_err(|e| ids::RandomError::from_display(&e))?,
+    };
+    let signed = ticket::sign(&claims, &shared.signing_key);
+    record.status = Status::Joined;
+    record.relay = Some(r.id.clone());
+    shared.store.upsert_participant(record)?;
+    shared.store.note_relay(&c.id, &r.id, now)?;
+    shared.relays.joined(&c.id, relay);
+    audit(
+        shared,
+        &c.id,
+        "join_accepted",
+        json!({
+            "participant": record.id,
+            "role": record.role.as_str(),
+            "relay": r.id,
+            "relay_country": r.country.to_string(),
+            "client_country": location.country().map(|c| c.to_string()),
+        }),
+    );
+    shared
+        .metrics
+        .joins
+        .with_label_values(&[jurisdiction.id.as_str(), "ticket"])
+        .inc();
+    Ok(json!({
+        "relay": {
+            "id": r.id,
+            "country": r.country.to_string(),
+            "quic_addr": r.quic_addr.to_string(),
+            "webtransport_url": r.webtransport_url,
+            "cert_sha256": shared.relays.cert(relay),
+        },
+        "ticket": signed,
+        "participant_id": record.id,
+        "expires_at": claims.expires_at,
+    }))
+}
+
+// ---------------------------------------------------------------- waiting room
+
+async fn waiting_list(
+    State(shared): State<App>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    let (c, _) = conference(&shared, &id)?;
+    manager(&shared, &headers, &c)?;
+    let waiting = shared.store.waiting(&id).map_err(store_failed(&shared))?;
+    let list: Vec<Value> = waiting
+        .iter()
+        .map(|p| json!({ "participant_id": p.id, "display_name": p.display_name, "since": p.created }))
+        .collect();
+    Ok(Json(json!({ "waiting": list })))
+}
+
+/// The waiting participant's poll: held until a host decides or
+/// [`WAIT_HOLD`] passes, so a client that polls again at once never asks
+/// more often than that.
+async fn waiting_poll(
+    State(shared): State<App>,
+    Path((id, pid)): Path<(String, String)>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let (_, j) = conference(&shared, &id)?;
+    let token = bearer(&headers).ok_or_else(unauthorized)?.to_owned();
+    let deadline = tokio::time::Instant::now() + WAIT_HOLD;
+    loop {
+        let changed = shared.waiting_changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        let (c, _) = conference(&shared, &id)?;
+        let mut p = shared
+            .store
+            .participant(&id, &pid)
+            .map_err(store_failed(&shared))?
+            .filter(|p| {
+                p.wait_token_sha256
+                    .is_some_and(|h| ids::secret_matches(&h, &token))
+            })
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "unknown_participant",
+                    "no such waiting participant for this token",
+                )
+            })?;
+        if c.ended.is_some() {
+            return Err(refuse(
+                &shared,
+                Some(j),
+                "ended",
+                ended_check(&c).unwrap_err(),
+            ));
+        }
+        match p.status {
+            Status::Admitted => {
+                let started = Instant::now();
+                let ip = client_ip(&shared, peer, &headers);
+                let answer = issue_ticket(&shared, &c, j, ip, &mut p)?;
+                shared
+                    .metrics
+                    .join_seconds
+                    .with_label_values(&[shared.policy.jurisdiction(j).id.as_str()])
+                    .observe(started.elapsed().as_secs_f64());
+                return Ok(Json(answer).into_response());
+            }
+            Status::Denied | Status::Kicked => {
+                return Err(refuse(
+                    &shared,
+                    Some(j),
+                    "denied",
+                    ApiError::new(StatusCode::FORBIDDEN, "denied", "a host did not let you in"),
+                ));
+            }
+            Status::Joined => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "already_joined",
+                    "this participant already has its ticket; join again with the passcode",
+                ));
+            }
+            Status::Waiting => {}
+        }
+        tokio::select! {
+            _ = changed => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                return Ok(Json(json!({ "waiting": true, "participant_id": pid })).into_response());
+            }
+        }
+    }
+}
+
+async fn admit(
+    State(shared): State<App>,
+    Path((id, pid)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    decide(&shared, &id, &pid, &headers, Status::Admitted).await
+}
+
+async fn deny(
+    State(shared): State<App>,
+    Path((id, pid)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    decide(&shared, &id, &pid, &headers, Status::Denied).await
+}
+
+async fn decide(
+    shared: &Shared,
+    id: &str,
+    pid: &str,
+    headers: &HeaderMap,
+    status: Status,
+) -> ApiResult<Json<Value>> {
+    let (c, _) = conference(shared, id)?;
+    manager(shared, headers, &c)?;
+    ended_check(&c)?;
+    let p = shared
+        .store
+        .participant(id, pid)
+        .map_err(store_failed(shared))?
+        .filter(|p| p.status == Status::Waiting)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_participant",
+                "no such participant in the waiting room",
+            )
+        })?;
+    shared
+        .store
+        .set_status(id, &p.id, status)
+        .map_err(store_failed(shared))?;
+    let action = if status == Status::Admitted {
+        "admit"
+    } else {
+        "deny"
+    };
+    shared.metrics.moderation.with_label_values(&[action]).inc();
+    audit(shared, id, action, json!({ "participant": p.id }));
+    shared.waiting_changed.notify_waiters();
+    Ok(Json(json!({ "participant_id": p.id, "status": status })))
+}
+
+// ------------------------------------------------------------------ moderation
+
+async fn lock(
+    State(shared): State<App>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    set_lock(&shared, &id, &headers, true)
+}
+
+async fn unlock(
+    State(shared): State<App>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    set_lock(&shared, &id, &headers, false)
+}
+
+fn set_lock(
+    shared: &Shared,
+    id: &str,
+    headers: &HeaderMap,
+    locked: bool,
+) -> ApiResult<Json<Value>> {
+    let (c, _) = conference(shared, id)?;
+    manager(shared, headers, &c)?;
+    ended_check(&c)?;
+    shared
+        .store
+        .set_locked(id, locked)
+        .map_err(store_failed(shared))?;
+    let action = if locked { "lock" } else { "unlock" };
+    shared.metrics.moderation.with_label_values(&[action]).inc();
+    audit(shared, id, action, json!({}));
+    Ok(Json(json!({ "id": id, "locked": locked })))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KickRequest {
+    #[serde(default)]
+    ban: bool,
+    reason: Option<String>,
+}
+
+async fn kick(
+    State(shared): State<App>,
+    Path((id, pid)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let (c, j) = conference(&shared, &id)?;
+    manager(&shared, &headers, &c)?;
+    let request: KickRequest = parse(&body)?;
+    let reason = check_text(
+        "reason",
+        request.reason.as_deref().unwrap_or("removed by a host"),
+        MAX_REASON,
+        false,
+    )?;
+    let p = shared
+        .store
+        .participant(&id, &pid)
+        .map_err(store_failed(&shared))?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_participant",
+                "no such participant",
+            )
+        })?;
+    shared
+        .store
+        .set_status(&id, &pid, Status::Kicked)
+        .map_err(store_failed(&shared))?;
+    if request.ban {
+        shared
+            .store
+            .add_ban(&Ban {
+                conference: id.clone(),
+                participant_id: pid.clone(),
+                address_hash: p.address_hash,
+                invite_sha256: p.invite_sha256,
+                created: now_unix(),
+            })
+            .map_err(store_failed(&shared))?;
+        shared.metrics.moderation.with_label_values(&["ban"]).inc();
+    }
+    shared.metrics.moderation.with_label_values(&["kick"]).inc();
+    // Every relay of the jurisdiction: the participant may hold a ticket for
+    // any of them that it has not used yet.
+    shared.relays.command(
+        shared.policy.jurisdiction(j).relays(),
+        &Action::Kick {
+            conference: id.clone(),
+            participant: pid.clone(),
+            reason,
+        },
+    );
+    shared.waiting_changed.notify_waiters();
+    audit(
+        &shared,
+        &id,
+        "kick",
+        json!({ "participant": pid, "ban": request.ban }),
+    );
+    Ok(Json(
+        json!({ "participant_id": pid, "kicked": true, "banned": request.ban }),
+    ))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReportRequest {
+    #[serde(default)]
+    reason: String,
+}
+
+async fn report_abuse(
+    State(shared): State<App>,
+    Path((id, pid)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    let (c, _) = conference(&shared, &id)?;
+    manager(&shared, &headers, &c)?;
+    let request: ReportRequest = parse(&body)?;
+    let reason = check_text("reason", &request.reason, MAX_REASON, true)?;
+    if shared
+        .store
+        .participant(&id, &pid)
+        .map_err(store_failed(&shared))?
+        .is_none()
+    {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_participant",
+            "no such participant",
+        ));
+    }
+    let report = shared
+        .store
+        .add_report(&id, &pid, &reason, now_unix())
+        .map_err(store_failed(&shared))?;
+    shared
+        .metrics
+        .moderation
+        .with_label_values(&["report"])
+        .inc();
+    audit(
+        &shared,
+        &id,
+        "abuse_report",
+        json!({ "participant": pid, "report": report }),
+    );
+    Ok((StatusCode::CREATED, Json(json!({ "report_id": report }))))
+}
+
+async fn end(
+    State(shared): State<App>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    let (c, j) = conference(&shared, &id)?;
+    manager(&shared, &headers, &c)?;
+    ended_check(&c)?;
+    let at = now_unix();
+    shared
+        .store
+        .end_conference(&id, at)
+        .map_err(store_failed(&shared))?;
+    shared.relays.command(
+        shared.policy.jurisdiction(j).relays(),
+        &Action::End {
+            conference: id.clone(),
+        },
+    );
+    shared.relays.forget(&id);
+    shared.waiting_changed.notify_waiters();
+    shared.metrics.moderation.with_label_values(&["end"]).inc();
+    audit(&shared, &id, "end", json!({}));
+    Ok(Json(json!({ "id": id, "ended": at })))
+}
+
+// ----------------------------------------------------------- operator and audit
+
+fn admin(shared: &Shared, headers: &HeaderMap) -> ApiResult<()> {
+    let token = bearer(headers).ok_or_else(unauthorized)?;
+    match &shared.me.admin_token_sha256 {
+        Some(h) if ids::secret_matches(h, token) => Ok(()),
+        Some(_) => Err(unauthorized()),
+        None => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "no_admin_token",
+            "this router has no admin_token_sha256 configured",
+        )),
+    }
+}
+
+async fn abuse_reports(State(shared): State<App>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+    admin(&shared, &headers)?;
+    let reports = shared.store.reports(1000).map_err(store_failed(&shared))?;
+    Ok(Json(json!({ "reports": reports })))
+}
+
+/// The audit log of one conference: for the operator, or its tenant.
+async fn audit_log(
+    State(shared): State<App>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    let (c, _) = conference(&shared, &id)?;
+    if admin(&shared, &headers).is_err() {
+        match manager(&shared, &headers, &c)? {
+            Manager::Tenant => {}
+            Manager::Host => {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "the audit log is for the tenant and the operator",
+                ));
+            }
+        }
+    }
+    let log = shared.store.audit_log(&id).map_err(store_failed(&shared))?;
+    Ok(Json(json!({ "events": log })))
+}
+
+// -------------------------------------------------------------- relay channel
+
+async fn relay_report(
+    State(shared): State<App>,
+    Path(relay_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<ReportReply>> {
+    let count = |outcome: &str| {
+        shared
+            .metrics
+            .relay_reports
+            .with_label_values(&[outcome])
+            .inc();
+    };
+    let Some(relay) = shared.policy.relay_idx(&relay_id) else {
+        count("unknown_relay");
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_relay",
+            "no such relay in the inventory",
+        ));
+    };
+    let r = shared.policy.relay(relay);
+    let authentic = match (&r.credential_sha256, bearer(&headers)) {
+        (Some(h), Some(token)) => ids::secret_matches(h, token),
+        _ => false,
+    };
+    if !authentic {
+        count("bad_credential");
+        warn!(relay = %relay_id, "relay report with a bad credential");
+        return Err(unauthorized());
+    }
+    let served: Vec<&str> = shared
+        .me
+        .jurisdictions
+        .iter()
+        .filter(|j| shared.policy.jurisdiction(**j).contains(relay))
+        .map(|j| shared.policy.jurisdiction(*j).id.as_str())
+        .collect();
+    if served.is_empty() {
+        count("outside_jurisdiction");
+        warn!(relay = %relay_id, "relay outside every jurisdiction of this router tried to register");
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "outside_jurisdiction",
+            "the relay is in none of the jurisdictions this router serves",
+        ));
+    }
+    let mut report: RelayReport = serde_json::from_slice(&body).map_err(|e| {
+        count("malformed");
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("not a relay report: {e}"),
+        )
+    })?;
+    // Keep only this router's conferences, whatever the relay sent.
+    report
+        .conferences
+        .retain(|c| ids::jurisdiction_of(&c.id).is_some_and(|j| served.contains(&j)));
+    count("accepted");
+    let (commands, notify) = shared.relays.record(relay, report, Instant::now());
+    if !commands.is_empty() {
+        return Ok(Json(ReportReply { commands }));
+    }
+    let notified = notify.notified();
+    let _ = tokio::time::timeout(super::channel::HOLD, notified).await;
+    Ok(Json(ReportReply {
+        commands: shared.relays.commands(relay),
+    }))
+}
+
+// ----------------------------------------------------------------- operations
+
+async fn metrics(State(shared): State<App>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        shared.metrics.render(),
+    )
+}
+
+async fn readyz(State(shared): State<App>) -> impl IntoResponse {
+    if shared.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+    }
+}

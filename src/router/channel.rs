@@ -1,0 +1,86 @@
+//! The relay ↔ router channel: relays report health and load, routers
+//! answer with moderation commands.
+//!
+//! A relay `POST`s a [`RelayReport`] to `/v1/relays/{relay_id}/report` of
+//! every router serving one of its jurisdictions, with
+//! `Authorization: Bearer <relay credential>`. The router holds the request
+//! up to [`HOLD`] unless it has commands, then answers a [`ReportReply`];
+//! the relay reports again at once. So load is fresh every second and a
+//! command reaches the relay as soon as it is issued. Commands are numbered;
+//! the relay acknowledges the highest it applied in its next report, and the
+//! router resends anything not acknowledged.
+//!
+//! A report to a router carries only the conferences of the jurisdictions
+//! that router serves: metadata of other jurisdictions never leaves for it.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Longest a router holds a report before answering with no commands.
+pub const HOLD: Duration = Duration::from_millis(1000);
+
+/// A relay whose last report is older than this is unhealthy.
+pub const STALE_AFTER: Duration = Duration::from_secs(3);
+
+/// Path of the report endpoint for `relay_id`.
+pub fn report_path(relay_id: &str) -> String {
+    format!("/v1/relays/{relay_id}/report")
+}
+
+/// One conference's load on the reporting relay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConferenceLoad {
+    pub id: String,
+    pub participants: u32,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// What a relay tells a router.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayReport {
+    /// SHA-256 of the relay's certificate, which clients pin.
+    pub cert_sha256: String,
+    /// All participants connected, whatever their conference.
+    pub participants: u32,
+    /// Media bit rate in and out over the last report interval.
+    pub bitrate_bps: u64,
+    /// Shutting down or drained: no new joins.
+    pub draining: bool,
+    /// Conferences of the router's jurisdictions only.
+    pub conferences: Vec<ConferenceLoad>,
+    /// Highest command sequence number applied.
+    pub ack: u64,
+}
+
+/// A moderation command for a relay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Action {
+    /// Disconnect the participant and refuse tickets issued before now.
+    Kick {
+        conference: String,
+        participant: String,
+        reason: String,
+    },
+    /// Disconnect everyone and refuse every ticket of the conference.
+    End { conference: String },
+}
+
+/// A numbered command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Command {
+    pub seq: u64,
+    pub action: Action,
+}
+
+/// The router's answer to a report.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportReply {
+    pub commands: Vec<Command>,
+}

@@ -1,0 +1,156 @@
+//! Identifiers and secrets the router makes, and how it stores them.
+//!
+//! Conference ids are `<jurisdiction>-<26 base32 characters>` (128 random
+//! bits), so any router can tell a conference's jurisdiction from its id and
+//! nobody can guess one. Tokens carry 256 random bits and are stored only
+//! as SHA-256; passcodes are short enough to type, so they are salted and
+//! guarded by the failure limits.
+
+use std::net::IpAddr;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use data_encoding::BASE32_NOPAD;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::store::PasscodeHash;
+
+/// The random source failed (the operating system's; never expected).
+#[derive(Debug, thiserror::Error)]
+#[error("no randomness available: {0}")]
+pub struct RandomError(String);
+
+impl RandomError {
+    pub fn from_display(e: &impl std::fmt::Display) -> Self {
+        RandomError(e.to_string())
+    }
+}
+
+fn random<const N: usize>() -> Result<[u8; N], RandomError> {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes).map_err(|e| RandomError(e.to_string()))?;
+    Ok(bytes)
+}
+
+fn base32(bytes: &[u8]) -> String {
+    BASE32_NOPAD.encode(bytes).to_ascii_lowercase()
+}
+
+/// A new conference id in `jurisdiction`.
+pub fn conference_id(jurisdiction: &str) -> Result<String, RandomError> {
+    Ok(format!("{jurisdiction}-{}", base32(&random::<16>()?)))
+}
+
+/// The jurisdiction part of a conference id, if it is well formed.
+pub fn jurisdiction_of(conference_id: &str) -> Option<&str> {
+    let (j, rest) = conference_id.split_once('-')?;
+    let well_formed = !j.is_empty()
+        && j.len() <= 64
+        && j.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && rest.len() == 26
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b));
+    well_formed.then_some(j)
+}
+
+/// A new participant id.
+pub fn participant_id() -> Result<String, RandomError> {
+    Ok(format!("p-{}", base32(&random::<10>()?)))
+}
+
+/// A new bearer token with a readable prefix (`hst`, `inv`, `wait`).
+pub fn token(prefix: &str) -> Result<String, RandomError> {
+    Ok(format!("{prefix}_{}", B64.encode(random::<32>()?)))
+}
+
+/// A new passcode: 10 characters from a-z and 2-7 (50 bits).
+pub fn passcode() -> Result<String, RandomError> {
+    let mut code = base32(&random::<7>()?);
+    code.truncate(10);
+    Ok(code)
+}
+
+pub fn sha256(text: &str) -> [u8; 32] {
+    Sha256::digest(text.as_bytes()).into()
+}
+
+/// Salts and hashes a passcode for storage.
+pub fn hash_passcode(passcode: &str) -> Result<PasscodeHash, RandomError> {
+    let salt = random::<16>()?;
+    Ok(PasscodeHash {
+        salt,
+        sha256: salted(&salt, passcode),
+    })
+}
+
+fn salted(salt: &[u8; 16], passcode: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(salt);
+    h.update(passcode.trim().as_bytes());
+    h.finalize().into()
+}
+
+/// Whether `passcode` matches, in constant time.
+pub fn passcode_matches(stored: &PasscodeHash, passcode: &str) -> bool {
+    salted(&stored.salt, passcode).ct_eq(&stored.sha256).into()
+}
+
+/// Whether `secret` hashes to `stored`, in constant time.
+pub fn secret_matches(stored: &[u8; 32], secret: &str) -> bool {
+    sha256(secret).ct_eq(stored).into()
+}
+
+/// The keyed hash of a client address kept in bans and the audit log
+/// instead of the address.
+pub fn address_hash(key: &[u8; 32], ip: IpAddr) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(key);
+    match ip {
+        IpAddr::V4(v4) => h.update(v4.octets()),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => h.update(v4.octets()),
+            None => h.update(v6.octets()),
+        },
+    }
+    h.finalize().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conference_ids_carry_the_jurisdiction_and_128_bits() {
+        let a = conference_id("eu").unwrap();
+        let b = conference_id("eu").unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 3 + 26);
+        assert_eq!(jurisdiction_of(&a), Some("eu"));
+        assert_eq!(jurisdiction_of("eu-short"), None);
+        assert_eq!(jurisdiction_of("EU-aaaaaaaaaaaaaaaaaaaaaaaaaa"), None);
+        assert_eq!(jurisdiction_of("us-aaaaaaaaaaaaaaaaaaaaaaaaaa"), Some("us"));
+        assert_eq!(jurisdiction_of("nodash"), None);
+    }
+
+    #[test]
+    fn passcodes_match_only_themselves() {
+        let code = passcode().unwrap();
+        assert_eq!(code.len(), 10);
+        let stored = hash_passcode(&code).unwrap();
+        assert!(passcode_matches(&stored, &code));
+        assert!(!passcode_matches(&stored, "0000000000"));
+        assert_ne!(hash_passcode(&code).unwrap().salt, stored.salt);
+    }
+
+    #[test]
+    fn mapped_addresses_hash_like_ipv4() {
+        let key = [1; 32];
+        let v4: IpAddr = "192.0.2.1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        assert_eq!(address_hash(&key, v4), address_hash(&key, mapped));
+        assert_ne!(address_hash(&key, v4), address_hash(&[2; 32], v4));
+    }
+}

@@ -1,0 +1,188 @@
+//! The router's Prometheus metrics (`rr_router_*`). Labels come from bounded
+//! sets only: jurisdiction ids this router serves, route templates, status
+//! codes, reasons and outcomes. Never an address, a name, a participant or
+//! a conference id.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::policy::{Policy, Router};
+
+/// Why a join was refused (the `reason` label of `rr_router_join_refusals_total`).
+pub const JOIN_REFUSALS: &[&str] = &[
+    "bad_request",
+    "unknown_conference",
+    "wrong_passcode",
+    "passcode_required",
+    "bad_invite",
+    "rate_limited",
+    "locked",
+    "banned",
+    "ended",
+    "denied",
+    "no_relay_in_jurisdiction",
+    "no_healthy_relay",
+    "at_capacity",
+    "store_error",
+];
+
+#[derive(Debug, Clone)]
+pub struct RouterMetrics {
+    registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub conferences_created: IntCounterVec,
+    pub joins: IntCounterVec,
+    pub join_refusals: IntCounterVec,
+    pub join_seconds: HistogramVec,
+    pub relays_healthy: IntGaugeVec,
+    pub relay_reports: IntCounterVec,
+    pub moderation: IntCounterVec,
+    pub store_errors: IntCounter,
+    pub misdirected: IntCounter,
+}
+
+fn must<T>(name: &str, r: Result<T, prometheus::Error>) -> T {
+    // Names, help texts and label names are constants of this file; a
+    // failure is a programming error that the metrics test catches.
+    r.unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"))
+}
+
+impl RouterMetrics {
+    pub fn new(router_id: &str, policy: &Policy, me: &Router) -> Self {
+        let registry = must(
+            "registry",
+            Registry::new_custom(
+                Some("rr_router".into()),
+                Some(std::iter::once(("router".to_owned(), router_id.to_owned())).collect()),
+            ),
+        );
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = must(name, IntCounterVec::new(Opts::new(name, help), labels));
+            let _ = registry.register(Box::new(c.clone()));
+            c
+        };
+        let served: Vec<&str> = me
+            .jurisdictions
+            .iter()
+            .map(|j| policy.jurisdiction(*j).id.as_str())
+            .collect();
+        let m = RouterMetrics {
+            http_requests: counter_vec(
+                "http_requests_total",
+                "HTTP requests answered, by route template and status code.",
+                &["route", "status"],
+            ),
+            conferences_created: counter_vec(
+                "conferences_created_total",
+                "Conferences created, by jurisdiction.",
+                &["jurisdiction"],
+            ),
+            joins: counter_vec(
+                "joins_total",
+                "Join requests by jurisdiction and outcome (ticket, waiting, refused).",
+                &["jurisdiction", "outcome"],
+            ),
+            join_refusals: counter_vec(
+                "join_refusals_total",
+                "Refused joins by reason.",
+                &["reason"],
+            ),
+            join_seconds: {
+                let h = must(
+                    "join_seconds",
+                    HistogramVec::new(
+                        HistogramOpts::new(
+                            "join_seconds",
+                            "Time to answer a join request that got a ticket.",
+                        )
+                        .buckets(vec![
+                            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+                        ]),
+                        &["jurisdiction"],
+                    ),
+                );
+                let _ = registry.register(Box::new(h.clone()));
+                h
+            },
+            relays_healthy: {
+                let g = must(
+                    "relays_healthy",
+                    IntGaugeVec::new(
+                        Opts::new(
+                            "relays_healthy",
+                            "Relays inside the jurisdiction reporting and not draining.",
+                        ),
+                        &["jurisdiction"],
+                    ),
+                );
+                let _ = registry.register(Box::new(g.clone()));
+                g
+            },
+            relay_reports: counter_vec(
+                "relay_reports_total",
+                "Relay reports by outcome (accepted, bad_credential, unknown_relay, outside_jurisdiction, malformed).",
+                &["outcome"],
+            ),
+            moderation: counter_vec(
+                "moderation_total",
+                "Moderation actions by kind.",
+                &["action"],
+            ),
+            store_errors: {
+                let c = must(
+                    "store_errors_total",
+                    IntCounter::new("store_errors_total", "Store operations that failed."),
+                );
+                let _ = registry.register(Box::new(c.clone()));
+                c
+            },
+            misdirected: {
+                let c = must(
+                    "misdirected_total",
+                    IntCounter::new(
+                        "misdirected_total",
+                        "Requests for a jurisdiction this router does not serve (answered 421).",
+                    ),
+                );
+                let _ = registry.register(Box::new(c.clone()));
+                c
+            },
+            registry,
+        };
+        // Every bounded label value exists from the start, at zero.
+        for j in &served {
+            let _ = m.conferences_created.get_metric_with_label_values(&[j]);
+            let _ = m.relays_healthy.get_metric_with_label_values(&[j]);
+            for outcome in ["ticket", "waiting", "refused"] {
+                let _ = m.joins.get_metric_with_label_values(&[j, outcome]);
+            }
+        }
+        for r in JOIN_REFUSALS {
+            let _ = m.join_refusals.get_metric_with_label_values(&[r]);
+        }
+        for o in [
+            "accepted",
+            "bad_credential",
+            "unknown_relay",
+            "outside_jurisdiction",
+            "malformed",
+        ] {
+            let _ = m.relay_reports.get_metric_with_label_values(&[o]);
+        }
+        for a in [
+            "lock", "unlock", "kick", "ban", "end", "admit", "deny", "report",
+        ] {
+            let _ = m.moderation.get_metric_with_label_values(&[a]);
+        }
+        m
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}

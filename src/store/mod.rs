@@ -1,0 +1,251 @@
+//! The router's persistent records: conferences, invitations, participants,
+//! bans, abuse reports, the relays a conference used, and the audit log.
+//!
+//! [`Store`] is the seam: the router only talks to the trait, so a networked
+//! database can serve several router replicas later. [`Sqlite`] is the
+//! embedded default. Nothing here holds a raw client address: bans and the
+//! audit log carry a keyed hash of it ([`Store::address_key`]).
+
+mod sqlite;
+
+use serde::Serialize;
+
+pub use sqlite::Sqlite;
+
+/// A store operation failed (disk, corruption, locking).
+#[derive(Debug, thiserror::Error)]
+#[error("store error: {0}")]
+pub struct StoreError(pub String);
+
+/// A participant's role, from its invitation (passcode joins are speakers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Host,
+    Speaker,
+    Viewer,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Host => "host",
+            Role::Speaker => "speaker",
+            Role::Viewer => "viewer",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Role> {
+        match text {
+            "host" => Some(Role::Host),
+            "speaker" => Some(Role::Speaker),
+            "viewer" => Some(Role::Viewer),
+            _ => None,
+        }
+    }
+}
+
+/// A salted passcode hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasscodeHash {
+    pub salt: [u8; 16],
+    pub sha256: [u8; 32],
+}
+
+/// One conference as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConferenceRecord {
+    pub id: String,
+    pub tenant: String,
+    pub jurisdiction: String,
+    /// `None`: joins need an invitation.
+    pub passcode: Option<PasscodeHash>,
+    pub host_token_sha256: [u8; 32],
+    pub locked: bool,
+    pub waiting_room: bool,
+    /// Unix seconds.
+    pub created: u64,
+    pub ended: Option<u64>,
+}
+
+/// A single-use invitation for a named participant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InviteRecord {
+    pub token_sha256: [u8; 32],
+    pub conference: String,
+    /// The participant id the invitation's holder joins as.
+    pub participant_id: String,
+    pub display_name: String,
+    pub role: Role,
+    pub expires: u64,
+}
+
+/// Why an invitation could not be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InviteRefusal {
+    Unknown,
+    Used,
+    Expired,
+}
+
+/// Where a participant is in the join flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// In the waiting room.
+    Waiting,
+    /// A host let it in; it fetches its ticket on its next poll.
+    Admitted,
+    Denied,
+    /// A ticket was issued.
+    Joined,
+    Kicked,
+}
+
+impl Status {
+    fn as_str(self) -> &'static str {
+        match self {
+            Status::Waiting => "waiting",
+            Status::Admitted => "admitted",
+            Status::Denied => "denied",
+            Status::Joined => "joined",
+            Status::Kicked => "kicked",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Status> {
+        match text {
+            "waiting" => Some(Status::Waiting),
+            "admitted" => Some(Status::Admitted),
+            "denied" => Some(Status::Denied),
+            "joined" => Some(Status::Joined),
+            "kicked" => Some(Status::Kicked),
+            _ => None,
+        }
+    }
+}
+
+/// A participant the router has seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParticipantRecord {
+    pub id: String,
+    pub conference: String,
+    pub display_name: String,
+    pub role: Role,
+    pub status: Status,
+    /// Keyed hash of the client address.
+    pub address_hash: [u8; 32],
+    /// The invitation it joined with, if any.
+    pub invite_sha256: Option<[u8; 32]>,
+    /// Hash of the token a waiting participant polls with.
+    pub wait_token_sha256: Option<[u8; 32]>,
+    /// The relay its last ticket named.
+    pub relay: Option<String>,
+    pub created: u64,
+}
+
+/// What a ban matches on: any one of these bars a join.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ban {
+    pub conference: String,
+    pub participant_id: String,
+    pub address_hash: [u8; 32],
+    pub invite_sha256: Option<[u8; 32]>,
+    pub created: u64,
+}
+
+/// An abuse report a host filed with the operator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AbuseReport {
+    pub id: i64,
+    pub conference: String,
+    pub participant_id: String,
+    pub reason: String,
+    pub created: u64,
+}
+
+/// One audit-log line. `detail` never holds a raw client address.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditEvent {
+    pub time: u64,
+    pub conference: String,
+    pub event: String,
+    pub detail: serde_json::Value,
+}
+
+/// A relay that carried a conference, as the router assigned it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RelayUse {
+    pub relay: String,
+    pub first_seen: u64,
+    pub last_seen: u64,
+}
+
+/// The router's persistence. Implementations must be safe to call from many
+/// request handlers at once and make each call atomic.
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Secret key for hashing client addresses; made on first use and kept,
+    /// so bans survive restarts.
+    fn address_key(&self) -> Result<[u8; 32], StoreError>;
+
+    fn insert_conference(&self, c: &ConferenceRecord) -> Result<(), StoreError>;
+    fn conference(&self, id: &str) -> Result<Option<ConferenceRecord>, StoreError>;
+    fn set_locked(&self, id: &str, locked: bool) -> Result<(), StoreError>;
+    fn end_conference(&self, id: &str, at: u64) -> Result<(), StoreError>;
+
+    fn insert_invite(&self, invite: &InviteRecord) -> Result<(), StoreError>;
+    /// Looks an invitation up without using it.
+    fn invite(
+        &self,
+        token_sha256: &[u8; 32],
+        conference: &str,
+        now: u64,
+    ) -> Result<Result<InviteRecord, InviteRefusal>, StoreError>;
+    /// Marks the invitation used, if it exists for `conference`, is unused
+    /// and unexpired at `now`; atomically, so it is used at most once.
+    fn use_invite(
+        &self,
+        token_sha256: &[u8; 32],
+        conference: &str,
+        now: u64,
+    ) -> Result<Result<InviteRecord, InviteRefusal>, StoreError>;
+
+    fn upsert_participant(&self, p: &ParticipantRecord) -> Result<(), StoreError>;
+    fn participant(
+        &self,
+        conference: &str,
+        id: &str,
+    ) -> Result<Option<ParticipantRecord>, StoreError>;
+    fn set_status(&self, conference: &str, id: &str, status: Status) -> Result<(), StoreError>;
+    /// Participants in the waiting room, oldest first.
+    fn waiting(&self, conference: &str) -> Result<Vec<ParticipantRecord>, StoreError>;
+
+    fn add_ban(&self, ban: &Ban) -> Result<(), StoreError>;
+    /// Whether any ban of `conference` matches the participant id, the
+    /// address hash or the invitation.
+    fn is_banned(
+        &self,
+        conference: &str,
+        participant_id: Option<&str>,
+        address_hash: &[u8; 32],
+        invite_sha256: Option<&[u8; 32]>,
+    ) -> Result<bool, StoreError>;
+
+    fn add_report(
+        &self,
+        conference: &str,
+        participant_id: &str,
+        reason: &str,
+        at: u64,
+    ) -> Result<i64, StoreError>;
+    /// Abuse reports, newest first, at most `limit`.
+    fn reports(&self, limit: usize) -> Result<Vec<AbuseReport>, StoreError>;
+
+    fn audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
+    /// The audit log of one conference, oldest first.
+    fn audit_log(&self, conference: &str) -> Result<Vec<AuditEvent>, StoreError>;
+
+    /// Records that `relay` carries `conference` as of `now`.
+    fn note_relay(&self, conference: &str, relay: &str, now: u64) -> Result<(), StoreError>;
+    fn relays_of(&self, conference: &str) -> Result<Vec<RelayUse>, StoreError>;
+}

@@ -1,0 +1,671 @@
+//! [`Store`] on an embedded SQLite file (WAL journal, one connection behind
+//! a mutex: every call is one short transaction).
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{
+    AbuseReport, AuditEvent, Ban, ConferenceRecord, InviteRecord, InviteRefusal, ParticipantRecord,
+    PasscodeHash, RelayUse, Role, Status, Store, StoreError,
+};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS conferences (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    jurisdiction TEXT NOT NULL,
+    passcode_salt BLOB,
+    passcode_sha256 BLOB,
+    host_token_sha256 BLOB NOT NULL,
+    locked INTEGER NOT NULL,
+    waiting_room INTEGER NOT NULL,
+    created INTEGER NOT NULL,
+    ended INTEGER
+);
+CREATE TABLE IF NOT EXISTS invites (
+    token_sha256 BLOB PRIMARY KEY,
+    conference TEXT NOT NULL,
+    participant_id TEXT NOT NULL,
+    display_name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    expires INTEGER NOT NULL,
+    used INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS participants (
+    conference TEXT NOT NULL,
+    id TEXT NOT NULL,
+    display_name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    status TEXT NOT NULL,
+    address_hash BLOB NOT NULL,
+    invite_sha256 BLOB,
+    wait_token_sha256 BLOB,
+    relay TEXT,
+    created INTEGER NOT NULL,
+    PRIMARY KEY (conference, id)
+);
+CREATE INDEX IF NOT EXISTS participants_status ON participants (conference, status);
+CREATE TABLE IF NOT EXISTS bans (
+    conference TEXT NOT NULL,
+    participant_id TEXT NOT NULL,
+    address_hash BLOB NOT NULL,
+    invite_sha256 BLOB,
+    created INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS bans_conference ON bans (conference);
+CREATE TABLE IF NOT EXISTS abuse_reports (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    conference TEXT NOT NULL,
+    participant_id TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    created INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time INTEGER NOT NULL,
+    conference TEXT NOT NULL,
+    event TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_conference ON audit (conference);
+CREATE TABLE IF NOT EXISTS conference_relays (
+    conference TEXT NOT NULL,
+    relay TEXT NOT NULL,
+    first_seen INTEGER NOT NULL,
+    last_seen INTEGER NOT NULL,
+    PRIMARY KEY (conference, relay)
+);
+";
+
+/// The embedded store.
+#[derive(Debug)]
+pub struct Sqlite {
+    conn: Mutex<Connection>,
+}
+
+fn err(e: impl std::fmt::Display) -> StoreError {
+    StoreError(e.to_string())
+}
+
+fn blob32(v: Option<Vec<u8>>) -> Option<[u8; 32]> {
+    v.and_then(|b| b.try_into().ok())
+}
+
+impl Sqlite {
+    /// Opens (creating if needed) the store at `path`; its directory is
+    /// created too.
+    pub fn open(path: &Path) -> Result<Sqlite, StoreError> {
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
+            }
+        }
+        let conn = Connection::open(path)
+            .map_err(|e| err(format!("cannot open {}: {e}", path.display())))?;
+        Self::init(conn)
+    }
+
+    /// A store that lives in memory only (tests).
+    pub fn in_memory() -> Result<Sqlite, StoreError> {
+        Self::init(Connection::open_in_memory().map_err(err)?)
+    }
+
+    fn init(conn: Connection) -> Result<Sqlite, StoreError> {
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(err)?;
+        conn.execute_batch(SCHEMA).map_err(err)?;
+        Ok(Sqlite {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        let conn = self.conn.lock().map_err(|_| err("store lock poisoned"))?;
+        f(&conn).map_err(err)
+    }
+}
+
+fn participant_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ParticipantRecord> {
+    let role: String = row.get("role")?;
+    let status: String = row.get("status")?;
+    Ok(ParticipantRecord {
+        id: row.get("id")?,
+        conference: row.get("conference")?,
+        display_name: row.get("display_name")?,
+        role: Role::parse(&role).unwrap_or(Role::Viewer),
+        status: Status::parse(&status).unwrap_or(Status::Denied),
+        address_hash: blob32(row.get("address_hash")?).unwrap_or_default(),
+        invite_sha256: blob32(row.get("invite_sha256")?),
+        wait_token_sha256: blob32(row.get("wait_token_sha256")?),
+        relay: row.get("relay")?,
+        created: row.get::<_, i64>("created")? as u64,
+    })
+}
+
+impl Store for Sqlite {
+    fn address_key(&self) -> Result<[u8; 32], StoreError> {
+        let existing = self.with(|c| {
+            c.query_row(
+                "SELECT value FROM meta WHERE key = 'address_key'",
+                [],
+                |r| r.get::<_, Vec<u8>>(0),
+            )
+            .optional()
+        })?;
+        if let Some(key) = blob32(existing) {
+            return Ok(key);
+        }
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key).map_err(err)?;
+        self.with(|c| {
+            c.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('address_key', ?1)",
+                params![key.as_slice()],
+            )
+        })?;
+        // Another caller may have won the race: read what is stored.
+        self.with(|c| {
+            c.query_row(
+                "SELECT value FROM meta WHERE key = 'address_key'",
+                [],
+                |r| r.get::<_, Vec<u8>>(0),
+            )
+        })
+        .map(|v| blob32(Some(v)).unwrap_or(key))
+    }
+
+    fn insert_conference(&self, c: &ConferenceRecord) -> Result<(), StoreError> {
+        self.with(|db| {
+            db.execute(
+                "INSERT INTO conferences (id, tenant, jurisdiction, passcode_salt, passcode_sha256,
+                 host_token_sha256, locked, waiting_room, created, ended)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    c.id,
+                    c.tenant,
+                    c.jurisdiction,
+                    c.passcode.as_ref().map(|p| p.salt.to_vec()),
+                    c.passcode.as_ref().map(|p| p.sha256.to_vec()),
+                    c.host_token_sha256.as_slice(),
+                    c.locked,
+                    c.waiting_room,
+                    c.created as i64,
+                    c.ended.map(|e| e as i64),
+                ],
+            )
+            .map(|_| ())
+        })
+    }
+
+    fn conference(&self, id: &str) -> Result<Option<ConferenceRecord>, StoreError> {
+        self.with(|db| {
+            db.query_row(
+                "SELECT * FROM conferences WHERE id = ?1",
+                params![id],
+                |r| {
+                    let salt: Option<Vec<u8>> = r.get("passcode_salt")?;
+                    let hash = blob32(r.get("passcode_sha256")?);
+                    let passcode = match (salt.and_then(|s| <[u8; 16]>::try_from(s).ok()), hash) {
+                        (Some(salt), Some(sha256)) => Some(PasscodeHash { salt, sha256 }),
+                        _ => None,
+                    };
+                    Ok(ConferenceRecord {
+                        id: r.get("id")?,
+                        tenant: r.get("tenant")?,
+                        jurisdiction: r.get("jurisdiction")?,
+                        passcode,
+                        host_token_sha256: blob32(r.get("host_token_sha256")?).unwrap_or_default(),
+                        locked: r.get("locked")?,
+                        waiting_room: r.get("waiting_room")?,
+                        created: r.get::<_, i64>("created")? as u64,
+                        ended: r.get::<_, Option<i64>>("ended")?.map(|e| e as u64),
+                    })
+                },
+            )
+            .optional()
+        })
+    }
+
+    fn set_locked(&self, id: &str, locked: bool) -> Result<(), StoreError> {
+        self.with(|db| {
+            db.execute(
+                "UPDATE conferences SET locked = ?2 WHERE id = ?1",
+                params![id, locked],
+            )
+            .map(|_| ())
+        })
+    }
+
+    fn end_conference(&self, id: &str, at: u64) -> Result<(), StoreError> {
+        self.with(|db| {
+            db.execute(
+                "UPDATE conferences SET ended = ?2 WHERE id = ?1 AND ended IS NULL",
+                params![id, at as i64],
+            )
+            .map(|_| ())
+        })
+    }
+
+    fn insert_invite(&self, i: &InviteRecord) -> Result<(), StoreError> {
+        self.with(|db| {
+            db.execute(
+                "INSERT INTO invites (token_sha256, conference, participant_id, display_name, role, expires)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    i.token_sha256.as_slice(),
+                    i.conference,
+                    i.participant_id,
+                    i.display_name,
+                    i.role.as_str(),
+                    i.expires as i64
+                ],
+            )
+            .map(|_| ())
+        })
+    }
+
+    fn invite(
+        &self,
+        token_sha256: &[u8; 32],
+        conference: &str,
+        now: u64,
+    ) -> Result<Result<InviteRecord, InviteRefusal>, StoreError> {
+        self.with(|db| lookup_invite(db, token_sha256, conference, now))
+    }
+
+    fn use_invite(
+        &self,
+        token_sha256: &[u8; 32],
+        conference: &str,
+        now: u64,
+    ) -> Result<Result<InviteRecord, InviteRefusal>, StoreError> {
+        self.with(|db| {
+            let invite = match lookup_invite(db, token_sha256, conference, now)? {
+                Ok(i) => i,
+                Err(refusal) => return Ok(Err(refusal)),
+            };
+            // The condition on `used` makes the claim atomic: of two
+            // concurrent uses, one changes the row.
+            let changed = db.execute(
+                "UPDATE invites SET used = 1 WHERE token_sha256 = ?1 AND used = 0",
+                params![token_sha256.as_slice()],
+            )?;
+            if changed == 0 {
+                return Ok(Err(InviteRefusal::Used));
+            }
+            Ok(Ok(invite))
+        })
+    }
+
+    fn upsert_participant(&self, p: &ParticipantRecord) -> Result<(), StoreError> {
+        self.with(|db| {
+            db.execute(
+                "INSERT INTO participants (conference, id, display_name, role, status, address_hash,
+                 invite_sha256, wait_token_sha256, relay, created)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                 ON CONFLICT (conference, id) DO UPDATE SET display_name = ?3, role = ?4,
+                 status = ?5, address_hash = ?6, invite_sha256 = ?7, wait_token_sha256 = ?8,
+                 relay = ?9",
+                params![
+                    p.conference,
+                    p.id,
+                    p.display_name,
+                    p.role.as_str(),
+                    p.status.as_str(),
+                    p.address_hash.as_slice(),
+                    p.invite_sha256.map(|h| h.to_vec()),
+                    p.wait_token_sha256.map(|h| h.to_vec()),
+                    p.relay,
+                    p.created as i64,
+                ],
+            )
+            .map(|_| ())
+        })
+    }
+
+    fn participant(
+        &self,
+        conference: &str,
+        id: &str,
+    ) -> Result<Option<ParticipantRecord>, StoreError> {
+        self.with(|db| {
+            db.query_row(
+                "SELECT * FROM participants WHERE conference = ?1 AND id = ?2",
+                params![conference, id],
+                participant_row,
+            )
+            .optional()
+        })
+    }
+
+    fn set_status(&self, conference: &str, id: &str, status: Status) -> Result<(), StoreError> {
+        self.with(|db| {
+            db.execute(
+                "UPDATE participants SET status = ?3 WHERE conference = ?1 AND id = ?2",
+                params![conference, id, status.as_str()],
+            )
+            .map(|_| ())
+        })
+    }
+
+    fn waiting(&self, conference: &str) -> Result<Vec<ParticipantRecord>, StoreError> {
+        self.with(|db| {
+            let mut stmt = db.prepare(
+                "SELECT * FROM participants WHERE conference = ?1 AND status = 'waiting'
+                 ORDER BY created, id",
+            )?;
+            let rows = stmt.query_map(params![conference], participant_row)?;
+            rows.collect()
+        })
+    }
+
+    fn add_ban(&self, b: &Ban) -> Result<(), StoreError> {
+        self.with(|db| {
+            db.execute(
+                "INSERT INTO bans (conference, participant_id, address_hash, invite_sha256, created)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    b.conference,
+                    b.participant_id,
+                    b.address_hash.as_slice(),
+                    b.invite_sha256.map(|h| h.to_vec()),
+                    b.created as i64
+                ],
+            )
+            .map(|_| ())
+        })
+    }
+
+    fn is_banned(
+        &self,
+        conference: &str,
+        participant_id: Option<&str>,
+        address_hash: &[u8; 32],
+        invite_sha256: Option<&[u8; 32]>,
+    ) -> Result<bool, StoreError> {
+        self.with(|db| {
+            db.query_row(
+                "SELECT EXISTS (SELECT 1 FROM bans WHERE conference = ?1 AND
+                 (participant_id = ?2 OR address_hash = ?3 OR invite_sha256 = ?4))",
+                params![
+                    conference,
+                    participant_id,
+                    address_hash.as_slice(),
+                    invite_sha256.map(|h| h.to_vec())
+                ],
+                |r| r.get(0),
+            )
+        })
+    }
+
+    fn add_report(
+        &self,
+        conference: &str,
+        participant_id: &str,
+        reason: &str,
+        at: u64,
+    ) -> Result<i64, StoreError> {
+        self.with(|db| {
+            db.execute(
+                "INSERT INTO abuse_reports (conference, participant_id, reason, created)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![conference, participant_id, reason, at as i64],
+            )?;
+            Ok(db.last_insert_rowid())
+        })
+    }
+
+    fn reports(&self, limit: usize) -> Result<Vec<AbuseReport>, StoreError> {
+        self.with(|db| {
+            let mut stmt = db.prepare(
+                "SELECT id, conference, participant_id, reason, created FROM abuse_reports
+                 ORDER BY id DESC LIMIT ?1",
+            )?;
+            let rows = stmt.query_map(params![limit as i64], |r| {
+                Ok(AbuseReport {
+                    id: r.get(0)?,
+                    conference: r.get(1)?,
+                    participant_id: r.get(2)?,
+                    reason: r.get(3)?,
+                    created: r.get::<_, i64>(4)? as u64,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    fn audit(&self, e: &AuditEvent) -> Result<(), StoreError> {
+        self.with(|db| {
+            db.execute(
+                "INSERT INTO audit (time, conference, event, detail) VALUES (?1, ?2, ?3, ?4)",
+                params![e.time as i64, e.conference, e.event, e.detail.to_string()],
+            )
+            .map(|_| ())
+        })
+    }
+
+    fn audit_log(&self, conference: &str) -> Result<Vec<AuditEvent>, StoreError> {
+        self.with(|db| {
+            let mut stmt = db.prepare(
+                "SELECT time, conference, event, detail FROM audit WHERE conference = ?1 ORDER BY id",
+            )?;
+            let rows = stmt.query_map(params![conference], |r| {
+                let detail: String = r.get(3)?;
+                Ok(AuditEvent {
+                    time: r.get::<_, i64>(0)? as u64,
+                    conference: r.get(1)?,
+                    event: r.get(2)?,
+                    detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    fn note_relay(&self, conference: &str, relay: &str, now: u64) -> Result<(), StoreError> {
+        self.with(|db| {
+            db.execute(
+                "INSERT INTO conference_relays (conference, relay, first_seen, last_seen)
+                 VALUES (?1, ?2, ?3, ?3)
+                 ON CONFLICT (conference, relay) DO UPDATE SET last_seen = ?3",
+                params![conference, relay, now as i64],
+            )
+            .map(|_| ())
+        })
+    }
+
+    fn relays_of(&self, conference: &str) -> Result<Vec<RelayUse>, StoreError> {
+        self.with(|db| {
+            let mut stmt = db.prepare(
+                "SELECT relay, first_seen, last_seen FROM conference_relays
+                 WHERE conference = ?1 ORDER BY first_seen, relay",
+            )?;
+            let rows = stmt.query_map(params![conference], |r| {
+                Ok(RelayUse {
+                    relay: r.get(0)?,
+                    first_seen: r.get::<_, i64>(1)? as u64,
+                    last_seen: r.get::<_, i64>(2)? as u64,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+}
+
+fn lookup_invite(
+    db: &Connection,
+    token_sha256: &[u8; 32],
+    conference: &str,
+    now: u64,
+) -> rusqlite::Result<Result<InviteRecord, InviteRefusal>> {
+    let row = db
+        .query_row(
+            "SELECT participant_id, display_name, role, expires, used FROM invites
+                     WHERE token_sha256 = ?1 AND conference = ?2",
+            params![token_sha256.as_slice(), conference],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)? as u64,
+                    r.get::<_, bool>(4)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((participant_id, display_name, role, expires, used)) = row else {
+        return Ok(Err(InviteRefusal::Unknown));
+    };
+    if used {
+        return Ok(Err(InviteRefusal::Used));
+    }
+    if expires <= now {
+        return Ok(Err(InviteRefusal::Expired));
+    }
+    Ok(Ok(InviteRecord {
+        token_sha256: *token_sha256,
+        conference: conference.to_owned(),
+        participant_id,
+        display_name,
+        role: Role::parse(&role).unwrap_or(Role::Viewer),
+        expires,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conference(id: &str) -> ConferenceRecord {
+        ConferenceRecord {
+            id: id.into(),
+            tenant: "acme".into(),
+            jurisdiction: "eu".into(),
+            passcode: Some(PasscodeHash {
+                salt: [1; 16],
+                sha256: [2; 32],
+            }),
+            host_token_sha256: [3; 32],
+            locked: false,
+            waiting_room: true,
+            created: 10,
+            ended: None,
+        }
+    }
+
+    #[test]
+    fn records_survive_reopening_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/router.sqlite");
+        let key = {
+            let s = Sqlite::open(&path).unwrap();
+            s.insert_conference(&conference("eu-a")).unwrap();
+            s.set_locked("eu-a", true).unwrap();
+            s.add_ban(&Ban {
+                conference: "eu-a".into(),
+                participant_id: "p-1".into(),
+                address_hash: [9; 32],
+                invite_sha256: None,
+                created: 11,
+            })
+            .unwrap();
+            s.address_key().unwrap()
+        };
+        let s = Sqlite::open(&path).unwrap();
+        let c = s.conference("eu-a").unwrap().unwrap();
+        assert!(c.locked);
+        assert_eq!(c.passcode, conference("eu-a").passcode);
+        assert_eq!(s.address_key().unwrap(), key);
+        assert!(s.is_banned("eu-a", Some("p-1"), &[0; 32], None).unwrap());
+        assert!(s.is_banned("eu-a", None, &[9; 32], None).unwrap());
+        assert!(!s.is_banned("eu-a", Some("p-2"), &[0; 32], None).unwrap());
+        assert!(!s.is_banned("eu-b", Some("p-1"), &[9; 32], None).unwrap());
+    }
+
+    #[test]
+    fn an_invitation_is_used_once_and_not_after_expiry() {
+        let s = Sqlite::in_memory().unwrap();
+        let invite = InviteRecord {
+            token_sha256: [7; 32],
+            conference: "eu-a".into(),
+            participant_id: "p-x".into(),
+            display_name: "Ada".into(),
+            role: Role::Host,
+            expires: 100,
+        };
+        s.insert_invite(&invite).unwrap();
+        s.insert_invite(&InviteRecord {
+            token_sha256: [8; 32],
+            expires: 50,
+            ..invite.clone()
+        })
+        .unwrap();
+        assert_eq!(
+            s.use_invite(&[7; 32], "eu-b", 10).unwrap(),
+            Err(InviteRefusal::Unknown)
+        );
+        assert_eq!(s.use_invite(&[7; 32], "eu-a", 10).unwrap(), Ok(invite));
+        assert_eq!(
+            s.use_invite(&[7; 32], "eu-a", 10).unwrap(),
+            Err(InviteRefusal::Used)
+        );
+        assert_eq!(
+            s.use_invite(&[8; 32], "eu-a", 50).unwrap(),
+            Err(InviteRefusal::Expired)
+        );
+    }
+
+    #[test]
+    fn waiting_room_and_relays_and_audit() {
+        let s = Sqlite::in_memory().unwrap();
+        let p = ParticipantRecord {
+            id: "p-1".into(),
+            conference: "eu-a".into(),
+            display_name: "Bo".into(),
+            role: Role::Speaker,
+            status: Status::Waiting,
+            address_hash: [1; 32],
+            invite_sha256: None,
+            wait_token_sha256: Some([2; 32]),
+            relay: None,
+            created: 5,
+        };
+        s.upsert_participant(&p).unwrap();
+        assert_eq!(s.waiting("eu-a").unwrap(), vec![p.clone()]);
+        s.set_status("eu-a", "p-1", Status::Admitted).unwrap();
+        assert!(s.waiting("eu-a").unwrap().is_empty());
+        assert_eq!(
+            s.participant("eu-a", "p-1").unwrap().unwrap().status,
+            Status::Admitted
+        );
+        s.note_relay("eu-a", "de-fra-1", 5).unwrap();
+        s.note_relay("eu-a", "de-fra-1", 9).unwrap();
+        assert_eq!(
+            s.relays_of("eu-a").unwrap(),
+            vec![RelayUse {
+                relay: "de-fra-1".into(),
+                first_seen: 5,
+                last_seen: 9
+            }]
+        );
+        s.audit(&AuditEvent {
+            time: 1,
+            conference: "eu-a".into(),
+            event: "created".into(),
+            detail: serde_json::json!({"tenant": "acme"}),
+        })
+        .unwrap();
+        assert_eq!(s.audit_log("eu-a").unwrap()[0].detail["tenant"], "acme");
+        assert_eq!(s.add_report("eu-a", "p-1", "spam", 3).unwrap(), 1);
+        assert_eq!(s.reports(10).unwrap()[0].reason, "spam");
+    }
+}
