@@ -81,9 +81,16 @@ fn check_lists_every_problem_and_fails() {
                 support::repo().join("regions").display()
             ),
         )
+        .replace(
+            "signing_key = \"dev-ticket.key\"",
+            &format!(
+                "signing_key = \"{}\"",
+                support::repo().join("config/dev-ticket.key").display()
+            ),
+        )
         .replacen(
-            "id = \"us-nyc-1\"\ncountry = \"US\"",
-            "id = \"us-nyc-1\"\ncountry = \"XX\"",
+            "# sha256(\"dev-relay-us-nyc-1\")\ncountry = \"US\"",
+            "\ncountry = \"XX\"",
             1,
         )
         .replacen("plan = \"free\"", "plan = \"gratis\"", 1);

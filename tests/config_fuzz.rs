@@ -274,6 +274,11 @@ fn mutated_files_on_disk_load_or_list_problems() {
         .unwrap();
     }
     let config = dir.path().join("config/dev.toml");
+    std::fs::copy(
+        support::repo().join("config/dev-ticket.key"),
+        dir.path().join("config/dev-ticket.key"),
+    )
+    .unwrap();
     let config_text = shipped("config/dev.toml");
     let region_text = shipped("regions/ch.toml");
     let mut runner = TestRunner::new(ProptestConfig {

@@ -239,6 +239,23 @@ pub async fn run(
 
     info!(relay = %settings.relay_id, "shutting down: refusing new connections, telling clients");
     ready.store(false, Ordering::Relaxed);
+    // Tell the routers at once, so no new joins are sent here.
+    for r in &reporters {
+        r.abort();
+    }
+    let finals: Vec<_> = settings
+        .routers
+        .iter()
+        .map(|link| {
+            final_report(
+                link.clone(),
+                settings.relay_id.clone(),
+                settings.credential.clone().unwrap_or_default(),
+                fingerprint.clone(),
+            )
+        })
+        .collect();
+    futures_join_all(finals).await;
     endpoint.set_server_config(None);
     let _ = events_tx.send(Event::Shutdown).await;
     let deadline = tokio::time::Instant::now() + settings.shutdown_grace;
@@ -247,9 +264,6 @@ pub async fn run(
     }
     endpoint.close(close_code::GOING_AWAY.into(), b"relay shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
-    for r in &reporters {
-        r.abort();
-    }
     drop(events_tx);
     let _ = tokio::time::timeout(Duration::from_secs(1), core_task).await;
     http_task.abort();
@@ -728,6 +742,37 @@ async fn serve_connection(
     let _ = events.send(Event::Closed(id)).await;
     writer.abort();
     Err(outcome)
+}
+
+/// Runs the futures concurrently and waits for all.
+async fn futures_join_all<F: Future<Output = ()> + Send + 'static>(futures: Vec<F>) {
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    for h in handles {
+        let _ = h.await;
+    }
+}
+
+/// The last report of a relay shutting down: draining, so the router sends
+/// no more joins here.
+async fn final_report(link: RouterLink, relay_id: String, credential: String, cert_sha256: String) {
+    use crate::router::channel::{self, RelayReport};
+    let report = RelayReport {
+        cert_sha256,
+        participants: 0,
+        bitrate_bps: 0,
+        draining: true,
+        conferences: Vec::new(),
+        ack: 0,
+    };
+    let _ = crate::http_client::request(
+        "POST",
+        &format!("{}{}", link.url, channel::report_path(&relay_id)),
+        None,
+        &[("authorization", &format!("Bearer {credential}"))],
+        Some(serde_json::to_vec(&report).unwrap_or_default()),
+        Duration::from_secs(1),
+    )
+    .await;
 }
 
 /// Reports to one router until aborted; applies the commands it answers.

@@ -69,6 +69,7 @@ pub fn routes(shared: App) -> Router {
         .route("/v1/conferences/{id}/waiting/{pid}/deny", post(deny))
         .route("/v1/conferences/{id}/audit", get(audit_log))
         .route("/v1/admin/reports", get(abuse_reports))
+        .route("/v1/admin/relays", get(relay_list))
         .route("/v1/relays/{relay}/report", post(relay_report))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -1286,6 +1287,40 @@ async fn abuse_reports(State(shared): State<App>, headers: HeaderMap) -> ApiResu
     Ok(Json(json!({ "reports": reports })))
 }
 
+/// The relays of this router's jurisdictions and what the router knows of them.
+async fn relay_list(State(shared): State<App>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+    admin(&shared, &headers)?;
+    let now = Instant::now();
+    let states = shared.relays.states(now);
+    let reports = shared.relays.reports(now);
+    let list: Vec<Value> = shared
+        .policy
+        .relays()
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| {
+            shared
+                .me
+                .jurisdictions
+                .iter()
+                .any(|j| shared.policy.jurisdiction(*j).contains(RelayIdx(*i as u32)))
+        })
+        .map(|(i, r)| {
+            let (age, report) = &reports[i];
+            json!({
+                "id": r.id,
+                "country": r.country.to_string(),
+                "health": states[i].health,
+                "participants": states[i].participants,
+                "bitrate_bps": states[i].bitrate_bps,
+                "conferences": report.as_ref().map_or(0, |r| r.conferences.len()),
+                "last_report_ms": age.map(|a| a.as_millis() as u64),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "relays": list })))
+}
+
 /// The audit log of one conference: for the operator, or its tenant.
 async fn audit_log(
     State(shared): State<App>,
@@ -1371,8 +1406,10 @@ async fn relay_report(
         .conferences
         .retain(|c| ids::jurisdiction_of(&c.id).is_some_and(|j| served.contains(&j)));
     count("accepted");
+    let draining = report.draining;
     let (commands, notify) = shared.relays.record(relay, report, Instant::now());
-    if !commands.is_empty() {
+    // A draining relay may be about to stop: answer at once.
+    if !commands.is_empty() || draining {
         return Ok(Json(ReportReply { commands }));
     }
     let notified = notify.notified();

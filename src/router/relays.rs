@@ -198,6 +198,21 @@ impl Registry {
             .collect()
     }
 
+    /// When each relay last reported and what (for the operator's listing).
+    pub fn reports(&self, now: Instant) -> Vec<(Option<Duration>, Option<RelayReport>)> {
+        let inner = self.lock();
+        inner
+            .relays
+            .iter()
+            .map(|e| {
+                (
+                    e.last_report.map(|at| now.duration_since(at)),
+                    e.report.clone(),
+                )
+            })
+            .collect()
+    }
+
     /// Updates each relay's health flag; returns those that changed.
     fn refresh(&self, now: Instant) -> Vec<(RelayIdx, bool)> {
         let mut inner = self.lock();

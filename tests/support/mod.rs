@@ -1,6 +1,7 @@
 //! Shared test helpers: policies built in memory and small generated GeoIP databases.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod cluster;
 pub mod relay;
 
 use std::collections::BTreeMap;
@@ -47,6 +48,7 @@ pub fn relay(id: &str, country: &str, latitude: f64, longitude: f64, n: u16) -> 
         tls_key: None,
         max_participants: 100,
         max_bitrate_bps: 1_000_000_000,
+        credential_sha256: None,
     }
 }
 
@@ -65,18 +67,24 @@ pub fn config(default_jurisdiction: &str, relays: Vec<RelaySection>) -> ConfigFi
                 id: "free".to_owned(),
                 jurisdictions: vec![],
                 default: None,
+                allow_no_passcode: false,
+                waiting_room: false,
             },
             PlanSection {
                 id: "paid".to_owned(),
                 jurisdictions: vec![default_jurisdiction.to_owned()],
                 default: None,
+                allow_no_passcode: false,
+                waiting_room: false,
             },
         ],
         tenants: vec![TenantSection {
             id: "t1".to_owned(),
             plan: "paid".to_owned(),
             api_key_sha256: "00".repeat(32),
+            waiting_room: None,
         }],
+        routers: vec![],
     }
 }
 

@@ -43,6 +43,8 @@ impl TestRelay {
             core,
             shutdown_grace: Duration::from_secs(2),
             hello_timeout: Duration::from_secs(5),
+            routers: Vec::new(),
+            credential: None,
         };
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(relay::run(socket, http, settings, async {

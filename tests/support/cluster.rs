@@ -1,0 +1,330 @@
+//! Routers and relays of the dev config running in this process on free
+//! loopback ports, each test with its own stores.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use residency_relay::client::Client;
+use residency_relay::client::join::{self, Credential, JoinError, Joined};
+use residency_relay::forward::CoreConfig;
+use residency_relay::http_client::{self, Response};
+use residency_relay::policy::{self, Policy};
+use residency_relay::relay::{self, Identity, RouterLink};
+use residency_relay::router::{self, limits::LimitSettings};
+use residency_relay::store::Sqlite;
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+fn free_port(ip: &str, udp: bool) -> u16 {
+    if udp {
+        std::net::UdpSocket::bind((ip, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    } else {
+        std::net::TcpListener::bind((ip, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+}
+
+struct Running {
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+    }
+}
+
+/// A router and relay set from `config/dev.toml`, rewritten to free ports.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub policy: Arc<Policy>,
+    routers: HashMap<String, Running>,
+    relays: HashMap<String, Running>,
+}
+
+pub const ADMIN: &str = "Bearer dev-admin-key";
+pub const ACME: &str = "Bearer dev-acme-key";
+pub const FREEBIE: &str = "Bearer dev-freebie-key";
+
+impl Cluster {
+    /// The dev config on free ports, edited by `edit` (applied to the TOML text).
+    pub fn new(edit: impl Fn(String) -> String) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = super::repo();
+        let mut text = std::fs::read_to_string(repo.join("config/dev.toml"))
+            .unwrap()
+            .replace(
+                "regions_dir = \"../regions\"",
+                &format!("regions_dir = \"{}\"", repo.join("regions").display()),
+            )
+            .replace(
+                "signing_key = \"dev-ticket.key\"",
+                &format!(
+                    "signing_key = \"{}\"",
+                    repo.join("config/dev-ticket.key").display()
+                ),
+            )
+            .replace("store = \"../data/", "store = \"data/");
+        for n in 1..=5 {
+            let ip = format!("127.0.1.{n}");
+            let quic = free_port(&ip, true);
+            let http = free_port(&ip, false);
+            text = text.replace(
+                &format!("quic_addr = \"{ip}:4433\""),
+                &format!("quic_addr = \"{ip}:{quic}\"\nhttp_addr = \"{ip}:{http}\""),
+            );
+        }
+        for n in 1..=3 {
+            let ip = format!("127.0.2.{n}");
+            let port = free_port(&ip, false);
+            text = text
+                .replace(&format!("\"{ip}:8080\""), &format!("\"{ip}:{port}\""))
+                .replace(
+                    &format!("\"http://{ip}:8080\""),
+                    &format!("\"http://{ip}:{port}\""),
+                );
+        }
+        let text = edit(text);
+        let config = dir.path().join("dev.toml");
+        std::fs::write(&config, text).unwrap();
+        let policy = Arc::new(policy::load(&config).unwrap_or_else(|e| panic!("{e}")));
+        Cluster {
+            dir,
+            config,
+            policy,
+            routers: HashMap::new(),
+            relays: HashMap::new(),
+        }
+    }
+
+    pub fn url(&self, router: &str) -> String {
+        self.policy.router(router).unwrap().url.clone()
+    }
+
+    pub async fn start_router(&mut self, id: &str) {
+        let me = self.policy.router(id).unwrap().clone();
+        let key = std::fs::read_to_string(&me.signing_key).unwrap();
+        let settings = router::Settings {
+            policy: self.policy.clone(),
+            signing_key: residency_relay::ticket::parse_signing_key(key.trim()).unwrap(),
+            store: Arc::new(Sqlite::open(&me.store).unwrap()),
+            ticket_lifetime: Duration::from_secs(60),
+            limits: LimitSettings::default(),
+            router: me.clone(),
+        };
+        let listener = tokio::net::TcpListener::bind(me.listen).await.unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            router::run(listener, settings, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        self.routers.insert(
+            id.to_owned(),
+            Running {
+                stop: Some(tx),
+                task,
+            },
+        );
+    }
+
+    pub async fn stop_router(&mut self, id: &str) {
+        if let Some(r) = self.routers.remove(id) {
+            r.stop().await;
+        }
+    }
+
+    pub async fn start_relay(&mut self, id: &str) {
+        let idx = self.policy.relay_idx(id).unwrap();
+        let r = self.policy.relay(idx).clone();
+        let identity = Identity::self_signed(relay::certificate_names(r.quic_addr)).unwrap();
+        let settings = relay::Settings {
+            relay_id: id.to_owned(),
+            identity,
+            verifier: self.policy.ticket_verifier(idx).issued_after(
+                relay::unix_now().saturating_sub(residency_relay::ticket::CLOCK_SKEW_SECS),
+            ),
+            core: CoreConfig::default(),
+            shutdown_grace: Duration::from_millis(500),
+            hello_timeout: Duration::from_secs(5),
+            routers: RouterLink::for_relay(&self.policy, idx),
+            credential: Some(format!("dev-relay-{id}")),
+        };
+        let socket = std::net::UdpSocket::bind(r.quic_addr).unwrap();
+        let http = tokio::net::TcpListener::bind(r.http_addr).await.unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            relay::run(socket, http, settings, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        self.relays.insert(
+            id.to_owned(),
+            Running {
+                stop: Some(tx),
+                task,
+            },
+        );
+    }
+
+    pub async fn stop_relay(&mut self, id: &str) {
+        if let Some(r) = self.relays.remove(id) {
+            r.stop().await;
+        }
+    }
+
+    /// Waits until `router` lists each of `relays` with `health`.
+    pub async fn wait_health(&self, router: &str, relays: &[&str], health: &str) {
+        let url = format!("{}/v1/admin/relays", self.url(router));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let r = request("GET", &url, None, Some(ADMIN), None).await;
+            let list = r.json();
+            let ok = relays.iter().all(|id| {
+                list["relays"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|r| r["id"] == *id && r["health"] == health)
+            });
+            if ok {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "relays {relays:?} not {health} at {router}: {list}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `GET /metrics` of relay `id`.
+    pub async fn relay_metrics(&self, id: &str) -> String {
+        let r = self.policy.relay(self.policy.relay_idx(id).unwrap());
+        let m = request(
+            "GET",
+            &format!("http://{}/metrics", r.http_addr),
+            None,
+            None,
+            None,
+        )
+        .await;
+        String::from_utf8_lossy(&m.body).into_owned()
+    }
+
+    pub async fn shutdown(mut self) {
+        let relays: Vec<String> = self.relays.keys().cloned().collect();
+        for r in relays {
+            self.stop_relay(&r).await;
+        }
+        let routers: Vec<String> = self.routers.keys().cloned().collect();
+        for r in routers {
+            self.stop_router(&r).await;
+        }
+    }
+}
+
+/// One HTTP request, from `bind` when given.
+pub async fn request(
+    method: &str,
+    url: &str,
+    bind: Option<&str>,
+    auth: Option<&str>,
+    body: Option<Value>,
+) -> Response {
+    request_raw(
+        method,
+        url,
+        bind,
+        auth,
+        body.map(|b| b.to_string().into_bytes()),
+    )
+    .await
+}
+
+pub async fn request_raw(
+    method: &str,
+    url: &str,
+    bind: Option<&str>,
+    auth: Option<&str>,
+    body: Option<Vec<u8>>,
+) -> Response {
+    let bind: Option<IpAddr> = bind.map(|b| b.parse().unwrap());
+    let headers: Vec<(&str, &str)> = auth.map(|a| ("authorization", a)).into_iter().collect();
+    http_client::request(method, url, bind, &headers, body, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"))
+}
+
+/// Creates a conference; returns the answer.
+pub async fn create(router: &str, auth: &str, body: Value) -> Value {
+    let r = request(
+        "POST",
+        &format!("{router}/v1/conferences"),
+        None,
+        Some(auth),
+        Some(body),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    r.json()
+}
+
+/// Joins with a passcode from `ip`.
+pub async fn join_from(
+    router: &str,
+    conference: &str,
+    passcode: &str,
+    ip: &str,
+) -> Result<Joined, JoinError> {
+    join::join(
+        router,
+        conference,
+        &Credential::Passcode(passcode.to_owned()),
+        &format!("participant at {ip}"),
+        Some(ip.parse().unwrap()),
+        Duration::from_secs(20),
+    )
+    .await
+}
+
+/// Connects to the relay a join named, from `ip`.
+pub async fn connect(joined: &Joined, ip: &str) -> Client {
+    Client::connect(
+        SocketAddr::new(ip.parse().unwrap(), 0),
+        joined.quic_addr,
+        &joined.cert_sha256,
+        &joined.ticket,
+    )
+    .await
+    .unwrap()
+}
+
+/// The value of the first sample of `name` in a metrics text.
+pub fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name}"))
+}
