@@ -172,33 +172,43 @@ pub(super) fn run(action: Action) -> Result<(), String> {
                 duration,
             } => {
                 let mut client = c.connect().await?;
+                // No tracks named: everything published now and later.
+                let follow = tracks.is_empty();
                 let mut wanted: Vec<TrackId> = tracks.into_iter().map(TrackId).collect();
-                if wanted.is_empty() {
+                if follow {
                     wanted = client.initial_tracks.iter().map(|t| t.track).collect();
                 }
                 for t in &wanted {
                     client.subscribe(*t).await.map_err(|e| e.to_string())?;
                 }
                 println!(
-                    "subscribed to {:?}",
-                    wanted.iter().map(|t| t.0).collect::<Vec<_>>()
+                    "subscribed to {:?}{}",
+                    wanted.iter().map(|t| t.0).collect::<Vec<_>>(),
+                    if follow { " and any track published later" } else { "" }
                 );
+                let datagrams = client.datagrams();
                 let mut stats = ReceiveStats::default();
                 let end = tokio::time::Instant::now() + Duration::from_secs(duration);
                 loop {
                     tokio::select! {
-                        d = client.recv_media() => match d {
+                        d = datagrams.next() => match d {
                             Ok(d) => stats.record(&d),
                             Err(e) => { println!("connection closed: {e}"); break; }
                         },
+                        event = client.next_event() => match event {
+                            Ok(ServerMessage::TrackPublished(info)) if follow => {
+                                println!("subscribing to track {} of {}", info.track.0, info.participant.0);
+                                if let Err(e) = client.subscribe(info.track).await {
+                                    println!("cannot subscribe: {e}");
+                                }
+                            }
+                            Ok(ServerMessage::GoingAway { reason, .. }) => println!("relay going away: {reason}"),
+                            Ok(ServerMessage::Kicked { reason }) => { println!("kicked: {reason}"); break; }
+                            Ok(ServerMessage::ConferenceEnded {}) => { println!("the conference ended"); break; }
+                            Ok(_) => {}
+                            Err(e) => { println!("connection closed: {e}"); break; }
+                        },
                         _ = tokio::time::sleep_until(end) => break,
-                    }
-                }
-                while let Ok(Ok(event)) =
-                    tokio::time::timeout(Duration::from_millis(10), client.next_event()).await
-                {
-                    if let ServerMessage::GoingAway { reason, .. } = event {
-                        println!("relay going away: {reason}");
                     }
                 }
                 let p50 = synthetic::quantile(&mut stats.latencies_us, 0.5);

@@ -188,15 +188,22 @@ fn print_banner(policy: &Policy) {
         return;
     };
     let url = &eu_router.url;
+    let exe = std::env::current_exe()
+        .ok()
+        .and_then(|p| {
+            let cwd = std::env::current_dir().ok()?;
+            Some(p.strip_prefix(&cwd).map(|r| r.to_path_buf()).unwrap_or(p))
+        })
+        .map_or_else(|| "residency-relay".to_owned(), |p| p.display().to_string());
     println!("\ntry it:");
     println!(
         "  curl -s -X POST {url}/v1/conferences -H 'Authorization: Bearer dev-acme-key' -d '{{\"residency\": \"eu\", \"waiting_room\": false}}'"
     );
     println!(
-        "  residency-relay client subscribe --router {url} --conference ID --passcode PASSCODE --name Ada --bind 127.0.0.2:0 --duration 30   # a participant in Germany"
+        "  {exe} client subscribe --router {url} --conference ID --passcode PASSCODE --name Ada --bind 127.0.0.2:0 --duration 30   # a participant in Germany"
     );
     println!(
-        "  residency-relay client publish --router {url} --conference ID --passcode PASSCODE --name Bob --bind 127.0.0.3:0 --duration 20    # a participant in the US"
+        "  {exe} client publish --router {url} --conference ID --passcode PASSCODE --name Bob --bind 127.0.0.3:0 --duration 20    # a participant in the US"
     );
     println!("  curl -s {url}/v1/conferences/ID -H 'Authorization: Bearer HOST_TOKEN'");
     println!("\nCtrl-C stops everything.\n");

@@ -54,6 +54,22 @@ pub struct Client {
     owns_endpoint: bool,
 }
 
+/// Receives a client's media datagrams ([`Client::datagrams`]).
+#[derive(Debug, Clone)]
+pub struct Datagrams {
+    conn: quinn::Connection,
+}
+
+impl Datagrams {
+    /// The next media datagram received.
+    pub async fn next(&self) -> Result<Bytes, ClientError> {
+        self.conn
+            .read_datagram()
+            .await
+            .map_err(|e| ClientError::Closed(e.to_string()))
+    }
+}
+
 /// A client endpoint bound to `bind` that accepts only the relay
 /// certificate whose SHA-256 is `cert_sha256`. One endpoint can carry many
 /// clients ([`Client::connect_on`]).
@@ -275,6 +291,14 @@ impl Client {
         match self.conn.closed().await {
             quinn::ConnectionError::ApplicationClosed(c) => Some(c.error_code.into_inner()),
             _ => None,
+        }
+    }
+
+    /// A handle that receives this client's media datagrams, so a caller can
+    /// wait for media and control events at the same time.
+    pub fn datagrams(&self) -> Datagrams {
+        Datagrams {
+            conn: self.conn.clone(),
         }
     }
 

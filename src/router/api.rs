@@ -470,8 +470,8 @@ async fn conference_state(
                 "first_seen": u.first_seen,
                 "last_seen": u.last_seen,
                 "participants": here.map_or(0, |l| l.load.participants),
-                "bytes_in": here.map_or(0, |l| l.load.bytes_in),
-                "bytes_out": here.map_or(0, |l| l.load.bytes_out),
+                "bytes_in": here.map_or(0, |l| l.load.bytes_in).max(u.bytes_in),
+                "bytes_out": here.map_or(0, |l| l.load.bytes_out).max(u.bytes_out),
             })
         })
         .collect();
@@ -833,6 +833,35 @@ fn issue_ticket(
         // already carrying it wins while it can take the participant.
         Ok(d) => match assigned {
             Some(a) if d.evaluation.candidates.iter().any(|c| c.relay == a) => a,
+            // Full: a participant elsewhere would see and hear no one.
+            Some(a)
+                if d.evaluation.excluded.iter().any(|e| {
+                    e.relay == a
+                        && matches!(
+                            e.why,
+                            select::Exclusion::ParticipantsFull { .. }
+                                | select::Exclusion::BitrateFull { .. }
+                        )
+                }) =>
+            {
+                audit(
+                    shared,
+                    &c.id,
+                    "join_refused",
+                    json!({ "reason": "at_capacity" }),
+                );
+                return Err(refuse(
+                    shared,
+                    Some(j),
+                    "at_capacity",
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "at_capacity",
+                        "the relay carrying this conference is full",
+                    ),
+                ));
+            }
+            // Unhealthy or draining: the conference moves with this joiner.
             _ => d.relay,
         },
         Err(refusal) => {
@@ -900,21 +929,20 @@ fn issue_ticket(
     let signed = ticket::sign(&claims, &shared.signing_key);
     record.status = Status::Joined;
     record.relay = Some(r.id.clone());
-    shared.store.upsert_participant(record)?;
-    shared.store.note_relay(&c.id, &r.id, now)?;
-    shared.relays.joined(&c.id, relay);
-    audit(
-        shared,
-        &c.id,
-        "join_accepted",
-        json!({
+    let event = AuditEvent {
+        time: now,
+        conference: c.id.clone(),
+        event: "join_accepted".into(),
+        detail: json!({
             "participant": record.id,
             "role": record.role.as_str(),
             "relay": r.id,
             "relay_country": r.country.to_string(),
             "client_country": location.country().map(|c| c.to_string()),
         }),
-    );
+    };
+    shared.store.record_join(record, &r.id, &event)?;
+    shared.relays.joined(&c.id, relay);
     shared
         .metrics
         .joins
@@ -1407,6 +1435,16 @@ async fn relay_report(
         .retain(|c| ids::jurisdiction_of(&c.id).is_some_and(|j| served.contains(&j)));
     count("accepted");
     let draining = report.draining;
+    let now = now_unix();
+    for c in &report.conferences {
+        if let Err(e) = shared
+            .store
+            .record_usage(&c.id, &relay_id, now, c.bytes_in, c.bytes_out)
+        {
+            shared.metrics.store_errors.inc();
+            warn!(error = %e, "cannot record relay usage");
+        }
+    }
     let (commands, notify) = shared.relays.record(relay, report, Instant::now());
     // A draining relay may be about to stop: answer at once.
     if !commands.is_empty() || draining {

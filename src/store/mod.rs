@@ -179,6 +179,9 @@ pub struct RelayUse {
     pub relay: String,
     pub first_seen: u64,
     pub last_seen: u64,
+    /// Highest media byte counts the relay reported for the conference.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
 }
 
 /// The router's persistence. Implementations must be safe to call from many
@@ -211,6 +214,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Result<Result<InviteRecord, InviteRefusal>, StoreError>;
 
     fn upsert_participant(&self, p: &ParticipantRecord) -> Result<(), StoreError>;
+    /// A ticket was issued: the participant, the relay it was sent to and
+    /// the audit line, in one transaction.
+    fn record_join(
+        &self,
+        p: &ParticipantRecord,
+        relay: &str,
+        event: &AuditEvent,
+    ) -> Result<(), StoreError>;
     fn participant(
         &self,
         conference: &str,
@@ -247,5 +258,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Records that `relay` carries `conference` as of `now`.
     fn note_relay(&self, conference: &str, relay: &str, now: u64) -> Result<(), StoreError>;
+    /// Records what `relay` reported carrying for `conference` (kept as
+    /// the highest counts seen, so they outlive the relay's own).
+    fn record_usage(
+        &self,
+        conference: &str,
+        relay: &str,
+        now: u64,
+        bytes_in: u64,
+        bytes_out: u64,
+    ) -> Result<(), StoreError>;
     fn relays_of(&self, conference: &str) -> Result<Vec<RelayUse>, StoreError>;
 }

@@ -76,6 +76,8 @@ CREATE TABLE IF NOT EXISTS conference_relays (
     relay TEXT NOT NULL,
     first_seen INTEGER NOT NULL,
     last_seen INTEGER NOT NULL,
+    bytes_in INTEGER NOT NULL DEFAULT 0,
+    bytes_out INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (conference, relay)
 );
 ";
@@ -133,6 +135,66 @@ impl Sqlite {
     }
 }
 
+/// `execute` through the statement cache (the SQL is parsed once).
+fn exec<P: rusqlite::Params>(db: &Connection, sql: &str, params: P) -> rusqlite::Result<usize> {
+    db.prepare_cached(sql)?.execute(params)
+}
+
+/// `query_row` through the statement cache.
+fn row<T, P: rusqlite::Params>(
+    db: &Connection,
+    sql: &str,
+    params: P,
+    f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    db.prepare_cached(sql)?.query_row(params, f)
+}
+
+fn upsert_participant(db: &Connection, p: &ParticipantRecord) -> rusqlite::Result<()> {
+    exec(
+        db,
+        "INSERT INTO participants (conference, id, display_name, role, status, address_hash,
+         invite_sha256, wait_token_sha256, relay, created)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+         ON CONFLICT (conference, id) DO UPDATE SET display_name = ?3, role = ?4,
+         status = ?5, address_hash = ?6, invite_sha256 = ?7, wait_token_sha256 = ?8,
+         relay = ?9",
+        params![
+            p.conference,
+            p.id,
+            p.display_name,
+            p.role.as_str(),
+            p.status.as_str(),
+            p.address_hash.as_slice(),
+            p.invite_sha256.map(|h| h.to_vec()),
+            p.wait_token_sha256.map(|h| h.to_vec()),
+            p.relay,
+            p.created as i64,
+        ],
+    )
+    .map(|_| ())
+}
+
+fn insert_audit(db: &Connection, e: &AuditEvent) -> rusqlite::Result<()> {
+    exec(
+        db,
+        "INSERT INTO audit (time, conference, event, detail) VALUES (?1, ?2, ?3, ?4)",
+        params![e.time as i64, e.conference, e.event, e.detail.to_string()],
+    )
+    .map(|_| ())
+}
+
+fn note_relay(db: &Connection, conference: &str, relay: &str, now: u64) -> rusqlite::Result<()> {
+    exec(
+        db,
+        "INSERT INTO conference_relays (conference, relay, first_seen, last_seen)
+         VALUES (?1, ?2, ?3, ?3)
+         ON CONFLICT (conference, relay) DO UPDATE SET last_seen = ?3",
+        params![conference, relay, now as i64],
+    )
+    .map(|_| ())
+}
+
 fn participant_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ParticipantRecord> {
     let role: String = row.get("role")?;
     let status: String = row.get("status")?;
@@ -153,7 +215,8 @@ fn participant_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ParticipantRecor
 impl Store for Sqlite {
     fn address_key(&self) -> Result<[u8; 32], StoreError> {
         let existing = self.with(|c| {
-            c.query_row(
+            row(
+                c,
                 "SELECT value FROM meta WHERE key = 'address_key'",
                 [],
                 |r| r.get::<_, Vec<u8>>(0),
@@ -166,14 +229,16 @@ impl Store for Sqlite {
         let mut key = [0u8; 32];
         getrandom::fill(&mut key).map_err(err)?;
         self.with(|c| {
-            c.execute(
+            exec(
+                c,
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('address_key', ?1)",
                 params![key.as_slice()],
             )
         })?;
         // Another caller may have won the race: read what is stored.
         self.with(|c| {
-            c.query_row(
+            row(
+                c,
                 "SELECT value FROM meta WHERE key = 'address_key'",
                 [],
                 |r| r.get::<_, Vec<u8>>(0),
@@ -184,7 +249,8 @@ impl Store for Sqlite {
 
     fn insert_conference(&self, c: &ConferenceRecord) -> Result<(), StoreError> {
         self.with(|db| {
-            db.execute(
+            exec(
+                db,
                 "INSERT INTO conferences (id, tenant, jurisdiction, passcode_salt, passcode_sha256,
                  host_token_sha256, locked, waiting_room, created, ended)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
@@ -207,7 +273,8 @@ impl Store for Sqlite {
 
     fn conference(&self, id: &str) -> Result<Option<ConferenceRecord>, StoreError> {
         self.with(|db| {
-            db.query_row(
+            row(
+                db,
                 "SELECT * FROM conferences WHERE id = ?1",
                 params![id],
                 |r| {
@@ -236,7 +303,8 @@ impl Store for Sqlite {
 
     fn set_locked(&self, id: &str, locked: bool) -> Result<(), StoreError> {
         self.with(|db| {
-            db.execute(
+            exec(
+                db,
                 "UPDATE conferences SET locked = ?2 WHERE id = ?1",
                 params![id, locked],
             )
@@ -246,7 +314,8 @@ impl Store for Sqlite {
 
     fn end_conference(&self, id: &str, at: u64) -> Result<(), StoreError> {
         self.with(|db| {
-            db.execute(
+            exec(
+                db,
                 "UPDATE conferences SET ended = ?2 WHERE id = ?1 AND ended IS NULL",
                 params![id, at as i64],
             )
@@ -256,7 +325,7 @@ impl Store for Sqlite {
 
     fn insert_invite(&self, i: &InviteRecord) -> Result<(), StoreError> {
         self.with(|db| {
-            db.execute(
+            exec(db,
                 "INSERT INTO invites (token_sha256, conference, participant_id, display_name, role, expires)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![
@@ -294,7 +363,8 @@ impl Store for Sqlite {
             };
             // The condition on `used` makes the claim atomic: of two
             // concurrent uses, one changes the row.
-            let changed = db.execute(
+            let changed = exec(
+                db,
                 "UPDATE invites SET used = 1 WHERE token_sha256 = ?1 AND used = 0",
                 params![token_sha256.as_slice()],
             )?;
@@ -306,29 +376,21 @@ impl Store for Sqlite {
     }
 
     fn upsert_participant(&self, p: &ParticipantRecord) -> Result<(), StoreError> {
-        self.with(|db| {
-            db.execute(
-                "INSERT INTO participants (conference, id, display_name, role, status, address_hash,
-                 invite_sha256, wait_token_sha256, relay, created)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-                 ON CONFLICT (conference, id) DO UPDATE SET display_name = ?3, role = ?4,
-                 status = ?5, address_hash = ?6, invite_sha256 = ?7, wait_token_sha256 = ?8,
-                 relay = ?9",
-                params![
-                    p.conference,
-                    p.id,
-                    p.display_name,
-                    p.role.as_str(),
-                    p.status.as_str(),
-                    p.address_hash.as_slice(),
-                    p.invite_sha256.map(|h| h.to_vec()),
-                    p.wait_token_sha256.map(|h| h.to_vec()),
-                    p.relay,
-                    p.created as i64,
-                ],
-            )
-            .map(|_| ())
-        })
+        self.with(|db| upsert_participant(db, p))
+    }
+
+    fn record_join(
+        &self,
+        p: &ParticipantRecord,
+        relay: &str,
+        event: &AuditEvent,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn.lock().map_err(|_| err("store lock poisoned"))?;
+        let tx = conn.transaction().map_err(err)?;
+        upsert_participant(&tx, p).map_err(err)?;
+        note_relay(&tx, &p.conference, relay, event.time).map_err(err)?;
+        insert_audit(&tx, event).map_err(err)?;
+        tx.commit().map_err(err)
     }
 
     fn participant(
@@ -337,7 +399,8 @@ impl Store for Sqlite {
         id: &str,
     ) -> Result<Option<ParticipantRecord>, StoreError> {
         self.with(|db| {
-            db.query_row(
+            row(
+                db,
                 "SELECT * FROM participants WHERE conference = ?1 AND id = ?2",
                 params![conference, id],
                 participant_row,
@@ -348,7 +411,8 @@ impl Store for Sqlite {
 
     fn set_status(&self, conference: &str, id: &str, status: Status) -> Result<(), StoreError> {
         self.with(|db| {
-            db.execute(
+            exec(
+                db,
                 "UPDATE participants SET status = ?3 WHERE conference = ?1 AND id = ?2",
                 params![conference, id, status.as_str()],
             )
@@ -358,7 +422,7 @@ impl Store for Sqlite {
 
     fn waiting(&self, conference: &str) -> Result<Vec<ParticipantRecord>, StoreError> {
         self.with(|db| {
-            let mut stmt = db.prepare(
+            let mut stmt = db.prepare_cached(
                 "SELECT * FROM participants WHERE conference = ?1 AND status = 'waiting'
                  ORDER BY created, id",
             )?;
@@ -369,7 +433,7 @@ impl Store for Sqlite {
 
     fn add_ban(&self, b: &Ban) -> Result<(), StoreError> {
         self.with(|db| {
-            db.execute(
+            exec(db,
                 "INSERT INTO bans (conference, participant_id, address_hash, invite_sha256, created)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![
@@ -392,7 +456,8 @@ impl Store for Sqlite {
         invite_sha256: Option<&[u8; 32]>,
     ) -> Result<bool, StoreError> {
         self.with(|db| {
-            db.query_row(
+            row(
+                db,
                 "SELECT EXISTS (SELECT 1 FROM bans WHERE conference = ?1 AND
                  (participant_id = ?2 OR address_hash = ?3 OR invite_sha256 = ?4))",
                 params![
@@ -414,7 +479,8 @@ impl Store for Sqlite {
         at: u64,
     ) -> Result<i64, StoreError> {
         self.with(|db| {
-            db.execute(
+            exec(
+                db,
                 "INSERT INTO abuse_reports (conference, participant_id, reason, created)
                  VALUES (?1, ?2, ?3, ?4)",
                 params![conference, participant_id, reason, at as i64],
@@ -425,7 +491,7 @@ impl Store for Sqlite {
 
     fn reports(&self, limit: usize) -> Result<Vec<AbuseReport>, StoreError> {
         self.with(|db| {
-            let mut stmt = db.prepare(
+            let mut stmt = db.prepare_cached(
                 "SELECT id, conference, participant_id, reason, created FROM abuse_reports
                  ORDER BY id DESC LIMIT ?1",
             )?;
@@ -443,18 +509,12 @@ impl Store for Sqlite {
     }
 
     fn audit(&self, e: &AuditEvent) -> Result<(), StoreError> {
-        self.with(|db| {
-            db.execute(
-                "INSERT INTO audit (time, conference, event, detail) VALUES (?1, ?2, ?3, ?4)",
-                params![e.time as i64, e.conference, e.event, e.detail.to_string()],
-            )
-            .map(|_| ())
-        })
+        self.with(|db| insert_audit(db, e))
     }
 
     fn audit_log(&self, conference: &str) -> Result<Vec<AuditEvent>, StoreError> {
         self.with(|db| {
-            let mut stmt = db.prepare(
+            let mut stmt = db.prepare_cached(
                 "SELECT time, conference, event, detail FROM audit WHERE conference = ?1 ORDER BY id",
             )?;
             let rows = stmt.query_map(params![conference], |r| {
@@ -471,12 +531,24 @@ impl Store for Sqlite {
     }
 
     fn note_relay(&self, conference: &str, relay: &str, now: u64) -> Result<(), StoreError> {
+        self.with(|db| note_relay(db, conference, relay, now))
+    }
+
+    fn record_usage(
+        &self,
+        conference: &str,
+        relay: &str,
+        now: u64,
+        bytes_in: u64,
+        bytes_out: u64,
+    ) -> Result<(), StoreError> {
         self.with(|db| {
-            db.execute(
-                "INSERT INTO conference_relays (conference, relay, first_seen, last_seen)
-                 VALUES (?1, ?2, ?3, ?3)
-                 ON CONFLICT (conference, relay) DO UPDATE SET last_seen = ?3",
-                params![conference, relay, now as i64],
+            exec(db,
+                "INSERT INTO conference_relays (conference, relay, first_seen, last_seen, bytes_in, bytes_out)
+                 VALUES (?1, ?2, ?3, ?3, ?4, ?5)
+                 ON CONFLICT (conference, relay) DO UPDATE SET last_seen = ?3,
+                 bytes_in = max(bytes_in, ?4), bytes_out = max(bytes_out, ?5)",
+                params![conference, relay, now as i64, bytes_in as i64, bytes_out as i64],
             )
             .map(|_| ())
         })
@@ -484,8 +556,8 @@ impl Store for Sqlite {
 
     fn relays_of(&self, conference: &str) -> Result<Vec<RelayUse>, StoreError> {
         self.with(|db| {
-            let mut stmt = db.prepare(
-                "SELECT relay, first_seen, last_seen FROM conference_relays
+            let mut stmt = db.prepare_cached(
+                "SELECT relay, first_seen, last_seen, bytes_in, bytes_out FROM conference_relays
                  WHERE conference = ?1 ORDER BY first_seen, relay",
             )?;
             let rows = stmt.query_map(params![conference], |r| {
@@ -493,6 +565,8 @@ impl Store for Sqlite {
                     relay: r.get(0)?,
                     first_seen: r.get::<_, i64>(1)? as u64,
                     last_seen: r.get::<_, i64>(2)? as u64,
+                    bytes_in: r.get::<_, i64>(3)? as u64,
+                    bytes_out: r.get::<_, i64>(4)? as u64,
                 })
             })?;
             rows.collect()
@@ -654,8 +728,17 @@ mod tests {
             vec![RelayUse {
                 relay: "de-fra-1".into(),
                 first_seen: 5,
-                last_seen: 9
+                last_seen: 9,
+                bytes_in: 0,
+                bytes_out: 0,
             }]
+        );
+        s.record_usage("eu-a", "de-fra-1", 10, 100, 200).unwrap();
+        s.record_usage("eu-a", "de-fra-1", 11, 50, 300).unwrap();
+        let used = &s.relays_of("eu-a").unwrap()[0];
+        assert_eq!(
+            (used.last_seen, used.bytes_in, used.bytes_out),
+            (11, 100, 300)
         );
         s.audit(&AuditEvent {
             time: 1,

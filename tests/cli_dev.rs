@@ -1,0 +1,65 @@
+//! `residency-relay dev --demo`: the whole story on the shipped dev config.
+
+mod support;
+
+use std::process::Command;
+
+#[test]
+fn the_demo_keeps_an_eu_call_on_eu_relays() {
+    let out = Command::new(env!("CARGO_BIN_EXE_residency-relay"))
+        .current_dir(support::repo())
+        .args(["dev", "--demo"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run residency-relay dev --demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let policy = residency_relay::policy::load(&support::repo().join("config/dev.toml")).unwrap();
+    let eu = policy.jurisdiction(policy.jurisdiction_idx("eu").unwrap());
+
+    // Everyone, the American too, is on a relay inside the EU.
+    for who in ["Anna (Germany)", "Aoife (Ireland)", "Bob (United States)"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.contains(who) && l.contains("-> relay"))
+            .unwrap_or_else(|| panic!("no placement for {who}:\n{stdout}"));
+        let relay = line
+            .split("-> relay ")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap();
+        let idx = policy.relay_idx(relay).unwrap();
+        assert!(eu.contains(idx), "{who} went to {relay}, outside the EU");
+        // And received the other two's media.
+        let stats = stdout
+            .lines()
+            .find(|l| l.contains(who) && l.contains("sent"))
+            .unwrap_or_else(|| panic!("no media line for {who}:\n{stdout}"));
+        let received: u64 = stats
+            .split("received ")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(received > 0, "{stats}");
+    }
+    // Relays outside the EU carried nothing.
+    for outside in ["us-nyc-1", "ch-zrh-1"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(outside) && l.contains("jurisdiction eu"))
+            .unwrap_or_else(|| panic!("no byte line for {outside}:\n{stdout}"));
+        assert!(
+            line.contains("outside jurisdiction eu: received 0 bytes, forwarded 0 bytes"),
+            "{line}"
+        );
+    }
+    assert!(stdout.contains("dev-acme-key"), "{stdout}");
+    assert!(stdout.contains("curl -s -X POST http://127.0.2.1:8080/v1/conferences"));
+}
