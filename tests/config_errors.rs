@@ -755,3 +755,115 @@ fn every_problem_is_reported_at_once() {
     );
     assert!(p.len() >= 5);
 }
+
+const DEV_KEY: &str = "97069a8e2b9dcdfc0376daffafc7f95fce34533d5b53cd1ecd218d735028a3ea";
+
+fn with_routers(routers: &str) -> String {
+    format!(
+        "{BASE}\n[ticket_keys]\neu = [\"{DEV_KEY}\"]\n{routers}",
+        BASE = BASE.replacen(
+            "default_jurisdiction = \"eu\"",
+            "default_jurisdiction = \"eu\"",
+            1
+        )
+    )
+}
+
+fn router(id: &str, country: &str, jurisdictions: &str, extra: &str) -> String {
+    format!(
+        "\n[[router]]\nid = \"{id}\"\ncountry = \"{country}\"\njurisdictions = {jurisdictions}\nlisten = \"127.0.2.1:8080\"\nurl = \"http://127.0.2.1:8080\"\nsigning_key = \"r.key\"\npublic_key = \"{DEV_KEY}\"\nstore = \"r.sqlite\"\n{extra}"
+    )
+}
+
+#[test]
+fn a_valid_router_loads() {
+    let f = Fixture::new();
+    f.config(&with_routers(&router("fra", "DE", "[\"eu\"]", "")));
+    let policy = policy::load(&f.config_path()).unwrap_or_else(|e| panic!("{e}"));
+    let r = policy.router("fra").unwrap();
+    assert_eq!(r.store, f.path("config/r.sqlite"));
+    assert!(r.serves(policy.jurisdiction_idx("eu").unwrap()));
+}
+
+#[test]
+fn router_problems_are_each_reported() {
+    let f = Fixture::new();
+    let text = with_routers(&format!(
+        "{}{}{}{}",
+        // Outside the jurisdiction it claims, and its key is not trusted for us.
+        router("nyc", "US", "[\"eu\", \"us\"]", ""),
+        // A second router for eu; a bad URL; a malformed admin hash.
+        router("fra", "DE", "[\"eu\"]", "admin_token_sha256 = \"xyz\"\n")
+            .replace("url = \"http://127.0.2.1:8080\"", "url = \"ftp://router\""),
+        router("ber", "DE", "[\"mars\"]", "").replace(DEV_KEY, "not-a-key"),
+        router("fra", "XX", "[]", "")
+            .replace("listen = \"127.0.2.1:8080\"", "listen = \"nowhere\""),
+    ))
+    .replace(
+        "id = \"de-fra-1\"\n",
+        "id = \"de-fra-1\"\ncredential_sha256 = \"ABC\"\n",
+    );
+    f.config(&text);
+    let p = f.problems();
+    let c = "config/c.toml";
+    assert_problem(
+        &f,
+        &p,
+        c,
+        "router[0] \"nyc\".jurisdictions[0]",
+        "a router in US cannot serve 'eu'",
+    );
+    assert_problem(
+        &f,
+        &p,
+        c,
+        "router[0] \"nyc\".jurisdictions[1]",
+        "add its public key",
+    );
+    assert_problem(
+        &f,
+        &p,
+        c,
+        "router[1] \"fra\".jurisdictions[0]",
+        "already served by router 'nyc'",
+    );
+    assert_problem(
+        &f,
+        &p,
+        c,
+        "router[1] \"fra\".url",
+        "not an http:// or https:// URL",
+    );
+    assert_problem(
+        &f,
+        &p,
+        c,
+        "router[1] \"fra\".admin_token_sha256",
+        "64 lower-case hex",
+    );
+    assert_problem(
+        &f,
+        &p,
+        c,
+        "router[2] \"ber\".jurisdictions[0]",
+        "'mars' is not a jurisdiction",
+    );
+    assert_problem(&f, &p, c, "router[2] \"ber\".public_key", "keygen");
+    assert_problem(&f, &p, c, "router[3] \"fra\".id", "used twice");
+    assert_problem(&f, &p, c, "router[3] \"fra\".country", "XX");
+    assert_problem(
+        &f,
+        &p,
+        c,
+        "router[3] \"fra\".jurisdictions",
+        "list the jurisdictions",
+    );
+    assert_problem(&f, &p, c, "router[3] \"fra\".listen", "not an address");
+    assert_problem(
+        &f,
+        &p,
+        c,
+        "relay[0] \"de-fra-1\".credential_sha256",
+        "64 lower-case hex",
+    );
+}

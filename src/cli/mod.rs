@@ -575,5 +575,46 @@ pub fn summary(policy: &Policy) -> String {
         geo.overrides().entries().len(),
         policy.trusted_proxies().len()
     );
+    let _ = writeln!(s, "routers ({}):", policy.routers().len());
+    for r in policy.routers() {
+        let served: Vec<&str> = r
+            .jurisdictions
+            .iter()
+            .map(|j| policy.jurisdiction(*j).id.as_str())
+            .collect();
+        let _ = writeln!(
+            s,
+            "  {:<16} {} {} serves {}",
+            r.id,
+            r.country,
+            r.url,
+            served.join(", ")
+        );
+    }
+    for j in policy.jurisdictions() {
+        if policy
+            .jurisdiction_idx(&j.id)
+            .and_then(|i| policy.router_for(i))
+            .is_none()
+            && !policy.routers().is_empty()
+        {
+            let _ = writeln!(
+                s,
+                "  note: no router serves '{}': its conferences cannot be created",
+                j.id
+            );
+        }
+    }
+    if !policy.routers().is_empty() {
+        for r in policy.relays() {
+            if r.credential_sha256.is_none() {
+                let _ = writeln!(
+                    s,
+                    "  note: relay '{}' has no credential_sha256: it cannot register and gets no joins",
+                    r.id
+                );
+            }
+        }
+    }
     s
 }

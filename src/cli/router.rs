@@ -34,7 +34,15 @@ pub(super) fn settings(policy: Arc<Policy>, id: &str) -> Result<Settings, String
         .clone();
     let key_text = std::fs::read_to_string(&me.signing_key)
         .map_err(|e| format!("cannot read {}: {e}", me.signing_key.display()))?;
-    let signing_key = crate::ticket::parse_signing_key(key_text.trim())?;
+    let signing_key = crate::ticket::parse_signing_key(key_text.trim())
+        .map_err(|e| format!("{}: {e}", me.signing_key.display()))?;
+    if signing_key.verifying_key() != me.public_key {
+        return Err(format!(
+            "{} does not match router {id}'s public_key in {}: relays would refuse its tickets",
+            me.signing_key.display(),
+            policy.source().display()
+        ));
+    }
     let store = Sqlite::open(&me.store).map_err(|e| e.to_string())?;
     Ok(Settings {
         policy,

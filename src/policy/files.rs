@@ -70,9 +70,12 @@ pub struct RouterSection {
     /// Base URL clients and relays use to reach it (`http://…` or `https://…`).
     pub url: String,
     /// Ed25519 signing key file (hex or base64url) for its tickets, relative
-    /// to the config file. Its public key must be in `ticket_keys` of every
-    /// jurisdiction the router serves.
+    /// to the config file. Read by the router process only (so `check` runs
+    /// where the secret is not); it must match `public_key`.
     pub signing_key: PathBuf,
+    /// The signing key's public half (hex or base64url, as `keygen` prints
+    /// it). It must be in `ticket_keys` of every jurisdiction the router serves.
+    pub public_key: String,
     /// SQLite file of its conference records and audit log, relative to the
     /// config file.
     pub store: PathBuf,

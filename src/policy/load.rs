@@ -987,16 +987,13 @@ fn build_routers(
             ok = false;
         }
         let key_path = resolve(base, &r.signing_key);
-        let public_key = match std::fs::read_to_string(&key_path)
-            .map_err(|e| format!("cannot read {}: {e}", key_path.display()))
-            .and_then(|text| crate::ticket::parse_signing_key(text.trim()))
-        {
-            Ok(key) => Some(key.verifying_key()),
+        let public_key = match crate::ticket::parse_public_key(&r.public_key) {
+            Ok(key) => Some(key),
             Err(m) => {
                 p.push(
                     cfg,
-                    field("signing_key"),
-                    format!("{m}; make one with residency-relay keygen"),
+                    field("public_key"),
+                    format!("{m}; give the public key residency-relay keygen printed for the router's signing key"),
                 );
                 None
             }
