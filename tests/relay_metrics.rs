@@ -65,6 +65,7 @@ async fn names_and_labels_are_exact_and_carry_no_personal_data() {
         "rr_relay_deliveries_total",
         "rr_relay_ingress_drops_total",
         "rr_relay_keyframe_requests_total",
+        "rr_relay_moderation_disconnects_total",
         "rr_relay_process_cpu_seconds_total",
         "rr_relay_process_max_fds",
         "rr_relay_process_open_fds",
@@ -96,6 +97,12 @@ async fn names_and_labels_are_exact_and_carry_no_personal_data() {
         text.contains(
             "rr_relay_queue_drops_total{reason=\"evicted_keyframe\",relay=\"de-ber-1\"} 0"
         )
+    );
+    assert!(text.contains(
+        "rr_relay_moderation_disconnects_total{reason=\"conference_ended\",relay=\"de-ber-1\"} 0"
+    ));
+    assert!(
+        text.contains("rr_relay_ticket_refusals_total{reason=\"revoked\",relay=\"de-ber-1\"} 0")
     );
     // No address, name, participant or conference id.
     for secret in [
