@@ -60,6 +60,16 @@ fn the_demo_keeps_an_eu_call_on_eu_relays() {
             "{line}"
         );
     }
+    // Moderation reaches the relay: the kicked participant is disconnected
+    // with the kicked close code, and ending disconnects the rest.
+    assert!(
+        stdout.contains("relay disconnected it (close code 5)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("all 2 remaining participants disconnected"),
+        "{stdout}"
+    );
     assert!(stdout.contains("dev-acme-key"), "{stdout}");
     assert!(stdout.contains("curl -s -X POST http://127.0.2.1:8080/v1/conferences"));
 }

@@ -894,3 +894,38 @@ async fn malformed_requests_get_4xx_and_metrics_carry_no_personal_data() {
     }
     c.shutdown().await;
 }
+
+#[test]
+fn relays_report_only_to_routers_of_their_own_jurisdictions() {
+    let c = Cluster::new(|t| t);
+    let links = |relay: &str| {
+        let idx = c.policy.relay_idx(relay).unwrap();
+        let mut l: Vec<(String, Vec<String>)> =
+            residency_relay::relay::RouterLink::for_relay(&c.policy, idx)
+                .into_iter()
+                .map(|l| (l.url, l.jurisdictions))
+                .collect();
+        l.sort();
+        l
+    };
+    let (de, us, ch) = (
+        c.url("de-fra-router"),
+        c.url("us-nyc-router"),
+        c.url("ch-zrh-router"),
+    );
+    // Frankfurt: only the German router (eu, de, global).
+    assert_eq!(
+        links("de-fra-1"),
+        vec![(de.clone(), vec!["eu".into(), "de".into(), "global".into()])]
+    );
+    // New York: the US router for us, the German one for global only.
+    let mut want = vec![
+        (de.clone(), vec!["global".to_owned()]),
+        (us, vec!["us".to_owned()]),
+    ];
+    want.sort();
+    assert_eq!(links("us-nyc-1"), want);
+    let mut want = vec![(de, vec!["global".to_owned()]), (ch, vec!["ch".to_owned()])];
+    want.sort();
+    assert_eq!(links("ch-zrh-1"), want);
+}

@@ -296,10 +296,10 @@ async fn run_demo(policy: &Policy) -> Result<(), String> {
         )
         .await
         .map_err(|e| format!("{name}: {e}"))?;
-        clients.push((name, client));
+        clients.push((name, client, joined.participant_id));
     }
     let mut tracks = Vec::new();
-    for (_, client) in &mut clients {
+    for (_, client, _) in &mut clients {
         tracks.push(
             client
                 .publish(TrackKind::Video, "synthetic-video", None)
@@ -307,7 +307,7 @@ async fn run_demo(policy: &Policy) -> Result<(), String> {
                 .map_err(|e| e.to_string())?,
         );
     }
-    for (i, (_, client)) in clients.iter_mut().enumerate() {
+    for (i, (_, client, _)) in clients.iter_mut().enumerate() {
         for (k, t) in tracks.iter().enumerate() {
             if k != i {
                 client.subscribe(*t).await.map_err(|e| e.to_string())?;
@@ -321,7 +321,7 @@ async fn run_demo(policy: &Policy) -> Result<(), String> {
         "  everyone publishes 1 Mbit/s of synthetic video for 3 s and subscribes to the others"
     );
     let mut handles = Vec::new();
-    for ((name, client), track) in clients.into_iter().zip(tracks) {
+    for ((name, client, pid), track) in clients.into_iter().zip(tracks) {
         handles.push(tokio::spawn(async move {
             let size = 1000usize;
             let mut stats = ReceiveStats::default();
@@ -351,19 +351,69 @@ async fn run_demo(policy: &Policy) -> Result<(), String> {
             {
                 stats.record(&d);
             }
-            client.leave().await;
-            (name, sequence, stats)
+            (name, sequence, stats, client, pid)
         }));
     }
+    let mut connected = Vec::new();
     for h in handles {
-        let (name, sent, mut stats) = h.await.map_err(|e| e.to_string())?;
+        let (name, sent, mut stats, client, pid) = h.await.map_err(|e| e.to_string())?;
         println!(
             "  {name:<20} sent {sent} packets, received {} ({} bytes), p50 latency {} us",
             stats.packets,
             stats.bytes,
             synthetic::quantile(&mut stats.latencies_us, 0.5).unwrap_or(0)
         );
+        connected.push((name, client, pid));
     }
+
+    // Moderation: the host removes the last participant, then ends the call.
+    let host = format!("Bearer {host_token}");
+    if let Some((name, client, pid)) = connected.pop() {
+        let started = std::time::Instant::now();
+        let r = http_client::request(
+            "POST",
+            &format!("{}/v1/conferences/{id}/participants/{pid}/kick", router.url),
+            None,
+            &[("authorization", &host)],
+            Some(
+                json!({ "ban": true, "reason": "demo" })
+                    .to_string()
+                    .into_bytes(),
+            ),
+            Duration::from_secs(5),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let code = tokio::time::timeout(Duration::from_secs(5), client.closed()).await;
+        println!(
+            "\nthe host kicks and bans {name}: router answered {}, relay disconnected it (close code {}) {:.1} ms after the request",
+            r.status,
+            code.ok()
+                .flatten()
+                .map_or_else(|| "none".to_owned(), |c| c.to_string()),
+            started.elapsed().as_secs_f64() * 1000.0
+        );
+    }
+    let started = std::time::Instant::now();
+    let r = http_client::request(
+        "POST",
+        &format!("{}/v1/conferences/{id}/end", router.url),
+        None,
+        &[("authorization", &host)],
+        None,
+        Duration::from_secs(5),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    for (_, client, _) in &connected {
+        let _ = tokio::time::timeout(Duration::from_secs(5), client.closed()).await;
+    }
+    println!(
+        "the host ends the conference: router answered {}, all {} remaining participants disconnected {:.1} ms after the request",
+        r.status,
+        connected.len(),
+        started.elapsed().as_secs_f64() * 1000.0
+    );
     println!("\nbytes each relay carried (from the relays' own /metrics):");
     for r in policy.relays() {
         let m = http_client::request(

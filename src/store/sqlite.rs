@@ -82,6 +82,50 @@ CREATE TABLE IF NOT EXISTS conference_relays (
 );
 ";
 
+/// Schema version this code writes (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 1;
+
+/// Brings a store file of any earlier version to [`SCHEMA_VERSION`], in one
+/// transaction; refuses a file written by a newer version.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(rusqlite::Error::ToSqlConversionFailure(
+            format!(
+                "the store was written by a newer residency-relay (schema {version}, this one knows {SCHEMA_VERSION}); upgrade the router"
+            )
+            .into(),
+        ));
+    }
+    if version == SCHEMA_VERSION {
+        return Ok(());
+    }
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let result = (|| {
+        conn.execute_batch(SCHEMA)?;
+        // Files from before versioning may lack the usage columns.
+        let columns: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_table_info('conference_relays')")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for column in ["bytes_in", "bytes_out"] {
+            if !columns.iter().any(|c| c == column) {
+                conn.execute_batch(&format!(
+                    "ALTER TABLE conference_relays ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0"
+                ))?;
+            }
+        }
+        conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
+    })();
+    match result {
+        Ok(()) => conn.execute_batch("COMMIT"),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
 /// The embedded store.
 #[derive(Debug)]
 pub struct Sqlite {
@@ -123,7 +167,7 @@ impl Sqlite {
             .map_err(err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(err)?;
-        conn.execute_batch(SCHEMA).map_err(err)?;
+        migrate(&conn).map_err(err)?;
         Ok(Sqlite {
             conn: Mutex::new(conn),
         })
@@ -663,6 +707,33 @@ mod tests {
         assert!(s.is_banned("eu-a", None, &[9; 32], None).unwrap());
         assert!(!s.is_banned("eu-a", Some("p-2"), &[0; 32], None).unwrap());
         assert!(!s.is_banned("eu-b", Some("p-1"), &[9; 32], None).unwrap());
+    }
+
+    #[test]
+    fn files_from_before_versioning_are_migrated_and_newer_ones_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.sqlite");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE conference_relays (conference TEXT NOT NULL, relay TEXT NOT NULL,
+                 first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL,
+                 PRIMARY KEY (conference, relay));
+                 INSERT INTO conference_relays VALUES ('eu-a', 'de-fra-1', 1, 2);",
+            )
+            .unwrap();
+        }
+        let s = Sqlite::open(&path).unwrap();
+        let used = s.relays_of("eu-a").unwrap();
+        assert_eq!((used[0].last_seen, used[0].bytes_in), (2, 0));
+        drop(s);
+        let newer = dir.path().join("newer.sqlite");
+        Connection::open(&newer)
+            .unwrap()
+            .execute_batch("PRAGMA user_version = 99")
+            .unwrap();
+        let e = Sqlite::open(&newer).unwrap_err();
+        assert!(e.to_string().contains("newer residency-relay"), "{e}");
     }
 
     #[test]
