@@ -217,7 +217,24 @@ fn region_id_must_match_file_and_be_unique() {
         "differs from the file name",
     );
     assert_problem(&f, &p, "regions/europe.toml", "id", "already defined in");
-    assert_problem(&f, &p, "regions/Bad.toml", "id", "not a valid id");
+    assert_problem(
+        &f,
+        &p,
+        "regions/Bad.toml",
+        "id",
+        "not a valid jurisdiction id",
+    );
+}
+
+#[test]
+fn jurisdiction_ids_have_no_dash() {
+    let f = Fixture::new();
+    f.region(
+        "eu-west",
+        "id = \"eu-west\"\nname = \"x\"\nlegal_basis = \"x\"\ncountries = [\"IE\"]\n",
+    );
+    let p = f.problems();
+    assert_problem(&f, &p, "regions/eu-west.toml", "id", "no '-'");
 }
 
 #[test]

@@ -276,6 +276,9 @@ async fn passcode_failures_lock_kick_ban_and_end() {
     assert_eq!(r.status, 429);
     let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry));
+    assert_eq!(r.json()["error"]["code"], "too_many_failures_from_address");
+    let other = join_from(&router, id, passcode, "127.0.0.4").await.unwrap();
+    assert!(!other.ticket.is_empty());
 
     // Locked: 423; unlocked: in.
     assert_eq!(
@@ -458,11 +461,12 @@ async fn no_healthy_or_free_relay_in_the_jurisdiction_is_503_never_abroad() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_restarted_router_keeps_conferences_and_bans() {
+async fn a_restarted_router_keeps_conferences_bans_placement_and_moderation() {
     let mut c = Cluster::new(|t| t);
     c.start_router("de-fra-router").await;
     c.start_relay("de-fra-1").await;
-    c.wait_health("de-fra-router", &["de-fra-1"], "healthy")
+    c.start_relay("ie-dub-1").await;
+    c.wait_health("de-fra-router", &["de-fra-1", "ie-dub-1"], "healthy")
         .await;
     let router = c.url("de-fra-router");
     let conf = create(
@@ -474,36 +478,54 @@ async fn a_restarted_router_keeps_conferences_and_bans() {
     let id = conf["id"].as_str().unwrap().to_owned();
     let passcode = conf["passcode"].as_str().unwrap().to_owned();
     let host = format!("Bearer {}", conf["host_token"].as_str().unwrap());
+    // The first joiner is Irish: the conference is carried in Dublin.
+    let irish = join_from(&router, &id, &passcode, "127.0.0.4")
+        .await
+        .unwrap();
+    assert_eq!(irish.relay_id, "ie-dub-1");
+    let irish_client = connect(&irish, "127.0.0.4").await;
     let banned = join_from(&router, &id, &passcode, "127.0.0.6")
         .await
         .unwrap();
-    let r = request(
-        "POST",
-        &format!(
-            "{router}/v1/conferences/{id}/participants/{}/kick",
-            banned.participant_id
-        ),
-        None,
-        Some(&host),
-        Some(json!({ "ban": true })),
-    )
-    .await;
-    assert_eq!(r.status, 200);
+    let kick = |pid: String| {
+        let (router, id, host) = (router.clone(), id.clone(), host.clone());
+        async move {
+            request(
+                "POST",
+                &format!("{router}/v1/conferences/{id}/participants/{pid}/kick"),
+                None,
+                Some(&host),
+                Some(json!({ "ban": true })),
+            )
+            .await
+            .status
+        }
+    };
+    assert_eq!(kick(banned.participant_id.clone()).await, 200);
 
     c.stop_router("de-fra-router").await;
     c.start_router("de-fra-router").await;
-    c.wait_health("de-fra-router", &["de-fra-1"], "healthy")
+    c.wait_health("de-fra-router", &["de-fra-1", "ie-dub-1"], "healthy")
         .await;
 
-    let joined = join_from(&router, &id, &passcode, "127.0.0.2")
+    // Joinable, still in Dublin although Frankfurt is nearer this German.
+    let german = join_from(&router, &id, &passcode, "127.0.0.2")
         .await
         .unwrap();
-    assert_eq!(joined.relay_id, "de-fra-1");
-    let _client = connect(&joined, "127.0.0.2").await;
+    assert_eq!(german.relay_id, "ie-dub-1");
+    let _german_client = connect(&german, "127.0.0.2").await;
+    // Bans hold.
     let e = join_from(&router, &id, &passcode, "127.0.0.6")
         .await
         .unwrap_err();
     assert_eq!(refused_code(e), (403, "banned".into()));
+    // Commands numbered by the new run still reach the relay, which had
+    // acknowledged the old run's numbers.
+    assert_eq!(kick(irish.participant_id.clone()).await, 200);
+    let code = tokio::time::timeout(Duration::from_secs(5), irish_client.closed())
+        .await
+        .expect("kick after a router restart reaches the relay");
+    assert_eq!(code, Some(u64::from(close_code::KICKED)));
     // The host token still works.
     let r = request(
         "GET",
@@ -684,7 +706,7 @@ async fn relays_must_authenticate_and_belong_to_the_jurisdiction() {
     c.start_router("ch-zrh-router").await;
     c.start_router("de-fra-router").await;
     let ch = c.url("ch-zrh-router");
-    let report = json!({ "cert_sha256": "00", "participants": 0, "bitrate_bps": 0, "draining": false, "conferences": [], "ack": 0 });
+    let report = json!({ "cert_sha256": "00", "participants": 0, "bitrate_bps": 0, "draining": false, "conferences": [], "ack": 0, "epoch": 0 });
     // Wrong credential.
     let r = request(
         "POST",
@@ -745,7 +767,7 @@ async fn relays_must_authenticate_and_belong_to_the_jurisdiction() {
     // does not serve from what it keeps.
     let de = c.url("de-fra-router");
     let report = json!({ "cert_sha256": "00", "participants": 1, "bitrate_bps": 0, "draining": false,
-        "conferences": [{ "id": "us-aaaaaaaaaaaaaaaaaaaaaaaaaa", "participants": 1, "bytes_in": 5, "bytes_out": 5 }], "ack": 0 });
+        "conferences": [{ "id": "us-aaaaaaaaaaaaaaaaaaaaaaaaaa", "participants": 1, "bytes_in": 5, "bytes_out": 5 }], "ack": 0, "epoch": 0 });
     let r = request(
         "POST",
         &format!("{de}/v1/relays/us-nyc-1/report"),
@@ -866,6 +888,77 @@ async fn malformed_requests_get_4xx_and_metrics_carry_no_personal_data() {
             );
         }
     }
+    // Framework rejections have the API's error shape too.
+    for (method, path, body, status) in [
+        (
+            "POST",
+            format!("/v1/conferences/{id}/join"),
+            vec![b' '; 20_000],
+            413,
+        ),
+        ("GET", format!("/v1/conferences/{id}/join"), vec![], 405),
+        (
+            "POST",
+            "/v1/conferences/%ff%fe/join".to_owned(),
+            b"{}".to_vec(),
+            400,
+        ),
+        ("DELETE", "/v1/conferences".to_owned(), vec![], 405),
+        ("GET", "/nothing/here".to_owned(), vec![], 404),
+    ] {
+        let r = request_raw(
+            method,
+            &format!("{router}{path}"),
+            None,
+            Some(ACME),
+            Some(body),
+        )
+        .await;
+        assert_eq!(r.status, status, "{method} {path}");
+        assert!(
+            r.json()["error"]["code"].is_string(),
+            "{method} {path}: {:?}",
+            r.body
+        );
+    }
+    // Display names are limited in bytes, as relays read them: 21
+    // three-byte characters fit, 22 do not.
+    let fits = "日".repeat(21);
+    let r = request(
+        "POST",
+        &format!("{router}/v1/conferences/{id}/join"),
+        Some("127.0.0.2"),
+        None,
+        Some(json!({ "passcode": conf["passcode"], "display_name": fits })),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let claims = residency_relay::ticket::peek(r.json()["ticket"].as_str().unwrap()).unwrap();
+    assert_eq!(claims.display_name, fits);
+    let r = request(
+        "POST",
+        &format!("{router}/v1/conferences/{id}/join"),
+        Some("127.0.0.2"),
+        None,
+        Some(json!({ "passcode": conf["passcode"], "display_name": "日".repeat(22) })),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    // A busy relay's report, far beyond the API's 16 KiB, is taken.
+    let conferences: Vec<_> = (0..2000)
+        .map(|i| json!({ "id": format!("eu-{:a>26}", i.to_string().replace(|ch: char| ch.is_ascii_digit(), "b")), "participants": 1, "bytes_in": 1, "bytes_out": 1 }))
+        .collect();
+    let report = json!({ "cert_sha256": "00", "participants": 2000, "bitrate_bps": 0, "draining": false, "conferences": conferences, "ack": 0, "epoch": 0 });
+    assert!(report.to_string().len() > 100_000);
+    let r = request(
+        "POST",
+        &format!("{router}/v1/relays/de-ber-1/report"),
+        None,
+        Some("Bearer dev-relay-de-ber-1"),
+        Some(report),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let r = request("GET", &format!("{router}/healthz"), None, None, None).await;
     assert_eq!(r.status, 200);
     assert_eq!(
@@ -881,7 +974,7 @@ async fn malformed_requests_get_4xx_and_metrics_carry_no_personal_data() {
             .body,
     )
     .into_owned();
-    assert!(metrics.contains("rr_router_joins_total{jurisdiction=\"eu\",outcome=\"ticket\",router=\"de-fra-router\"} 1"), "{metrics}");
+    assert!(metrics.contains("rr_router_joins_total{jurisdiction=\"eu\",outcome=\"ticket\",router=\"de-fra-router\"} 2"), "{metrics}");
     assert!(metrics.contains("rr_router_join_seconds_bucket"));
     for secret in [
         id,

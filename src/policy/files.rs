@@ -67,8 +67,11 @@ pub struct RouterSection {
     pub jurisdictions: Vec<String>,
     /// `host:port` the HTTP API listens on.
     pub listen: String,
-    /// Base URL clients and relays use to reach it (`http://…` or `https://…`).
+    /// Base URL clients use to reach it (`http://…` or `https://…`).
     pub url: String,
+    /// Base URL relays report to, `http://ip:port` on the operator's
+    /// network. Default: `url`, which must then be of that form.
+    pub relay_url: Option<String>,
     /// Ed25519 signing key file (hex or base64url) for its tickets, relative
     /// to the config file. Read by the router process only (so `check` runs
     /// where the secret is not); it must match `public_key`.

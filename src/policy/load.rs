@@ -219,7 +219,7 @@ fn build_jurisdictions(regions: Vec<(PathBuf, RegionFile)>, p: &mut Problems) ->
     let mut jurisdictions: Vec<Jurisdiction> = Vec::new();
     let mut seen_region: HashMap<String, PathBuf> = HashMap::new();
     for (path, region) in regions {
-        if let Err(m) = check_id(&region.id, 32) {
+        if let Err(m) = check_jurisdiction_id(&region.id) {
             p.push(&path, "id", m);
         }
         let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
@@ -323,6 +323,24 @@ fn check_id(id: &str, max: usize) -> Result<(), String> {
     } else {
         Err(format!(
             "'{id}' is not a valid id: use 1 to {max} lower-case letters, digits, '-' or '_', starting with a letter"
+        ))
+    }
+}
+
+/// Jurisdiction ids start conference ids (`eu-…`), split at the first
+/// dash: no dash inside them.
+fn check_jurisdiction_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 32
+        && id.as_bytes()[0].is_ascii_lowercase()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "'{id}' is not a valid jurisdiction id: use 1 to 32 lower-case letters, digits or '_', starting with a letter (no '-': it separates the jurisdiction in conference ids)"
         ))
     }
 }
@@ -986,6 +1004,22 @@ fn build_routers(
             );
             ok = false;
         }
+        let relay_url = r
+            .relay_url
+            .as_deref()
+            .unwrap_or(&url)
+            .trim_end_matches('/')
+            .to_owned();
+        if crate::http_client::split_url(&relay_url).is_err() {
+            p.push(
+                cfg,
+                field(if r.relay_url.is_some() { "relay_url" } else { "url" }),
+                format!(
+                    "relays cannot report to '{relay_url}': set relay_url to the router's http://ip:port on the operator's network"
+                ),
+            );
+            ok = false;
+        }
         let key_path = resolve(base, &r.signing_key);
         let public_key = match crate::ticket::parse_public_key(&r.public_key) {
             Ok(key) => Some(key),
@@ -1032,6 +1066,7 @@ fn build_routers(
                 jurisdictions: served,
                 listen,
                 url,
+                relay_url,
                 signing_key: key_path,
                 public_key,
                 store: resolve(base, &r.store),

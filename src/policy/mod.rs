@@ -116,6 +116,8 @@ pub struct Router {
     pub listen: SocketAddr,
     /// Base URL without a trailing slash.
     pub url: String,
+    /// Where relays report (`http://ip:port`), without a trailing slash.
+    pub relay_url: String,
     pub signing_key: PathBuf,
     /// Public half of `signing_key`.
     pub public_key: ed25519_dalek::VerifyingKey,

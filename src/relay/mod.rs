@@ -102,7 +102,7 @@ impl RouterLink {
                     .filter(|j| mine.contains(&j.as_str()))
                     .collect();
                 (!shared.is_empty()).then(|| RouterLink {
-                    url: r.url.clone(),
+                    url: r.relay_url.clone(),
                     jurisdictions: shared,
                 })
             })
@@ -523,10 +523,13 @@ fn handle_event(
                     conference,
                     participant,
                     reason,
+                    at,
                 } => {
+                    // The router's clock, which stamped the tickets; never
+                    // earlier than ours, so skew only widens the refusal.
                     revoked
                         .participants
-                        .insert((conference.clone(), participant.clone()), now);
+                        .insert((conference.clone(), participant.clone()), (*at).max(now));
                     (
                         core.connections_of(conference, Some(participant)),
                         ServerMessage::Kicked {
@@ -535,8 +538,10 @@ fn handle_event(
                         "kicked",
                     )
                 }
-                Action::End { conference } => {
-                    revoked.conferences.insert(conference.clone(), now);
+                Action::End { conference, at } => {
+                    revoked
+                        .conferences
+                        .insert(conference.clone(), (*at).max(now));
                     (
                         core.connections_of(conference, None),
                         ServerMessage::ConferenceEnded {},
@@ -763,6 +768,7 @@ async fn final_report(link: RouterLink, relay_id: String, credential: String, ce
         draining: true,
         conferences: Vec::new(),
         ack: 0,
+        epoch: 0,
     };
     let _ = crate::http_client::request(
         "POST",
@@ -788,6 +794,7 @@ async fn report_loop(
     let url = format!("{}{}", link.url, channel::report_path(&relay_id));
     let auth = format!("Bearer {credential}");
     let mut ack = 0u64;
+    let mut epoch = 0u64;
     let mut last: Option<(Instant, u64)> = None;
     let mut failures = 0u32;
     loop {
@@ -814,8 +821,8 @@ async fn report_loop(
                 .conferences
                 .into_iter()
                 .filter(|c| {
-                    let prefix = c.id.split('-').next().unwrap_or("");
-                    link.jurisdictions.iter().any(|j| j == prefix)
+                    crate::router::ids::jurisdiction_of(&c.id)
+                        .is_some_and(|j| link.jurisdictions.iter().any(|l| l == j))
                 })
                 .map(|c| ConferenceLoad {
                     id: c.id,
@@ -825,6 +832,7 @@ async fn report_loop(
                 })
                 .collect(),
             ack,
+            epoch,
         };
         let body = serde_json::to_vec(&report).unwrap_or_default();
         let answer = crate::http_client::request(
@@ -843,6 +851,11 @@ async fn report_loop(
                 }
                 failures = 0;
                 let reply: ReportReply = serde_json::from_slice(&r.body).unwrap_or_default();
+                if reply.epoch != epoch {
+                    // The router restarted: its numbering did too.
+                    epoch = reply.epoch;
+                    ack = 0;
+                }
                 for command in reply.commands {
                     if command.seq > ack {
                         ack = command.seq;

@@ -36,8 +36,10 @@ use crate::ticket::{self, Claims, Grants};
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 16 * 1024;
-/// Longest display name, in characters.
-const MAX_NAME: usize = 64;
+/// Largest relay report accepted (some 40,000 conferences).
+const MAX_REPORT_BODY: usize = 4 << 20;
+/// Longest display name, in bytes (what relays accept in a ticket).
+const MAX_NAME: usize = crate::wire::control::MAX_LABEL_LEN;
 /// Longest abuse-report or kick reason, in characters.
 const MAX_REASON: usize = 1000;
 /// How long a waiting participant's poll is held before answering "still waiting".
@@ -70,7 +72,11 @@ pub fn routes(shared: App) -> Router {
         .route("/v1/conferences/{id}/audit", get(audit_log))
         .route("/v1/admin/reports", get(abuse_reports))
         .route("/v1/admin/relays", get(relay_list))
-        .route("/v1/relays/{relay}/report", post(relay_report))
+        // A busy relay's report lists every conference it carries.
+        .route(
+            "/v1/relays/{relay}/report",
+            post(relay_report).layer(DefaultBodyLimit::max(MAX_REPORT_BODY)),
+        )
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -88,12 +94,36 @@ async fn count(State(shared): State<App>, request: Request, next: Next) -> Respo
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
-    let response = next.run(request).await;
+    let mut response = next.run(request).await;
+    let status = response.status();
     shared
         .metrics
         .http_requests
-        .with_label_values(&[route.as_str(), response.status().as_str()])
+        .with_label_values(&[route.as_str(), status.as_str()])
         .inc();
+    // Rejections made by the framework before a handler ran (body too
+    // large, undecodable path, wrong method) get the API's error shape too.
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    let probe = matches!(route.as_str(), "/readyz" | "/healthz" | "/metrics");
+    if (status.is_client_error() || status.is_server_error()) && !is_json && !probe {
+        let code = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+            StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+            StatusCode::NOT_FOUND => "not_found",
+            s if s.is_server_error() => "internal",
+            _ => "bad_request",
+        };
+        let message = status.canonical_reason().unwrap_or("error").to_owned();
+        let headers = response.headers().clone();
+        response = ApiError::new(status, code, message).into_response();
+        if let Some(allow) = headers.get(header::ALLOW) {
+            response.headers_mut().insert(header::ALLOW, allow.clone());
+        }
+    }
     response
 }
 
@@ -185,11 +215,11 @@ fn check_text(field: &str, text: &str, max: usize, required: bool) -> ApiResult<
             format!("{field} must not be empty"),
         ));
     }
-    if text.chars().count() > max || text.chars().any(char::is_control) {
+    if text.len() > max || text.chars().any(char::is_control) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_request",
-            format!("{field} must be at most {max} characters without control characters"),
+            format!("{field} must be at most {max} bytes of UTF-8 without control characters"),
         ));
     }
     Ok(text.to_owned())
@@ -643,20 +673,31 @@ fn join_checked(
     if c.ended.is_some() {
         return Err(refused("ended", ended_check(c).unwrap_err()));
     }
-    if let Err(limit) = shared.limiter.check(ip, &c.id, Instant::now()) {
-        let secs = limit.retry_after().as_secs().max(1);
-        return Err(refused(
-            "rate_limited",
-            ApiError {
-                retry_after: Some(secs),
-                ..ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    limit.code(),
-                    format!("too many failed joins; try again in {secs} s"),
-                )
-            },
-        ));
-    }
+    // Counted as a failure until the credential proves right. Invitations
+    // are not guessable and skip the per-conference limit.
+    let attempt = match shared
+        .limiter
+        .begin(ip, &c.id, request.invite.is_none(), Instant::now())
+    {
+        Ok(attempt) => attempt,
+        Err(limit) => {
+            let secs = limit.retry_after().as_secs().max(1);
+            // Not audited: a flood of refused guesses must not fill the disk.
+            return Err(refuse(
+                shared,
+                Some(j),
+                "rate_limited",
+                ApiError {
+                    retry_after: Some(secs),
+                    ..ApiError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        limit.code(),
+                        format!("too many failed joins; try again in {secs} s"),
+                    )
+                },
+            ));
+        }
+    };
     let address_hash = ids::address_hash(&shared.address_key, ip);
     // Who is joining: an invitation names them, a passcode does not.
     let (invite, display_name) = match (&request.invite, &request.passcode) {
@@ -664,11 +705,12 @@ fn join_checked(
             let hash = ids::sha256(token);
             match shared.store.invite(&hash, &c.id, now)? {
                 Ok(invite) => {
+                    attempt.succeeded();
                     let name = invite.display_name.clone();
                     (Some(invite), name)
                 }
                 Err(why) => {
-                    shared.limiter.failed(ip, &c.id, Instant::now());
+                    drop(attempt);
                     let message = match why {
                         InviteRefusal::Unknown => "the invitation is not valid for this conference",
                         InviteRefusal::Used => "the invitation was already used",
@@ -687,7 +729,7 @@ fn join_checked(
                 .as_ref()
                 .is_some_and(|stored| ids::passcode_matches(stored, passcode));
             if !ok {
-                shared.limiter.failed(ip, &c.id, Instant::now());
+                drop(attempt);
                 let (code, message) = if c.passcode.is_some() {
                     ("wrong_passcode", "wrong passcode")
                 } else {
@@ -701,11 +743,13 @@ fn join_checked(
                     ApiError::new(StatusCode::FORBIDDEN, code, message),
                 ));
             }
+            attempt.succeeded();
             let name = check_text("display_name", &request.display_name, MAX_NAME, true)
                 .map_err(|e| refuse(shared, Some(j), "bad_request", e))?;
             (None, name)
         }
         (None, None) => {
+            attempt.succeeded();
             return Err(refused(
                 "passcode_required",
                 ApiError::new(
@@ -746,20 +790,6 @@ fn join_checked(
                 "the conference is locked; ask a host to unlock it",
             ),
         ));
-    }
-    if let Some(i) = &invite {
-        // Claimed only now, so a refusal above does not burn it; the claim
-        // is atomic, so a second concurrent use fails here.
-        if let Err(_used) = shared.store.use_invite(&i.token_sha256, &c.id, now)? {
-            return Err(refused(
-                "bad_invite",
-                ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "bad_invite",
-                    "the invitation was already used",
-                ),
-            ));
-        }
     }
     let mut record = ParticipantRecord {
         id: participant_id.clone(),
@@ -802,7 +832,9 @@ fn join_checked(
         )
             .into_response());
     }
-    let answer = issue_ticket(shared, c, j, ip, &mut record)?;
+    // The invitation is claimed with the join's records, atomically: a
+    // refusal before that does not burn it, a second use fails there.
+    let answer = issue_ticket(shared, c, j, ip, &mut record, invite_hash.as_ref())?;
     shared
         .metrics
         .join_seconds
@@ -819,66 +851,70 @@ fn issue_ticket(
     j: JurisdictionIdx,
     ip: IpAddr,
     record: &mut ParticipantRecord,
+    invite: Option<&[u8; 32]>,
 ) -> ApiResult<Value> {
     let jurisdiction = shared.policy.jurisdiction(j);
     let location = shared.policy.geoip().locate(ip);
-    let states = shared.relays.states(Instant::now());
-    let assigned = shared
+    // After a restart this run may not know where the conference is yet:
+    // the store remembers the relay that carried it last.
+    let hint = match shared.relays.assigned(&c.id) {
+        Some(_) => None,
+        None => shared
+            .store
+            .relays_of(&c.id)?
+            .into_iter()
+            .max_by_key(|u| u.last_seen)
+            .and_then(|u| shared.policy.relay_idx(&u.relay)),
+    };
+    let placed = shared
         .relays
-        .assigned(&c.id)
-        .filter(|r| jurisdiction.contains(*r));
-    let hosting: Vec<RelayIdx> = assigned.into_iter().collect();
-    let relay = match select::select(&shared.policy, j, &location, &states, &hosting) {
-        // One relay carries a conference until relays cascade: the relay
-        // already carrying it wins while it can take the participant.
-        Ok(d) => match assigned {
-            Some(a) if d.evaluation.candidates.iter().any(|c| c.relay == a) => a,
-            // Full: a participant elsewhere would see and hear no one.
-            Some(a)
-                if d.evaluation.excluded.iter().any(|e| {
-                    e.relay == a
-                        && matches!(
-                            e.why,
-                            select::Exclusion::ParticipantsFull { .. }
-                                | select::Exclusion::BitrateFull { .. }
-                        )
-                }) =>
-            {
-                audit(
-                    shared,
-                    &c.id,
-                    "join_refused",
-                    json!({ "reason": "at_capacity" }),
-                );
-                return Err(refuse(
-                    shared,
-                    Some(j),
-                    "at_capacity",
-                    ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
+        .place(&c.id, hint, Instant::now(), |states, carrying| {
+            let carrying = carrying.filter(|r| jurisdiction.contains(*r));
+            let hosting: Vec<RelayIdx> = carrying.into_iter().collect();
+            let d = select::select(&shared.policy, j, &location, states, &hosting).map_err(
+                |refusal| {
+                    (
+                        refusal.reason.code(),
+                        format!(
+                            "{} '{}'; no relay outside it is ever used",
+                            refusal.reason, jurisdiction.id
+                        ),
+                    )
+                },
+            )?;
+            match carrying {
+                // One relay carries a conference until relays cascade: the
+                // relay already carrying it wins while it can take the participant.
+                Some(a) if d.evaluation.candidates.iter().any(|c| c.relay == a) => Ok(a),
+                // Full: a participant elsewhere would see and hear no one.
+                Some(a)
+                    if d.evaluation.excluded.iter().any(|e| {
+                        e.relay == a
+                            && matches!(
+                                e.why,
+                                select::Exclusion::ParticipantsFull { .. }
+                                    | select::Exclusion::BitrateFull { .. }
+                            )
+                    }) =>
+                {
+                    Err((
                         "at_capacity",
-                        "the relay carrying this conference is full",
-                    ),
-                ));
+                        "the relay carrying this conference is full".to_owned(),
+                    ))
+                }
+                // Unhealthy or draining: the conference moves with this joiner.
+                _ => Ok(d.relay),
             }
-            // Unhealthy or draining: the conference moves with this joiner.
-            _ => d.relay,
-        },
-        Err(refusal) => {
-            let reason = refusal.reason.code();
+        });
+    let relay = match placed {
+        Ok(relay) => relay,
+        Err((reason, message)) => {
             audit(shared, &c.id, "join_refused", json!({ "reason": reason }));
             return Err(refuse(
                 shared,
                 Some(j),
                 reason,
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    reason,
-                    format!(
-                        "{} '{}'; no relay outside it is ever used",
-                        refusal.reason, jurisdiction.id
-                    ),
-                ),
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, reason, message),
             ));
         }
     };
@@ -941,8 +977,18 @@ fn issue_ticket(
             "client_country": location.country().map(|c| c.to_string()),
         }),
     };
-    shared.store.record_join(record, &r.id, &event)?;
-    shared.relays.joined(&c.id, relay);
+    if !shared.store.record_join(record, &r.id, &event, invite)? {
+        return Err(refuse(
+            shared,
+            Some(j),
+            "bad_invite",
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "bad_invite",
+                "the invitation was already used",
+            ),
+        ));
+    }
     shared
         .metrics
         .joins
@@ -1023,7 +1069,39 @@ async fn waiting_poll(
             Status::Admitted => {
                 let started = Instant::now();
                 let ip = client_ip(&shared, peer, &headers);
-                let answer = issue_ticket(&shared, &c, j, ip, &mut p)?;
+                // A ban after the admission still holds.
+                if shared.store.is_banned(
+                    &id,
+                    Some(&p.id),
+                    &p.address_hash,
+                    p.invite_sha256.as_ref(),
+                )? {
+                    return Err(refuse(
+                        &shared,
+                        Some(j),
+                        "banned",
+                        ApiError::new(
+                            StatusCode::FORBIDDEN,
+                            "banned",
+                            "a host removed you from this conference",
+                        ),
+                    ));
+                }
+                // One ticket per admission, whatever polls race for it.
+                if !shared
+                    .store
+                    .set_status_if(&id, &p.id, Status::Admitted, Status::Joined)?
+                {
+                    continue;
+                }
+                let answer = match issue_ticket(&shared, &c, j, ip, &mut p, None) {
+                    Ok(answer) => answer,
+                    Err(e) => {
+                        // Still admitted: the participant may ask again.
+                        shared.store.set_status(&id, &p.id, Status::Admitted)?;
+                        return Err(e);
+                    }
+                };
                 shared
                     .metrics
                     .join_seconds
@@ -1207,6 +1285,7 @@ async fn kick(
             conference: id.clone(),
             participant: pid.clone(),
             reason,
+            at: now_unix(),
         },
     );
     shared.waiting_changed.notify_waiters();
@@ -1285,6 +1364,7 @@ async fn end(
         shared.policy.jurisdiction(j).relays(),
         &Action::End {
             conference: id.clone(),
+            at,
         },
     );
     shared.relays.forget(&id);
@@ -1435,24 +1515,46 @@ async fn relay_report(
         .retain(|c| ids::jurisdiction_of(&c.id).is_some_and(|j| served.contains(&j)));
     count("accepted");
     let draining = report.draining;
-    let now = now_unix();
-    for c in &report.conferences {
-        if let Err(e) = shared
-            .store
-            .record_usage(&c.id, &relay_id, now, c.bytes_in, c.bytes_out)
-        {
+    let persist = shared.relays.persist_due(relay, Instant::now()) || draining;
+    let current: Vec<(String, u64, u64)> = if persist {
+        report
+            .conferences
+            .iter()
+            .map(|c| (c.id.clone(), c.bytes_in, c.bytes_out))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let recorded = shared.relays.record(relay, report, Instant::now());
+    let commands = recorded.commands;
+    let notify = recorded.notify;
+    // What the relay carried is written every few seconds (and when it
+    // drains), and at once for conferences that just left it.
+    let usage: Vec<(&str, u64, u64)> = current
+        .iter()
+        .map(|(id, i, o)| (id.as_str(), *i, *o))
+        .chain(
+            recorded
+                .vanished
+                .iter()
+                .map(|c| (c.id.as_str(), c.bytes_in, c.bytes_out)),
+        )
+        .collect();
+    if !usage.is_empty() {
+        if let Err(e) = shared.store.record_usage(&relay_id, now_unix(), &usage) {
             shared.metrics.store_errors.inc();
             warn!(error = %e, "cannot record relay usage");
         }
     }
-    let (commands, notify) = shared.relays.record(relay, report, Instant::now());
+    let epoch = shared.relays.epoch();
     // A draining relay may be about to stop: answer at once.
     if !commands.is_empty() || draining {
-        return Ok(Json(ReportReply { commands }));
+        return Ok(Json(ReportReply { epoch, commands }));
     }
     let notified = notify.notified();
     let _ = tokio::time::timeout(super::channel::HOLD, notified).await;
     Ok(Json(ReportReply {
+        epoch,
         commands: shared.relays.commands(relay),
     }))
 }

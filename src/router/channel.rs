@@ -8,7 +8,8 @@
 //! the relay reports again at once. So load is fresh every second and a
 //! command reaches the relay as soon as it is issued. Commands are numbered;
 //! the relay acknowledges the highest it applied in its next report, and the
-//! router resends anything not acknowledged.
+//! router resends anything not acknowledged. Numbers restart when a router
+//! restarts; the reply's `epoch` tells the relay so.
 //!
 //! A report to a router carries only the conferences of the jurisdictions
 //! that router serves: metadata of other jurisdictions never leaves for it.
@@ -52,11 +53,15 @@ pub struct RelayReport {
     pub draining: bool,
     /// Conferences of the router's jurisdictions only.
     pub conferences: Vec<ConferenceLoad>,
-    /// Highest command sequence number applied.
+    /// Highest command sequence number applied, of the router run named
+    /// by `epoch`.
     pub ack: u64,
+    /// The router run `ack` refers to (0 before the first answer).
+    pub epoch: u64,
 }
 
-/// A moderation command for a relay.
+/// A moderation command for a relay. `at` is the router's clock (Unix
+/// seconds) when it was issued: tickets issued up to then are refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Action {
@@ -65,9 +70,10 @@ pub enum Action {
         conference: String,
         participant: String,
         reason: String,
+        at: u64,
     },
     /// Disconnect everyone and refuse every ticket of the conference.
-    End { conference: String },
+    End { conference: String, at: u64 },
 }
 
 /// A numbered command.
@@ -82,5 +88,8 @@ pub struct Command {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReportReply {
+    /// Random per router run: command numbers restart with it, so a relay
+    /// seeing a new epoch resets its acknowledgement.
+    pub epoch: u64,
     pub commands: Vec<Command>,
 }

@@ -6,7 +6,7 @@
 //! are bounded (oldest windows are dropped first when full), so a flood of
 //! distinct addresses cannot grow them without limit.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -60,9 +60,19 @@ impl Limited {
 #[derive(Debug)]
 struct Windows<K> {
     entries: HashMap<K, (Instant, u32)>,
+    /// Window starts in the order they began, for evicting the oldest in
+    /// O(1); an entry whose window restarted since is skipped.
+    order: VecDeque<(Instant, K)>,
 }
 
 impl<K: Hash + Eq + Clone> Windows<K> {
+    fn new() -> Self {
+        Windows {
+            entries: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
     fn count(&self, key: &K, now: Instant, window: Duration) -> (u32, Duration) {
         match self.entries.get(key) {
             Some((start, n)) if now.duration_since(*start) < window => {
@@ -73,26 +83,54 @@ impl<K: Hash + Eq + Clone> Windows<K> {
     }
 
     fn add(&mut self, key: K, now: Instant, settings: &LimitSettings) {
-        if self.entries.len() >= settings.max_entries && !self.entries.contains_key(&key) {
-            self.entries
-                .retain(|_, (start, _)| now.duration_since(*start) < settings.window);
-            if self.entries.len() >= settings.max_entries {
-                // Still full of live windows: forget the oldest.
-                if let Some(oldest) = self
-                    .entries
-                    .iter()
-                    .min_by_key(|(_, (start, _))| *start)
-                    .map(|(k, _)| k.clone())
-                {
-                    self.entries.remove(&oldest);
+        let live = self
+            .entries
+            .get(&key)
+            .is_some_and(|(start, _)| now.duration_since(*start) < settings.window);
+        if !live {
+            while self.entries.len() >= settings.max_entries && !self.entries.contains_key(&key) {
+                // Evict the oldest window (expired ones first, by construction).
+                let Some((start, old)) = self.order.pop_front() else {
+                    break;
+                };
+                if self.entries.get(&old).is_some_and(|(s, _)| *s == start) {
+                    self.entries.remove(&old);
                 }
             }
+            self.entries.insert(key.clone(), (now, 0));
+            self.order.push_back((now, key.clone()));
+            if self.order.len() > 2 * settings.max_entries.max(1) {
+                // Drop entries of windows that restarted since.
+                let entries = &self.entries;
+                self.order
+                    .retain(|(start, k)| entries.get(k).is_some_and(|(s, _)| s == start));
+            }
         }
-        let e = self.entries.entry(key).or_insert((now, 0));
-        if now.duration_since(e.0) >= settings.window {
-            *e = (now, 0);
+        if let Some(e) = self.entries.get_mut(&key) {
+            e.1 = e.1.saturating_add(1);
         }
-        e.1 = e.1.saturating_add(1);
+    }
+
+    fn refund(&mut self, key: &K) {
+        if let Some(e) = self.entries.get_mut(key) {
+            e.1 = e.1.saturating_sub(1);
+        }
+    }
+}
+
+/// The key an address is counted under: IPv6 clients by their /64 (one
+/// subscriber's usual allocation), IPv4 by address.
+fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut o = v6.octets();
+                o[8..].fill(0);
+                IpAddr::from(o)
+            }
+        },
     }
 }
 
@@ -103,52 +141,86 @@ pub struct Limiter {
     inner: Mutex<(Windows<IpAddr>, Windows<String>)>,
 }
 
+/// Counts an attempt as a failure until [`Attempt::succeeded`] refunds it,
+/// so concurrent guesses cannot all slip past the check.
+#[derive(Debug)]
+#[must_use]
+pub struct Attempt<'a> {
+    limiter: &'a Limiter,
+    ip: IpAddr,
+    conference: Option<String>,
+}
+
+impl Attempt<'_> {
+    /// The credential was right: the attempt is not a failure.
+    pub fn succeeded(self) {
+        if let Ok(mut guard) = self.limiter.inner.lock() {
+            let (addresses, conferences) = &mut *guard;
+            addresses.refund(&address_key(self.ip));
+            if let Some(c) = &self.conference {
+                conferences.refund(c);
+            }
+        }
+    }
+}
+
 impl Limiter {
     pub fn new(settings: LimitSettings) -> Self {
         Limiter {
             settings,
-            inner: Mutex::new((
-                Windows {
-                    entries: HashMap::new(),
-                },
-                Windows {
-                    entries: HashMap::new(),
-                },
-            )),
+            inner: Mutex::new((Windows::new(), Windows::new())),
         }
     }
 
-    /// Whether a join attempt may go ahead (checked before the passcode).
-    pub fn check(&self, ip: IpAddr, conference: &str, now: Instant) -> Result<(), Limited> {
-        let Ok(guard) = self.inner.lock() else {
-            return Ok(());
+    /// Checks the limits and counts the attempt as a failure in the same
+    /// step. `per_conference` is false for invitations, which cannot be
+    /// guessed, so guessing passcodes cannot lock invited people out.
+    pub fn begin(
+        &self,
+        ip: IpAddr,
+        conference: &str,
+        per_conference: bool,
+        now: Instant,
+    ) -> Result<Attempt<'_>, Limited> {
+        let Ok(mut guard) = self.inner.lock() else {
+            return Ok(Attempt {
+                limiter: self,
+                ip,
+                conference: None,
+            });
         };
-        let (addresses, conferences) = &*guard;
+        let (addresses, conferences) = &mut *guard;
         let s = &self.settings;
-        let (n, left) = addresses.count(&ip, now, s.window);
+        let key = address_key(ip);
+        let (n, left) = addresses.count(&key, now, s.window);
         if n >= s.per_address {
             return Err(Limited::Address { retry_after: left });
         }
-        let (n, left) = conferences.count(&conference.to_owned(), now, s.window);
-        if n >= s.per_conference {
-            return Err(Limited::Conference { retry_after: left });
+        let conference = per_conference.then(|| conference.to_owned());
+        if let Some(c) = &conference {
+            let (n, left) = conferences.count(c, now, s.window);
+            if n >= s.per_conference {
+                return Err(Limited::Conference { retry_after: left });
+            }
+            conferences.add(c.clone(), now, s);
         }
-        Ok(())
-    }
-
-    /// Counts a failed attempt.
-    pub fn failed(&self, ip: IpAddr, conference: &str, now: Instant) {
-        if let Ok(mut guard) = self.inner.lock() {
-            let (addresses, conferences) = &mut *guard;
-            addresses.add(ip, now, &self.settings);
-            conferences.add(conference.to_owned(), now, &self.settings);
-        }
+        addresses.add(key, now, s);
+        Ok(Attempt {
+            limiter: self,
+            ip,
+            conference,
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn fail(l: &Limiter, ip: IpAddr, conference: &str, now: Instant) -> Result<(), Limited> {
+        // Begun and never refunded: a failure.
+        l.begin(ip, conference, true, now).map(|_| ())
+    }
 
     #[test]
     fn an_address_is_limited_for_the_rest_of_its_window() {
@@ -160,20 +232,43 @@ mod tests {
         let ip: IpAddr = "192.0.2.7".parse().unwrap();
         let other: IpAddr = "192.0.2.8".parse().unwrap();
         let t0 = Instant::now();
-        l.failed(ip, "eu-a", t0);
-        assert!(l.check(ip, "eu-a", t0).is_ok());
-        l.failed(ip, "eu-a", t0);
+        fail(&l, ip, "eu-a", t0).unwrap();
+        fail(&l, ip, "eu-a", t0).unwrap();
         let hit = l
-            .check(ip, "eu-b", t0 + Duration::from_secs(10))
+            .begin(ip, "eu-b", true, t0 + Duration::from_secs(10))
             .unwrap_err();
         assert_eq!(hit.code(), "too_many_failures_from_address");
         assert_eq!(hit.retry_after(), Duration::from_secs(50));
-        assert!(l.check(other, "eu-a", t0).is_ok());
-        assert!(l.check(ip, "eu-a", t0 + Duration::from_secs(60)).is_ok());
+        assert!(l.begin(other, "eu-a", true, t0).is_ok());
+        assert!(
+            l.begin(ip, "eu-a", true, t0 + Duration::from_secs(60))
+                .is_ok()
+        );
     }
 
     #[test]
-    fn a_conference_is_limited_across_addresses() {
+    fn successes_are_refunded_and_concurrent_attempts_count() {
+        let l = Limiter::new(LimitSettings {
+            per_address: 2,
+            ..LimitSettings::default()
+        });
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        let t0 = Instant::now();
+        for _ in 0..10 {
+            l.begin(ip, "eu-a", true, t0).unwrap().succeeded();
+        }
+        // Two attempts in flight at once use up the allowance before
+        // either has been judged.
+        let a = l.begin(ip, "eu-a", true, t0).unwrap();
+        let b = l.begin(ip, "eu-a", true, t0).unwrap();
+        assert!(l.begin(ip, "eu-a", true, t0).is_err());
+        a.succeeded();
+        drop(b);
+        assert!(l.begin(ip, "eu-a", true, t0).is_ok());
+    }
+
+    #[test]
+    fn a_conference_is_limited_across_addresses_but_not_for_invitations() {
         let l = Limiter::new(LimitSettings {
             per_address: 100,
             per_conference: 3,
@@ -181,25 +276,55 @@ mod tests {
         });
         let t0 = Instant::now();
         for i in 0..3u8 {
-            l.failed(IpAddr::from([192, 0, 2, i]), "eu-a", t0);
+            fail(&l, IpAddr::from([192, 0, 2, i]), "eu-a", t0).unwrap();
         }
         let hit = l
-            .check(IpAddr::from([192, 0, 2, 99]), "eu-a", t0)
+            .begin(IpAddr::from([192, 0, 2, 99]), "eu-a", true, t0)
             .unwrap_err();
         assert_eq!(hit.code(), "too_many_failures_on_conference");
-        assert!(l.check(IpAddr::from([192, 0, 2, 99]), "eu-b", t0).is_ok());
+        assert!(
+            l.begin(IpAddr::from([192, 0, 2, 99]), "eu-b", true, t0)
+                .is_ok()
+        );
+        assert!(
+            l.begin(IpAddr::from([192, 0, 2, 99]), "eu-a", false, t0)
+                .is_ok()
+        );
     }
 
     #[test]
-    fn tables_stay_bounded() {
+    fn ipv6_clients_are_counted_by_their_64() {
+        let l = Limiter::new(LimitSettings {
+            per_address: 2,
+            ..LimitSettings::default()
+        });
+        let t0 = Instant::now();
+        fail(&l, "2001:db8:1:2::1".parse().unwrap(), "eu-a", t0).unwrap();
+        fail(&l, "2001:db8:1:2::ffff".parse().unwrap(), "eu-a", t0).unwrap();
+        assert!(fail(&l, "2001:db8:1:2:abcd::9".parse().unwrap(), "eu-a", t0).is_err());
+        assert!(fail(&l, "2001:db8:1:3::1".parse().unwrap(), "eu-a", t0).is_ok());
+    }
+
+    #[test]
+    fn tables_stay_bounded_and_evict_the_oldest() {
         let l = Limiter::new(LimitSettings {
             max_entries: 8,
+            per_conference: u32::MAX,
             ..LimitSettings::default()
         });
         let t0 = Instant::now();
         for i in 0..100u8 {
-            l.failed(IpAddr::from([10, 0, 0, i]), "eu-a", t0);
+            let _ = fail(
+                &l,
+                IpAddr::from([10, 0, 0, i]),
+                "eu-a",
+                t0 + Duration::from_millis(u64::from(i)),
+            );
         }
-        assert!(l.inner.lock().unwrap().0.entries.len() <= 8);
+        let guard = l.inner.lock().unwrap();
+        assert!(guard.0.entries.len() <= 8);
+        assert!(guard.0.order.len() <= 16);
+        // The newest survived.
+        assert!(guard.0.entries.contains_key(&IpAddr::from([10, 0, 0, 99])));
     }
 }

@@ -28,21 +28,61 @@ struct Entry {
     commands: VecDeque<Command>,
     notify: Arc<Notify>,
     healthy: bool,
+    /// When its conference usage was last written to the store.
+    persisted: Option<Instant>,
 }
+
+/// How often a relay's per-conference usage is written to the store.
+const PERSIST_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Default)]
 struct Inner {
     relays: Vec<Entry>,
-    /// Conference → the relay that carries it. Until relays cascade, one
-    /// relay carries a whole conference.
-    assigned: HashMap<String, RelayIdx>,
+    /// Conference → the relay that carries it, and since when. Until relays
+    /// cascade, one relay carries a whole conference.
+    assigned: HashMap<String, (RelayIdx, Instant)>,
     next_seq: u64,
 }
+
+fn state(e: &Entry, now: Instant) -> RelayState {
+    match (&e.report, e.last_report) {
+        (Some(r), Some(at)) if now.duration_since(at) < STALE_AFTER => RelayState {
+            health: if r.draining {
+                Health::Draining
+            } else {
+                Health::Healthy
+            },
+            participants: r.participants.saturating_add(e.pending_joins),
+            bitrate_bps: r.bitrate_bps,
+        },
+        _ => RelayState {
+            health: Health::Unhealthy,
+            participants: 0,
+            bitrate_bps: 0,
+        },
+    }
+}
+
+/// A placement nobody reports any more is forgotten after this.
+const FORGET_PLACEMENT_AFTER: Duration = Duration::from_secs(600);
 
 /// The router's view of every relay in the inventory.
 #[derive(Debug)]
 pub struct Registry {
     inner: Mutex<Inner>,
+    /// This run's command numbering (see [`super::channel::ReportReply::epoch`]).
+    epoch: u64,
+}
+
+/// What [`Registry::record`] hands back.
+#[derive(Debug)]
+pub struct Recorded {
+    /// Commands not yet acknowledged.
+    pub commands: Vec<Command>,
+    /// To wait on when there are none.
+    pub notify: Arc<Notify>,
+    /// Conferences in the previous report but not this one, as last reported.
+    pub vanished: Vec<ConferenceLoad>,
 }
 
 /// One relay's share of a conference, as it last reported.
@@ -58,9 +98,20 @@ impl Registry {
         inner
             .relays
             .resize_with(policy.relays().len(), Entry::default);
+        let mut epoch = [0u8; 8];
+        if getrandom::fill(&mut epoch).is_err() {
+            // Distinct per run is all that matters.
+            epoch = crate::relay::unix_now().to_le_bytes();
+        }
         Registry {
             inner: Mutex::new(inner),
+            epoch: u64::from_le_bytes(epoch).max(1),
         }
+    }
+
+    /// This run's epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -71,48 +122,88 @@ impl Registry {
 
     /// Health and load of every relay, indexed by [`RelayIdx`], as selection reads them.
     pub fn states(&self, now: Instant) -> Vec<RelayState> {
-        let inner = self.lock();
-        inner
-            .relays
-            .iter()
-            .map(|e| match (&e.report, e.last_report) {
-                (Some(r), Some(at)) if now.duration_since(at) < STALE_AFTER => RelayState {
-                    health: if r.draining {
-                        Health::Draining
-                    } else {
-                        Health::Healthy
-                    },
-                    participants: r.participants.saturating_add(e.pending_joins),
-                    bitrate_bps: r.bitrate_bps,
-                },
-                _ => RelayState {
-                    health: Health::Unhealthy,
-                    participants: 0,
-                    bitrate_bps: 0,
-                },
-            })
-            .collect()
+        self.lock().relays.iter().map(|e| state(e, now)).collect()
+    }
+
+    /// Chooses the relay for a participant of `conference` and records the
+    /// choice, atomically: `decide` gets every relay's state and the relay
+    /// carrying the conference (this run's, else `hint`, e.g. from the
+    /// store after a restart), so two first joins cannot split a conference.
+    pub fn place<E>(
+        &self,
+        conference: &str,
+        hint: Option<RelayIdx>,
+        now: Instant,
+        decide: impl FnOnce(&[RelayState], Option<RelayIdx>) -> Result<RelayIdx, E>,
+    ) -> Result<RelayIdx, E> {
+        let mut inner = self.lock();
+        let states: Vec<RelayState> = inner.relays.iter().map(|e| state(e, now)).collect();
+        let carrying = inner.assigned.get(conference).map(|(r, _)| *r).or(hint);
+        let relay = decide(&states, carrying)?;
+        inner.assigned.insert(conference.to_owned(), (relay, now));
+        if let Some(e) = inner.relays.get_mut(relay.index()) {
+            e.pending_joins = e.pending_joins.saturating_add(1);
+        }
+        Ok(relay)
     }
 
     /// Stores a report; returns the relay's commands not yet acknowledged
     /// and the notifier to wait on when there are none.
-    pub fn record(
-        &self,
-        relay: RelayIdx,
-        report: RelayReport,
-        now: Instant,
-    ) -> (Vec<Command>, Arc<Notify>) {
+    pub fn record(&self, relay: RelayIdx, report: RelayReport, now: Instant) -> Recorded {
         let mut inner = self.lock();
+        // Conferences it carries that this run has not placed (after a
+        // restart) stay where they are.
+        for c in &report.conferences {
+            inner.assigned.entry(c.id.clone()).or_insert((relay, now));
+        }
         let Some(e) = inner.relays.get_mut(relay.index()) else {
-            return (Vec::new(), Arc::new(Notify::new()));
+            return Recorded {
+                commands: Vec::new(),
+                notify: Arc::new(Notify::new()),
+                vanished: Vec::new(),
+            };
         };
-        while e.commands.front().is_some_and(|c| c.seq <= report.ack) {
-            e.commands.pop_front();
+        // An acknowledgement of another run's numbering means nothing here.
+        if report.epoch == self.epoch {
+            while e.commands.front().is_some_and(|c| c.seq <= report.ack) {
+                e.commands.pop_front();
+            }
         }
         e.last_report = Some(now);
+        // Conferences that left this relay since its last report, with the
+        // last counts it gave for them.
+        let vanished = e
+            .report
+            .take()
+            .map(|old| {
+                old.conferences
+                    .into_iter()
+                    .filter(|c| !report.conferences.iter().any(|n| n.id == c.id))
+                    .collect()
+            })
+            .unwrap_or_default();
         e.report = Some(report);
         e.pending_joins = 0;
-        (e.commands.iter().cloned().collect(), e.notify.clone())
+        Recorded {
+            commands: e.commands.iter().cloned().collect(),
+            notify: e.notify.clone(),
+            vanished,
+        }
+    }
+
+    /// Whether `relay`'s usage is due to be written (and marks it written).
+    pub fn persist_due(&self, relay: RelayIdx, now: Instant) -> bool {
+        let mut inner = self.lock();
+        let Some(e) = inner.relays.get_mut(relay.index()) else {
+            return false;
+        };
+        let due = e
+            .persisted
+            .is_none_or(|at| now.duration_since(at) >= PERSIST_EVERY);
+        if due {
+            e.persisted = Some(now);
+        }
+        due
     }
 
     /// Commands for `relay` not yet acknowledged.
@@ -150,18 +241,24 @@ impl Registry {
         }
     }
 
-    /// The relay carrying `conference`, if one was chosen.
+    /// The relay carrying `conference`, if this run knows one.
     pub fn assigned(&self, conference: &str) -> Option<RelayIdx> {
-        self.lock().assigned.get(conference).copied()
+        self.lock().assigned.get(conference).map(|(r, _)| *r)
     }
 
-    /// Records that a ticket for `relay` was issued for `conference`.
-    pub fn joined(&self, conference: &str, relay: RelayIdx) {
+    /// Forgets placements no relay has reported for a while (conferences
+    /// that emptied without being ended).
+    fn trim(&self, now: Instant) {
         let mut inner = self.lock();
-        inner.assigned.insert(conference.to_owned(), relay);
-        if let Some(e) = inner.relays.get_mut(relay.index()) {
-            e.pending_joins = e.pending_joins.saturating_add(1);
-        }
+        let reported: std::collections::HashSet<String> = inner
+            .relays
+            .iter()
+            .filter_map(|e| e.report.as_ref())
+            .flat_map(|r| r.conferences.iter().map(|c| c.id.clone()))
+            .collect();
+        inner.assigned.retain(|id, (_, at)| {
+            reported.contains(id) || now.duration_since(*at) <= FORGET_PLACEMENT_AFTER
+        });
     }
 
     /// Forgets the placement of an ended conference.
@@ -235,9 +332,14 @@ impl Registry {
 /// the per-jurisdiction healthy-relay gauges.
 pub(super) async fn watch(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut ticks = 0u64;
     loop {
         tick.tick().await;
         let now = Instant::now();
+        ticks += 1;
+        if ticks % 60 == 0 {
+            shared.relays.trim(now);
+        }
         for (relay, healthy) in shared.relays.refresh(now) {
             let id = &shared.policy.relay(relay).id;
             if healthy {

@@ -215,19 +215,30 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     fn upsert_participant(&self, p: &ParticipantRecord) -> Result<(), StoreError>;
     /// A ticket was issued: the participant, the relay it was sent to and
-    /// the audit line, in one transaction.
+    /// the audit line, and the claim of its invitation if it used one, in
+    /// one transaction. `false` (and nothing written) when the invitation
+    /// was used meanwhile.
     fn record_join(
         &self,
         p: &ParticipantRecord,
         relay: &str,
         event: &AuditEvent,
-    ) -> Result<(), StoreError>;
+        invite: Option<&[u8; 32]>,
+    ) -> Result<bool, StoreError>;
     fn participant(
         &self,
         conference: &str,
         id: &str,
     ) -> Result<Option<ParticipantRecord>, StoreError>;
     fn set_status(&self, conference: &str, id: &str, status: Status) -> Result<(), StoreError>;
+    /// Moves the participant from `from` to `to`; `false` if it was not in `from`.
+    fn set_status_if(
+        &self,
+        conference: &str,
+        id: &str,
+        from: Status,
+        to: Status,
+    ) -> Result<bool, StoreError>;
     /// Participants in the waiting room, oldest first.
     fn waiting(&self, conference: &str) -> Result<Vec<ParticipantRecord>, StoreError>;
 
@@ -258,15 +269,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Records that `relay` carries `conference` as of `now`.
     fn note_relay(&self, conference: &str, relay: &str, now: u64) -> Result<(), StoreError>;
-    /// Records what `relay` reported carrying for `conference` (kept as
-    /// the highest counts seen, so they outlive the relay's own).
+    /// Records what `relay` reported carrying, per conference: (id, bytes
+    /// in, bytes out), kept as the highest counts seen so they outlive the
+    /// relay's own; in one transaction.
     fn record_usage(
         &self,
-        conference: &str,
         relay: &str,
         now: u64,
-        bytes_in: u64,
-        bytes_out: u64,
+        usage: &[(&str, u64, u64)],
     ) -> Result<(), StoreError>;
     fn relays_of(&self, conference: &str) -> Result<Vec<RelayUse>, StoreError>;
 }

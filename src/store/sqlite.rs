@@ -428,13 +428,26 @@ impl Store for Sqlite {
         p: &ParticipantRecord,
         relay: &str,
         event: &AuditEvent,
-    ) -> Result<(), StoreError> {
+        invite: Option<&[u8; 32]>,
+    ) -> Result<bool, StoreError> {
         let mut conn = self.conn.lock().map_err(|_| err("store lock poisoned"))?;
         let tx = conn.transaction().map_err(err)?;
+        if let Some(token) = invite {
+            let claimed = exec(
+                &tx,
+                "UPDATE invites SET used = 1 WHERE token_sha256 = ?1 AND used = 0",
+                params![token.as_slice()],
+            )
+            .map_err(err)?;
+            if claimed == 0 {
+                return Ok(false);
+            }
+        }
         upsert_participant(&tx, p).map_err(err)?;
         note_relay(&tx, &p.conference, relay, event.time).map_err(err)?;
         insert_audit(&tx, event).map_err(err)?;
-        tx.commit().map_err(err)
+        tx.commit().map_err(err)?;
+        Ok(true)
     }
 
     fn participant(
@@ -461,6 +474,23 @@ impl Store for Sqlite {
                 params![conference, id, status.as_str()],
             )
             .map(|_| ())
+        })
+    }
+
+    fn set_status_if(
+        &self,
+        conference: &str,
+        id: &str,
+        from: Status,
+        to: Status,
+    ) -> Result<bool, StoreError> {
+        self.with(|db| {
+            exec(
+                db,
+                "UPDATE participants SET status = ?4 WHERE conference = ?1 AND id = ?2 AND status = ?3",
+                params![conference, id, from.as_str(), to.as_str()],
+            )
+            .map(|n| n == 1)
         })
     }
 
@@ -580,22 +610,24 @@ impl Store for Sqlite {
 
     fn record_usage(
         &self,
-        conference: &str,
         relay: &str,
         now: u64,
-        bytes_in: u64,
-        bytes_out: u64,
+        usage: &[(&str, u64, u64)],
     ) -> Result<(), StoreError> {
-        self.with(|db| {
-            exec(db,
+        let mut conn = self.conn.lock().map_err(|_| err("store lock poisoned"))?;
+        let tx = conn.transaction().map_err(err)?;
+        for (conference, bytes_in, bytes_out) in usage {
+            exec(
+                &tx,
                 "INSERT INTO conference_relays (conference, relay, first_seen, last_seen, bytes_in, bytes_out)
                  VALUES (?1, ?2, ?3, ?3, ?4, ?5)
                  ON CONFLICT (conference, relay) DO UPDATE SET last_seen = ?3,
                  bytes_in = max(bytes_in, ?4), bytes_out = max(bytes_out, ?5)",
-                params![conference, relay, now as i64, bytes_in as i64, bytes_out as i64],
+                params![conference, relay, now as i64, *bytes_in as i64, *bytes_out as i64],
             )
-            .map(|_| ())
-        })
+            .map_err(err)?;
+        }
+        tx.commit().map_err(err)
     }
 
     fn relays_of(&self, conference: &str) -> Result<Vec<RelayUse>, StoreError> {
@@ -788,6 +820,15 @@ mod tests {
         assert_eq!(s.waiting("eu-a").unwrap(), vec![p.clone()]);
         s.set_status("eu-a", "p-1", Status::Admitted).unwrap();
         assert!(s.waiting("eu-a").unwrap().is_empty());
+        assert!(
+            s.set_status_if("eu-a", "p-1", Status::Admitted, Status::Joined)
+                .unwrap()
+        );
+        assert!(
+            !s.set_status_if("eu-a", "p-1", Status::Admitted, Status::Joined)
+                .unwrap()
+        );
+        s.set_status("eu-a", "p-1", Status::Admitted).unwrap();
         assert_eq!(
             s.participant("eu-a", "p-1").unwrap().unwrap().status,
             Status::Admitted
@@ -804,8 +845,10 @@ mod tests {
                 bytes_out: 0,
             }]
         );
-        s.record_usage("eu-a", "de-fra-1", 10, 100, 200).unwrap();
-        s.record_usage("eu-a", "de-fra-1", 11, 50, 300).unwrap();
+        s.record_usage("de-fra-1", 10, &[("eu-a", 100, 200)])
+            .unwrap();
+        s.record_usage("de-fra-1", 11, &[("eu-a", 50, 300), ("eu-b", 1, 1)])
+            .unwrap();
         let used = &s.relays_of("eu-a").unwrap()[0];
         assert_eq!(
             (used.last_seen, used.bytes_in, used.bytes_out),
@@ -820,6 +863,36 @@ mod tests {
         .unwrap();
         assert_eq!(s.audit_log("eu-a").unwrap()[0].detail["tenant"], "acme");
         assert_eq!(s.add_report("eu-a", "p-1", "spam", 3).unwrap(), 1);
+        // A join claims its invitation with its records, once.
+        s.insert_invite(&InviteRecord {
+            token_sha256: [5; 32],
+            conference: "eu-a".into(),
+            participant_id: "p-2".into(),
+            display_name: "Cy".into(),
+            role: Role::Viewer,
+            expires: 100,
+        })
+        .unwrap();
+        let event = AuditEvent {
+            time: 2,
+            conference: "eu-a".into(),
+            event: "join_accepted".into(),
+            detail: serde_json::json!({}),
+        };
+        let joined = ParticipantRecord {
+            id: "p-2".into(),
+            status: Status::Joined,
+            ..p.clone()
+        };
+        assert!(
+            s.record_join(&joined, "de-fra-1", &event, Some(&[5; 32]))
+                .unwrap()
+        );
+        assert!(
+            !s.record_join(&joined, "de-fra-1", &event, Some(&[5; 32]))
+                .unwrap()
+        );
+        assert_eq!(s.audit_log("eu-a").unwrap().len(), 2);
         assert_eq!(s.reports(10).unwrap()[0].reason, "spam");
     }
 }
