@@ -68,11 +68,13 @@ pub(super) fn settings(
         routers: relay::RouterLink::for_relay(policy, idx),
         credential,
     };
+    let mut settings = settings;
     if !settings.routers.is_empty() && settings.credential.is_none() {
         tracing::warn!(
             relay = %id,
-            "no credential (--credential-file or RESIDENCY_RELAY_CREDENTIAL): the relay cannot register with its routers and gets no joins"
+            "no credential (--credential-file or RESIDENCY_RELAY_CREDENTIAL): the relay does not report to its routers and gets no joins"
         );
+        settings.routers.clear();
     }
     Ok(settings)
 }

@@ -74,11 +74,8 @@ impl Cluster {
                 &format!("regions_dir = \"{}\"", repo.join("regions").display()),
             )
             .replace(
-                "signing_key = \"dev-ticket.key\"",
-                &format!(
-                    "signing_key = \"{}\"",
-                    repo.join("config/dev-ticket.key").display()
-                ),
+                "signing_key = \"dev-",
+                &format!("signing_key = \"{}/dev-", repo.join("config").display()),
             )
             .replace("store = \"../data/", "store = \"data/");
         for n in 1..=5 {
