@@ -161,6 +161,10 @@ enum Command {
         /// Seconds of load.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// Also load GET /healthz the same way, for the HTTP floor to
+        /// compare with.
+        #[arg(long)]
+        baseline: bool,
     },
     /// Create an Ed25519 ticket-signing key; print its public key for `ticket_keys`.
     Keygen {
@@ -366,7 +370,14 @@ pub fn main() -> ExitCode {
             api_key,
             concurrency,
             seconds,
-        } => report(joinload::run(&router, &api_key, concurrency, seconds)),
+            baseline,
+        } => report(joinload::run(
+            &router,
+            &api_key,
+            concurrency,
+            seconds,
+            baseline,
+        )),
         Command::Ticket {
             config,
             regions,
