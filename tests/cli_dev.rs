@@ -73,3 +73,55 @@ fn the_demo_keeps_an_eu_call_on_eu_relays() {
     assert!(stdout.contains("dev-acme-key"), "{stdout}");
     assert!(stdout.contains("curl -s -X POST http://127.0.2.1:8080/v1/conferences"));
 }
+
+#[test]
+fn a_router_refuses_to_start_with_a_key_that_does_not_match_its_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = support::repo();
+    let text = std::fs::read_to_string(repo.join("config/dev.toml"))
+        .unwrap()
+        .replace(
+            "regions_dir = \"../regions\"",
+            &format!("regions_dir = \"{}\"", repo.join("regions").display()),
+        )
+        // The Swiss router's key file in place of the Frankfurt router's.
+        .replace(
+            "signing_key = \"dev-ticket.key\"",
+            &format!(
+                "signing_key = \"{}\"",
+                repo.join("config/dev-ch-router.key").display()
+            ),
+        )
+        .replace("store = \"../data/", "store = \"data/");
+    let config = dir.path().join("dev.toml");
+    std::fs::write(&config, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_residency-relay"))
+        .args([
+            "router",
+            "--config",
+            config.to_str().unwrap(),
+            "--id",
+            "de-fra-router",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("does not match router de-fra-router's public_key"),
+        "{err}"
+    );
+    // An unknown router id.
+    let out = Command::new(env!("CARGO_BIN_EXE_residency-relay"))
+        .args([
+            "router",
+            "--config",
+            config.to_str().unwrap(),
+            "--id",
+            "nope",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no router 'nope'"));
+}
