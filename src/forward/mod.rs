@@ -27,6 +27,9 @@ use crate::wire::ErrorCode;
 use crate::wire::control::{ClientMessage, ParticipantId, ServerMessage, TrackInfo, TrackKind};
 use crate::wire::datagram::{self, DatagramError, TrackId};
 
+/// Tracks one link may announce.
+pub const MAX_LINK_TRACKS: usize = 4096;
+
 /// Tracks listed in a `welcome` (each is at most ~250 bytes of JSON with
 /// 64-byte labels, so 48 stay well inside a 16 KiB control frame).
 pub const MAX_WELCOME_TRACKS: usize = 48;
@@ -65,6 +68,41 @@ pub struct CoreConfig {
     pub max_tracks_per_participant: usize,
     /// Least time between two keyframe requests for one track.
     pub keyframe_request_interval: Duration,
+    /// Added to every track id this core assigns (its high 12 bits), so the
+    /// relays of a cascade never assign the same id: a track keeps its id
+    /// across links and no header is rewritten.
+    pub track_id_base: u32,
+}
+
+/// Bits of a track id the core's own counter uses; the rest is
+/// [`CoreConfig::track_id_base`].
+pub const TRACK_COUNTER_BITS: u32 = 20;
+
+/// The `track_id_base` for the relay at `index` in the inventory.
+pub fn track_id_base(index: usize) -> u32 {
+    ((index % 4095) as u32 + 1) << TRACK_COUNTER_BITS
+}
+
+/// What a cascade link's peer is asked for (the shell sends it over the link).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkRequest {
+    /// Someone here subscribed to this track of the peer's: send it.
+    Subscribe(TrackId),
+    /// Nobody here wants it any more.
+    Unsubscribe(TrackId),
+    /// A subscriber here lost reference data: ask its publisher for a keyframe.
+    KeyframeRequest(TrackId),
+}
+
+/// What one cascade link moved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkStats {
+    pub conference: String,
+    /// The peer relay's id.
+    pub peer: String,
+    /// Media bytes received from the peer and sent to it.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
 }
 
 impl Default for CoreConfig {
@@ -73,6 +111,7 @@ impl Default for CoreConfig {
             queue_packets: 256,
             max_tracks_per_participant: 8,
             keyframe_request_interval: Duration::from_millis(500),
+            track_id_base: 0,
         }
     }
 }
@@ -131,6 +170,11 @@ struct Conn {
     /// Media bytes received from it and taken by the shell to send to it.
     bytes_in: u64,
     bytes_out: u64,
+    /// A cascade link to another relay rather than a participant: it
+    /// publishes the peer's tracks here and subscribes for the peer, but
+    /// never receives tracks that came over another link (split horizon,
+    /// so media crosses at most one link and cannot loop).
+    link: bool,
 }
 
 /// What one conference moved through this relay (for the router's reports;
@@ -189,6 +233,7 @@ pub struct Core {
     closed_bytes: HashMap<String, (u64, u64)>,
     ready: Vec<ConnId>,
     control: std::collections::VecDeque<(ConnId, ServerMessage)>,
+    link_out: std::collections::VecDeque<(ConnId, LinkRequest)>,
     counters: Counters,
 }
 
@@ -215,6 +260,7 @@ impl Core {
             closed_bytes: HashMap::new(),
             ready: Vec::new(),
             control: std::collections::VecDeque::new(),
+            link_out: std::collections::VecDeque::new(),
             counters: Counters::default(),
         }
     }
@@ -271,6 +317,14 @@ impl Core {
         // `track_published` messages.
         let later = tracks.split_off(tracks.len().min(MAX_WELCOME_TRACKS));
         for other in members.iter() {
+            let other_is_link = self
+                .conns
+                .get(other.index as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|c| c.link);
+            if other_is_link {
+                continue;
+            }
             self.control.push_back((
                 *other,
                 ServerMessage::ParticipantJoined {
@@ -303,8 +357,206 @@ impl Core {
             ready: false,
             bytes_in: 0,
             bytes_out: 0,
+            link: false,
         });
         id
+    }
+
+    fn is_link(&self, conn: ConnId) -> bool {
+        self.conn(conn).is_some_and(|c| c.link)
+    }
+
+    /// Admits a cascade link to relay `peer` for `conference`: the peer
+    /// learns every track published here (not those that came from other
+    /// links) as `track_published` control messages.
+    pub fn admit_link(&mut self, conference: &str, peer: &str) -> ConnId {
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.conns.push(None);
+                self.generations.push(0);
+                (self.conns.len() - 1) as u32
+            }
+        };
+        let generation = self.generations[index as usize].wrapping_add(1);
+        self.generations[index as usize] = generation;
+        let id = ConnId { index, generation };
+        let members = self.conferences.entry(conference.to_owned()).or_default();
+        let local: Vec<ConnId> = members.clone();
+        members.push(id);
+        let mut tracks: Vec<TrackInfo> = self
+            .tracks
+            .values()
+            .filter(|t| local.contains(&t.owner) && !self.is_link(t.owner))
+            .map(|t| t.info.clone())
+            .collect();
+        tracks.sort_by_key(|t| t.track);
+        for info in tracks {
+            self.control
+                .push_back((id, ServerMessage::TrackPublished(info)));
+        }
+        self.conns[index as usize] = Some(Conn {
+            generation,
+            conference: conference.to_owned(),
+            participant: ParticipantId(format!("relay:{peer}")),
+            display_name: peer.to_owned(),
+            permissions: Permissions {
+                publish: true,
+                subscribe: true,
+                moderate: false,
+            },
+            published: Vec::new(),
+            subscriptions: Vec::new(),
+            queue: Queue::new(self.config.queue_packets),
+            ready: false,
+            bytes_in: 0,
+            bytes_out: 0,
+            link: true,
+        });
+        id
+    }
+
+    /// The peer announced a track it carries: participants here see it as
+    /// published. Returns false (and ignores it) if the id is taken here or
+    /// the connection is not a link.
+    pub fn link_publish(&mut self, link: ConnId, info: TrackInfo) -> bool {
+        let Some(c) = self.conn(link).filter(|c| c.link) else {
+            return false;
+        };
+        if self.tracks.contains_key(&info.track) || c.published.len() >= MAX_LINK_TRACKS {
+            return false;
+        }
+        let conference = c.conference.clone();
+        for other in self.members(&conference).to_vec() {
+            if !self.is_link(other) {
+                self.control
+                    .push_back((other, ServerMessage::TrackPublished(info.clone())));
+            }
+        }
+        let track = info.track;
+        self.tracks.insert(
+            track,
+            Track {
+                owner: link,
+                info,
+                subscribers: Vec::new(),
+                last_keyframe_request: None,
+            },
+        );
+        if let Some(c) = self.conn_mut(link) {
+            c.published.push(track);
+        }
+        true
+    }
+
+    /// The peer stopped carrying a track it announced.
+    pub fn link_unpublish(&mut self, link: ConnId, track: TrackId) {
+        if self.tracks.get(&track).is_some_and(|t| t.owner == link) {
+            self.remove_track(track);
+        }
+    }
+
+    /// The peer wants a track published here (by a participant, never one
+    /// that came over a link). Returns whether it is now subscribed.
+    pub fn link_subscribe(&mut self, link: ConnId, track: TrackId) -> bool {
+        let Some(conference) = self
+            .conn(link)
+            .filter(|c| c.link)
+            .map(|c| c.conference.clone())
+        else {
+            return false;
+        };
+        let allowed = self.tracks.get(&track).is_some_and(|t| {
+            self.conn(t.owner)
+                .is_some_and(|o| !o.link && o.conference == conference)
+        });
+        if !allowed {
+            return false;
+        }
+        if let Some(t) = self.tracks.get_mut(&track) {
+            if !t.subscribers.contains(&link) {
+                t.subscribers.push(link);
+            }
+        }
+        if let Some(c) = self.conn_mut(link) {
+            if !c.subscriptions.contains(&track) {
+                c.subscriptions.push(track);
+            }
+        }
+        true
+    }
+
+    /// The peer no longer wants a track.
+    pub fn link_unsubscribe(&mut self, link: ConnId, track: TrackId) {
+        if let Some(t) = self.tracks.get_mut(&track) {
+            t.subscribers.retain(|s| *s != link);
+        }
+        if let Some(c) = self.conn_mut(link) {
+            c.subscriptions.retain(|t| *t != track);
+        }
+    }
+
+    /// The peer's subscribers need a keyframe of a track published here.
+    pub fn link_keyframe_request(&mut self, link: ConnId, track: TrackId, now: Instant) {
+        let subscribed = self
+            .tracks
+            .get(&track)
+            .is_some_and(|t| t.subscribers.contains(&link));
+        if subscribed {
+            self.request_keyframe(track, now);
+        }
+    }
+
+    /// The next request for a link's peer.
+    pub fn poll_link_request(&mut self) -> Option<(ConnId, LinkRequest)> {
+        self.link_out.pop_front()
+    }
+
+    /// Whether `conn` is a cascade link.
+    pub fn link_peer(&self, conn: ConnId) -> Option<&str> {
+        self.conn(conn)
+            .filter(|c| c.link)
+            .map(|c| c.display_name.as_str())
+    }
+
+    /// Bytes moved by every cascade link.
+    pub fn link_stats(&self) -> Vec<LinkStats> {
+        self.conns
+            .iter()
+            .flatten()
+            .filter(|c| c.link)
+            .map(|c| LinkStats {
+                conference: c.conference.clone(),
+                peer: c.display_name.clone(),
+                bytes_in: c.bytes_in,
+                bytes_out: c.bytes_out,
+            })
+            .collect()
+    }
+
+    /// Participants (not links) connected.
+    pub fn participants(&self) -> usize {
+        self.conns.iter().flatten().filter(|c| !c.link).count()
+    }
+
+    /// Subscribing `conn` to a link's track: the first subscriber here
+    /// asks the peer for it.
+    fn note_link_subscriber(&mut self, track: TrackId, added: bool) {
+        let Some(t) = self.tracks.get(&track) else {
+            return;
+        };
+        if !self.is_link(t.owner) {
+            return;
+        }
+        let owner = t.owner;
+        let n = t.subscribers.len();
+        if added && n == 1 {
+            self.link_out
+                .push_back((owner, LinkRequest::Subscribe(track)));
+        } else if !added && n == 0 {
+            self.link_out
+                .push_back((owner, LinkRequest::Unsubscribe(track)));
+        }
     }
 
     fn error(&mut self, conn: ConnId, code: ErrorCode, message: impl Into<String>) {
@@ -353,12 +605,14 @@ impl Core {
                     return self.error(conn, ErrorCode::TooManyTracks, "too many tracks published");
                 }
                 // Ids are a counter; after it wraps, skip ids still in use.
-                let mut track = TrackId(self.next_track);
+                let mask = (1 << TRACK_COUNTER_BITS) - 1;
+                let base = self.config.track_id_base & !mask;
+                let mut track = TrackId(base | (self.next_track & mask));
                 while self.tracks.contains_key(&track) {
-                    self.next_track = self.next_track.wrapping_add(1).max(1);
-                    track = TrackId(self.next_track);
+                    self.next_track = (self.next_track.wrapping_add(1) & mask).max(1);
+                    track = TrackId(base | self.next_track);
                 }
-                self.next_track = self.next_track.wrapping_add(1).max(1);
+                self.next_track = (self.next_track.wrapping_add(1) & mask).max(1);
                 let info = TrackInfo {
                     track,
                     participant,
@@ -413,10 +667,15 @@ impl Core {
                         "no such track in this conference",
                     );
                 }
+                let mut added = false;
                 if let Some(t) = self.tracks.get_mut(&track) {
                     if !t.subscribers.contains(&conn) {
                         t.subscribers.push(conn);
+                        added = true;
                     }
+                }
+                if added {
+                    self.note_link_subscriber(track, true);
                 }
                 if let Some(c) = self.conn_mut(conn) {
                     if !c.subscriptions.contains(&track) {
@@ -427,8 +686,14 @@ impl Core {
                     .push_back((conn, ServerMessage::Subscribed { track }));
             }
             ClientMessage::Unsubscribe { track } => {
+                let mut removed = false;
                 if let Some(t) = self.tracks.get_mut(&track) {
+                    let before = t.subscribers.len();
                     t.subscribers.retain(|s| *s != conn);
+                    removed = t.subscribers.len() < before;
+                }
+                if removed {
+                    self.note_link_subscriber(track, false);
                 }
                 if let Some(c) = self.conn_mut(conn) {
                     c.subscriptions.retain(|t| *t != track);
@@ -451,9 +716,11 @@ impl Core {
         if let Some(c) = self.conn_mut(t.owner) {
             c.published.retain(|x| *x != track);
         }
+        let from_link = self.is_link(t.owner);
         if let Some(conference) = conference {
             for other in self.members(&conference).to_vec() {
-                if other != t.owner {
+                // Links hear only of tracks published here.
+                if other != t.owner && !(from_link && self.is_link(other)) {
                     self.control
                         .push_back((other, ServerMessage::TrackUnpublished { track }));
                 }
@@ -469,15 +736,27 @@ impl Core {
         };
         let published = c.published.clone();
         let subscriptions = c.subscriptions.clone();
-        let (bytes_in, bytes_out) = (c.bytes_in, c.bytes_out);
+        // Conference totals count participants' media; links report their own.
+        let (bytes_in, bytes_out) = if c.link {
+            (0, 0)
+        } else {
+            (c.bytes_in, c.bytes_out)
+        };
+        let link = c.link;
         let conference = c.conference.clone();
         let participant = c.participant.clone();
         for track in published {
             self.remove_track(track);
         }
         for track in subscriptions {
+            let mut removed = false;
             if let Some(t) = self.tracks.get_mut(&track) {
+                let before = t.subscribers.len();
                 t.subscribers.retain(|s| *s != conn);
+                removed = t.subscribers.len() < before;
+            }
+            if removed && !link {
+                self.note_link_subscriber(track, false);
             }
         }
         if let Some(members) = self.conferences.get_mut(&conference) {
@@ -491,14 +770,19 @@ impl Core {
                 t.1 += bytes_out;
             }
         }
-        for other in self.members(&conference).to_vec() {
-            self.control.push_back((
-                other,
-                ServerMessage::ParticipantLeft {
-                    participant: participant.clone(),
-                },
-            ));
+        if !link {
+            for other in self.members(&conference).to_vec() {
+                if !self.is_link(other) {
+                    self.control.push_back((
+                        other,
+                        ServerMessage::ParticipantLeft {
+                            participant: participant.clone(),
+                        },
+                    ));
+                }
+            }
         }
+        self.link_out.retain(|(to, _)| *to != conn);
         self.conns[conn.index as usize] = None;
         self.free.push(conn.index);
         self.control.retain(|(to, _)| *to != conn);
@@ -590,8 +874,15 @@ impl Core {
         if due {
             t.last_keyframe_request = Some(now);
             self.counters.keyframe_requests += 1;
-            self.control
-                .push_back((t.owner, ServerMessage::KeyframeRequest { track }));
+            let owner = t.owner;
+            if self.is_link(owner) {
+                // Published beyond a link: its origin relay asks the publisher.
+                self.link_out
+                    .push_back((owner, LinkRequest::KeyframeRequest(track)));
+            } else {
+                self.control
+                    .push_back((owner, ServerMessage::KeyframeRequest { track }));
+            }
         }
     }
 
@@ -633,13 +924,19 @@ impl Core {
             .map(|(id, members)| {
                 let (mut bytes_in, mut bytes_out) =
                     self.closed_bytes.get(id).copied().unwrap_or_default();
-                for c in members.iter().filter_map(|m| self.conn(*m)) {
+                let mut participants = 0;
+                for c in members
+                    .iter()
+                    .filter_map(|m| self.conn(*m))
+                    .filter(|c| !c.link)
+                {
                     bytes_in += c.bytes_in;
                     bytes_out += c.bytes_out;
+                    participants += 1;
                 }
                 ConferenceStats {
                     id: id.clone(),
-                    participants: members.len() as u32,
+                    participants,
                     bytes_in,
                     bytes_out,
                 }

@@ -425,3 +425,95 @@ fn keyframe_requests_go_to_the_publisher_whose_video_was_evicted() {
         .collect();
     assert!(more.is_empty(), "{more:?}");
 }
+
+/// Two relays' cores joined by a link (as the shells would, by hand): a
+/// track published on A reaches B's subscriber with one copy crossing the
+/// link, B asks only for what its subscribers want, and nothing that came
+/// over a link is offered to another link.
+#[test]
+fn a_cascade_link_carries_one_copy_of_subscribed_tracks_only() {
+    let config = |base| CoreConfig {
+        track_id_base: base,
+        ..CoreConfig::default()
+    };
+    let mut a = Core::new(config(track_id_base(0)));
+    let mut b = Core::new(config(track_id_base(1)));
+    let publisher = a.admit(admission("c", "p", true, true));
+    let video = publish(&mut a, publisher);
+    let unwanted = publish(&mut a, publisher);
+    assert_eq!(video.0 >> TRACK_COUNTER_BITS, 1, "A's ids carry A's base");
+    while a.poll_control().is_some() {}
+
+    // The link, on both sides; A announces its participants' tracks.
+    let a_link = a.admit_link("c", "b");
+    let b_link = b.admit_link("c", "a");
+    let announced: Vec<TrackInfo> = control_for(&mut a, a_link)
+        .into_iter()
+        .filter_map(|m| match m {
+            ServerMessage::TrackPublished(info) => Some(info),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(announced.len(), 2);
+    let s1 = b.admit(admission("c", "s1", false, true));
+    let s2 = b.admit(admission("c", "s2", false, true));
+    while b.poll_control().is_some() {}
+    for info in announced {
+        assert!(b.link_publish(b_link, info));
+    }
+    // B's participants see A's tracks under the same ids.
+    let seen = control_for(&mut b, s1);
+    assert!(seen.contains(&ServerMessage::TrackPublished(
+        b.tracks[&video].info.clone()
+    )));
+
+    // Two subscribers on B: one request to A; the other track is never asked for.
+    for s in [s1, s2] {
+        b.handle_control(s, ClientMessage::Subscribe { track: video });
+    }
+    let requests: Vec<_> = std::iter::from_fn(|| b.poll_link_request()).collect();
+    assert_eq!(requests, vec![(b_link, LinkRequest::Subscribe(video))]);
+    assert!(a.link_subscribe(a_link, video));
+
+    // One datagram from the publisher: one copy for the link, two on B.
+    let d = datagram(video, 7, Flags::KEYFRAME, b"opaque");
+    a.handle_datagram(publisher, d.clone(), Instant::now())
+        .unwrap();
+    a.handle_datagram(
+        publisher,
+        datagram(unwanted, 1, Flags::default(), b"x"),
+        Instant::now(),
+    )
+    .unwrap();
+    let crossing = drain(&mut a, a_link);
+    assert_eq!(crossing, vec![d.clone()]);
+    b.handle_datagram(b_link, crossing[0].clone(), Instant::now())
+        .unwrap();
+    assert_eq!(drain(&mut b, s1), vec![d.clone()]);
+    assert_eq!(drain(&mut b, s2), vec![d.clone()]);
+    assert_eq!(a.link_stats()[0].bytes_out, d.len() as u64);
+
+    // Split horizon: a second link on B is told nothing of A's tracks and
+    // may not subscribe to them.
+    let b_link_c = b.admit_link("c", "c");
+    assert!(control_for(&mut b, b_link_c).is_empty());
+    assert!(!b.link_subscribe(b_link_c, video));
+    // A link may not publish an id already in use, nor subscribe to a track
+    // of another conference.
+    assert!(!b.link_publish(b_link_c, b.tracks[&video].info.clone()));
+    let other = a.admit(admission("d", "q", true, true));
+    let elsewhere = publish(&mut a, other);
+    assert!(!a.link_subscribe(a_link, elsewhere));
+
+    // The last subscriber leaving withdraws the request.
+    b.handle_control(s1, ClientMessage::Unsubscribe { track: video });
+    assert!(b.poll_link_request().is_none());
+    b.handle_closed(s2);
+    assert_eq!(
+        b.poll_link_request(),
+        Some((b_link, LinkRequest::Unsubscribe(video)))
+    );
+    // Participants count without links.
+    assert_eq!(b.participants(), 1);
+    assert_eq!(b.conference_stats()[0].participants, 1);
+}
