@@ -307,15 +307,40 @@ async fn run_demo(policy: &Policy) -> Result<(), String> {
                 .map_err(|e| e.to_string())?,
         );
     }
-    for (i, (_, client, _)) in clients.iter_mut().enumerate() {
-        for (k, t) in tracks.iter().enumerate() {
-            if k != i {
-                client.subscribe(*t).await.map_err(|e| e.to_string())?;
+    // Each subscribes to the others' tracks as they are announced: tracks
+    // published on another relay arrive once the cascade link is up.
+    for (i, (name, client, _)) in clients.iter_mut().enumerate() {
+        let mut wanted: Vec<_> = tracks
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| *k != i)
+            .map(|(_, t)| *t)
+            .collect();
+        for t in client.initial_tracks.clone() {
+            if let Some(p) = wanted.iter().position(|w| *w == t.track) {
+                client.subscribe(t.track).await.map_err(|e| e.to_string())?;
+                wanted.remove(p);
+            }
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while !wanted.is_empty() {
+            let event = tokio::time::timeout_at(deadline, client.next_event())
+                .await
+                .map_err(|_| format!("{name}: the other tracks were never announced"))?
+                .map_err(|e| e.to_string())?;
+            if let crate::wire::control::ServerMessage::TrackPublished(info) = event {
+                if let Some(p) = wanted.iter().position(|w| *w == info.track) {
+                    client
+                        .subscribe(info.track)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    wanted.remove(p);
+                }
             }
         }
     }
     println!(
-        "  (until relays cascade, one relay carries a whole conference: later joiners follow the first while it has room)"
+        "  (each is on the nearest relay inside the EU; the relays carrying the call are linked to each other)"
     );
     println!(
         "  everyone publishes 1 Mbit/s of synthetic video for 3 s and subscribes to the others"

@@ -61,6 +61,8 @@ pub(super) fn settings(
             .issued_after(crate::relay::unix_now().saturating_sub(crate::ticket::CLOCK_SKEW_SECS)),
         core: CoreConfig {
             queue_packets,
+            // Distinct per relay, so tracks keep their ids across links.
+            track_id_base: crate::forward::track_id_base(idx.index()),
             ..CoreConfig::default()
         },
         shutdown_grace: Duration::from_secs(shutdown_grace),

@@ -320,6 +320,25 @@ impl Policy {
                 (j.id.clone(), self.ticket_keys(idx).to_vec())
             })
             .collect();
-        crate::ticket::Verifier::new(self.relay(relay).id.clone(), trusted)
+        let peers = self
+            .relays
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != relay.index())
+            .map(|(i, r)| {
+                let jurisdictions = self
+                    .jurisdictions_of(RelayIdx(i as u32))
+                    .map(|j| j.id.clone())
+                    .collect();
+                (
+                    r.id.clone(),
+                    crate::ticket::Peer {
+                        ip: r.quic_addr.ip().to_canonical(),
+                        jurisdictions,
+                    },
+                )
+            })
+            .collect();
+        crate::ticket::Verifier::new(self.relay(relay).id.clone(), trusted).with_peers(peers)
     }
 }

@@ -26,6 +26,8 @@ pub struct Metrics {
     pub control_errors: IntCounter,
     pub keyframe_requests: IntCounter,
     pub moderation_disconnects: IntCounterVec,
+    pub cascade_refusals: IntCounterVec,
+    pub cascade_links: IntGauge,
     /// CPU time with 10 ms resolution (the process collector's is whole seconds).
     cpu_seconds: Gauge,
 }
@@ -97,6 +99,12 @@ impl Metrics {
             IntGauge::with_opts(Opts::new("connections", "Admitted client connections."))
                 .unwrap_or_else(|e| unreachable_metric("connections", e));
         let _ = registry.register(Box::new(connections.clone()));
+        let cascade_links = IntGauge::with_opts(Opts::new(
+            "cascade_links",
+            "Cascade links up to other relays (one per conference and peer).",
+        ))
+        .unwrap_or_else(|e| unreachable_metric("cascade_links", e));
+        let _ = registry.register(Box::new(cascade_links.clone()));
         let build = IntGauge::with_opts(
             Opts::new("build_info", "Build of the relay; always 1.")
                 .const_label("version", env!("CARGO_PKG_VERSION")),
@@ -182,6 +190,14 @@ impl Metrics {
                 "reason",
                 &["kicked", "conference_ended"],
             ),
+            cascade_refusals: counter_vec(
+                &registry,
+                "cascade_refusals_total",
+                "Cascade links refused, by reason.",
+                "reason",
+                &tickets,
+            ),
+            cascade_links,
             registry,
         }
     }

@@ -10,6 +10,7 @@
 //!
 //! The shell moves bytes; it never parses payloads.
 
+mod link;
 pub mod metrics;
 pub mod tls;
 
@@ -25,11 +26,13 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::forward::{Admission, ConnId, Core, CoreConfig, IngressDrop, Permissions};
+use crate::router::channel::Enforcement;
 use crate::ticket::{TicketError, Verifier};
 use crate::wire::ErrorCode;
 use crate::wire::control::{
     self, ClientMessage, ControlError, Decoder, ParticipantId, ServerMessage,
 };
+use crate::wire::link::LinkMessage;
 pub use metrics::Metrics;
 pub use tls::Identity;
 
@@ -49,7 +52,13 @@ pub mod close_code {
     pub const KICKED: u32 = 5;
     /// A host ended the conference.
     pub const CONFERENCE_ENDED: u32 = 6;
+    /// A cascade link was refused.
+    pub const CASCADE_REFUSED: u32 = 7;
 }
+
+/// `going_away` code: the operator is draining the relay; reconnect through
+/// the router, which sends you to another relay of the jurisdiction.
+pub const GOING_AWAY_DRAIN: u16 = 2;
 
 /// `going_away` code: the relay is shutting down.
 pub const GOING_AWAY_SHUTDOWN: u16 = 1;
@@ -79,6 +88,10 @@ pub struct RouterLink {
     /// Jurisdiction ids the router serves that the relay is in: only their
     /// conferences appear in reports to it.
     pub jurisdictions: Vec<String>,
+    /// Every jurisdiction the router serves: enforcement events naming
+    /// their conferences go to it (a relay outside a jurisdiction still
+    /// reports the tickets for it that it refused).
+    pub serves: Vec<String>,
 }
 
 impl RouterLink {
@@ -104,6 +117,11 @@ impl RouterLink {
                 (!shared.is_empty()).then(|| RouterLink {
                     url: r.relay_url.clone(),
                     jurisdictions: shared,
+                    serves: r
+                        .jurisdictions
+                        .iter()
+                        .map(|j| policy.jurisdiction(*j).id.clone())
+                        .collect(),
                 })
             })
             .collect()
@@ -117,6 +135,9 @@ struct Snapshot {
     /// Media bytes received plus queued for subscribers since start.
     bytes_total: u64,
     conferences: Vec<crate::forward::ConferenceStats>,
+    links: Vec<crate::forward::LinkStats>,
+    /// Enforcement events since the last snapshot.
+    events: Vec<Enforcement>,
 }
 
 /// Errors that stop the relay from starting.
@@ -141,14 +162,57 @@ enum Event {
     Datagram(ConnId, Bytes),
     Closed(ConnId),
     Shutdown,
-    Snapshot(oneshot::Sender<Snapshot>),
+    /// For a report to a router serving these jurisdictions.
+    Snapshot(Vec<String>, oneshot::Sender<Snapshot>),
     Command(crate::router::channel::Action),
+    /// A cascade link passed its handshake (`claims` on the accepting side,
+    /// for the replay check); the core admits it unless the same link is
+    /// already up.
+    LinkUp {
+        conn: quinn::Connection,
+        conference: String,
+        peer: String,
+        claims: Option<crate::ticket::CascadeClaims>,
+        reply: oneshot::Sender<Result<(ConnId, mpsc::Receiver<LinkMessage>), TicketError>>,
+    },
+    Link(ConnId, LinkMessage),
+    Enforcement(Enforcement),
+}
+
+/// Where a connection's control messages go.
+enum Sink {
+    Client(mpsc::Sender<ServerMessage>),
+    /// A cascade link: only track announcements cross it.
+    Link(mpsc::Sender<LinkMessage>),
+}
+
+impl Sink {
+    /// Sends what this kind of connection takes; `Err` when it does not
+    /// keep up.
+    fn send(&self, message: ServerMessage) -> Result<(), ()> {
+        match self {
+            Sink::Client(tx) => tx.try_send(message).map_err(|_| ()),
+            Sink::Link(tx) => {
+                let m = match message {
+                    ServerMessage::TrackPublished(info) => LinkMessage::TrackPublished(info),
+                    ServerMessage::TrackUnpublished { track } => {
+                        LinkMessage::TrackUnpublished { track }
+                    }
+                    _ => return Ok(()),
+                };
+                tx.try_send(m).map_err(|_| ())
+            }
+        }
+    }
 }
 
 struct Handle {
     conn: quinn::Connection,
-    control: mpsc::Sender<ServerMessage>,
+    control: Sink,
 }
+
+/// Enforcement events kept for the next report.
+const MAX_PENDING_EVENTS: usize = 1000;
 
 /// Control messages waiting for a slow reader before it is disconnected.
 const CONTROL_BACKLOG: usize = 1024;
@@ -207,6 +271,7 @@ pub async fn run(
                 fingerprint.clone(),
                 events_tx.clone(),
                 ready.clone(),
+                endpoint.clone(),
             ))
         })
         .collect();
@@ -334,7 +399,7 @@ async fn core_loop(
     metrics: Metrics,
 ) {
     let mut handles: HashMap<ConnId, Handle> = HashMap::new();
-    let mut revoked = Revocations::default();
+    let mut st = LoopState::default();
     let mut ready = Vec::new();
     let mut backlog = Vec::new();
     let mut last = core.counters().clone();
@@ -345,7 +410,7 @@ async fn core_loop(
         tokio::select! {
             event = events.recv() => match event {
                 Some(e) => {
-                    handle_event(e, &mut core, &mut verifier, &mut handles, &mut revoked, &metrics);
+                    handle_event(e, &mut core, &mut verifier, &mut handles, &mut st, &metrics);
                     flush_control(&mut core, &mut handles);
                 }
                 None => open = false,
@@ -357,14 +422,7 @@ async fn core_loop(
         for _ in 0..1024 {
             match events.try_recv() {
                 Ok(e) => {
-                    handle_event(
-                        e,
-                        &mut core,
-                        &mut verifier,
-                        &mut handles,
-                        &mut revoked,
-                        &metrics,
-                    );
+                    handle_event(e, &mut core, &mut verifier, &mut handles, &mut st, &metrics);
                     // Per event, so a burst of messages to one client within
                     // a batch is not mistaken for a client that does not read.
                     flush_control(&mut core, &mut handles);
@@ -398,6 +456,29 @@ async fn core_loop(
         metrics.sync(core.counters(), &mut last);
     }
 }
+
+/// The core task's state besides the core.
+#[derive(Debug, Default)]
+struct LoopState {
+    revoked: Revocations,
+    /// Cascade links up: (conference, peer relay) → connection.
+    links: HashMap<(String, String), ConnId>,
+    /// Enforcement events for the next report.
+    pending: Vec<Enforcement>,
+    /// Conferences with links but no participant here, since when.
+    idle_since: HashMap<String, Instant>,
+}
+
+impl LoopState {
+    fn enforcement(&mut self, event: Enforcement) {
+        if self.pending.len() < MAX_PENDING_EVENTS {
+            self.pending.push(event);
+        }
+    }
+}
+
+/// A link whose conference has had no participant here this long is closed.
+const IDLE_LINK_AFTER: Duration = Duration::from_secs(5);
 
 /// Participants removed and conferences ended by the router: tickets issued
 /// up to then are refused, for as long as such a ticket could be valid.
@@ -440,9 +521,10 @@ fn handle_event(
     core: &mut Core,
     verifier: &mut Verifier,
     handles: &mut HashMap<ConnId, Handle>,
-    revoked: &mut Revocations,
+    st: &mut LoopState,
     metrics: &Metrics,
 ) {
+    let revoked = &mut st.revoked;
     match event {
         Event::Hello {
             conn,
@@ -464,7 +546,13 @@ fn handle_event(
                     },
                 });
                 let (tx, rx) = mpsc::channel(CONTROL_BACKLOG);
-                handles.insert(id, Handle { conn, control: tx });
+                handles.insert(
+                    id,
+                    Handle {
+                        conn,
+                        control: Sink::Client(tx),
+                    },
+                );
                 if reply.send(Ok((id, rx))).is_err() {
                     // The connection task is gone already.
                     core.handle_closed(id);
@@ -475,9 +563,90 @@ fn handle_event(
                 metrics.ticket_refusals.with_label_values(&[e.code()]).inc();
                 // No client address in the log: the refusal reason only.
                 info!(reason = e.code(), "ticket refused");
+                st.enforcement(Enforcement {
+                    conference: claims.conference.clone(),
+                    kind: "ticket".into(),
+                    reason: e.code().into(),
+                    peer: None,
+                    at: unix_now(),
+                });
                 let _ = reply.send(Err(e));
             }
         },
+        Event::LinkUp {
+            conn,
+            conference,
+            peer,
+            claims,
+            reply,
+        } => {
+            let replayed = claims
+                .as_ref()
+                .map_or(Ok(()), |c| verifier.remember_cascade(c, unix_now()));
+            let key = (conference.clone(), peer.clone());
+            let duplicate = st
+                .links
+                .get(&key)
+                .is_some_and(|id| handles.contains_key(id));
+            match replayed {
+                Err(e) => {
+                    metrics
+                        .cascade_refusals
+                        .with_label_values(&[e.code()])
+                        .inc();
+                    warn!(reason = e.code(), claimed_from = %peer, "cascade link refused");
+                    st.enforcement(Enforcement {
+                        conference,
+                        kind: "cascade".into(),
+                        reason: e.code().into(),
+                        peer: Some(peer),
+                        at: unix_now(),
+                    });
+                    let _ = reply.send(Err(e));
+                }
+                Ok(()) if duplicate => {
+                    // The same link again (both ends retried): keep the first.
+                    let _ = reply.send(Err(TicketError::Replayed));
+                }
+                Ok(()) => {
+                    let id = core.admit_link(&conference, &peer);
+                    let (tx, rx) = mpsc::channel(link::LINK_BACKLOG);
+                    handles.insert(
+                        id,
+                        Handle {
+                            conn,
+                            control: Sink::Link(tx),
+                        },
+                    );
+                    st.links.insert(key, id);
+                    if reply.send(Ok((id, rx))).is_err() {
+                        core.handle_closed(id);
+                        handles.remove(&id);
+                    }
+                    info!(link_to = %peer, "cascade link admitted");
+                }
+            }
+        }
+        Event::Link(id, message) => match message {
+            LinkMessage::TrackPublished(info) => {
+                if !core.link_publish(id, info) {
+                    metrics.control_errors.inc();
+                }
+            }
+            LinkMessage::TrackUnpublished { track } => core.link_unpublish(id, track),
+            LinkMessage::Subscribe { track } => {
+                // A track that left meanwhile: nothing to send.
+                let _ = core.link_subscribe(id, track);
+            }
+            LinkMessage::Unsubscribe { track } => core.link_unsubscribe(id, track),
+            LinkMessage::KeyframeRequest { track } => {
+                core.link_keyframe_request(id, track, Instant::now())
+            }
+            LinkMessage::LinkHello { .. }
+            | LinkMessage::LinkWelcome {}
+            | LinkMessage::Error { .. } => metrics.control_errors.inc(),
+        },
+        Event::Enforcement(event) => st.enforcement(event),
         Event::Control(id, message) => {
             let leaving = matches!(message, ClientMessage::Leave {});
             core.handle_control(id, message);
@@ -505,15 +674,52 @@ fn handle_event(
         Event::Closed(id) => {
             core.handle_closed(id);
             handles.remove(&id);
+            st.links.retain(|_, l| *l != id);
         }
-        Event::Snapshot(reply) => {
+        Event::Snapshot(serves, reply) => {
+            let conferences = core.conference_stats();
+            // Links of conferences nobody here takes part in any more carry
+            // nothing anyone here wants: close them after a grace period.
+            let now = Instant::now();
+            let idle: Vec<String> = conferences
+                .iter()
+                .filter(|c| c.participants == 0)
+                .map(|c| c.id.clone())
+                .collect();
+            st.idle_since.retain(|c, _| idle.contains(c));
+            for c in idle {
+                let since = *st.idle_since.entry(c.clone()).or_insert(now);
+                if now.duration_since(since) >= IDLE_LINK_AFTER {
+                    for id in core.connections_of(&c, None) {
+                        core.handle_closed(id);
+                        if let Some(h) = handles.remove(&id) {
+                            h.conn.close(close_code::NORMAL.into(), b"link idle");
+                        }
+                    }
+                    st.links.retain(|(conf, _), _| *conf != c);
+                    st.idle_since.remove(&c);
+                }
+            }
+            metrics.cascade_links.set(st.links.len() as i64);
             let counters = core.counters();
             let _ = reply.send(Snapshot {
-                participants: handles.len() as u32,
+                participants: core.participants() as u32,
                 bytes_total: counters.bytes_received + counters.bytes_delivered,
                 conferences: core.conference_stats(),
+                links: core.link_stats(),
+                events: {
+                    // Each event goes to the router serving its conference.
+                    let (mine, rest): (Vec<_>, Vec<_>) =
+                        std::mem::take(&mut st.pending).into_iter().partition(|e| {
+                            crate::router::ids::jurisdiction_of(&e.conference)
+                                .is_some_and(|j| serves.iter().any(|s| s == j))
+                        });
+                    let horizon = unix_now().saturating_sub(60);
+                    st.pending = rest.into_iter().filter(|e| e.at >= horizon).collect();
+                    mine
+                },
             });
-            revoked.prune(unix_now());
+            st.revoked.prune(unix_now());
         }
         Event::Command(action) => {
             use crate::router::channel::Action;
@@ -542,30 +748,50 @@ fn handle_event(
                     revoked
                         .conferences
                         .insert(conference.clone(), (*at).max(now));
+                    st.links.retain(|(c, _), _| c != conference);
                     (
                         core.connections_of(conference, None),
                         ServerMessage::ConferenceEnded {},
                         "conference_ended",
                     )
                 }
+                Action::Drain {} => {
+                    for h in handles.values() {
+                        if let Sink::Client(tx) = &h.control {
+                            let _ = tx.try_send(ServerMessage::GoingAway {
+                                code: GOING_AWAY_DRAIN,
+                                reason: "relay draining; reconnect through the router".into(),
+                            });
+                        }
+                    }
+                    return;
+                }
+                // Links are dialled by the report task, which has the endpoint.
+                Action::Link { .. } => return,
             };
             for id in conns {
+                let is_link = core.link_peer(id).is_some();
                 core.handle_closed(id);
                 if let Some(h) = handles.remove(&id) {
+                    if is_link {
+                        h.conn
+                            .close(close_code::CONFERENCE_ENDED.into(), b"conference ended");
+                        continue;
+                    }
                     metrics
                         .moderation_disconnects
                         .with_label_values(&[code])
                         .inc();
                     // The writer sends this last message, then closes the
                     // connection with the matching code.
-                    let _ = h.control.try_send(message.clone());
+                    let _ = h.control.send(message.clone());
                 }
             }
             flush_control(core, handles);
         }
         Event::Shutdown => {
             for h in handles.values() {
-                let _ = h.control.try_send(ServerMessage::GoingAway {
+                let _ = h.control.send(ServerMessage::GoingAway {
                     code: GOING_AWAY_SHUTDOWN,
                     reason: "relay shutting down; reconnect through the router".into(),
                 });
@@ -575,9 +801,32 @@ fn handle_event(
 }
 
 fn flush_control(core: &mut Core, handles: &mut HashMap<ConnId, Handle>) {
+    while let Some((id, request)) = core.poll_link_request() {
+        let Some(Handle {
+            control: Sink::Link(tx),
+            ..
+        }) = handles.get(&id)
+        else {
+            continue;
+        };
+        let message = match request {
+            crate::forward::LinkRequest::Subscribe(track) => LinkMessage::Subscribe { track },
+            crate::forward::LinkRequest::Unsubscribe(track) => LinkMessage::Unsubscribe { track },
+            crate::forward::LinkRequest::KeyframeRequest(track) => {
+                LinkMessage::KeyframeRequest { track }
+            }
+        };
+        if tx.try_send(message).is_err() {
+            core.handle_closed(id);
+            if let Some(h) = handles.remove(&id) {
+                h.conn
+                    .close(close_code::SLOW_CONTROL.into(), b"link backlog full");
+            }
+        }
+    }
     while let Some((id, message)) = core.poll_control() {
         let Some(h) = handles.get(&id) else { continue };
-        if h.control.try_send(message).is_err() {
+        if h.control.send(message).is_err() {
             // The client does not read its control stream: it only hurts
             // itself, and is disconnected rather than buffered without bound.
             core.handle_closed(id);
@@ -621,6 +870,13 @@ async fn serve_connection(
     hello_timeout: Duration,
 ) -> Result<(), &'static str> {
     let conn = incoming.await.map_err(|_| "handshake failed")?;
+    let protocol = conn
+        .handshake_data()
+        .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|h| h.protocol);
+    if protocol.as_deref() == Some(crate::wire::CASCADE_ALPN) {
+        return link::accept(conn, events, metrics, checker, hello_timeout).await;
+    }
     let (mut send, mut recv) = tokio::time::timeout(hello_timeout, conn.accept_bi())
         .await
         .map_err(|_| "no control stream in time")?
@@ -666,6 +922,19 @@ async fn serve_connection(
                 .inc();
             // No client address in the log: the refusal reason only.
             info!(reason = refusal.code(), "ticket refused");
+            // The router of the conference named hears of it (a ticket for
+            // one jurisdiction presented to a relay outside it, a forgery).
+            if let Ok(claims) = crate::ticket::peek(&ticket) {
+                let _ = events
+                    .send(Event::Enforcement(Enforcement {
+                        conference: claims.conference,
+                        kind: "ticket".into(),
+                        reason: refusal.code().into(),
+                        peer: None,
+                        at: unix_now(),
+                    }))
+                    .await;
+            }
             Err(refusal)
         }
     };
@@ -767,6 +1036,8 @@ async fn final_report(link: RouterLink, relay_id: String, credential: String, ce
         bitrate_bps: 0,
         draining: true,
         conferences: Vec::new(),
+        links: Vec::new(),
+        events: Vec::new(),
         ack: 0,
         epoch: 0,
     };
@@ -789,8 +1060,11 @@ async fn report_loop(
     cert_sha256: String,
     events: mpsc::Sender<Event>,
     ready: Arc<AtomicBool>,
+    endpoint: quinn::Endpoint,
 ) {
-    use crate::router::channel::{self, ConferenceLoad, RelayReport, ReportReply};
+    use crate::router::channel::{
+        self, Action, ConferenceLoad, LinkLoad, RelayReport, ReportReply,
+    };
     let url = format!("{}{}", link.url, channel::report_path(&relay_id));
     let auth = format!("Bearer {credential}");
     let mut ack = 0u64;
@@ -799,7 +1073,11 @@ async fn report_loop(
     let mut failures = 0u32;
     loop {
         let (tx, rx) = oneshot::channel();
-        if events.send(Event::Snapshot(tx)).await.is_err() {
+        if events
+            .send(Event::Snapshot(link.serves.clone(), tx))
+            .await
+            .is_err()
+        {
             return;
         }
         let Ok(snapshot) = rx.await else { return };
@@ -831,6 +1109,21 @@ async fn report_loop(
                     bytes_out: c.bytes_out,
                 })
                 .collect(),
+            links: snapshot
+                .links
+                .into_iter()
+                .filter(|l| {
+                    crate::router::ids::jurisdiction_of(&l.conference)
+                        .is_some_and(|j| link.jurisdictions.iter().any(|x| x == j))
+                })
+                .map(|l| LinkLoad {
+                    conference: l.conference,
+                    peer: l.peer,
+                    bytes_in: l.bytes_in,
+                    bytes_out: l.bytes_out,
+                })
+                .collect(),
+            events: snapshot.events,
             ack,
             epoch,
         };
@@ -857,10 +1150,49 @@ async fn report_loop(
                     ack = 0;
                 }
                 for command in reply.commands {
-                    if command.seq > ack {
-                        ack = command.seq;
-                        if events.send(Event::Command(command.action)).await.is_err() {
-                            return;
+                    if command.seq <= ack {
+                        continue;
+                    }
+                    ack = command.seq;
+                    match command.action {
+                        Action::Link {
+                            conference,
+                            peer,
+                            peer_addr,
+                            peer_cert,
+                            ticket,
+                        } => {
+                            let Ok(peer_addr) = peer_addr.parse() else {
+                                warn!(peer = %peer, "link command with a bad address");
+                                continue;
+                            };
+                            let dial = link::Dial {
+                                conference,
+                                peer,
+                                peer_addr,
+                                peer_cert,
+                                ticket,
+                            };
+                            let (endpoint, events) = (endpoint.clone(), events.clone());
+                            tokio::spawn(async move {
+                                let peer = dial.peer.clone();
+                                if let Err(e) =
+                                    link::dial(endpoint, dial, events, Duration::from_secs(5)).await
+                                {
+                                    warn!(peer = %peer, error = %e, "cascade link failed");
+                                }
+                            });
+                        }
+                        Action::Drain {} => {
+                            ready.store(false, Ordering::Relaxed);
+                            if events.send(Event::Command(Action::Drain {})).await.is_err() {
+                                return;
+                            }
+                        }
+                        action => {
+                            if events.send(Event::Command(action)).await.is_err() {
+                                return;
+                            }
                         }
                     }
                 }

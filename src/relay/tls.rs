@@ -70,13 +70,21 @@ pub fn server_config(
         .with_no_client_auth()
         .with_single_cert(identity.chain, identity.key)
         .map_err(|e| e.to_string())?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = vec![ALPN.to_vec(), crate::wire::CASCADE_ALPN.to_vec()];
     quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| e.to_string())
 }
 
 /// Client crypto that accepts exactly the certificate whose SHA-256 is
 /// `pin` (hex), still checking the handshake signature with its key.
 pub fn pinned_client_config(pin: &str) -> Result<quinn::crypto::rustls::QuicClientConfig, String> {
+    pinned_client_config_for(pin, ALPN)
+}
+
+/// [`pinned_client_config`] for another protocol (cascade links).
+pub fn pinned_client_config_for(
+    pin: &str,
+    alpn: &[u8],
+) -> Result<quinn::crypto::rustls::QuicClientConfig, String> {
     let provider = provider();
     let verifier = Arc::new(PinnedCert {
         pin: pin.trim().to_ascii_lowercase(),
@@ -88,7 +96,7 @@ pub fn pinned_client_config(pin: &str) -> Result<quinn::crypto::rustls::QuicClie
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = vec![alpn.to_vec()];
     quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())
 }
 

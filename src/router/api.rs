@@ -29,8 +29,8 @@ use super::ids;
 use crate::policy::{JurisdictionIdx, RelayIdx, Tenant};
 use crate::select;
 use crate::store::{
-    AuditEvent, Ban, ConferenceRecord, InviteRecord, InviteRefusal, ParticipantRecord, Role,
-    Status, StoreError,
+    AuditEvent, Ban, ConferenceRecord, InviteRecord, InviteRefusal, LinkUsage, ParticipantRecord,
+    Role, Status, StoreError, Usage,
 };
 use crate::ticket::{self, Claims, Grants};
 
@@ -857,22 +857,30 @@ fn issue_ticket(
     let location = shared.policy.geoip().locate(ip);
     // After a restart this run may not know where the conference is yet:
     // the store remembers the relay that carried it last.
-    let hint = match shared.relays.assigned(&c.id) {
-        Some(_) => None,
-        None => shared
+    let hint = if shared.relays.hosting(&c.id, Instant::now()).is_empty() {
+        shared
             .store
             .relays_of(&c.id)?
             .into_iter()
             .max_by_key(|u| u.last_seen)
-            .and_then(|u| shared.policy.relay_idx(&u.relay)),
+            .and_then(|u| shared.policy.relay_idx(&u.relay))
+    } else {
+        None
     };
+    // Each participant goes to the best relay inside the jurisdiction;
+    // relays already carrying the conference are preferred (stickiness) and
+    // are linked to each other by cascade links.
     let placed = shared
         .relays
-        .place(&c.id, hint, Instant::now(), |states, carrying| {
-            let carrying = carrying.filter(|r| jurisdiction.contains(*r));
-            let hosting: Vec<RelayIdx> = carrying.into_iter().collect();
-            let d = select::select(&shared.policy, j, &location, states, &hosting).map_err(
-                |refusal| {
+        .place(&c.id, hint, Instant::now(), |states, hosting| {
+            let hosting: Vec<RelayIdx> = hosting
+                .iter()
+                .copied()
+                .filter(|r| jurisdiction.contains(*r))
+                .collect();
+            select::select(&shared.policy, j, &location, states, &hosting)
+                .map(|d| d.relay)
+                .map_err(|refusal| {
                     (
                         refusal.reason.code(),
                         format!(
@@ -880,31 +888,7 @@ fn issue_ticket(
                             refusal.reason, jurisdiction.id
                         ),
                     )
-                },
-            )?;
-            match carrying {
-                // One relay carries a conference until relays cascade: the
-                // relay already carrying it wins while it can take the participant.
-                Some(a) if d.evaluation.candidates.iter().any(|c| c.relay == a) => Ok(a),
-                // Full: a participant elsewhere would see and hear no one.
-                Some(a)
-                    if d.evaluation.excluded.iter().any(|e| {
-                        e.relay == a
-                            && matches!(
-                                e.why,
-                                select::Exclusion::ParticipantsFull { .. }
-                                    | select::Exclusion::BitrateFull { .. }
-                            )
-                    }) =>
-                {
-                    Err((
-                        "at_capacity",
-                        "the relay carrying this conference is full".to_owned(),
-                    ))
-                }
-                // Unhealthy or draining: the conference moves with this joiner.
-                _ => Ok(d.relay),
-            }
+                })
         });
     let relay = match placed {
         Ok(relay) => relay,
@@ -1510,40 +1494,87 @@ async fn relay_report(
         )
     })?;
     // Keep only this router's conferences, whatever the relay sent.
+    let ours =
+        |conference: &str| ids::jurisdiction_of(conference).is_some_and(|j| served.contains(&j));
+    report.conferences.retain(|c| ours(&c.id));
     report
-        .conferences
-        .retain(|c| ids::jurisdiction_of(&c.id).is_some_and(|j| served.contains(&j)));
+        .links
+        .retain(|l| ours(&l.conference) && shared.policy.relay_idx(&l.peer).is_some());
+    // Enforcement events name conferences of any jurisdiction this router
+    // serves (the relay need not be in it: that is often the point).
+    let events = std::mem::take(&mut report.events);
     count("accepted");
     let draining = report.draining;
     let persist = shared.relays.persist_due(relay, Instant::now()) || draining;
-    let current: Vec<(String, u64, u64)> = if persist {
-        report
-            .conferences
-            .iter()
-            .map(|c| (c.id.clone(), c.bytes_in, c.bytes_out))
-            .collect()
+    let (current, current_links) = if persist {
+        (report.conferences.clone(), report.links.clone())
     } else {
-        Vec::new()
+        (Vec::new(), Vec::new())
     };
     let recorded = shared.relays.record(relay, report, Instant::now());
     let commands = recorded.commands;
     let notify = recorded.notify;
     // What the relay carried is written every few seconds (and when it
-    // drains), and at once for conferences that just left it.
-    let usage: Vec<(&str, u64, u64)> = current
+    // drains), and at once for conferences and links that just left it.
+    let usage: Vec<Usage<'_>> = current
         .iter()
-        .map(|(id, i, o)| (id.as_str(), *i, *o))
-        .chain(
-            recorded
-                .vanished
-                .iter()
-                .map(|c| (c.id.as_str(), c.bytes_in, c.bytes_out)),
-        )
+        .chain(&recorded.vanished)
+        .map(|c| Usage {
+            conference: &c.id,
+            participants: c.participants,
+            bytes_in: c.bytes_in,
+            bytes_out: c.bytes_out,
+        })
         .collect();
-    if !usage.is_empty() {
-        if let Err(e) = shared.store.record_usage(&relay_id, now_unix(), &usage) {
+    let links: Vec<LinkUsage<'_>> = current_links
+        .iter()
+        .chain(&recorded.vanished_links)
+        .map(|l| LinkUsage {
+            conference: &l.conference,
+            peer: &l.peer,
+            bytes_in: l.bytes_in,
+            bytes_out: l.bytes_out,
+        })
+        .collect();
+    if !usage.is_empty() || !links.is_empty() {
+        if let Err(e) = shared
+            .store
+            .record_usage(&relay_id, now_unix(), &usage, &links)
+        {
             shared.metrics.store_errors.inc();
             warn!(error = %e, "cannot record relay usage");
+        }
+    }
+    for event in events.into_iter().take(1000) {
+        let Some(j) =
+            ids::jurisdiction_of(&event.conference).and_then(|j| shared.policy.jurisdiction_idx(j))
+        else {
+            continue;
+        };
+        if !shared.me.serves(j) || !matches!(event.kind.as_str(), "ticket" | "cascade") {
+            continue;
+        }
+        shared
+            .metrics
+            .enforcement
+            .with_label_values(&[event.kind.as_str()])
+            .inc();
+        // Only conferences this router holds get the line (a forged
+        // ticket may name any id).
+        if matches!(shared.store.conference(&event.conference), Ok(Some(_))) {
+            audit(
+                &shared,
+                &event.conference,
+                "enforcement",
+                json!({
+                    "kind": event.kind,
+                    "reason": event.reason,
+                    "relay": relay_id,
+                    "relay_country": r.country.to_string(),
+                    "peer": event.peer,
+                    "relay_time": event.at,
+                }),
+            );
         }
     }
     let epoch = shared.relays.epoch();

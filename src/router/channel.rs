@@ -39,6 +39,33 @@ pub struct ConferenceLoad {
     pub bytes_out: u64,
 }
 
+/// One cascade link's traffic, as the reporting relay counted it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkLoad {
+    pub conference: String,
+    /// The relay at the other end.
+    pub peer: String,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// A residency enforcement event seen by a relay: a refused join ticket or
+/// cascade link naming a conference.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Enforcement {
+    pub conference: String,
+    /// `ticket` or `cascade`.
+    pub kind: String,
+    /// The refusal code (`foreign_jurisdiction`, `bad_signature`, …).
+    pub reason: String,
+    /// For cascade links, the relay the ticket claims to come from.
+    pub peer: Option<String>,
+    /// Unix seconds, relay clock.
+    pub at: u64,
+}
+
 /// What a relay tells a router.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -53,6 +80,13 @@ pub struct RelayReport {
     pub draining: bool,
     /// Conferences of the router's jurisdictions only.
     pub conferences: Vec<ConferenceLoad>,
+    /// Cascade links of those conferences.
+    #[serde(default)]
+    pub links: Vec<LinkLoad>,
+    /// Refused tickets and links naming a conference of the router's
+    /// jurisdictions, since the last report.
+    #[serde(default)]
+    pub events: Vec<Enforcement>,
     /// Highest command sequence number applied, of the router run named
     /// by `epoch`.
     pub ack: u64,
@@ -74,6 +108,18 @@ pub enum Action {
     },
     /// Disconnect everyone and refuse every ticket of the conference.
     End { conference: String, at: u64 },
+    /// Open a cascade link for the conference to `peer` at `peer_addr`,
+    /// pinning its certificate, presenting `ticket`.
+    Link {
+        conference: String,
+        peer: String,
+        peer_addr: String,
+        peer_cert: String,
+        ticket: String,
+    },
+    /// Stop taking participants: tell those connected to reconnect
+    /// through the router (which sends them elsewhere).
+    Drain {},
 }
 
 /// A numbered command.

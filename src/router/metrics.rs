@@ -39,6 +39,7 @@ pub struct RouterMetrics {
     pub relays_healthy: IntGaugeVec,
     pub relay_reports: IntCounterVec,
     pub moderation: IntCounterVec,
+    pub enforcement: IntCounterVec,
     pub store_errors: IntCounter,
     pub misdirected: IntCounter,
 }
@@ -130,6 +131,11 @@ impl RouterMetrics {
                 "Moderation actions by kind.",
                 &["action"],
             ),
+            enforcement: counter_vec(
+                "enforcement_events_total",
+                "Tickets and cascade links relays refused for this router's conferences, by kind.",
+                &["kind"],
+            ),
             store_errors: {
                 let c = must(
                     "store_errors_total",
@@ -170,6 +176,9 @@ impl RouterMetrics {
             "malformed",
         ] {
             let _ = m.relay_reports.get_metric_with_label_values(&[o]);
+        }
+        for k in ["ticket", "cascade"] {
+            let _ = m.enforcement.get_metric_with_label_values(&[k]);
         }
         for a in [
             "lock", "unlock", "kick", "ban", "end", "admit", "deny", "report",

@@ -10,7 +10,7 @@ use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use super::Shared;
-use super::channel::{Action, Command, ConferenceLoad, RelayReport, STALE_AFTER};
+use super::channel::{Action, Command, ConferenceLoad, LinkLoad, RelayReport, STALE_AFTER};
 use crate::policy::{Policy, RelayIdx};
 use crate::select::{Health, RelayState};
 
@@ -38,11 +38,48 @@ const PERSIST_EVERY: Duration = Duration::from_secs(5);
 #[derive(Debug, Default)]
 struct Inner {
     relays: Vec<Entry>,
-    /// Conference → the relay that carries it, and since when. Until relays
-    /// cascade, one relay carries a whole conference.
-    assigned: HashMap<String, (RelayIdx, Instant)>,
+    /// Conference → relays given tickets for it, and when last.
+    placed: HashMap<String, Vec<(RelayIdx, Instant)>>,
+    /// Cascade links commanded: (conference, dialer, acceptor) → when.
+    link_commands: HashMap<(String, RelayIdx, RelayIdx), Instant>,
     next_seq: u64,
+    /// Relay ids by index (reports name link peers by id).
+    ids: Vec<String>,
 }
+
+impl Inner {
+    /// Relays carrying `conference`: those reporting participants of it,
+    /// and those given a ticket for it lately (not yet reported).
+    fn hosting(&self, conference: &str, now: Instant) -> Vec<RelayIdx> {
+        let mut hosting: Vec<RelayIdx> = self
+            .relays
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| {
+                e.report.as_ref().is_some_and(|r| {
+                    r.conferences
+                        .iter()
+                        .any(|c| c.id == conference && c.participants > 0)
+                })
+            })
+            .map(|(i, _)| RelayIdx(i as u32))
+            .collect();
+        for (r, at) in self.placed.get(conference).into_iter().flatten() {
+            if now.duration_since(*at) < PLACED_FRESH && !hosting.contains(r) {
+                hosting.push(*r);
+            }
+        }
+        hosting.sort();
+        hosting
+    }
+}
+
+/// A ticket counts its relay as carrying the conference for this long
+/// (until the relay reports the participant).
+const PLACED_FRESH: Duration = Duration::from_secs(20);
+
+/// A cascade link not reported up this long after its command is commanded again.
+const LINK_RETRY: Duration = Duration::from_secs(4);
 
 fn state(e: &Entry, now: Instant) -> RelayState {
     match (&e.report, e.last_report) {
@@ -83,6 +120,8 @@ pub struct Recorded {
     pub notify: Arc<Notify>,
     /// Conferences in the previous report but not this one, as last reported.
     pub vanished: Vec<ConferenceLoad>,
+    /// Likewise for cascade links.
+    pub vanished_links: Vec<LinkLoad>,
 }
 
 /// One relay's share of a conference, as it last reported.
@@ -98,6 +137,7 @@ impl Registry {
         inner
             .relays
             .resize_with(policy.relays().len(), Entry::default);
+        inner.ids = policy.relays().iter().map(|r| r.id.clone()).collect();
         let mut epoch = [0u8; 8];
         if getrandom::fill(&mut epoch).is_err() {
             // Distinct per run is all that matters.
@@ -126,41 +166,92 @@ impl Registry {
     }
 
     /// Chooses the relay for a participant of `conference` and records the
-    /// choice, atomically: `decide` gets every relay's state and the relay
-    /// carrying the conference (this run's, else `hint`, e.g. from the
-    /// store after a restart), so two first joins cannot split a conference.
+    /// choice, atomically: `decide` gets every relay's state and the relays
+    /// carrying the conference (known to this run, else `hint`, e.g. from
+    /// the store after a restart), so concurrent joins see each other.
     pub fn place<E>(
         &self,
         conference: &str,
         hint: Option<RelayIdx>,
         now: Instant,
-        decide: impl FnOnce(&[RelayState], Option<RelayIdx>) -> Result<RelayIdx, E>,
+        decide: impl FnOnce(&[RelayState], &[RelayIdx]) -> Result<RelayIdx, E>,
     ) -> Result<RelayIdx, E> {
         let mut inner = self.lock();
         let states: Vec<RelayState> = inner.relays.iter().map(|e| state(e, now)).collect();
-        let carrying = inner.assigned.get(conference).map(|(r, _)| *r).or(hint);
-        let relay = decide(&states, carrying)?;
-        inner.assigned.insert(conference.to_owned(), (relay, now));
+        let mut hosting = inner.hosting(conference, now);
+        if hosting.is_empty() {
+            hosting.extend(hint);
+        }
+        let relay = decide(&states, &hosting)?;
+        let placed = inner.placed.entry(conference.to_owned()).or_default();
+        placed.retain(|(r, _)| *r != relay);
+        placed.push((relay, now));
         if let Some(e) = inner.relays.get_mut(relay.index()) {
             e.pending_joins = e.pending_joins.saturating_add(1);
         }
         Ok(relay)
     }
 
+    /// Relays carrying `conference` now.
+    pub fn hosting(&self, conference: &str, now: Instant) -> Vec<RelayIdx> {
+        self.lock().hosting(conference, now)
+    }
+
+    /// The cascade links to command now: every pair of healthy relays
+    /// carrying a conference is linked (the lower index dials), unless the
+    /// dialer reports the link up or it was commanded a moment ago.
+    pub fn plan_links(&self, now: Instant) -> Vec<(String, RelayIdx, RelayIdx)> {
+        let mut inner = self.lock();
+        let mut conferences: Vec<String> = inner.placed.keys().cloned().collect();
+        for e in &inner.relays {
+            for c in e.report.iter().flat_map(|r| r.conferences.iter()) {
+                if c.participants > 0 && !conferences.contains(&c.id) {
+                    conferences.push(c.id.clone());
+                }
+            }
+        }
+        let mut wanted = Vec::new();
+        for conference in conferences {
+            let hosting: Vec<RelayIdx> = inner
+                .hosting(&conference, now)
+                .into_iter()
+                .filter(|r| state(&inner.relays[r.index()], now).health == Health::Healthy)
+                .collect();
+            for (i, a) in hosting.iter().enumerate() {
+                for b in &hosting[i + 1..] {
+                    let peer = &inner.ids[b.index()];
+                    let up = inner.relays[a.index()].report.as_ref().is_some_and(|r| {
+                        r.links
+                            .iter()
+                            .any(|l| l.conference == conference && l.peer == *peer)
+                    });
+                    let key = (conference.clone(), *a, *b);
+                    let recent = inner
+                        .link_commands
+                        .get(&key)
+                        .is_some_and(|at| now.duration_since(*at) < LINK_RETRY);
+                    if !up && !recent {
+                        wanted.push(key);
+                    }
+                }
+            }
+        }
+        for key in &wanted {
+            inner.link_commands.insert(key.clone(), now);
+        }
+        wanted
+    }
+
     /// Stores a report; returns the relay's commands not yet acknowledged
     /// and the notifier to wait on when there are none.
     pub fn record(&self, relay: RelayIdx, report: RelayReport, now: Instant) -> Recorded {
         let mut inner = self.lock();
-        // Conferences it carries that this run has not placed (after a
-        // restart) stay where they are.
-        for c in &report.conferences {
-            inner.assigned.entry(c.id.clone()).or_insert((relay, now));
-        }
         let Some(e) = inner.relays.get_mut(relay.index()) else {
             return Recorded {
                 commands: Vec::new(),
                 notify: Arc::new(Notify::new()),
                 vanished: Vec::new(),
+                vanished_links: Vec::new(),
             };
         };
         // An acknowledgement of another run's numbering means nothing here.
@@ -172,14 +263,25 @@ impl Registry {
         e.last_report = Some(now);
         // Conferences that left this relay since its last report, with the
         // last counts it gave for them.
-        let vanished = e
+        let (vanished, vanished_links) = e
             .report
             .take()
             .map(|old| {
-                old.conferences
-                    .into_iter()
-                    .filter(|c| !report.conferences.iter().any(|n| n.id == c.id))
-                    .collect()
+                (
+                    old.conferences
+                        .into_iter()
+                        .filter(|c| !report.conferences.iter().any(|n| n.id == c.id))
+                        .collect(),
+                    old.links
+                        .into_iter()
+                        .filter(|l| {
+                            !report
+                                .links
+                                .iter()
+                                .any(|n| n.conference == l.conference && n.peer == l.peer)
+                        })
+                        .collect(),
+                )
             })
             .unwrap_or_default();
         e.report = Some(report);
@@ -188,6 +290,7 @@ impl Registry {
             commands: e.commands.iter().cloned().collect(),
             notify: e.notify.clone(),
             vanished,
+            vanished_links,
         }
     }
 
@@ -241,11 +344,6 @@ impl Registry {
         }
     }
 
-    /// The relay carrying `conference`, if this run knows one.
-    pub fn assigned(&self, conference: &str) -> Option<RelayIdx> {
-        self.lock().assigned.get(conference).map(|(r, _)| *r)
-    }
-
     /// Forgets placements no relay has reported for a while (conferences
     /// that emptied without being ended).
     fn trim(&self, now: Instant) {
@@ -256,14 +354,20 @@ impl Registry {
             .filter_map(|e| e.report.as_ref())
             .flat_map(|r| r.conferences.iter().map(|c| c.id.clone()))
             .collect();
-        inner.assigned.retain(|id, (_, at)| {
-            reported.contains(id) || now.duration_since(*at) <= FORGET_PLACEMENT_AFTER
+        inner.placed.retain(|id, relays| {
+            relays.retain(|(_, at)| now.duration_since(*at) <= FORGET_PLACEMENT_AFTER);
+            reported.contains(id) || !relays.is_empty()
         });
+        inner
+            .link_commands
+            .retain(|_, at| now.duration_since(*at) <= FORGET_PLACEMENT_AFTER);
     }
 
     /// Forgets the placement of an ended conference.
     pub fn forget(&self, conference: &str) {
-        self.lock().assigned.remove(conference);
+        let mut inner = self.lock();
+        inner.placed.remove(conference);
+        inner.link_commands.retain(|(c, _, _), _| c != conference);
     }
 
     /// The certificate fingerprint `relay` last reported.
@@ -328,17 +432,66 @@ impl Registry {
     }
 }
 
+/// Sends relay `a` a cascade ticket and the command to link to `b` for
+/// `conference`, after checking both are inside its jurisdiction.
+fn command_link(shared: &Shared, conference: &str, a: RelayIdx, b: RelayIdx) {
+    let Some(j) = super::ids::jurisdiction_of(conference)
+        .and_then(|j| shared.policy.jurisdiction_idx(j))
+        .filter(|j| shared.me.serves(*j))
+    else {
+        return;
+    };
+    let jurisdiction = shared.policy.jurisdiction(j);
+    if !(jurisdiction.contains(a) && jurisdiction.contains(b)) {
+        warn!(jurisdiction = %jurisdiction.id, "refusing to plan a cascade link outside the jurisdiction");
+        return;
+    }
+    let Some(cert) = shared.relays.cert(b) else {
+        return;
+    };
+    let Ok(nonce) = crate::ticket::new_nonce() else {
+        return;
+    };
+    let (from, to) = (shared.policy.relay(a), shared.policy.relay(b));
+    let now = crate::relay::unix_now();
+    let ticket = crate::ticket::sign_cascade(
+        &crate::ticket::CascadeClaims {
+            conference: conference.to_owned(),
+            jurisdiction: jurisdiction.id.clone(),
+            from: from.id.clone(),
+            to: to.id.clone(),
+            issued_at: now,
+            expires_at: now + 60,
+            nonce,
+        },
+        &shared.signing_key,
+    );
+    shared.relays.command(
+        [a],
+        &Action::Link {
+            conference: conference.to_owned(),
+            peer: to.id.clone(),
+            peer_addr: to.quic_addr.to_string(),
+            peer_cert: cert,
+            ticket,
+        },
+    );
+}
+
 /// Every half second: log relays turning healthy or unhealthy and update
 /// the per-jurisdiction healthy-relay gauges.
 pub(super) async fn watch(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut ticks = 0u64;
     loop {
         tick.tick().await;
         let now = Instant::now();
         ticks += 1;
-        if ticks % 60 == 0 {
+        if ticks % 120 == 0 {
             shared.relays.trim(now);
+        }
+        for (conference, a, b) in shared.relays.plan_links(now) {
+            command_link(&shared, &conference, a, b);
         }
         for (relay, healthy) in shared.relays.refresh(now) {
             let id = &shared.policy.relay(relay).id;

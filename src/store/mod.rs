@@ -182,6 +182,37 @@ pub struct RelayUse {
     /// Highest media byte counts the relay reported for the conference.
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Most participants it reported at once.
+    pub peak_participants: u32,
+}
+
+/// A cascade link of a conference, as the relay at one end reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LinkUse {
+    pub relay: String,
+    pub peer: String,
+    pub first_seen: u64,
+    pub last_seen: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// One conference's load on a relay, as reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage<'a> {
+    pub conference: &'a str,
+    pub participants: u32,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// One cascade link's traffic, as the reporting relay counted it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkUsage<'a> {
+    pub conference: &'a str,
+    pub peer: &'a str,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
 }
 
 /// The router's persistence. Implementations must be safe to call from many
@@ -269,14 +300,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Records that `relay` carries `conference` as of `now`.
     fn note_relay(&self, conference: &str, relay: &str, now: u64) -> Result<(), StoreError>;
-    /// Records what `relay` reported carrying, per conference: (id, bytes
-    /// in, bytes out), kept as the highest counts seen so they outlive the
+    /// Records what `relay` reported carrying, per conference and per
+    /// cascade link, kept as the highest counts seen so they outlive the
     /// relay's own; in one transaction.
     fn record_usage(
         &self,
         relay: &str,
         now: u64,
-        usage: &[(&str, u64, u64)],
+        usage: &[Usage<'_>],
+        links: &[LinkUsage<'_>],
     ) -> Result<(), StoreError>;
+    fn links_of(&self, conference: &str) -> Result<Vec<LinkUse>, StoreError>;
     fn relays_of(&self, conference: &str) -> Result<Vec<RelayUse>, StoreError>;
 }

@@ -7,8 +7,8 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    AbuseReport, AuditEvent, Ban, ConferenceRecord, InviteRecord, InviteRefusal, ParticipantRecord,
-    PasscodeHash, RelayUse, Role, Status, Store, StoreError,
+    AbuseReport, AuditEvent, Ban, ConferenceRecord, InviteRecord, InviteRefusal, LinkUsage,
+    LinkUse, ParticipantRecord, PasscodeHash, RelayUse, Role, Status, Store, StoreError, Usage,
 };
 
 const SCHEMA: &str = "
@@ -78,12 +78,23 @@ CREATE TABLE IF NOT EXISTS conference_relays (
     last_seen INTEGER NOT NULL,
     bytes_in INTEGER NOT NULL DEFAULT 0,
     bytes_out INTEGER NOT NULL DEFAULT 0,
+    peak_participants INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (conference, relay)
+);
+CREATE TABLE IF NOT EXISTS conference_links (
+    conference TEXT NOT NULL,
+    relay TEXT NOT NULL,
+    peer TEXT NOT NULL,
+    first_seen INTEGER NOT NULL,
+    last_seen INTEGER NOT NULL,
+    bytes_in INTEGER NOT NULL DEFAULT 0,
+    bytes_out INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (conference, relay, peer)
 );
 ";
 
 /// Schema version this code writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// Brings a store file of any earlier version to [`SCHEMA_VERSION`], in one
 /// transaction; refuses a file written by a newer version.
@@ -103,12 +114,12 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch("BEGIN IMMEDIATE")?;
     let result = (|| {
         conn.execute_batch(SCHEMA)?;
-        // Files from before versioning may lack the usage columns.
+        // Earlier files may lack the usage columns (the tables are made above).
         let columns: Vec<String> = conn
             .prepare("SELECT name FROM pragma_table_info('conference_relays')")?
             .query_map([], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
-        for column in ["bytes_in", "bytes_out"] {
+        for column in ["bytes_in", "bytes_out", "peak_participants"] {
             if !columns.iter().any(|c| c == column) {
                 conn.execute_batch(&format!(
                     "ALTER TABLE conference_relays ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0"
@@ -612,28 +623,68 @@ impl Store for Sqlite {
         &self,
         relay: &str,
         now: u64,
-        usage: &[(&str, u64, u64)],
+        usage: &[Usage<'_>],
+        links: &[LinkUsage<'_>],
     ) -> Result<(), StoreError> {
         let mut conn = self.conn.lock().map_err(|_| err("store lock poisoned"))?;
         let tx = conn.transaction().map_err(err)?;
-        for (conference, bytes_in, bytes_out) in usage {
+        for u in usage {
             exec(
                 &tx,
-                "INSERT INTO conference_relays (conference, relay, first_seen, last_seen, bytes_in, bytes_out)
-                 VALUES (?1, ?2, ?3, ?3, ?4, ?5)
+                "INSERT INTO conference_relays (conference, relay, first_seen, last_seen, bytes_in, bytes_out, peak_participants)
+                 VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?6)
                  ON CONFLICT (conference, relay) DO UPDATE SET last_seen = ?3,
-                 bytes_in = max(bytes_in, ?4), bytes_out = max(bytes_out, ?5)",
-                params![conference, relay, now as i64, *bytes_in as i64, *bytes_out as i64],
+                 bytes_in = max(bytes_in, ?4), bytes_out = max(bytes_out, ?5),
+                 peak_participants = max(peak_participants, ?6)",
+                params![
+                    u.conference,
+                    relay,
+                    now as i64,
+                    u.bytes_in as i64,
+                    u.bytes_out as i64,
+                    i64::from(u.participants)
+                ],
+            )
+            .map_err(err)?;
+        }
+        for l in links {
+            exec(
+                &tx,
+                "INSERT INTO conference_links (conference, relay, peer, first_seen, last_seen, bytes_in, bytes_out)
+                 VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6)
+                 ON CONFLICT (conference, relay, peer) DO UPDATE SET last_seen = ?4,
+                 bytes_in = max(bytes_in, ?5), bytes_out = max(bytes_out, ?6)",
+                params![l.conference, relay, l.peer, now as i64, l.bytes_in as i64, l.bytes_out as i64],
             )
             .map_err(err)?;
         }
         tx.commit().map_err(err)
     }
 
+    fn links_of(&self, conference: &str) -> Result<Vec<LinkUse>, StoreError> {
+        self.with(|db| {
+            let mut stmt = db.prepare_cached(
+                "SELECT relay, peer, first_seen, last_seen, bytes_in, bytes_out FROM conference_links
+                 WHERE conference = ?1 ORDER BY relay, peer",
+            )?;
+            let rows = stmt.query_map(params![conference], |r| {
+                Ok(LinkUse {
+                    relay: r.get(0)?,
+                    peer: r.get(1)?,
+                    first_seen: r.get::<_, i64>(2)? as u64,
+                    last_seen: r.get::<_, i64>(3)? as u64,
+                    bytes_in: r.get::<_, i64>(4)? as u64,
+                    bytes_out: r.get::<_, i64>(5)? as u64,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
     fn relays_of(&self, conference: &str) -> Result<Vec<RelayUse>, StoreError> {
         self.with(|db| {
             let mut stmt = db.prepare_cached(
-                "SELECT relay, first_seen, last_seen, bytes_in, bytes_out FROM conference_relays
+                "SELECT relay, first_seen, last_seen, bytes_in, bytes_out, peak_participants FROM conference_relays
                  WHERE conference = ?1 ORDER BY first_seen, relay",
             )?;
             let rows = stmt.query_map(params![conference], |r| {
@@ -643,6 +694,7 @@ impl Store for Sqlite {
                     last_seen: r.get::<_, i64>(2)? as u64,
                     bytes_in: r.get::<_, i64>(3)? as u64,
                     bytes_out: r.get::<_, i64>(4)? as u64,
+                    peak_participants: r.get::<_, i64>(5)? as u32,
                 })
             })?;
             rows.collect()
@@ -843,16 +895,43 @@ mod tests {
                 last_seen: 9,
                 bytes_in: 0,
                 bytes_out: 0,
+                peak_participants: 0,
             }]
         );
-        s.record_usage("de-fra-1", 10, &[("eu-a", 100, 200)])
+        let usage = |conference, participants, bytes_in, bytes_out| Usage {
+            conference,
+            participants,
+            bytes_in,
+            bytes_out,
+        };
+        s.record_usage("de-fra-1", 10, &[usage("eu-a", 3, 100, 200)], &[])
             .unwrap();
-        s.record_usage("de-fra-1", 11, &[("eu-a", 50, 300), ("eu-b", 1, 1)])
-            .unwrap();
+        s.record_usage(
+            "de-fra-1",
+            11,
+            &[usage("eu-a", 1, 50, 300), usage("eu-b", 1, 1, 1)],
+            &[LinkUsage {
+                conference: "eu-a",
+                peer: "ie-dub-1",
+                bytes_in: 7,
+                bytes_out: 9,
+            }],
+        )
+        .unwrap();
         let used = &s.relays_of("eu-a").unwrap()[0];
         assert_eq!(
-            (used.last_seen, used.bytes_in, used.bytes_out),
-            (11, 100, 300)
+            (
+                used.last_seen,
+                used.bytes_in,
+                used.bytes_out,
+                used.peak_participants
+            ),
+            (11, 100, 300, 3)
+        );
+        let links = s.links_of("eu-a").unwrap();
+        assert_eq!(
+            (links[0].peer.as_str(), links[0].bytes_out),
+            ("ie-dub-1", 9)
         );
         s.audit(&AuditEvent {
             time: 1,

@@ -12,7 +12,12 @@
 //! [`TicketError`] with a stable code. Verification is sans-IO: the current
 //! time is an argument.
 
+mod cascade;
+
 use std::collections::HashMap;
+use std::net::IpAddr;
+
+pub use cascade::{CascadeClaims, peek_cascade, sign_cascade};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -86,10 +91,14 @@ pub enum TicketError {
     IssuedBeforeStart,
     #[error("the ticket was revoked: its participant was removed or the conference ended")]
     Revoked,
+    #[error("the peer relay is not in the conference's jurisdiction according to the inventory")]
+    PeerOutsideJurisdiction,
+    #[error("the link does not come from the relay the ticket names")]
+    WrongPeer,
 }
 
 impl TicketError {
-    pub const ALL: [TicketError; 11] = [
+    pub const ALL: [TicketError; 13] = [
         TicketError::Malformed,
         TicketError::ForeignJurisdiction,
         TicketError::BadSignature,
@@ -101,6 +110,8 @@ impl TicketError {
         TicketError::ConferenceOutsideJurisdiction,
         TicketError::IssuedBeforeStart,
         TicketError::Revoked,
+        TicketError::PeerOutsideJurisdiction,
+        TicketError::WrongPeer,
     ];
 
     /// Stable code (metric label, logs).
@@ -117,6 +128,8 @@ impl TicketError {
             TicketError::ConferenceOutsideJurisdiction => "conference_outside_jurisdiction",
             TicketError::IssuedBeforeStart => "issued_before_start",
             TicketError::Revoked => "revoked",
+            TicketError::PeerOutsideJurisdiction => "peer_outside_jurisdiction",
+            TicketError::WrongPeer => "wrong_peer",
         }
     }
 
@@ -178,6 +191,16 @@ pub struct Verifier {
     /// Tickets issued before this (unix seconds) are refused: the nonces
     /// seen before a restart are gone, so they could be replayed.
     not_before: u64,
+    /// The other relays of the inventory: address and jurisdictions, for
+    /// cascade links.
+    peers: std::sync::Arc<HashMap<String, Peer>>,
+}
+
+/// Another relay as the inventory describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub ip: IpAddr,
+    pub jurisdictions: Vec<String>,
 }
 
 impl Verifier {
@@ -190,7 +213,14 @@ impl Verifier {
             seen: HashMap::new(),
             max_nonces: 1_000_000,
             not_before: 0,
+            peers: std::sync::Arc::new(HashMap::new()),
         }
+    }
+
+    /// The inventory's other relays, for checking cascade links.
+    pub fn with_peers(mut self, peers: HashMap<String, Peer>) -> Self {
+        self.peers = std::sync::Arc::new(peers);
+        self
     }
 
     /// Refuses tickets issued before `unix_seconds` (the relay's start time,
@@ -266,7 +296,16 @@ impl Verifier {
 
     /// The replay check: accepts each nonce once while its ticket is valid.
     pub fn remember(&mut self, claims: &Claims, now: u64) -> Result<(), TicketError> {
-        if self.seen.contains_key(&claims.nonce) {
+        self.remember_nonce(&claims.nonce, claims.expires_at, now)
+    }
+
+    fn remember_nonce(
+        &mut self,
+        nonce: &str,
+        expires_at: u64,
+        now: u64,
+    ) -> Result<(), TicketError> {
+        if self.seen.contains_key(nonce) {
             return Err(TicketError::Replayed);
         }
         if self.seen.len() >= self.max_nonces {
@@ -276,7 +315,7 @@ impl Verifier {
                 return Err(TicketError::Overloaded);
             }
         }
-        self.seen.insert(claims.nonce.clone(), claims.expires_at);
+        self.seen.insert(nonce.to_owned(), expires_at);
         Ok(())
     }
 }

@@ -11,9 +11,13 @@
 
 pub mod control;
 pub mod datagram;
+pub mod link;
 
 /// ALPN protocol id for wire protocol v1.
 pub const ALPN: &[u8] = b"residency-relay/1";
+
+/// ALPN protocol id of relay-to-relay cascade links, version 1.
+pub const CASCADE_ALPN: &[u8] = b"residency-relay-cascade/1";
 
 /// Stable numeric codes carried in `error` control messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -78,7 +78,7 @@ impl Cluster {
                 &format!("signing_key = \"{}/dev-", repo.join("config").display()),
             )
             .replace("store = \"../data/", "store = \"data/");
-        for n in 1..=5 {
+        for n in 1..=6 {
             let ip = format!("127.0.1.{n}");
             let quic = free_port(&ip, true);
             let http = free_port(&ip, false);
@@ -159,7 +159,10 @@ impl Cluster {
             verifier: self.policy.ticket_verifier(idx).issued_after(
                 relay::unix_now().saturating_sub(residency_relay::ticket::CLOCK_SKEW_SECS),
             ),
-            core: CoreConfig::default(),
+            core: CoreConfig {
+                track_id_base: residency_relay::forward::track_id_base(idx.index()),
+                ..CoreConfig::default()
+            },
             shutdown_grace: Duration::from_millis(500),
             hello_timeout: Duration::from_secs(5),
             routers: RouterLink::for_relay(&self.policy, idx),

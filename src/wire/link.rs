@@ -1,0 +1,74 @@
+//! Messages on a cascade link's control stream (same framing as the
+//! client control stream: length prefix, version byte, JSON).
+//!
+//! The dialing relay sends `link_hello` with its cascade ticket; the
+//! accepting relay answers `link_welcome` or `error` and closes. Then both
+//! sides announce the tracks their own participants publish
+//! (`track_published` / `track_unpublished`), ask for the tracks their
+//! participants subscribe to (`subscribe` / `unsubscribe`), and pass on
+//! keyframe requests. Media follows in QUIC datagrams with the usual header.
+
+use serde::{Deserialize, Serialize};
+
+use super::control::{Labels, TrackInfo};
+use super::datagram::TrackId;
+
+/// A cascade link control message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum LinkMessage {
+    LinkHello { ticket: String },
+    LinkWelcome {},
+    TrackPublished(TrackInfo),
+    TrackUnpublished { track: TrackId },
+    Subscribe { track: TrackId },
+    Unsubscribe { track: TrackId },
+    KeyframeRequest { track: TrackId },
+    Error { code: u16, message: String },
+}
+
+impl Labels for LinkMessage {
+    fn labels(&self) -> impl Iterator<Item = &str> {
+        match self {
+            LinkMessage::TrackPublished(info) => Some(info.codec.as_str()),
+            _ => None,
+        }
+        .into_iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::control::{Decoder, ParticipantId, TrackKind, encode};
+
+    #[test]
+    fn link_messages_round_trip_and_garbage_is_an_error() {
+        let messages = vec![
+            LinkMessage::LinkHello {
+                ticket: "c1.x.y".into(),
+            },
+            LinkMessage::LinkWelcome {},
+            LinkMessage::TrackPublished(TrackInfo {
+                track: TrackId(1 << 20 | 5),
+                participant: ParticipantId("p-1".into()),
+                kind: TrackKind::Video,
+                codec: "vp8".into(),
+                layers: None,
+            }),
+            LinkMessage::Subscribe { track: TrackId(7) },
+        ];
+        let mut bytes = Vec::new();
+        for m in &messages {
+            encode(m, &mut bytes).unwrap();
+        }
+        let mut d = Decoder::new();
+        d.push(&bytes);
+        for m in &messages {
+            assert_eq!(&d.next_message::<LinkMessage>().unwrap().unwrap(), m);
+        }
+        let mut d = Decoder::new();
+        d.push(&[0, 0, 0, 5, 1, b'{', b'x', b'}', 0]);
+        assert!(d.next_message::<LinkMessage>().is_err());
+    }
+}
