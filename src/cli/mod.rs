@@ -5,6 +5,7 @@ mod dev;
 mod joinload;
 mod loadtest;
 mod relay;
+mod report;
 mod route;
 mod router;
 mod ticket;
@@ -165,6 +166,37 @@ enum Command {
         /// compare with.
         #[arg(long)]
         baseline: bool,
+    },
+    /// Fetch a conference's signed residency report from its router.
+    Report {
+        /// Router base URL.
+        #[arg(long)]
+        router: String,
+        #[arg(long)]
+        conference: String,
+        /// The tenant's API key or the conference's host token.
+        #[arg(long)]
+        token: String,
+        /// Write the report here (standard output otherwise).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Verify a residency report offline against the router's public key.
+    VerifyReport {
+        file: PathBuf,
+        /// The router's public key (hex or base64url), obtained independently.
+        #[arg(long)]
+        key: String,
+    },
+    /// Drain a relay: no new joins; its participants move to other relays.
+    Drain {
+        #[arg(long)]
+        router: String,
+        #[arg(long)]
+        relay: String,
+        /// The operator's admin token.
+        #[arg(long)]
+        token: String,
     },
     /// Create an Ed25519 ticket-signing key; print its public key for `ticket_keys`.
     Keygen {
@@ -378,6 +410,27 @@ pub fn main() -> ExitCode {
             seconds,
             baseline,
         )),
+        Command::Report {
+            router,
+            conference,
+            token,
+            out,
+        } => report(report::fetch(&router, &conference, &token, out.as_deref())),
+        Command::VerifyReport { file, key } => match report::verify(&file, &key) {
+            Ok(summary) => {
+                print!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(message) => {
+                eprintln!("error: {message}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Drain {
+            router,
+            relay,
+            token,
+        } => report(report::drain(&router, &relay, &token)),
         Command::Ticket {
             config,
             regions,

@@ -14,6 +14,12 @@ use crate::http_client;
 pub enum Credential {
     Passcode(String),
     Invite(String),
+    /// Coming back after losing `failed_relay`, with the token of the last join.
+    Rejoin {
+        participant_id: String,
+        token: String,
+        failed_relay: Option<String>,
+    },
 }
 
 /// Where to connect and with what.
@@ -25,6 +31,8 @@ pub struct Joined {
     pub quic_addr: SocketAddr,
     pub cert_sha256: String,
     pub ticket: String,
+    /// Lets this participant rejoin after a relay failure.
+    pub rejoin_token: Option<String>,
 }
 
 /// Why a join did not produce a ticket.
@@ -59,6 +67,15 @@ pub async fn join(
     let body = match credential {
         Credential::Passcode(p) => json!({ "passcode": p, "display_name": display_name }),
         Credential::Invite(i) => json!({ "invite": i, "display_name": display_name }),
+        Credential::Rejoin {
+            participant_id,
+            token,
+            failed_relay,
+        } => json!({
+            "rejoin": token,
+            "participant_id": participant_id,
+            "failed_relay": failed_relay,
+        }),
     };
     let url = format!("{router}/v1/conferences/{conference}/join");
     let r = http_client::request(
@@ -130,6 +147,7 @@ fn parse_joined(answer: &Value) -> Result<Joined, JoinError> {
             quic_addr: relay["quic_addr"].as_str()?.parse().ok()?,
             cert_sha256: text(&relay["cert_sha256"])?,
             ticket: text(&answer["ticket"])?,
+            rejoin_token: text(&answer["rejoin_token"]),
         })
     })();
     joined.ok_or_else(|| JoinError::Unexpected(answer.to_string()))

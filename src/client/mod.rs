@@ -3,6 +3,7 @@
 //! `loadtest` commands, and later the router's tests.
 
 pub mod join;
+pub mod session;
 pub mod synthetic;
 
 use std::collections::VecDeque;

@@ -70,8 +70,10 @@ pub fn routes(shared: App) -> Router {
         .route("/v1/conferences/{id}/waiting/{pid}/admit", post(admit))
         .route("/v1/conferences/{id}/waiting/{pid}/deny", post(deny))
         .route("/v1/conferences/{id}/audit", get(audit_log))
+        .route("/v1/conferences/{id}/residency", get(residency_report))
         .route("/v1/admin/reports", get(abuse_reports))
         .route("/v1/admin/relays", get(relay_list))
+        .route("/v1/admin/relays/{relay}/drain", post(drain_relay))
         // A busy relay's report lists every conference it carries.
         .route(
             "/v1/relays/{relay}/report",
@@ -607,6 +609,12 @@ struct JoinRequest {
     invite: Option<String>,
     #[serde(default)]
     display_name: String,
+    /// Rejoining after a relay failure: the token from the last join answer…
+    rejoin: Option<String>,
+    /// …for this participant id…
+    participant_id: Option<String>,
+    /// …and the relay that failed, not to be chosen again now.
+    failed_relay: Option<String>,
 }
 
 /// A refused join: the error, counted under `reason`.
@@ -675,10 +683,12 @@ fn join_checked(
     }
     // Counted as a failure until the credential proves right. Invitations
     // are not guessable and skip the per-conference limit.
-    let attempt = match shared
-        .limiter
-        .begin(ip, &c.id, request.invite.is_none(), Instant::now())
-    {
+    let attempt = match shared.limiter.begin(
+        ip,
+        &c.id,
+        request.invite.is_none() && request.rejoin.is_none(),
+        Instant::now(),
+    ) {
         Ok(attempt) => attempt,
         Err(limit) => {
             let secs = limit.retry_after().as_secs().max(1);
@@ -698,6 +708,49 @@ fn join_checked(
             ));
         }
     };
+    if let Some(token) = &request.rejoin {
+        // A participant whose relay failed comes back without its
+        // passcode or invitation, as itself.
+        let pid = request.participant_id.as_deref().unwrap_or_default();
+        let Some(mut p) = shared.store.participant(&c.id, pid)?.filter(|p| {
+            p.rejoin_sha256
+                .is_some_and(|h| ids::secret_matches(&h, token))
+        }) else {
+            drop(attempt);
+            return Err(refused(
+                "bad_rejoin",
+                ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "bad_rejoin",
+                    "the rejoin token is not valid for this participant",
+                ),
+            ));
+        };
+        attempt.succeeded();
+        if p.status != Status::Joined
+            || shared.store.is_banned(
+                &c.id,
+                Some(&p.id),
+                &p.address_hash,
+                p.invite_sha256.as_ref(),
+            )?
+        {
+            return Err(refused(
+                "banned",
+                ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "banned",
+                    "a host removed you from this conference",
+                ),
+            ));
+        }
+        let failed = request
+            .failed_relay
+            .as_deref()
+            .and_then(|r| shared.policy.relay_idx(r));
+        let answer = issue_ticket(shared, c, j, ip, &mut p, None, failed)?;
+        return Ok(Json(answer).into_response());
+    }
     let address_hash = ids::address_hash(&shared.address_key, ip);
     // Who is joining: an invitation names them, a passcode does not.
     let (invite, display_name) = match (&request.invite, &request.passcode) {
@@ -802,6 +855,7 @@ fn join_checked(
         wait_token_sha256: None,
         relay: None,
         created: now,
+        rejoin_sha256: None,
     };
     // The waiting room holds passcode joiners; invitations name their
     // holder and skip it.
@@ -834,7 +888,7 @@ fn join_checked(
     }
     // The invitation is claimed with the join's records, atomically: a
     // refusal before that does not burn it, a second use fails there.
-    let answer = issue_ticket(shared, c, j, ip, &mut record, invite_hash.as_ref())?;
+    let answer = issue_ticket(shared, c, j, ip, &mut record, invite_hash.as_ref(), None)?;
     shared
         .metrics
         .join_seconds
@@ -852,6 +906,7 @@ fn issue_ticket(
     ip: IpAddr,
     record: &mut ParticipantRecord,
     invite: Option<&[u8; 32]>,
+    failed: Option<RelayIdx>,
 ) -> ApiResult<Value> {
     let jurisdiction = shared.policy.jurisdiction(j);
     let location = shared.policy.geoip().locate(ip);
@@ -873,6 +928,12 @@ fn issue_ticket(
     let placed = shared
         .relays
         .place(&c.id, hint, Instant::now(), |states, hosting| {
+            // A relay the participant just lost is not offered again now.
+            let mut states = states.to_vec();
+            if let Some(s) = failed.and_then(|f| states.get_mut(f.index())) {
+                s.health = select::Health::Unhealthy;
+            }
+            let states = &states[..];
             let hosting: Vec<RelayIdx> = hosting
                 .iter()
                 .copied()
@@ -949,6 +1010,8 @@ fn issue_ticket(
     let signed = ticket::sign(&claims, &shared.signing_key);
     record.status = Status::Joined;
     record.relay = Some(r.id.clone());
+    let rejoin = ids::token("rj")?;
+    record.rejoin_sha256 = Some(ids::sha256(&rejoin));
     let event = AuditEvent {
         time: now,
         conference: c.id.clone(),
@@ -989,6 +1052,7 @@ fn issue_ticket(
         "ticket": signed,
         "participant_id": record.id,
         "expires_at": claims.expires_at,
+        "rejoin_token": rejoin,
     }))
 }
 
@@ -1078,7 +1142,7 @@ async fn waiting_poll(
                 {
                     continue;
                 }
-                let answer = match issue_ticket(&shared, &c, j, ip, &mut p, None) {
+                let answer = match issue_ticket(&shared, &c, j, ip, &mut p, None, None) {
                     Ok(answer) => answer,
                     Err(e) => {
                         // Still admitted: the participant may ask again.
@@ -1358,6 +1422,113 @@ async fn end(
     Ok(Json(json!({ "id": id, "ended": at })))
 }
 
+// ------------------------------------------------------------ residency report
+
+/// Where the conference's media and metadata went: every relay and router
+/// that recorded handling it, with countries, times and bytes, the cascade
+/// links, and the refused tickets and links naming it; signed.
+async fn residency_report(
+    State(shared): State<App>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    let (c, j) = conference(&shared, &id)?;
+    manager(&shared, &headers, &c)?;
+    let jurisdiction = shared.policy.jurisdiction(j);
+    let live = shared.relays.conference(&id);
+    let live_links = shared.relays.conference_links(&id);
+    let used = shared.store.relays_of(&id).map_err(store_failed(&shared))?;
+    let links = shared.store.links_of(&id).map_err(store_failed(&shared))?;
+    let log = shared.store.audit_log(&id).map_err(store_failed(&shared))?;
+    let relay_facts = |relay_id: &str| {
+        shared.policy.relay_idx(relay_id).map(|r| {
+            let relay = shared.policy.relay(r);
+            let jurisdictions: Vec<&str> = shared
+                .policy
+                .jurisdictions_of(r)
+                .map(|j| j.id.as_str())
+                .collect();
+            (
+                relay.country.to_string(),
+                jurisdictions,
+                jurisdiction.contains(r),
+            )
+        })
+    };
+    let relays: Vec<Value> = used
+        .iter()
+        .map(|u| {
+            let here = live
+                .iter()
+                .find(|l| shared.policy.relay(l.relay).id == u.relay);
+            let (country, jurisdictions, inside) = relay_facts(&u.relay)
+                .map_or((None, Vec::new(), false), |(c, j, i)| (Some(c), j, i));
+            json!({
+                "id": u.relay,
+                "country": country,
+                "jurisdictions": jurisdictions,
+                "inside_jurisdiction": inside,
+                "first_seen": u.first_seen,
+                "last_seen": u.last_seen,
+                "bytes_in": here.map_or(0, |l| l.load.bytes_in).max(u.bytes_in),
+                "bytes_out": here.map_or(0, |l| l.load.bytes_out).max(u.bytes_out),
+                "peak_participants": here.map_or(0, |l| l.load.participants).max(u.peak_participants),
+            })
+        })
+        .collect();
+    let links: Vec<Value> = links
+        .iter()
+        .map(|l| {
+            let here = live_links
+                .iter()
+                .find(|(r, x)| shared.policy.relay(*r).id == l.relay && x.peer == l.peer);
+            json!({
+                "relay": l.relay,
+                "peer": l.peer,
+                "relay_country": relay_facts(&l.relay).map(|f| f.0),
+                "peer_country": relay_facts(&l.peer).map(|f| f.0),
+                "first_seen": l.first_seen,
+                "last_seen": l.last_seen,
+                "bytes_in": here.map_or(0, |(_, x)| x.bytes_in).max(l.bytes_in),
+                "bytes_out": here.map_or(0, |(_, x)| x.bytes_out).max(l.bytes_out),
+            })
+        })
+        .collect();
+    let enforcement: Vec<Value> = log
+        .iter()
+        .filter(|e| e.event == "enforcement")
+        .map(|e| {
+            let mut v = e.detail.clone();
+            v["time"] = json!(e.time);
+            v
+        })
+        .collect();
+    let last_record = log.iter().map(|e| e.time).max().unwrap_or(c.created);
+    let report = json!({
+        "conference": c.id,
+        "tenant": c.tenant,
+        "jurisdiction": jurisdiction.id,
+        "jurisdiction_name": jurisdiction.name,
+        "legal_basis": jurisdiction.legal_basis,
+        "created": c.created,
+        "ended": c.ended,
+        "generated_at": now_unix(),
+        "routers": [{
+            "id": shared.me.id,
+            "country": shared.me.country.to_string(),
+            "jurisdictions": shared.me.jurisdictions.iter().map(|j| shared.policy.jurisdiction(*j).id.clone()).collect::<Vec<_>>(),
+            "inside_jurisdiction": jurisdiction.countries.contains(shared.me.country),
+            "role": "created the conference; stores its records and audit log",
+            "first_seen": c.created,
+            "last_seen": last_record,
+        }],
+        "relays": relays,
+        "links": links,
+        "enforcement": enforcement,
+    });
+    Ok(Json(super::residency::sign(report, &shared.signing_key)))
+}
+
 // ----------------------------------------------------------- operator and audit
 
 fn admin(shared: &Shared, headers: &HeaderMap) -> ApiResult<()> {
@@ -1411,6 +1582,37 @@ async fn relay_list(State(shared): State<App>, headers: HeaderMap) -> ApiResult<
         })
         .collect();
     Ok(Json(json!({ "relays": list })))
+}
+
+/// Drains a relay: it reports draining (so no new joins go there) and
+/// tells its participants to reconnect through the router, which moves them
+/// to other relays of their jurisdictions.
+async fn drain_relay(
+    State(shared): State<App>,
+    Path(relay_id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    admin(&shared, &headers)?;
+    let relay = shared
+        .policy
+        .relay_idx(&relay_id)
+        .filter(|r| {
+            shared
+                .me
+                .jurisdictions
+                .iter()
+                .any(|j| shared.policy.jurisdiction(*j).contains(*r))
+        })
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_relay",
+                "no such relay in this router's jurisdictions",
+            )
+        })?;
+    shared.relays.command([relay], &Action::Drain {});
+    info!(relay = %relay_id, "drain requested");
+    Ok(Json(json!({ "relay": relay_id, "draining": true })))
 }
 
 /// The audit log of one conference: for the operator, or its tenant.

@@ -17,6 +17,7 @@ pub const JOIN_REFUSALS: &[&str] = &[
     "wrong_passcode",
     "passcode_required",
     "bad_invite",
+    "bad_rejoin",
     "rate_limited",
     "locked",
     "banned",

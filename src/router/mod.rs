@@ -12,6 +12,7 @@ pub mod ids;
 pub mod limits;
 pub mod metrics;
 pub mod relays;
+pub mod residency;
 
 use std::future::Future;
 use std::sync::Arc;

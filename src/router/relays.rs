@@ -414,6 +414,23 @@ impl Registry {
             .collect()
     }
 
+    /// Every relay's last-reported cascade links of `conference`.
+    pub fn conference_links(&self, conference: &str) -> Vec<(RelayIdx, LinkLoad)> {
+        let inner = self.lock();
+        inner
+            .relays
+            .iter()
+            .enumerate()
+            .flat_map(|(i, e)| {
+                e.report
+                    .iter()
+                    .flat_map(|r| r.links.iter())
+                    .filter(|l| l.conference == conference)
+                    .map(move |l| (RelayIdx(i as u32), l.clone()))
+            })
+            .collect()
+    }
+
     /// Updates each relay's health flag; returns those that changed.
     fn refresh(&self, now: Instant) -> Vec<(RelayIdx, bool)> {
         let mut inner = self.lock();

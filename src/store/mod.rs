@@ -139,6 +139,9 @@ pub struct ParticipantRecord {
     pub invite_sha256: Option<[u8; 32]>,
     /// Hash of the token a waiting participant polls with.
     pub wait_token_sha256: Option<[u8; 32]>,
+    /// Hash of the token that lets it rejoin (after its relay failed)
+    /// without the passcode or invitation again.
+    pub rejoin_sha256: Option<[u8; 32]>,
     /// The relay its last ticket named.
     pub relay: Option<String>,
     pub created: u64,

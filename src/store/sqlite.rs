@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS participants (
     address_hash BLOB NOT NULL,
     invite_sha256 BLOB,
     wait_token_sha256 BLOB,
+    rejoin_sha256 BLOB,
     relay TEXT,
     created INTEGER NOT NULL,
     PRIMARY KEY (conference, id)
@@ -94,7 +95,7 @@ CREATE TABLE IF NOT EXISTS conference_links (
 ";
 
 /// Schema version this code writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// Brings a store file of any earlier version to [`SCHEMA_VERSION`], in one
 /// transaction; refuses a file written by a newer version.
@@ -125,6 +126,13 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
                     "ALTER TABLE conference_relays ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0"
                 ))?;
             }
+        }
+        let columns: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_table_info('participants')")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        if !columns.iter().any(|c| c == "rejoin_sha256") {
+            conn.execute_batch("ALTER TABLE participants ADD COLUMN rejoin_sha256 BLOB")?;
         }
         conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
     })();
@@ -209,11 +217,11 @@ fn upsert_participant(db: &Connection, p: &ParticipantRecord) -> rusqlite::Resul
     exec(
         db,
         "INSERT INTO participants (conference, id, display_name, role, status, address_hash,
-         invite_sha256, wait_token_sha256, relay, created)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+         invite_sha256, wait_token_sha256, relay, created, rejoin_sha256)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
          ON CONFLICT (conference, id) DO UPDATE SET display_name = ?3, role = ?4,
          status = ?5, address_hash = ?6, invite_sha256 = ?7, wait_token_sha256 = ?8,
-         relay = ?9",
+         relay = ?9, rejoin_sha256 = ?11",
         params![
             p.conference,
             p.id,
@@ -225,6 +233,7 @@ fn upsert_participant(db: &Connection, p: &ParticipantRecord) -> rusqlite::Resul
             p.wait_token_sha256.map(|h| h.to_vec()),
             p.relay,
             p.created as i64,
+            p.rejoin_sha256.map(|h| h.to_vec()),
         ],
     )
     .map(|_| ())
@@ -262,6 +271,7 @@ fn participant_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ParticipantRecor
         address_hash: blob32(row.get("address_hash")?).unwrap_or_default(),
         invite_sha256: blob32(row.get("invite_sha256")?),
         wait_token_sha256: blob32(row.get("wait_token_sha256")?),
+        rejoin_sha256: blob32(row.get("rejoin_sha256")?),
         relay: row.get("relay")?,
         created: row.get::<_, i64>("created")? as u64,
     })
@@ -865,6 +875,7 @@ mod tests {
             address_hash: [1; 32],
             invite_sha256: None,
             wait_token_sha256: Some([2; 32]),
+            rejoin_sha256: None,
             relay: None,
             created: 5,
         };

@@ -105,7 +105,7 @@ impl Verifier {
         let peer = self
             .peers
             .get(&claims.from)
-            .filter(|p| p.jurisdictions.iter().any(|j| *j == claims.jurisdiction))
+            .filter(|p| p.jurisdictions.contains(&claims.jurisdiction))
             .ok_or(TicketError::PeerOutsideJurisdiction)?;
         if peer.ip != peer_ip.to_canonical() {
             return Err(TicketError::WrongPeer);
