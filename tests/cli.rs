@@ -44,7 +44,7 @@ fn check_summarises_the_dev_config() {
     let text = stdout(&out);
     assert!(text.contains("jurisdictions (7)"), "{text}");
     assert!(
-        text.contains("relays (3): de-ber-1, de-fra-1, ie-dub-1"),
+        text.contains("relays (4): de-ber-1, de-fra-1, ie-dub-1, nl-ams-1"),
         "{text}"
     );
     assert!(
@@ -149,7 +149,7 @@ fn json_lists_candidates_and_every_excluded_relay() {
         .iter()
         .map(|c| c["relay"].as_str().unwrap())
         .collect();
-    assert_eq!(candidates, ["ie-dub-1", "de-fra-1"]);
+    assert_eq!(candidates, ["ie-dub-1", "nl-ams-1", "de-fra-1"]);
     assert!(json["candidates"][0]["distance_km"].as_f64().unwrap() > 4000.0);
     let excluded: Vec<(String, String)> = json["excluded"]
         .as_array()
@@ -196,6 +196,8 @@ fn refusals_exit_non_zero_with_the_reason() {
         "de-ber-1",
         "--down",
         "ie-dub-1",
+        "--down",
+        "nl-ams-1",
     ]);
     assert_eq!(code, 2);
     assert_eq!(json["refused"], "no_healthy_relay", "{json}");

@@ -36,6 +36,58 @@ async fn eu_cluster() -> Cluster {
     c
 }
 
+/// Waits until `client` hears of `track` (on its relay, or over a link).
+async fn wait_for_track(
+    client: &mut residency_relay::client::Client,
+    track: residency_relay::wire::datagram::TrackId,
+) {
+    if client.initial_tracks.iter().any(|t| t.track == track) {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let event = tokio::time::timeout_at(deadline, client.next_event())
+            .await
+            .expect("the track is announced")
+            .unwrap();
+        if matches!(event, residency_relay::wire::control::ServerMessage::TrackPublished(ref i) if i.track == track)
+        {
+            return;
+        }
+    }
+}
+
+/// Sends `track` from `from` until `to` receives it: a subscription to a
+/// track on another relay takes effect once the link has passed it on.
+async fn prime(
+    from: &residency_relay::client::Client,
+    to: &residency_relay::client::Client,
+    track: residency_relay::wire::datagram::TrackId,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for sequence in 1_000_000u32.. {
+        from.send_media(
+            &MediaHeader {
+                track,
+                sequence,
+                flags: Flags::default(),
+            },
+            b"primer",
+        )
+        .unwrap();
+        if let Ok(d) = tokio::time::timeout(Duration::from_millis(50), to.recv_media()).await {
+            assert!(d.unwrap().ends_with(b"primer"));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "media never arrived"
+        );
+    }
+    // Primers still in flight.
+    while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(100), to.recv_media()).await {}
+}
+
 fn refused_code(e: JoinError) -> (u16, String) {
     match e {
         JoinError::Refused { status, code, .. } => (status, code),
@@ -62,17 +114,17 @@ async fn paid_eu_conference_keeps_an_american_on_an_eu_relay_and_media_flows() {
 
     let german = join_from(&router, id, passcode, "127.0.0.2").await.unwrap();
     let american = join_from(&router, id, passcode, "127.0.0.3").await.unwrap();
-    assert!(EU_RELAYS.contains(&german.relay_id.as_str()), "{german:?}");
-    assert_eq!(
-        american.relay_id, german.relay_id,
-        "one relay carries the conference"
-    );
-    assert_ne!(american.relay_id, "us-nyc-1");
+    // Each on the EU relay nearest them: Frankfurt, and Dublin for New York.
+    assert_eq!(german.relay_id, "de-fra-1");
+    assert_eq!(american.relay_id, "ie-dub-1");
 
     let mut a = connect(&german, "127.0.0.2").await;
     let mut b = connect(&american, "127.0.0.3").await;
     let track = a.publish(TrackKind::Audio, "opus", None).await.unwrap();
+    // The track reaches Dublin over the cascade link the router sets up.
+    wait_for_track(&mut b, track).await;
     b.subscribe(track).await.unwrap();
+    prime(&a, &b, track).await;
     let payload = b"end-to-end encrypted bytes the relay never reads".to_vec();
     for sequence in 0..20u32 {
         a.send_media(
@@ -101,7 +153,7 @@ async fn paid_eu_conference_keeps_an_american_on_an_eu_relay_and_media_flows() {
     assert_eq!(sample(&us, "rr_relay_deliveries_total"), 0.0);
     assert_eq!(sample(&us, "rr_relay_connections"), 0.0);
 
-    // The router's view lists only the EU relay, with what it carried.
+    // The router's view lists only the EU relays, with what they carried.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let state = request(
         "GET",
@@ -115,9 +167,14 @@ async fn paid_eu_conference_keeps_an_american_on_an_eu_relay_and_media_flows() {
     let state = state.json();
     assert_eq!(state["participants"], 2, "{state}");
     let relays = state["relays"].as_array().unwrap();
-    assert_eq!(relays.len(), 1, "{state}");
-    assert_eq!(relays[0]["id"], german.relay_id.as_str());
-    assert!(relays[0]["bytes_in"].as_u64().unwrap() >= 20 * payload.len() as u64);
+    let ids: Vec<&str> = relays.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 2, "{state}");
+    assert!(
+        ids.contains(&"de-fra-1") && ids.contains(&"ie-dub-1"),
+        "{state}"
+    );
+    let fra = relays.iter().find(|r| r["id"] == "de-fra-1").unwrap();
+    assert!(fra["bytes_in"].as_u64().unwrap() >= 20 * payload.len() as u64);
     a.leave().await;
     b.leave().await;
     c.shutdown().await;
@@ -508,12 +565,22 @@ async fn a_restarted_router_keeps_conferences_bans_placement_and_moderation() {
     c.wait_health("de-fra-router", &["de-fra-1", "ie-dub-1"], "healthy")
         .await;
 
-    // Joinable, still in Dublin although Frankfurt is nearer this German.
+    // Joinable; the new run links Frankfurt to Dublin, where the conference
+    // already is, and media flows between them.
     let german = join_from(&router, &id, &passcode, "127.0.0.2")
         .await
         .unwrap();
-    assert_eq!(german.relay_id, "ie-dub-1");
-    let _german_client = connect(&german, "127.0.0.2").await;
+    assert_eq!(german.relay_id, "de-fra-1");
+    let mut german_client = connect(&german, "127.0.0.2").await;
+    let mut irish_client = irish_client;
+    let track = irish_client
+        .publish(TrackKind::Audio, "opus", None)
+        .await
+        .unwrap();
+    wait_for_track(&mut german_client, track).await;
+    german_client.subscribe(track).await.unwrap();
+    // Media across the link set up after the restart.
+    prime(&irish_client, &german_client, track).await;
     // Bans hold.
     let e = join_from(&router, &id, &passcode, "127.0.0.6")
         .await
