@@ -57,6 +57,8 @@ async fn names_and_labels_are_exact_and_carry_no_personal_data() {
         "rr_relay_build_info",
         "rr_relay_bytes_delivered_total",
         "rr_relay_bytes_received_total",
+        "rr_relay_cascade_links",
+        "rr_relay_cascade_refusals_total",
         "rr_relay_connections",
         "rr_relay_control_errors_total",
         "rr_relay_cpu_seconds",

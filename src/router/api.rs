@@ -1476,6 +1476,21 @@ async fn residency_report(
             })
         })
         .collect();
+    // Links the relays reported but not yet written to the store.
+    let mut links = links;
+    for (r, l) in &live_links {
+        let relay = &shared.policy.relay(*r).id;
+        if !links.iter().any(|x| x.relay == *relay && x.peer == l.peer) {
+            links.push(crate::store::LinkUse {
+                relay: relay.clone(),
+                peer: l.peer.clone(),
+                first_seen: now_unix(),
+                last_seen: now_unix(),
+                bytes_in: l.bytes_in,
+                bytes_out: l.bytes_out,
+            });
+        }
+    }
     let links: Vec<Value> = links
         .iter()
         .map(|l| {

@@ -1,0 +1,698 @@
+//! Cascading inside a jurisdiction, on loopback: relays of the dev config
+//! (Frankfurt, Dublin, Amsterdam, New York) and routers in this process;
+//! clients at 127.0.0.2 (Germany), .3 (US), .4 (Ireland), .7 (Netherlands).
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use residency_relay::client::Client;
+use residency_relay::client::join::{Credential, JoinError};
+use residency_relay::client::session::Session;
+use residency_relay::ticket::{self, CascadeClaims};
+use residency_relay::wire::control::{self, Decoder, ServerMessage, TrackKind};
+use residency_relay::wire::datagram::{Flags, MediaHeader, TrackId};
+use residency_relay::wire::link::LinkMessage;
+use serde_json::{Value, json};
+use support::cluster::{ACME, Cluster, connect, create, join_from, request, sample};
+
+/// What one client received, counted by a task reading its datagrams.
+#[derive(Default, Debug)]
+struct Received {
+    bytes: u64,
+    per_track: HashMap<TrackId, u64>,
+}
+
+struct Participant {
+    client: Client,
+    sent_bytes: u64,
+    received: Arc<Mutex<Received>>,
+    /// Tracks announced so far.
+    announced: Vec<TrackId>,
+}
+
+impl Participant {
+    fn new(client: Client) -> Self {
+        let received = Arc::new(Mutex::new(Received::default()));
+        let datagrams = client.datagrams();
+        let r = received.clone();
+        tokio::spawn(async move {
+            while let Ok(d) = datagrams.next().await {
+                let Ok(h) = residency_relay::wire::datagram::parse(&d) else {
+                    continue;
+                };
+                let mut r = r.lock().unwrap();
+                r.bytes += d.len() as u64;
+                *r.per_track.entry(h.track).or_default() += 1;
+            }
+        });
+        let announced = client.initial_tracks.iter().map(|t| t.track).collect();
+        Participant {
+            client,
+            sent_bytes: 0,
+            received,
+            announced,
+        }
+    }
+
+    fn send(&mut self, track: TrackId, sequence: u32, payload: &[u8]) {
+        self.client
+            .send_media(
+                &MediaHeader {
+                    track,
+                    sequence,
+                    flags: Flags::default(),
+                },
+                payload,
+            )
+            .unwrap();
+        self.sent_bytes += (residency_relay::wire::datagram::HEADER_LEN + payload.len()) as u64;
+    }
+
+    fn got(&self, track: TrackId) -> u64 {
+        self.received
+            .lock()
+            .unwrap()
+            .per_track
+            .get(&track)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn bytes(&self) -> u64 {
+        self.received.lock().unwrap().bytes
+    }
+
+    /// Waits until the relay announces `track` (published here or beyond a link).
+    async fn await_track(&mut self, track: TrackId) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !self.announced.contains(&track) {
+            let event = tokio::time::timeout_at(deadline, self.client.next_event())
+                .await
+                .expect("track announced")
+                .unwrap();
+            if let ServerMessage::TrackPublished(info) = event {
+                self.announced.push(info.track);
+            }
+        }
+    }
+}
+
+/// Sends `track` from `from` until every one of `to` has received it (a
+/// subscription beyond a link takes effect once the link passed it on).
+async fn prime(ps: &mut [Participant], from: usize, to: &[usize], track: TrackId) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut sequence = 1_000_000;
+    while !to.iter().all(|t| ps[*t].got(track) > 0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "media never arrived"
+        );
+        ps[from].send(track, sequence, b"primer");
+        sequence += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn residency(router: &str, id: &str, auth: &str) -> Value {
+    let r = request(
+        "GET",
+        &format!("{router}/v1/conferences/{id}/residency"),
+        None,
+        Some(auth),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.json()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_eu_call_spans_eu_relays_only_and_the_report_accounts_for_every_byte() {
+    let mut c = Cluster::new(|t| t);
+    c.start_router("de-fra-router").await;
+    c.start_router("us-nyc-router").await;
+    for r in ["de-fra-1", "ie-dub-1", "nl-ams-1", "us-nyc-1"] {
+        c.start_relay(r).await;
+    }
+    c.wait_health(
+        "de-fra-router",
+        &["de-fra-1", "ie-dub-1", "nl-ams-1", "us-nyc-1"],
+        "healthy",
+    )
+    .await;
+    let router = c.url("de-fra-router");
+    let conf = create(
+        &router,
+        ACME,
+        json!({ "residency": "eu", "waiting_room": false }),
+    )
+    .await;
+    let id = conf["id"].as_str().unwrap().to_owned();
+    let passcode = conf["passcode"].as_str().unwrap().to_owned();
+
+    let at = ["127.0.0.2", "127.0.0.4", "127.0.0.3"];
+    let mut joined = Vec::new();
+    for ip in at {
+        joined.push(join_from(&router, &id, &passcode, ip).await.unwrap());
+    }
+    // The German and the Irish on their nearest EU relay; the American on
+    // an EU relay (Dublin, nearest New York), not the one next door.
+    assert_eq!(joined[0].relay_id, "de-fra-1");
+    assert_eq!(joined[1].relay_id, "ie-dub-1");
+    assert_eq!(joined[2].relay_id, "ie-dub-1");
+    let mut ps = Vec::new();
+    for (j, ip) in joined.iter().zip(at) {
+        ps.push(Participant::new(connect(j, ip).await));
+    }
+    let mut tracks = Vec::new();
+    for p in &mut ps {
+        tracks.push(
+            p.client
+                .publish(TrackKind::Audio, "opus", None)
+                .await
+                .unwrap(),
+        );
+    }
+    for i in 0..3 {
+        for k in 0..3 {
+            if i != k {
+                ps[i].await_track(tracks[k]).await;
+                ps[i].client.subscribe(tracks[k]).await.unwrap();
+            }
+        }
+    }
+    for k in 0..3 {
+        let others: Vec<usize> = (0..3).filter(|i| *i != k).collect();
+        prime(&mut ps, k, &others, tracks[k]).await;
+    }
+    // Everyone receives everyone: 40 packets each.
+    for sequence in 0..40u32 {
+        for (k, track) in tracks.iter().enumerate() {
+            ps[k].send(*track, sequence, &[k as u8; 300]);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 0..3 {
+        for k in 0..3 {
+            if i != k {
+                assert!(
+                    ps[i].got(tracks[k]) >= 41,
+                    "participant {i} got {} of track {k}",
+                    ps[i].got(tracks[k])
+                );
+            }
+        }
+    }
+    // The American relay carried nothing of it.
+    let us = c.relay_metrics("us-nyc-1").await;
+    assert_eq!(sample(&us, "rr_relay_bytes_received_total"), 0.0);
+    assert_eq!(sample(&us, "rr_relay_connections"), 0.0);
+    assert_eq!(sample(&us, "rr_relay_cascade_links"), 0.0);
+
+    // The report, after the relays' next reports: EU relays only, and
+    // their byte counts agree with what their participants sent and received.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let host = format!("Bearer {}", conf["host_token"].as_str().unwrap());
+    let envelope = residency(&router, &id, &host).await;
+    let key = c.policy.router("de-fra-router").unwrap().public_key;
+    let report = residency_relay::router::residency::verify(&envelope, &key)
+        .unwrap()
+        .clone();
+    let relays = report["relays"].as_array().unwrap();
+    let ids: Vec<&str> = relays.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 2, "{report}");
+    for r in relays {
+        assert_eq!(r["inside_jurisdiction"], true, "{r}");
+        assert!(["DE", "IE"].contains(&r["country"].as_str().unwrap()));
+    }
+    let on =
+        |relay: &str| -> Vec<usize> { (0..3).filter(|i| joined[*i].relay_id == relay).collect() };
+    for relay in ["de-fra-1", "ie-dub-1"] {
+        let r = relays.iter().find(|r| r["id"] == relay).unwrap();
+        let sent: u64 = on(relay).iter().map(|i| ps[*i].sent_bytes).sum();
+        let received: u64 = on(relay).iter().map(|i| ps[*i].bytes()).sum();
+        assert_eq!(r["bytes_in"].as_u64().unwrap(), sent, "{relay} in: {r}");
+        assert_eq!(
+            r["bytes_out"].as_u64().unwrap(),
+            received,
+            "{relay} out: {r}"
+        );
+    }
+    let links = report["links"].as_array().unwrap();
+    assert!(!links.is_empty(), "{report}");
+    for l in links {
+        assert!(
+            ["de-fra-1", "ie-dub-1"].contains(&l["relay"].as_str().unwrap()),
+            "{l}"
+        );
+        assert!(
+            ["de-fra-1", "ie-dub-1"].contains(&l["peer"].as_str().unwrap()),
+            "{l}"
+        );
+    }
+    assert_eq!(report["routers"][0]["country"], "DE");
+    // A tampered copy no longer verifies.
+    let mut tampered = envelope.clone();
+    tampered["report"]["relays"][0]["country"] = json!("US");
+    assert!(residency_relay::router::residency::verify(&tampered, &key).is_err());
+    for p in ps {
+        p.client.leave().await;
+    }
+    c.shutdown().await;
+}
+
+/// Opens a cascade-link connection to `relay` from `from_ip` and presents
+/// `ticket`; returns the relay's answer.
+async fn present_link_ticket(c: &Cluster, relay: &str, from_ip: &str, ticket: &str) -> LinkMessage {
+    let r = c.policy.relay(c.policy.relay_idx(relay).unwrap());
+    let cert = request(
+        "GET",
+        &format!("http://{}/cert", r.http_addr),
+        None,
+        None,
+        None,
+    )
+    .await
+    .json()["sha256"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let crypto = residency_relay::relay::tls::pinned_client_config_for(
+        &cert,
+        residency_relay::wire::CASCADE_ALPN,
+    )
+    .unwrap();
+    let mut endpoint = quinn::Endpoint::client(format!("{from_ip}:0").parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let conn = endpoint
+        .connect(r.quic_addr, "relay")
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let mut frame = Vec::new();
+    control::encode(
+        &LinkMessage::LinkHello {
+            ticket: ticket.to_owned(),
+        },
+        &mut frame,
+    )
+    .unwrap();
+    send.write_all(&frame).await.unwrap();
+    let mut decoder = Decoder::new();
+    loop {
+        if let Some(m) = decoder.next_message::<LinkMessage>().unwrap() {
+            return m;
+        }
+        let chunk = tokio::time::timeout(Duration::from_secs(5), recv.read_chunk(16384, true))
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("an answer");
+        decoder.push(&chunk.bytes);
+    }
+}
+
+fn cascade_ticket(
+    key: &ed25519_dalek::SigningKey,
+    conference: &str,
+    from: &str,
+    to: &str,
+) -> String {
+    let now = residency_relay::relay::unix_now();
+    ticket::sign_cascade(
+        &CascadeClaims {
+            conference: conference.to_owned(),
+            jurisdiction: "eu".into(),
+            from: from.into(),
+            to: to.into(),
+            issued_at: now,
+            expires_at: now + 60,
+            nonce: ticket::new_nonce().unwrap(),
+        },
+        key,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forged_misdirected_and_foreign_tickets_are_refused_and_reported() {
+    let mut c = Cluster::new(|t| t);
+    c.start_router("de-fra-router").await;
+    for r in ["de-fra-1", "ie-dub-1", "us-nyc-1"] {
+        c.start_relay(r).await;
+    }
+    c.wait_health(
+        "de-fra-router",
+        &["de-fra-1", "ie-dub-1", "us-nyc-1"],
+        "healthy",
+    )
+    .await;
+    let router = c.url("de-fra-router");
+    let conf = create(
+        &router,
+        ACME,
+        json!({ "residency": "eu", "waiting_room": false }),
+    )
+    .await;
+    let id = conf["id"].as_str().unwrap().to_owned();
+    let irish = join_from(
+        &router,
+        &id,
+        conf["passcode"].as_str().unwrap(),
+        "127.0.0.4",
+    )
+    .await
+    .unwrap();
+
+    let genuine_key = ticket::parse_signing_key(
+        std::fs::read_to_string(support::repo().join("config/dev-ticket.key"))
+            .unwrap()
+            .trim(),
+    )
+    .unwrap();
+    let forger = ticket::generate_signing_key().unwrap();
+    let refused = |m: LinkMessage| match m {
+        LinkMessage::Error { code, .. } => code,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    let code = |e: ticket::TicketError| e.wire_code();
+    // Forged: signed by a key nobody trusts.
+    let forged = cascade_ticket(&forger, &id, "de-fra-1", "ie-dub-1");
+    assert_eq!(
+        refused(present_link_ticket(&c, "ie-dub-1", "127.0.1.1", &forged).await),
+        code(ticket::TicketError::BadSignature)
+    );
+    // Genuine, but presented from an address that is not the named relay's.
+    let genuine = cascade_ticket(&genuine_key, &id, "de-fra-1", "ie-dub-1");
+    assert_eq!(
+        refused(present_link_ticket(&c, "ie-dub-1", "127.0.0.9", &genuine).await),
+        code(ticket::TicketError::WrongPeer)
+    );
+    // Genuine, replayed to the American relay: it is not in the EU.
+    assert_eq!(
+        refused(present_link_ticket(&c, "us-nyc-1", "127.0.1.1", &genuine).await),
+        code(ticket::TicketError::ForeignJurisdiction)
+    );
+    // A link from a relay outside the jurisdiction, even with a good key.
+    let from_us = cascade_ticket(&genuine_key, &id, "us-nyc-1", "ie-dub-1");
+    assert_eq!(
+        refused(present_link_ticket(&c, "ie-dub-1", "127.0.1.4", &from_us).await),
+        code(ticket::TicketError::PeerOutsideJurisdiction)
+    );
+    // A participant's genuine ticket for Dublin, replayed to New York.
+    let us = c.policy.relay(c.policy.relay_idx("us-nyc-1").unwrap());
+    let us_cert = request(
+        "GET",
+        &format!("http://{}/cert", us.http_addr),
+        None,
+        None,
+        None,
+    )
+    .await
+    .json()["sha256"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let e = Client::connect(
+        "127.0.0.4:0".parse().unwrap(),
+        us.quic_addr,
+        &us_cert,
+        &irish.ticket,
+    )
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("jurisdiction"), "{e}");
+
+    // Counted by the relays, and in the conference's residency report.
+    let ie = c.relay_metrics("ie-dub-1").await;
+    assert!(
+        ie.contains(
+            "rr_relay_cascade_refusals_total{reason=\"bad_signature\",relay=\"ie-dub-1\"} 1"
+        ),
+        "{ie}"
+    );
+    assert!(
+        ie.contains("rr_relay_cascade_refusals_total{reason=\"wrong_peer\",relay=\"ie-dub-1\"} 1")
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let events = loop {
+        let report = residency(&router, &id, ACME).await;
+        let events = report["report"]["enforcement"].as_array().unwrap().clone();
+        if events.len() >= 5 || tokio::time::Instant::now() > deadline {
+            break events;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let seen: Vec<(String, String, String)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["relay"].as_str().unwrap().to_owned(),
+                e["kind"].as_str().unwrap().to_owned(),
+                e["reason"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for want in [
+        ("ie-dub-1", "cascade", "bad_signature"),
+        ("ie-dub-1", "cascade", "wrong_peer"),
+        ("ie-dub-1", "cascade", "peer_outside_jurisdiction"),
+        ("us-nyc-1", "cascade", "foreign_jurisdiction"),
+        ("us-nyc-1", "ticket", "foreign_jurisdiction"),
+    ] {
+        assert!(
+            seen.iter()
+                .any(|s| (s.0.as_str(), s.1.as_str(), s.2.as_str()) == want),
+            "{want:?} missing from {seen:?}"
+        );
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_participant_moves_when_its_relay_dies_and_never_abroad() {
+    let mut c = Cluster::new(|t| t);
+    c.start_router("de-fra-router").await;
+    for r in ["de-fra-1", "ie-dub-1", "nl-ams-1", "us-nyc-1"] {
+        c.start_relay(r).await;
+    }
+    c.wait_health(
+        "de-fra-router",
+        &["de-fra-1", "ie-dub-1", "nl-ams-1", "us-nyc-1"],
+        "healthy",
+    )
+    .await;
+    let router = c.url("de-fra-router");
+    let conf = create(
+        &router,
+        ACME,
+        json!({ "residency": "eu", "waiting_room": false }),
+    )
+    .await;
+    let id = conf["id"].as_str().unwrap().to_owned();
+    let credential = Credential::Passcode(conf["passcode"].as_str().unwrap().to_owned());
+    let mut anna = Session::join(
+        &router,
+        &id,
+        &credential,
+        "Anna",
+        "127.0.0.2".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let mut aoife = Session::join(
+        &router,
+        &id,
+        &credential,
+        "Aoife",
+        "127.0.0.4".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(anna.joined.relay_id, "de-fra-1");
+    assert_eq!(aoife.joined.relay_id, "ie-dub-1");
+    let track = anna.publish(TrackKind::Audio, "opus").await.unwrap();
+
+    // Media flows Frankfurt -> Dublin.
+    receive_from(&mut anna, &mut aoife, track).await;
+
+    // Dublin dies: Aoife's session moves to another EU relay (Amsterdam,
+    // the nearest left) and media resumes.
+    c.stop_relay("ie-dub-1").await;
+    tokio::time::timeout(Duration::from_secs(10), aoife.client().closed())
+        .await
+        .expect("the dying relay closes the connection");
+    assert!(aoife.movable());
+    aoife.recover(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(aoife.joined.relay_id, "nl-ams-1");
+    assert_eq!(aoife.moves, 1);
+    receive_from(&mut anna, &mut aoife, track).await;
+
+    // With every EU relay down, joins are refused, although New York is up.
+    c.stop_relay("de-fra-1").await;
+    c.stop_relay("nl-ams-1").await;
+    let e = join_from(
+        &router,
+        &id,
+        conf["passcode"].as_str().unwrap(),
+        "127.0.0.3",
+    )
+    .await
+    .unwrap_err();
+    match e {
+        JoinError::Refused { status, code, .. } => {
+            assert_eq!(status, 503);
+            assert_eq!(code, "no_healthy_relay");
+        }
+        other => panic!("{other}"),
+    }
+    let e = aoife.recover(Duration::from_secs(2)).await.unwrap_err();
+    assert!(e.to_string().contains("no relay could take"), "{e}");
+    c.shutdown().await;
+}
+
+/// `to` subscribes to `track` (announced over a link) and receives it.
+async fn receive_from(from: &mut Session, to: &mut Session, track: TrackId) {
+    let client = to.client();
+    let announced = client.initial_tracks.iter().any(|t| t.track == track);
+    if !announced {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let e = tokio::time::timeout_at(deadline, client.next_event())
+                .await
+                .expect("announced")
+                .unwrap();
+            if matches!(e, ServerMessage::TrackPublished(ref i) if i.track == track) {
+                break;
+            }
+        }
+    }
+    client.subscribe(track).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for sequence in 0u32.. {
+        from.client()
+            .send_media(
+                &MediaHeader {
+                    track,
+                    sequence,
+                    flags: Flags::default(),
+                },
+                b"hello",
+            )
+            .unwrap();
+        if let Ok(Ok(d)) =
+            tokio::time::timeout(Duration::from_millis(50), to.client().recv_media()).await
+        {
+            assert!(d.ends_with(b"hello"));
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "media did not resume"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_packet_crosses_each_link_once() {
+    let mut c = Cluster::new(|t| t);
+    c.start_router("de-fra-router").await;
+    for r in ["de-fra-1", "ie-dub-1", "nl-ams-1"] {
+        c.start_relay(r).await;
+    }
+    c.wait_health(
+        "de-fra-router",
+        &["de-fra-1", "ie-dub-1", "nl-ams-1"],
+        "healthy",
+    )
+    .await;
+    let router = c.url("de-fra-router");
+    let conf = create(
+        &router,
+        ACME,
+        json!({ "residency": "eu", "waiting_room": false }),
+    )
+    .await;
+    let id = conf["id"].as_str().unwrap().to_owned();
+    let passcode = conf["passcode"].as_str().unwrap().to_owned();
+    // One publisher in Germany; two subscribers near each relay.
+    let at = [
+        "127.0.0.2",
+        "127.0.0.2",
+        "127.0.0.2",
+        "127.0.0.4",
+        "127.0.0.4",
+        "127.0.0.7",
+        "127.0.0.7",
+    ];
+    let mut ps = Vec::new();
+    let mut relays = Vec::new();
+    for ip in at {
+        let j = join_from(&router, &id, &passcode, ip).await.unwrap();
+        relays.push(j.relay_id.clone());
+        ps.push(Participant::new(connect(&j, ip).await));
+    }
+    assert_eq!(
+        relays,
+        [
+            "de-fra-1", "de-fra-1", "de-fra-1", "ie-dub-1", "ie-dub-1", "nl-ams-1", "nl-ams-1"
+        ]
+    );
+    let track = ps[0]
+        .client
+        .publish(TrackKind::Video, "vp8", None)
+        .await
+        .unwrap();
+    for p in &mut ps[1..] {
+        p.await_track(track).await;
+        p.client.subscribe(track).await.unwrap();
+    }
+    prime(&mut ps, 0, &[1, 2, 3, 4, 5, 6], track).await;
+    for sequence in 0..100u32 {
+        ps[0].send(track, sequence, &[7; 500]);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let report = residency(&router, &id, ACME).await["report"].clone();
+    let link = |a: &str, b: &str| -> Value {
+        report["links"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relay"] == a && l["peer"] == b)
+            .unwrap_or_else(|| panic!("no link {a} -> {b} in {report}"))
+            .clone()
+    };
+    for (peer, subs) in [("ie-dub-1", [3, 4]), ("nl-ams-1", [5, 6])] {
+        // Both subscribers there got the same bytes; one copy crossed.
+        let got = ps[subs[0]].bytes();
+        assert_eq!(ps[subs[1]].bytes(), got);
+        assert!(ps[subs[0]].got(track) >= 101);
+        let l = link("de-fra-1", peer);
+        assert_eq!(l["bytes_out"].as_u64().unwrap(), got, "{l}");
+        assert_eq!(l["bytes_in"].as_u64().unwrap(), 0, "{l}");
+    }
+    // Dublin and Amsterdam are linked too, but nothing published in
+    // Frankfurt is passed on between them (no relaying, no loops).
+    let between = link("ie-dub-1", "nl-ams-1");
+    assert_eq!(between["bytes_out"], 0, "{between}");
+    assert_eq!(between["bytes_in"], 0, "{between}");
+    // Frankfurt's own subscribers, and the publisher's bytes in.
+    let fra = report["relays"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == "de-fra-1")
+        .unwrap()
+        .clone();
+    assert_eq!(fra["bytes_in"].as_u64().unwrap(), ps[0].sent_bytes);
+    assert_eq!(
+        fra["bytes_out"].as_u64().unwrap(),
+        ps[1].bytes() + ps[2].bytes()
+    );
+    c.shutdown().await;
+}
