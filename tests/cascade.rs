@@ -2,6 +2,8 @@
 //! (Frankfurt, Dublin, Amsterdam, New York) and routers in this process;
 //! clients at 127.0.0.2 (Germany), .3 (US), .4 (Ireland), .7 (Netherlands).
 
+#![allow(clippy::needless_range_loop)] // participants are addressed by index throughout
+
 mod support;
 
 use std::collections::HashMap;
