@@ -1,5 +1,6 @@
 //! The `residency-relay` command line.
 
+mod cascadeload;
 mod client;
 mod dev;
 mod joinload;
@@ -166,6 +167,24 @@ enum Command {
         /// compare with.
         #[arg(long)]
         baseline: bool,
+    },
+    /// Cascade load: one publisher and N subscribers on one relay, then
+    /// spread over three linked relays; egress per relay and latency.
+    Cascadeload {
+        /// The config `dev` runs (for the relays' metrics addresses).
+        #[arg(long, default_value = "config/dev.toml")]
+        config: PathBuf,
+        #[arg(long, default_value = "http://127.0.2.1:8080")]
+        router: String,
+        #[arg(long, default_value = "dev-acme-key")]
+        api_key: String,
+        #[arg(long, default_value_t = 300)]
+        subscribers: usize,
+        /// Packets per second the publisher sends (1,100 bytes each).
+        #[arg(long, default_value_t = 100)]
+        pps: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
     },
     /// Fetch a conference's signed residency report from its router.
     Report {
@@ -410,6 +429,27 @@ pub fn main() -> ExitCode {
             seconds,
             baseline,
         )),
+        Command::Cascadeload {
+            config,
+            router,
+            api_key,
+            subscribers,
+            pps,
+            seconds,
+        } => {
+            let policy = match load(&config, None) {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            report(cascadeload::run(
+                &policy,
+                &router,
+                &api_key,
+                subscribers,
+                pps,
+                seconds,
+            ))
+        }
         Command::Report {
             router,
             conference,
