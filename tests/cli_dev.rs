@@ -71,6 +71,45 @@ fn the_demo_keeps_an_eu_call_on_eu_relays() {
         "{stdout}"
     );
     assert!(stdout.contains("dev-acme-key"), "{stdout}");
+    // The call spans two EU relays linked by cascade, and the signed
+    // residency report lists only machines inside the EU.
+    assert!(stdout.contains("signature valid"), "{stdout}");
+    assert!(stdout.contains("<-> "), "{stdout}");
+    assert!(!stdout.contains("OUTSIDE"), "{stdout}");
+    let saved = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("saved to "))
+        .and_then(|l| l.split(';').next())
+        .expect("report saved")
+        .to_owned();
+    let key = hex::encode(
+        policy
+            .router("de-fra-router")
+            .unwrap()
+            .public_key
+            .as_bytes(),
+    );
+    let verify = |file: &str| {
+        Command::new(env!("CARGO_BIN_EXE_residency-relay"))
+            .args(["verify-report", file, "--key", &key])
+            .output()
+            .unwrap()
+    };
+    let ok = verify(&saved);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("relay de-fra-1 in DE: inside"));
+    // An edited copy fails.
+    let text = std::fs::read_to_string(&saved).unwrap();
+    let tampered = std::path::Path::new(&saved).with_extension("tampered.json");
+    std::fs::write(&tampered, text.replacen("\"DE\"", "\"US\"", 1)).unwrap();
+    let bad = verify(tampered.to_str().unwrap());
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("does not match"));
+    let _ = std::fs::remove_file(&tampered);
     assert!(stdout.contains("curl -s -X POST http://127.0.2.1:8080/v1/conferences"));
 }
 

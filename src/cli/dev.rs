@@ -484,5 +484,44 @@ async fn run_demo(policy: &Policy) -> Result<(), String> {
     .await
     .map_err(|e| e.to_string())?;
     println!("\nthe router's view of the conference:\n  {}", state.json());
+
+    // The signed residency report, as a tenant would hand it to an auditor.
+    let report = http_client::request(
+        "GET",
+        &format!("{}/v1/conferences/{id}/residency", router.url),
+        None,
+        &[("authorization", &format!("Bearer {host_token}"))],
+        None,
+        Duration::from_secs(2),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    if report.status != 200 {
+        return Err(format!("residency report: {}", report.status));
+    }
+    let envelope = report.json();
+    let path = policy
+        .router(&router.id)
+        .map(|r| r.store.with_file_name(format!("{id}.residency.json")))
+        .unwrap_or_else(|| format!("{id}.residency.json").into());
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&envelope).unwrap_or_default() + "\n",
+    )
+    .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    println!(
+        "\nresidency report, signed by {} and checked against its configured public key:",
+        router.id
+    );
+    print!(
+        "{}",
+        super::report::summarize(&envelope, &router.public_key)?
+    );
+    println!(
+        "saved to {}; verify it offline with:\n  residency-relay verify-report {} --key {}",
+        path.display(),
+        path.display(),
+        hex::encode(router.public_key.as_bytes())
+    );
     Ok(())
 }

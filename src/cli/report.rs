@@ -62,7 +62,15 @@ pub(super) fn verify(file: &Path, key: &str) -> Result<String, String> {
         .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     let envelope: Value =
         serde_json::from_str(&text).map_err(|e| format!("{} is not JSON: {e}", file.display()))?;
-    let report = crate::router::residency::verify(&envelope, &key)?;
+    summarize(&envelope, &key)
+}
+
+/// Verifies an envelope and describes what it reports.
+pub(super) fn summarize(
+    envelope: &Value,
+    key: &ed25519_dalek::VerifyingKey,
+) -> Result<String, String> {
+    let report = crate::router::residency::verify(envelope, key)?;
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -98,11 +106,12 @@ pub(super) fn verify(file: &Path, key: &str) -> Result<String, String> {
     for l in report["links"].as_array().into_iter().flatten() {
         let _ = writeln!(
             s,
-            "  link {} ({}) -> {} ({}): {} bytes out, {} bytes in",
+            "  link {} ({}) <-> {} ({}), as {} counted it: {} bytes sent, {} bytes received",
             l["relay"].as_str().unwrap_or("?"),
             l["relay_country"].as_str().unwrap_or("?"),
             l["peer"].as_str().unwrap_or("?"),
             l["peer_country"].as_str().unwrap_or("?"),
+            l["relay"].as_str().unwrap_or("?"),
             l["bytes_out"],
             l["bytes_in"],
         );
