@@ -706,23 +706,52 @@ async fn a_drained_relay_takes_no_joins_and_its_participants_move() {
     for r in ["de-fra-1", "de-ber-1", "ie-dub-1"] {
         c.start_relay(r).await;
     }
-    c.wait_health("de-fra-router", &["de-fra-1", "de-ber-1", "ie-dub-1"], "healthy").await;
+    c.wait_health(
+        "de-fra-router",
+        &["de-fra-1", "de-ber-1", "ie-dub-1"],
+        "healthy",
+    )
+    .await;
     let router = c.url("de-fra-router");
-    let conf = create(&router, ACME, json!({ "residency": "eu", "waiting_room": false })).await;
+    let conf = create(
+        &router,
+        ACME,
+        json!({ "residency": "eu", "waiting_room": false }),
+    )
+    .await;
     let id = conf["id"].as_str().unwrap().to_owned();
     let credential = Credential::Passcode(conf["passcode"].as_str().unwrap().to_owned());
-    let mut anna = Session::join(&router, &id, &credential, "Anna", "127.0.0.2".parse().unwrap()).await.unwrap();
+    let mut anna = Session::join(
+        &router,
+        &id,
+        &credential,
+        "Anna",
+        "127.0.0.2".parse().unwrap(),
+    )
+    .await
+    .unwrap();
     assert_eq!(anna.joined.relay_id, "de-fra-1");
 
     // Only the operator may drain.
     let url = format!("{router}/v1/admin/relays/de-fra-1/drain");
-    assert_eq!(request("POST", &url, None, Some(ACME), None).await.status, 401);
-    assert_eq!(request("POST", &url, None, Some(support::cluster::ADMIN), None).await.status, 200);
+    assert_eq!(
+        request("POST", &url, None, Some(ACME), None).await.status,
+        401
+    );
+    assert_eq!(
+        request("POST", &url, None, Some(support::cluster::ADMIN), None)
+            .await
+            .status,
+        200
+    );
 
     // Anna is told to go, and moves to the other German relay.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let e = tokio::time::timeout_at(deadline, anna.client().next_event()).await.expect("going away").unwrap();
+        let e = tokio::time::timeout_at(deadline, anna.client().next_event())
+            .await
+            .expect("going away")
+            .unwrap();
         if let ServerMessage::GoingAway { code, .. } = e {
             assert_eq!(code, residency_relay::relay::GOING_AWAY_DRAIN);
             break;
@@ -731,8 +760,16 @@ async fn a_drained_relay_takes_no_joins_and_its_participants_move() {
     anna.recover(Duration::from_secs(10)).await.unwrap();
     assert_eq!(anna.joined.relay_id, "de-ber-1");
     // New joins avoid the drained relay.
-    c.wait_health("de-fra-router", &["de-fra-1"], "draining").await;
-    let max = join_from(&router, &id, conf["passcode"].as_str().unwrap(), "127.0.0.2").await.unwrap();
+    c.wait_health("de-fra-router", &["de-fra-1"], "draining")
+        .await;
+    let max = join_from(
+        &router,
+        &id,
+        conf["passcode"].as_str().unwrap(),
+        "127.0.0.2",
+    )
+    .await
+    .unwrap();
     assert_eq!(max.relay_id, "de-ber-1");
     c.shutdown().await;
 }
