@@ -120,19 +120,25 @@ impl Session {
             )
             .await
             {
-                Ok(joined) => match connect(&joined, self.bind).await {
-                    Ok(client) => {
-                        self.client = client;
-                        self.joined = joined;
-                        self.moves += 1;
-                        let mut tracks = Vec::new();
-                        for (kind, codec) in &self.published {
-                            tracks.push(self.client.publish(*kind, codec, None).await?);
+                Ok(joined) => {
+                    // The router rotated the token: keep the new one even if
+                    // this connection attempt fails.
+                    self.joined.rejoin_token = joined.rejoin_token.clone();
+                    let connected = connect(&joined, self.bind).await;
+                    match connected {
+                        Ok(client) => {
+                            self.client = client;
+                            self.joined = joined;
+                            self.moves += 1;
+                            let mut tracks = Vec::new();
+                            for (kind, codec) in &self.published {
+                                tracks.push(self.client.publish(*kind, codec, None).await?);
+                            }
+                            return Ok(tracks);
                         }
-                        return Ok(tracks);
+                        Err(e) => last = e.to_string(),
                     }
-                    Err(e) => last = e.to_string(),
-                },
+                }
                 // Kicked, banned or ended meanwhile: no point retrying.
                 Err(JoinError::Refused {
                     status: 403 | 410, ..

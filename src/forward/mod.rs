@@ -30,6 +30,9 @@ use crate::wire::datagram::{self, DatagramError, TrackId};
 /// Tracks one link may announce.
 pub const MAX_LINK_TRACKS: usize = 4096;
 
+/// Tracks a participant waits to get back after a link went down.
+const MAX_RESUME: usize = 64;
+
 /// Tracks listed in a `welcome` (each is at most ~250 bytes of JSON with
 /// 64-byte labels, so 48 stay well inside a 16 KiB control frame).
 pub const MAX_WELCOME_TRACKS: usize = 48;
@@ -170,6 +173,10 @@ struct Conn {
     /// Media bytes received from it and taken by the shell to send to it.
     bytes_in: u64,
     bytes_out: u64,
+    /// Tracks from a link that went down while this participant was
+    /// subscribed: re-subscribed when a link announces them again (track
+    /// ids are the origin relay's, so they come back unchanged).
+    resume: Vec<TrackId>,
     /// A cascade link to another relay rather than a participant: it
     /// publishes the peer's tracks here and subscribes for the peer, but
     /// never receives tracks that came over another link (split horizon,
@@ -357,6 +364,7 @@ impl Core {
             ready: false,
             bytes_in: 0,
             bytes_out: 0,
+            resume: Vec::new(),
             link: false,
         });
         id
@@ -411,6 +419,7 @@ impl Core {
             ready: false,
             bytes_in: 0,
             bytes_out: 0,
+            resume: Vec::new(),
             link: true,
         });
         id
@@ -445,6 +454,25 @@ impl Core {
         );
         if let Some(c) = self.conn_mut(link) {
             c.published.push(track);
+        }
+        // Participants who lost it with a previous link get it back.
+        let resuming: Vec<ConnId> = self
+            .members(&conference)
+            .iter()
+            .copied()
+            .filter(|m| self.conn(*m).is_some_and(|c| c.resume.contains(&track)))
+            .collect();
+        for m in resuming {
+            if let Some(c) = self.conn_mut(m) {
+                c.resume.retain(|t| *t != track);
+                c.subscriptions.push(track);
+            }
+            if let Some(t) = self.tracks.get_mut(&track) {
+                t.subscribers.push(m);
+            }
+            self.note_link_subscriber(track, true);
+            self.control
+                .push_back((m, ServerMessage::Subscribed { track }));
         }
         true
     }
@@ -697,6 +725,7 @@ impl Core {
                 }
                 if let Some(c) = self.conn_mut(conn) {
                     c.subscriptions.retain(|t| *t != track);
+                    c.resume.retain(|t| *t != track);
                 }
             }
             ClientMessage::Leave {} => self.handle_closed(conn),
@@ -746,6 +775,21 @@ impl Core {
         let conference = c.conference.clone();
         let participant = c.participant.clone();
         for track in published {
+            if link {
+                // The link went down: its subscribers keep wanting the track.
+                let subscribers = self
+                    .tracks
+                    .get(&track)
+                    .map(|t| t.subscribers.clone())
+                    .unwrap_or_default();
+                for s in subscribers {
+                    if let Some(c) = self.conn_mut(s) {
+                        if c.resume.len() < MAX_RESUME && !c.resume.contains(&track) {
+                            c.resume.push(track);
+                        }
+                    }
+                }
+            }
             self.remove_track(track);
         }
         for track in subscriptions {

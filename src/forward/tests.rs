@@ -505,6 +505,26 @@ fn a_cascade_link_carries_one_copy_of_subscribed_tracks_only() {
     let elsewhere = publish(&mut a, other);
     assert!(!a.link_subscribe(a_link, elsewhere));
 
+    // The link goes down and a new one comes up: the subscribers here get
+    // the track back without asking, and the new link is asked for it.
+    let info = b.tracks[&video].info.clone();
+    b.handle_closed(b_link);
+    while b.poll_link_request().is_some() {}
+    assert!(!b.tracks.contains_key(&video));
+    while b.poll_control().is_some() {}
+    let b_link2 = b.admit_link("c", "a");
+    assert!(b.link_publish(b_link2, info));
+    assert!(control_for(&mut b, s1).contains(&ServerMessage::Subscribed { track: video }));
+    assert_eq!(
+        b.poll_link_request(),
+        Some((b_link2, LinkRequest::Subscribe(video)))
+    );
+    let b_link = b_link2;
+    b.handle_datagram(b_link, d.clone(), Instant::now())
+        .unwrap();
+    assert_eq!(drain(&mut b, s1), vec![d.clone()]);
+    assert_eq!(drain(&mut b, s2), vec![d.clone()]);
+
     // The last subscriber leaving withdraws the request.
     b.handle_control(s1, ClientMessage::Unsubscribe { track: video });
     assert!(b.poll_link_request().is_none());

@@ -334,6 +334,7 @@ impl Policy {
                     r.id.clone(),
                     crate::ticket::Peer {
                         ip: r.quic_addr.ip().to_canonical(),
+                        addr: r.quic_addr,
                         jurisdictions,
                     },
                 )

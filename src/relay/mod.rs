@@ -272,6 +272,7 @@ pub async fn run(
                 events_tx.clone(),
                 ready.clone(),
                 endpoint.clone(),
+                Arc::new(settings.verifier.clone()),
             ))
         })
         .collect();
@@ -580,35 +581,30 @@ fn handle_event(
             claims,
             reply,
         } => {
-            let replayed = claims
-                .as_ref()
-                .map_or(Ok(()), |c| verifier.remember_cascade(c, unix_now()));
+            // An ended conference takes no links, whoever asks.
+            let ended = st.revoked.conferences.contains_key(&conference);
+            let checked = if ended {
+                Err(TicketError::Revoked)
+            } else {
+                claims
+                    .as_ref()
+                    .map_or(Ok(()), |c| verifier.remember_cascade(c, unix_now()))
+            };
             let key = (conference.clone(), peer.clone());
-            let duplicate = st
-                .links
-                .get(&key)
-                .is_some_and(|id| handles.contains_key(id));
-            match replayed {
+            match checked {
+                // Counted and reported by the connection task, which has the ticket.
                 Err(e) => {
-                    metrics
-                        .cascade_refusals
-                        .with_label_values(&[e.code()])
-                        .inc();
-                    warn!(reason = e.code(), claimed_from = %peer, "cascade link refused");
-                    st.enforcement(Enforcement {
-                        conference,
-                        kind: "cascade".into(),
-                        reason: e.code().into(),
-                        peer: Some(peer),
-                        at: unix_now(),
-                    });
                     let _ = reply.send(Err(e));
                 }
-                Ok(()) if duplicate => {
-                    // The same link again (both ends retried): keep the first.
-                    let _ = reply.send(Err(TicketError::Replayed));
-                }
                 Ok(()) => {
+                    // A newer link for the same conference and peer replaces
+                    // the old one (the peer restarted, or both ends retried).
+                    if let Some(old) = st.links.remove(&key) {
+                        core.handle_closed(old);
+                        if let Some(h) = handles.remove(&old) {
+                            h.conn.close(close_code::NORMAL.into(), b"replaced");
+                        }
+                    }
                     let id = core.admit_link(&conference, &peer);
                     let (tx, rx) = mpsc::channel(link::LINK_BACKLOG);
                     handles.insert(
@@ -618,10 +614,11 @@ fn handle_event(
                             control: Sink::Link(tx),
                         },
                     );
-                    st.links.insert(key, id);
+                    st.links.insert(key.clone(), id);
                     if reply.send(Ok((id, rx))).is_err() {
                         core.handle_closed(id);
                         handles.remove(&id);
+                        st.links.remove(&key);
                     }
                     info!(link_to = %peer, "cascade link admitted");
                 }
@@ -1053,6 +1050,7 @@ async fn final_report(link: RouterLink, relay_id: String, credential: String, ce
 }
 
 /// Reports to one router until aborted; applies the commands it answers.
+#[allow(clippy::too_many_arguments)] // the task's whole context, passed once at spawn
 async fn report_loop(
     link: RouterLink,
     relay_id: String,
@@ -1061,6 +1059,7 @@ async fn report_loop(
     events: mpsc::Sender<Event>,
     ready: Arc<AtomicBool>,
     endpoint: quinn::Endpoint,
+    checker: Arc<Verifier>,
 ) {
     use crate::router::channel::{
         self, Action, ConferenceLoad, LinkLoad, RelayReport, ReportReply,
@@ -1162,8 +1161,18 @@ async fn report_loop(
                             peer_cert,
                             ticket,
                         } => {
-                            let Ok(peer_addr) = peer_addr.parse() else {
-                                warn!(peer = %peer, "link command with a bad address");
+                            // The inventory, not the router, decides where a
+                            // conference's media may go: the conference must be
+                            // of a jurisdiction this router serves and this relay
+                            // is in, and the peer inside it; it is dialled at its
+                            // inventory address.
+                            let jurisdiction = crate::router::ids::jurisdiction_of(&conference)
+                                .filter(|j| link.jurisdictions.iter().any(|l| l == j));
+                            let target = jurisdiction.and_then(|j| checker.link_target(&peer, j));
+                            let Some(peer_addr) = target
+                                .filter(|a| peer_addr.parse::<SocketAddr>().is_ok_and(|p| p == *a))
+                            else {
+                                warn!(peer = %peer, "refusing a link command outside the jurisdiction or to an address the inventory does not give");
                                 continue;
                             };
                             let dial = link::Dial {
@@ -1177,7 +1186,7 @@ async fn report_loop(
                             tokio::spawn(async move {
                                 let peer = dial.peer.clone();
                                 if let Err(e) =
-                                    link::dial(endpoint, dial, events, Duration::from_secs(5)).await
+                                    link::dial(endpoint, dial, events, Duration::from_secs(3)).await
                                 {
                                     warn!(peer = %peer, error = %e, "cascade link failed");
                                 }

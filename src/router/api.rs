@@ -1025,15 +1025,16 @@ fn issue_ticket(
         }),
     };
     if !shared.store.record_join(record, &r.id, &event, invite)? {
+        let (reason, message) = if invite.is_some() {
+            ("bad_invite", "the invitation was already used")
+        } else {
+            ("banned", "a host removed you from this conference")
+        };
         return Err(refuse(
             shared,
             Some(j),
-            "bad_invite",
-            ApiError::new(
-                StatusCode::FORBIDDEN,
-                "bad_invite",
-                "the invitation was already used",
-            ),
+            reason,
+            ApiError::new(StatusCode::FORBIDDEN, reason, message),
         ));
     }
     shared
@@ -1762,20 +1763,47 @@ async fn relay_report(
             warn!(error = %e, "cannot record relay usage");
         }
     }
+    // Events are aggregated per conference, kind, reason and peer for each
+    // report, and only known codes and inventory relay ids are kept, so
+    // refused tickets (which anyone can send a relay) cannot flood the log.
+    let mut aggregated: Vec<(crate::router::channel::Enforcement, u32)> = Vec::new();
     for event in events.into_iter().take(1000) {
+        let known_reason = crate::ticket::TicketError::ALL
+            .iter()
+            .any(|e| e.code() == event.reason);
+        let known_peer = event
+            .peer
+            .as_deref()
+            .is_none_or(|p| shared.policy.relay_idx(p).is_some());
+        if !known_reason || !known_peer || !matches!(event.kind.as_str(), "ticket" | "cascade") {
+            continue;
+        }
+        let same = aggregated.iter().position(|(e, _)| {
+            e.conference == event.conference
+                && e.kind == event.kind
+                && e.reason == event.reason
+                && e.peer == event.peer
+        });
+        match same {
+            Some(i) => aggregated[i].1 += 1,
+            None if aggregated.len() < 50 => aggregated.push((event, 1)),
+            None => {}
+        }
+    }
+    for (event, count) in aggregated {
         let Some(j) =
             ids::jurisdiction_of(&event.conference).and_then(|j| shared.policy.jurisdiction_idx(j))
         else {
             continue;
         };
-        if !shared.me.serves(j) || !matches!(event.kind.as_str(), "ticket" | "cascade") {
+        if !shared.me.serves(j) {
             continue;
         }
         shared
             .metrics
             .enforcement
             .with_label_values(&[event.kind.as_str()])
-            .inc();
+            .inc_by(u64::from(count));
         // Only conferences this router holds get the line (a forged
         // ticket may name any id).
         if matches!(shared.store.conference(&event.conference), Ok(Some(_))) {
@@ -1790,6 +1818,7 @@ async fn relay_report(
                     "relay_country": r.country.to_string(),
                     "peer": event.peer,
                     "relay_time": event.at,
+                    "count": count,
                 }),
             );
         }

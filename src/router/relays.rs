@@ -79,7 +79,7 @@ impl Inner {
 const PLACED_FRESH: Duration = Duration::from_secs(20);
 
 /// A cascade link not reported up this long after its command is commanded again.
-const LINK_RETRY: Duration = Duration::from_secs(4);
+const LINK_RETRY: Duration = Duration::from_secs(8);
 
 fn state(e: &Entry, now: Instant) -> RelayState {
     match (&e.report, e.last_report) {
@@ -202,21 +202,37 @@ impl Registry {
     /// dialer reports the link up or it was commanded a moment ago.
     pub fn plan_links(&self, now: Instant) -> Vec<(String, RelayIdx, RelayIdx)> {
         let mut inner = self.lock();
-        let mut conferences: Vec<String> = inner.placed.keys().cloned().collect();
-        for e in &inner.relays {
+        // Conference → relays carrying it, built once per plan.
+        let mut carrying: HashMap<String, Vec<RelayIdx>> = HashMap::new();
+        for (i, e) in inner.relays.iter().enumerate() {
+            // Draining relays keep their links while participants remain.
+            if state(e, now).health == Health::Unhealthy {
+                continue;
+            }
             for c in e.report.iter().flat_map(|r| r.conferences.iter()) {
-                if c.participants > 0 && !conferences.contains(&c.id) {
-                    conferences.push(c.id.clone());
+                if c.participants > 0 {
+                    carrying
+                        .entry(c.id.clone())
+                        .or_default()
+                        .push(RelayIdx(i as u32));
+                }
+            }
+        }
+        for (conference, placed) in &inner.placed {
+            for (r, at) in placed {
+                if now.duration_since(*at) < PLACED_FRESH
+                    && state(&inner.relays[r.index()], now).health != Health::Unhealthy
+                {
+                    let list = carrying.entry(conference.clone()).or_default();
+                    if !list.contains(r) {
+                        list.push(*r);
+                    }
                 }
             }
         }
         let mut wanted = Vec::new();
-        for conference in conferences {
-            let hosting: Vec<RelayIdx> = inner
-                .hosting(&conference, now)
-                .into_iter()
-                .filter(|r| state(&inner.relays[r.index()], now).health == Health::Healthy)
-                .collect();
+        for (conference, mut hosting) in carrying {
+            hosting.sort();
             for (i, a) in hosting.iter().enumerate() {
                 for b in &hosting[i + 1..] {
                     let peer = &inner.ids[b.index()];

@@ -251,7 +251,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// A ticket was issued: the participant, the relay it was sent to and
     /// the audit line, and the claim of its invitation if it used one, in
     /// one transaction. `false` (and nothing written) when the invitation
-    /// was used meanwhile.
+    /// was used meanwhile or the participant was removed meanwhile.
     fn record_join(
         &self,
         p: &ParticipantRecord,

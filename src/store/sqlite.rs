@@ -453,6 +453,18 @@ impl Store for Sqlite {
     ) -> Result<bool, StoreError> {
         let mut conn = self.conn.lock().map_err(|_| err("store lock poisoned"))?;
         let tx = conn.transaction().map_err(err)?;
+        // A participant removed meanwhile (a kick racing a rejoin) stays removed.
+        let current: Option<String> = row(
+            &tx,
+            "SELECT status FROM participants WHERE conference = ?1 AND id = ?2",
+            params![p.conference, p.id],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(err)?;
+        if current.as_deref() == Some("kicked") {
+            return Ok(false);
+        }
         if let Some(token) = invite {
             let claimed = exec(
                 &tx,

@@ -200,6 +200,8 @@ pub struct Verifier {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
     pub ip: IpAddr,
+    /// Its QUIC address, where links to it are dialled.
+    pub addr: std::net::SocketAddr,
     pub jurisdictions: Vec<String>,
 }
 
@@ -215,6 +217,19 @@ impl Verifier {
             not_before: 0,
             peers: std::sync::Arc::new(HashMap::new()),
         }
+    }
+
+    /// Where to dial `peer` for a link of a conference in `jurisdiction`:
+    /// its inventory address, if the inventory puts it and this relay inside
+    /// that jurisdiction.
+    pub fn link_target(&self, peer: &str, jurisdiction: &str) -> Option<std::net::SocketAddr> {
+        if !self.trusted.contains_key(jurisdiction) {
+            return None;
+        }
+        self.peers
+            .get(peer)
+            .filter(|p| p.jurisdictions.iter().any(|j| j == jurisdiction))
+            .map(|p| p.addr)
     }
 
     /// The inventory's other relays, for checking cascade links.

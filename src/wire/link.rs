@@ -30,8 +30,11 @@ pub enum LinkMessage {
 impl Labels for LinkMessage {
     fn labels(&self) -> impl Iterator<Item = &str> {
         match self {
-            LinkMessage::TrackPublished(info) => Some(info.codec.as_str()),
-            _ => None,
+            // A peer's announcements end up in welcomes: bounded like a client's.
+            LinkMessage::TrackPublished(info) => {
+                vec![info.codec.as_str(), info.participant.0.as_str()]
+            }
+            _ => Vec::new(),
         }
         .into_iter()
     }
