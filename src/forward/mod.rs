@@ -157,6 +157,9 @@ pub struct Counters {
     pub queue_drops: [u64; DropReason::COUNT],
     pub keyframe_requests: u64,
     pub control_errors: u64,
+    /// Media bytes received over cascade links, and taken to send over them.
+    pub link_bytes_in: u64,
+    pub link_bytes_out: u64,
 }
 
 struct Conn {
@@ -863,6 +866,9 @@ impl Core {
         }
         if let Some(Some(c)) = self.conns.get_mut(conn.index as usize) {
             c.bytes_in += datagram.len() as u64;
+            if c.link {
+                self.counters.link_bytes_in += datagram.len() as u64;
+            }
         }
         // Tracks that lost reference data to an eviction (a few distinct
         // ones per datagram at most; a fixed array keeps this allocation-free).
@@ -938,10 +944,17 @@ impl Core {
 
     /// The next datagram to send on `conn`, oldest first.
     pub fn poll_datagram(&mut self, conn: ConnId) -> Option<Bytes> {
-        let c = self.conn_mut(conn)?;
+        let c = self
+            .conns
+            .get_mut(conn.index as usize)?
+            .as_mut()
+            .filter(|c| c.generation == conn.generation)?;
         let next = c.queue.pop();
         if let Some(d) = &next {
             c.bytes_out += d.len() as u64;
+            if c.link {
+                self.counters.link_bytes_out += d.len() as u64;
+            }
         }
         if c.queue.is_empty() {
             // Drained: the next datagram for it puts it back on the ready list.

@@ -263,7 +263,7 @@ async fn run(
         tokio::select! {
             datagram = conn.read_datagram() => match datagram {
                 Ok(d) => {
-                    if events.send(Event::Datagram(id, d)).await.is_err() {
+                    if events.send(Event::Datagram(id, d, std::time::Instant::now())).await.is_err() {
                         break "relay stopping";
                     }
                 }

@@ -28,6 +28,13 @@ pub struct Metrics {
     pub moderation_disconnects: IntCounterVec,
     pub cascade_refusals: IntCounterVec,
     pub cascade_links: IntGauge,
+    pub cascade_bytes_received: IntCounter,
+    pub cascade_bytes_sent: IntCounter,
+    /// Participants and conferences per jurisdiction of the relay.
+    pub participants: prometheus::IntGaugeVec,
+    pub conferences: prometheus::IntGaugeVec,
+    /// Datagram arrival at the relay to its batch handed to QUIC.
+    pub forward_seconds: prometheus::Histogram,
     /// CPU time with 10 ms resolution (the process collector's is whole seconds).
     cpu_seconds: Gauge,
 }
@@ -78,6 +85,12 @@ fn unreachable_metric(name: &str, e: prometheus::Error) -> ! {
 
 impl Metrics {
     pub fn new(relay_id: &str) -> Self {
+        Self::with_jurisdictions(relay_id, &[])
+    }
+
+    /// Metrics of a relay inside `jurisdictions` (the label values of the
+    /// per-jurisdiction gauges, all present from the start).
+    pub fn with_jurisdictions(relay_id: &str, jurisdictions: &[String]) -> Self {
         let registry = Registry::new_custom(
             Some("rr_relay".into()),
             Some(std::iter::once(("relay".to_owned(), relay_id.to_owned())).collect()),
@@ -198,6 +211,58 @@ impl Metrics {
                 &tickets,
             ),
             cascade_links,
+            cascade_bytes_received: counter(
+                &registry,
+                "cascade_bytes_received_total",
+                "Media bytes received over cascade links.",
+            ),
+            cascade_bytes_sent: counter(
+                &registry,
+                "cascade_bytes_sent_total",
+                "Media bytes sent over cascade links.",
+            ),
+            participants: {
+                let g = prometheus::IntGaugeVec::new(
+                    Opts::new(
+                        "participants",
+                        "Participants connected, per jurisdiction of their conference.",
+                    ),
+                    &["jurisdiction"],
+                )
+                .unwrap_or_else(|e| unreachable_metric("participants", e));
+                let _ = registry.register(Box::new(g.clone()));
+                for j in jurisdictions {
+                    let _ = g.get_metric_with_label_values(&[j]);
+                }
+                g
+            },
+            conferences: {
+                let g = prometheus::IntGaugeVec::new(
+                    Opts::new(
+                        "conferences",
+                        "Conferences with participants here, per jurisdiction.",
+                    ),
+                    &["jurisdiction"],
+                )
+                .unwrap_or_else(|e| unreachable_metric("conferences", e));
+                let _ = registry.register(Box::new(g.clone()));
+                for j in jurisdictions {
+                    let _ = g.get_metric_with_label_values(&[j]);
+                }
+                g
+            },
+            forward_seconds: {
+                let h = prometheus::Histogram::with_opts(
+                    prometheus::HistogramOpts::new(
+                        "forward_seconds",
+                        "From a datagram's arrival to its batch being handed to QUIC (the first datagram of each batch).",
+                    )
+                    .buckets(vec![0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1]),
+                )
+                .unwrap_or_else(|e| unreachable_metric("forward_seconds", e));
+                let _ = registry.register(Box::new(h.clone()));
+                h
+            },
             registry,
         }
     }
@@ -216,6 +281,10 @@ impl Metrics {
             .inc_by(d(now.control_errors, last.control_errors));
         self.keyframe_requests
             .inc_by(d(now.keyframe_requests, last.keyframe_requests));
+        self.cascade_bytes_received
+            .inc_by(d(now.link_bytes_in, last.link_bytes_in));
+        self.cascade_bytes_sent
+            .inc_by(d(now.link_bytes_out, last.link_bytes_out));
         for (label, a, b) in [
             (
                 "unknown_connection",

@@ -159,7 +159,8 @@ enum Event {
     },
     Control(ConnId, ClientMessage),
     BadControl(ConnId),
-    Datagram(ConnId, Bytes),
+    /// A media datagram and when it arrived.
+    Datagram(ConnId, Bytes, Instant),
     Closed(ConnId),
     Shutdown,
     /// For a report to a router serving these jurisdictions.
@@ -246,7 +247,8 @@ pub async fn run(
         socket,
         Arc::new(quinn::TokioRuntime),
     )?;
-    let metrics = Metrics::new(&settings.relay_id);
+    let metrics =
+        Metrics::with_jurisdictions(&settings.relay_id, &settings.verifier.jurisdictions());
     let ready = Arc::new(AtomicBool::new(true));
     info!(relay = %settings.relay_id, addr = %endpoint.local_addr()?, cert_sha256 = %fingerprint, "relay serving QUIC");
 
@@ -453,6 +455,9 @@ async fn core_loop(
                 }
             }
         }
+        if let Some(at) = st.first_arrival.take() {
+            metrics.forward_seconds.observe(at.elapsed().as_secs_f64());
+        }
         metrics.connections.set(handles.len() as i64);
         metrics.sync(core.counters(), &mut last);
     }
@@ -468,6 +473,8 @@ struct LoopState {
     pending: Vec<Enforcement>,
     /// Conferences with links but no participant here, since when.
     idle_since: HashMap<String, Instant>,
+    /// Arrival of the first datagram handled since the last send pass.
+    first_arrival: Option<Instant>,
 }
 
 impl LoopState {
@@ -661,7 +668,8 @@ fn handle_event(
                     .close(close_code::PROTOCOL.into(), b"malformed control message");
             }
         }
-        Event::Datagram(id, datagram) => {
+        Event::Datagram(id, datagram, at) => {
+            st.first_arrival.get_or_insert(at);
             if let Err(IngressDrop::Malformed(e)) =
                 core.handle_datagram(id, datagram, Instant::now())
             {
@@ -698,6 +706,24 @@ fn handle_event(
                 }
             }
             metrics.cascade_links.set(st.links.len() as i64);
+            // Per-jurisdiction gauges (every known jurisdiction reset first,
+            // so one that emptied shows 0).
+            let mut per: HashMap<&str, (i64, i64)> = HashMap::new();
+            for c in &conferences {
+                if c.participants == 0 {
+                    continue;
+                }
+                if let Some(j) = crate::router::ids::jurisdiction_of(&c.id) {
+                    let e = per.entry(j).or_default();
+                    e.0 += i64::from(c.participants);
+                    e.1 += 1;
+                }
+            }
+            for j in verifier.jurisdictions() {
+                let (p, n) = per.get(j.as_str()).copied().unwrap_or_default();
+                metrics.participants.with_label_values(&[j.as_str()]).set(p);
+                metrics.conferences.with_label_values(&[j.as_str()]).set(n);
+            }
             let counters = core.counters();
             let _ = reply.send(Snapshot {
                 participants: core.participants() as u32,
@@ -990,7 +1016,7 @@ async fn serve_connection(
         tokio::select! {
             datagram = conn.read_datagram() => match datagram {
                 Ok(d) => {
-                    if events.send(Event::Datagram(id, d)).await.is_err() {
+                    if events.send(Event::Datagram(id, d, Instant::now())).await.is_err() {
                         break "relay stopping";
                     }
                 }

@@ -951,6 +951,16 @@ fn issue_ticket(
                     )
                 })
         });
+    shared
+        .metrics
+        .route_decisions
+        .with_label_values(&[
+            jurisdiction.id.as_str(),
+            placed
+                .as_ref()
+                .map_or_else(|(reason, _)| *reason, |_| "relay_chosen"),
+        ])
+        .inc();
     let relay = match placed {
         Ok(relay) => relay,
         Err((reason, message)) => {

@@ -42,6 +42,9 @@ pub struct RouterMetrics {
     pub moderation: IntCounterVec,
     pub enforcement: IntCounterVec,
     pub store_errors: IntCounter,
+    pub route_decisions: IntCounterVec,
+    pub participants: IntGaugeVec,
+    pub conferences: IntGaugeVec,
     pub misdirected: IntCounter,
 }
 
@@ -145,6 +148,39 @@ impl RouterMetrics {
                 let _ = registry.register(Box::new(c.clone()));
                 c
             },
+            route_decisions: counter_vec(
+                "route_decisions_total",
+                "Relay selections for joins, by jurisdiction and outcome (relay_chosen or the refusal reason).",
+                &["jurisdiction", "outcome"],
+            ),
+            participants: {
+                let g = must(
+                    "participants",
+                    IntGaugeVec::new(
+                        Opts::new(
+                            "participants",
+                            "Participants on relays, per jurisdiction, as relays last reported.",
+                        ),
+                        &["jurisdiction"],
+                    ),
+                );
+                let _ = registry.register(Box::new(g.clone()));
+                g
+            },
+            conferences: {
+                let g = must(
+                    "conferences",
+                    IntGaugeVec::new(
+                        Opts::new(
+                            "conferences",
+                            "Conferences with participants on relays, per jurisdiction.",
+                        ),
+                        &["jurisdiction"],
+                    ),
+                );
+                let _ = registry.register(Box::new(g.clone()));
+                g
+            },
             misdirected: {
                 let c = must(
                     "misdirected_total",
@@ -158,8 +194,27 @@ impl RouterMetrics {
             },
             registry,
         };
+        let build = must(
+            "build_info",
+            prometheus::IntGauge::with_opts(
+                Opts::new("build_info", "Build of the router; always 1.")
+                    .const_label("version", env!("CARGO_PKG_VERSION")),
+            ),
+        );
+        build.set(1);
+        let _ = m.registry.register(Box::new(build));
         // Every bounded label value exists from the start, at zero.
         for j in &served {
+            let _ = m.participants.get_metric_with_label_values(&[j]);
+            let _ = m.conferences.get_metric_with_label_values(&[j]);
+            for o in [
+                "relay_chosen",
+                "no_relay_in_jurisdiction",
+                "no_healthy_relay",
+                "at_capacity",
+            ] {
+                let _ = m.route_decisions.get_metric_with_label_values(&[j, o]);
+            }
             let _ = m.conferences_created.get_metric_with_label_values(&[j]);
             let _ = m.relays_healthy.get_metric_with_label_values(&[j]);
             for outcome in ["ticket", "waiting", "refused"] {

@@ -447,6 +447,26 @@ impl Registry {
             .collect()
     }
 
+    /// Participants and conferences per jurisdiction id, from the last reports.
+    pub fn load_by_jurisdiction(&self) -> HashMap<String, (i64, i64)> {
+        let inner = self.lock();
+        let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        let mut out: HashMap<String, (i64, i64)> = HashMap::new();
+        for r in inner.relays.iter().filter_map(|e| e.report.as_ref()) {
+            for c in &r.conferences {
+                let Some(j) = super::ids::jurisdiction_of(&c.id) else {
+                    continue;
+                };
+                let e = out.entry(j.to_owned()).or_default();
+                e.0 += i64::from(c.participants);
+                if c.participants > 0 && seen.insert(c.id.as_str()) {
+                    e.1 += 1;
+                }
+            }
+        }
+        out
+    }
+
     /// Updates each relay's health flag; returns those that changed.
     fn refresh(&self, now: Instant) -> Vec<(RelayIdx, bool)> {
         let mut inner = self.lock();
@@ -535,6 +555,13 @@ pub(super) async fn watch(shared: Arc<Shared>) {
             }
         }
         let states = shared.relays.states(now);
+        let load = shared.relays.load_by_jurisdiction();
+        for j in &shared.me.jurisdictions {
+            let id = shared.policy.jurisdiction(*j).id.as_str();
+            let (p, c) = load.get(id).copied().unwrap_or_default();
+            shared.metrics.participants.with_label_values(&[id]).set(p);
+            shared.metrics.conferences.with_label_values(&[id]).set(c);
+        }
         for j in &shared.me.jurisdictions {
             let jurisdiction = shared.policy.jurisdiction(*j);
             let healthy = jurisdiction

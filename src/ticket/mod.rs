@@ -232,6 +232,13 @@ impl Verifier {
             .map(|p| p.addr)
     }
 
+    /// The jurisdictions this relay is in, sorted.
+    pub fn jurisdictions(&self) -> Vec<String> {
+        let mut j: Vec<String> = self.trusted.keys().cloned().collect();
+        j.sort();
+        j
+    }
+
     /// The inventory's other relays, for checking cascade links.
     pub fn with_peers(mut self, peers: HashMap<String, Peer>) -> Self {
         self.peers = std::sync::Arc::new(peers);

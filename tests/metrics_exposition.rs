@@ -1,0 +1,231 @@
+//! The exported metrics after a scripted call: the documented names, only
+//! bounded labels, no personal data; samples are written for `promtool
+//! check metrics` (run here when installed, and by `.ci/run` always).
+
+mod support;
+
+use std::time::Duration;
+
+use residency_relay::wire::control::{ServerMessage, TrackKind};
+use residency_relay::wire::datagram::{Flags, MediaHeader};
+use serde_json::json;
+use support::cluster::{ACME, Cluster, connect, create, request};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_after_a_call_are_bounded_and_free_of_personal_data() {
+    let mut c = Cluster::new(|t| t);
+    c.start_router("de-fra-router").await;
+    for r in ["de-fra-1", "ie-dub-1"] {
+        c.start_relay(r).await;
+    }
+    c.wait_health("de-fra-router", &["de-fra-1", "ie-dub-1"], "healthy")
+        .await;
+    let router = c.url("de-fra-router");
+    let conf = create(
+        &router,
+        ACME,
+        json!({ "residency": "eu", "waiting_room": false }),
+    )
+    .await;
+    let id = conf["id"].as_str().unwrap().to_owned();
+    let passcode = conf["passcode"].as_str().unwrap().to_owned();
+    let join = |ip: &'static str, name: &'static str| {
+        let (router, id, passcode) = (router.clone(), id.clone(), passcode.clone());
+        async move {
+            residency_relay::client::join::join(
+                &router,
+                &id,
+                &residency_relay::client::join::Credential::Passcode(passcode),
+                name,
+                Some(ip.parse().unwrap()),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let alice = join("127.0.0.2", "Alice Secretname").await;
+    let bob = join("127.0.0.4", "Bob Hiddenname").await;
+    let mut a = connect(&alice, "127.0.0.2").await;
+    let mut b = connect(&bob, "127.0.0.4").await;
+    let track = a.publish(TrackKind::Audio, "opus", None).await.unwrap();
+    loop {
+        let e = tokio::time::timeout(Duration::from_secs(10), b.next_event())
+            .await
+            .unwrap()
+            .unwrap();
+        if matches!(e, ServerMessage::TrackPublished(ref i) if i.track == track) {
+            break;
+        }
+    }
+    b.subscribe(track).await.unwrap();
+    for sequence in 0..200u32 {
+        a.send_media(
+            &MediaHeader {
+                track,
+                sequence,
+                flags: Flags::default(),
+            },
+            b"x",
+        )
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // A wrong passcode and a kick, for the refusal and moderation series.
+    let r = request(
+        "POST",
+        &format!("{router}/v1/conferences/{id}/join"),
+        Some("127.0.0.5"),
+        None,
+        Some(json!({ "passcode": "nope", "display_name": "Mallory Q" })),
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    let host = format!("Bearer {}", conf["host_token"].as_str().unwrap());
+    let r = request(
+        "POST",
+        &format!(
+            "{router}/v1/conferences/{id}/participants/{}/kick",
+            bob.participant_id
+        ),
+        None,
+        Some(&host),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("metrics");
+    std::fs::create_dir_all(&dir).unwrap();
+    let router_text = String::from_utf8(
+        request("GET", &format!("{router}/metrics"), None, None, None)
+            .await
+            .body
+            .to_vec(),
+    )
+    .unwrap();
+    let mut samples = vec![("router.prom", router_text.clone())];
+    for relay in ["de-fra-1", "ie-dub-1"] {
+        samples.push((
+            if relay == "de-fra-1" {
+                "relay-de-fra-1.prom"
+            } else {
+                "relay-ie-dub-1.prom"
+            },
+            c.relay_metrics(relay).await,
+        ));
+    }
+    for (file, text) in &samples {
+        std::fs::write(dir.join(file), text).unwrap();
+        // No address, name, participant id, conference id or passcode.
+        for secret in [
+            "127.0.0.",
+            "Alice",
+            "Secretname",
+            "Hiddenname",
+            "Mallory",
+            alice.participant_id.as_str(),
+            bob.participant_id.as_str(),
+            id.as_str(),
+            &id[3..],
+            passcode.as_str(),
+        ] {
+            assert!(!text.contains(secret), "{file} contains {secret}");
+        }
+        // Only bounded label names.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            if let Some((_, labels)) = line.split_once('{') {
+                for pair in labels.split('}').next().unwrap().split(',') {
+                    let name = pair.split('=').next().unwrap();
+                    assert!(
+                        [
+                            "relay",
+                            "router",
+                            "reason",
+                            "version",
+                            "jurisdiction",
+                            "outcome",
+                            "route",
+                            "status",
+                            "action",
+                            "kind",
+                            "le"
+                        ]
+                        .contains(&name),
+                        "label {name} in {file}: {line}"
+                    );
+                }
+            }
+        }
+    }
+    // The documented series carry the call.
+    let relay_text = &samples[1].1;
+    for (text, needle) in [
+        (
+            &router_text,
+            "rr_router_route_decisions_total{jurisdiction=\"eu\",outcome=\"relay_chosen\",router=\"de-fra-router\"} 2",
+        ),
+        (
+            &router_text,
+            "rr_router_join_refusals_total{reason=\"wrong_passcode\",router=\"de-fra-router\"} 1",
+        ),
+        (
+            &router_text,
+            "rr_router_moderation_total{action=\"kick\",router=\"de-fra-router\"} 1",
+        ),
+        (
+            &router_text,
+            "rr_router_build_info{router=\"de-fra-router\",version=",
+        ),
+        (relay_text, "rr_relay_cascade_links{relay=\"de-fra-1\"} 1"),
+        (
+            relay_text,
+            "rr_relay_forward_seconds_count{relay=\"de-fra-1\"}",
+        ),
+        (
+            relay_text,
+            "rr_relay_participants{jurisdiction=\"eu\",relay=\"de-fra-1\"} 1",
+        ),
+        (
+            relay_text,
+            "rr_relay_conferences{jurisdiction=\"eu\",relay=\"de-fra-1\"} 1",
+        ),
+    ] {
+        assert!(text.contains(needle), "missing {needle}");
+    }
+    let sent = relay_text
+        .lines()
+        .find(|l| l.starts_with("rr_relay_cascade_bytes_sent_total"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap();
+    assert!(sent >= 10.0 * 200.0 * 0.5, "cascade bytes sent {sent}");
+    // promtool, when this machine has it (CI installs it and checks the
+    // samples again after the tests).
+    if let Ok(out) = std::process::Command::new("promtool")
+        .arg("--version")
+        .output()
+    {
+        if out.status.success() {
+            for (file, _) in &samples {
+                let check = std::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(format!(
+                        "promtool check metrics < {}",
+                        dir.join(file).display()
+                    ))
+                    .output()
+                    .unwrap();
+                assert!(
+                    check.status.success(),
+                    "promtool on {file}: {}{}",
+                    String::from_utf8_lossy(&check.stdout),
+                    String::from_utf8_lossy(&check.stderr)
+                );
+            }
+        }
+    }
+    a.leave().await;
+    c.shutdown().await;
+}
