@@ -174,10 +174,7 @@ async fn metrics_after_a_call_are_bounded_and_free_of_personal_data() {
             &router_text,
             "rr_router_moderation_total{action=\"kick\",router=\"de-fra-router\"} 1",
         ),
-        (
-            &router_text,
-            "rr_router_build_info{version=\"",
-        ),
+        (&router_text, "rr_router_build_info{version=\""),
         (relay_text, "rr_relay_cascade_links{relay=\"de-fra-1\"} 1"),
         (
             relay_text,
