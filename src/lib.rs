@@ -35,6 +35,7 @@ pub mod forward;
 pub mod geo;
 pub mod http_client;
 pub mod policy;
+pub mod redact;
 pub mod relay;
 pub mod router;
 pub mod select;

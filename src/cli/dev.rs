@@ -34,7 +34,7 @@ fn tenant_key(policy: &Policy, tenant: &str) -> Option<String> {
 }
 
 pub(super) fn run(policy: Policy, demo: bool) -> Result<(), String> {
-    super::relay::init_logging();
+    super::relay::init_logging_for(&policy);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -14,7 +14,7 @@ pub(super) fn run(
     shutdown_grace: u64,
     credential: Option<String>,
 ) -> Result<(), String> {
-    init_logging();
+    init_logging_for(policy);
     let settings = settings(policy, id, queue_packets, shutdown_grace, credential)?;
     let r = policy.relay(policy.relay_idx(id).ok_or("unknown relay")?);
     let (quic, http) = (r.quic_addr, r.http_addr);
@@ -69,6 +69,12 @@ pub(super) fn settings(
         hello_timeout: Duration::from_secs(10),
         routers: relay::RouterLink::for_relay(policy, idx),
         credential,
+        log_full_addresses: policy
+            .logging()
+            .full_addresses
+            .iter()
+            .map(|j| policy.jurisdiction(*j).id.clone())
+            .collect(),
     };
     let mut settings = settings;
     if !settings.routers.is_empty() && settings.credential.is_none() {
@@ -107,10 +113,26 @@ pub(super) async fn shutdown_signal() {
 
 /// Human-readable logs on stderr; level from `RUST_LOG` (default `info`).
 pub(super) fn init_logging() {
+    init(false, "info");
+}
+
+/// Logs as the config's `[logging]` says: human or JSON lines on stderr,
+/// its level unless `RUST_LOG` is set.
+pub(super) fn init_logging_for(policy: &Policy) {
+    let l = policy.logging();
+    init(l.json, &l.level);
+}
+
+fn init(json: bool, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }

@@ -9,7 +9,7 @@ use crate::store::Sqlite;
 
 /// Starts the runtime and serves until SIGINT or SIGTERM.
 pub(super) fn run(policy: Policy, id: &str) -> Result<(), String> {
-    super::relay::init_logging();
+    super::relay::init_logging_for(&policy);
     let settings = settings(Arc::new(policy), id)?;
     let listen = settings.router.listen;
     let runtime = tokio::runtime::Builder::new_multi_thread()

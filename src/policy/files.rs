@@ -54,6 +54,23 @@ pub struct ConfigFile {
     pub tenants: Vec<TenantSection>,
     #[serde(default, rename = "router")]
     pub routers: Vec<RouterSection>,
+    #[serde(default)]
+    pub logging: LoggingSection,
+}
+
+/// `[logging]`: how routers and relays log.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingSection {
+    /// `human` (default) or `json` (one object per line).
+    pub format: Option<String>,
+    /// Default level or filter (`info`, `debug`, `residency_relay=debug`);
+    /// `RUST_LOG` overrides it.
+    pub level: Option<String>,
+    /// Jurisdictions whose logs may show full client addresses (otherwise
+    /// /24 or /48 prefixes only).
+    #[serde(default)]
+    pub full_addresses: Vec<String>,
 }
 
 /// `[[router]]`: a control-plane process serving some jurisdictions.

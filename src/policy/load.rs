@@ -871,6 +871,39 @@ impl Policy {
 
         let routers = build_routers(&config, cfg, &jurisdictions, &known, &ticket_keys, &mut p);
 
+        let log = &config.logging;
+        let json = match log.format.as_deref() {
+            None | Some("human") => false,
+            Some("json") => true,
+            Some(other) => {
+                p.push(
+                    cfg,
+                    "logging.format",
+                    format!("'{other}' is not a log format; use human or json"),
+                );
+                false
+            }
+        };
+        let level = log.level.clone().unwrap_or_else(|| "info".to_owned());
+        if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+            p.push(
+                cfg,
+                "logging.level",
+                format!("'{level}' is not a level or filter; use e.g. info, debug or residency_relay=debug"),
+            );
+        }
+        let mut full_addresses = Vec::new();
+        for (i, jid) in log.full_addresses.iter().enumerate() {
+            match known(jid) {
+                Some(j) => full_addresses.push(j),
+                None => p.push(
+                    cfg,
+                    format!("logging.full_addresses[{i}]"),
+                    not_a_jurisdiction(jid),
+                ),
+            }
+        }
+
         // A missing default jurisdiction was reported above.
         let (true, Some(default_jurisdiction)) = (p.0.is_empty(), default_jurisdiction) else {
             return Err(ConfigError { problems: p.0 });
@@ -892,6 +925,11 @@ impl Policy {
             trusted_proxies,
             ticket_keys,
             routers,
+            logging: super::Logging {
+                json,
+                level,
+                full_addresses,
+            },
         })
     }
 }

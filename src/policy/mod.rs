@@ -202,6 +202,16 @@ pub struct Policy {
     trusted_proxies: Vec<ipnet::IpNet>,
     ticket_keys: HashMap<JurisdictionIdx, Vec<ed25519_dalek::VerifyingKey>>,
     routers: Vec<Router>,
+    logging: Logging,
+}
+
+/// The checked `[logging]` section.
+#[derive(Debug, Clone, Default)]
+pub struct Logging {
+    pub json: bool,
+    /// Filter directive (`info` when not configured).
+    pub level: String,
+    pub full_addresses: Vec<JurisdictionIdx>,
 }
 
 impl Policy {
@@ -288,6 +298,17 @@ impl Policy {
         self.ticket_keys
             .get(&jurisdiction)
             .map_or(&[], Vec::as_slice)
+    }
+
+    pub fn logging(&self) -> &Logging {
+        &self.logging
+    }
+
+    /// Whether logs about a conference of `jurisdiction` (an id) may show
+    /// full client addresses.
+    pub fn full_addresses(&self, jurisdiction: &str) -> bool {
+        self.jurisdiction_idx(jurisdiction)
+            .is_some_and(|j| self.logging.full_addresses.contains(&j))
     }
 
     pub fn routers(&self) -> &[Router] {

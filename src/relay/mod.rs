@@ -79,6 +79,8 @@ pub struct Settings {
     pub routers: Vec<RouterLink>,
     /// The credential presented to routers.
     pub credential: Option<String>,
+    /// Jurisdictions whose logs may show full client addresses.
+    pub log_full_addresses: Vec<String>,
 }
 
 /// A router this relay reports to.
@@ -279,6 +281,7 @@ pub async fn run(
         })
         .collect();
     let core_task = tokio::spawn(core_loop(
+        settings.log_full_addresses.clone(),
         Core::new(settings.core),
         settings.verifier,
         events_rx,
@@ -396,13 +399,17 @@ pub fn unix_now() -> u64 {
 }
 
 async fn core_loop(
+    log_full_addresses: Vec<String>,
     mut core: Core,
     mut verifier: Verifier,
     mut events: mpsc::Receiver<Event>,
     metrics: Metrics,
 ) {
     let mut handles: HashMap<ConnId, Handle> = HashMap::new();
-    let mut st = LoopState::default();
+    let mut st = LoopState {
+        log_full_addresses,
+        ..LoopState::default()
+    };
     let mut ready = Vec::new();
     let mut backlog = Vec::new();
     let mut last = core.counters().clone();
@@ -475,6 +482,8 @@ struct LoopState {
     idle_since: HashMap<String, Instant>,
     /// Arrival of the first datagram handled since the last send pass.
     first_arrival: Option<Instant>,
+    /// From [`Settings::log_full_addresses`].
+    log_full_addresses: Vec<String>,
 }
 
 impl LoopState {
@@ -543,6 +552,15 @@ fn handle_event(
             .and_then(|()| verifier.remember(&claims, unix_now()))
         {
             Ok(()) => {
+                info!(
+                    client = %crate::redact::Addr::new(
+                        conn.remote_address().ip(),
+                        st.log_full_addresses.contains(&claims.jurisdiction),
+                    ),
+                    participant = %crate::redact::Id(&claims.participant),
+                    name = %crate::redact::Name(&claims.display_name),
+                    "participant admitted"
+                );
                 let id = core.admit(Admission {
                     conference: claims.conference,
                     participant: ParticipantId(claims.participant),

@@ -783,6 +783,11 @@ fn join_checked(
                 .is_some_and(|stored| ids::passcode_matches(stored, passcode));
             if !ok {
                 drop(attempt);
+                info!(
+                    jurisdiction = %shared.policy.jurisdiction(j).id,
+                    client = %crate::redact::Addr::new(ip, shared.policy.full_addresses(&shared.policy.jurisdiction(j).id)),
+                    "join refused: wrong passcode"
+                );
                 let (code, message) = if c.passcode.is_some() {
                     ("wrong_passcode", "wrong passcode")
                 } else {
@@ -1052,6 +1057,14 @@ fn issue_ticket(
         .joins
         .with_label_values(&[jurisdiction.id.as_str(), "ticket"])
         .inc();
+    info!(
+        jurisdiction = %jurisdiction.id,
+        relay = %r.id,
+        client = %crate::redact::Addr::new(ip, shared.policy.full_addresses(&jurisdiction.id)),
+        participant = %crate::redact::Id(&record.id),
+        name = %crate::redact::Name(&record.display_name),
+        "join accepted"
+    );
     Ok(json!({
         "relay": {
             "id": r.id,

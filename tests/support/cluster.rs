@@ -167,6 +167,13 @@ impl Cluster {
             hello_timeout: Duration::from_secs(5),
             routers: RouterLink::for_relay(&self.policy, idx),
             credential: Some(format!("dev-relay-{id}")),
+            log_full_addresses: self
+                .policy
+                .logging()
+                .full_addresses
+                .iter()
+                .map(|j| self.policy.jurisdiction(*j).id.clone())
+                .collect(),
         };
         let socket = std::net::UdpSocket::bind(r.quic_addr).unwrap();
         let http = tokio::net::TcpListener::bind(r.http_addr).await.unwrap();

@@ -85,6 +85,7 @@ pub fn config(default_jurisdiction: &str, relays: Vec<RelaySection>) -> ConfigFi
             waiting_room: None,
         }],
         routers: vec![],
+        logging: Default::default(),
     }
 }
 

@@ -45,6 +45,7 @@ impl TestRelay {
             hello_timeout: Duration::from_secs(5),
             routers: Vec::new(),
             credential: None,
+            log_full_addresses: Vec::new(),
         };
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(relay::run(socket, http, settings, async {
