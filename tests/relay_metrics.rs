@@ -57,17 +57,22 @@ async fn names_and_labels_are_exact_and_carry_no_personal_data() {
         "rr_relay_build_info",
         "rr_relay_bytes_delivered_total",
         "rr_relay_bytes_received_total",
+        "rr_relay_cascade_bytes_received_total",
+        "rr_relay_cascade_bytes_sent_total",
         "rr_relay_cascade_links",
         "rr_relay_cascade_refusals_total",
         "rr_relay_connections",
+        "rr_relay_conferences",
         "rr_relay_control_errors_total",
         "rr_relay_cpu_seconds",
         "rr_relay_datagrams_received_total",
         "rr_relay_datagrams_sent_total",
         "rr_relay_deliveries_total",
+        "rr_relay_forward_seconds",
         "rr_relay_ingress_drops_total",
         "rr_relay_keyframe_requests_total",
         "rr_relay_moderation_disconnects_total",
+        "rr_relay_participants",
         "rr_relay_process_cpu_seconds_total",
         "rr_relay_process_max_fds",
         "rr_relay_process_open_fds",
@@ -89,7 +94,7 @@ async fn names_and_labels_are_exact_and_carry_no_personal_data() {
             for pair in labels.split('}').next().unwrap().split(',') {
                 let name = pair.split('=').next().unwrap();
                 assert!(
-                    ["relay", "reason", "version"].contains(&name),
+                    ["relay", "reason", "version", "jurisdiction", "le"].contains(&name),
                     "label {name} in {line}"
                 );
             }
