@@ -198,6 +198,27 @@ async fn metrics_after_a_call_are_bounded_and_free_of_personal_data() {
         .and_then(|v| v.parse::<f64>().ok())
         .unwrap();
     assert!(sent >= 10.0 * 200.0 * 0.5, "cascade bytes sent {sent}");
+    // Every series the shipped dashboard and alert rules use is exported.
+    let exported: String = samples.iter().map(|(_, t)| t.as_str()).collect();
+    for file in [
+        "config/grafana/residency-relay.json",
+        "config/prometheus-alerts.example.yml",
+    ] {
+        let text = std::fs::read_to_string(support::repo().join(file)).unwrap();
+        let mut names: Vec<&str> = text
+            .split(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_'))
+            .filter(|w| w.starts_with("rr_"))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        assert!(names.len() >= 8, "{file} uses {names:?}");
+        for name in names {
+            assert!(
+                exported.lines().any(|l| l.starts_with(name)),
+                "{file} uses {name}, which no router or relay exports"
+            );
+        }
+    }
     // promtool, when this machine has it (CI installs it and checks the
     // samples again after the tests).
     if let Ok(out) = std::process::Command::new("promtool")
