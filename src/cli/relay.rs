@@ -69,6 +69,7 @@ pub(super) fn settings(
         hello_timeout: Duration::from_secs(10),
         routers: relay::RouterLink::for_relay(policy, idx),
         credential,
+        max_connections_per_address: policy.limits().relay_connections_per_address,
         log_full_addresses: policy
             .logging()
             .full_addresses

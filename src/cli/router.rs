@@ -44,12 +44,13 @@ pub(super) fn settings(policy: Arc<Policy>, id: &str) -> Result<Settings, String
         ));
     }
     let store = Sqlite::open(&me.store).map_err(|e| e.to_string())?;
+    let limits = LimitSettings::from_policy(&policy);
     Ok(Settings {
         policy,
         router: me,
         signing_key,
         store: Arc::new(store),
         ticket_lifetime: Duration::from_secs(60),
-        limits: LimitSettings::default(),
+        limits,
     })
 }

@@ -56,6 +56,36 @@ pub struct ConfigFile {
     pub routers: Vec<RouterSection>,
     #[serde(default)]
     pub logging: LoggingSection,
+    #[serde(default)]
+    pub limits: LimitsSection,
+}
+
+/// `[limits]`: what one address, one conference and one relay may take.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// Failed joins (wrong passcode, bad invitation) per address per minute.
+    pub failed_joins_per_address: u32,
+    /// Failed joins per conference per minute, from all addresses.
+    pub failed_joins_per_conference: u32,
+    /// Join requests per address per minute, failed or not.
+    pub joins_per_address_per_minute: u32,
+    /// Participants one conference may have, over all its relays.
+    pub conference_max_participants: u32,
+    /// Connections a relay accepts from one address at once.
+    pub relay_connections_per_address: u32,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            failed_joins_per_address: 5,
+            failed_joins_per_conference: 20,
+            joins_per_address_per_minute: 120,
+            conference_max_participants: 1000,
+            relay_connections_per_address: 200,
+        }
+    }
 }
 
 /// `[logging]`: how routers and relays log.

@@ -892,6 +892,37 @@ impl Policy {
                 format!("'{level}' is not a level or filter; use e.g. info, debug or residency_relay=debug"),
             );
         }
+        let limits = config.limits.clone();
+        for (field, v) in [
+            (
+                "limits.failed_joins_per_address",
+                limits.failed_joins_per_address,
+            ),
+            (
+                "limits.failed_joins_per_conference",
+                limits.failed_joins_per_conference,
+            ),
+            (
+                "limits.joins_per_address_per_minute",
+                limits.joins_per_address_per_minute,
+            ),
+            (
+                "limits.conference_max_participants",
+                limits.conference_max_participants,
+            ),
+            (
+                "limits.relay_connections_per_address",
+                limits.relay_connections_per_address,
+            ),
+        ] {
+            if v == 0 {
+                p.push(
+                    cfg,
+                    field,
+                    "0 would refuse everyone; give a positive number",
+                );
+            }
+        }
         let mut full_addresses = Vec::new();
         for (i, jid) in log.full_addresses.iter().enumerate() {
             match known(jid) {
@@ -930,6 +961,7 @@ impl Policy {
                 level,
                 full_addresses,
             },
+            limits,
         })
     }
 }

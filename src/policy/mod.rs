@@ -203,6 +203,7 @@ pub struct Policy {
     ticket_keys: HashMap<JurisdictionIdx, Vec<ed25519_dalek::VerifyingKey>>,
     routers: Vec<Router>,
     logging: Logging,
+    limits: files::LimitsSection,
 }
 
 /// The checked `[logging]` section.
@@ -298,6 +299,11 @@ impl Policy {
         self.ticket_keys
             .get(&jurisdiction)
             .map_or(&[], Vec::as_slice)
+    }
+
+    /// The `[limits]` section (checked to be non-zero).
+    pub fn limits(&self) -> &files::LimitsSection {
+        &self.limits
     }
 
     pub fn logging(&self) -> &Logging {

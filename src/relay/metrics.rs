@@ -27,6 +27,7 @@ pub struct Metrics {
     pub keyframe_requests: IntCounter,
     pub moderation_disconnects: IntCounterVec,
     pub cascade_refusals: IntCounterVec,
+    pub connection_refusals: IntCounterVec,
     pub cascade_links: IntGauge,
     pub cascade_bytes_received: IntCounter,
     pub cascade_bytes_sent: IntCounter,
@@ -211,6 +212,13 @@ impl Metrics {
                 &tickets,
             ),
             cascade_links,
+            connection_refusals: counter_vec(
+                &registry,
+                "connection_refusals_total",
+                "Connections refused before the handshake, by reason.",
+                "reason",
+                &["per_address"],
+            ),
             cascade_bytes_received: counter(
                 &registry,
                 "cascade_bytes_received_total",

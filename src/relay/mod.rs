@@ -81,6 +81,8 @@ pub struct Settings {
     pub credential: Option<String>,
     /// Jurisdictions whose logs may show full client addresses.
     pub log_full_addresses: Vec<String>,
+    /// Connections accepted from one address at once.
+    pub max_connections_per_address: u32,
 }
 
 /// A router this relay reports to.
@@ -288,17 +290,42 @@ pub async fn run(
         metrics.clone(),
     ));
 
+    // Connections per source address: one address cannot take the relay.
+    let per_address: Arc<std::sync::Mutex<HashMap<std::net::IpAddr, u32>>> = Arc::default();
     let accept = async {
         while let Some(incoming) = endpoint.accept().await {
+            let ip = incoming.remote_address().ip().to_canonical();
+            {
+                let mut counts = per_address.lock().unwrap_or_else(|e| e.into_inner());
+                let n = counts.entry(ip).or_default();
+                if *n >= settings.max_connections_per_address {
+                    drop(counts);
+                    metrics
+                        .connection_refusals
+                        .with_label_values(&["per_address"])
+                        .inc();
+                    incoming.refuse();
+                    continue;
+                }
+                *n += 1;
+            }
             let events = events_tx.clone();
             let metrics = metrics.clone();
             let hello_timeout = settings.hello_timeout;
             let checker = checker.clone();
+            let per_address = per_address.clone();
             tokio::spawn(async move {
                 if let Err(reason) =
                     serve_connection(incoming, events, metrics, checker, hello_timeout).await
                 {
                     debug!(reason, "connection ended");
+                }
+                let mut counts = per_address.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(n) = counts.get_mut(&ip) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        counts.remove(&ip);
+                    }
                 }
             });
         }

@@ -932,7 +932,14 @@ fn issue_ticket(
     // are linked to each other by cascade links.
     let placed = shared
         .relays
-        .place(&c.id, hint, Instant::now(), |states, hosting| {
+        .place(&c.id, hint, Instant::now(), |states, hosting, size| {
+            let max = shared.policy.limits().conference_max_participants;
+            if size >= max {
+                return Err((
+                    "conference_full",
+                    format!("the conference has its maximum of {max} participants"),
+                ));
+            }
             // A relay the participant just lost is not offered again now.
             let mut states = states.to_vec();
             if let Some(s) = failed.and_then(|f| states.get_mut(f.index())) {
@@ -970,11 +977,16 @@ fn issue_ticket(
         Ok(relay) => relay,
         Err((reason, message)) => {
             audit(shared, &c.id, "join_refused", json!({ "reason": reason }));
+            // Overload, not a fault: say when to try again.
+            let retry = if reason == "conference_full" { 30 } else { 5 };
             return Err(refuse(
                 shared,
                 Some(j),
                 reason,
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, reason, message),
+                ApiError {
+                    retry_after: Some(retry),
+                    ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, reason, message)
+                },
             ));
         }
     };

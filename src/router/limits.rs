@@ -20,8 +20,23 @@ pub struct LimitSettings {
     pub per_address: u32,
     /// Failures one conference may see per window, from everyone.
     pub per_conference: u32,
+    /// Join attempts (failed or not) one address may make per window.
+    pub attempts_per_address: u32,
     /// Entries kept per table.
     pub max_entries: usize,
+}
+
+impl LimitSettings {
+    /// The policy's `[limits]`, with the usual one-minute window.
+    pub fn from_policy(policy: &crate::policy::Policy) -> Self {
+        let l = policy.limits();
+        LimitSettings {
+            per_address: l.failed_joins_per_address,
+            per_conference: l.failed_joins_per_conference,
+            attempts_per_address: l.joins_per_address_per_minute,
+            ..LimitSettings::default()
+        }
+    }
 }
 
 impl Default for LimitSettings {
@@ -30,6 +45,7 @@ impl Default for LimitSettings {
             window: Duration::from_secs(60),
             per_address: 5,
             per_conference: 20,
+            attempts_per_address: 120,
             max_entries: 100_000,
         }
     }
@@ -38,14 +54,24 @@ impl Default for LimitSettings {
 /// Which limit was hit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limited {
-    Address { retry_after: Duration },
-    Conference { retry_after: Duration },
+    Address {
+        retry_after: Duration,
+    },
+    Conference {
+        retry_after: Duration,
+    },
+    /// Too many joins, failed or not, from one address.
+    Attempts {
+        retry_after: Duration,
+    },
 }
 
 impl Limited {
     pub fn retry_after(self) -> Duration {
         match self {
-            Limited::Address { retry_after } | Limited::Conference { retry_after } => retry_after,
+            Limited::Address { retry_after }
+            | Limited::Conference { retry_after }
+            | Limited::Attempts { retry_after } => retry_after,
         }
     }
 
@@ -53,6 +79,7 @@ impl Limited {
         match self {
             Limited::Address { .. } => "too_many_failures_from_address",
             Limited::Conference { .. } => "too_many_failures_on_conference",
+            Limited::Attempts { .. } => "too_many_joins_from_address",
         }
     }
 }
@@ -134,11 +161,19 @@ fn address_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The failure counters.
+/// The counters' tables.
+#[derive(Debug)]
+struct Tables {
+    failures: Windows<IpAddr>,
+    conferences: Windows<String>,
+    attempts: Windows<IpAddr>,
+}
+
+/// The failure and attempt counters.
 #[derive(Debug)]
 pub struct Limiter {
     settings: LimitSettings,
-    inner: Mutex<(Windows<IpAddr>, Windows<String>)>,
+    inner: Mutex<Tables>,
 }
 
 /// Counts an attempt as a failure until [`Attempt::succeeded`] refunds it,
@@ -155,10 +190,9 @@ impl Attempt<'_> {
     /// The credential was right: the attempt is not a failure.
     pub fn succeeded(self) {
         if let Ok(mut guard) = self.limiter.inner.lock() {
-            let (addresses, conferences) = &mut *guard;
-            addresses.refund(&address_key(self.ip));
+            guard.failures.refund(&address_key(self.ip));
             if let Some(c) = &self.conference {
-                conferences.refund(c);
+                guard.conferences.refund(c);
             }
         }
     }
@@ -168,7 +202,11 @@ impl Limiter {
     pub fn new(settings: LimitSettings) -> Self {
         Limiter {
             settings,
-            inner: Mutex::new((Windows::new(), Windows::new())),
+            inner: Mutex::new(Tables {
+                failures: Windows::new(),
+                conferences: Windows::new(),
+                attempts: Windows::new(),
+            }),
         }
     }
 
@@ -189,13 +227,22 @@ impl Limiter {
                 conference: None,
             });
         };
-        let (addresses, conferences) = &mut *guard;
+        let Tables {
+            failures: addresses,
+            conferences,
+            attempts,
+        } = &mut *guard;
         let s = &self.settings;
         let key = address_key(ip);
+        let (n, left) = attempts.count(&key, now, s.window);
+        if n >= s.attempts_per_address {
+            return Err(Limited::Attempts { retry_after: left });
+        }
         let (n, left) = addresses.count(&key, now, s.window);
         if n >= s.per_address {
             return Err(Limited::Address { retry_after: left });
         }
+        attempts.add(key, now, s);
         let conference = per_conference.then(|| conference.to_owned());
         if let Some(c) = &conference {
             let (n, left) = conferences.count(c, now, s.window);
@@ -293,6 +340,25 @@ mod tests {
     }
 
     #[test]
+    fn joins_from_one_address_are_limited_even_when_they_succeed() {
+        let l = Limiter::new(LimitSettings {
+            attempts_per_address: 3,
+            ..LimitSettings::default()
+        });
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            l.begin(ip, "eu-a", true, t0).unwrap().succeeded();
+        }
+        let hit = l.begin(ip, "eu-a", true, t0).unwrap_err();
+        assert_eq!(hit.code(), "too_many_joins_from_address");
+        assert!(
+            l.begin("192.0.2.8".parse().unwrap(), "eu-a", true, t0)
+                .is_ok()
+        );
+    }
+
+    #[test]
     fn ipv6_clients_are_counted_by_their_64() {
         let l = Limiter::new(LimitSettings {
             per_address: 2,
@@ -322,9 +388,14 @@ mod tests {
             );
         }
         let guard = l.inner.lock().unwrap();
-        assert!(guard.0.entries.len() <= 8);
-        assert!(guard.0.order.len() <= 16);
+        assert!(guard.failures.entries.len() <= 8);
+        assert!(guard.failures.order.len() <= 16);
         // The newest survived.
-        assert!(guard.0.entries.contains_key(&IpAddr::from([10, 0, 0, 99])));
+        assert!(
+            guard
+                .failures
+                .entries
+                .contains_key(&IpAddr::from([10, 0, 0, 99]))
+        );
     }
 }

@@ -26,6 +26,7 @@ pub const JOIN_REFUSALS: &[&str] = &[
     "no_relay_in_jurisdiction",
     "no_healthy_relay",
     "at_capacity",
+    "conference_full",
     "store_error",
 ];
 

@@ -45,6 +45,8 @@ struct Inner {
     next_seq: u64,
     /// Relay ids by index (reports name link peers by id).
     ids: Vec<String>,
+    /// Tickets issued per conference lately, not yet in relay reports.
+    recent_tickets: HashMap<String, Vec<Instant>>,
 }
 
 impl Inner {
@@ -73,6 +75,9 @@ impl Inner {
         hosting
     }
 }
+
+/// Tickets count toward a conference's size this long (until reported).
+const RECENT_TICKETS: Duration = Duration::from_secs(3);
 
 /// A ticket counts its relay as carrying the conference for this long
 /// (until the relay reports the participant).
@@ -174,7 +179,7 @@ impl Registry {
         conference: &str,
         hint: Option<RelayIdx>,
         now: Instant,
-        decide: impl FnOnce(&[RelayState], &[RelayIdx]) -> Result<RelayIdx, E>,
+        decide: impl FnOnce(&[RelayState], &[RelayIdx], u32) -> Result<RelayIdx, E>,
     ) -> Result<RelayIdx, E> {
         let mut inner = self.lock();
         let states: Vec<RelayState> = inner.relays.iter().map(|e| state(e, now)).collect();
@@ -182,7 +187,28 @@ impl Registry {
         if hosting.is_empty() {
             hosting.extend(hint);
         }
-        let relay = decide(&states, &hosting)?;
+        // The conference's size: what relays reported, plus tickets issued
+        // since (a report is at most a second or so old).
+        let reported: u32 = inner
+            .relays
+            .iter()
+            .filter_map(|e| e.report.as_ref())
+            .flat_map(|r| r.conferences.iter())
+            .filter(|c| c.id == conference)
+            .map(|c| c.participants)
+            .sum();
+        let recent = inner
+            .recent_tickets
+            .entry(conference.to_owned())
+            .or_default();
+        recent.retain(|at| now.duration_since(*at) < RECENT_TICKETS);
+        let size = reported.saturating_add(recent.len() as u32);
+        let relay = decide(&states, &hosting, size)?;
+        inner
+            .recent_tickets
+            .entry(conference.to_owned())
+            .or_default()
+            .push(now);
         let placed = inner.placed.entry(conference.to_owned()).or_default();
         placed.retain(|(r, _)| *r != relay);
         placed.push((relay, now));
@@ -370,6 +396,9 @@ impl Registry {
             .filter_map(|e| e.report.as_ref())
             .flat_map(|r| r.conferences.iter().map(|c| c.id.clone()))
             .collect();
+        inner
+            .recent_tickets
+            .retain(|_, t| t.iter().any(|at| now.duration_since(*at) < RECENT_TICKETS));
         inner.placed.retain(|id, relays| {
             relays.retain(|(_, at)| now.duration_since(*at) <= FORGET_PLACEMENT_AFTER);
             reported.contains(id) || !relays.is_empty()

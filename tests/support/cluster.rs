@@ -122,7 +122,7 @@ impl Cluster {
             signing_key: residency_relay::ticket::parse_signing_key(key.trim()).unwrap(),
             store: Arc::new(Sqlite::open(&me.store).unwrap()),
             ticket_lifetime: Duration::from_secs(60),
-            limits: LimitSettings::default(),
+            limits: LimitSettings::from_policy(&self.policy),
             router: me.clone(),
         };
         let listener = tokio::net::TcpListener::bind(me.listen).await.unwrap();
@@ -174,6 +174,7 @@ impl Cluster {
                 .iter()
                 .map(|j| self.policy.jurisdiction(*j).id.clone())
                 .collect(),
+            max_connections_per_address: self.policy.limits().relay_connections_per_address,
         };
         let socket = std::net::UdpSocket::bind(r.quic_addr).unwrap();
         let http = tokio::net::TcpListener::bind(r.http_addr).await.unwrap();

@@ -86,6 +86,7 @@ pub fn config(default_jurisdiction: &str, relays: Vec<RelaySection>) -> ConfigFi
         }],
         routers: vec![],
         logging: Default::default(),
+        limits: Default::default(),
     }
 }
 
