@@ -63,6 +63,7 @@ async fn names_and_labels_are_exact_and_carry_no_personal_data() {
         "rr_relay_cascade_refusals_total",
         "rr_relay_connections",
         "rr_relay_conferences",
+        "rr_relay_connection_refusals_total",
         "rr_relay_control_errors_total",
         "rr_relay_cpu_seconds",
         "rr_relay_datagrams_received_total",
