@@ -46,7 +46,7 @@ struct Inner {
     /// Relay ids by index (reports name link peers by id).
     ids: Vec<String>,
     /// Tickets issued per conference lately, not yet in relay reports.
-    recent_tickets: HashMap<String, Vec<Instant>>,
+    recent_tickets: HashMap<String, VecDeque<Instant>>,
 }
 
 impl Inner {
@@ -201,14 +201,20 @@ impl Registry {
             .recent_tickets
             .entry(conference.to_owned())
             .or_default();
-        recent.retain(|at| now.duration_since(*at) < RECENT_TICKETS);
+        // Oldest first: the expired ones leave from the front.
+        while recent
+            .front()
+            .is_some_and(|at| now.duration_since(*at) >= RECENT_TICKETS)
+        {
+            recent.pop_front();
+        }
         let size = reported.saturating_add(recent.len() as u32);
         let relay = decide(&states, &hosting, size)?;
         inner
             .recent_tickets
             .entry(conference.to_owned())
             .or_default()
-            .push(now);
+            .push_back(now);
         let placed = inner.placed.entry(conference.to_owned()).or_default();
         placed.retain(|(r, _)| *r != relay);
         placed.push((relay, now));
