@@ -773,3 +773,97 @@ async fn a_drained_relay_takes_no_joins_and_its_participants_move() {
     assert_eq!(max.relay_id, "de-ber-1");
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dry_run_lists_what_a_policy_change_would_do_to_live_calls() {
+    let mut c = Cluster::new(|t| t);
+    c.start_router("de-fra-router").await;
+    c.start_relay("de-fra-1").await;
+    c.wait_health("de-fra-router", &["de-fra-1"], "healthy")
+        .await;
+    let router = c.url("de-fra-router");
+    let conf = create(
+        &router,
+        ACME,
+        json!({ "residency": "eu", "waiting_room": false }),
+    )
+    .await;
+    let id = conf["id"].as_str().unwrap().to_owned();
+    let joined = join_from(
+        &router,
+        &id,
+        conf["passcode"].as_str().unwrap(),
+        "127.0.0.2",
+    )
+    .await
+    .unwrap();
+    let _in = connect(&joined, "127.0.0.2").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let run = |config: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_residency-relay"))
+            .args([
+                "check",
+                "--config",
+                config.to_str().unwrap(),
+                "--against",
+                &router,
+                "--token",
+                "dev-admin-key",
+            ])
+            .output()
+            .unwrap()
+    };
+    // The running config itself: nothing would change.
+    let same = run(&c.config);
+    assert!(
+        same.status.success(),
+        "{}",
+        String::from_utf8_lossy(&same.stderr)
+    );
+    let text = String::from_utf8_lossy(&same.stdout);
+    assert!(
+        text.contains("no live conference would be affected"),
+        "{text}"
+    );
+
+    // Frankfurt's relay "moved" to the US: the live conference would have to move.
+    let moved = c.dir.path().join("moved.toml");
+    let original = std::fs::read_to_string(&c.config).unwrap();
+    let edited = original
+        .replace("eu = \"de-fra-1\"", "eu = \"de-ber-1\"")
+        .replacen(
+            "# sha256(\"dev-relay-de-fra-1\")\ncountry = \"DE\"",
+            "# sha256(\"dev-relay-de-fra-1\")\ncountry = \"US\"",
+            1,
+        );
+    assert_ne!(edited, original);
+    std::fs::write(&moved, edited).unwrap();
+    let out = run(&moved);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&id), "{text}");
+    assert!(
+        text.contains("relay de-fra-1 (now US) would be outside 'eu'"),
+        "{text}"
+    );
+    // Without the admin token: refused.
+    let denied = std::process::Command::new(env!("CARGO_BIN_EXE_residency-relay"))
+        .args([
+            "check",
+            "--config",
+            moved.to_str().unwrap(),
+            "--against",
+            &router,
+            "--token",
+            "wrong",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(denied.status.code(), Some(1));
+    c.shutdown().await;
+}

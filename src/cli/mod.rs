@@ -3,6 +3,7 @@
 mod cascadeload;
 mod client;
 mod dev;
+mod dry_run;
 mod joinload;
 mod loadtest;
 mod relay;
@@ -41,6 +42,13 @@ enum Command {
         /// Region files directory (default: the config's regions_dir).
         #[arg(long)]
         regions: Option<PathBuf>,
+        /// Dry run against a running router: list what this config would do
+        /// to its live conferences (needs --token).
+        #[arg(long, requires = "token")]
+        against: Option<String>,
+        /// The router's admin token (with --against).
+        #[arg(long)]
+        token: Option<String>,
     },
     /// Show which relay a client at ADDR would be sent to, and why.
     ///
@@ -274,7 +282,33 @@ pub fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Check { config, regions } => check(&config, regions.as_deref()),
+        Command::Check {
+            config,
+            regions,
+            against: None,
+            ..
+        } => check(&config, regions.as_deref()),
+        Command::Check {
+            config,
+            regions,
+            against: Some(url),
+            token,
+        } => {
+            let policy = match load(&config, regions.as_deref()) {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            match dry_run::run(&policy, &url, token.as_deref().unwrap_or_default()) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(message) => {
+                    eprintln!("error: {message}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Route {
             config,
             regions,

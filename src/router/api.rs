@@ -73,6 +73,7 @@ pub fn routes(shared: App) -> Router {
         .route("/v1/conferences/{id}/residency", get(residency_report))
         .route("/v1/admin/reports", get(abuse_reports))
         .route("/v1/admin/relays", get(relay_list))
+        .route("/v1/admin/conferences", get(live_conferences))
         .route("/v1/admin/relays/{relay}/drain", post(drain_relay))
         // A busy relay's report lists every conference it carries.
         .route(
@@ -1633,6 +1634,24 @@ async fn relay_list(State(shared): State<App>, headers: HeaderMap) -> ApiResult<
         })
         .collect();
     Ok(Json(json!({ "relays": list })))
+}
+
+/// The conferences relays carry now (for dry runs of policy changes).
+async fn live_conferences(State(shared): State<App>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+    admin(&shared, &headers)?;
+    let live = shared.relays.live_conferences(Instant::now());
+    let list: Vec<Value> = live
+        .into_iter()
+        .map(|(id, relays, participants)| {
+            json!({
+                "id": id,
+                "jurisdiction": ids::jurisdiction_of(&id),
+                "relays": relays.iter().map(|r| shared.policy.relay(*r).id.clone()).collect::<Vec<_>>(),
+                "participants": participants,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "router": shared.me.id, "conferences": list })))
 }
 
 /// Drains a relay: it reports draining (so no new joins go there) and

@@ -482,6 +482,34 @@ impl Registry {
             .collect()
     }
 
+    /// Conferences carried now: id, relays carrying it, participants.
+    pub fn live_conferences(&self, now: Instant) -> Vec<(String, Vec<RelayIdx>, u32)> {
+        let inner = self.lock();
+        let mut out: HashMap<String, (Vec<RelayIdx>, u32)> = HashMap::new();
+        for (i, e) in inner.relays.iter().enumerate() {
+            for c in e.report.iter().flat_map(|r| r.conferences.iter()) {
+                if c.participants > 0 {
+                    let entry = out.entry(c.id.clone()).or_default();
+                    entry.0.push(RelayIdx(i as u32));
+                    entry.1 += c.participants;
+                }
+            }
+        }
+        for (id, placed) in &inner.placed {
+            for (r, at) in placed {
+                if now.duration_since(*at) < PLACED_FRESH {
+                    let entry = out.entry(id.clone()).or_default();
+                    if !entry.0.contains(r) {
+                        entry.0.push(*r);
+                    }
+                }
+            }
+        }
+        let mut list: Vec<_> = out.into_iter().map(|(id, (r, p))| (id, r, p)).collect();
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+        list
+    }
+
     /// Participants and conferences per jurisdiction id, from the last reports.
     pub fn load_by_jurisdiction(&self) -> HashMap<String, (i64, i64)> {
         let inner = self.lock();
