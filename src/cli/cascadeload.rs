@@ -115,12 +115,7 @@ async fn metric(http: SocketAddr, name: &str) -> u64 {
     else {
         return 0;
     };
-    String::from_utf8_lossy(&r.body)
-        .lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
+    crate::relay::metrics::sample(&String::from_utf8_lossy(&r.body), name).map_or(0, |v| v as u64)
 }
 
 async fn measure(

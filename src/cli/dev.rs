@@ -452,13 +452,7 @@ async fn run_demo(policy: &Policy) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
         let text = String::from_utf8_lossy(&m.body).into_owned();
-        let value = |name: &str| {
-            text.lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.rsplit(' ').next())
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0) as u64
-        };
+        let value = |name: &str| crate::relay::metrics::sample(&text, name).unwrap_or(0.0) as u64;
         let inside = policy.jurisdiction(eu).contains(
             policy
                 .relay_idx(&r.id)

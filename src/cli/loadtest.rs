@@ -68,15 +68,7 @@ async fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
         .unwrap_or_default())
 }
 
-/// A sample's value from Prometheus text, e.g. `rr_relay_process_cpu_seconds_total`.
-fn sample(metrics: &str, name: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
+use crate::relay::metrics::sample;
 
 async fn run_async(policy: &Policy, plan: Plan) -> Result<(), String> {
     if plan.publishers > plan.participants || plan.participants == 0 || plan.conferences == 0 {

@@ -187,6 +187,26 @@ struct Conn {
     link: bool,
 }
 
+impl Conn {
+    fn new(generation: u32, a: Admission, queue: Queue, link: bool) -> Self {
+        Conn {
+            generation,
+            conference: a.conference,
+            participant: a.participant,
+            display_name: a.display_name,
+            permissions: a.permissions,
+            published: Vec::new(),
+            subscriptions: Vec::new(),
+            queue,
+            ready: false,
+            bytes_in: 0,
+            bytes_out: 0,
+            resume: Vec::new(),
+            link,
+        }
+    }
+}
+
 /// What one conference moved through this relay (for the router's reports;
 /// never exported as metric labels).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -298,9 +318,8 @@ impl Core {
             .filter(|c| c.generation == id.generation)
     }
 
-    /// Admits a participant; it receives `welcome` with the conference's tracks
-    /// and the others learn it joined.
-    pub fn admit(&mut self, admission: Admission) -> ConnId {
+    /// A free connection slot and a fresh generation for it.
+    fn new_slot(&mut self) -> ConnId {
         let index = match self.free.pop() {
             Some(i) => i,
             None => {
@@ -311,7 +330,13 @@ impl Core {
         };
         let generation = self.generations[index as usize].wrapping_add(1);
         self.generations[index as usize] = generation;
-        let id = ConnId { index, generation };
+        ConnId { index, generation }
+    }
+
+    /// Admits a participant; it receives `welcome` with the conference's tracks
+    /// and the others learn it joined.
+    pub fn admit(&mut self, admission: Admission) -> ConnId {
+        let id = self.new_slot();
         let members = self
             .conferences
             .entry(admission.conference.clone())
@@ -355,21 +380,12 @@ impl Core {
             self.control
                 .push_back((id, ServerMessage::TrackPublished(info)));
         }
-        self.conns[index as usize] = Some(Conn {
-            generation,
-            conference: admission.conference,
-            participant: admission.participant,
-            display_name: admission.display_name,
-            permissions: admission.permissions,
-            published: Vec::new(),
-            subscriptions: Vec::new(),
-            queue: Queue::new(self.config.queue_packets),
-            ready: false,
-            bytes_in: 0,
-            bytes_out: 0,
-            resume: Vec::new(),
-            link: false,
-        });
+        self.conns[id.index as usize] = Some(Conn::new(
+            id.generation,
+            admission,
+            Queue::new(self.config.queue_packets),
+            false,
+        ));
         id
     }
 
@@ -381,17 +397,7 @@ impl Core {
     /// learns every track published here (not those that came from other
     /// links) as `track_published` control messages.
     pub fn admit_link(&mut self, conference: &str, peer: &str) -> ConnId {
-        let index = match self.free.pop() {
-            Some(i) => i,
-            None => {
-                self.conns.push(None);
-                self.generations.push(0);
-                (self.conns.len() - 1) as u32
-            }
-        };
-        let generation = self.generations[index as usize].wrapping_add(1);
-        self.generations[index as usize] = generation;
-        let id = ConnId { index, generation };
+        let id = self.new_slot();
         let members = self.conferences.entry(conference.to_owned()).or_default();
         let local: Vec<ConnId> = members.clone();
         members.push(id);
@@ -406,8 +412,7 @@ impl Core {
             self.control
                 .push_back((id, ServerMessage::TrackPublished(info)));
         }
-        self.conns[index as usize] = Some(Conn {
-            generation,
+        let admission = Admission {
             conference: conference.to_owned(),
             participant: ParticipantId(format!("relay:{peer}")),
             display_name: peer.to_owned(),
@@ -416,15 +421,13 @@ impl Core {
                 subscribe: true,
                 moderate: false,
             },
-            published: Vec::new(),
-            subscriptions: Vec::new(),
-            queue: Queue::new(self.config.queue_packets),
-            ready: false,
-            bytes_in: 0,
-            bytes_out: 0,
-            resume: Vec::new(),
-            link: true,
-        });
+        };
+        self.conns[id.index as usize] = Some(Conn::new(
+            id.generation,
+            admission,
+            Queue::new(self.config.queue_packets),
+            true,
+        ));
         id
     }
 

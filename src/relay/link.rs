@@ -18,35 +18,14 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use super::{Event, Metrics, close_code, unix_now};
+use super::{Event, Metrics, close_code, read_message, unix_now, write_message};
 use crate::router::channel::Enforcement;
 use crate::ticket::{self, TicketError, Verifier};
-use crate::wire::control::{self, Decoder};
+use crate::wire::control::Decoder;
 use crate::wire::link::LinkMessage;
 
 /// Messages queued for a link's peer before the link is dropped.
 pub(super) const LINK_BACKLOG: usize = 4096;
-
-async fn read(
-    recv: &mut quinn::RecvStream,
-    decoder: &mut Decoder,
-) -> Result<Option<LinkMessage>, control::ControlError> {
-    loop {
-        if let Some(m) = decoder.next_message::<LinkMessage>()? {
-            return Ok(Some(m));
-        }
-        match recv.read_chunk(control::MAX_FRAME_LEN, true).await {
-            Ok(Some(chunk)) => decoder.push(&chunk.bytes),
-            Ok(None) | Err(_) => return Ok(None),
-        }
-    }
-}
-
-async fn write(send: &mut quinn::SendStream, message: &LinkMessage) -> Result<(), ()> {
-    let mut frame = Vec::new();
-    control::encode(message, &mut frame).map_err(|_| ())?;
-    send.write_all(&frame).await.map_err(|_| ())
-}
 
 /// Serves an incoming link (ALPN [`crate::wire::CASCADE_ALPN`]).
 pub(super) async fn accept(
@@ -61,9 +40,12 @@ pub(super) async fn accept(
         .map_err(|_| "no link control stream in time")?
         .map_err(|_| "link lost before its control stream")?;
     let mut decoder = Decoder::new();
-    let first = tokio::time::timeout(hello_timeout, read(&mut recv, &mut decoder))
-        .await
-        .map_err(|_| "no link hello in time")?;
+    let first = tokio::time::timeout(
+        hello_timeout,
+        read_message::<LinkMessage>(&mut recv, &mut decoder),
+    )
+    .await
+    .map_err(|_| "no link hello in time")?;
     let ticket = match first {
         Ok(Some(LinkMessage::LinkHello { ticket })) => ticket,
         _ => {
@@ -105,7 +87,7 @@ pub(super) async fn accept(
             return Err("cascade link refused");
         }
     };
-    if write(&mut send, &LinkMessage::LinkWelcome {})
+    if write_message(&mut send, &LinkMessage::LinkWelcome {})
         .await
         .is_err()
     {
@@ -146,7 +128,7 @@ async fn refuse(
             }))
             .await;
     }
-    let _ = write(
+    let _ = write_message(
         send,
         &LinkMessage::Error {
             code: e.wire_code(),
@@ -194,7 +176,7 @@ pub(super) async fn dial(
         .map_err(|_| "link handshake timed out".to_owned())?
         .map_err(|e| e.to_string())?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-    write(
+    write_message(
         &mut send,
         &LinkMessage::LinkHello {
             ticket: dial.ticket.clone(),
@@ -203,9 +185,12 @@ pub(super) async fn dial(
     .await
     .map_err(|_| "cannot send link hello")?;
     let mut decoder = Decoder::new();
-    let answer = tokio::time::timeout(timeout, read(&mut recv, &mut decoder))
-        .await
-        .map_err(|_| "no link welcome in time".to_owned())?;
+    let answer = tokio::time::timeout(
+        timeout,
+        read_message::<LinkMessage>(&mut recv, &mut decoder),
+    )
+    .await
+    .map_err(|_| "no link welcome in time".to_owned())?;
     match answer {
         Ok(Some(LinkMessage::LinkWelcome {})) => {}
         Ok(Some(LinkMessage::Error { message, .. })) => {
@@ -250,7 +235,7 @@ async fn run(
     let writer_conn = conn.clone();
     let writer = tokio::spawn(async move {
         while let Some(message) = rx.recv().await {
-            if write(&mut send, &message).await.is_err() {
+            if write_message(&mut send, &message).await.is_err() {
                 writer_conn.close(close_code::PROTOCOL.into(), b"link message not delivered");
                 break;
             }
@@ -269,7 +254,7 @@ async fn run(
                 }
                 Err(_) => break "link closed",
             },
-            message = read(&mut recv, &mut decoder) => match message {
+            message = read_message::<LinkMessage>(&mut recv, &mut decoder) => match message {
                 Ok(Some(m)) => {
                     if events.send(Event::Link(id, m)).await.is_err() {
                         break "relay stopping";

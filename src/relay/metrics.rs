@@ -40,6 +40,16 @@ pub struct Metrics {
     cpu_seconds: Gauge,
 }
 
+/// The value of the first sample of `name` (exactly that metric, any
+/// labels) in Prometheus text, e.g. `rr_relay_bytes_delivered_total`.
+pub fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 /// User + system CPU seconds of this process, from /proc (Linux; clock
 /// ticks of 1/100 s, the kernel's USER_HZ on every mainstream platform).
 fn process_cpu_seconds() -> Option<f64> {

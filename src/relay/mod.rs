@@ -908,13 +908,14 @@ fn flush_control(core: &mut Core, handles: &mut HashMap<ConnId, Handle>) {
     }
 }
 
-/// Reads until one whole control message is decoded.
-async fn read_message(
+/// Reads until one whole control message is decoded (client control
+/// streams and cascade links share the framing).
+async fn read_message<M: for<'de> serde::Deserialize<'de> + control::Labels>(
     recv: &mut quinn::RecvStream,
     decoder: &mut Decoder,
-) -> Result<Option<ClientMessage>, ControlError> {
+) -> Result<Option<M>, ControlError> {
     loop {
-        if let Some(m) = decoder.next_message::<ClientMessage>()? {
+        if let Some(m) = decoder.next_message::<M>()? {
             return Ok(Some(m));
         }
         match recv.read_chunk(control::MAX_FRAME_LEN, true).await {
@@ -924,7 +925,10 @@ async fn read_message(
     }
 }
 
-async fn write_message(send: &mut quinn::SendStream, message: &ServerMessage) -> Result<(), ()> {
+async fn write_message<M: serde::Serialize>(
+    send: &mut quinn::SendStream,
+    message: &M,
+) -> Result<(), ()> {
     let mut frame = Vec::new();
     control::encode(message, &mut frame).map_err(|_| ())?;
     send.write_all(&frame).await.map_err(|_| ())

@@ -53,26 +53,41 @@ impl Inner {
     /// Relays carrying `conference`: those reporting participants of it,
     /// and those given a ticket for it lately (not yet reported).
     fn hosting(&self, conference: &str, now: Instant) -> Vec<RelayIdx> {
-        let mut hosting: Vec<RelayIdx> = self
-            .relays
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| {
-                e.report.as_ref().is_some_and(|r| {
-                    r.conferences
-                        .iter()
-                        .any(|c| c.id == conference && c.participants > 0)
-                })
-            })
-            .map(|(i, _)| RelayIdx(i as u32))
-            .collect();
-        for (r, at) in self.placed.get(conference).into_iter().flatten() {
-            if now.duration_since(*at) < PLACED_FRESH && !hosting.contains(r) {
-                hosting.push(*r);
+        self.carrying(now, Some(conference))
+            .remove(conference)
+            .map(|(relays, _)| relays)
+            .unwrap_or_default()
+    }
+
+    /// Conference → (relays carrying it, sorted; participants reported),
+    /// for one conference or all: relays reporting participants of it, and
+    /// relays given a ticket for it within [`PLACED_FRESH`].
+    fn carrying(&self, now: Instant, only: Option<&str>) -> HashMap<String, (Vec<RelayIdx>, u32)> {
+        let wanted = |id: &str| only.is_none_or(|o| o == id);
+        let mut out: HashMap<String, (Vec<RelayIdx>, u32)> = HashMap::new();
+        for (i, e) in self.relays.iter().enumerate() {
+            for c in e.report.iter().flat_map(|r| r.conferences.iter()) {
+                if c.participants > 0 && wanted(&c.id) {
+                    let entry = out.entry(c.id.clone()).or_default();
+                    entry.0.push(RelayIdx(i as u32));
+                    entry.1 += c.participants;
+                }
             }
         }
-        hosting.sort();
-        hosting
+        for (id, placed) in self.placed.iter().filter(|(id, _)| wanted(id)) {
+            for (r, at) in placed {
+                if now.duration_since(*at) < PLACED_FRESH {
+                    let entry = out.entry(id.clone()).or_default();
+                    if !entry.0.contains(r) {
+                        entry.0.push(*r);
+                    }
+                }
+            }
+        }
+        for (relays, _) in out.values_mut() {
+            relays.sort();
+        }
+        out
     }
 }
 
@@ -234,37 +249,15 @@ impl Registry {
     /// dialer reports the link up or it was commanded a moment ago.
     pub fn plan_links(&self, now: Instant) -> Vec<(String, RelayIdx, RelayIdx)> {
         let mut inner = self.lock();
-        // Conference → relays carrying it, built once per plan.
-        let mut carrying: HashMap<String, Vec<RelayIdx>> = HashMap::new();
-        for (i, e) in inner.relays.iter().enumerate() {
-            // Draining relays keep their links while participants remain.
-            if state(e, now).health == Health::Unhealthy {
-                continue;
-            }
-            for c in e.report.iter().flat_map(|r| r.conferences.iter()) {
-                if c.participants > 0 {
-                    carrying
-                        .entry(c.id.clone())
-                        .or_default()
-                        .push(RelayIdx(i as u32));
-                }
-            }
-        }
-        for (conference, placed) in &inner.placed {
-            for (r, at) in placed {
-                if now.duration_since(*at) < PLACED_FRESH
-                    && state(&inner.relays[r.index()], now).health != Health::Unhealthy
-                {
-                    let list = carrying.entry(conference.clone()).or_default();
-                    if !list.contains(r) {
-                        list.push(*r);
-                    }
-                }
-            }
-        }
+        // Conference → relays carrying it, built once per plan; draining
+        // relays keep their links while participants remain.
+        let carrying = inner.carrying(now, None);
         let mut wanted = Vec::new();
-        for (conference, mut hosting) in carrying {
-            hosting.sort();
+        for (conference, (hosting, _)) in carrying {
+            let hosting: Vec<RelayIdx> = hosting
+                .into_iter()
+                .filter(|r| state(&inner.relays[r.index()], now).health != Health::Unhealthy)
+                .collect();
             for (i, a) in hosting.iter().enumerate() {
                 for b in &hosting[i + 1..] {
                     let peer = &inner.ids[b.index()];
@@ -484,28 +477,12 @@ impl Registry {
 
     /// Conferences carried now: id, relays carrying it, participants.
     pub fn live_conferences(&self, now: Instant) -> Vec<(String, Vec<RelayIdx>, u32)> {
-        let inner = self.lock();
-        let mut out: HashMap<String, (Vec<RelayIdx>, u32)> = HashMap::new();
-        for (i, e) in inner.relays.iter().enumerate() {
-            for c in e.report.iter().flat_map(|r| r.conferences.iter()) {
-                if c.participants > 0 {
-                    let entry = out.entry(c.id.clone()).or_default();
-                    entry.0.push(RelayIdx(i as u32));
-                    entry.1 += c.participants;
-                }
-            }
-        }
-        for (id, placed) in &inner.placed {
-            for (r, at) in placed {
-                if now.duration_since(*at) < PLACED_FRESH {
-                    let entry = out.entry(id.clone()).or_default();
-                    if !entry.0.contains(r) {
-                        entry.0.push(*r);
-                    }
-                }
-            }
-        }
-        let mut list: Vec<_> = out.into_iter().map(|(id, (r, p))| (id, r, p)).collect();
+        let mut list: Vec<_> = self
+            .lock()
+            .carrying(now, None)
+            .into_iter()
+            .map(|(id, (r, p))| (id, r, p))
+            .collect();
         list.sort_by(|a, b| a.0.cmp(&b.0));
         list
     }

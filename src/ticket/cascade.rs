@@ -11,12 +11,10 @@
 
 use std::net::IpAddr;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use ed25519_dalek::{Signature, Signer, SigningKey};
+use ed25519_dalek::{Signature, SigningKey};
 use serde::{Deserialize, Serialize};
 
-use super::{CLOCK_SKEW_SECS, MAX_CONFERENCE_ID_LEN, MAX_LIFETIME_SECS, MAX_TICKET_LEN};
+use super::MAX_CONFERENCE_ID_LEN;
 use super::{TicketError, Verifier};
 
 const PREFIX: &str = "c1.";
@@ -38,32 +36,17 @@ pub struct CascadeClaims {
 
 /// Signs cascade claims into a ticket.
 pub fn sign_cascade(claims: &CascadeClaims, key: &SigningKey) -> String {
-    let json = serde_json::to_vec(claims).unwrap_or_default();
-    let mut ticket = format!("{PREFIX}{}", B64.encode(json));
-    let signature = key.sign(ticket.as_bytes());
-    ticket.push('.');
-    ticket.push_str(&B64.encode(signature.to_bytes()));
-    ticket
+    super::sign_envelope(PREFIX, claims, key)
 }
 
 fn parse(ticket: &str) -> Result<(CascadeClaims, &[u8], Signature), TicketError> {
-    if ticket.len() > MAX_TICKET_LEN {
-        return Err(TicketError::Malformed);
-    }
-    let rest = ticket.strip_prefix(PREFIX).ok_or(TicketError::Malformed)?;
-    let (claims_b64, sig_b64) = rest.split_once('.').ok_or(TicketError::Malformed)?;
-    let signed = &ticket.as_bytes()[..PREFIX.len() + claims_b64.len()];
-    let json = B64.decode(claims_b64).map_err(|_| TicketError::Malformed)?;
-    let claims: CascadeClaims =
-        serde_json::from_slice(&json).map_err(|_| TicketError::Malformed)?;
+    let (claims, signed, signature) = super::parse_envelope::<CascadeClaims>(PREFIX, ticket)?;
     if claims.conference.len() > MAX_CONFERENCE_ID_LEN
         || claims.from.len() > 64
         || claims.to.len() > 64
     {
         return Err(TicketError::Malformed);
     }
-    let sig = B64.decode(sig_b64).map_err(|_| TicketError::Malformed)?;
-    let signature = Signature::from_slice(&sig).map_err(|_| TicketError::Malformed)?;
     Ok((claims, signed, signature))
 }
 
@@ -81,26 +64,11 @@ impl Verifier {
         now: u64,
     ) -> Result<CascadeClaims, TicketError> {
         let (claims, signed, signature) = parse(ticket)?;
-        let keys = self
-            .trusted
-            .get(&claims.jurisdiction)
-            .ok_or(TicketError::ForeignJurisdiction)?;
-        if !keys
-            .iter()
-            .any(|k| k.verify_strict(signed, &signature).is_ok())
-        {
-            return Err(TicketError::BadSignature);
-        }
+        self.check_signature(&claims.jurisdiction, signed, &signature)?;
         if claims.to != self.relay {
             return Err(TicketError::WrongRelay);
         }
-        let in_jurisdiction = claims
-            .conference
-            .strip_prefix(claims.jurisdiction.as_str())
-            .is_some_and(|rest| rest.starts_with('-') && rest.len() > 1);
-        if !in_jurisdiction {
-            return Err(TicketError::ConferenceOutsideJurisdiction);
-        }
+        super::check_conference(&claims.conference, &claims.jurisdiction)?;
         // The inventory, not the ticket, says where the peer is.
         let peer = self
             .peers
@@ -110,17 +78,7 @@ impl Verifier {
         if peer.ip != peer_ip.to_canonical() {
             return Err(TicketError::WrongPeer);
         }
-        if claims.expires_at <= now {
-            return Err(TicketError::Expired);
-        }
-        if claims.issued_at > now + CLOCK_SKEW_SECS
-            || claims.expires_at.saturating_sub(claims.issued_at) > MAX_LIFETIME_SECS
-        {
-            return Err(TicketError::BadValidity);
-        }
-        if claims.issued_at < self.not_before {
-            return Err(TicketError::IssuedBeforeStart);
-        }
+        self.check_window(claims.issued_at, claims.expires_at, now)?;
         Ok(claims)
     }
 

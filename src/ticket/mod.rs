@@ -148,29 +148,44 @@ pub fn new_nonce() -> Result<String, getrandom::Error> {
 
 /// Signs `claims` into a ticket string.
 pub fn sign(claims: &Claims, key: &SigningKey) -> String {
+    sign_envelope(PREFIX, claims, key)
+}
+
+/// `<prefix><claims>.<signature>`, both base64url, the signature over the
+/// bytes before the last dot exactly as sent. The prefix (join or cascade
+/// ticket) is inside the signed bytes, so neither kind passes for the other.
+fn sign_envelope<C: Serialize>(prefix: &str, claims: &C, key: &SigningKey) -> String {
     // Claims serialise to JSON infallibly: strings, integers and booleans only.
     let json = serde_json::to_vec(claims).unwrap_or_default();
-    let mut ticket = format!("{PREFIX}{}", B64.encode(json));
+    let mut ticket = format!("{prefix}{}", B64.encode(json));
     let signature = key.sign(ticket.as_bytes());
     ticket.push('.');
     ticket.push_str(&B64.encode(signature.to_bytes()));
     ticket
 }
 
-/// Splits and decodes a ticket without checking its signature.
-fn parse(ticket: &str) -> Result<(Claims, &[u8], Signature), TicketError> {
+/// Splits and decodes an envelope of [`sign_envelope`] without checking its
+/// signature: the claims, the signed bytes and the signature.
+fn parse_envelope<'a, C: for<'de> Deserialize<'de>>(
+    prefix: &str,
+    ticket: &'a str,
+) -> Result<(C, &'a [u8], Signature), TicketError> {
     if ticket.len() > MAX_TICKET_LEN {
         return Err(TicketError::Malformed);
     }
-    let rest = ticket.strip_prefix(PREFIX).ok_or(TicketError::Malformed)?;
+    let rest = ticket.strip_prefix(prefix).ok_or(TicketError::Malformed)?;
     let (claims_b64, sig_b64) = rest.split_once('.').ok_or(TicketError::Malformed)?;
-    let signed = &ticket.as_bytes()[..PREFIX.len() + claims_b64.len()];
+    let signed = &ticket.as_bytes()[..prefix.len() + claims_b64.len()];
     let claims_json = B64.decode(claims_b64).map_err(|_| TicketError::Malformed)?;
-    let claims: Claims =
-        serde_json::from_slice(&claims_json).map_err(|_| TicketError::Malformed)?;
+    let claims: C = serde_json::from_slice(&claims_json).map_err(|_| TicketError::Malformed)?;
     let sig_bytes = B64.decode(sig_b64).map_err(|_| TicketError::Malformed)?;
     let signature = Signature::from_slice(&sig_bytes).map_err(|_| TicketError::Malformed)?;
     Ok((claims, signed, signature))
+}
+
+/// Splits and decodes a join ticket without checking its signature.
+fn parse(ticket: &str) -> Result<(Claims, &[u8], Signature), TicketError> {
+    parse_envelope(PREFIX, ticket)
 }
 
 /// Reads the claims of a ticket without verifying it (clients use this to
@@ -280,40 +295,51 @@ impl Verifier {
         {
             return Err(TicketError::Malformed);
         }
-        let keys = self
-            .trusted
-            .get(&claims.jurisdiction)
-            .ok_or(TicketError::ForeignJurisdiction)?;
-        if !keys
-            .iter()
-            .any(|k| k.verify_strict(signed, &signature).is_ok())
-        {
-            return Err(TicketError::BadSignature);
-        }
+        self.check_signature(&claims.jurisdiction, signed, &signature)?;
         if claims.relay != self.relay {
             return Err(TicketError::WrongRelay);
         }
-        // Conference ids carry their jurisdiction ("eu-…"): a key trusted for
-        // one jurisdiction cannot admit into another's conference.
-        let in_jurisdiction = claims
-            .conference
-            .strip_prefix(claims.jurisdiction.as_str())
-            .is_some_and(|rest| rest.starts_with('-') && rest.len() > 1);
-        if !in_jurisdiction {
-            return Err(TicketError::ConferenceOutsideJurisdiction);
+        check_conference(&claims.conference, &claims.jurisdiction)?;
+        self.check_window(claims.issued_at, claims.expires_at, now)?;
+        Ok(claims)
+    }
+
+    /// This relay is in `jurisdiction` and a key trusted for it signed `signed`.
+    fn check_signature(
+        &self,
+        jurisdiction: &str,
+        signed: &[u8],
+        signature: &Signature,
+    ) -> Result<(), TicketError> {
+        let keys = self
+            .trusted
+            .get(jurisdiction)
+            .ok_or(TicketError::ForeignJurisdiction)?;
+        if keys
+            .iter()
+            .any(|k| k.verify_strict(signed, signature).is_ok())
+        {
+            Ok(())
+        } else {
+            Err(TicketError::BadSignature)
         }
-        if claims.expires_at <= now {
+    }
+
+    /// The validity window: unexpired, not issued in the future beyond the
+    /// skew, not longer than allowed, not issued before this relay started.
+    fn check_window(&self, issued_at: u64, expires_at: u64, now: u64) -> Result<(), TicketError> {
+        if expires_at <= now {
             return Err(TicketError::Expired);
         }
-        if claims.issued_at > now + CLOCK_SKEW_SECS
-            || claims.expires_at.saturating_sub(claims.issued_at) > MAX_LIFETIME_SECS
+        if issued_at > now + CLOCK_SKEW_SECS
+            || expires_at.saturating_sub(issued_at) > MAX_LIFETIME_SECS
         {
             return Err(TicketError::BadValidity);
         }
-        if claims.issued_at < self.not_before {
+        if issued_at < self.not_before {
             return Err(TicketError::IssuedBeforeStart);
         }
-        Ok(claims)
+        Ok(())
     }
 
     /// The replay check: accepts each nonce once while its ticket is valid.
@@ -339,6 +365,19 @@ impl Verifier {
         }
         self.seen.insert(nonce.to_owned(), expires_at);
         Ok(())
+    }
+}
+
+/// Conference ids carry their jurisdiction ("eu-…"): a key trusted for one
+/// jurisdiction cannot admit into another's conference.
+fn check_conference(conference: &str, jurisdiction: &str) -> Result<(), TicketError> {
+    let inside = conference
+        .strip_prefix(jurisdiction)
+        .is_some_and(|rest| rest.starts_with('-') && rest.len() > 1);
+    if inside {
+        Ok(())
+    } else {
+        Err(TicketError::ConferenceOutsideJurisdiction)
     }
 }
 

@@ -330,9 +330,6 @@ pub async fn connect(joined: &Joined, ip: &str) -> Client {
 
 /// The value of the first sample of `name` in a metrics text.
 pub fn sample(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+    residency_relay::relay::metrics::sample(text, name)
         .unwrap_or_else(|| panic!("no sample {name}"))
 }
