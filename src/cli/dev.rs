@@ -49,13 +49,20 @@ async fn serve(policy: Arc<Policy>, demo: bool) -> Result<(), String> {
             policy.source().display()
         ));
     }
+    let source = crate::policy::Source {
+        config: policy.source().to_owned(),
+        regions: None,
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
     let mut tasks = Vec::new();
     for r in policy.routers() {
-        let settings = super::router::settings(policy.clone(), &r.id)?;
+        let mut settings = super::router::settings(policy.clone(), &r.id)?;
+        // SIGHUP reloads every router and relay of the process.
+        settings.source = Some(source.clone());
+        settings.reload_on_sighup = true;
         let listener = tokio::net::TcpListener::bind(r.listen)
             .await
             .map_err(|e| format!("router {}: cannot bind {}: {e}", r.id, r.listen))?;
@@ -78,7 +85,12 @@ async fn serve(policy: Arc<Policy>, demo: bool) -> Result<(), String> {
                 r.id, r.id
             );
         }
-        let settings = super::relay::settings(&policy, &r.id, 256, 2, credential)?;
+        let mut settings = super::relay::settings(&policy, &r.id, 256, 2, credential)?;
+        settings.reload = Some(crate::relay::Reloading {
+            source: source.clone(),
+            policy: policy.clone(),
+            on_sighup: true,
+        });
         let socket = std::net::UdpSocket::bind(r.quic_addr)
             .map_err(|e| format!("relay {}: cannot bind {}: {e}", r.id, r.quic_addr))?;
         let http = tokio::net::TcpListener::bind(r.http_addr)

@@ -424,7 +424,15 @@ pub fn main() -> ExitCode {
                 },
                 None => std::env::var("RESIDENCY_RELAY_CREDENTIAL").ok(),
             };
-            match relay::run(&policy, &id, queue_packets, shutdown_grace, credential) {
+            let source = policy::Source { config, regions };
+            match relay::run(
+                policy,
+                source,
+                &id,
+                queue_packets,
+                shutdown_grace,
+                credential,
+            ) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(message) => {
                     eprintln!("error: {message}");
@@ -441,7 +449,8 @@ pub fn main() -> ExitCode {
                 Ok(p) => p,
                 Err(code) => return code,
             };
-            report(router::run(policy, &id))
+            let source = policy::Source { config, regions };
+            report(router::run(policy, &id, source))
         }
         Command::Dev { config, demo } => {
             let policy = match load(&config, None) {

@@ -6,16 +6,24 @@ use crate::forward::CoreConfig;
 use crate::policy::Policy;
 use crate::relay::{self, Identity, Settings};
 
-/// Starts the tokio runtime and serves until SIGINT or SIGTERM.
+/// Starts the tokio runtime and serves until SIGINT or SIGTERM; SIGHUP
+/// reloads the policy from `source`.
 pub(super) fn run(
-    policy: &Policy,
+    policy: Policy,
+    source: crate::policy::Source,
     id: &str,
     queue_packets: usize,
     shutdown_grace: u64,
     credential: Option<String>,
 ) -> Result<(), String> {
-    init_logging_for(policy);
-    let settings = settings(policy, id, queue_packets, shutdown_grace, credential)?;
+    init_logging_for(&policy);
+    let policy = std::sync::Arc::new(policy);
+    let mut settings = settings(&policy, id, queue_packets, shutdown_grace, credential)?;
+    settings.reload = Some(relay::Reloading {
+        source,
+        policy: policy.clone(),
+        on_sighup: true,
+    });
     let r = policy.relay(policy.relay_idx(id).ok_or("unknown relay")?);
     let (quic, http) = (r.quic_addr, r.http_addr);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -35,7 +43,8 @@ pub(super) fn run(
 }
 
 /// The settings of relay `id` of the inventory, reporting to the routers of
-/// its jurisdictions with `credential`.
+/// its jurisdictions with `credential` (no reloads; the caller sets
+/// [`Settings::reload`] to allow them).
 pub(super) fn settings(
     policy: &Policy,
     id: &str,
@@ -76,6 +85,7 @@ pub(super) fn settings(
             .iter()
             .map(|j| policy.jurisdiction(*j).id.clone())
             .collect(),
+        reload: None,
     };
     let mut settings = settings;
     if !settings.routers.is_empty() && settings.credential.is_none() {

@@ -3,14 +3,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::policy::Policy;
+use crate::policy::{self, Policy};
 use crate::router::{self, Settings, limits::LimitSettings};
 use crate::store::Sqlite;
 
 /// Starts the runtime and serves until SIGINT or SIGTERM.
-pub(super) fn run(policy: Policy, id: &str) -> Result<(), String> {
+pub(super) fn run(policy: Policy, id: &str, source: policy::Source) -> Result<(), String> {
     super::relay::init_logging_for(&policy);
-    let settings = settings(Arc::new(policy), id)?;
+    let mut settings = settings(Arc::new(policy), id)?;
+    settings.source = Some(source);
+    settings.reload_on_sighup = true;
     let listen = settings.router.listen;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -26,23 +28,14 @@ pub(super) fn run(policy: Policy, id: &str) -> Result<(), String> {
     })
 }
 
-/// The settings of router `id`: its signing key read and its store opened.
+/// The settings of router `id`: its signing key read and its store opened
+/// (no reloads; the caller sets [`Settings::source`] to allow them).
 pub(super) fn settings(policy: Arc<Policy>, id: &str) -> Result<Settings, String> {
     let me = policy
         .router(id)
         .ok_or_else(|| format!("no router '{id}' in {}", policy.source().display()))?
         .clone();
-    let key_text = std::fs::read_to_string(&me.signing_key)
-        .map_err(|e| format!("cannot read {}: {e}", me.signing_key.display()))?;
-    let signing_key = crate::ticket::parse_signing_key(key_text.trim())
-        .map_err(|e| format!("{}: {e}", me.signing_key.display()))?;
-    if signing_key.verifying_key() != me.public_key {
-        return Err(format!(
-            "{} does not match router {id}'s public_key in {}: relays would refuse its tickets",
-            me.signing_key.display(),
-            policy.source().display()
-        ));
-    }
+    let signing_key = router::signing_key(&policy, &me)?;
     let store = Sqlite::open(&me.store).map_err(|e| e.to_string())?;
     let limits = LimitSettings::from_policy(&policy);
     Ok(Settings {
@@ -52,5 +45,7 @@ pub(super) fn settings(policy: Arc<Policy>, id: &str) -> Result<Settings, String
         store: Arc::new(store),
         ticket_lifetime: Duration::from_secs(60),
         limits,
+        source: None,
+        reload_on_sighup: false,
     })
 }

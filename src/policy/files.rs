@@ -61,7 +61,7 @@ pub struct ConfigFile {
 }
 
 /// `[limits]`: what one address, one conference and one relay may take.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsSection {
     /// Failed joins (wrong passcode, bad invitation) per address per minute.

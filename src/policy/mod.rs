@@ -6,9 +6,11 @@
 //! read without touching the clock, the network or the file system.
 
 pub mod country;
+mod diff;
 pub mod files;
 mod load;
 pub mod plan;
+mod source;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -16,8 +18,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 pub use country::{CountryCode, CountrySet, UnknownCountry};
+pub use diff::diff;
 pub use load::{ConfigError, ConfigProblem, load, load_with_regions};
 pub use plan::PinError;
+pub use source::{Hangups, ReloadError, Reloaded, Source};
 
 use crate::geo::{GeoIp, GeoPoint, PointSet};
 

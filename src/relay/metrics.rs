@@ -26,6 +26,7 @@ pub struct Metrics {
     pub control_errors: IntCounter,
     pub keyframe_requests: IntCounter,
     pub moderation_disconnects: IntCounterVec,
+    pub reloads: IntCounterVec,
     pub cascade_refusals: IntCounterVec,
     pub connection_refusals: IntCounterVec,
     pub cascade_links: IntGauge,
@@ -210,9 +211,16 @@ impl Metrics {
             moderation_disconnects: counter_vec(
                 &registry,
                 "moderation_disconnects_total",
-                "Participants disconnected on a router's command, by reason.",
+                "Participants disconnected on a router's command or because the policy in force places the relay outside their conference's jurisdiction (moved), by reason.",
                 "reason",
-                &["kicked", "conference_ended"],
+                &["kicked", "conference_ended", "moved"],
+            ),
+            reloads: counter_vec(
+                &registry,
+                "reloads_total",
+                "Policy reloads (SIGHUP or admin endpoint) by outcome.",
+                "outcome",
+                &["applied", "rejected"],
             ),
             cascade_refusals: counter_vec(
                 &registry,

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::forward::{Admission, ConnId, Core, CoreConfig, IngressDrop, Permissions};
+use crate::policy::{ReloadError, Reloaded};
 use crate::router::channel::Enforcement;
 use crate::ticket::{TicketError, Verifier};
 use crate::wire::ErrorCode;
@@ -54,7 +55,15 @@ pub mod close_code {
     pub const CONFERENCE_ENDED: u32 = 6;
     /// A cascade link was refused.
     pub const CASCADE_REFUSED: u32 = 7;
+    /// The policy in force places the relay outside the conference's
+    /// jurisdiction: reconnect through the router (after `going_away`).
+    pub const MOVED: u32 = 8;
 }
+
+/// `going_away` code: the policy in force no longer places this relay
+/// inside the conference's jurisdiction; reconnect through the router,
+/// which sends you to a relay inside it.
+pub const GOING_AWAY_MOVED: u16 = 3;
 
 /// `going_away` code: the operator is draining the relay; reconnect through
 /// the router, which sends you to another relay of the jurisdiction.
@@ -83,10 +92,38 @@ pub struct Settings {
     pub log_full_addresses: Vec<String>,
     /// Connections accepted from one address at once.
     pub max_connections_per_address: u32,
+    /// How to reload the policy (`POST /v1/admin/reload` with the relay's
+    /// credential, SIGHUP); `None` refuses reloads.
+    pub reload: Option<Reloading>,
+}
+
+/// Where a relay's policy comes from, and the policy it started with.
+#[derive(Debug, Clone)]
+pub struct Reloading {
+    pub source: crate::policy::Source,
+    pub policy: Arc<crate::policy::Policy>,
+    /// Whether SIGHUP reloads.
+    pub on_sighup: bool,
+}
+
+/// What changes of the relay's settings when its policy is reloaded.
+#[derive(Debug)]
+struct Reconfigured {
+    verifier: Verifier,
+    routers: Vec<RouterLink>,
+    log_full_addresses: Vec<String>,
+    max_connections_per_address: u32,
+}
+
+/// The trust of the policy in force, read by each new connection.
+type Trust = Arc<std::sync::RwLock<Arc<Verifier>>>;
+
+fn trusted(trust: &Trust) -> Arc<Verifier> {
+    trust.read().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 /// A router this relay reports to.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouterLink {
     pub url: String,
     /// Jurisdiction ids the router serves that the relay is in: only their
@@ -182,6 +219,12 @@ enum Event {
     },
     Link(ConnId, LinkMessage),
     Enforcement(Enforcement),
+    /// A reloaded policy: the trust to adopt, and the jurisdictions whose
+    /// logs may show full addresses.
+    Reload {
+        verifier: Verifier,
+        log_full_addresses: Vec<String>,
+    },
 }
 
 /// Where a connection's control messages go.
@@ -256,32 +299,56 @@ pub async fn run(
     let ready = Arc::new(AtomicBool::new(true));
     info!(relay = %settings.relay_id, addr = %endpoint.local_addr()?, cert_sha256 = %fingerprint, "relay serving QUIC");
 
+    let (events_tx, events_rx) = mpsc::channel::<Event>(8192);
+    // Connection tasks check signatures (stateless) with the trust in force
+    // when they start; the core task keeps the nonces.
+    let trust: Trust = Arc::new(std::sync::RwLock::new(Arc::new(settings.verifier.clone())));
+    let max_per_address = Arc::new(AtomicU32::new(settings.max_connections_per_address));
+    let reporting = Reporting {
+        relay_id: settings.relay_id.clone(),
+        credential: settings.credential.clone().unwrap_or_default(),
+        cert_sha256: fingerprint.clone(),
+        events: events_tx.clone(),
+        ready: ready.clone(),
+        endpoint: endpoint.clone(),
+        trust: trust.clone(),
+    };
+    let reporters = Arc::new(std::sync::Mutex::new(Reporters {
+        tasks: reporting.spawn(&settings.routers),
+        links: settings.routers.clone(),
+    }));
+    let (reload_tx, reload_rx) = mpsc::channel(4);
+    let reloader = settings.reload.clone().map(|reloading| {
+        tokio::spawn(reload_loop(
+            Reloader {
+                reloading,
+                relay_id: settings.relay_id.clone(),
+                credential: settings.credential.clone(),
+                events: events_tx.clone(),
+                trust: trust.clone(),
+                max_per_address: max_per_address.clone(),
+                reporters: reporters.clone(),
+                reporting: reporting.clone(),
+                metrics: metrics.clone(),
+            },
+            reload_rx,
+        ))
+    });
+    let hangups = settings
+        .reload
+        .as_ref()
+        .is_some_and(|r| r.on_sighup)
+        .then(|| tokio::spawn(reload_on_hangup(reload_tx.clone())));
     let http_task = tokio::spawn(serve_http(
         http,
-        metrics.clone(),
-        ready.clone(),
-        fingerprint.clone(),
+        Http {
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+            fingerprint: fingerprint.clone(),
+            credential: settings.credential.clone(),
+            reload: reload_tx,
+        },
     ));
-    let (events_tx, events_rx) = mpsc::channel::<Event>(8192);
-    // Connection tasks check signatures (stateless); the core task keeps
-    // the nonces.
-    let checker = Arc::new(settings.verifier.clone());
-    let reporters: Vec<_> = settings
-        .routers
-        .iter()
-        .map(|link| {
-            tokio::spawn(report_loop(
-                link.clone(),
-                settings.relay_id.clone(),
-                settings.credential.clone().unwrap_or_default(),
-                fingerprint.clone(),
-                events_tx.clone(),
-                ready.clone(),
-                endpoint.clone(),
-                Arc::new(settings.verifier.clone()),
-            ))
-        })
-        .collect();
     let core_task = tokio::spawn(core_loop(
         settings.log_full_addresses.clone(),
         Core::new(settings.core),
@@ -298,7 +365,7 @@ pub async fn run(
             {
                 let mut counts = per_address.lock().unwrap_or_else(|e| e.into_inner());
                 let n = counts.entry(ip).or_default();
-                if *n >= settings.max_connections_per_address {
+                if *n >= max_per_address.load(Ordering::Relaxed) {
                     drop(counts);
                     metrics
                         .connection_refusals
@@ -312,7 +379,7 @@ pub async fn run(
             let events = events_tx.clone();
             let metrics = metrics.clone();
             let hello_timeout = settings.hello_timeout;
-            let checker = checker.clone();
+            let checker = trusted(&trust);
             let per_address = per_address.clone();
             tokio::spawn(async move {
                 if let Err(reason) =
@@ -337,16 +404,22 @@ pub async fn run(
 
     info!(relay = %settings.relay_id, "shutting down: refusing new connections, telling clients");
     ready.store(false, Ordering::Relaxed);
-    // Tell the routers at once, so no new joins are sent here.
-    for r in &reporters {
-        r.abort();
+    for task in [reloader, hangups].into_iter().flatten() {
+        task.abort();
     }
-    let finals: Vec<_> = settings
-        .routers
-        .iter()
+    // Tell the routers at once, so no new joins are sent here.
+    let links = {
+        let mut r = reporters.lock().unwrap_or_else(|e| e.into_inner());
+        for task in r.tasks.drain(..) {
+            task.abort();
+        }
+        r.links.clone()
+    };
+    let finals: Vec<_> = links
+        .into_iter()
         .map(|link| {
             final_report(
-                link.clone(),
+                link,
                 settings.relay_id.clone(),
                 settings.credential.clone().unwrap_or_default(),
                 fingerprint.clone(),
@@ -368,14 +441,222 @@ pub async fn run(
     Ok(())
 }
 
-async fn serve_http(
-    listener: tokio::net::TcpListener,
+/// The report tasks running, one per router, and the routers they serve.
+#[derive(Debug)]
+struct Reporters {
+    links: Vec<RouterLink>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// What every report task needs besides its router.
+#[derive(Debug, Clone)]
+struct Reporting {
+    relay_id: String,
+    credential: String,
+    cert_sha256: String,
+    events: mpsc::Sender<Event>,
+    ready: Arc<AtomicBool>,
+    endpoint: quinn::Endpoint,
+    trust: Trust,
+}
+
+impl Reporting {
+    fn spawn(&self, links: &[RouterLink]) -> Vec<tokio::task::JoinHandle<()>> {
+        links
+            .iter()
+            .map(|link| tokio::spawn(report_loop(link.clone(), self.clone())))
+            .collect()
+    }
+}
+
+/// What a reload replaces, and where.
+struct Reloader {
+    reloading: Reloading,
+    relay_id: String,
+    credential: Option<String>,
+    events: mpsc::Sender<Event>,
+    trust: Trust,
+    max_per_address: Arc<AtomicU32>,
+    reporters: Arc<std::sync::Mutex<Reporters>>,
+    reporting: Reporting,
+    metrics: Metrics,
+}
+
+/// A reload request and where its outcome goes.
+type ReloadRequest = oneshot::Sender<Result<Reloaded, ReloadError>>;
+
+/// Applies reload requests one at a time.
+async fn reload_loop(mut r: Reloader, mut requests: mpsc::Receiver<ReloadRequest>) {
+    while let Some(reply) = requests.recv().await {
+        let outcome = r.reload().await;
+        match &outcome {
+            Ok(done) => {
+                r.metrics.reloads.with_label_values(&["applied"]).inc();
+                info!(relay = %r.relay_id, changes = done.changes.len(), restart_needed = done.restart_needed.len(), "policy reloaded");
+                for change in &done.changes {
+                    info!(relay = %r.relay_id, change = %change, "policy change");
+                }
+                for setting in &done.restart_needed {
+                    warn!(relay = %r.relay_id, setting = %setting, "changed setting takes effect at restart");
+                }
+            }
+            Err(e) => {
+                r.metrics.reloads.with_label_values(&["rejected"]).inc();
+                warn!(relay = %r.relay_id, error = %e, "policy reload refused; the policy in force stays");
+            }
+        }
+        let _ = reply.send(outcome);
+    }
+}
+
+/// Asks for a reload on every SIGHUP (outcome in the log and metrics).
+async fn reload_on_hangup(requests: mpsc::Sender<ReloadRequest>) {
+    let mut hangups = crate::policy::Hangups::new();
+    while hangups.next().await {
+        info!("SIGHUP: reloading the policy");
+        let (tx, rx) = oneshot::channel();
+        if requests.send(tx).await.is_err() {
+            return;
+        }
+        let _ = rx.await;
+    }
+}
+
+impl Reloader {
+    async fn reload(&mut self) -> Result<Reloaded, ReloadError> {
+        let source = self.reloading.source.clone();
+        let policy = tokio::task::spawn_blocking(move || source.load())
+            .await
+            .map_err(|e| ReloadError::Refused(format!("reload failed: {e}")))?
+            .map_err(ReloadError::Invalid)?;
+        let old = self.reloading.policy.clone();
+        let next = reconfigure(&policy, &self.relay_id, self.credential.as_deref())?;
+        let restart_needed = restart_needed(&old, &policy, &self.relay_id);
+        let changes = crate::policy::diff(&old, &policy);
+        // The core first: it adopts the trust and moves conferences whose
+        // jurisdiction the relay left before anything else changes.
+        self.events
+            .send(Event::Reload {
+                verifier: next.verifier.clone(),
+                log_full_addresses: next.log_full_addresses,
+            })
+            .await
+            .map_err(|_| ReloadError::Refused("the relay is stopping".into()))?;
+        *self.trust.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next.verifier);
+        self.max_per_address
+            .store(next.max_connections_per_address, Ordering::Relaxed);
+        {
+            let mut reporters = self.reporters.lock().unwrap_or_else(|e| e.into_inner());
+            if reporters.links != next.routers {
+                for task in reporters.tasks.drain(..) {
+                    task.abort();
+                }
+                reporters.tasks = self.reporting.spawn(&next.routers);
+                reporters.links = next.routers;
+            }
+        }
+        self.reloading.policy = Arc::new(policy);
+        Ok(Reloaded {
+            changes,
+            restart_needed,
+        })
+    }
+}
+
+/// The settings of relay `id` that a reload of `policy` replaces; refused
+/// when the relay left the inventory or its credential no longer matches.
+fn reconfigure(
+    policy: &crate::policy::Policy,
+    id: &str,
+    credential: Option<&str>,
+) -> Result<Reconfigured, ReloadError> {
+    let idx = policy.relay_idx(id).ok_or_else(|| {
+        ReloadError::Refused(format!(
+            "relay '{id}' is not in the inventory of {}: drain and stop it instead",
+            policy.source().display()
+        ))
+    })?;
+    let r = policy.relay(idx);
+    if let (Some(secret), Some(hash)) = (credential, &r.credential_sha256) {
+        if !crate::router::ids::secret_matches(hash, secret) {
+            return Err(ReloadError::Refused(format!(
+                "relay '{id}': credential_sha256 no longer matches this relay's credential; restart it with the new credential"
+            )));
+        }
+    }
+    Ok(Reconfigured {
+        verifier: policy.ticket_verifier(idx),
+        routers: if credential.is_some() {
+            RouterLink::for_relay(policy, idx)
+        } else {
+            Vec::new()
+        },
+        log_full_addresses: policy
+            .logging()
+            .full_addresses
+            .iter()
+            .map(|j| policy.jurisdiction(*j).id.clone())
+            .collect(),
+        max_connections_per_address: policy.limits().relay_connections_per_address,
+    })
+}
+
+/// Settings of relay `id` that changed but only a restart applies.
+fn restart_needed(
+    old: &crate::policy::Policy,
+    new: &crate::policy::Policy,
+    id: &str,
+) -> Vec<String> {
+    let (Some(a), Some(b)) = (
+        old.relay_idx(id).map(|i| old.relay(i)),
+        new.relay_idx(id).map(|i| new.relay(i)),
+    ) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    if a.quic_addr != b.quic_addr {
+        out.push(format!(
+            "relay '{id}' quic_addr {} -> {}",
+            a.quic_addr, b.quic_addr
+        ));
+    }
+    if a.http_addr != b.http_addr {
+        out.push(format!(
+            "relay '{id}' http_addr {} -> {}",
+            a.http_addr, b.http_addr
+        ));
+    }
+    if a.tls != b.tls {
+        out.push(format!("relay '{id}' tls files"));
+    }
+    let (la, lb) = (old.logging(), new.logging());
+    if la.json != lb.json || la.level != lb.level {
+        out.push("[logging] format and level".to_owned());
+    }
+    out
+}
+
+/// What the relay's HTTP listener serves from.
+struct Http {
     metrics: Metrics,
     ready: Arc<AtomicBool>,
     fingerprint: String,
-) {
+    /// Authenticates `POST /v1/admin/reload` (the credential the relay
+    /// presents to routers); without one, reloads are by SIGHUP only.
+    credential: Option<String>,
+    reload: mpsc::Sender<ReloadRequest>,
+}
+
+async fn serve_http(listener: tokio::net::TcpListener, http: Http) {
     use axum::http::StatusCode;
-    use axum::routing::get;
+    use axum::routing::{get, post};
+    let Http {
+        metrics,
+        ready,
+        fingerprint,
+        credential,
+        reload,
+    } = http;
     let app = axum::Router::new()
         .route(
             "/metrics",
@@ -412,9 +693,94 @@ async fn serve_http(
                 let body = serde_json::json!({ "sha256": fingerprint });
                 async move { axum::Json(body) }
             }),
+        )
+        .route(
+            "/v1/admin/reload",
+            post(move |headers: axum::http::HeaderMap| {
+                let (credential, reload) = (credential.clone(), reload.clone());
+                async move { reload_endpoint(credential, reload, headers).await }
+            }),
         );
     if let Err(e) = axum::serve(listener, app).await {
         warn!(error = %e, "HTTP listener stopped");
+    }
+}
+
+/// `POST /v1/admin/reload`: `200` with what changed, `422` with every
+/// problem of files that do not load, `409` when this relay cannot run
+/// them (the policy in force stays), `401` without the relay's credential.
+async fn reload_endpoint(
+    credential: Option<String>,
+    reload: mpsc::Sender<ReloadRequest>,
+    headers: axum::http::HeaderMap,
+) -> (axum::http::StatusCode, axum::Json<serde_json::Value>) {
+    use axum::http::StatusCode;
+    use serde_json::json;
+    let error = |status: StatusCode, code: &str, message: String| {
+        (
+            status,
+            axum::Json(json!({ "error": { "code": code, "message": message } })),
+        )
+    };
+    let presented = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let authentic = match (&credential, presented) {
+        (Some(secret), Some(token)) => {
+            crate::router::ids::secret_matches(&crate::router::ids::sha256(secret), token)
+        }
+        _ => false,
+    };
+    if !authentic {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "give the relay's credential as a bearer token".into(),
+        );
+    }
+    let (tx, rx) = oneshot::channel();
+    if reload.send(tx).await.is_err() {
+        return error(
+            StatusCode::CONFLICT,
+            "reload_refused",
+            "this relay was started without policy files to reload".into(),
+        );
+    }
+    match rx.await {
+        Ok(Ok(done)) => (
+            StatusCode::OK,
+            axum::Json(json!({
+                "applied": true,
+                "changes": done.changes,
+                "restart_needed": done.restart_needed,
+            })),
+        ),
+        Ok(Err(ReloadError::Invalid(e))) => {
+            let problems: Vec<serde_json::Value> = e
+                .problems
+                .iter()
+                .map(|p| json!({ "file": p.file, "field": p.field, "message": p.message }))
+                .collect();
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                axum::Json(json!({ "error": {
+                    "code": "invalid_config",
+                    "message": format!("{} problem(s) in the policy files; the policy in force stays", problems.len()),
+                    "problems": problems,
+                }})),
+            )
+        }
+        Ok(Err(ReloadError::Refused(message))) => error(
+            StatusCode::CONFLICT,
+            "reload_refused",
+            format!("{message}; the policy in force stays"),
+        ),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "stopping",
+            "the relay is stopping".into(),
+        ),
     }
 }
 
@@ -834,6 +1200,10 @@ fn handle_event(
                     }
                     return;
                 }
+                Action::Move { conference } => {
+                    move_out(core, handles, st, metrics, conference);
+                    return;
+                }
                 // Links are dialled by the report task, which has the endpoint.
                 Action::Link { .. } => return,
             };
@@ -857,6 +1227,32 @@ fn handle_event(
             }
             flush_control(core, handles);
         }
+        Event::Reload {
+            verifier: next,
+            log_full_addresses,
+        } => {
+            let before = verifier.jurisdictions();
+            verifier.adopt(next);
+            st.log_full_addresses = log_full_addresses;
+            let inside = verifier.jurisdictions();
+            for j in before.iter().filter(|j| !inside.contains(j)) {
+                let _ = metrics.participants.remove_label_values(&[j.as_str()]);
+                let _ = metrics.conferences.remove_label_values(&[j.as_str()]);
+            }
+            // Conferences of jurisdictions the relay is no longer in leave it.
+            let outside: Vec<String> = core
+                .conference_stats()
+                .into_iter()
+                .map(|c| c.id)
+                .filter(|id| {
+                    crate::router::ids::jurisdiction_of(id)
+                        .is_some_and(|j| !inside.iter().any(|i| i == j))
+                })
+                .collect();
+            for conference in &outside {
+                move_out(core, handles, st, metrics, conference);
+            }
+        }
         Event::Shutdown => {
             for h in handles.values() {
                 let _ = h.control.send(ServerMessage::GoingAway {
@@ -866,6 +1262,48 @@ fn handle_event(
             }
         }
     }
+}
+
+/// Takes `conference` off this relay because the policy in force places the
+/// relay outside its jurisdiction: its participants are told to reconnect
+/// through the router (which places them inside) and disconnected, so no
+/// more of its media passes here; its links close.
+fn move_out(
+    core: &mut Core,
+    handles: &mut HashMap<ConnId, Handle>,
+    st: &mut LoopState,
+    metrics: &Metrics,
+    conference: &str,
+) {
+    st.links.retain(|(c, _), _| c != conference);
+    st.idle_since.remove(conference);
+    let mut moved = 0u32;
+    for id in core.connections_of(conference, None) {
+        let is_link = core.link_peer(id).is_some();
+        core.handle_closed(id);
+        if let Some(h) = handles.remove(&id) {
+            if is_link {
+                h.conn.close(close_code::MOVED.into(), b"moved");
+                continue;
+            }
+            moved += 1;
+            metrics
+                .moderation_disconnects
+                .with_label_values(&["moved"])
+                .inc();
+            // The writer sends this last message, then closes the connection.
+            let _ = h.control.send(ServerMessage::GoingAway {
+                code: GOING_AWAY_MOVED,
+                reason: "relay outside the jurisdiction; rejoin via the router".into(),
+            });
+        }
+    }
+    warn!(
+        jurisdiction = crate::router::ids::jurisdiction_of(conference).unwrap_or_default(),
+        participants = moved,
+        "conference moved off this relay: the policy in force places it outside the conference's jurisdiction"
+    );
+    flush_control(core, handles);
 }
 
 fn flush_control(core: &mut Core, handles: &mut HashMap<ConnId, Handle>) {
@@ -1050,6 +1488,10 @@ async fn serve_connection(
                 ServerMessage::ConferenceEnded {} => {
                     Some((close_code::CONFERENCE_ENDED, &b"conference ended"[..]))
                 }
+                ServerMessage::GoingAway {
+                    code: GOING_AWAY_MOVED,
+                    ..
+                } => Some((close_code::MOVED, &b"moved"[..])),
                 _ => None,
             };
             if let Some((code, reason)) = removed {
@@ -1125,17 +1567,16 @@ async fn final_report(link: RouterLink, relay_id: String, credential: String, ce
 }
 
 /// Reports to one router until aborted; applies the commands it answers.
-#[allow(clippy::too_many_arguments)] // the task's whole context, passed once at spawn
-async fn report_loop(
-    link: RouterLink,
-    relay_id: String,
-    credential: String,
-    cert_sha256: String,
-    events: mpsc::Sender<Event>,
-    ready: Arc<AtomicBool>,
-    endpoint: quinn::Endpoint,
-    checker: Arc<Verifier>,
-) {
+async fn report_loop(link: RouterLink, ctx: Reporting) {
+    let Reporting {
+        relay_id,
+        credential,
+        cert_sha256,
+        events,
+        ready,
+        endpoint,
+        trust,
+    } = ctx;
     use crate::router::channel::{
         self, Action, ConferenceLoad, LinkLoad, RelayReport, ReportReply,
     };
@@ -1243,7 +1684,8 @@ async fn report_loop(
                             // inventory address.
                             let jurisdiction = crate::router::ids::jurisdiction_of(&conference)
                                 .filter(|j| link.jurisdictions.iter().any(|l| l == j));
-                            let target = jurisdiction.and_then(|j| checker.link_target(&peer, j));
+                            let target =
+                                jurisdiction.and_then(|j| trusted(&trust).link_target(&peer, j));
                             let Some(peer_addr) = target
                                 .filter(|a| peer_addr.parse::<SocketAddr>().is_ok_and(|p| p == *a))
                             else {

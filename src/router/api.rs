@@ -48,7 +48,22 @@ const WAIT_HOLD: Duration = Duration::from_secs(10);
 const INVITE_TTL: u64 = 24 * 3600;
 const MAX_INVITE_TTL: u64 = 7 * 24 * 3600;
 
-type App = Arc<Shared>;
+type App = Arc<super::Live>;
+
+/// The policy in force when the request arrived, used throughout it (see
+/// [`super::Live::load`]).
+struct Current(Arc<Shared>);
+
+impl axum::extract::FromRequestParts<App> for Current {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        _parts: &mut axum::http::request::Parts,
+        live: &App,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Current(live.load()))
+    }
+}
 
 /// The router's routes.
 pub fn routes(shared: App) -> Router {
@@ -75,6 +90,7 @@ pub fn routes(shared: App) -> Router {
         .route("/v1/admin/relays", get(relay_list))
         .route("/v1/admin/conferences", get(live_conferences))
         .route("/v1/admin/relays/{relay}/drain", post(drain_relay))
+        .route("/v1/admin/reload", post(reload))
         // A busy relay's report lists every conference it carries.
         .route(
             "/v1/relays/{relay}/report",
@@ -92,7 +108,7 @@ pub fn routes(shared: App) -> Router {
 }
 
 /// Counts every answer by route template and status.
-async fn count(State(shared): State<App>, request: Request, next: Next) -> Response {
+async fn count(Current(shared): Current, request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -138,6 +154,8 @@ pub struct ApiError {
     message: String,
     retry_after: Option<u64>,
     router_url: Option<String>,
+    /// Every problem of a refused policy reload.
+    problems: Option<Value>,
 }
 
 impl ApiError {
@@ -148,6 +166,7 @@ impl ApiError {
             message: message.into(),
             retry_after: None,
             router_url: None,
+            problems: None,
         }
     }
 }
@@ -179,6 +198,9 @@ impl IntoResponse for ApiError {
         let mut error = json!({ "code": self.code, "message": self.message });
         if let Some(url) = &self.router_url {
             error["router_url"] = json!(url);
+        }
+        if let Some(problems) = self.problems {
+            error["problems"] = problems;
         }
         let mut response = (self.status, Json(json!({ "error": error }))).into_response();
         if let Some(secs) = self.retry_after {
@@ -389,7 +411,7 @@ struct CreateRequest {
 }
 
 async fn create_conference(
-    State(shared): State<App>,
+    Current(shared): Current,
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<impl IntoResponse> {
@@ -477,7 +499,7 @@ async fn create_conference(
 }
 
 async fn conference_state(
-    State(shared): State<App>,
+    Current(shared): Current,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
@@ -489,10 +511,7 @@ async fn conference_state(
     let relays: Vec<Value> = used
         .iter()
         .map(|u| {
-            let here = shared
-                .policy
-                .relay_idx(&u.relay)
-                .and_then(|r| live.iter().find(|l| l.relay == r));
+            let here = live.iter().find(|l| l.relay == u.relay);
             let country = shared
                 .policy
                 .relay_idx(&u.relay)
@@ -530,7 +549,7 @@ struct InviteRequest {
 }
 
 async fn create_invite(
-    State(shared): State<App>,
+    Current(shared): Current,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -641,7 +660,7 @@ fn refuse(
 }
 
 async fn join(
-    State(shared): State<App>,
+    Current(shared): Current,
     Path(id): Path<String>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
@@ -918,7 +937,11 @@ fn issue_ticket(
     let location = shared.policy.geoip().locate(ip);
     // After a restart this run may not know where the conference is yet:
     // the store remembers the relay that carried it last.
-    let hint = if shared.relays.hosting(&c.id, Instant::now()).is_empty() {
+    let hint = if shared
+        .relays
+        .hosting(&shared.policy, &c.id, Instant::now())
+        .is_empty()
+    {
         shared
             .store
             .relays_of(&c.id)?
@@ -931,9 +954,12 @@ fn issue_ticket(
     // Each participant goes to the best relay inside the jurisdiction;
     // relays already carrying the conference are preferred (stickiness) and
     // are linked to each other by cascade links.
-    let placed = shared
-        .relays
-        .place(&c.id, hint, Instant::now(), |states, hosting, size| {
+    let placed = shared.relays.place(
+        &shared.policy,
+        &c.id,
+        hint,
+        Instant::now(),
+        |states, hosting, size| {
             let max = shared.policy.limits().conference_max_participants;
             if size >= max {
                 return Err((
@@ -963,7 +989,8 @@ fn issue_ticket(
                         ),
                     )
                 })
-        });
+        },
+    );
     shared
         .metrics
         .route_decisions
@@ -1084,7 +1111,7 @@ fn issue_ticket(
             "country": r.country.to_string(),
             "quic_addr": r.quic_addr.to_string(),
             "webtransport_url": r.webtransport_url,
-            "cert_sha256": shared.relays.cert(relay),
+            "cert_sha256": shared.relays.cert(&r.id),
         },
         "ticket": signed,
         "participant_id": record.id,
@@ -1096,7 +1123,7 @@ fn issue_ticket(
 // ---------------------------------------------------------------- waiting room
 
 async fn waiting_list(
-    State(shared): State<App>,
+    Current(shared): Current,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
@@ -1114,7 +1141,7 @@ async fn waiting_list(
 /// [`WAIT_HOLD`] passes, so a client that polls again at once never asks
 /// more often than that.
 async fn waiting_poll(
-    State(shared): State<App>,
+    Current(shared): Current,
     Path((id, pid)): Path<(String, String)>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
@@ -1221,7 +1248,7 @@ async fn waiting_poll(
 }
 
 async fn admit(
-    State(shared): State<App>,
+    Current(shared): Current,
     Path((id, pid)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
@@ -1229,7 +1256,7 @@ async fn admit(
 }
 
 async fn deny(
-    State(shared): State<App>,
+    Current(shared): Current,
     Path((id, pid)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
@@ -1276,7 +1303,7 @@ async fn decide(
 // ------------------------------------------------------------------ moderation
 
 async fn lock(
-    State(shared): State<App>,
+    Current(shared): Current,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
@@ -1284,7 +1311,7 @@ async fn lock(
 }
 
 async fn unlock(
-    State(shared): State<App>,
+    Current(shared): Current,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
@@ -1319,7 +1346,7 @@ struct KickRequest {
 }
 
 async fn kick(
-    State(shared): State<App>,
+    Current(shared): Current,
     Path((id, pid)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
@@ -1365,7 +1392,7 @@ async fn kick(
     // Every relay of the jurisdiction: the participant may hold a ticket for
     // any of them that it has not used yet.
     shared.relays.command(
-        shared.policy.jurisdiction(j).relays(),
+        moderated_relays(&shared, j, &id).iter().map(String::as_str),
         &Action::Kick {
             conference: id.clone(),
             participant: pid.clone(),
@@ -1393,7 +1420,7 @@ struct ReportRequest {
 }
 
 async fn report_abuse(
-    State(shared): State<App>,
+    Current(shared): Current,
     Path((id, pid)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
@@ -1433,7 +1460,7 @@ async fn report_abuse(
 }
 
 async fn end(
-    State(shared): State<App>,
+    Current(shared): Current,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
@@ -1446,7 +1473,7 @@ async fn end(
         .end_conference(&id, at)
         .map_err(store_failed(&shared))?;
     shared.relays.command(
-        shared.policy.jurisdiction(j).relays(),
+        moderated_relays(&shared, j, &id).iter().map(String::as_str),
         &Action::End {
             conference: id.clone(),
             at,
@@ -1465,7 +1492,7 @@ async fn end(
 /// that recorded handling it, with countries, times and bytes, the cascade
 /// links, and the refused tickets and links naming it; signed.
 async fn residency_report(
-    State(shared): State<App>,
+    Current(shared): Current,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
@@ -1495,9 +1522,7 @@ async fn residency_report(
     let relays: Vec<Value> = used
         .iter()
         .map(|u| {
-            let here = live
-                .iter()
-                .find(|l| shared.policy.relay(l.relay).id == u.relay);
+            let here = live.iter().find(|l| l.relay == u.relay);
             let (country, jurisdictions, inside) = relay_facts(&u.relay)
                 .map_or((None, Vec::new(), false), |(c, j, i)| (Some(c), j, i));
             json!({
@@ -1515,8 +1540,7 @@ async fn residency_report(
         .collect();
     // Links the relays reported but not yet written to the store.
     let mut links = links;
-    for (r, l) in &live_links {
-        let relay = &shared.policy.relay(*r).id;
+    for (relay, l) in &live_links {
         if !links.iter().any(|x| x.relay == *relay && x.peer == l.peer) {
             links.push(crate::store::LinkUse {
                 relay: relay.clone(),
@@ -1533,7 +1557,7 @@ async fn residency_report(
         .map(|l| {
             let here = live_links
                 .iter()
-                .find(|(r, x)| shared.policy.relay(*r).id == l.relay && x.peer == l.peer);
+                .find(|(r, x)| *r == l.relay && x.peer == l.peer);
             json!({
                 "relay": l.relay,
                 "peer": l.peer,
@@ -1596,18 +1620,18 @@ fn admin(shared: &Shared, headers: &HeaderMap) -> ApiResult<()> {
     }
 }
 
-async fn abuse_reports(State(shared): State<App>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+async fn abuse_reports(Current(shared): Current, headers: HeaderMap) -> ApiResult<Json<Value>> {
     admin(&shared, &headers)?;
     let reports = shared.store.reports(1000).map_err(store_failed(&shared))?;
     Ok(Json(json!({ "reports": reports })))
 }
 
 /// The relays of this router's jurisdictions and what the router knows of them.
-async fn relay_list(State(shared): State<App>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+async fn relay_list(Current(shared): Current, headers: HeaderMap) -> ApiResult<Json<Value>> {
     admin(&shared, &headers)?;
     let now = Instant::now();
-    let states = shared.relays.states(now);
-    let reports = shared.relays.reports(now);
+    let states = shared.relays.states(&shared.policy, now);
+    let reports = shared.relays.reports(&shared.policy, now);
     let list: Vec<Value> = shared
         .policy
         .relays()
@@ -1637,7 +1661,7 @@ async fn relay_list(State(shared): State<App>, headers: HeaderMap) -> ApiResult<
 }
 
 /// The conferences relays carry now (for dry runs of policy changes).
-async fn live_conferences(State(shared): State<App>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+async fn live_conferences(Current(shared): Current, headers: HeaderMap) -> ApiResult<Json<Value>> {
     admin(&shared, &headers)?;
     let live = shared.relays.live_conferences(Instant::now());
     let list: Vec<Value> = live
@@ -1646,7 +1670,7 @@ async fn live_conferences(State(shared): State<App>, headers: HeaderMap) -> ApiR
             json!({
                 "id": id,
                 "jurisdiction": ids::jurisdiction_of(&id),
-                "relays": relays.iter().map(|r| shared.policy.relay(*r).id.clone()).collect::<Vec<_>>(),
+                "relays": relays,
                 "participants": participants,
             })
         })
@@ -1654,11 +1678,29 @@ async fn live_conferences(State(shared): State<App>, headers: HeaderMap) -> ApiR
     Ok(Json(json!({ "router": shared.me.id, "conferences": list })))
 }
 
+/// The relays a moderation command for `conference` goes to: every relay of
+/// its jurisdiction (the participant may hold a ticket for any of them not
+/// yet used), and any other still carrying it (one a reload placed outside).
+fn moderated_relays(shared: &Shared, j: JurisdictionIdx, conference: &str) -> Vec<String> {
+    let mut relays: Vec<String> = shared
+        .policy
+        .jurisdiction(j)
+        .relays()
+        .map(|r| shared.policy.relay(r).id.clone())
+        .collect();
+    for c in shared.relays.conference(conference) {
+        if !relays.contains(&c.relay) {
+            relays.push(c.relay);
+        }
+    }
+    relays
+}
+
 /// Drains a relay: it reports draining (so no new joins go there) and
 /// tells its participants to reconnect through the router, which moves them
 /// to other relays of their jurisdictions.
 async fn drain_relay(
-    State(shared): State<App>,
+    Current(shared): Current,
     Path(relay_id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
@@ -1680,14 +1722,56 @@ async fn drain_relay(
                 "no such relay in this router's jurisdictions",
             )
         })?;
-    shared.relays.command([relay], &Action::Drain {});
+    shared
+        .relays
+        .command([shared.policy.relay(relay).id.as_str()], &Action::Drain {});
     info!(relay = %relay_id, "drain requested");
     Ok(Json(json!({ "relay": relay_id, "draining": true })))
 }
 
+/// Reloads the policy files (as SIGHUP does): `200` with what changed, or
+/// `422` with every problem of files that do not load, or `409` when they
+/// load but this router cannot run them; the policy in force stays then.
+async fn reload(
+    State(live): State<App>,
+    Current(shared): Current,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    admin(&shared, &headers)?;
+    match live.reload().await {
+        Ok(done) => Ok(Json(json!({
+            "applied": true,
+            "changes": done.changes,
+            "restart_needed": done.restart_needed,
+        }))),
+        Err(super::ReloadError::Invalid(e)) => {
+            let problems: Vec<Value> = e
+                .problems
+                .iter()
+                .map(|p| json!({ "file": p.file, "field": p.field, "message": p.message }))
+                .collect();
+            let mut error = ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_config",
+                format!(
+                    "{} problem(s) in the policy files; the policy in force stays",
+                    problems.len()
+                ),
+            );
+            error.problems = Some(Value::Array(problems));
+            Err(error)
+        }
+        Err(super::ReloadError::Refused(message)) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "reload_refused",
+            format!("{message}; the policy in force stays"),
+        )),
+    }
+}
+
 /// The audit log of one conference: for the operator, or its tenant.
 async fn audit_log(
-    State(shared): State<App>,
+    Current(shared): Current,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
@@ -1711,7 +1795,7 @@ async fn audit_log(
 // -------------------------------------------------------------- relay channel
 
 async fn relay_report(
-    State(shared): State<App>,
+    Current(shared): Current,
     Path(relay_id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -1765,9 +1849,15 @@ async fn relay_report(
             format!("not a relay report: {e}"),
         )
     })?;
-    // Keep only this router's conferences, whatever the relay sent.
-    let ours =
-        |conference: &str| ids::jurisdiction_of(conference).is_some_and(|j| served.contains(&j));
+    // Keep only this router's conferences, whatever the relay sent; also
+    // those of its jurisdictions the relay is no longer in (a policy change
+    // moved it out): they are facts for the residency report, and the
+    // router moves them off the relay.
+    let ours = |conference: &str| {
+        ids::jurisdiction_of(conference)
+            .and_then(|j| shared.policy.jurisdiction_idx(j))
+            .is_some_and(|j| shared.me.serves(j))
+    };
     report.conferences.retain(|c| ours(&c.id));
     report
         .links
@@ -1777,13 +1867,13 @@ async fn relay_report(
     let events = std::mem::take(&mut report.events);
     count("accepted");
     let draining = report.draining;
-    let persist = shared.relays.persist_due(relay, Instant::now()) || draining;
+    let persist = shared.relays.persist_due(&relay_id, Instant::now()) || draining;
     let (current, current_links) = if persist {
         (report.conferences.clone(), report.links.clone())
     } else {
         (Vec::new(), Vec::new())
     };
-    let recorded = shared.relays.record(relay, report, Instant::now());
+    let recorded = shared.relays.record(&relay_id, report, Instant::now());
     let commands = recorded.commands;
     let notify = recorded.notify;
     // What the relay carried is written every few seconds (and when it
@@ -1886,20 +1976,20 @@ async fn relay_report(
     let _ = tokio::time::timeout(super::channel::HOLD, notified).await;
     Ok(Json(ReportReply {
         epoch,
-        commands: shared.relays.commands(relay),
+        commands: shared.relays.commands(&relay_id),
     }))
 }
 
 // ----------------------------------------------------------------- operations
 
-async fn metrics(State(shared): State<App>) -> impl IntoResponse {
+async fn metrics(Current(shared): Current) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         shared.metrics.render(),
     )
 }
 
-async fn readyz(State(shared): State<App>) -> impl IntoResponse {
+async fn readyz(Current(shared): Current) -> impl IntoResponse {
     if shared.ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ready\n")
     } else {

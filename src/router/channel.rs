@@ -120,6 +120,11 @@ pub enum Action {
     /// Stop taking participants: tell those connected to reconnect
     /// through the router (which sends them elsewhere).
     Drain {},
+    /// The policy no longer places this relay inside the conference's
+    /// jurisdiction: tell its participants of the conference to reconnect
+    /// through the router (which places them inside), disconnect them and
+    /// close the conference's links.
+    Move { conference: String },
 }
 
 /// A numbered command.

@@ -167,12 +167,13 @@ struct Tables {
     failures: Windows<IpAddr>,
     conferences: Windows<String>,
     attempts: Windows<IpAddr>,
+    /// In force now (a policy reload replaces them).
+    settings: LimitSettings,
 }
 
 /// The failure and attempt counters.
 #[derive(Debug)]
 pub struct Limiter {
-    settings: LimitSettings,
     inner: Mutex<Tables>,
 }
 
@@ -201,13 +202,19 @@ impl Attempt<'_> {
 impl Limiter {
     pub fn new(settings: LimitSettings) -> Self {
         Limiter {
-            settings,
             inner: Mutex::new(Tables {
                 failures: Windows::new(),
                 conferences: Windows::new(),
                 attempts: Windows::new(),
+                settings,
             }),
         }
+    }
+
+    /// Puts `settings` in force; the counts so far stay.
+    pub fn set(&self, settings: LimitSettings) {
+        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        guard.settings = settings;
     }
 
     /// Checks the limits and counts the attempt as a failure in the same
@@ -231,8 +238,9 @@ impl Limiter {
             failures: addresses,
             conferences,
             attempts,
+            settings,
         } = &mut *guard;
-        let s = &self.settings;
+        let s = &*settings;
         let key = address_key(ip);
         let (n, left) = attempts.count(&key, now, s.window);
         if n >= s.attempts_per_address {

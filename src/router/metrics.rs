@@ -47,6 +47,8 @@ pub struct RouterMetrics {
     pub participants: IntGaugeVec,
     pub conferences: IntGaugeVec,
     pub misdirected: IntCounter,
+    pub residency_moves: IntCounterVec,
+    pub reloads: IntCounterVec,
 }
 
 fn must<T>(name: &str, r: Result<T, prometheus::Error>) -> T {
@@ -193,6 +195,16 @@ impl RouterMetrics {
                 let _ = registry.register(Box::new(c.clone()));
                 c
             },
+            residency_moves: counter_vec(
+                "residency_moves_total",
+                "Relays told to move a conference's participants because the policy in force places the relay outside the conference's jurisdiction, by jurisdiction.",
+                &["jurisdiction"],
+            ),
+            reloads: counter_vec(
+                "reloads_total",
+                "Policy reloads (SIGHUP or admin endpoint) by outcome (applied, rejected).",
+                &["outcome"],
+            ),
             registry,
         };
         let build = must(
@@ -204,26 +216,12 @@ impl RouterMetrics {
         );
         build.set(1);
         let _ = m.registry.register(Box::new(build));
-        // Every bounded label value exists from the start, at zero.
-        for j in &served {
-            let _ = m.participants.get_metric_with_label_values(&[j]);
-            let _ = m.conferences.get_metric_with_label_values(&[j]);
-            for o in [
-                "relay_chosen",
-                "no_relay_in_jurisdiction",
-                "no_healthy_relay",
-                "at_capacity",
-            ] {
-                let _ = m.route_decisions.get_metric_with_label_values(&[j, o]);
-            }
-            let _ = m.conferences_created.get_metric_with_label_values(&[j]);
-            let _ = m.relays_healthy.get_metric_with_label_values(&[j]);
-            for outcome in ["ticket", "waiting", "refused"] {
-                let _ = m.joins.get_metric_with_label_values(&[j, outcome]);
-            }
-        }
+        m.prepare(&served);
         for r in JOIN_REFUSALS {
             let _ = m.join_refusals.get_metric_with_label_values(&[r]);
+        }
+        for o in ["applied", "rejected"] {
+            let _ = m.reloads.get_metric_with_label_values(&[o]);
         }
         for o in [
             "accepted",
@@ -243,6 +241,30 @@ impl RouterMetrics {
             let _ = m.moderation.get_metric_with_label_values(&[a]);
         }
         m
+    }
+
+    /// Makes every bounded label value of the `served` jurisdictions exist,
+    /// at zero (at start, and for jurisdictions a reload adds).
+    pub fn prepare(&self, served: &[&str]) {
+        let m = self;
+        for j in served {
+            let _ = m.participants.get_metric_with_label_values(&[j]);
+            let _ = m.conferences.get_metric_with_label_values(&[j]);
+            for o in [
+                "relay_chosen",
+                "no_relay_in_jurisdiction",
+                "no_healthy_relay",
+                "at_capacity",
+            ] {
+                let _ = m.route_decisions.get_metric_with_label_values(&[j, o]);
+            }
+            let _ = m.conferences_created.get_metric_with_label_values(&[j]);
+            let _ = m.relays_healthy.get_metric_with_label_values(&[j]);
+            let _ = m.residency_moves.get_metric_with_label_values(&[j]);
+            for outcome in ["ticket", "waiting", "refused"] {
+                let _ = m.joins.get_metric_with_label_values(&[j, outcome]);
+            }
+        }
     }
 
     /// The text exposition format.

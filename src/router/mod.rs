@@ -15,8 +15,8 @@ pub mod relays;
 pub mod residency;
 
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
@@ -38,6 +38,11 @@ pub struct Settings {
     /// Validity of the tickets it signs.
     pub ticket_lifetime: Duration,
     pub limits: limits::LimitSettings,
+    /// Where the policy is reloaded from (`POST /v1/admin/reload`, SIGHUP);
+    /// `None` refuses reloads.
+    pub source: Option<policy::Source>,
+    /// Whether SIGHUP reloads the policy.
+    pub reload_on_sighup: bool,
 }
 
 /// Errors that stop the router from starting.
@@ -49,7 +54,9 @@ pub enum RouterError {
     Io(#[from] std::io::Error),
 }
 
-/// Everything request handlers share.
+/// Everything a request handler reads: the policy in force with this
+/// router's entry and key, and the state that outlives a reload (shared
+/// by every generation).
 #[derive(Debug)]
 pub struct Shared {
     pub policy: Arc<Policy>,
@@ -57,13 +64,142 @@ pub struct Shared {
     pub signing_key: SigningKey,
     pub store: Arc<dyn Store>,
     pub address_key: [u8; 32],
-    pub relays: relays::Registry,
-    pub limiter: limits::Limiter,
+    pub relays: Arc<relays::Registry>,
+    pub limiter: Arc<limits::Limiter>,
     pub metrics: RouterMetrics,
     pub ticket_lifetime: Duration,
     /// Woken whenever a waiting participant is admitted or denied.
-    pub waiting_changed: tokio::sync::Notify,
-    pub ready: AtomicBool,
+    pub waiting_changed: Arc<tokio::sync::Notify>,
+    pub ready: Arc<AtomicBool>,
+}
+
+/// The router's current [`Shared`] and how to replace it.
+#[derive(Debug)]
+pub struct Live {
+    current: RwLock<Arc<Shared>>,
+    source: Option<policy::Source>,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<()>,
+}
+
+pub use crate::policy::{ReloadError, Reloaded};
+
+impl Live {
+    /// The policy in force and everything else handlers read. A handler
+    /// takes it once and uses it throughout, so it never mixes two
+    /// policies' indices.
+    pub fn load(&self) -> Arc<Shared> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Reads the policy files again and, if they load and this router can
+    /// run them, puts them in force. Calls in flight finish under the
+    /// policy they started with; live calls go on (the state of relays,
+    /// conferences and limits carries over).
+    pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
+        let _one = self.reloading.lock().await;
+        let old = self.load();
+        let outcome = match self.source.clone() {
+            None => Err(ReloadError::Refused(
+                "this router was started without policy files to reload".into(),
+            )),
+            Some(source) => {
+                let id = old.me.id.clone();
+                tokio::task::spawn_blocking(move || {
+                    let policy = source.load().map_err(ReloadError::Invalid)?;
+                    let me = policy.router(&id).cloned().ok_or_else(|| {
+                        ReloadError::Refused(format!(
+                            "router '{id}' is not in {}: stop it instead",
+                            policy.source().display()
+                        ))
+                    })?;
+                    let key = signing_key(&policy, &me).map_err(ReloadError::Refused)?;
+                    Ok((policy, me, key))
+                })
+                .await
+                .unwrap_or_else(|e| Err(ReloadError::Refused(format!("reload failed: {e}"))))
+            }
+        };
+        let (policy, me, signing_key) = match outcome {
+            Ok(x) => x,
+            Err(e) => {
+                old.metrics.reloads.with_label_values(&["rejected"]).inc();
+                warn!(router = %old.me.id, error = %e, "policy reload refused; the policy in force stays");
+                return Err(e);
+            }
+        };
+        let mut restart_needed = Vec::new();
+        if me.listen != old.me.listen {
+            restart_needed.push(format!(
+                "router '{}' listen {} -> {}",
+                me.id, old.me.listen, me.listen
+            ));
+        }
+        if me.store != old.me.store {
+            restart_needed.push(format!(
+                "router '{}' store {} -> {}",
+                me.id,
+                old.me.store.display(),
+                me.store.display()
+            ));
+        }
+        let changes = policy::diff(&old.policy, &policy);
+        let policy = Arc::new(policy);
+        old.limiter.set(limits::LimitSettings::from_policy(&policy));
+        let served: Vec<&str> = me
+            .jurisdictions
+            .iter()
+            .map(|j| policy.jurisdiction(*j).id.as_str())
+            .collect();
+        old.metrics.prepare(&served);
+        let next = Shared {
+            policy: policy.clone(),
+            me: me.clone(),
+            signing_key,
+            store: old.store.clone(),
+            address_key: old.address_key,
+            relays: old.relays.clone(),
+            limiter: old.limiter.clone(),
+            metrics: old.metrics.clone(),
+            ticket_lifetime: old.ticket_lifetime,
+            waiting_changed: old.waiting_changed.clone(),
+            ready: old.ready.clone(),
+        };
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
+        old.metrics.reloads.with_label_values(&["applied"]).inc();
+        info!(router = %me.id, changes = changes.len(), restart_needed = restart_needed.len(), "policy reloaded");
+        for change in &changes {
+            info!(router = %me.id, change = %change, "policy change");
+        }
+        for setting in &restart_needed {
+            warn!(router = %me.id, setting = %setting, "changed setting takes effect at restart");
+        }
+        Ok(Reloaded {
+            changes,
+            restart_needed,
+        })
+    }
+}
+
+/// Reads router `me`'s signing key and checks it against its public key in
+/// `policy` (relays would refuse tickets signed with another key).
+pub fn signing_key(policy: &Policy, me: &policy::Router) -> Result<SigningKey, String> {
+    let key_text = std::fs::read_to_string(&me.signing_key)
+        .map_err(|e| format!("cannot read {}: {e}", me.signing_key.display()))?;
+    let key = crate::ticket::parse_signing_key(key_text.trim())
+        .map_err(|e| format!("{}: {e}", me.signing_key.display()))?;
+    if key.verifying_key() != me.public_key {
+        return Err(format!(
+            "{} does not match router {}'s public_key in {}: relays would refuse its tickets",
+            me.signing_key.display(),
+            me.id,
+            policy.source().display()
+        ));
+    }
+    Ok(key)
 }
 
 /// Serves the router's HTTP API on `listener` until `shutdown` resolves.
@@ -73,9 +209,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RouterError> {
     let address_key = settings.store.address_key()?;
-    let shared = Arc::new(Shared {
-        relays: relays::Registry::new(&settings.policy),
-        limiter: limits::Limiter::new(settings.limits),
+    let shared = Shared {
+        relays: Arc::new(relays::Registry::new()),
+        limiter: Arc::new(limits::Limiter::new(settings.limits)),
         metrics: RouterMetrics::new(&settings.router.id, &settings.policy, &settings.router),
         policy: settings.policy,
         me: settings.router,
@@ -83,9 +219,9 @@ pub async fn run(
         store: settings.store,
         address_key,
         ticket_lifetime: settings.ticket_lifetime,
-        waiting_changed: tokio::sync::Notify::new(),
-        ready: AtomicBool::new(true),
-    });
+        waiting_changed: Arc::new(tokio::sync::Notify::new()),
+        ready: Arc::new(AtomicBool::new(true)),
+    };
     let served: Vec<&str> = shared
         .me
         .jurisdictions
@@ -93,8 +229,17 @@ pub async fn run(
         .map(|j| shared.policy.jurisdiction(*j).id.as_str())
         .collect();
     info!(router = %shared.me.id, addr = %listener.local_addr()?, jurisdictions = ?served, "router serving HTTP");
-    let app = api::routes(shared.clone());
-    let health = tokio::spawn(relays::watch(shared.clone()));
+    let ready = shared.ready.clone();
+    let live = Arc::new(Live {
+        current: RwLock::new(Arc::new(shared)),
+        source: settings.source,
+        reloading: tokio::sync::Mutex::new(()),
+    });
+    let app = api::routes(live.clone());
+    let health = tokio::spawn(relays::watch(live.clone()));
+    let hangups = settings
+        .reload_on_sighup
+        .then(|| tokio::spawn(reload_on_hangup(live.clone())));
     let result = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
@@ -103,10 +248,22 @@ pub async fn run(
         shutdown.await;
     })
     .await;
-    shared.ready.store(false, Ordering::Relaxed);
+    ready.store(false, Ordering::Relaxed);
     health.abort();
+    if let Some(h) = hangups {
+        h.abort();
+    }
     if let Err(e) = &result {
         warn!(error = %e, "router HTTP stopped");
     }
     result.map_err(RouterError::Io)
+}
+
+/// Reloads the policy on every SIGHUP (outcome in the log and metrics).
+async fn reload_on_hangup(live: Arc<Live>) {
+    let mut hangups = crate::policy::Hangups::new();
+    while hangups.next().await {
+        info!("SIGHUP: reloading the policy");
+        let _ = live.reload().await;
+    }
 }

@@ -37,39 +37,43 @@ const PERSIST_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Default)]
 struct Inner {
-    relays: Vec<Entry>,
-    /// Conference → relays given tickets for it, and when last.
-    placed: HashMap<String, Vec<(RelayIdx, Instant)>>,
+    /// By relay id: ids outlive a policy reload, positions do not.
+    relays: HashMap<String, Entry>,
+    /// Conference → relays (ids) given tickets for it, and when last.
+    placed: HashMap<String, Vec<(String, Instant)>>,
     /// Cascade links commanded: (conference, dialer, acceptor) → when.
-    link_commands: HashMap<(String, RelayIdx, RelayIdx), Instant>,
+    link_commands: HashMap<(String, String, String), Instant>,
+    /// Relays told to move a conference out: (conference, relay) → when.
+    move_commands: HashMap<(String, String), Instant>,
     next_seq: u64,
-    /// Relay ids by index (reports name link peers by id).
-    ids: Vec<String>,
     /// Tickets issued per conference lately, not yet in relay reports.
     recent_tickets: HashMap<String, VecDeque<Instant>>,
 }
 
 impl Inner {
-    /// Relays carrying `conference`: those reporting participants of it,
-    /// and those given a ticket for it lately (not yet reported).
-    fn hosting(&self, conference: &str, now: Instant) -> Vec<RelayIdx> {
-        self.carrying(now, Some(conference))
+    /// Relays of `policy` carrying `conference`: those reporting
+    /// participants of it, and those given a ticket for it lately.
+    fn hosting(&self, policy: &Policy, conference: &str, now: Instant) -> Vec<RelayIdx> {
+        let ids = self
+            .carrying(now, Some(conference))
             .remove(conference)
             .map(|(relays, _)| relays)
-            .unwrap_or_default()
+            .unwrap_or_default();
+        indices(policy, &ids)
     }
 
-    /// Conference → (relays carrying it, sorted; participants reported),
-    /// for one conference or all: relays reporting participants of it, and
-    /// relays given a ticket for it within [`PLACED_FRESH`].
-    fn carrying(&self, now: Instant, only: Option<&str>) -> HashMap<String, (Vec<RelayIdx>, u32)> {
+    /// Conference → (ids of the relays carrying it, sorted; participants
+    /// reported), for one conference or all: relays reporting participants
+    /// of it, and relays given a ticket for it within [`PLACED_FRESH`].
+    /// Relays no longer in the policy are included: they still carry it.
+    fn carrying(&self, now: Instant, only: Option<&str>) -> HashMap<String, (Vec<String>, u32)> {
         let wanted = |id: &str| only.is_none_or(|o| o == id);
-        let mut out: HashMap<String, (Vec<RelayIdx>, u32)> = HashMap::new();
-        for (i, e) in self.relays.iter().enumerate() {
+        let mut out: HashMap<String, (Vec<String>, u32)> = HashMap::new();
+        for (relay, e) in &self.relays {
             for c in e.report.iter().flat_map(|r| r.conferences.iter()) {
                 if c.participants > 0 && wanted(&c.id) {
                     let entry = out.entry(c.id.clone()).or_default();
-                    entry.0.push(RelayIdx(i as u32));
+                    entry.0.push(relay.clone());
                     entry.1 += c.participants;
                 }
             }
@@ -79,7 +83,7 @@ impl Inner {
                 if now.duration_since(*at) < PLACED_FRESH {
                     let entry = out.entry(id.clone()).or_default();
                     if !entry.0.contains(r) {
-                        entry.0.push(*r);
+                        entry.0.push(r.clone());
                     }
                 }
             }
@@ -89,7 +93,24 @@ impl Inner {
         }
         out
     }
+
+    fn state(&self, relay: &str, now: Instant) -> RelayState {
+        self.relays.get(relay).map_or(UNHEALTHY, |e| state(e, now))
+    }
 }
+
+/// The positions in `policy` of the relays `ids` that it still lists.
+fn indices(policy: &Policy, ids: &[String]) -> Vec<RelayIdx> {
+    let mut out: Vec<RelayIdx> = ids.iter().filter_map(|id| policy.relay_idx(id)).collect();
+    out.sort();
+    out
+}
+
+const UNHEALTHY: RelayState = RelayState {
+    health: Health::Unhealthy,
+    participants: 0,
+    bitrate_bps: 0,
+};
 
 /// Tickets count toward a conference's size this long (until reported).
 const RECENT_TICKETS: Duration = Duration::from_secs(3);
@@ -112,11 +133,7 @@ fn state(e: &Entry, now: Instant) -> RelayState {
             participants: r.participants.saturating_add(e.pending_joins),
             bitrate_bps: r.bitrate_bps,
         },
-        _ => RelayState {
-            health: Health::Unhealthy,
-            participants: 0,
-            bitrate_bps: 0,
-        },
+        _ => UNHEALTHY,
     }
 }
 
@@ -147,24 +164,20 @@ pub struct Recorded {
 /// One relay's share of a conference, as it last reported.
 #[derive(Debug, Clone)]
 pub struct ConferenceOnRelay {
-    pub relay: RelayIdx,
+    /// Relay id (a relay removed from the policy still reports what it carried).
+    pub relay: String,
     pub load: ConferenceLoad,
 }
 
 impl Registry {
-    pub fn new(policy: &Policy) -> Self {
-        let mut inner = Inner::default();
-        inner
-            .relays
-            .resize_with(policy.relays().len(), Entry::default);
-        inner.ids = policy.relays().iter().map(|r| r.id.clone()).collect();
+    pub fn new() -> Self {
         let mut epoch = [0u8; 8];
         if getrandom::fill(&mut epoch).is_err() {
             // Distinct per run is all that matters.
             epoch = crate::relay::unix_now().to_le_bytes();
         }
         Registry {
-            inner: Mutex::new(inner),
+            inner: Mutex::new(Inner::default()),
             epoch: u64::from_le_bytes(epoch).max(1),
         }
     }
@@ -180,9 +193,15 @@ impl Registry {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Health and load of every relay, indexed by [`RelayIdx`], as selection reads them.
-    pub fn states(&self, now: Instant) -> Vec<RelayState> {
-        self.lock().relays.iter().map(|e| state(e, now)).collect()
+    /// Health and load of every relay of `policy`, indexed by [`RelayIdx`],
+    /// as selection reads them.
+    pub fn states(&self, policy: &Policy, now: Instant) -> Vec<RelayState> {
+        let inner = self.lock();
+        policy
+            .relays()
+            .iter()
+            .map(|r| inner.state(&r.id, now))
+            .collect()
     }
 
     /// Chooses the relay for a participant of `conference` and records the
@@ -191,14 +210,19 @@ impl Registry {
     /// the store after a restart), so concurrent joins see each other.
     pub fn place<E>(
         &self,
+        policy: &Policy,
         conference: &str,
         hint: Option<RelayIdx>,
         now: Instant,
         decide: impl FnOnce(&[RelayState], &[RelayIdx], u32) -> Result<RelayIdx, E>,
     ) -> Result<RelayIdx, E> {
         let mut inner = self.lock();
-        let states: Vec<RelayState> = inner.relays.iter().map(|e| state(e, now)).collect();
-        let mut hosting = inner.hosting(conference, now);
+        let states: Vec<RelayState> = policy
+            .relays()
+            .iter()
+            .map(|r| inner.state(&r.id, now))
+            .collect();
+        let mut hosting = inner.hosting(policy, conference, now);
         if hosting.is_empty() {
             hosting.extend(hint);
         }
@@ -206,7 +230,7 @@ impl Registry {
         // since (a report is at most a second or so old).
         let reported: u32 = inner
             .relays
-            .iter()
+            .values()
             .filter_map(|e| e.report.as_ref())
             .flat_map(|r| r.conferences.iter())
             .filter(|c| c.id == conference)
@@ -225,76 +249,118 @@ impl Registry {
         }
         let size = reported.saturating_add(recent.len() as u32);
         let relay = decide(&states, &hosting, size)?;
+        let id = policy.relay(relay).id.clone();
         inner
             .recent_tickets
             .entry(conference.to_owned())
             .or_default()
             .push_back(now);
         let placed = inner.placed.entry(conference.to_owned()).or_default();
-        placed.retain(|(r, _)| *r != relay);
-        placed.push((relay, now));
-        if let Some(e) = inner.relays.get_mut(relay.index()) {
-            e.pending_joins = e.pending_joins.saturating_add(1);
-        }
+        placed.retain(|(r, _)| *r != id);
+        placed.push((id.clone(), now));
+        let e = inner.relays.entry(id).or_default();
+        e.pending_joins = e.pending_joins.saturating_add(1);
         Ok(relay)
     }
 
-    /// Relays carrying `conference` now.
-    pub fn hosting(&self, conference: &str, now: Instant) -> Vec<RelayIdx> {
-        self.lock().hosting(conference, now)
+    /// Relays of `policy` carrying `conference` now.
+    pub fn hosting(&self, policy: &Policy, conference: &str, now: Instant) -> Vec<RelayIdx> {
+        self.lock().hosting(policy, conference, now)
     }
 
     /// The cascade links to command now: every pair of healthy relays
-    /// carrying a conference is linked (the lower index dials), unless the
-    /// dialer reports the link up or it was commanded a moment ago.
-    pub fn plan_links(&self, now: Instant) -> Vec<(String, RelayIdx, RelayIdx)> {
+    /// inside `policy` carrying a conference is linked (the lower id dials),
+    /// unless the dialer reports the link up or it was commanded a moment ago.
+    pub fn plan_links(&self, policy: &Policy, now: Instant) -> Vec<(String, RelayIdx, RelayIdx)> {
         let mut inner = self.lock();
         // Conference → relays carrying it, built once per plan; draining
         // relays keep their links while participants remain.
         let carrying = inner.carrying(now, None);
         let mut wanted = Vec::new();
         for (conference, (hosting, _)) in carrying {
-            let hosting: Vec<RelayIdx> = hosting
+            let hosting: Vec<RelayIdx> = indices(policy, &hosting)
                 .into_iter()
-                .filter(|r| state(&inner.relays[r.index()], now).health != Health::Unhealthy)
+                .filter(|r| inner.state(&policy.relay(*r).id, now).health != Health::Unhealthy)
                 .collect();
             for (i, a) in hosting.iter().enumerate() {
                 for b in &hosting[i + 1..] {
-                    let peer = &inner.ids[b.index()];
-                    let up = inner.relays[a.index()].report.as_ref().is_some_and(|r| {
-                        r.links
-                            .iter()
-                            .any(|l| l.conference == conference && l.peer == *peer)
-                    });
-                    let key = (conference.clone(), *a, *b);
+                    let (from, peer) = (&policy.relay(*a).id, &policy.relay(*b).id);
+                    let up = inner
+                        .relays
+                        .get(from)
+                        .and_then(|e| e.report.as_ref())
+                        .is_some_and(|r| {
+                            r.links
+                                .iter()
+                                .any(|l| l.conference == conference && l.peer == *peer)
+                        });
+                    let key = (conference.clone(), from.clone(), peer.clone());
                     let recent = inner
                         .link_commands
                         .get(&key)
                         .is_some_and(|at| now.duration_since(*at) < LINK_RETRY);
                     if !up && !recent {
-                        wanted.push(key);
+                        inner.link_commands.insert(key, now);
+                        wanted.push((conference.clone(), *a, *b));
                     }
                 }
             }
         }
-        for key in &wanted {
-            inner.link_commands.insert(key.clone(), now);
-        }
         wanted
     }
 
-    /// Stores a report; returns the relay's commands not yet acknowledged
-    /// and the notifier to wait on when there are none.
-    pub fn record(&self, relay: RelayIdx, report: RelayReport, now: Instant) -> Recorded {
+    /// Relays carrying a conference that `policy` no longer places inside
+    /// its jurisdiction (a relay's country edited, a jurisdiction's countries
+    /// changed, a relay removed), for the conferences of `served`
+    /// jurisdictions: (conference, relay id), each at most once per
+    /// [`LINK_RETRY`] while it remains.
+    pub fn misplaced(
+        &self,
+        policy: &Policy,
+        served: &[crate::policy::JurisdictionIdx],
+        now: Instant,
+    ) -> Vec<(String, String)> {
         let mut inner = self.lock();
-        let Some(e) = inner.relays.get_mut(relay.index()) else {
-            return Recorded {
-                commands: Vec::new(),
-                notify: Arc::new(Notify::new()),
-                vanished: Vec::new(),
-                vanished_links: Vec::new(),
+        let mut out = Vec::new();
+        for (conference, (relays, _)) in inner.carrying(now, None) {
+            let Some(j) = super::ids::jurisdiction_of(&conference)
+                .and_then(|j| policy.jurisdiction_idx(j))
+                .filter(|j| served.contains(j))
+            else {
+                continue;
             };
-        };
+            let jurisdiction = policy.jurisdiction(j);
+            for relay in relays {
+                let inside = policy
+                    .relay_idx(&relay)
+                    .is_some_and(|r| jurisdiction.contains(r));
+                if !inside {
+                    out.push((conference.clone(), relay));
+                }
+            }
+        }
+        out.retain(|key| {
+            inner
+                .move_commands
+                .get(key)
+                .is_none_or(|at| now.duration_since(*at) >= LINK_RETRY)
+        });
+        for key in &out {
+            inner.move_commands.insert(key.clone(), now);
+            // No new tickets count it as carrying the conference.
+            if let Some(placed) = inner.placed.get_mut(&key.0) {
+                placed.retain(|(r, _)| *r != key.1);
+            }
+        }
+        out
+    }
+
+    /// Stores a report of relay `relay` (an id of the policy); returns its
+    /// commands not yet acknowledged and the notifier to wait on when there
+    /// are none.
+    pub fn record(&self, relay: &str, report: RelayReport, now: Instant) -> Recorded {
+        let mut inner = self.lock();
+        let e = inner.relays.entry(relay.to_owned()).or_default();
         // An acknowledgement of another run's numbering means nothing here.
         if report.epoch == self.epoch {
             while e.commands.front().is_some_and(|c| c.seq <= report.ack) {
@@ -336,11 +402,9 @@ impl Registry {
     }
 
     /// Whether `relay`'s usage is due to be written (and marks it written).
-    pub fn persist_due(&self, relay: RelayIdx, now: Instant) -> bool {
+    pub fn persist_due(&self, relay: &str, now: Instant) -> bool {
         let mut inner = self.lock();
-        let Some(e) = inner.relays.get_mut(relay.index()) else {
-            return false;
-        };
+        let e = inner.relays.entry(relay.to_owned()).or_default();
         let due = e
             .persisted
             .is_none_or(|at| now.duration_since(at) >= PERSIST_EVERY);
@@ -351,28 +415,26 @@ impl Registry {
     }
 
     /// Commands for `relay` not yet acknowledged.
-    pub fn commands(&self, relay: RelayIdx) -> Vec<Command> {
+    pub fn commands(&self, relay: &str) -> Vec<Command> {
         let inner = self.lock();
         inner
             .relays
-            .get(relay.index())
+            .get(relay)
             .map(|e| e.commands.iter().cloned().collect())
             .unwrap_or_default()
     }
 
-    /// Queues `action` for each of `relays` and wakes their held reports.
-    pub fn command(&self, relays: impl IntoIterator<Item = RelayIdx>, action: &Action) {
+    /// Queues `action` for each of `relays` (ids) and wakes their held reports.
+    pub fn command<'a>(&self, relays: impl IntoIterator<Item = &'a str>, action: &Action) {
         let mut inner = self.lock();
         for relay in relays {
             inner.next_seq += 1;
             let seq = inner.next_seq;
-            let Some(e) = inner.relays.get_mut(relay.index()) else {
-                continue;
-            };
+            let e = inner.relays.entry(relay.to_owned()).or_default();
             if e.commands.len() >= MAX_COMMANDS {
                 e.commands.pop_front();
                 warn!(
-                    relay = relay.index(),
+                    relay = %relay,
                     "relay is not taking commands; dropped the oldest"
                 );
             }
@@ -391,7 +453,7 @@ impl Registry {
         let mut inner = self.lock();
         let reported: std::collections::HashSet<String> = inner
             .relays
-            .iter()
+            .values()
             .filter_map(|e| e.report.as_ref())
             .flat_map(|r| r.conferences.iter().map(|c| c.id.clone()))
             .collect();
@@ -405,6 +467,9 @@ impl Registry {
         inner
             .link_commands
             .retain(|_, at| now.duration_since(*at) <= FORGET_PLACEMENT_AFTER);
+        inner
+            .move_commands
+            .retain(|_, at| now.duration_since(*at) <= FORGET_PLACEMENT_AFTER);
     }
 
     /// Forgets the placement of an ended conference.
@@ -412,71 +477,80 @@ impl Registry {
         let mut inner = self.lock();
         inner.placed.remove(conference);
         inner.link_commands.retain(|(c, _, _), _| c != conference);
+        inner.move_commands.retain(|(c, _), _| c != conference);
     }
 
     /// The certificate fingerprint `relay` last reported.
-    pub fn cert(&self, relay: RelayIdx) -> Option<String> {
+    pub fn cert(&self, relay: &str) -> Option<String> {
         let inner = self.lock();
         inner
             .relays
-            .get(relay.index())?
+            .get(relay)?
             .report
             .as_ref()
             .map(|r| r.cert_sha256.clone())
     }
 
-    /// Every relay's last-reported share of `conference`.
+    /// Every relay's last-reported share of `conference`, by relay id.
     pub fn conference(&self, conference: &str) -> Vec<ConferenceOnRelay> {
         let inner = self.lock();
-        inner
+        let mut out: Vec<ConferenceOnRelay> = inner
             .relays
             .iter()
-            .enumerate()
-            .filter_map(|(i, e)| {
+            .filter_map(|(id, e)| {
                 let r = e.report.as_ref()?;
                 let load = r.conferences.iter().find(|c| c.id == conference)?;
                 Some(ConferenceOnRelay {
-                    relay: RelayIdx(i as u32),
+                    relay: id.clone(),
                     load: load.clone(),
                 })
             })
-            .collect()
+            .collect();
+        out.sort_by(|a, b| a.relay.cmp(&b.relay));
+        out
     }
 
-    /// When each relay last reported and what (for the operator's listing).
-    pub fn reports(&self, now: Instant) -> Vec<(Option<Duration>, Option<RelayReport>)> {
+    /// When each relay of `policy` last reported and what (for the
+    /// operator's listing), in the policy's order.
+    pub fn reports(
+        &self,
+        policy: &Policy,
+        now: Instant,
+    ) -> Vec<(Option<Duration>, Option<RelayReport>)> {
         let inner = self.lock();
-        inner
-            .relays
+        policy
+            .relays()
             .iter()
-            .map(|e| {
-                (
+            .map(|r| match inner.relays.get(&r.id) {
+                Some(e) => (
                     e.last_report.map(|at| now.duration_since(at)),
                     e.report.clone(),
-                )
+                ),
+                None => (None, None),
             })
             .collect()
     }
 
-    /// Every relay's last-reported cascade links of `conference`.
-    pub fn conference_links(&self, conference: &str) -> Vec<(RelayIdx, LinkLoad)> {
+    /// Every relay's last-reported cascade links of `conference`: (relay id, link).
+    pub fn conference_links(&self, conference: &str) -> Vec<(String, LinkLoad)> {
         let inner = self.lock();
-        inner
+        let mut out: Vec<(String, LinkLoad)> = inner
             .relays
             .iter()
-            .enumerate()
-            .flat_map(|(i, e)| {
+            .flat_map(|(id, e)| {
                 e.report
                     .iter()
                     .flat_map(|r| r.links.iter())
                     .filter(|l| l.conference == conference)
-                    .map(move |l| (RelayIdx(i as u32), l.clone()))
+                    .map(move |l| (id.clone(), l.clone()))
             })
-            .collect()
+            .collect();
+        out.sort_by(|a, b| (&a.0, &a.1.peer).cmp(&(&b.0, &b.1.peer)));
+        out
     }
 
-    /// Conferences carried now: id, relays carrying it, participants.
-    pub fn live_conferences(&self, now: Instant) -> Vec<(String, Vec<RelayIdx>, u32)> {
+    /// Conferences carried now: id, ids of the relays carrying it, participants.
+    pub fn live_conferences(&self, now: Instant) -> Vec<(String, Vec<String>, u32)> {
         let mut list: Vec<_> = self
             .lock()
             .carrying(now, None)
@@ -492,7 +566,7 @@ impl Registry {
         let inner = self.lock();
         let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
         let mut out: HashMap<String, (i64, i64)> = HashMap::new();
-        for r in inner.relays.iter().filter_map(|e| e.report.as_ref()) {
+        for r in inner.relays.values().filter_map(|e| e.report.as_ref()) {
             for c in &r.conferences {
                 let Some(j) = super::ids::jurisdiction_of(&c.id) else {
                     continue;
@@ -507,21 +581,28 @@ impl Registry {
         out
     }
 
-    /// Updates each relay's health flag; returns those that changed.
-    fn refresh(&self, now: Instant) -> Vec<(RelayIdx, bool)> {
+    /// Updates each relay's health flag; returns the ids of those that changed.
+    fn refresh(&self, now: Instant) -> Vec<(String, bool)> {
         let mut inner = self.lock();
         let mut changed = Vec::new();
-        for (i, e) in inner.relays.iter_mut().enumerate() {
+        for (id, e) in inner.relays.iter_mut() {
             let healthy = e
                 .last_report
                 .is_some_and(|at| now.duration_since(at) < STALE_AFTER)
                 && e.report.as_ref().is_some_and(|r| !r.draining);
             if healthy != e.healthy {
                 e.healthy = healthy;
-                changed.push((RelayIdx(i as u32), healthy));
+                changed.push((id.clone(), healthy));
             }
         }
+        changed.sort();
         changed
+    }
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -539,13 +620,13 @@ fn command_link(shared: &Shared, conference: &str, a: RelayIdx, b: RelayIdx) {
         warn!(jurisdiction = %jurisdiction.id, "refusing to plan a cascade link outside the jurisdiction");
         return;
     }
-    let Some(cert) = shared.relays.cert(b) else {
+    let (from, to) = (shared.policy.relay(a), shared.policy.relay(b));
+    let Some(cert) = shared.relays.cert(&to.id) else {
         return;
     };
     let Ok(nonce) = crate::ticket::new_nonce() else {
         return;
     };
-    let (from, to) = (shared.policy.relay(a), shared.policy.relay(b));
     let now = crate::relay::unix_now();
     let ticket = crate::ticket::sign_cascade(
         &crate::ticket::CascadeClaims {
@@ -560,7 +641,7 @@ fn command_link(shared: &Shared, conference: &str, a: RelayIdx, b: RelayIdx) {
         &shared.signing_key,
     );
     shared.relays.command(
-        [a],
+        [from.id.as_str()],
         &Action::Link {
             conference: conference.to_owned(),
             peer: to.id.clone(),
@@ -571,30 +652,47 @@ fn command_link(shared: &Shared, conference: &str, a: RelayIdx, b: RelayIdx) {
     );
 }
 
-/// Every half second: log relays turning healthy or unhealthy and update
-/// the per-jurisdiction healthy-relay gauges.
-pub(super) async fn watch(shared: Arc<Shared>) {
+/// Every quarter second, under the policy in force: plan cascade links,
+/// move conferences off relays the policy places outside their
+/// jurisdiction, log relays turning healthy or unhealthy and update the
+/// per-jurisdiction gauges.
+pub(super) async fn watch(live: Arc<super::Live>) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut ticks = 0u64;
     loop {
         tick.tick().await;
+        let shared = live.load();
         let now = Instant::now();
         ticks += 1;
         if ticks % 120 == 0 {
             shared.relays.trim(now);
         }
-        for (conference, a, b) in shared.relays.plan_links(now) {
+        for (conference, a, b) in shared.relays.plan_links(&shared.policy, now) {
             command_link(&shared, &conference, a, b);
         }
+        for (conference, relay) in
+            shared
+                .relays
+                .misplaced(&shared.policy, &shared.me.jurisdictions, now)
+        {
+            warn!(relay = %relay, jurisdiction = super::ids::jurisdiction_of(&conference).unwrap_or_default(), "relay carries a conference outside its jurisdiction under the policy in force: moving its participants");
+            shared
+                .metrics
+                .residency_moves
+                .with_label_values(&[super::ids::jurisdiction_of(&conference).unwrap_or_default()])
+                .inc();
+            shared
+                .relays
+                .command([relay.as_str()], &Action::Move { conference });
+        }
         for (relay, healthy) in shared.relays.refresh(now) {
-            let id = &shared.policy.relay(relay).id;
             if healthy {
-                info!(relay = %id, "relay healthy");
+                info!(relay = %relay, "relay healthy");
             } else {
-                warn!(relay = %id, "relay unhealthy: stopped reporting or draining; no new joins");
+                warn!(relay = %relay, "relay unhealthy: stopped reporting or draining; no new joins");
             }
         }
-        let states = shared.relays.states(now);
+        let states = shared.relays.states(&shared.policy, now);
         let load = shared.relays.load_by_jurisdiction();
         for j in &shared.me.jurisdictions {
             let id = shared.policy.jurisdiction(*j).id.as_str();

@@ -260,6 +260,14 @@ impl Verifier {
         self
     }
 
+    /// Takes the trust (jurisdictions, keys) and peers of `new`, a verifier
+    /// built from a reloaded policy; the nonces seen and the start-time
+    /// floor stay, so a reload opens no replay window.
+    pub fn adopt(&mut self, new: Verifier) {
+        self.trusted = new.trusted;
+        self.peers = new.peers;
+    }
+
     /// Refuses tickets issued before `unix_seconds` (the relay's start time,
     /// so that a restart, which forgets seen nonces, cannot enable replays).
     pub fn issued_after(mut self, unix_seconds: u64) -> Self {

@@ -110,6 +110,14 @@ impl Cluster {
         }
     }
 
+    /// The cluster's config file, for reloads.
+    pub fn source(&self) -> policy::Source {
+        policy::Source {
+            config: self.config.clone(),
+            regions: None,
+        }
+    }
+
     pub fn url(&self, router: &str) -> String {
         self.policy.router(router).unwrap().url.clone()
     }
@@ -124,6 +132,8 @@ impl Cluster {
             ticket_lifetime: Duration::from_secs(60),
             limits: LimitSettings::from_policy(&self.policy),
             router: me.clone(),
+            source: Some(self.source()),
+            reload_on_sighup: false,
         };
         let listener = tokio::net::TcpListener::bind(me.listen).await.unwrap();
         let (tx, rx) = oneshot::channel::<()>();
@@ -175,6 +185,11 @@ impl Cluster {
                 .map(|j| self.policy.jurisdiction(*j).id.clone())
                 .collect(),
             max_connections_per_address: self.policy.limits().relay_connections_per_address,
+            reload: Some(relay::Reloading {
+                source: self.source(),
+                policy: self.policy.clone(),
+                on_sighup: false,
+            }),
         };
         let socket = std::net::UdpSocket::bind(r.quic_addr).unwrap();
         let http = tokio::net::TcpListener::bind(r.http_addr).await.unwrap();

@@ -46,6 +46,7 @@ impl TestRelay {
             routers: Vec::new(),
             credential: None,
             log_full_addresses: Vec::new(),
+            reload: None,
             max_connections_per_address: 10_000,
         };
         let (tx, rx) = oneshot::channel::<()>();

@@ -1,0 +1,427 @@
+//! Live policy reload under a loopback call: the admin endpoints of routers
+//! and relays and SIGHUP; an invalid config is refused with every problem
+//! and the old policy stays; a relay whose country an edit takes out of a
+//! conference's jurisdiction hands that conference's participants to a relay
+//! inside it while the call goes on. Clients at 127.0.0.2 (Germany) and
+//! .4 (Ireland).
+
+mod support;
+
+use std::time::Duration;
+
+use residency_relay::client::join::Credential;
+use residency_relay::client::session::Session;
+use residency_relay::client::{Client, ClientError};
+use residency_relay::relay::{GOING_AWAY_MOVED, close_code};
+use residency_relay::ticket::{self, Claims, Grants, TicketError};
+use residency_relay::wire::control::{ServerMessage, TrackKind};
+use residency_relay::wire::datagram::{Flags, MediaHeader, TrackId};
+use serde_json::{Value, json};
+use support::cluster::{ACME, ADMIN, Cluster, create, join_from, request};
+
+/// The edit under test: Frankfurt's relay is declared to be in the US (so
+/// no longer inside `eu`), and the EU default relay becomes Berlin's.
+fn frankfurt_to_us(text: &str) -> String {
+    let edited = text
+        .replace("eu = \"de-fra-1\"", "eu = \"de-ber-1\"")
+        .replacen(
+            "# sha256(\"dev-relay-de-fra-1\")\ncountry = \"DE\"",
+            "# sha256(\"dev-relay-de-fra-1\")\ncountry = \"US\"",
+            1,
+        );
+    assert_ne!(edited, text, "the dev config changed shape");
+    edited
+}
+
+/// A new tenant, to show tenants reload too (key "globex-key").
+fn with_globex(text: &str) -> String {
+    let hash = hex::encode(residency_relay::router::ids::sha256("globex-key"));
+    format!(
+        "{text}\n[[tenant]]\nid = \"globex\"\nplan = \"business\"\napi_key_sha256 = \"{hash}\"\n"
+    )
+}
+
+/// Two mistakes at once: an unknown country and a tenant on an unknown plan.
+fn broken(text: &str) -> String {
+    let edited = text.replacen(
+        "# sha256(\"dev-relay-de-fra-1\")\ncountry = \"DE\"",
+        "# sha256(\"dev-relay-de-fra-1\")\ncountry = \"XX\"",
+        1,
+    );
+    assert_ne!(edited, text);
+    format!(
+        "{edited}\n[[tenant]]\nid = \"initech\"\nplan = \"platinum\"\napi_key_sha256 = \"{}\"\n",
+        "00".repeat(32)
+    )
+}
+
+/// A call of Anna (Frankfurt) and Aoife (Dublin) in an EU conference, each
+/// publishing audio the other receives over the Frankfurt–Dublin link.
+struct Call {
+    cluster: Cluster,
+    router: String,
+    conference: String,
+    passcode: String,
+    anna: Session,
+    aoife: Session,
+    anna_track: TrackId,
+    aoife_track: TrackId,
+    /// Whether Anna is subscribed to Aoife's track, and the other way round.
+    anna_subscribed: bool,
+    aoife_subscribed: bool,
+}
+
+async fn call() -> Call {
+    let mut c = Cluster::new(|t| t);
+    c.start_router("de-fra-router").await;
+    for r in ["de-fra-1", "ie-dub-1", "nl-ams-1", "us-nyc-1"] {
+        c.start_relay(r).await;
+    }
+    c.wait_health(
+        "de-fra-router",
+        &["de-fra-1", "ie-dub-1", "nl-ams-1", "us-nyc-1"],
+        "healthy",
+    )
+    .await;
+    let router = c.url("de-fra-router");
+    let conf = create(
+        &router,
+        ACME,
+        json!({ "residency": "eu", "waiting_room": false }),
+    )
+    .await;
+    let conference = conf["id"].as_str().unwrap().to_owned();
+    let credential = Credential::Passcode(conf["passcode"].as_str().unwrap().to_owned());
+    let mut anna = Session::join(
+        &router,
+        &conference,
+        &credential,
+        "Anna",
+        "127.0.0.2".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let mut aoife = Session::join(
+        &router,
+        &conference,
+        &credential,
+        "Aoife",
+        "127.0.0.4".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(anna.joined.relay_id, "de-fra-1");
+    assert_eq!(aoife.joined.relay_id, "ie-dub-1");
+    let anna_track = anna.publish(TrackKind::Audio, "opus").await.unwrap();
+    let aoife_track = aoife.publish(TrackKind::Audio, "opus").await.unwrap();
+    let mut call = Call {
+        cluster: c,
+        router,
+        conference,
+        passcode: conf["passcode"].as_str().unwrap().to_owned(),
+        anna,
+        aoife,
+        anna_track,
+        aoife_track,
+        anna_subscribed: false,
+        aoife_subscribed: false,
+    };
+    call.both_hear_each_other().await;
+    call
+}
+
+impl Call {
+    async fn both_hear_each_other(&mut self) {
+        let (a, b) = (self.anna_track, self.aoife_track);
+        hear(
+            &mut self.anna,
+            &mut self.aoife,
+            a,
+            &mut self.aoife_subscribed,
+        )
+        .await;
+        hear(
+            &mut self.aoife,
+            &mut self.anna,
+            b,
+            &mut self.anna_subscribed,
+        )
+        .await;
+    }
+
+    fn relay_http(&self, id: &str) -> String {
+        let p = &self.cluster.policy;
+        format!("http://{}", p.relay(p.relay_idx(id).unwrap()).http_addr)
+    }
+
+    async fn reload_router(&self, auth: &str) -> (u16, Value) {
+        let r = request(
+            "POST",
+            &format!("{}/v1/admin/reload", self.router),
+            None,
+            Some(auth),
+            None,
+        )
+        .await;
+        (r.status, r.json())
+    }
+
+    async fn reload_relay(&self, id: &str, auth: &str) -> (u16, Value) {
+        let r = request(
+            "POST",
+            &format!("{}/v1/admin/reload", self.relay_http(id)),
+            None,
+            Some(auth),
+            None,
+        )
+        .await;
+        (r.status, r.json())
+    }
+
+    fn write_config(&self, edit: impl Fn(&str) -> String) -> String {
+        let original = std::fs::read_to_string(&self.cluster.config).unwrap();
+        std::fs::write(&self.cluster.config, edit(&original)).unwrap();
+        original
+    }
+
+    async fn router_metrics(&self) -> String {
+        let r = request("GET", &format!("{}/metrics", self.router), None, None, None).await;
+        String::from_utf8_lossy(&r.body).into_owned()
+    }
+}
+
+/// `to` subscribes to `track` (unless `subscribed`) and receives it from `from`.
+async fn hear(from: &mut Session, to: &mut Session, track: TrackId, subscribed: &mut bool) {
+    let client = to.client();
+    let announced = client.initial_tracks.iter().any(|t| t.track == track);
+    if !*subscribed && !announced {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let e = tokio::time::timeout_at(deadline, client.next_event())
+                .await
+                .expect("track announced")
+                .unwrap();
+            if matches!(e, ServerMessage::TrackPublished(ref i) if i.track == track) {
+                break;
+            }
+        }
+    }
+    if !*subscribed {
+        client.subscribe(track).await.unwrap();
+        *subscribed = true;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for sequence in 0u32.. {
+        from.client()
+            .send_media(
+                &MediaHeader {
+                    track,
+                    sequence,
+                    flags: Flags::default(),
+                },
+                b"still here",
+            )
+            .unwrap();
+        if let Ok(Ok(d)) =
+            tokio::time::timeout(Duration::from_millis(50), to.client().recv_media()).await
+        {
+            if d.ends_with(b"still here") {
+                return;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "media stopped");
+    }
+}
+
+/// Waits for `going_away` with `code` on `session`'s relay connection.
+async fn going_away(session: &mut Session, code: u16) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let e = tokio::time::timeout_at(deadline, session.client().next_event())
+            .await
+            .expect("going_away in time")
+            .unwrap();
+        if let ServerMessage::GoingAway { code: got, .. } = e {
+            assert_eq!(got, code);
+            return;
+        }
+    }
+}
+
+/// The value of `name`'s sample whose labels include `label` (e.g.
+/// `outcome="applied"`), 0 when there is none.
+fn labelled(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .next()
+        .unwrap_or(0.0)
+}
+
+/// A ticket for `conference` at `relay`, signed with the Frankfurt router's key.
+fn ticket_for(conference: &str, relay: &str) -> String {
+    let key = std::fs::read_to_string(support::repo().join("config/dev-ticket.key")).unwrap();
+    let key = ticket::parse_signing_key(key.trim()).unwrap();
+    let now = residency_relay::relay::unix_now();
+    ticket::sign(
+        &Claims {
+            conference: conference.to_owned(),
+            jurisdiction: "eu".into(),
+            relay: relay.into(),
+            participant: "p-reload-probe".into(),
+            display_name: "Probe".into(),
+            grants: Grants {
+                publish: true,
+                subscribe: true,
+                moderate: false,
+            },
+            issued_at: now,
+            expires_at: now + 60,
+            nonce: ticket::new_nonce().unwrap(),
+        },
+        &key,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_router_reload_moves_a_conference_off_a_relay_edited_out_of_its_jurisdiction() {
+    let mut call = call().await;
+    let original = std::fs::read_to_string(&call.cluster.config).unwrap();
+
+    // Only the operator may reload, at the router and at the relay.
+    assert_eq!(call.reload_router(ACME).await.0, 401);
+    assert_eq!(call.reload_relay("de-fra-1", ADMIN).await.0, 401);
+
+    // A broken config: refused with every problem; the old policy stays.
+    call.write_config(broken);
+    let (status, body) = call.reload_router(ADMIN).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_config");
+    let problems = body["error"]["problems"].as_array().unwrap();
+    let text = body.to_string();
+    assert!(problems.len() >= 2, "{body}");
+    assert!(text.contains("XX"), "the bad country is named: {body}");
+    assert!(
+        text.contains("platinum"),
+        "the unknown plan is named: {body}"
+    );
+    let (status, body) = call
+        .reload_relay("de-fra-1", "Bearer dev-relay-de-fra-1")
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.to_string().contains("platinum"), "{body}");
+    call.both_hear_each_other().await;
+    let metrics = call.router_metrics().await;
+    assert_eq!(
+        labelled(&metrics, "rr_router_reloads_total", "outcome=\"rejected\""),
+        1.0
+    );
+
+    // Frankfurt's relay now counts as American, and a tenant is added.
+    std::fs::write(
+        &call.cluster.config,
+        with_globex(&frankfurt_to_us(&original)),
+    )
+    .unwrap();
+    let (status, body) = call.reload_router(ADMIN).await;
+    assert_eq!(status, 200, "{body}");
+    let changes = body["changes"].to_string();
+    assert!(
+        changes.contains("relay de-fra-1: country \\\"DE\\\" -> \\\"US\\\""),
+        "{body}"
+    );
+    assert!(changes.contains("tenant globex added"), "{body}");
+
+    // The router tells Frankfurt to move the EU conference: Anna is told
+    // to go and rejoins inside the EU (never New York); Aoife stays put.
+    going_away(&mut call.anna, GOING_AWAY_MOVED).await;
+    tokio::time::timeout(Duration::from_secs(10), call.anna.client().closed())
+        .await
+        .expect("the moved connection closes");
+    assert_eq!(
+        call.anna.client().close_code().map(|c| c as u32),
+        Some(close_code::MOVED)
+    );
+    assert!(call.anna.movable());
+    let republished = call.anna.recover(Duration::from_secs(20)).await.unwrap();
+    // Anna is a new connection with a new track: both subscribe afresh.
+    call.anna_track = republished[0];
+    call.anna_subscribed = false;
+    call.aoife_subscribed = false;
+    let now_on = call.anna.joined.relay_id.clone();
+    assert!(
+        now_on == "ie-dub-1" || now_on == "nl-ams-1",
+        "moved to {now_on}"
+    );
+    assert_eq!(call.aoife.moves, 0);
+    call.both_hear_each_other().await;
+    let relay = call.cluster.relay_metrics("de-fra-1").await;
+    assert_eq!(
+        labelled(
+            &relay,
+            "rr_relay_moderation_disconnects_total",
+            "reason=\"moved\""
+        ),
+        1.0
+    );
+    let metrics = call.router_metrics().await;
+    assert!(
+        labelled(
+            &metrics,
+            "rr_router_residency_moves_total",
+            "jurisdiction=\"eu\""
+        ) >= 1.0
+    );
+    assert_eq!(
+        labelled(&metrics, "rr_router_reloads_total", "outcome=\"applied\""),
+        1.0
+    );
+
+    // New joins from Germany go inside the EU, and the new tenant works.
+    let joined = join_from(&call.router, &call.conference, &call.passcode, "127.0.0.2")
+        .await
+        .unwrap();
+    assert!(
+        joined.relay_id == "ie-dub-1" || joined.relay_id == "nl-ams-1",
+        "{}",
+        joined.relay_id
+    );
+    create(
+        &call.router,
+        "Bearer globex-key",
+        json!({ "residency": "eu", "waiting_room": false }),
+    )
+    .await;
+
+    // The relay reloads too: it no longer trusts EU tickets at all.
+    let (status, body) = call
+        .reload_relay("de-fra-1", "Bearer dev-relay-de-fra-1")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let cert = request(
+        "GET",
+        &format!("{}/cert", call.relay_http("de-fra-1")),
+        None,
+        None,
+        None,
+    )
+    .await
+    .json();
+    let p = &call.cluster.policy;
+    let e = Client::connect(
+        "127.0.0.2:0".parse().unwrap(),
+        p.relay(p.relay_idx("de-fra-1").unwrap()).quic_addr,
+        cert["sha256"].as_str().unwrap(),
+        &ticket_for(&call.conference, "de-fra-1"),
+    )
+    .await
+    .unwrap_err();
+    match e {
+        ClientError::Refused { code, .. } => {
+            assert_eq!(code, TicketError::ForeignJurisdiction.wire_code())
+        }
+        other => panic!("{other}"),
+    }
+    call.both_hear_each_other().await;
+    call.cluster.shutdown().await;
+}
