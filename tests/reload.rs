@@ -425,3 +425,237 @@ async fn a_router_reload_moves_a_conference_off_a_relay_edited_out_of_its_jurisd
     call.both_hear_each_other().await;
     call.cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_reloaded_alone_moves_out_what_it_may_no_longer_carry() {
+    let mut call = call().await;
+    // A ticket Frankfurt admitted before the reload: its nonce stays seen.
+    let used = ticket_for(&call.conference, "de-fra-1");
+    let cert = request(
+        "GET",
+        &format!("{}/cert", call.relay_http("de-fra-1")),
+        None,
+        None,
+        None,
+    )
+    .await
+    .json();
+    let cert = cert["sha256"].as_str().unwrap().to_owned();
+    let p = call.cluster.policy.clone();
+    let frankfurt = p.relay(p.relay_idx("de-fra-1").unwrap()).quic_addr;
+    let probe = Client::connect("127.0.0.2:0".parse().unwrap(), frankfurt, &cert, &used)
+        .await
+        .unwrap();
+    probe.leave().await;
+
+    // Dublin's relay is edited out of the EU (into the UK), and only it is
+    // reloaded: it moves Aoife itself; the router (old policy) sends her
+    // back inside the EU, never to Dublin again.
+    let original = std::fs::read_to_string(&call.cluster.config).unwrap();
+    let edited = original.replacen(
+        "# sha256(\"dev-relay-ie-dub-1\")\ncountry = \"IE\"",
+        "# sha256(\"dev-relay-ie-dub-1\")\ncountry = \"GB\"",
+        1,
+    );
+    assert_ne!(edited, original, "the dev config changed shape");
+    std::fs::write(&call.cluster.config, edited).unwrap();
+    let (status, body) = call
+        .reload_relay("ie-dub-1", "Bearer dev-relay-ie-dub-1")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["changes"]
+            .to_string()
+            .contains("relay ie-dub-1: country \\\"IE\\\" -> \\\"GB\\\""),
+        "{body}"
+    );
+    going_away(&mut call.aoife, GOING_AWAY_MOVED).await;
+    let republished = call.aoife.recover(Duration::from_secs(20)).await.unwrap();
+    call.aoife_track = republished[0];
+    call.anna_subscribed = false;
+    call.aoife_subscribed = false;
+    let now_on = call.aoife.joined.relay_id.clone();
+    assert!(
+        now_on == "de-fra-1" || now_on == "nl-ams-1",
+        "moved to {now_on}"
+    );
+    assert_eq!(call.anna.moves, 0);
+    call.both_hear_each_other().await;
+    let dublin = call.cluster.relay_metrics("ie-dub-1").await;
+    assert_eq!(
+        labelled(
+            &dublin,
+            "rr_relay_moderation_disconnects_total",
+            "reason=\"moved\""
+        ),
+        1.0
+    );
+    assert_eq!(
+        labelled(&dublin, "rr_relay_reloads_total", "outcome=\"applied\""),
+        1.0
+    );
+    // No EU participant is left on Dublin's relay.
+    assert_eq!(
+        labelled(&dublin, "rr_relay_participants", "jurisdiction=\"eu\""),
+        0.0
+    );
+
+    // Frankfurt reloads too (nothing of its own changes): the ticket it
+    // admitted before is still a replay.
+    let (status, body) = call
+        .reload_relay("de-fra-1", "Bearer dev-relay-de-fra-1")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let e = Client::connect("127.0.0.2:0".parse().unwrap(), frankfurt, &cert, &used)
+        .await
+        .unwrap_err();
+    match e {
+        ClientError::Refused { code, .. } => {
+            assert_eq!(code, TicketError::Replayed.wire_code())
+        }
+        other => panic!("{other}"),
+    }
+    call.both_hear_each_other().await;
+    call.cluster.shutdown().await;
+}
+
+/// Polls `url` until its metrics show `label` of `name` at `value`.
+async fn await_metric(url: &str, name: &str, label: &str, value: f64) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = residency_relay::http_client::request(
+            "GET",
+            url,
+            None,
+            &[],
+            None,
+            Duration::from_secs(2),
+        )
+        .await;
+        if let Ok(r) = r {
+            let text = String::from_utf8_lossy(&r.body).into_owned();
+            if labelled(&text, name, label) == value {
+                return text;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name}{{{label}}} never reached {value} at {url}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Stops the child process when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn hangup(child: &Child) {
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_a_running_router_and_relay() {
+    let c = Cluster::new(|t| t);
+    let original = std::fs::read_to_string(&c.config).unwrap();
+    let bin = env!("CARGO_BIN_EXE_residency-relay");
+    let config = c.config.to_str().unwrap().to_owned();
+    let router = Child(
+        std::process::Command::new(bin)
+            .args(["router", "--config", &config, "--id", "de-fra-router"])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let relay = Child(
+        std::process::Command::new(bin)
+            .args(["relay", "--config", &config, "--id", "de-fra-1"])
+            .env("RESIDENCY_RELAY_CREDENTIAL", "dev-relay-de-fra-1")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let url = c.url("de-fra-router");
+    let p = &c.policy;
+    let relay_metrics = format!(
+        "http://{}/metrics",
+        p.relay(p.relay_idx("de-fra-1").unwrap()).http_addr
+    );
+    await_metric(
+        &format!("{url}/metrics"),
+        "rr_router_reloads_total",
+        "outcome=\"applied\"",
+        0.0,
+    )
+    .await;
+    await_metric(
+        &relay_metrics,
+        "rr_relay_reloads_total",
+        "outcome=\"applied\"",
+        0.0,
+    )
+    .await;
+    let conferences = format!("{url}/v1/conferences");
+    let create = || {
+        request(
+            "POST",
+            &conferences,
+            None,
+            Some("Bearer globex-key"),
+            Some(json!({ "residency": "eu" })),
+        )
+    };
+    assert_eq!(create().await.status, 401);
+
+    // A broken config first: both refuse it and keep running the old one.
+    std::fs::write(&c.config, broken(&original)).unwrap();
+    hangup(&router);
+    hangup(&relay);
+    await_metric(
+        &format!("{url}/metrics"),
+        "rr_router_reloads_total",
+        "outcome=\"rejected\"",
+        1.0,
+    )
+    .await;
+    await_metric(
+        &relay_metrics,
+        "rr_relay_reloads_total",
+        "outcome=\"rejected\"",
+        1.0,
+    )
+    .await;
+    assert_eq!(create().await.status, 401);
+
+    // Then a new tenant: the router takes it on SIGHUP.
+    std::fs::write(&c.config, with_globex(&original)).unwrap();
+    hangup(&router);
+    hangup(&relay);
+    await_metric(
+        &format!("{url}/metrics"),
+        "rr_router_reloads_total",
+        "outcome=\"applied\"",
+        1.0,
+    )
+    .await;
+    await_metric(
+        &relay_metrics,
+        "rr_relay_reloads_total",
+        "outcome=\"applied\"",
+        1.0,
+    )
+    .await;
+    assert_eq!(create().await.status, 201);
+    drop(router);
+    drop(relay);
+}

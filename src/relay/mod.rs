@@ -338,7 +338,14 @@ pub async fn run(
         .reload
         .as_ref()
         .is_some_and(|r| r.on_sighup)
-        .then(|| tokio::spawn(reload_on_hangup(reload_tx.clone())));
+        // Listening before serving: a SIGHUP from then on reloads (and
+        // never falls to the default action, which ends the process).
+        .then(|| {
+            tokio::spawn(reload_on_hangup(
+                reload_tx.clone(),
+                crate::policy::Hangups::new(),
+            ))
+        });
     let http_task = tokio::spawn(serve_http(
         http,
         Http {
@@ -510,8 +517,10 @@ async fn reload_loop(mut r: Reloader, mut requests: mpsc::Receiver<ReloadRequest
 }
 
 /// Asks for a reload on every SIGHUP (outcome in the log and metrics).
-async fn reload_on_hangup(requests: mpsc::Sender<ReloadRequest>) {
-    let mut hangups = crate::policy::Hangups::new();
+async fn reload_on_hangup(
+    requests: mpsc::Sender<ReloadRequest>,
+    mut hangups: crate::policy::Hangups,
+) {
     while hangups.next().await {
         info!("SIGHUP: reloading the policy");
         let (tx, rx) = oneshot::channel();

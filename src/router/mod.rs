@@ -239,7 +239,14 @@ pub async fn run(
     let health = tokio::spawn(relays::watch(live.clone()));
     let hangups = settings
         .reload_on_sighup
-        .then(|| tokio::spawn(reload_on_hangup(live.clone())));
+        // Listening before serving: a SIGHUP from then on reloads (and
+        // never falls to the default action, which ends the process).
+        .then(|| {
+            tokio::spawn(reload_on_hangup(
+                live.clone(),
+                crate::policy::Hangups::new(),
+            ))
+        });
     let result = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
@@ -260,8 +267,7 @@ pub async fn run(
 }
 
 /// Reloads the policy on every SIGHUP (outcome in the log and metrics).
-async fn reload_on_hangup(live: Arc<Live>) {
-    let mut hangups = crate::policy::Hangups::new();
+async fn reload_on_hangup(live: Arc<Live>, mut hangups: crate::policy::Hangups) {
     while hangups.next().await {
         info!("SIGHUP: reloading the policy");
         let _ = live.reload().await;
