@@ -82,6 +82,7 @@ async fn names_and_labels_are_exact_and_carry_no_personal_data() {
         "rr_relay_process_threads",
         "rr_relay_process_virtual_memory_bytes",
         "rr_relay_queue_drops_total",
+        "rr_relay_reloads_total",
         "rr_relay_send_failures_total",
         "rr_relay_ticket_refusals_total",
     ]
@@ -95,7 +96,7 @@ async fn names_and_labels_are_exact_and_carry_no_personal_data() {
             for pair in labels.split('}').next().unwrap().split(',') {
                 let name = pair.split('=').next().unwrap();
                 assert!(
-                    ["relay", "reason", "version", "jurisdiction", "le"].contains(&name),
+                    ["relay", "reason", "outcome", "version", "jurisdiction", "le"].contains(&name),
                     "label {name} in {line}"
                 );
             }
