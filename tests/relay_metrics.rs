@@ -96,7 +96,15 @@ async fn names_and_labels_are_exact_and_carry_no_personal_data() {
             for pair in labels.split('}').next().unwrap().split(',') {
                 let name = pair.split('=').next().unwrap();
                 assert!(
-                    ["relay", "reason", "outcome", "version", "jurisdiction", "le"].contains(&name),
+                    [
+                        "relay",
+                        "reason",
+                        "outcome",
+                        "version",
+                        "jurisdiction",
+                        "le"
+                    ]
+                    .contains(&name),
                     "label {name} in {line}"
                 );
             }

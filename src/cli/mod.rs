@@ -6,6 +6,7 @@ mod dev;
 mod dry_run;
 mod joinload;
 mod loadtest;
+mod overload;
 mod relay;
 mod report;
 mod route;
@@ -191,6 +192,33 @@ enum Command {
         /// Packets per second the publisher sends (1,100 bytes each).
         #[arg(long, default_value_t = 100)]
         pps: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// Overload: a call filling a jurisdiction's relay capacity, then
+    /// newcomers asking to join at a fixed rate; joins accepted and refused,
+    /// and the latency of those in, calm against overload.
+    Overload {
+        /// Router base URL (the default serves `ch`, one relay of 200).
+        #[arg(long, default_value = "http://127.0.2.3:8080")]
+        router: String,
+        #[arg(long, default_value = "dev-acme-key")]
+        api_key: String,
+        #[arg(long, default_value = "ch")]
+        residency: String,
+        /// Participants in the call (the first publishes): the capacity.
+        #[arg(long, default_value_t = 200)]
+        inside: usize,
+        /// Concurrent newcomers (each from its own address).
+        #[arg(long, default_value_t = 50)]
+        newcomers: usize,
+        /// Join attempts per second, all newcomers together.
+        #[arg(long, default_value_t = 200)]
+        rate: u64,
+        /// Packets per second the publisher sends (1,100 bytes each).
+        #[arg(long, default_value_t = 100)]
+        pps: u64,
+        /// Length of each phase.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
@@ -472,6 +500,25 @@ pub fn main() -> ExitCode {
             seconds,
             baseline,
         )),
+        Command::Overload {
+            router,
+            api_key,
+            residency,
+            inside,
+            newcomers,
+            rate,
+            pps,
+            seconds,
+        } => report(overload::run(overload::Plan {
+            router,
+            api_key,
+            residency,
+            inside,
+            newcomers,
+            rate,
+            pps,
+            seconds,
+        })),
         Command::Cascadeload {
             config,
             router,

@@ -1,0 +1,326 @@
+//! `residency-relay overload`: fills a jurisdiction's relay capacity with a
+//! call (one publisher, the rest subscribers), measures their media latency
+//! for a calm period, then again while newcomers keep asking to join at a
+//! fixed rate. Prints joins accepted and refused (by code), how fast the
+//! refusals were answered, and the latency and loss of those already in,
+//! calm against overload.
+//!
+//! Runs against `residency-relay dev`; the default targets Zurich (the only
+//! relay of `ch`, 200 participants) through the Zurich router. Participants
+//! use distinct loopback addresses (127.0.4.x in the call, 127.0.5.x
+//! newcomers), as many people would, so per-address limits do not mask the
+//! relay's capacity.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::client::join::{self, Credential, JoinError};
+use crate::client::synthetic::{self, ReceiveStats, quantile};
+use crate::client::{self, Client};
+use crate::http_client;
+use crate::wire::control::{ServerMessage, TrackKind};
+use crate::wire::datagram::{Flags, HEADER_LEN, MediaHeader};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub(super) struct Plan {
+    pub router: String,
+    pub api_key: String,
+    pub residency: String,
+    /// Participants in the call (the first publishes).
+    pub inside: usize,
+    /// Concurrent newcomers.
+    pub newcomers: usize,
+    /// Join attempts per second, all newcomers together.
+    pub rate: u64,
+    pub pps: u64,
+    pub seconds: u64,
+}
+
+/// Participants per source address (well under the per-address limits).
+const PER_ADDRESS: usize = 20;
+
+/// The `n`th address of `third` (127.0.`third`.x), from 1 to 250.
+fn address(third: u8, n: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, third, (n % 250) as u8 + 1))
+}
+
+/// Outcomes of the newcomers' join attempts.
+#[derive(Debug, Default)]
+struct Attempts {
+    accepted: u64,
+    /// Refusal code (with status) → count.
+    refused: BTreeMap<String, u64>,
+    /// Router unreachable or unexpected answers.
+    failed: u64,
+    /// Answer time of refusals, µs.
+    refusal_us: Vec<u64>,
+    /// Answer time of accepted joins, µs.
+    accepted_us: Vec<u64>,
+    /// Accepted newcomers, kept connected until the end.
+    admitted: Vec<Client>,
+}
+
+pub(super) fn run(plan: Plan) -> Result<(), String> {
+    if plan.inside < 2 {
+        return Err("--inside must be at least 2 (a publisher and a subscriber)".into());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(measure(plan))
+}
+
+async fn measure(plan: Plan) -> Result<(), String> {
+    let created = http_client::request(
+        "POST",
+        &format!("{}/v1/conferences", plan.router),
+        None,
+        &[("authorization", &format!("Bearer {}", plan.api_key))],
+        Some(
+            json!({ "residency": plan.residency, "waiting_room": false })
+                .to_string()
+                .into_bytes(),
+        ),
+        Duration::from_secs(10),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    if created.status != 201 {
+        return Err(format!(
+            "create: {} {}",
+            created.status,
+            String::from_utf8_lossy(&created.body)
+        ));
+    }
+    let c = created.json();
+    let id = c["id"].as_str().unwrap_or_default().to_owned();
+    let credential = Credential::Passcode(c["passcode"].as_str().unwrap_or_default().to_owned());
+
+    // The call: one endpoint per address.
+    let mut endpoints: HashMap<IpAddr, quinn::Endpoint> = HashMap::new();
+    let mut clients: Vec<Client> = Vec::new();
+    for n in 0..plan.inside {
+        let ip = address(4, n / PER_ADDRESS);
+        let joined = join::join(
+            &plan.router,
+            &id,
+            &credential,
+            "load",
+            Some(ip),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|e| format!("participant {n} of the call could not join: {e}"))?;
+        if !endpoints.contains_key(&ip) {
+            let e = client::endpoint(SocketAddr::new(ip, 0), &joined.cert_sha256)
+                .map_err(|e| e.to_string())?;
+            endpoints.insert(ip, e);
+        }
+        let client = Client::connect_on(endpoints[&ip].clone(), joined.quic_addr, &joined.ticket)
+            .await
+            .map_err(|e| e.to_string())?;
+        clients.push(client);
+    }
+    let mut publisher = clients.remove(0);
+    let track = publisher
+        .publish(TrackKind::Video, "synthetic-video", None)
+        .await
+        .map_err(|e| e.to_string())?;
+    for client in &mut clients {
+        let mut announced = client.initial_tracks.iter().any(|t| t.track == track);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while !announced {
+            match tokio::time::timeout_at(deadline, client.next_event()).await {
+                Ok(Ok(ServerMessage::TrackPublished(info))) => announced = info.track == track,
+                Ok(Ok(_)) => {}
+                _ => return Err("the publisher's track was never announced".into()),
+            }
+        }
+        client.subscribe(track).await.map_err(|e| e.to_string())?;
+    }
+    let size = 1100usize;
+    let send = |publisher: &Client, sequence: u32| {
+        let _ = publisher.send_media(
+            &MediaHeader {
+                track,
+                sequence,
+                flags: if sequence % 100 == 0 {
+                    Flags::KEYFRAME
+                } else {
+                    Flags::default()
+                },
+            },
+            &synthetic::payload(size - HEADER_LEN),
+        );
+    };
+    // Prime until everyone receives, then let the primers drain.
+    let mut sequence = 0u32;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut primed = vec![false; clients.len()];
+    while primed.iter().any(|p| !p) {
+        if Instant::now() > deadline {
+            return Err("some subscribers never received media".into());
+        }
+        send(&publisher, sequence);
+        sequence += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        for (i, client) in clients.iter().enumerate() {
+            while let Ok(Ok(_)) =
+                tokio::time::timeout(Duration::from_micros(1), client.recv_media()).await
+            {
+                primed[i] = true;
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Sequence ranges of the two phases.
+    let count = (plan.pps * plan.seconds) as u32;
+    let calm_first = sequence + 1_000;
+    let overload_first = calm_first + count + 1_000;
+    let subscribers = clients.len() as u64;
+    let mut receivers = Vec::new();
+    for client in clients {
+        let datagrams = client.datagrams();
+        let total = Duration::from_secs(2 * plan.seconds + 4);
+        receivers.push(tokio::spawn(async move {
+            let mut calm = ReceiveStats::default();
+            let mut overload = ReceiveStats::default();
+            let stop = tokio::time::Instant::now() + total;
+            while let Ok(Ok(d)) = tokio::time::timeout_at(stop, datagrams.next()).await {
+                if let Ok(h) = crate::wire::datagram::parse(&d) {
+                    if (calm_first..calm_first + count).contains(&h.sequence) {
+                        calm.record(&d);
+                    } else if h.sequence >= overload_first {
+                        overload.record(&d);
+                    }
+                }
+            }
+            // Leave, so the capacity is free for the next run at once.
+            client.leave().await;
+            (calm, overload)
+        }));
+    }
+    let interval = Duration::from_nanos(1_000_000_000 / plan.pps.max(1));
+    let mut tick = tokio::time::interval(interval);
+    for s in calm_first..calm_first + count {
+        tick.tick().await;
+        send(&publisher, s);
+    }
+
+    // Overload: newcomers ask to join at `rate` while the media goes on.
+    let attempts = Arc::new(Mutex::new(Attempts::default()));
+    let stop = tokio::time::Instant::now() + Duration::from_secs(plan.seconds);
+    let mut newcomers = Vec::new();
+    let every = Duration::from_secs_f64(plan.newcomers.max(1) as f64 / plan.rate.max(1) as f64);
+    for n in 0..plan.newcomers {
+        let (router, id, credential) = (plan.router.clone(), id.clone(), credential.clone());
+        let attempts = attempts.clone();
+        let ip = address(5, n);
+        newcomers.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            while tokio::time::Instant::now() < stop {
+                tick.tick().await;
+                let started = Instant::now();
+                let answer = join::join(
+                    &router,
+                    &id,
+                    &credential,
+                    "newcomer",
+                    Some(ip),
+                    Duration::from_secs(10),
+                )
+                .await;
+                let took = started.elapsed().as_micros() as u64;
+                match answer {
+                    Ok(joined) => {
+                        let client = Client::connect(
+                            SocketAddr::new(ip, 0),
+                            joined.quic_addr,
+                            &joined.cert_sha256,
+                            &joined.ticket,
+                        )
+                        .await;
+                        let mut a = attempts.lock().unwrap_or_else(|e| e.into_inner());
+                        a.accepted += 1;
+                        a.accepted_us.push(took);
+                        if let Ok(client) = client {
+                            a.admitted.push(client);
+                        }
+                    }
+                    Err(JoinError::Refused { status, code, .. }) => {
+                        let mut a = attempts.lock().unwrap_or_else(|e| e.into_inner());
+                        *a.refused.entry(format!("{status} {code}")).or_default() += 1;
+                        a.refusal_us.push(took);
+                    }
+                    Err(_) => {
+                        attempts.lock().unwrap_or_else(|e| e.into_inner()).failed += 1;
+                    }
+                }
+            }
+        }));
+    }
+    for s in overload_first..overload_first + count {
+        tick.tick().await;
+        send(&publisher, s);
+    }
+    for n in newcomers {
+        let _ = n.await;
+    }
+    let mut calm = ReceiveStats::default();
+    let mut overload = ReceiveStats::default();
+    for r in receivers {
+        let (c, o) = r.await.map_err(|e| e.to_string())?;
+        calm.merge(c);
+        overload.merge(o);
+    }
+    publisher.leave().await;
+
+    let mut a = std::mem::take(&mut *attempts.lock().unwrap_or_else(|e| e.into_inner()));
+    let ms = |v: &mut Vec<u64>, q: f64| quantile(v, q).map_or(0.0, |x| x as f64 / 1000.0);
+    let refused: u64 = a.refused.values().sum();
+    println!(
+        "call of {} (1 publisher, {} subscribers) at {} packets/s; {} newcomers asking {} times/s for {} s",
+        plan.inside, subscribers, plan.pps, plan.newcomers, plan.rate, plan.seconds
+    );
+    println!(
+        "  join attempts {}: accepted {}, refused {} ({}), failed {}",
+        a.accepted + refused + a.failed,
+        a.accepted,
+        refused,
+        a.refused
+            .iter()
+            .map(|(code, n)| format!("{code}: {n}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        a.failed
+    );
+    if !a.refusal_us.is_empty() {
+        println!(
+            "  refusals answered in p50 {:.2} ms, p99 {:.2} ms",
+            ms(&mut a.refusal_us, 0.5),
+            ms(&mut a.refusal_us, 0.99)
+        );
+    }
+    for (what, stats) in [("calm", &calm), ("overload", &overload)] {
+        let mut l = stats.latencies_us.clone();
+        println!(
+            "  those in, {what:<8}: p50 {:.2} ms, p99 {:.2} ms, {} of {} deliveries received ({} lost)",
+            ms(&mut l, 0.5),
+            ms(&mut l, 0.99),
+            stats.packets,
+            u64::from(count) * subscribers,
+            stats.lost()
+        );
+    }
+    for client in a.admitted.drain(..) {
+        client.leave().await;
+    }
+    Ok(())
+}
