@@ -117,12 +117,16 @@ async fn measure(plan: Plan) -> Result<(), String> {
         )
         .await
         .map_err(|e| format!("participant {n} of the call could not join: {e}"))?;
-        if !endpoints.contains_key(&ip) {
-            let e = client::endpoint(SocketAddr::new(ip, 0), &joined.cert_sha256)
-                .map_err(|e| e.to_string())?;
-            endpoints.insert(ip, e);
-        }
-        let client = Client::connect_on(endpoints[&ip].clone(), joined.quic_addr, &joined.ticket)
+        let endpoint = match endpoints.entry(ip) {
+            std::collections::hash_map::Entry::Occupied(e) => e.get().clone(),
+            std::collections::hash_map::Entry::Vacant(e) => e
+                .insert(
+                    client::endpoint(SocketAddr::new(ip, 0), &joined.cert_sha256)
+                        .map_err(|e| e.to_string())?,
+                )
+                .clone(),
+        };
+        let client = Client::connect_on(endpoint, joined.quic_addr, &joined.ticket)
             .await
             .map_err(|e| e.to_string())?;
         clients.push(client);
