@@ -249,24 +249,38 @@ async fn going_away(session: &mut Session, code: u16) {
 }
 
 /// The value of `name`'s sample whose labels include `label` (e.g.
-/// `outcome="applied"`), 0 when there is none.
-fn labelled(text: &str, name: &str, label: &str) -> f64 {
+/// `outcome="applied"`), if exported.
+fn find(text: &str, name: &str, label: &str) -> Option<f64> {
     text.lines()
         .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
         .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
         .next()
-        .unwrap_or(0.0)
+}
+
+/// Like [`find`], failing when the sample is not exported.
+fn labelled(text: &str, name: &str, label: &str) -> f64 {
+    find(text, name, label).unwrap_or_else(|| panic!("no sample {name}{{{label}}}"))
 }
 
 /// A ticket for `conference` at `relay`, signed with the Frankfurt router's key.
 fn ticket_for(conference: &str, relay: &str) -> String {
-    let key = std::fs::read_to_string(support::repo().join("config/dev-ticket.key")).unwrap();
+    ticket_issued(conference, relay, residency_relay::relay::unix_now())
+}
+
+/// Likewise, issued at `issued_at` (unix seconds).
+fn ticket_issued(conference: &str, relay: &str, issued_at: u64) -> String {
+    mint("dev-ticket.key", "eu", conference, relay, issued_at)
+}
+
+/// A ticket signed with `config/<key>` for `jurisdiction`.
+fn mint(key: &str, jurisdiction: &str, conference: &str, relay: &str, issued_at: u64) -> String {
+    let key = std::fs::read_to_string(support::repo().join("config").join(key)).unwrap();
     let key = ticket::parse_signing_key(key.trim()).unwrap();
     let now = residency_relay::relay::unix_now();
     ticket::sign(
         &Claims {
             conference: conference.to_owned(),
-            jurisdiction: "eu".into(),
+            jurisdiction: jurisdiction.into(),
             relay: relay.into(),
             participant: "p-reload-probe".into(),
             display_name: "Probe".into(),
@@ -275,7 +289,7 @@ fn ticket_for(conference: &str, relay: &str) -> String {
                 subscribe: true,
                 moderate: false,
             },
-            issued_at: now,
+            issued_at,
             expires_at: now + 60,
             nonce: ticket::new_nonce().unwrap(),
         },
@@ -448,9 +462,9 @@ async fn a_relay_reloaded_alone_moves_out_what_it_may_no_longer_carry() {
         .unwrap();
     probe.leave().await;
 
-    // Dublin's relay is edited out of the EU (into the UK), and only it is
-    // reloaded: it moves Aoife itself; the router (old policy) sends her
-    // back inside the EU, never to Dublin again.
+    // Dublin's relay is edited out of the EU (into the UK). The routers are
+    // not reloaded. Frankfurt reloads first: it closes its link to Dublin,
+    // now outside the EU as far as it knows, and keeps Anna.
     let original = std::fs::read_to_string(&call.cluster.config).unwrap();
     let edited = original.replacen(
         "# sha256(\"dev-relay-ie-dub-1\")\ncountry = \"IE\"",
@@ -459,6 +473,30 @@ async fn a_relay_reloaded_alone_moves_out_what_it_may_no_longer_carry() {
     );
     assert_ne!(edited, original, "the dev config changed shape");
     std::fs::write(&call.cluster.config, edited).unwrap();
+    let frankfurt_metrics = format!("{}/metrics", call.relay_http("de-fra-1"));
+    // The Frankfurt–Dublin link is up.
+    await_metric(
+        &frankfurt_metrics,
+        "rr_relay_cascade_links",
+        "relay=\"de-fra-1\"",
+        1.0,
+    )
+    .await;
+    let (status, body) = call
+        .reload_relay("de-fra-1", "Bearer dev-relay-de-fra-1")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    await_metric(
+        &frankfurt_metrics,
+        "rr_relay_cascade_links",
+        "relay=\"de-fra-1\"",
+        0.0,
+    )
+    .await;
+    assert_eq!(call.anna.client().close_code(), None);
+
+    // Then Dublin reloads: it moves Aoife itself; the router (old policy)
+    // sends her back inside the EU, never to Dublin again.
     let (status, body) = call
         .reload_relay("ie-dub-1", "Bearer dev-relay-ie-dub-1")
         .await;
@@ -494,24 +532,41 @@ async fn a_relay_reloaded_alone_moves_out_what_it_may_no_longer_carry() {
         labelled(&dublin, "rr_relay_reloads_total", "outcome=\"applied\""),
         1.0
     );
-    // No EU participant is left on Dublin's relay.
+    // Nobody is left on Dublin's relay (Aoife was its only participant),
+    // and it no longer counts EU participants at all.
     assert_eq!(
-        labelled(&dublin, "rr_relay_participants", "jurisdiction=\"eu\""),
+        labelled(&dublin, "rr_relay_connections", "relay=\"ie-dub-1\""),
         0.0
     );
+    assert_eq!(
+        find(&dublin, "rr_relay_participants", "jurisdiction=\"eu\""),
+        None
+    );
 
-    // Frankfurt reloads too (nothing of its own changes): the ticket it
-    // admitted before is still a replay.
-    let (status, body) = call
-        .reload_relay("de-fra-1", "Bearer dev-relay-de-fra-1")
-        .await;
-    assert_eq!(status, 200, "{body}");
+    // Frankfurt, reloaded, still refuses the ticket it admitted before as
+    // a replay.
     let e = Client::connect("127.0.0.2:0".parse().unwrap(), frankfurt, &cert, &used)
         .await
         .unwrap_err();
     match e {
         ClientError::Refused { code, .. } => {
             assert_eq!(code, TicketError::Replayed.wire_code())
+        }
+        other => panic!("{other}"),
+    }
+    // And a ticket issued before the relay started (whose nonce it could
+    // not have seen) is still refused after the reload.
+    let old = ticket_issued(
+        &call.conference,
+        "de-fra-1",
+        residency_relay::relay::unix_now() - residency_relay::ticket::CLOCK_SKEW_SECS - 120,
+    );
+    let e = Client::connect("127.0.0.2:0".parse().unwrap(), frankfurt, &cert, &old)
+        .await
+        .unwrap_err();
+    match e {
+        ClientError::Refused { code, .. } => {
+            assert_eq!(code, TicketError::IssuedBeforeStart.wire_code())
         }
         other => panic!("{other}"),
     }
@@ -658,4 +713,199 @@ async fn sighup_reloads_a_running_router_and_relay() {
     assert_eq!(create().await.status, 201);
     drop(router);
     drop(relay);
+}
+
+/// `text` without the `[[relay]]` block of `id`.
+fn without_relay(text: &str, id: &str) -> String {
+    let at = text.find(&format!("id = \"{id}\"")).unwrap();
+    let start = text[..at].rfind("[[relay]]").unwrap();
+    let end = text[at..].find("\n[[").map_or(text.len(), |e| at + e + 1);
+    format!("{}{}", &text[..start], &text[end..])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_removed_from_the_inventory_gives_up_its_conferences() {
+    let mut c = Cluster::new(|t| t);
+    c.start_router("ch-zrh-router").await;
+    c.start_relay("ch-zrh-1").await;
+    c.wait_health("ch-zrh-router", &["ch-zrh-1"], "healthy")
+        .await;
+    let router = c.url("ch-zrh-router");
+    let conf = create(
+        &router,
+        ACME,
+        json!({ "residency": "ch", "waiting_room": false }),
+    )
+    .await;
+    let id = conf["id"].as_str().unwrap().to_owned();
+    let credential = Credential::Passcode(conf["passcode"].as_str().unwrap().to_owned());
+    let mut heidi = Session::join(
+        &router,
+        &id,
+        &credential,
+        "Heidi",
+        "127.0.0.5".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(heidi.joined.relay_id, "ch-zrh-1");
+
+    // Zurich's relay leaves the inventory; only the router reloads. It
+    // still takes the relay's reports (under its last credential), tells it
+    // to give the conference up, and has no relay left in `ch` for her.
+    let original = std::fs::read_to_string(&c.config).unwrap();
+    std::fs::write(&c.config, without_relay(&original, "ch-zrh-1")).unwrap();
+    let before_reload = residency_relay::relay::unix_now();
+    let r = request(
+        "POST",
+        &format!("{router}/v1/admin/reload"),
+        None,
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(
+        r.json()["changes"]
+            .to_string()
+            .contains("relay ch-zrh-1 removed")
+    );
+    going_away(&mut heidi, GOING_AWAY_MOVED).await;
+    tokio::time::timeout(Duration::from_secs(10), heidi.client().closed())
+        .await
+        .expect("the moved connection closes");
+    let e = heidi.recover(Duration::from_secs(2)).await.unwrap_err();
+    assert!(e.to_string().contains("no_relay_in_jurisdiction"), "{e}");
+    let p = &c.policy;
+    let http = p.relay(p.relay_idx("ch-zrh-1").unwrap()).http_addr;
+    let relay = c.relay_metrics("ch-zrh-1").await;
+    assert_eq!(
+        labelled(
+            &relay,
+            "rr_relay_moderation_disconnects_total",
+            "reason=\"moved\""
+        ),
+        1.0
+    );
+    // Nobody is left on it, and a ticket issued before the move (the
+    // relay has not reloaded, so it still trusts `ch`) is refused there.
+    assert_eq!(
+        labelled(&relay, "rr_relay_connections", "relay=\"ch-zrh-1\""),
+        0.0
+    );
+    let before_move = mint("dev-ch-router.key", "ch", &id, "ch-zrh-1", before_reload);
+    let cert = request("GET", &format!("http://{http}/cert"), None, None, None)
+        .await
+        .json();
+    let e = Client::connect(
+        "127.0.0.5:0".parse().unwrap(),
+        p.relay(p.relay_idx("ch-zrh-1").unwrap()).quic_addr,
+        cert["sha256"].as_str().unwrap(),
+        &before_move,
+    )
+    .await
+    .unwrap_err();
+    match e {
+        ClientError::Refused { code, .. } => {
+            assert_eq!(code, TicketError::Revoked.wire_code())
+        }
+        other => panic!("{other}"),
+    }
+
+    // The relay reloads too: it trusts nothing and reports draining.
+    let r = request(
+        "POST",
+        &format!("http://{http}/v1/admin/reload"),
+        None,
+        Some("Bearer dev-relay-ch-zrh-1"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(
+        r.json()["restart_needed"]
+            .to_string()
+            .contains("no longer in the inventory"),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let ready = request("GET", &format!("http://{http}/readyz"), None, None, None).await;
+    assert_eq!(ready.status, 503);
+    c.shutdown().await;
+}
+
+/// The router's view: what a policy no longer allows of what relays report.
+#[test]
+fn the_registry_flags_relays_and_links_outside_under_the_policy_in_force() {
+    use residency_relay::router::channel::{ConferenceLoad, LinkLoad, RelayReport};
+    use residency_relay::router::relays::{Misplaced, Registry};
+    use std::time::Instant;
+
+    let c = Cluster::new(|t| frankfurt_to_us(&t));
+    let policy = &c.policy;
+    let served = &policy.router("de-fra-router").unwrap().jurisdictions;
+    let conference = "eu-aaaaaaaaaaaaaaaaaaaaaaaaaa".to_owned();
+    let report = |peer: Option<&str>| RelayReport {
+        cert_sha256: "00".repeat(32),
+        participants: 1,
+        bitrate_bps: 0,
+        draining: false,
+        conferences: vec![ConferenceLoad {
+            id: conference.clone(),
+            participants: 1,
+            bytes_in: 0,
+            bytes_out: 0,
+        }],
+        links: peer
+            .map(|p| LinkLoad {
+                conference: conference.clone(),
+                peer: p.to_owned(),
+                bytes_in: 0,
+                bytes_out: 0,
+            })
+            .into_iter()
+            .collect(),
+        events: Vec::new(),
+        ack: 0,
+        epoch: 0,
+    };
+    let registry = Registry::new();
+    let now = Instant::now();
+    registry.record("de-fra-1", report(Some("ie-dub-1")), now);
+    registry.record("ie-dub-1", report(Some("de-fra-1")), now);
+    registry.record("nl-ams-1", report(None), now);
+    let mut found = registry.misplaced(policy, served, now);
+    found.sort_by_key(|m| format!("{m:?}"));
+    assert_eq!(
+        found,
+        vec![
+            // Dublin (inside) must close its link to Frankfurt (outside) …
+            Misplaced::Link {
+                conference: conference.clone(),
+                relay: "ie-dub-1".into(),
+                peer: "de-fra-1".into(),
+            },
+            // … and Frankfurt must give the conference up.
+            Misplaced::Relay {
+                conference: conference.clone(),
+                relay: "de-fra-1".into(),
+            },
+        ]
+    );
+    // Not again within the retry interval; again after it while it remains.
+    assert!(
+        registry
+            .misplaced(policy, served, now + Duration::from_secs(1))
+            .is_empty()
+    );
+    let later = now + Duration::from_secs(9);
+    registry.record("de-fra-1", report(Some("ie-dub-1")), later);
+    registry.record("ie-dub-1", report(Some("de-fra-1")), later);
+    assert_eq!(registry.misplaced(policy, served, later).len(), 2);
+    // Reports that went stale count for nothing.
+    assert!(
+        registry
+            .misplaced(policy, served, later + Duration::from_secs(20))
+            .is_empty()
+    );
 }

@@ -110,9 +110,12 @@ pub struct Reloading {
 #[derive(Debug)]
 struct Reconfigured {
     verifier: Verifier,
-    routers: Vec<RouterLink>,
+    /// Routers to report to; `None` keeps those of now.
+    routers: Option<Vec<RouterLink>>,
     log_full_addresses: Vec<String>,
     max_connections_per_address: u32,
+    /// The relay is no longer in the inventory.
+    removed: bool,
 }
 
 /// The trust of the policy in force, read by each new connection.
@@ -314,8 +317,11 @@ pub async fn run(
         trust: trust.clone(),
     };
     let reporters = Arc::new(std::sync::Mutex::new(Reporters {
-        tasks: reporting.spawn(&settings.routers),
-        links: settings.routers.clone(),
+        running: settings
+            .routers
+            .iter()
+            .map(|link| (link.clone(), reporting.spawn(link)))
+            .collect(),
     }));
     let (reload_tx, reload_rx) = mpsc::channel(4);
     let reloader = settings.reload.clone().map(|reloading| {
@@ -330,6 +336,7 @@ pub async fn run(
                 reporters: reporters.clone(),
                 reporting: reporting.clone(),
                 metrics: metrics.clone(),
+                not_before: settings.verifier.not_before(),
             },
             reload_rx,
         ))
@@ -386,11 +393,11 @@ pub async fn run(
             let events = events_tx.clone();
             let metrics = metrics.clone();
             let hello_timeout = settings.hello_timeout;
-            let checker = trusted(&trust);
+            let trust = trust.clone();
             let per_address = per_address.clone();
             tokio::spawn(async move {
                 if let Err(reason) =
-                    serve_connection(incoming, events, metrics, checker, hello_timeout).await
+                    serve_connection(incoming, events, metrics, trust, hello_timeout).await
                 {
                     debug!(reason, "connection ended");
                 }
@@ -415,12 +422,15 @@ pub async fn run(
         task.abort();
     }
     // Tell the routers at once, so no new joins are sent here.
-    let links = {
+    let links: Vec<RouterLink> = {
         let mut r = reporters.lock().unwrap_or_else(|e| e.into_inner());
-        for task in r.tasks.drain(..) {
-            task.abort();
-        }
-        r.links.clone()
+        r.running
+            .drain(..)
+            .map(|(link, task)| {
+                task.abort();
+                link
+            })
+            .collect()
     };
     let finals: Vec<_> = links
         .into_iter()
@@ -448,11 +458,10 @@ pub async fn run(
     Ok(())
 }
 
-/// The report tasks running, one per router, and the routers they serve.
+/// The report tasks running, one per router.
 #[derive(Debug)]
 struct Reporters {
-    links: Vec<RouterLink>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    running: Vec<(RouterLink, tokio::task::JoinHandle<()>)>,
 }
 
 /// What every report task needs besides its router.
@@ -468,11 +477,8 @@ struct Reporting {
 }
 
 impl Reporting {
-    fn spawn(&self, links: &[RouterLink]) -> Vec<tokio::task::JoinHandle<()>> {
-        links
-            .iter()
-            .map(|link| tokio::spawn(report_loop(link.clone(), self.clone())))
-            .collect()
+    fn spawn(&self, link: &RouterLink) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(report_loop(link.clone(), self.clone()))
     }
 }
 
@@ -487,6 +493,8 @@ struct Reloader {
     reporters: Arc<std::sync::Mutex<Reporters>>,
     reporting: Reporting,
     metrics: Metrics,
+    /// The start-time floor of tickets ([`Verifier::issued_after`]).
+    not_before: u64,
 }
 
 /// A reload request and where its outcome goes.
@@ -540,28 +548,63 @@ impl Reloader {
             .map_err(ReloadError::Invalid)?;
         let old = self.reloading.policy.clone();
         let next = reconfigure(&policy, &self.relay_id, self.credential.as_deref())?;
-        let restart_needed = restart_needed(&old, &policy, &self.relay_id);
+        let mut restart_needed = restart_needed(&old, &policy, &self.relay_id);
         let changes = crate::policy::diff(&old, &policy);
-        // The core first: it adopts the trust and moves conferences whose
-        // jurisdiction the relay left before anything else changes.
+        // Tickets issued before the relay started stay refused (the nonces
+        // seen before it started are gone).
+        let verifier = next.verifier.issued_after(self.not_before);
+        // The core first: it adopts the trust, moves conferences whose
+        // jurisdiction the relay left and closes links to peers outside
+        // before anything else changes.
         self.events
             .send(Event::Reload {
-                verifier: next.verifier.clone(),
+                verifier: verifier.clone(),
                 log_full_addresses: next.log_full_addresses,
             })
             .await
             .map_err(|_| ReloadError::Refused("the relay is stopping".into()))?;
-        *self.trust.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next.verifier);
+        *self.trust.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(verifier);
         self.max_per_address
             .store(next.max_connections_per_address, Ordering::Relaxed);
-        {
-            let mut reporters = self.reporters.lock().unwrap_or_else(|e| e.into_inner());
-            if reporters.links != next.routers {
-                for task in reporters.tasks.drain(..) {
+        if next.removed {
+            // Out of the inventory: it takes nothing any more; its routers
+            // hear it is draining.
+            self.reporting.ready.store(false, Ordering::Relaxed);
+            restart_needed.push(format!(
+                "relay '{}' is no longer in the inventory: it now refuses every ticket and link and has given up its conferences; stop it",
+                self.relay_id
+            ));
+        }
+        if let Some(routers) = next.routers {
+            let dropped = {
+                let mut reporters = self.reporters.lock().unwrap_or_else(|e| e.into_inner());
+                // Reporters to routers that stay keep running (and their
+                // command numbering); new routers get one; dropped ones stop.
+                let (kept, dropped): (Vec<_>, Vec<_>) = reporters
+                    .running
+                    .drain(..)
+                    .partition(|(link, _)| routers.contains(link));
+                for (_, task) in &dropped {
                     task.abort();
                 }
-                reporters.tasks = self.reporting.spawn(&next.routers);
-                reporters.links = next.routers;
+                reporters.running = kept;
+                for link in routers {
+                    if !reporters.running.iter().any(|(l, _)| *l == link) {
+                        let task = self.reporting.spawn(&link);
+                        reporters.running.push((link, task));
+                    }
+                }
+                dropped
+            };
+            // The routers no longer reported to hear it is draining.
+            for (link, _) in dropped {
+                final_report(
+                    link,
+                    self.relay_id.clone(),
+                    self.reporting.credential.clone(),
+                    self.reporting.cert_sha256.clone(),
+                )
+                .await;
             }
         }
         self.reloading.policy = Arc::new(policy);
@@ -572,19 +615,30 @@ impl Reloader {
     }
 }
 
-/// The settings of relay `id` that a reload of `policy` replaces; refused
-/// when the relay left the inventory or its credential no longer matches.
+/// The settings of relay `id` that a reload of `policy` replaces. A relay
+/// the inventory no longer lists trusts nothing (it gives up every
+/// conference); refused when its credential no longer matches.
 fn reconfigure(
     policy: &crate::policy::Policy,
     id: &str,
     credential: Option<&str>,
 ) -> Result<Reconfigured, ReloadError> {
-    let idx = policy.relay_idx(id).ok_or_else(|| {
-        ReloadError::Refused(format!(
-            "relay '{id}' is not in the inventory of {}: drain and stop it instead",
-            policy.source().display()
-        ))
-    })?;
+    let log_full_addresses = policy
+        .logging()
+        .full_addresses
+        .iter()
+        .map(|j| policy.jurisdiction(*j).id.clone())
+        .collect();
+    let max_connections_per_address = policy.limits().relay_connections_per_address;
+    let Some(idx) = policy.relay_idx(id) else {
+        return Ok(Reconfigured {
+            verifier: Verifier::new(id, HashMap::new()),
+            routers: None,
+            log_full_addresses,
+            max_connections_per_address,
+            removed: true,
+        });
+    };
     let r = policy.relay(idx);
     if let (Some(secret), Some(hash)) = (credential, &r.credential_sha256) {
         if !crate::router::ids::secret_matches(hash, secret) {
@@ -595,18 +649,14 @@ fn reconfigure(
     }
     Ok(Reconfigured {
         verifier: policy.ticket_verifier(idx),
-        routers: if credential.is_some() {
+        routers: Some(if credential.is_some() {
             RouterLink::for_relay(policy, idx)
         } else {
             Vec::new()
-        },
-        log_full_addresses: policy
-            .logging()
-            .full_addresses
-            .iter()
-            .map(|j| policy.jurisdiction(*j).id.clone())
-            .collect(),
-        max_connections_per_address: policy.limits().relay_connections_per_address,
+        }),
+        log_full_addresses,
+        max_connections_per_address,
+        removed: false,
     })
 }
 
@@ -769,7 +819,7 @@ async fn reload_endpoint(
             let problems: Vec<serde_json::Value> = e
                 .problems
                 .iter()
-                .map(|p| json!({ "file": p.file, "field": p.field, "message": p.message }))
+                .map(|p| json!({ "file": p.file.display().to_string(), "field": p.field, "message": p.message }))
                 .collect();
             (
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -905,6 +955,8 @@ const IDLE_LINK_AFTER: Duration = Duration::from_secs(5);
 struct Revocations {
     participants: HashMap<(String, String), u64>,
     conferences: HashMap<String, u64>,
+    /// Conferences moved off this relay by the router, and when.
+    moved: HashMap<String, u64>,
 }
 
 impl Revocations {
@@ -921,6 +973,14 @@ impl Revocations {
             {
                 Err(TicketError::Revoked)
             }
+            _ => self.check_moved(&claims.conference, claims.issued_at),
+        }
+    }
+
+    /// Refuses what was issued for a conference up to its move off this relay.
+    fn check_moved(&self, conference: &str, issued_at: u64) -> Result<(), TicketError> {
+        match self.moved.get(conference) {
+            Some(at) if issued_at <= *at => Err(TicketError::Revoked),
             _ => Ok(()),
         }
     }
@@ -931,6 +991,8 @@ impl Revocations {
         self.participants
             .retain(|_, at| now.saturating_sub(*at) <= horizon);
         self.conferences
+            .retain(|_, at| now.saturating_sub(*at) <= horizon);
+        self.moved
             .retain(|_, at| now.saturating_sub(*at) <= horizon);
     }
 }
@@ -951,6 +1013,15 @@ fn handle_event(
             reply,
         } => match revoked
             .check(&claims)
+            // The trust may have changed since the connection task checked
+            // the ticket (a reload): the jurisdiction must still be taken.
+            .and_then(|()| {
+                if verifier.trusts(&claims.jurisdiction) {
+                    Ok(())
+                } else {
+                    Err(TicketError::ForeignJurisdiction)
+                }
+            })
             .and_then(|()| verifier.remember(&claims, unix_now()))
         {
             Ok(()) => {
@@ -1010,12 +1081,21 @@ fn handle_event(
         } => {
             // An ended conference takes no links, whoever asks.
             let ended = st.revoked.conferences.contains_key(&conference);
+            // Under the trust in force now (a reload may have come since the
+            // handshake), both ends must be inside the conference's jurisdiction.
+            let inside = crate::router::ids::jurisdiction_of(&conference)
+                .and_then(|j| verifier.link_target(&peer, j))
+                .is_some();
             let checked = if ended {
                 Err(TicketError::Revoked)
+            } else if !inside {
+                Err(TicketError::PeerOutsideJurisdiction)
             } else {
-                claims
-                    .as_ref()
-                    .map_or(Ok(()), |c| verifier.remember_cascade(c, unix_now()))
+                claims.as_ref().map_or(Ok(()), |c| {
+                    st.revoked
+                        .check_moved(&c.conference, c.issued_at)
+                        .and_then(|()| verifier.remember_cascade(c, unix_now()))
+                })
             };
             let key = (conference.clone(), peer.clone());
             match checked {
@@ -1209,8 +1289,14 @@ fn handle_event(
                     }
                     return;
                 }
-                Action::Move { conference } => {
+                Action::Move { conference, at } => {
+                    // Tickets and links for it issued up to now are refused.
+                    st.revoked.moved.insert(conference.clone(), (*at).max(now));
                     move_out(core, handles, st, metrics, conference);
+                    return;
+                }
+                Action::Unlink { conference, peer } => {
+                    close_link(core, handles, st, conference, peer);
                     return;
                 }
                 // Links are dialled by the report task, which has the endpoint.
@@ -1260,6 +1346,19 @@ fn handle_event(
                 .collect();
             for conference in &outside {
                 move_out(core, handles, st, metrics, conference);
+            }
+            // Links to peers the policy no longer places inside close.
+            let foreign: Vec<(String, String)> = st
+                .links
+                .keys()
+                .filter(|(conference, peer)| {
+                    crate::router::ids::jurisdiction_of(conference)
+                        .is_none_or(|j| verifier.link_target(peer, j).is_none())
+                })
+                .cloned()
+                .collect();
+            for (conference, peer) in foreign {
+                close_link(core, handles, st, &conference, &peer);
             }
         }
         Event::Shutdown => {
@@ -1313,6 +1412,25 @@ fn move_out(
         "conference moved off this relay: the policy in force places it outside the conference's jurisdiction"
     );
     flush_control(core, handles);
+}
+
+/// Closes `conference`'s cascade link to `peer`, if up.
+fn close_link(
+    core: &mut Core,
+    handles: &mut HashMap<ConnId, Handle>,
+    st: &mut LoopState,
+    conference: &str,
+    peer: &str,
+) {
+    let key = (conference.to_owned(), peer.to_owned());
+    if let Some(id) = st.links.remove(&key) {
+        core.handle_closed(id);
+        if let Some(h) = handles.remove(&id) {
+            h.conn
+                .close(close_code::MOVED.into(), b"peer outside the jurisdiction");
+        }
+        warn!(link_to = %peer, "cascade link closed: the policy in force places the peer outside the conference's jurisdiction");
+    }
 }
 
 fn flush_control(core: &mut Core, handles: &mut HashMap<ConnId, Handle>) {
@@ -1385,7 +1503,7 @@ async fn serve_connection(
     incoming: quinn::Incoming,
     events: mpsc::Sender<Event>,
     metrics: Metrics,
-    checker: Arc<Verifier>,
+    trust: Trust,
     hello_timeout: Duration,
 ) -> Result<(), &'static str> {
     let conn = incoming.await.map_err(|_| "handshake failed")?;
@@ -1394,7 +1512,7 @@ async fn serve_connection(
         .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|h| h.protocol);
     if protocol.as_deref() == Some(crate::wire::CASCADE_ALPN) {
-        return link::accept(conn, events, metrics, checker, hello_timeout).await;
+        return link::accept(conn, events, metrics, trusted(&trust), hello_timeout).await;
     }
     let (mut send, mut recv) = tokio::time::timeout(hello_timeout, conn.accept_bi())
         .await
@@ -1421,7 +1539,8 @@ async fn serve_connection(
             return Err("no hello");
         }
     };
-    let checked = match checker.check(&ticket, unix_now()) {
+    // The trust in force when the hello arrived.
+    let checked = match trusted(&trust).check(&ticket, unix_now()) {
         Ok(claims) => {
             let (reply_tx, reply_rx) = oneshot::channel();
             events

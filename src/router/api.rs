@@ -1141,19 +1141,20 @@ async fn waiting_list(
 /// [`WAIT_HOLD`] passes, so a client that polls again at once never asks
 /// more often than that.
 async fn waiting_poll(
-    Current(shared): Current,
+    State(live): State<App>,
     Path((id, pid)): Path<(String, String)>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let (_, j) = conference(&shared, &id)?;
     let token = bearer(&headers).ok_or_else(unauthorized)?.to_owned();
     let deadline = tokio::time::Instant::now() + WAIT_HOLD;
     loop {
+        // The policy in force now: the poll is held across reloads.
+        let shared = live.load();
         let changed = shared.waiting_changed.notified();
         tokio::pin!(changed);
         changed.as_mut().enable();
-        let (c, _) = conference(&shared, &id)?;
+        let (c, j) = conference(&shared, &id)?;
         let mut p = shared
             .store
             .participant(&id, &pid)
@@ -1748,7 +1749,7 @@ async fn reload(
             let problems: Vec<Value> = e
                 .problems
                 .iter()
-                .map(|p| json!({ "file": p.file, "field": p.field, "message": p.message }))
+                .map(|p| json!({ "file": p.file.display().to_string(), "field": p.field, "message": p.message }))
                 .collect();
             let mut error = ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -1807,16 +1808,23 @@ async fn relay_report(
             .with_label_values(&[outcome])
             .inc();
     };
-    let Some(relay) = shared.policy.relay_idx(&relay_id) else {
+    // The credential from the inventory, or, for a relay a reload removed,
+    // from the last inventory it was in: it may still carry conferences
+    // that must move off it.
+    let relay = shared.policy.relay_idx(&relay_id);
+    let credential = match relay {
+        Some(r) => shared.policy.relay(r).credential_sha256,
+        None => shared.retired.get(&relay_id).copied(),
+    };
+    if relay.is_none() && credential.is_none() {
         count("unknown_relay");
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "unknown_relay",
             "no such relay in the inventory",
         ));
-    };
-    let r = shared.policy.relay(relay);
-    let authentic = match (&r.credential_sha256, bearer(&headers)) {
+    }
+    let authentic = match (&credential, bearer(&headers)) {
         (Some(h), Some(token)) => ids::secret_matches(h, token),
         _ => false,
     };
@@ -1824,22 +1832,6 @@ async fn relay_report(
         count("bad_credential");
         warn!(relay = %relay_id, "relay report with a bad credential");
         return Err(unauthorized());
-    }
-    let served: Vec<&str> = shared
-        .me
-        .jurisdictions
-        .iter()
-        .filter(|j| shared.policy.jurisdiction(**j).contains(relay))
-        .map(|j| shared.policy.jurisdiction(*j).id.as_str())
-        .collect();
-    if served.is_empty() {
-        count("outside_jurisdiction");
-        warn!(relay = %relay_id, "relay outside every jurisdiction of this router tried to register");
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "outside_jurisdiction",
-            "the relay is in none of the jurisdictions this router serves",
-        ));
     }
     let mut report: RelayReport = serde_json::from_slice(&body).map_err(|e| {
         count("malformed");
@@ -1851,17 +1843,32 @@ async fn relay_report(
     })?;
     // Keep only this router's conferences, whatever the relay sent; also
     // those of its jurisdictions the relay is no longer in (a policy change
-    // moved it out): they are facts for the residency report, and the
-    // router moves them off the relay.
+    // moved it out or removed it): they are facts for the residency report,
+    // and the router moves them off the relay. Links are kept whoever the
+    // peer is, for the same reasons.
     let ours = |conference: &str| {
         ids::jurisdiction_of(conference)
             .and_then(|j| shared.policy.jurisdiction_idx(j))
             .is_some_and(|j| shared.me.serves(j))
     };
     report.conferences.retain(|c| ours(&c.id));
-    report
-        .links
-        .retain(|l| ours(&l.conference) && shared.policy.relay_idx(&l.peer).is_some());
+    report.links.retain(|l| ours(&l.conference));
+    let inside = relay.is_some_and(|relay| {
+        shared
+            .me
+            .jurisdictions
+            .iter()
+            .any(|j| shared.policy.jurisdiction(*j).contains(relay))
+    });
+    if !inside && report.conferences.is_empty() && report.links.is_empty() {
+        count("outside_jurisdiction");
+        warn!(relay = %relay_id, "relay outside every jurisdiction of this router tried to register");
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "outside_jurisdiction",
+            "the relay is in none of the jurisdictions this router serves",
+        ));
+    }
     // Enforcement events name conferences of any jurisdiction this router
     // serves (the relay need not be in it: that is often the point).
     let events = std::mem::take(&mut report.events);
@@ -1959,7 +1966,7 @@ async fn relay_report(
                     "kind": event.kind,
                     "reason": event.reason,
                     "relay": relay_id,
-                    "relay_country": r.country.to_string(),
+                    "relay_country": relay.map(|r| shared.policy.relay(r).country.to_string()),
                     "peer": event.peer,
                     "relay_time": event.at,
                     "count": count,

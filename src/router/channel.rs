@@ -124,7 +124,12 @@ pub enum Action {
     /// jurisdiction: tell its participants of the conference to reconnect
     /// through the router (which places them inside), disconnect them and
     /// close the conference's links.
-    Move { conference: String },
+    /// Tickets and links for the conference issued up to `at` are refused
+    /// here afterwards.
+    Move { conference: String, at: u64 },
+    /// Close the conference's cascade link to `peer`, which the policy in
+    /// force places outside the conference's jurisdiction.
+    Unlink { conference: String, peer: String },
 }
 
 /// A numbered command.

@@ -267,6 +267,14 @@ impl RouterMetrics {
         }
     }
 
+    /// Drops the gauges of a jurisdiction this router no longer serves
+    /// (after a reload), so they do not show a frozen value.
+    pub fn forget_jurisdiction(&self, jurisdiction: &str) {
+        let _ = self.participants.remove_label_values(&[jurisdiction]);
+        let _ = self.conferences.remove_label_values(&[jurisdiction]);
+        let _ = self.relays_healthy.remove_label_values(&[jurisdiction]);
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut out = Vec::new();

@@ -71,6 +71,9 @@ pub struct Shared {
     /// Woken whenever a waiting participant is admitted or denied.
     pub waiting_changed: Arc<tokio::sync::Notify>,
     pub ready: Arc<AtomicBool>,
+    /// Credential hashes of relays that reloads removed from the inventory:
+    /// their reports are still taken, so that what they carry is moved off.
+    pub retired: std::collections::HashMap<String, [u8; 32]>,
 }
 
 /// The router's current [`Shared`] and how to replace it.
@@ -147,6 +150,13 @@ impl Live {
             ));
         }
         let changes = policy::diff(&old.policy, &policy);
+        let mut retired = old.retired.clone();
+        for r in old.policy.relays() {
+            if let Some(hash) = r.credential_sha256 {
+                retired.insert(r.id.clone(), hash);
+            }
+        }
+        retired.retain(|id, _| policy.relay_idx(id).is_none());
         let policy = Arc::new(policy);
         old.limiter.set(limits::LimitSettings::from_policy(&policy));
         let served: Vec<&str> = me
@@ -155,6 +165,12 @@ impl Live {
             .map(|j| policy.jurisdiction(*j).id.as_str())
             .collect();
         old.metrics.prepare(&served);
+        for j in &old.me.jurisdictions {
+            let id = old.policy.jurisdiction(*j).id.as_str();
+            if !served.contains(&id) {
+                old.metrics.forget_jurisdiction(id);
+            }
+        }
         let next = Shared {
             policy: policy.clone(),
             me: me.clone(),
@@ -167,6 +183,7 @@ impl Live {
             ticket_lifetime: old.ticket_lifetime,
             waiting_changed: old.waiting_changed.clone(),
             ready: old.ready.clone(),
+            retired,
         };
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
         old.metrics.reloads.with_label_values(&["applied"]).inc();
@@ -221,6 +238,7 @@ pub async fn run(
         ticket_lifetime: settings.ticket_lifetime,
         waiting_changed: Arc::new(tokio::sync::Notify::new()),
         ready: Arc::new(AtomicBool::new(true)),
+        retired: std::collections::HashMap::new(),
     };
     let served: Vec<&str> = shared
         .me

@@ -43,8 +43,9 @@ struct Inner {
     placed: HashMap<String, Vec<(String, Instant)>>,
     /// Cascade links commanded: (conference, dialer, acceptor) → when.
     link_commands: HashMap<(String, String, String), Instant>,
-    /// Relays told to move a conference out: (conference, relay) → when.
-    move_commands: HashMap<(String, String), Instant>,
+    /// Relays told to move a conference out or close one of its links:
+    /// (conference, relay, peer or "") → when.
+    move_commands: HashMap<(String, String, String), Instant>,
     next_seq: u64,
     /// Tickets issued per conference lately, not yet in relay reports.
     recent_tickets: HashMap<String, VecDeque<Instant>>,
@@ -70,7 +71,10 @@ impl Inner {
         let wanted = |id: &str| only.is_none_or(|o| o == id);
         let mut out: HashMap<String, (Vec<String>, u32)> = HashMap::new();
         for (relay, e) in &self.relays {
-            for c in e.report.iter().flat_map(|r| r.conferences.iter()) {
+            for c in fresh_report(e, now)
+                .into_iter()
+                .flat_map(|r| r.conferences.iter())
+            {
                 if c.participants > 0 && wanted(&c.id) {
                     let entry = out.entry(c.id.clone()).or_default();
                     entry.0.push(relay.clone());
@@ -97,6 +101,14 @@ impl Inner {
     fn state(&self, relay: &str, now: Instant) -> RelayState {
         self.relays.get(relay).map_or(UNHEALTHY, |e| state(e, now))
     }
+}
+
+/// A relay's last report, unless it is stale (a relay that stopped
+/// reporting carries nothing the router can count on).
+fn fresh_report(e: &Entry, now: Instant) -> Option<&RelayReport> {
+    e.last_report
+        .filter(|at| now.duration_since(*at) < STALE_AFTER)
+        .and(e.report.as_ref())
 }
 
 /// The positions in `policy` of the relays `ids` that it still lists.
@@ -159,6 +171,34 @@ pub struct Recorded {
     pub vanished: Vec<ConferenceLoad>,
     /// Likewise for cascade links.
     pub vanished_links: Vec<LinkLoad>,
+}
+
+/// Something a relay carries that the policy in force does not allow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Misplaced {
+    /// `relay` is outside `conference`'s jurisdiction.
+    Relay { conference: String, relay: String },
+    /// `relay` (inside) has a link for `conference` to `peer` (outside).
+    Link {
+        conference: String,
+        relay: String,
+        peer: String,
+    },
+}
+
+impl Misplaced {
+    fn key(&self) -> (String, String, String) {
+        match self {
+            Misplaced::Relay { conference, relay } => {
+                (conference.clone(), relay.clone(), String::new())
+            }
+            Misplaced::Link {
+                conference,
+                relay,
+                peer,
+            } => (conference.clone(), relay.clone(), peer.clone()),
+        }
+    }
 }
 
 /// One relay's share of a conference, as it last reported.
@@ -231,7 +271,7 @@ impl Registry {
         let reported: u32 = inner
             .relays
             .values()
-            .filter_map(|e| e.report.as_ref())
+            .filter_map(|e| fresh_report(e, now))
             .flat_map(|r| r.conferences.iter())
             .filter(|c| c.id == conference)
             .map(|c| c.participants)
@@ -309,47 +349,71 @@ impl Registry {
         wanted
     }
 
-    /// Relays carrying a conference that `policy` no longer places inside
-    /// its jurisdiction (a relay's country edited, a jurisdiction's countries
-    /// changed, a relay removed), for the conferences of `served`
-    /// jurisdictions: (conference, relay id), each at most once per
-    /// [`LINK_RETRY`] while it remains.
+    /// What `policy` no longer allows of what relays carry, for the
+    /// conferences of `served` jurisdictions: a relay carrying a conference
+    /// outside its jurisdiction (its country edited, the jurisdiction's
+    /// countries changed, the relay removed) must give it up; a relay inside
+    /// with a link to a peer outside must close that link. Each at most once
+    /// per [`LINK_RETRY`] while it remains.
     pub fn misplaced(
         &self,
         policy: &Policy,
         served: &[crate::policy::JurisdictionIdx],
         now: Instant,
-    ) -> Vec<(String, String)> {
+    ) -> Vec<Misplaced> {
         let mut inner = self.lock();
-        let mut out = Vec::new();
-        for (conference, (relays, _)) in inner.carrying(now, None) {
-            let Some(j) = super::ids::jurisdiction_of(&conference)
+        let jurisdiction = |conference: &str| {
+            super::ids::jurisdiction_of(conference)
                 .and_then(|j| policy.jurisdiction_idx(j))
                 .filter(|j| served.contains(j))
-            else {
+                .map(|j| policy.jurisdiction(j))
+        };
+        let inside = |relay: &str, j: &crate::policy::Jurisdiction| {
+            policy.relay_idx(relay).is_some_and(|r| j.contains(r))
+        };
+        let mut out = Vec::new();
+        for (conference, (relays, _)) in inner.carrying(now, None) {
+            let Some(j) = jurisdiction(&conference) else {
                 continue;
             };
-            let jurisdiction = policy.jurisdiction(j);
-            for relay in relays {
-                let inside = policy
-                    .relay_idx(&relay)
-                    .is_some_and(|r| jurisdiction.contains(r));
-                if !inside {
-                    out.push((conference.clone(), relay));
+            for relay in relays.into_iter().filter(|r| !inside(r, j)) {
+                out.push(Misplaced::Relay {
+                    conference: conference.clone(),
+                    relay,
+                });
+            }
+        }
+        for (relay, e) in &inner.relays {
+            for l in fresh_report(e, now)
+                .into_iter()
+                .flat_map(|r| r.links.iter())
+            {
+                let Some(j) = jurisdiction(&l.conference) else {
+                    continue;
+                };
+                // A relay outside gives the whole conference up instead.
+                if inside(relay, j) && !inside(&l.peer, j) {
+                    out.push(Misplaced::Link {
+                        conference: l.conference.clone(),
+                        relay: relay.clone(),
+                        peer: l.peer.clone(),
+                    });
                 }
             }
         }
-        out.retain(|key| {
+        out.retain(|m| {
             inner
                 .move_commands
-                .get(key)
+                .get(&m.key())
                 .is_none_or(|at| now.duration_since(*at) >= LINK_RETRY)
         });
-        for key in &out {
-            inner.move_commands.insert(key.clone(), now);
-            // No new tickets count it as carrying the conference.
-            if let Some(placed) = inner.placed.get_mut(&key.0) {
-                placed.retain(|(r, _)| *r != key.1);
+        for m in &out {
+            inner.move_commands.insert(m.key(), now);
+            if let Misplaced::Relay { conference, relay } = m {
+                // No new tickets count it as carrying the conference.
+                if let Some(placed) = inner.placed.get_mut(conference) {
+                    placed.retain(|(r, _)| r != relay);
+                }
             }
         }
         out
@@ -477,7 +541,7 @@ impl Registry {
         let mut inner = self.lock();
         inner.placed.remove(conference);
         inner.link_commands.retain(|(c, _, _), _| c != conference);
-        inner.move_commands.retain(|(c, _), _| c != conference);
+        inner.move_commands.retain(|(c, _, _), _| c != conference);
     }
 
     /// The certificate fingerprint `relay` last reported.
@@ -561,12 +625,13 @@ impl Registry {
         list
     }
 
-    /// Participants and conferences per jurisdiction id, from the last reports.
-    pub fn load_by_jurisdiction(&self) -> HashMap<String, (i64, i64)> {
+    /// Participants and conferences per jurisdiction id, from the last
+    /// reports that are not stale.
+    pub fn load_by_jurisdiction(&self, now: Instant) -> HashMap<String, (i64, i64)> {
         let inner = self.lock();
         let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
         let mut out: HashMap<String, (i64, i64)> = HashMap::new();
-        for r in inner.relays.values().filter_map(|e| e.report.as_ref()) {
+        for r in inner.relays.values().filter_map(|e| fresh_report(e, now)) {
             for c in &r.conferences {
                 let Some(j) = super::ids::jurisdiction_of(&c.id) else {
                     continue;
@@ -670,20 +735,37 @@ pub(super) async fn watch(live: Arc<super::Live>) {
         for (conference, a, b) in shared.relays.plan_links(&shared.policy, now) {
             command_link(&shared, &conference, a, b);
         }
-        for (conference, relay) in
-            shared
-                .relays
-                .misplaced(&shared.policy, &shared.me.jurisdictions, now)
+        for m in shared
+            .relays
+            .misplaced(&shared.policy, &shared.me.jurisdictions, now)
         {
-            warn!(relay = %relay, jurisdiction = super::ids::jurisdiction_of(&conference).unwrap_or_default(), "relay carries a conference outside its jurisdiction under the policy in force: moving its participants");
+            let (relay, action) = match m {
+                Misplaced::Relay { conference, relay } => {
+                    warn!(relay = %relay, jurisdiction = super::ids::jurisdiction_of(&conference).unwrap_or_default(), "relay carries a conference outside its jurisdiction under the policy in force: moving its participants");
+                    let at = crate::relay::unix_now();
+                    (relay, Action::Move { conference, at })
+                }
+                Misplaced::Link {
+                    conference,
+                    relay,
+                    peer,
+                } => {
+                    warn!(relay = %relay, peer = %peer, jurisdiction = super::ids::jurisdiction_of(&conference).unwrap_or_default(), "cascade link to a relay outside the conference's jurisdiction under the policy in force: closing it");
+                    (relay, Action::Unlink { conference, peer })
+                }
+            };
+            let conference = match &action {
+                Action::Move { conference, .. } | Action::Unlink { conference, .. } => {
+                    conference.as_str()
+                }
+                _ => "",
+            };
             shared
                 .metrics
                 .residency_moves
-                .with_label_values(&[super::ids::jurisdiction_of(&conference).unwrap_or_default()])
+                .with_label_values(&[super::ids::jurisdiction_of(conference).unwrap_or_default()])
                 .inc();
-            shared
-                .relays
-                .command([relay.as_str()], &Action::Move { conference });
+            shared.relays.command([relay.as_str()], &action);
         }
         for (relay, healthy) in shared.relays.refresh(now) {
             if healthy {
@@ -693,7 +775,7 @@ pub(super) async fn watch(live: Arc<super::Live>) {
             }
         }
         let states = shared.relays.states(&shared.policy, now);
-        let load = shared.relays.load_by_jurisdiction();
+        let load = shared.relays.load_by_jurisdiction(now);
         for j in &shared.me.jurisdictions {
             let id = shared.policy.jurisdiction(*j).id.as_str();
             let (p, c) = load.get(id).copied().unwrap_or_default();

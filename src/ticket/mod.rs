@@ -260,6 +260,16 @@ impl Verifier {
         self
     }
 
+    /// Whether tickets and links of `jurisdiction` are taken at all.
+    pub fn trusts(&self, jurisdiction: &str) -> bool {
+        self.trusted.contains_key(jurisdiction)
+    }
+
+    /// Tickets issued before this (unix seconds) are refused.
+    pub fn not_before(&self) -> u64 {
+        self.not_before
+    }
+
     /// Takes the trust (jurisdictions, keys) and peers of `new`, a verifier
     /// built from a reloaded policy; the nonces seen and the start-time
     /// floor stay, so a reload opens no replay window.
