@@ -868,6 +868,7 @@ fn the_registry_flags_relays_and_links_outside_under_the_policy_in_force() {
         events: Vec::new(),
         ack: 0,
         epoch: 0,
+        track_base: 0,
     };
     let registry = Registry::new();
     let now = Instant::now();
@@ -908,4 +909,46 @@ fn the_registry_flags_relays_and_links_outside_under_the_policy_in_force() {
             .misplaced(policy, served, later + Duration::from_secs(20))
             .is_empty()
     );
+}
+
+/// Relays whose track id prefixes clash (one started before an inventory
+/// change) are never linked; others are.
+#[test]
+fn relays_with_the_same_track_prefix_are_not_linked() {
+    use residency_relay::router::channel::{ConferenceLoad, RelayReport};
+    use residency_relay::router::relays::Registry;
+    use std::time::Instant;
+
+    let c = Cluster::new(|t| t);
+    let policy = &c.policy;
+    let report = |conference: &str, base: u32| RelayReport {
+        cert_sha256: "00".repeat(32),
+        participants: 1,
+        bitrate_bps: 0,
+        draining: false,
+        conferences: vec![ConferenceLoad {
+            id: conference.to_owned(),
+            participants: 1,
+            bytes_in: 0,
+            bytes_out: 0,
+        }],
+        links: Vec::new(),
+        events: Vec::new(),
+        ack: 0,
+        epoch: 0,
+        track_base: base,
+    };
+    let registry = Registry::new();
+    let now = Instant::now();
+    let conference = "eu-bbbbbbbbbbbbbbbbbbbbbbbbbb";
+    registry.record("de-fra-1", report(conference, 1 << 20), now);
+    registry.record("ie-dub-1", report(conference, 1 << 20), now);
+    assert!(registry.plan_links(policy, now).is_empty());
+    let later = now + Duration::from_secs(9);
+    registry.record("de-fra-1", report(conference, 1 << 20), later);
+    registry.record("ie-dub-1", report(conference, 2 << 20), later);
+    let planned = registry.plan_links(policy, later);
+    assert_eq!(planned.len(), 1);
+    assert_eq!(policy.relay(planned[0].1).id, "de-fra-1");
+    assert_eq!(policy.relay(planned[0].2).id, "ie-dub-1");
 }

@@ -315,6 +315,7 @@ pub async fn run(
         ready: ready.clone(),
         endpoint: endpoint.clone(),
         trust: trust.clone(),
+        track_base: settings.core.track_id_base,
     };
     let reporters = Arc::new(std::sync::Mutex::new(Reporters {
         running: settings
@@ -474,6 +475,8 @@ struct Reporting {
     ready: Arc<AtomicBool>,
     endpoint: quinn::Endpoint,
     trust: Trust,
+    /// This run's track id prefix, fixed at start.
+    track_base: u32,
 }
 
 impl Reporting {
@@ -1682,6 +1685,7 @@ async fn final_report(link: RouterLink, relay_id: String, credential: String, ce
         events: Vec::new(),
         ack: 0,
         epoch: 0,
+        track_base: 0,
     };
     let _ = crate::http_client::request(
         "POST",
@@ -1704,6 +1708,7 @@ async fn report_loop(link: RouterLink, ctx: Reporting) {
         ready,
         endpoint,
         trust,
+        track_base,
     } = ctx;
     use crate::router::channel::{
         self, Action, ConferenceLoad, LinkLoad, RelayReport, ReportReply,
@@ -1769,6 +1774,7 @@ async fn report_loop(link: RouterLink, ctx: Reporting) {
             events: snapshot.events,
             ack,
             epoch,
+            track_base,
         };
         let body = serde_json::to_vec(&report).unwrap_or_default();
         let answer = crate::http_client::request(

@@ -92,6 +92,11 @@ pub struct RelayReport {
     pub ack: u64,
     /// The router run `ack` refers to (0 before the first answer).
     pub epoch: u64,
+    /// The high bits the relay puts in the track ids it assigns
+    /// ([`crate::forward::CoreConfig::track_id_base`]); two relays with the
+    /// same are never linked (0: not said).
+    #[serde(default)]
+    pub track_base: u32,
 }
 
 /// A moderation command for a relay. `at` is the router's clock (Unix

@@ -339,10 +339,26 @@ impl Registry {
                         .link_commands
                         .get(&key)
                         .is_some_and(|at| now.duration_since(*at) < LINK_RETRY);
-                    if !up && !recent {
-                        inner.link_commands.insert(key, now);
-                        wanted.push((conference.clone(), *a, *b));
+                    if up || recent {
+                        continue;
                     }
+                    inner.link_commands.insert(key, now);
+                    // Track ids carry their relay's prefix across links: two
+                    // relays with the same (one started before an inventory
+                    // change moved the other's position) would mix tracks up.
+                    let base = |id: &str| {
+                        inner
+                            .relays
+                            .get(id)
+                            .and_then(|e| e.report.as_ref())
+                            .map(|r| r.track_base)
+                            .filter(|b| *b != 0)
+                    };
+                    if base(from).is_some() && base(from) == base(peer) {
+                        warn!(relay = %from, peer = %peer, "not linking relays with the same track id prefix: restart one of them");
+                        continue;
+                    }
+                    wanted.push((conference.clone(), *a, *b));
                 }
             }
         }
