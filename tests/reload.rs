@@ -625,13 +625,21 @@ async fn sighup_reloads_a_running_router_and_relay() {
     let original = std::fs::read_to_string(&c.config).unwrap();
     let bin = env!("CARGO_BIN_EXE_residency-relay");
     let config = c.config.to_str().unwrap().to_owned();
+    let log_path = c.dir.path().join("router.log");
     let router = Child(
         std::process::Command::new(bin)
             .args(["router", "--config", &config, "--id", "de-fra-router"])
-            .stderr(std::process::Stdio::null())
+            .env_remove("RUST_LOG")
+            .stderr(std::fs::File::create(&log_path).unwrap())
             .spawn()
             .unwrap(),
     );
+    let created_lines = || {
+        std::fs::read_to_string(&log_path)
+            .unwrap()
+            .matches("conference created")
+            .count()
+    };
     let relay = Child(
         std::process::Command::new(bin)
             .args(["relay", "--config", &config, "--id", "de-fra-1"])
@@ -671,6 +679,17 @@ async fn sighup_reloads_a_running_router_and_relay() {
         )
     };
     assert_eq!(create().await.status, 401);
+    // At the config's level (info), a conference's creation is logged.
+    let acme = request(
+        "POST",
+        &conferences,
+        None,
+        Some(ACME),
+        Some(json!({ "residency": "eu" })),
+    )
+    .await;
+    assert_eq!(acme.status, 201);
+    assert_eq!(created_lines(), 1);
 
     // A broken config first: both refuse it and keep running the old one.
     std::fs::write(&c.config, broken(&original)).unwrap();
@@ -692,8 +711,13 @@ async fn sighup_reloads_a_running_router_and_relay() {
     .await;
     assert_eq!(create().await.status, 401);
 
-    // Then a new tenant: the router takes it on SIGHUP.
-    std::fs::write(&c.config, with_globex(&original)).unwrap();
+    // Then a new tenant and a quieter log level: the router takes both on
+    // SIGHUP.
+    std::fs::write(
+        &c.config,
+        format!("{}\n[logging]\nlevel = \"warn\"\n", with_globex(&original)),
+    )
+    .unwrap();
     hangup(&router);
     hangup(&relay);
     await_metric(
@@ -711,6 +735,8 @@ async fn sighup_reloads_a_running_router_and_relay() {
     )
     .await;
     assert_eq!(create().await.status, 201);
+    // Created, but no longer logged at `warn`.
+    assert_eq!(created_lines(), 1);
     drop(router);
     drop(relay);
 }

@@ -552,6 +552,7 @@ impl Reloader {
         let old = self.reloading.policy.clone();
         let next = reconfigure(&policy, &self.relay_id, self.credential.as_deref())?;
         let mut restart_needed = restart_needed(&old, &policy, &self.relay_id);
+        restart_needed.extend(crate::logging::reload(old.logging(), policy.logging()));
         let changes = crate::policy::diff(&old, &policy);
         // Tickets issued before the relay started stay refused (the nonces
         // seen before it started are gone).
@@ -690,10 +691,6 @@ fn restart_needed(
     }
     if a.tls != b.tls {
         out.push(format!("relay '{id}' tls files"));
-    }
-    let (la, lb) = (old.logging(), new.logging());
-    if la.json != lb.json || la.level != lb.level {
-        out.push("[logging] format and level".to_owned());
     }
     out
 }

@@ -149,6 +149,10 @@ impl Live {
                 me.store.display()
             ));
         }
+        restart_needed.extend(crate::logging::reload(
+            old.policy.logging(),
+            policy.logging(),
+        ));
         let changes = policy::diff(&old.policy, &policy);
         let mut retired = old.retired.clone();
         for r in old.policy.relays() {
