@@ -378,6 +378,42 @@ async fn a_router_reload_moves_a_conference_off_a_relay_edited_out_of_its_jurisd
         ),
         1.0
     );
+    // The signed residency report keeps what was true while Frankfurt
+    // carried the call (Germany, inside the EU) and adds what the reload
+    // made true while it still did for a moment (declared US, outside).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = request(
+            "GET",
+            &format!(
+                "{}/v1/conferences/{}/residency",
+                call.router, call.conference
+            ),
+            None,
+            Some(ACME),
+            None,
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        let report = r.json();
+        let relays = report["report"]["relays"].as_array().unwrap().clone();
+        let entry = |id: &str| relays.iter().find(|r| r["id"] == id).cloned();
+        let frankfurt = entry("de-fra-1").unwrap();
+        if frankfurt["countries"] == json!(["DE", "US"]) {
+            assert_eq!(frankfurt["country"], "DE", "{frankfurt}");
+            assert_eq!(frankfurt["inside_jurisdiction"], false, "{frankfurt}");
+            let dublin = entry("ie-dub-1").unwrap();
+            assert_eq!(dublin["countries"], json!(["IE"]), "{dublin}");
+            assert_eq!(dublin["inside_jurisdiction"], true, "{dublin}");
+            break;
+        }
+        assert_eq!(frankfurt["countries"], json!(["DE"]), "{frankfurt}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the move never reached the report: {frankfurt}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let metrics = call.router_metrics().await;
     assert!(
         labelled(

@@ -1079,7 +1079,10 @@ fn issue_ticket(
             "client_country": location.country().map(|c| c.to_string()),
         }),
     };
-    if !shared.store.record_join(record, &r.id, &event, invite)? {
+    if !shared
+        .store
+        .record_join(record, &r.id, &r.country.to_string(), &event, invite)?
+    {
         let (reason, message) = if invite.is_some() {
             ("bad_invite", "the invitation was already used")
         } else {
@@ -1520,15 +1523,39 @@ async fn residency_report(
             )
         })
     };
+    // Countries and inside-ness as recorded while each relay carried the
+    // conference (a later reload does not rewrite them); the policy in
+    // force only for records older than the store's schema 4.
+    let recorded = |relay_id: &str| {
+        used.iter()
+            .find(|u| u.relay == relay_id && !u.countries.is_empty())
+            .map(|u| u.countries[0].clone())
+    };
     let relays: Vec<Value> = used
         .iter()
         .map(|u| {
             let here = live.iter().find(|l| l.relay == u.relay);
-            let (country, jurisdictions, inside) = relay_facts(&u.relay)
-                .map_or((None, Vec::new(), false), |(c, j, i)| (Some(c), j, i));
+            let (country, jurisdictions, inside) = if u.countries.is_empty() {
+                relay_facts(&u.relay)
+                    .map_or((None, Vec::new(), false), |(c, j, i)| (Some(c), j, i))
+            } else {
+                let jurisdictions = crate::policy::CountryCode::parse(&u.countries[0])
+                    .map(|c| {
+                        shared
+                            .policy
+                            .jurisdictions()
+                            .iter()
+                            .filter(|j| j.countries.contains(c))
+                            .map(|j| j.id.as_str())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (Some(u.countries[0].clone()), jurisdictions, !u.outside)
+            };
             json!({
                 "id": u.relay,
                 "country": country,
+                "countries": u.countries,
                 "jurisdictions": jurisdictions,
                 "inside_jurisdiction": inside,
                 "first_seen": u.first_seen,
@@ -1562,8 +1589,8 @@ async fn residency_report(
             json!({
                 "relay": l.relay,
                 "peer": l.peer,
-                "relay_country": relay_facts(&l.relay).map(|f| f.0),
-                "peer_country": relay_facts(&l.peer).map(|f| f.0),
+                "relay_country": recorded(&l.relay).or_else(|| relay_facts(&l.relay).map(|f| f.0)),
+                "peer_country": recorded(&l.peer).or_else(|| relay_facts(&l.peer).map(|f| f.0)),
                 "first_seen": l.first_seen,
                 "last_seen": l.last_seen,
                 "bytes_in": here.map_or(0, |(_, x)| x.bytes_in).max(l.bytes_in),
@@ -1885,6 +1912,16 @@ async fn relay_report(
     let notify = recorded.notify;
     // What the relay carried is written every few seconds (and when it
     // drains), and at once for conferences and links that just left it.
+    // With the facts of the policy in force: the relay's country, and
+    // whether that policy places it inside each conference's jurisdiction.
+    let country = relay.map_or_else(String::new, |r| shared.policy.relay(r).country.to_string());
+    let inside_of = |conference: &str| {
+        relay.is_some_and(|r| {
+            ids::jurisdiction_of(conference)
+                .and_then(|j| shared.policy.jurisdiction_idx(j))
+                .is_some_and(|j| shared.policy.jurisdiction(j).contains(r))
+        })
+    };
     let usage: Vec<Usage<'_>> = current
         .iter()
         .chain(&recorded.vanished)
@@ -1893,6 +1930,8 @@ async fn relay_report(
             participants: c.participants,
             bytes_in: c.bytes_in,
             bytes_out: c.bytes_out,
+            country: &country,
+            inside: inside_of(&c.id),
         })
         .collect();
     let links: Vec<LinkUsage<'_>> = current_links

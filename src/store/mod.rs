@@ -187,6 +187,12 @@ pub struct RelayUse {
     pub bytes_out: u64,
     /// Most participants it reported at once.
     pub peak_participants: u32,
+    /// The countries the inventory gave the relay while it carried the
+    /// conference, as recorded then (empty in records older than schema 4).
+    pub countries: Vec<String>,
+    /// Whether the policy in force placed it outside the conference's
+    /// jurisdiction at any time it reported carrying the conference.
+    pub outside: bool,
 }
 
 /// A cascade link of a conference, as the relay at one end reported it.
@@ -207,6 +213,10 @@ pub struct Usage<'a> {
     pub participants: u32,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// The relay's country in the policy in force ("" when not in it).
+    pub country: &'a str,
+    /// Whether that policy places it inside the conference's jurisdiction.
+    pub inside: bool,
 }
 
 /// One cascade link's traffic, as the reporting relay counted it.
@@ -256,6 +266,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         &self,
         p: &ParticipantRecord,
         relay: &str,
+        relay_country: &str,
         event: &AuditEvent,
         invite: Option<&[u8; 32]>,
     ) -> Result<bool, StoreError>;
@@ -301,8 +312,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// The audit log of one conference, oldest first.
     fn audit_log(&self, conference: &str) -> Result<Vec<AuditEvent>, StoreError>;
 
-    /// Records that `relay` carries `conference` as of `now`.
-    fn note_relay(&self, conference: &str, relay: &str, now: u64) -> Result<(), StoreError>;
+    /// Records that `relay` (in `country`, inside the conference's
+    /// jurisdiction) carries `conference` as of `now`.
+    fn note_relay(
+        &self,
+        conference: &str,
+        relay: &str,
+        country: &str,
+        now: u64,
+    ) -> Result<(), StoreError>;
     /// Records what `relay` reported carrying, per conference and per
     /// cascade link, kept as the highest counts seen so they outlive the
     /// relay's own; in one transaction.

@@ -80,6 +80,8 @@ CREATE TABLE IF NOT EXISTS conference_relays (
     bytes_in INTEGER NOT NULL DEFAULT 0,
     bytes_out INTEGER NOT NULL DEFAULT 0,
     peak_participants INTEGER NOT NULL DEFAULT 0,
+    countries TEXT NOT NULL DEFAULT '',
+    outside INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (conference, relay)
 );
 CREATE TABLE IF NOT EXISTS conference_links (
@@ -95,7 +97,7 @@ CREATE TABLE IF NOT EXISTS conference_links (
 ";
 
 /// Schema version this code writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// Brings a store file of any earlier version to [`SCHEMA_VERSION`], in one
 /// transaction; refuses a file written by a newer version.
@@ -120,12 +122,17 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
             .prepare("SELECT name FROM pragma_table_info('conference_relays')")?
             .query_map([], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
-        for column in ["bytes_in", "bytes_out", "peak_participants"] {
+        for column in ["bytes_in", "bytes_out", "peak_participants", "outside"] {
             if !columns.iter().any(|c| c == column) {
                 conn.execute_batch(&format!(
                     "ALTER TABLE conference_relays ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0"
                 ))?;
             }
+        }
+        if !columns.iter().any(|c| c == "countries") {
+            conn.execute_batch(
+                "ALTER TABLE conference_relays ADD COLUMN countries TEXT NOT NULL DEFAULT ''",
+            )?;
         }
         let columns: Vec<String> = conn
             .prepare("SELECT name FROM pragma_table_info('participants')")?
@@ -248,13 +255,21 @@ fn insert_audit(db: &Connection, e: &AuditEvent) -> rusqlite::Result<()> {
     .map(|_| ())
 }
 
-fn note_relay(db: &Connection, conference: &str, relay: &str, now: u64) -> rusqlite::Result<()> {
+fn note_relay(
+    db: &Connection,
+    conference: &str,
+    relay: &str,
+    country: &str,
+    now: u64,
+) -> rusqlite::Result<()> {
     exec(
         db,
-        "INSERT INTO conference_relays (conference, relay, first_seen, last_seen)
-         VALUES (?1, ?2, ?3, ?3)
-         ON CONFLICT (conference, relay) DO UPDATE SET last_seen = ?3",
-        params![conference, relay, now as i64],
+        "INSERT INTO conference_relays (conference, relay, first_seen, last_seen, countries)
+         VALUES (?1, ?2, ?3, ?3, ?4)
+         ON CONFLICT (conference, relay) DO UPDATE SET last_seen = ?3,
+         countries = CASE WHEN ?4 = '' OR instr(',' || countries || ',', ',' || ?4 || ',') > 0 THEN countries
+                 WHEN countries = '' THEN ?4 ELSE countries || ',' || ?4 END",
+        params![conference, relay, now as i64, country],
     )
     .map(|_| ())
 }
@@ -448,6 +463,7 @@ impl Store for Sqlite {
         &self,
         p: &ParticipantRecord,
         relay: &str,
+        relay_country: &str,
         event: &AuditEvent,
         invite: Option<&[u8; 32]>,
     ) -> Result<bool, StoreError> {
@@ -477,7 +493,7 @@ impl Store for Sqlite {
             }
         }
         upsert_participant(&tx, p).map_err(err)?;
-        note_relay(&tx, &p.conference, relay, event.time).map_err(err)?;
+        note_relay(&tx, &p.conference, relay, relay_country, event.time).map_err(err)?;
         insert_audit(&tx, event).map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(true)
@@ -637,8 +653,14 @@ impl Store for Sqlite {
         })
     }
 
-    fn note_relay(&self, conference: &str, relay: &str, now: u64) -> Result<(), StoreError> {
-        self.with(|db| note_relay(db, conference, relay, now))
+    fn note_relay(
+        &self,
+        conference: &str,
+        relay: &str,
+        country: &str,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        self.with(|db| note_relay(db, conference, relay, country, now))
     }
 
     fn record_usage(
@@ -653,18 +675,23 @@ impl Store for Sqlite {
         for u in usage {
             exec(
                 &tx,
-                "INSERT INTO conference_relays (conference, relay, first_seen, last_seen, bytes_in, bytes_out, peak_participants)
-                 VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?6)
+                "INSERT INTO conference_relays (conference, relay, first_seen, last_seen, bytes_in, bytes_out, peak_participants, countries, outside)
+                 VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?6, ?7, ?8)
                  ON CONFLICT (conference, relay) DO UPDATE SET last_seen = ?3,
                  bytes_in = max(bytes_in, ?4), bytes_out = max(bytes_out, ?5),
-                 peak_participants = max(peak_participants, ?6)",
+                 peak_participants = max(peak_participants, ?6),
+                 outside = max(outside, ?8),
+                 countries = CASE WHEN ?7 = '' OR instr(',' || countries || ',', ',' || ?7 || ',') > 0 THEN countries
+                 WHEN countries = '' THEN ?7 ELSE countries || ',' || ?7 END",
                 params![
                     u.conference,
                     relay,
                     now as i64,
                     u.bytes_in as i64,
                     u.bytes_out as i64,
-                    i64::from(u.participants)
+                    i64::from(u.participants),
+                    u.country,
+                    i64::from(!u.inside)
                 ],
             )
             .map_err(err)?;
@@ -706,7 +733,7 @@ impl Store for Sqlite {
     fn relays_of(&self, conference: &str) -> Result<Vec<RelayUse>, StoreError> {
         self.with(|db| {
             let mut stmt = db.prepare_cached(
-                "SELECT relay, first_seen, last_seen, bytes_in, bytes_out, peak_participants FROM conference_relays
+                "SELECT relay, first_seen, last_seen, bytes_in, bytes_out, peak_participants, countries, outside FROM conference_relays
                  WHERE conference = ?1 ORDER BY first_seen, relay",
             )?;
             let rows = stmt.query_map(params![conference], |r| {
@@ -717,6 +744,13 @@ impl Store for Sqlite {
                     bytes_in: r.get::<_, i64>(3)? as u64,
                     bytes_out: r.get::<_, i64>(4)? as u64,
                     peak_participants: r.get::<_, i64>(5)? as u32,
+                    countries: r
+                        .get::<_, String>(6)?
+                        .split(',')
+                        .filter(|c| !c.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                    outside: r.get::<_, i64>(7)? != 0,
                 })
             })?;
             rows.collect()
@@ -908,8 +942,8 @@ mod tests {
             s.participant("eu-a", "p-1").unwrap().unwrap().status,
             Status::Admitted
         );
-        s.note_relay("eu-a", "de-fra-1", 5).unwrap();
-        s.note_relay("eu-a", "de-fra-1", 9).unwrap();
+        s.note_relay("eu-a", "de-fra-1", "DE", 5).unwrap();
+        s.note_relay("eu-a", "de-fra-1", "DE", 9).unwrap();
         assert_eq!(
             s.relays_of("eu-a").unwrap(),
             vec![RelayUse {
@@ -919,6 +953,8 @@ mod tests {
                 bytes_in: 0,
                 bytes_out: 0,
                 peak_participants: 0,
+                countries: vec!["DE".into()],
+                outside: false,
             }]
         );
         let usage = |conference, participants, bytes_in, bytes_out| Usage {
@@ -926,6 +962,8 @@ mod tests {
             participants,
             bytes_in,
             bytes_out,
+            country: "DE",
+            inside: true,
         };
         s.record_usage("de-fra-1", 10, &[usage("eu-a", 3, 100, 200)], &[])
             .unwrap();
@@ -951,6 +989,24 @@ mod tests {
             ),
             (11, 100, 300, 3)
         );
+        // A reload declared the relay American, outside the conference's
+        // jurisdiction, while it still carried it: both facts are kept.
+        s.record_usage(
+            "de-fra-1",
+            12,
+            &[Usage {
+                country: "US",
+                inside: false,
+                ..usage("eu-a", 1, 100, 300)
+            }],
+            &[],
+        )
+        .unwrap();
+        s.record_usage("de-fra-1", 13, &[usage("eu-a", 1, 100, 300)], &[])
+            .unwrap();
+        let used = &s.relays_of("eu-a").unwrap()[0];
+        assert_eq!(used.countries, ["DE", "US"]);
+        assert!(used.outside);
         let links = s.links_of("eu-a").unwrap();
         assert_eq!(
             (links[0].peer.as_str(), links[0].bytes_out),
@@ -987,11 +1043,11 @@ mod tests {
             ..p.clone()
         };
         assert!(
-            s.record_join(&joined, "de-fra-1", &event, Some(&[5; 32]))
+            s.record_join(&joined, "de-fra-1", "DE", &event, Some(&[5; 32]))
                 .unwrap()
         );
         assert!(
-            !s.record_join(&joined, "de-fra-1", &event, Some(&[5; 32]))
+            !s.record_join(&joined, "de-fra-1", "DE", &event, Some(&[5; 32]))
                 .unwrap()
         );
         assert_eq!(s.audit_log("eu-a").unwrap().len(), 2);
