@@ -893,6 +893,24 @@ async fn a_relay_removed_from_the_inventory_gives_up_its_conferences() {
     );
     let ready = request("GET", &format!("http://{http}/readyz"), None, None, None).await;
     assert_eq!(ready.status, 503);
+    // Put back in the inventory, it asks to be restarted rather than
+    // taking calls again half-configured.
+    std::fs::write(&c.config, &original).unwrap();
+    let r = request(
+        "POST",
+        &format!("http://{http}/v1/admin/reload"),
+        None,
+        Some("Bearer dev-relay-ch-zrh-1"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 409, "{}", String::from_utf8_lossy(&r.body));
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("restart it")
+    );
     c.shutdown().await;
 }
 

@@ -3,7 +3,7 @@
 //!
 //! The router decides the links and gives the dialing relay a cascade
 //! ticket. The accepting relay admits the link only if the ticket passes
-//! [`Verifier::check_cascade`] (its jurisdiction, both relays inside it by
+//! [`crate::ticket::Verifier::check_cascade`] (its jurisdiction, both relays inside it by
 //! the inventory, the link coming from the named relay's address, validity)
 //! and its nonce is new; every refusal is counted, logged without addresses
 //! and reported to the router as an enforcement event. Once up, both ends
@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 
 use super::{Event, Metrics, close_code, read_message, unix_now, write_message};
 use crate::router::channel::Enforcement;
-use crate::ticket::{self, TicketError, Verifier};
+use crate::ticket::{self, TicketError};
 use crate::wire::control::Decoder;
 use crate::wire::link::LinkMessage;
 
@@ -32,7 +32,7 @@ pub(super) async fn accept(
     conn: quinn::Connection,
     events: mpsc::Sender<Event>,
     metrics: Metrics,
-    checker: Arc<Verifier>,
+    trust: super::Trust,
     hello_timeout: Duration,
 ) -> Result<(), &'static str> {
     let (mut send, mut recv) = tokio::time::timeout(hello_timeout, conn.accept_bi())
@@ -61,6 +61,8 @@ pub(super) async fn accept(
             return Err("no link hello");
         }
     };
+    // The trust in force when the hello arrived.
+    let (generation, checker) = super::trusted(&trust);
     let checked = checker.check_cascade(&ticket, conn.remote_address().ip(), unix_now());
     let claims = match checked {
         Ok(claims) => claims,
@@ -76,6 +78,11 @@ pub(super) async fn accept(
             conference: claims.conference.clone(),
             peer: claims.from.clone(),
             claims: Some(claims),
+            recheck: Some(super::Recheck {
+                ticket: ticket.clone(),
+                ip: conn.remote_address().ip(),
+                generation,
+            }),
             reply,
         })
         .await
@@ -205,6 +212,7 @@ pub(super) async fn dial(
             conference: dial.conference.clone(),
             peer: dial.peer.clone(),
             claims: None,
+            recheck: None,
             reply,
         })
         .await

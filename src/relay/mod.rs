@@ -118,11 +118,23 @@ struct Reconfigured {
     removed: bool,
 }
 
-/// The trust of the policy in force, read by each new connection.
-type Trust = Arc<std::sync::RwLock<Arc<Verifier>>>;
+/// The trust of the policy in force, read by each new connection, with its
+/// generation (one more per reload).
+type Trust = Arc<std::sync::RwLock<(u64, Arc<Verifier>)>>;
 
-fn trusted(trust: &Trust) -> Arc<Verifier> {
+fn trusted(trust: &Trust) -> (u64, Arc<Verifier>) {
     trust.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// What the core needs to check a handshake again when the trust changed
+/// after its connection task checked it.
+#[derive(Debug)]
+pub(crate) struct Recheck {
+    pub ticket: String,
+    /// The dialer's address (cascade links).
+    pub ip: std::net::IpAddr,
+    /// The trust generation it was checked under.
+    pub generation: u64,
 }
 
 /// A router this relay reports to.
@@ -199,6 +211,7 @@ enum Event {
     Hello {
         conn: quinn::Connection,
         claims: crate::ticket::Claims,
+        recheck: Recheck,
         reply: oneshot::Sender<Result<(ConnId, mpsc::Receiver<ServerMessage>), TicketError>>,
     },
     Control(ConnId, ClientMessage),
@@ -218,6 +231,8 @@ enum Event {
         conference: String,
         peer: String,
         claims: Option<crate::ticket::CascadeClaims>,
+        /// On the accepting side.
+        recheck: Option<Recheck>,
         reply: oneshot::Sender<Result<(ConnId, mpsc::Receiver<LinkMessage>), TicketError>>,
     },
     Link(ConnId, LinkMessage),
@@ -227,6 +242,7 @@ enum Event {
     Reload {
         verifier: Verifier,
         log_full_addresses: Vec<String>,
+        generation: u64,
     },
 }
 
@@ -305,7 +321,10 @@ pub async fn run(
     let (events_tx, events_rx) = mpsc::channel::<Event>(8192);
     // Connection tasks check signatures (stateless) with the trust in force
     // when they start; the core task keeps the nonces.
-    let trust: Trust = Arc::new(std::sync::RwLock::new(Arc::new(settings.verifier.clone())));
+    let trust: Trust = Arc::new(std::sync::RwLock::new((
+        0,
+        Arc::new(settings.verifier.clone()),
+    )));
     let max_per_address = Arc::new(AtomicU32::new(settings.max_connections_per_address));
     let reporting = Reporting {
         relay_id: settings.relay_id.clone(),
@@ -321,7 +340,7 @@ pub async fn run(
         running: settings
             .routers
             .iter()
-            .map(|link| (link.clone(), reporting.spawn(link)))
+            .map(|link| reporting.spawn(link))
             .collect(),
     }));
     let (reload_tx, reload_rx) = mpsc::channel(4);
@@ -338,6 +357,8 @@ pub async fn run(
                 reporting: reporting.clone(),
                 metrics: metrics.clone(),
                 not_before: settings.verifier.not_before(),
+                generation: 0,
+                removed: false,
             },
             reload_rx,
         ))
@@ -427,9 +448,9 @@ pub async fn run(
         let mut r = reporters.lock().unwrap_or_else(|e| e.into_inner());
         r.running
             .drain(..)
-            .map(|(link, task)| {
-                task.abort();
-                link
+            .map(|reporter| {
+                reporter.task.abort();
+                reporter.link.borrow().clone()
             })
             .collect()
     };
@@ -459,10 +480,23 @@ pub async fn run(
     Ok(())
 }
 
-/// The report tasks running, one per router.
+/// The report tasks running, one per router URL, and how to tell each what
+/// its router serves after a reload.
 #[derive(Debug)]
 struct Reporters {
-    running: Vec<(RouterLink, tokio::task::JoinHandle<()>)>,
+    running: Vec<Reporter>,
+}
+
+#[derive(Debug)]
+struct Reporter {
+    link: tokio::sync::watch::Sender<RouterLink>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Reporter {
+    fn url(&self) -> String {
+        self.link.borrow().url.clone()
+    }
 }
 
 /// What every report task needs besides its router.
@@ -480,8 +514,12 @@ struct Reporting {
 }
 
 impl Reporting {
-    fn spawn(&self, link: &RouterLink) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(report_loop(link.clone(), self.clone()))
+    fn spawn(&self, link: &RouterLink) -> Reporter {
+        let (tx, rx) = tokio::sync::watch::channel(link.clone());
+        Reporter {
+            link: tx,
+            task: tokio::spawn(report_loop(rx, self.clone())),
+        }
     }
 }
 
@@ -498,6 +536,10 @@ struct Reloader {
     metrics: Metrics,
     /// The start-time floor of tickets ([`Verifier::issued_after`]).
     not_before: u64,
+    /// Of the trust in force.
+    generation: u64,
+    /// A reload found the relay gone from the inventory.
+    removed: bool,
 }
 
 /// A reload request and where its outcome goes.
@@ -551,12 +593,19 @@ impl Reloader {
             .map_err(ReloadError::Invalid)?;
         let old = self.reloading.policy.clone();
         let next = reconfigure(&policy, &self.relay_id, self.credential.as_deref())?;
+        if self.removed && !next.removed {
+            return Err(ReloadError::Refused(format!(
+                "relay '{}' was removed from the inventory by an earlier reload and has given up its conferences; restart it to take it back",
+                self.relay_id
+            )));
+        }
         let mut restart_needed = restart_needed(&old, &policy, &self.relay_id);
         restart_needed.extend(crate::logging::reload(old.logging(), policy.logging()));
         let changes = crate::policy::diff(&old, &policy);
         // Tickets issued before the relay started stay refused (the nonces
         // seen before it started are gone).
         let verifier = next.verifier.issued_after(self.not_before);
+        self.generation += 1;
         // The core first: it adopts the trust, moves conferences whose
         // jurisdiction the relay left and closes links to peers outside
         // before anything else changes.
@@ -564,13 +613,16 @@ impl Reloader {
             .send(Event::Reload {
                 verifier: verifier.clone(),
                 log_full_addresses: next.log_full_addresses,
+                generation: self.generation,
             })
             .await
             .map_err(|_| ReloadError::Refused("the relay is stopping".into()))?;
-        *self.trust.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(verifier);
+        *self.trust.write().unwrap_or_else(|e| e.into_inner()) =
+            (self.generation, Arc::new(verifier));
         self.max_per_address
             .store(next.max_connections_per_address, Ordering::Relaxed);
         if next.removed {
+            self.removed = true;
             // Out of the inventory: it takes nothing any more; its routers
             // hear it is draining.
             self.reporting.ready.store(false, Ordering::Relaxed);
@@ -582,26 +634,35 @@ impl Reloader {
         if let Some(routers) = next.routers {
             let dropped = {
                 let mut reporters = self.reporters.lock().unwrap_or_else(|e| e.into_inner());
-                // Reporters to routers that stay keep running (and their
-                // command numbering); new routers get one; dropped ones stop.
+                // Reporters to router URLs that stay keep running (and
+                // their command numbering) with what the router serves now;
+                // new URLs get one; dropped ones stop.
                 let (kept, dropped): (Vec<_>, Vec<_>) = reporters
                     .running
                     .drain(..)
-                    .partition(|(link, _)| routers.contains(link));
-                for (_, task) in &dropped {
-                    task.abort();
+                    .partition(|r| routers.iter().any(|l| l.url == r.url()));
+                for r in &dropped {
+                    r.task.abort();
                 }
                 reporters.running = kept;
                 for link in routers {
-                    if !reporters.running.iter().any(|(l, _)| *l == link) {
-                        let task = self.reporting.spawn(&link);
-                        reporters.running.push((link, task));
+                    match reporters.running.iter().find(|r| r.url() == link.url) {
+                        Some(r) => {
+                            r.link.send_replace(link);
+                        }
+                        None => {
+                            let reporter = self.reporting.spawn(&link);
+                            reporters.running.push(reporter);
+                        }
                     }
                 }
                 dropped
+                    .into_iter()
+                    .map(|r| r.link.borrow().clone())
+                    .collect::<Vec<_>>()
             };
             // The routers no longer reported to hear it is draining.
-            for (link, _) in dropped {
+            for link in dropped {
                 final_report(
                     link,
                     self.relay_id.clone(),
@@ -936,6 +997,8 @@ struct LoopState {
     first_arrival: Option<Instant>,
     /// From [`Settings::log_full_addresses`].
     log_full_addresses: Vec<String>,
+    /// Of the trust the core's verifier holds (see [`Trust`]).
+    trust_generation: u64,
 }
 
 impl LoopState {
@@ -1005,14 +1068,23 @@ fn handle_event(
     st: &mut LoopState,
     metrics: &Metrics,
 ) {
+    let generation = st.trust_generation;
     let revoked = &mut st.revoked;
     match event {
         Event::Hello {
             conn,
             claims,
+            recheck,
             reply,
-        } => match revoked
-            .check(&claims)
+        } => match
+            // Checked under an older trust (a reload came since): again,
+            // under this one (keys, jurisdictions, relay).
+            (if recheck.generation == generation {
+                Ok(())
+            } else {
+                verifier.check(&recheck.ticket, unix_now()).map(|_| ())
+            })
+            .and_then(|()| revoked.check(&claims))
             // The trust may have changed since the connection task checked
             // the ticket (a reload): the jurisdiction must still be taken.
             .and_then(|()| {
@@ -1077,6 +1149,7 @@ fn handle_event(
             conference,
             peer,
             claims,
+            recheck,
             reply,
         } => {
             // An ended conference takes no links, whoever asks.
@@ -1086,10 +1159,15 @@ fn handle_event(
             let inside = crate::router::ids::jurisdiction_of(&conference)
                 .and_then(|j| verifier.link_target(&peer, j))
                 .is_some();
+            let stale = recheck.as_ref().filter(|r| r.generation != generation);
             let checked = if ended {
                 Err(TicketError::Revoked)
             } else if !inside {
                 Err(TicketError::PeerOutsideJurisdiction)
+            } else if let Some(Err(e)) =
+                stale.map(|r| verifier.check_cascade(&r.ticket, r.ip, unix_now()))
+            {
+                Err(e)
             } else {
                 claims.as_ref().map_or(Ok(()), |c| {
                     st.revoked
@@ -1325,7 +1403,9 @@ fn handle_event(
         Event::Reload {
             verifier: next,
             log_full_addresses,
+            generation,
         } => {
+            st.trust_generation = generation;
             let before = verifier.jurisdictions();
             verifier.adopt(next);
             st.log_full_addresses = log_full_addresses;
@@ -1512,7 +1592,7 @@ async fn serve_connection(
         .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|h| h.protocol);
     if protocol.as_deref() == Some(crate::wire::CASCADE_ALPN) {
-        return link::accept(conn, events, metrics, trusted(&trust), hello_timeout).await;
+        return link::accept(conn, events, metrics, trust, hello_timeout).await;
     }
     let (mut send, mut recv) = tokio::time::timeout(hello_timeout, conn.accept_bi())
         .await
@@ -1540,13 +1620,19 @@ async fn serve_connection(
         }
     };
     // The trust in force when the hello arrived.
-    let checked = match trusted(&trust).check(&ticket, unix_now()) {
+    let (generation, checker) = trusted(&trust);
+    let checked = match checker.check(&ticket, unix_now()) {
         Ok(claims) => {
             let (reply_tx, reply_rx) = oneshot::channel();
             events
                 .send(Event::Hello {
                     conn: conn.clone(),
                     claims,
+                    recheck: Recheck {
+                        ticket: ticket.clone(),
+                        ip: conn.remote_address().ip(),
+                        generation,
+                    },
                     reply: reply_tx,
                 })
                 .await
@@ -1696,7 +1782,8 @@ async fn final_report(link: RouterLink, relay_id: String, credential: String, ce
 }
 
 /// Reports to one router until aborted; applies the commands it answers.
-async fn report_loop(link: RouterLink, ctx: Reporting) {
+/// A reload may change what the router serves (`links`), never its URL.
+async fn report_loop(links: tokio::sync::watch::Receiver<RouterLink>, ctx: Reporting) {
     let Reporting {
         relay_id,
         credential,
@@ -1710,13 +1797,14 @@ async fn report_loop(link: RouterLink, ctx: Reporting) {
     use crate::router::channel::{
         self, Action, ConferenceLoad, LinkLoad, RelayReport, ReportReply,
     };
-    let url = format!("{}{}", link.url, channel::report_path(&relay_id));
+    let url = format!("{}{}", links.borrow().url, channel::report_path(&relay_id));
     let auth = format!("Bearer {credential}");
     let mut ack = 0u64;
     let mut epoch = 0u64;
     let mut last: Option<(Instant, u64)> = None;
     let mut failures = 0u32;
     loop {
+        let link = links.borrow().clone();
         let (tx, rx) = oneshot::channel();
         if events
             .send(Event::Snapshot(link.serves.clone(), tx))
@@ -1816,7 +1904,7 @@ async fn report_loop(link: RouterLink, ctx: Reporting) {
                             let jurisdiction = crate::router::ids::jurisdiction_of(&conference)
                                 .filter(|j| link.jurisdictions.iter().any(|l| l == j));
                             let target =
-                                jurisdiction.and_then(|j| trusted(&trust).link_target(&peer, j));
+                                jurisdiction.and_then(|j| trusted(&trust).1.link_target(&peer, j));
                             let Some(peer_addr) = target
                                 .filter(|a| peer_addr.parse::<SocketAddr>().is_ok_and(|p| p == *a))
                             else {
@@ -1845,6 +1933,15 @@ async fn report_loop(link: RouterLink, ctx: Reporting) {
                             if events.send(Event::Command(Action::Drain {})).await.is_err() {
                                 return;
                             }
+                        }
+                        // Only for conferences of the jurisdictions the
+                        // router serves: one router cannot disturb another's.
+                        Action::Move { ref conference, .. }
+                        | Action::Unlink { ref conference, .. }
+                            if !crate::router::ids::jurisdiction_of(conference)
+                                .is_some_and(|j| link.serves.iter().any(|s| s == j)) =>
+                        {
+                            warn!(router = %link.url, "ignoring a move for a conference of a jurisdiction the router does not serve");
                         }
                         action => {
                             if events.send(Event::Command(action)).await.is_err() {

@@ -1536,8 +1536,9 @@ async fn residency_report(
         .map(|u| {
             let here = live.iter().find(|l| l.relay == u.relay);
             let (country, jurisdictions, inside) = if u.countries.is_empty() {
-                relay_facts(&u.relay)
-                    .map_or((None, Vec::new(), false), |(c, j, i)| (Some(c), j, i))
+                relay_facts(&u.relay).map_or((None, Vec::new(), false), |(c, j, i)| {
+                    (Some(c), j, i && !u.outside)
+                })
             } else {
                 let jurisdictions = crate::policy::CountryCode::parse(&u.countries[0])
                     .map(|c| {
@@ -1841,7 +1842,11 @@ async fn relay_report(
     let relay = shared.policy.relay_idx(&relay_id);
     let credential = match relay {
         Some(r) => shared.policy.relay(r).credential_sha256,
-        None => shared.retired.get(&relay_id).copied(),
+        None => shared
+            .retired
+            .get(&relay_id)
+            .filter(|(_, since)| since.elapsed() < super::RETIRED_FOR)
+            .map(|(hash, _)| *hash),
     };
     if relay.is_none() && credential.is_none() {
         count("unknown_relay");
@@ -1878,8 +1883,28 @@ async fn relay_report(
             .and_then(|j| shared.policy.jurisdiction_idx(j))
             .is_some_and(|j| shared.me.serves(j))
     };
-    report.conferences.retain(|c| ours(&c.id));
-    report.links.retain(|l| ours(&l.conference));
+    // Whether the policy in force places the relay inside a conference's
+    // jurisdiction.
+    let inside_of = |conference: &str| {
+        relay.is_some_and(|r| {
+            ids::jurisdiction_of(conference)
+                .and_then(|j| shared.policy.jurisdiction_idx(j))
+                .is_some_and(|j| shared.policy.jurisdiction(j).contains(r))
+        })
+    };
+    // Outside a conference's jurisdiction, a relay is believed only about
+    // conferences the router placed on it (before a policy change): it
+    // cannot inflate other conferences' sizes or records.
+    let placed_here = |conference: &str| {
+        shared
+            .store
+            .relays_of(conference)
+            .is_ok_and(|used| used.iter().any(|u| u.relay == relay_id))
+    };
+    let believed =
+        |conference: &str| ours(conference) && (inside_of(conference) || placed_here(conference));
+    report.conferences.retain(|c| believed(&c.id));
+    report.links.retain(|l| believed(&l.conference));
     let inside = relay.is_some_and(|relay| {
         shared
             .me
@@ -1887,6 +1912,7 @@ async fn relay_report(
             .iter()
             .any(|j| shared.policy.jurisdiction(*j).contains(relay))
     });
+
     if !inside && report.conferences.is_empty() && report.links.is_empty() {
         count("outside_jurisdiction");
         warn!(relay = %relay_id, "relay outside every jurisdiction of this router tried to register");
@@ -1915,13 +1941,6 @@ async fn relay_report(
     // With the facts of the policy in force: the relay's country, and
     // whether that policy places it inside each conference's jurisdiction.
     let country = relay.map_or_else(String::new, |r| shared.policy.relay(r).country.to_string());
-    let inside_of = |conference: &str| {
-        relay.is_some_and(|r| {
-            ids::jurisdiction_of(conference)
-                .and_then(|j| shared.policy.jurisdiction_idx(j))
-                .is_some_and(|j| shared.policy.jurisdiction(j).contains(r))
-        })
-    };
     let usage: Vec<Usage<'_>> = current
         .iter()
         .chain(&recorded.vanished)

@@ -71,10 +71,15 @@ pub struct Shared {
     /// Woken whenever a waiting participant is admitted or denied.
     pub waiting_changed: Arc<tokio::sync::Notify>,
     pub ready: Arc<AtomicBool>,
-    /// Credential hashes of relays that reloads removed from the inventory:
-    /// their reports are still taken, so that what they carry is moved off.
-    pub retired: std::collections::HashMap<String, [u8; 32]>,
+    /// Credential hashes of relays that reloads removed from the inventory,
+    /// and since when: their reports are still taken for [`RETIRED_FOR`],
+    /// so that what they carry is moved off.
+    pub retired: std::collections::HashMap<String, ([u8; 32], std::time::Instant)>,
 }
+
+/// How long a relay removed from the inventory may still report (kept in
+/// memory: a router restarted meanwhile no longer knows it).
+pub const RETIRED_FOR: Duration = Duration::from_secs(600);
 
 /// The router's current [`Shared`] and how to replace it.
 #[derive(Debug)]
@@ -154,13 +159,16 @@ impl Live {
             policy.logging(),
         ));
         let changes = policy::diff(&old.policy, &policy);
+        let now = std::time::Instant::now();
         let mut retired = old.retired.clone();
         for r in old.policy.relays() {
-            if let Some(hash) = r.credential_sha256 {
-                retired.insert(r.id.clone(), hash);
+            if let (Some(hash), None) = (r.credential_sha256, policy.relay_idx(&r.id)) {
+                retired.insert(r.id.clone(), (hash, now));
             }
         }
-        retired.retain(|id, _| policy.relay_idx(id).is_none());
+        retired.retain(|id, (_, since)| {
+            policy.relay_idx(id).is_none() && now.duration_since(*since) < RETIRED_FOR
+        });
         let policy = Arc::new(policy);
         old.limiter.set(limits::LimitSettings::from_policy(&policy));
         let served: Vec<&str> = me
