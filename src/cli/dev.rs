@@ -63,8 +63,7 @@ async fn serve(policy: Arc<Policy>, demo: bool) -> Result<(), String> {
         // SIGHUP reloads every router and relay of the process.
         settings.source = Some(source.clone());
         settings.reload_on_sighup = true;
-        let listener = tokio::net::TcpListener::bind(r.listen)
-            .await
+        let listener = crate::router::listen(r.listen)
             .map_err(|e| format!("router {}: cannot bind {}: {e}", r.id, r.listen))?;
         let rx = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
@@ -93,8 +92,7 @@ async fn serve(policy: Arc<Policy>, demo: bool) -> Result<(), String> {
         });
         let socket = std::net::UdpSocket::bind(r.quic_addr)
             .map_err(|e| format!("relay {}: cannot bind {}: {e}", r.id, r.quic_addr))?;
-        let http = tokio::net::TcpListener::bind(r.http_addr)
-            .await
+        let http = crate::router::listen(r.http_addr)
             .map_err(|e| format!("relay {}: cannot bind {}: {e}", r.id, r.http_addr))?;
         let rx = stop_rx.clone();
         tasks.push(tokio::spawn(async move {

@@ -33,9 +33,8 @@ pub(super) fn run(
     runtime.block_on(async move {
         let socket = std::net::UdpSocket::bind(quic)
             .map_err(|e| format!("cannot bind QUIC on {quic}: {e}"))?;
-        let listener = tokio::net::TcpListener::bind(http)
-            .await
-            .map_err(|e| format!("cannot bind HTTP on {http}: {e}"))?;
+        let listener =
+            crate::router::listen(http).map_err(|e| format!("cannot bind HTTP on {http}: {e}"))?;
         relay::run(socket, listener, settings, shutdown_signal())
             .await
             .map_err(|e| e.to_string())

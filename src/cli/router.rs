@@ -19,9 +19,8 @@ pub(super) fn run(policy: Policy, id: &str, source: policy::Source) -> Result<()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .map_err(|e| format!("cannot bind HTTP on {listen}: {e}"))?;
+        let listener =
+            router::listen(listen).map_err(|e| format!("cannot bind HTTP on {listen}: {e}"))?;
         router::run(listener, settings, super::relay::shutdown_signal())
             .await
             .map_err(|e| e.to_string())

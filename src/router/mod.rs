@@ -231,6 +231,25 @@ pub fn signing_key(policy: &Policy, me: &policy::Router) -> Result<SigningKey, S
     Ok(key)
 }
 
+/// Connections waiting to be accepted, per listener (the kernel caps it at
+/// `net.core.somaxconn`). The usual default of 128 overflows when a burst of
+/// joins meets a busy router, and an overflow costs the client a one-second
+/// SYN retransmission instead of a prompt answer (`429`/`503` included).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// A TCP listener on `addr` with [`LISTEN_BACKLOG`] (for the router's API
+/// and the relay's HTTP).
+pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Serves the router's HTTP API on `listener` until `shutdown` resolves.
 pub async fn run(
     listener: tokio::net::TcpListener,
