@@ -11,14 +11,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use residency_relay::client::Client;
-use residency_relay::client::join::{Credential, JoinError};
+use residency_relay::client::join::JoinError;
 use residency_relay::client::session::Session;
 use residency_relay::ticket::{self, CascadeClaims};
 use residency_relay::wire::control::{self, Decoder, ServerMessage, TrackKind};
 use residency_relay::wire::datagram::{Flags, MediaHeader, TrackId};
 use residency_relay::wire::link::LinkMessage;
 use serde_json::{Value, json};
-use support::cluster::{ACME, Cluster, connect, create, join_from, request, sample};
+use support::cluster::{ACME, Cluster, connect, create, join_from, request, sample, session};
 
 /// What one client received, counted by a task reading its datagrams.
 #[derive(Default, Debug)]
@@ -477,15 +477,9 @@ async fn forged_misdirected_and_foreign_tickets_are_refused_and_reported() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_participant_moves_when_its_relay_dies_and_never_abroad() {
-    let mut c = Cluster::new(|t| t);
-    c.start_router("de-fra-router").await;
-    for r in ["de-fra-1", "ie-dub-1", "nl-ams-1", "us-nyc-1"] {
-        c.start_relay(r).await;
-    }
-    c.wait_health(
+    let mut c = Cluster::running(
         "de-fra-router",
         &["de-fra-1", "ie-dub-1", "nl-ams-1", "us-nyc-1"],
-        "healthy",
     )
     .await;
     let router = c.url("de-fra-router");
@@ -496,25 +490,8 @@ async fn a_participant_moves_when_its_relay_dies_and_never_abroad() {
     )
     .await;
     let id = conf["id"].as_str().unwrap().to_owned();
-    let credential = Credential::Passcode(conf["passcode"].as_str().unwrap().to_owned());
-    let mut anna = Session::join(
-        &router,
-        &id,
-        &credential,
-        "Anna",
-        "127.0.0.2".parse().unwrap(),
-    )
-    .await
-    .unwrap();
-    let mut aoife = Session::join(
-        &router,
-        &id,
-        &credential,
-        "Aoife",
-        "127.0.0.4".parse().unwrap(),
-    )
-    .await
-    .unwrap();
+    let mut anna = session(&router, &conf, "Anna", "127.0.0.2").await;
+    let mut aoife = session(&router, &conf, "Aoife", "127.0.0.4").await;
     assert_eq!(anna.joined.relay_id, "de-fra-1");
     assert_eq!(aoife.joined.relay_id, "ie-dub-1");
     let track = anna.publish(TrackKind::Audio, "opus").await.unwrap();
@@ -559,44 +536,7 @@ async fn a_participant_moves_when_its_relay_dies_and_never_abroad() {
 
 /// `to` subscribes to `track` (announced over a link) and receives it.
 async fn receive_from(from: &mut Session, to: &mut Session, track: TrackId) {
-    let client = to.client();
-    let announced = client.initial_tracks.iter().any(|t| t.track == track);
-    if !announced {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let e = tokio::time::timeout_at(deadline, client.next_event())
-                .await
-                .expect("announced")
-                .unwrap();
-            if matches!(e, ServerMessage::TrackPublished(ref i) if i.track == track) {
-                break;
-            }
-        }
-    }
-    client.subscribe(track).await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    for sequence in 0u32.. {
-        from.client()
-            .send_media(
-                &MediaHeader {
-                    track,
-                    sequence,
-                    flags: Flags::default(),
-                },
-                b"hello",
-            )
-            .unwrap();
-        if let Ok(Ok(d)) =
-            tokio::time::timeout(Duration::from_millis(50), to.client().recv_media()).await
-        {
-            assert!(d.ends_with(b"hello"));
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "media did not resume"
-        );
-    }
+    support::cluster::hear(from, to, track, &mut false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -701,17 +641,7 @@ async fn each_packet_crosses_each_link_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_drained_relay_takes_no_joins_and_its_participants_move() {
-    let mut c = Cluster::new(|t| t);
-    c.start_router("de-fra-router").await;
-    for r in ["de-fra-1", "de-ber-1", "ie-dub-1"] {
-        c.start_relay(r).await;
-    }
-    c.wait_health(
-        "de-fra-router",
-        &["de-fra-1", "de-ber-1", "ie-dub-1"],
-        "healthy",
-    )
-    .await;
+    let c = Cluster::running("de-fra-router", &["de-fra-1", "de-ber-1", "ie-dub-1"]).await;
     let router = c.url("de-fra-router");
     let conf = create(
         &router,
@@ -720,16 +650,7 @@ async fn a_drained_relay_takes_no_joins_and_its_participants_move() {
     )
     .await;
     let id = conf["id"].as_str().unwrap().to_owned();
-    let credential = Credential::Passcode(conf["passcode"].as_str().unwrap().to_owned());
-    let mut anna = Session::join(
-        &router,
-        &id,
-        &credential,
-        "Anna",
-        "127.0.0.2".parse().unwrap(),
-    )
-    .await
-    .unwrap();
+    let mut anna = session(&router, &conf, "Anna", "127.0.0.2").await;
     assert_eq!(anna.joined.relay_id, "de-fra-1");
 
     // Only the operator may drain.
@@ -746,17 +667,7 @@ async fn a_drained_relay_takes_no_joins_and_its_participants_move() {
     );
 
     // Anna is told to go, and moves to the other German relay.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let e = tokio::time::timeout_at(deadline, anna.client().next_event())
-            .await
-            .expect("going away")
-            .unwrap();
-        if let ServerMessage::GoingAway { code, .. } = e {
-            assert_eq!(code, residency_relay::relay::GOING_AWAY_DRAIN);
-            break;
-        }
-    }
+    support::cluster::going_away(&mut anna, residency_relay::relay::GOING_AWAY_DRAIN).await;
     anna.recover(Duration::from_secs(10)).await.unwrap();
     assert_eq!(anna.joined.relay_id, "de-ber-1");
     // New joins avoid the drained relay.

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use residency_relay::wire::control::{ServerMessage, TrackKind};
+use residency_relay::wire::control::TrackKind;
 use residency_relay::wire::datagram::{Flags, MediaHeader};
 use serde_json::json;
 use support::cluster::{ACME, Cluster, connect, create, request};
@@ -49,16 +49,9 @@ async fn metrics_after_a_call_are_bounded_and_free_of_personal_data() {
     let mut a = connect(&alice, "127.0.0.2").await;
     let mut b = connect(&bob, "127.0.0.4").await;
     let track = a.publish(TrackKind::Audio, "opus", None).await.unwrap();
-    loop {
-        let e = tokio::time::timeout(Duration::from_secs(10), b.next_event())
-            .await
-            .unwrap()
-            .unwrap();
-        if matches!(e, ServerMessage::TrackPublished(ref i) if i.track == track) {
-            break;
-        }
-    }
-    b.subscribe(track).await.unwrap();
+    b.subscribe_announced(track, Duration::from_secs(10))
+        .await
+        .unwrap();
     for sequence in 0..200u32 {
         a.send_media(
             &MediaHeader {

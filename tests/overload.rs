@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use residency_relay::client::Client;
 use residency_relay::client::join::JoinError;
-use residency_relay::wire::control::{ServerMessage, TrackKind};
+use residency_relay::wire::control::TrackKind;
 use residency_relay::wire::datagram::{Flags, MediaHeader};
 use serde_json::json;
 use support::cluster::{ACME, Cluster, connect, create, join_from, request, sample};
@@ -52,16 +52,10 @@ async fn a_full_relay_refuses_newcomers_and_keeps_serving_those_in() {
         .unwrap();
     let received: Vec<Arc<AtomicU64>> = (1..12).map(|_| Arc::default()).collect();
     for (client, count) in clients[1..].iter_mut().zip(&received) {
-        loop {
-            let e = tokio::time::timeout(Duration::from_secs(5), client.next_event())
-                .await
-                .unwrap()
-                .unwrap();
-            if matches!(e, ServerMessage::TrackPublished(ref i) if i.track == track) {
-                break;
-            }
-        }
-        client.subscribe(track).await.unwrap();
+        client
+            .subscribe_announced(track, Duration::from_secs(5))
+            .await
+            .unwrap();
         let datagrams = client.datagrams();
         let count = count.clone();
         tokio::spawn(async move {

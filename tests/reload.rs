@@ -9,15 +9,16 @@ mod support;
 
 use std::time::Duration;
 
-use residency_relay::client::join::Credential;
 use residency_relay::client::session::Session;
 use residency_relay::client::{Client, ClientError};
 use residency_relay::relay::{GOING_AWAY_MOVED, close_code};
 use residency_relay::ticket::{self, Claims, Grants, TicketError};
-use residency_relay::wire::control::{ServerMessage, TrackKind};
-use residency_relay::wire::datagram::{Flags, MediaHeader, TrackId};
+use residency_relay::wire::control::TrackKind;
+use residency_relay::wire::datagram::TrackId;
 use serde_json::{Value, json};
-use support::cluster::{ACME, ADMIN, Cluster, create, join_from, request};
+use support::cluster::{
+    ACME, ADMIN, Cluster, create, going_away, hear, join_from, request, session,
+};
 
 /// The edit under test: Frankfurt's relay is declared to be in the US (so
 /// no longer inside `eu`), and the EU default relay becomes Berlin's.
@@ -72,15 +73,9 @@ struct Call {
 }
 
 async fn call() -> Call {
-    let mut c = Cluster::new(|t| t);
-    c.start_router("de-fra-router").await;
-    for r in ["de-fra-1", "ie-dub-1", "nl-ams-1", "us-nyc-1"] {
-        c.start_relay(r).await;
-    }
-    c.wait_health(
+    let c = Cluster::running(
         "de-fra-router",
         &["de-fra-1", "ie-dub-1", "nl-ams-1", "us-nyc-1"],
-        "healthy",
     )
     .await;
     let router = c.url("de-fra-router");
@@ -91,25 +86,8 @@ async fn call() -> Call {
     )
     .await;
     let conference = conf["id"].as_str().unwrap().to_owned();
-    let credential = Credential::Passcode(conf["passcode"].as_str().unwrap().to_owned());
-    let mut anna = Session::join(
-        &router,
-        &conference,
-        &credential,
-        "Anna",
-        "127.0.0.2".parse().unwrap(),
-    )
-    .await
-    .unwrap();
-    let mut aoife = Session::join(
-        &router,
-        &conference,
-        &credential,
-        "Aoife",
-        "127.0.0.4".parse().unwrap(),
-    )
-    .await
-    .unwrap();
+    let mut anna = session(&router, &conf, "Anna", "127.0.0.2").await;
+    let mut aoife = session(&router, &conf, "Aoife", "127.0.0.4").await;
     assert_eq!(anna.joined.relay_id, "de-fra-1");
     assert_eq!(aoife.joined.relay_id, "ie-dub-1");
     let anna_track = anna.publish(TrackKind::Audio, "opus").await.unwrap();
@@ -131,6 +109,30 @@ async fn call() -> Call {
 }
 
 impl Call {
+    /// Anna (or Aoife) was told to go: she rejoins through the router and
+    /// lands on one of `allowed`; the other never moved; both hear each
+    /// other again.
+    async fn rejoins(&mut self, anna: bool, allowed: &[&str]) {
+        let (mover, stayer) = if anna {
+            (&mut self.anna, &self.aoife)
+        } else {
+            (&mut self.aoife, &self.anna)
+        };
+        let republished = mover.recover(Duration::from_secs(20)).await.unwrap();
+        let now_on = mover.joined.relay_id.clone();
+        assert!(allowed.contains(&now_on.as_str()), "moved to {now_on}");
+        assert_eq!(stayer.moves, 0);
+        // A new connection with a new track: both subscribe afresh.
+        if anna {
+            self.anna_track = republished[0];
+        } else {
+            self.aoife_track = republished[0];
+        }
+        self.anna_subscribed = false;
+        self.aoife_subscribed = false;
+        self.both_hear_each_other().await;
+    }
+
     async fn both_hear_each_other(&mut self) {
         let (a, b) = (self.anna_track, self.aoife_track);
         hear(
@@ -187,64 +189,6 @@ impl Call {
     async fn router_metrics(&self) -> String {
         let r = request("GET", &format!("{}/metrics", self.router), None, None, None).await;
         String::from_utf8_lossy(&r.body).into_owned()
-    }
-}
-
-/// `to` subscribes to `track` (unless `subscribed`) and receives it from `from`.
-async fn hear(from: &mut Session, to: &mut Session, track: TrackId, subscribed: &mut bool) {
-    let client = to.client();
-    let announced = client.initial_tracks.iter().any(|t| t.track == track);
-    if !*subscribed && !announced {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let e = tokio::time::timeout_at(deadline, client.next_event())
-                .await
-                .expect("track announced")
-                .unwrap();
-            if matches!(e, ServerMessage::TrackPublished(ref i) if i.track == track) {
-                break;
-            }
-        }
-    }
-    if !*subscribed {
-        client.subscribe(track).await.unwrap();
-        *subscribed = true;
-    }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    for sequence in 0u32.. {
-        from.client()
-            .send_media(
-                &MediaHeader {
-                    track,
-                    sequence,
-                    flags: Flags::default(),
-                },
-                b"still here",
-            )
-            .unwrap();
-        if let Ok(Ok(d)) =
-            tokio::time::timeout(Duration::from_millis(50), to.client().recv_media()).await
-        {
-            if d.ends_with(b"still here") {
-                return;
-            }
-        }
-        assert!(tokio::time::Instant::now() < deadline, "media stopped");
-    }
-}
-
-/// Waits for `going_away` with `code` on `session`'s relay connection.
-async fn going_away(session: &mut Session, code: u16) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let e = tokio::time::timeout_at(deadline, session.client().next_event())
-            .await
-            .expect("going_away in time")
-            .unwrap();
-        if let ServerMessage::GoingAway { code: got, .. } = e {
-            assert_eq!(got, code);
-            return;
-        }
     }
 }
 
@@ -357,18 +301,7 @@ async fn a_router_reload_moves_a_conference_off_a_relay_edited_out_of_its_jurisd
         Some(close_code::MOVED)
     );
     assert!(call.anna.movable());
-    let republished = call.anna.recover(Duration::from_secs(20)).await.unwrap();
-    // Anna is a new connection with a new track: both subscribe afresh.
-    call.anna_track = republished[0];
-    call.anna_subscribed = false;
-    call.aoife_subscribed = false;
-    let now_on = call.anna.joined.relay_id.clone();
-    assert!(
-        now_on == "ie-dub-1" || now_on == "nl-ams-1",
-        "moved to {now_on}"
-    );
-    assert_eq!(call.aoife.moves, 0);
-    call.both_hear_each_other().await;
+    call.rejoins(true, &["ie-dub-1", "nl-ams-1"]).await;
     let relay = call.cluster.relay_metrics("de-fra-1").await;
     assert_eq!(
         labelled(
@@ -448,30 +381,16 @@ async fn a_router_reload_moves_a_conference_off_a_relay_edited_out_of_its_jurisd
         .reload_relay("de-fra-1", "Bearer dev-relay-de-fra-1")
         .await;
     assert_eq!(status, 200, "{body}");
-    let cert = request(
-        "GET",
-        &format!("{}/cert", call.relay_http("de-fra-1")),
-        None,
-        None,
-        None,
-    )
-    .await
-    .json();
-    let p = &call.cluster.policy;
-    let e = Client::connect(
-        "127.0.0.2:0".parse().unwrap(),
-        p.relay(p.relay_idx("de-fra-1").unwrap()).quic_addr,
-        cert["sha256"].as_str().unwrap(),
-        &ticket_for(&call.conference, "de-fra-1"),
-    )
-    .await
-    .unwrap_err();
-    match e {
-        ClientError::Refused { code, .. } => {
-            assert_eq!(code, TicketError::ForeignJurisdiction.wire_code())
-        }
-        other => panic!("{other}"),
-    }
+    assert_eq!(
+        refused(
+            &call.cluster,
+            "de-fra-1",
+            "127.0.0.2",
+            &ticket_for(&call.conference, "de-fra-1")
+        )
+        .await,
+        TicketError::ForeignJurisdiction.wire_code()
+    );
     call.both_hear_each_other().await;
     call.cluster.shutdown().await;
 }
@@ -544,17 +463,7 @@ async fn a_relay_reloaded_alone_moves_out_what_it_may_no_longer_carry() {
         "{body}"
     );
     going_away(&mut call.aoife, GOING_AWAY_MOVED).await;
-    let republished = call.aoife.recover(Duration::from_secs(20)).await.unwrap();
-    call.aoife_track = republished[0];
-    call.anna_subscribed = false;
-    call.aoife_subscribed = false;
-    let now_on = call.aoife.joined.relay_id.clone();
-    assert!(
-        now_on == "de-fra-1" || now_on == "nl-ams-1",
-        "moved to {now_on}"
-    );
-    assert_eq!(call.anna.moves, 0);
-    call.both_hear_each_other().await;
+    call.rejoins(false, &["de-fra-1", "nl-ams-1"]).await;
     let dublin = call.cluster.relay_metrics("ie-dub-1").await;
     assert_eq!(
         labelled(
@@ -581,15 +490,10 @@ async fn a_relay_reloaded_alone_moves_out_what_it_may_no_longer_carry() {
 
     // Frankfurt, reloaded, still refuses the ticket it admitted before as
     // a replay.
-    let e = Client::connect("127.0.0.2:0".parse().unwrap(), frankfurt, &cert, &used)
-        .await
-        .unwrap_err();
-    match e {
-        ClientError::Refused { code, .. } => {
-            assert_eq!(code, TicketError::Replayed.wire_code())
-        }
-        other => panic!("{other}"),
-    }
+    assert_eq!(
+        refused(&call.cluster, "de-fra-1", "127.0.0.2", &used).await,
+        TicketError::Replayed.wire_code()
+    );
     // And a ticket issued before the relay started (whose nonce it could
     // not have seen) is still refused after the reload.
     let old = ticket_issued(
@@ -597,17 +501,40 @@ async fn a_relay_reloaded_alone_moves_out_what_it_may_no_longer_carry() {
         "de-fra-1",
         residency_relay::relay::unix_now() - residency_relay::ticket::CLOCK_SKEW_SECS - 120,
     );
-    let e = Client::connect("127.0.0.2:0".parse().unwrap(), frankfurt, &cert, &old)
-        .await
-        .unwrap_err();
-    match e {
-        ClientError::Refused { code, .. } => {
-            assert_eq!(code, TicketError::IssuedBeforeStart.wire_code())
-        }
-        other => panic!("{other}"),
-    }
+    assert_eq!(
+        refused(&call.cluster, "de-fra-1", "127.0.0.2", &old).await,
+        TicketError::IssuedBeforeStart.wire_code()
+    );
     call.both_hear_each_other().await;
     call.cluster.shutdown().await;
+}
+
+/// Presents `ticket` to relay `relay` of `c`'s inventory from the address
+/// `from`; the code it was refused with.
+async fn refused(c: &Cluster, relay: &str, from: &str, ticket: &str) -> u16 {
+    let p = &c.policy;
+    let r = p.relay(p.relay_idx(relay).unwrap());
+    let cert = request(
+        "GET",
+        &format!("http://{}/cert", r.http_addr),
+        None,
+        None,
+        None,
+    )
+    .await
+    .json();
+    let answer = Client::connect(
+        format!("{from}:0").parse().unwrap(),
+        r.quic_addr,
+        cert["sha256"].as_str().unwrap(),
+        ticket,
+    )
+    .await;
+    match answer {
+        Err(ClientError::Refused { code, .. }) => code,
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("{relay} took the ticket"),
+    }
 }
 
 /// Polls `url` until its metrics show `label` of `name` at `value`.
@@ -787,11 +714,7 @@ fn without_relay(text: &str, id: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_relay_removed_from_the_inventory_gives_up_its_conferences() {
-    let mut c = Cluster::new(|t| t);
-    c.start_router("ch-zrh-router").await;
-    c.start_relay("ch-zrh-1").await;
-    c.wait_health("ch-zrh-router", &["ch-zrh-1"], "healthy")
-        .await;
+    let c = Cluster::running("ch-zrh-router", &["ch-zrh-1"]).await;
     let router = c.url("ch-zrh-router");
     let conf = create(
         &router,
@@ -800,16 +723,7 @@ async fn a_relay_removed_from_the_inventory_gives_up_its_conferences() {
     )
     .await;
     let id = conf["id"].as_str().unwrap().to_owned();
-    let credential = Credential::Passcode(conf["passcode"].as_str().unwrap().to_owned());
-    let mut heidi = Session::join(
-        &router,
-        &id,
-        &credential,
-        "Heidi",
-        "127.0.0.5".parse().unwrap(),
-    )
-    .await
-    .unwrap();
+    let mut heidi = session(&router, &conf, "Heidi", "127.0.0.5").await;
     assert_eq!(heidi.joined.relay_id, "ch-zrh-1");
 
     // Zurich's relay leaves the inventory; only the router reloads. It
@@ -856,23 +770,10 @@ async fn a_relay_removed_from_the_inventory_gives_up_its_conferences() {
         0.0
     );
     let before_move = mint("dev-ch-router.key", "ch", &id, "ch-zrh-1", before_reload);
-    let cert = request("GET", &format!("http://{http}/cert"), None, None, None)
-        .await
-        .json();
-    let e = Client::connect(
-        "127.0.0.5:0".parse().unwrap(),
-        p.relay(p.relay_idx("ch-zrh-1").unwrap()).quic_addr,
-        cert["sha256"].as_str().unwrap(),
-        &before_move,
-    )
-    .await
-    .unwrap_err();
-    match e {
-        ClientError::Refused { code, .. } => {
-            assert_eq!(code, TicketError::Revoked.wire_code())
-        }
-        other => panic!("{other}"),
-    }
+    assert_eq!(
+        refused(&c, "ch-zrh-1", "127.0.0.5", &before_move).await,
+        TicketError::Revoked.wire_code()
+    );
 
     // The relay reloads too: it trusts nothing and reports draining.
     let r = request(

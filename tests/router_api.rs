@@ -36,27 +36,6 @@ async fn eu_cluster() -> Cluster {
     c
 }
 
-/// Waits until `client` hears of `track` (on its relay, or over a link).
-async fn wait_for_track(
-    client: &mut residency_relay::client::Client,
-    track: residency_relay::wire::datagram::TrackId,
-) {
-    if client.initial_tracks.iter().any(|t| t.track == track) {
-        return;
-    }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let event = tokio::time::timeout_at(deadline, client.next_event())
-            .await
-            .expect("the track is announced")
-            .unwrap();
-        if matches!(event, residency_relay::wire::control::ServerMessage::TrackPublished(ref i) if i.track == track)
-        {
-            return;
-        }
-    }
-}
-
 /// Sends `track` from `from` until `to` receives it: a subscription to a
 /// track on another relay takes effect once the link has passed it on.
 async fn prime(
@@ -122,8 +101,9 @@ async fn paid_eu_conference_keeps_an_american_on_an_eu_relay_and_media_flows() {
     let mut b = connect(&american, "127.0.0.3").await;
     let track = a.publish(TrackKind::Audio, "opus", None).await.unwrap();
     // The track reaches Dublin over the cascade link the router sets up.
-    wait_for_track(&mut b, track).await;
-    b.subscribe(track).await.unwrap();
+    b.subscribe_announced(track, Duration::from_secs(10))
+        .await
+        .unwrap();
     prime(&a, &b, track).await;
     let payload = b"end-to-end encrypted bytes the relay never reads".to_vec();
     for sequence in 0..20u32 {
@@ -577,8 +557,10 @@ async fn a_restarted_router_keeps_conferences_bans_placement_and_moderation() {
         .publish(TrackKind::Audio, "opus", None)
         .await
         .unwrap();
-    wait_for_track(&mut german_client, track).await;
-    german_client.subscribe(track).await.unwrap();
+    german_client
+        .subscribe_announced(track, Duration::from_secs(10))
+        .await
+        .unwrap();
     // Media across the link set up after the restart.
     prime(&irish_client, &german_client, track).await;
     // Bans hold.

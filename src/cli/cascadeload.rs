@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::client::join::{self, Credential, Joined};
+use crate::client::join::{self, Joined};
 use crate::client::synthetic::{self, ReceiveStats, quantile};
 use crate::client::{self, Client};
 use crate::http_client;
-use crate::wire::control::{ServerMessage, TrackKind};
+use crate::wire::control::TrackKind;
 use crate::wire::datagram::{Flags, HEADER_LEN, MediaHeader};
 
 /// What one run measured.
@@ -127,30 +127,14 @@ async fn measure(
     pps: u64,
     seconds: u64,
 ) -> Result<Outcome, String> {
-    let created = http_client::request(
-        "POST",
-        &format!("{router}/v1/conferences"),
-        None,
-        &[("authorization", &format!("Bearer {api_key}"))],
-        Some(
-            json!({ "residency": "eu", "waiting_room": false })
-                .to_string()
-                .into_bytes(),
-        ),
-        Duration::from_secs(10),
+    let created = join::create(
+        router,
+        api_key,
+        &json!({ "residency": "eu", "waiting_room": false }),
     )
     .await
-    .map_err(|e| e.to_string())?;
-    if created.status != 201 {
-        return Err(format!(
-            "create: {} {}",
-            created.status,
-            String::from_utf8_lossy(&created.body)
-        ));
-    }
-    let c = created.json();
-    let id = c["id"].as_str().unwrap_or_default().to_owned();
-    let credential = Credential::Passcode(c["passcode"].as_str().unwrap_or_default().to_owned());
+    .map_err(|e| format!("creating the conference: {e}"))?;
+    let (id, credential) = (created.id.clone(), created.credential());
     let joiner = |ip: &str| {
         let (router, id, credential) = (router.to_owned(), id.clone(), credential.clone());
         let ip: IpAddr = ip.parse().unwrap_or(IpAddr::from([127, 0, 0, 1]));
@@ -198,16 +182,10 @@ async fn measure(
         subs.push((joined, client));
     }
     for (_, client) in &mut subs {
-        let mut announced = client.initial_tracks.iter().any(|t| t.track == track);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        while !announced {
-            match tokio::time::timeout_at(deadline, client.next_event()).await {
-                Ok(Ok(ServerMessage::TrackPublished(info))) => announced = info.track == track,
-                Ok(Ok(_)) => {}
-                _ => return Err("the publisher's track was never announced".into()),
-            }
-        }
-        client.subscribe(track).await.map_err(|e| e.to_string())?;
+        client
+            .subscribe_announced(track, Duration::from_secs(15))
+            .await
+            .map_err(|e| format!("subscribing to the publisher's track: {e}"))?;
     }
     // Prime until every subscriber receives (subscriptions beyond a link
     // take effect once the link passed them on), then let the primers drain.

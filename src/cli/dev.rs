@@ -241,30 +241,16 @@ async fn run_demo(policy: &Policy) -> Result<(), String> {
         tenant.id,
         policy.plan_of(tenant).id
     );
-    let created = http_client::request(
-        "POST",
-        &format!("{}/v1/conferences", router.url),
-        None,
-        &[("authorization", &format!("Bearer {key}"))],
-        Some(
-            json!({ "residency": "eu", "waiting_room": false })
-                .to_string()
-                .into_bytes(),
-        ),
-        Duration::from_secs(10),
+    let created = crate::client::join::create(
+        &router.url,
+        &key,
+        &json!({ "residency": "eu", "waiting_room": false }),
     )
     .await
-    .map_err(|e| e.to_string())?;
-    if created.status != 201 {
-        return Err(format!(
-            "create failed: {} {}",
-            created.status,
-            String::from_utf8_lossy(&created.body)
-        ));
-    }
-    let c = created.json();
-    let id = c["id"].as_str().unwrap_or_default().to_owned();
-    let passcode = c["passcode"].as_str().unwrap_or_default().to_owned();
+    .map_err(|e| format!("create failed: {e}"))?;
+    let c = created.answer;
+    let id = created.id;
+    let passcode = created.passcode.unwrap_or_default();
     let host_token = c["host_token"].as_str().unwrap_or_default().to_owned();
     println!(
         "  conference {id} (jurisdiction {}), passcode {passcode}",

@@ -26,27 +26,12 @@ pub(super) fn run(
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(async move {
-        let auth = format!("Bearer {api_key}");
-        let created = http_client::request(
-            "POST",
-            &format!("{router}/v1/conferences"),
-            None,
-            &[("authorization", &auth)],
-            Some(json!({ "waiting_room": false }).to_string().into_bytes()),
-            Duration::from_secs(10),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        if created.status != 201 {
-            return Err(format!(
-                "creating the conference failed: {} {}",
-                created.status,
-                String::from_utf8_lossy(&created.body)
-            ));
-        }
-        let c = created.json();
-        let id = c["id"].as_str().unwrap_or_default().to_owned();
-        let passcode = c["passcode"].as_str().unwrap_or_default().to_owned();
+        let created =
+            crate::client::join::create(router, api_key, &json!({ "waiting_room": false }))
+                .await
+                .map_err(|e| format!("creating the conference failed: {e}"))?;
+        let id = created.id;
+        let passcode = created.passcode.unwrap_or_default();
         if baseline {
             let (ok, failures, mut latencies, elapsed) = load(
                 "GET",

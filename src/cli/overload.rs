@@ -18,11 +18,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::client::join::{self, Credential, JoinError};
+use crate::client::join::{self, JoinError};
 use crate::client::synthetic::{self, ReceiveStats, quantile};
 use crate::client::{self, Client};
-use crate::http_client;
-use crate::wire::control::{ServerMessage, TrackKind};
+use crate::wire::control::TrackKind;
 use crate::wire::datagram::{Flags, HEADER_LEN, MediaHeader};
 
 /// What to run.
@@ -77,30 +76,14 @@ pub(super) fn run(plan: Plan) -> Result<(), String> {
 }
 
 async fn measure(plan: Plan) -> Result<(), String> {
-    let created = http_client::request(
-        "POST",
-        &format!("{}/v1/conferences", plan.router),
-        None,
-        &[("authorization", &format!("Bearer {}", plan.api_key))],
-        Some(
-            json!({ "residency": plan.residency, "waiting_room": false })
-                .to_string()
-                .into_bytes(),
-        ),
-        Duration::from_secs(10),
+    let created = join::create(
+        &plan.router,
+        &plan.api_key,
+        &json!({ "residency": plan.residency, "waiting_room": false }),
     )
     .await
-    .map_err(|e| e.to_string())?;
-    if created.status != 201 {
-        return Err(format!(
-            "create: {} {}",
-            created.status,
-            String::from_utf8_lossy(&created.body)
-        ));
-    }
-    let c = created.json();
-    let id = c["id"].as_str().unwrap_or_default().to_owned();
-    let credential = Credential::Passcode(c["passcode"].as_str().unwrap_or_default().to_owned());
+    .map_err(|e| format!("creating the conference: {e}"))?;
+    let (id, credential) = (created.id.clone(), created.credential());
 
     // The call: one endpoint per address.
     let mut endpoints: HashMap<IpAddr, quinn::Endpoint> = HashMap::new();
@@ -137,16 +120,10 @@ async fn measure(plan: Plan) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     for client in &mut clients {
-        let mut announced = client.initial_tracks.iter().any(|t| t.track == track);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        while !announced {
-            match tokio::time::timeout_at(deadline, client.next_event()).await {
-                Ok(Ok(ServerMessage::TrackPublished(info))) => announced = info.track == track,
-                Ok(Ok(_)) => {}
-                _ => return Err("the publisher's track was never announced".into()),
-            }
-        }
-        client.subscribe(track).await.map_err(|e| e.to_string())?;
+        client
+            .subscribe_announced(track, Duration::from_secs(15))
+            .await
+            .map_err(|e| format!("subscribing to the publisher's track: {e}"))?;
     }
     let size = 1100usize;
     let send = |publisher: &Client, sequence: u32| {

@@ -126,6 +126,51 @@ pub async fn join(
     }
 }
 
+/// A conference just created.
+#[derive(Debug, Clone)]
+pub struct Created {
+    pub id: String,
+    /// `None` for a conference joined by invitation only.
+    pub passcode: Option<String>,
+    /// The router's whole answer (host token, jurisdiction, …).
+    pub answer: Value,
+}
+
+impl Created {
+    /// The passcode as a join credential (empty when there is none).
+    pub fn credential(&self) -> Credential {
+        Credential::Passcode(self.passcode.clone().unwrap_or_default())
+    }
+}
+
+/// Creates a conference at the router at `router` as the tenant with
+/// `api_key` (`POST /v1/conferences` with `body`).
+pub async fn create(router: &str, api_key: &str, body: &Value) -> Result<Created, JoinError> {
+    let r = http_client::request(
+        "POST",
+        &format!("{router}/v1/conferences"),
+        None,
+        &[("authorization", &format!("Bearer {api_key}"))],
+        Some(body.to_string().into_bytes()),
+        Duration::from_secs(10),
+    )
+    .await
+    .map_err(|e| JoinError::Unreachable(e.to_string()))?;
+    let answer = r.json();
+    if r.status != 201 {
+        return Err(refused(r.status, &answer));
+    }
+    let id = answer["id"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| JoinError::Unexpected(answer.to_string()))?;
+    Ok(Created {
+        id,
+        passcode: answer["passcode"].as_str().map(str::to_owned),
+        answer,
+    })
+}
+
 fn refused(status: u16, answer: &Value) -> JoinError {
     let e = &answer["error"];
     JoinError::Refused {

@@ -194,6 +194,26 @@ impl Client {
         }
     }
 
+    /// Waits up to `within` until `track` is announced (or was listed at
+    /// welcome), then subscribes to it. Other events meanwhile are dropped.
+    pub async fn subscribe_announced(
+        &mut self,
+        track: TrackId,
+        within: Duration,
+    ) -> Result<(), ClientError> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut announced = self.initial_tracks.iter().any(|t| t.track == track);
+        while !announced {
+            match tokio::time::timeout_at(deadline, self.next_event()).await {
+                Ok(Ok(ServerMessage::TrackPublished(info))) => announced = info.track == track,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(ClientError::Timeout),
+            }
+        }
+        self.subscribe(track).await
+    }
+
     /// Publishes a track; returns the id to send its datagrams with.
     pub async fn publish(
         &mut self,

@@ -118,6 +118,18 @@ impl Cluster {
         }
     }
 
+    /// The dev config as it is, with `router` and `relays` started and the
+    /// relays reported healthy at the router.
+    pub async fn running(router: &str, relays: &[&str]) -> Cluster {
+        let mut c = Cluster::new(|t| t);
+        c.start_router(router).await;
+        for r in relays {
+            c.start_relay(r).await;
+        }
+        c.wait_health(router, relays, "healthy").await;
+        c
+    }
+
     pub fn url(&self, router: &str) -> String {
         self.policy.router(router).unwrap().url.clone()
     }
@@ -347,4 +359,78 @@ pub async fn connect(joined: &Joined, ip: &str) -> Client {
 pub fn sample(text: &str, name: &str) -> f64 {
     residency_relay::relay::metrics::sample(text, name)
         .unwrap_or_else(|| panic!("no sample {name}"))
+}
+
+/// `to` subscribes to `track` (announced, possibly over a cascade link)
+/// unless `subscribed`, then `from` sends it until `to` receives it: a
+/// subscription beyond a link takes effect once the link passed it on.
+pub async fn hear(
+    from: &mut residency_relay::client::session::Session,
+    to: &mut residency_relay::client::session::Session,
+    track: residency_relay::wire::datagram::TrackId,
+    subscribed: &mut bool,
+) {
+    use residency_relay::wire::datagram::{Flags, MediaHeader};
+    if !*subscribed {
+        to.client()
+            .subscribe_announced(track, Duration::from_secs(10))
+            .await
+            .unwrap();
+        *subscribed = true;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for sequence in 0u32.. {
+        from.client()
+            .send_media(
+                &MediaHeader {
+                    track,
+                    sequence,
+                    flags: Flags::default(),
+                },
+                b"still here",
+            )
+            .unwrap();
+        if let Ok(Ok(d)) =
+            tokio::time::timeout(Duration::from_millis(50), to.client().recv_media()).await
+        {
+            if d.ends_with(b"still here") {
+                return;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "media stopped");
+    }
+}
+
+/// Waits for `going_away` with `code` on `session`'s relay connection.
+pub async fn going_away(session: &mut residency_relay::client::session::Session, code: u16) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let e = tokio::time::timeout_at(deadline, session.client().next_event())
+            .await
+            .expect("going_away in time")
+            .unwrap();
+        if let residency_relay::wire::control::ServerMessage::GoingAway { code: got, .. } = e {
+            assert_eq!(got, code);
+            return;
+        }
+    }
+}
+
+/// Joins the conference `conf` (as `create` answered) through `router` as
+/// `name` from `ip`, with its passcode, and connects.
+pub async fn session(
+    router: &str,
+    conf: &Value,
+    name: &str,
+    ip: &str,
+) -> residency_relay::client::session::Session {
+    residency_relay::client::session::Session::join(
+        router,
+        conf["id"].as_str().unwrap(),
+        &Credential::Passcode(conf["passcode"].as_str().unwrap().to_owned()),
+        name,
+        ip.parse().unwrap(),
+    )
+    .await
+    .unwrap()
 }
