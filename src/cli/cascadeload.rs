@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 
@@ -20,7 +20,6 @@ use crate::client::synthetic::{self, ReceiveStats, quantile};
 use crate::client::{self, Client};
 use crate::http_client;
 use crate::wire::control::TrackKind;
-use crate::wire::datagram::{Flags, HEADER_LEN, MediaHeader};
 
 /// What one run measured.
 struct Outcome {
@@ -187,44 +186,12 @@ async fn measure(
             .await
             .map_err(|e| format!("subscribing to the publisher's track: {e}"))?;
     }
-    // Prime until every subscriber receives (subscriptions beyond a link
-    // take effect once the link passed them on), then let the primers drain.
-    let size = 1100usize;
-    let mut sequence = 0u32;
-    let send = |publisher: &Client, sequence: u32| {
-        let _ = publisher.send_media(
-            &MediaHeader {
-                track,
-                sequence,
-                flags: if sequence % 100 == 0 {
-                    Flags::KEYFRAME
-                } else {
-                    Flags::default()
-                },
-            },
-            &synthetic::payload(size - HEADER_LEN),
-        );
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut primed = vec![false; subs.len()];
-    while primed.iter().any(|p| !p) {
-        if Instant::now() > deadline {
-            return Err("some subscribers never received media".into());
-        }
-        send(&publisher, sequence);
-        sequence += 1;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        for (i, (_, client)) in subs.iter().enumerate() {
-            while let Ok(Ok(_)) =
-                tokio::time::timeout(Duration::from_micros(1), client.recv_media()).await
-            {
-                primed[i] = true;
-            }
-        }
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let first_measured = sequence + 1_000;
-    sequence = first_measured;
+    // Prime until every subscriber receives, then let the primers drain.
+    let mut stream = synthetic::Stream::new(&publisher, track);
+    let everyone: Vec<&Client> = subs.iter().map(|(_, c)| c).collect();
+    stream.prime(&everyone, Duration::from_secs(20)).await?;
+    let first_measured = stream.sequence + 1_000;
+    let mut sequence = first_measured;
     // Egress counters before the media phase.
     // Every relay of the jurisdiction: those carrying nothing show 0.
     let relays: Vec<(String, SocketAddr)> = policy
@@ -264,7 +231,7 @@ async fn measure(
     let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / pps.max(1)));
     for _ in 0..count {
         tick.tick().await;
-        send(&publisher, sequence);
+        stream.send(sequence);
         sequence += 1;
     }
     let mut local = ReceiveStats::default();

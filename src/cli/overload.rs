@@ -22,7 +22,6 @@ use crate::client::join::{self, JoinError};
 use crate::client::synthetic::{self, ReceiveStats, quantile};
 use crate::client::{self, Client};
 use crate::wire::control::TrackKind;
-use crate::wire::datagram::{Flags, HEADER_LEN, MediaHeader};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -125,41 +124,11 @@ async fn measure(plan: Plan) -> Result<(), String> {
             .await
             .map_err(|e| format!("subscribing to the publisher's track: {e}"))?;
     }
-    let size = 1100usize;
-    let send = |publisher: &Client, sequence: u32| {
-        let _ = publisher.send_media(
-            &MediaHeader {
-                track,
-                sequence,
-                flags: if sequence % 100 == 0 {
-                    Flags::KEYFRAME
-                } else {
-                    Flags::default()
-                },
-            },
-            &synthetic::payload(size - HEADER_LEN),
-        );
-    };
     // Prime until everyone receives, then let the primers drain.
-    let mut sequence = 0u32;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut primed = vec![false; clients.len()];
-    while primed.iter().any(|p| !p) {
-        if Instant::now() > deadline {
-            return Err("some subscribers never received media".into());
-        }
-        send(&publisher, sequence);
-        sequence += 1;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        for (i, client) in clients.iter().enumerate() {
-            while let Ok(Ok(_)) =
-                tokio::time::timeout(Duration::from_micros(1), client.recv_media()).await
-            {
-                primed[i] = true;
-            }
-        }
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut stream = synthetic::Stream::new(&publisher, track);
+    let everyone: Vec<&Client> = clients.iter().collect();
+    stream.prime(&everyone, Duration::from_secs(20)).await?;
+    let sequence = stream.sequence;
 
     // Sequence ranges of the two phases.
     let count = (plan.pps * plan.seconds) as u32;
@@ -192,7 +161,7 @@ async fn measure(plan: Plan) -> Result<(), String> {
     let mut tick = tokio::time::interval(interval);
     for s in calm_first..calm_first + count {
         tick.tick().await;
-        send(&publisher, s);
+        stream.send(s);
     }
 
     // Overload: newcomers ask to join at `rate` while the media goes on.
@@ -249,7 +218,7 @@ async fn measure(plan: Plan) -> Result<(), String> {
     }
     for s in overload_first..overload_first + count {
         tick.tick().await;
-        send(&publisher, s);
+        stream.send(s);
     }
     for n in newcomers {
         let _ = n.await;

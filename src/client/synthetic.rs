@@ -27,6 +27,75 @@ pub fn payload(size: usize) -> Vec<u8> {
     p
 }
 
+/// A publisher of one synthetic track: 1,100-byte packets, a keyframe
+/// every 100, numbered from 0.
+#[derive(Debug)]
+pub struct Stream<'a> {
+    publisher: &'a super::Client,
+    track: TrackId,
+    /// The next sequence number.
+    pub sequence: u32,
+}
+
+/// Size of each packet a [`Stream`] sends, header included.
+pub const STREAM_PACKET: usize = 1100;
+
+impl<'a> Stream<'a> {
+    pub fn new(publisher: &'a super::Client, track: TrackId) -> Self {
+        Stream {
+            publisher,
+            track,
+            sequence: 0,
+        }
+    }
+
+    /// Sends packet `sequence` (a send error is loss the receivers count).
+    pub fn send(&self, sequence: u32) {
+        let _ = self.publisher.send_media(
+            &datagram::MediaHeader {
+                track: self.track,
+                sequence,
+                flags: if sequence % 100 == 0 {
+                    datagram::Flags::KEYFRAME
+                } else {
+                    datagram::Flags::default()
+                },
+            },
+            &payload(STREAM_PACKET - datagram::HEADER_LEN),
+        );
+    }
+
+    /// Sends until each of `subscribers` received something (a
+    /// subscription beyond a cascade link takes effect once the link passed
+    /// it on), then lets what was sent drain; fails after `within`.
+    pub async fn prime(
+        &mut self,
+        subscribers: &[&super::Client],
+        within: std::time::Duration,
+    ) -> Result<(), String> {
+        use std::time::Duration;
+        let deadline = tokio::time::Instant::now() + within;
+        let mut primed = vec![false; subscribers.len()];
+        while primed.iter().any(|p| !p) {
+            if tokio::time::Instant::now() > deadline {
+                return Err("some subscribers never received media".into());
+            }
+            self.send(self.sequence);
+            self.sequence += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            for (i, client) in subscribers.iter().enumerate() {
+                while let Ok(Ok(_)) =
+                    tokio::time::timeout(Duration::from_micros(1), client.recv_media()).await
+                {
+                    primed[i] = true;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Ok(())
+    }
+}
+
 /// What one receiver saw.
 #[derive(Debug, Default, Clone)]
 pub struct ReceiveStats {
