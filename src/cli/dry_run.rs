@@ -3,34 +3,11 @@
 //! before anyone applies it. Nothing is changed.
 
 use std::fmt::Write as _;
-use std::time::Duration;
 
 use crate::policy::Policy;
 
 pub(super) fn run(new: &Policy, router: &str, token: &str) -> Result<String, String> {
-    let url = format!("{}/v1/admin/conferences", router.trim_end_matches('/'));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    let r = runtime
-        .block_on(crate::http_client::request(
-            "GET",
-            &url,
-            None,
-            &[("authorization", &format!("Bearer {token}"))],
-            None,
-            Duration::from_secs(10),
-        ))
-        .map_err(|e| e.to_string())?;
-    if r.status != 200 {
-        return Err(format!(
-            "the router answered {}: {}",
-            r.status,
-            String::from_utf8_lossy(&r.body)
-        ));
-    }
-    let live = r.json();
+    let live = super::report::ask_router("GET", router, "/v1/admin/conferences", token)?;
     let router_id = live["router"].as_str().unwrap_or_default();
     let conferences = live["conferences"].as_array().cloned().unwrap_or_default();
     let mut out = String::new();

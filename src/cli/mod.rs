@@ -198,30 +198,7 @@ enum Command {
     /// Overload: a call filling a jurisdiction's relay capacity, then
     /// newcomers asking to join at a fixed rate; joins accepted and refused,
     /// and the latency of those in, calm against overload.
-    Overload {
-        /// Router base URL (the default serves `ch`, one relay of 200).
-        #[arg(long, default_value = "http://127.0.2.3:8080")]
-        router: String,
-        #[arg(long, default_value = "dev-acme-key")]
-        api_key: String,
-        #[arg(long, default_value = "ch")]
-        residency: String,
-        /// Participants in the call (the first publishes): the capacity.
-        #[arg(long, default_value_t = 200)]
-        inside: usize,
-        /// Concurrent newcomers (each from its own address).
-        #[arg(long, default_value_t = 50)]
-        newcomers: usize,
-        /// Join attempts per second, all newcomers together.
-        #[arg(long, default_value_t = 200)]
-        rate: u64,
-        /// Packets per second the publisher sends (1,100 bytes each).
-        #[arg(long, default_value_t = 100)]
-        pps: u64,
-        /// Length of each phase.
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
-    },
+    Overload(overload::Plan),
     /// Fetch a conference's signed residency report from its router.
     Report {
         /// Router base URL.
@@ -500,25 +477,7 @@ pub fn main() -> ExitCode {
             seconds,
             baseline,
         )),
-        Command::Overload {
-            router,
-            api_key,
-            residency,
-            inside,
-            newcomers,
-            rate,
-            pps,
-            seconds,
-        } => report(overload::run(overload::Plan {
-            router,
-            api_key,
-            residency,
-            inside,
-            newcomers,
-            rate,
-            pps,
-            seconds,
-        })),
+        Command::Overload(plan) => report(overload::run(plan)),
         Command::Cascadeload {
             config,
             router,

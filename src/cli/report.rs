@@ -15,20 +15,19 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("cannot start the runtime: {e}"))
 }
 
-/// Fetches the signed report and writes it (pretty JSON).
-pub(super) fn fetch(
+/// `method` on the router at `router` (base URL), path `path`, with
+/// `token` as bearer; the JSON answer of a `200`, else the router's answer
+/// as the error.
+pub(super) fn ask_router(
+    method: &str,
     router: &str,
-    conference: &str,
+    path: &str,
     token: &str,
-    out: Option<&Path>,
-) -> Result<(), String> {
-    let url = format!(
-        "{}/v1/conferences/{conference}/residency",
-        router.trim_end_matches('/')
-    );
+) -> Result<serde_json::Value, String> {
+    let url = format!("{}{path}", router.trim_end_matches('/'));
     let r = runtime()?
         .block_on(http_client::request(
-            "GET",
+            method,
             &url,
             None,
             &[("authorization", &format!("Bearer {token}"))],
@@ -43,7 +42,23 @@ pub(super) fn fetch(
             String::from_utf8_lossy(&r.body)
         ));
     }
-    let text = serde_json::to_string_pretty(&r.json()).map_err(|e| e.to_string())? + "\n";
+    Ok(r.json())
+}
+
+/// Fetches the signed report and writes it (pretty JSON).
+pub(super) fn fetch(
+    router: &str,
+    conference: &str,
+    token: &str,
+    out: Option<&Path>,
+) -> Result<(), String> {
+    let report = ask_router(
+        "GET",
+        router,
+        &format!("/v1/conferences/{conference}/residency"),
+        token,
+    )?;
+    let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())? + "\n";
     match out {
         Some(path) => {
             std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
@@ -129,28 +144,12 @@ pub(super) fn summarize(
 
 /// Asks the router to drain a relay.
 pub(super) fn drain(router: &str, relay: &str, token: &str) -> Result<(), String> {
-    let url = format!(
-        "{}/v1/admin/relays/{relay}/drain",
-        router.trim_end_matches('/')
-    );
-    let r = runtime()?
-        .block_on(http_client::request(
-            "POST",
-            &url,
-            None,
-            &[("authorization", &format!("Bearer {token}"))],
-            None,
-            Duration::from_secs(10),
-        ))
-        .map_err(|e| e.to_string())?;
-    if r.status == 200 {
-        println!("{relay} is draining: no new joins; its participants are moving");
-        Ok(())
-    } else {
-        Err(format!(
-            "the router answered {}: {}",
-            r.status,
-            String::from_utf8_lossy(&r.body)
-        ))
-    }
+    ask_router(
+        "POST",
+        router,
+        &format!("/v1/admin/relays/{relay}/drain"),
+        token,
+    )?;
+    println!("{relay} is draining: no new joins; its participants are moving");
+    Ok(())
 }
