@@ -18,7 +18,9 @@ use residency_relay::wire::control::{self, Decoder, ServerMessage, TrackKind};
 use residency_relay::wire::datagram::{Flags, MediaHeader, TrackId};
 use residency_relay::wire::link::LinkMessage;
 use serde_json::{Value, json};
-use support::cluster::{ACME, Cluster, connect, create, join_from, request, sample, session};
+use support::cluster::{
+    ACME, Cluster, connect, join_from, open_conference, request, sample, session,
+};
 
 /// What one client received, counted by a task reading its datagrams.
 #[derive(Default, Debug)]
@@ -146,12 +148,7 @@ async fn an_eu_call_spans_eu_relays_only_and_the_report_accounts_for_every_byte(
     )
     .await;
     let router = c.url("de-fra-router");
-    let conf = create(
-        &router,
-        ACME,
-        json!({ "residency": "eu", "waiting_room": false }),
-    )
-    .await;
+    let conf = open_conference(&router, "eu").await;
     let id = conf["id"].as_str().unwrap().to_owned();
     let passcode = conf["passcode"].as_str().unwrap().to_owned();
 
@@ -343,23 +340,10 @@ fn cascade_ticket(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn forged_misdirected_and_foreign_tickets_are_refused_and_reported() {
     let mut c = Cluster::new(|t| t);
-    c.start_router("de-fra-router").await;
-    for r in ["de-fra-1", "ie-dub-1", "us-nyc-1"] {
-        c.start_relay(r).await;
-    }
-    c.wait_health(
-        "de-fra-router",
-        &["de-fra-1", "ie-dub-1", "us-nyc-1"],
-        "healthy",
-    )
-    .await;
+    c.start("de-fra-router", &["de-fra-1", "ie-dub-1", "us-nyc-1"])
+        .await;
     let router = c.url("de-fra-router");
-    let conf = create(
-        &router,
-        ACME,
-        json!({ "residency": "eu", "waiting_room": false }),
-    )
-    .await;
+    let conf = open_conference(&router, "eu").await;
     let id = conf["id"].as_str().unwrap().to_owned();
     let irish = join_from(
         &router,
@@ -483,12 +467,7 @@ async fn a_participant_moves_when_its_relay_dies_and_never_abroad() {
     )
     .await;
     let router = c.url("de-fra-router");
-    let conf = create(
-        &router,
-        ACME,
-        json!({ "residency": "eu", "waiting_room": false }),
-    )
-    .await;
+    let conf = open_conference(&router, "eu").await;
     let id = conf["id"].as_str().unwrap().to_owned();
     let mut anna = session(&router, &conf, "Anna", "127.0.0.2").await;
     let mut aoife = session(&router, &conf, "Aoife", "127.0.0.4").await;
@@ -542,23 +521,10 @@ async fn receive_from(from: &mut Session, to: &mut Session, track: TrackId) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn each_packet_crosses_each_link_once() {
     let mut c = Cluster::new(|t| t);
-    c.start_router("de-fra-router").await;
-    for r in ["de-fra-1", "ie-dub-1", "nl-ams-1"] {
-        c.start_relay(r).await;
-    }
-    c.wait_health(
-        "de-fra-router",
-        &["de-fra-1", "ie-dub-1", "nl-ams-1"],
-        "healthy",
-    )
-    .await;
+    c.start("de-fra-router", &["de-fra-1", "ie-dub-1", "nl-ams-1"])
+        .await;
     let router = c.url("de-fra-router");
-    let conf = create(
-        &router,
-        ACME,
-        json!({ "residency": "eu", "waiting_room": false }),
-    )
-    .await;
+    let conf = open_conference(&router, "eu").await;
     let id = conf["id"].as_str().unwrap().to_owned();
     let passcode = conf["passcode"].as_str().unwrap().to_owned();
     // One publisher in Germany; two subscribers near each relay.
@@ -643,12 +609,7 @@ async fn each_packet_crosses_each_link_once() {
 async fn a_drained_relay_takes_no_joins_and_its_participants_move() {
     let c = Cluster::running("de-fra-router", &["de-fra-1", "de-ber-1", "ie-dub-1"]).await;
     let router = c.url("de-fra-router");
-    let conf = create(
-        &router,
-        ACME,
-        json!({ "residency": "eu", "waiting_room": false }),
-    )
-    .await;
+    let conf = open_conference(&router, "eu").await;
     let id = conf["id"].as_str().unwrap().to_owned();
     let mut anna = session(&router, &conf, "Anna", "127.0.0.2").await;
     assert_eq!(anna.joined.relay_id, "de-fra-1");
@@ -688,17 +649,9 @@ async fn a_drained_relay_takes_no_joins_and_its_participants_move() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_dry_run_lists_what_a_policy_change_would_do_to_live_calls() {
     let mut c = Cluster::new(|t| t);
-    c.start_router("de-fra-router").await;
-    c.start_relay("de-fra-1").await;
-    c.wait_health("de-fra-router", &["de-fra-1"], "healthy")
-        .await;
+    c.start("de-fra-router", &["de-fra-1"]).await;
     let router = c.url("de-fra-router");
-    let conf = create(
-        &router,
-        ACME,
-        json!({ "residency": "eu", "waiting_room": false }),
-    )
-    .await;
+    let conf = open_conference(&router, "eu").await;
     let id = conf["id"].as_str().unwrap().to_owned();
     let joined = join_from(
         &router,

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
-use support::cluster::{ACME, Cluster, connect, create, request};
+use support::cluster::{Cluster, connect, open_conference, request};
 
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -31,17 +31,9 @@ impl Captured {
 }
 
 async fn call(c: &mut Cluster, ip: &str, name_suffix: &str) -> (String, String) {
-    c.start_router("de-fra-router").await;
-    c.start_relay("de-fra-1").await;
-    c.wait_health("de-fra-router", &["de-fra-1"], "healthy")
-        .await;
+    c.start("de-fra-router", &["de-fra-1"]).await;
     let router = c.url("de-fra-router");
-    let conf = create(
-        &router,
-        ACME,
-        json!({ "residency": "eu", "waiting_room": false }),
-    )
-    .await;
+    let conf = open_conference(&router, "eu").await;
     let id = conf["id"].as_str().unwrap().to_owned();
     // A wrong passcode first (logged as a refusal), then a real join.
     let r = request(

@@ -9,24 +9,14 @@ use std::time::Duration;
 use residency_relay::wire::control::TrackKind;
 use residency_relay::wire::datagram::{Flags, MediaHeader};
 use serde_json::json;
-use support::cluster::{ACME, Cluster, connect, create, request};
+use support::cluster::{Cluster, connect, open_conference, request};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metrics_after_a_call_are_bounded_and_free_of_personal_data() {
     let mut c = Cluster::new(|t| t);
-    c.start_router("de-fra-router").await;
-    for r in ["de-fra-1", "ie-dub-1"] {
-        c.start_relay(r).await;
-    }
-    c.wait_health("de-fra-router", &["de-fra-1", "ie-dub-1"], "healthy")
-        .await;
+    c.start("de-fra-router", &["de-fra-1", "ie-dub-1"]).await;
     let router = c.url("de-fra-router");
-    let conf = create(
-        &router,
-        ACME,
-        json!({ "residency": "eu", "waiting_room": false }),
-    )
-    .await;
+    let conf = open_conference(&router, "eu").await;
     let id = conf["id"].as_str().unwrap().to_owned();
     let passcode = conf["passcode"].as_str().unwrap().to_owned();
     let join = |ip: &'static str, name: &'static str| {

@@ -12,7 +12,7 @@ use residency_relay::client::join::JoinError;
 use residency_relay::wire::control::TrackKind;
 use residency_relay::wire::datagram::{Flags, MediaHeader};
 use serde_json::json;
-use support::cluster::{ACME, Cluster, connect, create, join_from, request, sample};
+use support::cluster::{Cluster, connect, join_from, open_conference, request, sample};
 
 fn refusal(e: JoinError) -> (u16, String) {
     match e {
@@ -25,17 +25,9 @@ fn refusal(e: JoinError) -> (u16, String) {
 async fn a_full_relay_refuses_newcomers_and_keeps_serving_those_in() {
     // Zurich's relay takes 12 participants.
     let mut c = Cluster::new(|t| t.replace("max_participants = 200", "max_participants = 12"));
-    c.start_router("ch-zrh-router").await;
-    c.start_relay("ch-zrh-1").await;
-    c.wait_health("ch-zrh-router", &["ch-zrh-1"], "healthy")
-        .await;
+    c.start("ch-zrh-router", &["ch-zrh-1"]).await;
     let router = c.url("ch-zrh-router");
-    let conf = create(
-        &router,
-        ACME,
-        json!({ "residency": "ch", "waiting_room": false }),
-    )
-    .await;
+    let conf = open_conference(&router, "ch").await;
     let id = conf["id"].as_str().unwrap().to_owned();
     let passcode = conf["passcode"].as_str().unwrap().to_owned();
 
@@ -114,17 +106,9 @@ async fn conference_address_and_connection_limits_answer_clearly() {
             "{t}\n[limits]\nconference_max_participants = 3\njoins_per_address_per_minute = 6\nrelay_connections_per_address = 2\n"
         )
     });
-    c.start_router("de-fra-router").await;
-    c.start_relay("de-fra-1").await;
-    c.wait_health("de-fra-router", &["de-fra-1"], "healthy")
-        .await;
+    c.start("de-fra-router", &["de-fra-1"]).await;
     let router = c.url("de-fra-router");
-    let conf = create(
-        &router,
-        ACME,
-        json!({ "residency": "eu", "waiting_room": false }),
-    )
-    .await;
+    let conf = open_conference(&router, "eu").await;
     let id = conf["id"].as_str().unwrap().to_owned();
     let passcode = conf["passcode"].as_str().unwrap().to_owned();
 
@@ -160,12 +144,7 @@ async fn conference_address_and_connection_limits_answer_clearly() {
     // (two conferences, so the conference limit of three stays out of it).
     let mut urls = Vec::new();
     for _ in 0..2 {
-        let other = create(
-            &router,
-            ACME,
-            json!({ "residency": "eu", "waiting_room": false }),
-        )
-        .await;
+        let other = open_conference(&router, "eu").await;
         urls.push((
             format!(
                 "{router}/v1/conferences/{}/join",

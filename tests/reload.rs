@@ -17,7 +17,7 @@ use residency_relay::wire::control::TrackKind;
 use residency_relay::wire::datagram::TrackId;
 use serde_json::{Value, json};
 use support::cluster::{
-    ACME, ADMIN, Cluster, create, going_away, hear, join_from, request, session,
+    ACME, ADMIN, Cluster, create, going_away, hear, join_from, open_conference, request, session,
 };
 
 /// The edit under test: Frankfurt's relay is declared to be in the US (so
@@ -79,12 +79,7 @@ async fn call() -> Call {
     )
     .await;
     let router = c.url("de-fra-router");
-    let conf = create(
-        &router,
-        ACME,
-        json!({ "residency": "eu", "waiting_room": false }),
-    )
-    .await;
+    let conf = open_conference(&router, "eu").await;
     let conference = conf["id"].as_str().unwrap().to_owned();
     let mut anna = session(&router, &conf, "Anna", "127.0.0.2").await;
     let mut aoife = session(&router, &conf, "Aoife", "127.0.0.4").await;
@@ -716,12 +711,7 @@ fn without_relay(text: &str, id: &str) -> String {
 async fn a_relay_removed_from_the_inventory_gives_up_its_conferences() {
     let c = Cluster::running("ch-zrh-router", &["ch-zrh-1"]).await;
     let router = c.url("ch-zrh-router");
-    let conf = create(
-        &router,
-        ACME,
-        json!({ "residency": "ch", "waiting_room": false }),
-    )
-    .await;
+    let conf = open_conference(&router, "ch").await;
     let id = conf["id"].as_str().unwrap().to_owned();
     let mut heidi = session(&router, &conf, "Heidi", "127.0.0.5").await;
     assert_eq!(heidi.joined.relay_id, "ch-zrh-1");

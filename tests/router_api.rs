@@ -13,7 +13,8 @@ use residency_relay::wire::control::TrackKind;
 use residency_relay::wire::datagram::{Flags, MediaHeader};
 use serde_json::json;
 use support::cluster::{
-    ACME, ADMIN, Cluster, FREEBIE, connect, create, join_from, request, request_raw, sample,
+    ACME, ADMIN, Cluster, FREEBIE, connect, create, join_from, open_conference, request,
+    request_raw, sample,
 };
 
 const EU_RELAYS: [&str; 3] = ["de-fra-1", "de-ber-1", "ie-dub-1"];
@@ -78,12 +79,7 @@ fn refused_code(e: JoinError) -> (u16, String) {
 async fn paid_eu_conference_keeps_an_american_on_an_eu_relay_and_media_flows() {
     let c = eu_cluster().await;
     let router = c.url("de-fra-router");
-    let conf = create(
-        &router,
-        ACME,
-        json!({ "residency": "eu", "waiting_room": false }),
-    )
-    .await;
+    let conf = open_conference(&router, "eu").await;
     let id = conf["id"].as_str().unwrap();
     assert!(id.starts_with("eu-") && id.len() == 29, "{id}");
     assert_eq!(conf["jurisdiction"], "eu");
@@ -283,12 +279,7 @@ async fn plan_rules_pin_conferences_and_foreign_jurisdictions_are_redirected() {
 async fn passcode_failures_lock_kick_ban_and_end() {
     let c = eu_cluster().await;
     let router = c.url("de-fra-router");
-    let conf = create(
-        &router,
-        ACME,
-        json!({ "residency": "eu", "waiting_room": false }),
-    )
-    .await;
+    let conf = open_conference(&router, "eu").await;
     let id = conf["id"].as_str().unwrap();
     let passcode = conf["passcode"].as_str().unwrap();
     let host = format!("Bearer {}", conf["host_token"].as_str().unwrap());
@@ -443,12 +434,7 @@ async fn no_healthy_or_free_relay_in_the_jurisdiction_is_503_never_abroad() {
     c.start_router("de-fra-router").await;
     c.start_relay("de-fra-1").await;
     let ch = c.url("ch-zrh-router");
-    let conf = create(
-        &ch,
-        ACME,
-        json!({ "residency": "ch", "waiting_room": false }),
-    )
-    .await;
+    let conf = open_conference(&ch, "ch").await;
     let id = conf["id"].as_str().unwrap();
     let passcode = conf["passcode"].as_str().unwrap();
 
@@ -500,18 +486,9 @@ async fn no_healthy_or_free_relay_in_the_jurisdiction_is_503_never_abroad() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restarted_router_keeps_conferences_bans_placement_and_moderation() {
     let mut c = Cluster::new(|t| t);
-    c.start_router("de-fra-router").await;
-    c.start_relay("de-fra-1").await;
-    c.start_relay("ie-dub-1").await;
-    c.wait_health("de-fra-router", &["de-fra-1", "ie-dub-1"], "healthy")
-        .await;
+    c.start("de-fra-router", &["de-fra-1", "ie-dub-1"]).await;
     let router = c.url("de-fra-router");
-    let conf = create(
-        &router,
-        ACME,
-        json!({ "residency": "eu", "waiting_room": false }),
-    )
-    .await;
+    let conf = open_conference(&router, "eu").await;
     let id = conf["id"].as_str().unwrap().to_owned();
     let passcode = conf["passcode"].as_str().unwrap().to_owned();
     let host = format!("Bearer {}", conf["host_token"].as_str().unwrap());
@@ -851,12 +828,7 @@ async fn relays_must_authenticate_and_belong_to_the_jurisdiction() {
 async fn malformed_requests_get_4xx_and_metrics_carry_no_personal_data() {
     let c = eu_cluster().await;
     let router = c.url("de-fra-router");
-    let conf = create(
-        &router,
-        ACME,
-        json!({ "residency": "eu", "waiting_room": false }),
-    )
-    .await;
+    let conf = open_conference(&router, "eu").await;
     let id = conf["id"].as_str().unwrap();
     let host = format!("Bearer {}", conf["host_token"].as_str().unwrap());
     let joined = join_from(&router, id, conf["passcode"].as_str().unwrap(), "127.0.0.2")

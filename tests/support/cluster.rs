@@ -122,12 +122,18 @@ impl Cluster {
     /// relays reported healthy at the router.
     pub async fn running(router: &str, relays: &[&str]) -> Cluster {
         let mut c = Cluster::new(|t| t);
-        c.start_router(router).await;
-        for r in relays {
-            c.start_relay(r).await;
-        }
-        c.wait_health(router, relays, "healthy").await;
+        c.start(router, relays).await;
         c
+    }
+
+    /// Starts `router` and `relays` and waits until the router reports the
+    /// relays healthy.
+    pub async fn start(&mut self, router: &str, relays: &[&str]) {
+        self.start_router(router).await;
+        for r in relays {
+            self.start_relay(r).await;
+        }
+        self.wait_health(router, relays, "healthy").await;
     }
 
     pub fn url(&self, router: &str) -> String {
@@ -323,6 +329,17 @@ pub async fn create(router: &str, auth: &str, body: Value) -> Value {
     .await;
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
     r.json()
+}
+
+/// Creates a conference of tenant acme pinned to `residency`, without a
+/// waiting room; returns the answer.
+pub async fn open_conference(router: &str, residency: &str) -> Value {
+    create(
+        router,
+        ACME,
+        serde_json::json!({ "residency": residency, "waiting_room": false }),
+    )
+    .await
 }
 
 /// Joins with a passcode from `ip`.
