@@ -78,12 +78,7 @@ pub(super) fn settings(
         routers: relay::RouterLink::for_relay(policy, idx),
         credential,
         max_connections_per_address: policy.limits().relay_connections_per_address,
-        log_full_addresses: policy
-            .logging()
-            .full_addresses
-            .iter()
-            .map(|j| policy.jurisdiction(*j).id.clone())
-            .collect(),
+        log_full_addresses: policy.full_address_jurisdictions(),
         reload: None,
     };
     let mut settings = settings;

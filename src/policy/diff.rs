@@ -292,11 +292,7 @@ pub fn diff(old: &Policy, new: &Policy) -> Vec<String> {
             "format {}, level {}, full_addresses [{}]",
             if l.json { "json" } else { "human" },
             l.level,
-            l.full_addresses
-                .iter()
-                .map(|j| p.jurisdiction(*j).id.as_str())
-                .collect::<Vec<_>>()
-                .join(",")
+            p.full_address_jurisdictions().join(",")
         )
     };
     field(

@@ -316,6 +316,15 @@ impl Policy {
 
     /// Whether logs about a conference of `jurisdiction` (an id) may show
     /// full client addresses.
+    /// The ids of the jurisdictions whose logs may show full client addresses.
+    pub fn full_address_jurisdictions(&self) -> Vec<String> {
+        self.logging
+            .full_addresses
+            .iter()
+            .map(|j| self.jurisdiction(*j).id.clone())
+            .collect()
+    }
+
     pub fn full_addresses(&self, jurisdiction: &str) -> bool {
         self.jurisdiction_idx(jurisdiction)
             .is_some_and(|j| self.logging.full_addresses.contains(&j))

@@ -688,12 +688,7 @@ fn reconfigure(
     id: &str,
     credential: Option<&str>,
 ) -> Result<Reconfigured, ReloadError> {
-    let log_full_addresses = policy
-        .logging()
-        .full_addresses
-        .iter()
-        .map(|j| policy.jurisdiction(*j).id.clone())
-        .collect();
+    let log_full_addresses = policy.full_address_jurisdictions();
     let max_connections_per_address = policy.limits().relay_connections_per_address;
     let Some(idx) = policy.relay_idx(id) else {
         return Ok(Reconfigured {

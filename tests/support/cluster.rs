@@ -195,13 +195,7 @@ impl Cluster {
             hello_timeout: Duration::from_secs(5),
             routers: RouterLink::for_relay(&self.policy, idx),
             credential: Some(format!("dev-relay-{id}")),
-            log_full_addresses: self
-                .policy
-                .logging()
-                .full_addresses
-                .iter()
-                .map(|j| self.policy.jurisdiction(*j).id.clone())
-                .collect(),
+            log_full_addresses: self.policy.full_address_jurisdictions(),
             max_connections_per_address: self.policy.limits().relay_connections_per_address,
             reload: Some(relay::Reloading {
                 source: self.source(),
