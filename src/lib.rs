@@ -34,6 +34,7 @@ pub mod client;
 pub mod forward;
 pub mod geo;
 pub mod http_client;
+pub mod http_server;
 pub mod logging;
 pub mod policy;
 pub mod redact;

@@ -54,6 +54,7 @@ async fn names_and_labels_are_exact_and_carry_no_personal_data() {
         .map(|l| l.split(' ').next().unwrap())
         .collect();
     let expected: BTreeSet<&str> = [
+        "rr_relay_address_validations_total",
         "rr_relay_build_info",
         "rr_relay_bytes_delivered_total",
         "rr_relay_bytes_received_total",
@@ -65,11 +66,15 @@ async fn names_and_labels_are_exact_and_carry_no_personal_data() {
         "rr_relay_conferences",
         "rr_relay_connection_refusals_total",
         "rr_relay_control_errors_total",
+        "rr_relay_control_rate_limited_total",
         "rr_relay_cpu_seconds",
         "rr_relay_datagrams_received_total",
         "rr_relay_datagrams_sent_total",
         "rr_relay_deliveries_total",
         "rr_relay_forward_seconds",
+        "rr_relay_http_connections_closed_total",
+        "rr_relay_http_connections_open",
+        "rr_relay_http_connections_refused_total",
         "rr_relay_ingress_drops_total",
         "rr_relay_keyframe_requests_total",
         "rr_relay_moderation_disconnects_total",
@@ -99,6 +104,7 @@ async fn names_and_labels_are_exact_and_carry_no_personal_data() {
                     [
                         "relay",
                         "reason",
+                        "origin",
                         "outcome",
                         "version",
                         "jurisdiction",
@@ -119,7 +125,7 @@ async fn names_and_labels_are_exact_and_carry_no_personal_data() {
         "rr_relay_moderation_disconnects_total{reason=\"conference_ended\",relay=\"de-ber-1\"} 0"
     ));
     assert!(
-        text.contains("rr_relay_ticket_refusals_total{reason=\"revoked\",relay=\"de-ber-1\"} 0")
+        text.contains("rr_relay_ticket_refusals_total{origin=\"signed\",reason=\"revoked\",relay=\"de-ber-1\"} 0")
     );
     // No address, name, participant or conference id.
     for secret in [

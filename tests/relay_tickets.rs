@@ -101,8 +101,16 @@ async fn each_ticket_failure_is_refused_with_its_code() {
     }
     let (_, metrics) = relay.get("/metrics").await;
     for (_, e) in &cases {
+        // Unsigned, or not signed by a key the policy gives the claimed
+        // jurisdiction: forged.
+        let origin = match e {
+            TicketError::Malformed
+            | TicketError::BadSignature
+            | TicketError::ForeignJurisdiction => "forged",
+            _ => "signed",
+        };
         let line = format!(
-            "rr_relay_ticket_refusals_total{{reason=\"{}\",relay=\"de-fra-1\"}} 1",
+            "rr_relay_ticket_refusals_total{{origin=\"{origin}\",reason=\"{}\",relay=\"de-fra-1\"}} 1",
             e.code()
         );
         assert!(metrics.contains(&line), "missing {line}");

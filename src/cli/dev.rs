@@ -58,8 +58,12 @@ async fn serve(policy: Arc<Policy>, demo: bool) -> Result<(), String> {
         let _ = rx.wait_for(|s| *s).await;
     };
     let mut tasks = Vec::new();
+    // Every HTTP listener of the process shares its descriptor limit.
+    let budget = crate::http_server::FdBudget::raise();
+    let listeners = policy.routers().len() + policy.relays().len();
     for r in policy.routers() {
         let mut settings = super::router::settings(policy.clone(), &r.id)?;
+        settings.http = budget.fit(&settings.http, listeners);
         // SIGHUP reloads every router and relay of the process.
         settings.source = Some(source.clone());
         settings.reload_on_sighup = true;
@@ -85,6 +89,7 @@ async fn serve(policy: Arc<Policy>, demo: bool) -> Result<(), String> {
             );
         }
         let mut settings = super::relay::settings(&policy, &r.id, 256, 2, credential)?;
+        settings.http = budget.fit(&settings.http, listeners);
         settings.reload = Some(crate::relay::Reloading {
             source: source.clone(),
             policy: policy.clone(),

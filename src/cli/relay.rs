@@ -24,6 +24,7 @@ pub(super) fn run(
         policy: policy.clone(),
         on_sighup: true,
     });
+    settings.http = crate::http_server::FdBudget::raise().fit(&settings.http, 1);
     let r = policy.relay(policy.relay_idx(id).ok_or("unknown relay")?);
     let (quic, http) = (r.quic_addr, r.http_addr);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -78,6 +79,9 @@ pub(super) fn settings(
         routers: relay::RouterLink::for_relay(policy, idx),
         credential,
         max_connections_per_address: policy.limits().relay_connections_per_address,
+        unvalidated_handshakes: policy.limits().relay_unvalidated_handshakes as usize,
+        control_limits: relay::rate::ControlLimits::from_policy(policy.limits()),
+        http: crate::http_server::Limits::from_policy(policy.limits()),
         log_full_addresses: policy.full_address_jurisdictions(),
         reload: None,
     };

@@ -13,6 +13,7 @@ pub(super) fn run(policy: Policy, id: &str, source: policy::Source) -> Result<()
     let mut settings = settings(Arc::new(policy), id)?;
     settings.source = Some(source);
     settings.reload_on_sighup = true;
+    settings.http = crate::http_server::FdBudget::raise().fit(&settings.http, 1);
     let listen = settings.router.listen;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -37,6 +38,7 @@ pub(super) fn settings(policy: Arc<Policy>, id: &str) -> Result<Settings, String
     let signing_key = router::signing_key(&policy, &me)?;
     let store = Sqlite::open(&me.store).map_err(|e| e.to_string())?;
     let limits = LimitSettings::from_policy(&policy);
+    let http = crate::http_server::Limits::from_policy(policy.limits());
     Ok(Settings {
         policy,
         router: me,
@@ -46,5 +48,6 @@ pub(super) fn settings(policy: Arc<Policy>, id: &str) -> Result<Settings, String
         limits,
         source: None,
         reload_on_sighup: false,
+        http,
     })
 }

@@ -608,6 +608,18 @@ impl Core {
         self.conferences.get(conference).map_or(&[], Vec::as_slice)
     }
 
+    /// The shell dropped a control message of `conn` for going over its
+    /// rate: tell the participant.
+    pub fn handle_rate_limited(&mut self, conn: ConnId) {
+        if self.conn(conn).is_some() {
+            self.error(
+                conn,
+                ErrorCode::RateLimited,
+                "control messages over your rate; slow down",
+            );
+        }
+    }
+
     /// A control message from an admitted connection.
     pub fn handle_control(&mut self, conn: ConnId, message: ClientMessage) {
         let Some(c) = self.conn(conn) else {

@@ -72,8 +72,34 @@ pub struct LimitsSection {
     pub joins_per_address_per_minute: u32,
     /// Participants one conference may have, over all its relays.
     pub conference_max_participants: u32,
-    /// Connections a relay accepts from one address at once.
+    /// Connections a relay accepts from one address at once (counted once
+    /// the handshake completes).
     pub relay_connections_per_address: u32,
+    /// Handshakes in progress on a relay above which new connections must
+    /// prove their address with a Retry token first (0: always).
+    pub relay_unvalidated_handshakes: u32,
+    /// Open HTTP connections per listener (lowered to fit the process's
+    /// file-descriptor limit).
+    pub http_connections_per_listener: u32,
+    /// Open HTTP connections per source address (IPv6: per /64); trusted
+    /// proxies are exempt.
+    pub http_connections_per_address: u32,
+    /// Seconds for a request's head to arrive.
+    pub http_header_timeout_secs: u32,
+    /// Seconds for a request's body to arrive, from its head.
+    pub http_body_timeout_secs: u32,
+    /// Seconds a keep-alive connection may sit idle.
+    pub http_idle_timeout_secs: u32,
+    /// `publish` and `unpublish` (announced to every member) a participant
+    /// may send per second, and in one burst.
+    pub announcements_per_second: u32,
+    pub announcement_burst: u32,
+    /// `subscribe` and `unsubscribe` a participant may send per second, and
+    /// in one burst (a newcomer subscribes to every track at once).
+    pub subscriptions_per_second: u32,
+    pub subscription_burst: u32,
+    /// Seconds a rejoin token stays valid after the join that issued it.
+    pub rejoin_token_secs: u32,
 }
 
 impl Default for LimitsSection {
@@ -84,6 +110,17 @@ impl Default for LimitsSection {
             joins_per_address_per_minute: 120,
             conference_max_participants: 1000,
             relay_connections_per_address: 200,
+            relay_unvalidated_handshakes: 64,
+            http_connections_per_listener: 1024,
+            http_connections_per_address: 32,
+            http_header_timeout_secs: 5,
+            http_body_timeout_secs: 10,
+            http_idle_timeout_secs: 30,
+            announcements_per_second: 5,
+            announcement_burst: 20,
+            subscriptions_per_second: 200,
+            subscription_burst: 2000,
+            rejoin_token_secs: 12 * 3600,
         }
     }
 }

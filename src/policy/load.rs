@@ -914,6 +914,31 @@ impl Policy {
                 "limits.relay_connections_per_address",
                 limits.relay_connections_per_address,
             ),
+            (
+                "limits.http_connections_per_listener",
+                limits.http_connections_per_listener,
+            ),
+            (
+                "limits.http_connections_per_address",
+                limits.http_connections_per_address,
+            ),
+            (
+                "limits.http_header_timeout_secs",
+                limits.http_header_timeout_secs,
+            ),
+            ("limits.http_body_timeout_secs", limits.http_body_timeout_secs),
+            ("limits.http_idle_timeout_secs", limits.http_idle_timeout_secs),
+            (
+                "limits.announcements_per_second",
+                limits.announcements_per_second,
+            ),
+            ("limits.announcement_burst", limits.announcement_burst),
+            (
+                "limits.subscriptions_per_second",
+                limits.subscriptions_per_second,
+            ),
+            ("limits.subscription_burst", limits.subscription_burst),
+            ("limits.rejoin_token_secs", limits.rejoin_token_secs),
         ] {
             if v == 0 {
                 p.push(
@@ -922,6 +947,16 @@ impl Policy {
                     "0 would refuse everyone; give a positive number",
                 );
             }
+        }
+        if limits.http_connections_per_address > limits.http_connections_per_listener {
+            p.push(
+                cfg,
+                "limits.http_connections_per_address",
+                format!(
+                    "{} is more than http_connections_per_listener ({}); one address could fill the listener",
+                    limits.http_connections_per_address, limits.http_connections_per_listener
+                ),
+            );
         }
         let mut full_addresses = Vec::new();
         for (i, jid) in log.full_addresses.iter().enumerate() {

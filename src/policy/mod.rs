@@ -380,6 +380,13 @@ impl Policy {
                 )
             })
             .collect();
-        crate::ticket::Verifier::new(self.relay(relay).id.clone(), trusted).with_peers(peers)
+        let known = self
+            .jurisdiction_by_id
+            .iter()
+            .map(|(id, idx)| (id.clone(), self.ticket_keys(*idx).to_vec()))
+            .collect();
+        crate::ticket::Verifier::new(self.relay(relay).id.clone(), trusted)
+            .with_peers(peers)
+            .with_known_keys(known)
     }
 }

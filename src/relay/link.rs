@@ -49,11 +49,13 @@ pub(super) async fn accept(
     let ticket = match first {
         Ok(Some(LinkMessage::LinkHello { ticket })) => ticket,
         _ => {
+            let checker = super::trusted(&trust).1;
             refuse(
                 &conn,
                 &mut send,
                 &events,
                 &metrics,
+                &checker,
                 TicketError::Malformed,
                 None,
             )
@@ -67,7 +69,16 @@ pub(super) async fn accept(
     let claims = match checked {
         Ok(claims) => claims,
         Err(e) => {
-            refuse(&conn, &mut send, &events, &metrics, e, Some(&ticket)).await;
+            refuse(
+                &conn,
+                &mut send,
+                &events,
+                &metrics,
+                &checker,
+                e,
+                Some(&ticket),
+            )
+            .await;
             return Err("cascade ticket refused");
         }
     };
@@ -90,7 +101,16 @@ pub(super) async fn accept(
     let (id, rx) = match answer.await.map_err(|_| "relay stopping")? {
         Ok(admitted) => admitted,
         Err(e) => {
-            refuse(&conn, &mut send, &events, &metrics, e, Some(&ticket)).await;
+            refuse(
+                &conn,
+                &mut send,
+                &events,
+                &metrics,
+                &checker,
+                e,
+                Some(&ticket),
+            )
+            .await;
             return Err("cascade link refused");
         }
     };
@@ -111,17 +131,22 @@ async fn refuse(
     send: &mut quinn::SendStream,
     events: &mpsc::Sender<Event>,
     metrics: &Metrics,
+    checker: &ticket::Verifier,
     e: TicketError,
     ticket: Option<&str>,
 ) {
+    // Only a ticket a router of the policy really signed names a conference
+    // and a peer worth recording; anyone can write a forgery's claims.
+    let claims = ticket.and_then(|t| checker.attest_cascade(t));
+    let origin = if claims.is_some() { "signed" } else { "forged" };
     metrics
         .cascade_refusals
-        .with_label_values(&[e.code()])
+        .with_label_values(&[e.code(), origin])
         .inc();
-    let claims = ticket.and_then(|t| ticket::peek_cascade(t).ok());
     warn!(
         reason = e.code(),
-        claimed_from = claims.as_ref().map_or("", |c| c.from.as_str()),
+        origin,
+        from = claims.as_ref().map_or("", |c| c.from.as_str()),
         "cascade link refused"
     );
     if let Some(c) = claims {

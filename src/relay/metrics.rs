@@ -29,6 +29,13 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     pub cascade_refusals: IntCounterVec,
     pub connection_refusals: IntCounterVec,
+    /// Retry packets sent: connections asked to prove their address first.
+    pub address_validations: IntCounter,
+    /// Control messages over a participant's rate, dropped, and
+    /// participants disconnected for going on.
+    pub control_rate_limited: IntCounterVec,
+    /// The HTTP listener's connections.
+    pub http: crate::http_server::ConnMetrics,
     pub cascade_links: IntGauge,
     pub cascade_bytes_received: IntCounter,
     pub cascade_bytes_sent: IntCounter,
@@ -84,6 +91,19 @@ fn counter_vec(
     // Every label value exists from the start, at zero.
     for v in values {
         let _ = c.get_metric_with_label_values(&[v]);
+    }
+    c
+}
+
+/// A refusal counter by `reason` and `origin` (`signed`, `forged`).
+fn refusal_vec(registry: &Registry, name: &str, help: &str, reasons: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), &["reason", "origin"])
+        .unwrap_or_else(|e| unreachable_metric(name, e));
+    let _ = registry.register(Box::new(c.clone()));
+    for r in reasons {
+        for o in ["signed", "forged"] {
+            let _ = c.get_metric_with_label_values(&[r, o]);
+        }
     }
     c
 }
@@ -191,11 +211,10 @@ impl Metrics {
                 "reason",
                 &queue,
             ),
-            ticket_refusals: counter_vec(
+            ticket_refusals: refusal_vec(
                 &registry,
                 "ticket_refusals_total",
-                "Join tickets refused, by reason.",
-                "reason",
+                "Join tickets refused, by reason and origin: signed by a key of the policy (its claims are facts) or forged (unsigned, or not signed by such a key).",
                 &tickets,
             ),
             control_errors: counter(
@@ -222,11 +241,10 @@ impl Metrics {
                 "outcome",
                 &["applied", "rejected"],
             ),
-            cascade_refusals: counter_vec(
+            cascade_refusals: refusal_vec(
                 &registry,
                 "cascade_refusals_total",
-                "Cascade links refused, by reason.",
-                "reason",
+                "Cascade links refused, by reason and origin: signed by a key of the policy (its claims are facts) or forged (unsigned, or not signed by such a key).",
                 &tickets,
             ),
             cascade_links,
@@ -237,6 +255,19 @@ impl Metrics {
                 "reason",
                 &["per_address"],
             ),
+            address_validations: counter(
+                &registry,
+                "address_validations_total",
+                "Retry packets sent: new connections asked to prove their source address before the relay keeps any state for them.",
+            ),
+            control_rate_limited: counter_vec(
+                &registry,
+                "control_rate_limited_total",
+                "Control messages over a participant's rate (dropped, answered with an error) and participants disconnected for going on (disconnected).",
+                "outcome",
+                &["dropped", "disconnected"],
+            ),
+            http: crate::http_server::ConnMetrics::register(&registry),
             cascade_bytes_received: counter(
                 &registry,
                 "cascade_bytes_received_total",

@@ -11,6 +11,7 @@
 //! The shell moves bytes; it never parses payloads.
 
 mod link;
+pub mod rate;
 pub mod metrics;
 pub mod tls;
 
@@ -58,6 +59,10 @@ pub mod close_code {
     /// The policy in force places the relay outside the conference's
     /// jurisdiction: reconnect through the router (after `going_away`).
     pub const MOVED: u32 = 8;
+    /// The source address has its limit of connections.
+    pub const TOO_MANY_CONNECTIONS: u32 = 9;
+    /// The participant kept sending control messages over its rate.
+    pub const RATE_LIMITED: u32 = 10;
 }
 
 /// `going_away` code: the policy in force no longer places this relay
@@ -92,6 +97,14 @@ pub struct Settings {
     pub log_full_addresses: Vec<String>,
     /// Connections accepted from one address at once.
     pub max_connections_per_address: u32,
+    /// Handshakes of unproven addresses in progress above which newcomers
+    /// must prove their address with a Retry first (0: always).
+    pub unvalidated_handshakes: usize,
+    /// Per-participant control-message budgets.
+    pub control_limits: rate::ControlLimits,
+    /// Caps and timeouts of the HTTP listener (fitted to the process's
+    /// descriptor limit by the caller).
+    pub http: crate::http_server::Limits,
     /// How to reload the policy (`POST /v1/admin/reload` with the relay's
     /// credential, SIGHUP); `None` refuses reloads.
     pub reload: Option<Reloading>,
@@ -216,6 +229,8 @@ enum Event {
     },
     Control(ConnId, ClientMessage),
     BadControl(ConnId),
+    /// A control message dropped for going over the participant's rate.
+    RateLimited(ConnId),
     /// A media datagram and when it arrived.
     Datagram(ConnId, Bytes, Instant),
     Closed(ConnId),
@@ -383,6 +398,7 @@ pub async fn run(
             fingerprint: fingerprint.clone(),
             credential: settings.credential.clone(),
             reload: reload_tx,
+            limits: settings.http.clone(),
         },
     ));
     let core_task = tokio::spawn(core_loop(
@@ -393,43 +409,80 @@ pub async fn run(
         metrics.clone(),
     ));
 
-    // Connections per source address: one address cannot take the relay.
+    // Connections per source address, counted once the address is known to
+    // be real: established connections, and handshakes of addresses that
+    // proved themselves with a Retry token. Handshakes of unproven
+    // addresses count only towards `handshaking`; above
+    // `unvalidated_handshakes` of them, newcomers must prove their address
+    // first, so packets with a forged source cost one Retry packet and no
+    // state, and can never lock a real address (a peer relay's included)
+    // out.
     let per_address: Arc<std::sync::Mutex<HashMap<std::net::IpAddr, u32>>> = Arc::default();
+    let handshaking = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let unvalidated_limit = settings.unvalidated_handshakes;
+    let control_limits = settings.control_limits;
     let accept = async {
         while let Some(incoming) = endpoint.accept().await {
             let ip = incoming.remote_address().ip().to_canonical();
-            {
-                let mut counts = per_address.lock().unwrap_or_else(|e| e.into_inner());
-                let n = counts.entry(ip).or_default();
-                if *n >= max_per_address.load(Ordering::Relaxed) {
-                    drop(counts);
-                    metrics
-                        .connection_refusals
-                        .with_label_values(&["per_address"])
-                        .inc();
-                    incoming.refuse();
-                    continue;
+            let validated = incoming.remote_address_validated();
+            if !validated && handshaking.load(Ordering::Relaxed) >= unvalidated_limit {
+                metrics.address_validations.inc();
+                if incoming.retry().is_err() {
+                    // Only an already validated incoming cannot be retried.
+                    debug!("retry refused by quinn");
                 }
-                *n += 1;
+                continue;
             }
+            let full = {
+                let counts = per_address.lock().unwrap_or_else(|e| e.into_inner());
+                counts.get(&ip).copied().unwrap_or(0) >= max_per_address.load(Ordering::Relaxed)
+            };
+            if full {
+                metrics
+                    .connection_refusals
+                    .with_label_values(&["per_address"])
+                    .inc();
+                incoming.refuse();
+                continue;
+            }
+            let counted = validated.then(|| AddressSlot::take(&per_address, ip));
+            handshaking.fetch_add(1, Ordering::Relaxed);
             let events = events_tx.clone();
             let metrics = metrics.clone();
             let hello_timeout = settings.hello_timeout;
             let trust = trust.clone();
             let per_address = per_address.clone();
+            let handshaking = handshaking.clone();
+            let max_per_address = max_per_address.clone();
             tokio::spawn(async move {
+                let handshake = incoming.await;
+                handshaking.fetch_sub(1, Ordering::Relaxed);
+                let Ok(conn) = handshake else {
+                    debug!("handshake failed");
+                    return;
+                };
+                // The handshake completed: the address is real now.
+                let slot = match counted {
+                    Some(slot) => slot,
+                    None => {
+                        let slot = AddressSlot::take(&per_address, ip);
+                        if slot.count() > max_per_address.load(Ordering::Relaxed) {
+                            metrics
+                                .connection_refusals
+                                .with_label_values(&["per_address"])
+                                .inc();
+                            conn.close(close_code::TOO_MANY_CONNECTIONS.into(), b"too many connections from this address");
+                            return;
+                        }
+                        slot
+                    }
+                };
                 if let Err(reason) =
-                    serve_connection(incoming, events, metrics, trust, hello_timeout).await
+                    serve_connection(conn, events, metrics, trust, hello_timeout, control_limits).await
                 {
                     debug!(reason, "connection ended");
                 }
-                let mut counts = per_address.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(n) = counts.get_mut(&ip) {
-                    *n = n.saturating_sub(1);
-                    if *n == 0 {
-                        counts.remove(&ip);
-                    }
-                }
+                drop(slot);
             });
         }
     };
@@ -760,6 +813,7 @@ struct Http {
     /// presents to routers); without one, reloads are by SIGHUP only.
     credential: Option<String>,
     reload: mpsc::Sender<ReloadRequest>,
+    limits: crate::http_server::Limits,
 }
 
 async fn serve_http(listener: tokio::net::TcpListener, http: Http) {
@@ -771,7 +825,14 @@ async fn serve_http(listener: tokio::net::TcpListener, http: Http) {
         fingerprint,
         credential,
         reload,
+        limits,
     } = http;
+    let options = crate::http_server::Options {
+        limits,
+        metrics: metrics.http.clone(),
+        // Operators and their Prometheus reach the relay directly.
+        trusted_proxy: Arc::new(|_| false),
+    };
     let app = axum::Router::new()
         .route(
             "/metrics",
@@ -816,7 +877,9 @@ async fn serve_http(listener: tokio::net::TcpListener, http: Http) {
                 async move { reload_endpoint(credential, reload, headers).await }
             }),
         );
-    if let Err(e) = axum::serve(listener, app).await {
+    if let Err(e) =
+        crate::http_server::serve(listener, app, options, std::future::pending()).await
+    {
         warn!(error = %e, "HTTP listener stopped");
     }
 }
@@ -1126,7 +1189,10 @@ fn handle_event(
                 }
             }
             Err(e) => {
-                metrics.ticket_refusals.with_label_values(&[e.code()]).inc();
+                metrics
+                    .ticket_refusals
+                    .with_label_values(&[e.code(), "signed"])
+                    .inc();
                 // No client address in the log: the refusal reason only.
                 info!(reason = e.code(), "ticket refused");
                 st.enforcement(Enforcement {
@@ -1233,6 +1299,7 @@ fn handle_event(
                 }
             }
         }
+        Event::RateLimited(id) => core.handle_rate_limited(id),
         Event::BadControl(id) => {
             metrics.control_errors.inc();
             core.handle_closed(id);
@@ -1334,8 +1401,10 @@ fn handle_event(
                         .insert((conference.clone(), participant.clone()), (*at).max(now));
                     (
                         core.connections_of(conference, Some(participant)),
+                        // Routers refuse longer reasons; one from an older
+                        // router is cut, never left to break the message.
                         ServerMessage::Kicked {
-                            reason: reason.clone(),
+                            reason: crate::wire::control::fit_label(reason),
                         },
                         "kicked",
                     )
@@ -1574,14 +1643,51 @@ async fn write_message<M: serde::Serialize>(
     send.write_all(&frame).await.map_err(|_| ())
 }
 
+/// One connection counted against its source address until dropped.
+struct AddressSlot {
+    counts: Arc<std::sync::Mutex<HashMap<std::net::IpAddr, u32>>>,
+    ip: std::net::IpAddr,
+    count: u32,
+}
+
+impl AddressSlot {
+    fn take(counts: &Arc<std::sync::Mutex<HashMap<std::net::IpAddr, u32>>>, ip: std::net::IpAddr) -> Self {
+        let mut c = counts.lock().unwrap_or_else(|e| e.into_inner());
+        let n = c.entry(ip).or_default();
+        *n += 1;
+        AddressSlot {
+            counts: counts.clone(),
+            ip,
+            count: *n,
+        }
+    }
+
+    /// Connections from the address, this one included, when it was taken.
+    fn count(&self) -> u32 {
+        self.count
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = c.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                c.remove(&self.ip);
+            }
+        }
+    }
+}
+
 async fn serve_connection(
-    incoming: quinn::Incoming,
+    conn: quinn::Connection,
     events: mpsc::Sender<Event>,
     metrics: Metrics,
     trust: Trust,
     hello_timeout: Duration,
+    control_limits: rate::ControlLimits,
 ) -> Result<(), &'static str> {
-    let conn = incoming.await.map_err(|_| "handshake failed")?;
     let protocol = conn
         .handshake_data()
         .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
@@ -1635,15 +1741,24 @@ async fn serve_connection(
             reply_rx.await.map_err(|_| "relay stopping")?
         }
         Err(refusal) => {
+            // Only a ticket a router of the policy really signed names a
+            // conference worth recording; anyone can write the claims of
+            // a forgery.
+            let attested = checker.attest(&ticket);
+            let origin = if attested.is_some() {
+                "signed"
+            } else {
+                "forged"
+            };
             metrics
                 .ticket_refusals
-                .with_label_values(&[refusal.code()])
+                .with_label_values(&[refusal.code(), origin])
                 .inc();
             // No client address in the log: the refusal reason only.
-            info!(reason = refusal.code(), "ticket refused");
+            info!(reason = refusal.code(), origin, "ticket refused");
             // The router of the conference named hears of it (a ticket for
-            // one jurisdiction presented to a relay outside it, a forgery).
-            if let Ok(claims) = crate::ticket::peek(&ticket) {
+            // one jurisdiction presented to a relay outside it).
+            if let Some(claims) = attested {
                 let _ = events
                     .send(Event::Enforcement(Enforcement {
                         conference: claims.conference,
@@ -1712,6 +1827,7 @@ async fn serve_connection(
             }
         }
     });
+    let mut rate = rate::ControlRate::new(control_limits, Instant::now());
     let outcome = loop {
         tokio::select! {
             datagram = conn.read_datagram() => match datagram {
@@ -1723,11 +1839,30 @@ async fn serve_connection(
                 Err(_) => break "closed",
             },
             message = read_message(&mut recv, &mut decoder) => match message {
-                Ok(Some(m)) => {
-                    if events.send(Event::Control(id, m)).await.is_err() {
-                        break "relay stopping";
+                Ok(Some(m)) => match rate.check(&m, Instant::now()) {
+                    rate::Verdict::Pass => {
+                        if events.send(Event::Control(id, m)).await.is_err() {
+                            break "relay stopping";
+                        }
                     }
-                }
+                    rate::Verdict::Drop => {
+                        metrics.control_rate_limited.with_label_values(&["dropped"]).inc();
+                        if events.send(Event::RateLimited(id)).await.is_err() {
+                            break "relay stopping";
+                        }
+                    }
+                    rate::Verdict::Disconnect => {
+                        metrics
+                            .control_rate_limited
+                            .with_label_values(&["disconnected"])
+                            .inc();
+                        conn.close(
+                            close_code::RATE_LIMITED.into(),
+                            b"control messages over the rate",
+                        );
+                        break "control messages over the rate";
+                    }
+                },
                 Ok(None) => break "control stream ended",
                 Err(_) => {
                     let _ = events.send(Event::BadControl(id)).await;

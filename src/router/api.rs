@@ -40,8 +40,11 @@ const MAX_BODY: usize = 16 * 1024;
 const MAX_REPORT_BODY: usize = 4 << 20;
 /// Longest display name, in bytes (what relays accept in a ticket).
 const MAX_NAME: usize = crate::wire::control::MAX_LABEL_LEN;
-/// Longest abuse-report or kick reason, in characters.
+/// Longest abuse-report reason, in characters.
 const MAX_REASON: usize = 1000;
+/// Longest kick reason, in bytes: the participant reads it in the relay's
+/// `kicked` control message, which carries no more.
+const MAX_KICK_REASON: usize = crate::wire::control::MAX_LABEL_LEN;
 /// How long a waiting participant's poll is held before answering "still waiting".
 const WAIT_HOLD: Duration = Duration::from_secs(10);
 /// Default and longest validity of an invitation.
@@ -92,10 +95,8 @@ pub fn routes(shared: App) -> Router {
         .route("/v1/admin/relays/{relay}/drain", post(drain_relay))
         .route("/v1/admin/reload", post(reload))
         // A busy relay's report lists every conference it carries.
-        .route(
-            "/v1/relays/{relay}/report",
-            post(relay_report).layer(DefaultBodyLimit::max(MAX_REPORT_BODY)),
-        )
+        // Authenticated from the headers before its body is read.
+        .route("/v1/relays/{relay}/report", post(relay_report))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -248,6 +249,24 @@ fn check_text(field: &str, text: &str, max: usize, required: bool) -> ApiResult<
         ));
     }
     Ok(text.to_owned())
+}
+
+/// Reads a request body of at most `max` bytes.
+async fn read_body(body: axum::body::Body, max: usize) -> ApiResult<Bytes> {
+    use http_body_util::BodyExt;
+    match http_body_util::Limited::new(body, max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the body exceeds {max} bytes"),
+        )),
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("the body did not arrive: {e}"),
+        )),
+    }
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -732,9 +751,15 @@ fn join_checked(
         // A participant whose relay failed comes back without its
         // passcode or invitation, as itself.
         let pid = request.participant_id.as_deref().unwrap_or_default();
+        // The token carries its expiry, covered by the stored hash.
+        let unexpired = token
+            .rsplit_once('.')
+            .and_then(|(_, expires)| expires.parse::<u64>().ok())
+            .is_some_and(|expires| expires > now);
         let Some(mut p) = shared.store.participant(&c.id, pid)?.filter(|p| {
-            p.rejoin_sha256
-                .is_some_and(|h| ids::secret_matches(&h, token))
+            unexpired
+                && p.rejoin_sha256
+                    .is_some_and(|h| ids::secret_matches(&h, token))
         }) else {
             drop(attempt);
             return Err(refused(
@@ -742,7 +767,7 @@ fn join_checked(
                 ApiError::new(
                     StatusCode::FORBIDDEN,
                     "bad_rejoin",
-                    "the rejoin token is not valid for this participant",
+                    "the rejoin token is not valid for this participant, or has expired; join again with the passcode or invitation",
                 ),
             ));
         };
@@ -844,12 +869,18 @@ fn join_checked(
         Some(i) => i.participant_id.clone(),
         None => ids::participant_id()?,
     };
-    if shared.store.is_banned(
-        &c.id,
-        Some(&participant_id),
-        &address_hash,
-        invite_hash.as_ref(),
-    )? {
+    let banned_before_v6_prefixes = match ids::full_v6_address_hash(&shared.address_key, ip) {
+        Some(full) => shared.store.is_banned(&c.id, None, &full, None)?,
+        None => false,
+    };
+    if banned_before_v6_prefixes
+        || shared.store.is_banned(
+            &c.id,
+            Some(&participant_id),
+            &address_hash,
+            invite_hash.as_ref(),
+        )?
+    {
         return Err(refused(
             "banned",
             ApiError::new(
@@ -1065,7 +1096,14 @@ fn issue_ticket(
     let signed = ticket::sign(&claims, &shared.signing_key);
     record.status = Status::Joined;
     record.relay = Some(r.id.clone());
-    let rejoin = ids::token("rj")?;
+    // Valid for a bounded time (and never after the conference ends): it
+    // lets someone already admitted back in after a relay failure without
+    // their passcode, past a lock and the waiting room.
+    let rejoin = format!(
+        "{}.{}",
+        ids::token("rj")?,
+        now + u64::from(shared.policy.limits().rejoin_token_secs)
+    );
     record.rejoin_sha256 = Some(ids::sha256(&rejoin));
     let event = AuditEvent {
         time: now,
@@ -1361,7 +1399,7 @@ async fn kick(
     let reason = check_text(
         "reason",
         request.reason.as_deref().unwrap_or("removed by a host"),
-        MAX_REASON,
+        MAX_KICK_REASON,
         false,
     )?;
     let p = shared
@@ -1827,7 +1865,7 @@ async fn relay_report(
     Current(shared): Current,
     Path(relay_id): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> ApiResult<Json<ReportReply>> {
     let count = |outcome: &str| {
         shared
@@ -1865,6 +1903,11 @@ async fn relay_report(
         warn!(relay = %relay_id, "relay report with a bad credential");
         return Err(unauthorized());
     }
+    // Only now, from a relay that proved itself, is the body read: bounded,
+    // and within the listener's body timeout.
+    let body = read_body(body, MAX_REPORT_BODY).await.inspect_err(|_| {
+        count("malformed");
+    })?;
     let mut report: RelayReport = serde_json::from_slice(&body).map_err(|e| {
         count("malformed");
         ApiError::new(

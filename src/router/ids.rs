@@ -104,7 +104,9 @@ pub fn secret_matches(stored: &[u8; 32], secret: &str) -> bool {
 }
 
 /// The keyed hash of a client address kept in bans and the audit log
-/// instead of the address.
+/// instead of the address. An IPv6 address counts by its /64, as the failure
+/// limits and connection caps do: one host or site holds a whole /64, so a
+/// ban on one of its addresses covers them all.
 pub fn address_hash(key: &[u8; 32], ip: IpAddr) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(key);
@@ -112,10 +114,24 @@ pub fn address_hash(key: &[u8; 32], ip: IpAddr) -> [u8; 32] {
         IpAddr::V4(v4) => h.update(v4.octets()),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => h.update(v4.octets()),
-            None => h.update(v6.octets()),
+            None => h.update(&v6.octets()[..8]),
         },
     }
     h.finalize().into()
+}
+
+/// How bans recorded before IPv6 bans covered the /64 hashed an IPv6
+/// address (all 128 bits); `None` for IPv4. Checked beside
+/// [`address_hash`] so those bans still hold.
+pub fn full_v6_address_hash(key: &[u8; 32], ip: IpAddr) -> Option<[u8; 32]> {
+    let IpAddr::V6(v6) = ip else { return None };
+    if v6.to_ipv4_mapped().is_some() {
+        return None;
+    }
+    let mut h = Sha256::new();
+    h.update(key);
+    h.update(v6.octets());
+    Some(h.finalize().into())
 }
 
 #[cfg(test)]
@@ -152,5 +168,12 @@ mod tests {
         let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
         assert_eq!(address_hash(&key, v4), address_hash(&key, mapped));
         assert_ne!(address_hash(&key, v4), address_hash(&[2; 32], v4));
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2::2".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(address_hash(&key, a), address_hash(&key, b));
+        assert_ne!(address_hash(&key, a), address_hash(&key, c));
+        assert_ne!(full_v6_address_hash(&key, a), full_v6_address_hash(&key, b));
+        assert_eq!(full_v6_address_hash(&key, v4), None);
     }
 }

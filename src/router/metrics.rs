@@ -49,6 +49,8 @@ pub struct RouterMetrics {
     pub misdirected: IntCounter,
     pub residency_moves: IntCounterVec,
     pub reloads: IntCounterVec,
+    /// The HTTP listener's connections.
+    pub http: crate::http_server::ConnMetrics,
 }
 
 fn must<T>(name: &str, r: Result<T, prometheus::Error>) -> T {
@@ -205,6 +207,7 @@ impl RouterMetrics {
                 "Policy reloads (SIGHUP or admin endpoint) by outcome (applied, rejected).",
                 &["outcome"],
             ),
+            http: crate::http_server::ConnMetrics::register(&registry),
             registry,
         };
         let build = must(

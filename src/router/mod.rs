@@ -38,6 +38,9 @@ pub struct Settings {
     /// Validity of the tickets it signs.
     pub ticket_lifetime: Duration,
     pub limits: limits::LimitSettings,
+    /// Caps and timeouts of its HTTP listener (fitted to the process's
+    /// descriptor limit by the caller; a change needs a restart).
+    pub http: crate::http_server::Limits,
     /// Where the policy is reloaded from (`POST /v1/admin/reload`, SIGHUP);
     /// `None` refuses reloads.
     pub source: Option<policy::Source>,
@@ -296,14 +299,20 @@ pub async fn run(
                 crate::policy::Hangups::new(),
             ))
         });
-    let result = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        shutdown.await;
-    })
-    .await;
+    let proxies = live.clone();
+    let options = crate::http_server::Options {
+        limits: settings.http,
+        metrics: live.load().metrics.http.clone(),
+        trusted_proxy: Arc::new(move |ip| {
+            proxies
+                .load()
+                .policy
+                .trusted_proxies()
+                .iter()
+                .any(|n| n.contains(&ip))
+        }),
+    };
+    let result = crate::http_server::serve(listener, app, options, shutdown).await;
     ready.store(false, Ordering::Relaxed);
     health.abort();
     if let Some(h) = hangups {

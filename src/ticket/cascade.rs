@@ -56,6 +56,14 @@ pub fn peek_cascade(ticket: &str) -> Result<CascadeClaims, TicketError> {
 }
 
 impl Verifier {
+    /// The claims of a refused cascade ticket if a key the policy gives its
+    /// jurisdiction signed it (see [`Verifier::attest`]).
+    pub fn attest_cascade(&self, ticket: &str) -> Option<CascadeClaims> {
+        let (claims, signed, signature) = parse(ticket).ok()?;
+        self.signed_by_known(&claims.jurisdiction, &claims.conference, signed, &signature)
+            .then_some(claims)
+    }
+
     /// Checks a cascade ticket presented by a link coming from `peer_ip`.
     pub fn check_cascade(
         &self,

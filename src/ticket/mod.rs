@@ -209,6 +209,10 @@ pub struct Verifier {
     /// The other relays of the inventory: address and jurisdictions, for
     /// cascade links.
     peers: std::sync::Arc<HashMap<String, Peer>>,
+    /// Every jurisdiction's keys as the policy gives them, trusted here or
+    /// not: they tell a refused ticket that a router really issued (its
+    /// claims are facts worth a residency report) from a forgery.
+    known: std::sync::Arc<HashMap<String, Vec<VerifyingKey>>>,
 }
 
 /// Another relay as the inventory describes it.
@@ -231,7 +235,43 @@ impl Verifier {
             max_nonces: 1_000_000,
             not_before: 0,
             peers: std::sync::Arc::new(HashMap::new()),
+            known: std::sync::Arc::new(HashMap::new()),
         }
+    }
+
+    /// The keys of every jurisdiction of the policy, for [`Verifier::attest`]
+    /// (the trusted ones count too).
+    pub fn with_known_keys(mut self, known: HashMap<String, Vec<VerifyingKey>>) -> Self {
+        self.known = std::sync::Arc::new(known);
+        self
+    }
+
+    /// The claims of a refused join ticket, if a key the policy gives its
+    /// jurisdiction signed it and its conference is of that jurisdiction:
+    /// then they are facts (a router issued it) and the refusal belongs in
+    /// the conference's records. `None` for anything unsigned, badly signed
+    /// or signed by an unknown key: a forgery that names no conference.
+    pub fn attest(&self, ticket: &str) -> Option<Claims> {
+        let (claims, signed, signature) = parse(ticket).ok()?;
+        self.signed_by_known(&claims.jurisdiction, &claims.conference, signed, &signature)
+            .then_some(claims)
+    }
+
+    fn signed_by_known(
+        &self,
+        jurisdiction: &str,
+        conference: &str,
+        signed: &[u8],
+        signature: &Signature,
+    ) -> bool {
+        let keys = self
+            .known
+            .get(jurisdiction)
+            .into_iter()
+            .chain(self.trusted.get(jurisdiction))
+            .flatten();
+        check_conference(conference, jurisdiction).is_ok()
+            && keys.into_iter().any(|k| k.verify_strict(signed, signature).is_ok())
     }
 
     /// Where to dial `peer` for a link of a conference in `jurisdiction`:
@@ -276,6 +316,7 @@ impl Verifier {
     pub fn adopt(&mut self, new: Verifier) {
         self.trusted = new.trusted;
         self.peers = new.peers;
+        self.known = new.known;
     }
 
     /// Refuses tickets issued before `unix_seconds` (the relay's start time,

@@ -27,6 +27,16 @@ pub const VERSION: u8 = 1;
 /// Longest codec label, display name or free-text reason accepted.
 pub const MAX_LABEL_LEN: usize = 64;
 
+/// `text` cut to at most [`MAX_LABEL_LEN`] bytes at a character boundary
+/// (for text from elsewhere that must fit a control message).
+pub fn fit_label(text: &str) -> String {
+    let mut end = text.len().min(MAX_LABEL_LEN);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
 /// What a published track carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -270,6 +280,17 @@ impl Labels for ServerMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_are_cut_at_a_character_boundary() {
+        assert_eq!(fit_label("short"), "short");
+        let long = "é".repeat(40); // 80 bytes
+        let cut = fit_label(&long);
+        assert_eq!(cut.len(), 64);
+        assert_eq!(cut, "é".repeat(32));
+        let odd = format!("a{}", "é".repeat(40));
+        assert_eq!(fit_label(&odd).len(), 63);
+    }
     use proptest::prelude::*;
 
     fn frame(msg: &ClientMessage) -> Vec<u8> {

@@ -35,6 +35,9 @@ pub enum ErrorCode {
     OutOfOrder = 5,
     /// The track is not this participant's.
     NotOwner = 6,
+    /// Control messages over the participant's rate: this one was dropped
+    /// (going on disconnects, close code 10).
+    RateLimited = 7,
 }
 
 impl ErrorCode {
@@ -51,6 +54,7 @@ impl ErrorCode {
             ErrorCode::TooManyTracks => "too_many_tracks",
             ErrorCode::OutOfOrder => "out_of_order",
             ErrorCode::NotOwner => "not_owner",
+            ErrorCode::RateLimited => "rate_limited",
         }
     }
 }

@@ -152,6 +152,7 @@ impl Cluster {
             router: me.clone(),
             source: Some(self.source()),
             reload_on_sighup: false,
+            http: residency_relay::http_server::Limits::from_policy(self.policy.limits()),
         };
         let listener = tokio::net::TcpListener::bind(me.listen).await.unwrap();
         let (tx, rx) = oneshot::channel::<()>();
@@ -197,6 +198,9 @@ impl Cluster {
             credential: Some(format!("dev-relay-{id}")),
             log_full_addresses: self.policy.full_address_jurisdictions(),
             max_connections_per_address: self.policy.limits().relay_connections_per_address,
+            unvalidated_handshakes: self.policy.limits().relay_unvalidated_handshakes as usize,
+            control_limits: relay::rate::ControlLimits::from_policy(self.policy.limits()),
+            http: residency_relay::http_server::Limits::from_policy(self.policy.limits()),
             reload: Some(relay::Reloading {
                 source: self.source(),
                 policy: self.policy.clone(),

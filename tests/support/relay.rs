@@ -48,6 +48,9 @@ impl TestRelay {
             log_full_addresses: Vec::new(),
             reload: None,
             max_connections_per_address: 10_000,
+            unvalidated_handshakes: 64,
+            control_limits: relay::rate::ControlLimits::default(),
+            http: residency_relay::http_server::Limits::from_policy(policy.limits()),
         };
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(relay::run(socket, http, settings, async {

@@ -1,0 +1,554 @@
+//! Serving the HTTP listeners (the router's API, a relay's `/metrics`) with
+//! the limits a listener open to the internet needs.
+//!
+//! - A cap on open connections per listener and per source address (IPv6
+//!   grouped by /64, as the failure limits and bans do). Connections from a
+//!   trusted proxy are exempt from the per-address cap: every client comes
+//!   through them. Above a cap a connection gets `503` with `Retry-After`
+//!   at once and is closed; nothing of it is read.
+//! - When the listener is full, the connection idle longest (no request in
+//!   flight) is closed to make room, so idle connections can never keep
+//!   people out.
+//! - Time limits: the request head must arrive within `header_timeout`, a
+//!   request body within `body_timeout` of its head, and a keep-alive
+//!   connection with nothing in flight and no bytes moving is closed after
+//!   `idle_timeout`.
+//!
+//! Each listener's caps come out of the process's file-descriptor limit
+//! ([`FdBudget`]), so that one listener can never starve another, or a
+//! relay's QUIC socket, of descriptors.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::policy::files::LimitsSection;
+
+/// The limits of one listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_per_address: usize,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl Limits {
+    /// The limits `[limits]` asks for (before [`FdBudget::fit`]).
+    pub fn from_policy(l: &LimitsSection) -> Self {
+        Limits {
+            max_connections: l.http_connections_per_listener as usize,
+            max_per_address: l.http_connections_per_address as usize,
+            header_timeout: Duration::from_secs(l.http_header_timeout_secs.into()),
+            body_timeout: Duration::from_secs(l.http_body_timeout_secs.into()),
+            idle_timeout: Duration::from_secs(l.http_idle_timeout_secs.into()),
+        }
+    }
+}
+
+/// Descriptors kept back from the HTTP listeners for everything else a
+/// process opens: QUIC sockets, the store, outgoing reports, log files.
+pub const FD_RESERVE: u64 = 512;
+
+/// The process's file-descriptor limit and how it is shared among the
+/// HTTP listeners it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdBudget {
+    /// The soft limit in force (after [`FdBudget::raise`]).
+    pub limit: u64,
+}
+
+impl FdBudget {
+    /// Raises the soft limit to the hard limit where the system allows it
+    /// and returns the limit in force.
+    pub fn raise() -> FdBudget {
+        let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+            Ok(n) => n,
+            Err(e) => {
+                warn!(error = %e, "cannot read or raise the file-descriptor limit; assuming 1024");
+                1024
+            }
+        };
+        FdBudget { limit }
+    }
+
+    /// `wanted` for each of `listeners` listeners of this process, lowered
+    /// so that all of them together, plus [`FD_RESERVE`], fit within the
+    /// limit. Says so in the log when it had to lower them.
+    pub fn fit(&self, wanted: &Limits, listeners: usize) -> Limits {
+        let listeners = listeners.max(1) as u64;
+        let share = (self.limit.saturating_sub(FD_RESERVE) / listeners).max(16) as usize;
+        let mut fitted = wanted.clone();
+        if wanted.max_connections > share {
+            warn!(
+                wanted = wanted.max_connections,
+                allowed = share,
+                fd_limit = self.limit,
+                listeners,
+                "HTTP connections per listener lowered to fit the file-descriptor limit (raise `ulimit -n` for more)"
+            );
+            fitted.max_connections = share;
+        }
+        fitted.max_per_address = fitted.max_per_address.min(fitted.max_connections);
+        fitted
+    }
+}
+
+/// A listener's connection metrics: `<prefix>_http_connections_open`,
+/// `<prefix>_http_connections_refused_total{reason}` (`listener_full`,
+/// `address_full`) and `<prefix>_http_connections_closed_total{reason}`
+/// (`idle`, `evicted`).
+#[derive(Debug, Clone)]
+pub struct ConnMetrics {
+    pub open: IntGauge,
+    pub refused: IntCounterVec,
+    pub closed: IntCounterVec,
+}
+
+impl ConnMetrics {
+    /// Registers the metrics in `registry` (names get the registry's prefix).
+    pub fn register(registry: &Registry) -> Self {
+        let open = IntGauge::new(
+            "http_connections_open",
+            "HTTP connections open on this listener.",
+        )
+        .unwrap_or_else(|e| panic!("http_connections_open: {e}"));
+        let refused = IntCounterVec::new(
+            Opts::new(
+                "http_connections_refused_total",
+                "HTTP connections refused at once, by the cap they hit.",
+            ),
+            &["reason"],
+        )
+        .unwrap_or_else(|e| panic!("http_connections_refused_total: {e}"));
+        let closed = IntCounterVec::new(
+            Opts::new(
+                "http_connections_closed_total",
+                "HTTP connections closed by this side: idle too long, or evicted to make room.",
+            ),
+            &["reason"],
+        )
+        .unwrap_or_else(|e| panic!("http_connections_closed_total: {e}"));
+        for reason in ["listener_full", "address_full"] {
+            refused.with_label_values(&[reason]);
+        }
+        for reason in ["idle", "evicted"] {
+            closed.with_label_values(&[reason]);
+        }
+        let _ = registry.register(Box::new(open.clone()));
+        let _ = registry.register(Box::new(refused.clone()));
+        let _ = registry.register(Box::new(closed.clone()));
+        ConnMetrics {
+            open,
+            refused,
+            closed,
+        }
+    }
+}
+
+/// Which peers are proxies whose clients share their address.
+pub type TrustedProxy = Arc<dyn Fn(IpAddr) -> bool + Send + Sync>;
+
+/// What [`serve`] needs besides the listener and the app.
+#[derive(Clone)]
+pub struct Options {
+    pub limits: Limits,
+    pub metrics: ConnMetrics,
+    pub trusted_proxy: TrustedProxy,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The key connections are counted under: the address, or its /64 for IPv6.
+pub fn address_group(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
+/// One open connection, as the listener sees it.
+#[derive(Debug)]
+struct Tracked {
+    /// Milliseconds since the listener started, at the last byte moved.
+    last_activity: AtomicU64,
+    in_flight: AtomicUsize,
+    evict: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    next_id: u64,
+    open: HashMap<u64, Arc<Tracked>>,
+    per_address: HashMap<IpAddr, usize>,
+}
+
+/// The answer to a connection over a cap.
+const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 88\r\n\r\n{\"error\":{\"code\":\"too_many_connections\",\"message\":\"too many connections; try again soon\"}}";
+
+/// Serves `app` on `listener` within `options` until `shutdown` resolves,
+/// then lets requests in flight finish (up to 10 s).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    options: Options,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let started = Instant::now();
+    let table = Arc::new(Mutex::new(Table::default()));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors or a connection reset while queued:
+                    // keep serving those already in.
+                    debug!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
+            },
+        };
+        while tasks.try_join_next().is_some() {}
+        let group = address_group(peer.ip());
+        let exempt = (options.trusted_proxy)(peer.ip().to_canonical());
+        let admitted = admit(&table, &options, group, exempt, started);
+        let tracked = match admitted {
+            Ok(t) => t,
+            Err(reason) => {
+                options.metrics.refused.with_label_values(&[reason]).inc();
+                // One write into an empty socket buffer never blocks; the
+                // peer gets its answer and nothing of it is read.
+                let _ = stream.try_write(REFUSAL);
+                drop(stream);
+                continue;
+            }
+        };
+        options.metrics.open.inc();
+        let (app, options, table) = (app.clone(), options.clone(), table.clone());
+        let mut stop = stop_rx.clone();
+        tasks.spawn(async move {
+            let _ = stream.set_nodelay(true);
+            serve_connection(stream, peer, app, &options, tracked.1.clone(), started, &mut stop)
+                .await;
+            release(&table, tracked.0, group);
+            options.metrics.open.dec();
+        });
+    }
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    Ok(())
+}
+
+/// Counts a new connection from `group`, evicting the longest-idle
+/// connection when the listener is full; or says which cap refused it.
+fn admit(
+    table: &Mutex<Table>,
+    options: &Options,
+    group: IpAddr,
+    exempt: bool,
+    started: Instant,
+) -> Result<(u64, Arc<Tracked>), &'static str> {
+    let mut t = table.lock().unwrap_or_else(|e| e.into_inner());
+    let from_address = t.per_address.get(&group).copied().unwrap_or(0);
+    if !exempt && from_address >= options.limits.max_per_address {
+        return Err("address_full");
+    }
+    if t.open.len() >= options.limits.max_connections {
+        let now = started.elapsed().as_millis() as u64;
+        // Idle for at least a second: a connection that just came in and
+        // has not sent its request yet is not taken for idle.
+        let idlest = t
+            .open
+            .values()
+            .filter(|c| c.in_flight.load(Ordering::Relaxed) == 0)
+            .map(|c| (c.last_activity.load(Ordering::Relaxed), c))
+            .filter(|(at, _)| now.saturating_sub(*at) >= 1000)
+            .min_by_key(|(at, _)| *at)
+            .map(|(_, c)| c.clone());
+        match idlest {
+            // Its slot is taken over now; the evicted connection's own task
+            // closes it and gives back nothing more.
+            Some(c) => {
+                c.evict.notify_one();
+                options.metrics.closed.with_label_values(&["evicted"]).inc();
+                // Mark it busy so it is not picked twice.
+                c.in_flight.fetch_add(1 << 20, Ordering::Relaxed);
+            }
+            None => return Err("listener_full"),
+        }
+    }
+    let id = t.next_id;
+    t.next_id += 1;
+    let tracked = Arc::new(Tracked {
+        last_activity: AtomicU64::new(started.elapsed().as_millis() as u64),
+        in_flight: AtomicUsize::new(0),
+        evict: tokio::sync::Notify::new(),
+    });
+    t.open.insert(id, tracked.clone());
+    *t.per_address.entry(group).or_default() += 1;
+    Ok((id, tracked))
+}
+
+fn release(table: &Mutex<Table>, id: u64, group: IpAddr) {
+    let mut t = table.lock().unwrap_or_else(|e| e.into_inner());
+    t.open.remove(&id);
+    if let Some(n) = t.per_address.get_mut(&group) {
+        *n -= 1;
+        if *n == 0 {
+            t.per_address.remove(&group);
+        }
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    app: axum::Router,
+    options: &Options,
+    tracked: Arc<Tracked>,
+    started: Instant,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) {
+    let io = hyper_util::rt::TokioIo::new(Watched {
+        inner: stream,
+        tracked: tracked.clone(),
+        started,
+    });
+    let body_timeout = options.limits.body_timeout;
+    let in_flight = tracked.clone();
+    let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+        let mut app = app.clone();
+        let guard = InFlight::new(in_flight.clone());
+        let (mut parts, body) = request.into_parts();
+        parts
+            .extensions
+            .insert(axum::extract::ConnectInfo(peer));
+        let body = axum::body::Body::new(Deadline::new(body, body_timeout));
+        let request = axum::http::Request::from_parts(parts, body);
+        async move {
+            let response = tower_service::Service::call(&mut app, request).await;
+            drop(guard);
+            response
+        }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(options.limits.header_timeout)
+        .max_buf_size(64 << 10);
+    let connection = builder.serve_connection(io, service);
+    let mut connection = std::pin::pin!(connection);
+    let idle = options.limits.idle_timeout;
+    let check_every = (idle / 4).max(Duration::from_millis(100));
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    debug!(error = %e, "HTTP connection ended with an error");
+                }
+                return;
+            }
+            _ = tracked.evict.notified() => return,
+            changed = stop.changed(), if !stopping => {
+                stopping = true;
+                if changed.is_ok() {
+                    connection.as_mut().graceful_shutdown();
+                }
+            }
+            _ = tokio::time::sleep(check_every) => {
+                let now = started.elapsed().as_millis() as u64;
+                let last = tracked.last_activity.load(Ordering::Relaxed);
+                if tracked.in_flight.load(Ordering::Relaxed) == 0
+                    && now.saturating_sub(last) >= idle.as_millis() as u64
+                {
+                    options.metrics.closed.with_label_values(&["idle"]).inc();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Counts a request in flight on its connection until dropped.
+struct InFlight(Arc<Tracked>);
+
+impl InFlight {
+    fn new(t: Arc<Tracked>) -> Self {
+        t.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(t)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A TCP stream that notes when bytes last moved.
+struct Watched {
+    inner: TcpStream,
+    tracked: Arc<Tracked>,
+    started: Instant,
+}
+
+impl Watched {
+    fn touch(&self) {
+        self.tracked
+            .last_activity
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+        }
+        poll
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        poll
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The body of a request ran past its deadline.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within {0:?}")]
+pub struct BodyTimedOut(Duration);
+
+/// A request body that must be complete within a time of its head
+/// (a trickle of bytes does not extend it).
+struct Deadline {
+    inner: hyper::body::Incoming,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    after: Duration,
+}
+
+impl Deadline {
+    fn new(inner: hyper::body::Incoming, after: Duration) -> Self {
+        Deadline {
+            inner,
+            sleep: Box::pin(tokio::time::sleep(after)),
+            after,
+        }
+    }
+}
+
+impl http_body::Body for Deadline {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(Into::into))),
+            Poll::Pending => match this.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimedOut(this.after))))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_addresses_are_grouped_by_their_64_bit_prefix() {
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::2".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(address_group(a), address_group(b));
+        assert_ne!(address_group(a), address_group(c));
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(address_group(mapped), v4);
+    }
+
+    #[test]
+    fn listener_caps_fit_the_descriptor_limit() {
+        let wanted = Limits {
+            max_connections: 4096,
+            max_per_address: 64,
+            header_timeout: Duration::from_secs(5),
+            body_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+        };
+        let budget = FdBudget { limit: 20_000 };
+        let fitted = budget.fit(&wanted, 9);
+        assert!(fitted.max_connections * 9 + FD_RESERVE as usize <= 20_000);
+        assert_eq!(budget.fit(&wanted, 1), wanted);
+        let tiny = FdBudget { limit: 600 }.fit(&wanted, 4);
+        assert_eq!(tiny.max_connections, 22);
+        assert_eq!(tiny.max_per_address, 22);
+    }
+}
