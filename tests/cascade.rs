@@ -412,6 +412,50 @@ async fn forged_misdirected_and_foreign_tickets_are_refused_and_reported() {
     .await
     .unwrap_err();
     assert!(e.to_string().contains("jurisdiction"), "{e}");
+    // Forgeries naming the conference, sent to New York by someone who only
+    // knows its id: a participant ticket and a cascade ticket signed by a
+    // key nobody gave the EU.
+    let now = residency_relay::relay::unix_now();
+    let forged_join = ticket::sign(
+        &ticket::Claims {
+            conference: id.clone(),
+            jurisdiction: "eu".into(),
+            relay: "us-nyc-1".into(),
+            participant: "mallory".into(),
+            display_name: "mallory".into(),
+            grants: ticket::Grants {
+                publish: true,
+                subscribe: true,
+                moderate: true,
+            },
+            issued_at: now,
+            expires_at: now + 60,
+            nonce: ticket::new_nonce().unwrap(),
+        },
+        &forger,
+    );
+    Client::connect(
+        "127.0.0.3:0".parse().unwrap(),
+        us.quic_addr,
+        &us_cert,
+        &forged_join,
+    )
+    .await
+    .unwrap_err();
+    let forged_link = cascade_ticket(&forger, &id, "de-fra-1", "us-nyc-1");
+    assert_eq!(
+        refused(present_link_ticket(&c, "us-nyc-1", "127.0.1.1", &forged_link).await),
+        code(ticket::TicketError::ForeignJurisdiction)
+    );
+    let us_text = c.relay_metrics("us-nyc-1").await;
+    for line in [
+        "rr_relay_ticket_refusals_total{origin=\"forged\",reason=\"foreign_jurisdiction\",relay=\"us-nyc-1\"} 1",
+        "rr_relay_ticket_refusals_total{origin=\"signed\",reason=\"foreign_jurisdiction\",relay=\"us-nyc-1\"} 1",
+        "rr_relay_cascade_refusals_total{origin=\"forged\",reason=\"foreign_jurisdiction\",relay=\"us-nyc-1\"} 1",
+        "rr_relay_cascade_refusals_total{origin=\"signed\",reason=\"foreign_jurisdiction\",relay=\"us-nyc-1\"} 1",
+    ] {
+        assert!(us_text.contains(line), "missing {line}");
+    }
 
     // Counted by the relays, and in the conference's residency report.
     let ie = c.relay_metrics("ie-dub-1").await;
@@ -449,17 +493,19 @@ async fn forged_misdirected_and_foreign_tickets_are_refused_and_reported() {
         !seen.iter().any(|s| s.2 == "bad_signature"),
         "a forged ticket reached the report: {seen:?}"
     );
+    // Each genuine refusal once; the forgeries at New York not at all.
     for want in [
         ("ie-dub-1", "cascade", "wrong_peer"),
         ("ie-dub-1", "cascade", "peer_outside_jurisdiction"),
         ("us-nyc-1", "cascade", "foreign_jurisdiction"),
         ("us-nyc-1", "ticket", "foreign_jurisdiction"),
     ] {
-        assert!(
-            seen.iter()
-                .any(|s| (s.0.as_str(), s.1.as_str(), s.2.as_str()) == want),
-            "{want:?} missing from {seen:?}"
-        );
+        let n: u64 = events
+            .iter()
+            .filter(|e| e["relay"] == want.0 && e["kind"] == want.1 && e["reason"] == want.2)
+            .map(|e| e["count"].as_u64().unwrap_or(1))
+            .sum();
+        assert_eq!(n, 1, "{want:?} in {events:?}");
     }
     c.shutdown().await;
 }

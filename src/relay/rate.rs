@@ -135,7 +135,8 @@ impl ControlRate {
 mod tests {
     use super::*;
     use std::time::Duration;
-    use crate::wire::control::{TrackId, TrackKind};
+    use crate::wire::control::TrackKind;
+    use crate::wire::datagram::TrackId;
 
     fn publish() -> ClientMessage {
         ClientMessage::Publish {

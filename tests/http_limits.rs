@@ -1,0 +1,220 @@
+//! The HTTP listeners against clients that hold connections open: idle
+//! connections, request heads sent a byte at a time, bodies that never
+//! finish, too many connections from one address or in all, and relay
+//! reports that would make the router buffer a body before it knows who
+//! sends it. Loopback only; short limits set in `[limits]`.
+
+mod support;
+
+use std::time::Duration;
+
+use support::cluster::Cluster;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout};
+
+/// The dev config with HTTP limits small enough to watch.
+fn cluster(limits: &str) -> Cluster {
+    let limits = limits.to_owned();
+    Cluster::new(move |t| format!("{t}\n[limits]\n{limits}\n"))
+}
+
+async fn connect_from(ip: &str, to: std::net::SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(format!("{ip}:0").parse().unwrap())
+        .unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+/// Reads until the server closes the connection; returns what it sent, or
+/// `None` if it was still open after `within`.
+async fn closed_within(stream: &mut TcpStream, within: Duration) -> Option<Vec<u8>> {
+    let mut got = Vec::new();
+    let deadline = Instant::now() + within;
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(got),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+fn router_addr(c: &Cluster) -> std::net::SocketAddr {
+    c.policy.router("de-fra-router").unwrap().listen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_trickling_and_unfinished_requests_are_closed_in_time() {
+    let mut c = cluster(
+        "http_header_timeout_secs = 1\nhttp_body_timeout_secs = 1\nhttp_idle_timeout_secs = 2",
+    );
+    c.start_router("de-fra-router").await;
+    let addr = router_addr(&c);
+    // Wait until it serves.
+    support::cluster::request("GET", &format!("http://{addr}/healthz"), None, None, None).await;
+
+    // Connected, sending nothing.
+    let mut silent = connect_from("127.0.0.9", addr).await;
+    // A request head a byte every 300 ms: bytes keep moving, the head never ends.
+    let mut trickle = connect_from("127.0.0.9", addr).await;
+    let trickler = tokio::spawn(async move {
+        for b in b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-pad: aaaaaaaaaaaaaaaa".iter().cycle() {
+            if trickle.write_all(&[*b]).await.is_err() {
+                return Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        unreachable!()
+    });
+    // A body that never finishes.
+    let mut unfinished = connect_from("127.0.0.9", addr).await;
+    unfinished
+        .write_all(
+            b"POST /v1/conferences HTTP/1.1\r\nhost: x\r\nauthorization: Bearer dev-acme-key\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"resid",
+        )
+        .await
+        .unwrap();
+    // A keep-alive connection after its request was answered.
+    let mut kept = connect_from("127.0.0.9", addr).await;
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 17];
+    kept.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200 OK\r\n");
+
+    let started = Instant::now();
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(5)).await.is_some(),
+        "a silent connection stayed open"
+    );
+    let sent = closed_within(&mut unfinished, Duration::from_secs(5))
+        .await
+        .expect("an unfinished body kept its connection open");
+    let answer = String::from_utf8_lossy(&sent);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
+        "{answer}"
+    );
+    assert!(
+        closed_within(&mut kept, Duration::from_secs(6)).await.is_some(),
+        "an idle keep-alive connection stayed open"
+    );
+    let cut = timeout(Duration::from_secs(6), trickler)
+        .await
+        .expect("a trickled request head stayed open")
+        .unwrap();
+    assert!(cut.duration_since(started) < Duration::from_secs(6));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_fill_the_listener_and_idle_connections_make_room() {
+    let mut c = cluster(
+        "http_connections_per_listener = 8\nhttp_connections_per_address = 4\nhttp_idle_timeout_secs = 60\nhttp_header_timeout_secs = 60",
+    );
+    c.start_router("de-fra-router").await;
+    let addr = router_addr(&c);
+    let healthz = format!("http://{addr}/healthz");
+    support::cluster::request("GET", &healthz, None, None, None).await;
+
+    // Four idle connections from one address; the fifth is answered 503 at once.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(connect_from("127.0.0.9", addr).await);
+    }
+    let mut fifth = connect_from("127.0.0.9", addr).await;
+    let answer = closed_within(&mut fifth, Duration::from_secs(2))
+        .await
+        .expect("refused at once");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("retry-after: 1"), "{answer}");
+    assert!(answer.contains("too_many_connections"), "{answer}");
+    // Another address is served.
+    let r = support::cluster::request("GET", &healthz, Some("127.0.0.10"), None, None).await;
+    assert_eq!(r.status, 200);
+
+    // Four more idle connections from a second address fill the listener
+    // (8); once they have been idle a second, a newcomer takes the place of
+    // the longest idle one instead of being refused.
+    for _ in 0..4 {
+        held.push(connect_from("127.0.0.11", addr).await);
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let r = support::cluster::request("GET", &healthz, Some("127.0.0.12"), None, None).await;
+    assert_eq!(r.status, 200);
+    let mut evicted = 0;
+    for s in &mut held {
+        if closed_within(s, Duration::from_millis(100)).await.is_some() {
+            evicted += 1;
+        }
+    }
+    assert!(evicted >= 1, "no idle connection made room");
+    let metrics = support::cluster::request("GET", &format!("http://{addr}/metrics"), Some("127.0.0.12"), None, None).await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        text.contains("rr_router_http_connections_refused_total{reason=\"address_full\",router=\"de-fra-router\"} 1"),
+        "{text}"
+    );
+    let evictions: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "rr_router_http_connections_closed_total{reason=\"evicted\",router=\"de-fra-router\"} ",
+            )
+        })
+        .and_then(|v| v.parse().ok())
+        .expect("eviction counter");
+    assert!(evictions >= 1.0, "{text}");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_reports_are_authenticated_before_their_body_is_read() {
+    let mut c = cluster("http_body_timeout_secs = 30");
+    c.start_router("de-fra-router").await;
+    let addr = router_addr(&c);
+    support::cluster::request("GET", &format!("http://{addr}/healthz"), None, None, None).await;
+
+    // Announcing 4,000,000 bytes and sending none: the answer comes from
+    // the headers alone, long before the body timeout.
+    for (path, auth, status) in [
+        ("/v1/relays/no-such-relay/report", "Bearer x", "404"),
+        ("/v1/relays/de-fra-1/report", "Bearer wrong", "401"),
+    ] {
+        let mut s = connect_from("127.0.0.9", addr).await;
+        s.write_all(
+            format!(
+                "POST {path} HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\ncontent-type: application/json\r\ncontent-length: 4000000\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut head = [0u8; 12];
+        timeout(Duration::from_secs(3), s.read_exact(&mut head))
+            .await
+            .unwrap_or_else(|_| panic!("{path}: no answer before the body"))
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&head),
+            format!("HTTP/1.1 {status}"),
+            "{path}"
+        );
+    }
+    // A relay with its credential still gets its report read.
+    let r = support::cluster::request_raw(
+        "POST",
+        &format!("http://{addr}/v1/relays/de-fra-1/report"),
+        None,
+        Some("Bearer dev-relay-de-fra-1"),
+        Some(b"{not json".to_vec()),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    c.shutdown().await;
+}
