@@ -205,8 +205,21 @@ struct Table {
     per_address: HashMap<IpAddr, usize>,
 }
 
+/// The body of the answer to a connection over a cap.
+const REFUSAL_BODY: &str =
+    r#"{"error":{"code":"too_many_connections","message":"too many connections; try again soon"}}"#;
+
 /// The answer to a connection over a cap.
-const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 88\r\n\r\n{\"error\":{\"code\":\"too_many_connections\",\"message\":\"too many connections; try again soon\"}}";
+fn refusal() -> &'static [u8] {
+    static ANSWER: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    ANSWER.get_or_init(|| {
+        format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{REFUSAL_BODY}",
+            REFUSAL_BODY.len()
+        )
+        .into_bytes()
+    })
+}
 
 /// Serves `app` on `listener` within `options` until `shutdown` resolves,
 /// then lets requests in flight finish (up to 10 s).
@@ -245,7 +258,7 @@ pub async fn serve(
                 options.metrics.refused.with_label_values(&[reason]).inc();
                 // One write into an empty socket buffer never blocks; the
                 // peer gets its answer and nothing of it is read.
-                let _ = stream.try_write(REFUSAL);
+                let _ = stream.try_write(refusal());
                 drop(stream);
                 continue;
             }
@@ -255,8 +268,24 @@ pub async fn serve(
         let mut stop = stop_rx.clone();
         tasks.spawn(async move {
             let _ = stream.set_nodelay(true);
-            serve_connection(stream, peer, app, &options, tracked.1.clone(), started, &mut stop)
+            if first_byte(&stream, &options, &tracked.1, &mut stop).await {
+                tracked
+                    .1
+                    .last_activity
+                    .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+                // Boxed: the HTTP connection's state is allocated only now,
+                // not carried by every idle connection's task.
+                Box::pin(serve_connection(
+                    stream,
+                    peer,
+                    app,
+                    &options,
+                    tracked.1.clone(),
+                    started,
+                    &mut stop,
+                ))
                 .await;
+            }
             release(&table, tracked.0, group);
             options.metrics.open.dec();
         });
@@ -284,15 +313,14 @@ fn admit(
         return Err("address_full");
     }
     if t.open.len() >= options.limits.max_connections {
-        let now = started.elapsed().as_millis() as u64;
-        // Idle for at least a second: a connection that just came in and
-        // has not sent its request yet is not taken for idle.
+        // The connection whose bytes moved longest ago, with no request in
+        // flight: a client that just connected and is sending its request
+        // has the newest activity and goes last.
         let idlest = t
             .open
             .values()
             .filter(|c| c.in_flight.load(Ordering::Relaxed) == 0)
             .map(|c| (c.last_activity.load(Ordering::Relaxed), c))
-            .filter(|(at, _)| now.saturating_sub(*at) >= 1000)
             .min_by_key(|(at, _)| *at)
             .map(|(_, c)| c.clone());
         match idlest {
@@ -330,6 +358,35 @@ fn release(table: &Mutex<Table>, id: u64, group: IpAddr) {
     }
 }
 
+/// Waits for a connection's first byte (within the header timeout); until
+/// then it costs a socket and a small task, not an HTTP connection's
+/// buffers, so idle connections stay cheap. `false` if it never came, the
+/// connection was evicted or the listener is stopping.
+async fn first_byte(
+    stream: &TcpStream,
+    options: &Options,
+    tracked: &Tracked,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> bool {
+    let mut one = [0u8; 1];
+    tokio::select! {
+        // A peek, not readiness alone: readiness may be reported before
+        // any byte is there.
+        first = tokio::time::timeout(options.limits.header_timeout, stream.peek(&mut one)) => {
+            match first {
+                Ok(Ok(n)) => n > 0,
+                Ok(Err(_)) => false,
+                Err(_) => {
+                    options.metrics.closed.with_label_values(&["idle"]).inc();
+                    false
+                }
+            }
+        }
+        _ = tracked.evict.notified() => false,
+        _ = stop.changed() => false,
+    }
+}
+
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
@@ -346,21 +403,20 @@ async fn serve_connection(
     });
     let body_timeout = options.limits.body_timeout;
     let in_flight = tracked.clone();
-    let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-        let mut app = app.clone();
-        let guard = InFlight::new(in_flight.clone());
-        let (mut parts, body) = request.into_parts();
-        parts
-            .extensions
-            .insert(axum::extract::ConnectInfo(peer));
-        let body = axum::body::Body::new(Deadline::new(body, body_timeout));
-        let request = axum::http::Request::from_parts(parts, body);
-        async move {
-            let response = tower_service::Service::call(&mut app, request).await;
-            drop(guard);
-            response
-        }
-    });
+    let service =
+        hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+            let mut app = app.clone();
+            let guard = InFlight::new(in_flight.clone());
+            let (mut parts, body) = request.into_parts();
+            parts.extensions.insert(axum::extract::ConnectInfo(peer));
+            let body = axum::body::Body::new(Deadline::new(body, body_timeout));
+            let request = axum::http::Request::from_parts(parts, body);
+            async move {
+                let response = tower_service::Service::call(&mut app, request).await;
+                drop(guard);
+                response
+            }
+        });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(hyper_util::rt::TokioTimer::new())

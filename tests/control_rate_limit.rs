@@ -33,8 +33,7 @@ async fn a_control_flood_is_cut_off_before_it_reaches_anyone() {
     // Bob counts the announcements he receives.
     let counter = tokio::spawn(async move {
         let mut announcements = 0u32;
-        while let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(3), bob.next_event()).await
-        {
+        while let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(3), bob.next_event()).await {
             if matches!(
                 m,
                 ServerMessage::TrackPublished(_) | ServerMessage::TrackUnpublished { .. }
@@ -64,7 +63,8 @@ async fn a_control_flood_is_cut_off_before_it_reaches_anyone() {
             // may answer too.
             Err(ClientError::Refused { code, .. }) => {
                 assert!(
-                    code == ErrorCode::RateLimited.code() || code == ErrorCode::TooManyTracks.code(),
+                    code == ErrorCode::RateLimited.code()
+                        || code == ErrorCode::TooManyTracks.code(),
                     "error {code}"
                 );
                 if code == ErrorCode::RateLimited.code() {
@@ -78,7 +78,10 @@ async fn a_control_flood_is_cut_off_before_it_reaches_anyone() {
         }
     }
     assert!(closed, "the flooding participant stayed connected");
-    assert!(rate_limited >= 1, "no rate_limited error before the disconnect");
+    assert!(
+        rate_limited >= 1,
+        "no rate_limited error before the disconnect"
+    );
     assert_eq!(
         tokio::time::timeout(Duration::from_secs(5), mallory.closed())
             .await
@@ -86,7 +89,10 @@ async fn a_control_flood_is_cut_off_before_it_reaches_anyone() {
         Some(close_code::RATE_LIMITED.into())
     );
     // The burst went through (20 messages: 10 pairs), hardly more.
-    assert!((5..=30).contains(&published), "{published} publishes passed");
+    assert!(
+        (5..=30).contains(&published),
+        "{published} publishes passed"
+    );
 
     let (announcements, bob) = counter.await.unwrap();
     assert!(

@@ -21,9 +21,7 @@ fn cluster(limits: &str) -> Cluster {
 
 async fn connect_from(ip: &str, to: std::net::SocketAddr) -> TcpStream {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket
-        .bind(format!("{ip}:0").parse().unwrap())
-        .unwrap();
+    socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
     socket.connect(to).await.unwrap()
 }
 
@@ -61,7 +59,10 @@ async fn idle_trickling_and_unfinished_requests_are_closed_in_time() {
     // A request head a byte every 300 ms: bytes keep moving, the head never ends.
     let mut trickle = connect_from("127.0.0.9", addr).await;
     let trickler = tokio::spawn(async move {
-        for b in b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-pad: aaaaaaaaaaaaaaaa".iter().cycle() {
+        for b in b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-pad: aaaaaaaaaaaaaaaa"
+            .iter()
+            .cycle()
+        {
             if trickle.write_all(&[*b]).await.is_err() {
                 return Instant::now();
             }
@@ -88,7 +89,9 @@ async fn idle_trickling_and_unfinished_requests_are_closed_in_time() {
 
     let started = Instant::now();
     assert!(
-        closed_within(&mut silent, Duration::from_secs(5)).await.is_some(),
+        closed_within(&mut silent, Duration::from_secs(5))
+            .await
+            .is_some(),
         "a silent connection stayed open"
     );
     let sent = closed_within(&mut unfinished, Duration::from_secs(5))
@@ -100,7 +103,9 @@ async fn idle_trickling_and_unfinished_requests_are_closed_in_time() {
         "{answer}"
     );
     assert!(
-        closed_within(&mut kept, Duration::from_secs(6)).await.is_some(),
+        closed_within(&mut kept, Duration::from_secs(6))
+            .await
+            .is_some(),
         "an idle keep-alive connection stayed open"
     );
     let cut = timeout(Duration::from_secs(6), trickler)
@@ -154,7 +159,14 @@ async fn one_address_cannot_fill_the_listener_and_idle_connections_make_room() {
         }
     }
     assert!(evicted >= 1, "no idle connection made room");
-    let metrics = support::cluster::request("GET", &format!("http://{addr}/metrics"), Some("127.0.0.12"), None, None).await;
+    let metrics = support::cluster::request(
+        "GET",
+        &format!("http://{addr}/metrics"),
+        Some("127.0.0.12"),
+        None,
+        None,
+    )
+    .await;
     let text = String::from_utf8_lossy(&metrics.body);
     assert!(
         text.contains("rr_router_http_connections_refused_total{reason=\"address_full\",router=\"de-fra-router\"} 1"),

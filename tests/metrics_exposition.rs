@@ -133,6 +133,7 @@ async fn metrics_after_a_call_are_bounded_and_free_of_personal_data() {
                             "status",
                             "action",
                             "kind",
+                            "origin",
                             "le"
                         ]
                         .contains(&name),

@@ -17,7 +17,10 @@ async fn join_via_proxy(router: &str, conf: &Value, client_ip: &str) -> (u16, Va
     let body = json!({ "passcode": conf["passcode"], "display_name": "someone" });
     let r = http_client::request(
         "POST",
-        &format!("{router}/v1/conferences/{}/join", conf["id"].as_str().unwrap()),
+        &format!(
+            "{router}/v1/conferences/{}/join",
+            conf["id"].as_str().unwrap()
+        ),
         Some("127.0.0.1".parse().unwrap()),
         &[("x-forwarded-for", client_ip)],
         Some(body.to_string().into_bytes()),
@@ -50,7 +53,10 @@ async fn kick(router: &str, conf: &Value, pid: &str, body: Value) -> (u16, Value
 async fn rejoin(router: &str, conf: &Value, pid: &str, token: &str) -> (u16, Value) {
     let r = request(
         "POST",
-        &format!("{router}/v1/conferences/{}/join", conf["id"].as_str().unwrap()),
+        &format!(
+            "{router}/v1/conferences/{}/join",
+            conf["id"].as_str().unwrap()
+        ),
         Some("127.0.0.2"),
         None,
         Some(json!({ "rejoin": token, "participant_id": pid })),
@@ -163,7 +169,10 @@ async fn rejoin_tokens_expire_and_die_with_the_conference() {
     // is for: someone admitted whose relay failed), with a new token.
     let r = request(
         "POST",
-        &format!("{router}/v1/conferences/{}/lock", conf["id"].as_str().unwrap()),
+        &format!(
+            "{router}/v1/conferences/{}/lock",
+            conf["id"].as_str().unwrap()
+        ),
         None,
         Some(&host(&conf)),
         None,
@@ -195,7 +204,10 @@ async fn rejoin_tokens_expire_and_die_with_the_conference() {
     // Within its time, but the conference ended: refused.
     let r = request(
         "POST",
-        &format!("{router}/v1/conferences/{}/unlock", conf["id"].as_str().unwrap()),
+        &format!(
+            "{router}/v1/conferences/{}/unlock",
+            conf["id"].as_str().unwrap()
+        ),
         None,
         Some(&host(&conf)),
         None,
@@ -212,7 +224,10 @@ async fn rejoin_tokens_expire_and_die_with_the_conference() {
     .unwrap();
     let r = request(
         "POST",
-        &format!("{router}/v1/conferences/{}/end", conf["id"].as_str().unwrap()),
+        &format!(
+            "{router}/v1/conferences/{}/end",
+            conf["id"].as_str().unwrap()
+        ),
         None,
         Some(&host(&conf)),
         None,

@@ -13,9 +13,7 @@ use residency_relay::wire::control::TrackKind;
 use support::cluster::{Cluster, hear, open_conference, sample, session};
 
 fn quic_addr(c: &Cluster, relay: &str) -> SocketAddr {
-    c.policy
-        .relay(c.policy.relay_idx(relay).unwrap())
-        .quic_addr
+    c.policy.relay(c.policy.relay_idx(relay).unwrap()).quic_addr
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

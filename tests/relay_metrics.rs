@@ -124,9 +124,9 @@ async fn names_and_labels_are_exact_and_carry_no_personal_data() {
     assert!(text.contains(
         "rr_relay_moderation_disconnects_total{reason=\"conference_ended\",relay=\"de-ber-1\"} 0"
     ));
-    assert!(
-        text.contains("rr_relay_ticket_refusals_total{origin=\"signed\",reason=\"revoked\",relay=\"de-ber-1\"} 0")
-    );
+    assert!(text.contains(
+        "rr_relay_ticket_refusals_total{origin=\"signed\",reason=\"revoked\",relay=\"de-ber-1\"} 0"
+    ));
     // No address, name, participant or conference id.
     for secret in [
         "127.0.0.77",

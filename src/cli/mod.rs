@@ -4,6 +4,7 @@ mod cascadeload;
 mod client;
 mod dev;
 mod dry_run;
+mod hostile;
 mod joinload;
 mod loadtest;
 mod overload;
@@ -199,6 +200,14 @@ enum Command {
     /// newcomers asking to join at a fixed rate; joins accepted and refused,
     /// and the latency of those in, calm against overload.
     Overload(overload::Plan),
+    /// Hostile load: idle connections, stalled uploads and forged QUIC
+    /// Initials against a running `dev`, all at once, while an EU call runs
+    /// and newcomers join; joins, their latency, the call's loss, relay
+    /// health, RSS and descriptors, calm against attack.
+    Hostile(hostile::Plan),
+    /// One worker holding idle connections for `hostile`.
+    #[command(hide = true)]
+    HostileIdle(hostile::IdleWorker),
     /// Fetch a conference's signed residency report from its router.
     Report {
         /// Router base URL.
@@ -478,6 +487,8 @@ pub fn main() -> ExitCode {
             baseline,
         )),
         Command::Overload(plan) => report(overload::run(plan)),
+        Command::Hostile(plan) => report(hostile::run(plan)),
+        Command::HostileIdle(worker) => report(hostile::run_idle_worker(worker)),
         Command::Cascadeload {
             config,
             router,

@@ -926,8 +926,14 @@ impl Policy {
                 "limits.http_header_timeout_secs",
                 limits.http_header_timeout_secs,
             ),
-            ("limits.http_body_timeout_secs", limits.http_body_timeout_secs),
-            ("limits.http_idle_timeout_secs", limits.http_idle_timeout_secs),
+            (
+                "limits.http_body_timeout_secs",
+                limits.http_body_timeout_secs,
+            ),
+            (
+                "limits.http_idle_timeout_secs",
+                limits.http_idle_timeout_secs,
+            ),
             (
                 "limits.announcements_per_second",
                 limits.announcements_per_second,

@@ -11,8 +11,8 @@
 //! The shell moves bytes; it never parses payloads.
 
 mod link;
-pub mod rate;
 pub mod metrics;
+pub mod rate;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -471,14 +471,18 @@ pub async fn run(
                                 .connection_refusals
                                 .with_label_values(&["per_address"])
                                 .inc();
-                            conn.close(close_code::TOO_MANY_CONNECTIONS.into(), b"too many connections from this address");
+                            conn.close(
+                                close_code::TOO_MANY_CONNECTIONS.into(),
+                                b"too many connections from this address",
+                            );
                             return;
                         }
                         slot
                     }
                 };
                 if let Err(reason) =
-                    serve_connection(conn, events, metrics, trust, hello_timeout, control_limits).await
+                    serve_connection(conn, events, metrics, trust, hello_timeout, control_limits)
+                        .await
                 {
                     debug!(reason, "connection ended");
                 }
@@ -877,8 +881,7 @@ async fn serve_http(listener: tokio::net::TcpListener, http: Http) {
                 async move { reload_endpoint(credential, reload, headers).await }
             }),
         );
-    if let Err(e) =
-        crate::http_server::serve(listener, app, options, std::future::pending()).await
+    if let Err(e) = crate::http_server::serve(listener, app, options, std::future::pending()).await
     {
         warn!(error = %e, "HTTP listener stopped");
     }
@@ -1651,7 +1654,10 @@ struct AddressSlot {
 }
 
 impl AddressSlot {
-    fn take(counts: &Arc<std::sync::Mutex<HashMap<std::net::IpAddr, u32>>>, ip: std::net::IpAddr) -> Self {
+    fn take(
+        counts: &Arc<std::sync::Mutex<HashMap<std::net::IpAddr, u32>>>,
+        ip: std::net::IpAddr,
+    ) -> Self {
         let mut c = counts.lock().unwrap_or_else(|e| e.into_inner());
         let n = c.entry(ip).or_default();
         *n += 1;

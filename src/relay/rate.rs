@@ -134,9 +134,9 @@ impl ControlRate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
     use crate::wire::control::TrackKind;
     use crate::wire::datagram::TrackId;
+    use std::time::Duration;
 
     fn publish() -> ClientMessage {
         ClientMessage::Publish {

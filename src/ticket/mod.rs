@@ -271,7 +271,9 @@ impl Verifier {
             .chain(self.trusted.get(jurisdiction))
             .flatten();
         check_conference(conference, jurisdiction).is_ok()
-            && keys.into_iter().any(|k| k.verify_strict(signed, signature).is_ok())
+            && keys
+                .into_iter()
+                .any(|k| k.verify_strict(signed, signature).is_ok())
     }
 
     /// Where to dial `peer` for a link of a conference in `jurisdiction`:

@@ -1,0 +1,803 @@
+//! `residency-relay hostile`: the attacks of a hostile outsider against a
+//! running `dev`, all at once, while a legitimate EU call runs over a
+//! cascade link and newcomers join at a steady rate. It measures a calm
+//! phase, then the same under attack, and prints: joins served and their
+//! p50/p99 latency, newcomers' relay connections, the call's loss, the
+//! lowest number of healthy EU relays the router saw, and the RSS and open
+//! descriptors of the processes watched (by default the `dev` process,
+//! which holds every router and relay).
+//!
+//! The attacks:
+//! - idle TCP connections to every router and relay HTTP listener, held by
+//!   two worker processes (a process's descriptor limit may be lower than
+//!   the count), from many loopback addresses (127.0.9.x onwards); each
+//!   reconnects when the server closes it;
+//! - stalled relay-channel uploads: `POST /v1/relays/no-such-relay/report`
+//!   announcing 4,000,000 bytes and sending one byte short, again and again;
+//! - one-way QUIC Initial packets "from" Frankfurt's relay address to the
+//!   other EU relays and "from" the German participant's address to
+//!   Frankfurt, never answered (a forged source).
+//!
+//! Loopback only: every address it uses or targets is in 127.0.0.0/8.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::client::join::{self, JoinError};
+use crate::client::synthetic::{self, ReceiveStats, quantile};
+use crate::client::{self, Client};
+use crate::policy::Policy;
+use crate::wire::control::TrackKind;
+
+/// What to run (the command's arguments).
+#[derive(Debug, Clone, clap::Args)]
+pub(super) struct Plan {
+    /// The config `dev` runs (addresses of its routers and relays).
+    #[arg(long, default_value = "config/dev.toml")]
+    pub config: PathBuf,
+    /// The router of the EU call and the newcomers.
+    #[arg(long, default_value = "de-fra-router")]
+    pub router: String,
+    #[arg(long, default_value = "dev-acme-key")]
+    pub api_key: String,
+    #[arg(long, default_value = "dev-admin-key")]
+    pub admin_token: String,
+    /// Idle TCP connections held open (two worker processes).
+    #[arg(long, default_value_t = 20_000)]
+    pub idle: usize,
+    /// Source addresses the idle connections come from.
+    #[arg(long, default_value_t = 100)]
+    pub idle_sources: usize,
+    /// How long an idle connection the server closed waits before it
+    /// connects again (lower turns the idle attack into a connect flood).
+    #[arg(long, default_value_t = 1000)]
+    pub reconnect_ms: u64,
+    /// Stalled uploads to the relay channel at any time.
+    #[arg(long, default_value_t = 100)]
+    pub stalled: usize,
+    /// Forged QUIC Initial packets per second.
+    #[arg(long, default_value_t = 200)]
+    pub initials_per_second: u64,
+    /// Newcomers asking to join per second.
+    #[arg(long, default_value_t = 20)]
+    pub join_rate: u64,
+    /// Packets per second of the call's publisher (1,100 bytes each).
+    #[arg(long, default_value_t = 100)]
+    pub pps: u64,
+    /// Length of each measured phase.
+    #[arg(long, default_value_t = 20)]
+    pub seconds: u64,
+    /// Seconds the attack runs before its phase is measured.
+    #[arg(long, default_value_t = 10)]
+    pub ramp: u64,
+    /// Processes to watch (default: the running `dev`, found in /proc).
+    #[arg(long)]
+    pub pid: Vec<u32>,
+}
+
+/// What one idle-connection worker does (a hidden command).
+#[derive(Debug, Clone, clap::Args)]
+pub(super) struct IdleWorker {
+    /// Listeners to connect to, round robin.
+    #[arg(long, value_delimiter = ',')]
+    pub targets: Vec<SocketAddr>,
+    #[arg(long)]
+    pub count: usize,
+    /// Index of the first source address (127.0.9.1 is 0).
+    #[arg(long)]
+    pub first_source: usize,
+    #[arg(long)]
+    pub sources: usize,
+    #[arg(long)]
+    pub seconds: u64,
+    #[arg(long, default_value_t = 1000)]
+    pub reconnect_ms: u64,
+}
+
+/// The `n`th address from 127.0.9.1 on (250 per /24).
+fn idle_source(n: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(
+        127,
+        0,
+        9 + (n / 250) as u8,
+        (n % 250) as u8 + 1,
+    ))
+}
+
+pub(super) fn run(plan: Plan) -> Result<(), String> {
+    let policy = crate::policy::load(&plan.config).map_err(|e| e.to_string())?;
+    let _ = crate::http_server::FdBudget::raise();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(measure(plan, policy))
+}
+
+/// Holds `count` idle connections until `seconds` pass, then prints what
+/// happened as one JSON line.
+pub(super) fn run_idle_worker(w: IdleWorker) -> Result<(), String> {
+    if w.targets.is_empty() || w.sources == 0 {
+        return Err("--targets and --sources must not be empty".into());
+    }
+    let limit = crate::http_server::FdBudget::raise().limit;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async move {
+        let open = Arc::new(AtomicU64::new(0));
+        let peak = Arc::new(AtomicU64::new(0));
+        let closed = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let stop = tokio::time::Instant::now() + Duration::from_secs(w.seconds);
+        let count = w.count.min(limit.saturating_sub(64) as usize);
+        let reconnect_ms = w.reconnect_ms;
+        let mut tasks = Vec::with_capacity(count);
+        for i in 0..count {
+            let target = w.targets[i % w.targets.len()];
+            let source = idle_source(w.first_source + i % w.sources);
+            let (open, peak, closed, failed) =
+                (open.clone(), peak.clone(), closed.clone(), failed.clone());
+            tasks.push(tokio::spawn(async move {
+                while tokio::time::Instant::now() < stop {
+                    let socket = match tokio::net::TcpSocket::new_v4() {
+                        Ok(s) => s,
+                        Err(_) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            continue;
+                        }
+                    };
+                    let connected = match socket.bind(SocketAddr::new(source, 0)) {
+                        Ok(()) => tokio::time::timeout_at(stop, socket.connect(target)).await,
+                        Err(_) => Ok(Err(std::io::ErrorKind::AddrInUse.into())),
+                    };
+                    match connected {
+                        Ok(Ok(mut stream)) => {
+                            let now = open.fetch_add(1, Ordering::Relaxed) + 1;
+                            peak.fetch_max(now, Ordering::Relaxed);
+                            let mut buf = [0u8; 512];
+                            // Idle: read until the server hangs up.
+                            let ended = tokio::time::timeout_at(stop, async {
+                                while let Ok(n) = stream.read(&mut buf).await {
+                                    if n == 0 {
+                                        break;
+                                    }
+                                }
+                            })
+                            .await;
+                            open.fetch_sub(1, Ordering::Relaxed);
+                            if ended.is_ok() {
+                                closed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        Ok(Err(_)) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(_) => return,
+                    }
+                    tokio::time::sleep(Duration::from_millis(reconnect_ms)).await;
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        println!(
+            "{}",
+            json!({
+                "slots": count,
+                "peak_open": peak.load(Ordering::Relaxed),
+                "closed_by_server": closed.load(Ordering::Relaxed),
+                "connect_failures": failed.load(Ordering::Relaxed),
+            })
+        );
+        Ok(())
+    })
+}
+
+/// Outcomes of the newcomers.
+#[derive(Debug, Default)]
+struct Newcomers {
+    served: u64,
+    refused: std::collections::BTreeMap<String, u64>,
+    unreachable: u64,
+    join_us: Vec<u64>,
+    /// Relay connections with the ticket they got: made, failed.
+    connected: u64,
+    connect_failed: u64,
+}
+
+/// The heaviest resource use seen of one watched process.
+#[derive(Debug, Default, Clone, Copy)]
+struct Peak {
+    rss_kib: u64,
+    fds: u64,
+}
+
+/// One phase's figures.
+#[derive(Debug, Default)]
+struct Phase {
+    newcomers: Newcomers,
+    /// The fewest EU relays the router called healthy, of how many.
+    min_healthy: Option<(usize, usize)>,
+    peaks: Vec<(u32, Peak)>,
+    /// Attack statistics (attack phase only).
+    idle_workers: Vec<String>,
+    stalled_rounds: u64,
+    stalled_answered_early: u64,
+    initials_sent: u64,
+}
+
+async fn measure(plan: Plan, policy: Policy) -> Result<(), String> {
+    let me = policy
+        .router(&plan.router)
+        .ok_or_else(|| format!("no router '{}' in {}", plan.router, plan.config.display()))?
+        .clone();
+    let router_url = me.url.clone();
+    let eu = policy
+        .jurisdiction_idx("eu")
+        .ok_or("the config has no 'eu' jurisdiction")?;
+    let eu_relays: Vec<String> = policy
+        .relays()
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| {
+            policy
+                .jurisdiction(eu)
+                .contains(crate::policy::RelayIdx(*i as u32))
+        })
+        .map(|(_, r)| r.id.clone())
+        .collect();
+    let relay = |id: &str| {
+        policy
+            .relay_idx(id)
+            .map(|i| policy.relay(i).clone())
+            .ok_or_else(|| format!("no relay '{id}' in {}", plan.config.display()))
+    };
+    let (fra, dub, ams) = (relay("de-fra-1")?, relay("ie-dub-1")?, relay("nl-ams-1")?);
+    let pids = if plan.pid.is_empty() {
+        find_dev()
+    } else {
+        plan.pid.clone()
+    };
+    if pids.is_empty() {
+        eprintln!(
+            "no running `residency-relay dev` found; pass --pid to watch RSS and descriptors"
+        );
+    }
+    let mut http_targets: Vec<SocketAddr> = policy.routers().iter().map(|r| r.listen).collect();
+    http_targets.extend(policy.relays().iter().map(|r| r.http_addr));
+
+    // The call: Germany publishes (Frankfurt), Ireland (Dublin) and the
+    // Netherlands (Amsterdam) receive over cascade links.
+    let created = join::create(
+        &router_url,
+        &plan.api_key,
+        &json!({ "residency": "eu", "waiting_room": false }),
+    )
+    .await
+    .map_err(|e| format!("creating the conference: {e}"))?;
+    let (id, credential) = (created.id.clone(), created.credential());
+    let mut call = Vec::new();
+    for (ip, name) in [
+        ("127.0.0.2", "germany"),
+        ("127.0.0.4", "ireland"),
+        ("127.0.0.7", "netherlands"),
+    ] {
+        let ip: IpAddr = ip.parse().map_err(|_| "address")?;
+        let joined = join::join(
+            &router_url,
+            &id,
+            &credential,
+            name,
+            Some(ip),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|e| format!("{name} could not join: {e}"))?;
+        let c = Client::connect(
+            SocketAddr::new(ip, 0),
+            joined.quic_addr,
+            &joined.cert_sha256,
+            &joined.ticket,
+        )
+        .await
+        .map_err(|e| format!("{name} could not connect: {e}"))?;
+        println!("  {name} on {}", joined.relay_id);
+        call.push(c);
+    }
+    let mut publisher = call.remove(0);
+    let track = publisher
+        .publish(TrackKind::Video, "synthetic-video", None)
+        .await
+        .map_err(|e| e.to_string())?;
+    for c in &mut call {
+        c.subscribe_announced(track, Duration::from_secs(15))
+            .await
+            .map_err(|e| format!("subscribing: {e}"))?;
+    }
+    let mut stream = synthetic::Stream::new(&publisher, track);
+    let receivers_ref: Vec<&Client> = call.iter().collect();
+    stream
+        .prime(&receivers_ref, Duration::from_secs(20))
+        .await?;
+
+    let count = (plan.pps * plan.seconds) as u32;
+    let calm_first = stream.sequence + 1_000;
+    let attack_first = calm_first + count + 100_000;
+    let subscribers = call.len() as u64;
+    let total = Duration::from_secs(2 * plan.seconds + plan.ramp + 30);
+    let mut receivers = Vec::new();
+    for c in call {
+        let datagrams = c.datagrams();
+        receivers.push(tokio::spawn(async move {
+            let mut calm = ReceiveStats::default();
+            let mut attack = ReceiveStats::default();
+            let stop = tokio::time::Instant::now() + total;
+            while let Ok(Ok(d)) = tokio::time::timeout_at(stop, datagrams.next()).await {
+                if let Ok(h) = crate::wire::datagram::parse(&d) {
+                    if (calm_first..calm_first + count).contains(&h.sequence) {
+                        calm.record(&d);
+                    } else if (attack_first..attack_first + count).contains(&h.sequence) {
+                        attack.record(&d);
+                        if h.sequence == attack_first + count - 1 {
+                            break;
+                        }
+                    }
+                }
+            }
+            c.leave().await;
+            (calm, attack)
+        }));
+    }
+    let interval = Duration::from_nanos(1_000_000_000 / plan.pps.max(1));
+
+    // Calm.
+    let ctx = Ctx {
+        router_url: router_url.clone(),
+        conference: id.clone(),
+        credential: credential.clone(),
+        admin: format!("Bearer {}", plan.admin_token),
+        eu_relays: eu_relays.clone(),
+        pids: pids.clone(),
+    };
+    let calm = {
+        let watch = ctx.watch(Duration::from_secs(plan.seconds));
+        let newcomers = ctx.newcomers(plan.join_rate, Duration::from_secs(plan.seconds), 0);
+        let mut tick = tokio::time::interval(interval);
+        for s in calm_first..calm_first + count {
+            tick.tick().await;
+            stream.send(s);
+        }
+        let mut phase = watch.await.map_err(|e| e.to_string())?;
+        phase.newcomers = newcomers.await.map_err(|e| e.to_string())?;
+        phase
+    };
+
+    // Attack: start everything, let it ramp, then measure as before.
+    let attack_span = Duration::from_secs(plan.ramp + plan.seconds + 2);
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let per_worker = plan.idle.div_ceil(2);
+    let mut workers = Vec::new();
+    for w in 0..2 {
+        let targets: Vec<String> = http_targets.iter().map(|t| t.to_string()).collect();
+        let child = std::process::Command::new(&exe)
+            .arg("hostile-idle")
+            .arg("--targets")
+            .arg(targets.join(","))
+            .arg("--count")
+            .arg(
+                per_worker
+                    .min(plan.idle.saturating_sub(w * per_worker))
+                    .to_string(),
+            )
+            .arg("--first-source")
+            .arg((w * plan.idle_sources.div_ceil(2)).to_string())
+            .arg("--sources")
+            .arg(plan.idle_sources.div_ceil(2).max(1).to_string())
+            .arg("--seconds")
+            .arg(attack_span.as_secs().to_string())
+            .arg("--reconnect-ms")
+            .arg(plan.reconnect_ms.to_string())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start an idle worker: {e}"))?;
+        workers.push(child);
+    }
+    let stalled_stats = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+    let stalled = (0..plan.stalled)
+        .map(|i| {
+            let stats = stalled_stats.clone();
+            let target = me.listen;
+            let source = IpAddr::V4(Ipv4Addr::new(127, 0, 8, (i % 250) as u8 + 1));
+            tokio::spawn(stall(target, source, attack_span, stats))
+        })
+        .collect::<Vec<_>>();
+    let initials_sent = Arc::new(AtomicU64::new(0));
+    let forged = {
+        let sent = initials_sent.clone();
+        let targets = vec![
+            (SocketAddr::new(fra.quic_addr.ip(), 0), dub.quic_addr),
+            (SocketAddr::new(fra.quic_addr.ip(), 0), ams.quic_addr),
+            ("127.0.0.2:0".parse().map_err(|_| "address")?, fra.quic_addr),
+        ];
+        let rate = plan.initials_per_second.max(1);
+        tokio::task::spawn_blocking(move || forge(targets, rate, attack_span, sent))
+    };
+    tokio::time::sleep(Duration::from_secs(plan.ramp)).await;
+    let mut attack = {
+        let watch = ctx.watch(Duration::from_secs(plan.seconds));
+        let newcomers = ctx.newcomers(plan.join_rate, Duration::from_secs(plan.seconds), 1);
+        let mut tick = tokio::time::interval(interval);
+        for s in attack_first..attack_first + count {
+            tick.tick().await;
+            stream.send(s);
+        }
+        let mut phase = watch.await.map_err(|e| e.to_string())?;
+        phase.newcomers = newcomers.await.map_err(|e| e.to_string())?;
+        phase
+    };
+    for s in stalled {
+        let _ = s.await;
+    }
+    let _ = forged.await;
+    for w in workers {
+        let out = tokio::task::spawn_blocking(move || w.wait_with_output())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        attack
+            .idle_workers
+            .push(String::from_utf8_lossy(&out.stdout).trim().to_owned());
+    }
+    attack.stalled_rounds = stalled_stats.0.load(Ordering::Relaxed);
+    attack.stalled_answered_early = stalled_stats.1.load(Ordering::Relaxed);
+    attack.initials_sent = initials_sent.load(Ordering::Relaxed);
+
+    let mut calm_rx = ReceiveStats::default();
+    let mut attack_rx = ReceiveStats::default();
+    for r in receivers {
+        let (c, a) = r.await.map_err(|e| e.to_string())?;
+        calm_rx.merge(c);
+        attack_rx.merge(a);
+    }
+    publisher.leave().await;
+
+    println!(
+        "hostile: EU call (Germany -> Ireland, Netherlands over cascade links) at {} packets/s; newcomers {} /s; {} s per phase ({} s ramp)",
+        plan.pps, plan.join_rate, plan.seconds, plan.ramp
+    );
+    println!(
+        "attack: {} idle connections from {} addresses to {} HTTP listeners (reconnecting {} ms after a close), {} stalled uploads, {} forged Initials/s",
+        plan.idle,
+        plan.idle_sources,
+        http_targets.len(),
+        plan.reconnect_ms,
+        plan.stalled,
+        plan.initials_per_second
+    );
+    for (name, phase, rx) in [
+        ("calm", &mut { calm }, &calm_rx),
+        ("attack", &mut attack, &attack_rx),
+    ] {
+        let n = &mut phase.newcomers;
+        let ms = |v: &mut Vec<u64>, q: f64| quantile(v, q).map_or(0.0, |x| x as f64 / 1000.0);
+        let refused: u64 = n.refused.values().sum();
+        println!(
+            "  {name:<6} joins served {} of {} (refused {}: {:?}, unreachable {}), p50 {:.2} ms, p99 {:.2} ms; relay connections {} ok, {} failed",
+            n.served,
+            n.served + refused + n.unreachable,
+            refused,
+            n.refused,
+            n.unreachable,
+            ms(&mut n.join_us, 0.5),
+            ms(&mut n.join_us, 0.99),
+            n.connected,
+            n.connect_failed
+        );
+        println!(
+            "  {name:<6} call: {} of {} deliveries received ({} lost)",
+            rx.packets,
+            u64::from(count) * subscribers,
+            u64::from(count) * subscribers - rx.packets.min(u64::from(count) * subscribers)
+        );
+        if let Some((healthy, of)) = phase.min_healthy {
+            println!("  {name:<6} fewest healthy EU relays at the router: {healthy} of {of}");
+        }
+        for (pid, p) in &phase.peaks {
+            println!(
+                "  {name:<6} process {pid}: peak RSS {:.1} MiB, peak open descriptors {}",
+                p.rss_kib as f64 / 1024.0,
+                p.fds
+            );
+        }
+    }
+    println!(
+        "  attack stalled uploads: {} rounds, {} answered before their body",
+        attack.stalled_rounds, attack.stalled_answered_early
+    );
+    println!("  attack forged Initials sent: {}", attack.initials_sent);
+    for w in &attack.idle_workers {
+        println!("  attack idle worker: {w}");
+    }
+    Ok(())
+}
+
+/// What the measuring tasks share.
+#[derive(Debug, Clone)]
+struct Ctx {
+    router_url: String,
+    conference: String,
+    credential: join::Credential,
+    admin: String,
+    eu_relays: Vec<String>,
+    pids: Vec<u32>,
+}
+
+impl Ctx {
+    /// Polls relay health at the router and the watched processes every
+    /// 250 ms for `span`.
+    fn watch(&self, span: Duration) -> tokio::task::JoinHandle<Phase> {
+        let ctx = self.clone();
+        tokio::spawn(async move {
+            let mut phase = Phase {
+                peaks: ctx.pids.iter().map(|p| (*p, Peak::default())).collect(),
+                ..Phase::default()
+            };
+            let stop = tokio::time::Instant::now() + span;
+            let url = format!("{}/v1/admin/relays", ctx.router_url);
+            while tokio::time::Instant::now() < stop {
+                let answer = crate::http_client::request(
+                    "GET",
+                    &url,
+                    None,
+                    &[("authorization", &ctx.admin)],
+                    None,
+                    Duration::from_secs(2),
+                )
+                .await;
+                let healthy = match answer {
+                    Ok(r) if r.status == 200 => r.json()["relays"]
+                        .as_array()
+                        .map(|list| {
+                            list.iter()
+                                .filter(|r| {
+                                    r["health"] == "healthy"
+                                        && ctx.eu_relays.iter().any(|id| r["id"] == id.as_str())
+                                })
+                                .count()
+                        })
+                        .unwrap_or(0),
+                    _ => 0,
+                };
+                let of = ctx.eu_relays.len();
+                phase.min_healthy = Some(match phase.min_healthy {
+                    Some((h, _)) => (h.min(healthy), of),
+                    None => (healthy, of),
+                });
+                for (pid, peak) in &mut phase.peaks {
+                    let (rss, fds) = usage(*pid);
+                    peak.rss_kib = peak.rss_kib.max(rss);
+                    peak.fds = peak.fds.max(fds);
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            phase
+        })
+    }
+
+    /// Newcomers asking to join at `rate` for `span`, each from its own
+    /// address (127.0.6.x and 127.0.7.x), connecting to the relay they get
+    /// and leaving at once.
+    fn newcomers(
+        &self,
+        rate: u64,
+        span: Duration,
+        round: u8,
+    ) -> tokio::task::JoinHandle<Newcomers> {
+        let ctx = self.clone();
+        tokio::spawn(async move {
+            let outcomes = Arc::new(Mutex::new(Newcomers::default()));
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1) as f64));
+            let stop = tokio::time::Instant::now() + span;
+            let mut tasks = Vec::new();
+            let mut n = 0usize;
+            while tokio::time::Instant::now() < stop {
+                tick.tick().await;
+                n += 1;
+                let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 6 + round, (n % 250) as u8 + 1));
+                let (ctx, outcomes) = (ctx.clone(), outcomes.clone());
+                tasks.push(tokio::spawn(async move {
+                    let started = Instant::now();
+                    let answer = join::join(
+                        &ctx.router_url,
+                        &ctx.conference,
+                        &ctx.credential,
+                        "newcomer",
+                        Some(ip),
+                        Duration::from_secs(10),
+                    )
+                    .await;
+                    let took = started.elapsed().as_micros() as u64;
+                    match answer {
+                        Ok(joined) => {
+                            {
+                                let mut o = outcomes.lock().unwrap_or_else(|e| e.into_inner());
+                                o.served += 1;
+                                o.join_us.push(took);
+                            }
+                            let connected = tokio::time::timeout(
+                                Duration::from_secs(5),
+                                client::Client::connect(
+                                    SocketAddr::new(ip, 0),
+                                    joined.quic_addr,
+                                    &joined.cert_sha256,
+                                    &joined.ticket,
+                                ),
+                            )
+                            .await;
+                            let ok = matches!(connected, Ok(Ok(_)));
+                            if let Ok(Ok(c)) = connected {
+                                c.leave().await;
+                            }
+                            let mut o = outcomes.lock().unwrap_or_else(|e| e.into_inner());
+                            if ok {
+                                o.connected += 1;
+                            } else {
+                                o.connect_failed += 1;
+                            }
+                        }
+                        Err(JoinError::Refused { status, code, .. }) => {
+                            let mut o = outcomes.lock().unwrap_or_else(|e| e.into_inner());
+                            *o.refused.entry(format!("{status} {code}")).or_default() += 1;
+                        }
+                        Err(_) => {
+                            outcomes
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .unreachable += 1;
+                        }
+                    }
+                }));
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
+            std::mem::take(&mut *outcomes.lock().unwrap_or_else(|e| e.into_inner()))
+        })
+    }
+}
+
+/// A stalled relay-channel upload, again and again for `span`: headers
+/// announcing 4,000,000 bytes, then the body one byte short.
+async fn stall(
+    target: SocketAddr,
+    source: IpAddr,
+    span: Duration,
+    stats: Arc<(AtomicU64, AtomicU64)>,
+) {
+    const LENGTH: usize = 4_000_000;
+    let stop = tokio::time::Instant::now() + span;
+    let chunk = bytes::Bytes::from(vec![b' '; 64 << 10]);
+    while tokio::time::Instant::now() < stop {
+        let Ok(socket) = tokio::net::TcpSocket::new_v4() else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        if socket.bind(SocketAddr::new(source, 0)).is_err() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        let Ok(Ok(stream)) = tokio::time::timeout_at(stop, socket.connect(target)).await else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        stats.0.fetch_add(1, Ordering::Relaxed);
+        let (mut rd, mut wr) = stream.into_split();
+        let head = format!(
+            "POST /v1/relays/no-such-relay/report HTTP/1.1\r\nhost: router\r\nauthorization: Bearer x\r\ncontent-type: application/json\r\ncontent-length: {LENGTH}\r\n\r\n"
+        );
+        let chunk = chunk.clone();
+        let writer = async move {
+            if wr.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            let mut left = LENGTH - 1;
+            while left > 0 {
+                let n = left.min(chunk.len());
+                if wr.write_all(&chunk[..n]).await.is_err() {
+                    return;
+                }
+                left -= n;
+            }
+            // One byte short: hold the connection open.
+            tokio::time::sleep_until(stop).await;
+        };
+        let reader = async {
+            let mut buf = [0u8; 16];
+            matches!(rd.read(&mut buf).await, Ok(n) if n > 0)
+        };
+        tokio::select! {
+            _ = tokio::time::timeout_at(stop, writer) => {}
+            answered = reader => {
+                if answered {
+                    stats.1.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Sends forged Initials at `rate` a second for `span`, round robin over
+/// (forged source, relay).
+fn forge(targets: Vec<(SocketAddr, SocketAddr)>, rate: u64, span: Duration, sent: Arc<AtomicU64>) {
+    let sockets: Vec<_> = targets
+        .iter()
+        .filter_map(|(from, to)| std::net::UdpSocket::bind(from).ok().map(|s| (s, *to)))
+        .collect();
+    if sockets.is_empty() {
+        return;
+    }
+    let stop = Instant::now() + span;
+    let every = Duration::from_secs_f64(1.0 / rate as f64);
+    let mut next = Instant::now();
+    let mut i = 0usize;
+    while Instant::now() < stop {
+        let (socket, to) = &sockets[i % sockets.len()];
+        i += 1;
+        if let Ok(p) = client::initials::initials(*to, 1) {
+            if socket.send_to(&p[0], to).is_ok() {
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        next += every;
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    }
+}
+
+/// Resident memory (KiB) and open descriptors of process `pid`.
+fn usage(pid: u32) -> (u64, u64) {
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0);
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count() as u64)
+        .unwrap_or(0);
+    (rss, fds)
+}
+
+/// Processes running `residency-relay … dev`, other than this one.
+fn find_dev() -> Vec<u32> {
+    let me = std::process::id();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+                args.first()
+                    .is_some_and(|a| a.ends_with(b"residency-relay"))
+                    && args.iter().any(|a| *a == b"dev")
+            })
+        })
+        .collect()
+}
