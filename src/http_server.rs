@@ -267,8 +267,8 @@ pub async fn serve(
         let (app, options, table) = (app.clone(), options.clone(), table.clone());
         let mut stop = stop_rx.clone();
         tasks.spawn(async move {
-            let _ = stream.set_nodelay(true);
             if first_byte(&stream, &options, &tracked.1, &mut stop).await {
+                let _ = stream.set_nodelay(true);
                 tracked
                     .1
                     .last_activity

@@ -76,28 +76,50 @@ pub(super) struct Plan {
     /// Seconds the attack runs before its phase is measured.
     #[arg(long, default_value_t = 10)]
     pub ramp: u64,
+    /// Nice level of the attack workers (0: the same priority as `dev`).
+    #[arg(long, default_value_t = 0)]
+    pub attacker_nice: u8,
     /// Processes to watch (default: the running `dev`, found in /proc).
     #[arg(long)]
     pub pid: Vec<u32>,
 }
 
-/// What one idle-connection worker does (a hidden command).
+/// What one attack worker does (a hidden command; `hostile` starts them
+/// as separate processes, so their descriptors and CPU are their own).
 #[derive(Debug, Clone, clap::Args)]
-pub(super) struct IdleWorker {
-    /// Listeners to connect to, round robin.
+pub(super) struct Worker {
+    #[arg(long, value_enum)]
+    pub mode: Mode,
+    /// Where to: HTTP listeners (idle, round robin), the router (stalled),
+    /// relays' QUIC addresses (initials, paired with `--from`).
     #[arg(long, value_delimiter = ',')]
     pub targets: Vec<SocketAddr>,
-    #[arg(long)]
+    /// Forged sources of the Initials, one per target.
+    #[arg(long, value_delimiter = ',')]
+    pub from: Vec<SocketAddr>,
+    /// Connections held (idle, stalled).
+    #[arg(long, default_value_t = 0)]
     pub count: usize,
-    /// Index of the first source address (127.0.9.1 is 0).
-    #[arg(long)]
+    /// Index of the first source address (127.0.9.1 is 0), and how many.
+    #[arg(long, default_value_t = 0)]
     pub first_source: usize,
-    #[arg(long)]
+    #[arg(long, default_value_t = 1)]
     pub sources: usize,
     #[arg(long)]
     pub seconds: u64,
     #[arg(long, default_value_t = 1000)]
     pub reconnect_ms: u64,
+    /// Initials per second.
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+}
+
+/// The attack a worker runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(super) enum Mode {
+    Idle,
+    Stalled,
+    Initials,
 }
 
 /// The `n`th address from 127.0.9.1 on (250 per /24).
@@ -120,9 +142,9 @@ pub(super) fn run(plan: Plan) -> Result<(), String> {
     runtime.block_on(measure(plan, policy))
 }
 
-/// Holds `count` idle connections until `seconds` pass, then prints what
-/// happened as one JSON line.
-pub(super) fn run_idle_worker(w: IdleWorker) -> Result<(), String> {
+/// Runs one attack worker until `seconds` pass, then prints what happened
+/// as one JSON line.
+pub(super) fn run_worker(w: Worker) -> Result<(), String> {
     if w.targets.is_empty() || w.sources == 0 {
         return Err("--targets and --sources must not be empty".into());
     }
@@ -132,7 +154,46 @@ pub(super) fn run_idle_worker(w: IdleWorker) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    runtime.block_on(async move {
+    match w.mode {
+        Mode::Idle => runtime.block_on(idle(w, limit)),
+        Mode::Stalled => runtime.block_on(async move {
+            let span = Duration::from_secs(w.seconds);
+            let stats = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+            let tasks: Vec<_> = (0..w.count)
+                .map(|i| {
+                    let source = IpAddr::V4(Ipv4Addr::new(127, 0, 8, (i % 250) as u8 + 1));
+                    tokio::spawn(stall(w.targets[0], source, span, stats.clone(), w.reconnect_ms))
+                })
+                .collect();
+            for t in tasks {
+                let _ = t.await;
+            }
+            println!(
+                "{}",
+                json!({
+                    "stalled_rounds": stats.0.load(Ordering::Relaxed),
+                    "answered_before_the_body": stats.1.load(Ordering::Relaxed),
+                })
+            );
+            Ok(())
+        }),
+        Mode::Initials => {
+            if w.from.len() != w.targets.len() {
+                return Err("--from needs one forged source per target".into());
+            }
+            let sent = Arc::new(AtomicU64::new(0));
+            let pairs = w.from.iter().copied().zip(w.targets.iter().copied()).collect();
+            forge(pairs, w.rate.max(1), Duration::from_secs(w.seconds), sent.clone());
+            println!("{}", json!({ "initials_sent": sent.load(Ordering::Relaxed) }));
+            Ok(())
+        }
+    }
+}
+
+/// Holds `count` idle connections, reconnecting each `reconnect_ms` after
+/// the server closes it.
+async fn idle(w: Worker, limit: u64) -> Result<(), String> {
+    {
         let open = Arc::new(AtomicU64::new(0));
         let peak = Arc::new(AtomicU64::new(0));
         let closed = Arc::new(AtomicU64::new(0));
@@ -194,14 +255,14 @@ pub(super) fn run_idle_worker(w: IdleWorker) -> Result<(), String> {
         println!(
             "{}",
             json!({
-                "slots": count,
+                "idle_slots": count,
                 "peak_open": peak.load(Ordering::Relaxed),
                 "closed_by_server": closed.load(Ordering::Relaxed),
                 "connect_failures": failed.load(Ordering::Relaxed),
             })
         );
         Ok(())
-    })
+    }
 }
 
 /// Outcomes of the newcomers.
@@ -230,11 +291,8 @@ struct Phase {
     /// The fewest EU relays the router called healthy, of how many.
     min_healthy: Option<(usize, usize)>,
     peaks: Vec<(u32, Peak)>,
-    /// Attack statistics (attack phase only).
-    idle_workers: Vec<String>,
-    stalled_rounds: u64,
-    stalled_answered_early: u64,
-    initials_sent: u64,
+    /// What each attack worker reported (attack phase only).
+    workers: Vec<String>,
 }
 
 async fn measure(plan: Plan, policy: Policy) -> Result<(), String> {
@@ -386,53 +444,70 @@ async fn measure(plan: Plan, policy: Policy) -> Result<(), String> {
     // Attack: start everything, let it ramp, then measure as before.
     let attack_span = Duration::from_secs(plan.ramp + plan.seconds + 2);
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let list = |v: &[SocketAddr]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
     let per_worker = plan.idle.div_ceil(2);
+    let sources = plan.idle_sources.div_ceil(2).max(1);
+    let span = attack_span.as_secs().to_string();
+    let mut jobs: Vec<Vec<String>> = (0..2)
+        .map(|w| {
+            vec![
+                "--mode".into(),
+                "idle".into(),
+                "--targets".into(),
+                list(&http_targets),
+                "--count".into(),
+                per_worker.min(plan.idle.saturating_sub(w * per_worker)).to_string(),
+                "--first-source".into(),
+                (w * sources).to_string(),
+                "--sources".into(),
+                sources.to_string(),
+                "--reconnect-ms".into(),
+                plan.reconnect_ms.to_string(),
+            ]
+        })
+        .collect();
+    jobs.push(vec![
+        "--mode".into(),
+        "stalled".into(),
+        "--targets".into(),
+        me.listen.to_string(),
+        "--count".into(),
+        plan.stalled.to_string(),
+        "--reconnect-ms".into(),
+        "100".into(),
+    ]);
+    let fra_source = SocketAddr::new(fra.quic_addr.ip(), 0);
+    jobs.push(vec![
+        "--mode".into(),
+        "initials".into(),
+        "--targets".into(),
+        list(&[dub.quic_addr, ams.quic_addr, fra.quic_addr]),
+        "--from".into(),
+        list(&[fra_source, fra_source, "127.0.0.2:0".parse().map_err(|_| "address")?]),
+        "--rate".into(),
+        plan.initials_per_second.to_string(),
+    ]);
     let mut workers = Vec::new();
-    for w in 0..2 {
-        let targets: Vec<String> = http_targets.iter().map(|t| t.to_string()).collect();
-        let child = std::process::Command::new(&exe)
-            .arg("hostile-idle")
-            .arg("--targets")
-            .arg(targets.join(","))
-            .arg("--count")
-            .arg(
-                per_worker
-                    .min(plan.idle.saturating_sub(w * per_worker))
-                    .to_string(),
-            )
-            .arg("--first-source")
-            .arg((w * plan.idle_sources.div_ceil(2)).to_string())
-            .arg("--sources")
-            .arg(plan.idle_sources.div_ceil(2).max(1).to_string())
+    for args in jobs {
+        // At a lower priority when asked: the attacker's CPU is not the
+        // victim's on the internet, but it is on one test machine.
+        let mut command = if plan.attacker_nice > 0 {
+            let mut c = std::process::Command::new("nice");
+            c.arg("-n").arg(plan.attacker_nice.to_string()).arg(&exe);
+            c
+        } else {
+            std::process::Command::new(&exe)
+        };
+        let child = command
+            .arg("hostile-worker")
+            .args(&args)
             .arg("--seconds")
-            .arg(attack_span.as_secs().to_string())
-            .arg("--reconnect-ms")
-            .arg(plan.reconnect_ms.to_string())
+            .arg(&span)
             .stdout(std::process::Stdio::piped())
             .spawn()
-            .map_err(|e| format!("cannot start an idle worker: {e}"))?;
+            .map_err(|e| format!("cannot start an attack worker: {e}"))?;
         workers.push(child);
     }
-    let stalled_stats = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
-    let stalled = (0..plan.stalled)
-        .map(|i| {
-            let stats = stalled_stats.clone();
-            let target = me.listen;
-            let source = IpAddr::V4(Ipv4Addr::new(127, 0, 8, (i % 250) as u8 + 1));
-            tokio::spawn(stall(target, source, attack_span, stats))
-        })
-        .collect::<Vec<_>>();
-    let initials_sent = Arc::new(AtomicU64::new(0));
-    let forged = {
-        let sent = initials_sent.clone();
-        let targets = vec![
-            (SocketAddr::new(fra.quic_addr.ip(), 0), dub.quic_addr),
-            (SocketAddr::new(fra.quic_addr.ip(), 0), ams.quic_addr),
-            ("127.0.0.2:0".parse().map_err(|_| "address")?, fra.quic_addr),
-        ];
-        let rate = plan.initials_per_second.max(1);
-        tokio::task::spawn_blocking(move || forge(targets, rate, attack_span, sent))
-    };
     tokio::time::sleep(Duration::from_secs(plan.ramp)).await;
     let mut attack = {
         let watch = ctx.watch(Duration::from_secs(plan.seconds));
@@ -446,22 +521,15 @@ async fn measure(plan: Plan, policy: Policy) -> Result<(), String> {
         phase.newcomers = newcomers.await.map_err(|e| e.to_string())?;
         phase
     };
-    for s in stalled {
-        let _ = s.await;
-    }
-    let _ = forged.await;
     for w in workers {
         let out = tokio::task::spawn_blocking(move || w.wait_with_output())
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
         attack
-            .idle_workers
+            .workers
             .push(String::from_utf8_lossy(&out.stdout).trim().to_owned());
     }
-    attack.stalled_rounds = stalled_stats.0.load(Ordering::Relaxed);
-    attack.stalled_answered_early = stalled_stats.1.load(Ordering::Relaxed);
-    attack.initials_sent = initials_sent.load(Ordering::Relaxed);
 
     let mut calm_rx = ReceiveStats::default();
     let mut attack_rx = ReceiveStats::default();
@@ -477,7 +545,8 @@ async fn measure(plan: Plan, policy: Policy) -> Result<(), String> {
         plan.pps, plan.join_rate, plan.seconds, plan.ramp
     );
     println!(
-        "attack: {} idle connections from {} addresses to {} HTTP listeners (reconnecting {} ms after a close), {} stalled uploads, {} forged Initials/s",
+        "attack (nice {}): {} idle connections from {} addresses to {} HTTP listeners (reconnecting {} ms after a close), {} stalled uploads, {} forged Initials/s",
+        plan.attacker_nice,
         plan.idle,
         plan.idle_sources,
         http_targets.len(),
@@ -521,13 +590,8 @@ async fn measure(plan: Plan, policy: Policy) -> Result<(), String> {
             );
         }
     }
-    println!(
-        "  attack stalled uploads: {} rounds, {} answered before their body",
-        attack.stalled_rounds, attack.stalled_answered_early
-    );
-    println!("  attack forged Initials sent: {}", attack.initials_sent);
-    for w in &attack.idle_workers {
-        println!("  attack idle worker: {w}");
+    for w in &attack.workers {
+        println!("  attack worker: {w}");
     }
     Ok(())
 }
@@ -684,6 +748,7 @@ async fn stall(
     source: IpAddr,
     span: Duration,
     stats: Arc<(AtomicU64, AtomicU64)>,
+    reconnect_ms: u64,
 ) {
     const LENGTH: usize = 4_000_000;
     let stop = tokio::time::Instant::now() + span;
@@ -734,7 +799,7 @@ async fn stall(
                 }
             }
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(reconnect_ms)).await;
     }
 }
 

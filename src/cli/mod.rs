@@ -205,9 +205,9 @@ enum Command {
     /// and newcomers join; joins, their latency, the call's loss, relay
     /// health, RSS and descriptors, calm against attack.
     Hostile(hostile::Plan),
-    /// One worker holding idle connections for `hostile`.
+    /// One attack worker of `hostile`.
     #[command(hide = true)]
-    HostileIdle(hostile::IdleWorker),
+    HostileWorker(hostile::Worker),
     /// Fetch a conference's signed residency report from its router.
     Report {
         /// Router base URL.
@@ -488,7 +488,7 @@ pub fn main() -> ExitCode {
         )),
         Command::Overload(plan) => report(overload::run(plan)),
         Command::Hostile(plan) => report(hostile::run(plan)),
-        Command::HostileIdle(worker) => report(hostile::run_idle_worker(worker)),
+        Command::HostileWorker(worker) => report(hostile::run_worker(worker)),
         Command::Cascadeload {
             config,
             router,
