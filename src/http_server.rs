@@ -9,10 +9,11 @@
 //! - When the listener is full, the connection idle longest (no request in
 //!   flight) is closed to make room, so idle connections can never keep
 //!   people out.
-//! - Time limits: the request head must arrive within `header_timeout`, a
-//!   request body within `body_timeout` of its head, and a keep-alive
-//!   connection with nothing in flight and no bytes moving is closed after
-//!   `idle_timeout`.
+//! - Time limits: a new connection's first byte must arrive within
+//!   `header_timeout`, and every request head within `header_timeout` of its
+//!   first byte (however the bytes trickle); a request body within
+//!   `body_timeout` of its head; a keep-alive connection with nothing in
+//!   flight and no bytes moving is closed after `idle_timeout`.
 //!
 //! Each listener's caps come out of the process's file-descriptor limit
 //! ([`FdBudget`]), so that one listener can never starve another, or a
@@ -110,7 +111,7 @@ impl FdBudget {
 /// A listener's connection metrics: `<prefix>_http_connections_open`,
 /// `<prefix>_http_connections_refused_total{reason}` (`listener_full`,
 /// `address_full`) and `<prefix>_http_connections_closed_total{reason}`
-/// (`idle`, `evicted`).
+/// (`idle`, `head_timeout`, `evicted`).
 #[derive(Debug, Clone)]
 pub struct ConnMetrics {
     pub open: IntGauge,
@@ -137,7 +138,7 @@ impl ConnMetrics {
         let closed = IntCounterVec::new(
             Opts::new(
                 "http_connections_closed_total",
-                "HTTP connections closed by this side: idle too long, or evicted to make room.",
+                "HTTP connections closed by this side: idle too long, a request head not complete in time, or evicted to make room.",
             ),
             &["reason"],
         )
@@ -145,7 +146,7 @@ impl ConnMetrics {
         for reason in ["listener_full", "address_full"] {
             refused.with_label_values(&[reason]);
         }
-        for reason in ["idle", "evicted"] {
+        for reason in ["idle", "head_timeout", "evicted"] {
             closed.with_label_values(&[reason]);
         }
         let _ = registry.register(Box::new(open.clone()));
@@ -194,6 +195,9 @@ pub fn address_group(ip: IpAddr) -> IpAddr {
 struct Tracked {
     /// Milliseconds since the listener started, at the last byte moved.
     last_activity: AtomicU64,
+    /// When the first byte of a request head not yet complete arrived
+    /// (milliseconds since the listener started, plus one; 0: none).
+    head_started: AtomicU64,
     in_flight: AtomicUsize,
     evict: tokio::sync::Notify,
 }
@@ -339,6 +343,7 @@ fn admit(
     t.next_id += 1;
     let tracked = Arc::new(Tracked {
         last_activity: AtomicU64::new(started.elapsed().as_millis() as u64),
+        head_started: AtomicU64::new(0),
         in_flight: AtomicUsize::new(0),
         evict: tokio::sync::Notify::new(),
     });
@@ -420,12 +425,21 @@ async fn serve_connection(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(options.limits.header_timeout)
+        .header_read_timeout(None)
         .max_buf_size(64 << 10);
     let connection = builder.serve_connection(io, service);
     let mut connection = std::pin::pin!(connection);
-    let idle = options.limits.idle_timeout;
-    let check_every = (idle / 4).max(Duration::from_millis(100));
+    // The head and idle limits are kept here rather than by hyper, whose
+    // head timer also runs between requests and would make the idle
+    // limit the head limit.
+    let idle = options.limits.idle_timeout.as_millis() as u64;
+    let head = options.limits.header_timeout.as_millis() as u64;
+    let check_every = (options
+        .limits
+        .idle_timeout
+        .min(options.limits.header_timeout)
+        / 4)
+    .max(Duration::from_millis(50));
     let mut stopping = false;
     loop {
         tokio::select! {
@@ -444,12 +458,18 @@ async fn serve_connection(
             }
             _ = tokio::time::sleep(check_every) => {
                 let now = started.elapsed().as_millis() as u64;
-                let last = tracked.last_activity.load(Ordering::Relaxed);
-                if tracked.in_flight.load(Ordering::Relaxed) == 0
-                    && now.saturating_sub(last) >= idle.as_millis() as u64
-                {
-                    options.metrics.closed.with_label_values(&["idle"]).inc();
-                    return;
+                if tracked.in_flight.load(Ordering::Relaxed) == 0 {
+                    let head_started = tracked.head_started.load(Ordering::Relaxed);
+                    if head_started != 0 && now + 1 >= head_started + head {
+                        // A head that never ends (bytes may still trickle).
+                        options.metrics.closed.with_label_values(&["head_timeout"]).inc();
+                        return;
+                    }
+                    let last = tracked.last_activity.load(Ordering::Relaxed);
+                    if head_started == 0 && now.saturating_sub(last) >= idle {
+                        options.metrics.closed.with_label_values(&["idle"]).inc();
+                        return;
+                    }
                 }
             }
         }
@@ -462,6 +482,8 @@ struct InFlight(Arc<Tracked>);
 impl InFlight {
     fn new(t: Arc<Tracked>) -> Self {
         t.in_flight.fetch_add(1, Ordering::Relaxed);
+        // The head is complete: the service is called with it.
+        t.head_started.store(0, Ordering::Relaxed);
         InFlight(t)
     }
 }
@@ -485,6 +507,19 @@ impl Watched {
             .last_activity
             .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
+
+    /// Bytes arrived: with no request in flight they begin (or continue) a
+    /// request head.
+    fn received(&self) {
+        self.touch();
+        let t = &self.tracked;
+        if t.in_flight.load(Ordering::Relaxed) == 0 && t.head_started.load(Ordering::Relaxed) == 0 {
+            t.head_started.store(
+                self.started.elapsed().as_millis() as u64 + 1,
+                Ordering::Relaxed,
+            );
+        }
+    }
 }
 
 impl AsyncRead for Watched {
@@ -496,7 +531,7 @@ impl AsyncRead for Watched {
         let before = buf.filled().len();
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.touch();
+            self.received();
         }
         poll
     }

@@ -40,6 +40,17 @@ async fn closed_within(stream: &mut TcpStream, within: Duration) -> Option<Vec<u
     }
 }
 
+/// `rr_router_http_connections_closed_total` for `reason`.
+fn closed(text: &str, reason: &str) -> f64 {
+    let prefix = format!(
+        "rr_router_http_connections_closed_total{{reason=\"{reason}\",router=\"de-fra-router\"}} "
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {prefix}"))
+}
+
 fn router_addr(c: &Cluster) -> std::net::SocketAddr {
     c.policy.router("de-fra-router").unwrap().listen
 }
@@ -113,6 +124,22 @@ async fn idle_trickling_and_unfinished_requests_are_closed_in_time() {
         .expect("a trickled request head stayed open")
         .unwrap();
     assert!(cut.duration_since(started) < Duration::from_secs(6));
+    // Each closed for its own reason.
+    let metrics = support::cluster::request(
+        "GET",
+        &format!("http://{addr}/metrics"),
+        Some("127.0.0.10"),
+        None,
+        None,
+    )
+    .await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    for reason in ["idle", "head_timeout"] {
+        assert!(
+            closed(&text, reason) >= 1.0,
+            "no connection closed for {reason}: {text}"
+        );
+    }
     c.shutdown().await;
 }
 
@@ -172,15 +199,7 @@ async fn one_address_cannot_fill_the_listener_and_idle_connections_make_room() {
         text.contains("rr_router_http_connections_refused_total{reason=\"address_full\",router=\"de-fra-router\"} 1"),
         "{text}"
     );
-    let evictions: f64 = text
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(
-                "rr_router_http_connections_closed_total{reason=\"evicted\",router=\"de-fra-router\"} ",
-            )
-        })
-        .and_then(|v| v.parse().ok())
-        .expect("eviction counter");
+    let evictions = closed(&text, "evicted");
     assert!(evictions >= 1.0, "{text}");
     c.shutdown().await;
 }

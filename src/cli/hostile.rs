@@ -162,7 +162,13 @@ pub(super) fn run_worker(w: Worker) -> Result<(), String> {
             let tasks: Vec<_> = (0..w.count)
                 .map(|i| {
                     let source = IpAddr::V4(Ipv4Addr::new(127, 0, 8, (i % 250) as u8 + 1));
-                    tokio::spawn(stall(w.targets[0], source, span, stats.clone(), w.reconnect_ms))
+                    tokio::spawn(stall(
+                        w.targets[0],
+                        source,
+                        span,
+                        stats.clone(),
+                        w.reconnect_ms,
+                    ))
                 })
                 .collect();
             for t in tasks {
@@ -182,9 +188,22 @@ pub(super) fn run_worker(w: Worker) -> Result<(), String> {
                 return Err("--from needs one forged source per target".into());
             }
             let sent = Arc::new(AtomicU64::new(0));
-            let pairs = w.from.iter().copied().zip(w.targets.iter().copied()).collect();
-            forge(pairs, w.rate.max(1), Duration::from_secs(w.seconds), sent.clone());
-            println!("{}", json!({ "initials_sent": sent.load(Ordering::Relaxed) }));
+            let pairs = w
+                .from
+                .iter()
+                .copied()
+                .zip(w.targets.iter().copied())
+                .collect();
+            forge(
+                pairs,
+                w.rate.max(1),
+                Duration::from_secs(w.seconds),
+                sent.clone(),
+            );
+            println!(
+                "{}",
+                json!({ "initials_sent": sent.load(Ordering::Relaxed) })
+            );
             Ok(())
         }
     }
@@ -444,7 +463,12 @@ async fn measure(plan: Plan, policy: Policy) -> Result<(), String> {
     // Attack: start everything, let it ramp, then measure as before.
     let attack_span = Duration::from_secs(plan.ramp + plan.seconds + 2);
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let list = |v: &[SocketAddr]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
+    let list = |v: &[SocketAddr]| {
+        v.iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
     let per_worker = plan.idle.div_ceil(2);
     let sources = plan.idle_sources.div_ceil(2).max(1);
     let span = attack_span.as_secs().to_string();
@@ -456,7 +480,9 @@ async fn measure(plan: Plan, policy: Policy) -> Result<(), String> {
                 "--targets".into(),
                 list(&http_targets),
                 "--count".into(),
-                per_worker.min(plan.idle.saturating_sub(w * per_worker)).to_string(),
+                per_worker
+                    .min(plan.idle.saturating_sub(w * per_worker))
+                    .to_string(),
                 "--first-source".into(),
                 (w * sources).to_string(),
                 "--sources".into(),
@@ -483,7 +509,11 @@ async fn measure(plan: Plan, policy: Policy) -> Result<(), String> {
         "--targets".into(),
         list(&[dub.quic_addr, ams.quic_addr, fra.quic_addr]),
         "--from".into(),
-        list(&[fra_source, fra_source, "127.0.0.2:0".parse().map_err(|_| "address")?]),
+        list(&[
+            fra_source,
+            fra_source,
+            "127.0.0.2:0".parse().map_err(|_| "address")?,
+        ]),
         "--rate".into(),
         plan.initials_per_second.to_string(),
     ]);
