@@ -6,9 +6,10 @@
 //!   trusted proxy are exempt from the per-address cap: every client comes
 //!   through them. Above a cap a connection gets `503` with `Retry-After`
 //!   at once and is closed; nothing of it is read.
-//! - When the listener is full, the connection idle longest (no request in
-//!   flight) is closed to make room, so idle connections can never keep
-//!   people out.
+//! - When the listener is full, an address holding its fair share of it
+//!   (the cap divided by the addresses connected) is refused; anyone else
+//!   gets the slot of the connection idle longest (no request in flight),
+//!   so idle connections can never keep people out.
 //! - Time limits: a new connection's first byte must arrive within
 //!   `header_timeout`, and every request head within `header_timeout` of its
 //!   first byte (however the bytes trickle); a request body within
@@ -317,6 +318,13 @@ fn admit(
         return Err("address_full");
     }
     if t.open.len() >= options.limits.max_connections {
+        // Full. An address already holding its fair share of the listener
+        // is refused outright (the cheapest answer, and the one a flood
+        // from a few thousand addresses gets); anyone else takes a slot.
+        let share = (options.limits.max_connections / t.per_address.len().max(1)).max(1);
+        if !exempt && from_address >= share {
+            return Err("listener_full");
+        }
         // The connection whose bytes moved longest ago, with no request in
         // flight: a client that just connected and is sending its request
         // has the newest activity and goes last.

@@ -447,7 +447,7 @@ async fn measure(plan: Plan, policy: Policy) -> Result<(), String> {
         eu_relays: eu_relays.clone(),
         pids: pids.clone(),
     };
-    let calm = {
+    let mut calm = {
         let watch = ctx.watch(Duration::from_secs(plan.seconds));
         let newcomers = ctx.newcomers(plan.join_rate, Duration::from_secs(plan.seconds), 0);
         let mut tick = tokio::time::interval(interval);
@@ -585,7 +585,7 @@ async fn measure(plan: Plan, policy: Policy) -> Result<(), String> {
         plan.initials_per_second
     );
     for (name, phase, rx) in [
-        ("calm", &mut { calm }, &calm_rx),
+        ("calm", &mut calm, &calm_rx),
         ("attack", &mut attack, &attack_rx),
     ] {
         let n = &mut phase.newcomers;
@@ -614,7 +614,8 @@ async fn measure(plan: Plan, policy: Policy) -> Result<(), String> {
         }
         for (pid, p) in &phase.peaks {
             println!(
-                "  {name:<6} process {pid}: peak RSS {:.1} MiB, peak open descriptors {}",
+                "  {name:<6} process {pid} ({}): peak RSS {:.1} MiB, peak open descriptors {}",
+                command_line(*pid),
                 p.rss_kib as f64 / 1024.0,
                 p.fds
             );
@@ -876,6 +877,27 @@ fn usage(pid: u32) -> (u64, u64) {
         .map(|d| d.count() as u64)
         .unwrap_or(0);
     (rss, fds)
+}
+
+/// What process `pid` runs, for the report (its arguments, shortened).
+fn command_line(pid: u32) -> String {
+    let args = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let words: Vec<String> = args
+        .split(|b| *b == 0)
+        .skip(1)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let mut line = words.join(" ");
+    if line.len() > 60 {
+        let mut end = 60;
+        while !line.is_char_boundary(end) {
+            end -= 1;
+        }
+        line.truncate(end);
+        line.push('…');
+    }
+    line
 }
 
 /// Processes running `residency-relay … dev`, other than this one.
