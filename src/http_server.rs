@@ -200,6 +200,8 @@ struct Tracked {
     /// (milliseconds since the listener started, plus one; 0: none).
     head_started: AtomicU64,
     in_flight: AtomicUsize,
+    /// Requests in flight whose body is still being read.
+    reading_body: AtomicUsize,
     evict: tokio::sync::Notify,
 }
 
@@ -261,17 +263,33 @@ pub async fn serve(
             Ok(t) => t,
             Err(reason) => {
                 options.metrics.refused.with_label_values(&[reason]).inc();
-                // One write into an empty socket buffer never blocks; the
-                // peer gets its answer and nothing of it is read.
+                // Best effort, and never blocking: what the client already
+                // sent is read off (closing over unread bytes would reset
+                // the connection before the answer is read), one write into
+                // an empty socket buffer never blocks, then it is closed.
+                let mut sink = [0u8; 4096];
+                for _ in 0..4 {
+                    if !matches!(stream.try_read(&mut sink), Ok(n) if n > 0) {
+                        break;
+                    }
+                }
                 let _ = stream.try_write(refusal());
                 drop(stream);
                 continue;
             }
         };
         options.metrics.open.inc();
-        let (app, options, table) = (app.clone(), options.clone(), table.clone());
+        let slot = Slot {
+            table: table.clone(),
+            id: tracked.0,
+            group,
+            open: options.metrics.open.clone(),
+        };
+        let (app, options) = (app.clone(), options.clone());
         let mut stop = stop_rx.clone();
         tasks.spawn(async move {
+            // Given back however the task ends, a panic included.
+            let _slot = slot;
             if first_byte(&stream, &options, &tracked.1, &mut stop).await {
                 let _ = stream.set_nodelay(true);
                 tracked
@@ -291,8 +309,6 @@ pub async fn serve(
                 ))
                 .await;
             }
-            release(&table, tracked.0, group);
-            options.metrics.open.dec();
         });
     }
     let _ = stop_tx.send(true);
@@ -326,12 +342,15 @@ fn admit(
             return Err("listener_full");
         }
         // The connection whose bytes moved longest ago, with no request in
-        // flight: a client that just connected and is sending its request
-        // has the newest activity and goes last.
+        // flight but one waiting for its body (a stalled upload is no
+        // better than an idle connection): a client that just connected
+        // and is sending its request has the newest activity and goes last.
         let idlest = t
             .open
             .values()
-            .filter(|c| c.in_flight.load(Ordering::Relaxed) == 0)
+            .filter(|c| {
+                c.in_flight.load(Ordering::Relaxed) <= c.reading_body.load(Ordering::Relaxed)
+            })
             .map(|c| (c.last_activity.load(Ordering::Relaxed), c))
             .min_by_key(|(at, _)| *at)
             .map(|(_, c)| c.clone());
@@ -353,6 +372,7 @@ fn admit(
         last_activity: AtomicU64::new(started.elapsed().as_millis() as u64),
         head_started: AtomicU64::new(0),
         in_flight: AtomicUsize::new(0),
+        reading_body: AtomicUsize::new(0),
         evict: tokio::sync::Notify::new(),
     });
     t.open.insert(id, tracked.clone());
@@ -360,14 +380,25 @@ fn admit(
     Ok((id, tracked))
 }
 
-fn release(table: &Mutex<Table>, id: u64, group: IpAddr) {
-    let mut t = table.lock().unwrap_or_else(|e| e.into_inner());
-    t.open.remove(&id);
-    if let Some(n) = t.per_address.get_mut(&group) {
-        *n -= 1;
-        if *n == 0 {
-            t.per_address.remove(&group);
+/// A connection's place in the listener's table, given back when dropped.
+struct Slot {
+    table: Arc<Mutex<Table>>,
+    id: u64,
+    group: IpAddr,
+    open: IntGauge,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        t.open.remove(&self.id);
+        if let Some(n) = t.per_address.get_mut(&self.group) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                t.per_address.remove(&self.group);
+            }
         }
+        self.open.dec();
     }
 }
 
@@ -422,7 +453,7 @@ async fn serve_connection(
             let guard = InFlight::new(in_flight.clone());
             let (mut parts, body) = request.into_parts();
             parts.extensions.insert(axum::extract::ConnectInfo(peer));
-            let body = axum::body::Body::new(Deadline::new(body, body_timeout));
+            let body = axum::body::Body::new(Deadline::new(body, body_timeout, in_flight.clone()));
             let request = axum::http::Request::from_parts(parts, body);
             async move {
                 let response = tower_service::Service::call(&mut app, request).await;
@@ -578,15 +609,35 @@ struct Deadline {
     inner: hyper::body::Incoming,
     sleep: Pin<Box<tokio::time::Sleep>>,
     after: Duration,
+    /// Counted in `reading_body` until the body ends or is dropped.
+    reading: Option<Arc<Tracked>>,
 }
 
 impl Deadline {
-    fn new(inner: hyper::body::Incoming, after: Duration) -> Self {
+    fn new(inner: hyper::body::Incoming, after: Duration, tracked: Arc<Tracked>) -> Self {
+        use http_body::Body as _;
+        let reading = (!inner.is_end_stream()).then(|| {
+            tracked.reading_body.fetch_add(1, Ordering::Relaxed);
+            tracked
+        });
         Deadline {
             inner,
             sleep: Box::pin(tokio::time::sleep(after)),
             after,
+            reading,
         }
+    }
+
+    fn done(&mut self) {
+        if let Some(t) = self.reading.take() {
+            t.reading_body.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Deadline {
+    fn drop(&mut self) {
+        self.done();
     }
 }
 
@@ -600,7 +651,12 @@ impl http_body::Body for Deadline {
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(Into::into))),
+            Poll::Ready(frame) => {
+                if frame.is_none() || this.inner.is_end_stream() {
+                    this.done();
+                }
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
             Poll::Pending => match this.sleep.as_mut().poll(cx) {
                 Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimedOut(this.after))))),
                 Poll::Pending => Poll::Pending,

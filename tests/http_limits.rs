@@ -249,3 +249,42 @@ async fn relay_reports_are_authenticated_before_their_body_is_read() {
     assert_eq!(r.status, 400);
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_uploads_cannot_fill_the_listener_either() {
+    let mut c = cluster(
+        "http_connections_per_listener = 8\nhttp_connections_per_address = 4\nhttp_body_timeout_secs = 60\nhttp_idle_timeout_secs = 60",
+    );
+    c.start_router("de-fra-router").await;
+    let addr = router_addr(&c);
+    let healthz = format!("http://{addr}/healthz");
+    support::cluster::request("GET", &healthz, None, None, None).await;
+
+    // Eight uploads that stop short of their announced length, from two
+    // addresses: the listener is full of requests in flight.
+    let mut held = Vec::new();
+    for ip in ["127.0.0.9", "127.0.0.11"] {
+        for _ in 0..4 {
+            let mut s = connect_from(ip, addr).await;
+            s.write_all(
+                b"POST /v1/conferences HTTP/1.1\r\nhost: x\r\nauthorization: Bearer dev-acme-key\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"resid",
+            )
+            .await
+            .unwrap();
+            held.push(s);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Someone else still gets in: a request waiting for its body is no
+    // better than an idle connection.
+    let r = support::cluster::request("GET", &healthz, Some("127.0.0.12"), None, None).await;
+    assert_eq!(r.status, 200);
+    let mut evicted = 0;
+    for s in &mut held {
+        if closed_within(s, Duration::from_millis(100)).await.is_some() {
+            evicted += 1;
+        }
+    }
+    assert!(evicted >= 1, "no stalled upload made room");
+    c.shutdown().await;
+}

@@ -137,7 +137,10 @@ async fn refuse(
 ) {
     // Only a ticket a router of the policy really signed names a conference
     // and a peer worth recording; anyone can write a forgery's claims.
-    let claims = ticket.and_then(|t| checker.attest_cascade(t));
+    let claims = match e {
+        TicketError::BadSignature | TicketError::Malformed => None,
+        _ => ticket.and_then(|t| checker.attest_cascade(t)),
+    };
     let origin = if claims.is_some() { "signed" } else { "forged" };
     metrics
         .cascade_refusals

@@ -445,7 +445,22 @@ pub async fn run(
                 incoming.refuse();
                 continue;
             }
-            let counted = validated.then(|| AddressSlot::take(&per_address, ip));
+            // A proven address is counted now, checked and counted at once.
+            let counted = if validated {
+                let slot = AddressSlot::take(&per_address, ip);
+                if slot.count() > max_per_address.load(Ordering::Relaxed) {
+                    drop(slot);
+                    metrics
+                        .connection_refusals
+                        .with_label_values(&["per_address"])
+                        .inc();
+                    incoming.refuse();
+                    continue;
+                }
+                Some(slot)
+            } else {
+                None
+            };
             handshaking.fetch_add(1, Ordering::Relaxed);
             let events = events_tx.clone();
             let metrics = metrics.clone();
@@ -1750,7 +1765,12 @@ async fn serve_connection(
             // Only a ticket a router of the policy really signed names a
             // conference worth recording; anyone can write the claims of
             // a forgery.
-            let attested = checker.attest(&ticket);
+            // A bad signature under a trusted key is no better under the
+            // same keys again: only other refusals are worth the check.
+            let attested = match refusal {
+                TicketError::BadSignature | TicketError::Malformed => None,
+                _ => checker.attest(&ticket),
+            };
             let origin = if attested.is_some() {
                 "signed"
             } else {
@@ -1847,8 +1867,12 @@ async fn serve_connection(
             message = read_message(&mut recv, &mut decoder) => match message {
                 Ok(Some(m)) => match rate.check(&m, Instant::now()) {
                     rate::Verdict::Pass => {
+                        let leaving = matches!(m, ClientMessage::Leave {});
                         if events.send(Event::Control(id, m)).await.is_err() {
                             break "relay stopping";
+                        }
+                        if leaving {
+                            break "left";
                         }
                     }
                     rate::Verdict::Drop => {

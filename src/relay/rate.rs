@@ -1,8 +1,9 @@
 //! Per-participant limits on control messages (sans-IO: time is an
 //! argument). `publish` and `unpublish` are announced to every member of
 //! the conference, so one participant's flood would reach everyone; they
-//! get a small budget. `subscribe` and `unsubscribe` concern the sender
-//! only and get a large one (a newcomer subscribes to every track at once).
+//! get a small budget. `subscribe` and `unsubscribe` (and a repeated
+//! `hello`) concern the sender only and get a large one (a newcomer
+//! subscribes to every track at once). Nothing is read after `leave`.
 //! A message over budget is dropped and answered with a `rate_limited`
 //! error; a participant who goes on (more than [`STRIKES`] refused
 //! messages within a burst's refill) is disconnected.
@@ -116,10 +117,13 @@ impl ControlRate {
             ClientMessage::Publish { .. } | ClientMessage::Unpublish { .. } => {
                 self.announcements.take(now)
             }
-            ClientMessage::Subscribe { .. } | ClientMessage::Unsubscribe { .. } => {
-                self.subscriptions.take(now)
-            }
-            ClientMessage::Hello { .. } | ClientMessage::Leave {} => true,
+            // A second hello is answered `out_of_order` to its sender only:
+            // it costs like a subscription.
+            ClientMessage::Subscribe { .. }
+            | ClientMessage::Unsubscribe { .. }
+            | ClientMessage::Hello { .. } => self.subscriptions.take(now),
+            // The connection task stops reading after it.
+            ClientMessage::Leave {} => true,
         };
         if allowed {
             Verdict::Pass

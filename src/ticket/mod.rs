@@ -264,15 +264,18 @@ impl Verifier {
         signed: &[u8],
         signature: &Signature,
     ) -> bool {
-        let keys = self
+        // The policy's keys of the jurisdiction (which include the trusted
+        // ones); a verifier built without them falls back to its trust.
+        let Some(keys) = self
             .known
             .get(jurisdiction)
-            .into_iter()
-            .chain(self.trusted.get(jurisdiction))
-            .flatten();
+            .or_else(|| self.trusted.get(jurisdiction))
+        else {
+            return false;
+        };
         check_conference(conference, jurisdiction).is_ok()
             && keys
-                .into_iter()
+                .iter()
                 .any(|k| k.verify_strict(signed, signature).is_ok())
     }
 
