@@ -180,17 +180,6 @@ impl std::fmt::Debug for Options {
     }
 }
 
-/// The key connections are counted under: the address, or its /64 for IPv6.
-pub fn address_group(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-        }
-        v4 => v4,
-    }
-}
-
 /// One open connection, as the listener sees it.
 #[derive(Debug)]
 struct Tracked {
@@ -256,7 +245,7 @@ pub async fn serve(
             },
         };
         while tasks.try_join_next().is_some() {}
-        let group = address_group(peer.ip());
+        let group = crate::router::limits::address_key(peer.ip().to_canonical());
         let exempt = (options.trusted_proxy)(peer.ip().to_canonical());
         let admitted = admit(&table, &options, group, exempt, started);
         let tracked = match admitted {
@@ -676,18 +665,6 @@ impl http_body::Body for Deadline {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ipv6_addresses_are_grouped_by_their_64_bit_prefix() {
-        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
-        let b: IpAddr = "2001:db8:1:2:ffff::2".parse().unwrap();
-        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
-        assert_eq!(address_group(a), address_group(b));
-        assert_ne!(address_group(a), address_group(c));
-        let v4: IpAddr = "192.0.2.7".parse().unwrap();
-        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
-        assert_eq!(address_group(mapped), v4);
-    }
 
     #[test]
     fn listener_caps_fit_the_descriptor_limit() {

@@ -447,16 +447,18 @@ pub async fn run(
             }
             // A proven address is counted now, checked and counted at once.
             let counted = if validated {
-                let slot = AddressSlot::take(&per_address, ip);
-                if slot.count() > max_per_address.load(Ordering::Relaxed) {
-                    drop(slot);
+                let Some(slot) = AddressSlot::try_take(
+                    &per_address,
+                    ip,
+                    max_per_address.load(Ordering::Relaxed),
+                ) else {
                     metrics
                         .connection_refusals
                         .with_label_values(&["per_address"])
                         .inc();
                     incoming.refuse();
                     continue;
-                }
+                };
                 Some(slot)
             } else {
                 None
@@ -480,8 +482,8 @@ pub async fn run(
                 let slot = match counted {
                     Some(slot) => slot,
                     None => {
-                        let slot = AddressSlot::take(&per_address, ip);
-                        if slot.count() > max_per_address.load(Ordering::Relaxed) {
+                        let max = max_per_address.load(Ordering::Relaxed);
+                        let Some(slot) = AddressSlot::try_take(&per_address, ip, max) else {
                             metrics
                                 .connection_refusals
                                 .with_label_values(&["per_address"])
@@ -491,7 +493,7 @@ pub async fn run(
                                 b"too many connections from this address",
                             );
                             return;
-                        }
+                        };
                         slot
                     }
                 };
@@ -1665,27 +1667,29 @@ async fn write_message<M: serde::Serialize>(
 struct AddressSlot {
     counts: Arc<std::sync::Mutex<HashMap<std::net::IpAddr, u32>>>,
     ip: std::net::IpAddr,
-    count: u32,
 }
 
 impl AddressSlot {
-    fn take(
+    /// Counts a connection from `ip`, unless it already has `max`: checked
+    /// and counted under one lock.
+    fn try_take(
         counts: &Arc<std::sync::Mutex<HashMap<std::net::IpAddr, u32>>>,
         ip: std::net::IpAddr,
-    ) -> Self {
+        max: u32,
+    ) -> Option<Self> {
         let mut c = counts.lock().unwrap_or_else(|e| e.into_inner());
         let n = c.entry(ip).or_default();
+        if *n >= max {
+            if *n == 0 {
+                c.remove(&ip);
+            }
+            return None;
+        }
         *n += 1;
-        AddressSlot {
+        Some(AddressSlot {
             counts: counts.clone(),
             ip,
-            count: *n,
-        }
-    }
-
-    /// Connections from the address, this one included, when it was taken.
-    fn count(&self) -> u32 {
-        self.count
+        })
     }
 }
 

@@ -110,12 +110,10 @@ pub fn secret_matches(stored: &[u8; 32], secret: &str) -> bool {
 pub fn address_hash(key: &[u8; 32], ip: IpAddr) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(key);
-    match ip {
+    match super::limits::address_key(ip) {
         IpAddr::V4(v4) => h.update(v4.octets()),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => h.update(v4.octets()),
-            None => h.update(&v6.octets()[..8]),
-        },
+        // The /64 alone: its lower half is zero.
+        IpAddr::V6(v6) => h.update(&v6.octets()[..8]),
     }
     h.finalize().into()
 }

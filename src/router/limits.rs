@@ -146,8 +146,10 @@ impl<K: Hash + Eq + Clone> Windows<K> {
 }
 
 /// The key an address is counted under: IPv6 clients by their /64 (one
-/// subscriber's usual allocation), IPv4 by address.
-fn address_key(ip: IpAddr) -> IpAddr {
+/// subscriber's usual allocation), IPv4 by address. The failure limits,
+/// bans ([`super::ids::address_hash`]) and the HTTP connection caps
+/// ([`crate::http_server`]) all group addresses by it.
+pub fn address_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -364,6 +366,14 @@ mod tests {
             l.begin("192.0.2.8".parse().unwrap(), "eu-a", true, t0)
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn addresses_are_keyed_by_their_64_and_mapped_ones_as_ipv4() {
+        let key = |s: &str| address_key(s.parse().unwrap());
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::2"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::ffff:192.0.2.7"), key("192.0.2.7"));
     }
 
     #[test]
