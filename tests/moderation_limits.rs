@@ -50,6 +50,22 @@ async fn kick(router: &str, conf: &Value, pid: &str, body: Value) -> (u16, Value
     (r.status, r.json())
 }
 
+/// `POST /v1/conferences/{id}/{action}` as the host (`lock`, `unlock`, `end`), answered 200.
+async fn host_action(router: &str, conf: &Value, action: &str) {
+    let r = request(
+        "POST",
+        &format!(
+            "{router}/v1/conferences/{}/{action}",
+            conf["id"].as_str().unwrap()
+        ),
+        None,
+        Some(&host(conf)),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{action}");
+}
+
 async fn rejoin(router: &str, conf: &Value, pid: &str, token: &str) -> (u16, Value) {
     let r = request(
         "POST",
@@ -167,18 +183,7 @@ async fn rejoin_tokens_expire_and_die_with_the_conference() {
 
     // Fresh: it lets the participant back in, past a lock (that is what it
     // is for: someone admitted whose relay failed), with a new token.
-    let r = request(
-        "POST",
-        &format!(
-            "{router}/v1/conferences/{}/lock",
-            conf["id"].as_str().unwrap()
-        ),
-        None,
-        Some(&host(&conf)),
-        None,
-    )
-    .await;
-    assert_eq!(r.status, 200);
+    host_action(&router, &conf, "lock").await;
     let (status, answer) = rejoin(&router, &conf, &pid, &token).await;
     assert_eq!(status, 200, "{answer}");
     let newer = answer["rejoin_token"].as_str().unwrap().to_owned();
@@ -202,18 +207,7 @@ async fn rejoin_tokens_expire_and_die_with_the_conference() {
     );
 
     // Within its time, but the conference ended: refused.
-    let r = request(
-        "POST",
-        &format!(
-            "{router}/v1/conferences/{}/unlock",
-            conf["id"].as_str().unwrap()
-        ),
-        None,
-        Some(&host(&conf)),
-        None,
-    )
-    .await;
-    assert_eq!(r.status, 200);
+    host_action(&router, &conf, "unlock").await;
     let again = join_from(
         &router,
         conf["id"].as_str().unwrap(),
@@ -222,18 +216,7 @@ async fn rejoin_tokens_expire_and_die_with_the_conference() {
     )
     .await
     .unwrap();
-    let r = request(
-        "POST",
-        &format!(
-            "{router}/v1/conferences/{}/end",
-            conf["id"].as_str().unwrap()
-        ),
-        None,
-        Some(&host(&conf)),
-        None,
-    )
-    .await;
-    assert_eq!(r.status, 200);
+    host_action(&router, &conf, "end").await;
     let (status, _) = rejoin(
         &router,
         &conf,
