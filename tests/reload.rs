@@ -808,8 +808,8 @@ async fn a_relay_removed_from_the_inventory_gives_up_its_conferences() {
 /// The router's view: what a policy no longer allows of what relays report.
 #[test]
 fn the_registry_flags_relays_and_links_outside_under_the_policy_in_force() {
-    use residency_relay::router::channel::{ConferenceLoad, LinkLoad, RelayReport};
     use residency_relay::router::relays::{Misplaced, Registry};
+    use residency_relay::wire::channel::{ConferenceLoad, LinkLoad, RelayReport};
     use std::time::Instant;
 
     let c = Cluster::new(|t| frankfurt_to_us(&t));
@@ -886,8 +886,8 @@ fn the_registry_flags_relays_and_links_outside_under_the_policy_in_force() {
 /// change) are never linked; others are.
 #[test]
 fn relays_with_the_same_track_prefix_are_not_linked() {
-    use residency_relay::router::channel::{ConferenceLoad, RelayReport};
     use residency_relay::router::relays::Registry;
+    use residency_relay::wire::channel::{ConferenceLoad, RelayReport};
     use std::time::Instant;
 
     let c = Cluster::new(|t| t);

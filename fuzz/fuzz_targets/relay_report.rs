@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use residency_relay::router::channel::{RelayReport, ReportReply};
+use residency_relay::wire::channel::{RelayReport, ReportReply};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(report) = serde_json::from_slice::<RelayReport>(data) {

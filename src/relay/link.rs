@@ -19,8 +19,8 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use super::{Event, Metrics, close_code, read_message, unix_now, write_message};
-use crate::router::channel::Enforcement;
 use crate::ticket::{self, TicketError};
+use crate::wire::channel::Enforcement;
 use crate::wire::control::Decoder;
 use crate::wire::link::LinkMessage;
 

@@ -28,9 +28,9 @@ use tracing::{debug, info, warn};
 
 use crate::forward::{Admission, ConnId, Core, CoreConfig, IngressDrop, Permissions};
 use crate::policy::{ReloadError, Reloaded};
-use crate::router::channel::Enforcement;
 use crate::ticket::{TicketError, Verifier};
 use crate::wire::ErrorCode;
+use crate::wire::channel::Enforcement;
 use crate::wire::control::{
     self, ClientMessage, ControlError, Decoder, ParticipantId, ServerMessage,
 };
@@ -237,7 +237,7 @@ enum Event {
     Shutdown,
     /// For a report to a router serving these jurisdictions.
     Snapshot(Vec<String>, oneshot::Sender<Snapshot>),
-    Command(crate::router::channel::Action),
+    Command(crate::wire::channel::Action),
     /// A cascade link passed its handshake (`claims` on the accepting side,
     /// for the replay check); the core admits it unless the same link is
     /// already up.
@@ -1237,7 +1237,7 @@ fn handle_event(
             let ended = st.revoked.conferences.contains_key(&conference);
             // Under the trust in force now (a reload may have come since the
             // handshake), both ends must be inside the conference's jurisdiction.
-            let inside = crate::router::ids::jurisdiction_of(&conference)
+            let inside = crate::wire::conference::jurisdiction_of(&conference)
                 .and_then(|j| verifier.link_target(&peer, j))
                 .is_some();
             let stale = recheck.as_ref().filter(|r| r.generation != generation);
@@ -1373,7 +1373,7 @@ fn handle_event(
                 if c.participants == 0 {
                     continue;
                 }
-                if let Some(j) = crate::router::ids::jurisdiction_of(&c.id) {
+                if let Some(j) = crate::wire::conference::jurisdiction_of(&c.id) {
                     let e = per.entry(j).or_default();
                     e.0 += i64::from(c.participants);
                     e.1 += 1;
@@ -1394,7 +1394,7 @@ fn handle_event(
                     // Each event goes to the router serving its conference.
                     let (mine, rest): (Vec<_>, Vec<_>) =
                         std::mem::take(&mut st.pending).into_iter().partition(|e| {
-                            crate::router::ids::jurisdiction_of(&e.conference)
+                            crate::wire::conference::jurisdiction_of(&e.conference)
                                 .is_some_and(|j| serves.iter().any(|s| s == j))
                         });
                     let horizon = unix_now().saturating_sub(60);
@@ -1405,7 +1405,7 @@ fn handle_event(
             st.revoked.prune(unix_now());
         }
         Event::Command(action) => {
-            use crate::router::channel::Action;
+            use crate::wire::channel::Action;
             let now = unix_now();
             let (conns, message, code) = match &action {
                 Action::Kick {
@@ -1504,7 +1504,7 @@ fn handle_event(
                 .into_iter()
                 .map(|c| c.id)
                 .filter(|id| {
-                    crate::router::ids::jurisdiction_of(id)
+                    crate::wire::conference::jurisdiction_of(id)
                         .is_some_and(|j| !inside.iter().any(|i| i == j))
                 })
                 .collect();
@@ -1516,7 +1516,7 @@ fn handle_event(
                 .links
                 .keys()
                 .filter(|(conference, peer)| {
-                    crate::router::ids::jurisdiction_of(conference)
+                    crate::wire::conference::jurisdiction_of(conference)
                         .is_none_or(|j| verifier.link_target(peer, j).is_none())
                 })
                 .cloned()
@@ -1571,7 +1571,7 @@ fn move_out(
         }
     }
     warn!(
-        jurisdiction = crate::router::ids::jurisdiction_of(conference).unwrap_or_default(),
+        jurisdiction = crate::wire::conference::jurisdiction_of(conference).unwrap_or_default(),
         participants = moved,
         "conference moved off this relay: the policy in force places it outside the conference's jurisdiction"
     );
@@ -1921,7 +1921,7 @@ async fn futures_join_all<F: Future<Output = ()> + Send + 'static>(futures: Vec<
 /// The last report of a relay shutting down: draining, so the router sends
 /// no more joins here.
 async fn final_report(link: RouterLink, relay_id: String, credential: String, cert_sha256: String) {
-    use crate::router::channel::{self, RelayReport};
+    use crate::wire::channel::{self, RelayReport};
     let report = RelayReport {
         cert_sha256,
         participants: 0,
@@ -1958,9 +1958,7 @@ async fn report_loop(links: tokio::sync::watch::Receiver<RouterLink>, ctx: Repor
         trust,
         track_base,
     } = ctx;
-    use crate::router::channel::{
-        self, Action, ConferenceLoad, LinkLoad, RelayReport, ReportReply,
-    };
+    use crate::wire::channel::{self, Action, ConferenceLoad, LinkLoad, RelayReport, ReportReply};
     let url = format!("{}{}", links.borrow().url, channel::report_path(&relay_id));
     let auth = format!("Bearer {credential}");
     let mut ack = 0u64;
@@ -1996,7 +1994,7 @@ async fn report_loop(links: tokio::sync::watch::Receiver<RouterLink>, ctx: Repor
                 .conferences
                 .into_iter()
                 .filter(|c| {
-                    crate::router::ids::jurisdiction_of(&c.id)
+                    crate::wire::conference::jurisdiction_of(&c.id)
                         .is_some_and(|j| link.jurisdictions.iter().any(|l| l == j))
                 })
                 .map(|c| ConferenceLoad {
@@ -2010,7 +2008,7 @@ async fn report_loop(links: tokio::sync::watch::Receiver<RouterLink>, ctx: Repor
                 .links
                 .into_iter()
                 .filter(|l| {
-                    crate::router::ids::jurisdiction_of(&l.conference)
+                    crate::wire::conference::jurisdiction_of(&l.conference)
                         .is_some_and(|j| link.jurisdictions.iter().any(|x| x == j))
                 })
                 .map(|l| LinkLoad {
@@ -2065,8 +2063,9 @@ async fn report_loop(links: tokio::sync::watch::Receiver<RouterLink>, ctx: Repor
                             // of a jurisdiction this router serves and this relay
                             // is in, and the peer inside it; it is dialled at its
                             // inventory address.
-                            let jurisdiction = crate::router::ids::jurisdiction_of(&conference)
-                                .filter(|j| link.jurisdictions.iter().any(|l| l == j));
+                            let jurisdiction =
+                                crate::wire::conference::jurisdiction_of(&conference)
+                                    .filter(|j| link.jurisdictions.iter().any(|l| l == j));
                             let target =
                                 jurisdiction.and_then(|j| trusted(&trust).1.link_target(&peer, j));
                             let Some(peer_addr) = target
@@ -2102,7 +2101,7 @@ async fn report_loop(links: tokio::sync::watch::Receiver<RouterLink>, ctx: Repor
                         // router serves: one router cannot disturb another's.
                         Action::Move { ref conference, .. }
                         | Action::Unlink { ref conference, .. }
-                            if !crate::router::ids::jurisdiction_of(conference)
+                            if !crate::wire::conference::jurisdiction_of(conference)
                                 .is_some_and(|j| link.serves.iter().any(|s| s == j)) =>
                         {
                             warn!(router = %link.url, "ignoring a move for a conference of a jurisdiction the router does not serve");

@@ -24,7 +24,6 @@ use serde_json::{Value, json};
 use tracing::{info, warn};
 
 use super::Shared;
-use super::channel::{Action, RelayReport, ReportReply};
 use super::ids;
 use crate::policy::{JurisdictionIdx, RelayIdx, Tenant};
 use crate::select;
@@ -33,6 +32,7 @@ use crate::store::{
     Role, Status, StoreError, Usage,
 };
 use crate::ticket::{self, Claims, Grants};
+use crate::wire::channel::{Action, RelayReport, ReportReply};
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 16 * 1024;
@@ -345,7 +345,7 @@ fn conference(shared: &Shared, id: &str) -> ApiResult<(ConferenceRecord, Jurisdi
             "no such conference",
         )
     };
-    let j_id = ids::jurisdiction_of(id).ok_or_else(not_found)?;
+    let j_id = crate::wire::conference::jurisdiction_of(id).ok_or_else(not_found)?;
     let j = shared.policy.jurisdiction_idx(j_id).ok_or_else(not_found)?;
     if !shared.me.serves(j) {
         return Err(misdirected(shared, j));
@@ -1736,7 +1736,7 @@ async fn live_conferences(Current(shared): Current, headers: HeaderMap) -> ApiRe
         .map(|(id, relays, participants)| {
             json!({
                 "id": id,
-                "jurisdiction": ids::jurisdiction_of(&id),
+                "jurisdiction": crate::wire::conference::jurisdiction_of(&id),
                 "relays": relays,
                 "participants": participants,
             })
@@ -1922,7 +1922,7 @@ async fn relay_report(
     // and the router moves them off the relay. Links are kept whoever the
     // peer is, for the same reasons.
     let ours = |conference: &str| {
-        ids::jurisdiction_of(conference)
+        crate::wire::conference::jurisdiction_of(conference)
             .and_then(|j| shared.policy.jurisdiction_idx(j))
             .is_some_and(|j| shared.me.serves(j))
     };
@@ -1930,7 +1930,7 @@ async fn relay_report(
     // jurisdiction.
     let inside_of = |conference: &str| {
         relay.is_some_and(|r| {
-            ids::jurisdiction_of(conference)
+            crate::wire::conference::jurisdiction_of(conference)
                 .and_then(|j| shared.policy.jurisdiction_idx(j))
                 .is_some_and(|j| shared.policy.jurisdiction(j).contains(r))
         })
@@ -2018,7 +2018,7 @@ async fn relay_report(
     // Events are aggregated per conference, kind, reason and peer for each
     // report, and only known codes and inventory relay ids are kept, so
     // refused tickets (which anyone can send a relay) cannot flood the log.
-    let mut aggregated: Vec<(crate::router::channel::Enforcement, u32)> = Vec::new();
+    let mut aggregated: Vec<(crate::wire::channel::Enforcement, u32)> = Vec::new();
     for event in events.into_iter().take(1000) {
         let known_reason = crate::ticket::TicketError::ALL
             .iter()
@@ -2043,8 +2043,8 @@ async fn relay_report(
         }
     }
     for (event, count) in aggregated {
-        let Some(j) =
-            ids::jurisdiction_of(&event.conference).and_then(|j| shared.policy.jurisdiction_idx(j))
+        let Some(j) = crate::wire::conference::jurisdiction_of(&event.conference)
+            .and_then(|j| shared.policy.jurisdiction_idx(j))
         else {
             continue;
         };
@@ -2081,7 +2081,7 @@ async fn relay_report(
         return Ok(Json(ReportReply { epoch, commands }));
     }
     let notified = notify.notified();
-    let _ = tokio::time::timeout(super::channel::HOLD, notified).await;
+    let _ = tokio::time::timeout(crate::wire::channel::HOLD, notified).await;
     Ok(Json(ReportReply {
         epoch,
         commands: shared.relays.commands(&relay_id),

@@ -1,8 +1,8 @@
 //! Identifiers and secrets the router makes, and how it stores them.
 //!
 //! Conference ids are `<jurisdiction>-<26 base32 characters>` (128 random
-//! bits), so any router can tell a conference's jurisdiction from its id and
-//! nobody can guess one. Tokens carry 256 random bits and are stored only
+//! bits; [`crate::wire::conference`] parses them), so any router or relay
+//! can tell a conference's jurisdiction from its id and nobody can guess one. Tokens carry 256 random bits and are stored only
 //! as SHA-256; passcodes are short enough to type, so they are salted and
 //! guarded by the failure limits.
 
@@ -40,20 +40,6 @@ fn base32(bytes: &[u8]) -> String {
 /// A new conference id in `jurisdiction`.
 pub fn conference_id(jurisdiction: &str) -> Result<String, RandomError> {
     Ok(format!("{jurisdiction}-{}", base32(&random::<16>()?)))
-}
-
-/// The jurisdiction part of a conference id, if it is well formed.
-pub fn jurisdiction_of(conference_id: &str) -> Option<&str> {
-    let (j, rest) = conference_id.split_once('-')?;
-    let well_formed = !j.is_empty()
-        && j.len() <= 64
-        && j.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        && rest.len() == 26
-        && rest
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b));
-    well_formed.then_some(j)
 }
 
 /// A new participant id.
@@ -135,6 +121,7 @@ pub fn full_v6_address_hash(key: &[u8; 32], ip: IpAddr) -> Option<[u8; 32]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::conference::jurisdiction_of;
 
     #[test]
     fn conference_ids_carry_the_jurisdiction_and_128_bits() {

@@ -4,10 +4,9 @@
 //! participants join through GeoIP relay selection inside that jurisdiction
 //! with signed tickets bound to one relay, moderates (lock, kick and ban,
 //! end, waiting room), keeps its records in a [`Store`](crate::store::Store)
-//! and takes relays' load reports ([`channel`]).
+//! and takes relays' load reports ([`crate::wire::channel`]).
 
 pub mod api;
-pub mod channel;
 pub mod ids;
 pub mod limits;
 pub mod metrics;

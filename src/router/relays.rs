@@ -10,9 +10,9 @@ use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use super::Shared;
-use super::channel::{Action, Command, ConferenceLoad, LinkLoad, RelayReport, STALE_AFTER};
 use crate::policy::{Policy, RelayIdx};
 use crate::select::{Health, RelayState};
+use crate::wire::channel::{Action, Command, ConferenceLoad, LinkLoad, RelayReport, STALE_AFTER};
 
 /// Commands kept per relay; beyond it the oldest go (a relay that far
 /// behind is not reporting and will refuse old tickets on restart anyway).
@@ -156,7 +156,7 @@ const FORGET_PLACEMENT_AFTER: Duration = Duration::from_secs(600);
 #[derive(Debug)]
 pub struct Registry {
     inner: Mutex<Inner>,
-    /// This run's command numbering (see [`super::channel::ReportReply::epoch`]).
+    /// This run's command numbering (see [`crate::wire::channel::ReportReply::epoch`]).
     epoch: u64,
 }
 
@@ -379,7 +379,7 @@ impl Registry {
     ) -> Vec<Misplaced> {
         let mut inner = self.lock();
         let jurisdiction = |conference: &str| {
-            super::ids::jurisdiction_of(conference)
+            crate::wire::conference::jurisdiction_of(conference)
                 .and_then(|j| policy.jurisdiction_idx(j))
                 .filter(|j| served.contains(j))
                 .map(|j| policy.jurisdiction(j))
@@ -649,7 +649,7 @@ impl Registry {
         let mut out: HashMap<String, (i64, i64)> = HashMap::new();
         for r in inner.relays.values().filter_map(|e| fresh_report(e, now)) {
             for c in &r.conferences {
-                let Some(j) = super::ids::jurisdiction_of(&c.id) else {
+                let Some(j) = crate::wire::conference::jurisdiction_of(&c.id) else {
                     continue;
                 };
                 let e = out.entry(j.to_owned()).or_default();
@@ -690,7 +690,7 @@ impl Default for Registry {
 /// Sends relay `a` a cascade ticket and the command to link to `b` for
 /// `conference`, after checking both are inside its jurisdiction.
 fn command_link(shared: &Shared, conference: &str, a: RelayIdx, b: RelayIdx) {
-    let Some(j) = super::ids::jurisdiction_of(conference)
+    let Some(j) = crate::wire::conference::jurisdiction_of(conference)
         .and_then(|j| shared.policy.jurisdiction_idx(j))
         .filter(|j| shared.me.serves(*j))
     else {
@@ -757,7 +757,7 @@ pub(super) async fn watch(live: Arc<super::Live>) {
         {
             let (relay, action) = match m {
                 Misplaced::Relay { conference, relay } => {
-                    warn!(relay = %relay, jurisdiction = super::ids::jurisdiction_of(&conference).unwrap_or_default(), "relay carries a conference outside its jurisdiction under the policy in force: moving its participants");
+                    warn!(relay = %relay, jurisdiction = crate::wire::conference::jurisdiction_of(&conference).unwrap_or_default(), "relay carries a conference outside its jurisdiction under the policy in force: moving its participants");
                     let at = crate::relay::unix_now();
                     (relay, Action::Move { conference, at })
                 }
@@ -766,7 +766,7 @@ pub(super) async fn watch(live: Arc<super::Live>) {
                     relay,
                     peer,
                 } => {
-                    warn!(relay = %relay, peer = %peer, jurisdiction = super::ids::jurisdiction_of(&conference).unwrap_or_default(), "cascade link to a relay outside the conference's jurisdiction under the policy in force: closing it");
+                    warn!(relay = %relay, peer = %peer, jurisdiction = crate::wire::conference::jurisdiction_of(&conference).unwrap_or_default(), "cascade link to a relay outside the conference's jurisdiction under the policy in force: closing it");
                     (relay, Action::Unlink { conference, peer })
                 }
             };
@@ -779,7 +779,9 @@ pub(super) async fn watch(live: Arc<super::Live>) {
             shared
                 .metrics
                 .residency_moves
-                .with_label_values(&[super::ids::jurisdiction_of(conference).unwrap_or_default()])
+                .with_label_values(&[
+                    crate::wire::conference::jurisdiction_of(conference).unwrap_or_default()
+                ])
                 .inc();
             shared.relays.command([relay.as_str()], &action);
         }

@@ -1,4 +1,6 @@
-//! Wire protocol v1 between clients and relays.
+//! Wire protocol v1 between clients and relays, and the messages relays and
+//! routers exchange ([`channel`]; conference ids: [`conference`]). Nothing
+//! here depends on the relay or the router: both depend on it.
 //!
 //! - ALPN [`ALPN`] names the protocol and its version.
 //! - One bidirectional QUIC stream per connection carries length-prefixed,
@@ -9,6 +11,8 @@
 //! Every parser here takes untrusted bytes and returns a typed error; none
 //! panics on input (property tests feed them random bytes).
 
+pub mod channel;
+pub mod conference;
 pub mod control;
 pub mod datagram;
 pub mod link;
