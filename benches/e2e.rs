@@ -265,7 +265,7 @@ async fn http_get(addr: SocketAddr, path: &str) -> String {
 fn rss(metrics: &str) -> f64 {
     metrics
         .lines()
-        .find(|l| l.starts_with("rr_relay_process_resident_memory_bytes"))
+        .find(|l| l.starts_with("process_resident_memory_bytes"))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)

@@ -14,7 +14,8 @@ use support::relay::{TestRelay, claims, sign_dev};
 
 #[tokio::test]
 async fn names_and_labels_are_exact_and_carry_no_personal_data() {
-    let mut relay = TestRelay::start("de-ber-1", "127.0.1.2", CoreConfig::default()).await;
+    let mut relay =
+        TestRelay::start_with_workers("de-ber-1", "127.0.1.2", CoreConfig::default(), 4).await;
     let mut c = claims(
         "de-ber-1",
         "alice-private-participant",
@@ -67,7 +68,6 @@ async fn names_and_labels_are_exact_and_carry_no_personal_data() {
         "rr_relay_connection_refusals_total",
         "rr_relay_control_errors_total",
         "rr_relay_control_rate_limited_total",
-        "rr_relay_cpu_seconds",
         "rr_relay_datagrams_received_total",
         "rr_relay_datagrams_sent_total",
         "rr_relay_deliveries_total",
@@ -79,17 +79,23 @@ async fn names_and_labels_are_exact_and_carry_no_personal_data() {
         "rr_relay_keyframe_requests_total",
         "rr_relay_moderation_disconnects_total",
         "rr_relay_participants",
-        "rr_relay_process_cpu_seconds_total",
-        "rr_relay_process_max_fds",
-        "rr_relay_process_open_fds",
-        "rr_relay_process_resident_memory_bytes",
-        "rr_relay_process_start_time_seconds",
-        "rr_relay_process_threads",
-        "rr_relay_process_virtual_memory_bytes",
         "rr_relay_queue_drops_total",
         "rr_relay_reloads_total",
         "rr_relay_send_failures_total",
+        "rr_relay_shard_connections",
+        "rr_relay_shard_datagrams_total",
+        "rr_relay_shard_imbalance",
+        "rr_relay_shard_queue_depth",
         "rr_relay_ticket_refusals_total",
+        "rr_relay_workers",
+        // The standard process metrics, unprefixed.
+        "process_cpu_seconds_total",
+        "process_max_fds",
+        "process_open_fds",
+        "process_resident_memory_bytes",
+        "process_start_time_seconds",
+        "process_threads",
+        "process_virtual_memory_bytes",
     ]
     .into_iter()
     .collect();
@@ -108,6 +114,7 @@ async fn names_and_labels_are_exact_and_carry_no_personal_data() {
                         "outcome",
                         "version",
                         "jurisdiction",
+                        "shard",
                         "le"
                     ]
                     .contains(&name),
@@ -127,6 +134,27 @@ async fn names_and_labels_are_exact_and_carry_no_personal_data() {
     assert!(text.contains(
         "rr_relay_ticket_refusals_total{origin=\"signed\",reason=\"revoked\",relay=\"de-ber-1\"} 0"
     ));
+    // One series per shard, and only for the four shards there are.
+    assert!(text.contains("rr_relay_workers{relay=\"de-ber-1\"} 4"));
+    for line in text.lines().filter(|l| l.contains("shard=")) {
+        let shard = line
+            .split("shard=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        assert!(["0", "1", "2", "3"].contains(&shard), "{line}");
+    }
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("rr_relay_shard_datagrams_total{"))
+            .count(),
+        4
+    );
+    // CPU time as a float the process really used, not whole seconds.
+    let cpu = residency_relay::relay::metrics::sample(&text, "process_cpu_seconds_total").unwrap();
+    assert!(cpu > 0.0 && cpu < 3600.0, "{cpu}");
     // No address, name, participant or conference id.
     for secret in [
         "127.0.0.77",

@@ -329,7 +329,7 @@ async fn run_async(policy: &Policy, plan: Plan) -> Result<(), String> {
         ms(p99),
         ms(max)
     );
-    let cpu = |m: &str| sample(m, "rr_relay_cpu_seconds");
+    let cpu = |m: &str| sample(m, "process_cpu_seconds_total");
     if let (Some(a), Some(b)) = (cpu(&before), cpu(&after)) {
         println!(
             "{:<28} {:>13.1} % of one core",
@@ -337,7 +337,7 @@ async fn run_async(policy: &Policy, plan: Plan) -> Result<(), String> {
             100.0 * (b - a) / cpu_secs
         );
     }
-    if let Some(rss) = sample(&after, "rr_relay_process_resident_memory_bytes") {
+    if let Some(rss) = sample(&after, "process_resident_memory_bytes") {
         println!("{:<28} {:>13.1} MiB", "relay RSS", rss / (1024.0 * 1024.0));
     }
     Ok(())
@@ -349,11 +349,9 @@ mod tests {
 
     #[test]
     fn reads_samples_from_exposition_text() {
-        let text = "# HELP x\nrr_relay_process_cpu_seconds_total 1.5\nrr_relay_deliveries_total{relay=\"a\"} 7\n";
-        assert_eq!(
-            sample(text, "rr_relay_process_cpu_seconds_total"),
-            Some(1.5)
-        );
+        let text =
+            "# HELP x\nprocess_cpu_seconds_total 1.5\nrr_relay_deliveries_total{relay=\"a\"} 7\n";
+        assert_eq!(sample(text, "process_cpu_seconds_total"), Some(1.5));
         assert_eq!(sample(text, "rr_relay_deliveries_total"), Some(7.0));
         assert_eq!(sample(text, "rr_relay_deliveries"), None);
     }

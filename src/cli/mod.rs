@@ -136,6 +136,10 @@ enum Command {
         /// Seconds connected clients get to leave after `going_away`.
         #[arg(long, default_value_t = 5)]
         shutdown_grace: u64,
+        /// Shards (core tasks) and runtime threads; default: the relay's
+        /// `workers` in the inventory, else one per available core.
+        #[arg(long)]
+        workers: Option<usize>,
         /// File holding the credential the relay presents to its routers
         /// (else the RESIDENCY_RELAY_CREDENTIAL environment variable).
         #[arg(long)]
@@ -422,6 +426,7 @@ pub fn main() -> ExitCode {
             id,
             queue_packets,
             shutdown_grace,
+            workers,
             credential_file,
         } => {
             let policy = match load(&config, regions.as_deref()) {
@@ -445,6 +450,7 @@ pub fn main() -> ExitCode {
                 &id,
                 queue_packets,
                 shutdown_grace,
+                workers,
                 credential,
             ) {
                 Ok(()) => ExitCode::SUCCESS,

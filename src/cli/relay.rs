@@ -14,11 +14,23 @@ pub(super) fn run(
     id: &str,
     queue_packets: usize,
     shutdown_grace: u64,
+    workers: Option<usize>,
     credential: Option<String>,
 ) -> Result<(), String> {
     init_logging_for(&policy);
     let policy = std::sync::Arc::new(policy);
     let mut settings = settings(&policy, id, queue_packets, shutdown_grace, credential)?;
+    if let Some(w) = workers {
+        if !(1..=relay::shards::MAX_WORKERS).contains(&w) {
+            return Err(format!(
+                "--workers must be 1 to {}",
+                relay::shards::MAX_WORKERS
+            ));
+        }
+        settings.workers = w;
+    }
+    // One runtime thread per shard: `--workers 1` is a relay on one core.
+    let threads = relay::effective_workers(settings.workers);
     settings.reload = Some(relay::Reloading {
         source,
         policy: policy.clone(),
@@ -28,6 +40,7 @@ pub(super) fn run(
     let r = policy.relay(policy.relay_idx(id).ok_or("unknown relay")?);
     let (quic, http) = (r.quic_addr, r.http_addr);
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
@@ -74,6 +87,7 @@ pub(super) fn settings(
             track_id_base: crate::forward::track_id_base(idx.index()),
             ..CoreConfig::default()
         },
+        workers: r.workers.unwrap_or(0),
         shutdown_grace: Duration::from_secs(shutdown_grace),
         hello_timeout: Duration::from_secs(10),
         routers: relay::RouterLink::for_relay(policy, idx),

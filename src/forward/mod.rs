@@ -75,6 +75,28 @@ pub struct CoreConfig {
     /// relays of a cascade never assign the same id: a track keeps its id
     /// across links and no header is rewritten.
     pub track_id_base: u32,
+    /// `(index, count)`: this core is one of `count` cores sharing
+    /// `track_id_base` (the relay's shards), and assigns only the
+    /// `index`-th of `count` equal parts of the counter's range, so no two
+    /// of them ever assign the same id. `(0, 1)`: the whole range.
+    pub track_id_share: (u32, u32),
+}
+
+impl CoreConfig {
+    /// The counter values this core assigns: `lo..hi`, never 0.
+    fn track_counter_range(&self) -> (u32, u32) {
+        let total = 1u32 << TRACK_COUNTER_BITS;
+        let count = self.track_id_share.1.clamp(1, total / 2);
+        let index = self.track_id_share.0.min(count - 1);
+        let span = total / count;
+        let lo = (index * span).max(1);
+        let hi = if index + 1 == count {
+            total
+        } else {
+            (index + 1) * span
+        };
+        (lo, hi)
+    }
 }
 
 /// Bits of a track id the core's own counter uses; the rest is
@@ -115,6 +137,7 @@ impl Default for CoreConfig {
             max_tracks_per_participant: 8,
             keyframe_request_interval: Duration::from_millis(500),
             track_id_base: 0,
+            track_id_share: (0, 1),
         }
     }
 }
@@ -285,7 +308,7 @@ impl Core {
             generations: Vec::new(),
             free: Vec::new(),
             tracks: HashMap::default(),
-            next_track: 1,
+            next_track: config.track_counter_range().0,
             conferences: HashMap::new(),
             closed_bytes: HashMap::new(),
             ready: Vec::new(),
@@ -653,12 +676,14 @@ impl Core {
                 // Ids are a counter; after it wraps, skip ids still in use.
                 let mask = (1 << TRACK_COUNTER_BITS) - 1;
                 let base = self.config.track_id_base & !mask;
-                let mut track = TrackId(base | (self.next_track & mask));
+                let (lo, hi) = self.config.track_counter_range();
+                let step = |n: u32| if n + 1 >= hi { lo } else { n + 1 };
+                let mut track = TrackId(base | self.next_track);
                 while self.tracks.contains_key(&track) {
-                    self.next_track = (self.next_track.wrapping_add(1) & mask).max(1);
+                    self.next_track = step(self.next_track);
                     track = TrackId(base | self.next_track);
                 }
-                self.next_track = (self.next_track.wrapping_add(1) & mask).max(1);
+                self.next_track = step(self.next_track);
                 let info = TrackInfo {
                     track,
                     participant,

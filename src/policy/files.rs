@@ -251,6 +251,9 @@ pub struct RelaySection {
     /// Lower-case hex SHA-256 of the credential the relay presents to its
     /// routers. Without one the relay cannot register and gets no joins.
     pub credential_sha256: Option<String>,
+    /// Shards (core tasks) the relay runs; default one per available core.
+    /// `relay --workers N` overrides it.
+    pub workers: Option<usize>,
 }
 
 /// `[[plan]]`.

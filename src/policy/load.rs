@@ -497,6 +497,18 @@ impl Policy {
                     );
                 }
             }
+            if let Some(w) = r.workers {
+                if !(1..=crate::relay::shards::MAX_WORKERS).contains(&w) {
+                    p.push(
+                        cfg,
+                        field("workers"),
+                        format!(
+                            "must be 1 to {} (omit it for one per core)",
+                            crate::relay::shards::MAX_WORKERS
+                        ),
+                    );
+                }
+            }
             if r.max_participants == 0 {
                 p.push(
                     cfg,
@@ -575,6 +587,7 @@ impl Policy {
                     http_addr,
                     tls,
                     credential_sha256,
+                    workers: r.workers,
                 });
             }
         }

@@ -109,6 +109,8 @@ pub struct Relay {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// SHA-256 of the credential it registers with routers.
     pub credential_sha256: Option<[u8; 32]>,
+    /// Shards to run; `None`: one per available core.
+    pub workers: Option<usize>,
 }
 
 /// A router from the config.

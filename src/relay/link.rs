@@ -18,7 +18,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use super::{Event, Metrics, close_code, read_message, unix_now, write_message};
+use super::connection::{read_message, write_message};
+use super::shards::{Event, Shards};
+use super::{Metrics, close_code, unix_now};
 use crate::ticket::{self, TicketError};
 use crate::wire::channel::Enforcement;
 use crate::wire::control::Decoder;
@@ -30,7 +32,7 @@ pub(super) const LINK_BACKLOG: usize = 4096;
 /// Serves an incoming link (ALPN [`crate::wire::CASCADE_ALPN`]).
 pub(super) async fn accept(
     conn: quinn::Connection,
-    events: mpsc::Sender<Event>,
+    shards: Shards,
     metrics: Metrics,
     trust: super::Trust,
     hello_timeout: Duration,
@@ -53,7 +55,7 @@ pub(super) async fn accept(
             refuse(
                 &conn,
                 &mut send,
-                &events,
+                &shards,
                 &metrics,
                 &checker,
                 TicketError::Malformed,
@@ -72,7 +74,7 @@ pub(super) async fn accept(
             refuse(
                 &conn,
                 &mut send,
-                &events,
+                &shards,
                 &metrics,
                 &checker,
                 e,
@@ -83,6 +85,8 @@ pub(super) async fn accept(
         }
     };
     let (reply, answer) = oneshot::channel();
+    // Everything of this link goes to its conference's shard.
+    let events = shards.of(&claims.conference).clone();
     events
         .send(Event::LinkUp {
             conn: conn.clone(),
@@ -104,7 +108,7 @@ pub(super) async fn accept(
             refuse(
                 &conn,
                 &mut send,
-                &events,
+                &shards,
                 &metrics,
                 &checker,
                 e,
@@ -129,7 +133,7 @@ pub(super) async fn accept(
 async fn refuse(
     conn: &quinn::Connection,
     send: &mut quinn::SendStream,
-    events: &mpsc::Sender<Event>,
+    shards: &Shards,
     metrics: &Metrics,
     checker: &ticket::Verifier,
     e: TicketError,
@@ -153,7 +157,8 @@ async fn refuse(
         "cascade link refused"
     );
     if let Some(c) = claims {
-        let _ = events
+        let _ = shards
+            .of(&c.conference)
             .send(Event::Enforcement(Enforcement {
                 conference: c.conference,
                 kind: "cascade".into(),
@@ -191,7 +196,7 @@ pub(super) struct Dial {
 pub(super) async fn dial(
     endpoint: quinn::Endpoint,
     dial: Dial,
-    events: mpsc::Sender<Event>,
+    shards: Shards,
     timeout: Duration,
 ) -> Result<(), String> {
     let crypto = super::tls::pinned_client_config_for(&dial.peer_cert, crate::wire::CASCADE_ALPN)?;
@@ -234,6 +239,7 @@ pub(super) async fn dial(
         _ => return Err("peer broke the link protocol".into()),
     }
     let (reply, answer) = oneshot::channel();
+    let events = shards.of(&dial.conference).clone();
     events
         .send(Event::LinkUp {
             conn: conn.clone(),

@@ -44,8 +44,27 @@ pub struct Metrics {
     pub conferences: prometheus::IntGaugeVec,
     /// Datagram arrival at the relay to its batch handed to QUIC.
     pub forward_seconds: prometheus::Histogram,
-    /// CPU time with 10 ms resolution (the process collector's is whole seconds).
-    cpu_seconds: Gauge,
+    /// `process_cpu_seconds_total`, … (unprefixed, no relay label).
+    process: crate::process_metrics::ProcessMetrics,
+    /// Per shard, labelled `shard="0"`…: datagrams handled, events waiting,
+    /// connections.
+    shard_datagrams: IntCounterVec,
+    shard_queue_depth: prometheus::IntGaugeVec,
+    shard_connections: prometheus::IntGaugeVec,
+    /// Shards running.
+    workers: IntGauge,
+    /// Busiest shard's datagrams over the mean since the previous scrape.
+    shard_imbalance: Gauge,
+    /// Each shard's datagram count at the previous scrape.
+    imbalance_last: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+}
+
+/// One shard's metrics.
+#[derive(Debug, Clone)]
+pub struct ShardMetrics {
+    pub datagrams: IntCounter,
+    pub queue_depth: IntGauge,
+    pub connections: IntGauge,
 }
 
 /// The value of the first sample of `name` (exactly that metric, any
@@ -56,19 +75,6 @@ pub fn sample(text: &str, name: &str) -> Option<f64> {
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
-}
-
-/// User + system CPU seconds of this process, from /proc (Linux; clock
-/// ticks of 1/100 s, the kernel's USER_HZ on every mainstream platform).
-fn process_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the parenthesised command name; utime and stime are the
-    // 14th and 15th fields overall, i.e. the 12th and 13th after it.
-    let rest = stat.rsplit_once(')')?.1;
-    let mut fields = rest.split_whitespace().skip(11);
-    let utime: f64 = fields.next()?.parse().ok()?;
-    let stime: f64 = fields.next()?.parse().ok()?;
-    Some((utime + stime) / 100.0)
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -157,19 +163,46 @@ impl Metrics {
         .unwrap_or_else(|e| unreachable_metric("build_info", e));
         build.set(1);
         let _ = registry.register(Box::new(build));
-        // process_cpu_seconds_total, process_resident_memory_bytes, … (Linux).
-        #[cfg(target_os = "linux")]
-        let _ = registry.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ));
-        let cpu_seconds = Gauge::with_opts(Opts::new(
-            "cpu_seconds",
-            "User and system CPU time of the relay process, seconds.",
+        let per_shard = |name: &str, help: &str| {
+            let g = prometheus::IntGaugeVec::new(Opts::new(name, help), &["shard"])
+                .unwrap_or_else(|e| unreachable_metric(name, e));
+            let _ = registry.register(Box::new(g.clone()));
+            g
+        };
+        let shard_queue_depth = per_shard(
+            "shard_queue_depth",
+            "Events (datagrams, control messages) waiting for the shard, at its last pass.",
+        );
+        let shard_connections = per_shard(
+            "shard_connections",
+            "Connections (participants and cascade links) the shard serves.",
+        );
+        let workers = IntGauge::with_opts(Opts::new(
+            "workers",
+            "Shards (core tasks) the relay runs; each serves the conferences whose id hashes to it.",
         ))
-        .unwrap_or_else(|e| unreachable_metric("cpu_seconds", e));
-        let _ = registry.register(Box::new(cpu_seconds.clone()));
+        .unwrap_or_else(|e| unreachable_metric("workers", e));
+        let _ = registry.register(Box::new(workers.clone()));
+        let shard_imbalance = Gauge::with_opts(Opts::new(
+            "shard_imbalance",
+            "Datagrams handled by the busiest shard over the mean of all shards, since the previous scrape: 1 is even, the number of shards is all in one; 0 when none were handled.",
+        ))
+        .unwrap_or_else(|e| unreachable_metric("shard_imbalance", e));
+        let _ = registry.register(Box::new(shard_imbalance.clone()));
         Metrics {
-            cpu_seconds,
+            process: crate::process_metrics::ProcessMetrics::new(),
+            shard_datagrams: counter_vec(
+                &registry,
+                "shard_datagrams_total",
+                "Media datagrams handled, per shard.",
+                "shard",
+                &[],
+            ),
+            shard_queue_depth,
+            shard_connections,
+            workers,
+            shard_imbalance,
+            imbalance_last: Default::default(),
             connections,
             datagrams_received: counter(
                 &registry,
@@ -368,13 +401,63 @@ impl Metrics {
         *last = now.clone();
     }
 
+    /// Declares `shards` shards: their label values exist from now on.
+    pub fn with_shards(self, shards: usize) -> Self {
+        self.workers.set(shards as i64);
+        for i in 0..shards {
+            let _ = self.shard(i);
+        }
+        *self
+            .imbalance_last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = vec![0; shards];
+        self
+    }
+
+    /// The metrics of shard `index`.
+    pub fn shard(&self, index: usize) -> ShardMetrics {
+        let label = index.to_string();
+        ShardMetrics {
+            datagrams: self.shard_datagrams.with_label_values(&[&label]),
+            queue_depth: self.shard_queue_depth.with_label_values(&[&label]),
+            connections: self.shard_connections.with_label_values(&[&label]),
+        }
+    }
+
+    fn update_imbalance(&self) {
+        let mut last = self
+            .imbalance_last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let now: Vec<u64> = (0..last.len())
+            .map(|i| {
+                self.shard_datagrams
+                    .with_label_values(&[&i.to_string()])
+                    .get()
+            })
+            .collect();
+        let deltas: Vec<u64> = now
+            .iter()
+            .zip(last.iter())
+            .map(|(n, l)| n.saturating_sub(*l))
+            .collect();
+        let total: u64 = deltas.iter().sum();
+        let busiest = deltas.iter().copied().max().unwrap_or(0);
+        self.shard_imbalance.set(if total == 0 {
+            0.0
+        } else {
+            busiest as f64 * deltas.len() as f64 / total as f64
+        });
+        *last = now;
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        if let Some(cpu) = process_cpu_seconds() {
-            self.cpu_seconds.set(cpu);
-        }
+        self.update_imbalance();
+        let mut families = self.registry.gather();
+        families.extend(self.process.gather());
         let mut out = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        let _ = TextEncoder::new().encode(&families, &mut out);
         String::from_utf8(out).unwrap_or_default()
     }
 }

@@ -59,9 +59,7 @@ pub fn passcode() -> Result<String, RandomError> {
     Ok(code)
 }
 
-pub fn sha256(text: &str) -> [u8; 32] {
-    Sha256::digest(text.as_bytes()).into()
-}
+pub use crate::secret::{secret_matches, sha256};
 
 /// Salts and hashes a passcode for storage.
 pub fn hash_passcode(passcode: &str) -> Result<PasscodeHash, RandomError> {
@@ -82,11 +80,6 @@ fn salted(salt: &[u8; 16], passcode: &str) -> [u8; 32] {
 /// Whether `passcode` matches, in constant time.
 pub fn passcode_matches(stored: &PasscodeHash, passcode: &str) -> bool {
     salted(&stored.salt, passcode).ct_eq(&stored.sha256).into()
-}
-
-/// Whether `secret` hashes to `stored`, in constant time.
-pub fn secret_matches(stored: &[u8; 32], secret: &str) -> bool {
-    sha256(secret).ct_eq(stored).into()
 }
 
 /// The keyed hash of a client address kept in bans and the audit log

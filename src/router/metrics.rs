@@ -33,6 +33,8 @@ pub const JOIN_REFUSALS: &[&str] = &[
 #[derive(Debug, Clone)]
 pub struct RouterMetrics {
     registry: Registry,
+    /// `process_cpu_seconds_total`, … (unprefixed, no router label).
+    process: crate::process_metrics::ProcessMetrics,
     pub http_requests: IntCounterVec,
     pub conferences_created: IntCounterVec,
     pub joins: IntCounterVec,
@@ -79,6 +81,7 @@ impl RouterMetrics {
             .map(|j| policy.jurisdiction(*j).id.as_str())
             .collect();
         let m = RouterMetrics {
+            process: crate::process_metrics::ProcessMetrics::new(),
             http_requests: counter_vec(
                 "http_requests_total",
                 "HTTP requests answered, by route template and status code.",
@@ -280,8 +283,10 @@ impl RouterMetrics {
 
     /// The text exposition format.
     pub fn render(&self) -> String {
+        let mut families = self.registry.gather();
+        families.extend(self.process.gather());
         let mut out = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        let _ = TextEncoder::new().encode(&families, &mut out);
         String::from_utf8(out).unwrap_or_default()
     }
 }

@@ -192,6 +192,9 @@ impl Cluster {
                 track_id_base: residency_relay::forward::track_id_base(idx.index()),
                 ..CoreConfig::default()
             },
+            // Three shards, not the machine's count: conferences, their
+            // participants and links must meet in one shard whatever it is.
+            workers: 3,
             shutdown_grace: Duration::from_millis(500),
             hello_timeout: Duration::from_secs(5),
             routers: RouterLink::for_relay(&self.policy, idx),

@@ -49,6 +49,7 @@ pub fn relay(id: &str, country: &str, latitude: f64, longitude: f64, n: u16) -> 
         max_participants: 100,
         max_bitrate_bps: 1_000_000_000,
         credential_sha256: None,
+        workers: None,
     }
 }
 

@@ -24,6 +24,16 @@ impl TestRelay {
     /// Starts relay `relay_id` of the dev policy, listening on `ip` (QUIC and
     /// HTTP on free ports), with `core` limits.
     pub async fn start(relay_id: &str, ip: &str, core: CoreConfig) -> TestRelay {
+        Self::start_with_workers(relay_id, ip, core, 0).await
+    }
+
+    /// As [`TestRelay::start`], with `workers` shards (0: one per core).
+    pub async fn start_with_workers(
+        relay_id: &str,
+        ip: &str,
+        core: CoreConfig,
+        workers: usize,
+    ) -> TestRelay {
         let policy = policy::load(&super::repo().join("config/dev.toml")).expect("dev policy");
         let idx = policy.relay_idx(relay_id).expect("relay in dev policy");
         let socket = std::net::UdpSocket::bind((ip, 0)).expect("bind UDP");
@@ -41,6 +51,7 @@ impl TestRelay {
                 .ticket_verifier(idx)
                 .issued_after(unix_now().saturating_sub(residency_relay::ticket::CLOCK_SKEW_SECS)),
             core,
+            workers,
             shutdown_grace: Duration::from_secs(2),
             hello_timeout: Duration::from_secs(5),
             routers: Vec::new(),

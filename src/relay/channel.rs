@@ -1,0 +1,313 @@
+//! The channel to the routers: one report task per router URL posts the
+//! relay's load (merged over its shards) and enforcement events, and
+//! applies the commands the router answers with — each sent to the shard of
+//! its conference; drain to every shard; links dialled here, from the
+//! relay's own endpoint. Messages: [`crate::wire::channel`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use super::shards::{Event, Shards, Snapshot};
+use super::{Metrics, RouterLink, Trust, link, trusted};
+
+/// The report tasks running, one per router URL, and how to tell each what
+/// its router serves after a reload.
+#[derive(Debug)]
+pub(super) struct Reporters {
+    pub(super) running: Vec<Reporter>,
+}
+
+#[derive(Debug)]
+pub(super) struct Reporter {
+    pub(super) link: tokio::sync::watch::Sender<RouterLink>,
+    pub(super) task: tokio::task::JoinHandle<()>,
+}
+
+impl Reporter {
+    pub(super) fn url(&self) -> String {
+        self.link.borrow().url.clone()
+    }
+}
+
+/// What every report task needs besides its router.
+#[derive(Debug, Clone)]
+pub(super) struct Reporting {
+    pub(super) relay_id: String,
+    pub(super) credential: String,
+    pub(super) cert_sha256: String,
+    pub(super) shards: Shards,
+    pub(super) metrics: Metrics,
+    pub(super) ready: Arc<AtomicBool>,
+    pub(super) endpoint: quinn::Endpoint,
+    pub(super) trust: Trust,
+    /// This run's track id prefix, fixed at start.
+    pub(super) track_base: u32,
+}
+
+impl Reporting {
+    pub(super) fn spawn(&self, link: &RouterLink) -> Reporter {
+        let (tx, rx) = tokio::sync::watch::channel(link.clone());
+        Reporter {
+            link: tx,
+            task: tokio::spawn(report_loop(rx, self.clone())),
+        }
+    }
+}
+
+/// The last report of a relay shutting down: draining, so the router sends
+/// no more joins here.
+pub(super) async fn final_report(
+    link: RouterLink,
+    relay_id: String,
+    credential: String,
+    cert_sha256: String,
+) {
+    use crate::wire::channel::{self, RelayReport};
+    let report = RelayReport {
+        cert_sha256,
+        participants: 0,
+        bitrate_bps: 0,
+        draining: true,
+        conferences: Vec::new(),
+        links: Vec::new(),
+        events: Vec::new(),
+        ack: 0,
+        epoch: 0,
+        track_base: 0,
+    };
+    let _ = crate::http_client::request(
+        "POST",
+        &format!("{}{}", link.url, channel::report_path(&relay_id)),
+        None,
+        &[("authorization", &format!("Bearer {credential}"))],
+        Some(serde_json::to_vec(&report).unwrap_or_default()),
+        Duration::from_secs(1),
+    )
+    .await;
+}
+
+/// Reports to one router until aborted; applies the commands it answers.
+/// A reload may change what the router serves (`links`), never its URL.
+async fn report_loop(links: tokio::sync::watch::Receiver<RouterLink>, ctx: Reporting) {
+    let Reporting {
+        relay_id,
+        credential,
+        cert_sha256,
+        shards,
+        metrics,
+        ready,
+        endpoint,
+        trust,
+        track_base,
+    } = ctx;
+    use crate::wire::channel::{self, Action, ConferenceLoad, LinkLoad, RelayReport, ReportReply};
+    let url = format!("{}{}", links.borrow().url, channel::report_path(&relay_id));
+    let auth = format!("Bearer {credential}");
+    let mut ack = 0u64;
+    let mut epoch = 0u64;
+    let mut last: Option<(Instant, u64)> = None;
+    let mut failures = 0u32;
+    loop {
+        let link = links.borrow().clone();
+        let Some(snapshot) = shards.snapshot(&link.serves).await else {
+            return;
+        };
+        publish_gauges(&metrics, &trusted(&trust).1, &snapshot);
+        let now = Instant::now();
+        let bitrate_bps = match last {
+            Some((at, bytes)) => {
+                let secs = now.duration_since(at).as_secs_f64().max(1e-3);
+                (snapshot.bytes_total.saturating_sub(bytes) as f64 * 8.0 / secs) as u64
+            }
+            None => 0,
+        };
+        last = Some((now, snapshot.bytes_total));
+        let report = RelayReport {
+            cert_sha256: cert_sha256.clone(),
+            participants: snapshot.participants,
+            bitrate_bps,
+            draining: !ready.load(Ordering::Relaxed),
+            conferences: snapshot
+                .conferences
+                .into_iter()
+                .filter(|c| {
+                    crate::wire::conference::jurisdiction_of(&c.id)
+                        .is_some_and(|j| link.jurisdictions.iter().any(|l| l == j))
+                })
+                .map(|c| ConferenceLoad {
+                    id: c.id,
+                    participants: c.participants,
+                    bytes_in: c.bytes_in,
+                    bytes_out: c.bytes_out,
+                })
+                .collect(),
+            links: snapshot
+                .links
+                .into_iter()
+                .filter(|l| {
+                    crate::wire::conference::jurisdiction_of(&l.conference)
+                        .is_some_and(|j| link.jurisdictions.iter().any(|x| x == j))
+                })
+                .map(|l| LinkLoad {
+                    conference: l.conference,
+                    peer: l.peer,
+                    bytes_in: l.bytes_in,
+                    bytes_out: l.bytes_out,
+                })
+                .collect(),
+            events: snapshot.events,
+            ack,
+            epoch,
+            track_base,
+        };
+        let body = serde_json::to_vec(&report).unwrap_or_default();
+        let answer = crate::http_client::request(
+            "POST",
+            &url,
+            None,
+            &[("authorization", &auth)],
+            Some(body),
+            channel::HOLD + Duration::from_secs(5),
+        )
+        .await;
+        match answer {
+            Ok(r) if r.status == 200 => {
+                if failures > 0 {
+                    info!(router = %link.url, "reporting to router again");
+                }
+                failures = 0;
+                let reply: ReportReply = serde_json::from_slice(&r.body).unwrap_or_default();
+                if reply.epoch != epoch {
+                    // The router restarted: its numbering did too.
+                    epoch = reply.epoch;
+                    ack = 0;
+                }
+                for command in reply.commands {
+                    if command.seq <= ack {
+                        continue;
+                    }
+                    ack = command.seq;
+                    match command.action {
+                        Action::Link {
+                            conference,
+                            peer,
+                            peer_addr,
+                            peer_cert,
+                            ticket,
+                        } => {
+                            // The inventory, not the router, decides where a
+                            // conference's media may go: the conference must be
+                            // of a jurisdiction this router serves and this relay
+                            // is in, and the peer inside it; it is dialled at its
+                            // inventory address.
+                            let jurisdiction =
+                                crate::wire::conference::jurisdiction_of(&conference)
+                                    .filter(|j| link.jurisdictions.iter().any(|l| l == j));
+                            let target =
+                                jurisdiction.and_then(|j| trusted(&trust).1.link_target(&peer, j));
+                            let Some(peer_addr) = target
+                                .filter(|a| peer_addr.parse::<SocketAddr>().is_ok_and(|p| p == *a))
+                            else {
+                                warn!(peer = %peer, "refusing a link command outside the jurisdiction or to an address the inventory does not give");
+                                continue;
+                            };
+                            let dial = link::Dial {
+                                conference,
+                                peer,
+                                peer_addr,
+                                peer_cert,
+                                ticket,
+                            };
+                            let (endpoint, shards) = (endpoint.clone(), shards.clone());
+                            tokio::spawn(async move {
+                                let peer = dial.peer.clone();
+                                if let Err(e) =
+                                    link::dial(endpoint, dial, shards, Duration::from_secs(3)).await
+                                {
+                                    warn!(peer = %peer, error = %e, "cascade link failed");
+                                }
+                            });
+                        }
+                        Action::Drain {} => {
+                            ready.store(false, Ordering::Relaxed);
+                            if shards
+                                .broadcast(|| Event::Command(Action::Drain {}))
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                        // Only for conferences of the jurisdictions the
+                        // router serves: one router cannot disturb another's.
+                        Action::Move { ref conference, .. }
+                        | Action::Unlink { ref conference, .. }
+                            if !crate::wire::conference::jurisdiction_of(conference)
+                                .is_some_and(|j| link.serves.iter().any(|s| s == j)) =>
+                        {
+                            warn!(router = %link.url, "ignoring a move for a conference of a jurisdiction the router does not serve");
+                        }
+                        action => {
+                            let conference = match &action {
+                                Action::Kick { conference, .. }
+                                | Action::End { conference, .. }
+                                | Action::Move { conference, .. }
+                                | Action::Unlink { conference, .. } => conference.clone(),
+                                // Handled above.
+                                Action::Link { .. } | Action::Drain {} => continue,
+                            };
+                            if shards
+                                .of(&conference)
+                                .send(Event::Command(action))
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+            other => {
+                failures += 1;
+                if failures == 1 || failures % 60 == 0 {
+                    match other {
+                        Ok(r) => {
+                            warn!(router = %link.url, status = r.status, body = %String::from_utf8_lossy(&r.body), "router refused the report")
+                        }
+                        Err(e) => warn!(router = %link.url, error = %e, "cannot report to router"),
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// The relay-wide gauges a merged snapshot sets: cascade links, and
+/// participants and conferences per jurisdiction of the relay (every
+/// jurisdiction it is in set, so one that emptied shows 0).
+fn publish_gauges(metrics: &Metrics, verifier: &crate::ticket::Verifier, snapshot: &Snapshot) {
+    metrics.cascade_links.set(snapshot.links.len() as i64);
+    let mut per: HashMap<&str, (i64, i64)> = HashMap::new();
+    for c in &snapshot.conferences {
+        if c.participants == 0 {
+            continue;
+        }
+        if let Some(j) = crate::wire::conference::jurisdiction_of(&c.id) {
+            let e = per.entry(j).or_default();
+            e.0 += i64::from(c.participants);
+            e.1 += 1;
+        }
+    }
+    for j in verifier.jurisdictions() {
+        let (p, n) = per.get(j.as_str()).copied().unwrap_or_default();
+        metrics.participants.with_label_values(&[j.as_str()]).set(p);
+        metrics.conferences.with_label_values(&[j.as_str()]).set(n);
+    }
+}

@@ -1,0 +1,255 @@
+//! One client connection: the native protocol's handshake (the first
+//! message must be `hello` with a ticket), the ticket check under the trust
+//! in force, admission by the conference's shard, then the control stream
+//! (rate limited) and media datagrams, handed straight to that shard. A
+//! writer task sends what the shard has for the client. Cascade links are
+//! told apart by their ALPN and served by [`super::link`].
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+use tracing::info;
+
+use super::shards::{Event, Shards};
+use super::{GOING_AWAY_MOVED, Metrics, Recheck, Trust, close_code, link, rate, trusted, unix_now};
+use crate::ticket::TicketError;
+use crate::wire::ErrorCode;
+use crate::wire::channel::Enforcement;
+use crate::wire::control::{self, ClientMessage, ControlError, Decoder, ServerMessage};
+
+pub(super) async fn serve_connection(
+    conn: quinn::Connection,
+    shards: Shards,
+    metrics: Metrics,
+    trust: Trust,
+    hello_timeout: Duration,
+    control_limits: rate::ControlLimits,
+) -> Result<(), &'static str> {
+    let protocol = conn
+        .handshake_data()
+        .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|h| h.protocol);
+    if protocol.as_deref() == Some(crate::wire::CASCADE_ALPN) {
+        return link::accept(conn, shards, metrics, trust, hello_timeout).await;
+    }
+    let (mut send, mut recv) = tokio::time::timeout(hello_timeout, conn.accept_bi())
+        .await
+        .map_err(|_| "no control stream in time")?
+        .map_err(|_| "connection lost before the control stream")?;
+    let mut decoder = Decoder::new();
+    let first = tokio::time::timeout(hello_timeout, read_message(&mut recv, &mut decoder))
+        .await
+        .map_err(|_| "no hello in time")?;
+    let ticket = match first {
+        Ok(Some(ClientMessage::Hello { ticket })) => ticket,
+        Ok(Some(_)) | Ok(None) | Err(_) => {
+            metrics.control_errors.inc();
+            let _ = write_message(
+                &mut send,
+                &ServerMessage::Error {
+                    code: ErrorCode::OutOfOrder.code(),
+                    message: "the first message must be hello".into(),
+                },
+            )
+            .await;
+            let _ = send.finish();
+            conn.close(close_code::PROTOCOL.into(), b"expected hello");
+            return Err("no hello");
+        }
+    };
+    // The trust in force when the hello arrived.
+    let (generation, checker) = trusted(&trust);
+    let checked = match checker.check(&ticket, unix_now()) {
+        Ok(claims) => {
+            let (reply_tx, reply_rx) = oneshot::channel();
+            let events = shards.of(&claims.conference).clone();
+            events
+                .send(Event::Hello {
+                    conn: conn.clone(),
+                    claims,
+                    recheck: Recheck {
+                        ticket: ticket.clone(),
+                        ip: conn.remote_address().ip(),
+                        generation,
+                    },
+                    reply: reply_tx,
+                })
+                .await
+                .map_err(|_| "relay stopping")?;
+            reply_rx
+                .await
+                .map_err(|_| "relay stopping")?
+                .map(|(id, rx)| (id, rx, events))
+        }
+        Err(refusal) => {
+            // Only a ticket a router of the policy really signed names a
+            // conference worth recording; anyone can write the claims of
+            // a forgery.
+            // A bad signature under a trusted key is no better under the
+            // same keys again: only other refusals are worth the check.
+            let attested = match refusal {
+                TicketError::BadSignature | TicketError::Malformed => None,
+                _ => checker.attest(&ticket),
+            };
+            let origin = if attested.is_some() {
+                "signed"
+            } else {
+                "forged"
+            };
+            metrics
+                .ticket_refusals
+                .with_label_values(&[refusal.code(), origin])
+                .inc();
+            // No client address in the log: the refusal reason only.
+            info!(reason = refusal.code(), origin, "ticket refused");
+            // The router of the conference named hears of it (a ticket for
+            // one jurisdiction presented to a relay outside it).
+            if let Some(claims) = attested {
+                let _ = shards
+                    .of(&claims.conference)
+                    .send(Event::Enforcement(Enforcement {
+                        conference: claims.conference,
+                        kind: "ticket".into(),
+                        reason: refusal.code().into(),
+                        peer: None,
+                        at: unix_now(),
+                    }))
+                    .await;
+            }
+            Err(refusal)
+        }
+    };
+    // From here on, everything goes to the conference's shard.
+    let (id, mut control_rx, events) = match checked {
+        Ok(admitted) => admitted,
+        Err(refusal) => {
+            let _ = write_message(
+                &mut send,
+                &ServerMessage::Error {
+                    code: refusal.wire_code(),
+                    message: refusal.to_string(),
+                },
+            )
+            .await;
+            let _ = send.finish();
+            // Give the error a moment to leave before closing.
+            let _ = tokio::time::timeout(Duration::from_millis(200), send.stopped()).await;
+            conn.close(close_code::TICKET_REFUSED.into(), refusal.code().as_bytes());
+            return Err("ticket refused");
+        }
+    };
+
+    let writer_conn = conn.clone();
+    let writer = tokio::spawn(async move {
+        while let Some(message) = control_rx.recv().await {
+            let going_away = matches!(message, ServerMessage::GoingAway { .. });
+            if write_message(&mut send, &message).await.is_err() {
+                // Cannot encode or cannot write: the client would miss
+                // events silently, so end the connection instead.
+                writer_conn.close(
+                    close_code::PROTOCOL.into(),
+                    b"control message not delivered",
+                );
+                break;
+            }
+            if going_away {
+                let _ = send.finish();
+            }
+            let removed = match message {
+                ServerMessage::Kicked { .. } => Some((close_code::KICKED, &b"kicked"[..])),
+                ServerMessage::ConferenceEnded {} => {
+                    Some((close_code::CONFERENCE_ENDED, &b"conference ended"[..]))
+                }
+                ServerMessage::GoingAway {
+                    code: GOING_AWAY_MOVED,
+                    ..
+                } => Some((close_code::MOVED, &b"moved"[..])),
+                _ => None,
+            };
+            if let Some((code, reason)) = removed {
+                let _ = send.finish();
+                // Give the message a moment to arrive before closing.
+                let _ = tokio::time::timeout(Duration::from_millis(200), send.stopped()).await;
+                writer_conn.close(code.into(), reason);
+                break;
+            }
+        }
+    });
+    let mut rate = rate::ControlRate::new(control_limits, Instant::now());
+    let outcome = loop {
+        tokio::select! {
+            datagram = conn.read_datagram() => match datagram {
+                Ok(d) => {
+                    if events.send(Event::Datagram(id, d, Instant::now())).await.is_err() {
+                        break "relay stopping";
+                    }
+                }
+                Err(_) => break "closed",
+            },
+            message = read_message(&mut recv, &mut decoder) => match message {
+                Ok(Some(m)) => match rate.check(&m, Instant::now()) {
+                    rate::Verdict::Pass => {
+                        let leaving = matches!(m, ClientMessage::Leave {});
+                        if events.send(Event::Control(id, m)).await.is_err() {
+                            break "relay stopping";
+                        }
+                        if leaving {
+                            break "left";
+                        }
+                    }
+                    rate::Verdict::Drop => {
+                        metrics.control_rate_limited.with_label_values(&["dropped"]).inc();
+                        if events.send(Event::RateLimited(id)).await.is_err() {
+                            break "relay stopping";
+                        }
+                    }
+                    rate::Verdict::Disconnect => {
+                        metrics
+                            .control_rate_limited
+                            .with_label_values(&["disconnected"])
+                            .inc();
+                        conn.close(
+                            close_code::RATE_LIMITED.into(),
+                            b"control messages over the rate",
+                        );
+                        break "control messages over the rate";
+                    }
+                },
+                Ok(None) => break "control stream ended",
+                Err(_) => {
+                    let _ = events.send(Event::BadControl(id)).await;
+                    break "malformed control";
+                }
+            },
+        }
+    };
+    let _ = events.send(Event::Closed(id)).await;
+    writer.abort();
+    Err(outcome)
+}
+
+/// Reads until one whole control message is decoded (client control
+/// streams and cascade links share the framing).
+pub(super) async fn read_message<M: for<'de> serde::Deserialize<'de> + control::Labels>(
+    recv: &mut quinn::RecvStream,
+    decoder: &mut Decoder,
+) -> Result<Option<M>, ControlError> {
+    loop {
+        if let Some(m) = decoder.next_message::<M>()? {
+            return Ok(Some(m));
+        }
+        match recv.read_chunk(control::MAX_FRAME_LEN, true).await {
+            Ok(Some(chunk)) => decoder.push(&chunk.bytes),
+            Ok(None) | Err(_) => return Ok(None),
+        }
+    }
+}
+
+pub(super) async fn write_message<M: serde::Serialize>(
+    send: &mut quinn::SendStream,
+    message: &M,
+) -> Result<(), ()> {
+    let mut frame = Vec::new();
+    control::encode(message, &mut frame).map_err(|_| ())?;
+    send.write_all(&frame).await.map_err(|_| ())
+}

@@ -1,0 +1,726 @@
+//! One shard: a task owning a [`Core`] for the conferences that hash to
+//! it ([`super::shards`]), with their connections' handles.
+//!
+//! It takes events from its queue in batches, feeds them to the core, hands
+//! control messages to each connection's writer and then sends every
+//! datagram the batch produced. It never awaits a peer: datagrams leave
+//! through `Connection::send_datagram`, which does not block. A subscriber
+//! whose QUIC send buffer is full keeps its datagrams in the core's bounded
+//! queue, where the drop policy applies, and is tried again
+//! [`BACKLOG_RETRY`] later; with nothing queued and no event, the shard
+//! sleeps until an event arrives (an idle relay does not wake).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::shards::{Event, Snapshot};
+use super::{
+    GOING_AWAY_DRAIN, GOING_AWAY_MOVED, GOING_AWAY_SHUTDOWN, Metrics, close_code, link, unix_now,
+};
+use crate::forward::{Admission, ConnId, Core, IngressDrop, Permissions};
+use crate::ticket::{TicketError, Verifier};
+use crate::wire::channel::Enforcement;
+use crate::wire::control::{ClientMessage, ParticipantId, ServerMessage};
+use crate::wire::link::LinkMessage;
+
+/// How soon a subscriber whose QUIC send buffer was full is tried again.
+pub(super) const BACKLOG_RETRY: Duration = Duration::from_millis(1);
+
+/// Events taken from the queue before the datagrams they made are sent.
+const BATCH: usize = 1024;
+
+/// Where a connection's control messages go.
+enum Sink {
+    Client(mpsc::Sender<ServerMessage>),
+    /// A cascade link: only track announcements cross it.
+    Link(mpsc::Sender<LinkMessage>),
+}
+
+impl Sink {
+    /// Sends what this kind of connection takes; `Err` when it does not
+    /// keep up.
+    fn send(&self, message: ServerMessage) -> Result<(), ()> {
+        match self {
+            Sink::Client(tx) => tx.try_send(message).map_err(|_| ()),
+            Sink::Link(tx) => {
+                let m = match message {
+                    ServerMessage::TrackPublished(info) => LinkMessage::TrackPublished(info),
+                    ServerMessage::TrackUnpublished { track } => {
+                        LinkMessage::TrackUnpublished { track }
+                    }
+                    _ => return Ok(()),
+                };
+                tx.try_send(m).map_err(|_| ())
+            }
+        }
+    }
+}
+
+struct Handle {
+    conn: quinn::Connection,
+    control: Sink,
+}
+
+/// Enforcement events kept for the next report.
+const MAX_PENDING_EVENTS: usize = 1000;
+
+/// Control messages waiting for a slow reader before it is disconnected.
+pub(super) const CONTROL_BACKLOG: usize = 1024;
+
+/// Runs shard `index` until every sender of its queue is gone.
+pub(super) async fn run(
+    index: usize,
+    log_full_addresses: Vec<String>,
+    mut core: Core,
+    mut verifier: Verifier,
+    mut events: mpsc::Receiver<Event>,
+    metrics: Metrics,
+) {
+    let shard = metrics.shard(index);
+    let mut handles: HashMap<ConnId, Handle> = HashMap::new();
+    let mut st = LoopState {
+        log_full_addresses,
+        ..LoopState::default()
+    };
+    let mut ready = Vec::new();
+    let mut backlog = Vec::new();
+    let mut last = core.counters().clone();
+    let mut counted_connections = 0i64;
+    let mut open = true;
+    while open {
+        // Wake on work: an event, or (only while a subscriber's send buffer
+        // was full) the retry.
+        let first = if backlog.is_empty() {
+            Some(events.recv().await)
+        } else {
+            tokio::select! {
+                event = events.recv() => Some(event),
+                () = tokio::time::sleep(BACKLOG_RETRY) => None,
+            }
+        };
+        let mut datagrams = 0u64;
+        match first {
+            Some(Some(e)) => {
+                datagrams += u64::from(matches!(e, Event::Datagram(..)));
+                handle_event(e, &mut core, &mut verifier, &mut handles, &mut st, &metrics);
+                flush_control(&mut core, &mut handles);
+            }
+            Some(None) => open = false,
+            None => {}
+        }
+        // Take whatever else is already waiting before sending, so one
+        // send pass serves a batch.
+        for _ in 0..BATCH {
+            match events.try_recv() {
+                Ok(e) => {
+                    datagrams += u64::from(matches!(e, Event::Datagram(..)));
+                    handle_event(e, &mut core, &mut verifier, &mut handles, &mut st, &metrics);
+                    // Per event, so a burst of messages to one client within
+                    // a batch is not mistaken for a client that does not read.
+                    flush_control(&mut core, &mut handles);
+                }
+                Err(_) => break,
+            }
+        }
+        flush_control(&mut core, &mut handles);
+        core.take_ready(&mut ready);
+        ready.append(&mut backlog);
+        let (mut sent, mut failed) = (0u64, 0u64);
+        for conn in ready.drain(..) {
+            let Some(h) = handles.get(&conn) else {
+                while core.poll_datagram(conn).is_some() {}
+                continue;
+            };
+            // Asked once per connection and pass; QUIC's driver only frees
+            // space meanwhile, so counting down stays on the safe side.
+            let mut space = h.conn.datagram_send_buffer_space();
+            while let Some(len) = core.next_datagram_len(conn) {
+                if space < len {
+                    backlog.push(conn);
+                    break;
+                }
+                let Some(d) = core.poll_datagram(conn) else {
+                    break;
+                };
+                space -= len;
+                match h.conn.send_datagram(d) {
+                    Ok(()) => sent += 1,
+                    Err(_) => failed += 1,
+                }
+            }
+        }
+        metrics.datagrams_sent.inc_by(sent);
+        metrics.send_failures.inc_by(failed);
+        shard.datagrams.inc_by(datagrams);
+        shard.queue_depth.set(events.len() as i64);
+        if let Some(at) = st.first_arrival.take() {
+            metrics.forward_seconds.observe(at.elapsed().as_secs_f64());
+        }
+        let connections = handles.len() as i64;
+        metrics.connections.add(connections - counted_connections);
+        shard.connections.set(connections);
+        counted_connections = connections;
+        metrics.sync(core.counters(), &mut last);
+    }
+    metrics.connections.sub(counted_connections);
+}
+
+/// The core task's state besides the core.
+#[derive(Debug, Default)]
+struct LoopState {
+    revoked: Revocations,
+    /// Cascade links up: (conference, peer relay) → connection.
+    links: HashMap<(String, String), ConnId>,
+    /// Enforcement events for the next report.
+    pending: Vec<Enforcement>,
+    /// Conferences with links but no participant here, since when.
+    idle_since: HashMap<String, Instant>,
+    /// Arrival of the first datagram handled since the last send pass.
+    first_arrival: Option<Instant>,
+    /// From [`super::Settings::log_full_addresses`].
+    log_full_addresses: Vec<String>,
+    /// Of the trust the core's verifier holds (see [`super::Trust`]).
+    trust_generation: u64,
+}
+
+impl LoopState {
+    fn enforcement(&mut self, event: Enforcement) {
+        if self.pending.len() < MAX_PENDING_EVENTS {
+            self.pending.push(event);
+        }
+    }
+}
+
+/// A link whose conference has had no participant here this long is closed.
+const IDLE_LINK_AFTER: Duration = Duration::from_secs(5);
+
+/// Participants removed and conferences ended by the router: tickets issued
+/// up to then are refused, for as long as such a ticket could be valid.
+#[derive(Debug, Default)]
+struct Revocations {
+    participants: HashMap<(String, String), u64>,
+    conferences: HashMap<String, u64>,
+    /// Conferences moved off this relay by the router, and when.
+    moved: HashMap<String, u64>,
+}
+
+impl Revocations {
+    fn check(&self, claims: &crate::ticket::Claims) -> Result<(), TicketError> {
+        let key = (claims.conference.clone(), claims.participant.clone());
+        let revoked_at = self
+            .conferences
+            .get(&claims.conference)
+            .copied()
+            .or_else(|| self.participants.get(&key).copied());
+        match revoked_at {
+            Some(at)
+                if claims.issued_at <= at || self.conferences.contains_key(&claims.conference) =>
+            {
+                Err(TicketError::Revoked)
+            }
+            _ => self.check_moved(&claims.conference, claims.issued_at),
+        }
+    }
+
+    /// Refuses what was issued for a conference up to its move off this relay.
+    fn check_moved(&self, conference: &str, issued_at: u64) -> Result<(), TicketError> {
+        match self.moved.get(conference) {
+            Some(at) if issued_at <= *at => Err(TicketError::Revoked),
+            _ => Ok(()),
+        }
+    }
+
+    /// Forgets revocations no ticket can outlive.
+    fn prune(&mut self, now: u64) {
+        let horizon = crate::ticket::MAX_LIFETIME_SECS + 2 * crate::ticket::CLOCK_SKEW_SECS;
+        self.participants
+            .retain(|_, at| now.saturating_sub(*at) <= horizon);
+        self.conferences
+            .retain(|_, at| now.saturating_sub(*at) <= horizon);
+        self.moved
+            .retain(|_, at| now.saturating_sub(*at) <= horizon);
+    }
+}
+
+fn handle_event(
+    event: Event,
+    core: &mut Core,
+    verifier: &mut Verifier,
+    handles: &mut HashMap<ConnId, Handle>,
+    st: &mut LoopState,
+    metrics: &Metrics,
+) {
+    let generation = st.trust_generation;
+    let revoked = &mut st.revoked;
+    match event {
+        Event::Hello {
+            conn,
+            claims,
+            recheck,
+            reply,
+        } => match
+            // Checked under an older trust (a reload came since): again,
+            // under this one (keys, jurisdictions, relay).
+            (if recheck.generation == generation {
+                Ok(())
+            } else {
+                verifier.check(&recheck.ticket, unix_now()).map(|_| ())
+            })
+            .and_then(|()| revoked.check(&claims))
+            // The trust may have changed since the connection task checked
+            // the ticket (a reload): the jurisdiction must still be taken.
+            .and_then(|()| {
+                if verifier.trusts(&claims.jurisdiction) {
+                    Ok(())
+                } else {
+                    Err(TicketError::ForeignJurisdiction)
+                }
+            })
+            .and_then(|()| verifier.remember(&claims, unix_now()))
+        {
+            Ok(()) => {
+                info!(
+                    client = %crate::redact::Addr::new(
+                        conn.remote_address().ip(),
+                        st.log_full_addresses.contains(&claims.jurisdiction),
+                    ),
+                    participant = %crate::redact::Id(&claims.participant),
+                    name = %crate::redact::Name(&claims.display_name),
+                    "participant admitted"
+                );
+                let id = core.admit(Admission {
+                    conference: claims.conference,
+                    participant: ParticipantId(claims.participant),
+                    display_name: claims.display_name,
+                    permissions: Permissions {
+                        publish: claims.grants.publish,
+                        subscribe: claims.grants.subscribe,
+                        moderate: claims.grants.moderate,
+                    },
+                });
+                let (tx, rx) = mpsc::channel(CONTROL_BACKLOG);
+                handles.insert(
+                    id,
+                    Handle {
+                        conn,
+                        control: Sink::Client(tx),
+                    },
+                );
+                if reply.send(Ok((id, rx))).is_err() {
+                    // The connection task is gone already.
+                    core.handle_closed(id);
+                    handles.remove(&id);
+                }
+            }
+            Err(e) => {
+                metrics
+                    .ticket_refusals
+                    .with_label_values(&[e.code(), "signed"])
+                    .inc();
+                // No client address in the log: the refusal reason only.
+                info!(reason = e.code(), "ticket refused");
+                st.enforcement(Enforcement {
+                    conference: claims.conference.clone(),
+                    kind: "ticket".into(),
+                    reason: e.code().into(),
+                    peer: None,
+                    at: unix_now(),
+                });
+                let _ = reply.send(Err(e));
+            }
+        },
+        Event::LinkUp {
+            conn,
+            conference,
+            peer,
+            claims,
+            recheck,
+            reply,
+        } => {
+            // An ended conference takes no links, whoever asks.
+            let ended = st.revoked.conferences.contains_key(&conference);
+            // Under the trust in force now (a reload may have come since the
+            // handshake), both ends must be inside the conference's jurisdiction.
+            let inside = crate::wire::conference::jurisdiction_of(&conference)
+                .and_then(|j| verifier.link_target(&peer, j))
+                .is_some();
+            let stale = recheck.as_ref().filter(|r| r.generation != generation);
+            let checked = if ended {
+                Err(TicketError::Revoked)
+            } else if !inside {
+                Err(TicketError::PeerOutsideJurisdiction)
+            } else if let Some(Err(e)) =
+                stale.map(|r| verifier.check_cascade(&r.ticket, r.ip, unix_now()))
+            {
+                Err(e)
+            } else {
+                claims.as_ref().map_or(Ok(()), |c| {
+                    st.revoked
+                        .check_moved(&c.conference, c.issued_at)
+                        .and_then(|()| verifier.remember_cascade(c, unix_now()))
+                })
+            };
+            let key = (conference.clone(), peer.clone());
+            match checked {
+                // Counted and reported by the connection task, which has the ticket.
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+                Ok(()) => {
+                    // A newer link for the same conference and peer replaces
+                    // the old one (the peer restarted, or both ends retried).
+                    if let Some(old) = st.links.remove(&key) {
+                        core.handle_closed(old);
+                        if let Some(h) = handles.remove(&old) {
+                            h.conn.close(close_code::NORMAL.into(), b"replaced");
+                        }
+                    }
+                    let id = core.admit_link(&conference, &peer);
+                    let (tx, rx) = mpsc::channel(link::LINK_BACKLOG);
+                    handles.insert(
+                        id,
+                        Handle {
+                            conn,
+                            control: Sink::Link(tx),
+                        },
+                    );
+                    st.links.insert(key.clone(), id);
+                    if reply.send(Ok((id, rx))).is_err() {
+                        core.handle_closed(id);
+                        handles.remove(&id);
+                        st.links.remove(&key);
+                    }
+                    info!(link_to = %peer, "cascade link admitted");
+                }
+            }
+        }
+        Event::Link(id, message) => match message {
+            LinkMessage::TrackPublished(info) => {
+                if !core.link_publish(id, info) {
+                    metrics.control_errors.inc();
+                }
+            }
+            LinkMessage::TrackUnpublished { track } => core.link_unpublish(id, track),
+            LinkMessage::Subscribe { track } => {
+                // A track that left meanwhile: nothing to send.
+                let _ = core.link_subscribe(id, track);
+            }
+            LinkMessage::Unsubscribe { track } => core.link_unsubscribe(id, track),
+            LinkMessage::KeyframeRequest { track } => {
+                core.link_keyframe_request(id, track, Instant::now())
+            }
+            LinkMessage::LinkHello { .. }
+            | LinkMessage::LinkWelcome {}
+            | LinkMessage::Error { .. } => metrics.control_errors.inc(),
+        },
+        Event::Enforcement(event) => st.enforcement(event),
+        Event::Control(id, message) => {
+            let leaving = matches!(message, ClientMessage::Leave {});
+            core.handle_control(id, message);
+            if leaving {
+                if let Some(h) = handles.remove(&id) {
+                    h.conn.close(close_code::NORMAL.into(), b"left");
+                }
+            }
+        }
+        Event::RateLimited(id) => core.handle_rate_limited(id),
+        Event::BadControl(id) => {
+            metrics.control_errors.inc();
+            core.handle_closed(id);
+            if let Some(h) = handles.remove(&id) {
+                h.conn
+                    .close(close_code::PROTOCOL.into(), b"malformed control message");
+            }
+        }
+        Event::Datagram(id, datagram, at) => {
+            st.first_arrival.get_or_insert(at);
+            if let Err(IngressDrop::Malformed(e)) =
+                core.handle_datagram(id, datagram, Instant::now())
+            {
+                metrics.ingress_drops.with_label_values(&[e.code()]).inc();
+            }
+        }
+        Event::Closed(id) => {
+            core.handle_closed(id);
+            handles.remove(&id);
+            st.links.retain(|_, l| *l != id);
+        }
+        Event::Snapshot(serves, reply) => {
+            let conferences = core.conference_stats();
+            // Links of conferences nobody here takes part in any more carry
+            // nothing anyone here wants: close them after a grace period.
+            let now = Instant::now();
+            let idle: Vec<String> = conferences
+                .iter()
+                .filter(|c| c.participants == 0)
+                .map(|c| c.id.clone())
+                .collect();
+            st.idle_since.retain(|c, _| idle.contains(c));
+            for c in idle {
+                let since = *st.idle_since.entry(c.clone()).or_insert(now);
+                if now.duration_since(since) >= IDLE_LINK_AFTER {
+                    for id in core.connections_of(&c, None) {
+                        core.handle_closed(id);
+                        if let Some(h) = handles.remove(&id) {
+                            h.conn.close(close_code::NORMAL.into(), b"link idle");
+                        }
+                    }
+                    st.links.retain(|(conf, _), _| *conf != c);
+                    st.idle_since.remove(&c);
+                }
+            }
+            let counters = core.counters();
+            let _ = reply.send(Snapshot {
+                participants: core.participants() as u32,
+                bytes_total: counters.bytes_received + counters.bytes_delivered,
+                conferences: core.conference_stats(),
+                links: core.link_stats(),
+                events: {
+                    // Each event goes to the router serving its conference.
+                    let (mine, rest): (Vec<_>, Vec<_>) =
+                        std::mem::take(&mut st.pending).into_iter().partition(|e| {
+                            crate::wire::conference::jurisdiction_of(&e.conference)
+                                .is_some_and(|j| serves.iter().any(|s| s == j))
+                        });
+                    let horizon = unix_now().saturating_sub(60);
+                    st.pending = rest.into_iter().filter(|e| e.at >= horizon).collect();
+                    mine
+                },
+            });
+            st.revoked.prune(unix_now());
+        }
+        Event::Command(action) => {
+            use crate::wire::channel::Action;
+            let now = unix_now();
+            let (conns, message, code) = match &action {
+                Action::Kick {
+                    conference,
+                    participant,
+                    reason,
+                    at,
+                } => {
+                    // The router's clock, which stamped the tickets; never
+                    // earlier than ours, so skew only widens the refusal.
+                    revoked
+                        .participants
+                        .insert((conference.clone(), participant.clone()), (*at).max(now));
+                    (
+                        core.connections_of(conference, Some(participant)),
+                        // Routers refuse longer reasons; one from an older
+                        // router is cut, never left to break the message.
+                        ServerMessage::Kicked {
+                            reason: crate::wire::control::fit_label(reason),
+                        },
+                        "kicked",
+                    )
+                }
+                Action::End { conference, at } => {
+                    revoked
+                        .conferences
+                        .insert(conference.clone(), (*at).max(now));
+                    st.links.retain(|(c, _), _| c != conference);
+                    (
+                        core.connections_of(conference, None),
+                        ServerMessage::ConferenceEnded {},
+                        "conference_ended",
+                    )
+                }
+                Action::Drain {} => {
+                    for h in handles.values() {
+                        if let Sink::Client(tx) = &h.control {
+                            let _ = tx.try_send(ServerMessage::GoingAway {
+                                code: GOING_AWAY_DRAIN,
+                                reason: "relay draining; reconnect through the router".into(),
+                            });
+                        }
+                    }
+                    return;
+                }
+                Action::Move { conference, at } => {
+                    // Tickets and links for it issued up to now are refused.
+                    st.revoked.moved.insert(conference.clone(), (*at).max(now));
+                    move_out(core, handles, st, metrics, conference);
+                    return;
+                }
+                Action::Unlink { conference, peer } => {
+                    close_link(core, handles, st, conference, peer);
+                    return;
+                }
+                // Links are dialled by the report task, which has the endpoint.
+                Action::Link { .. } => return,
+            };
+            for id in conns {
+                let is_link = core.link_peer(id).is_some();
+                core.handle_closed(id);
+                if let Some(h) = handles.remove(&id) {
+                    if is_link {
+                        h.conn
+                            .close(close_code::CONFERENCE_ENDED.into(), b"conference ended");
+                        continue;
+                    }
+                    metrics
+                        .moderation_disconnects
+                        .with_label_values(&[code])
+                        .inc();
+                    // The writer sends this last message, then closes the
+                    // connection with the matching code.
+                    let _ = h.control.send(message.clone());
+                }
+            }
+            flush_control(core, handles);
+        }
+        Event::Reload {
+            verifier: next,
+            log_full_addresses,
+            generation,
+        } => {
+            st.trust_generation = generation;
+            let before = verifier.jurisdictions();
+            verifier.adopt(next);
+            st.log_full_addresses = log_full_addresses;
+            let inside = verifier.jurisdictions();
+            for j in before.iter().filter(|j| !inside.contains(j)) {
+                let _ = metrics.participants.remove_label_values(&[j.as_str()]);
+                let _ = metrics.conferences.remove_label_values(&[j.as_str()]);
+            }
+            // Conferences of jurisdictions the relay is no longer in leave it.
+            let outside: Vec<String> = core
+                .conference_stats()
+                .into_iter()
+                .map(|c| c.id)
+                .filter(|id| {
+                    crate::wire::conference::jurisdiction_of(id)
+                        .is_some_and(|j| !inside.iter().any(|i| i == j))
+                })
+                .collect();
+            for conference in &outside {
+                move_out(core, handles, st, metrics, conference);
+            }
+            // Links to peers the policy no longer places inside close.
+            let foreign: Vec<(String, String)> = st
+                .links
+                .keys()
+                .filter(|(conference, peer)| {
+                    crate::wire::conference::jurisdiction_of(conference)
+                        .is_none_or(|j| verifier.link_target(peer, j).is_none())
+                })
+                .cloned()
+                .collect();
+            for (conference, peer) in foreign {
+                close_link(core, handles, st, &conference, &peer);
+            }
+        }
+        Event::Shutdown => {
+            for h in handles.values() {
+                let _ = h.control.send(ServerMessage::GoingAway {
+                    code: GOING_AWAY_SHUTDOWN,
+                    reason: "relay shutting down; reconnect through the router".into(),
+                });
+            }
+        }
+    }
+}
+
+/// Takes `conference` off this relay because the policy in force places the
+/// relay outside its jurisdiction: its participants are told to reconnect
+/// through the router (which places them inside) and disconnected, so no
+/// more of its media passes here; its links close.
+fn move_out(
+    core: &mut Core,
+    handles: &mut HashMap<ConnId, Handle>,
+    st: &mut LoopState,
+    metrics: &Metrics,
+    conference: &str,
+) {
+    st.links.retain(|(c, _), _| c != conference);
+    st.idle_since.remove(conference);
+    let mut moved = 0u32;
+    for id in core.connections_of(conference, None) {
+        let is_link = core.link_peer(id).is_some();
+        core.handle_closed(id);
+        if let Some(h) = handles.remove(&id) {
+            if is_link {
+                h.conn.close(close_code::MOVED.into(), b"moved");
+                continue;
+            }
+            moved += 1;
+            metrics
+                .moderation_disconnects
+                .with_label_values(&["moved"])
+                .inc();
+            // The writer sends this last message, then closes the connection.
+            let _ = h.control.send(ServerMessage::GoingAway {
+                code: GOING_AWAY_MOVED,
+                reason: "relay outside the jurisdiction; rejoin via the router".into(),
+            });
+        }
+    }
+    warn!(
+        jurisdiction = crate::wire::conference::jurisdiction_of(conference).unwrap_or_default(),
+        participants = moved,
+        "conference moved off this relay: the policy in force places it outside the conference's jurisdiction"
+    );
+    flush_control(core, handles);
+}
+
+/// Closes `conference`'s cascade link to `peer`, if up.
+fn close_link(
+    core: &mut Core,
+    handles: &mut HashMap<ConnId, Handle>,
+    st: &mut LoopState,
+    conference: &str,
+    peer: &str,
+) {
+    let key = (conference.to_owned(), peer.to_owned());
+    if let Some(id) = st.links.remove(&key) {
+        core.handle_closed(id);
+        if let Some(h) = handles.remove(&id) {
+            h.conn
+                .close(close_code::MOVED.into(), b"peer outside the jurisdiction");
+        }
+        warn!(link_to = %peer, "cascade link closed: the policy in force places the peer outside the conference's jurisdiction");
+    }
+}
+
+fn flush_control(core: &mut Core, handles: &mut HashMap<ConnId, Handle>) {
+    while let Some((id, request)) = core.poll_link_request() {
+        let Some(Handle {
+            control: Sink::Link(tx),
+            ..
+        }) = handles.get(&id)
+        else {
+            continue;
+        };
+        let message = match request {
+            crate::forward::LinkRequest::Subscribe(track) => LinkMessage::Subscribe { track },
+            crate::forward::LinkRequest::Unsubscribe(track) => LinkMessage::Unsubscribe { track },
+            crate::forward::LinkRequest::KeyframeRequest(track) => {
+                LinkMessage::KeyframeRequest { track }
+            }
+        };
+        if tx.try_send(message).is_err() {
+            core.handle_closed(id);
+            if let Some(h) = handles.remove(&id) {
+                h.conn
+                    .close(close_code::SLOW_CONTROL.into(), b"link backlog full");
+            }
+        }
+    }
+    while let Some((id, message)) = core.poll_control() {
+        let Some(h) = handles.get(&id) else { continue };
+        if h.control.send(message).is_err() {
+            // The client does not read its control stream: it only hurts
+            // itself, and is disconnected rather than buffered without bound.
+            core.handle_closed(id);
+            if let Some(h) = handles.remove(&id) {
+                h.conn.close(
+                    close_code::SLOW_CONTROL.into(),
+                    b"control messages not read",
+                );
+            }
+        }
+    }
+}
