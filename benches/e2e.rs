@@ -7,9 +7,20 @@
 //!    the send buffers allow; then the relay again at 80 % of the direct
 //!    per-connection rate, to check it loses nothing there.
 //! 2. Memory: RSS of a relay process (the `relay` command) holding 1,000
-//!    and 10,000 idle participants, from its own /metrics.
+//!    and 10,000 idle participants, from its own /metrics. They connect
+//!    from 100 loopback addresses (127.0.4.1–100), at most 100 each, under
+//!    the dev config's per-address limit; the relay is killed on every exit
+//!    path of the bench, a panic included.
+//! 3. Idle: CPU time of a relay process (from /proc/PID/stat) holding no
+//!    participant for 20 s, then 1,000 connected, silent participants for
+//!    60 s.
 //!
-//! Run: `cargo bench --bench e2e` (add `-- fanout` or `-- memory` for one part).
+//! Run: `cargo bench --bench e2e` (add `-- fanout`, `-- memory` or `-- idle`
+//! for one part). `E2E_FANOUT_N=10,100` picks the fan-out sizes;
+//! `E2E_RELAY_BIN=path` runs another build's `residency-relay` for the
+//! memory and idle parts (a before/after pair in one session).
+//! `E2E_QUICK=1` runs the smallest case of each part (CI: the bench still
+//! works; no figures).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -228,7 +239,17 @@ async fn fanout() {
         "{:>6} {:>14} {:>14} {:>7} {:>20} {:>20}",
         "N", "direct Mbit/s", "relay Mbit/s", "ratio", "relay loss at 80 %", "direct loss at 80 %"
     );
-    for n in [10usize, 100] {
+    let sizes: Vec<usize> = std::env::var("E2E_FANOUT_N")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| {
+            if quick() {
+                vec![10]
+            } else {
+                vec![10, 100, 1000]
+            }
+        });
+    for n in sizes {
         let (direct_pps, _) = direct(n, None).await;
         let (relay_pps, _) = through_relay(n, None).await;
         let per_conn = 0.8 * direct_pps / n as f64;
@@ -262,18 +283,39 @@ async fn http_get(addr: SocketAddr, path: &str) -> String {
         .unwrap_or_default()
 }
 
-fn rss(metrics: &str) -> f64 {
-    metrics
+/// Resident memory of process `pid` in bytes, from /proc/PID/status.
+fn rss(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
         .lines()
-        .find(|l| l.starts_with("process_resident_memory_bytes"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kib| kib * 1024.0)
 }
 
-async fn memory() {
-    // de-ber-1 of the dev config: QUIC 127.0.1.2:4433, HTTP 127.0.1.2:9090.
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_residency-relay"))
+/// Whether to run only the smallest case of each part (`E2E_QUICK=1`).
+fn quick() -> bool {
+    std::env::var_os("E2E_QUICK").is_some()
+}
+
+/// The `residency-relay` binary the memory and idle parts start.
+fn relay_bin() -> String {
+    std::env::var("E2E_RELAY_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_residency-relay").into())
+}
+
+/// User + system CPU seconds of process `pid`, from /proc/PID/stat.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = stat.rsplit_once(')').unwrap().1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime: fields 14 and 15 overall (11 and 12 after the name).
+    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
+}
+
+/// Starts relay de-ber-1 of the dev config (QUIC 127.0.1.2:4433, HTTP
+/// 127.0.1.2:9090) as a process; returns it with its certificate pin.
+async fn start_relay_process() -> (support::Reaped, String) {
+    let child = std::process::Command::new(relay_bin())
         .current_dir(support::repo())
         .args([
             "relay",
@@ -287,16 +329,79 @@ async fn memory() {
         .env("RUST_LOG", "warn")
         .spawn()
         .unwrap();
+    let child = support::Reaped(child);
     let http: SocketAddr = "127.0.1.2:9090".parse().unwrap();
     while tokio::net::TcpStream::connect(http).await.is_err() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let cert: serde_json::Value = serde_json::from_str(&http_get(http, "/cert").await).unwrap();
-    let pin = cert["sha256"].as_str().unwrap().to_owned();
+    (child, cert["sha256"].as_str().unwrap().to_owned())
+}
+
+/// Client endpoints on 100 loopback addresses (127.0.4.1–100): 100
+/// participants on each stay under the per-address connection limit.
+fn source_endpoints(pin: &str) -> Vec<quinn::Endpoint> {
+    (1..=100)
+        .map(|i| client::endpoint(format!("127.0.4.{i}:0").parse().unwrap(), pin).unwrap())
+        .collect()
+}
+
+/// Joins idle participants of relay de-ber-1 until `clients` holds
+/// `target`: 100 per conference and per source address, 250 at a time.
+async fn join_idle(endpoints: &[quinn::Endpoint], clients: &mut Vec<Client>, target: usize) {
     let quic: SocketAddr = "127.0.1.2:4433".parse().unwrap();
-    let ep = client::endpoint("127.0.0.4:0".parse().unwrap(), &pin).unwrap();
+    while clients.len() < target {
+        let batch: Vec<_> = (clients.len()..target.min(clients.len() + 250))
+            .map(|i| {
+                let mut c = claims("de-ber-1", &format!("idle{i}"), VIEWER);
+                c.conference = format!("eu-mem{}", i / 100);
+                let ticket = sign_dev(&c);
+                let ep = endpoints[(i / 100) % endpoints.len()].clone();
+                tokio::spawn(async move { Client::connect_on(ep, quic, &ticket).await })
+            })
+            .collect();
+        for b in batch {
+            clients.push(b.await.unwrap().expect("idle participant joins"));
+        }
+    }
+}
+
+async fn idle() {
+    let (child, pin) = start_relay_process().await;
+    let pid = child.0.id();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    println!("idle relay ({}), CPU from /proc/{pid}/stat", relay_bin());
+    let measure = |secs: u64| async move {
+        let (a, t) = (cpu_seconds(pid), Instant::now());
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        100.0 * (cpu_seconds(pid) - a) / t.elapsed().as_secs_f64()
+    };
+    println!(
+        "{:>14} {:>8} {:>20}",
+        "participants", "seconds", "% of one core"
+    );
+    let (calm, count, window) = if quick() { (2, 100, 2) } else { (20, 1000, 60) };
+    println!("{:>14} {:>8} {:>20.2}", 0, calm, measure(calm).await);
+    let mut clients = Vec::new();
+    join_idle(&source_endpoints(&pin), &mut clients, count).await;
+    // Joins done; let their control traffic settle first.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    println!(
+        "{:>14} {:>8} {:>20.2}",
+        clients.len(),
+        window,
+        measure(window).await
+    );
+    drop(child);
+    drop(clients);
+}
+
+async fn memory() {
+    let (child, pin) = start_relay_process().await;
+    let pid = child.0.id();
+    let endpoints = source_endpoints(&pin);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let base = rss(&http_get(http, "/metrics").await);
+    let base = rss(pid);
     println!(
         "relay RSS with no participants: {:.1} MiB",
         base / 1048576.0
@@ -306,33 +411,18 @@ async fn memory() {
         "idle", "RSS MiB", "KiB per participant"
     );
     let mut clients = Vec::new();
-    for target in [1000usize, 10000] {
-        while clients.len() < target {
-            let batch: Vec<_> = (clients.len()..target.min(clients.len() + 250))
-                .map(|i| {
-                    let mut c = claims("de-ber-1", &format!("idle{i}"), VIEWER);
-                    c.conference = format!("eu-mem{}", i / 100);
-                    let ticket = sign_dev(&c);
-                    let ep = ep.clone();
-                    tokio::spawn(async move { Client::connect_on(ep, quic, &ticket).await })
-                })
-                .collect();
-            for b in batch {
-                clients.push(b.await.unwrap().expect("idle participant joins"));
-            }
-        }
+    let targets: &[usize] = if quick() { &[200] } else { &[1000, 10000] };
+    for &target in targets {
+        join_idle(&endpoints, &mut clients, target).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let now = rss(&http_get(http, "/metrics").await);
+        let now = rss(pid);
         println!(
             "{target:>8} {:>14.1} {:>22.1}",
             now / 1048576.0,
             (now - base) / target as f64 / 1024.0
         );
     }
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
+    drop(child);
     drop(clients);
 }
 
@@ -352,6 +442,9 @@ fn main() {
         }
         if wants("memory") {
             memory().await;
+        }
+        if wants("idle") {
+            idle().await;
         }
     });
 }

@@ -15,19 +15,21 @@ fn bin() -> Command {
 #[test]
 fn relay_serves_loadtest_and_stops_on_sigterm() {
     // ch-zrh-1 listens on 127.0.1.5:4433 (QUIC) and 127.0.1.5:9090 (HTTP).
-    let mut relay = bin()
-        .args([
-            "relay",
-            "--config",
-            "config/dev.toml",
-            "--id",
-            "ch-zrh-1",
-            "--shutdown-grace",
-            "1",
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut relay = support::Reaped(
+        bin()
+            .args([
+                "relay",
+                "--config",
+                "config/dev.toml",
+                "--id",
+                "ch-zrh-1",
+                "--shutdown-grace",
+                "1",
+            ])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let started = Instant::now();
     while std::net::TcpStream::connect("127.0.1.5:9090").is_err() {
         assert!(
@@ -84,17 +86,17 @@ fn relay_serves_loadtest_and_stops_on_sigterm() {
     );
 
     let killed = Command::new("kill")
-        .args(["-TERM", &relay.id().to_string()])
+        .args(["-TERM", &relay.0.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
-        if let Some(status) = relay.try_wait().unwrap() {
+        if let Some(status) = relay.0.try_wait().unwrap() {
             break status;
         }
         if Instant::now() > deadline {
-            let _ = relay.kill();
+            let _ = relay.0.kill();
             panic!("relay did not stop within 10 s of SIGTERM");
         }
         std::thread::sleep(Duration::from_millis(50));

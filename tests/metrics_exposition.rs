@@ -162,10 +162,7 @@ async fn metrics_after_a_call_are_bounded_and_free_of_personal_data() {
         (&router_text, "rr_router_build_info{version=\""),
         (&router_text, "\nprocess_cpu_seconds_total "),
         (relay_text, "\nprocess_resident_memory_bytes "),
-        (
-            relay_text,
-            "rr_relay_shard_connections{shard=\"",
-        ),
+        (relay_text, "rr_relay_shard_connections{shard=\""),
         (relay_text, "rr_relay_cascade_links{relay=\"de-fra-1\"} 1"),
         (
             relay_text,

@@ -1,5 +1,11 @@
 //! `residency-relay loadtest`: conferences of synthetic participants
-//! against one relay, with a table of what was offered and delivered.
+//! against one relay, with a table of what was offered and delivered, and
+//! what it cost the relay (CPU, and egress per CPU-second).
+//!
+//! Video goes out as frames of `video_bps / 8 / fps` bytes, each split into
+//! datagrams of at most `packet_size` and sent at once, as an encoder's
+//! output is (`fps` 0: evenly spaced packets); a keyframe every 2 s. Audio
+//! is one 20 ms frame per datagram; `audio_bps` 0 publishes no audio.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -26,6 +32,10 @@ pub(super) struct Plan {
     pub(super) video_bps: u64,
     pub(super) audio_bps: u64,
     pub(super) packet_size: usize,
+    /// Video frames per second (0: evenly spaced packets).
+    pub(super) fps: u32,
+    /// Addresses the clients spread over, from `bind_ip` on.
+    pub(super) sources: u8,
     pub(super) duration: Duration,
     pub(super) bind_ip: IpAddr,
 }
@@ -70,6 +80,16 @@ async fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
 
 use crate::relay::metrics::sample;
 
+/// The `offset`-th address after `base` (IPv4; an IPv6 base is used as is).
+fn source(base: IpAddr, offset: usize) -> IpAddr {
+    match base {
+        IpAddr::V4(v4) => IpAddr::V4(std::net::Ipv4Addr::from(
+            u32::from(v4).wrapping_add(offset as u32),
+        )),
+        v6 => v6,
+    }
+}
+
 async fn run_async(policy: &Policy, plan: Plan) -> Result<(), String> {
     if plan.publishers > plan.participants || plan.participants == 0 || plan.conferences == 0 {
         return Err("need at least one conference and participant, and no more publishers than participants".into());
@@ -103,7 +123,7 @@ async fn run_async(policy: &Policy, plan: Plan) -> Result<(), String> {
         .to_owned();
 
     eprintln!(
-        "loadtest: relay {} at {} ({jurisdiction}), {} conference(s) x {} participants, {} publisher(s) each: video {} bit/s in {}-byte packets + audio {} bit/s; {} s",
+        "loadtest: relay {} at {} ({jurisdiction}), {} conference(s) x {} participants, {} publisher(s) each: video {} bit/s in {}-byte packets at {} fps + audio {} bit/s; {} s",
         relay.id,
         relay.quic_addr,
         plan.conferences,
@@ -111,6 +131,7 @@ async fn run_async(policy: &Policy, plan: Plan) -> Result<(), String> {
         plan.publishers,
         plan.video_bps,
         plan.packet_size,
+        plan.fps,
         plan.audio_bps,
         plan.duration.as_secs()
     );
@@ -139,7 +160,13 @@ async fn run_async(policy: &Policy, plan: Plan) -> Result<(), String> {
                 nonce: ticket::new_nonce().map_err(|e| e.to_string())?,
             };
             let client = Client::connect(
-                SocketAddr::new(plan.bind_ip, 0),
+                SocketAddr::new(
+                    source(
+                        plan.bind_ip,
+                        (c * plan.participants + p) % usize::from(plan.sources),
+                    ),
+                    0,
+                ),
                 relay.quic_addr,
                 &pin,
                 &ticket::sign(&claims, &key),
@@ -155,7 +182,12 @@ async fn run_async(policy: &Policy, plan: Plan) -> Result<(), String> {
     for room in &mut rooms {
         let mut published = Vec::new();
         for (p, client) in room.iter_mut().enumerate().take(plan.publishers) {
-            for kind in [TrackKind::Video, TrackKind::Audio] {
+            let kinds: &[TrackKind] = if plan.audio_bps == 0 {
+                &[TrackKind::Video]
+            } else {
+                &[TrackKind::Video, TrackKind::Audio]
+            };
+            for &kind in kinds {
                 let codec = if kind == TrackKind::Video {
                     "synthetic-video"
                 } else {
@@ -207,49 +239,63 @@ async fn run_async(policy: &Policy, plan: Plan) -> Result<(), String> {
                 .map(|(_, t, k)| (*t, *k))
                 .collect();
             for (track, kind) in mine {
-                let (size, pps) = match kind {
-                    TrackKind::Video => (
-                        plan.packet_size,
-                        (plan.video_bps / (8 * plan.packet_size as u64)).max(1),
-                    ),
-                    _ => (
-                        (plan.audio_bps / 8 / AUDIO_FRAMES_PER_SEC).max(16) as usize,
-                        AUDIO_FRAMES_PER_SEC,
-                    ),
-                };
                 let tx = client.clone();
                 let progress_tx = progress.clone();
+                let (packet_size, video_bps, audio_bps, fps) =
+                    (plan.packet_size, plan.video_bps, plan.audio_bps, plan.fps);
                 senders.push(tokio::spawn(async move {
-                    let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / pps));
+                    // Bytes of datagrams (headers included) per frame.
+                    let (frame_bytes, per_sec, keyframe_every) = match kind {
+                        TrackKind::Video if fps > 0 => (
+                            (video_bps / 8 / u64::from(fps)).max(1) as usize,
+                            u64::from(fps),
+                            2 * u64::from(fps),
+                        ),
+                        TrackKind::Video => (
+                            packet_size,
+                            (video_bps / (8 * packet_size as u64)).max(1),
+                            100,
+                        ),
+                        _ => (
+                            (audio_bps / 8 / AUDIO_FRAMES_PER_SEC).max(16) as usize,
+                            AUDIO_FRAMES_PER_SEC,
+                            1,
+                        ),
+                    };
+                    let mut tick =
+                        tokio::time::interval(Duration::from_nanos(1_000_000_000 / per_sec));
                     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-                    let mut sequence = 0u32;
+                    let (mut sequence, mut frame) = (0u32, 0u64);
                     while Instant::now() < deadline {
                         tick.tick().await;
-                        let flags = if sequence % 100 == 0 {
+                        let flags = if kind == TrackKind::Video && frame % keyframe_every == 0 {
                             Flags::KEYFRAME
                         } else {
                             Flags::default()
                         };
-                        let payload = synthetic::payload(
-                            size.saturating_sub(crate::wire::datagram::HEADER_LEN),
-                        );
-                        if tx
-                            .send_media(
-                                &MediaHeader {
-                                    track,
-                                    sequence,
-                                    flags,
-                                },
-                                &payload,
-                            )
-                            .is_ok()
-                        {
-                            progress_tx.sent_packets.fetch_add(1, Ordering::Relaxed);
-                            progress_tx
-                                .sent_bytes
-                                .fetch_add(size as u64, Ordering::Relaxed);
+                        // One frame: split into datagrams, sent at once.
+                        let mut left = frame_bytes;
+                        while left > 0 {
+                            let size = left.min(packet_size);
+                            left -= size;
+                            let payload = synthetic::payload(
+                                size.saturating_sub(crate::wire::datagram::HEADER_LEN),
+                            );
+                            let header = MediaHeader {
+                                track,
+                                sequence,
+                                flags,
+                            };
+                            if tx.send_media(&header, &payload).is_ok() {
+                                progress_tx.sent_packets.fetch_add(1, Ordering::Relaxed);
+                                progress_tx.sent_bytes.fetch_add(
+                                    (payload.len() + crate::wire::datagram::HEADER_LEN) as u64,
+                                    Ordering::Relaxed,
+                                );
+                            }
+                            sequence = sequence.wrapping_add(1);
                         }
-                        sequence = sequence.wrapping_add(1);
+                        frame += 1;
                     }
                 }));
             }
@@ -336,6 +382,16 @@ async fn run_async(policy: &Policy, plan: Plan) -> Result<(), String> {
             "relay CPU",
             100.0 * (b - a) / cpu_secs
         );
+        // What operators pay for: egress delivered per second of the relay
+        // process's own CPU time (user + system) over the same window.
+        let used = b - a;
+        if used > 0.0 {
+            println!(
+                "{:<28} {:>13.0} Mbit per relay CPU-second",
+                "relay efficiency",
+                total.bytes as f64 * 8.0 / 1e6 / used
+            );
+        }
     }
     if let Some(rss) = sample(&after, "process_resident_memory_bytes") {
         println!("{:<28} {:>13.1} MiB", "relay RSS", rss / (1024.0 * 1024.0));

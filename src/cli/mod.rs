@@ -111,9 +111,19 @@ enum Command {
         video_bps: u64,
         #[arg(long, default_value_t = 50_000)]
         audio_bps: u64,
-        /// Video packet size in bytes (header included).
+        /// Video packet size in bytes (header included): the largest
+        /// datagram a frame is split into.
         #[arg(long, default_value_t = 1100)]
         packet_size: usize,
+        /// Video frames per second: each frame (video-bps / 8 / fps bytes)
+        /// is sent at once, split into datagrams, as an encoder's output
+        /// is; 0 sends evenly spaced packets instead.
+        #[arg(long, default_value_t = 30)]
+        fps: u32,
+        /// Consecutive addresses from --bind-ip the clients spread over
+        /// (the relay limits connections per address).
+        #[arg(long, default_value_t = 1)]
+        sources: u8,
         /// Seconds of sending.
         #[arg(long, default_value_t = 10)]
         duration: u64,
@@ -390,6 +400,8 @@ pub fn main() -> ExitCode {
             video_bps,
             audio_bps,
             packet_size,
+            fps,
+            sources,
             duration,
             bind_ip,
         } => {
@@ -409,6 +421,8 @@ pub fn main() -> ExitCode {
                     crate::wire::datagram::HEADER_LEN + 8,
                     crate::wire::datagram::MAX_DATAGRAM_LEN,
                 ),
+                fps,
+                sources: sources.max(1),
                 duration: std::time::Duration::from_secs(duration.max(1)),
                 bind_ip,
             };

@@ -61,6 +61,10 @@ impl DropReason {
 pub struct Queue {
     items: VecDeque<(Bytes, Flags, TrackId)>,
     limit: usize,
+    /// Queued datagrams flagged discardable: when none is, a full queue
+    /// skips the search for one (a subscriber that fell behind would
+    /// otherwise cost a scan of its whole queue per datagram).
+    discardable: usize,
 }
 
 impl Queue {
@@ -71,6 +75,7 @@ impl Queue {
         Queue {
             items: VecDeque::with_capacity(limit),
             limit,
+            discardable: 0,
         }
     }
 
@@ -93,13 +98,18 @@ impl Queue {
         track: TrackId,
     ) -> Option<(DropReason, TrackId)> {
         if self.items.len() < self.limit {
+            self.discardable += usize::from(flags.discardable());
             self.items.push_back((datagram, flags, track));
             return None;
         }
         if flags.discardable() {
             return Some((DropReason::FullDroppedDiscardable, track));
         }
-        let discardable = self.items.iter().position(|(_, f, _)| f.discardable());
+        let discardable = if self.discardable == 0 {
+            None
+        } else {
+            self.items.iter().position(|(_, f, _)| f.discardable())
+        };
         let (victim, reason) = if let Some(i) = discardable {
             (i, DropReason::EvictedDiscardable)
         } else if let Some(i) = self.items.iter().position(|(_, f, _)| !f.keyframe()) {
@@ -107,7 +117,13 @@ impl Queue {
         } else {
             (0, DropReason::EvictedKeyframe)
         };
-        let evicted = self.items.remove(victim).map_or(track, |(_, _, t)| t);
+        let evicted = match self.items.remove(victim) {
+            Some((_, f, t)) => {
+                self.discardable -= usize::from(f.discardable());
+                t
+            }
+            None => track,
+        };
         self.items.push_back((datagram, flags, track));
         Some((reason, evicted))
     }
@@ -119,7 +135,9 @@ impl Queue {
 
     /// The oldest queued datagram.
     pub fn pop(&mut self) -> Option<Bytes> {
-        self.items.pop_front().map(|(b, _, _)| b)
+        let (b, f, _) = self.items.pop_front()?;
+        self.discardable -= usize::from(f.discardable());
+        Some(b)
     }
 }
 

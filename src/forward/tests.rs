@@ -537,3 +537,43 @@ fn a_cascade_link_carries_one_copy_of_subscribed_tracks_only() {
     assert_eq!(b.participants(), 1);
     assert_eq!(b.conference_stats()[0].participants, 1);
 }
+
+#[test]
+fn cores_sharing_a_base_assign_disjoint_track_ids() {
+    let mut seen = std::collections::HashSet::new();
+    for index in 0..3u32 {
+        let mut core = Core::new(CoreConfig {
+            track_id_base: crate::forward::track_id_base(5),
+            track_id_share: (index, 3),
+            ..CoreConfig::default()
+        });
+        let id = core.admit(Admission {
+            conference: "c".into(),
+            participant: ParticipantId("p".into()),
+            display_name: "p".into(),
+            permissions: Permissions {
+                publish: true,
+                subscribe: true,
+                moderate: false,
+            },
+        });
+        for _ in 0..5 {
+            core.handle_control(
+                id,
+                ClientMessage::Publish {
+                    request: 1,
+                    kind: TrackKind::Audio,
+                    codec: "opus".into(),
+                    layers: None,
+                },
+            );
+        }
+        while let Some((_, m)) = core.poll_control() {
+            if let ServerMessage::Published { track, .. } = m {
+                assert_eq!(track.0 >> crate::forward::TRACK_COUNTER_BITS, 6);
+                assert!(seen.insert(track), "{track:?} assigned twice");
+            }
+        }
+    }
+    assert_eq!(seen.len(), 15);
+}

@@ -125,6 +125,25 @@ pub(super) async fn run(
                 Err(_) => break,
             }
         }
+        // Media came in: let the tasks already woken run once (the
+        // publishers' connection tasks among them) and take what they
+        // queued too, so each subscriber gets its datagrams in one go and
+        // its QUIC driver sends them in one batch (measured in the commit
+        // that added this: loss at 80 % of the direct rate, N = 100,
+        // 12–15 % without, 2.0–2.6 % with).
+        if datagrams > 0 {
+            tokio::task::yield_now().await;
+            for _ in 0..BATCH {
+                match events.try_recv() {
+                    Ok(e) => {
+                        datagrams += u64::from(matches!(e, Event::Datagram(..)));
+                        handle_event(e, &mut core, &mut verifier, &mut handles, &mut st, &metrics);
+                        flush_control(&mut core, &mut handles);
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
         flush_control(&mut core, &mut handles);
         core.take_ready(&mut ready);
         ready.append(&mut backlog);

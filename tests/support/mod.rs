@@ -4,6 +4,20 @@
 pub mod cluster;
 pub mod relay;
 
+/// A child process that is killed and reaped when this is dropped: on
+/// every exit path of a test or bench, a failed assertion's panic
+/// included, so no `relay` is left holding its ports.
+pub struct Reaped(pub std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
