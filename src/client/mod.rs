@@ -81,7 +81,11 @@ pub fn endpoint(bind: SocketAddr, cert_sha256: &str) -> Result<quinn::Endpoint, 
     let mut transport = quinn::TransportConfig::default();
     transport
         .datagram_receive_buffer_size(Some(4 << 20))
-        .keep_alive_interval(Some(Duration::from_secs(5)));
+        // A third of the 30 s idle timeout, and well inside the UDP binding
+        // time of NATs (RFC 4787 asks for at least 2 min): each keep-alive
+        // is a packet and an acknowledgement for the relay, which is what
+        // silent participants cost it.
+        .keep_alive_interval(Some(Duration::from_secs(10)));
     config.transport_config(Arc::new(transport));
     let socket =
         std::net::UdpSocket::bind(bind).map_err(|e| ClientError::Connect(e.to_string()))?;

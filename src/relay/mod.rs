@@ -228,7 +228,7 @@ pub async fn run(
         // where the drop policy and keyframe requests apply.
         .datagram_receive_buffer_size(Some(1 << 20))
         .datagram_send_buffer_size(256 << 10)
-        .keep_alive_interval(Some(Duration::from_secs(5)));
+        .keep_alive_interval(Some(KEEP_ALIVE));
     server.transport_config(Arc::new(transport));
     enlarge_socket_buffers(&socket);
     let endpoint = quinn::Endpoint::new(
@@ -415,6 +415,13 @@ pub fn effective_workers(workers: usize) -> usize {
     };
     n.clamp(1, shards::MAX_WORKERS)
 }
+
+/// How long a client connection may be silent before the relay sends a
+/// keep-alive: half the 30 s idle timeout, so a client that sends none
+/// (the native client sends its own every 5 s) keeps its connection. Every
+/// keep-alive costs a packet each way, which is most of what 1,000 silent
+/// participants cost a relay (5 s: 1.03 % of a core; see docs/benchmarks.md).
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// Waits for every task.
 async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
