@@ -375,7 +375,11 @@ async fn run_async(policy: &Policy, plan: Plan) -> Result<(), String> {
         ms(p99),
         ms(max)
     );
-    let cpu = |m: &str| sample(m, "process_cpu_seconds_total");
+    // `rr_relay_cpu_seconds`: relays built before the process metrics
+    // were unprefixed (a before/after pair measured with one load tool).
+    let cpu = |m: &str| {
+        sample(m, "process_cpu_seconds_total").or_else(|| sample(m, "rr_relay_cpu_seconds"))
+    };
     if let (Some(a), Some(b)) = (cpu(&before), cpu(&after)) {
         println!(
             "{:<28} {:>13.1} % of one core",
@@ -393,7 +397,9 @@ async fn run_async(policy: &Policy, plan: Plan) -> Result<(), String> {
             );
         }
     }
-    if let Some(rss) = sample(&after, "process_resident_memory_bytes") {
+    if let Some(rss) = sample(&after, "process_resident_memory_bytes")
+        .or_else(|| sample(&after, "rr_relay_process_resident_memory_bytes"))
+    {
         println!("{:<28} {:>13.1} MiB", "relay RSS", rss / (1024.0 * 1024.0));
     }
     Ok(())
