@@ -186,15 +186,24 @@ async fn one_address_cannot_fill_the_listener_and_idle_connections_make_room() {
         }
     }
     assert!(evicted >= 1, "no idle connection made room");
-    let metrics = support::cluster::request(
-        "GET",
-        &format!("http://{addr}/metrics"),
-        Some("127.0.0.12"),
-        None,
-        None,
-    )
-    .await;
-    let text = String::from_utf8_lossy(&metrics.body);
+    // The evicted connection's task counts its close after the peer saw
+    // it: read the metrics until the count shows (or 5 s pass).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let metrics = support::cluster::request(
+            "GET",
+            &format!("http://{addr}/metrics"),
+            Some("127.0.0.12"),
+            None,
+            None,
+        )
+        .await;
+        let text = String::from_utf8_lossy(&metrics.body).into_owned();
+        if closed(&text, "evicted") >= 1.0 || std::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert!(
         text.contains("rr_router_http_connections_refused_total{reason=\"address_full\",router=\"de-fra-router\"} 1"),
         "{text}"
