@@ -307,12 +307,7 @@ async fn http_get(addr: SocketAddr, path: &str) -> String {
 
 /// Resident memory of process `pid` in bytes, from /proc/PID/status.
 fn rss(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kib| kib * 1024.0)
+    proc_sample(pid).resident_bytes as f64
 }
 
 /// Whether to run only the smallest case of each part (`E2E_QUICK=1`).
@@ -325,13 +320,15 @@ fn relay_bin() -> String {
     std::env::var("E2E_RELAY_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_residency-relay").into())
 }
 
+/// What /proc says of process `pid` (the relay's own parser).
+fn proc_sample(pid: u32) -> residency_relay::process_metrics::Sample {
+    let read = |f: &str| std::fs::read_to_string(format!("/proc/{pid}/{f}")).unwrap();
+    residency_relay::process_metrics::parse(&read("stat"), &read("status"), 0).unwrap()
+}
+
 /// User + system CPU seconds of process `pid`, from /proc/PID/stat.
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let rest = stat.rsplit_once(')').unwrap().1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime: fields 14 and 15 overall (11 and 12 after the name).
-    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
+    proc_sample(pid).cpu_seconds
 }
 
 /// Starts relay de-ber-1 of the dev config (QUIC 127.0.1.2:4433, HTTP

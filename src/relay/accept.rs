@@ -63,11 +63,17 @@ pub(super) async fn accept_loop(a: Accepting) {
             }
             continue;
         }
-        let full = {
+        // A proven address is checked and counted at once; an unproven
+        // one only checked (it is counted once its handshake completes).
+        let max = max_per_address.load(Ordering::Relaxed);
+        let (room, counted) = if validated {
+            let slot = AddressSlot::try_take(&per_address, ip, max);
+            (slot.is_some(), slot)
+        } else {
             let counts = per_address.lock().unwrap_or_else(|e| e.into_inner());
-            counts.get(&ip).copied().unwrap_or(0) >= max_per_address.load(Ordering::Relaxed)
+            (counts.get(&ip).copied().unwrap_or(0) < max, None)
         };
-        if full {
+        if !room {
             metrics
                 .connection_refusals
                 .with_label_values(&["per_address"])
@@ -75,22 +81,6 @@ pub(super) async fn accept_loop(a: Accepting) {
             incoming.refuse();
             continue;
         }
-        // A proven address is counted now, checked and counted at once.
-        let counted = if validated {
-            let Some(slot) =
-                AddressSlot::try_take(&per_address, ip, max_per_address.load(Ordering::Relaxed))
-            else {
-                metrics
-                    .connection_refusals
-                    .with_label_values(&["per_address"])
-                    .inc();
-                incoming.refuse();
-                continue;
-            };
-            Some(slot)
-        } else {
-            None
-        };
         handshaking.fetch_add(1, Ordering::Relaxed);
         let shards = shards.clone();
         let metrics = metrics.clone();

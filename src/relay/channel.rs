@@ -127,6 +127,12 @@ async fn report_loop(links: tokio::sync::watch::Receiver<RouterLink>, ctx: Repor
             None => 0,
         };
         last = Some((now, snapshot.bytes_total));
+        // Only what concerns the jurisdictions this router serves and the
+        // relay is in leaves for it.
+        let ours = |conference: &str| {
+            crate::wire::conference::jurisdiction_of(conference)
+                .is_some_and(|j| link.jurisdictions.iter().any(|l| l == j))
+        };
         let report = RelayReport {
             cert_sha256: cert_sha256.clone(),
             participants: snapshot.participants,
@@ -135,10 +141,7 @@ async fn report_loop(links: tokio::sync::watch::Receiver<RouterLink>, ctx: Repor
             conferences: snapshot
                 .conferences
                 .into_iter()
-                .filter(|c| {
-                    crate::wire::conference::jurisdiction_of(&c.id)
-                        .is_some_and(|j| link.jurisdictions.iter().any(|l| l == j))
-                })
+                .filter(|c| ours(&c.id))
                 .map(|c| ConferenceLoad {
                     id: c.id,
                     participants: c.participants,
@@ -149,10 +152,7 @@ async fn report_loop(links: tokio::sync::watch::Receiver<RouterLink>, ctx: Repor
             links: snapshot
                 .links
                 .into_iter()
-                .filter(|l| {
-                    crate::wire::conference::jurisdiction_of(&l.conference)
-                        .is_some_and(|j| link.jurisdictions.iter().any(|x| x == j))
-                })
+                .filter(|l| ours(&l.conference))
                 .map(|l| LinkLoad {
                     conference: l.conference,
                     peer: l.peer,

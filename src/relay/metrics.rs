@@ -101,6 +101,30 @@ fn counter_vec(
     c
 }
 
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g =
+        IntGauge::with_opts(Opts::new(name, help)).unwrap_or_else(|e| unreachable_metric(name, e));
+    let _ = registry.register(Box::new(g.clone()));
+    g
+}
+
+/// A gauge by `label`, with a series for each of `values` from the start.
+fn gauge_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[&str],
+) -> prometheus::IntGaugeVec {
+    let g = prometheus::IntGaugeVec::new(Opts::new(name, help), &[label])
+        .unwrap_or_else(|e| unreachable_metric(name, e));
+    let _ = registry.register(Box::new(g.clone()));
+    for v in values {
+        let _ = g.get_metric_with_label_values(&[v]);
+    }
+    g
+}
+
 /// A refusal counter by `reason` and `origin` (`signed`, `forged`).
 fn refusal_vec(registry: &Registry, name: &str, help: &str, reasons: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), &["reason", "origin"])
@@ -146,16 +170,13 @@ impl Metrics {
         .collect();
         let queue: Vec<&str> = DropReason::ALL.iter().map(|r| r.code()).collect();
         let tickets: Vec<&str> = TicketError::ALL.iter().map(|e| e.code()).collect();
-        let connections =
-            IntGauge::with_opts(Opts::new("connections", "Admitted client connections."))
-                .unwrap_or_else(|e| unreachable_metric("connections", e));
-        let _ = registry.register(Box::new(connections.clone()));
-        let cascade_links = IntGauge::with_opts(Opts::new(
+        let inside: Vec<&str> = jurisdictions.iter().map(String::as_str).collect();
+        let connections = gauge(&registry, "connections", "Admitted client connections.");
+        let cascade_links = gauge(
+            &registry,
             "cascade_links",
             "Cascade links up to other relays (one per conference and peer).",
-        ))
-        .unwrap_or_else(|e| unreachable_metric("cascade_links", e));
-        let _ = registry.register(Box::new(cascade_links.clone()));
+        );
         let build = IntGauge::with_opts(
             Opts::new("build_info", "Build of the relay; always 1.")
                 .const_label("version", env!("CARGO_PKG_VERSION")),
@@ -163,26 +184,26 @@ impl Metrics {
         .unwrap_or_else(|e| unreachable_metric("build_info", e));
         build.set(1);
         let _ = registry.register(Box::new(build));
-        let per_shard = |name: &str, help: &str| {
-            let g = prometheus::IntGaugeVec::new(Opts::new(name, help), &["shard"])
-                .unwrap_or_else(|e| unreachable_metric(name, e));
-            let _ = registry.register(Box::new(g.clone()));
-            g
-        };
-        let shard_queue_depth = per_shard(
+        // Shard label values are declared by `with_shards`.
+        let shard_queue_depth = gauge_vec(
+            &registry,
             "shard_queue_depth",
             "Events (datagrams, control messages) waiting for the shard, at its last pass.",
+            "shard",
+            &[],
         );
-        let shard_connections = per_shard(
+        let shard_connections = gauge_vec(
+            &registry,
             "shard_connections",
             "Connections (participants and cascade links) the shard serves.",
+            "shard",
+            &[],
         );
-        let workers = IntGauge::with_opts(Opts::new(
+        let workers = gauge(
+            &registry,
             "workers",
             "Shards (core tasks) the relay runs; each serves the conferences whose id hashes to it.",
-        ))
-        .unwrap_or_else(|e| unreachable_metric("workers", e));
-        let _ = registry.register(Box::new(workers.clone()));
+        );
         let shard_imbalance = Gauge::with_opts(Opts::new(
             "shard_imbalance",
             "Datagrams handled by the busiest shard over the mean of all shards, since the previous scrape: 1 is even, the number of shards is all in one; 0 when none were handled.",
@@ -311,36 +332,20 @@ impl Metrics {
                 "cascade_bytes_sent_total",
                 "Media bytes sent over cascade links.",
             ),
-            participants: {
-                let g = prometheus::IntGaugeVec::new(
-                    Opts::new(
-                        "participants",
-                        "Participants connected, per jurisdiction of their conference.",
-                    ),
-                    &["jurisdiction"],
-                )
-                .unwrap_or_else(|e| unreachable_metric("participants", e));
-                let _ = registry.register(Box::new(g.clone()));
-                for j in jurisdictions {
-                    let _ = g.get_metric_with_label_values(&[j]);
-                }
-                g
-            },
-            conferences: {
-                let g = prometheus::IntGaugeVec::new(
-                    Opts::new(
-                        "conferences",
-                        "Conferences with participants here, per jurisdiction.",
-                    ),
-                    &["jurisdiction"],
-                )
-                .unwrap_or_else(|e| unreachable_metric("conferences", e));
-                let _ = registry.register(Box::new(g.clone()));
-                for j in jurisdictions {
-                    let _ = g.get_metric_with_label_values(&[j]);
-                }
-                g
-            },
+            participants: gauge_vec(
+                &registry,
+                "participants",
+                "Participants connected, per jurisdiction of their conference.",
+                "jurisdiction",
+                &inside,
+            ),
+            conferences: gauge_vec(
+                &registry,
+                "conferences",
+                "Conferences with participants here, per jurisdiction.",
+                "jurisdiction",
+                &inside,
+            ),
             forward_seconds: {
                 let h = prometheus::Histogram::with_opts(
                     prometheus::HistogramOpts::new(

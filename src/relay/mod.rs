@@ -399,10 +399,7 @@ pub fn unix_now() -> u64 {
 
 /// Runs the futures concurrently and waits for all.
 async fn futures_join_all<F: Future<Output = ()> + Send + 'static>(futures: Vec<F>) {
-    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
-    for h in handles {
-        let _ = h.await;
-    }
+    futures_join(futures.into_iter().map(tokio::spawn).collect()).await;
 }
 
 /// The shards a relay runs for `workers` (0: one per available core),

@@ -101,30 +101,26 @@ pub(super) async fn run(
                 () = tokio::time::sleep(BACKLOG_RETRY) => None,
             }
         };
-        let mut datagrams = 0u64;
-        match first {
-            Some(Some(e)) => {
-                datagrams += u64::from(matches!(e, Event::Datagram(..)));
-                handle_event(e, &mut core, &mut verifier, &mut handles, &mut st, &metrics);
-                flush_control(&mut core, &mut handles);
+        // Handles one event; 1 if it was a datagram.
+        let mut take = |e: Event| {
+            let datagram = u64::from(matches!(e, Event::Datagram(..)));
+            handle_event(e, &mut core, &mut verifier, &mut handles, &mut st, &metrics);
+            // Per event, so a burst of messages to one client within a
+            // batch is not mistaken for a client that does not read.
+            flush_control(&mut core, &mut handles);
+            datagram
+        };
+        let mut datagrams = match first {
+            Some(Some(e)) => take(e),
+            Some(None) => {
+                open = false;
+                0
             }
-            Some(None) => open = false,
-            None => {}
-        }
+            None => 0,
+        };
         // Take whatever else is already waiting before sending, so one
         // send pass serves a batch.
-        for _ in 0..BATCH {
-            match events.try_recv() {
-                Ok(e) => {
-                    datagrams += u64::from(matches!(e, Event::Datagram(..)));
-                    handle_event(e, &mut core, &mut verifier, &mut handles, &mut st, &metrics);
-                    // Per event, so a burst of messages to one client within
-                    // a batch is not mistaken for a client that does not read.
-                    flush_control(&mut core, &mut handles);
-                }
-                Err(_) => break,
-            }
-        }
+        datagrams += take_waiting(&mut events, &mut take);
         // Media came in: let the tasks already woken run once (the
         // publishers' connection tasks among them) and take what they
         // queued too, so each subscriber gets its datagrams in one go and
@@ -133,16 +129,7 @@ pub(super) async fn run(
         // 12–15 % without, 2.0–2.6 % with).
         if datagrams > 0 {
             tokio::task::yield_now().await;
-            for _ in 0..BATCH {
-                match events.try_recv() {
-                    Ok(e) => {
-                        datagrams += u64::from(matches!(e, Event::Datagram(..)));
-                        handle_event(e, &mut core, &mut verifier, &mut handles, &mut st, &metrics);
-                        flush_control(&mut core, &mut handles);
-                    }
-                    Err(_) => break,
-                }
-            }
+            datagrams += take_waiting(&mut events, &mut take);
         }
         flush_control(&mut core, &mut handles);
         core.take_ready(&mut ready);
@@ -185,6 +172,19 @@ pub(super) async fn run(
         metrics.sync(core.counters(), &mut last);
     }
     metrics.connections.sub(counted_connections);
+}
+
+/// Hands `take` the events already waiting, at most [`BATCH`]; the sum
+/// of what it returned (the datagrams among them).
+fn take_waiting(events: &mut mpsc::Receiver<Event>, take: &mut impl FnMut(Event) -> u64) -> u64 {
+    let mut datagrams = 0;
+    for _ in 0..BATCH {
+        match events.try_recv() {
+            Ok(e) => datagrams += take(e),
+            Err(_) => break,
+        }
+    }
+    datagrams
 }
 
 /// The core task's state besides the core.
