@@ -86,7 +86,7 @@ async fn direct(n: usize, rate: Option<f64>) -> (f64, u64) {
     let identity = Identity::self_signed(vec!["127.0.1.9".into()]).unwrap();
     let pin = identity.fingerprint();
     let mut server =
-        quinn::ServerConfig::with_crypto(Arc::new(tls::server_config(identity).unwrap()));
+        quinn::ServerConfig::with_crypto(Arc::new(tls::server_config(&identity).unwrap()));
     let mut transport = quinn::TransportConfig::default();
     transport
         .datagram_receive_buffer_size(Some(4 << 20))

@@ -2,6 +2,7 @@
 //! send and receive media datagrams. Used by the tests, the `client` and
 //! `loadtest` commands, and later the router's tests.
 
+pub mod frames;
 pub mod initials;
 pub mod join;
 pub mod session;

@@ -643,8 +643,14 @@ impl Core {
         }
     }
 
-    /// A control message from an admitted connection.
+    /// A control message from an admitted connection, arriving now.
     pub fn handle_control(&mut self, conn: ConnId, message: ClientMessage) {
+        self.handle_control_at(conn, message, Instant::now());
+    }
+
+    /// A control message from an admitted connection, arriving at `now`
+    /// (which paces keyframe requests).
+    pub fn handle_control_at(&mut self, conn: ConnId, message: ClientMessage, now: Instant) {
         let Some(c) = self.conn(conn) else {
             return;
         };
@@ -772,6 +778,18 @@ impl Core {
                 }
             }
             ClientMessage::Leave {} => self.handle_closed(conn),
+            // A subscriber lost part of a frame: its publisher is asked for
+            // a keyframe (at most once per interval, however many ask).
+            ClientMessage::KeyframeRequest { track } => {
+                if !c.subscriptions.contains(&track) {
+                    return self.error(
+                        conn,
+                        ErrorCode::UnknownTrack,
+                        "not subscribed to the track",
+                    );
+                }
+                self.request_keyframe(track, now);
+            }
         }
     }
 

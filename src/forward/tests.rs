@@ -577,3 +577,41 @@ fn cores_sharing_a_base_assign_disjoint_track_ids() {
     }
     assert_eq!(seen.len(), 15);
 }
+
+#[test]
+fn a_subscriber_that_lost_a_fragment_asks_the_publisher_for_a_keyframe_at_a_bounded_rate() {
+    let mut core = Core::new(CoreConfig::default());
+    let now = Instant::now();
+    let publisher = core.admit(admission("c1", "pub", true, true));
+    let sub = core.admit(admission("c1", "sub", false, true));
+    let other = core.admit(admission("c1", "other", false, true));
+    let v = publish(&mut core, publisher);
+    core.handle_control(sub, ClientMessage::Subscribe { track: v });
+    core.handle_control(other, ClientMessage::Subscribe { track: v });
+    while core.poll_control().is_some() {}
+    let ask = |core: &mut Core, who: ConnId, at: Instant| {
+        core.handle_control_at(who, ClientMessage::KeyframeRequest { track: v }, at);
+        std::iter::from_fn(|| core.poll_control()).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ask(&mut core, sub, now),
+        vec![(publisher, ServerMessage::KeyframeRequest { track: v })]
+    );
+    // Another subscriber asking within the interval adds nothing.
+    assert_eq!(
+        ask(&mut core, other, now + Duration::from_millis(100)),
+        vec![]
+    );
+    let later = now + CoreConfig::default().keyframe_request_interval;
+    assert_eq!(
+        ask(&mut core, other, later),
+        vec![(publisher, ServerMessage::KeyframeRequest { track: v })]
+    );
+    assert_eq!(core.counters().keyframe_requests, 2);
+    // Only a subscriber of the track may ask.
+    let requests = ask(&mut core, publisher, later + Duration::from_secs(5));
+    assert!(
+        matches!(&requests[..], [(to, ServerMessage::Error { code, .. })] if *to == publisher && *code == ErrorCode::UnknownTrack.code()),
+        "{requests:?}"
+    );
+}

@@ -39,7 +39,8 @@ impl Reporter {
 pub(super) struct Reporting {
     pub(super) relay_id: String,
     pub(super) credential: String,
-    pub(super) cert_sha256: String,
+    /// The certificate in use, which a renewal replaces.
+    pub(super) cert_sha256: tokio::sync::watch::Receiver<String>,
     pub(super) shards: Shards,
     pub(super) metrics: Metrics,
     pub(super) ready: Arc<AtomicBool>,
@@ -134,7 +135,7 @@ async fn report_loop(links: tokio::sync::watch::Receiver<RouterLink>, ctx: Repor
                 .is_some_and(|j| link.jurisdictions.iter().any(|l| l == j))
         };
         let report = RelayReport {
-            cert_sha256: cert_sha256.clone(),
+            cert_sha256: cert_sha256.borrow().clone(),
             participants: snapshot.participants,
             bitrate_bps,
             draining: !ready.load(Ordering::Relaxed),

@@ -2,13 +2,22 @@
 //! message must be `hello` with a ticket), the ticket check under the trust
 //! in force, admission by the conference's shard, then the control stream
 //! (rate limited) and media datagrams, handed straight to that shard. A
-//! writer task sends what the shard has for the client. Cascade links are
-//! told apart by their ALPN and served by [`super::link`].
+//! writer task sends what the shard has for the client.
+//!
+//! The negotiated ALPN tells the three kinds of connection apart on the one
+//! endpoint: cascade links go to [`super::link`]; `h3` is a browser's
+//! WebTransport session, whose HTTP/3 `CONNECT` is answered first
+//! (`web-transport-quinn`), after which it is a participant exactly like a
+//! native connection: the same control stream (which the browser opens),
+//! the same datagrams (the session prefix is the crate's business) and the
+//! same checks. Only [`Transport`] remembers the difference, for metrics.
 
 use std::time::{Duration, Instant};
 
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
-use tracing::info;
+use tracing::{debug, info};
+use web_transport_quinn::Session;
 
 use super::shards::{Event, Shards};
 use super::{GOING_AWAY_MOVED, Metrics, Recheck, Trust, close_code, link, rate, trusted, unix_now};
@@ -16,6 +25,32 @@ use crate::ticket::TicketError;
 use crate::wire::ErrorCode;
 use crate::wire::channel::Enforcement;
 use crate::wire::control::{self, ClientMessage, ControlError, Decoder, ServerMessage};
+
+/// How a participant reached the relay (the `transport` metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// The native protocol (ALPN `residency-relay/1`).
+    Native,
+    /// WebTransport over HTTP/3 (ALPN `h3`), from browsers.
+    WebTransport,
+}
+
+impl Transport {
+    pub const ALL: [Transport; 2] = [Transport::Native, Transport::WebTransport];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::Native => "native",
+            Transport::WebTransport => "webtransport",
+        }
+    }
+}
+
+/// Streams a browser's HTTP/3 connection needs beside its session's
+/// control stream: its control and two QPACK streams (unidirectional), and
+/// the `CONNECT` request (bidirectional).
+const H3_UNI_STREAMS: u32 = 3;
+const H3_BIDI_STREAMS: u32 = 2;
 
 pub(super) async fn serve_connection(
     conn: quinn::Connection,
@@ -29,9 +64,71 @@ pub(super) async fn serve_connection(
         .handshake_data()
         .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|h| h.protocol);
-    if protocol.as_deref() == Some(crate::wire::CASCADE_ALPN) {
-        return link::accept(conn, shards, metrics, trust, hello_timeout).await;
-    }
+    let (session, transport) = match protocol.as_deref() {
+        Some(crate::wire::CASCADE_ALPN) => {
+            return link::accept(conn, shards, metrics, trust, hello_timeout).await;
+        }
+        Some(crate::wire::WEBTRANSPORT_ALPN) => {
+            // The endpoint allows one stream (native clients need no more);
+            // HTTP/3 needs a few.
+            conn.set_max_concurrent_uni_streams(H3_UNI_STREAMS.into());
+            conn.set_max_concurrent_bi_streams(H3_BIDI_STREAMS.into());
+            match tokio::time::timeout(hello_timeout, accept_webtransport(conn.clone())).await {
+                Ok(Ok(session)) => (session, Transport::WebTransport),
+                Ok(Err(reason)) => {
+                    metrics
+                        .webtransport_refusals
+                        .with_label_values(&[reason])
+                        .inc();
+                    debug!(reason, "webtransport session refused");
+                    conn.close(close_code::PROTOCOL.into(), reason.as_bytes());
+                    return Err("webtransport handshake failed");
+                }
+                Err(_) => {
+                    metrics
+                        .webtransport_refusals
+                        .with_label_values(&["timeout"])
+                        .inc();
+                    conn.close(
+                        close_code::PROTOCOL.into(),
+                        b"no webtransport session in time",
+                    );
+                    return Err("no webtransport session in time");
+                }
+            }
+        }
+        _ => (Session::raw(conn), Transport::Native),
+    };
+    serve_participant(
+        session,
+        transport,
+        shards,
+        metrics,
+        trust,
+        hello_timeout,
+        control_limits,
+    )
+    .await
+}
+
+/// Answers a browser's HTTP/3 `CONNECT`: any path on this relay is the one
+/// session endpoint (the ticket says what the session is for).
+async fn accept_webtransport(conn: quinn::Connection) -> Result<Session, &'static str> {
+    let request = web_transport_quinn::Request::accept(conn)
+        .await
+        .map_err(|_| "http3_handshake")?;
+    request.ok().await.map_err(|_| "connect_response")
+}
+
+async fn serve_participant(
+    conn: Session,
+    transport: Transport,
+    shards: Shards,
+    metrics: Metrics,
+    trust: Trust,
+    hello_timeout: Duration,
+    control_limits: rate::ControlLimits,
+) -> Result<(), &'static str> {
     let (mut send, mut recv) = tokio::time::timeout(hello_timeout, conn.accept_bi())
         .await
         .map_err(|_| "no control stream in time")?
@@ -66,6 +163,7 @@ pub(super) async fn serve_connection(
             events
                 .send(Event::Hello {
                     conn: conn.clone(),
+                    transport,
                     claims,
                     recheck: Recheck {
                         ticket: ticket.clone(),
@@ -229,24 +327,29 @@ pub(super) async fn serve_connection(
 }
 
 /// Reads until one whole control message is decoded (client control
-/// streams and cascade links share the framing).
-pub(super) async fn read_message<M: for<'de> serde::Deserialize<'de> + control::Labels>(
-    recv: &mut quinn::RecvStream,
+/// streams, over either transport, and cascade links share the framing).
+pub(super) async fn read_message<M, R>(
+    recv: &mut R,
     decoder: &mut Decoder,
-) -> Result<Option<M>, ControlError> {
+) -> Result<Option<M>, ControlError>
+where
+    M: for<'de> serde::Deserialize<'de> + control::Labels,
+    R: AsyncRead + Unpin,
+{
+    let mut buf = [0u8; 4096];
     loop {
         if let Some(m) = decoder.next_message::<M>()? {
             return Ok(Some(m));
         }
-        match recv.read_chunk(control::MAX_FRAME_LEN, true).await {
-            Ok(Some(chunk)) => decoder.push(&chunk.bytes),
-            Ok(None) | Err(_) => return Ok(None),
+        match recv.read(&mut buf).await {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(n) => decoder.push(&buf[..n]),
         }
     }
 }
 
-pub(super) async fn write_message<M: serde::Serialize>(
-    send: &mut quinn::SendStream,
+pub(super) async fn write_message<M: serde::Serialize, W: AsyncWrite + Unpin>(
+    send: &mut W,
     message: &M,
 ) -> Result<(), ()> {
     let mut frame = Vec::new();

@@ -44,7 +44,7 @@ pub(super) async fn accept(
     let mut decoder = Decoder::new();
     let first = tokio::time::timeout(
         hello_timeout,
-        read_message::<LinkMessage>(&mut recv, &mut decoder),
+        read_message::<LinkMessage, _>(&mut recv, &mut decoder),
     )
     .await
     .map_err(|_| "no link hello in time")?;
@@ -227,7 +227,7 @@ pub(super) async fn dial(
     let mut decoder = Decoder::new();
     let answer = tokio::time::timeout(
         timeout,
-        read_message::<LinkMessage>(&mut recv, &mut decoder),
+        read_message::<LinkMessage, _>(&mut recv, &mut decoder),
     )
     .await
     .map_err(|_| "no link welcome in time".to_owned())?;
@@ -296,7 +296,7 @@ async fn run(
                 }
                 Err(_) => break "link closed",
             },
-            message = read_message::<LinkMessage>(&mut recv, &mut decoder) => match message {
+            message = read_message::<LinkMessage, _>(&mut recv, &mut decoder) => match message {
                 Ok(Some(m)) => {
                     if events.send(Event::Link(id, m)).await.is_err() {
                         break "relay stopping";

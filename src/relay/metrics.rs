@@ -29,6 +29,17 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     pub cascade_refusals: IntCounterVec,
     pub connection_refusals: IntCounterVec,
+    /// Participants admitted, by transport (`native`, `webtransport`).
+    pub sessions: IntCounterVec,
+    /// Participants connected now, by transport.
+    pub client_connections: prometheus::IntGaugeVec,
+    /// Browser connections whose HTTP/3 WebTransport handshake failed, by
+    /// reason.
+    pub webtransport_refusals: IntCounterVec,
+    /// When the certificate in use expires (Unix seconds).
+    pub certificate_expiry: IntGauge,
+    /// Self-signed certificates replaced before they expired.
+    pub certificate_renewals: IntCounter,
     /// Retry packets sent: connections asked to prove their address first.
     pub address_validations: IntCounter,
     /// Control messages over a participant's rate, dropped, and
@@ -170,6 +181,10 @@ impl Metrics {
         .collect();
         let queue: Vec<&str> = DropReason::ALL.iter().map(|r| r.code()).collect();
         let tickets: Vec<&str> = TicketError::ALL.iter().map(|e| e.code()).collect();
+        let transports: Vec<&str> = super::connection::Transport::ALL
+            .iter()
+            .map(|t| t.label())
+            .collect();
         let inside: Vec<&str> = jurisdictions.iter().map(String::as_str).collect();
         let connections = gauge(&registry, "connections", "Admitted client connections.");
         let cascade_links = gauge(
@@ -308,6 +323,37 @@ impl Metrics {
                 "Connections refused before the handshake, by reason.",
                 "reason",
                 &["per_address"],
+            ),
+            sessions: counter_vec(
+                &registry,
+                "sessions_total",
+                "Participants admitted, by transport: native (QUIC, ALPN residency-relay/1) or webtransport (browsers, HTTP/3).",
+                "transport",
+                &transports,
+            ),
+            client_connections: gauge_vec(
+                &registry,
+                "client_connections",
+                "Participants connected, by transport.",
+                "transport",
+                &transports,
+            ),
+            webtransport_refusals: counter_vec(
+                &registry,
+                "webtransport_refusals_total",
+                "Browser connections (ALPN h3) closed before a WebTransport session was up, by reason: http3_handshake (no valid SETTINGS or CONNECT), connect_response (the answer could not be sent), timeout (no session within the hello timeout).",
+                "reason",
+                &["http3_handshake", "connect_response", "timeout"],
+            ),
+            certificate_expiry: gauge(
+                &registry,
+                "certificate_expiry_timestamp_seconds",
+                "When the relay's self-signed certificate expires, in Unix seconds (it is renewed with a third of its lifetime left); 0 for a certificate from files, which its operator renews.",
+            ),
+            certificate_renewals: counter(
+                &registry,
+                "certificate_renewals_total",
+                "Self-signed certificates replaced before they expired (new connections get the new one; open connections keep theirs).",
             ),
             address_validations: counter(
                 &registry,

@@ -43,6 +43,7 @@ use tracing::{info, warn};
 use crate::forward::{Core, CoreConfig};
 use crate::ticket::Verifier;
 use channel::{Reporters, Reporting, final_report};
+pub use connection::Transport;
 use http::{Http, serve_http};
 pub use metrics::Metrics;
 use reload::{Reloader, reload_loop, reload_on_hangup};
@@ -218,18 +219,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RelayError> {
     let fingerprint = settings.identity.fingerprint();
-    let crypto = tls::server_config(settings.identity).map_err(RelayError::Tls)?;
-    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    let mut transport = quinn::TransportConfig::default();
-    transport
-        .max_concurrent_bidi_streams(1u32.into())
-        .max_concurrent_uni_streams(0u32.into())
-        // Enough for bursts; beyond it datagrams wait in the core's queue,
-        // where the drop policy and keyframe requests apply.
-        .datagram_receive_buffer_size(Some(1 << 20))
-        .datagram_send_buffer_size(256 << 10)
-        .keep_alive_interval(Some(KEEP_ALIVE));
-    server.transport_config(Arc::new(transport));
+    let server = server_config(&settings.identity)?;
     enlarge_socket_buffers(&socket);
     let endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
@@ -240,7 +230,14 @@ pub async fn run(
     let metrics =
         Metrics::with_jurisdictions(&settings.relay_id, &settings.verifier.jurisdictions());
     let ready = Arc::new(AtomicBool::new(true));
-    info!(relay = %settings.relay_id, addr = %endpoint.local_addr()?, cert_sha256 = %fingerprint, "relay serving QUIC");
+    info!(relay = %settings.relay_id, addr = %endpoint.local_addr()?, cert_sha256 = %fingerprint, "relay serving QUIC and WebTransport");
+    let (pin_tx, pin) = tokio::sync::watch::channel(fingerprint.clone());
+    let renewer = tokio::spawn(renew_certificate(
+        settings.identity,
+        endpoint.clone(),
+        pin_tx,
+        metrics.clone(),
+    ));
 
     let workers = effective_workers(settings.workers);
     let metrics = metrics.with_shards(workers);
@@ -274,7 +271,7 @@ pub async fn run(
     let reporting = Reporting {
         relay_id: settings.relay_id.clone(),
         credential: settings.credential.clone().unwrap_or_default(),
-        cert_sha256: fingerprint.clone(),
+        cert_sha256: pin.clone(),
         shards: shards.clone(),
         metrics: metrics.clone(),
         ready: ready.clone(),
@@ -326,7 +323,7 @@ pub async fn run(
         Http {
             metrics: metrics.clone(),
             ready: ready.clone(),
-            fingerprint: fingerprint.clone(),
+            fingerprint: pin.clone(),
             credential: settings.credential.clone(),
             reload: reload_tx,
             limits: settings.http.clone(),
@@ -349,6 +346,7 @@ pub async fn run(
 
     info!(relay = %settings.relay_id, "shutting down: refusing new connections, telling clients");
     ready.store(false, Ordering::Relaxed);
+    renewer.abort();
     for task in [reloader, hangups].into_iter().flatten() {
         task.abort();
     }
@@ -370,7 +368,7 @@ pub async fn run(
                 link,
                 settings.relay_id.clone(),
                 settings.credential.clone().unwrap_or_default(),
-                fingerprint.clone(),
+                pin.borrow().clone(),
             )
         })
         .collect();
@@ -388,6 +386,72 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(1), futures_join(shard_tasks)).await;
     http_task.abort();
     Ok(())
+}
+
+/// The endpoint's server config for `identity`: its certificate, and the
+/// transport limits every connection starts with (one stream: a browser's
+/// connection gets the few HTTP/3 needs once its ALPN is known).
+fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, RelayError> {
+    let crypto = tls::server_config(identity).map_err(RelayError::Tls)?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(1u32.into())
+        .max_concurrent_uni_streams(0u32.into())
+        // Enough for bursts; beyond it datagrams wait in the core's queue,
+        // where the drop policy and keyframe requests apply.
+        .datagram_receive_buffer_size(Some(1 << 20))
+        .datagram_send_buffer_size(256 << 10)
+        .keep_alive_interval(Some(KEEP_ALIVE));
+    server.transport_config(Arc::new(transport));
+    Ok(server)
+}
+
+/// Keeps a self-signed certificate fresh: a third of its lifetime before
+/// it expires, a new one (new key, new hash) takes its place for new
+/// connections, and the report tasks send its hash to the routers with
+/// their next report, which hand it out in join answers from then on.
+/// Connections already open keep the certificate they were made with, so
+/// nobody in a call notices. A certificate from files is left alone.
+async fn renew_certificate(
+    mut identity: Identity,
+    endpoint: quinn::Endpoint,
+    pin: tokio::sync::watch::Sender<String>,
+    metrics: Metrics,
+) {
+    loop {
+        // Certificates from files are their operator's to renew (the
+        // expiry gauge stays 0: unknown to the relay).
+        let Some(renewal) = identity.renewal.clone() else {
+            return;
+        };
+        metrics.certificate_expiry.set(
+            renewal
+                .expires
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64),
+        );
+        let wait = renewal
+            .due()
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        tokio::time::sleep(wait).await;
+        let next = identity.renewed().and_then(|r| r.ok()).and_then(|next| {
+            let config = server_config(&next).ok()?;
+            Some((next, config))
+        });
+        let Some((next, config)) = next else {
+            warn!("could not make a new self-signed certificate; trying again in a minute");
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            continue;
+        };
+        endpoint.set_server_config(Some(config));
+        let hash = next.fingerprint();
+        info!(cert_sha256 = %hash, "certificate renewed");
+        pin.send_replace(hash);
+        metrics.certificate_renewals.inc();
+        identity = next;
+    }
 }
 
 /// Seconds since the Unix epoch (0 if the clock is before it).

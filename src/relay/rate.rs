@@ -121,6 +121,7 @@ impl ControlRate {
             // it costs like a subscription.
             ClientMessage::Subscribe { .. }
             | ClientMessage::Unsubscribe { .. }
+            | ClientMessage::KeyframeRequest { .. }
             | ClientMessage::Hello { .. } => self.subscriptions.take(now),
             // The connection task stops reading after it.
             ClientMessage::Leave {} => true,

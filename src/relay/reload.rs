@@ -170,11 +170,12 @@ impl Reloader {
             };
             // The routers no longer reported to hear it is draining.
             for link in dropped {
+                let cert = self.reporting.cert_sha256.borrow().clone();
                 final_report(
                     link,
                     self.relay_id.clone(),
                     self.reporting.credential.clone(),
-                    self.reporting.cert_sha256.clone(),
+                    cert,
                 )
                 .await;
             }

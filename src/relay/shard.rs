@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tracing::{info, warn};
+use web_transport_quinn::Session;
 
 use super::shards::{Event, Snapshot};
 use super::{
@@ -60,8 +61,28 @@ impl Sink {
 }
 
 struct Handle {
-    conn: quinn::Connection,
+    /// A native connection or link is a raw session; a browser's is a
+    /// WebTransport session, whose datagrams the crate prefixes.
+    conn: Session,
     control: Sink,
+    /// Holds the participant's place in `rr_relay_client_connections`.
+    _counted: Option<Counted>,
+}
+
+/// One in a gauge until dropped.
+struct Counted(prometheus::IntGauge);
+
+impl Counted {
+    fn new(gauge: prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Counted(gauge)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// Enforcement events kept for the next report.
@@ -277,6 +298,7 @@ fn handle_event(
     match event {
         Event::Hello {
             conn,
+            transport,
             claims,
             recheck,
             reply,
@@ -321,11 +343,17 @@ fn handle_event(
                     },
                 });
                 let (tx, rx) = mpsc::channel(CONTROL_BACKLOG);
+                metrics.sessions.with_label_values(&[transport.label()]).inc();
                 handles.insert(
                     id,
                     Handle {
                         conn,
                         control: Sink::Client(tx),
+                        _counted: Some(Counted::new(
+                            metrics
+                                .client_connections
+                                .with_label_values(&[transport.label()]),
+                        )),
                     },
                 );
                 if reply.send(Ok((id, rx))).is_err() {
@@ -402,8 +430,9 @@ fn handle_event(
                     handles.insert(
                         id,
                         Handle {
-                            conn,
+                            conn: Session::raw(conn),
                             control: Sink::Link(tx),
+                            _counted: None,
                         },
                     );
                     st.links.insert(key.clone(), id);
@@ -438,7 +467,7 @@ fn handle_event(
         Event::Enforcement(event) => st.enforcement(event),
         Event::Control(id, message) => {
             let leaving = matches!(message, ClientMessage::Leave {});
-            core.handle_control(id, message);
+            core.handle_control_at(id, message, Instant::now());
             if leaving {
                 if let Some(h) = handles.remove(&id) {
                     h.conn.close(close_code::NORMAL.into(), b"left");

@@ -106,7 +106,8 @@ pub(super) enum Event {
     /// A connection whose ticket passed [`Verifier::check`]; the core does
     /// the replay check and admits it.
     Hello {
-        conn: quinn::Connection,
+        conn: web_transport_quinn::Session,
+        transport: super::connection::Transport,
         claims: crate::ticket::Claims,
         recheck: Recheck,
         reply: oneshot::Sender<Result<(ConnId, mpsc::Receiver<ServerMessage>), TicketError>>,

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -17,18 +18,82 @@ use crate::wire::ALPN;
 pub struct Identity {
     pub chain: Vec<CertificateDer<'static>>,
     pub key: PrivateKeyDer<'static>,
+    /// Set for a self-signed certificate, which the running relay replaces
+    /// with a new one before it expires; `None` for files (a CA-issued
+    /// certificate, renewed by its operator).
+    pub renewal: Option<Renewal>,
 }
 
+/// How a self-signed certificate is made again.
+#[derive(Debug, Clone)]
+pub struct Renewal {
+    pub names: Vec<String>,
+    /// From `not_before` to `not_after`.
+    pub lifetime: Duration,
+    /// When the certificate in use expires.
+    pub expires: SystemTime,
+}
+
+impl Renewal {
+    /// When to replace the certificate: with a third of its lifetime left,
+    /// so a browser given its hash in a join answer (tickets last minutes)
+    /// never meets an expired one.
+    pub fn due(&self) -> SystemTime {
+        self.expires - self.lifetime / 3
+    }
+}
+
+/// Browsers accept a certificate pinned by `serverCertificateHashes` only
+/// if it is valid for at most 14 days in all (and uses ECDSA P-256).
+pub const MAX_PINNED_LIFETIME: Duration = Duration::from_secs(14 * 24 * 3600);
+
+/// Lifetime of the relay's self-signed certificate: inside the browsers'
+/// bound with an hour to spare for clock skew.
+pub const SELF_SIGNED_LIFETIME: Duration = Duration::from_secs(14 * 24 * 3600 - 3600);
+
+/// How far back `not_before` goes, for clients whose clocks are behind.
+const BACKDATE: Duration = Duration::from_secs(300);
+
 impl Identity {
-    /// A self-signed certificate for `names` (IP addresses or host names).
+    /// A self-signed certificate for `names` (IP addresses or host names)
+    /// that browsers can pin: ECDSA P-256, valid for
+    /// [`SELF_SIGNED_LIFETIME`] from a few minutes ago.
     pub fn self_signed(names: Vec<String>) -> Result<Self, String> {
-        let certified = rcgen::generate_simple_self_signed(names).map_err(|e| e.to_string())?;
+        Self::self_signed_for(names, SELF_SIGNED_LIFETIME)
+    }
+
+    /// [`Identity::self_signed`] valid for `lifetime` in all (at most
+    /// [`MAX_PINNED_LIFETIME`]).
+    pub fn self_signed_for(names: Vec<String>, lifetime: Duration) -> Result<Self, String> {
+        if lifetime > MAX_PINNED_LIFETIME || lifetime <= BACKDATE {
+            return Err(format!(
+                "a self-signed certificate must be valid for more than {} s and at most 14 days",
+                BACKDATE.as_secs()
+            ));
+        }
+        let not_before = SystemTime::now() - BACKDATE;
+        let not_after = not_before + lifetime;
+        let mut params = rcgen::CertificateParams::new(names.clone()).map_err(|e| e.to_string())?;
+        params.not_before = time::OffsetDateTime::from(not_before);
+        params.not_after = time::OffsetDateTime::from(not_after);
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| e.to_string())?;
+        let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
         Ok(Identity {
-            chain: vec![certified.cert.der().clone()],
-            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-                certified.signing_key.serialize_der(),
-            )),
+            chain: vec![cert.der().clone()],
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            renewal: Some(Renewal {
+                names,
+                lifetime,
+                expires: not_after,
+            }),
         })
+    }
+
+    /// A fresh self-signed certificate like this one, if it is one.
+    pub fn renewed(&self) -> Option<Result<Self, String>> {
+        let r = self.renewal.as_ref()?;
+        Some(Self::self_signed_for(r.names.clone(), r.lifetime))
     }
 
     /// Reads a PEM certificate chain and PEM private key.
@@ -42,7 +107,11 @@ impl Identity {
         }
         let key =
             PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
-        Ok(Identity { chain, key })
+        Ok(Identity {
+            chain,
+            key,
+            renewal: None,
+        })
     }
 
     /// SHA-256 of the end-entity certificate, lower-case hex: what clients pin.
@@ -60,17 +129,22 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The relay's QUIC server crypto: TLS 1.3 only, our ALPN.
+/// The relay's QUIC server crypto: TLS 1.3 only; the native, cascade and
+/// HTTP/3 (WebTransport) ALPNs.
 pub fn server_config(
-    identity: Identity,
+    identity: &Identity,
 ) -> Result<quinn::crypto::rustls::QuicServerConfig, String> {
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| e.to_string())?
         .with_no_client_auth()
-        .with_single_cert(identity.chain, identity.key)
+        .with_single_cert(identity.chain.clone(), identity.key.clone_key())
         .map_err(|e| e.to_string())?;
-    tls.alpn_protocols = vec![ALPN.to_vec(), crate::wire::CASCADE_ALPN.to_vec()];
+    tls.alpn_protocols = vec![
+        ALPN.to_vec(),
+        crate::wire::CASCADE_ALPN.to_vec(),
+        crate::wire::WEBTRANSPORT_ALPN.to_vec(),
+    ];
     quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| e.to_string())
 }
 
@@ -168,7 +242,7 @@ mod tests {
         std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
         let identity = Identity::from_pem_files(&cert, &key).unwrap();
         assert_eq!(identity.fingerprint(), fingerprint(certified.cert.der()));
-        assert!(server_config(identity).is_ok());
+        assert!(server_config(&identity).is_ok());
         // A missing or empty file is an error naming it, not a panic.
         let err = Identity::from_pem_files(&dir.path().join("absent.pem"), &key).unwrap_err();
         assert!(err.contains("absent.pem"), "{err}");

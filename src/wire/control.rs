@@ -84,6 +84,11 @@ pub enum ClientMessage {
     Unsubscribe {
         track: TrackId,
     },
+    /// Part of a frame of this track was lost: ask its publisher for a
+    /// keyframe.
+    KeyframeRequest {
+        track: TrackId,
+    },
     // Braces, not a unit variant, so that unknown fields are refused here too.
     Leave {},
 }

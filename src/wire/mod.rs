@@ -23,6 +23,10 @@ pub const ALPN: &[u8] = b"residency-relay/1";
 /// ALPN protocol id of relay-to-relay cascade links, version 1.
 pub const CASCADE_ALPN: &[u8] = b"residency-relay-cascade/1";
 
+/// ALPN of HTTP/3, which browsers' WebTransport sessions negotiate; the
+/// session then carries wire protocol v1 unchanged.
+pub const WEBTRANSPORT_ALPN: &[u8] = web_transport_quinn::ALPN.as_bytes();
+
 /// Stable numeric codes carried in `error` control messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u16)]
