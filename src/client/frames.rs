@@ -40,6 +40,10 @@ pub const MAX_DATAGRAM: usize = 1100;
 /// Fragments one frame may have.
 pub const MAX_FRAGMENTS: usize = 1024;
 
+/// Frames dropped while waiting for a keyframe before asking again (a
+/// request can be lost, or paced away by the relay).
+pub const ASK_AGAIN: u32 = 30;
+
 /// One frame: what an encoder produced and a decoder takes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
@@ -186,6 +190,8 @@ pub struct Reassembler {
     /// Frames are dropped until a keyframe arrives (video after a loss,
     /// and at the start).
     need_keyframe: bool,
+    /// Frames dropped since the last keyframe request; `None`: not asked.
+    since_asked: Option<u32>,
     /// The newest frame number given or dropped.
     last: Option<u32>,
     pub frames: u64,
@@ -208,6 +214,7 @@ impl Reassembler {
             video,
             current: None,
             need_keyframe: video,
+            since_asked: None,
             last: None,
             frames: 0,
             keyframes: 0,
@@ -273,9 +280,12 @@ impl Reassembler {
             self.last = Some(p.header.frame);
             if p.keyframe {
                 self.need_keyframe = false;
+                self.since_asked = None;
             }
             if self.need_keyframe {
+                // Joined mid-stream, or the request went unanswered.
                 self.lost_frames += 1;
+                self.ask(&mut out);
                 return out;
             }
             self.frames += 1;
@@ -302,10 +312,19 @@ impl Reassembler {
 
     fn drop_dependants(&mut self, out: &mut Outcome) {
         if self.video {
-            if !self.need_keyframe {
-                out.want_keyframe = true;
-            }
             self.need_keyframe = true;
+            self.ask(out);
+        }
+    }
+
+    /// Asks for a keyframe once, and again every [`ASK_AGAIN`] frames dropped.
+    fn ask(&mut self, out: &mut Outcome) {
+        match self.since_asked {
+            Some(n) if n < ASK_AGAIN => self.since_asked = Some(n + 1),
+            _ => {
+                out.want_keyframe = true;
+                self.since_asked = Some(0);
+            }
         }
     }
 
@@ -383,6 +402,22 @@ mod tests {
         assert_eq!(given, vec![0, 4, 5]);
         assert_eq!(asked, 1, "one keyframe request per loss");
         assert_eq!(r.lost_frames, 3);
+    }
+
+    #[test]
+    fn a_subscriber_joining_mid_stream_asks_for_a_keyframe_and_asks_again_if_none_comes() {
+        let mut p = Packetizer::new(TrackId(1), MAX_DATAGRAM);
+        let mut r = Reassembler::new(true);
+        let mut asked = Vec::new();
+        for n in 0..70u32 {
+            let d = p.packetize(&[1; 50], n == 65, 0).unwrap();
+            let o = r.push(&d[0]);
+            if o.want_keyframe {
+                asked.push(n);
+            }
+            assert_eq!(o.frame.is_some(), n >= 65, "frame {n}");
+        }
+        assert_eq!(asked, vec![0, 31, 62]);
     }
 
     #[test]

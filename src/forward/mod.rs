@@ -391,6 +391,14 @@ impl Core {
                 },
             ));
         }
+        // Who is here already, after the welcome (participants of this
+        // relay; those beyond a cascade link show through their tracks).
+        let present: Vec<(ParticipantId, String)> = members
+            .iter()
+            .filter_map(|m| self.conns.get(m.index as usize).and_then(Option::as_ref))
+            .filter(|c| !c.link)
+            .map(|c| (c.participant.clone(), c.display_name.clone()))
+            .collect();
         members.push(id);
         self.control.push_back((
             id,
@@ -399,6 +407,15 @@ impl Core {
                 tracks,
             },
         ));
+        for (participant, display_name) in present {
+            self.control.push_back((
+                id,
+                ServerMessage::ParticipantJoined {
+                    participant,
+                    display_name,
+                },
+            ));
+        }
         for info in later {
             self.control
                 .push_back((id, ServerMessage::TrackPublished(info)));

@@ -237,8 +237,11 @@ pub struct RelaySection {
     pub longitude: f64,
     /// `host:port` of the QUIC listener.
     pub quic_addr: String,
-    /// `https://…` URL of the WebTransport endpoint, if browsers are served.
+    /// `https://…` URL of the WebTransport endpoint browsers are given:
+    /// the relay's QUIC port (default `https://<quic_addr>/`).
     pub webtransport_url: Option<String>,
+    /// Where the relay stands, as the call page names it ("Frankfurt").
+    pub city: Option<String>,
     pub max_participants: u32,
     pub max_bitrate_bps: u64,
     /// HTTP listener for /metrics, /healthz, /readyz. Default: the QUIC

@@ -486,15 +486,8 @@ impl Policy {
                 }
             };
             if let Some(url) = &r.webtransport_url {
-                let host = url.strip_prefix("https://").unwrap_or("");
-                if host.is_empty() || host.starts_with('/') || url.contains(char::is_whitespace) {
-                    p.push(
-                        cfg,
-                        field("webtransport_url"),
-                        format!(
-                            "'{url}' is not an https:// URL with a host; WebTransport needs https"
-                        ),
-                    );
+                if let Err(problem) = check_webtransport_url(url, quic_addr) {
+                    p.push(cfg, field("webtransport_url"), problem);
                 }
             }
             if let Some(w) = r.workers {
@@ -581,7 +574,11 @@ impl Policy {
                     country,
                     position,
                     quic_addr,
-                    webtransport_url: r.webtransport_url.clone(),
+                    webtransport_url: r
+                        .webtransport_url
+                        .clone()
+                        .unwrap_or_else(|| format!("https://{quic_addr}/")),
+                    city: r.city.clone(),
                     max_participants: r.max_participants,
                     max_bitrate_bps: r.max_bitrate_bps,
                     http_addr,
@@ -1249,5 +1246,74 @@ mod tests {
                 .unwrap_err()
                 .contains("host bits")
         );
+    }
+}
+
+/// A relay serves WebTransport on its QUIC port: `url` must be `https://`
+/// with a host, and its port (443 when absent) the QUIC address's port; a
+/// host that is an IP address must be the QUIC address's.
+fn check_webtransport_url(url: &str, quic: Option<SocketAddr>) -> Result<(), String> {
+    let bad = || format!("'{url}' is not an https:// URL with a host; WebTransport needs https");
+    let rest = url.strip_prefix("https://").ok_or_else(bad)?;
+    if url.contains(char::is_whitespace) {
+        return Err(bad());
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.is_empty() || authority.contains('@') {
+        return Err(bad());
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        // An IPv6 literal without a port: "[::1]".
+        Some((h, p)) if !p.contains(']') => (
+            h,
+            p.parse::<u16>()
+                .map_err(|_| format!("'{url}' has no valid port"))?,
+        ),
+        _ => (authority, 443),
+    };
+    let Some(quic) = quic else {
+        return Ok(());
+    };
+    if port != quic.port() {
+        return Err(format!(
+            "'{url}' names port {port}, but the relay serves WebTransport on its QUIC port {}",
+            quic.port()
+        ));
+    }
+    let literal = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = literal.parse::<std::net::IpAddr>() {
+        if ip != quic.ip() {
+            return Err(format!(
+                "'{url}' names {ip}, but the relay's QUIC address is {}",
+                quic.ip()
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod webtransport_url_tests {
+    use super::check_webtransport_url;
+
+    #[test]
+    fn the_url_must_name_the_quic_port_and_address() {
+        let quic = Some("127.0.1.1:4433".parse().unwrap());
+        assert!(check_webtransport_url("https://127.0.1.1:4433/", quic).is_ok());
+        assert!(check_webtransport_url("https://relay.example.net:4433/wt", quic).is_ok());
+        let v6 = Some("[2001:db8::1]:443".parse().unwrap());
+        assert!(check_webtransport_url("https://[2001:db8::1]/", v6).is_ok());
+        assert!(check_webtransport_url("https://relay.example.net/", v6).is_ok());
+        for (url, problem) in [
+            ("https://127.0.1.1:4434/", "port 4434"),
+            ("https://127.0.1.2:4433/", "names 127.0.1.2"),
+            ("http://127.0.1.1:4433/", "https"),
+            ("https://:4433/", "https"),
+            ("https://127.0.1.1:x/", "no valid port"),
+            ("https://relay.example.net/", "port 443"),
+        ] {
+            let e = check_webtransport_url(url, quic).unwrap_err();
+            assert!(e.contains(problem), "{url}: {e}");
+        }
     }
 }

@@ -101,7 +101,11 @@ pub struct Relay {
     pub country: CountryCode,
     pub position: GeoPoint,
     pub quic_addr: SocketAddr,
-    pub webtransport_url: Option<String>,
+    /// What join answers give browsers: the inventory's, or
+    /// `https://<quic_addr>/`.
+    pub webtransport_url: String,
+    /// For the call page ("your media goes through Frankfurt, Germany").
+    pub city: Option<String>,
     pub max_participants: u32,
     pub max_bitrate_bps: u64,
     pub http_addr: SocketAddr,

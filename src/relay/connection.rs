@@ -46,11 +46,12 @@ impl Transport {
     }
 }
 
-/// Streams a browser's HTTP/3 connection needs beside its session's
-/// control stream: its control and two QPACK streams (unidirectional), and
-/// the `CONNECT` request (bidirectional).
-const H3_UNI_STREAMS: u32 = 3;
-const H3_BIDI_STREAMS: u32 = 2;
+/// Streams a browser's HTTP/3 connection needs: its control and two QPACK
+/// streams (unidirectional), the `CONNECT` request and the session's
+/// control stream (bidirectional). Every connection is offered these in
+/// its handshake, before its ALPN is known.
+pub(super) const H3_UNI_STREAMS: u32 = 3;
+pub(super) const H3_BIDI_STREAMS: u32 = 2;
 
 pub(super) async fn serve_connection(
     conn: quinn::Connection,
@@ -66,13 +67,12 @@ pub(super) async fn serve_connection(
         .and_then(|h| h.protocol);
     let (session, transport) = match protocol.as_deref() {
         Some(crate::wire::CASCADE_ALPN) => {
+            conn.set_max_concurrent_uni_streams(0u32.into());
+            conn.set_max_concurrent_bi_streams(1u32.into());
+            tokio::spawn(refuse_uni_streams(conn.clone()));
             return link::accept(conn, shards, metrics, trust, hello_timeout).await;
         }
         Some(crate::wire::WEBTRANSPORT_ALPN) => {
-            // The endpoint allows one stream (native clients need no more);
-            // HTTP/3 needs a few.
-            conn.set_max_concurrent_uni_streams(H3_UNI_STREAMS.into());
-            conn.set_max_concurrent_bi_streams(H3_BIDI_STREAMS.into());
             match tokio::time::timeout(hello_timeout, accept_webtransport(conn.clone())).await {
                 Ok(Ok(session)) => (session, Transport::WebTransport),
                 Ok(Err(reason)) => {
@@ -97,7 +97,14 @@ pub(super) async fn serve_connection(
                 }
             }
         }
-        _ => (Session::raw(conn), Transport::Native),
+        _ => {
+            // One control stream is all the native protocol has: no more
+            // are granted, and any opened meanwhile is refused unread.
+            conn.set_max_concurrent_uni_streams(0u32.into());
+            conn.set_max_concurrent_bi_streams(1u32.into());
+            tokio::spawn(refuse_uni_streams(conn.clone()));
+            (Session::raw(conn), Transport::Native)
+        }
     };
     serve_participant(
         session,
@@ -109,6 +116,22 @@ pub(super) async fn serve_connection(
         control_limits,
     )
     .await
+}
+
+/// Stops every unidirectional stream a native client opens (the protocol
+/// has none), so its data is never buffered.
+async fn refuse_uni_streams(conn: quinn::Connection) {
+    while let Ok(mut recv) = conn.accept_uni().await {
+        let _ = recv.stop(0u32.into());
+    }
+}
+
+/// Stops every bidirectional stream after the control stream.
+async fn refuse_bi_streams(conn: Session) {
+    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+        let _ = recv.stop(0);
+        let _ = send.reset(0);
+    }
 }
 
 /// Answers a browser's HTTP/3 `CONNECT`: any path on this relay is the one
@@ -133,6 +156,7 @@ async fn serve_participant(
         .await
         .map_err(|_| "no control stream in time")?
         .map_err(|_| "connection lost before the control stream")?;
+    tokio::spawn(refuse_bi_streams(conn.clone()));
     let mut decoder = Decoder::new();
     let first = tokio::time::timeout(hello_timeout, read_message(&mut recv, &mut decoder))
         .await

@@ -389,15 +389,21 @@ pub async fn run(
 }
 
 /// The endpoint's server config for `identity`: its certificate, and the
-/// transport limits every connection starts with (one stream: a browser's
-/// connection gets the few HTTP/3 needs once its ALPN is known).
+/// transport limits every connection starts with. The stream limits are
+/// what HTTP/3 needs (browsers refuse fewer than three unidirectional
+/// streams before the ALPN is known); a native connection has them
+/// lowered once its ALPN is known, and streams beyond its control stream
+/// are refused unread ([`connection`]). Small stream windows bound what
+/// any stream can make the relay buffer.
 fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, RelayError> {
     let crypto = tls::server_config(identity).map_err(RelayError::Tls)?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
     transport
-        .max_concurrent_bidi_streams(1u32.into())
-        .max_concurrent_uni_streams(0u32.into())
+        .max_concurrent_bidi_streams(connection::H3_BIDI_STREAMS.into())
+        .max_concurrent_uni_streams(connection::H3_UNI_STREAMS.into())
+        .stream_receive_window((64u32 << 10).into())
+        .receive_window((256u32 << 10).into())
         // Enough for bursts; beyond it datagrams wait in the core's queue,
         // where the drop policy and keyframe requests apply.
         .datagram_receive_buffer_size(Some(1 << 20))

@@ -100,6 +100,10 @@ pub fn routes(shared: App) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        // The call page, same origin as the API.
+        .route("/", get(super::page::index))
+        .route("/j/{conference}", get(super::page::index))
+        .route("/static/{file}", get(super::page::asset))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
@@ -385,6 +389,16 @@ fn manager(shared: &Shared, headers: &HeaderMap, c: &ConferenceRecord) -> ApiRes
     };
     if ids::secret_matches(&c.host_token_sha256, token) {
         return Ok(Manager::Host);
+    }
+    // A host's call page: a manage token from its join answer, good while
+    // that participant is still a host here and was not removed.
+    if let Some(pid) = super::manage::check(&shared.signing_key, token, &c.id, now_unix()) {
+        let host = shared
+            .store
+            .participant(&c.id, &pid)
+            .map_err(store_failed(shared))?
+            .is_some_and(|p| p.role == Role::Host && p.status == Status::Joined);
+        return if host { Ok(Manager::Host) } else { Err(unauthorized()) };
     }
     match tenant(shared, headers) {
         Some(t) if t.id == c.tenant => Ok(Manager::Tenant),
@@ -1146,19 +1160,40 @@ fn issue_ticket(
         name = %crate::redact::Name(&record.display_name),
         "join accepted"
     );
-    Ok(json!({
+    let mut answer = json!({
         "relay": {
             "id": r.id,
             "country": r.country.to_string(),
+            "country_name": r.country.name(),
+            "city": r.city,
             "quic_addr": r.quic_addr.to_string(),
             "webtransport_url": r.webtransport_url,
             "cert_sha256": shared.relays.cert(&r.id),
+            // A self-signed certificate: browsers pin its hash
+            // (`serverCertificateHashes`); one from files is CA-issued.
+            "webtransport_pin": r.tls.is_none(),
+        },
+        "jurisdiction": {
+            "id": jurisdiction.id,
+            "name": jurisdiction.name,
+            "legal_basis": jurisdiction.legal_basis,
         },
         "ticket": signed,
         "participant_id": record.id,
+        "display_name": record.display_name,
+        "role": record.role.as_str(),
         "expires_at": claims.expires_at,
         "rejoin_token": rejoin,
-    }))
+    });
+    if record.role == Role::Host {
+        answer["manage_token"] = json!(super::manage::issue(
+            &shared.signing_key,
+            &c.id,
+            &record.id,
+            now + super::manage::LIFETIME_SECS,
+        ));
+    }
+    Ok(answer)
 }
 
 // ---------------------------------------------------------------- waiting room

@@ -1,0 +1,69 @@
+//! The call page: plain JavaScript modules, HTML and CSS under
+//! `src/router/page/`, embedded in the binary at build time and served
+//! from the router's own origin (`GET /`, `GET /j/{conference}`,
+//! `GET /static/{file}`). Nothing is fetched from anywhere else: the page
+//! works offline and under a Content-Security-Policy that allows only this
+//! origin, plus WebTransport (`https:`) to the relays join answers name.
+
+use axum::extract::Path;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+/// `(name, content type, bytes)` of every file the page is made of.
+const FILES: &[(&str, &str, &str)] = &[
+    ("app.js", JS, include_str!("page/app.js")),
+    ("call.js", JS, include_str!("page/call.js")),
+    ("frames.js", JS, include_str!("page/frames.js")),
+    ("wire.js", JS, include_str!("page/wire.js")),
+    ("style.css", "text/css; charset=utf-8", include_str!("page/style.css")),
+];
+
+const JS: &str = "text/javascript; charset=utf-8";
+
+const INDEX: &str = include_str!("page/index.html");
+
+/// Only this origin's scripts and styles; media from the camera and
+/// decoders; connections to this origin (the API) and to relays over
+/// https (WebTransport). No framing, no referrer (a join link's path names
+/// the conference).
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+media-src 'self' blob: mediastream:; connect-src 'self' https:; base-uri 'none'; form-action 'self'; \
+frame-ancestors 'none'";
+
+fn with_headers(mut response: Response, content_type: &str) -> Response {
+    let h = response.headers_mut();
+    let set = |h: &mut axum::http::HeaderMap, name, value: &'static str| {
+        h.insert(name, HeaderValue::from_static(value));
+    };
+    if let Ok(v) = HeaderValue::from_str(content_type) {
+        h.insert(header::CONTENT_TYPE, v);
+    }
+    set(h, header::CONTENT_SECURITY_POLICY, CSP);
+    set(h, header::REFERRER_POLICY, "no-referrer");
+    set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    set(h, header::CACHE_CONTROL, "no-cache");
+    h.insert(
+        header::HeaderName::from_static("permissions-policy"),
+        HeaderValue::from_static("camera=(self), microphone=(self), geolocation=()"),
+    );
+    response
+}
+
+/// The page itself; it reads the conference from a `/j/{conference}` path
+/// and a passcode or invitation from the URL fragment.
+pub async fn index() -> Response {
+    with_headers(INDEX.into_response(), "text/html; charset=utf-8")
+}
+
+pub async fn asset(Path(file): Path<String>) -> Response {
+    match FILES.iter().find(|(name, _, _)| *name == file) {
+        Some((_, content_type, body)) => with_headers(body.into_response(), content_type),
+        None => (
+            StatusCode::NOT_FOUND,
+            axum::Json(serde_json::json!({
+                "error": {"code": "not_found", "message": "no such file"}
+            })),
+        )
+            .into_response(),
+    }
+}

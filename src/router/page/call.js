@@ -1,0 +1,455 @@
+// One connection to a relay: WebTransport session, control stream, the
+// camera and microphone encoded with WebCodecs and cut into datagrams, and
+// every other participant's tracks reassembled, decoded and drawn. The
+// page (app.js) decides what to do when the connection ends.
+
+import { CLOSE, ControlDecoder, encodeControl, parseHeader } from "./wire.js";
+import { Packetizer, Reassembler, nowMicros } from "./frames.js";
+
+export const VIDEO = { codec: "vp8", width: 640, height: 360, framerate: 30, bitrate: 600_000, keyframeEvery: 60 };
+export const AUDIO = { codec: "opus", sampleRate: 48_000, bitrate: 32_000 };
+
+const SENT_LOG = 4096;
+const LATENCY_LOG = 4096;
+
+function hexBytes(hex) {
+  const out = new Uint8Array(hex.length / 2);
+  for (let i = 0; i < out.length; i++) out[i] = parseInt(hex.substr(i * 2, 2), 16);
+  return out;
+}
+
+/** Why a call ended, as the page explains it. */
+export class Ended extends Error {
+  constructor(kind, detail) {
+    super(detail || kind);
+    this.kind = kind; // "kicked" | "conference_ended" | "going_away" | "refused" | "lost" | "left"
+    this.detail = detail;
+  }
+}
+
+export class Call {
+  /**
+   * answer: the router's join answer; media: the MediaStream (may be null);
+   * hooks: {roster(map), tile(pid) -> canvas, removeTile(pid), status(text)}.
+   */
+  constructor(answer, media, hooks, stats) {
+    this.answer = answer;
+    this.media = media;
+    this.hooks = hooks;
+    this.stats = stats;
+    this.tracks = new Map(); // track id -> remote track state
+    this.roster = new Map(); // participant id -> display name
+    this.requests = new Map(); // publish request -> kind
+    this.published = { video: null, audio: null }; // our track ids
+    this.packetizers = { video: null, audio: null };
+    this.forceKeyframe = false;
+    this.muted = { video: false, audio: false };
+    this.stopped = false;
+    this.endedWith = null;
+    this.sendQueue = Promise.resolve();
+  }
+
+  /** Connects and sends hello; resolves once welcomed. */
+  async connect() {
+    const relay = this.answer.relay;
+    const options = {};
+    if (relay.webtransport_pin && relay.cert_sha256) {
+      options.serverCertificateHashes = [{ algorithm: "sha-256", value: hexBytes(relay.cert_sha256) }];
+    }
+    this.wt = new WebTransport(relay.webtransport_url, options);
+    this.closed = this.wt.closed.then(
+      (info) => info,
+      (e) => ({ closeCode: null, reason: String(e) }),
+    );
+    await this.wt.ready;
+    const stream = await this.wt.createBidirectionalStream();
+    this.writer = stream.writable.getWriter();
+    this.reader = stream.readable.getReader();
+    this.datagrams = this.wt.datagrams.writable.getWriter();
+    this.maxDatagram = this.wt.datagrams.maxDatagramSize || 1200;
+    await this.send({ type: "hello", ticket: this.answer.ticket });
+    this.decoder = new ControlDecoder();
+    const first = await this.nextMessage();
+    if (!first) throw new Ended("lost", "the relay closed the connection");
+    if (first.type === "error") throw new Ended("refused", first.message);
+    if (first.type !== "welcome") throw new Ended("refused", `unexpected ${first.type}`);
+    this.me = first.participant;
+    this.roster.set(this.me, this.answer.display_name || "you");
+    for (const t of first.tracks) this.trackPublished(t);
+    this.controlLoop();
+    this.datagramLoop();
+    this.publishMedia();
+    this.hooks.roster(this.roster);
+  }
+
+  async send(message) {
+    const frame = encodeControl(message);
+    this.sendQueue = this.sendQueue.then(() => this.writer.write(frame)).catch(() => {});
+    return this.sendQueue;
+  }
+
+  async nextMessage() {
+    for (;;) {
+      const m = this.decoder.next();
+      if (m) return m;
+      const { value, done } = await this.reader.read();
+      if (done) return null;
+      this.decoder.push(value);
+    }
+  }
+
+  async controlLoop() {
+    try {
+      for (;;) {
+        const m = await this.nextMessage();
+        if (!m) break;
+        this.onMessage(m);
+      }
+    } catch (e) {
+      this.endedWith ??= new Ended("lost", String(e));
+    }
+  }
+
+  onMessage(m) {
+    switch (m.type) {
+      case "published": {
+        const kind = this.requests.get(m.request);
+        if (!kind) return;
+        this.published[kind] = m.track;
+        const p = this.packetizers[kind];
+        if (p) p.track = m.track;
+        else this.packetizers[kind] = new Packetizer(m.track, this.maxDatagram);
+        if (kind === "video") this.forceKeyframe = true;
+        break;
+      }
+      case "track_published":
+        this.trackPublished(m);
+        break;
+      case "track_unpublished":
+        this.trackGone(m.track);
+        break;
+      case "participant_joined":
+        this.roster.set(m.participant, m.display_name);
+        this.hooks.roster(this.roster);
+        break;
+      case "participant_left":
+        this.roster.delete(m.participant);
+        for (const [id, t] of this.tracks) if (t.participant === m.participant) this.trackGone(id);
+        this.hooks.removeTile(m.participant);
+        this.hooks.roster(this.roster);
+        break;
+      case "keyframe_request":
+        if (m.track === this.published.video) {
+          this.forceKeyframe = true;
+          this.stats.keyframeRequestsReceived++;
+        }
+        break;
+      case "kicked":
+        this.endedWith = new Ended("kicked", m.reason);
+        break;
+      case "conference_ended":
+        this.endedWith = new Ended("conference_ended");
+        break;
+      case "going_away":
+        this.endedWith = new Ended("going_away", m.reason);
+        this.stats.goingAway.push(m.code);
+        break;
+      case "error":
+        this.stats.errors.push(`${m.code} ${m.message}`);
+        break;
+      default:
+        break;
+    }
+  }
+
+  trackPublished(info) {
+    if (info.participant === this.me || this.tracks.has(info.track)) return;
+    const video = info.kind === "video";
+    const remote = {
+      id: info.track,
+      participant: info.participant,
+      kind: info.kind,
+      codec: info.codec,
+      reassembler: new Reassembler(video),
+      decoder: null,
+      decoded: 0,
+      decodeErrors: 0,
+      bytes: 0,
+      keyframeRequests: 0,
+    };
+    this.tracks.set(info.track, remote);
+    if (!this.roster.has(info.participant)) {
+      // Beyond a cascade link: known by its tracks only.
+      this.roster.set(info.participant, "participant on another relay");
+      this.hooks.roster(this.roster);
+    }
+    this.send({ type: "subscribe", track: info.track });
+  }
+
+  trackGone(id) {
+    const t = this.tracks.get(id);
+    if (!t) return;
+    this.tracks.delete(id);
+    this.hooks.trackDone(statOf(t));
+    try {
+      t.decoder?.close();
+    } catch {}
+  }
+
+  async datagramLoop() {
+    const reader = this.wt.datagrams.readable.getReader();
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        this.onDatagram(value);
+      }
+    } catch {}
+  }
+
+  onDatagram(d) {
+    const h = parseHeader(d);
+    if (!h) return;
+    const t = this.tracks.get(h.track);
+    if (!t) return;
+    const { frame, wantKeyframe } = t.reassembler.push(d);
+    if (wantKeyframe) {
+      t.keyframeRequests++;
+      this.send({ type: "keyframe_request", track: t.id });
+    }
+    if (!frame) return;
+    t.bytes += frame.data.length;
+    this.decode(t, frame);
+  }
+
+  decode(t, frame) {
+    if (t.kind === "video" && t.codec === VIDEO.codec) {
+      if (!t.decoder || t.decoder.state === "closed") {
+        if (!frame.keyframe) return;
+        const canvas = this.hooks.tile(t.participant, this.roster.get(t.participant));
+        const ctx = canvas.getContext("2d");
+        t.decoder = new VideoDecoder({
+          output: (vf) => {
+            if (canvas.width !== vf.displayWidth) canvas.width = vf.displayWidth;
+            if (canvas.height !== vf.displayHeight) canvas.height = vf.displayHeight;
+            ctx.drawImage(vf, 0, 0);
+            const latency = (nowMicros() - vf.timestamp) / 1000;
+            vf.close();
+            t.decoded++;
+            this.stats.latency.push(latency);
+            if (this.stats.latency.length > LATENCY_LOG) this.stats.latency.shift();
+          },
+          error: () => {
+            t.decodeErrors++;
+          },
+        });
+        t.decoder.configure({ codec: VIDEO.codec, optimizeForLatency: true });
+      }
+      t.decoder.decode(
+        new EncodedVideoChunk({
+          type: frame.keyframe ? "key" : "delta",
+          timestamp: frame.captureMicros,
+          data: frame.data,
+        }),
+      );
+    } else if (t.kind === "audio" && t.codec === AUDIO.codec) {
+      if (!t.decoder || t.decoder.state === "closed") {
+        const generator = new MediaStreamTrackGenerator({ kind: "audio" });
+        const sink = generator.writable.getWriter();
+        this.hooks.audio(t.participant, new MediaStream([generator]));
+        t.decoder = new AudioDecoder({
+          output: (data) => {
+            t.decoded++;
+            sink.write(data).catch(() => data.close());
+          },
+          error: () => {
+            t.decodeErrors++;
+          },
+        });
+        t.decoder.configure({ codec: AUDIO.codec, sampleRate: AUDIO.sampleRate, numberOfChannels: 1 });
+      }
+      t.decoder.decode(new EncodedAudioChunk({ type: "key", timestamp: frame.captureMicros, data: frame.data }));
+    } else {
+      // Media this page cannot decode (a native client's synthetic frames):
+      // counted, shown as a tile without a picture.
+      this.hooks.tile(t.participant, this.roster.get(t.participant), `${t.kind} (${t.codec})`);
+    }
+  }
+
+  /** Sends one encoded frame of `kind` as datagrams. */
+  sendFrame(kind, data, keyframe, captureMicros) {
+    const p = this.packetizers[kind];
+    if (!p || this.muted[kind] || this.stopped) return;
+    let datagrams;
+    try {
+      datagrams = p.packetize(data, keyframe, captureMicros);
+    } catch (e) {
+      this.stats.errors.push(String(e));
+      return;
+    }
+    const frameNumber = p.frame - 1;
+    for (const d of datagrams) this.datagrams.write(d).catch(() => {});
+    const s = this.stats.sent[kind];
+    s.frames++;
+    s.bytes += data.length;
+    if (keyframe) s.keyframes++;
+    this.stats.sentLog.push({ kind, frame: frameNumber >>> 0, bytes: data.length, keyframe });
+    if (this.stats.sentLog.length > SENT_LOG) this.stats.sentLog.shift();
+  }
+
+  async publishMedia() {
+    if (!this.media) return;
+    const video = this.media.getVideoTracks()[0];
+    const audio = this.media.getAudioTracks()[0];
+    if (video) {
+      this.requests.set(1, "video");
+      await this.send({ type: "publish", request: 1, kind: "video", codec: VIDEO.codec });
+      this.encodeVideo(video);
+    }
+    if (audio) {
+      this.requests.set(2, "audio");
+      await this.send({ type: "publish", request: 2, kind: "audio", codec: AUDIO.codec });
+      this.encodeAudio(audio);
+    }
+  }
+
+  async encodeVideo(track) {
+    const reader = new MediaStreamTrackProcessor({ track }).readable.getReader();
+    let encoder = null;
+    let n = 0;
+    while (!this.stopped) {
+      const { value: frame, done } = await reader.read();
+      if (done) break;
+      if (!encoder) {
+        encoder = new VideoEncoder({
+          output: (chunk) => {
+            const data = new Uint8Array(chunk.byteLength);
+            chunk.copyTo(data);
+            this.sendFrame("video", data, chunk.type === "key", chunk.timestamp);
+          },
+          error: (e) => this.stats.errors.push(`video encoder: ${e}`),
+        });
+        encoder.configure({
+          codec: VIDEO.codec,
+          width: frame.displayWidth,
+          height: frame.displayHeight,
+          bitrate: VIDEO.bitrate,
+          framerate: VIDEO.framerate,
+          latencyMode: "realtime",
+        });
+        this.videoEncoder = encoder;
+      }
+      // The chunk's timestamp carries the capture time to the subscribers.
+      const stamped = new VideoFrame(frame, { timestamp: nowMicros() });
+      frame.close();
+      if (this.packetizers.video && !this.muted.video && encoder.encodeQueueSize < 3) {
+        const keyFrame = this.forceKeyframe || n % VIDEO.keyframeEvery === 0;
+        this.forceKeyframe = false;
+        encoder.encode(stamped, { keyFrame });
+        n = keyFrame ? 1 : n + 1;
+      }
+      stamped.close();
+    }
+    try {
+      encoder?.close();
+    } catch {}
+  }
+
+  async encodeAudio(track) {
+    const reader = new MediaStreamTrackProcessor({ track }).readable.getReader();
+    let encoder = null;
+    while (!this.stopped) {
+      const { value: data, done } = await reader.read();
+      if (done) break;
+      if (!encoder) {
+        encoder = new AudioEncoder({
+          output: (chunk) => {
+            const bytes = new Uint8Array(chunk.byteLength);
+            chunk.copyTo(bytes);
+            this.sendFrame("audio", bytes, false, nowMicros());
+          },
+          error: (e) => this.stats.errors.push(`audio encoder: ${e}`),
+        });
+        encoder.configure({
+          codec: AUDIO.codec,
+          sampleRate: data.sampleRate,
+          numberOfChannels: data.numberOfChannels,
+          bitrate: AUDIO.bitrate,
+        });
+      }
+      if (this.packetizers.audio && !this.muted.audio) encoder.encode(data);
+      data.close();
+    }
+    try {
+      encoder?.close();
+    } catch {}
+  }
+
+  setMuted(kind, muted) {
+    this.muted[kind] = muted;
+    if (kind === "video" && !muted) this.forceKeyframe = true;
+  }
+
+  /** Resolves with why the connection ended. */
+  async ended() {
+    const info = await this.closed;
+    this.stopped = true;
+    if (this.endedWith) return this.endedWith;
+    switch (info.closeCode) {
+      case CLOSE.KICKED:
+        return new Ended("kicked", info.reason);
+      case CLOSE.CONFERENCE_ENDED:
+        return new Ended("conference_ended");
+      case CLOSE.GOING_AWAY:
+      case CLOSE.MOVED:
+        return new Ended("going_away", info.reason);
+      case CLOSE.TICKET_REFUSED:
+        return new Ended("refused", info.reason);
+      default:
+        return new Ended("lost", info.reason);
+    }
+  }
+
+  async leave() {
+    this.stopped = true;
+    try {
+      await this.send({ type: "leave" });
+      this.wt.close({ closeCode: 0, reason: "left" });
+    } catch {}
+  }
+
+  /** Closes without telling the relay (the relay is gone anyway). */
+  drop() {
+    this.stopped = true;
+    for (const t of this.tracks.values()) {
+      try {
+        t.decoder?.close();
+      } catch {}
+    }
+    try {
+      this.wt.close();
+    } catch {}
+  }
+
+  trackStats() {
+    const out = {};
+    for (const t of this.tracks.values()) out[t.id] = statOf(t);
+    return out;
+  }
+}
+
+function statOf(t) {
+  const r = t.reassembler;
+  return {
+    participant: t.participant,
+    kind: t.kind,
+    codec: t.codec,
+    frames: r.frames,
+    keyframes: r.keyframes,
+    lost: r.lostFrames,
+    bytes: t.bytes,
+    decoded: t.decoded,
+    decodeErrors: t.decodeErrors,
+    keyframeRequests: t.keyframeRequests,
+  };
+}
