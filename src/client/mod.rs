@@ -63,6 +63,21 @@ pub struct Datagrams {
     conn: quinn::Connection,
 }
 
+/// Sends a client's media datagrams from another task ([`Client::sender`]).
+#[derive(Debug, Clone)]
+pub struct Sender {
+    conn: quinn::Connection,
+}
+
+impl Sender {
+    /// Sends bytes as one datagram (a send error is loss).
+    pub fn send_raw(&self, datagram: Bytes) -> Result<(), ClientError> {
+        self.conn
+            .send_datagram(datagram)
+            .map_err(|e| ClientError::Send(e.to_string()))
+    }
+}
+
 impl Datagrams {
     /// The next media datagram received.
     pub async fn next(&self) -> Result<Bytes, ClientError> {
@@ -270,6 +285,20 @@ impl Client {
             .write_all(bytes)
             .await
             .map_err(|e| ClientError::Closed(e.to_string()))
+    }
+
+    /// A handle that sends this client's datagrams from another task.
+    pub fn sender(&self) -> Sender {
+        Sender {
+            conn: self.conn.clone(),
+        }
+    }
+
+    /// Asks the publisher of `track` (subscribed) for a keyframe: part of
+    /// a frame was lost ([`frames::Reassembler`]).
+    pub async fn request_keyframe(&mut self, track: TrackId) -> Result<(), ClientError> {
+        self.send_control(&ClientMessage::KeyframeRequest { track })
+            .await
     }
 
     /// Sends one media datagram.

@@ -398,7 +398,11 @@ fn manager(shared: &Shared, headers: &HeaderMap, c: &ConferenceRecord) -> ApiRes
             .participant(&c.id, &pid)
             .map_err(store_failed(shared))?
             .is_some_and(|p| p.role == Role::Host && p.status == Status::Joined);
-        return if host { Ok(Manager::Host) } else { Err(unauthorized()) };
+        return if host {
+            Ok(Manager::Host)
+        } else {
+            Err(unauthorized())
+        };
     }
     match tenant(shared, headers) {
         Some(t) if t.id == c.tenant => Ok(Manager::Tenant),

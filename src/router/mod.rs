@@ -10,8 +10,8 @@ pub mod api;
 pub mod ids;
 pub mod limits;
 pub mod manage;
-pub mod page;
 pub mod metrics;
+pub mod page;
 pub mod relays;
 pub mod residency;
 

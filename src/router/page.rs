@@ -15,7 +15,11 @@ const FILES: &[(&str, &str, &str)] = &[
     ("call.js", JS, include_str!("page/call.js")),
     ("frames.js", JS, include_str!("page/frames.js")),
     ("wire.js", JS, include_str!("page/wire.js")),
-    ("style.css", "text/css; charset=utf-8", include_str!("page/style.css")),
+    (
+        "style.css",
+        "text/css; charset=utf-8",
+        include_str!("page/style.css"),
+    ),
 ];
 
 const JS: &str = "text/javascript; charset=utf-8";

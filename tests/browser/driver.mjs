@@ -36,7 +36,10 @@ const log = [];
 async function handle(cmd) {
   switch (cmd.op) {
     case "open": {
-      const context = await browser.newContext({ viewport: { width: 1280, height: 720 } });
+      const context = await browser.newContext({
+        viewport: { width: 1280, height: 720 },
+        extraHTTPHeaders: cmd.headers ?? undefined,
+      });
       const page = await context.newPage();
       page.on("console", (m) => log.push(`[${cmd.page}] ${m.type()}: ${m.text()}`));
       page.on("pageerror", (e) => log.push(`[${cmd.page}] pageerror: ${e}`));

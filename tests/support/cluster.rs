@@ -56,6 +56,9 @@ pub struct Cluster {
     pub policy: Arc<Policy>,
     routers: HashMap<String, Running>,
     relays: HashMap<String, Running>,
+    /// Lifetime of the relays' self-signed certificates (default: what
+    /// `relay` uses); a short one makes them renew during a test.
+    pub cert_lifetime: Option<Duration>,
 }
 
 pub const ADMIN: &str = "Bearer dev-admin-key";
@@ -107,6 +110,7 @@ impl Cluster {
             policy,
             routers: HashMap::new(),
             relays: HashMap::new(),
+            cert_lifetime: None,
         }
     }
 
@@ -181,7 +185,12 @@ impl Cluster {
     pub async fn start_relay(&mut self, id: &str) {
         let idx = self.policy.relay_idx(id).unwrap();
         let r = self.policy.relay(idx).clone();
-        let identity = Identity::self_signed(relay::certificate_names(r.quic_addr)).unwrap();
+        let identity = Identity::self_signed_for(
+            relay::certificate_names(r.quic_addr),
+            self.cert_lifetime
+                .unwrap_or(residency_relay::relay::tls::SELF_SIGNED_LIFETIME),
+        )
+        .unwrap();
         let settings = relay::Settings {
             relay_id: id.to_owned(),
             identity,

@@ -1,6 +1,7 @@
 //! Shared test helpers: policies built in memory and small generated GeoIP databases.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod browser;
 pub mod cluster;
 pub mod relay;
 
@@ -57,6 +58,7 @@ pub fn relay(id: &str, country: &str, latitude: f64, longitude: f64, n: u16) -> 
         longitude,
         quic_addr: format!("127.0.1.{}:{}", 1 + n % 250, 4433 + n / 250),
         webtransport_url: None,
+        city: None,
         http_addr: None,
         tls_cert: None,
         tls_key: None,

@@ -151,8 +151,12 @@ export class Call {
         this.endedWith = new Ended("conference_ended");
         break;
       case "going_away":
+        // Rejoin through the router now; the relay closes us later.
         this.endedWith = new Ended("going_away", m.reason);
         this.stats.goingAway.push(m.code);
+        try {
+          this.wt.close({ closeCode: 0, reason: "moving" });
+        } catch {}
         break;
       case "error":
         this.stats.errors.push(`${m.code} ${m.message}`);
@@ -394,6 +398,7 @@ export class Call {
   async ended() {
     const info = await this.closed;
     this.stopped = true;
+    this.stats.closeCodes.push(info.closeCode);
     if (this.endedWith) return this.endedWith;
     switch (info.closeCode) {
       case CLOSE.KICKED:

@@ -1,0 +1,193 @@
+//! Headless Chromium driven through `tests/browser/driver.mjs`
+//! (playwright-core from `package.json`, Debian's `chromium`).
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::Reaped;
+
+pub struct Browser {
+    _child: Reaped,
+    stdin: ChildStdin,
+    lines: mpsc::Receiver<String>,
+    next: u64,
+    pub version: String,
+}
+
+/// Whether browser tests must run (CI sets `RR_REQUIRE_BROWSER=1`).
+fn required() -> bool {
+    std::env::var("RR_REQUIRE_BROWSER").is_ok_and(|v| v == "1")
+}
+
+impl Browser {
+    /// Starts Chromium, or `None` (loudly) when this machine has no
+    /// Chromium or no `npm ci` was run; in CI that is a failure.
+    pub fn launch() -> Option<Browser> {
+        let repo = super::repo();
+        let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
+        let missing = if !std::path::Path::new(&chromium).exists() {
+            Some(format!(
+                "no Chromium at {chromium} (apt-get install chromium)"
+            ))
+        } else if !repo.join("node_modules/playwright-core").exists() {
+            Some("no node_modules/playwright-core (run npm ci)".to_owned())
+        } else {
+            None
+        };
+        if let Some(why) = missing {
+            assert!(!required(), "browser tests are required here: {why}");
+            eprintln!("\n*** SKIPPING BROWSER TEST: {why} ***\n");
+            return None;
+        }
+        let mut child = Command::new("node")
+            .arg(repo.join("tests/browser/driver.mjs"))
+            .current_dir(&repo)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("node runs");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let first = lines
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the driver starts Chromium");
+        let ready: Value = serde_json::from_str(&first).expect("driver speaks JSON");
+        assert_eq!(ready["ready"], true, "{first}");
+        Some(Browser {
+            _child: Reaped(child),
+            stdin,
+            lines,
+            next: 0,
+            version: ready["version"].as_str().unwrap_or_default().to_owned(),
+        })
+    }
+
+    /// Runs one driver command; panics with the driver's error.
+    pub fn cmd(&mut self, mut command: Value) -> Value {
+        self.next += 1;
+        command["id"] = json!(self.next);
+        writeln!(self.stdin, "{command}").unwrap();
+        self.stdin.flush().unwrap();
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(120))
+                .unwrap_or_else(|_| panic!("no answer to {command}"));
+            let answer: Value = serde_json::from_str(&line).unwrap();
+            if answer["id"] != json!(self.next) {
+                continue;
+            }
+            if let Some(e) = answer.get("error") {
+                panic!("{command}: {e}\nbrowser log: {:#}", self.log());
+            }
+            return answer["value"].clone();
+        }
+    }
+
+    pub fn log(&mut self) -> Value {
+        self.next += 1;
+        let id = self.next;
+        writeln!(self.stdin, "{}", json!({"id": id, "op": "log"})).unwrap();
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(10)) {
+            let answer: Value = serde_json::from_str(&line).unwrap_or_default();
+            if answer["id"] == json!(id) {
+                return answer["value"].clone();
+            }
+        }
+        Value::Null
+    }
+
+    /// Opens `url` in a new context named `page`, with extra request
+    /// headers (e.g. `X-Forwarded-For`) when given.
+    pub fn open(&mut self, page: &str, url: &str, headers: Option<Value>) {
+        self.cmd(json!({"op": "open", "page": page, "url": url, "headers": headers}));
+    }
+
+    pub fn eval(&mut self, page: &str, js: &str) -> Value {
+        self.cmd(json!({"op": "eval", "page": page, "js": js}))
+    }
+
+    pub fn click(&mut self, page: &str, selector: &str) {
+        self.cmd(json!({"op": "click", "page": page, "selector": selector}));
+    }
+
+    pub fn fill(&mut self, page: &str, selector: &str, value: &str) {
+        self.cmd(json!({"op": "fill", "page": page, "selector": selector, "value": value}));
+    }
+
+    /// The page's `window.rr.snapshot()`.
+    pub fn snapshot(&mut self, page: &str) -> Value {
+        self.eval(page, "window.rr.snapshot()")
+    }
+
+    /// Opens `url` as `page`, types `name` and presses join.
+    pub fn join(&mut self, page: &str, url: &str, name: &str, headers: Option<Value>) {
+        self.open(page, url, headers);
+        self.fill(page, "#display-name", name);
+        self.click(page, "#join-button");
+    }
+
+    /// Polls the snapshot of `page` until `done` holds, for up to `within`;
+    /// panics with the last snapshot and the browser's log.
+    pub fn wait_for(
+        &mut self,
+        page: &str,
+        within: Duration,
+        what: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let s = self.snapshot(page);
+            if done(&s) {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let mut brief = s.clone();
+                brief["sentLog"] = json!(s["sentLog"].as_array().map_or(0, Vec::len));
+                brief["latency"] = json!(s["latency"].as_array().map_or(0, Vec::len));
+                panic!(
+                    "{page}: {what} did not happen within {within:?}\nsnapshot: {brief:#}\nlog: {:#}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    pub fn screenshot(&mut self, page: &str, path: &std::path::Path) {
+        self.cmd(json!({"op": "screenshot", "page": page, "path": path}));
+    }
+
+    pub fn close(&mut self, page: &str) {
+        self.cmd(json!({"op": "close", "page": page}));
+    }
+}
+
+/// Frames of `kind` that `snapshot`'s page decoded from `participant`.
+pub fn decoded(snapshot: &Value, participant: &str, kind: &str) -> u64 {
+    snapshot["peers"][participant][kind]["decoded"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// Frames of `kind` the page reassembled from `participant`.
+pub fn reassembled(snapshot: &Value, participant: &str, kind: &str) -> u64 {
+    snapshot["peers"][participant][kind]["frames"]
+        .as_u64()
+        .unwrap_or(0)
+}
