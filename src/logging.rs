@@ -11,14 +11,39 @@ use tracing_subscriber::{EnvFilter, Registry, reload};
 /// `RUST_LOG` did not fix the level.
 static LEVEL: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
 
+/// Sets up logging to `path` (appended to) instead of standard error, for
+/// `dev`, whose console is for its summary. Errors if the file cannot be
+/// opened.
+pub fn init_to_file(json: bool, level: &str, path: &std::path::Path) -> Result<(), String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    install(json, level, std::sync::Mutex::new(file), false);
+    Ok(())
+}
+
 /// Sets up logging (once per process; later calls change nothing).
 pub fn init(json: bool, level: &str) {
+    install(json, level, std::io::stderr, true);
+}
+
+fn install<W>(json: bool, level: &str, writer: W, ansi: bool)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let from_env = std::env::var_os("RUST_LOG").is_some();
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
-    let output = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let output = tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .with_ansi(ansi);
     let registry = tracing_subscriber::registry().with(filter);
     let installed = if json {
         registry.with(output.json()).try_init()

@@ -135,6 +135,7 @@ async fn metrics_after_a_call_are_bounded_and_free_of_personal_data() {
                             "kind",
                             "origin",
                             "shard",
+                            "transport",
                             "le"
                         ]
                         .contains(&name),

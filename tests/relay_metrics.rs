@@ -63,6 +63,9 @@ async fn names_and_labels_are_exact_and_carry_no_personal_data() {
         "rr_relay_cascade_bytes_sent_total",
         "rr_relay_cascade_links",
         "rr_relay_cascade_refusals_total",
+        "rr_relay_certificate_expiry_timestamp_seconds",
+        "rr_relay_certificate_renewals_total",
+        "rr_relay_client_connections",
         "rr_relay_connections",
         "rr_relay_conferences",
         "rr_relay_connection_refusals_total",
@@ -82,11 +85,13 @@ async fn names_and_labels_are_exact_and_carry_no_personal_data() {
         "rr_relay_queue_drops_total",
         "rr_relay_reloads_total",
         "rr_relay_send_failures_total",
+        "rr_relay_sessions_total",
         "rr_relay_shard_connections",
         "rr_relay_shard_datagrams_total",
         "rr_relay_shard_imbalance",
         "rr_relay_shard_queue_depth",
         "rr_relay_ticket_refusals_total",
+        "rr_relay_webtransport_refusals_total",
         "rr_relay_workers",
         // The standard process metrics, unprefixed.
         "process_cpu_seconds_total",
@@ -115,6 +120,7 @@ async fn names_and_labels_are_exact_and_carry_no_personal_data() {
                         "version",
                         "jurisdiction",
                         "shard",
+                        "transport",
                         "le"
                     ]
                     .contains(&name),

@@ -33,16 +33,24 @@ fn tenant_key(policy: &Policy, tenant: &str) -> Option<String> {
     dev_secret_matches(&t.api_key_sha256, &key).then_some(key)
 }
 
-pub(super) fn run(policy: Policy, demo: bool) -> Result<(), String> {
-    super::relay::init_logging_for(&policy);
+/// Where `dev` writes its log lines (its console is for the summary).
+pub(super) const LOG_FILE: &str = "data/dev.log";
+
+pub(super) fn run(policy: Policy, demo: bool, log_console: bool) -> Result<(), String> {
+    if log_console {
+        super::relay::init_logging_for(&policy);
+    } else {
+        let l = policy.logging();
+        crate::logging::init_to_file(l.json, &l.level, std::path::Path::new(LOG_FILE))?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    runtime.block_on(serve(Arc::new(policy), demo))
+    runtime.block_on(serve(Arc::new(policy), demo, log_console))
 }
 
-async fn serve(policy: Arc<Policy>, demo: bool) -> Result<(), String> {
+async fn serve(policy: Arc<Policy>, demo: bool, log_console: bool) -> Result<(), String> {
     if policy.routers().is_empty() {
         return Err(format!(
             "{} has no [[router]]; dev needs at least one",
@@ -111,6 +119,14 @@ async fn serve(policy: Arc<Policy>, demo: bool) -> Result<(), String> {
     let outcome = if demo {
         run_demo(&policy).await
     } else {
+        match browser_links(&policy).await {
+            Ok(text) => println!("{text}"),
+            Err(e) => println!("\nno demo call for the browser: {e}"),
+        }
+        if !log_console {
+            println!("logs: {LOG_FILE} (--log-console writes them here instead)\n");
+        }
+        println!("Ctrl-C stops everything.\n");
         super::relay::shutdown_signal().await;
         Ok(())
     };
@@ -221,7 +237,58 @@ fn print_banner(policy: &Policy) {
         "  {exe} client publish --router {url} --conference ID --passcode PASSCODE --name Bob --bind 127.0.0.3:0 --duration 20    # a participant in the US"
     );
     println!("  curl -s {url}/v1/conferences/ID -H 'Authorization: Bearer HOST_TOKEN'");
-    println!("\nCtrl-C stops everything.\n");
+}
+
+/// Creates an EU conference for the browser and returns the two links to
+/// open (a host's, by invitation, and a guest's, with the passcode).
+async fn browser_links(policy: &Policy) -> Result<String, String> {
+    let eu = policy
+        .jurisdiction_idx("eu")
+        .ok_or("the config has no 'eu' jurisdiction")?;
+    let router = policy.router_for(eu).ok_or("no router serves 'eu'")?;
+    let tenant = policy
+        .tenants()
+        .iter()
+        .find(|t| {
+            policy.plan_of(t).jurisdictions.contains(&eu) && tenant_key(policy, &t.id).is_some()
+        })
+        .ok_or("no paid tenant with a dev API key may choose 'eu'")?;
+    let key = tenant_key(policy, &tenant.id).unwrap_or_default();
+    let created = crate::client::join::create(
+        &router.url,
+        &key,
+        &json!({ "residency": "eu", "waiting_room": false }),
+    )
+    .await
+    .map_err(|e| format!("create failed: {e}"))?;
+    let id = created.id;
+    let passcode = created.passcode.unwrap_or_default();
+    let invite = crate::http_client::request(
+        "POST",
+        &format!("{}/v1/conferences/{id}/invites", router.url),
+        None,
+        &[("authorization", &format!("Bearer {key}"))],
+        Some(
+            json!({ "display_name": "Host", "role": "host", "ttl_seconds": 86_400 })
+                .to_string()
+                .into_bytes(),
+        ),
+        Duration::from_secs(5),
+    )
+    .await
+    .map_err(|e| format!("invitation failed: {e}"))?;
+    let invite = invite.json()["invite"]
+        .as_str()
+        .ok_or("invitation refused")?
+        .to_owned();
+    let url = &router.url;
+    Ok(format!(
+        "\na call in your browser (Chromium, Chrome or Edge: WebTransport and WebCodecs), pinned to the EU:\n\
+         \x20 host:  {url}/j/{id}#i={invite}\n\
+         \x20 guest: {url}/j/{id}#p={passcode}\n\
+         open both, in two tabs or two browsers, allow camera and microphone, and see and hear\n\
+         yourself through a relay inside the EU. The host's tab can lock, remove, admit and end.\n"
+    ))
 }
 
 /// The scripted call: a paid tenant pins a conference to the EU; people in

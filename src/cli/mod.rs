@@ -172,6 +172,9 @@ enum Command {
         /// Run a scripted EU call, print where everyone went, and exit.
         #[arg(long)]
         demo: bool,
+        /// Log to the console instead of data/dev.log.
+        #[arg(long)]
+        log_console: bool,
     },
     /// Join load on a router: concurrent joins, then latency percentiles.
     Joinload {
@@ -486,12 +489,16 @@ pub fn main() -> ExitCode {
             let source = policy::Source { config, regions };
             report(router::run(policy, &id, source))
         }
-        Command::Dev { config, demo } => {
+        Command::Dev {
+            config,
+            demo,
+            log_console,
+        } => {
             let policy = match load(&config, None) {
                 Ok(p) => p,
                 Err(code) => return code,
             };
-            report(dev::run(policy, demo))
+            report(dev::run(policy, demo, log_console))
         }
         Command::Joinload {
             router,

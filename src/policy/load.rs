@@ -1271,6 +1271,9 @@ fn check_webtransport_url(url: &str, quic: Option<SocketAddr>) -> Result<(), Str
         ),
         _ => (authority, 443),
     };
+    if host.is_empty() {
+        return Err(bad());
+    }
     let Some(quic) = quic else {
         return Ok(());
     };

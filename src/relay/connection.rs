@@ -174,7 +174,7 @@ async fn serve_participant(
             )
             .await;
             let _ = send.finish();
-            conn.close(close_code::PROTOCOL.into(), b"expected hello");
+            conn.close(close_code::PROTOCOL, b"expected hello");
             return Err("no hello");
         }
     };
@@ -186,7 +186,7 @@ async fn serve_participant(
             let events = shards.of(&claims.conference).clone();
             events
                 .send(Event::Hello {
-                    conn: conn.clone(),
+                    conn: Box::new(conn.clone()),
                     transport,
                     claims,
                     recheck: Recheck {
@@ -256,7 +256,7 @@ async fn serve_participant(
             let _ = send.finish();
             // Give the error a moment to leave before closing.
             let _ = tokio::time::timeout(Duration::from_millis(200), send.stopped()).await;
-            conn.close(close_code::TICKET_REFUSED.into(), refusal.code().as_bytes());
+            conn.close(close_code::TICKET_REFUSED, refusal.code().as_bytes());
             return Err("ticket refused");
         }
     };
@@ -268,10 +268,7 @@ async fn serve_participant(
             if write_message(&mut send, &message).await.is_err() {
                 // Cannot encode or cannot write: the client would miss
                 // events silently, so end the connection instead.
-                writer_conn.close(
-                    close_code::PROTOCOL.into(),
-                    b"control message not delivered",
-                );
+                writer_conn.close(close_code::PROTOCOL, b"control message not delivered");
                 break;
             }
             if going_away {
@@ -292,7 +289,7 @@ async fn serve_participant(
                 let _ = send.finish();
                 // Give the message a moment to arrive before closing.
                 let _ = tokio::time::timeout(Duration::from_millis(200), send.stopped()).await;
-                writer_conn.close(code.into(), reason);
+                writer_conn.close(code, reason);
                 break;
             }
         }
@@ -331,7 +328,7 @@ async fn serve_participant(
                             .with_label_values(&["disconnected"])
                             .inc();
                         conn.close(
-                            close_code::RATE_LIMITED.into(),
+                            close_code::RATE_LIMITED,
                             b"control messages over the rate",
                         );
                         break "control messages over the rate";

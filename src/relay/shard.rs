@@ -347,7 +347,7 @@ fn handle_event(
                 handles.insert(
                     id,
                     Handle {
-                        conn,
+                        conn: *conn,
                         control: Sink::Client(tx),
                         _counted: Some(Counted::new(
                             metrics
@@ -422,7 +422,7 @@ fn handle_event(
                     if let Some(old) = st.links.remove(&key) {
                         core.handle_closed(old);
                         if let Some(h) = handles.remove(&old) {
-                            h.conn.close(close_code::NORMAL.into(), b"replaced");
+                            h.conn.close(close_code::NORMAL, b"replaced");
                         }
                     }
                     let id = core.admit_link(&conference, &peer);
@@ -470,7 +470,7 @@ fn handle_event(
             core.handle_control_at(id, message, Instant::now());
             if leaving {
                 if let Some(h) = handles.remove(&id) {
-                    h.conn.close(close_code::NORMAL.into(), b"left");
+                    h.conn.close(close_code::NORMAL, b"left");
                 }
             }
         }
@@ -480,7 +480,7 @@ fn handle_event(
             core.handle_closed(id);
             if let Some(h) = handles.remove(&id) {
                 h.conn
-                    .close(close_code::PROTOCOL.into(), b"malformed control message");
+                    .close(close_code::PROTOCOL, b"malformed control message");
             }
         }
         Event::Datagram(id, datagram, at) => {
@@ -513,7 +513,7 @@ fn handle_event(
                     for id in core.connections_of(&c, None) {
                         core.handle_closed(id);
                         if let Some(h) = handles.remove(&id) {
-                            h.conn.close(close_code::NORMAL.into(), b"link idle");
+                            h.conn.close(close_code::NORMAL, b"link idle");
                         }
                     }
                     st.links.retain(|(conf, _), _| *conf != c);
@@ -606,7 +606,7 @@ fn handle_event(
                 if let Some(h) = handles.remove(&id) {
                     if is_link {
                         h.conn
-                            .close(close_code::CONFERENCE_ENDED.into(), b"conference ended");
+                            .close(close_code::CONFERENCE_ENDED, b"conference ended");
                         continue;
                     }
                     metrics
@@ -691,7 +691,7 @@ fn move_out(
         core.handle_closed(id);
         if let Some(h) = handles.remove(&id) {
             if is_link {
-                h.conn.close(close_code::MOVED.into(), b"moved");
+                h.conn.close(close_code::MOVED, b"moved");
                 continue;
             }
             moved += 1;
@@ -727,7 +727,7 @@ fn close_link(
         core.handle_closed(id);
         if let Some(h) = handles.remove(&id) {
             h.conn
-                .close(close_code::MOVED.into(), b"peer outside the jurisdiction");
+                .close(close_code::MOVED, b"peer outside the jurisdiction");
         }
         warn!(link_to = %peer, "cascade link closed: the policy in force places the peer outside the conference's jurisdiction");
     }
@@ -752,8 +752,7 @@ fn flush_control(core: &mut Core, handles: &mut HashMap<ConnId, Handle>) {
         if tx.try_send(message).is_err() {
             core.handle_closed(id);
             if let Some(h) = handles.remove(&id) {
-                h.conn
-                    .close(close_code::SLOW_CONTROL.into(), b"link backlog full");
+                h.conn.close(close_code::SLOW_CONTROL, b"link backlog full");
             }
         }
     }
@@ -764,10 +763,8 @@ fn flush_control(core: &mut Core, handles: &mut HashMap<ConnId, Handle>) {
             // itself, and is disconnected rather than buffered without bound.
             core.handle_closed(id);
             if let Some(h) = handles.remove(&id) {
-                h.conn.close(
-                    close_code::SLOW_CONTROL.into(),
-                    b"control messages not read",
-                );
+                h.conn
+                    .close(close_code::SLOW_CONTROL, b"control messages not read");
             }
         }
     }

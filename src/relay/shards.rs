@@ -106,7 +106,8 @@ pub(super) enum Event {
     /// A connection whose ticket passed [`Verifier::check`]; the core does
     /// the replay check and admits it.
     Hello {
-        conn: web_transport_quinn::Session,
+        /// Boxed: a session is large, and the queue holds many events.
+        conn: Box<web_transport_quinn::Session>,
         transport: super::connection::Transport,
         claims: crate::ticket::Claims,
         recheck: Recheck,

@@ -443,8 +443,10 @@ async function onJoin(event) {
   if (!state.conference || !state.name) {
     return show("refused", "Enter the conference id and your name.");
   }
-  if (!("WebTransport" in window) || !("VideoEncoder" in window)) {
-    return show("refused", "This browser cannot join calls: it lacks WebTransport or WebCodecs. Use a current Chromium-based browser.");
+  const needed = ["WebTransport", "VideoEncoder", "AudioEncoder", "MediaStreamTrackProcessor", "MediaStreamTrackGenerator"];
+  const missing = needed.filter((n) => !(n in window));
+  if (missing.length) {
+    return show("refused", `This browser cannot join calls: it lacks ${missing.join(", ")}. Use a current Chromium-based browser (Chromium, Chrome, Edge).`);
   }
   $("join-button").disabled = true;
   show("form", "Joining…");
