@@ -330,6 +330,8 @@ async function onEnded(call, why) {
     } catch (e) {
       if (e instanceof Refused && (e.status === 403 || e.status === 410)) {
         stopMedia();
+        // Ended while we were in it (its last message did not arrive).
+        if (e.code === "ended") return show("ended", "The conference was ended for everyone.");
         return show("ended", refusalText(e.code, e.message));
       }
       await new Promise((r) => setTimeout(r, 700));

@@ -76,7 +76,7 @@ export class Call {
     this.me = first.participant;
     this.roster.set(this.me, this.answer.display_name || "you");
     for (const t of first.tracks) this.trackPublished(t);
-    this.controlLoop();
+    this.controlDone = this.controlLoop();
     this.datagramLoop();
     this.publishMedia();
     this.hooks.roster(this.roster);
@@ -397,6 +397,9 @@ export class Call {
   /** Resolves with why the connection ended. */
   async ended() {
     const info = await this.closed;
+    // The relay's last control message (kicked, conference_ended,
+    // going_away) may still be on its way to the control loop.
+    await Promise.race([this.controlDone, new Promise((r) => setTimeout(r, 500))]);
     this.stopped = true;
     this.stats.closeCodes.push(info.closeCode);
     if (this.endedWith) return this.endedWith;
