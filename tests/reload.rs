@@ -818,6 +818,7 @@ fn the_registry_flags_relays_and_links_outside_under_the_policy_in_force() {
     let conference = "eu-aaaaaaaaaaaaaaaaaaaaaaaaaa".to_owned();
     let report = |peer: Option<&str>| RelayReport {
         cert_sha256: "00".repeat(32),
+        next_cert_sha256: None,
         participants: 1,
         bitrate_bps: 0,
         draining: false,
@@ -894,6 +895,7 @@ fn relays_with_the_same_track_prefix_are_not_linked() {
     let policy = &c.policy;
     let report = |conference: &str, base: u32| RelayReport {
         cert_sha256: "00".repeat(32),
+        next_cert_sha256: None,
         participants: 1,
         bitrate_bps: 0,
         draining: false,

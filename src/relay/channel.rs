@@ -40,7 +40,7 @@ pub(super) struct Reporting {
     pub(super) relay_id: String,
     pub(super) credential: String,
     /// The certificate in use, which a renewal replaces.
-    pub(super) cert_sha256: tokio::sync::watch::Receiver<String>,
+    pub(super) cert_sha256: tokio::sync::watch::Receiver<super::tls::Pins>,
     pub(super) shards: Shards,
     pub(super) metrics: Metrics,
     pub(super) ready: Arc<AtomicBool>,
@@ -71,6 +71,7 @@ pub(super) async fn final_report(
     use crate::wire::channel::{self, RelayReport};
     let report = RelayReport {
         cert_sha256,
+        next_cert_sha256: None,
         participants: 0,
         bitrate_bps: 0,
         draining: true,
@@ -134,8 +135,10 @@ async fn report_loop(links: tokio::sync::watch::Receiver<RouterLink>, ctx: Repor
             crate::wire::conference::jurisdiction_of(conference)
                 .is_some_and(|j| link.jurisdictions.iter().any(|l| l == j))
         };
+        let pins = cert_sha256.borrow().clone();
         let report = RelayReport {
-            cert_sha256: cert_sha256.borrow().clone(),
+            cert_sha256: pins.current,
+            next_cert_sha256: pins.next,
             participants: snapshot.participants,
             bitrate_bps,
             draining: !ready.load(Ordering::Relaxed),

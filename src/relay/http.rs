@@ -16,7 +16,7 @@ use crate::policy::ReloadError;
 pub(super) struct Http {
     pub(super) metrics: Metrics,
     pub(super) ready: Arc<AtomicBool>,
-    pub(super) fingerprint: tokio::sync::watch::Receiver<String>,
+    pub(super) fingerprint: tokio::sync::watch::Receiver<super::tls::Pins>,
     /// Authenticates `POST /v1/admin/reload` (the credential the relay
     /// presents to routers); without one, reloads are by SIGHUP only.
     pub(super) credential: Option<String>,
@@ -74,7 +74,8 @@ pub(super) async fn serve_http(listener: tokio::net::TcpListener, http: Http) {
         .route(
             "/cert",
             get(move || {
-                let body = serde_json::json!({ "sha256": *fingerprint.borrow() });
+                let pins = fingerprint.borrow().clone();
+                let body = serde_json::json!({ "sha256": pins.current, "next_sha256": pins.next });
                 async move { axum::Json(body) }
             }),
         )

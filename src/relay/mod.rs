@@ -231,7 +231,10 @@ pub async fn run(
         Metrics::with_jurisdictions(&settings.relay_id, &settings.verifier.jurisdictions());
     let ready = Arc::new(AtomicBool::new(true));
     info!(relay = %settings.relay_id, addr = %endpoint.local_addr()?, cert_sha256 = %fingerprint, "relay serving QUIC and WebTransport");
-    let (pin_tx, pin) = tokio::sync::watch::channel(fingerprint.clone());
+    let (pin_tx, pin) = tokio::sync::watch::channel(tls::Pins {
+        current: fingerprint.clone(),
+        next: None,
+    });
     let renewer = tokio::spawn(renew_certificate(
         settings.identity,
         endpoint.clone(),
@@ -368,7 +371,7 @@ pub async fn run(
                 link,
                 settings.relay_id.clone(),
                 settings.credential.clone().unwrap_or_default(),
-                pin.borrow().clone(),
+                pin.borrow().current.clone(),
             )
         })
         .collect();
@@ -413,24 +416,41 @@ fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, RelayError>
     Ok(server)
 }
 
-/// Keeps a self-signed certificate fresh: a third of its lifetime before
-/// it expires, a new one (new key, new hash) takes its place for new
-/// connections, and the report tasks send its hash to the routers with
-/// their next report, which hand it out in join answers from then on.
-/// Connections already open keep the certificate they were made with, so
-/// nobody in a call notices. A certificate from files is left alone.
+/// Keeps a self-signed certificate fresh: its successor (new key, new
+/// hash, valid from the renewal on) is made at once and reported with it,
+/// so routers hand out both hashes; with a third of its lifetime left the
+/// successor takes its place for new connections and a new successor is
+/// made. Connections already open keep the certificate they were made
+/// with, so nobody in a call notices. A certificate from files is left
+/// alone.
 async fn renew_certificate(
     mut identity: Identity,
     endpoint: quinn::Endpoint,
-    pin: tokio::sync::watch::Sender<String>,
+    pins: tokio::sync::watch::Sender<tls::Pins>,
     metrics: Metrics,
 ) {
+    // Certificates from files are their operator's to renew (the expiry
+    // gauge stays 0: unknown to the relay).
+    if identity.renewal.is_none() {
+        return;
+    }
+    let mut next: Option<Identity> = None;
     loop {
-        // Certificates from files are their operator's to renew (the
-        // expiry gauge stays 0: unknown to the relay).
         let Some(renewal) = identity.renewal.clone() else {
             return;
         };
+        if next.is_none() {
+            next = identity.successor().and_then(Result::ok);
+            if next.is_none() {
+                warn!(
+                    "could not make the next self-signed certificate; trying again at the renewal"
+                );
+            }
+        }
+        pins.send_replace(tls::Pins {
+            current: identity.fingerprint(),
+            next: next.as_ref().map(Identity::fingerprint),
+        });
         metrics.certificate_expiry.set(
             renewal
                 .expires
@@ -442,21 +462,22 @@ async fn renew_certificate(
             .duration_since(SystemTime::now())
             .unwrap_or_default();
         tokio::time::sleep(wait).await;
-        let next = identity.renewed().and_then(|r| r.ok()).and_then(|next| {
-            let config = server_config(&next).ok()?;
-            Some((next, config))
-        });
-        let Some((next, config)) = next else {
+        let incoming = next
+            .take()
+            .or_else(|| identity.successor().and_then(Result::ok))
+            .and_then(|n| {
+                let config = server_config(&n).ok()?;
+                Some((n, config))
+            });
+        let Some((incoming, config)) = incoming else {
             warn!("could not make a new self-signed certificate; trying again in a minute");
             tokio::time::sleep(Duration::from_secs(60)).await;
             continue;
         };
         endpoint.set_server_config(Some(config));
-        let hash = next.fingerprint();
-        info!(cert_sha256 = %hash, "certificate renewed");
-        pin.send_replace(hash);
+        info!(cert_sha256 = %incoming.fingerprint(), "certificate renewed");
         metrics.certificate_renewals.inc();
-        identity = next;
+        identity = incoming;
     }
 }
 

@@ -170,7 +170,7 @@ impl Reloader {
             };
             // The routers no longer reported to hear it is draining.
             for link in dropped {
-                let cert = self.reporting.cert_sha256.borrow().clone();
+                let cert = self.reporting.cert_sha256.borrow().current.clone();
                 final_report(
                     link,
                     self.relay_id.clone(),

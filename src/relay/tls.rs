@@ -65,13 +65,23 @@ impl Identity {
     /// [`Identity::self_signed`] valid for `lifetime` in all (at most
     /// [`MAX_PINNED_LIFETIME`]).
     pub fn self_signed_for(names: Vec<String>, lifetime: Duration) -> Result<Self, String> {
+        Self::self_signed_from(names, SystemTime::now(), lifetime)
+    }
+
+    /// [`Identity::self_signed_for`], valid from a few minutes before
+    /// `start` (the moment it is to be put in force, possibly later).
+    pub fn self_signed_from(
+        names: Vec<String>,
+        start: SystemTime,
+        lifetime: Duration,
+    ) -> Result<Self, String> {
         if lifetime > MAX_PINNED_LIFETIME || lifetime <= BACKDATE {
             return Err(format!(
                 "a self-signed certificate must be valid for more than {} s and at most 14 days",
                 BACKDATE.as_secs()
             ));
         }
-        let not_before = SystemTime::now() - BACKDATE;
+        let not_before = start - BACKDATE;
         let not_after = not_before + lifetime;
         let mut params = rcgen::CertificateParams::new(names.clone()).map_err(|e| e.to_string())?;
         params.not_before = time::OffsetDateTime::from(not_before);
@@ -90,10 +100,11 @@ impl Identity {
         })
     }
 
-    /// A fresh self-signed certificate like this one, if it is one.
-    pub fn renewed(&self) -> Option<Result<Self, String>> {
+    /// The self-signed certificate that replaces this one at its renewal
+    /// ([`Renewal::due`]), valid from then; `None` for one from files.
+    pub fn successor(&self) -> Option<Result<Self, String>> {
         let r = self.renewal.as_ref()?;
-        Some(Self::self_signed_for(r.names.clone(), r.lifetime))
+        Some(Self::self_signed_from(r.names.clone(), r.due(), r.lifetime))
     }
 
     /// Reads a PEM certificate chain and PEM private key.
@@ -118,6 +129,16 @@ impl Identity {
     pub fn fingerprint(&self) -> String {
         fingerprint(&self.chain[0])
     }
+}
+
+/// The certificate hashes clients may pin: the one in force and, for a
+/// self-signed certificate, its successor, which the relay already made
+/// and puts in force at the renewal. A browser given both connects across
+/// the switch, however late it uses its join answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pins {
+    pub current: String,
+    pub next: Option<String>,
 }
 
 /// SHA-256 of a DER certificate, lower-case hex.
@@ -230,6 +251,33 @@ impl ServerCertVerifier for PinnedCert {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn self_signed_certificates_fit_the_browsers_rules_and_their_successor_starts_at_the_renewal() {
+        let id = Identity::self_signed(vec!["127.0.0.1".into()]).unwrap();
+        let r = id.renewal.clone().unwrap();
+        assert!(r.lifetime <= MAX_PINNED_LIFETIME);
+        let next = id.successor().unwrap().unwrap();
+        let n = next.renewal.clone().unwrap();
+        assert_ne!(id.fingerprint(), next.fingerprint());
+        // Valid from (a few minutes before) the renewal, for as long.
+        assert_eq!(n.expires - n.lifetime, r.due() - BACKDATE);
+        assert!(n.expires > r.expires);
+        assert!(
+            Identity::self_signed_for(
+                vec!["x".into()],
+                MAX_PINNED_LIFETIME + Duration::from_secs(1)
+            )
+            .is_err()
+        );
+        let files = Identity {
+            chain: id.chain.clone(),
+            key: id.key.clone_key(),
+            renewal: None,
+        };
+        assert!(files.successor().is_none());
+    }
+
     use super::*;
 
     #[test]

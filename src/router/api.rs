@@ -1164,6 +1164,7 @@ fn issue_ticket(
         name = %crate::redact::Name(&record.display_name),
         "join accepted"
     );
+    let (cert, next_cert) = shared.relays.certs(&r.id).unzip();
     let mut answer = json!({
         "relay": {
             "id": r.id,
@@ -1172,7 +1173,10 @@ fn issue_ticket(
             "city": r.city,
             "quic_addr": r.quic_addr.to_string(),
             "webtransport_url": r.webtransport_url,
-            "cert_sha256": shared.relays.cert(&r.id),
+            "cert_sha256": cert,
+            // The certificate the relay switches to at its next renewal:
+            // browsers pin both.
+            "cert_sha256_next": next_cert.flatten(),
             // A self-signed certificate: browsers pin its hash
             // (`serverCertificateHashes`); one from files is CA-issued.
             "webtransport_pin": r.tls.is_none(),

@@ -562,13 +562,19 @@ impl Registry {
 
     /// The certificate fingerprint `relay` last reported.
     pub fn cert(&self, relay: &str) -> Option<String> {
+        self.certs(relay).map(|(current, _)| current)
+    }
+
+    /// The fingerprints `relay` last reported: its certificate's and its
+    /// successor's (self-signed certificates only).
+    pub fn certs(&self, relay: &str) -> Option<(String, Option<String>)> {
         let inner = self.lock();
         inner
             .relays
             .get(relay)?
             .report
             .as_ref()
-            .map(|r| r.cert_sha256.clone())
+            .map(|r| (r.cert_sha256.clone(), r.next_cert_sha256.clone()))
     }
 
     /// Every relay's last-reported share of `conference`, by relay id.

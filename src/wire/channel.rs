@@ -72,6 +72,10 @@ pub struct Enforcement {
 pub struct RelayReport {
     /// SHA-256 of the relay's certificate, which clients pin.
     pub cert_sha256: String,
+    /// SHA-256 of the self-signed certificate that replaces it at the next
+    /// renewal (browsers pin both, so a join answer stays good across it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cert_sha256: Option<String>,
     /// All participants connected, whatever their conference.
     pub participants: u32,
     /// Media bit rate in and out over the last report interval.

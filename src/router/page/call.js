@@ -54,7 +54,11 @@ export class Call {
     const relay = this.answer.relay;
     const options = {};
     if (relay.webtransport_pin && relay.cert_sha256) {
-      options.serverCertificateHashes = [{ algorithm: "sha-256", value: hexBytes(relay.cert_sha256) }];
+      // The certificate in force and its successor (the relay may renew
+      // between this answer and the connection).
+      options.serverCertificateHashes = [relay.cert_sha256, relay.cert_sha256_next]
+        .filter(Boolean)
+        .map((h) => ({ algorithm: "sha-256", value: hexBytes(h) }));
     }
     this.wt = new WebTransport(relay.webtransport_url, options);
     this.closed = this.wt.closed.then(

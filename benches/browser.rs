@@ -1,0 +1,338 @@
+//! Browsers in a call, measured: capture-to-render latency of video frames
+//! through the relay on loopback, and the relay's CPU per participant for
+//! browsers (WebTransport) against native clients at the same bitrate.
+//!
+//! A router of the dev config runs in this process; relay de-fra-1 runs as
+//! its own process (the `relay` command), so its CPU time is its own (from
+//! /proc/PID/stat). Browsers are Debian's Chromium, headless, driven as in
+//! tests/browser.rs, each with the fake camera and microphone: every page
+//! publishes VP8 (640×360, 30 fps, 600 kbit/s) and Opus and decodes every
+//! other page. The publisher stamps each frame with its capture time (the
+//! payload header); the subscribing page records when the decoded frame is
+//! drawn on its canvas. All pages share one machine clock.
+//!
+//! Then the same number of native clients publish synthetic frames at the
+//! rates and sizes the pages sent (video and audio frames per second, bytes
+//! per frame, measured in the browser run) and subscribe to each other, and
+//! the relay's CPU per participant is measured the same way.
+//!
+//! Run: `cargo bench --bench browser` (needs Chromium and `npm ci`).
+//! `BROWSER_BENCH_N=2,6` picks the call sizes; `BROWSER_BENCH_SECS` the
+//! measured window (default 15). `E2E_QUICK=1` runs a 2-browser call for
+//! 3 s (CI: the bench works; no figures).
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use residency_relay::client::frames::{MAX_DATAGRAM, Packetizer};
+use residency_relay::client::synthetic::{now_micros, quantile};
+use residency_relay::wire::control::{ServerMessage, TrackKind};
+use serde_json::Value;
+use support::browser::{Browser, decoded};
+use support::cluster::{self, Cluster};
+
+const ROUTER: &str = "de-fra-router";
+const RELAY: &str = "de-fra-1";
+
+fn quick() -> bool {
+    std::env::var_os("E2E_QUICK").is_some()
+}
+
+fn cpu_seconds(pid: u32) -> f64 {
+    let read = |f: &str| std::fs::read_to_string(format!("/proc/{pid}/{f}")).unwrap();
+    residency_relay::process_metrics::parse(&read("stat"), &read("status"), 0)
+        .unwrap()
+        .cpu_seconds
+}
+
+/// What one measured window gave.
+struct Window {
+    secs: f64,
+    relay_cpu: f64,
+    bytes_in: f64,
+    bytes_out: f64,
+}
+
+async fn relay_bytes(c: &Cluster) -> (f64, f64) {
+    let m = c.relay_metrics(RELAY).await;
+    (
+        cluster::sample(&m, "rr_relay_bytes_received_total"),
+        cluster::sample(&m, "rr_relay_bytes_delivered_total"),
+    )
+}
+
+/// Per-kind send rates the pages reported, averaged over pages.
+#[derive(Debug, Clone, Copy)]
+struct Rates {
+    video_fps: f64,
+    video_frame: f64,
+    audio_fps: f64,
+    audio_frame: f64,
+}
+
+fn main() {
+    let Some(mut b) = Browser::launch() else {
+        return;
+    };
+    let sizes: Vec<usize> = if quick() {
+        vec![2]
+    } else {
+        std::env::var("BROWSER_BENCH_N")
+            .unwrap_or_else(|_| "2,6".into())
+            .split(',')
+            .map(|n| n.trim().parse().unwrap())
+            .collect()
+    };
+    let secs: u64 = if quick() {
+        3
+    } else {
+        std::env::var("BROWSER_BENCH_SECS").map_or(15, |s| s.parse().unwrap())
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut c = Cluster::new(|t| t);
+    rt.block_on(c.start_router(ROUTER));
+    let credential = c.dir.path().join("credential");
+    std::fs::write(&credential, format!("dev-relay-{RELAY}")).unwrap();
+    let relay = support::Reaped(
+        std::process::Command::new(env!("CARGO_BIN_EXE_residency-relay"))
+            .args(["relay", "--config"])
+            .arg(&c.config)
+            .args(["--id", RELAY, "--shutdown-grace", "1", "--credential-file"])
+            .arg(&credential)
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .unwrap(),
+    );
+    let pid = relay.0.id();
+    rt.block_on(c.wait_health(ROUTER, &[RELAY], "healthy"));
+    let router = c.url(ROUTER);
+    println!(
+        "browser bench: Chromium {}, relay {RELAY} as process {pid}, {secs} s windows",
+        b.version
+    );
+    let mut measured_rates = None;
+    for &n in &sizes {
+        let conf = rt.block_on(cluster::open_conference(&router, "eu"));
+        let url = format!(
+            "{router}/j/{}#p={}",
+            conf["id"].as_str().unwrap(),
+            conf["passcode"].as_str().unwrap()
+        );
+        let pages: Vec<String> = (0..n).map(|i| format!("p{i}")).collect();
+        for (i, p) in pages.iter().enumerate() {
+            b.join(p, &url, &format!("Person {i}"), None);
+        }
+        let ids: Vec<String> = pages
+            .iter()
+            .map(|p| {
+                b.wait_for(p, Duration::from_secs(60), "in call", |s| {
+                    s["phase"] == "in_call"
+                })["participant"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        for (p, me) in pages.iter().zip(&ids) {
+            let others: Vec<String> = ids.iter().filter(|i| *i != me).cloned().collect();
+            b.wait_for(
+                p,
+                Duration::from_secs(90),
+                "video from everyone",
+                move |s| others.iter().all(|o| decoded(s, o, "video") >= 30),
+            );
+        }
+        // The window: forget the latencies so far, then measure.
+        let sent = |b: &mut Browser| -> Vec<Value> {
+            pages
+                .iter()
+                .map(|p| b.snapshot(p)["sent"].clone())
+                .collect()
+        };
+        for p in &pages {
+            b.eval(p, "window.rr.stats.latency.length = 0");
+        }
+        let sent0 = sent(&mut b);
+        let (in0, out0) = rt.block_on(relay_bytes(&c));
+        let (cpu0, t0) = (cpu_seconds(pid), Instant::now());
+        std::thread::sleep(Duration::from_secs(secs));
+        let w = Window {
+            secs: t0.elapsed().as_secs_f64(),
+            relay_cpu: cpu_seconds(pid) - cpu0,
+            bytes_in: rt.block_on(relay_bytes(&c)).0 - in0,
+            bytes_out: rt.block_on(relay_bytes(&c)).1 - out0,
+        };
+        let sent1 = sent(&mut b);
+        let mut latencies: Vec<u64> = Vec::new();
+        for p in &pages {
+            let l = b.eval(p, "window.rr.stats.latency.slice()");
+            latencies.extend(
+                l.as_array()
+                    .unwrap()
+                    .iter()
+                    .filter_map(Value::as_f64)
+                    .map(|ms| (ms * 1000.0).max(0.0) as u64),
+            );
+        }
+        let delta = |kind: &str, what: &str| -> f64 {
+            sent0
+                .iter()
+                .zip(&sent1)
+                .map(|(a, z)| z[kind][what].as_f64().unwrap() - a[kind][what].as_f64().unwrap())
+                .sum::<f64>()
+                / n as f64
+        };
+        let rates = Rates {
+            video_fps: delta("video", "frames") / w.secs,
+            video_frame: delta("video", "bytes") / delta("video", "frames").max(1.0),
+            audio_fps: delta("audio", "frames") / w.secs,
+            audio_frame: delta("audio", "bytes") / delta("audio", "frames").max(1.0),
+        };
+        let count = latencies.len();
+        let p50 = quantile(&mut latencies, 0.5).unwrap_or(0) as f64 / 1000.0;
+        let p99 = quantile(&mut latencies, 0.99).unwrap_or(0) as f64 / 1000.0;
+        println!(
+            "  {n} browsers: capture-to-render p50 {p50:.1} ms, p99 {p99:.1} ms ({count} frames drawn); \
+             per participant: {:.0} kbit/s in, {:.1} video frames/s of {:.0} B, {:.1} audio frames/s of {:.0} B; \
+             relay {:.2} % of a core in all, {:.3} % per participant, {:.0} kbit/s out",
+            w.bytes_in * 8.0 / w.secs / 1000.0 / n as f64,
+            rates.video_fps,
+            rates.video_frame,
+            rates.audio_fps,
+            rates.audio_frame,
+            w.relay_cpu / w.secs * 100.0,
+            w.relay_cpu / w.secs * 100.0 / n as f64,
+            w.bytes_out * 8.0 / w.secs / 1000.0,
+        );
+        for p in &pages {
+            b.click(p, "#leave");
+            b.close(p);
+        }
+        measured_rates = Some((n, rates, w));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    // Native clients at the same rates, as many as in the last call.
+    let Some((n, rates, browsers)) = measured_rates else {
+        return;
+    };
+    let conf = rt.block_on(cluster::open_conference(&router, "eu"));
+    let native = rt.block_on(native_call(&router, &conf, n, rates, secs, pid, &c));
+    let per = |w: &Window| w.relay_cpu / w.secs * 100.0 / n as f64;
+    println!(
+        "  {n} native clients at the same rates: {:.0} kbit/s in per participant; relay {:.2} % of a core in all, {:.3} % per participant",
+        native.bytes_in * 8.0 / native.secs / 1000.0 / n as f64,
+        native.relay_cpu / native.secs * 100.0,
+        per(&native),
+    );
+    println!(
+        "  relay CPU per participant, WebTransport / native: {:.2}",
+        per(&browsers) / per(&native).max(1e-9)
+    );
+    drop(relay);
+    rt.block_on(c.shutdown());
+}
+
+/// `n` native participants publishing synthetic video and audio frames at
+/// `rates`, each subscribed to everyone else, measured for `secs`.
+async fn native_call(
+    router: &str,
+    conf: &Value,
+    n: usize,
+    rates: Rates,
+    secs: u64,
+    pid: u32,
+    c: &Cluster,
+) -> Window {
+    let mut tasks = Vec::new();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for i in 0..n {
+        let joined = cluster::join_from(
+            router,
+            conf["id"].as_str().unwrap(),
+            conf["passcode"].as_str().unwrap(),
+            "127.0.0.1",
+        )
+        .await
+        .unwrap();
+        let mut client = cluster::connect(&joined, "127.0.0.1").await;
+        let video = client
+            .publish(TrackKind::Video, "x-synthetic", None)
+            .await
+            .unwrap();
+        let audio = client
+            .publish(TrackKind::Audio, "x-synthetic", None)
+            .await
+            .unwrap();
+        let stop = stop.clone();
+        let already: Vec<_> = client.initial_tracks.iter().map(|t| t.track).collect();
+        for track in already {
+            client.subscribe(track).await.unwrap();
+        }
+        tasks.push(tokio::spawn(async move {
+            let sender = client.sender();
+            let datagrams = client.datagrams();
+            let drain = tokio::spawn(async move { while datagrams.next().await.is_ok() {} });
+            let send = |p: &mut Packetizer, size: f64, key: bool| {
+                for d in p
+                    .packetize(&vec![i as u8; size as usize], key, now_micros())
+                    .unwrap()
+                {
+                    let _ = sender.send_raw(d.into());
+                }
+            };
+            let (mut pv, mut pa) = (
+                Packetizer::new(video, MAX_DATAGRAM),
+                Packetizer::new(audio, MAX_DATAGRAM),
+            );
+            let mut vt =
+                tokio::time::interval(Duration::from_secs_f64(1.0 / rates.video_fps.max(1.0)));
+            let mut at =
+                tokio::time::interval(Duration::from_secs_f64(1.0 / rates.audio_fps.max(1.0)));
+            let mut frame = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tokio::select! {
+                    _ = vt.tick() => {
+                        send(&mut pv, rates.video_frame, frame % 60 == 0);
+                        frame += 1;
+                    }
+                    _ = at.tick() => send(&mut pa, rates.audio_frame, false),
+                    e = client.next_event() => match e {
+                        Ok(ServerMessage::TrackPublished(info)) => {
+                            let _ = client.subscribe(info.track).await;
+                        }
+                        Ok(_) => {}
+                        Err(_) => break,
+                    },
+                }
+            }
+            drain.abort();
+            client.leave().await;
+        }));
+    }
+    // Everyone subscribed to everyone (tracks announced since each join).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (in0, out0) = relay_bytes(c).await;
+    let (cpu0, t0) = (cpu_seconds(pid), Instant::now());
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let w = Window {
+        secs: t0.elapsed().as_secs_f64(),
+        relay_cpu: cpu_seconds(pid) - cpu0,
+        bytes_in: relay_bytes(c).await.0 - in0,
+        bytes_out: relay_bytes(c).await.1 - out0,
+    };
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
+    println!(
+        "  (native: {:.0} kbit/s out of the relay)",
+        w.bytes_out * 8.0 / w.secs / 1000.0
+    );
+    w
+}
