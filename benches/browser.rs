@@ -40,6 +40,23 @@ fn quick() -> bool {
     std::env::var_os("E2E_QUICK").is_some()
 }
 
+/// Busy and total jiffies of the whole machine, from /proc/stat.
+fn machine_jiffies() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let cpu: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let total: u64 = cpu.iter().sum();
+    // idle and iowait
+    let idle = cpu.get(3).copied().unwrap_or(0) + cpu.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
 fn cpu_seconds(pid: u32) -> f64 {
     let read = |f: &str| std::fs::read_to_string(format!("/proc/{pid}/{f}")).unwrap();
     residency_relay::process_metrics::parse(&read("stat"), &read("status"), 0)
@@ -116,7 +133,6 @@ fn main() {
         "browser bench: Chromium {}, relay {RELAY} as process {pid}, {secs} s windows",
         b.version
     );
-    let mut measured_rates = None;
     for &n in &sizes {
         let conf = rt.block_on(cluster::open_conference(&router, "eu"));
         let url = format!(
@@ -161,7 +177,9 @@ fn main() {
         let sent0 = sent(&mut b);
         let (in0, out0) = rt.block_on(relay_bytes(&c));
         let (cpu0, t0) = (cpu_seconds(pid), Instant::now());
+        let machine0 = machine_jiffies();
         std::thread::sleep(Duration::from_secs(secs));
+        let machine1 = machine_jiffies();
         let w = Window {
             secs: t0.elapsed().as_secs_f64(),
             relay_cpu: cpu_seconds(pid) - cpu0,
@@ -210,30 +228,49 @@ fn main() {
             w.relay_cpu / w.secs * 100.0 / n as f64,
             w.bytes_out * 8.0 / w.secs / 1000.0,
         );
+        let dropped: u64 = pages
+            .iter()
+            .map(|p| {
+                let s = b.snapshot(p);
+                s["peers"].as_object().map_or(0, |peers| {
+                    peers
+                        .values()
+                        .map(|v| v["video"]["dropped"].as_u64().unwrap_or(0))
+                        .sum()
+                })
+            })
+            .sum();
+        println!(
+            "    (frames the pages dropped to catch up with their decoders: {dropped}, unsent: {}; machine busy {:.0} % of its cores)",
+            pages
+                .iter()
+                .map(|p| {
+                    let s = b.snapshot(p);
+                    s["sendDropped"]["video"].as_u64().unwrap_or(0)
+                        + s["sendDropped"]["audio"].as_u64().unwrap_or(0)
+                })
+                .sum::<u64>(),
+            (machine1.0 - machine0.0) as f64 * 100.0 / (machine1.1 - machine0.1).max(1) as f64
+        );
         for p in &pages {
             b.click(p, "#leave");
             b.close(p);
         }
-        measured_rates = Some((n, rates, w));
+        std::thread::sleep(Duration::from_secs(1));
+        // Native clients at the same rates and in the same number.
+        let conf = rt.block_on(cluster::open_conference(&router, "eu"));
+        let native = rt.block_on(native_call(&router, &conf, n, rates, secs, pid, &c));
+        let per = |w: &Window| w.relay_cpu / w.secs * 100.0 / n as f64;
+        println!(
+            "  {n} native clients at those rates: {:.0} kbit/s in per participant; relay {:.2} % of a core in all, {:.3} % per participant; \
+             relay CPU per participant, WebTransport / native: {:.2}",
+            native.bytes_in * 8.0 / native.secs / 1000.0 / n as f64,
+            native.relay_cpu / native.secs * 100.0,
+            per(&native),
+            per(&w) / per(&native).max(1e-9)
+        );
         std::thread::sleep(Duration::from_secs(1));
     }
-    // Native clients at the same rates, as many as in the last call.
-    let Some((n, rates, browsers)) = measured_rates else {
-        return;
-    };
-    let conf = rt.block_on(cluster::open_conference(&router, "eu"));
-    let native = rt.block_on(native_call(&router, &conf, n, rates, secs, pid, &c));
-    let per = |w: &Window| w.relay_cpu / w.secs * 100.0 / n as f64;
-    println!(
-        "  {n} native clients at the same rates: {:.0} kbit/s in per participant; relay {:.2} % of a core in all, {:.3} % per participant",
-        native.bytes_in * 8.0 / native.secs / 1000.0 / n as f64,
-        native.relay_cpu / native.secs * 100.0,
-        per(&native),
-    );
-    println!(
-        "  relay CPU per participant, WebTransport / native: {:.2}",
-        per(&browsers) / per(&native).max(1e-9)
-    );
     drop(relay);
     rt.block_on(c.shutdown());
 }

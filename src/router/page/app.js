@@ -10,6 +10,7 @@ const $ = (id) => document.getElementById(id);
 const stats = {
   sent: { video: { frames: 0, keyframes: 0, bytes: 0 }, audio: { frames: 0, keyframes: 0, bytes: 0 } },
   sentLog: [],
+  sendDropped: { video: 0, audio: 0 },
   latency: [],
   errors: [],
   goingAway: [],
@@ -49,6 +50,7 @@ window.rr = {
       roster: [...($("roster").querySelectorAll("li") ?? [])].map((li) => li.dataset.name),
       sent: stats.sent,
       sentLog: stats.sentLog,
+      sendDropped: stats.sendDropped,
       peers,
       latency: stats.latency,
       errors: stats.errors,
@@ -64,8 +66,8 @@ window.rr = {
 
 function addTrack(peers, t) {
   const p = (peers[t.participant] ??= {
-    video: { frames: 0, keyframes: 0, bytes: 0, decoded: 0, lost: 0 },
-    audio: { frames: 0, keyframes: 0, bytes: 0, decoded: 0, lost: 0 },
+    video: { frames: 0, keyframes: 0, bytes: 0, decoded: 0, dropped: 0, lost: 0 },
+    audio: { frames: 0, keyframes: 0, bytes: 0, decoded: 0, dropped: 0, lost: 0 },
   });
   const k = p[t.kind];
   if (!k) return;
@@ -73,6 +75,7 @@ function addTrack(peers, t) {
   k.keyframes += t.keyframes;
   k.bytes += t.bytes;
   k.decoded += t.decoded;
+  k.dropped += t.dropped;
   k.lost += t.lost;
   k.codec = t.codec;
 }

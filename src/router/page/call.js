@@ -10,6 +10,10 @@ export const VIDEO = { codec: "vp8", width: 640, height: 360, framerate: 30, bit
 export const AUDIO = { codec: "opus", sampleRate: 48_000, bitrate: 32_000 };
 
 const SENT_LOG = 4096;
+/** Video frames waiting in a decoder before the page drops frames to catch up. */
+const MAX_DECODE_QUEUE = 3;
+/** Datagrams the browser may hold unsent before frames are dropped. */
+const OUTGOING_DATAGRAMS = 64;
 const LATENCY_LOG = 4096;
 
 function hexBytes(hex) {
@@ -69,6 +73,11 @@ export class Call {
     const stream = await this.wt.createBidirectionalStream();
     this.writer = stream.writable.getWriter();
     this.reader = stream.readable.getReader();
+    // Media late by more than this is worth nothing: the browser drops it
+    // rather than queue it behind a slow network or a busy page.
+    this.wt.datagrams.outgoingMaxAge = 300;
+    this.wt.datagrams.incomingMaxAge = 300;
+    this.wt.datagrams.outgoingHighWaterMark = OUTGOING_DATAGRAMS;
     this.datagrams = this.wt.datagrams.writable.getWriter();
     this.maxDatagram = this.wt.datagrams.maxDatagramSize || 1200;
     await this.send({ type: "hello", ticket: this.answer.ticket });
@@ -181,6 +190,8 @@ export class Call {
       reassembler: new Reassembler(video),
       decoder: null,
       decoded: 0,
+      dropped: 0,
+      behind: false,
       decodeErrors: 0,
       bytes: 0,
       keyframeRequests: 0,
@@ -253,6 +264,15 @@ export class Call {
         });
         t.decoder.configure({ codec: VIDEO.codec, optimizeForLatency: true });
       }
+      // A decoder that falls behind (a slow machine) would draw ever older
+      // frames: past a few queued, drop frames up to the next keyframe.
+      if (t.decoder.decodeQueueSize > MAX_DECODE_QUEUE || (t.behind && !frame.keyframe)) {
+        if (!t.behind) this.send({ type: "keyframe_request", track: t.id });
+        t.behind = true;
+        t.dropped++;
+        return;
+      }
+      t.behind = false;
       t.decoder.decode(
         new EncodedVideoChunk({
           type: frame.keyframe ? "key" : "delta",
@@ -276,6 +296,10 @@ export class Call {
         });
         t.decoder.configure({ codec: AUDIO.codec, sampleRate: AUDIO.sampleRate, numberOfChannels: 1 });
       }
+      if (t.decoder.decodeQueueSize > MAX_DECODE_QUEUE * 4) {
+        t.dropped++;
+        return;
+      }
       t.decoder.decode(new EncodedAudioChunk({ type: "key", timestamp: frame.captureMicros, data: frame.data }));
     } else {
       // Media this page cannot decode (a native client's synthetic frames):
@@ -288,6 +312,14 @@ export class Call {
   sendFrame(kind, data, keyframe, captureMicros) {
     const p = this.packetizers[kind];
     if (!p || this.muted[kind] || this.stopped) return;
+    // The browser cannot send as fast as we encode (a busy machine, a slow
+    // link): drop the frame rather than queue it, and start again from a
+    // keyframe.
+    if (this.datagrams.desiredSize !== null && this.datagrams.desiredSize <= 0) {
+      this.stats.sendDropped[kind]++;
+      if (kind === "video") this.forceKeyframe = true;
+      return;
+    }
     let datagrams;
     try {
       datagrams = p.packetize(data, keyframe, captureMicros);
@@ -461,6 +493,7 @@ function statOf(t) {
     lost: r.lostFrames,
     bytes: t.bytes,
     decoded: t.decoded,
+    dropped: t.dropped,
     decodeErrors: t.decodeErrors,
     keyframeRequests: t.keyframeRequests,
   };
