@@ -542,3 +542,110 @@ fn a_browser_and_a_native_client_exchange_frames_across_a_cascade_link() {
     );
     rt.block_on(c.shutdown());
 }
+
+#[test]
+fn a_host_runs_the_waiting_room_mutes_bans_and_reads_the_report_from_the_page() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut b) = Browser::launch() else {
+        return;
+    };
+    let rt = runtime();
+    let c = rt.block_on(Cluster::running(ROUTER, &["de-fra-1"]));
+    let router = c.url(ROUTER);
+    let conf = rt.block_on(cluster::create(
+        &router,
+        ACME,
+        json!({"residency": "eu", "waiting_room": true}),
+    ));
+    let id = conf["id"].as_str().unwrap().to_owned();
+    let invite = rt.block_on(cluster::request(
+        "POST",
+        &format!("{router}/v1/conferences/{id}/invites"),
+        None,
+        Some(ACME),
+        Some(json!({"display_name": "Hana", "role": "host"})),
+    ));
+    let invite = invite.json()["invite"].as_str().unwrap().to_owned();
+    b.join("host", &format!("{router}/j/{id}#i={invite}"), "Hana", None);
+    b.wait_for("host", Duration::from_secs(30), "host in call", in_call);
+
+    // A guest waits until the host admits them from the page.
+    let ireland = Some(json!({"X-Forwarded-For": "127.0.0.4"}));
+    b.join("guest", &link(&router, &conf), "Gus", ireland.clone());
+    b.wait_for("guest", Duration::from_secs(20), "waiting", |s| {
+        s["phase"] == "waiting"
+    });
+    let text = b.cmd(json!({"op": "text", "page": "guest", "selector": "#waiting-text"}));
+    assert_eq!(text, json!("Waiting for the host to let you in…"));
+    b.click("host", "#waiting-list li button[data-action=\"admit\"]");
+    let sg = b.wait_for("guest", Duration::from_secs(30), "admitted", in_call);
+    let guest = peer_id(&sg);
+    // Another is denied.
+    b.join("other", &link(&router, &conf), "Oda", None);
+    b.wait_for("other", Duration::from_secs(20), "waiting", |s| {
+        s["phase"] == "waiting"
+    });
+    b.click("host", "#waiting-list li button[data-action=\"deny\"]");
+    b.wait_for("other", Duration::from_secs(20), "denied", |s| {
+        s["message"] == "The host did not let you in."
+    });
+
+    // Muting the camera stops its frames; unmuting starts them again.
+    let sh = b.wait_for(
+        "guest",
+        Duration::from_secs(30),
+        "video from the host",
+        |s| {
+            s["peers"].as_object().is_some_and(|p| {
+                p.values()
+                    .any(|v| v["video"]["decoded"].as_u64() >= Some(30))
+            })
+        },
+    );
+    assert!(sh["phase"] == "in_call");
+    b.click("host", "#mute-video");
+    std::thread::sleep(Duration::from_millis(500));
+    let before = b.snapshot("host")["sent"]["video"]["frames"]
+        .as_u64()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let after = b.snapshot("host")["sent"]["video"]["frames"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(before, after, "video sent while muted");
+    b.click("host", "#mute-video");
+    b.wait_for("host", Duration::from_secs(10), "video again", move |s| {
+        s["sent"]["video"]["frames"].as_u64() > Some(after + 30)
+    });
+
+    // The signed residency report, from the page.
+    b.click("host", "#residency-report");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let report = loop {
+        let text = b.eval("host", "document.getElementById('report').textContent");
+        if let Ok(report) = serde_json::from_str::<Value>(text.as_str().unwrap_or_default()) {
+            break report;
+        }
+        assert!(std::time::Instant::now() < deadline, "no report shown");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(report["report"]["conference"], json!(id), "{report:#}");
+    assert_eq!(report["signature"]["algorithm"], "ed25519", "{report:#}");
+
+    // Remove and ban: the guest cannot come back.
+    b.click(
+        "host",
+        &format!("#roster li[data-participant=\"{guest}\"] button[data-action=\"remove-and-ban\"]"),
+    );
+    b.wait_for("guest", Duration::from_secs(20), "removed", |s| {
+        s["phase"] == "ended"
+    });
+    b.close("guest");
+    b.join("guest", &link(&router, &conf), "Gus", ireland);
+    b.wait_for("guest", Duration::from_secs(20), "banned", |s| {
+        s["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("You cannot join it again"))
+    });
+    rt.block_on(c.shutdown());
+}
