@@ -632,6 +632,18 @@ fn a_host_runs_the_waiting_room_mutes_bans_and_reads_the_report_from_the_page() 
     assert_eq!(report["report"]["conference"], json!(id), "{report:#}");
     assert_eq!(report["signature"]["algorithm"], "ed25519", "{report:#}");
 
+    // The page's manage token moderates but mints no invitations (which
+    // would outlive the host's removal).
+    let minted = b.eval(
+        "host",
+        &format!(
+            r#"fetch("/v1/conferences/{id}/invites", {{method: "POST",
+                headers: {{authorization: "Bearer " + window.rr.state.answer.manage_token}},
+                body: JSON.stringify({{display_name: "Sly", role: "host"}})}}).then(r => r.status)"#
+        ),
+    );
+    assert_eq!(minted, json!(403));
+
     // Remove and ban: the guest cannot come back.
     b.click(
         "host",

@@ -85,3 +85,25 @@ async fn bad_control_frames_close_only_their_sender() {
     bob.leave().await;
     relay.stop().await;
 }
+
+/// A connection that never opens its control stream is closed when the
+/// hello timeout passes (its address slot is given back, and nothing keeps
+/// it open: not even the tasks that refuse its extra streams).
+#[tokio::test]
+async fn a_connection_without_a_control_stream_is_closed_after_the_hello_timeout() {
+    let mut relay = TestRelay::start("ie-dub-1", "127.0.1.3", CoreConfig::default()).await;
+    let endpoint =
+        residency_relay::client::endpoint("127.0.0.1:0".parse().unwrap(), &relay.fingerprint)
+            .unwrap();
+    let conn = endpoint
+        .connect(relay.quic, "relay")
+        .unwrap()
+        .await
+        .unwrap();
+    // A unidirectional stream, which the native protocol has none of.
+    let mut uni = conn.open_uni().await.unwrap();
+    let _ = uni.write_all(b"nobody reads this").await;
+    let closed = tokio::time::timeout(Duration::from_secs(15), conn.closed()).await;
+    assert!(closed.is_ok(), "the relay kept a silent connection open");
+    relay.stop().await;
+}

@@ -1,5 +1,6 @@
 //! Media frames in datagrams: the payload format browsers and native
-//! clients share (documented in `docs/payload-format.md`). The relay never
+//! clients share (documented in `docs/wire-protocol.md`, "Frames in
+//! datagrams"). The relay never
 //! reads it; to the relay a payload is opaque bytes after wire v1's header.
 //!
 //! A frame (one encoded video frame or audio packet) is cut into fragments,
@@ -241,6 +242,15 @@ impl Reassembler {
                 return out;
             }
         }
+        // A fragment of a frame older than the one being put together
+        // arrived late: that frame was counted lost when this one began.
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|p| f.frame.wrapping_sub(p.header.frame) > u32::MAX / 2)
+        {
+            return out;
+        }
         if self
             .current
             .as_ref()
@@ -461,6 +471,31 @@ mod tests {
         }
         assert_eq!(r.push(&a[0]), Outcome::default());
         assert_eq!(r.frames, 2);
+    }
+
+    #[test]
+    fn a_frame_overtaken_by_the_next_one_is_lost_once_and_the_next_one_completes() {
+        let mut p = Packetizer::new(TrackId(1), 200);
+        let mut r = Reassembler::new(false);
+        let frames: Vec<Vec<Vec<u8>>> = (0..3)
+            .map(|n| p.packetize(&frame_of(300, n), false, 0).unwrap())
+            .collect();
+        assert_eq!(frames[2].len(), 2);
+        let mut given = Vec::new();
+        // Frame 0, then frame 2's first fragment, frame 1 (late), frame 2's
+        // second fragment.
+        for d in frames[0]
+            .iter()
+            .chain([&frames[2][0]])
+            .chain(&frames[1])
+            .chain([&frames[2][1]])
+        {
+            if let Some(f) = r.push(d).frame {
+                given.push(f.number);
+            }
+        }
+        assert_eq!(given, vec![0, 2]);
+        assert_eq!(r.lost_frames, 1);
     }
 
     #[test]

@@ -1045,6 +1045,11 @@ impl Core {
     }
 
     /// The next control message to send, and to whom.
+    /// Control messages waiting to be polled (for all connections).
+    pub fn pending_control(&self) -> usize {
+        self.control.len()
+    }
+
     pub fn poll_control(&mut self) -> Option<(ConnId, ServerMessage)> {
         self.control.pop_front()
     }

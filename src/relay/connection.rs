@@ -65,6 +65,10 @@ pub(super) async fn serve_connection(
         .handshake_data()
         .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|h| h.protocol);
+    // Whatever ends this task ends the connection: nothing else may hold
+    // it open (the stream refusers would), and its address slot is given
+    // back when this returns.
+    let _closer = CloseOnDrop(conn.clone());
     let (session, transport) = match protocol.as_deref() {
         Some(crate::wire::CASCADE_ALPN) => {
             conn.set_max_concurrent_uni_streams(0u32.into());
@@ -116,6 +120,17 @@ pub(super) async fn serve_connection(
         control_limits,
     )
     .await
+}
+
+/// Closes the connection when dropped (a no-op if it is closed already:
+/// the first close's code stands).
+struct CloseOnDrop(quinn::Connection);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0
+            .close(close_code::NORMAL.into(), b"connection task ended");
+    }
 }
 
 /// Stops every unidirectional stream a native client opens (the protocol
@@ -303,6 +318,10 @@ async fn serve_participant(
                         break "relay stopping";
                     }
                 }
+                // A browser's datagram for no session of its own: dropped.
+                Err(_) if conn.close_reason().is_none() => {
+                    metrics.ingress_drops.with_label_values(&["unknown_connection"]).inc();
+                }
                 Err(_) => break "closed",
             },
             message = read_message(&mut recv, &mut decoder) => match message {
@@ -337,6 +356,9 @@ async fn serve_participant(
                 Ok(None) => break "control stream ended",
                 Err(_) => {
                     let _ = events.send(Event::BadControl(id)).await;
+                    // Closed here with its reason, before this task's end
+                    // would close it plainly.
+                    conn.close(close_code::PROTOCOL, b"malformed control message");
                     break "malformed control";
                 }
             },

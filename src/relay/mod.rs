@@ -416,6 +416,9 @@ fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, RelayError>
     Ok(server)
 }
 
+/// Longest single wait of the renewal task.
+const RENEWAL_STEP: Duration = Duration::from_secs(60);
+
 /// Keeps a self-signed certificate fresh: its successor (new key, new
 /// hash, valid from the renewal on) is made at once and reported with it,
 /// so routers hand out both hashes; with a third of its lifetime left the
@@ -457,21 +460,23 @@ async fn renew_certificate(
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs() as i64),
         );
-        let wait = renewal
-            .due()
-            .duration_since(SystemTime::now())
-            .unwrap_or_default();
-        tokio::time::sleep(wait).await;
-        let incoming = next
-            .take()
-            .or_else(|| identity.successor().and_then(Result::ok))
-            .and_then(|n| {
-                let config = server_config(&n).ok()?;
-                Some((n, config))
-            });
-        let Some((incoming, config)) = incoming else {
-            warn!("could not make a new self-signed certificate; trying again in a minute");
-            tokio::time::sleep(Duration::from_secs(60)).await;
+        // In steps of at most a minute against the wall clock: a timer
+        // runs on the monotonic clock, which stands still while the
+        // machine is suspended, and certificates expire by the wall clock.
+        while let Ok(left) = renewal.due().duration_since(SystemTime::now()) {
+            tokio::time::sleep(left.min(RENEWAL_STEP)).await;
+        }
+        // The announced successor (kept until it is in force), or, if it
+        // could not be made, a new one.
+        if next.is_none() {
+            next = identity.successor().and_then(Result::ok);
+        }
+        let Some(Ok(config)) = next.as_ref().map(server_config) else {
+            warn!("could not put a new self-signed certificate in force; trying again in a minute");
+            tokio::time::sleep(RENEWAL_STEP).await;
+            continue;
+        };
+        let Some(incoming) = next.take() else {
             continue;
         };
         endpoint.set_server_config(Some(config));

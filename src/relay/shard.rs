@@ -342,7 +342,11 @@ fn handle_event(
                         moderate: claims.grants.moderate,
                     },
                 });
-                let (tx, rx) = mpsc::channel(CONTROL_BACKLOG);
+                // Room for what the admission queued for the newcomer at
+                // once (its welcome, the tracks after it, who is here),
+                // which grows with the conference, beside the backlog a
+                // reader may fall behind by.
+                let (tx, rx) = mpsc::channel(CONTROL_BACKLOG + core.pending_control());
                 metrics.sessions.with_label_values(&[transport.label()]).inc();
                 handles.insert(
                     id,

@@ -305,6 +305,9 @@ fn tenant<'a>(shared: &'a Shared, headers: &HeaderMap) -> Option<&'a Tenant> {
 enum Manager {
     Tenant,
     Host,
+    /// A host's call page (a manage token): moderates, but creates no
+    /// invitations, so nothing it made outlives its removal.
+    HostPage,
 }
 
 /// The client's address: the connection's, or the `X-Forwarded-For` entry
@@ -399,7 +402,7 @@ fn manager(shared: &Shared, headers: &HeaderMap, c: &ConferenceRecord) -> ApiRes
             .map_err(store_failed(shared))?
             .is_some_and(|p| p.role == Role::Host && p.status == Status::Joined);
         return if host {
-            Ok(Manager::Host)
+            Ok(Manager::HostPage)
         } else {
             Err(unauthorized())
         };
@@ -592,7 +595,13 @@ async fn create_invite(
     body: Bytes,
 ) -> ApiResult<impl IntoResponse> {
     let (c, _) = conference(&shared, &id)?;
-    manager(&shared, &headers, &c)?;
+    if manager(&shared, &headers, &c)? == Manager::HostPage {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "a host's call page cannot create invitations; the tenant or the host token can",
+        ));
+    }
     ended_check(&c)?;
     let request: InviteRequest = parse(&body)?;
     let display_name = check_text("display_name", &request.display_name, MAX_NAME, true)?;
@@ -1889,7 +1898,7 @@ async fn audit_log(
     if admin(&shared, &headers).is_err() {
         match manager(&shared, &headers, &c)? {
             Manager::Tenant => {}
-            Manager::Host => {
+            Manager::Host | Manager::HostPage => {
                 return Err(ApiError::new(
                     StatusCode::FORBIDDEN,
                     "forbidden",

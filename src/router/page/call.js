@@ -448,7 +448,11 @@ export class Call {
       case CLOSE.MOVED:
         return new Ended("going_away", info.reason);
       case CLOSE.TICKET_REFUSED:
-        return new Ended("refused", info.reason);
+      case CLOSE.PROTOCOL:
+      case CLOSE.RATE_LIMITED:
+      case CLOSE.TOO_MANY_CONNECTIONS:
+        // Rejoining would be refused again (or is abuse): stop.
+        return new Ended("refused", info.reason || `close code ${info.closeCode}`);
       default:
         return new Ended("lost", info.reason);
     }

@@ -1,4 +1,5 @@
-// The payload format inside each media datagram (docs/payload-format.md),
+// The payload format inside each media datagram
+// (docs/wire-protocol.md#frames-in-datagrams-payload-format-v1),
 // the same as src/client/frames.rs: a 17-byte header (version 1, frame
 // number u32, fragment index u16, fragment count u16, capture time in
 // microseconds since the Unix epoch u64, all big-endian), then the
@@ -94,6 +95,9 @@ export class Reassembler {
       const ahead = (f.frame - this.last) >>> 0;
       if (ahead === 0 || ahead > 0x7fffffff) return out;
     }
+    // A fragment of a frame older than the one being put together arrived
+    // late: that frame was counted lost when this one began.
+    if (this.current && ((f.frame - this.current.frame) >>> 0) > 0x7fffffff) return out;
     if (this.current && this.current.frame !== f.frame) {
       this.lostFrames++;
       this.last = this.current.frame;
