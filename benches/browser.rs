@@ -57,13 +57,6 @@ fn machine_jiffies() -> (u64, u64) {
     (total - idle, total)
 }
 
-fn cpu_seconds(pid: u32) -> f64 {
-    let read = |f: &str| std::fs::read_to_string(format!("/proc/{pid}/{f}")).unwrap();
-    residency_relay::process_metrics::parse(&read("stat"), &read("status"), 0)
-        .unwrap()
-        .cpu_seconds
-}
-
 /// What one measured window gave.
 struct Window {
     secs: f64,
@@ -176,15 +169,17 @@ fn main() {
         }
         let sent0 = sent(&mut b);
         let (in0, out0) = rt.block_on(relay_bytes(&c));
-        let (cpu0, t0) = (cpu_seconds(pid), Instant::now());
+        let (cpu0, t0) = (support::cpu_seconds(pid), Instant::now());
         let machine0 = machine_jiffies();
         std::thread::sleep(Duration::from_secs(secs));
         let machine1 = machine_jiffies();
+        let (secs_taken, cpu1) = (t0.elapsed().as_secs_f64(), support::cpu_seconds(pid));
+        let (in1, out1) = rt.block_on(relay_bytes(&c));
         let w = Window {
-            secs: t0.elapsed().as_secs_f64(),
-            relay_cpu: cpu_seconds(pid) - cpu0,
-            bytes_in: rt.block_on(relay_bytes(&c)).0 - in0,
-            bytes_out: rt.block_on(relay_bytes(&c)).1 - out0,
+            secs: secs_taken,
+            relay_cpu: cpu1 - cpu0,
+            bytes_in: in1 - in0,
+            bytes_out: out1 - out0,
         };
         let sent1 = sent(&mut b);
         let mut latencies: Vec<u64> = Vec::new();
@@ -355,13 +350,15 @@ async fn native_call(
     // Everyone subscribed to everyone (tracks announced since each join).
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (in0, out0) = relay_bytes(c).await;
-    let (cpu0, t0) = (cpu_seconds(pid), Instant::now());
+    let (cpu0, t0) = (support::cpu_seconds(pid), Instant::now());
     tokio::time::sleep(Duration::from_secs(secs)).await;
+    let (secs_taken, cpu1) = (t0.elapsed().as_secs_f64(), support::cpu_seconds(pid));
+    let (in1, out1) = relay_bytes(c).await;
     let w = Window {
-        secs: t0.elapsed().as_secs_f64(),
-        relay_cpu: cpu_seconds(pid) - cpu0,
-        bytes_in: relay_bytes(c).await.0 - in0,
-        bytes_out: relay_bytes(c).await.1 - out0,
+        secs: secs_taken,
+        relay_cpu: cpu1 - cpu0,
+        bytes_in: in1 - in0,
+        bytes_out: out1 - out0,
     };
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for t in tasks {

@@ -307,7 +307,7 @@ async fn http_get(addr: SocketAddr, path: &str) -> String {
 
 /// Resident memory of process `pid` in bytes, from /proc/PID/status.
 fn rss(pid: u32) -> f64 {
-    proc_sample(pid).resident_bytes as f64
+    support::proc_sample(pid).resident_bytes as f64
 }
 
 /// Whether to run only the smallest case of each part (`E2E_QUICK=1`).
@@ -318,17 +318,6 @@ fn quick() -> bool {
 /// The `residency-relay` binary the memory and idle parts start.
 fn relay_bin() -> String {
     std::env::var("E2E_RELAY_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_residency-relay").into())
-}
-
-/// What /proc says of process `pid` (the relay's own parser).
-fn proc_sample(pid: u32) -> residency_relay::process_metrics::Sample {
-    let read = |f: &str| std::fs::read_to_string(format!("/proc/{pid}/{f}")).unwrap();
-    residency_relay::process_metrics::parse(&read("stat"), &read("status"), 0).unwrap()
-}
-
-/// User + system CPU seconds of process `pid`, from /proc/PID/stat.
-fn cpu_seconds(pid: u32) -> f64 {
-    proc_sample(pid).cpu_seconds
 }
 
 /// Starts relay de-ber-1 of the dev config (QUIC 127.0.1.2:4433, HTTP
@@ -417,9 +406,9 @@ async fn idle() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     println!("idle relay ({}), CPU from /proc/{pid}/stat", relay_bin());
     let measure = |secs: u64| async move {
-        let (a, t) = (cpu_seconds(pid), Instant::now());
+        let (a, t) = (support::cpu_seconds(pid), Instant::now());
         tokio::time::sleep(Duration::from_secs(secs)).await;
-        100.0 * (cpu_seconds(pid) - a) / t.elapsed().as_secs_f64()
+        100.0 * (support::cpu_seconds(pid) - a) / t.elapsed().as_secs_f64()
     };
     println!(
         "{:>14} {:>8} {:>20}",

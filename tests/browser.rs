@@ -49,6 +49,30 @@ fn in_call(s: &Value) -> bool {
     s["phase"] == "in_call"
 }
 
+/// Pages "a" (Ada) and "b" (Bob) join through `url`; their snapshots once
+/// both are in the call.
+fn join_two(b: &mut Browser, url: &str) -> (Value, Value) {
+    b.join("a", url, "Ada", None);
+    b.join("b", url, "Bob", None);
+    let sa = b.wait_for("a", Duration::from_secs(30), "in call", in_call);
+    let sb = b.wait_for("b", Duration::from_secs(30), "in call", in_call);
+    (sa, sb)
+}
+
+/// A single-use invitation with role host to conference `id`, made by its
+/// tenant; the page joins with it as Hana.
+fn host_invite(rt: &tokio::runtime::Runtime, router: &str, id: &str) -> String {
+    let invite = rt.block_on(cluster::request(
+        "POST",
+        &format!("{router}/v1/conferences/{id}/invites"),
+        None,
+        Some(ACME),
+        Some(json!({"display_name": "Hana", "role": "host"})),
+    ));
+    assert_eq!(invite.status, 201);
+    invite.json()["invite"].as_str().unwrap().to_owned()
+}
+
 #[test]
 fn two_browsers_see_and_hear_each_other_and_the_media_stays_in_the_eu() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -63,10 +87,7 @@ fn two_browsers_see_and_hear_each_other_and_the_media_stays_in_the_eu() {
     let router = c.url(ROUTER);
     let conf = rt.block_on(cluster::open_conference(&router, "eu"));
     let url = link(&router, &conf);
-    b.join("a", &url, "Ada", None);
-    b.join("b", &url, "Bob", None);
-    let sa = b.wait_for("a", Duration::from_secs(30), "in call", in_call);
-    let sb = b.wait_for("b", Duration::from_secs(30), "in call", in_call);
+    let (sa, sb) = join_two(&mut b, &url);
     let (pa, pb) = (peer_id(&sa), peer_id(&sb));
     assert!(
         sa["residency"].as_str().unwrap().starts_with(
@@ -206,15 +227,7 @@ fn every_refusal_and_removal_has_its_message() {
     );
 
     // A host by invitation, and a guest with the passcode.
-    let invite = rt.block_on(cluster::request(
-        "POST",
-        &format!("{router}/v1/conferences/{id}/invites"),
-        None,
-        Some(ACME),
-        Some(json!({"display_name": "Hana", "role": "host"})),
-    ));
-    assert_eq!(invite.status, 201);
-    let invite = invite.json()["invite"].as_str().unwrap().to_owned();
+    let invite = host_invite(&rt, &router, &id);
     b.open("host", &format!("{router}/j/{id}#i={invite}"), None);
     b.fill("host", "#display-name", "Hana");
     b.click("host", "#join-button");
@@ -284,10 +297,7 @@ fn a_drained_relay_moves_the_browser_and_its_video_resumes() {
     let router = c.url(ROUTER);
     let conf = rt.block_on(cluster::open_conference(&router, "eu"));
     let url = link(&router, &conf);
-    b.join("a", &url, "Ada", None);
-    b.join("b", &url, "Bob", None);
-    let sa = b.wait_for("a", Duration::from_secs(30), "in call", in_call);
-    let sb = b.wait_for("b", Duration::from_secs(30), "in call", in_call);
+    let (sa, sb) = join_two(&mut b, &url);
     let (pa, pb) = (peer_id(&sa), peer_id(&sb));
     let first = sa["relay"].as_str().unwrap().to_owned();
     b.wait_for("a", Duration::from_secs(30), "video before", |s| {
@@ -343,10 +353,7 @@ fn a_certificate_renewed_under_a_live_call_drops_nobody() {
         old.json()["sha256"].as_str().unwrap().to_owned(),
         old.json()["next_sha256"].as_str().unwrap().to_owned(),
     );
-    b.join("a", &url, "Ada", None);
-    b.join("b", &url, "Bob", None);
-    let sa = b.wait_for("a", Duration::from_secs(30), "in call", in_call);
-    let sb = b.wait_for("b", Duration::from_secs(30), "in call", in_call);
+    let (sa, sb) = join_two(&mut b, &url);
     let pb = peer_id(&sb);
     let relay = sa["relay"].as_str().unwrap().to_owned();
     let http = c
@@ -558,14 +565,7 @@ fn a_host_runs_the_waiting_room_mutes_bans_and_reads_the_report_from_the_page() 
         json!({"residency": "eu", "waiting_room": true}),
     ));
     let id = conf["id"].as_str().unwrap().to_owned();
-    let invite = rt.block_on(cluster::request(
-        "POST",
-        &format!("{router}/v1/conferences/{id}/invites"),
-        None,
-        Some(ACME),
-        Some(json!({"display_name": "Hana", "role": "host"})),
-    ));
-    let invite = invite.json()["invite"].as_str().unwrap().to_owned();
+    let invite = host_invite(&rt, &router, &id);
     b.join("host", &format!("{router}/j/{id}#i={invite}"), "Hana", None);
     b.wait_for("host", Duration::from_secs(30), "host in call", in_call);
 

@@ -242,25 +242,8 @@ fn print_banner(policy: &Policy) {
 /// Creates an EU conference for the browser and returns the two links to
 /// open (a host's, by invitation, and a guest's, with the passcode).
 async fn browser_links(policy: &Policy) -> Result<String, String> {
-    let eu = policy
-        .jurisdiction_idx("eu")
-        .ok_or("the config has no 'eu' jurisdiction")?;
-    let router = policy.router_for(eu).ok_or("no router serves 'eu'")?;
-    let tenant = policy
-        .tenants()
-        .iter()
-        .find(|t| {
-            policy.plan_of(t).jurisdictions.contains(&eu) && tenant_key(policy, &t.id).is_some()
-        })
-        .ok_or("no paid tenant with a dev API key may choose 'eu'")?;
-    let key = tenant_key(policy, &tenant.id).unwrap_or_default();
-    let created = crate::client::join::create(
-        &router.url,
-        &key,
-        &json!({ "residency": "eu", "waiting_room": false }),
-    )
-    .await
-    .map_err(|e| format!("create failed: {e}"))?;
+    let EuTenant { router, key, .. } = eu_tenant(policy)?;
+    let created = create_eu(&router.url, &key).await?;
     let id = created.id;
     let passcode = created.passcode.unwrap_or_default();
     let invite = crate::http_client::request(
@@ -293,7 +276,16 @@ async fn browser_links(policy: &Policy) -> Result<String, String> {
 
 /// The scripted call: a paid tenant pins a conference to the EU; people in
 /// Germany, Ireland and the US join and exchange synthetic media.
-async fn run_demo(policy: &Policy) -> Result<(), String> {
+/// What dev's demo conferences need: the `eu` jurisdiction, the router
+/// serving it, and a paid tenant with a dev API key that may choose it.
+struct EuTenant<'p> {
+    eu: crate::policy::JurisdictionIdx,
+    router: &'p crate::policy::Router,
+    tenant: &'p crate::policy::Tenant,
+    key: String,
+}
+
+fn eu_tenant(policy: &Policy) -> Result<EuTenant<'_>, String> {
     let eu = policy
         .jurisdiction_idx("eu")
         .ok_or("the demo needs an 'eu' jurisdiction")?;
@@ -308,18 +300,38 @@ async fn run_demo(policy: &Policy) -> Result<(), String> {
         })
         .ok_or("the demo needs a paid tenant that may choose 'eu' with a dev API key")?;
     let key = tenant_key(policy, &tenant.id).unwrap_or_default();
+    Ok(EuTenant {
+        eu,
+        router,
+        tenant,
+        key,
+    })
+}
+
+/// An EU conference with a passcode and no waiting room.
+async fn create_eu(router: &str, key: &str) -> Result<crate::client::join::Created, String> {
+    crate::client::join::create(
+        router,
+        key,
+        &json!({ "residency": "eu", "waiting_room": false }),
+    )
+    .await
+    .map_err(|e| format!("create failed: {e}"))
+}
+
+async fn run_demo(policy: &Policy) -> Result<(), String> {
+    let EuTenant {
+        eu,
+        router,
+        tenant,
+        key,
+    } = eu_tenant(policy)?;
     println!(
         "demo: tenant '{}' (plan '{}') creates a conference pinned to eu",
         tenant.id,
         policy.plan_of(tenant).id
     );
-    let created = crate::client::join::create(
-        &router.url,
-        &key,
-        &json!({ "residency": "eu", "waiting_room": false }),
-    )
-    .await
-    .map_err(|e| format!("create failed: {e}"))?;
+    let created = create_eu(&router.url, &key).await?;
     let c = created.answer;
     let id = created.id;
     let passcode = created.passcode.unwrap_or_default();

@@ -68,12 +68,13 @@ pub(super) async fn serve_connection(
     // Whatever ends this task ends the connection: nothing else may hold
     // it open (the stream refusers would), and its address slot is given
     // back when this returns.
-    let _closer = CloseOnDrop(conn.clone());
+    let mut closer = CloseOnDrop {
+        conn: conn.clone(),
+        session: None,
+    };
     let (session, transport) = match protocol.as_deref() {
         Some(crate::wire::CASCADE_ALPN) => {
-            conn.set_max_concurrent_uni_streams(0u32.into());
-            conn.set_max_concurrent_bi_streams(1u32.into());
-            tokio::spawn(refuse_uni_streams(conn.clone()));
+            one_control_stream(&conn);
             return link::accept(conn, shards, metrics, trust, hello_timeout).await;
         }
         Some(crate::wire::WEBTRANSPORT_ALPN) => {
@@ -102,14 +103,11 @@ pub(super) async fn serve_connection(
             }
         }
         _ => {
-            // One control stream is all the native protocol has: no more
-            // are granted, and any opened meanwhile is refused unread.
-            conn.set_max_concurrent_uni_streams(0u32.into());
-            conn.set_max_concurrent_bi_streams(1u32.into());
-            tokio::spawn(refuse_uni_streams(conn.clone()));
+            one_control_stream(&conn);
             (Session::raw(conn), Transport::Native)
         }
     };
+    closer.session = Some(session.clone());
     serve_participant(
         session,
         transport,
@@ -122,15 +120,32 @@ pub(super) async fn serve_connection(
     .await
 }
 
-/// Closes the connection when dropped (a no-op if it is closed already:
-/// the first close's code stands).
-struct CloseOnDrop(quinn::Connection);
+/// Closes the connection when dropped; a no-op if it is closed already
+/// (the first close's code stands). Once a session is up it is closed as a
+/// session, so a close already begun on it (a browser's, which writes its
+/// close code in a capsule before closing QUIC) is left to finish.
+struct CloseOnDrop {
+    conn: quinn::Connection,
+    session: Option<Session>,
+}
 
 impl Drop for CloseOnDrop {
     fn drop(&mut self) {
-        self.0
-            .close(close_code::NORMAL.into(), b"connection task ended");
+        let reason = b"connection task ended";
+        match &self.session {
+            Some(s) => s.close(close_code::NORMAL, reason),
+            None => self.conn.close(close_code::NORMAL.into(), reason),
+        }
     }
+}
+
+/// One control stream is all the native and cascade protocols have: no
+/// more are granted than the handshake offered, and any unidirectional
+/// stream opened meanwhile is refused unread.
+fn one_control_stream(conn: &quinn::Connection) {
+    conn.set_max_concurrent_uni_streams(0u32.into());
+    conn.set_max_concurrent_bi_streams(1u32.into());
+    tokio::spawn(refuse_uni_streams(conn.clone()));
 }
 
 /// Stops every unidirectional stream a native client opens (the protocol

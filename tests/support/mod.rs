@@ -166,3 +166,14 @@ pub fn country_record(iso: &str) -> serde_json::Value {
 pub fn country_code_record(iso: &str) -> serde_json::Value {
     serde_json::json!({ "country_code": iso })
 }
+
+/// What /proc says of process `pid` (the relay's own parser).
+pub fn proc_sample(pid: u32) -> residency_relay::process_metrics::Sample {
+    let read = |f: &str| std::fs::read_to_string(format!("/proc/{pid}/{f}")).unwrap();
+    residency_relay::process_metrics::parse(&read("stat"), &read("status"), 0).unwrap()
+}
+
+/// User + system CPU seconds of process `pid`, from /proc/PID/stat.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    proc_sample(pid).cpu_seconds
+}
