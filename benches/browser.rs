@@ -107,6 +107,7 @@ fn main() {
         .unwrap();
     let mut c = Cluster::new(|t| t);
     rt.block_on(c.start_router(ROUTER));
+    c.release(RELAY);
     let credential = c.dir.path().join("credential");
     std::fs::write(&credential, format!("dev-relay-{RELAY}")).unwrap();
     let relay = support::Reaped(

@@ -579,7 +579,9 @@ fn hangup(child: &Child) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_a_running_router_and_relay() {
-    let c = Cluster::new(|t| t);
+    let mut c = Cluster::new(|t| t);
+    c.release("de-fra-router");
+    c.release("de-fra-1");
     let original = std::fs::read_to_string(&c.config).unwrap();
     let bin = env!("CARGO_BIN_EXE_residency-relay");
     let config = c.config.to_str().unwrap().to_owned();

@@ -19,19 +19,59 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-fn free_port(ip: &str, udp: bool) -> u16 {
-    if udp {
-        std::net::UdpSocket::bind((ip, 0))
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    } else {
-        std::net::TcpListener::bind((ip, 0))
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
+/// Sockets bound to free ports when the config is written and kept until
+/// their component starts, so no other test of the same binary can take a
+/// port between its choice and its use. TCP sockets are bound but do not
+/// listen, so a component not started yet refuses connections as before.
+#[derive(Default)]
+struct Reserved {
+    tcp: HashMap<SocketAddr, socket2::Socket>,
+    udp: HashMap<SocketAddr, std::net::UdpSocket>,
+}
+
+impl Reserved {
+    fn tcp_port(&mut self, ip: &str) -> u16 {
+        let addr: SocketAddr = format!("{ip}:0").parse().unwrap();
+        let s = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )
+        .unwrap();
+        s.set_reuse_address(true).unwrap();
+        s.bind(&addr.into()).unwrap();
+        let addr = s.local_addr().unwrap().as_socket().unwrap();
+        self.tcp.insert(addr, s);
+        addr.port()
+    }
+
+    fn udp_port(&mut self, ip: &str) -> u16 {
+        let s = std::net::UdpSocket::bind((ip, 0)).unwrap();
+        let addr = s.local_addr().unwrap();
+        self.udp.insert(addr, s);
+        addr.port()
+    }
+
+    /// The reserved listener on `addr`, or a new one (a component started
+    /// again after a stop).
+    async fn listener(&mut self, addr: SocketAddr) -> tokio::net::TcpListener {
+        match self.tcp.remove(&addr) {
+            Some(s) => {
+                s.listen(1024).unwrap();
+                s.set_nonblocking(true).unwrap();
+                tokio::net::TcpListener::from_std(s.into()).unwrap()
+            }
+            None => tokio::net::TcpListener::bind(addr)
+                .await
+                .unwrap_or_else(|e| panic!("bind {addr}: {e}")),
+        }
+    }
+
+    fn socket(&mut self, addr: SocketAddr) -> std::net::UdpSocket {
+        match self.udp.remove(&addr) {
+            Some(s) => s,
+            None => std::net::UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}")),
+        }
     }
 }
 
@@ -59,6 +99,7 @@ pub struct Cluster {
     /// Lifetime of the relays' self-signed certificates (default: what
     /// `relay` uses); a short one makes them renew during a test.
     pub cert_lifetime: Option<Duration>,
+    reserved: Reserved,
 }
 
 pub const ADMIN: &str = "Bearer dev-admin-key";
@@ -70,6 +111,7 @@ impl Cluster {
     pub fn new(edit: impl Fn(String) -> String) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let repo = super::repo();
+        let mut reserved = Reserved::default();
         let mut text = std::fs::read_to_string(repo.join("config/dev.toml"))
             .unwrap()
             .replace(
@@ -83,8 +125,8 @@ impl Cluster {
             .replace("store = \"../data/", "store = \"data/");
         for n in 1..=6 {
             let ip = format!("127.0.1.{n}");
-            let quic = free_port(&ip, true);
-            let http = free_port(&ip, false);
+            let quic = reserved.udp_port(&ip);
+            let http = reserved.tcp_port(&ip);
             text = text.replace(
                 &format!("quic_addr = \"{ip}:4433\""),
                 &format!("quic_addr = \"{ip}:{quic}\"\nhttp_addr = \"{ip}:{http}\""),
@@ -92,7 +134,7 @@ impl Cluster {
         }
         for n in 1..=3 {
             let ip = format!("127.0.2.{n}");
-            let port = free_port(&ip, false);
+            let port = reserved.tcp_port(&ip);
             text = text
                 .replace(&format!("\"{ip}:8080\""), &format!("\"{ip}:{port}\""))
                 .replace(
@@ -111,6 +153,7 @@ impl Cluster {
             routers: HashMap::new(),
             relays: HashMap::new(),
             cert_lifetime: None,
+            reserved,
         }
     }
 
@@ -158,7 +201,7 @@ impl Cluster {
             reload_on_sighup: false,
             http: residency_relay::http_server::Limits::from_policy(self.policy.limits()),
         };
-        let listener = tokio::net::TcpListener::bind(me.listen).await.unwrap();
+        let listener = self.reserved.listener(me.listen).await;
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             router::run(listener, settings, async {
@@ -174,6 +217,19 @@ impl Cluster {
                 task,
             },
         );
+    }
+
+    /// Gives up the ports held for router or relay `id`, for a test that
+    /// runs it in a child process.
+    pub fn release(&mut self, id: &str) {
+        if let Some(r) = self.policy.router(id) {
+            self.reserved.tcp.remove(&r.listen);
+        }
+        if let Some(idx) = self.policy.relay_idx(id) {
+            let r = self.policy.relay(idx);
+            self.reserved.udp.remove(&r.quic_addr);
+            self.reserved.tcp.remove(&r.http_addr);
+        }
     }
 
     pub async fn stop_router(&mut self, id: &str) {
@@ -219,8 +275,8 @@ impl Cluster {
                 on_sighup: false,
             }),
         };
-        let socket = std::net::UdpSocket::bind(r.quic_addr).unwrap();
-        let http = tokio::net::TcpListener::bind(r.http_addr).await.unwrap();
+        let socket = self.reserved.socket(r.quic_addr);
+        let http = self.reserved.listener(r.http_addr).await;
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             relay::run(socket, http, settings, async {
