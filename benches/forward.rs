@@ -32,6 +32,7 @@ fn admission(name: &str) -> Admission {
             subscribe: true,
             moderate: false,
         },
+        e2ee: false,
     }
 }
 
@@ -45,6 +46,7 @@ fn setup(n: usize) -> (Core, ConnId, Bytes) {
             kind: TrackKind::Video,
             codec: "vp8".into(),
             layers: None,
+            encrypted: false,
         },
     );
     let track = std::iter::from_fn(|| core.poll_control())

@@ -418,6 +418,7 @@ async fn forged_misdirected_and_foreign_tickets_are_refused_and_reported() {
     let now = residency_relay::relay::unix_now();
     let forged_join = ticket::sign(
         &ticket::Claims {
+            e2ee: false,
             conference: id.clone(),
             jurisdiction: "eu".into(),
             relay: "us-nyc-1".into(),

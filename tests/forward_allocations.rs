@@ -42,6 +42,7 @@ fn admission(name: &str) -> Admission {
             subscribe: true,
             moderate: false,
         },
+        e2ee: false,
     }
 }
 
@@ -56,6 +57,7 @@ fn forwarding_allocates_nothing_per_packet() {
             kind: TrackKind::Video,
             codec: "vp8".into(),
             layers: None,
+            encrypted: false,
         },
     );
     let track = std::iter::from_fn(|| core.poll_control())

@@ -74,6 +74,7 @@ async fn names_and_labels_are_exact_and_carry_no_personal_data() {
         "rr_relay_datagrams_received_total",
         "rr_relay_datagrams_sent_total",
         "rr_relay_deliveries_total",
+        "rr_relay_e2ee_messages_total",
         "rr_relay_forward_seconds",
         "rr_relay_http_connections_closed_total",
         "rr_relay_http_connections_open",

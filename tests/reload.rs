@@ -218,6 +218,7 @@ fn mint(key: &str, jurisdiction: &str, conference: &str, relay: &str, issued_at:
     let now = residency_relay::relay::unix_now();
     ticket::sign(
         &Claims {
+            e2ee: false,
             conference: conference.to_owned(),
             jurisdiction: jurisdiction.into(),
             relay: relay.into(),

@@ -145,6 +145,7 @@ async fn run_async(policy: &Policy, plan: Plan) -> Result<(), String> {
         let mut room = Vec::new();
         for p in 0..plan.participants {
             let claims = Claims {
+                e2ee: false,
                 conference: format!("{jurisdiction}-loadtest{c}"),
                 jurisdiction: jurisdiction.clone(),
                 relay: relay.id.clone(),

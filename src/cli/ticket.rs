@@ -70,6 +70,7 @@ pub(super) fn mint(policy: &Policy, req: Request<'_>) -> Result<String, String> 
         .map_err(|_| "the system clock is before 1970".to_owned())?
         .as_secs();
     let claims = Claims {
+        e2ee: false,
         conference: req.conference,
         jurisdiction: req.jurisdiction,
         relay: req.relay,

@@ -2,6 +2,7 @@
 //! send and receive media datagrams. Used by the tests, the `client` and
 //! `loadtest` commands, and later the router's tests.
 
+pub mod e2ee;
 pub mod frames;
 pub mod initials;
 pub mod join;
@@ -242,6 +243,18 @@ impl Client {
         codec: &str,
         layers: Option<Layers>,
     ) -> Result<TrackId, ClientError> {
+        self.publish_declared(kind, codec, layers, false).await
+    }
+
+    /// Publishes a track declared end-to-end encrypted or not (its
+    /// payloads must then be SFrame: [`e2ee`]).
+    pub async fn publish_declared(
+        &mut self,
+        kind: TrackKind,
+        codec: &str,
+        layers: Option<Layers>,
+        encrypted: bool,
+    ) -> Result<TrackId, ClientError> {
         let request = self.next_request;
         self.next_request += 1;
         self.send_control(&ClientMessage::Publish {
@@ -249,6 +262,7 @@ impl Client {
             kind,
             codec: codec.to_owned(),
             layers,
+            encrypted,
         })
         .await?;
         loop {

@@ -24,7 +24,9 @@ use bytes::Bytes;
 pub use queue::{DropReason, Queue};
 
 use crate::wire::ErrorCode;
-use crate::wire::control::{ClientMessage, ParticipantId, ServerMessage, TrackInfo, TrackKind};
+use crate::wire::control::{
+    ClientMessage, ParticipantId, ServerMessage, TrackInfo, TrackKind, valid_e2ee_data,
+};
 use crate::wire::datagram::{self, DatagramError, TrackId};
 
 /// Tracks one link may announce.
@@ -60,6 +62,9 @@ pub struct Admission {
     pub participant: ParticipantId,
     pub display_name: String,
     pub permissions: Permissions,
+    /// The ticket says the conference is end-to-end encrypted: tracks not
+    /// declared encrypted are refused.
+    pub e2ee: bool,
 }
 
 /// Limits of the core.
@@ -109,7 +114,7 @@ pub fn track_id_base(index: usize) -> u32 {
 }
 
 /// What a cascade link's peer is asked for (the shell sends it over the link).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkRequest {
     /// Someone here subscribed to this track of the peer's: send it.
     Subscribe(TrackId),
@@ -117,6 +122,12 @@ pub enum LinkRequest {
     Unsubscribe(TrackId),
     /// A subscriber here lost reference data: ask its publisher for a keyframe.
     KeyframeRequest(TrackId),
+    /// A participant's `e2ee` message for participants beyond the link.
+    E2ee {
+        from: ParticipantId,
+        to: Option<ParticipantId>,
+        data: String,
+    },
 }
 
 /// What one cascade link moved.
@@ -180,6 +191,8 @@ pub struct Counters {
     pub queue_drops: [u64; DropReason::COUNT],
     pub keyframe_requests: u64,
     pub control_errors: u64,
+    /// `e2ee` messages handed to participants (each recipient counts once).
+    pub e2ee_messages: u64,
     /// Media bytes received over cascade links, and taken to send over them.
     pub link_bytes_in: u64,
     pub link_bytes_out: u64,
@@ -208,6 +221,8 @@ struct Conn {
     /// never receives tracks that came over another link (split horizon,
     /// so media crosses at most one link and cannot loop).
     link: bool,
+    /// Its ticket declared the conference end-to-end encrypted.
+    e2ee: bool,
 }
 
 impl Conn {
@@ -226,6 +241,7 @@ impl Conn {
             bytes_out: 0,
             resume: Vec::new(),
             link,
+            e2ee: a.e2ee,
         }
     }
 }
@@ -461,6 +477,7 @@ impl Core {
                 subscribe: true,
                 moderate: false,
             },
+            e2ee: false,
         };
         self.conns[id.index as usize] = Some(Conn::new(
             id.generation,
@@ -482,6 +499,12 @@ impl Core {
             return false;
         }
         let conference = c.conference.clone();
+        // The relay of origin refuses such tracks; one that did not is not
+        // trusted with this conference's participants.
+        if !info.encrypted && self.is_e2ee(&conference) {
+            self.counters.control_errors += 1;
+            return false;
+        }
         for other in self.members(&conference).to_vec() {
             if !self.is_link(other) {
                 self.control
@@ -674,6 +697,7 @@ impl Core {
         let permissions = c.permissions;
         let participant = c.participant.clone();
         let conference = c.conference.clone();
+        let e2ee = c.e2ee;
         let owns = |track: &TrackId| c.published.contains(track);
         let published = c.published.len();
         match message {
@@ -685,6 +709,7 @@ impl Core {
                 kind,
                 codec,
                 layers,
+                encrypted,
             } => {
                 if !permissions.publish {
                     return self.error(
@@ -695,6 +720,13 @@ impl Core {
                 }
                 if published >= self.config.max_tracks_per_participant {
                     return self.error(conn, ErrorCode::TooManyTracks, "too many tracks published");
+                }
+                if e2ee && !encrypted {
+                    return self.error(
+                        conn,
+                        ErrorCode::NotEncrypted,
+                        "this conference is end-to-end encrypted: publish with \"encrypted\": true and encrypt the payloads",
+                    );
                 }
                 // Ids are a counter; after it wraps, skip ids still in use.
                 let mask = (1 << TRACK_COUNTER_BITS) - 1;
@@ -713,6 +745,7 @@ impl Core {
                     kind,
                     codec,
                     layers,
+                    encrypted,
                 };
                 for other in self.members(&conference).to_vec() {
                     if other != conn {
@@ -795,6 +828,16 @@ impl Core {
                 }
             }
             ClientMessage::Leave {} => self.handle_closed(conn),
+            ClientMessage::E2ee { to, data } => {
+                if !valid_e2ee_data(&data) {
+                    return self.error(
+                        conn,
+                        ErrorCode::BadMessage,
+                        "e2ee data must be 1 to 512 base64url characters",
+                    );
+                }
+                self.deliver_e2ee(&conference, Some(conn), participant, to, data);
+            }
             // A subscriber lost part of a frame: its publisher is asked for
             // a keyframe (at most once per interval, however many ask).
             ClientMessage::KeyframeRequest { track } => {
@@ -808,6 +851,86 @@ impl Core {
                 self.request_keyframe(track, now);
             }
         }
+    }
+
+    /// Whether a participant here holds a ticket declaring `conference`
+    /// end-to-end encrypted.
+    fn is_e2ee(&self, conference: &str) -> bool {
+        self.members(conference)
+            .iter()
+            .any(|m| self.conn(*m).is_some_and(|c| !c.link && c.e2ee))
+    }
+
+    /// Hands an `e2ee` message from `from` to its recipients here: `to`, or
+    /// everyone but the sender. One from a participant here (`via` its
+    /// connection) also goes over every link of the conference, unless its
+    /// recipient is here; one from a link (`via` None) stops here.
+    fn deliver_e2ee(
+        &mut self,
+        conference: &str,
+        via: Option<ConnId>,
+        from: ParticipantId,
+        to: Option<ParticipantId>,
+        data: String,
+    ) {
+        let mut found = false;
+        let mut links = Vec::new();
+        for m in self.members(conference).to_vec() {
+            let Some(c) = self.conn(m) else { continue };
+            if c.link {
+                links.push(m);
+                continue;
+            }
+            if Some(m) == via || c.participant == from {
+                continue;
+            }
+            if to.as_ref().is_none_or(|t| *t == c.participant) {
+                found = true;
+                self.counters.e2ee_messages += 1;
+                self.control.push_back((
+                    m,
+                    ServerMessage::E2ee {
+                        from: from.clone(),
+                        data: data.clone(),
+                    },
+                ));
+            }
+        }
+        let onward = via.is_some() && (to.is_none() || !found);
+        if onward {
+            for link in links {
+                self.link_out.push_back((
+                    link,
+                    LinkRequest::E2ee {
+                        from: from.clone(),
+                        to: to.clone(),
+                        data: data.clone(),
+                    },
+                ));
+            }
+        }
+    }
+
+    /// A link's peer passed on a participant's `e2ee` message: delivered to
+    /// the participants here it is for. False (and ignored) if malformed or
+    /// not from a link.
+    pub fn link_e2ee(
+        &mut self,
+        link: ConnId,
+        from: ParticipantId,
+        to: Option<ParticipantId>,
+        data: String,
+    ) -> bool {
+        let Some(c) = self.conn(link).filter(|c| c.link) else {
+            return false;
+        };
+        if !valid_e2ee_data(&data) {
+            self.counters.control_errors += 1;
+            return false;
+        }
+        let conference = c.conference.clone();
+        self.deliver_e2ee(&conference, None, from, to, data);
+        true
     }
 
     fn remove_track(&mut self, track: TrackId) {

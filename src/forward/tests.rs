@@ -16,6 +16,7 @@ fn admission(conference: &str, name: &str, publish: bool, subscribe: bool) -> Ad
             subscribe,
             moderate: false,
         },
+        e2ee: false,
     }
 }
 
@@ -54,6 +55,7 @@ fn publish(core: &mut Core, conn: ConnId) -> TrackId {
             kind: TrackKind::Video,
             codec: "vp8".into(),
             layers: None,
+            encrypted: false,
         },
     );
     let published = std::iter::from_fn(|| core.poll_control()).find_map(|(to, m)| match m {
@@ -136,6 +138,7 @@ fn permissions_and_ownership_are_enforced() {
             kind: TrackKind::Audio,
             codec: "opus".into(),
             layers: None,
+            encrypted: false,
         },
     );
     assert!(
@@ -298,6 +301,7 @@ fn track_limit_per_participant() {
             kind: TrackKind::Data,
             codec: "x".into(),
             layers: None,
+            encrypted: false,
         },
     );
     assert!(
@@ -386,6 +390,7 @@ fn keyframe_requests_go_to_the_publisher_whose_video_was_evicted() {
             kind: TrackKind::Audio,
             codec: "opus".into(),
             layers: None,
+            encrypted: false,
         },
     );
     let a = std::iter::from_fn(|| core.poll_control())
@@ -556,6 +561,7 @@ fn cores_sharing_a_base_assign_disjoint_track_ids() {
                 subscribe: true,
                 moderate: false,
             },
+            e2ee: false,
         });
         for _ in 0..5 {
             core.handle_control(
@@ -565,6 +571,7 @@ fn cores_sharing_a_base_assign_disjoint_track_ids() {
                     kind: TrackKind::Audio,
                     codec: "opus".into(),
                     layers: None,
+                    encrypted: false,
                 },
             );
         }

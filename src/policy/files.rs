@@ -277,6 +277,32 @@ pub struct PlanSection {
     /// Whether new conferences have a waiting room unless the request says otherwise.
     #[serde(default)]
     pub waiting_room: bool,
+    /// Whether conferences of this plan are end-to-end encrypted.
+    #[serde(default)]
+    pub e2ee: E2eeRule,
+}
+
+/// `[[plan]] e2ee`: whether a plan's conferences are end-to-end encrypted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum E2eeRule {
+    /// Every conference is; a request for one that is not is refused.
+    Required,
+    /// The tenant chooses per conference (`"e2ee": true`); not by default.
+    #[default]
+    Optional,
+    /// None is; a request for one is refused.
+    Off,
+}
+
+impl E2eeRule {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            E2eeRule::Required => "required",
+            E2eeRule::Optional => "optional",
+            E2eeRule::Off => "off",
+        }
+    }
 }
 
 /// `[[tenant]]`.

@@ -732,6 +732,7 @@ impl Policy {
                     default,
                     allow_no_passcode: plan.allow_no_passcode,
                     waiting_room: plan.waiting_room,
+                    e2ee: plan.e2ee,
                 });
                 plans.len() - 1
             });

@@ -151,6 +151,7 @@ pub struct Plan {
     pub default: JurisdictionIdx,
     pub allow_no_passcode: bool,
     pub waiting_room: bool,
+    pub e2ee: files::E2eeRule,
 }
 
 impl Plan {

@@ -25,6 +25,7 @@ pub struct Metrics {
     pub ticket_refusals: IntCounterVec,
     pub control_errors: IntCounter,
     pub keyframe_requests: IntCounter,
+    pub e2ee_messages: IntCounter,
     pub moderation_disconnects: IntCounterVec,
     pub reloads: IntCounterVec,
     pub cascade_refusals: IntCounterVec,
@@ -296,6 +297,11 @@ impl Metrics {
                 "keyframe_requests_total",
                 "Keyframe requests sent to publishers.",
             ),
+            e2ee_messages: counter(
+                &registry,
+                "e2ee_messages_total",
+                "End-to-end encryption key messages handed to participants, unread (one per recipient).",
+            ),
             moderation_disconnects: counter_vec(
                 &registry,
                 "moderation_disconnects_total",
@@ -422,6 +428,8 @@ impl Metrics {
             .inc_by(d(now.control_errors, last.control_errors));
         self.keyframe_requests
             .inc_by(d(now.keyframe_requests, last.keyframe_requests));
+        self.e2ee_messages
+            .inc_by(d(now.e2ee_messages, last.e2ee_messages));
         self.cascade_bytes_received
             .inc_by(d(now.link_bytes_in, last.link_bytes_in));
         self.cascade_bytes_sent

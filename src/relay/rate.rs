@@ -1,8 +1,9 @@
 //! Per-participant limits on control messages (sans-IO: time is an
 //! argument). `publish` and `unpublish` are announced to every member of
 //! the conference, so one participant's flood would reach everyone; they
-//! get a small budget. `subscribe` and `unsubscribe` (and a repeated
-//! `hello`) concern the sender only and get a large one (a newcomer
+//! get a small budget, as do `e2ee` messages for everyone. `subscribe` and
+//! `unsubscribe` (and a repeated `hello`, and an `e2ee` message for one
+//! participant) concern one participant only and get a large one (a newcomer
 //! subscribes to every track at once). Nothing is read after `leave`.
 //! A message over budget is dropped and answered with a `rate_limited`
 //! error; a participant who goes on (more than [`STRIKES`] refused
@@ -114,9 +115,13 @@ impl ControlRate {
     /// Whether `message`, arriving at `now`, goes on.
     pub fn check(&mut self, message: &ClientMessage, now: Instant) -> Verdict {
         let allowed = match message {
-            ClientMessage::Publish { .. } | ClientMessage::Unpublish { .. } => {
-                self.announcements.take(now)
-            }
+            // Key material for everyone reaches every member, like an
+            // announcement; for one participant, it costs like a
+            // subscription (a host hands each member a new epoch's key).
+            ClientMessage::Publish { .. }
+            | ClientMessage::Unpublish { .. }
+            | ClientMessage::E2ee { to: None, .. } => self.announcements.take(now),
+            ClientMessage::E2ee { to: Some(_), .. } => self.subscriptions.take(now),
             // A second hello is answered `out_of_order` to its sender only:
             // it costs like a subscription.
             ClientMessage::Subscribe { .. }
@@ -149,6 +154,7 @@ mod tests {
             kind: TrackKind::Video,
             codec: "vp8".into(),
             layers: None,
+            encrypted: false,
         }
     }
 

@@ -341,6 +341,7 @@ fn handle_event(
                         subscribe: claims.grants.subscribe,
                         moderate: claims.grants.moderate,
                     },
+                    e2ee: claims.e2ee,
                 });
                 // Room for what the admission queued for the newcomer at
                 // once (its welcome, the tracks after it, who is here),
@@ -463,6 +464,11 @@ fn handle_event(
             LinkMessage::Unsubscribe { track } => core.link_unsubscribe(id, track),
             LinkMessage::KeyframeRequest { track } => {
                 core.link_keyframe_request(id, track, Instant::now())
+            }
+            LinkMessage::E2ee { from, to, data } => {
+                if !core.link_e2ee(id, from, to, data) {
+                    metrics.control_errors.inc();
+                }
             }
             LinkMessage::LinkHello { .. }
             | LinkMessage::LinkWelcome {}
@@ -751,6 +757,9 @@ fn flush_control(core: &mut Core, handles: &mut HashMap<ConnId, Handle>) {
             crate::forward::LinkRequest::Unsubscribe(track) => LinkMessage::Unsubscribe { track },
             crate::forward::LinkRequest::KeyframeRequest(track) => {
                 LinkMessage::KeyframeRequest { track }
+            }
+            crate::forward::LinkRequest::E2ee { from, to, data } => {
+                LinkMessage::E2ee { from, to, data }
             }
         };
         if tx.try_send(message).is_err() {

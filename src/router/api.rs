@@ -448,6 +448,34 @@ struct CreateRequest {
     /// `false` for a conference joined by invitation only (if the plan allows).
     passcode: Option<bool>,
     waiting_room: Option<bool>,
+    /// End-to-end encrypted (`[[plan]] e2ee` decides whether it may be).
+    e2ee: Option<bool>,
+}
+
+/// Whether a conference of `plan` is end-to-end encrypted, given the request.
+fn e2ee_choice(plan: &crate::policy::Plan, requested: Option<bool>) -> ApiResult<bool> {
+    use crate::policy::files::E2eeRule;
+    match (plan.e2ee, requested) {
+        (E2eeRule::Required, Some(false)) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "e2ee_required",
+            format!(
+                "plan '{}' requires end-to-end encryption on every conference; omit \"e2ee\": false",
+                plan.id
+            ),
+        )),
+        (E2eeRule::Off, Some(true)) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "e2ee_not_allowed",
+            format!(
+                "plan '{}' does not offer end-to-end encrypted conferences; omit \"e2ee\": true or move to a plan that does",
+                plan.id
+            ),
+        )),
+        (E2eeRule::Required, _) => Ok(true),
+        (E2eeRule::Off, _) => Ok(false),
+        (E2eeRule::Optional, requested) => Ok(requested.unwrap_or(false)),
+    }
 }
 
 async fn create_conference(
@@ -487,6 +515,7 @@ async fn create_conference(
             ),
         ));
     }
+    let e2ee = e2ee_choice(plan, request.e2ee)?;
     let jid = shared.policy.jurisdiction(j).id.clone();
     let id = ids::conference_id(&jid)?;
     let passcode = if with_passcode {
@@ -508,6 +537,7 @@ async fn create_conference(
         waiting_room,
         created: now_unix(),
         ended: None,
+        e2ee,
     };
     shared
         .store
@@ -522,7 +552,7 @@ async fn create_conference(
         &shared,
         &id,
         "conference_created",
-        json!({ "tenant": tenant.id, "jurisdiction": jid, "passcode": with_passcode, "waiting_room": waiting_room }),
+        json!({ "tenant": tenant.id, "jurisdiction": jid, "passcode": with_passcode, "waiting_room": waiting_room, "e2ee": e2ee }),
     );
     info!(tenant = %tenant.id, jurisdiction = %jid, "conference created");
     Ok((
@@ -534,6 +564,7 @@ async fn create_conference(
             "host_token": host_token,
             "router_url": shared.me.url,
             "waiting_room": waiting_room,
+            "e2ee": e2ee,
         })),
     ))
 }
@@ -572,6 +603,7 @@ async fn conference_state(
         "jurisdiction": c.jurisdiction,
         "locked": c.locked,
         "waiting_room": c.waiting_room,
+        "e2ee": c.e2ee,
         "passcode_required": c.passcode.is_some(),
         "participants": participants,
         "relays": relays,
@@ -1110,6 +1142,7 @@ fn issue_ticket(
         },
     };
     let claims = Claims {
+        e2ee: c.e2ee,
         conference: c.id.clone(),
         jurisdiction: jurisdiction.id.clone(),
         relay: r.id.clone(),
@@ -1199,6 +1232,9 @@ fn issue_ticket(
         "participant_id": record.id,
         "display_name": record.display_name,
         "role": record.role.as_str(),
+        // End-to-end encrypted: the page refuses to join media without the
+        // link's key, and publishes encrypted tracks only.
+        "e2ee": c.e2ee,
         "expires_at": claims.expires_at,
         "rejoin_token": rejoin,
     });
@@ -1720,6 +1756,16 @@ async fn residency_report(
         "relays": relays,
         "links": links,
         "enforcement": enforcement,
+        // What the router recorded and put in every ticket; whether clients
+        // encrypted is theirs to show (relays refused undeclared tracks).
+        "e2ee": {
+            "declared": c.e2ee,
+            "basis": if c.e2ee {
+                "the conference was created end-to-end encrypted: every ticket the router issued for it said so, and relays refuse tracks not declared encrypted; keys are made and held by participants' devices only"
+            } else {
+                "the conference was created without end-to-end encryption: media is encrypted in transit to and between relays only"
+            },
+        },
     });
     Ok(Json(super::residency::sign(report, &shared.signing_key)))
 }

@@ -66,6 +66,9 @@ pub struct ConferenceRecord {
     /// Unix seconds.
     pub created: u64,
     pub ended: Option<u64>,
+    /// End-to-end encrypted: every ticket says so, and relays refuse tracks
+    /// not declared encrypted.
+    pub e2ee: bool,
 }
 
 /// A single-use invitation for a named participant.

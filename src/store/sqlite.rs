@@ -23,7 +23,8 @@ CREATE TABLE IF NOT EXISTS conferences (
     locked INTEGER NOT NULL,
     waiting_room INTEGER NOT NULL,
     created INTEGER NOT NULL,
-    ended INTEGER
+    ended INTEGER,
+    e2ee INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS invites (
     token_sha256 BLOB PRIMARY KEY,
@@ -97,7 +98,7 @@ CREATE TABLE IF NOT EXISTS conference_links (
 ";
 
 /// Schema version this code writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 /// Brings a store file of any earlier version to [`SCHEMA_VERSION`], in one
 /// transaction; refuses a file written by a newer version.
@@ -140,6 +141,15 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
             .collect::<rusqlite::Result<_>>()?;
         if !columns.iter().any(|c| c == "rejoin_sha256") {
             conn.execute_batch("ALTER TABLE participants ADD COLUMN rejoin_sha256 BLOB")?;
+        }
+        let columns: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_table_info('conferences')")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        if !columns.iter().any(|c| c == "e2ee") {
+            conn.execute_batch(
+                "ALTER TABLE conferences ADD COLUMN e2ee INTEGER NOT NULL DEFAULT 0",
+            )?;
         }
         conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
     })();
@@ -332,8 +342,8 @@ impl Store for Sqlite {
             exec(
                 db,
                 "INSERT INTO conferences (id, tenant, jurisdiction, passcode_salt, passcode_sha256,
-                 host_token_sha256, locked, waiting_room, created, ended)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                 host_token_sha256, locked, waiting_room, created, ended, e2ee)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 params![
                     c.id,
                     c.tenant,
@@ -345,6 +355,7 @@ impl Store for Sqlite {
                     c.waiting_room,
                     c.created as i64,
                     c.ended.map(|e| e as i64),
+                    c.e2ee,
                 ],
             )
             .map(|_| ())
@@ -374,6 +385,7 @@ impl Store for Sqlite {
                         waiting_room: r.get("waiting_room")?,
                         created: r.get::<_, i64>("created")? as u64,
                         ended: r.get::<_, Option<i64>>("ended")?.map(|e| e as u64),
+                        e2ee: r.get("e2ee")?,
                     })
                 },
             )
@@ -817,6 +829,7 @@ mod tests {
             waiting_room: true,
             created: 10,
             ended: None,
+            e2ee: false,
         }
     }
 

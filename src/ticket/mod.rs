@@ -63,6 +63,11 @@ pub struct Claims {
     pub expires_at: u64,
     /// 16 random bytes, base64url; a relay accepts each nonce once.
     pub nonce: String,
+    /// The conference is end-to-end encrypted: the relay refuses tracks not
+    /// declared encrypted. Absent when false, so tickets of other
+    /// conferences stay as older relays know them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub e2ee: bool,
 }
 
 /// Why a ticket was refused. A bounded set: each is a metric label and an

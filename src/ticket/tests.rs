@@ -10,6 +10,7 @@ fn key(seed: u8) -> SigningKey {
 
 fn claims(nonce: &str) -> Claims {
     Claims {
+        e2ee: false,
         conference: "eu-abc".into(),
         jurisdiction: "eu".into(),
         relay: "de-fra-1".into(),

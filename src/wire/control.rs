@@ -27,6 +27,19 @@ pub const VERSION: u8 = 1;
 /// Longest codec label, display name or free-text reason accepted.
 pub const MAX_LABEL_LEN: usize = 64;
 
+/// Longest `data` of an `e2ee` message (base64url characters).
+pub const MAX_E2EE_DATA_LEN: usize = 512;
+
+/// Whether `data` may travel in an `e2ee` message: base64url without
+/// padding, at most [`MAX_E2EE_DATA_LEN`] characters, not empty.
+pub fn valid_e2ee_data(data: &str) -> bool {
+    !data.is_empty()
+        && data.len() <= MAX_E2EE_DATA_LEN
+        && data
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// `text` cut to at most [`MAX_LABEL_LEN`] bytes at a character boundary
 /// (for text from elsewhere that must fit a control message).
 pub fn fit_label(text: &str) -> String {
@@ -74,6 +87,10 @@ pub enum ClientMessage {
         codec: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         layers: Option<Layers>,
+        /// The payloads are end-to-end encrypted (SFrame, docs/e2ee.md).
+        /// Required on an end-to-end encrypted conference.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        encrypted: bool,
     },
     Unpublish {
         track: TrackId,
@@ -88,6 +105,14 @@ pub enum ClientMessage {
     /// keyframe.
     KeyframeRequest {
         track: TrackId,
+    },
+    /// Key material for other participants (docs/e2ee.md), forwarded
+    /// without being read: to one participant, or to everyone in the
+    /// conference when `to` is absent.
+    E2ee {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<ParticipantId>,
+        data: String,
     },
     // Braces, not a unit variant, so that unknown fields are refused here too.
     Leave {},
@@ -129,6 +154,11 @@ pub enum ServerMessage {
     Kicked {
         reason: String,
     },
+    /// Another participant's `e2ee` message, as it sent it.
+    E2ee {
+        from: ParticipantId,
+        data: String,
+    },
     ConferenceEnded {},
     /// The relay is shutting down; reconnect through the router.
     GoingAway {
@@ -151,6 +181,9 @@ pub struct TrackInfo {
     pub codec: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layers: Option<Layers>,
+    /// Declared end-to-end encrypted by its publisher.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub encrypted: bool,
 }
 
 /// Why a control frame was refused.
@@ -262,6 +295,7 @@ impl Labels for ClientMessage {
     fn labels(&self) -> impl Iterator<Item = &str> {
         match self {
             ClientMessage::Publish { codec, .. } => Some(codec.as_str()),
+            ClientMessage::E2ee { to: Some(to), .. } => Some(to.0.as_str()),
             _ => None,
         }
         .into_iter()
@@ -318,6 +352,7 @@ mod tests {
                     spatial: 2,
                     temporal: 3,
                 }),
+                encrypted: false,
             },
             ClientMessage::Subscribe { track: TrackId(9) },
             ClientMessage::Leave {},
@@ -392,6 +427,7 @@ mod tests {
             kind: TrackKind::Audio,
             codec: "x".repeat(MAX_LABEL_LEN + 1),
             layers: None,
+            encrypted: false,
         };
         let mut d = Decoder::new();
         d.push(&frame(&long));
@@ -423,6 +459,7 @@ mod tests {
             kind: TrackKind::Audio,
             codec: "opus".into(),
             layers: None,
+            encrypted: false,
         };
         let messages = vec![
             ServerMessage::Welcome {

@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::control::{Labels, TrackInfo};
+use super::control::{Labels, ParticipantId, TrackInfo};
 use super::datagram::TrackId;
 
 /// A cascade link control message.
@@ -24,6 +24,14 @@ pub enum LinkMessage {
     Subscribe { track: TrackId },
     Unsubscribe { track: TrackId },
     KeyframeRequest { track: TrackId },
+    /// A participant's `e2ee` message for participants beyond the link
+    /// (all of them, or `to`).
+    E2ee {
+        from: ParticipantId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<ParticipantId>,
+        data: String,
+    },
     Error { code: u16, message: String },
 }
 
@@ -34,6 +42,11 @@ impl Labels for LinkMessage {
             LinkMessage::TrackPublished(info) => {
                 vec![info.codec.as_str(), info.participant.0.as_str()]
             }
+            LinkMessage::E2ee { from, to, .. } => {
+                let mut ids = vec![from.0.as_str()];
+                ids.extend(to.as_ref().map(|t| t.0.as_str()));
+                ids
+            }
             _ => Vec::new(),
         }
         .into_iter()
@@ -43,7 +56,7 @@ impl Labels for LinkMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::control::{Decoder, ParticipantId, TrackKind, encode};
+    use crate::wire::control::{Decoder, TrackKind, encode};
 
     #[test]
     fn link_messages_round_trip_and_garbage_is_an_error() {
@@ -58,7 +71,13 @@ mod tests {
                 kind: TrackKind::Video,
                 codec: "vp8".into(),
                 layers: None,
+                encrypted: true,
             }),
+            LinkMessage::E2ee {
+                from: ParticipantId("p-1".into()),
+                to: None,
+                data: "AQID".into(),
+            },
             LinkMessage::Subscribe { track: TrackId(7) },
         ];
         let mut bytes = Vec::new();

@@ -46,6 +46,9 @@ pub enum ErrorCode {
     /// Control messages over the participant's rate: this one was dropped
     /// (going on disconnects, close code 10).
     RateLimited = 7,
+    /// On an end-to-end encrypted conference, a track must be declared
+    /// encrypted (or an `e2ee` message was malformed).
+    NotEncrypted = 8,
 }
 
 impl ErrorCode {
@@ -63,6 +66,7 @@ impl ErrorCode {
             ErrorCode::OutOfOrder => "out_of_order",
             ErrorCode::NotOwner => "not_owner",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::NotEncrypted => "not_encrypted",
         }
     }
 }

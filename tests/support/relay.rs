@@ -119,6 +119,7 @@ pub fn unix_now() -> u64 {
 pub fn claims(relay: &str, participant: &str, grants: Grants) -> Claims {
     let now = unix_now();
     Claims {
+        e2ee: false,
         conference: "eu-test".into(),
         jurisdiction: "eu".into(),
         relay: relay.into(),
