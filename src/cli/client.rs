@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, Subcommand};
 
 use crate::client::Client;
+use crate::client::e2ee::{self, Event, Group, Secret};
 use crate::client::join::{self, Credential};
 use crate::client::synthetic::{self, ReceiveStats};
 use crate::wire::control::{ServerMessage, TrackKind};
@@ -43,16 +44,62 @@ pub(super) struct Connection {
     /// Local address to send from.
     #[arg(long, default_value = "127.0.0.1:0")]
     bind: SocketAddr,
+    /// The conference's end-to-end encryption secret: 43 base64url
+    /// characters, or a join link whose fragment carries it (`#…&k=…`).
+    /// Required for an end-to-end encrypted conference.
+    #[arg(long, value_name = "SECRET_OR_LINK")]
+    e2ee_secret: Option<String>,
+}
+
+/// A connected participant and its end-to-end encryption, if any.
+struct Connected {
+    client: Client,
+    group: Option<Group>,
 }
 
 impl Connection {
-    async fn connect(&self) -> Result<Client, String> {
+    async fn connect(&self) -> Result<Connected, String> {
+        let secret = self
+            .e2ee_secret
+            .as_deref()
+            .map(Secret::parse)
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        let (client, e2ee, host) = self.connect_client().await?;
+        if e2ee && secret.is_none() {
+            return Err("this conference is end-to-end encrypted: give --e2ee-secret (the k=… of the join link)".into());
+        }
+        let group = match (secret, e2ee) {
+            (Some(secret), true) => {
+                let group = Group::new(&secret, client.participant.clone(), host);
+                println!("end-to-end encrypted; epoch 0, safety code {}", group.safety_code());
+                Some(group)
+            }
+            (Some(_), false) => {
+                println!("the conference is not end-to-end encrypted: the secret is not used");
+                None
+            }
+            (None, _) => None,
+        };
+        let mut c = Connected { client, group };
+        if let Some(g) = &c.group {
+            let hello = g.announce();
+            c.client.send_e2ee(hello).await.map_err(|e| e.to_string())?;
+        }
+        Ok(c)
+    }
+
+    /// The client, whether the conference is end-to-end encrypted, and
+    /// whether we are its host. Connected by ticket, the ticket says.
+    async fn connect_client(&self) -> Result<(Client, bool, bool), String> {
         if let (Some(relay), Some(cert), Some(ticket)) =
             (&self.relay, &self.cert_sha256, &self.ticket)
         {
-            return Client::connect(self.bind, *relay, cert, ticket)
+            let claims = crate::ticket::peek(ticket).map_err(|e| e.to_string())?;
+            let client = Client::connect(self.bind, *relay, cert, ticket)
                 .await
-                .map_err(|e| e.to_string());
+                .map_err(|e| e.to_string())?;
+            return Ok((client, claims.e2ee, claims.grants.moderate));
         }
         let (Some(router), Some(conference)) = (&self.router, &self.conference) else {
             return Err(
@@ -78,15 +125,46 @@ impl Connection {
             "joined as {} on relay {} ({}) at {}",
             joined.participant_id, joined.relay_id, joined.relay_country, joined.quic_addr
         );
-        Client::connect(
+        let client = Client::connect(
             self.bind,
             joined.quic_addr,
             &joined.cert_sha256,
             &joined.ticket,
         )
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+        Ok((client, joined.e2ee, joined.role == "host"))
     }
+}
+
+/// Handles a control event for an end-to-end encrypted participant;
+/// prints what changed.
+async fn key_event(c: &mut Connected, event: &ServerMessage) -> Result<(), String> {
+    let Some(group) = c.group.as_mut() else {
+        return Ok(());
+    };
+    let before = group.epoch();
+    let what = c
+        .client
+        .drive_e2ee(group, event)
+        .await
+        .map_err(|e| e.to_string())?;
+    if group.epoch() != before {
+        println!(
+            "keys changed: epoch {}, safety code {}",
+            group.epoch(),
+            group.safety_code()
+        );
+    }
+    if let Some(Event::Status {
+        from,
+        decrypting: false,
+        ..
+    }) = what
+    {
+        println!("{} cannot decrypt some media", from.0);
+    }
+    Ok(())
 }
 
 #[derive(Debug, Subcommand)]
@@ -129,41 +207,58 @@ pub(super) fn run(action: Action) -> Result<(), String> {
                 packet_size,
                 duration,
             } => {
-                let mut client = c.connect().await?;
-                let track = client
-                    .publish(TrackKind::Video, "synthetic-video", None)
+                let mut c = c.connect().await?;
+                let encrypted = c.group.is_some();
+                let track = c
+                    .client
+                    .publish_declared(TrackKind::Video, "synthetic-video", None, encrypted)
                     .await
                     .map_err(|e| e.to_string())?;
                 println!("publishing track {}", track.0);
+                // Room for the SFrame header and tag within the size asked for.
+                let overhead = if encrypted { e2ee::MAX_OVERHEAD } else { 0 };
                 let size = packet_size.clamp(
-                    HEADER_LEN + synthetic::STAMP_LEN,
+                    HEADER_LEN + synthetic::STAMP_LEN + overhead,
                     crate::wire::datagram::MAX_DATAGRAM_LEN,
-                );
+                ) - overhead;
                 let pps = (bitrate / (8 * size as u64)).max(1);
                 let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / pps));
                 let end = Instant::now() + Duration::from_secs(duration);
                 let mut sequence = 0u32;
                 while Instant::now() < end {
-                    tick.tick().await;
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        event = c.client.next_event() => {
+                            let event = event.map_err(|e| e.to_string())?;
+                            key_event(&mut c, &event).await?;
+                            continue;
+                        }
+                    }
                     let flags = if sequence % 100 == 0 {
                         Flags::KEYFRAME
                     } else {
                         Flags::default()
                     };
-                    client
-                        .send_media(
-                            &MediaHeader {
-                                track,
-                                sequence,
-                                flags,
-                            },
-                            &synthetic::payload(size - HEADER_LEN),
-                        )
+                    let mut datagram = Vec::with_capacity(size + overhead);
+                    crate::wire::datagram::encode(
+                        &MediaHeader {
+                            track,
+                            sequence,
+                            flags,
+                        },
+                        &synthetic::payload(size - HEADER_LEN),
+                        &mut datagram,
+                    );
+                    if let Some(group) = c.group.as_mut() {
+                        datagram = group.encrypt(0, &datagram).map_err(|e| e.to_string())?;
+                    }
+                    c.client
+                        .send_raw(datagram.into())
                         .map_err(|e| e.to_string())?;
                     sequence += 1;
                 }
-                println!("sent {sequence} packets of {size} bytes");
-                client.leave().await;
+                println!("sent {sequence} packets of {} bytes", size + overhead);
+                c.client.leave().await;
                 Ok(())
             }
             Action::Subscribe {
@@ -171,36 +266,55 @@ pub(super) fn run(action: Action) -> Result<(), String> {
                 tracks,
                 duration,
             } => {
-                let mut client = c.connect().await?;
+                let mut c = c.connect().await?;
                 // No tracks named: everything published now and later.
                 let follow = tracks.is_empty();
                 let mut wanted: Vec<TrackId> = tracks.into_iter().map(TrackId).collect();
                 if follow {
-                    wanted = client.initial_tracks.iter().map(|t| t.track).collect();
+                    wanted = c.client.initial_tracks.iter().map(|t| t.track).collect();
                 }
                 for t in &wanted {
-                    client.subscribe(*t).await.map_err(|e| e.to_string())?;
+                    c.client.subscribe(*t).await.map_err(|e| e.to_string())?;
                 }
                 println!(
                     "subscribed to {:?}{}",
                     wanted.iter().map(|t| t.0).collect::<Vec<_>>(),
                     if follow { " and any track published later" } else { "" }
                 );
-                let datagrams = client.datagrams();
+                let datagrams = c.client.datagrams();
                 let mut stats = ReceiveStats::default();
+                let mut undecryptable = 0u64;
                 let end = tokio::time::Instant::now() + Duration::from_secs(duration);
                 loop {
                     tokio::select! {
                         d = datagrams.next() => match d {
-                            Ok(d) => stats.record(&d),
+                            Ok(d) => match c.group.as_mut() {
+                                None => stats.record(&d),
+                                // Only what decrypts counts; never plaintext.
+                                Some(g) => match g.decrypt(&d, Instant::now()) {
+                                    Some(plain) => {
+                                        let mut whole = d[..HEADER_LEN].to_vec();
+                                        whole.extend_from_slice(&plain);
+                                        stats.record(&whole);
+                                    }
+                                    None => undecryptable += 1,
+                                },
+                            },
                             Err(e) => { println!("connection closed: {e}"); break; }
                         },
-                        event = client.next_event() => match event {
+                        event = c.client.next_event() => match event {
                             Ok(ServerMessage::TrackPublished(info)) if follow => {
+                                if c.group.is_some() && !info.encrypted {
+                                    println!("not subscribing to track {} of {}: not declared encrypted", info.track.0, info.participant.0);
+                                    continue;
+                                }
                                 println!("subscribing to track {} of {}", info.track.0, info.participant.0);
-                                if let Err(e) = client.subscribe(info.track).await {
+                                if let Err(e) = c.client.subscribe(info.track).await {
                                     println!("cannot subscribe: {e}");
                                 }
+                            }
+                            Ok(event @ (ServerMessage::E2ee { .. } | ServerMessage::ParticipantLeft { .. })) => {
+                                key_event(&mut c, &event).await?;
                             }
                             Ok(ServerMessage::GoingAway { reason, .. }) => println!("relay going away: {reason}"),
                             Ok(ServerMessage::Kicked { reason }) => { println!("kicked: {reason}"); break; }
@@ -221,7 +335,15 @@ pub(super) fn run(action: Action) -> Result<(), String> {
                     p50.unwrap_or(0),
                     p99.unwrap_or(0)
                 );
-                client.leave().await;
+                if let Some(g) = &c.group {
+                    println!(
+                        "end-to-end encrypted: {} decrypted, {undecryptable} did not decrypt (dropped); epoch {}, safety code {}",
+                        g.stats.decrypted,
+                        g.epoch(),
+                        g.safety_code()
+                    );
+                }
+                c.client.leave().await;
                 Ok(())
             }
         }

@@ -239,11 +239,16 @@ fn print_banner(policy: &Policy) {
     println!("  curl -s {url}/v1/conferences/ID -H 'Authorization: Bearer HOST_TOKEN'");
 }
 
-/// Creates an EU conference for the browser and returns the two links to
-/// open (a host's, by invitation, and a guest's, with the passcode).
+/// Creates an end-to-end encrypted EU conference for the browser and
+/// returns the two links to open (a host's, by invitation, and a guest's,
+/// with the passcode). The conference secret is made here and goes only
+/// into the links' fragments, which browsers never send to a server.
 async fn browser_links(policy: &Policy) -> Result<String, String> {
     let EuTenant { router, key, .. } = eu_tenant(policy)?;
-    let created = create_eu(&router.url, &key).await?;
+    let created = create_eu(&router.url, &key, true).await?;
+    let secret = crate::client::e2ee::Secret::random()
+        .map_err(|e| e.to_string())?
+        .to_base64();
     let id = created.id;
     let passcode = created.passcode.unwrap_or_default();
     let invite = crate::http_client::request(
@@ -267,10 +272,11 @@ async fn browser_links(policy: &Policy) -> Result<String, String> {
     let url = &router.url;
     Ok(format!(
         "\na call in your browser (Chromium, Chrome or Edge: WebTransport and WebCodecs), pinned to the EU:\n\
-         \x20 host:  {url}/j/{id}#i={invite}\n\
-         \x20 guest: {url}/j/{id}#p={passcode}\n\
+         \x20 host:  {url}/j/{id}#i={invite}&k={secret}\n\
+         \x20 guest: {url}/j/{id}#p={passcode}&k={secret}\n\
          open both, in two tabs or two browsers, allow camera and microphone, and see and hear\n\
-         yourself through a relay inside the EU. The host's tab can lock, remove, admit and end.\n"
+         yourself through a relay inside the EU. The host's tab can lock, remove, admit and end.\n\
+         The call is end-to-end encrypted: its key (k=…) is in these links only; keep them private.\n"
     ))
 }
 
@@ -308,12 +314,17 @@ fn eu_tenant(policy: &Policy) -> Result<EuTenant<'_>, String> {
     })
 }
 
-/// An EU conference with a passcode and no waiting room.
-async fn create_eu(router: &str, key: &str) -> Result<crate::client::join::Created, String> {
+/// An EU conference with a passcode and no waiting room, end-to-end
+/// encrypted or not.
+async fn create_eu(
+    router: &str,
+    key: &str,
+    e2ee: bool,
+) -> Result<crate::client::join::Created, String> {
     crate::client::join::create(
         router,
         key,
-        &json!({ "residency": "eu", "waiting_room": false }),
+        &json!({ "residency": "eu", "waiting_room": false, "e2ee": e2ee }),
     )
     .await
     .map_err(|e| format!("create failed: {e}"))
@@ -331,7 +342,7 @@ async fn run_demo(policy: &Policy) -> Result<(), String> {
         tenant.id,
         policy.plan_of(tenant).id
     );
-    let created = create_eu(&router.url, &key).await?;
+    let created = create_eu(&router.url, &key, false).await?;
     let c = created.answer;
     let id = created.id;
     let passcode = created.passcode.unwrap_or_default();

@@ -98,6 +98,7 @@ pub(super) fn settings(
         http: crate::http_server::Limits::from_policy(policy.limits()),
         log_full_addresses: policy.full_address_jurisdictions(),
         reload: None,
+        tap: None,
     };
     let mut settings = settings;
     if !settings.routers.is_empty() && settings.credential.is_none() {

@@ -33,6 +33,10 @@ pub struct Joined {
     pub ticket: String,
     /// Lets this participant rejoin after a relay failure.
     pub rejoin_token: Option<String>,
+    /// The conference is end-to-end encrypted (docs/e2ee.md).
+    pub e2ee: bool,
+    /// `host` or `guest`.
+    pub role: String,
 }
 
 /// Why a join did not produce a ticket.
@@ -193,6 +197,8 @@ fn parse_joined(answer: &Value) -> Result<Joined, JoinError> {
             cert_sha256: text(&relay["cert_sha256"])?,
             ticket: text(&answer["ticket"])?,
             rejoin_token: text(&answer["rejoin_token"]),
+            e2ee: answer["e2ee"].as_bool().unwrap_or(false),
+            role: text(&answer["role"]).unwrap_or_else(|| "guest".into()),
         })
     })();
     joined.ok_or_else(|| JoinError::Unexpected(answer.to_string()))

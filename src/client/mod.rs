@@ -18,7 +18,8 @@ use bytes::Bytes;
 
 use crate::relay::tls;
 use crate::wire::control::{
-    self, ClientMessage, ControlError, Decoder, Layers, ServerMessage, TrackInfo, TrackKind,
+    self, ClientMessage, ControlError, Decoder, Layers, ParticipantId, ServerMessage, TrackInfo,
+    TrackKind,
 };
 use crate::wire::datagram::{self, MediaHeader, TrackId};
 
@@ -54,6 +55,8 @@ pub struct Client {
     next_request: u32,
     /// Tracks already published when this client joined.
     pub initial_tracks: Vec<TrackInfo>,
+    /// Who the relay admitted this client as (from its ticket).
+    pub participant: ParticipantId,
     /// Whether this client made its endpoint (and so waits for it on leave).
     owns_endpoint: bool,
 }
@@ -160,6 +163,7 @@ impl Client {
             pending: VecDeque::new(),
             next_request: 1,
             initial_tracks: Vec::new(),
+            participant: ParticipantId(String::new()),
             owns_endpoint: false,
         };
         client
@@ -168,8 +172,12 @@ impl Client {
             })
             .await?;
         match client.read_control().await? {
-            ServerMessage::Welcome { tracks, .. } => {
+            ServerMessage::Welcome {
+                tracks,
+                participant,
+            } => {
                 client.initial_tracks = tracks;
+                client.participant = participant;
                 Ok(client)
             }
             ServerMessage::Error { code, message } => Err(ClientError::Refused { code, message }),
@@ -290,6 +298,38 @@ impl Client {
                 other => self.pending.push_back(other),
             }
         }
+    }
+
+    /// Sends an `e2ee` key message (docs/e2ee.md).
+    pub async fn send_e2ee(&mut self, out: e2ee::Outgoing) -> Result<(), ClientError> {
+        self.send_control(&ClientMessage::E2ee {
+            to: out.to,
+            data: out.data,
+        })
+        .await
+    }
+
+    /// Feeds a control event to `group`: key messages are answered, a
+    /// departure makes a host rotate. Returns what the group made of a key
+    /// message, if it was one.
+    pub async fn drive_e2ee(
+        &mut self,
+        group: &mut e2ee::Group,
+        event: &ServerMessage,
+    ) -> Result<Option<e2ee::Event>, ClientError> {
+        let now = std::time::Instant::now();
+        let (what, out) = match event {
+            ServerMessage::E2ee { from, data } => {
+                let (what, out) = group.receive(from, data, now);
+                (Some(what), out)
+            }
+            ServerMessage::ParticipantLeft { participant } => (None, group.left(participant, now)),
+            _ => (None, Vec::new()),
+        };
+        for o in out {
+            self.send_e2ee(o).await?;
+        }
+        Ok(what)
     }
 
     /// Writes bytes to the control stream as they are, unframed (tests use

@@ -123,6 +123,33 @@ pub struct Settings {
     /// How to reload the policy (`POST /v1/admin/reload` with the relay's
     /// credential, SIGHUP); `None` refuses reloads.
     pub reload: Option<Reloading>,
+    /// Shown every media datagram and control message the shards handle,
+    /// as the relay holds them once QUIC has decrypted them: audits and
+    /// tests use it to check what a relay can see. `None` in production.
+    pub tap: Option<Tap>,
+}
+
+/// What a [`Tap`] is shown.
+#[derive(Debug, Clone, Copy)]
+pub enum Tapped<'a> {
+    /// A media datagram as received from a participant or link.
+    DatagramIn(&'a [u8]),
+    /// A media datagram as handed to QUIC for a subscriber or link.
+    DatagramOut(&'a [u8]),
+    /// A participant's control message, decoded.
+    Control(&'a crate::wire::control::ClientMessage),
+    /// A cascade link's control message, decoded.
+    Link(&'a crate::wire::link::LinkMessage),
+}
+
+/// A callback shown what a relay handles ([`Settings::tap`]).
+#[derive(Clone)]
+pub struct Tap(pub Arc<dyn Fn(Tapped<'_>) + Send + Sync>);
+
+impl std::fmt::Debug for Tap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tap")
+    }
 }
 
 /// Where a relay's policy comes from, and the policy it started with.
@@ -263,6 +290,7 @@ pub async fn run(
         });
         shard_tasks.push(tokio::spawn(shard::run(
             index,
+            settings.tap.clone(),
             settings.log_full_addresses.clone(),
             core,
             settings.verifier.clone(),

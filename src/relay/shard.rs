@@ -94,6 +94,7 @@ pub(super) const CONTROL_BACKLOG: usize = 1024;
 /// Runs shard `index` until every sender of its queue is gone.
 pub(super) async fn run(
     index: usize,
+    tap: Option<super::Tap>,
     log_full_addresses: Vec<String>,
     mut core: Core,
     mut verifier: Verifier,
@@ -104,6 +105,7 @@ pub(super) async fn run(
     let mut handles: HashMap<ConnId, Handle> = HashMap::new();
     let mut st = LoopState {
         log_full_addresses,
+        tap,
         ..LoopState::default()
     };
     let mut ready = Vec::new();
@@ -173,6 +175,9 @@ pub(super) async fn run(
                     break;
                 };
                 space -= len;
+                if let Some(tap) = &st.tap {
+                    (tap.0)(super::Tapped::DatagramOut(&d));
+                }
                 match h.conn.send_datagram(d) {
                     Ok(()) => sent += 1,
                     Err(_) => failed += 1,
@@ -224,6 +229,8 @@ struct LoopState {
     log_full_addresses: Vec<String>,
     /// Of the trust the core's verifier holds (see [`super::Trust`]).
     trust_generation: u64,
+    /// From [`super::Settings::tap`].
+    tap: Option<super::Tap>,
 }
 
 impl LoopState {
@@ -450,7 +457,12 @@ fn handle_event(
                 }
             }
         }
-        Event::Link(id, message) => match message {
+        Event::Link(id, message) => match {
+            if let Some(tap) = &st.tap {
+                (tap.0)(super::Tapped::Link(&message));
+            }
+            message
+        } {
             LinkMessage::TrackPublished(info) => {
                 if !core.link_publish(id, info) {
                     metrics.control_errors.inc();
@@ -476,6 +488,9 @@ fn handle_event(
         },
         Event::Enforcement(event) => st.enforcement(event),
         Event::Control(id, message) => {
+            if let Some(tap) = &st.tap {
+                (tap.0)(super::Tapped::Control(&message));
+            }
             let leaving = matches!(message, ClientMessage::Leave {});
             core.handle_control_at(id, message, Instant::now());
             if leaving {
@@ -495,6 +510,9 @@ fn handle_event(
         }
         Event::Datagram(id, datagram, at) => {
             st.first_arrival.get_or_insert(at);
+            if let Some(tap) = &st.tap {
+                (tap.0)(super::Tapped::DatagramIn(&datagram));
+            }
             if let Err(IngressDrop::Malformed(e)) =
                 core.handle_datagram(id, datagram, Instant::now())
             {

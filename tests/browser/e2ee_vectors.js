@@ -17,7 +17,7 @@
 const checked = {};
 const failures = [];
 const count = (what) => (checked[what] = (checked[what] ?? 0) + 1);
-const show = (v) => (v instanceof Uint8Array ? m.toHex(v) : typeof v === "bigint" ? `${v}n` : JSON.stringify(v));
+const show = (v) => (v instanceof Uint8Array ? m.toHex(v) : typeof v === "bigint" ? `${v}n` : typeof v === "string" ? v : JSON.stringify(v));
 /** Records a failure unless `got` equals `want` (bytes compared as hex); returns whether they matched. */
 const same = (what, got, want) => {
   const g = got instanceof Uint8Array ? m.toHex(got) : got;

@@ -99,6 +99,8 @@ pub struct Cluster {
     /// Lifetime of the relays' self-signed certificates (default: what
     /// `relay` uses); a short one makes them renew during a test.
     pub cert_lifetime: Option<Duration>,
+    /// Shown what every relay started from now on handles.
+    pub tap: Option<relay::Tap>,
     reserved: Reserved,
 }
 
@@ -153,6 +155,7 @@ impl Cluster {
             routers: HashMap::new(),
             relays: HashMap::new(),
             cert_lifetime: None,
+            tap: None,
             reserved,
         }
     }
@@ -274,6 +277,7 @@ impl Cluster {
                 policy: self.policy.clone(),
                 on_sighup: false,
             }),
+            tap: self.tap.clone(),
         };
         let socket = self.reserved.socket(r.quic_addr);
         let http = self.reserved.listener(r.http_addr).await;

@@ -86,6 +86,7 @@ pub fn config(default_jurisdiction: &str, relays: Vec<RelaySection>) -> ConfigFi
                 default: None,
                 allow_no_passcode: false,
                 waiting_room: false,
+                e2ee: Default::default(),
             },
             PlanSection {
                 id: "paid".to_owned(),
@@ -93,6 +94,7 @@ pub fn config(default_jurisdiction: &str, relays: Vec<RelaySection>) -> ConfigFi
                 default: None,
                 allow_no_passcode: false,
                 waiting_room: false,
+                e2ee: Default::default(),
             },
         ],
         tenants: vec![TenantSection {

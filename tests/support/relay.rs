@@ -62,6 +62,7 @@ impl TestRelay {
             unvalidated_handshakes: 64,
             control_limits: relay::rate::ControlLimits::default(),
             http: residency_relay::http_server::Limits::from_policy(policy.limits()),
+            tap: None,
         };
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(relay::run(socket, http, settings, async {

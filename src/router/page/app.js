@@ -3,6 +3,7 @@
 // serves this file; the API it calls is the same origin's /v1.
 
 import { Call } from "./call.js";
+import { E2ee, parseConferenceSecret } from "./e2ee.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -32,6 +33,30 @@ const state = {
   message: "",
   host: false,
   leaving: false,
+  // End to end (docs/e2ee.md). The key from the link (or typed in) lives
+  // here only, never in the address bar, the form or storage.
+  key: null, // S0, 32 bytes
+  keyRejected: false, // the link's k= was not a key
+  pendingAnswer: null, // an e2ee join answer waiting for the key to be typed in
+  e2ee: null, // the E2ee of this session (kept across relay moves)
+  e2eeOn: false, // the join answer said e2ee
+  keyIgnored: false, // a key was given for a conference without e2ee
+  callStartedAt: 0, // when this session's E2ee was made
+  removing: new Map(), // participant id -> name, while the host removes them
+  lastLeft: null, // {at, name} of the latest participant_left
+  gotKeysAt: null, // when we first adopted an epoch someone else made
+  joinedAt: new Map(), // participant id -> when we saw them arrive
+  caughtUpAt: null, // when, as host, we last jumped past the others' epoch
+};
+
+/** What the page shows about end-to-end encryption; window.rr.snapshot().e2ee. */
+const e2eeView = {
+  badge: false,
+  state: 0, // our own status: 0 everything we render decrypts, 1 some track does not
+  tracks: [], // Call.e2eeTracks() at the last update
+  undecryptable: [], // participants with a track we cannot decrypt
+  cannotDecrypt: [], // participants who say (or show) they cannot decrypt
+  notices: [], // {at, text}
 };
 
 window.rr = {
@@ -60,17 +85,42 @@ window.rr = {
       moves: stats.moves,
       relays: stats.relays,
       host: state.host,
+      e2ee: e2eeSnapshot(),
     };
   },
 };
 
+function e2eeSnapshot() {
+  const e = state.e2ee;
+  const on = state.e2eeOn && !!e;
+  return {
+    enabled: on,
+    keyIgnored: state.keyIgnored,
+    epoch: on ? e.epoch : null,
+    safetyCode: on ? e.safetyCode : null,
+    encrypted: e?.stats.encrypted ?? 0,
+    decrypted: e?.stats.decrypted ?? 0,
+    decryptFailures: e?.stats.decryptFailures ?? 0,
+    badMessages: e?.stats.badMessages ?? 0,
+    badge: on && e2eeView.badge,
+    state: e2eeView.state,
+    tracks: e2eeView.tracks,
+    undecryptable: e2eeView.undecryptable,
+    cannotDecrypt: e2eeView.cannotDecrypt,
+    notices: e2eeView.notices.map((n) => n.text),
+  };
+}
+
 function addTrack(peers, t) {
   const p = (peers[t.participant] ??= {
-    video: { frames: 0, keyframes: 0, bytes: 0, decoded: 0, dropped: 0, lost: 0 },
-    audio: { frames: 0, keyframes: 0, bytes: 0, decoded: 0, dropped: 0, lost: 0 },
+    video: { frames: 0, keyframes: 0, bytes: 0, decoded: 0, dropped: 0, lost: 0, decrypted: 0, decryptFailures: 0 },
+    audio: { frames: 0, keyframes: 0, bytes: 0, decoded: 0, dropped: 0, lost: 0, decrypted: 0, decryptFailures: 0 },
   });
   const k = p[t.kind];
   if (!k) return;
+  k.decrypted += t.decrypted ?? 0;
+  k.decryptFailures += t.decryptFailures ?? 0;
+  if (t.encrypted !== undefined) k.encrypted = t.encrypted;
   k.frames += t.frames;
   k.keyframes += t.keyframes;
   k.bytes += t.bytes;
@@ -122,6 +172,17 @@ function refusalText(code, message, retryAfter) {
   }
 }
 
+const E2EE_TEXT = {
+  noKey: "This call is end-to-end encrypted and your link has no key. Ask the host for the full link.",
+  badKey: "The key in your link is not valid (it is the 43 characters after k= in the full link). Ask the host for the full link, or type the key in.",
+  badTyped: "That key is not right: it is the 43 letters, digits, - and _ after k= in the full link.",
+  on: "End-to-end encrypted",
+  waiting: "Waiting for every participant's media to decrypt under the current keys…",
+  failing: "Not all media decrypts: what cannot be decrypted is not shown.",
+  transportOnly: "Media in this call is encrypted in transit to the relay only, not end to end: the relay can read it.",
+  keyIgnored: "This conference is not end-to-end encrypted: the key in your link is not used, and nothing is encrypted end to end.",
+};
+
 const ENDED_TEXT = {
   kicked: (detail) => `A host removed you from the call${detail && detail !== "kicked" ? `: ${detail}` : "."}`,
   conference_ended: () => "The host ended the conference for everyone.",
@@ -133,7 +194,7 @@ function show(phase, message = "") {
   state.phase = phase;
   state.message = message;
   for (const id of ["join", "waiting", "call"]) $(id).hidden = true;
-  if (phase === "form" || phase === "refused") $("join").hidden = false;
+  if (phase === "form" || phase === "refused" || phase === "needs_key") $("join").hidden = false;
   if (phase === "waiting") $("waiting").hidden = false;
   if (phase === "connecting" || phase === "in_call" || phase === "moving") $("call").hidden = false;
   if (phase === "ended") $("call").hidden = false;
@@ -197,6 +258,28 @@ const hooks = {
   trackDone(t) {
     addTrack(stats.finished, t);
   },
+  e2ee(from, data) {
+    const e = state.e2ee;
+    if (!e) return;
+    e.receive(from, data).then(sendE2ee);
+  },
+  joined(pid) {
+    state.joinedAt.set(pid, Date.now());
+    state.e2ee?.joined(pid);
+  },
+  left(pid, name) {
+    state.joinedAt.delete(pid);
+    const e = state.e2ee;
+    if (!e) return;
+    state.lastLeft = { at: Date.now(), name };
+    // Whoever leaves held the keys: the host makes the next epoch without
+    // them (unless removing them made it already).
+    const removed = state.removing.has(pid);
+    if (!e.forget(pid) && state.host) {
+      rotateKeys([pid], removed ? `Keys changed: ${name ?? "someone"} was removed` : "Keys changed: someone left");
+      if (removed) state.removing.delete(pid);
+    }
+  },
   roster(map) {
     const list = $("roster");
     list.textContent = "";
@@ -206,7 +289,9 @@ const hooks = {
       li.dataset.participant = pid;
       const label = document.createElement("span");
       label.textContent = pid === state.call?.me ? `${name} (you)` : name;
-      li.append(label);
+      const mark = document.createElement("span");
+      mark.className = "e2ee-flag";
+      li.append(label, mark);
       if (state.host && pid !== state.call?.me) {
         for (const [text, action] of [
           ["Remove", () => kick(pid, false)],
@@ -227,6 +312,7 @@ const hooks = {
       const name = map.get(tile.dataset.participant);
       if (name) tile.querySelector(".name").textContent = name;
     }
+    renderE2ee();
   },
   tile(pid, name, note) {
     let tile = document.querySelector(`.tile[data-participant="${CSS.escape(pid)}"]`);
@@ -280,10 +366,17 @@ async function startCall(answer) {
   show(state.phase === "moving" ? "moving" : "connecting", state.phase === "moving" ? state.message : "Connecting to the relay…");
   $("residency").textContent = residencyText(answer);
   $("host").hidden = !state.host;
+  await setUpE2ee(answer);
   const media = answer.role === "viewer" ? null : state.media;
-  const call = new Call(answer, media, hooks, stats);
+  const call = new Call(answer, media, hooks, stats, state.e2eeOn ? state.e2ee : null);
   state.call = call;
   await call.connect();
+  if (state.e2eeOn) {
+    if (call.me !== state.e2ee.participant) stats.errors.push(`e2ee: the relay calls us ${call.me}, the router ${state.e2ee.participant}`);
+    // Everyone learns our key; whoever had not seen it answers with theirs.
+    sendE2ee(await state.e2ee.announce());
+  }
+  renderE2ee();
   show("in_call", "");
   applyMute();
   call.ended().then((why) => onEnded(call, why));
@@ -354,6 +447,149 @@ function applyMute() {
   c.setMuted("audio", $("mute-audio").getAttribute("aria-pressed") === "true");
 }
 
+// ------------------------------------------------------------------ end to end
+
+/**
+ * Prepares end-to-end encryption for a join answer: on an e2ee conference
+ * our E2ee (made once per session: a relay move keeps its keys, index and
+ * counters); on another, nothing, and a key from the link is dropped.
+ */
+async function setUpE2ee(answer) {
+  state.e2eeOn = answer.e2ee === true;
+  if (!state.e2eeOn) {
+    if (state.key) state.keyIgnored = true;
+    state.key = null;
+    return;
+  }
+  if (!state.key) throw new Error(E2EE_TEXT.noKey);
+  if (!state.e2ee || state.e2ee.participant !== answer.participant_id) {
+    state.e2ee = await E2ee.create({ secret: state.key, participant: answer.participant_id, host: state.host });
+    state.e2ee.onchange = onE2eeChange;
+    state.callStartedAt = Date.now();
+    state.gotKeysAt = null;
+  }
+  state.e2ee.host = state.host;
+}
+
+/** Sends e2ee messages ({to, data}, or {data} for everyone) on the current connection. */
+function sendE2ee(messages) {
+  const call = state.call;
+  if (!call || !messages) return;
+  for (const m of [].concat(messages)) if (m) call.sendE2ee(m);
+}
+
+/** The host's part: a new epoch without `excluded`, sealed to everyone else. */
+async function rotateKeys(excluded, reason, after = 0) {
+  try {
+    sendE2ee(await state.e2ee.rotate(excluded, reason, after));
+  } catch (e) {
+    stats.errors.push(`key rotation: ${e}`);
+  }
+}
+
+function notice(text) {
+  e2eeView.notices.push({ at: Date.now(), text });
+  if (e2eeView.notices.length > 50) e2eeView.notices.shift();
+  renderE2ee();
+}
+
+/** Our E2ee changed: a new epoch gets a notice in plain words. */
+function onE2eeChange(event) {
+  if (event.type !== "epoch") return renderE2ee();
+  const now = Date.now();
+  let text;
+  if (event.from === state.e2ee.participant) text = event.reason ?? "Keys changed";
+  else if (state.gotKeysAt === null && event.previous === 0 && now - state.callStartedAt < 15_000) {
+    // A newcomer handed the epoch in force: nothing changed for the others.
+    text = `Received the call's current keys (epoch ${event.epoch}).`;
+  } else if (state.lastLeft && now - state.lastLeft.at < 15_000) text = "Keys changed: someone left";
+  else text = "Keys changed: the host made new keys";
+  if (event.from !== state.e2ee.participant) state.gotKeysAt ??= now;
+  notice(text);
+  e2eeTick();
+}
+
+/**
+ * Once a second, and on every key change: how each track decrypts, our
+ * status for the others (sent when it changes), the badge and the marks.
+ */
+async function e2eeTick() {
+  const e = state.e2ee;
+  const call = state.call;
+  if (!e || !call || !state.e2eeOn) return renderE2ee();
+  const tracks = call.e2eeTracks();
+  const bad = tracks.filter((t) => t.state === "failing" || t.state === "plaintext");
+  e2eeView.tracks = tracks;
+  e2eeView.state = bad.length ? 1 : 0;
+  e2eeView.undecryptable = [...new Set(bad.map((t) => t.participant))];
+  // The mark only while every track being rendered decrypts under the
+  // current epoch (a track that is settling, or still under the previous
+  // epoch, takes it away until it does).
+  e2eeView.badge = tracks.every((t) => t.state === "ok");
+  const now = Date.now();
+  const cannot = [];
+  for (const pid of call.roster.keys()) {
+    if (pid === call.me) continue;
+    const status = e.peerStatus(pid);
+    const since = state.joinedAt.get(pid) ?? state.callStartedAt;
+    if (status?.state === 1) cannot.push(pid); // says so
+    else if (status && status.epoch < e.epoch && now - e.changedAt > 5000) cannot.push(pid); // still on older keys
+    else if (!status && e.epoch > 0 && !e.knows(pid) && now - since > 10_000) cannot.push(pid); // never announced a key
+  }
+  if (e2eeView.state === 1) cannot.push(call.me); // the others see it from our status
+  e2eeView.cannotDecrypt = cannot;
+  // A host whose session is new (its page reloaded) starts at epoch 0
+  // while the others may be further on, and nobody hands epochs to a host:
+  // it makes one above the highest any status names, for everyone.
+  const ahead = Math.max(0, ...[...call.roster.keys()].map((pid) => e.peerStatus(pid)?.epoch ?? 0));
+  if (state.host && ahead > e.epoch && now - (state.caughtUpAt ?? 0) > 5000) {
+    state.caughtUpAt = now;
+    await rotateKeys([], "Keys changed: new keys for everyone", ahead);
+  }
+  try {
+    sendE2ee(await e.status(e2eeView.state));
+  } catch (err) {
+    stats.errors.push(`e2ee status: ${err}`);
+  }
+  renderE2ee();
+}
+
+/** Draws the badge, the keys panel, the notices and the roster's and tiles' marks. */
+function renderE2ee() {
+  const on = state.e2eeOn && !!state.e2ee;
+  const inCall = !!state.answer;
+  $("e2ee").hidden = !on;
+  $("e2ee-badge").hidden = !on;
+  $("transport-only").hidden = on || !inCall;
+  $("transport-only").textContent = state.keyIgnored ? `${E2EE_TEXT.keyIgnored} ${E2EE_TEXT.transportOnly}` : E2EE_TEXT.transportOnly;
+  const undecryptable = new Set(on ? e2eeView.undecryptable : []);
+  const cannot = new Set(on ? e2eeView.cannotDecrypt : []);
+  const plaintext = new Set(on ? e2eeView.tracks.filter((t) => t.state === "plaintext").map((t) => t.participant) : []);
+  for (const li of $("roster").querySelectorAll("li")) {
+    const pid = li.dataset.participant;
+    let flag = "";
+    if (plaintext.has(pid)) flag = "sends media that is not end-to-end encrypted (not shown)";
+    else if (undecryptable.has(pid)) flag = "their media cannot be decrypted (not shown)";
+    else if (cannot.has(pid)) flag = pid === state.call?.me ? "you cannot decrypt all media" : "cannot decrypt all media";
+    li.dataset.e2ee = flag ? (undecryptable.has(pid) ? "undecryptable" : "cannot-decrypt") : "";
+    const mark = li.querySelector(".e2ee-flag");
+    if (mark) mark.textContent = flag ? ` — ${flag}` : "";
+  }
+  for (const tile of document.querySelectorAll(".tile[data-participant]")) {
+    tile.dataset.e2ee = undecryptable.has(tile.dataset.participant) ? "failing" : "";
+  }
+  if (!on) return;
+  const e = state.e2ee;
+  $("e2ee-badge").dataset.ok = String(e2eeView.badge);
+  $("e2ee-mark").hidden = !e2eeView.badge;
+  $("e2ee-badge-text").textContent = e2eeView.badge ? E2EE_TEXT.on : e2eeView.state ? E2EE_TEXT.failing : E2EE_TEXT.waiting;
+  $("e2ee-epoch").textContent = String(e.epoch);
+  $("e2ee-code").textContent = e.safetyCode;
+  const last = e2eeView.notices.at(-1);
+  $("e2ee-notice").hidden = !last;
+  $("e2ee-notice").textContent = last ? last.text : "";
+}
+
 // ------------------------------------------------------------------ host
 
 async function hostAction(method, path, body) {
@@ -366,8 +602,20 @@ async function hostAction(method, path, body) {
 }
 
 async function kick(pid, ban) {
+  const name = state.call?.roster.get(pid) ?? "someone";
+  if (state.e2ee) state.removing.set(pid, name);
   const r = await hostAction("POST", `/participants/${encodeURIComponent(pid)}/kick`, { ban, reason: ban ? "removed and banned by a host" : "removed by a host" });
-  if (r) $("host-status").textContent = ban ? "Removed and banned." : "Removed.";
+  if (!r) {
+    state.removing.delete(pid);
+    return;
+  }
+  $("host-status").textContent = ban ? "Removed and banned." : "Removed.";
+  // New keys without them, unless their participant_left came first and
+  // made them already.
+  if (state.e2ee && !state.e2ee.excluded.has(pid)) {
+    state.removing.delete(pid);
+    await rotateKeys([pid], `Keys changed: ${name} was removed`);
+  }
 }
 
 async function report(pid) {
@@ -415,7 +663,13 @@ function readLink() {
   if (fragment.get("p")) state.credential = { passcode: fragment.get("p") };
   if (fragment.get("i")) state.credential = { invite: fragment.get("i") };
   if (fragment.get("name")) state.name = fragment.get("name");
+  // The end-to-end key likewise: kept in memory only.
+  if (fragment.get("k") !== null) {
+    state.key = parseConferenceSecret(fragment.get("k"));
+    state.keyRejected = !state.key;
+  }
   if (location.hash) history.replaceState(null, "", location.pathname);
+  $("e2ee-key-row").hidden = !state.keyRejected;
   $("conference").value = state.conference ?? "";
   $("passcode").value = state.credential?.passcode ?? "";
   $("display-name").value = state.name;
@@ -453,12 +707,45 @@ async function onJoin(event) {
   if (missing.length) {
     return show("refused", `This browser cannot join calls: it lacks ${missing.join(", ")}. Use a current Chromium-based browser (Chromium, Chrome, Edge).`);
   }
+  // A key typed in (the field shows when the conference needs one).
+  const typed = $("e2ee-key").value.trim();
+  if (typed) {
+    const key = parseConferenceSecret(typed);
+    if (!key) return show("needs_key", E2EE_TEXT.badTyped);
+    state.key = key;
+    state.keyRejected = false;
+    $("e2ee-key").value = "";
+  }
+  if (state.pendingAnswer && state.pendingAnswer.conference !== state.conference) state.pendingAnswer = null;
   $("join-button").disabled = true;
   show("form", "Joining…");
   await getMedia();
   try {
-    const answer = await joinRouter({ ...state.credential, display_name: state.name });
-    answer.display_name ??= state.name;
+    let answer;
+    const pending = state.pendingAnswer;
+    if (pending && state.key) {
+      // Admitted already, before the key was typed in: come back with the
+      // rejoin token (an invitation may be single-use, the waiting room
+      // was passed).
+      state.pendingAnswer = null;
+      answer = (await api("POST", `${conferencePath()}/join`, { rejoin: pending.rejoin_token, participant_id: pending.participant_id })).json;
+      answer.display_name ??= pending.display_name;
+      answer.manage_token ??= pending.manage_token;
+    } else {
+      // A fresh join: a new session, new keys of our own.
+      state.pendingAnswer = null;
+      state.e2ee = null;
+      state.keyIgnored = false;
+      e2eeView.notices = [];
+      answer = await joinRouter({ ...state.credential, display_name: state.name });
+      answer.display_name ??= state.name;
+    }
+    if (answer.e2ee === true && !state.key) {
+      // Never join the media of an end-to-end encrypted call without its key.
+      state.pendingAnswer = { ...answer, conference: state.conference };
+      $("e2ee-key-row").hidden = false;
+      return show("needs_key", state.keyRejected ? E2EE_TEXT.badKey : E2EE_TEXT.noKey);
+    }
     await startCall(answer);
   } catch (e) {
     if (e instanceof Refused) show("refused", refusalText(e.code, e.message, e.retryAfter));
@@ -507,6 +794,7 @@ function init() {
     $("report").textContent = JSON.stringify(r, null, 2);
     $("report").hidden = false;
   });
+  setInterval(e2eeTick, 1000);
   show("form", "");
 }
 

@@ -5,6 +5,7 @@
 
 import { CLOSE, ControlDecoder, encodeControl, parseHeader } from "./wire.js";
 import { Packetizer, Reassembler, nowMicros } from "./frames.js";
+import { OVERHEAD as E2EE_OVERHEAD } from "./e2ee.js";
 
 export const VIDEO = { codec: "vp8", width: 640, height: 360, framerate: 30, bitrate: 600_000, keyframeEvery: 60 };
 export const AUDIO = { codec: "opus", sampleRate: 48_000, bitrate: 32_000 };
@@ -15,6 +16,14 @@ const MAX_DECODE_QUEUE = 3;
 /** Datagrams the browser may hold unsent before frames are dropped. */
 const OUTGOING_DATAGRAMS = 64;
 const LATENCY_LOG = 4096;
+/** Datagrams being encrypted or decrypted at once before more are dropped. */
+const CRYPTO_IN_FLIGHT = 256;
+/** A track with no datagram for this long is not being rendered (muted, stopped). */
+const TRACK_IDLE_MS = 2000;
+/** A track whose datagrams fail for this long counts as one we cannot decrypt. */
+const FAILING_AFTER_MS = 1000;
+/** Error code of a publish refused for not being declared encrypted. */
+export const ERROR_NOT_ENCRYPTED = 8;
 
 function hexBytes(hex) {
   const out = new Uint8Array(hex.length / 2);
@@ -34,13 +43,23 @@ export class Ended extends Error {
 export class Call {
   /**
    * answer: the router's join answer; media: the MediaStream (may be null);
-   * hooks: {roster(map), tile(pid) -> canvas, removeTile(pid), status(text)}.
+   * hooks: {roster(map), tile(pid) -> canvas, removeTile(pid), status(text),
+   * e2ee(from, data), joined(pid), left(pid, name)}; e2ee: the E2ee of an
+   * end-to-end encrypted conference (e2ee.js), or null. With it, every
+   * datagram we send is encrypted after packetisation and every datagram
+   * we receive is decrypted before reassembly: nothing else is sent or
+   * rendered.
    */
-  constructor(answer, media, hooks, stats) {
+  constructor(answer, media, hooks, stats, e2ee = null) {
     this.answer = answer;
     this.media = media;
     this.hooks = hooks;
     this.stats = stats;
+    this.e2ee = e2ee;
+    this.contexts = {}; // kind -> SFrame context slot (publish order)
+    this.sendChain = Promise.resolve(); // encrypted datagrams go out in order
+    this.receiveChain = Promise.resolve(); // decrypted datagrams are reassembled in arrival order
+    this.inFlight = { encrypt: 0, decrypt: 0 };
     this.tracks = new Map(); // track id -> remote track state
     this.roster = new Map(); // participant id -> display name
     this.requests = new Map(); // publish request -> kind
@@ -131,7 +150,9 @@ export class Call {
         this.published[kind] = m.track;
         const p = this.packetizers[kind];
         if (p) p.track = m.track;
-        else this.packetizers[kind] = new Packetizer(m.track, this.maxDatagram);
+        // Encrypted datagrams grow by up to E2EE_OVERHEAD: fragments are cut
+        // that much shorter, so what is sent is no larger than before.
+        else this.packetizers[kind] = new Packetizer(m.track, this.maxDatagram, this.e2ee ? E2EE_OVERHEAD : 0);
         if (kind === "video") this.forceKeyframe = true;
         break;
       }
@@ -143,9 +164,11 @@ export class Call {
         break;
       case "participant_joined":
         this.roster.set(m.participant, m.display_name);
+        this.hooks.joined?.(m.participant);
         this.hooks.roster(this.roster);
         break;
       case "participant_left":
+        this.hooks.left?.(m.participant, this.roster.get(m.participant));
         this.roster.delete(m.participant);
         for (const [id, t] of this.tracks) if (t.participant === m.participant) this.trackGone(id);
         this.hooks.removeTile(m.participant);
@@ -171,8 +194,14 @@ export class Call {
           this.wt.close({ closeCode: 0, reason: "moving" });
         } catch {}
         break;
+      case "e2ee":
+        if (typeof m.from === "string" && typeof m.data === "string") this.hooks.e2ee?.(m.from, m.data);
+        break;
       case "error":
         this.stats.errors.push(`${m.code} ${m.message}`);
+        // Our publish was not declared encrypted on an e2ee conference: a
+        // bug here, and the relay's guard against it. Nothing is sent.
+        if (m.code === ERROR_NOT_ENCRYPTED) this.stats.errors.push("the relay refused a track not declared end-to-end encrypted");
         break;
       default:
         break;
@@ -195,6 +224,14 @@ export class Call {
       decodeErrors: 0,
       bytes: 0,
       keyframeRequests: 0,
+      // End to end: declared by its publisher, and how its datagrams fare.
+      encrypted: info.encrypted === true,
+      decrypted: 0,
+      decryptFailures: 0,
+      lastAt: null, // performance.now() of the last datagram
+      lastOk: false, // whether the last one decrypted
+      lastEpoch: null, // the epoch it decrypted under
+      failingSince: null,
     };
     this.tracks.set(info.track, remote);
     if (!this.roster.has(info.participant)) {
@@ -202,6 +239,9 @@ export class Call {
       this.roster.set(info.participant, "participant on another relay");
       this.hooks.roster(this.roster);
     }
+    // On an end-to-end encrypted conference a track not declared encrypted
+    // is never subscribed to, let alone rendered; the page marks its sender.
+    if (this.e2ee && !remote.encrypted) return;
     this.send({ type: "subscribe", track: info.track });
   }
 
@@ -231,6 +271,45 @@ export class Call {
     if (!h) return;
     const t = this.tracks.get(h.track);
     if (!t) return;
+    if (this.e2ee) this.onEncryptedDatagram(t, d);
+    else this.onPlainDatagram(t, d);
+  }
+
+  /**
+   * Decrypts a datagram, then reassembles it. Datagrams are decrypted side
+   * by side but handed on in the order they arrived. One that fails is
+   * counted and dropped: there is no fallback to plaintext.
+   */
+  onEncryptedDatagram(t, d) {
+    t.lastAt = performance.now();
+    if (!t.encrypted || this.inFlight.decrypt >= CRYPTO_IN_FLIGHT) {
+      this.failed(t);
+      return;
+    }
+    this.inFlight.decrypt++;
+    const opening = this.e2ee.open(d);
+    this.receiveChain = this.receiveChain
+      .then(() => opening)
+      .then((r) => {
+        this.inFlight.decrypt--;
+        if (this.tracks.get(t.id) !== t) return;
+        if (!r) return this.failed(t);
+        t.decrypted++;
+        t.lastOk = true;
+        t.lastEpoch = r.epoch;
+        t.failingSince = null;
+        this.onPlainDatagram(t, r.data);
+      })
+      .catch((e) => this.stats.errors.push(`after decryption: ${e}`));
+  }
+
+  failed(t) {
+    t.decryptFailures++;
+    t.lastOk = false;
+    t.failingSince ??= performance.now();
+  }
+
+  onPlainDatagram(t, d) {
     const { frame, wantKeyframe } = t.reassembler.push(d);
     if (wantKeyframe) {
       t.keyframeRequests++;
@@ -315,7 +394,7 @@ export class Call {
     // The browser cannot send as fast as we encode (a busy machine, a slow
     // link): drop the frame rather than queue it, and start again from a
     // keyframe.
-    if (this.datagrams.desiredSize !== null && this.datagrams.desiredSize <= 0) {
+    if ((this.datagrams.desiredSize !== null && this.datagrams.desiredSize <= 0) || this.encryptionBehind()) {
       this.stats.sendDropped[kind]++;
       if (kind === "video") this.forceKeyframe = true;
       return;
@@ -328,7 +407,8 @@ export class Call {
       return;
     }
     const frameNumber = p.frame - 1;
-    for (const d of datagrams) this.datagrams.write(d).catch(() => {});
+    if (this.e2ee) this.sendEncrypted(kind, datagrams);
+    else for (const d of datagrams) this.datagrams.write(d).catch(() => {});
     const s = this.stats.sent[kind];
     s.frames++;
     s.bytes += data.length;
@@ -337,20 +417,85 @@ export class Call {
     if (this.stats.sentLog.length > SENT_LOG) this.stats.sentLog.shift();
   }
 
+  /**
+   * Encrypts a frame's datagrams (their counters taken now, in order) and
+   * writes them once all are done, after those of earlier frames.
+   */
+  sendEncrypted(kind, datagrams) {
+    const context = this.contexts[kind];
+    this.inFlight.encrypt += datagrams.length;
+    const sealing = Promise.all(datagrams.map((d) => this.e2ee.encryptDatagram(d, context)));
+    this.sendChain = this.sendChain
+      .then(() => sealing)
+      .then((sealed) => {
+        if (this.stopped) return;
+        for (const d of sealed) this.datagrams.write(d).catch(() => {});
+      })
+      .catch((e) => this.stats.errors.push(`encryption: ${e}`))
+      .finally(() => {
+        this.inFlight.encrypt -= datagrams.length;
+      });
+  }
+
+  /** Whether frames of `kind` should be dropped because encryption lags behind. */
+  encryptionBehind() {
+    return this.e2ee !== null && this.inFlight.encrypt >= CRYPTO_IN_FLIGHT;
+  }
+
+  /** A publish request; declared encrypted on an end-to-end encrypted conference. */
+  async publish(request, kind, codec) {
+    this.requests.set(request, kind);
+    const message = { type: "publish", request, kind, codec };
+    if (this.e2ee) {
+      message.encrypted = true;
+      // The track's slot in its SFrame KIDs: 0 for the first published.
+      this.contexts[kind] ??= Object.keys(this.contexts).length;
+    }
+    await this.send(message);
+  }
+
   async publishMedia() {
     if (!this.media) return;
     const video = this.media.getVideoTracks()[0];
     const audio = this.media.getAudioTracks()[0];
     if (video) {
-      this.requests.set(1, "video");
-      await this.send({ type: "publish", request: 1, kind: "video", codec: VIDEO.codec });
+      await this.publish(1, "video", VIDEO.codec);
       this.encodeVideo(video);
     }
     if (audio) {
-      this.requests.set(2, "audio");
-      await this.send({ type: "publish", request: 2, kind: "audio", codec: AUDIO.codec });
+      await this.publish(2, "audio", AUDIO.codec);
       this.encodeAudio(audio);
     }
+  }
+
+  /** Sends an `e2ee` control message: {to, data}, or {data} for everyone. */
+  sendE2ee({ to, data }) {
+    const message = { type: "e2ee", data };
+    if (to) message.to = to;
+    return this.send(message);
+  }
+
+  /**
+   * How each remote track fares end to end, for the page's badge, roster
+   * and status: [{participant, track, kind, state}] where state is "ok"
+   * (its last datagram decrypted under the current epoch), "old_epoch"
+   * (under the previous one), "settling" (failing for less than a
+   * second), "failing" or "plaintext" (not declared encrypted). Tracks
+   * idle for 2 s (muted, stopped) are left out: nothing of them is shown.
+   */
+  e2eeTracks() {
+    const out = [];
+    const now = performance.now();
+    const epoch = this.e2ee?.epoch;
+    for (const t of this.tracks.values()) {
+      let state;
+      if (!t.encrypted) state = "plaintext";
+      else if (t.lastAt === null || now - t.lastAt > TRACK_IDLE_MS) continue;
+      else if (t.lastOk) state = t.lastEpoch === epoch ? "ok" : "old_epoch";
+      else state = now - t.failingSince >= FAILING_AFTER_MS ? "failing" : "settling";
+      out.push({ participant: t.participant, track: t.id, kind: t.kind, state });
+    }
+    return out;
   }
 
   async encodeVideo(track) {
@@ -500,5 +645,8 @@ function statOf(t) {
     dropped: t.dropped,
     decodeErrors: t.decodeErrors,
     keyframeRequests: t.keyframeRequests,
+    encrypted: t.encrypted,
+    decrypted: t.decrypted,
+    decryptFailures: t.decryptFailures,
   };
 }

@@ -658,7 +658,7 @@ class Epoch {
  *
  * Messages to send are {to, data} (to one participant) or {data} (to
  * everyone): exactly the fields of an `e2ee` control message.
- * `onchange(event)` is called with {type: "epoch", epoch, from, previous},
+ * `onchange(event)` is called with {type: "epoch", epoch, from, previous, reason},
  * {type: "peer", participant} or {type: "status", participant}.
  */
 export class E2ee {
@@ -846,14 +846,14 @@ export class E2ee {
   }
 
   /** Makes `next` the current epoch; `replace`: it supersedes one of the same number. */
-  async adopt(next, replace = false) {
+  async adopt(next, replace = false, reason = null) {
     const before = this.current;
     if (!replace) this.previous = { epoch: before, until: this.now() + PREVIOUS_EPOCH_MS };
     this.current = next;
     this.changedAt = this.now();
     // What we send from now on is under the new epoch, counters from 0.
     this.sending.clear();
-    this.emit({ type: "epoch", epoch: next.n, from: next.from, previous: before.n });
+    this.emit({ type: "epoch", epoch: next.n, from: next.from, previous: before.n, reason });
   }
 
   async onStatus(from, bytes) {
@@ -874,16 +874,20 @@ export class E2ee {
    * The host's rotation: forgets `excluded` (ids), makes epoch n+1 from 32
    * random bytes and resolves with one epoch message for every remaining
    * participant whose key we know ({to, data}). We encrypt under it at once.
+   * `reason` is passed on in the "epoch" event (for the page's words).
+   * `after`: an epoch others are known to be at (a host whose page was
+   * reloaded starts again at 0): the new epoch is above it too.
    */
-  rotate(excluded = []) {
+  rotate(excluded = [], reason = null, after = 0) {
+    // Excluded at once, so that a participant_left racing a removal sees it.
+    for (const id of excluded) {
+      this.peers.delete(id);
+      this.excluded.add(id);
+    }
     return this.serialize(async () => {
-      for (const id of excluded) {
-        this.peers.delete(id);
-        this.excluded.add(id);
-      }
-      const n = this.current.n + 1;
+      const n = Math.max(this.current.n, after >>> 0) + 1;
       if (n > 0xffffffff) throw new Error("no epoch after 2^32 - 1");
-      await this.adopt(await Epoch.make(n, randomBytes(SECRET_LEN), this.participant));
+      await this.adopt(await Epoch.make(n, randomBytes(SECRET_LEN), this.participant), false, reason);
       const out = [];
       for (const [id, peer] of this.peers) {
         if (!peer.publicKey || this.excluded.has(id)) continue;

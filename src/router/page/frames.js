@@ -21,16 +21,22 @@ export function nowMicros() {
 }
 
 export class Packetizer {
-  constructor(track, maxDatagram) {
+  /**
+   * `reserve`: bytes each datagram must leave free for what is added after
+   * packetisation (end-to-end encryption: e2ee.js OVERHEAD), so that the
+   * datagram sent is no larger than `maxDatagram` either way.
+   */
+  constructor(track, maxDatagram, reserve = 0) {
     this.track = track;
     this.sequence = 0;
     this.frame = 0;
     this.maxDatagram = Math.min(maxDatagram, MAX_DATAGRAM);
+    this.reserve = reserve;
   }
 
   /** The datagrams of one frame (`data` a Uint8Array). */
   packetize(data, keyframe, captureMicros) {
-    const room = this.maxDatagram - WIRE_HEADER - HEADER_LEN;
+    const room = this.maxDatagram - WIRE_HEADER - HEADER_LEN - this.reserve;
     if (room <= 0) throw new Error(`datagrams of ${this.maxDatagram} bytes leave no room`);
     const count = Math.max(1, Math.ceil(data.length / room));
     if (count > MAX_FRAGMENTS) throw new Error(`a frame of ${data.length} bytes is too large`);
