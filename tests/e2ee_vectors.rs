@@ -87,7 +87,10 @@ fn sframe_encryption_matches_rfc_9605_for_the_aes_gcm_suites() {
         assert!(encrypted.decrypt_into(&key, &mut Vec::new()).is_err());
         checked.push(case["cipher_suite"].as_u64().unwrap());
     }
-    assert!(checked.contains(&4), "the suite this project uses was checked");
+    assert!(
+        checked.contains(&4),
+        "the suite this project uses was checked"
+    );
 }
 
 /// Hands out the vector's ephemeral input keying material as "randomness",
@@ -103,7 +106,10 @@ impl TryRng for Fixed {
         unreachable!("only fill_bytes is used")
     }
     fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Infallible> {
-        assert!(dst.len() <= self.0.len(), "more randomness than the vector has");
+        assert!(
+            dst.len() <= self.0.len(),
+            "more randomness than the vector has"
+        );
         let rest = self.0.split_off(dst.len());
         dst.copy_from_slice(&self.0);
         self.0 = rest;
@@ -120,7 +126,12 @@ fn hpke_matches_rfc_9180_for_base_x25519_sha256_aes128gcm() {
     assert!(!cases.is_empty());
     for case in cases {
         assert_eq!(
-            (case["mode"].as_u64(), case["kem_id"].as_u64(), case["kdf_id"].as_u64(), case["aead_id"].as_u64()),
+            (
+                case["mode"].as_u64(),
+                case["kem_id"].as_u64(),
+                case["kdf_id"].as_u64(),
+                case["aead_id"].as_u64()
+            ),
             (Some(0), Some(32), Some(1), Some(1))
         );
         let info = bytes(&case["info"]);

@@ -72,7 +72,10 @@ impl Connection {
         let group = match (secret, e2ee) {
             (Some(secret), true) => {
                 let group = Group::new(&secret, client.participant.clone(), host);
-                println!("end-to-end encrypted; epoch 0, safety code {}", group.safety_code());
+                println!(
+                    "end-to-end encrypted; epoch 0, safety code {}",
+                    group.safety_code()
+                );
                 Some(group)
             }
             (Some(_), false) => {

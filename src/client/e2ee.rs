@@ -319,6 +319,11 @@ impl Group {
         &self.current.secret
     }
 
+    /// The key id our track `context` sends under in the current epoch.
+    pub fn sender_key_id(&self, context: u8) -> u64 {
+        key_id(context, self.index, self.current.number)
+    }
+
     /// Participants whose public key this one knows.
     pub fn members(&self) -> impl Iterator<Item = &ParticipantId> {
         self.members.keys()
@@ -482,10 +487,7 @@ impl Group {
         .ok()?;
         let enc = enc.to_bytes();
         let number = epoch.to_be_bytes();
-        let tag = mac(
-            &self.auth,
-            &[&[EPOCH], &number, &enc, &ct, to.0.as_bytes()],
-        );
+        let tag = mac(&self.auth, &[&[EPOCH], &number, &enc, &ct, to.0.as_bytes()]);
         self.sealed.insert(to.clone());
         Some(Outgoing {
             to: Some(to.clone()),
@@ -559,7 +561,11 @@ impl Group {
     /// The plaintext payload of an encrypted datagram, or `None` if it does
     /// not decrypt under the current or (for a while) the previous epoch.
     pub fn decrypt(&mut self, datagram: &[u8], now: Instant) -> Option<Vec<u8>> {
-        if self.previous.as_ref().is_some_and(|(_, until)| now >= *until) {
+        if self
+            .previous
+            .as_ref()
+            .is_some_and(|(_, until)| now >= *until)
+        {
             self.previous = None;
         }
         let out = self.try_decrypt(datagram);
@@ -727,15 +733,27 @@ mod tests {
         let mut a = Group::new(&s, pid("a"), false);
         let outsider = Group::new(&Secret::random().unwrap(), pid("x"), false);
         let announce = outsider.announce();
-        assert_eq!(a.receive(&pid("x"), &announce.data, Instant::now()).0, Event::Refused);
+        assert_eq!(
+            a.receive(&pid("x"), &announce.data, Instant::now()).0,
+            Event::Refused
+        );
         // An honest announcement relabelled by the relay as someone else's.
         let b = Group::new(&s, pid("b"), false);
-        assert_eq!(a.receive(&pid("c"), &b.announce().data, Instant::now()).0, Event::Refused);
+        assert_eq!(
+            a.receive(&pid("c"), &b.announce().data, Instant::now()).0,
+            Event::Refused
+        );
         assert!(matches!(
             a.receive(&pid("b"), &b.announce().data, Instant::now()).0,
             Event::Announced(_)
         ));
-        for junk in ["", "!!!", "AQ", &B64.encode([2u8; 117]), &B64.encode([9u8; 65])] {
+        for junk in [
+            "",
+            "!!!",
+            "AQ",
+            &B64.encode([2u8; 117]),
+            &B64.encode([9u8; 65]),
+        ] {
             assert_eq!(a.receive(&pid("b"), junk, Instant::now()).0, Event::Refused);
         }
         assert_eq!(a.stats.messages_refused, 7);

@@ -622,3 +622,161 @@ fn a_subscriber_that_lost_a_fragment_asks_the_publisher_for_a_keyframe_at_a_boun
         "{requests:?}"
     );
 }
+
+fn e2ee_admission(conference: &str, name: &str) -> Admission {
+    Admission {
+        e2ee: true,
+        ..admission(conference, name, true, true)
+    }
+}
+
+fn publish_declared(core: &mut Core, conn: ConnId, encrypted: bool) -> Vec<ServerMessage> {
+    core.handle_control(
+        conn,
+        ClientMessage::Publish {
+            request: 7,
+            kind: TrackKind::Audio,
+            codec: "opus".into(),
+            layers: None,
+            encrypted,
+        },
+    );
+    control_for(core, conn)
+}
+
+#[test]
+fn an_e2ee_conference_refuses_tracks_not_declared_encrypted() {
+    let mut core = Core::new(CoreConfig::default());
+    let alice = core.admit(e2ee_admission("c", "alice"));
+    let bob = core.admit(e2ee_admission("c", "bob"));
+    while core.poll_control().is_some() {}
+    let refused = publish_declared(&mut core, alice, false);
+    assert!(
+        matches!(refused.as_slice(), [ServerMessage::Error { code: 8, .. }]),
+        "{refused:?}"
+    );
+    assert!(core.tracks.is_empty());
+    let answer = publish_declared(&mut core, alice, true);
+    assert!(matches!(
+        answer.as_slice(),
+        [ServerMessage::Published { .. }]
+    ));
+    let (_, info) = core.tracks.iter().next().unwrap();
+    assert!(info.info.encrypted, "subscribers learn it is encrypted");
+    assert!(
+        core.tracks
+            .values()
+            .all(|t| t.info.participant.0 == "alice")
+    );
+    let _ = bob;
+
+    // A link may not bring an undeclared track into it either.
+    let link = core.admit_link("c", "peer");
+    let plain = TrackInfo {
+        track: TrackId(track_id_base(9) | 1),
+        participant: ParticipantId("far".into()),
+        kind: TrackKind::Video,
+        codec: "vp8".into(),
+        layers: None,
+        encrypted: false,
+    };
+    assert!(!core.link_publish(link, plain.clone()));
+    assert!(core.link_publish(
+        link,
+        TrackInfo {
+            encrypted: true,
+            ..plain
+        }
+    ));
+    // Conferences without e2ee take either.
+    let carol = core.admit(admission("other", "carol", true, true));
+    while core.poll_control().is_some() {}
+    let answer = publish_declared(&mut core, carol, false);
+    assert!(matches!(
+        answer.as_slice(),
+        [ServerMessage::Published { .. }]
+    ));
+}
+
+#[test]
+fn e2ee_messages_reach_their_recipients_here_and_beyond_links_unread() {
+    let mut core = Core::new(CoreConfig::default());
+    let alice = core.admit(e2ee_admission("c", "alice"));
+    let bob = core.admit(e2ee_admission("c", "bob"));
+    let carol = core.admit(e2ee_admission("c", "carol"));
+    let elsewhere = core.admit(e2ee_admission("d", "dave"));
+    let link = core.admit_link("c", "peer");
+    while core.poll_control().is_some() {}
+    let message = |to: Option<&str>, data: &str| ClientMessage::E2ee {
+        to: to.map(|t| ParticipantId(t.into())),
+        data: data.into(),
+    };
+    let from_alice = |data: &str| ServerMessage::E2ee {
+        from: ParticipantId("alice".into()),
+        data: data.into(),
+    };
+
+    // To everyone: both others here, and over the link; not to another conference.
+    core.handle_control(alice, message(None, "AQID"));
+    let sent: Vec<(ConnId, ServerMessage)> = std::iter::from_fn(|| core.poll_control()).collect();
+    assert_eq!(
+        sent,
+        vec![(bob, from_alice("AQID")), (carol, from_alice("AQID"))]
+    );
+    let onward: Vec<_> = std::iter::from_fn(|| core.poll_link_request()).collect();
+    assert_eq!(
+        onward,
+        vec![(
+            link,
+            LinkRequest::E2ee {
+                from: ParticipantId("alice".into()),
+                to: None,
+                data: "AQID".into()
+            }
+        )]
+    );
+
+    // To one participant here: only them, and not over the link.
+    core.handle_control(alice, message(Some("carol"), "BAUG"));
+    let sent: Vec<_> = std::iter::from_fn(|| core.poll_control()).collect();
+    assert_eq!(sent, vec![(carol, from_alice("BAUG"))]);
+    assert!(core.poll_link_request().is_none());
+    // To someone not here: over the link, where they may be.
+    core.handle_control(alice, message(Some("zed"), "BAUG"));
+    assert!(core.poll_control().is_none());
+    assert_eq!(core.poll_link_request().map(|(to, _)| to), Some(link));
+
+    // From the link: delivered here, never sent back over a link.
+    assert!(core.link_e2ee(
+        link,
+        ParticipantId("far".into()),
+        Some(ParticipantId("bob".into())),
+        "Bwg".into()
+    ));
+    let sent: Vec<_> = std::iter::from_fn(|| core.poll_control()).collect();
+    assert_eq!(
+        sent,
+        vec![(
+            bob,
+            ServerMessage::E2ee {
+                from: ParticipantId("far".into()),
+                data: "Bwg".into()
+            }
+        )]
+    );
+    assert!(core.poll_link_request().is_none());
+    assert_eq!(core.counters().e2ee_messages, 4);
+
+    // Not base64url, empty or too long: refused with an error, sent nowhere.
+    for bad in ["", "a b", "a=", &"A".repeat(513)] {
+        core.handle_control(alice, message(None, bad));
+        let sent = control_for(&mut core, alice);
+        assert!(matches!(
+            sent.as_slice(),
+            [ServerMessage::Error { code: 1, .. }]
+        ));
+        assert!(core.poll_link_request().is_none());
+    }
+    assert!(!core.link_e2ee(link, ParticipantId("far".into()), None, "%%".into()));
+    let _ = elsewhere;
+}

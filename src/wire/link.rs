@@ -17,13 +17,23 @@ use super::datagram::TrackId;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum LinkMessage {
-    LinkHello { ticket: String },
+    LinkHello {
+        ticket: String,
+    },
     LinkWelcome {},
     TrackPublished(TrackInfo),
-    TrackUnpublished { track: TrackId },
-    Subscribe { track: TrackId },
-    Unsubscribe { track: TrackId },
-    KeyframeRequest { track: TrackId },
+    TrackUnpublished {
+        track: TrackId,
+    },
+    Subscribe {
+        track: TrackId,
+    },
+    Unsubscribe {
+        track: TrackId,
+    },
+    KeyframeRequest {
+        track: TrackId,
+    },
     /// A participant's `e2ee` message for participants beyond the link
     /// (all of them, or `to`).
     E2ee {
@@ -32,7 +42,10 @@ pub enum LinkMessage {
         to: Option<ParticipantId>,
         data: String,
     },
-    Error { code: u16, message: String },
+    Error {
+        code: u16,
+        message: String,
+    },
 }
 
 impl Labels for LinkMessage {
