@@ -457,35 +457,12 @@ fn handle_event(
                 }
             }
         }
-        Event::Link(id, message) => match {
+        Event::Link(id, message) => {
             if let Some(tap) = &st.tap {
                 (tap.0)(super::Tapped::Link(&message));
             }
-            message
-        } {
-            LinkMessage::TrackPublished(info) => {
-                if !core.link_publish(id, info) {
-                    metrics.control_errors.inc();
-                }
-            }
-            LinkMessage::TrackUnpublished { track } => core.link_unpublish(id, track),
-            LinkMessage::Subscribe { track } => {
-                // A track that left meanwhile: nothing to send.
-                let _ = core.link_subscribe(id, track);
-            }
-            LinkMessage::Unsubscribe { track } => core.link_unsubscribe(id, track),
-            LinkMessage::KeyframeRequest { track } => {
-                core.link_keyframe_request(id, track, Instant::now())
-            }
-            LinkMessage::E2ee { from, to, data } => {
-                if !core.link_e2ee(id, from, to, data) {
-                    metrics.control_errors.inc();
-                }
-            }
-            LinkMessage::LinkHello { .. }
-            | LinkMessage::LinkWelcome {}
-            | LinkMessage::Error { .. } => metrics.control_errors.inc(),
-        },
+            link_message(id, message, core, metrics)
+        }
         Event::Enforcement(event) => st.enforcement(event),
         Event::Control(id, message) => {
             if let Some(tap) = &st.tap {
@@ -758,6 +735,34 @@ fn close_link(
                 .close(close_code::MOVED, b"peer outside the jurisdiction");
         }
         warn!(link_to = %peer, "cascade link closed: the policy in force places the peer outside the conference's jurisdiction");
+    }
+}
+
+/// A cascade link's control message.
+fn link_message(id: ConnId, message: LinkMessage, core: &mut Core, metrics: &Metrics) {
+    match message {
+        LinkMessage::TrackPublished(info) => {
+            if !core.link_publish(id, info) {
+                metrics.control_errors.inc();
+            }
+        }
+        LinkMessage::TrackUnpublished { track } => core.link_unpublish(id, track),
+        LinkMessage::Subscribe { track } => {
+            // A track that left meanwhile: nothing to send.
+            let _ = core.link_subscribe(id, track);
+        }
+        LinkMessage::Unsubscribe { track } => core.link_unsubscribe(id, track),
+        LinkMessage::KeyframeRequest { track } => {
+            core.link_keyframe_request(id, track, Instant::now())
+        }
+        LinkMessage::E2ee { from, to, data } => {
+            if !core.link_e2ee(id, from, to, data) {
+                metrics.control_errors.inc();
+            }
+        }
+        LinkMessage::LinkHello { .. } | LinkMessage::LinkWelcome {} | LinkMessage::Error { .. } => {
+            metrics.control_errors.inc()
+        }
     }
 }
 

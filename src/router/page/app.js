@@ -44,7 +44,7 @@ const state = {
   callStartedAt: 0, // when this session's E2ee was made
   removing: new Map(), // participant id -> name, while the host removes them
   lastLeft: null, // {at, name} of the latest participant_left
-  gotKeysAt: null, // when we first adopted an epoch someone else made
+  genericNotice: null, // {at, index} of a key-change notice that could not say why
   joinedAt: new Map(), // participant id -> when we saw them arrive
   caughtUpAt: null, // when, as host, we last jumped past the others' epoch
 };
@@ -272,6 +272,13 @@ const hooks = {
     const e = state.e2ee;
     if (!e) return;
     state.lastLeft = { at: Date.now(), name };
+    // A key change announced a moment ago in general words: now we know why.
+    const g = state.genericNotice;
+    if (g && Date.now() - g.at < 3000 && e2eeView.notices[g.index]) {
+      e2eeView.notices[g.index].text = "Keys changed: someone left";
+      state.genericNotice = null;
+      renderE2ee();
+    }
     // Whoever leaves held the keys: the host makes the next epoch without
     // them (unless removing them made it already).
     const removed = state.removing.has(pid);
@@ -466,7 +473,6 @@ async function setUpE2ee(answer) {
     state.e2ee = await E2ee.create({ secret: state.key, participant: answer.participant_id, host: state.host });
     state.e2ee.onchange = onE2eeChange;
     state.callStartedAt = Date.now();
-    state.gotKeysAt = null;
   }
   state.e2ee.host = state.host;
 }
@@ -497,14 +503,20 @@ function notice(text) {
 function onE2eeChange(event) {
   if (event.type !== "epoch") return renderE2ee();
   const now = Date.now();
+  const e = state.e2ee;
+  // Others already said they were at this epoch: we are a newcomer handed
+  // the keys in force, and nothing changed for anyone else.
+  const others = state.call ? [...state.call.roster.keys()].map((pid) => e.peerStatus(pid)?.epoch ?? -1) : [];
   let text;
-  if (event.from === state.e2ee.participant) text = event.reason ?? "Keys changed";
-  else if (state.gotKeysAt === null && event.previous === 0 && now - state.callStartedAt < 15_000) {
-    // A newcomer handed the epoch in force: nothing changed for the others.
-    text = `Received the call's current keys (epoch ${event.epoch}).`;
-  } else if (state.lastLeft && now - state.lastLeft.at < 15_000) text = "Keys changed: someone left";
-  else text = "Keys changed: the host made new keys";
-  if (event.from !== state.e2ee.participant) state.gotKeysAt ??= now;
+  state.genericNotice = null;
+  if (event.from === e.participant) text = event.reason ?? "Keys changed";
+  else if (others.some((n) => n >= event.epoch)) text = `Received the call's current keys (epoch ${event.epoch}).`;
+  else if (state.lastLeft && now - state.lastLeft.at < 15_000) text = "Keys changed: someone left";
+  else {
+    // The participant_left that made the host rotate may still be on its way.
+    text = "Keys changed: the host made new keys";
+    state.genericNotice = { at: now, index: e2eeView.notices.length };
+  }
   notice(text);
   e2eeTick();
 }

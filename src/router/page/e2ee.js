@@ -812,8 +812,7 @@ export class E2ee {
     return out;
   }
 
-  async sealTo(to, peer) {
-    const e = this.current;
+  async sealTo(to, peer, e = this.current) {
     const { enc, ciphertext } = await sealEpochSecret(peer.publicKey, e.n, to, e.secret);
     peer.sealed = e.n;
     this.stats.sealed++;
@@ -887,12 +886,15 @@ export class E2ee {
     return this.serialize(async () => {
       const n = Math.max(this.current.n, after >>> 0) + 1;
       if (n > 0xffffffff) throw new Error("no epoch after 2^32 - 1");
-      await this.adopt(await Epoch.make(n, randomBytes(SECRET_LEN), this.participant), false, reason);
+      const next = await Epoch.make(n, randomBytes(SECRET_LEN), this.participant);
       const out = [];
       for (const [id, peer] of this.peers) {
         if (!peer.publicKey || this.excluded.has(id)) continue;
-        out.push(await this.sealTo(id, peer));
+        out.push(await this.sealTo(id, peer, next));
       }
+      // Sealed first, adopted last: the messages leave before our first
+      // datagram under the new epoch, so fewer arrive ahead of the key.
+      await this.adopt(next, false, reason);
       return out;
     });
   }
