@@ -593,7 +593,9 @@ function renderE2ee() {
   if (!on) return;
   const e = state.e2ee;
   $("e2ee-badge").dataset.ok = String(e2eeView.badge);
+  // The mark exists only while it is true (not merely hidden).
   $("e2ee-mark").hidden = !e2eeView.badge;
+  $("e2ee-mark").textContent = e2eeView.badge ? "✓" : "";
   $("e2ee-badge-text").textContent = e2eeView.badge ? E2EE_TEXT.on : e2eeView.state ? E2EE_TEXT.failing : E2EE_TEXT.waiting;
   $("e2ee-epoch").textContent = String(e.epoch);
   $("e2ee-code").textContent = e.safetyCode;

@@ -625,22 +625,38 @@ class Epoch {
     this.baseKey = baseKey;
     this.code = code;
     this.from = from; // who sent its secret (null: epoch 0, from the link; our id: we made it)
-    this.keys = new Map(); // KID -> Promise of a key, derived when first seen
+    this.keys = new Map(); // KID -> key, kept once it authenticated a datagram
+    this.deriving = new Map(); // KID -> Promise of a key being derived
   }
 
   static async make(n, secret, from) {
     return new Epoch(n, secret, await epochBaseKey(secret), await safetyCode(secret), from);
   }
 
-  /** The decryption key of a KID, derived once (the cache is bounded: hostile KIDs cannot fill memory). */
+  /**
+   * The decryption key of a KID: the kept one, or one derived now (shared
+   * by the datagrams that wait for it). Only a key that decrypted something
+   * is kept, and no more than KEY_CACHE of them: made-up KIDs cost a
+   * derivation each, never memory.
+   */
   key(kid) {
-    let k = this.keys.get(kid);
-    if (!k) {
-      if (this.keys.size >= KEY_CACHE) this.keys.clear();
-      k = deriveSframeKey(this.baseKey, kid);
-      this.keys.set(kid, k);
+    const kept = this.keys.get(kid);
+    if (kept) return kept;
+    let p = this.deriving.get(kid);
+    if (!p) {
+      p = deriveSframeKey(this.baseKey, kid);
+      this.deriving.set(kid, p);
+      const done = () => this.deriving.delete(kid);
+      p.then(done, done);
     }
-    return k;
+    return p;
+  }
+
+  /** Keeps a key that decrypted a datagram. */
+  keep(kid, key) {
+    if (this.keys.has(kid)) return;
+    if (this.keys.size >= KEY_CACHE) this.keys.clear();
+    this.keys.set(kid, key);
   }
 }
 
@@ -977,8 +993,11 @@ export class E2ee {
       const kid = header && splitKid(header.kid);
       if (!kid) return null;
       for (const epoch of this.candidates(kid.epochBits)) {
-        const r = await sframeDecrypt(await epoch.key(header.kid), body, wire);
-        if (r) return { data: concat(wire, r.plaintext), epoch: epoch.n, kid: header.kid };
+        const key = await epoch.key(header.kid);
+        const r = await sframeDecrypt(key, body, wire);
+        if (!r) continue;
+        epoch.keep(header.kid, key);
+        return { data: concat(wire, r.plaintext), epoch: epoch.n, kid: header.kid };
       }
     } catch {}
     return null;
