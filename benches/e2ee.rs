@@ -83,14 +83,18 @@ fn summary() {
         let v: serde_json::Value = serde_json::from_str(&text).ok()?;
         v["median"]["point_estimate"].as_f64()
     };
-    let (Some(plain), Some(enc), Some(dec)) = (median("plain"), median("encrypt"), median("decrypt"))
+    let (Some(plain), Some(enc), Some(dec)) =
+        (median("plain"), median("encrypt"), median("decrypt"))
     else {
         println!("summary: no estimates (filtered run)");
         return;
     };
     let rate = |ns: f64| 1e9 / ns;
     println!("summary (median, one core):");
-    println!("  plain    {:>12.0} datagrams/s ({plain:.0} ns)", rate(plain));
+    println!(
+        "  plain    {:>12.0} datagrams/s ({plain:.0} ns)",
+        rate(plain)
+    );
     println!(
         "  encrypt  {:>12.0} datagrams/s ({enc:.0} ns, {:.1}x plain)",
         rate(enc),

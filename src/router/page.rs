@@ -14,6 +14,7 @@ const FILES: &[(&str, &str, &str)] = &[
     ("app.js", JS, include_str!("page/app.js")),
     ("call.js", JS, include_str!("page/call.js")),
     ("frames.js", JS, include_str!("page/frames.js")),
+    ("e2ee.js", JS, include_str!("page/e2ee.js")),
     ("wire.js", JS, include_str!("page/wire.js")),
     (
         "style.css",

@@ -83,7 +83,7 @@ export function toBase64url(bytes) {
 
 /**
  * Bytes from base64url without padding, or null if `text` is not exactly
- * that (other characters, padding, a impossible length, or stray bits in
+ * that (other characters, padding, an impossible length, or stray bits in
  * the last character: only the one canonical spelling of some bytes is
  * accepted).
  */
