@@ -11,6 +11,10 @@
 //! payload header); the subscribing page records when the decoded frame is
 //! drawn on its canvas. All pages share one machine clock.
 //!
+//! Each call runs twice, without and then with end-to-end encryption
+//! (SFrame on every datagram, docs/e2ee.md), and the browsers' CPU (every
+//! Chromium process, from /proc) per participant is compared.
+//!
 //! Then the same number of native clients publish synthetic frames at the
 //! rates and sizes the pages sent (video and audio frames per second, bytes
 //! per frame, measured in the browser run) and subscribe to each other, and
@@ -55,6 +59,22 @@ fn machine_jiffies() -> (u64, u64) {
     // idle and iowait
     let idle = cpu.get(3).copied().unwrap_or(0) + cpu.get(4).copied().unwrap_or(0);
     (total - idle, total)
+}
+
+/// CPU seconds of every Chromium process now (all pages' renderers,
+/// the GPU and network processes, the browser).
+fn chromium_cpu_seconds() -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "chromium")
+        })
+        .map(support::cpu_seconds)
+        .sum()
 }
 
 /// What one measured window gave.
@@ -128,131 +148,173 @@ fn main() {
         b.version
     );
     for &n in &sizes {
-        let conf = rt.block_on(cluster::open_conference(&router, "eu"));
-        let url = format!(
-            "{router}/j/{}#p={}",
-            conf["id"].as_str().unwrap(),
-            conf["passcode"].as_str().unwrap()
-        );
-        let pages: Vec<String> = (0..n).map(|i| format!("p{i}")).collect();
-        for (i, p) in pages.iter().enumerate() {
-            b.join(p, &url, &format!("Person {i}"), None);
-        }
-        let ids: Vec<String> = pages
-            .iter()
-            .map(|p| {
-                b.wait_for(p, Duration::from_secs(60), "in call", |s| {
-                    s["phase"] == "in_call"
-                })["participant"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned()
-            })
-            .collect();
-        for (p, me) in pages.iter().zip(&ids) {
-            let others: Vec<String> = ids.iter().filter(|i| *i != me).cloned().collect();
-            b.wait_for(
-                p,
-                Duration::from_secs(90),
-                "video from everyone",
-                move |s| others.iter().all(|o| decoded(s, o, "video") >= 30),
+        // The same call without and with end-to-end encryption.
+        let mut runs: Vec<(Window, Rates, f64)> = Vec::new();
+        for e2ee in [false, true] {
+            let conf = rt.block_on(cluster::create(
+                &router,
+                cluster::ACME,
+                serde_json::json!({"residency": "eu", "waiting_room": false, "e2ee": e2ee}),
+            ));
+            let mut url = format!(
+                "{router}/j/{}#p={}",
+                conf["id"].as_str().unwrap(),
+                conf["passcode"].as_str().unwrap()
             );
-        }
-        // The window: forget the latencies so far, then measure.
-        let sent = |b: &mut Browser| -> Vec<Value> {
-            pages
+            if e2ee {
+                let key = residency_relay::client::e2ee::Secret::random().unwrap();
+                url.push_str(&format!("&k={}", key.to_base64()));
+            }
+            let pages: Vec<String> = (0..n).map(|i| format!("p{i}")).collect();
+            for (i, p) in pages.iter().enumerate() {
+                b.join(p, &url, &format!("Person {i}"), None);
+            }
+            let ids: Vec<String> = pages
                 .iter()
-                .map(|p| b.snapshot(p)["sent"].clone())
-                .collect()
-        };
-        for p in &pages {
-            b.eval(p, "window.rr.stats.latency.length = 0");
-        }
-        let sent0 = sent(&mut b);
-        let (in0, out0) = rt.block_on(relay_bytes(&c));
-        let (cpu0, t0) = (support::cpu_seconds(pid), Instant::now());
-        let machine0 = machine_jiffies();
-        std::thread::sleep(Duration::from_secs(secs));
-        let machine1 = machine_jiffies();
-        let (secs_taken, cpu1) = (t0.elapsed().as_secs_f64(), support::cpu_seconds(pid));
-        let (in1, out1) = rt.block_on(relay_bytes(&c));
-        let w = Window {
-            secs: secs_taken,
-            relay_cpu: cpu1 - cpu0,
-            bytes_in: in1 - in0,
-            bytes_out: out1 - out0,
-        };
-        let sent1 = sent(&mut b);
-        let mut latencies: Vec<u64> = Vec::new();
-        for p in &pages {
-            let l = b.eval(p, "window.rr.stats.latency.slice()");
-            latencies.extend(
-                l.as_array()
-                    .unwrap()
-                    .iter()
-                    .filter_map(Value::as_f64)
-                    .map(|ms| (ms * 1000.0).max(0.0) as u64),
-            );
-        }
-        let delta = |kind: &str, what: &str| -> f64 {
-            sent0
-                .iter()
-                .zip(&sent1)
-                .map(|(a, z)| z[kind][what].as_f64().unwrap() - a[kind][what].as_f64().unwrap())
-                .sum::<f64>()
-                / n as f64
-        };
-        let rates = Rates {
-            video_fps: delta("video", "frames") / w.secs,
-            video_frame: delta("video", "bytes") / delta("video", "frames").max(1.0),
-            audio_fps: delta("audio", "frames") / w.secs,
-            audio_frame: delta("audio", "bytes") / delta("audio", "frames").max(1.0),
-        };
-        let count = latencies.len();
-        let p50 = quantile(&mut latencies, 0.5).unwrap_or(0) as f64 / 1000.0;
-        let p99 = quantile(&mut latencies, 0.99).unwrap_or(0) as f64 / 1000.0;
-        println!(
-            "  {n} browsers: capture-to-render p50 {p50:.1} ms, p99 {p99:.1} ms ({count} frames drawn); \
-             per participant: {:.0} kbit/s in, {:.1} video frames/s of {:.0} B, {:.1} audio frames/s of {:.0} B; \
-             relay {:.2} % of a core in all, {:.3} % per participant, {:.0} kbit/s out",
-            w.bytes_in * 8.0 / w.secs / 1000.0 / n as f64,
-            rates.video_fps,
-            rates.video_frame,
-            rates.audio_fps,
-            rates.audio_frame,
-            w.relay_cpu / w.secs * 100.0,
-            w.relay_cpu / w.secs * 100.0 / n as f64,
-            w.bytes_out * 8.0 / w.secs / 1000.0,
-        );
-        let dropped: u64 = pages
-            .iter()
-            .map(|p| {
-                let s = b.snapshot(p);
-                s["peers"].as_object().map_or(0, |peers| {
-                    peers
-                        .values()
-                        .map(|v| v["video"]["dropped"].as_u64().unwrap_or(0))
-                        .sum()
+                .map(|p| {
+                    b.wait_for(p, Duration::from_secs(60), "in call", |s| {
+                        s["phase"] == "in_call"
+                    })["participant"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned()
                 })
-            })
-            .sum();
-        println!(
-            "    (frames the pages dropped to catch up with their decoders: {dropped}, unsent: {}; machine busy {:.0} % of its cores)",
-            pages
+                .collect();
+            for (p, me) in pages.iter().zip(&ids) {
+                let others: Vec<String> = ids.iter().filter(|i| *i != me).cloned().collect();
+                b.wait_for(
+                    p,
+                    Duration::from_secs(90),
+                    "video from everyone",
+                    move |s| others.iter().all(|o| decoded(s, o, "video") >= 30),
+                );
+            }
+            // The window: forget the latencies so far, then measure.
+            let sent = |b: &mut Browser| -> Vec<Value> {
+                pages
+                    .iter()
+                    .map(|p| b.snapshot(p)["sent"].clone())
+                    .collect()
+            };
+            for p in &pages {
+                b.eval(p, "window.rr.stats.latency.length = 0");
+            }
+            let sent0 = sent(&mut b);
+            let (in0, out0) = rt.block_on(relay_bytes(&c));
+            let (cpu0, t0) = (support::cpu_seconds(pid), Instant::now());
+            let machine0 = machine_jiffies();
+            let browser0 = chromium_cpu_seconds();
+            std::thread::sleep(Duration::from_secs(secs));
+            let browser1 = chromium_cpu_seconds();
+            let machine1 = machine_jiffies();
+            let (secs_taken, cpu1) = (t0.elapsed().as_secs_f64(), support::cpu_seconds(pid));
+            let browser_cpu = browser1 - browser0;
+            let (in1, out1) = rt.block_on(relay_bytes(&c));
+            let w = Window {
+                secs: secs_taken,
+                relay_cpu: cpu1 - cpu0,
+                bytes_in: in1 - in0,
+                bytes_out: out1 - out0,
+            };
+            let sent1 = sent(&mut b);
+            let mut latencies: Vec<u64> = Vec::new();
+            for p in &pages {
+                let l = b.eval(p, "window.rr.stats.latency.slice()");
+                latencies.extend(
+                    l.as_array()
+                        .unwrap()
+                        .iter()
+                        .filter_map(Value::as_f64)
+                        .map(|ms| (ms * 1000.0).max(0.0) as u64),
+                );
+            }
+            let delta = |kind: &str, what: &str| -> f64 {
+                sent0
+                    .iter()
+                    .zip(&sent1)
+                    .map(|(a, z)| z[kind][what].as_f64().unwrap() - a[kind][what].as_f64().unwrap())
+                    .sum::<f64>()
+                    / n as f64
+            };
+            let rates = Rates {
+                video_fps: delta("video", "frames") / w.secs,
+                video_frame: delta("video", "bytes") / delta("video", "frames").max(1.0),
+                audio_fps: delta("audio", "frames") / w.secs,
+                audio_frame: delta("audio", "bytes") / delta("audio", "frames").max(1.0),
+            };
+            let count = latencies.len();
+            let p50 = quantile(&mut latencies, 0.5).unwrap_or(0) as f64 / 1000.0;
+            let p99 = quantile(&mut latencies, 0.99).unwrap_or(0) as f64 / 1000.0;
+            let label = if e2ee {
+                "end-to-end encrypted"
+            } else {
+                "not end-to-end encrypted"
+            };
+            println!(
+                "  {n} browsers, {label}: browser {:.1} % of a core per participant; capture-to-render p50 {p50:.1} ms, p99 {p99:.1} ms ({count} frames drawn); \
+                 per participant: {:.0} kbit/s in, {:.1} video frames/s of {:.0} B, {:.1} audio frames/s of {:.0} B; \
+                 relay {:.2} % of a core in all, {:.3} % per participant, {:.0} kbit/s out",
+                browser_cpu / w.secs * 100.0 / n as f64,
+                w.bytes_in * 8.0 / w.secs / 1000.0 / n as f64,
+                rates.video_fps,
+                rates.video_frame,
+                rates.audio_fps,
+                rates.audio_frame,
+                w.relay_cpu / w.secs * 100.0,
+                w.relay_cpu / w.secs * 100.0 / n as f64,
+                w.bytes_out * 8.0 / w.secs / 1000.0,
+            );
+            let dropped: u64 = pages
                 .iter()
                 .map(|p| {
                     let s = b.snapshot(p);
-                    s["sendDropped"]["video"].as_u64().unwrap_or(0)
-                        + s["sendDropped"]["audio"].as_u64().unwrap_or(0)
+                    s["peers"].as_object().map_or(0, |peers| {
+                        peers
+                            .values()
+                            .map(|v| v["video"]["dropped"].as_u64().unwrap_or(0))
+                            .sum()
+                    })
                 })
-                .sum::<u64>(),
-            (machine1.0 - machine0.0) as f64 * 100.0 / (machine1.1 - machine0.1).max(1) as f64
-        );
-        for p in &pages {
-            b.click(p, "#leave");
-            b.close(p);
+                .sum();
+            println!(
+                "    (frames the pages dropped to catch up with their decoders: {dropped}, unsent: {}; machine busy {:.0} % of its cores)",
+                pages
+                    .iter()
+                    .map(|p| {
+                        let s = b.snapshot(p);
+                        s["sendDropped"]["video"].as_u64().unwrap_or(0)
+                            + s["sendDropped"]["audio"].as_u64().unwrap_or(0)
+                    })
+                    .sum::<u64>(),
+                (machine1.0 - machine0.0) as f64 * 100.0 / (machine1.1 - machine0.1).max(1) as f64
+            );
+            if e2ee {
+                let e = pages
+                    .iter()
+                    .map(|p| b.snapshot(p)["e2ee"].clone())
+                    .collect::<Vec<_>>();
+                let failures: u64 = e
+                    .iter()
+                    .map(|x| x["decryptFailures"].as_u64().unwrap_or(0))
+                    .sum();
+                let badges = e.iter().filter(|x| x["badge"] == true).count();
+                println!(
+                    "    (datagrams that did not decrypt: {failures}; pages showing the end-to-end encrypted mark: {badges} of {n})"
+                );
+            }
+            let cpu_per = browser_cpu / w.secs * 100.0 / n as f64;
+            for p in &pages {
+                b.click(p, "#leave");
+                b.close(p);
+            }
+            std::thread::sleep(Duration::from_secs(1));
+            runs.push((w, rates, cpu_per));
         }
-        std::thread::sleep(Duration::from_secs(1));
+        println!(
+            "  {n} browsers: browser CPU per participant, end-to-end encrypted / not: {:.2}",
+            runs[1].2 / runs[0].2.max(1e-9)
+        );
+        let (w, rates, _) = runs.swap_remove(0);
         // Native clients at the same rates and in the same number.
         let conf = rt.block_on(cluster::open_conference(&router, "eu"));
         let native = rt.block_on(native_call(&router, &conf, n, rates, secs, pid, &c));

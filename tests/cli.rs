@@ -343,3 +343,23 @@ fn hash_api_key_matches_the_dev_config() {
         "{hash}"
     );
 }
+
+#[test]
+fn e2ee_secret_prints_a_fresh_secret_or_adds_one_to_each_link() {
+    use residency_relay::client::e2ee::Secret;
+    let one = run(&["e2ee-secret"]);
+    assert!(one.status.success());
+    let a = stdout(&one).trim().to_owned();
+    assert_eq!(a.len(), 43, "{a}");
+    assert!(Secret::parse(&a).is_ok());
+    let b = stdout(&run(&["e2ee-secret"])).trim().to_owned();
+    assert_ne!(a, b, "a new secret each time");
+    let links = run(&["e2ee-secret", "http://r/j/eu-x#p=abc", "http://r/j/eu-x"]);
+    let text = stdout(&links);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2);
+    assert!(lines[0].starts_with("http://r/j/eu-x#p=abc&k="), "{text}");
+    assert!(lines[1].starts_with("http://r/j/eu-x#k="), "{text}");
+    let (s0, s1) = (Secret::parse(lines[0]).unwrap(), Secret::parse(lines[1]).unwrap());
+    assert_eq!(s0, s1, "one secret for all the links");
+}

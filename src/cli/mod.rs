@@ -83,6 +83,13 @@ enum Command {
     },
     /// Read an API key from standard input and print the SHA-256 to store in config.
     HashApiKey,
+    /// Make an end-to-end encrypted conference's secret (on the host's
+    /// machine: it never goes to a server) and print it, or each join link
+    /// given with the secret added to its fragment (`&k=…`).
+    E2eeSecret {
+        /// Join links to print with the secret added (the same secret for all).
+        links: Vec<String>,
+    },
     /// Join a relay by hand: publish synthetic media, or subscribe and count.
     Client {
         #[command(subcommand)]
@@ -600,6 +607,23 @@ pub fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Command::E2eeSecret { links } => {
+            let secret = match crate::client::e2ee::Secret::random() {
+                Ok(s) => s.to_base64(),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            if links.is_empty() {
+                println!("{secret}");
+            }
+            for link in links {
+                let sep = if link.contains('#') { '&' } else { '#' };
+                println!("{link}{sep}k={secret}");
+            }
+            ExitCode::SUCCESS
         }
         Command::HashApiKey => {
             let mut line = String::new();

@@ -776,4 +776,23 @@ mod tests {
         deliver(&mut [(&ha, &mut host), (&hb, &mut bob)], &ha, out);
         assert_eq!(bob.epoch(), 1);
     }
+
+    proptest::proptest! {
+        /// Whatever a relay or participant sends, nothing panics and
+        /// nothing decrypts.
+        #[test]
+        fn hostile_bytes_are_refused_without_panicking(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..1500),
+            text in ".{0,300}",
+        ) {
+            let s = Secret::from_bytes([7; 32]);
+            let mut g = Group::new(&s, pid("a"), true);
+            let now = Instant::now();
+            proptest::prop_assert!(g.decrypt(&bytes, now).is_none());
+            let _ = g.receive(&pid("x"), &text, now);
+            let (what, out) = g.receive(&pid("x"), &B64.encode(&bytes), now);
+            proptest::prop_assert!(out.is_empty() || matches!(what, Event::Announced(_)));
+            proptest::prop_assert_eq!(g.epoch(), 0);
+        }
+    }
 }
