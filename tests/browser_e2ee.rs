@@ -204,16 +204,13 @@ fn an_encrypted_call_between_browsers_changes_keys_when_the_host_removes_someone
         "the page says what it does not hide: {page_text}"
     );
 
-    // The host removes Carol: a new epoch, a visible key change, media
-    // decrypts again under it, and Carol is out.
-    let r = rt.block_on(cluster::request(
-        "POST",
-        &format!("{router}/v1/conferences/{id}/participants/{carol}/kick"),
-        None,
-        Some(&format!("Bearer {}", conf["host_token"].as_str().unwrap())),
-        Some(json!({"ban": true})),
-    ));
-    assert_eq!(r.status, 200);
+    // The host removes Carol from its page (Carol still connected): a new
+    // epoch, a visible key change, media decrypts again under it, and
+    // Carol is out.
+    b.click(
+        "host",
+        &format!("#roster li[data-participant=\"{carol}\"] button[data-action=\"remove-and-ban\"]"),
+    );
     for page in ["host", "bob"] {
         b.wait_for(
             page,
@@ -229,6 +226,15 @@ fn an_encrypted_call_between_browsers_changes_keys_when_the_host_removes_someone
         );
     }
     let (h, bb) = (b.snapshot("host"), b.snapshot("bob"));
+    assert!(
+        h["e2ee"]["notices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t.as_str().is_some_and(|t| t.contains("Carol was removed"))),
+        "{:#}",
+        h["e2ee"]["notices"]
+    );
     assert_eq!(h["e2ee"]["safetyCode"], bb["e2ee"]["safetyCode"]);
     assert_ne!(h["e2ee"]["safetyCode"], codes[0]);
     let before = decoded(&bb, &hana, "video");

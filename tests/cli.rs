@@ -360,6 +360,9 @@ fn e2ee_secret_prints_a_fresh_secret_or_adds_one_to_each_link() {
     assert_eq!(lines.len(), 2);
     assert!(lines[0].starts_with("http://r/j/eu-x#p=abc&k="), "{text}");
     assert!(lines[1].starts_with("http://r/j/eu-x#k="), "{text}");
-    let (s0, s1) = (Secret::parse(lines[0]).unwrap(), Secret::parse(lines[1]).unwrap());
+    let (s0, s1) = (
+        Secret::parse(lines[0]).unwrap(),
+        Secret::parse(lines[1]).unwrap(),
+    );
     assert_eq!(s0, s1, "one secret for all the links");
 }

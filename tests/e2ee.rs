@@ -536,11 +536,41 @@ async fn a_removed_participant_cannot_decrypt_the_next_epoch() {
             "hana decrypts epoch 1"
         );
     }
-    // Everything the relay sent anyone since: kit's keys open none of it.
+    // Everything the relay sent anyone since: kit's keys open none of it,
+    // not even tried under each datagram's own key id with every secret kit
+    // holds (the link's), whatever the epoch bits say; the same attempt
+    // with the new epoch's secret opens them, so the attempt is real.
     let outs = seen.datagrams_out.lock().unwrap().clone();
     assert!(outs.len() >= after.len());
-    for d in &outs {
+    let open_with = |secret: &Secret, d: &[u8]| -> bool {
+        let (header, rest) = d.split_at(datagram::HEADER_LEN);
+        let Ok(frame) = sframe::frame::EncryptedFrameView::try_with_meta_data(rest, header) else {
+            return false;
+        };
+        let kid = frame.header().key_id();
+        let key = sframe::key::DecryptionKey::derive_from(e2ee::SUITE, kid, e2ee::base_key(secret))
+            .unwrap();
+        frame.decrypt_into(&key, &mut Vec::new()).is_ok()
+    };
+    let epoch1 = hana.group.epoch_secret().clone();
+    let media: Vec<&Vec<u8>> = outs
+        .iter()
+        .filter(|d| datagram::parse(d).map(|h| h.track) == Ok(track))
+        .collect();
+    assert!(media.len() >= after.len());
+    for d in &media {
         assert_eq!(kit.group.decrypt(d, Instant::now()), None);
+        assert!(
+            !open_with(&secret, d),
+            "the link's secret opened epoch 1 media"
+        );
+        assert!(open_with(&epoch1, d), "epoch 1's secret opens it");
+    }
+    // And the new epoch's secret crossed the relay nowhere in any form.
+    let control = seen.control.lock().unwrap().join("\n").into_bytes();
+    for form in forms(epoch1.as_bytes()) {
+        assert!(!contains(&control, &form));
+        assert!(!outs.iter().any(|d| contains(d, &form)));
     }
     // Nor do the key messages: each new epoch is sealed to someone else.
     let messages: Vec<ClientMessage> = seen
@@ -556,7 +586,7 @@ async fn a_removed_participant_cannot_decrypt_the_next_epoch() {
             sealed += 1;
             let (what, _) = kit
                 .group
-                .receive(&hana.client.participant, data, Instant::now());
+                .receive(&hana.client.participant, true, data, Instant::now());
             assert!(matches!(what, Event::Refused | Event::Nothing), "{what:?}");
         }
     }

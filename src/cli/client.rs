@@ -47,8 +47,10 @@ pub(super) struct Connection {
     /// The conference's end-to-end encryption secret: 43 base64url
     /// characters, or a join link whose fragment carries it (`#…&k=…`).
     /// Required for an end-to-end encrypted conference.
-    #[arg(long, value_name = "SECRET_OR_LINK")]
-    e2ee_secret: Option<String>,
+    /// Given, the client refuses a conference that is not end-to-end
+    /// encrypted rather than send in the clear.
+    #[arg(long, value_name = "SECRET_OR_LINK", value_parser = Secret::parse)]
+    e2ee_secret: Option<Secret>,
 }
 
 /// A connected participant and its end-to-end encryption, if any.
@@ -59,12 +61,7 @@ struct Connected {
 
 impl Connection {
     async fn connect(&self) -> Result<Connected, String> {
-        let secret = self
-            .e2ee_secret
-            .as_deref()
-            .map(Secret::parse)
-            .transpose()
-            .map_err(|e| e.to_string())?;
+        let secret = self.e2ee_secret.clone();
         let (client, e2ee, host) = self.connect_client().await?;
         if e2ee && secret.is_none() {
             return Err("this conference is end-to-end encrypted: give --e2ee-secret (the k=… of the join link)".into());
@@ -79,8 +76,9 @@ impl Connection {
                 Some(group)
             }
             (Some(_), false) => {
-                println!("the conference is not end-to-end encrypted: the secret is not used");
-                None
+                // Fail closed: whoever gave a key expects encryption.
+                client.leave().await;
+                return Err("an end-to-end encryption secret was given but this conference (or ticket) is not end-to-end encrypted: not sending anything in the clear".into());
             }
             (None, _) => None,
         };

@@ -295,6 +295,10 @@ enum Command {
         subscribe: bool,
         #[arg(long)]
         moderate: bool,
+        /// The conference is end-to-end encrypted: the relay refuses tracks
+        /// not declared encrypted.
+        #[arg(long)]
+        e2ee: bool,
         /// Validity in seconds (at most 300).
         #[arg(long, default_value_t = 60)]
         ttl: u64,
@@ -577,6 +581,7 @@ pub fn main() -> ExitCode {
             publish,
             subscribe,
             moderate,
+            e2ee,
             ttl,
         } => {
             let policy = match load(&config, regions.as_deref()) {
@@ -595,6 +600,7 @@ pub fn main() -> ExitCode {
                     subscribe,
                     moderate,
                 },
+                e2ee,
                 ttl,
             };
             match ticket::mint(&policy, request) {

@@ -14,6 +14,7 @@ pub(super) struct Request<'a> {
     pub(super) participant: String,
     pub(super) name: String,
     pub(super) grants: Grants,
+    pub(super) e2ee: bool,
     pub(super) ttl: u64,
 }
 
@@ -70,7 +71,7 @@ pub(super) fn mint(policy: &Policy, req: Request<'_>) -> Result<String, String> 
         .map_err(|_| "the system clock is before 1970".to_owned())?
         .as_secs();
     let claims = Claims {
-        e2ee: false,
+        e2ee: req.e2ee,
         conference: req.conference,
         jurisdiction: req.jurisdiction,
         relay: req.relay,

@@ -10,7 +10,7 @@
 //! ring, the project's provider); `hpke` seals epoch secrets (RFC 9180
 //! base mode); `hkdf`/`hmac` the project's own derivations.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -34,22 +34,37 @@ pub const SECRET_LEN: usize = 32;
 /// Epoch bits in a key id (RFC 9605 §5.2's E).
 pub const EPOCH_BITS: u32 = 4;
 
-/// Sender-index bits in a key id (S): a random number per session.
-pub const INDEX_BITS: u32 = 32;
+/// Sender-index bits in a key id (S): a random number per session, wide
+/// enough that two sessions drawing the same (and so sharing a key and its
+/// counters) is out of reach: about n²/2⁴⁹ for n sessions of a conference.
+pub const INDEX_BITS: u32 = 48;
 
 /// Tracks one participant may encrypt (the key id's context field).
 pub const MAX_CONTEXTS: u8 = 8;
 
-/// The most an encrypted datagram grows: config byte, a key id of up to 5
+/// The most an encrypted datagram grows: config byte, a key id of up to 7
 /// bytes, a counter of up to 8, and the 16-byte tag. Senders cut their
 /// fragments this much shorter.
-pub const MAX_OVERHEAD: usize = 1 + 5 + 8 + 16;
+pub const MAX_OVERHEAD: usize = 1 + 7 + 8 + 16;
 
 /// How long the previous epoch's keys still decrypt after a change.
 pub const KEEP_PREVIOUS: Duration = Duration::from_secs(10);
 
 /// Decryption keys kept per epoch (one per sender track seen).
 const MAX_KEYS: usize = 512;
+
+/// Highest epoch number taken or made: far beyond any call's rotations,
+/// and far enough from `u32::MAX` that no message can make the next
+/// epoch impossible.
+pub const MAX_EPOCH: u32 = (1 << 31) - 1;
+
+/// Least time between two epoch messages a host seals to one member in
+/// answer to its announcements (a member flipping keys cannot make the
+/// host flood the relay).
+pub const RESEAL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Members a group keeps keys for.
+const MAX_MEMBERS: usize = 4096;
 
 const AUTH_LABEL: &[u8] = b"residency-relay e2ee 1 auth";
 const SAFETY_LABEL: &[u8] = b"residency-relay e2ee 1 safety code";
@@ -153,10 +168,10 @@ pub fn safety_code(epoch_secret: &Secret) -> String {
     format!("{} {} {}", &digits[..4], &digits[4..8], &digits[8..])
 }
 
-/// The key id of track `context` of sender `index` in `epoch`.
-pub fn key_id(context: u8, index: u32, epoch: u32) -> u64 {
+/// The key id of track `context` of sender `index` (48 bits) in `epoch`.
+pub fn key_id(context: u8, index: u64, epoch: u32) -> u64 {
     u64::from(context) << (INDEX_BITS + EPOCH_BITS)
-        | u64::from(index) << EPOCH_BITS
+        | (index & ((1 << INDEX_BITS) - 1)) << EPOCH_BITS
         | u64::from(epoch) & ((1 << EPOCH_BITS) - 1)
 }
 
@@ -258,15 +273,15 @@ pub enum EncryptError {
 pub struct Group {
     me: ParticipantId,
     auth: [u8; 32],
-    index: u32,
+    index: u64,
     secret_key: <Kem as hpke::Kem>::PrivateKey,
     public_key: [u8; 32],
     current: EpochKeys,
     previous: Option<(EpochKeys, Instant)>,
     /// Announced, verified public keys of the others.
     members: HashMap<ParticipantId, [u8; 32]>,
-    /// Members the current epoch (n > 0) was sealed to, as host.
-    sealed: HashSet<ParticipantId>,
+    /// When the host last sealed an epoch to each member.
+    sealed: HashMap<ParticipantId, Instant>,
     host: bool,
     senders: HashMap<u8, SendState>,
     pub stats: Stats,
@@ -288,18 +303,18 @@ impl Group {
     /// conference secret: a fresh X25519 key pair and sender index.
     pub fn new(conference_secret: &Secret, me: ParticipantId, host: bool) -> Self {
         let (secret_key, public_key) = Kem::gen_keypair();
-        let mut index = [0u8; 4];
-        getrandom::fill(&mut index).expect("the system's random number generator works");
+        let mut index = [0u8; 8];
+        getrandom::fill(&mut index[2..]).expect("the system's random number generator works");
         Group {
             me,
             auth: auth_key(conference_secret),
-            index: u32::from_be_bytes(index),
+            index: u64::from_be_bytes(index),
             secret_key,
             public_key: public_key.to_bytes().into(),
             current: EpochKeys::new(0, conference_secret.clone(), None),
             previous: None,
             members: HashMap::new(),
-            sealed: HashSet::new(),
+            sealed: HashMap::new(),
             host,
             senders: HashMap::new(),
             stats: Stats::default(),
@@ -359,11 +374,13 @@ impl Group {
         }
     }
 
-    /// A key message from `from`, as the relay forwarded it, arriving at
-    /// `now`. Returns what it did and the messages to send in answer.
+    /// A key message from `from` (a host, as the relay said: `host`), as
+    /// the relay forwarded it, arriving at `now`. Returns what it did and
+    /// the messages to send in answer.
     pub fn receive(
         &mut self,
         from: &ParticipantId,
+        host: bool,
         data: &str,
         now: Instant,
     ) -> (Event, Vec<Outgoing>) {
@@ -374,6 +391,9 @@ impl Group {
         let Ok(bytes) = B64.decode(data) else {
             return refused(self);
         };
+        if *from == self.me {
+            return refused(self);
+        }
         match bytes.first() {
             Some(&ANNOUNCE) if bytes.len() == 65 => {
                 let (key, tag) = (&bytes[1..33], &bytes[33..]);
@@ -381,24 +401,40 @@ impl Group {
                     return refused(self);
                 }
                 let key: [u8; 32] = key.try_into().expect("32 bytes");
-                let new = self.members.insert(from.clone(), key) != Some(key);
-                if !new {
+                if <Kem as hpke::Kem>::PublicKey::from_bytes(&key).is_err() {
+                    return refused(self);
+                }
+                let first = !self.members.contains_key(from);
+                if first && self.members.len() >= MAX_MEMBERS {
+                    return refused(self);
+                }
+                if self.members.insert(from.clone(), key) == Some(key) {
                     return (Event::Nothing, Vec::new());
                 }
-                self.sealed.remove(from);
-                // Answer a newcomer with our key, so each learns the other's
-                // whoever came first and across cascade links.
-                let mut out = vec![Outgoing {
-                    to: Some(from.clone()),
-                    data: B64.encode(self.announce_bytes()),
-                }];
-                if self.host && self.current.number > 0 {
-                    out.extend(self.seal_to(from));
+                let mut out = Vec::new();
+                // Only hosts need others' keys: a host that came after us
+                // learns ours (once per host, so nobody can make us flood).
+                if host && first {
+                    out.push(Outgoing {
+                        to: Some(from.clone()),
+                        data: B64.encode(self.announce_bytes()),
+                    });
+                }
+                let recently = self
+                    .sealed
+                    .get(from)
+                    .is_some_and(|at| now.saturating_duration_since(*at) < RESEAL_INTERVAL);
+                if self.host && self.current.number > 0 && !recently {
+                    out.extend(self.seal_to(from, now));
                 }
                 (Event::Announced(from.clone()), out)
             }
             Some(&EPOCH) if bytes.len() == 1 + 4 + 32 + 48 + 32 => {
                 let epoch = u32::from_be_bytes(bytes[1..5].try_into().expect("4 bytes"));
+                // Only hosts hand out epochs, and never one past the end.
+                if !host || epoch > MAX_EPOCH {
+                    return refused(self);
+                }
                 let (enc, ct, tag) = (&bytes[5..37], &bytes[37..85], &bytes[85..]);
                 if !mac_ok(
                     &self.auth,
@@ -444,11 +480,13 @@ impl Group {
             }
             Some(&STATUS) if bytes.len() == 1 + 4 + 1 + 32 => {
                 let (epoch, state, tag) = (&bytes[1..5], &bytes[5..6], &bytes[6..]);
-                if !mac_ok(
-                    &self.auth,
-                    &[&[STATUS], epoch, state, from.0.as_bytes()],
-                    tag,
-                ) {
+                if state[0] > 1
+                    || !mac_ok(
+                        &self.auth,
+                        &[&[STATUS], epoch, state, from.0.as_bytes()],
+                        tag,
+                    )
+                {
                     return refused(self);
                 }
                 (
@@ -468,11 +506,13 @@ impl Group {
         let old = std::mem::replace(&mut self.current, EpochKeys::new(number, secret, from));
         self.previous = Some((old, now + KEEP_PREVIOUS));
         self.sealed.clear();
-        // Senders pick the new epoch up on their next datagram.
+        // Every track sends under the new secret from its next datagram,
+        // counters from 0 (also when a tie replaced a same-numbered epoch).
+        self.senders.clear();
     }
 
     /// The current epoch's secret sealed to `to` (whose key we know).
-    fn seal_to(&mut self, to: &ParticipantId) -> Option<Outgoing> {
+    fn seal_to(&mut self, to: &ParticipantId, now: Instant) -> Option<Outgoing> {
         let key = self.members.get(to)?;
         let pk = <Kem as hpke::Kem>::PublicKey::from_bytes(key).ok()?;
         let epoch = self.current.number;
@@ -488,7 +528,7 @@ impl Group {
         let enc = enc.to_bytes();
         let number = epoch.to_be_bytes();
         let tag = mac(&self.auth, &[&[EPOCH], &number, &enc, &ct, to.0.as_bytes()]);
-        self.sealed.insert(to.clone());
+        self.sealed.insert(to.clone(), now);
         Some(Outgoing {
             to: Some(to.clone()),
             data: B64.encode([&[EPOCH][..], &number, &enc, &ct, &tag].concat()),
@@ -496,11 +536,12 @@ impl Group {
     }
 
     /// `who` left (or was removed): it is forgotten, and a host makes the
-    /// next epoch for the others.
+    /// next epoch for the others (whether or not `who` had announced a
+    /// key: it held the link's secret all the same).
     pub fn left(&mut self, who: &ParticipantId, now: Instant) -> Vec<Outgoing> {
-        let known = self.members.remove(who).is_some();
+        self.members.remove(who);
         self.sealed.remove(who);
-        if self.host && known {
+        if self.host && *who != self.me {
             self.rotate(now)
         } else {
             Vec::new()
@@ -513,12 +554,18 @@ impl Group {
         let Ok(secret) = Secret::random() else {
             return Vec::new();
         };
-        let next = self.current.number.wrapping_add(1);
+        if self.current.number >= MAX_EPOCH {
+            return Vec::new();
+        }
+        let next = self.current.number + 1;
         let me = self.me.clone();
         self.switch(next, secret, Some(me), now);
         let mut members: Vec<ParticipantId> = self.members.keys().cloned().collect();
         members.sort_by(|a, b| a.0.cmp(&b.0));
-        members.iter().filter_map(|m| self.seal_to(m)).collect()
+        members
+            .iter()
+            .filter_map(|m| self.seal_to(m, now))
+            .collect()
     }
 
     /// Encrypts `datagram` (a wire header and a plaintext payload) as track
@@ -586,27 +633,35 @@ impl Group {
         let kid = frame.header().key_id();
         let lsb = (kid & ((1 << EPOCH_BITS) - 1)) as u32;
         let mask = (1u32 << EPOCH_BITS) - 1;
-        let epoch = if self.current.number & mask == lsb {
-            &mut self.current
-        } else {
-            match &mut self.previous {
-                Some((p, _)) if p.number & mask == lsb => p,
-                _ => return None,
+        // The epochs whose low bits the key id names: the current one and
+        // the previous (both, after a tie between two hosts' secrets).
+        let previous = self.previous.as_mut().map(|(p, _)| p);
+        for epoch in std::iter::once(&mut self.current).chain(previous) {
+            if epoch.number & mask != lsb {
+                continue;
             }
-        };
-        let mut out = Vec::with_capacity(datagram.len());
-        if let Some(key) = epoch.keys.get(&kid) {
-            let plain = frame.decrypt_into(key, &mut out).ok()?;
-            return Some(plain.payload().to_vec());
+            let mut out = Vec::with_capacity(datagram.len());
+            if let Some(key) = epoch.keys.get(&kid) {
+                if let Ok(plain) = frame.decrypt_into(key, &mut out) {
+                    return Some(plain.payload().to_vec());
+                }
+                continue;
+            }
+            // A key id not seen yet: derive its key, keep it only if it works.
+            let Ok(key) = DecryptionKey::derive_from(SUITE, kid, epoch.base_key) else {
+                continue;
+            };
+            let Ok(plain) = frame.decrypt_into(&key, &mut out) else {
+                continue;
+            };
+            let payload = plain.payload().to_vec();
+            if epoch.keys.len() >= MAX_KEYS {
+                epoch.keys.clear();
+            }
+            epoch.keys.insert(kid, key);
+            return Some(payload);
         }
-        // A key id not seen yet: derive its key, keep it only if it works.
-        let key = DecryptionKey::derive_from(SUITE, kid, epoch.base_key).ok()?;
-        let payload = frame.decrypt_into(&key, &mut out).ok()?.payload().to_vec();
-        if epoch.keys.len() >= MAX_KEYS {
-            epoch.keys.clear();
-        }
-        epoch.keys.insert(kid, key);
-        Some(payload)
+        None
     }
 }
 
@@ -630,6 +685,11 @@ mod tests {
         from: &ParticipantId,
         out: Vec<Outgoing>,
     ) {
+        let hosts: Vec<ParticipantId> = groups
+            .iter()
+            .filter(|(_, g)| g.host)
+            .map(|(id, _)| (*id).clone())
+            .collect();
         let mut queue: Vec<(ParticipantId, Outgoing)> =
             out.into_iter().map(|o| (from.clone(), o)).collect();
         while let Some((sender, o)) = queue.pop() {
@@ -637,7 +697,8 @@ mod tests {
                 if **id == sender || o.to.as_ref().is_some_and(|t| t != *id) {
                     continue;
                 }
-                let (_, replies) = g.receive(&sender, &o.data, Instant::now());
+                let (_, replies) =
+                    g.receive(&sender, hosts.contains(&sender), &o.data, Instant::now());
                 queue.extend(replies.into_iter().map(|r| ((*id).clone(), r)));
             }
         }
@@ -718,7 +779,10 @@ mod tests {
         assert_eq!(bob.safety_code(), host.safety_code());
         assert_ne!(bob.safety_code(), code);
         // Carol gets the message meant for bob: its mac names bob.
-        assert_eq!(carol.receive(&ha, &sealed_to_bob, now).0, Event::Refused);
+        assert_eq!(
+            carol.receive(&ha, true, &sealed_to_bob, now).0,
+            Event::Refused
+        );
 
         let media = bob.encrypt(0, &datagram(b"after carol left")).unwrap();
         assert!(host.decrypt(&media, now).is_some());
@@ -734,17 +798,20 @@ mod tests {
         let outsider = Group::new(&Secret::random().unwrap(), pid("x"), false);
         let announce = outsider.announce();
         assert_eq!(
-            a.receive(&pid("x"), &announce.data, Instant::now()).0,
+            a.receive(&pid("x"), false, &announce.data, Instant::now())
+                .0,
             Event::Refused
         );
         // An honest announcement relabelled by the relay as someone else's.
         let b = Group::new(&s, pid("b"), false);
         assert_eq!(
-            a.receive(&pid("c"), &b.announce().data, Instant::now()).0,
+            a.receive(&pid("c"), false, &b.announce().data, Instant::now())
+                .0,
             Event::Refused
         );
         assert!(matches!(
-            a.receive(&pid("b"), &b.announce().data, Instant::now()).0,
+            a.receive(&pid("b"), false, &b.announce().data, Instant::now())
+                .0,
             Event::Announced(_)
         ));
         for junk in [
@@ -754,7 +821,10 @@ mod tests {
             &B64.encode([2u8; 117]),
             &B64.encode([9u8; 65]),
         ] {
-            assert_eq!(a.receive(&pid("b"), junk, Instant::now()).0, Event::Refused);
+            assert_eq!(
+                a.receive(&pid("b"), true, junk, Instant::now()).0,
+                Event::Refused
+            );
         }
         assert_eq!(a.stats.messages_refused, 7);
     }
@@ -777,6 +847,76 @@ mod tests {
         assert_eq!(bob.epoch(), 1);
     }
 
+    #[test]
+    fn key_ids_have_the_layout_the_page_uses() {
+        assert_eq!(
+            key_id(7, (1 << 48) - 1, 31),
+            7 << 52 | ((1 << 48) - 1) << 4 | 15
+        );
+        assert_eq!(key_id(0, 1, 16), 1 << 4);
+    }
+
+    #[test]
+    fn only_a_host_hands_out_epochs_and_never_one_past_the_end() {
+        let s = Secret::random().unwrap();
+        let (ha, hb) = (pid("h"), pid("b"));
+        let mut host = Group::new(&s, ha.clone(), true);
+        let mut bob = Group::new(&s, hb.clone(), false);
+        let now = Instant::now();
+        host.receive(&hb, false, &bob.announce().data, now);
+        let out = host.rotate(now);
+        // Said to come from a guest: refused, whatever it holds.
+        assert_eq!(bob.receive(&ha, false, &out[0].data, now).0, Event::Refused);
+        assert_eq!(bob.epoch(), 0);
+        assert!(matches!(
+            bob.receive(&ha, true, &out[0].data, now).0,
+            Event::EpochChanged { epoch: 1, .. }
+        ));
+        // At the last epoch a host makes no more (nothing wraps to 0).
+        host.current.number = MAX_EPOCH;
+        assert!(host.rotate(now).is_empty());
+        assert_eq!(host.epoch(), MAX_EPOCH);
+    }
+
+    #[test]
+    fn a_tie_between_two_hosts_leaves_everyone_sending_under_the_winner() {
+        let s = Secret::random().unwrap();
+        let (ann, zed, max) = (pid("ann"), pid("zed"), pid("max"));
+        let mut a = Group::new(&s, ann.clone(), true);
+        let mut z = Group::new(&s, zed.clone(), true);
+        let mut m = Group::new(&s, max.clone(), false);
+        let now = Instant::now();
+        // Each learns the others' keys.
+        let (ha, hz, hm) = (a.announce().data, z.announce().data, m.announce().data);
+        a.receive(&zed, true, &hz, now);
+        a.receive(&max, false, &hm, now);
+        z.receive(&ann, true, &ha, now);
+        z.receive(&max, false, &hm, now);
+        // Zed sends under its own epoch 1 before Ann's arrives.
+        let from_zed = z.rotate(now);
+        let from_ann = a.rotate(now);
+        let _ = z.encrypt(0, &datagram(b"zed, epoch 1 of its own")).unwrap();
+        for o in from_zed.iter().filter(|o| o.to.as_ref() == Some(&max)) {
+            m.receive(&zed, true, &o.data, now);
+        }
+        for o in &from_ann {
+            let to = o.to.clone().unwrap();
+            if to == max {
+                m.receive(&ann, true, &o.data, now);
+            } else if to == zed {
+                assert!(matches!(
+                    z.receive(&ann, true, &o.data, now).0,
+                    Event::EpochChanged { .. }
+                ));
+            }
+        }
+        assert_eq!(z.epoch_secret(), a.epoch_secret(), "zed took ann's");
+        assert_eq!(m.epoch_secret(), a.epoch_secret());
+        // Zed's next datagram is under the winning secret: max reads it.
+        let sealed = z.encrypt(0, &datagram(b"after the tie")).unwrap();
+        assert!(m.decrypt(&sealed, now).is_some());
+    }
+
     proptest::proptest! {
         /// Whatever a relay or participant sends, nothing panics and
         /// nothing decrypts.
@@ -789,8 +929,8 @@ mod tests {
             let mut g = Group::new(&s, pid("a"), true);
             let now = Instant::now();
             proptest::prop_assert!(g.decrypt(&bytes, now).is_none());
-            let _ = g.receive(&pid("x"), &text, now);
-            let (what, out) = g.receive(&pid("x"), &B64.encode(&bytes), now);
+            let _ = g.receive(&pid("x"), true, &text, now);
+            let (what, out) = g.receive(&pid("x"), true, &B64.encode(&bytes), now);
             proptest::prop_assert!(out.is_empty() || matches!(what, Event::Announced(_)));
             proptest::prop_assert_eq!(g.epoch(), 0);
         }

@@ -319,8 +319,8 @@ impl Client {
     ) -> Result<Option<e2ee::Event>, ClientError> {
         let now = std::time::Instant::now();
         let (what, out) = match event {
-            ServerMessage::E2ee { from, data } => {
-                let (what, out) = group.receive(from, data, now);
+            ServerMessage::E2ee { from, host, data } => {
+                let (what, out) = group.receive(from, *host, data, now);
                 (Some(what), out)
             }
             ServerMessage::ParticipantLeft { participant } => (None, group.left(participant, now)),

@@ -32,6 +32,9 @@ use crate::wire::datagram::{self, DatagramError, TrackId};
 /// Tracks one link may announce.
 pub const MAX_LINK_TRACKS: usize = 4096;
 
+/// Participants one link may announce.
+pub const MAX_LINK_PARTICIPANTS: usize = 4096;
+
 /// Tracks a participant waits to get back after a link went down.
 const MAX_RESUME: usize = 64;
 
@@ -125,9 +128,17 @@ pub enum LinkRequest {
     /// A participant's `e2ee` message for participants beyond the link.
     E2ee {
         from: ParticipantId,
+        host: bool,
         to: Option<ParticipantId>,
         data: String,
     },
+    /// A participant here joined: the peer's participants see it.
+    ParticipantJoined {
+        participant: ParticipantId,
+        display_name: String,
+    },
+    /// A participant here left.
+    ParticipantLeft { participant: ParticipantId },
 }
 
 /// What one cascade link moved.
@@ -223,6 +234,8 @@ struct Conn {
     link: bool,
     /// Its ticket declared the conference end-to-end encrypted.
     e2ee: bool,
+    /// For a link: the participants its peer announced (id, name).
+    remote: Vec<(ParticipantId, String)>,
 }
 
 impl Conn {
@@ -242,6 +255,7 @@ impl Conn {
             resume: Vec::new(),
             link,
             e2ee: a.e2ee,
+            remote: Vec::new(),
         }
     }
 }
@@ -397,6 +411,14 @@ impl Core {
                 .and_then(Option::as_ref)
                 .is_some_and(|c| c.link);
             if other_is_link {
+                // The peer's participants learn of it too.
+                self.link_out.push_back((
+                    *other,
+                    LinkRequest::ParticipantJoined {
+                        participant: admission.participant.clone(),
+                        display_name: admission.display_name.clone(),
+                    },
+                ));
                 continue;
             }
             self.control.push_back((
@@ -407,13 +429,18 @@ impl Core {
                 },
             ));
         }
-        // Who is here already, after the welcome (participants of this
-        // relay; those beyond a cascade link show through their tracks).
+        // Who is here already, after the welcome: participants of this
+        // relay, and those the links' peers announced.
         let present: Vec<(ParticipantId, String)> = members
             .iter()
             .filter_map(|m| self.conns.get(m.index as usize).and_then(Option::as_ref))
-            .filter(|c| !c.link)
-            .map(|c| (c.participant.clone(), c.display_name.clone()))
+            .flat_map(|c| {
+                if c.link {
+                    c.remote.clone()
+                } else {
+                    vec![(c.participant.clone(), c.display_name.clone())]
+                }
+            })
             .collect();
         members.push(id);
         self.control.push_back((
@@ -467,6 +494,18 @@ impl Core {
         for info in tracks {
             self.control
                 .push_back((id, ServerMessage::TrackPublished(info)));
+        }
+        // And who takes part here (not those other links announced).
+        for m in &local {
+            if let Some(c) = self.conn(*m).filter(|c| !c.link) {
+                self.link_out.push_back((
+                    id,
+                    LinkRequest::ParticipantJoined {
+                        participant: c.participant.clone(),
+                        display_name: c.display_name.clone(),
+                    },
+                ));
+            }
         }
         let admission = Admission {
             conference: conference.to_owned(),
@@ -721,7 +760,7 @@ impl Core {
                 if published >= self.config.max_tracks_per_participant {
                     return self.error(conn, ErrorCode::TooManyTracks, "too many tracks published");
                 }
-                if e2ee && !encrypted {
+                if !encrypted && (e2ee || self.is_e2ee(&conference)) {
                     return self.error(
                         conn,
                         ErrorCode::NotEncrypted,
@@ -836,7 +875,8 @@ impl Core {
                         "e2ee data must be 1 to 512 base64url characters",
                     );
                 }
-                self.deliver_e2ee(&conference, Some(conn), participant, to, data);
+                let host = permissions.moderate;
+                self.deliver_e2ee(&conference, Some(conn), participant, host, to, data);
             }
             // A subscriber lost part of a frame: its publisher is asked for
             // a keyframe (at most once per interval, however many ask).
@@ -870,6 +910,7 @@ impl Core {
         conference: &str,
         via: Option<ConnId>,
         from: ParticipantId,
+        host: bool,
         to: Option<ParticipantId>,
         data: String,
     ) {
@@ -891,6 +932,7 @@ impl Core {
                     m,
                     ServerMessage::E2ee {
                         from: from.clone(),
+                        host,
                         data: data.clone(),
                     },
                 ));
@@ -903,6 +945,7 @@ impl Core {
                     link,
                     LinkRequest::E2ee {
                         from: from.clone(),
+                        host,
                         to: to.clone(),
                         data: data.clone(),
                     },
@@ -918,6 +961,7 @@ impl Core {
         &mut self,
         link: ConnId,
         from: ParticipantId,
+        host: bool,
         to: Option<ParticipantId>,
         data: String,
     ) -> bool {
@@ -929,7 +973,64 @@ impl Core {
             return false;
         }
         let conference = c.conference.clone();
-        self.deliver_e2ee(&conference, None, from, to, data);
+        self.deliver_e2ee(&conference, None, from, host, to, data);
+        true
+    }
+
+    /// The link's peer announced a participant of its own: the
+    /// participants here see it join. False (ignored) if not from a link,
+    /// already announced or over [`MAX_LINK_PARTICIPANTS`].
+    pub fn link_participant_joined(
+        &mut self,
+        link: ConnId,
+        participant: ParticipantId,
+        display_name: String,
+    ) -> bool {
+        let Some(c) = self.conn_mut(link).filter(|c| c.link) else {
+            return false;
+        };
+        if c.remote.len() >= MAX_LINK_PARTICIPANTS
+            || c.remote.iter().any(|(p, _)| *p == participant)
+        {
+            return false;
+        }
+        c.remote.push((participant.clone(), display_name.clone()));
+        let conference = c.conference.clone();
+        for other in self.members(&conference).to_vec() {
+            if !self.is_link(other) {
+                self.control.push_back((
+                    other,
+                    ServerMessage::ParticipantJoined {
+                        participant: participant.clone(),
+                        display_name: display_name.clone(),
+                    },
+                ));
+            }
+        }
+        true
+    }
+
+    /// A participant the link's peer announced left.
+    pub fn link_participant_left(&mut self, link: ConnId, participant: ParticipantId) -> bool {
+        let Some(c) = self.conn_mut(link).filter(|c| c.link) else {
+            return false;
+        };
+        let before = c.remote.len();
+        c.remote.retain(|(p, _)| *p != participant);
+        if c.remote.len() == before {
+            return false;
+        }
+        let conference = c.conference.clone();
+        for other in self.members(&conference).to_vec() {
+            if !self.is_link(other) {
+                self.control.push_back((
+                    other,
+                    ServerMessage::ParticipantLeft {
+                        participant: participant.clone(),
+                    },
+                ));
+            }
+        }
         true
     }
 
@@ -1015,16 +1116,34 @@ impl Core {
                 t.1 += bytes_out;
             }
         }
-        if !link {
-            for other in self.members(&conference).to_vec() {
-                if !self.is_link(other) {
-                    self.control.push_back((
+        // Who is gone for the participants here: this participant, or
+        // everyone the link's peer had announced.
+        let gone: Vec<ParticipantId> = if link {
+            self.conn(conn)
+                .map(|c| c.remote.iter().map(|(p, _)| p.clone()).collect())
+                .unwrap_or_default()
+        } else {
+            vec![participant.clone()]
+        };
+        for other in self.members(&conference).to_vec() {
+            if self.is_link(other) {
+                if !link {
+                    self.link_out.push_back((
                         other,
-                        ServerMessage::ParticipantLeft {
+                        LinkRequest::ParticipantLeft {
                             participant: participant.clone(),
                         },
                     ));
                 }
+                continue;
+            }
+            for p in &gone {
+                self.control.push_back((
+                    other,
+                    ServerMessage::ParticipantLeft {
+                        participant: p.clone(),
+                    },
+                ));
             }
         }
         self.link_out.retain(|(to, _)| *to != conn);

@@ -463,6 +463,14 @@ fn a_cascade_link_carries_one_copy_of_subscribed_tracks_only() {
     let s1 = b.admit(admission("c", "s1", false, true));
     let s2 = b.admit(admission("c", "s2", false, true));
     while b.poll_control().is_some() {}
+    // A's side learns who takes part at B (s1, s2): their names cross once.
+    let joined: Vec<_> = std::iter::from_fn(|| b.poll_link_request()).collect();
+    assert_eq!(joined.len(), 2);
+    assert!(
+        joined
+            .iter()
+            .all(|(to, r)| *to == b_link && matches!(r, LinkRequest::ParticipantJoined { .. }))
+    );
     for info in announced {
         assert!(b.link_publish(b_link, info));
     }
@@ -520,9 +528,18 @@ fn a_cascade_link_carries_one_copy_of_subscribed_tracks_only() {
     let b_link2 = b.admit_link("c", "a");
     assert!(b.link_publish(b_link2, info));
     assert!(control_for(&mut b, s1).contains(&ServerMessage::Subscribed { track: video }));
+    let requests: Vec<_> = std::iter::from_fn(|| b.poll_link_request()).collect();
+    assert!(
+        requests.contains(&(b_link2, LinkRequest::Subscribe(video))),
+        "{requests:?}"
+    );
     assert_eq!(
-        b.poll_link_request(),
-        Some((b_link2, LinkRequest::Subscribe(video)))
+        requests
+            .iter()
+            .filter(|(_, r)| matches!(r, LinkRequest::ParticipantJoined { .. }))
+            .count(),
+        2,
+        "the new link's peer learns who is here"
     );
     let b_link = b_link2;
     b.handle_datagram(b_link, d.clone(), Instant::now())
@@ -707,12 +724,14 @@ fn e2ee_messages_reach_their_recipients_here_and_beyond_links_unread() {
     let elsewhere = core.admit(e2ee_admission("d", "dave"));
     let link = core.admit_link("c", "peer");
     while core.poll_control().is_some() {}
+    while core.poll_link_request().is_some() {}
     let message = |to: Option<&str>, data: &str| ClientMessage::E2ee {
         to: to.map(|t| ParticipantId(t.into())),
         data: data.into(),
     };
     let from_alice = |data: &str| ServerMessage::E2ee {
         from: ParticipantId("alice".into()),
+        host: false,
         data: data.into(),
     };
 
@@ -730,6 +749,7 @@ fn e2ee_messages_reach_their_recipients_here_and_beyond_links_unread() {
             link,
             LinkRequest::E2ee {
                 from: ParticipantId("alice".into()),
+                host: false,
                 to: None,
                 data: "AQID".into()
             }
@@ -750,6 +770,7 @@ fn e2ee_messages_reach_their_recipients_here_and_beyond_links_unread() {
     assert!(core.link_e2ee(
         link,
         ParticipantId("far".into()),
+        true,
         Some(ParticipantId("bob".into())),
         "Bwg".into()
     ));
@@ -760,6 +781,7 @@ fn e2ee_messages_reach_their_recipients_here_and_beyond_links_unread() {
             bob,
             ServerMessage::E2ee {
                 from: ParticipantId("far".into()),
+                host: true,
                 data: "Bwg".into()
             }
         )]
@@ -777,6 +799,133 @@ fn e2ee_messages_reach_their_recipients_here_and_beyond_links_unread() {
         ));
         assert!(core.poll_link_request().is_none());
     }
-    assert!(!core.link_e2ee(link, ParticipantId("far".into()), None, "%%".into()));
+    assert!(!core.link_e2ee(link, ParticipantId("far".into()), false, None, "%%".into()));
     let _ = elsewhere;
+}
+
+#[test]
+fn participants_cross_links_by_name_and_a_link_going_down_lists_who_left() {
+    let mut a = Core::new(CoreConfig::default());
+    let mut b = Core::new(CoreConfig::default());
+    let ada = a.admit(admission("c", "ada", true, true));
+    let a_link = a.admit_link("c", "b");
+    let b_link = b.admit_link("c", "a");
+    // A's link tells B of ada; B's participants see her join, by name.
+    let to_b: Vec<_> = std::iter::from_fn(|| a.poll_link_request()).collect();
+    assert_eq!(
+        to_b,
+        vec![(
+            a_link,
+            LinkRequest::ParticipantJoined {
+                participant: ParticipantId("ada".into()),
+                display_name: "ada".into()
+            }
+        )]
+    );
+    let bo = b.admit(admission("c", "bo", true, true));
+    while b.poll_control().is_some() {}
+    assert!(b.link_participant_joined(b_link, ParticipantId("ada".into()), "ada".into()));
+    assert!(!b.link_participant_joined(b_link, ParticipantId("ada".into()), "ada".into()));
+    assert_eq!(
+        control_for(&mut b, bo),
+        vec![ServerMessage::ParticipantJoined {
+            participant: ParticipantId("ada".into()),
+            display_name: "ada".into()
+        }]
+    );
+    // A newcomer at B hears of ada among those present.
+    let cy = b.admit(admission("c", "cy", true, true));
+    let seen = control_for(&mut b, cy);
+    assert!(seen.contains(&ServerMessage::ParticipantJoined {
+        participant: ParticipantId("ada".into()),
+        display_name: "ada".into()
+    }));
+    // B's own participants cross to A (bo and cy), never back to B.
+    let to_a: Vec<_> = std::iter::from_fn(|| b.poll_link_request()).collect();
+    assert_eq!(to_a.len(), 2, "{to_a:?}");
+    // Ada leaves: A tells the link; B's participants see her go.
+    a.handle_closed(ada);
+    assert_eq!(
+        a.poll_link_request(),
+        Some((
+            a_link,
+            LinkRequest::ParticipantLeft {
+                participant: ParticipantId("ada".into())
+            }
+        ))
+    );
+    assert!(b.link_participant_left(b_link, ParticipantId("ada".into())));
+    assert!(
+        control_for(&mut b, bo).contains(&ServerMessage::ParticipantLeft {
+            participant: ParticipantId("ada".into())
+        })
+    );
+    // The link going down: everyone it had announced left.
+    assert!(b.link_participant_joined(b_link, ParticipantId("dee".into()), "dee".into()));
+    while b.poll_control().is_some() {}
+    b.handle_closed(b_link);
+    assert!(
+        control_for(&mut b, bo).contains(&ServerMessage::ParticipantLeft {
+            participant: ParticipantId("dee".into())
+        })
+    );
+    // Only links may announce.
+    assert!(!b.link_participant_joined(bo, ParticipantId("x".into()), "x".into()));
+}
+
+#[test]
+fn e2ee_messages_say_whether_a_host_sent_them_and_never_cross_two_links() {
+    let mut core = Core::new(CoreConfig::default());
+    let host = core.admit(Admission {
+        permissions: Permissions {
+            publish: true,
+            subscribe: true,
+            moderate: true,
+        },
+        ..e2ee_admission("c", "hana")
+    });
+    let guest = core.admit(e2ee_admission("c", "gus"));
+    let l1 = core.admit_link("c", "one");
+    let l2 = core.admit_link("c", "two");
+    while core.poll_control().is_some() {}
+    while core.poll_link_request().is_some() {}
+    core.handle_control(
+        host,
+        ClientMessage::E2ee {
+            to: None,
+            data: "AQID".into(),
+        },
+    );
+    assert_eq!(
+        control_for(&mut core, guest),
+        vec![ServerMessage::E2ee {
+            from: ParticipantId("hana".into()),
+            host: true,
+            data: "AQID".into()
+        }]
+    );
+    let onward: Vec<ConnId> = std::iter::from_fn(|| core.poll_link_request())
+        .map(|(to, _)| to)
+        .collect();
+    assert_eq!(onward, vec![l1, l2], "to each link once");
+    // From one link: to the participants here, not to the other link.
+    assert!(core.link_e2ee(l1, ParticipantId("far".into()), false, None, "BAUG".into()));
+    assert_eq!(control_for(&mut core, guest).len(), 1);
+    assert!(core.poll_link_request().is_none());
+    // A guest claims nothing: the relay says it is not a host.
+    core.handle_control(
+        guest,
+        ClientMessage::E2ee {
+            to: Some(ParticipantId("hana".into())),
+            data: "AQID".into(),
+        },
+    );
+    assert_eq!(
+        control_for(&mut core, host),
+        vec![ServerMessage::E2ee {
+            from: ParticipantId("gus".into()),
+            host: false,
+            data: "AQID".into()
+        }]
+    );
 }

@@ -755,10 +755,27 @@ fn link_message(id: ConnId, message: LinkMessage, core: &mut Core, metrics: &Met
         LinkMessage::KeyframeRequest { track } => {
             core.link_keyframe_request(id, track, Instant::now())
         }
-        LinkMessage::E2ee { from, to, data } => {
-            if !core.link_e2ee(id, from, to, data) {
+        LinkMessage::E2ee {
+            from,
+            host,
+            to,
+            data,
+        } => {
+            if !core.link_e2ee(id, from, host, to, data) {
                 metrics.control_errors.inc();
             }
+        }
+        LinkMessage::ParticipantJoined {
+            participant,
+            display_name,
+        } => {
+            if !core.link_participant_joined(id, participant, display_name) {
+                metrics.control_errors.inc();
+            }
+        }
+        LinkMessage::ParticipantLeft { participant } => {
+            // Announced before this side knew of the link: nothing to undo.
+            let _ = core.link_participant_left(id, participant);
         }
         LinkMessage::LinkHello { .. } | LinkMessage::LinkWelcome {} | LinkMessage::Error { .. } => {
             metrics.control_errors.inc()
@@ -781,8 +798,26 @@ fn flush_control(core: &mut Core, handles: &mut HashMap<ConnId, Handle>) {
             crate::forward::LinkRequest::KeyframeRequest(track) => {
                 LinkMessage::KeyframeRequest { track }
             }
-            crate::forward::LinkRequest::E2ee { from, to, data } => {
-                LinkMessage::E2ee { from, to, data }
+            crate::forward::LinkRequest::E2ee {
+                from,
+                host,
+                to,
+                data,
+            } => LinkMessage::E2ee {
+                from,
+                host,
+                to,
+                data,
+            },
+            crate::forward::LinkRequest::ParticipantJoined {
+                participant,
+                display_name,
+            } => LinkMessage::ParticipantJoined {
+                participant,
+                display_name,
+            },
+            crate::forward::LinkRequest::ParticipantLeft { participant } => {
+                LinkMessage::ParticipantLeft { participant }
             }
         };
         if tx.try_send(message).is_err() {

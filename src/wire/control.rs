@@ -154,9 +154,13 @@ pub enum ServerMessage {
     Kicked {
         reason: String,
     },
-    /// Another participant's `e2ee` message, as it sent it.
+    /// Another participant's `e2ee` message, as it sent it. `host`: the
+    /// sender's ticket lets it moderate (the relay says so, as it says
+    /// `from`): only a host's epoch messages are taken.
     E2ee {
         from: ParticipantId,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        host: bool,
         data: String,
     },
     ConferenceEnded {},

@@ -38,9 +38,21 @@ pub enum LinkMessage {
     /// (all of them, or `to`).
     E2ee {
         from: ParticipantId,
+        /// The sender's ticket lets it moderate (its relay says so).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        host: bool,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         to: Option<ParticipantId>,
         data: String,
+    },
+    /// A participant joined the conference at the peer relay.
+    ParticipantJoined {
+        participant: ParticipantId,
+        display_name: String,
+    },
+    /// A participant the peer announced left it.
+    ParticipantLeft {
+        participant: ParticipantId,
     },
     Error {
         code: u16,
@@ -60,6 +72,11 @@ impl Labels for LinkMessage {
                 ids.extend(to.as_ref().map(|t| t.0.as_str()));
                 ids
             }
+            LinkMessage::ParticipantJoined {
+                participant,
+                display_name,
+            } => vec![participant.0.as_str(), display_name.as_str()],
+            LinkMessage::ParticipantLeft { participant } => vec![participant.0.as_str()],
             _ => Vec::new(),
         }
         .into_iter()
@@ -88,8 +105,16 @@ mod tests {
             }),
             LinkMessage::E2ee {
                 from: ParticipantId("p-1".into()),
+                host: true,
                 to: None,
                 data: "AQID".into(),
+            },
+            LinkMessage::ParticipantJoined {
+                participant: ParticipantId("p-2".into()),
+                display_name: "Ada".into(),
+            },
+            LinkMessage::ParticipantLeft {
+                participant: ParticipantId("p-2".into()),
             },
             LinkMessage::Subscribe { track: TrackId(7) },
         ];

@@ -47,7 +47,7 @@ pub enum ErrorCode {
     /// (going on disconnects, close code 10).
     RateLimited = 7,
     /// On an end-to-end encrypted conference, a track must be declared
-    /// encrypted (or an `e2ee` message was malformed).
+    /// encrypted.
     NotEncrypted = 8,
 }
 

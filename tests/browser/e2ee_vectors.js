@@ -217,13 +217,13 @@ await check("base64url", () => {
 });
 
 await check("kid_layout", () => {
-  const kid = m.makeKid(7, 0xffffffff, 31);
+  const kid = m.makeKid(7, 2 ** 48 - 1, 31);
   const split = m.splitKid(kid);
   return (
-    same("kid of context 7, index 2^32-1, epoch 31", kid, (7n << 36n) | (0xffffffffn << 4n) | 15n) &&
-    same("kid split", JSON.stringify(split), JSON.stringify({ context: 7, index: 0xffffffff, epochBits: 15 })) &&
+    same("kid of context 7, index 2^48-1, epoch 31", kid, (7n << 52n) | (0xffffffffffffn << 4n) | 15n) &&
+    same("kid split", JSON.stringify(split), JSON.stringify({ context: 7, index: 2 ** 48 - 1, epochBits: 15 })) &&
     same("largest header + tag is the overhead", m.encodeSframeHeader(kid, (1n << 64n) - 1n).length + 16, m.OVERHEAD) &&
-    same("overhead", m.OVERHEAD, 30)
+    same("overhead", m.OVERHEAD, 32)
   );
 });
 
@@ -253,7 +253,8 @@ const deliver = async (all, from, messages, drop = new Set()) => {
     for (const id of targets) {
       if (drop.has(id) || !all[id]) continue;
       delivered++;
-      for (const answer of await all[id].receive(sender, msg.data)) queue.push([id, answer]);
+      // The relay says whether the sender is a host, as it says who sent it.
+      for (const answer of await all[id].receive(sender, msg.data, all[sender]?.host === true)) queue.push([id, answer]);
     }
   }
   return delivered;
@@ -293,8 +294,12 @@ await check("scheme_round_trip", async () => {
   good &&=
     same("one epoch message per remaining participant", JSON.stringify(rotation.map((x) => x.to)), JSON.stringify(["bob"])) &&
     ok("epoch messages fit an e2ee control message", rotation.every((x) => x.data.length <= 512));
+  // The same message, said to come from someone who is not a host: refused.
+  const bobBad = all.bob.stats.badMessages;
+  await all.bob.receive("host", rotation[0].data, false);
+  good &&= same("an epoch message not from a host is refused", all.bob.epoch, 0) && ok("…as noise", all.bob.stats.badMessages === bobBad + 1);
   // A relay that hands Bob's message to Carol gets nothing for it.
-  await all.carol.receive("host", rotation[0].data);
+  await all.carol.receive("host", rotation[0].data, true);
   good &&= same("Carol cannot take Bob's epoch message", all.carol.epoch, 0);
   const badBefore = all.carol.stats.badMessages;
   good &&= ok("…and counts it as noise", badBefore > 0);

@@ -258,10 +258,10 @@ const hooks = {
   trackDone(t) {
     addTrack(stats.finished, t);
   },
-  e2ee(from, data) {
+  e2ee(from, data, host) {
     const e = state.e2ee;
     if (!e) return;
-    e.receive(from, data).then(sendE2ee);
+    e.receive(from, data, host).then(sendE2ee);
   },
   joined(pid) {
     state.joinedAt.set(pid, Date.now());

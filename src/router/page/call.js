@@ -195,7 +195,8 @@ export class Call {
         } catch {}
         break;
       case "e2ee":
-        if (typeof m.from === "string" && typeof m.data === "string") this.hooks.e2ee?.(m.from, m.data);
+        // `host`: the relay says the sender's ticket lets it moderate.
+        if (typeof m.from === "string" && typeof m.data === "string") this.hooks.e2ee?.(m.from, m.data, m.host === true);
         break;
       case "error":
         this.stats.errors.push(`${m.code} ${m.message}`);

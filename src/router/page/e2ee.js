@@ -482,7 +482,16 @@ export async function hpkeOpen(enc, recipient, info, aad, ciphertext) {
 // ------------------------------------------------------------------ this project's scheme (docs/e2ee.md)
 
 /** Bytes an encrypted datagram may grow by: a header with a 5-byte KID and an 8-byte CTR, and the tag. */
-export const OVERHEAD = 1 + 5 + 8 + SFRAME_NT;
+export const OVERHEAD = 1 + 7 + 8 + SFRAME_NT;
+
+/** Highest epoch taken or made (as the native side: far from 2^32). */
+export const MAX_EPOCH = 0x7fffffff;
+
+/** Least time between two epoch messages the host seals to one member in answer to its announces (ms). */
+export const RESEAL_MS = 1000;
+
+/** Largest jump above our epoch a host's catch-up makes from what others say. */
+const CATCH_UP_MAX = 1000;
 /** Epoch keys kept after a change, for datagrams in flight. */
 export const PREVIOUS_EPOCH_MS = 10_000;
 /** Track slots per participant (the KID's context bits). */
@@ -524,17 +533,18 @@ export async function safetyCode(epochSecret) {
   return `${digits.slice(0, 4)} ${digits.slice(4, 8)} ${digits.slice(8)}`;
 }
 
-/** KID = (context << 36) | (index << 4) | (epoch mod 16), as a BigInt (it needs 39 bits). */
+/** KID = (context << 52) | (index << 4) | (epoch mod 16), as a BigInt (it needs 55 bits; index has 48). */
 export function makeKid(context, index, epoch) {
   if (!(context >= 0 && context < CONTEXTS)) throw new RangeError("context is 0 to 7");
-  return (BigInt(context) << 36n) | (BigInt(index >>> 0) << 4n) | BigInt(epoch % 16);
+  if (!(Number.isInteger(index) && index >= 0 && index < 2 ** 48)) throw new RangeError("the index has 48 bits");
+  return (BigInt(context) << 52n) | (BigInt(index) << 4n) | BigInt(epoch % 16);
 }
 
 /** {context, index, epochBits} of a KID, or null if it is not of this scheme's shape. */
 export function splitKid(kid) {
   kid = BigInt(kid);
-  if (kid < 0n || kid >> 39n !== 0n) return null;
-  return { context: Number(kid >> 36n), index: Number((kid >> 4n) & 0xffffffffn), epochBits: Number(kid & 0xfn) };
+  if (kid < 0n || kid >> 55n !== 0n) return null;
+  return { context: Number(kid >> 52n), index: Number((kid >> 4n) & 0xffffffffffffn), epochBits: Number(kid & 0xfn) };
 }
 
 /** The additional data and info of a sealed epoch secret. */
@@ -662,7 +672,7 @@ class Epoch {
 
 /**
  * One participant's end-to-end encryption: the conference secret S0, our
- * X25519 key pair and random 32-bit index, the current epoch (and the
+ * X25519 key pair and random 48-bit index, the current epoch (and the
  * previous one for 10 s), the peers' announced keys and statuses, and the
  * send state of each of our tracks.
  *
@@ -700,7 +710,7 @@ export class E2ee {
 
   /**
    * secret: S0 (32 bytes); participant: our participant id; host: whether
-   * we hand out new epochs; now: a clock in ms (tests); index: our 32-bit
+   * we hand out new epochs; now: a clock in ms (tests); index: our 48-bit
    * index (random unless given).
    */
   static async create({ secret, participant, host = false, now = () => Date.now(), index }) {
@@ -710,7 +720,7 @@ export class E2ee {
       participant,
       host,
       now,
-      index: index === undefined ? new DataView(randomBytes(4).buffer).getUint32(0) : index >>> 0,
+      index: index === undefined ? randomBytes(6).reduce((n, b) => n * 256 + b, 0) : index,
       auth: await hmacKey(await authKey(secret)),
       keyPair: await x25519Generate(),
       epoch0: await Epoch.make(0, Uint8Array.from(secret), null),
@@ -776,7 +786,7 @@ export class E2ee {
    * messages to send in answer; never rejects. A message that is not
    * well-formed or whose mac does not verify is counted and ignored.
    */
-  receive(from, data) {
+  receive(from, data, host = false) {
     return this.serialize(async () => {
       try {
         const bytes = fromBase64url(data);
@@ -786,8 +796,13 @@ export class E2ee {
         }
         switch (bytes[0]) {
           case MSG_ANNOUNCE:
-            return await this.onAnnounce(from, bytes);
+            return await this.onAnnounce(from, bytes, host);
           case MSG_EPOCH:
+            // Only a host hands out epochs (the relay says who is one).
+            if (!host) {
+              this.stats.badMessages++;
+              return [];
+            }
             return await this.onEpoch(from, bytes);
           case MSG_STATUS:
             return await this.onStatus(from, bytes);
@@ -802,27 +817,43 @@ export class E2ee {
     });
   }
 
-  async onAnnounce(from, bytes) {
+  async onAnnounce(from, bytes, fromHost = false) {
     const a = await verifyAnnounce(this.auth, bytes, from);
     if (!a) {
       this.stats.badMessages++;
       return [];
     }
+    // A key we could not seal to (small order, not on the curve) is refused
+    // here, so it can never make a rotation fail later.
+    try {
+      await dh(this.keyPair.privateKey, a.publicKey);
+    } catch {
+      this.stats.badMessages++;
+      return [];
+    }
     const out = [];
     let peer = this.peers.get(from);
-    const seen = peer && equalBytes(peer.publicKey, a.publicKey);
+    const first = !peer || !peer.publicKey;
+    const seen = peer && peer.publicKey && equalBytes(peer.publicKey, a.publicKey);
     if (!seen) {
-      // A new participant, or a new session of one: both must know each
-      // other's key, so answer with ours (and what we last said).
-      peer = { publicKey: a.publicKey, sealed: -1, status: peer?.status ?? null };
+      // A new participant, or a new session of one.
+      peer = { publicKey: a.publicKey, sealed: -1, sealedAt: peer?.sealedAt ?? -Infinity, status: peer?.status ?? null };
       this.peers.set(from, peer);
-      out.push(await this.announceTo(from));
-      const s = await this.statusTo(from);
-      if (s) out.push(s);
+      if (first) {
+        // Only hosts need others' keys: a host that came after us gets
+        // ours; a newcomer gets what we last said. Once per participant,
+        // so key changes cannot make us flood.
+        if (fromHost) out.push(await this.announceTo(from));
+        const s = await this.statusTo(from);
+        if (s) out.push(s);
+      }
       this.emit({ type: "peer", participant: from });
     }
-    // The host's duty: whoever announces and lacks the current epoch gets it.
-    if (this.host && this.current.n > 0 && peer.sealed !== this.current.n && !this.excluded.has(from)) {
+    // The host's duty: whoever announces and lacks the current epoch gets
+    // it, at most once a second each.
+    const now = this.now();
+    if (this.host && this.current.n > 0 && peer.sealed !== this.current.n && !this.excluded.has(from) && now - peer.sealedAt >= RESEAL_MS) {
+      peer.sealedAt = now;
       out.push(await this.sealTo(from, peer));
     }
     return out;
@@ -837,7 +868,7 @@ export class E2ee {
 
   async onEpoch(from, bytes) {
     const m = await verifyEpoch(this.auth, bytes, this.participant);
-    if (!m) {
+    if (!m || m.epoch > MAX_EPOCH) {
       this.stats.badMessages++;
       return [];
     }
@@ -900,13 +931,21 @@ export class E2ee {
       this.excluded.add(id);
     }
     return this.serialize(async () => {
-      const n = Math.max(this.current.n, after >>> 0) + 1;
-      if (n > 0xffffffff) throw new Error("no epoch after 2^32 - 1");
+      // What others say moves us up by a bounded step only, so no status
+      // can push the epochs to their end.
+      const above = Math.min(after >>> 0, this.current.n + CATCH_UP_MAX);
+      const n = Math.max(this.current.n, above) + 1;
+      if (n > MAX_EPOCH) return [];
       const next = await Epoch.make(n, randomBytes(SECRET_LEN), this.participant);
       const out = [];
       for (const [id, peer] of this.peers) {
         if (!peer.publicKey || this.excluded.has(id)) continue;
-        out.push(await this.sealTo(id, peer, next));
+        try {
+          out.push(await this.sealTo(id, peer, next));
+        } catch {
+          // One peer we cannot seal to never keeps the others from the new keys.
+          this.stats.badMessages++;
+        }
       }
       // Sealed first, adopted last: the messages leave before our first
       // datagram under the new epoch, so fewer arrive ahead of the key.
