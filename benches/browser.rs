@@ -156,11 +156,7 @@ fn main() {
                 cluster::ACME,
                 serde_json::json!({"residency": "eu", "waiting_room": false, "e2ee": e2ee}),
             ));
-            let mut url = format!(
-                "{router}/j/{}#p={}",
-                conf["id"].as_str().unwrap(),
-                conf["passcode"].as_str().unwrap()
-            );
+            let mut url = support::browser::link(&router, &conf);
             if e2ee {
                 let key = residency_relay::client::e2ee::Secret::random().unwrap();
                 url.push_str(&format!("&k={}", key.to_base64()));

@@ -13,7 +13,7 @@ use residency_relay::client::frames::{MAX_DATAGRAM, Packetizer, Reassembler};
 use residency_relay::wire::control::{ServerMessage, TrackKind};
 use residency_relay::wire::datagram;
 use serde_json::{Value, json};
-use support::browser::{Browser, decoded, reassembled};
+use support::browser::{Browser, decoded, host_invite, in_call, link, reassembled, runtime};
 use support::cluster::{self, ACME, ADMIN, Cluster};
 
 /// One Chromium at a time: two cores cannot encode for more.
@@ -22,31 +22,11 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 const EU_RELAYS: [&str; 4] = ["de-fra-1", "de-ber-1", "ie-dub-1", "nl-ams-1"];
 const ROUTER: &str = "de-fra-router";
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn link(router: &str, conf: &Value) -> String {
-    format!(
-        "{router}/j/{}#p={}",
-        conf["id"].as_str().unwrap(),
-        conf["passcode"].as_str().unwrap()
-    )
-}
-
 fn peer_id(snapshot: &Value) -> String {
     snapshot["participant"]
         .as_str()
         .unwrap_or_default()
         .to_owned()
-}
-
-fn in_call(s: &Value) -> bool {
-    s["phase"] == "in_call"
 }
 
 /// Pages "a" (Ada) and "b" (Bob) join through `url`; their snapshots once
@@ -57,20 +37,6 @@ fn join_two(b: &mut Browser, url: &str) -> (Value, Value) {
     let sa = b.wait_for("a", Duration::from_secs(30), "in call", in_call);
     let sb = b.wait_for("b", Duration::from_secs(30), "in call", in_call);
     (sa, sb)
-}
-
-/// A single-use invitation with role host to conference `id`, made by its
-/// tenant; the page joins with it as Hana.
-fn host_invite(rt: &tokio::runtime::Runtime, router: &str, id: &str) -> String {
-    let invite = rt.block_on(cluster::request(
-        "POST",
-        &format!("{router}/v1/conferences/{id}/invites"),
-        None,
-        Some(ACME),
-        Some(json!({"display_name": "Hana", "role": "host"})),
-    ));
-    assert_eq!(invite.status, 201);
-    invite.json()["invite"].as_str().unwrap().to_owned()
 }
 
 #[test]

@@ -15,24 +15,12 @@ use residency_relay::client::frames::{MAX_DATAGRAM, Packetizer, Reassembler};
 use residency_relay::wire::control::{ServerMessage, TrackKind};
 use residency_relay::wire::datagram::{self, HEADER_LEN};
 use serde_json::{Value, json};
-use support::browser::{Browser, decoded};
+use support::browser::{Browser, decoded, host_invite, in_call, link, runtime};
 use support::cluster::{self, ACME, Cluster};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 const ROUTER: &str = "de-fra-router";
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn in_call(s: &Value) -> bool {
-    s["phase"] == "in_call"
-}
 
 fn e2ee_conference(rt: &tokio::runtime::Runtime, router: &str) -> Value {
     let conf = rt.block_on(cluster::create(
@@ -45,11 +33,7 @@ fn e2ee_conference(rt: &tokio::runtime::Runtime, router: &str) -> Value {
 }
 
 fn guest_link(router: &str, conf: &Value, key: Option<&Secret>) -> String {
-    let mut url = format!(
-        "{router}/j/{}#p={}",
-        conf["id"].as_str().unwrap(),
-        conf["passcode"].as_str().unwrap()
-    );
+    let mut url = link(router, conf);
     if let Some(k) = key {
         url.push_str(&format!("&k={}", k.to_base64()));
     }
@@ -134,14 +118,7 @@ fn an_encrypted_call_between_browsers_changes_keys_when_the_host_removes_someone
     });
     b.close("nokey");
 
-    let invite = rt.block_on(cluster::request(
-        "POST",
-        &format!("{router}/v1/conferences/{id}/invites"),
-        None,
-        Some(ACME),
-        Some(json!({"display_name": "Hana", "role": "host"})),
-    ));
-    let invite = invite.json()["invite"].as_str().unwrap().to_owned();
+    let invite = host_invite(&rt, &router, &id);
     b.join(
         "host",
         &format!("{router}/j/{id}#i={invite}&k={}", key.to_base64()),

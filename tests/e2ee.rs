@@ -190,6 +190,32 @@ fn store_bytes(path: &std::path::Path) -> Vec<u8> {
     out
 }
 
+/// An end-to-end encrypted EU conference of tenant acme, without a
+/// waiting room; the answer.
+async fn e2ee_conference(router: &str) -> serde_json::Value {
+    let conf = create(
+        router,
+        ACME,
+        json!({ "residency": "eu", "waiting_room": false, "e2ee": true }),
+    )
+    .await;
+    assert_eq!(conf["e2ee"], true);
+    conf
+}
+
+/// Joins with the conference's passcode, as `name` from `ip`.
+async fn join_guest(router: &str, conf: &serde_json::Value, name: &str, ip: &str) -> Joined {
+    let passcode = conf["passcode"].as_str().unwrap();
+    join_with(
+        router,
+        conf["id"].as_str().unwrap(),
+        Credential::Passcode(passcode.into()),
+        name,
+        ip,
+    )
+    .await
+}
+
 async fn join_with(
     router: &str,
     conference: &str,
@@ -285,33 +311,13 @@ async fn servers_see_only_ciphertext() {
     let listen = c.policy.router("de-fra-router").unwrap().listen;
     let (router, recorded) = recording_proxy(listen).await;
 
-    let conf = create(
-        &router,
-        ACME,
-        json!({ "residency": "eu", "waiting_room": false, "e2ee": true }),
-    )
-    .await;
-    assert_eq!(conf["e2ee"], true);
+    let conf = e2ee_conference(&router).await;
     let id = conf["id"].as_str().unwrap();
     let passcode = conf["passcode"].as_str().unwrap();
     let secret = Secret::random().unwrap();
 
-    let a = join_with(
-        &router,
-        id,
-        Credential::Passcode(passcode.into()),
-        "Ada",
-        "127.0.0.2",
-    )
-    .await;
-    let b = join_with(
-        &router,
-        id,
-        Credential::Passcode(passcode.into()),
-        "Bo",
-        "127.0.0.3",
-    )
-    .await;
+    let a = join_guest(&router, &conf, "Ada", "127.0.0.2").await;
+    let b = join_guest(&router, &conf, "Bo", "127.0.0.3").await;
     let mut ada = Peer::new(&a, "127.0.0.2", &secret).await;
     let mut bo = Peer::new(&b, "127.0.0.3", &secret).await;
     settle_all(&mut [&mut ada, &mut bo]).await;
@@ -421,14 +427,8 @@ async fn a_removed_participant_cannot_decrypt_the_next_epoch() {
     c.tap = Some(seen.tap());
     c.start("de-fra-router", &["de-fra-1"]).await;
     let router = c.url("de-fra-router");
-    let conf = create(
-        &router,
-        ACME,
-        json!({ "residency": "eu", "waiting_room": false, "e2ee": true }),
-    )
-    .await;
+    let conf = e2ee_conference(&router).await;
     let id = conf["id"].as_str().unwrap();
-    let passcode = conf["passcode"].as_str().unwrap();
     let host_auth = format!("Bearer {}", conf["host_token"].as_str().unwrap());
     let invite = request(
         "POST",
@@ -445,22 +445,8 @@ async fn a_removed_participant_cannot_decrypt_the_next_epoch() {
     let secret = Secret::random().unwrap();
     let h = join_with(&router, id, Credential::Invite(invite), "Hana", "127.0.0.2").await;
     assert_eq!(h.role, "host");
-    let b = join_with(
-        &router,
-        id,
-        Credential::Passcode(passcode.into()),
-        "Bo",
-        "127.0.0.3",
-    )
-    .await;
-    let k = join_with(
-        &router,
-        id,
-        Credential::Passcode(passcode.into()),
-        "Kit",
-        "127.0.0.4",
-    )
-    .await;
+    let b = join_guest(&router, &conf, "Bo", "127.0.0.3").await;
+    let k = join_guest(&router, &conf, "Kit", "127.0.0.4").await;
     let mut hana = Peer::new(&h, "127.0.0.2", &secret).await;
     let mut bo = Peer::new(&b, "127.0.0.3", &secret).await;
     let mut kit = Peer::new(&k, "127.0.0.4", &secret).await;

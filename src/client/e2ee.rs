@@ -175,20 +175,22 @@ pub fn key_id(context: u8, index: u64, epoch: u32) -> u64 {
         | u64::from(epoch) & ((1 << EPOCH_BITS) - 1)
 }
 
-fn mac(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
+/// HMAC-SHA256 under `key` over `parts`, concatenated.
+fn hmac(key: &[u8; 32], parts: &[&[u8]]) -> HmacSha256 {
     let mut m = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
     for p in parts {
         m.update(p);
     }
-    m.finalize().into_bytes().into()
+    m
 }
 
+fn mac(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
+    hmac(key, parts).finalize().into_bytes().into()
+}
+
+/// Whether `tag` is the mac of `parts` (compared in constant time).
 fn mac_ok(key: &[u8; 32], parts: &[&[u8]], tag: &[u8]) -> bool {
-    let mut m = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
-    for p in parts {
-        m.update(p);
-    }
-    m.verify_slice(tag).is_ok()
+    hmac(key, parts).verify_slice(tag).is_ok()
 }
 
 fn epoch_info(epoch: u32, recipient: &ParticipantId) -> Vec<u8> {

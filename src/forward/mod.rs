@@ -544,12 +544,7 @@ impl Core {
             self.counters.control_errors += 1;
             return false;
         }
-        for other in self.members(&conference).to_vec() {
-            if !self.is_link(other) {
-                self.control
-                    .push_back((other, ServerMessage::TrackPublished(info.clone())));
-            }
-        }
+        self.tell_participants(&conference, &ServerMessage::TrackPublished(info.clone()));
         let track = info.track;
         self.tracks.insert(
             track,
@@ -996,17 +991,13 @@ impl Core {
         }
         c.remote.push((participant.clone(), display_name.clone()));
         let conference = c.conference.clone();
-        for other in self.members(&conference).to_vec() {
-            if !self.is_link(other) {
-                self.control.push_back((
-                    other,
-                    ServerMessage::ParticipantJoined {
-                        participant: participant.clone(),
-                        display_name: display_name.clone(),
-                    },
-                ));
-            }
-        }
+        self.tell_participants(
+            &conference,
+            &ServerMessage::ParticipantJoined {
+                participant,
+                display_name,
+            },
+        );
         true
     }
 
@@ -1021,17 +1012,18 @@ impl Core {
             return false;
         }
         let conference = c.conference.clone();
-        for other in self.members(&conference).to_vec() {
+        self.tell_participants(&conference, &ServerMessage::ParticipantLeft { participant });
+        true
+    }
+
+    /// Queues `message` for every participant of `conference` on this
+    /// relay (not its links).
+    fn tell_participants(&mut self, conference: &str, message: &ServerMessage) {
+        for other in self.members(conference).to_vec() {
             if !self.is_link(other) {
-                self.control.push_back((
-                    other,
-                    ServerMessage::ParticipantLeft {
-                        participant: participant.clone(),
-                    },
-                ));
+                self.control.push_back((other, message.clone()));
             }
         }
-        true
     }
 
     fn remove_track(&mut self, track: TrackId) {

@@ -191,3 +191,40 @@ pub fn reassembled(snapshot: &Value, participant: &str, kind: &str) -> u64 {
         .as_u64()
         .unwrap_or(0)
 }
+
+/// The runtime a browser test drives its cluster with (the browser itself
+/// is driven from the test's thread).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The guest link of conference answer `conf`: its passcode in the fragment.
+pub fn link(router: &str, conf: &Value) -> String {
+    format!(
+        "{router}/j/{}#p={}",
+        conf["id"].as_str().unwrap(),
+        conf["passcode"].as_str().unwrap()
+    )
+}
+
+pub fn in_call(s: &Value) -> bool {
+    s["phase"] == "in_call"
+}
+
+/// A single-use invitation with role host to conference `id`, made by its
+/// tenant; the page joins with it as Hana.
+pub fn host_invite(rt: &tokio::runtime::Runtime, router: &str, id: &str) -> String {
+    let invite = rt.block_on(super::cluster::request(
+        "POST",
+        &format!("{router}/v1/conferences/{id}/invites"),
+        None,
+        Some(super::cluster::ACME),
+        Some(json!({"display_name": "Hana", "role": "host"})),
+    ));
+    assert_eq!(invite.status, 201);
+    invite.json()["invite"].as_str().unwrap().to_owned()
+}
