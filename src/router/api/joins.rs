@@ -1,0 +1,853 @@
+//! Joins and the waiting room: a participant joins with a passcode, an
+//! invitation or a rejoin token and gets a relay inside the conference's
+//! jurisdiction and a ticket bound to it ([`issue_ticket`]); passcode
+//! joiners of a conference with a waiting room wait for a host to admit
+//! or deny them.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tracing::info;
+use utoipa::ToSchema;
+
+use super::{
+    ApiError, ApiResult, App, Current, ErrorBody, MAX_NAME, Managed, audit, bearer, check_text,
+    client_ip, conference, ended_check, ids, now_unix, parse, store_failed, unauthorized,
+};
+use crate::policy::{JurisdictionIdx, RelayIdx};
+use crate::router::Shared;
+use crate::select;
+use crate::store::{AuditEvent, ConferenceRecord, InviteRefusal, ParticipantRecord, Role, Status};
+use crate::ticket::{self, Claims, Grants};
+
+/// How long a waiting participant's poll is held before answering "still waiting".
+const WAIT_HOLD: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct JoinRequest {
+    /// The conference's passcode (with `display_name`)…
+    passcode: Option<String>,
+    /// …or an invitation, which names its holder.
+    invite: Option<String>,
+    #[serde(default)]
+    display_name: String,
+    /// Rejoining after a relay failure: the token from the last join answer…
+    rejoin: Option<String>,
+    /// …for this participant id…
+    participant_id: Option<String>,
+    /// …and the relay that failed, not to be chosen again now.
+    failed_relay: Option<String>,
+}
+
+/// A refused join: the error, counted under `reason`.
+fn refuse(
+    shared: &Shared,
+    j: Option<JurisdictionIdx>,
+    reason: &'static str,
+    e: ApiError,
+) -> ApiError {
+    shared
+        .metrics
+        .join_refusals
+        .with_label_values(&[reason])
+        .inc();
+    if let Some(j) = j {
+        shared
+            .metrics
+            .joins
+            .with_label_values(&[shared.policy.jurisdiction(j).id.as_str(), "refused"])
+            .inc();
+    }
+    e
+}
+
+/// Joins a conference: a relay inside its jurisdiction and a ticket bound
+/// to it, or a place in the waiting room.
+#[utoipa::path(
+    post,
+    path = "/v1/conferences/{id}/join",
+    tag = "joins",
+    params(("id" = String, Path, description = "The conference id.")),
+    request_body = JoinRequest,
+    responses(
+        (status = 200, description = "The join answer: `{relay: {id, country, country_name, city, quic_addr, webtransport_url, cert_sha256, cert_sha256_next, webtransport_pin}, jurisdiction: {id, name, legal_basis}, ticket, participant_id, display_name, role, e2ee, expires_at, rejoin_token, manage_token?}` (`manage_token` for a host).", body = Value),
+        (status = 202, description = "In the waiting room: `{waiting: true, participant_id, wait_token, poll}`; poll `GET` the `poll` path with the wait token.", body = Value),
+        (status = 400, description = "`bad_request`: the body or the display name.", body = ErrorBody),
+        (status = 403, description = "`wrong_passcode`, `invite_required`, `passcode_required`, `bad_invite`, `bad_rejoin` or `banned`.", body = ErrorBody),
+        (status = 404, description = "`unknown_conference`.", body = ErrorBody),
+        (status = 410, description = "`ended`.", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: a body over 16 KiB.", body = ErrorBody),
+        (status = 421, description = "`wrong_router` (with `router_url`) or `jurisdiction_not_served`.", body = ErrorBody),
+        (status = 423, description = "`locked`: only hosts join a locked conference.", body = ErrorBody),
+        (status = 429, description = "Too many failed joins (`too_many_failures_from_address`, `too_many_failures_on_conference`, `too_many_joins_from_address`); `Retry-After` says when to try again.", body = ErrorBody),
+        (status = 500, description = "`store_error` or `internal`.", body = ErrorBody),
+        (status = 503, description = "No relay inside the jurisdiction can take the participant (`no_relay_in_jurisdiction`, `no_healthy_relay`, `at_capacity`, `conference_full`); `Retry-After` says when to try again. No relay outside it is ever used.", body = ErrorBody),
+    )
+)]
+pub(super) async fn join(
+    Current(shared): Current,
+    Path(id): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let started = Instant::now();
+    let ip = client_ip(&shared, peer, &headers);
+    let request: JoinRequest = parse(&body).map_err(|e| refuse(&shared, None, "bad_request", e))?;
+    let (c, j) = conference(&shared, &id).map_err(|e| {
+        if e.status == StatusCode::NOT_FOUND {
+            refuse(&shared, None, "unknown_conference", e)
+        } else {
+            e
+        }
+    })?;
+    let result = join_checked(&shared, &c, j, ip, request, started);
+    if let Err(e) = &result {
+        if e.code == "store_error" {
+            shared.metrics.store_errors.inc();
+        }
+    }
+    result
+}
+
+fn join_checked(
+    shared: &Shared,
+    c: &ConferenceRecord,
+    j: JurisdictionIdx,
+    ip: IpAddr,
+    request: JoinRequest,
+    started: Instant,
+) -> ApiResult<Response> {
+    let now = now_unix();
+    let refused = |reason: &'static str, e: ApiError| {
+        audit(shared, &c.id, "join_refused", json!({ "reason": reason }));
+        refuse(shared, Some(j), reason, e)
+    };
+    if c.ended.is_some() {
+        return Err(refused("ended", ended_check(c).unwrap_err()));
+    }
+    // Counted as a failure until the credential proves right. Invitations
+    // are not guessable and skip the per-conference limit.
+    let attempt = match shared.limiter.begin(
+        ip,
+        &c.id,
+        request.invite.is_none() && request.rejoin.is_none(),
+        Instant::now(),
+    ) {
+        Ok(attempt) => attempt,
+        Err(limit) => {
+            let secs = limit.retry_after().as_secs().max(1);
+            // Not audited: a flood of refused guesses must not fill the disk.
+            return Err(refuse(
+                shared,
+                Some(j),
+                "rate_limited",
+                ApiError {
+                    retry_after: Some(secs),
+                    ..ApiError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        limit.code(),
+                        format!("too many failed joins; try again in {secs} s"),
+                    )
+                },
+            ));
+        }
+    };
+    if let Some(token) = &request.rejoin {
+        // A participant whose relay failed comes back without its
+        // passcode or invitation, as itself.
+        let pid = request.participant_id.as_deref().unwrap_or_default();
+        // The token carries its expiry, covered by the stored hash.
+        let unexpired = token
+            .rsplit_once('.')
+            .and_then(|(_, expires)| expires.parse::<u64>().ok())
+            .is_some_and(|expires| expires > now);
+        let Some(mut p) = shared.store.participant(&c.id, pid)?.filter(|p| {
+            unexpired
+                && p.rejoin_sha256
+                    .is_some_and(|h| ids::secret_matches(&h, token))
+        }) else {
+            drop(attempt);
+            return Err(refused(
+                "bad_rejoin",
+                ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "bad_rejoin",
+                    "the rejoin token is not valid for this participant, or has expired; join again with the passcode or invitation",
+                ),
+            ));
+        };
+        attempt.succeeded();
+        if p.status != Status::Joined
+            || shared.store.is_banned(
+                &c.id,
+                Some(&p.id),
+                &p.address_hash,
+                p.invite_sha256.as_ref(),
+            )?
+        {
+            return Err(refused(
+                "banned",
+                ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "banned",
+                    "a host removed you from this conference",
+                ),
+            ));
+        }
+        let failed = request
+            .failed_relay
+            .as_deref()
+            .and_then(|r| shared.policy.relay_idx(r));
+        let answer = issue_ticket(shared, c, j, ip, &mut p, None, failed)?;
+        return Ok(Json(answer).into_response());
+    }
+    let address_hash = ids::address_hash(&shared.address_key, ip);
+    // Who is joining: an invitation names them, a passcode does not.
+    let (invite, display_name) = match (&request.invite, &request.passcode) {
+        (Some(token), _) => {
+            let hash = ids::sha256(token);
+            match shared.store.invite(&hash, &c.id, now)? {
+                Ok(invite) => {
+                    attempt.succeeded();
+                    let name = invite.display_name.clone();
+                    (Some(invite), name)
+                }
+                Err(why) => {
+                    drop(attempt);
+                    let message = match why {
+                        InviteRefusal::Unknown => "the invitation is not valid for this conference",
+                        InviteRefusal::Used => "the invitation was already used",
+                        InviteRefusal::Expired => "the invitation has expired",
+                    };
+                    return Err(refused(
+                        "bad_invite",
+                        ApiError::new(StatusCode::FORBIDDEN, "bad_invite", message),
+                    ));
+                }
+            }
+        }
+        (None, Some(passcode)) => {
+            let ok = c
+                .passcode
+                .as_ref()
+                .is_some_and(|stored| ids::passcode_matches(stored, passcode));
+            if !ok {
+                drop(attempt);
+                info!(
+                    jurisdiction = %shared.policy.jurisdiction(j).id,
+                    client = %crate::redact::Addr::new(ip, shared.policy.full_addresses(&shared.policy.jurisdiction(j).id)),
+                    "join refused: wrong passcode"
+                );
+                let (code, message) = if c.passcode.is_some() {
+                    ("wrong_passcode", "wrong passcode")
+                } else {
+                    (
+                        "invite_required",
+                        "this conference is joined by invitation only",
+                    )
+                };
+                return Err(refused(
+                    "wrong_passcode",
+                    ApiError::new(StatusCode::FORBIDDEN, code, message),
+                ));
+            }
+            attempt.succeeded();
+            let name = check_text("display_name", &request.display_name, MAX_NAME, true)
+                .map_err(|e| refuse(shared, Some(j), "bad_request", e))?;
+            (None, name)
+        }
+        (None, None) => {
+            attempt.succeeded();
+            return Err(refused(
+                "passcode_required",
+                ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "passcode_required",
+                    "send \"passcode\" or \"invite\"",
+                ),
+            ));
+        }
+    };
+    let invite_hash = invite.as_ref().map(|i| i.token_sha256);
+    let role = invite.as_ref().map_or(Role::Speaker, |i| i.role);
+    let participant_id = match &invite {
+        Some(i) => i.participant_id.clone(),
+        None => ids::participant_id()?,
+    };
+    let banned_before_v6_prefixes = match ids::full_v6_address_hash(&shared.address_key, ip) {
+        Some(full) => shared.store.is_banned(&c.id, None, &full, None)?,
+        None => false,
+    };
+    if banned_before_v6_prefixes
+        || shared.store.is_banned(
+            &c.id,
+            Some(&participant_id),
+            &address_hash,
+            invite_hash.as_ref(),
+        )?
+    {
+        return Err(refused(
+            "banned",
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "banned",
+                "a host removed you from this conference",
+            ),
+        ));
+    }
+    if c.locked && role != Role::Host {
+        return Err(refused(
+            "locked",
+            ApiError::new(
+                StatusCode::LOCKED,
+                "locked",
+                "the conference is locked; ask a host to unlock it",
+            ),
+        ));
+    }
+    let mut record = ParticipantRecord {
+        id: participant_id.clone(),
+        conference: c.id.clone(),
+        display_name,
+        role,
+        status: Status::Joined,
+        address_hash,
+        invite_sha256: invite_hash,
+        wait_token_sha256: None,
+        relay: None,
+        created: now,
+        rejoin_sha256: None,
+    };
+    // The waiting room holds passcode joiners; invitations name their
+    // holder and skip it.
+    if c.waiting_room && invite.is_none() {
+        let wait_token = ids::token("wait")?;
+        record.status = Status::Waiting;
+        record.wait_token_sha256 = Some(ids::sha256(&wait_token));
+        shared.store.upsert_participant(&record)?;
+        audit(
+            shared,
+            &c.id,
+            "waiting",
+            json!({ "participant": participant_id }),
+        );
+        shared
+            .metrics
+            .joins
+            .with_label_values(&[shared.policy.jurisdiction(j).id.as_str(), "waiting"])
+            .inc();
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({
+                "waiting": true,
+                "participant_id": participant_id,
+                "wait_token": wait_token,
+                "poll": format!("/v1/conferences/{}/waiting/{}", c.id, participant_id),
+            })),
+        )
+            .into_response());
+    }
+    // The invitation is claimed with the join's records, atomically: a
+    // refusal before that does not burn it, a second use fails there.
+    let answer = issue_ticket(shared, c, j, ip, &mut record, invite_hash.as_ref(), None)?;
+    shared
+        .metrics
+        .join_seconds
+        .with_label_values(&[shared.policy.jurisdiction(j).id.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    Ok(Json(answer).into_response())
+}
+
+/// Selects a relay inside the jurisdiction for a participant at `ip`, signs
+/// a ticket bound to it, and records the join.
+fn issue_ticket(
+    shared: &Shared,
+    c: &ConferenceRecord,
+    j: JurisdictionIdx,
+    ip: IpAddr,
+    record: &mut ParticipantRecord,
+    invite: Option<&[u8; 32]>,
+    failed: Option<RelayIdx>,
+) -> ApiResult<Value> {
+    let jurisdiction = shared.policy.jurisdiction(j);
+    let location = shared.policy.geoip().locate(ip);
+    // After a restart this run may not know where the conference is yet:
+    // the store remembers the relay that carried it last.
+    let hint = if shared
+        .relays
+        .hosting(&shared.policy, &c.id, Instant::now())
+        .is_empty()
+    {
+        shared
+            .store
+            .relays_of(&c.id)?
+            .into_iter()
+            .max_by_key(|u| u.last_seen)
+            .and_then(|u| shared.policy.relay_idx(&u.relay))
+    } else {
+        None
+    };
+    // Each participant goes to the best relay inside the jurisdiction;
+    // relays already carrying the conference are preferred (stickiness) and
+    // are linked to each other by cascade links.
+    let placed = shared.relays.place(
+        &shared.policy,
+        &c.id,
+        hint,
+        Instant::now(),
+        |states, hosting, size| {
+            let max = shared.policy.limits().conference_max_participants;
+            if size >= max {
+                return Err((
+                    "conference_full",
+                    format!("the conference has its maximum of {max} participants"),
+                ));
+            }
+            // A relay the participant just lost is not offered again now.
+            let mut states = states.to_vec();
+            if let Some(s) = failed.and_then(|f| states.get_mut(f.index())) {
+                s.health = select::Health::Unhealthy;
+            }
+            let states = &states[..];
+            let hosting: Vec<RelayIdx> = hosting
+                .iter()
+                .copied()
+                .filter(|r| jurisdiction.contains(*r))
+                .collect();
+            select::select(&shared.policy, j, &location, states, &hosting)
+                .map(|d| d.relay)
+                .map_err(|refusal| {
+                    (
+                        refusal.reason.code(),
+                        format!(
+                            "{} '{}'; no relay outside it is ever used",
+                            refusal.reason, jurisdiction.id
+                        ),
+                    )
+                })
+        },
+    );
+    shared
+        .metrics
+        .route_decisions
+        .with_label_values(&[
+            jurisdiction.id.as_str(),
+            placed
+                .as_ref()
+                .map_or_else(|(reason, _)| *reason, |_| "relay_chosen"),
+        ])
+        .inc();
+    let relay = match placed {
+        Ok(relay) => relay,
+        Err((reason, message)) => {
+            audit(shared, &c.id, "join_refused", json!({ "reason": reason }));
+            // Overload, not a fault: say when to try again.
+            let retry = if reason == "conference_full" { 30 } else { 5 };
+            return Err(refuse(
+                shared,
+                Some(j),
+                reason,
+                ApiError {
+                    retry_after: Some(retry),
+                    ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, reason, message)
+                },
+            ));
+        }
+    };
+    // Residency guard: selection only looks inside the jurisdiction; this
+    // makes a future change that breaks that fail closed, not open.
+    if !jurisdiction.contains(relay) {
+        return Err(refuse(
+            shared,
+            Some(j),
+            "no_healthy_relay",
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_healthy_relay",
+                "no relay inside the jurisdiction",
+            ),
+        ));
+    }
+    let r = shared.policy.relay(relay);
+    let now = now_unix();
+    let grants = match record.role {
+        Role::Host => Grants {
+            publish: true,
+            subscribe: true,
+            moderate: true,
+        },
+        Role::Speaker => Grants {
+            publish: true,
+            subscribe: true,
+            moderate: false,
+        },
+        Role::Viewer => Grants {
+            publish: false,
+            subscribe: true,
+            moderate: false,
+        },
+    };
+    let claims = Claims {
+        e2ee: c.e2ee,
+        conference: c.id.clone(),
+        jurisdiction: jurisdiction.id.clone(),
+        relay: r.id.clone(),
+        participant: record.id.clone(),
+        display_name: record.display_name.clone(),
+        grants,
+        issued_at: now,
+        expires_at: now + shared.ticket_lifetime.as_secs().max(1),
+        nonce: ticket::new_nonce().map_err(|e| ids::RandomError::from_display(&e))?,
+    };
+    let signed = ticket::sign(&claims, &shared.signing_key);
+    record.status = Status::Joined;
+    record.relay = Some(r.id.clone());
+    // Valid for a bounded time (and never after the conference ends): it
+    // lets someone already admitted back in after a relay failure without
+    // their passcode, past a lock and the waiting room.
+    let rejoin = format!(
+        "{}.{}",
+        ids::token("rj")?,
+        now + u64::from(shared.policy.limits().rejoin_token_secs)
+    );
+    record.rejoin_sha256 = Some(ids::sha256(&rejoin));
+    let event = AuditEvent {
+        time: now,
+        conference: c.id.clone(),
+        event: "join_accepted".into(),
+        detail: json!({
+            "participant": record.id,
+            "role": record.role.as_str(),
+            "relay": r.id,
+            "relay_country": r.country.to_string(),
+            "client_country": location.country().map(|c| c.to_string()),
+        }),
+    };
+    if !shared
+        .store
+        .record_join(record, &r.id, &r.country.to_string(), &event, invite)?
+    {
+        let (reason, message) = if invite.is_some() {
+            ("bad_invite", "the invitation was already used")
+        } else {
+            ("banned", "a host removed you from this conference")
+        };
+        return Err(refuse(
+            shared,
+            Some(j),
+            reason,
+            ApiError::new(StatusCode::FORBIDDEN, reason, message),
+        ));
+    }
+    shared
+        .metrics
+        .joins
+        .with_label_values(&[jurisdiction.id.as_str(), "ticket"])
+        .inc();
+    info!(
+        jurisdiction = %jurisdiction.id,
+        relay = %r.id,
+        client = %crate::redact::Addr::new(ip, shared.policy.full_addresses(&jurisdiction.id)),
+        participant = %crate::redact::Id(&record.id),
+        name = %crate::redact::Name(&record.display_name),
+        "join accepted"
+    );
+    let (cert, next_cert) = shared.relays.certs(&r.id).unzip();
+    let mut answer = json!({
+        "relay": {
+            "id": r.id,
+            "country": r.country.to_string(),
+            "country_name": r.country.name(),
+            "city": r.city,
+            "quic_addr": r.quic_addr.to_string(),
+            "webtransport_url": r.webtransport_url,
+            "cert_sha256": cert,
+            // The certificate the relay switches to at its next renewal:
+            // browsers pin both.
+            "cert_sha256_next": next_cert.flatten(),
+            // A self-signed certificate: browsers pin its hash
+            // (`serverCertificateHashes`); one from files is CA-issued.
+            "webtransport_pin": r.tls.is_none(),
+        },
+        "jurisdiction": {
+            "id": jurisdiction.id,
+            "name": jurisdiction.name,
+            "legal_basis": jurisdiction.legal_basis,
+        },
+        "ticket": signed,
+        "participant_id": record.id,
+        "display_name": record.display_name,
+        "role": record.role.as_str(),
+        // End-to-end encrypted: the page refuses to join media without the
+        // link's key, and publishes encrypted tracks only.
+        "e2ee": c.e2ee,
+        "expires_at": claims.expires_at,
+        "rejoin_token": rejoin,
+    });
+    if record.role == Role::Host {
+        answer["manage_token"] = json!(crate::router::manage::issue(
+            &shared.signing_key,
+            &c.id,
+            &record.id,
+            now + crate::router::manage::LIFETIME_SECS,
+        ));
+    }
+    Ok(answer)
+}
+
+// ---------------------------------------------------------------- waiting room
+
+/// Who is in the waiting room.
+#[utoipa::path(
+    get,
+    path = "/v1/conferences/{id}/waiting",
+    tag = "joins",
+    params(("id" = String, Path, description = "The conference id.")),
+    responses(
+        (status = 200, description = "`{waiting: [{participant_id, display_name, since}]}`.", body = Value),
+        (status = 401, description = "`unauthorized`: not the tenant's API key, the host token or a host's manage token.", body = ErrorBody),
+        (status = 404, description = "`unknown_conference` (also another tenant's).", body = ErrorBody),
+        (status = 421, description = "`wrong_router` (with `router_url`) or `jurisdiction_not_served`.", body = ErrorBody),
+        (status = 500, description = "`store_error`.", body = ErrorBody),
+    )
+)]
+pub(super) async fn waiting_list(
+    Current(shared): Current,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    Managed::check(&shared, &id, &headers)?;
+    let waiting = shared.store.waiting(&id).map_err(store_failed(&shared))?;
+    let list: Vec<Value> = waiting
+        .iter()
+        .map(|p| json!({ "participant_id": p.id, "display_name": p.display_name, "since": p.created }))
+        .collect();
+    Ok(Json(json!({ "waiting": list })))
+}
+
+/// The waiting participant's poll: held until a host decides or
+/// [`WAIT_HOLD`] passes, so a client that polls again at once never asks
+/// more often than that.
+#[utoipa::path(
+    get,
+    path = "/v1/conferences/{id}/waiting/{pid}",
+    tag = "joins",
+    params(
+        ("id" = String, Path, description = "The conference id."),
+        ("pid" = String, Path, description = "The waiting participant's id."),
+    ),
+    responses(
+        (status = 200, description = "The join answer once a host admitted the participant (as `POST /v1/conferences/{id}/join` gives), or `{waiting: true, participant_id}` after 10 s: poll again.", body = Value),
+        (status = 401, description = "`unauthorized`: no wait token.", body = ErrorBody),
+        (status = 403, description = "`denied` (a host did not let the participant in) or `banned`.", body = ErrorBody),
+        (status = 404, description = "`unknown_conference`, or `unknown_participant`: no waiting participant for this token.", body = ErrorBody),
+        (status = 409, description = "`already_joined`: this participant has its ticket.", body = ErrorBody),
+        (status = 410, description = "`ended`.", body = ErrorBody),
+        (status = 421, description = "`wrong_router` (with `router_url`) or `jurisdiction_not_served`.", body = ErrorBody),
+        (status = 500, description = "`store_error` or `internal`.", body = ErrorBody),
+        (status = 503, description = "No relay inside the jurisdiction can take the participant now; still admitted, it may poll again after `Retry-After`.", body = ErrorBody),
+    )
+)]
+pub(super) async fn waiting_poll(
+    State(live): State<App>,
+    Path((id, pid)): Path<(String, String)>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let token = bearer(&headers).ok_or_else(unauthorized)?.to_owned();
+    let deadline = tokio::time::Instant::now() + WAIT_HOLD;
+    loop {
+        // The policy in force now: the poll is held across reloads.
+        let shared = live.load();
+        let changed = shared.waiting_changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        let (c, j) = conference(&shared, &id)?;
+        let mut p = shared
+            .store
+            .participant(&id, &pid)
+            .map_err(store_failed(&shared))?
+            .filter(|p| {
+                p.wait_token_sha256
+                    .is_some_and(|h| ids::secret_matches(&h, &token))
+            })
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "unknown_participant",
+                    "no such waiting participant for this token",
+                )
+            })?;
+        if c.ended.is_some() {
+            return Err(refuse(
+                &shared,
+                Some(j),
+                "ended",
+                ended_check(&c).unwrap_err(),
+            ));
+        }
+        match p.status {
+            Status::Admitted => {
+                let started = Instant::now();
+                let ip = client_ip(&shared, peer, &headers);
+                // A ban after the admission still holds.
+                if shared.store.is_banned(
+                    &id,
+                    Some(&p.id),
+                    &p.address_hash,
+                    p.invite_sha256.as_ref(),
+                )? {
+                    return Err(refuse(
+                        &shared,
+                        Some(j),
+                        "banned",
+                        ApiError::new(
+                            StatusCode::FORBIDDEN,
+                            "banned",
+                            "a host removed you from this conference",
+                        ),
+                    ));
+                }
+                // One ticket per admission, whatever polls race for it.
+                if !shared
+                    .store
+                    .set_status_if(&id, &p.id, Status::Admitted, Status::Joined)?
+                {
+                    continue;
+                }
+                let answer = match issue_ticket(&shared, &c, j, ip, &mut p, None, None) {
+                    Ok(answer) => answer,
+                    Err(e) => {
+                        // Still admitted: the participant may ask again.
+                        shared.store.set_status(&id, &p.id, Status::Admitted)?;
+                        return Err(e);
+                    }
+                };
+                shared
+                    .metrics
+                    .join_seconds
+                    .with_label_values(&[shared.policy.jurisdiction(j).id.as_str()])
+                    .observe(started.elapsed().as_secs_f64());
+                return Ok(Json(answer).into_response());
+            }
+            Status::Denied | Status::Kicked => {
+                return Err(refuse(
+                    &shared,
+                    Some(j),
+                    "denied",
+                    ApiError::new(StatusCode::FORBIDDEN, "denied", "a host did not let you in"),
+                ));
+            }
+            Status::Joined => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "already_joined",
+                    "this participant already has its ticket; join again with the passcode",
+                ));
+            }
+            Status::Waiting => {}
+        }
+        tokio::select! {
+            _ = changed => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                return Ok(Json(json!({ "waiting": true, "participant_id": pid })).into_response());
+            }
+        }
+    }
+}
+
+/// Lets a waiting participant in.
+#[utoipa::path(
+    post,
+    path = "/v1/conferences/{id}/waiting/{pid}/admit",
+    tag = "joins",
+    params(
+        ("id" = String, Path, description = "The conference id."),
+        ("pid" = String, Path, description = "The waiting participant's id."),
+    ),
+    responses(
+        (status = 200, description = "`{participant_id, status: \"admitted\"}`.", body = Value),
+        (status = 401, description = "`unauthorized`: not the tenant's API key, the host token or a host's manage token.", body = ErrorBody),
+        (status = 404, description = "`unknown_conference` (also another tenant's), or `unknown_participant`: nobody of that id is waiting.", body = ErrorBody),
+        (status = 410, description = "`ended`.", body = ErrorBody),
+        (status = 421, description = "`wrong_router` (with `router_url`) or `jurisdiction_not_served`.", body = ErrorBody),
+        (status = 500, description = "`store_error`.", body = ErrorBody),
+    )
+)]
+pub(super) async fn admit(
+    Current(shared): Current,
+    Path((id, pid)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    decide(&shared, &id, &pid, &headers, Status::Admitted).await
+}
+
+/// Turns a waiting participant away.
+#[utoipa::path(
+    post,
+    path = "/v1/conferences/{id}/waiting/{pid}/deny",
+    tag = "joins",
+    params(
+        ("id" = String, Path, description = "The conference id."),
+        ("pid" = String, Path, description = "The waiting participant's id."),
+    ),
+    responses(
+        (status = 200, description = "`{participant_id, status: \"denied\"}`.", body = Value),
+        (status = 401, description = "`unauthorized`: not the tenant's API key, the host token or a host's manage token.", body = ErrorBody),
+        (status = 404, description = "`unknown_conference` (also another tenant's), or `unknown_participant`: nobody of that id is waiting.", body = ErrorBody),
+        (status = 410, description = "`ended`.", body = ErrorBody),
+        (status = 421, description = "`wrong_router` (with `router_url`) or `jurisdiction_not_served`.", body = ErrorBody),
+        (status = 500, description = "`store_error`.", body = ErrorBody),
+    )
+)]
+pub(super) async fn deny(
+    Current(shared): Current,
+    Path((id, pid)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    decide(&shared, &id, &pid, &headers, Status::Denied).await
+}
+
+async fn decide(
+    shared: &Shared,
+    id: &str,
+    pid: &str,
+    headers: &HeaderMap,
+    status: Status,
+) -> ApiResult<Json<Value>> {
+    Managed::check(shared, id, headers)?.open()?;
+    let p = shared
+        .store
+        .participant(id, pid)
+        .map_err(store_failed(shared))?
+        .filter(|p| p.status == Status::Waiting)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_participant",
+                "no such participant in the waiting room",
+            )
+        })?;
+    shared
+        .store
+        .set_status(id, &p.id, status)
+        .map_err(store_failed(shared))?;
+    let action = if status == Status::Admitted {
+        "admit"
+    } else {
+        "deny"
+    };
+    shared.metrics.moderation.with_label_values(&[action]).inc();
+    audit(shared, id, action, json!({ "participant": p.id }));
+    shared.waiting_changed.notify_waiters();
+    Ok(Json(json!({ "participant_id": p.id, "status": status })))
+}
