@@ -791,7 +791,7 @@ fn a_valid_router_loads() {
     f.config(&with_routers(&router("fra", "DE", "[\"eu\"]", "")));
     let policy = policy::load(&f.config_path()).unwrap_or_else(|e| panic!("{e}"));
     let r = policy.router("fra").unwrap();
-    assert_eq!(r.store, f.path("config/r.sqlite"));
+    assert_eq!(r.store.sqlite(), Some(f.path("config/r.sqlite").as_path()));
     assert!(r.serves(policy.jurisdiction_idx("eu").unwrap()));
 }
 

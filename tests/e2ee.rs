@@ -368,7 +368,14 @@ async fn servers_see_only_ciphertext() {
     bo.client.leave().await;
     // Read the store before the cluster (and its directory) goes.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let store = store_bytes(&c.policy.router("de-fra-router").unwrap().store);
+    let store = store_bytes(
+        c.policy
+            .router("de-fra-router")
+            .unwrap()
+            .store
+            .sqlite()
+            .unwrap(),
+    );
     c.shutdown().await;
 
     // What the relay received and sent: ciphertext only.

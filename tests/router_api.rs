@@ -247,9 +247,10 @@ async fn plan_rules_pin_conferences_and_foreign_jurisdictions_are_redirected() {
         assert_eq!(r.status, 421, "{path}");
         assert_eq!(r.json()["error"]["router_url"], de.as_str(), "{path}");
     }
-    let us_store = Sqlite::open(&c.policy.router("us-nyc-router").unwrap().store).unwrap();
-    assert!(us_store.conference(id).unwrap().is_none());
-    assert!(us_store.audit_log(id).unwrap().is_empty());
+    let us = c.policy.router("us-nyc-router").unwrap();
+    let us_store = Sqlite::open(us.store.sqlite().unwrap()).unwrap();
+    assert!(us_store.conference(id).await.unwrap().is_none());
+    assert!(us_store.audit_log(id).await.unwrap().is_empty());
 
     // No key, a wrong key, another tenant's conference.
     let r = request("POST", &format!("{de}/v1/conferences"), None, None, None).await;

@@ -8,6 +8,7 @@
 //! runs, but those relays cannot register (they are reported).
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +32,68 @@ fn tenant_key(policy: &Policy, tenant: &str) -> Option<String> {
     let t = policy.tenant(tenant)?;
     let key = format!("dev-{tenant}-key");
     dev_secret_matches(&t.api_key_sha256, &key).then_some(key)
+}
+
+/// Writes, beside `config`, a copy in which the router serving `eu` keeps
+/// its records in the PostgreSQL database `store`, and a second replica of
+/// it (id `<id>-b`, on 127.0.2.4 with the same port) shares them; returns
+/// the copy's path (`<name>.replicas.toml`).
+pub(super) fn replicated_config(config: &Path, store: &str) -> Result<PathBuf, String> {
+    let text = std::fs::read_to_string(config)
+        .map_err(|e| format!("cannot read {}: {e}", config.display()))?;
+    let mut doc: toml::Table =
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", config.display()))?;
+    let routers = doc
+        .get_mut("router")
+        .and_then(toml::Value::as_array_mut)
+        .ok_or_else(|| format!("{} has no [[router]]", config.display()))?;
+    let eu = routers
+        .iter()
+        .position(|r| {
+            r.get("jurisdictions")
+                .and_then(toml::Value::as_array)
+                .is_some_and(|js| js.iter().any(|j| j.as_str() == Some("eu")))
+        })
+        .ok_or_else(|| format!("no router of {} serves eu", config.display()))?;
+    let router = &mut routers[eu];
+    let country = router
+        .get("country")
+        .cloned()
+        .ok_or("the EU router has no country")?;
+    let table = router.as_table_mut().ok_or("[[router]] is not a table")?;
+    table.insert("store".into(), toml::Value::String(store.to_owned()));
+    table.insert("store_country".into(), country);
+    let mut replica = table.clone();
+    let id = table
+        .get("id")
+        .and_then(toml::Value::as_str)
+        .unwrap_or("router");
+    replica.insert("id".into(), toml::Value::String(format!("{id}-b")));
+    let listen = table
+        .get("listen")
+        .and_then(toml::Value::as_str)
+        .and_then(|l| l.parse::<std::net::SocketAddr>().ok())
+        .ok_or("the EU router's listen is not ip:port")?;
+    let moved = std::net::SocketAddr::new([127, 0, 2, 4].into(), listen.port());
+    replica.insert("listen".into(), toml::Value::String(moved.to_string()));
+    replica.insert("url".into(), toml::Value::String(format!("http://{moved}")));
+    replica.remove("relay_url");
+    routers.insert(eu + 1, toml::Value::Table(replica));
+    let name = config
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("config");
+    let out = config.with_file_name(format!("{name}.replicas.toml"));
+    let body = toml::to_string(&doc).map_err(|e| e.to_string())?;
+    std::fs::write(
+        &out,
+        format!(
+            "# Written by `residency-relay dev --store`: {} with the EU router on PostgreSQL and a second replica.\n{body}",
+            config.display()
+        ),
+    )
+    .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    Ok(out)
 }
 
 /// Where `dev` writes its log lines (its console is for the summary).
@@ -70,7 +133,7 @@ async fn serve(policy: Arc<Policy>, demo: bool, log_console: bool) -> Result<(),
     let budget = crate::http_server::FdBudget::raise();
     let listeners = policy.routers().len() + policy.relays().len();
     for r in policy.routers() {
-        let mut settings = super::router::settings(policy.clone(), &r.id)?;
+        let mut settings = super::router::settings(policy.clone(), &r.id).await?;
         settings.http = budget.fit(&settings.http, listeners);
         // SIGHUP reloads every router and relay of the process.
         settings.source = Some(source.clone());
@@ -587,7 +650,8 @@ async fn run_demo(policy: &Policy) -> Result<(), String> {
     let envelope = report.json();
     let path = policy
         .router(&router.id)
-        .map(|r| r.store.with_file_name(format!("{id}.residency.json")))
+        .and_then(|r| r.store.sqlite())
+        .map(|store| store.with_file_name(format!("{id}.residency.json")))
         .unwrap_or_else(|| format!("{id}.residency.json").into());
     std::fs::write(
         &path,

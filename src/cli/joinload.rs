@@ -2,7 +2,8 @@
 //!
 //! Creates one conference (without a waiting room), then `concurrency`
 //! tasks join it with its passcode back to back for `seconds`, each on a
-//! fresh connection as a participant's browser or app would. Prints
+//! fresh connection as a participant's browser or app would; given several
+//! routers (replicas), the tasks are spread evenly over them. Prints
 //! requests per second and the latency percentiles of successful joins.
 //! With `--baseline` it first loads `GET /healthz` the same way: the cost of
 //! a fresh HTTP connection and request on this machine, to compare with.
@@ -15,7 +16,7 @@ use crate::client::synthetic::quantile;
 use crate::http_client;
 
 pub(super) fn run(
-    router: &str,
+    routers: &[String],
     api_key: &str,
     concurrency: usize,
     seconds: u64,
@@ -25,6 +26,10 @@ pub(super) fn run(
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let router = routers
+        .first()
+        .ok_or("give at least one --router")?
+        .as_str();
     runtime.block_on(async move {
         let created =
             crate::client::join::create(router, api_key, &json!({ "waiting_room": false }))
@@ -35,7 +40,7 @@ pub(super) fn run(
         if baseline {
             let (ok, failures, mut latencies, elapsed) = load(
                 "GET",
-                format!("{router}/healthz"),
+                routers.iter().map(|r| format!("{r}/healthz")).collect(),
                 None,
                 concurrency,
                 seconds,
@@ -50,10 +55,13 @@ pub(super) fn run(
                 concurrency,
             );
         }
-        let url = format!("{router}/v1/conferences/{id}/join");
+        let urls = routers
+            .iter()
+            .map(|r| format!("{r}/v1/conferences/{id}/join"))
+            .collect();
         let body = json!({ "passcode": passcode, "display_name": "load" }).to_string();
         let (ok, failures, mut latencies, elapsed) =
-            load("POST", url, Some(body), concurrency, seconds).await?;
+            load("POST", urls, Some(body), concurrency, seconds).await?;
         print_table("join", ok, &failures, &mut latencies, elapsed, concurrency);
         Ok(())
     })
@@ -61,10 +69,11 @@ pub(super) fn run(
 
 type Failures = std::collections::BTreeMap<u16, u64>;
 
-/// `concurrency` tasks send the request back to back for `seconds`.
+/// `concurrency` tasks send the request back to back for `seconds`, task
+/// `i` to `urls[i % urls.len()]` (replicas share the load evenly).
 async fn load(
     method: &'static str,
-    url: String,
+    urls: Vec<String>,
     body: Option<String>,
     concurrency: usize,
     seconds: u64,
@@ -72,8 +81,8 @@ async fn load(
     let end = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..concurrency.max(1) {
-        let (url, body) = (url.clone(), body.clone());
+    for i in 0..concurrency.max(1) {
+        let (url, body) = (urls[i % urls.len()].clone(), body.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut failures = Failures::new();

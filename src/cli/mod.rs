@@ -182,12 +182,20 @@ enum Command {
         /// Log to the console instead of data/dev.log.
         #[arg(long)]
         log_console: bool,
+        /// Keep the EU router's records in this PostgreSQL database
+        /// (`postgres://user@host:port/db`, password from
+        /// RR_STORE_PASSWORD) and run a second EU replica beside it on
+        /// 127.0.2.4:8080; the config with both is written beside --config.
+        #[arg(long)]
+        store: Option<String>,
     },
     /// Join load on a router: concurrent joins, then latency percentiles.
     Joinload {
-        /// Router base URL, e.g. http://127.0.2.1:8080
-        #[arg(long)]
-        router: String,
+        /// Router base URL, e.g. http://127.0.2.1:8080; several, comma
+        /// separated or repeated, for replicas: the conference is created
+        /// on the first and the clients are spread over all of them.
+        #[arg(long, required = true, value_delimiter = ',')]
+        router: Vec<String>,
         /// Tenant API key that creates the conference.
         #[arg(long)]
         api_key: String,
@@ -504,7 +512,18 @@ pub fn main() -> ExitCode {
             config,
             demo,
             log_console,
+            store,
         } => {
+            let config = match store {
+                None => config,
+                Some(store) => match dev::replicated_config(&config, &store) {
+                    Ok(path) => path,
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+            };
             let policy = match load(&config, None) {
                 Ok(p) => p,
                 Err(code) => return code,

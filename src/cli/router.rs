@@ -5,21 +5,20 @@ use std::time::Duration;
 
 use crate::policy::{self, Policy};
 use crate::router::{self, Settings, limits::LimitSettings};
-use crate::store::Sqlite;
 
 /// Starts the runtime and serves until SIGINT or SIGTERM.
 pub(super) fn run(policy: Policy, id: &str, source: policy::Source) -> Result<(), String> {
     super::relay::init_logging_for(&policy);
-    let mut settings = settings(Arc::new(policy), id)?;
-    settings.source = Some(source);
-    settings.reload_on_sighup = true;
-    settings.http = crate::http_server::FdBudget::raise().fit(&settings.http, 1);
-    let listen = settings.router.listen;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(async move {
+        let mut settings = settings(Arc::new(policy), id).await?;
+        settings.source = Some(source);
+        settings.reload_on_sighup = true;
+        settings.http = crate::http_server::FdBudget::raise().fit(&settings.http, 1);
+        let listen = settings.router.listen;
         let listener =
             router::listen(listen).map_err(|e| format!("cannot bind HTTP on {listen}: {e}"))?;
         router::run(listener, settings, super::relay::shutdown_signal())
@@ -30,20 +29,22 @@ pub(super) fn run(policy: Policy, id: &str, source: policy::Source) -> Result<()
 
 /// The settings of router `id`: its signing key read and its store opened
 /// (no reloads; the caller sets [`Settings::source`] to allow them).
-pub(super) fn settings(policy: Arc<Policy>, id: &str) -> Result<Settings, String> {
+pub(super) async fn settings(policy: Arc<Policy>, id: &str) -> Result<Settings, String> {
     let me = policy
         .router(id)
         .ok_or_else(|| format!("no router '{id}' in {}", policy.source().display()))?
         .clone();
     let signing_key = router::signing_key(&policy, &me)?;
-    let store = Sqlite::open(&me.store).map_err(|e| e.to_string())?;
-    let limits = LimitSettings::from_policy(&policy);
+    let store = crate::store::open(&me.store)
+        .await
+        .map_err(|e| format!("router '{id}': store {}: {e}", me.store.display()))?;
+    let limits = LimitSettings::from_policy(&policy).shared_by(policy.replicas(&me).len());
     let http = crate::http_server::Limits::from_policy(policy.limits());
     Ok(Settings {
         policy,
         router: me,
         signing_key,
-        store: Arc::new(store),
+        store,
         ticket_lifetime: Duration::from_secs(60),
         limits,
         source: None,

@@ -163,9 +163,21 @@ pub struct RouterSection {
     /// The signing key's public half (hex or base64url, as `keygen` prints
     /// it). It must be in `ticket_keys` of every jurisdiction the router serves.
     pub public_key: String,
-    /// SQLite file of its conference records and audit log, relative to the
-    /// config file.
-    pub store: PathBuf,
+    /// Where its conference records and audit log live: a SQLite file
+    /// (relative to the config file), or a PostgreSQL URL
+    /// (`postgres://user@host:port/db`, no password in it) shared by router
+    /// replicas.
+    pub store: String,
+    /// Where a PostgreSQL store runs (ISO 3166 alpha-2); it must be inside
+    /// every jurisdiction its routers serve. Required for PostgreSQL; a
+    /// SQLite store is on the router's machine.
+    pub store_country: Option<String>,
+    /// File holding the PostgreSQL password (relative to the config file);
+    /// else the `RR_STORE_PASSWORD` environment variable, if set.
+    pub store_password_file: Option<PathBuf>,
+    /// PEM file of the CA that signed the PostgreSQL server's certificate:
+    /// the connection then uses TLS and verifies the server's name.
+    pub store_ca: Option<PathBuf>,
     /// Lower-case hex SHA-256 of the operator's admin token (abuse reports,
     /// audit log). Without one the admin endpoints answer 403.
     pub admin_token_sha256: Option<String>,

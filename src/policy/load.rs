@@ -1047,7 +1047,8 @@ fn build_routers(
     let base = cfg.parent().unwrap_or(Path::new("."));
     let mut routers = Vec::new();
     let mut seen: HashSet<&str> = HashSet::new();
-    let mut served_by: HashMap<JurisdictionIdx, &str> = HashMap::new();
+    let mut served_by: HashMap<JurisdictionIdx, &crate::policy::files::RouterSection> =
+        HashMap::new();
     for (i, r) in config.routers.iter().enumerate() {
         let field = |f: &str| at("router", i, &r.id, f);
         let mut ok = true;
@@ -1094,15 +1095,22 @@ fn build_routers(
                     ok = false;
                 }
             }
-            if let Some(other) = served_by.insert(j, &r.id) {
-                p.push(
-                    cfg,
-                    f,
-                    format!(
-                        "'{jid}' is already served by router '{other}'; each jurisdiction has one router (its store holds the conferences)"
-                    ),
-                );
-                ok = false;
+            if let Some(other) = served_by.insert(j, r) {
+                // Replicas: the same PostgreSQL store, the same jurisdictions.
+                let replica = is_postgres(&r.store)
+                    && other.store == r.store
+                    && other.jurisdictions == r.jurisdictions;
+                if !replica {
+                    p.push(
+                        cfg,
+                        f,
+                        format!(
+                            "'{jid}' is already served by router '{}'; a jurisdiction has one router, or replicas that share one PostgreSQL store (the same store and the same jurisdictions)",
+                            other.id
+                        ),
+                    );
+                    ok = false;
+                }
             }
             served.push(j);
         }
@@ -1179,8 +1187,9 @@ fn build_routers(
                 .map_err(|m| p.push(cfg, field("admin_token_sha256"), m))
                 .ok()
         });
-        if let (true, Some(country), Some(listen), Some(public_key)) =
-            (ok, country, listen, public_key)
+        let store = build_store(r, base, &served, jurisdictions, cfg, &field, p);
+        if let (true, Some(country), Some(listen), Some(public_key), Some(store)) =
+            (ok, country, listen, public_key, store)
         {
             routers.push(Router {
                 id: r.id.clone(),
@@ -1191,12 +1200,110 @@ fn build_routers(
                 relay_url,
                 signing_key: key_path,
                 public_key,
-                store: resolve(base, &r.store),
+                store,
                 admin_token_sha256,
             });
         }
     }
     routers
+}
+
+fn is_postgres(store: &str) -> bool {
+    store.starts_with("postgres://") || store.starts_with("postgresql://")
+}
+
+/// A router's `store`: a SQLite path, or a PostgreSQL URL without a
+/// password whose `store_country` is inside every jurisdiction `served`.
+fn build_store(
+    r: &crate::policy::files::RouterSection,
+    base: &Path,
+    served: &[JurisdictionIdx],
+    jurisdictions: &[Jurisdiction],
+    cfg: &Path,
+    field: &dyn Fn(&str) -> String,
+    p: &mut Problems,
+) -> Option<crate::policy::StoreLocation> {
+    use crate::policy::{PostgresStore, StoreLocation};
+    if !is_postgres(&r.store) {
+        let mut ok = true;
+        for (name, set) in [
+            ("store_country", r.store_country.is_some()),
+            ("store_password_file", r.store_password_file.is_some()),
+            ("store_ca", r.store_ca.is_some()),
+        ] {
+            if set {
+                p.push(
+                    cfg,
+                    field(name),
+                    "is only for a PostgreSQL store (postgres://…); a SQLite store is on the router's machine",
+                );
+                ok = false;
+            }
+        }
+        if r.store.trim().is_empty() {
+            p.push(
+                cfg,
+                field("store"),
+                "give a SQLite file or a postgres:// URL",
+            );
+            ok = false;
+        }
+        return ok.then(|| StoreLocation::Sqlite(resolve(base, Path::new(&r.store))));
+    }
+    let parsed = match r.store.parse::<tokio_postgres::Config>() {
+        Ok(c) => c,
+        Err(e) => {
+            p.push(cfg, field("store"), format!("is not a PostgreSQL URL: {e}"));
+            return None;
+        }
+    };
+    let mut ok = true;
+    if parsed.get_password().is_some() {
+        p.push(
+            cfg,
+            field("store"),
+            "holds a password: put it in store_password_file or the RR_STORE_PASSWORD environment variable, so it is never in the config or the logs",
+        );
+        ok = false;
+    }
+    let country = match r.store_country.as_deref() {
+        None => {
+            p.push(
+                cfg,
+                field("store_country"),
+                "say where the PostgreSQL store runs (ISO 3166 alpha-2): its records must stay inside every jurisdiction its routers serve",
+            );
+            None
+        }
+        Some(c) => parse_country(c)
+            .map_err(|m| p.push(cfg, field("store_country"), m))
+            .ok(),
+    };
+    if let Some(c) = country {
+        for j in served {
+            let jurisdiction = &jurisdictions[j.index()];
+            if !jurisdiction.countries.contains(c) {
+                p.push(
+                    cfg,
+                    field("store_country"),
+                    format!(
+                        "a store in {c} cannot hold the records of '{}': they would be stored outside the jurisdiction; run the database inside it",
+                        jurisdiction.id
+                    ),
+                );
+                ok = false;
+            }
+        }
+    }
+    let country = country?;
+    ok.then(|| {
+        StoreLocation::Postgres(PostgresStore {
+            url: r.store.clone(),
+            country,
+            password_file: r.store_password_file.as_ref().map(|f| resolve(base, f)),
+            ca: r.store_ca.as_ref().map(|f| resolve(base, f)),
+        })
+    })
 }
 
 fn parse_cidr(text: &str) -> Result<IpNet, String> {

@@ -131,8 +131,46 @@ pub struct Router {
     pub signing_key: PathBuf,
     /// Public half of `signing_key`.
     pub public_key: ed25519_dalek::VerifyingKey,
-    pub store: PathBuf,
+    pub store: StoreLocation,
     pub admin_token_sha256: Option<[u8; 32]>,
+}
+
+/// Where a router keeps its records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// The embedded store, on the router's machine.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database shared by router replicas.
+    Postgres(PostgresStore),
+}
+
+/// A PostgreSQL store as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresStore {
+    /// Connection URL without a password.
+    pub url: String,
+    /// Where the database runs.
+    pub country: CountryCode,
+    pub password_file: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
+}
+
+impl StoreLocation {
+    /// For logs and listings (never holds a password).
+    pub fn display(&self) -> String {
+        match self {
+            StoreLocation::Sqlite(path) => path.display().to_string(),
+            StoreLocation::Postgres(pg) => pg.url.clone(),
+        }
+    }
+
+    /// The SQLite file, if this is one.
+    pub fn sqlite(&self) -> Option<&std::path::Path> {
+        match self {
+            StoreLocation::Sqlite(path) => Some(path),
+            StoreLocation::Postgres(_) => None,
+        }
+    }
 }
 
 impl Router {
@@ -345,9 +383,23 @@ impl Policy {
         self.routers.iter().find(|r| r.id == id)
     }
 
-    /// The router that serves `jurisdiction`, if one is configured.
+    /// The router that serves `jurisdiction`, if one is configured (the
+    /// first of its replicas).
     pub fn router_for(&self, jurisdiction: JurisdictionIdx) -> Option<&Router> {
         self.routers.iter().find(|r| r.serves(jurisdiction))
+    }
+
+    /// `router` and the other replicas sharing its store, in config order
+    /// (just `router` on a SQLite store).
+    pub fn replicas<'a>(&'a self, router: &'a Router) -> Vec<&'a Router> {
+        match &router.store {
+            StoreLocation::Sqlite(_) => vec![router],
+            StoreLocation::Postgres(_) => self
+                .routers
+                .iter()
+                .filter(|r| r.store == router.store)
+                .collect(),
+        }
     }
 
     /// Whether a tenant's new conferences get a waiting room by default.

@@ -82,15 +82,21 @@ pub(super) async fn final_report(
         epoch: 0,
         track_base: 0,
     };
-    let _ = crate::http_client::request(
-        "POST",
-        &format!("{}{}", link.url, channel::report_path(&relay_id)),
-        None,
-        &[("authorization", &format!("Bearer {credential}"))],
-        Some(serde_json::to_vec(&report).unwrap_or_default()),
-        Duration::from_secs(1),
-    )
-    .await;
+    // To the first replica that takes it.
+    for url in std::iter::once(&link.url).chain(&link.replicas) {
+        let sent = crate::http_client::request(
+            "POST",
+            &format!("{url}{}", channel::report_path(&relay_id)),
+            None,
+            &[("authorization", &format!("Bearer {credential}"))],
+            Some(serde_json::to_vec(&report).unwrap_or_default()),
+            Duration::from_secs(1),
+        )
+        .await;
+        if sent.is_ok_and(|r| r.status == 200) {
+            return;
+        }
+    }
 }
 
 /// Reports to one router until aborted; applies the commands it answers.
@@ -108,8 +114,9 @@ async fn report_loop(links: tokio::sync::watch::Receiver<RouterLink>, ctx: Repor
         track_base,
     } = ctx;
     use crate::wire::channel::{self, Action, ConferenceLoad, LinkLoad, RelayReport, ReportReply};
-    let url = format!("{}{}", links.borrow().url, channel::report_path(&relay_id));
     let auth = format!("Bearer {credential}");
+    // Which replica of the router reports go to (0: the router itself).
+    let mut replica = 0usize;
     let mut ack = 0u64;
     let mut epoch = 0u64;
     let mut last: Option<(Instant, u64)> = None;
@@ -170,6 +177,9 @@ async fn report_loop(links: tokio::sync::watch::Receiver<RouterLink>, ctx: Repor
             track_base,
         };
         let body = serde_json::to_vec(&report).unwrap_or_default();
+        let urls: Vec<&String> = std::iter::once(&link.url).chain(&link.replicas).collect();
+        replica %= urls.len();
+        let url = format!("{}{}", urls[replica], channel::report_path(&relay_id));
         let answer = crate::http_client::request(
             "POST",
             &url,
@@ -279,13 +289,20 @@ async fn report_loop(links: tokio::sync::watch::Receiver<RouterLink>, ctx: Repor
             }
             other => {
                 failures += 1;
+                let router = urls[replica];
                 if failures == 1 || failures % 60 == 0 {
                     match other {
                         Ok(r) => {
-                            warn!(router = %link.url, status = r.status, body = %String::from_utf8_lossy(&r.body), "router refused the report")
+                            warn!(router = %router, status = r.status, body = %String::from_utf8_lossy(&r.body), "router refused the report")
                         }
-                        Err(e) => warn!(router = %link.url, error = %e, "cannot report to router"),
+                        Err(e) => warn!(router = %router, error = %e, "cannot report to router"),
                     }
+                }
+                // The next replica at once; a pause once all were tried.
+                replica = (replica + 1) % urls.len();
+                if urls.len() > 1 && replica != 0 {
+                    info!(router = %urls[replica], "reporting to the next replica");
+                    continue;
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }

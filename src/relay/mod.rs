@@ -184,6 +184,9 @@ pub(crate) struct Recheck {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouterLink {
     pub url: String,
+    /// The other replicas' URLs (routers sharing the first's PostgreSQL
+    /// store): reports go to one at a time, the next after a failure.
+    pub replicas: Vec<String>,
     /// Jurisdiction ids the router serves that the relay is in: only their
     /// conferences appear in reports to it.
     pub jurisdictions: Vec<String>,
@@ -206,6 +209,8 @@ impl RouterLink {
         policy
             .routers()
             .iter()
+            // A group of replicas is one link, from its first router.
+            .filter(|r| policy.replicas(r).first().is_some_and(|f| f.id == r.id))
             .filter_map(|r| {
                 let shared: Vec<String> = r
                     .jurisdictions
@@ -215,6 +220,10 @@ impl RouterLink {
                     .collect();
                 (!shared.is_empty()).then(|| RouterLink {
                     url: r.relay_url.clone(),
+                    replicas: policy.replicas(r)[1..]
+                        .iter()
+                        .map(|o| o.relay_url.clone())
+                        .collect(),
                     jurisdictions: shared,
                     serves: r
                         .jurisdictions

@@ -37,6 +37,24 @@ impl LimitSettings {
             ..LimitSettings::default()
         }
     }
+
+    /// This replica's share when `replicas` routers serve the same
+    /// jurisdictions: each limit divided among them, rounded down (at least
+    /// 1), so what one client can do over all replicas together never
+    /// exceeds the configured limit. Limits are kept per replica, not in the
+    /// shared store, because they must hold when the store is slow or down,
+    /// and a flood is when it is; a client a load balancer keeps on one
+    /// replica gets that replica's share.
+    pub fn shared_by(self, replicas: usize) -> Self {
+        let n = u32::try_from(replicas.max(1)).unwrap_or(u32::MAX);
+        let share = |limit: u32| (limit / n).max(1);
+        LimitSettings {
+            per_address: share(self.per_address),
+            per_conference: share(self.per_conference),
+            attempts_per_address: share(self.attempts_per_address),
+            ..self
+        }
+    }
 }
 
 impl Default for LimitSettings {

@@ -45,6 +45,12 @@ pub struct RouterMetrics {
     pub moderation: IntCounterVec,
     pub enforcement: IntCounterVec,
     pub store_errors: IntCounter,
+    /// Requests answered 503 because the store could not be reached.
+    pub store_unavailable: IntCounter,
+    /// 1 while the store answers its health check.
+    pub store_up: prometheus::IntGauge,
+    /// 1 while this replica holds the planner lease (always 1 on SQLite).
+    pub planner: prometheus::IntGauge,
     pub route_decisions: IntCounterVec,
     pub participants: IntGaugeVec,
     pub conferences: IntGaugeVec,
@@ -155,6 +161,41 @@ impl RouterMetrics {
                 );
                 let _ = registry.register(Box::new(c.clone()));
                 c
+            },
+            store_unavailable: {
+                let c = must(
+                    "store_unavailable_total",
+                    IntCounter::new(
+                        "store_unavailable_total",
+                        "Requests answered 503 store_unavailable: the store could not be reached.",
+                    ),
+                );
+                let _ = registry.register(Box::new(c.clone()));
+                c
+            },
+            store_up: {
+                let g = must(
+                    "store_up",
+                    prometheus::IntGauge::new(
+                        "store_up",
+                        "1 while the store answers its health check, else 0.",
+                    ),
+                );
+                g.set(1);
+                let _ = registry.register(Box::new(g.clone()));
+                g
+            },
+            planner: {
+                let g = must(
+                    "planner",
+                    prometheus::IntGauge::new(
+                        "planner",
+                        "1 while this router plans cascade links and residency moves (with replicas, the holder of the planner lease).",
+                    ),
+                );
+                g.set(1);
+                let _ = registry.register(Box::new(g.clone()));
+                g
             },
             route_decisions: counter_vec(
                 "route_decisions_total",

@@ -35,7 +35,8 @@ pub struct Settings {
     /// This router's entry in the policy.
     pub router: policy::Router,
     pub signing_key: SigningKey,
-    pub store: Arc<dyn Store>,
+    /// Its records and, on PostgreSQL, what it shares with its replicas.
+    pub store: crate::store::Handle,
     /// Validity of the tickets it signs.
     pub ticket_lifetime: Duration,
     pub limits: limits::LimitSettings,
@@ -67,6 +68,11 @@ pub struct Shared {
     pub me: policy::Router,
     pub signing_key: SigningKey,
     pub store: Arc<dyn Store>,
+    /// The shared store of this router's replicas (PostgreSQL only): relay
+    /// reports, commands, placements and the planner lease go through it.
+    pub cluster: Option<Arc<crate::store::Postgres>>,
+    /// Whether the store answered its last health check.
+    pub store_up: Arc<AtomicBool>,
     pub address_key: [u8; 32],
     pub relays: Arc<relays::Registry>,
     pub limiter: Arc<limits::Limiter>,
@@ -174,7 +180,8 @@ impl Live {
             policy.relay_idx(id).is_none() && now.duration_since(*since) < RETIRED_FOR
         });
         let policy = Arc::new(policy);
-        old.limiter.set(limits::LimitSettings::from_policy(&policy));
+        old.limiter
+            .set(limits::LimitSettings::from_policy(&policy).shared_by(policy.replicas(&me).len()));
         let served: Vec<&str> = me
             .jurisdictions
             .iter()
@@ -192,6 +199,8 @@ impl Live {
             me: me.clone(),
             signing_key,
             store: old.store.clone(),
+            cluster: old.cluster.clone(),
+            store_up: old.store_up.clone(),
             address_key: old.address_key,
             relays: old.relays.clone(),
             limiter: old.limiter.clone(),
@@ -260,15 +269,22 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RouterError> {
-    let address_key = settings.store.address_key()?;
+    let address_key = settings.store.records.address_key().await?;
+    let cluster = settings.store.postgres.clone();
+    let registry = match &cluster {
+        Some(pg) => relays::Registry::with_epoch(pg.command_epoch()),
+        None => relays::Registry::new(),
+    };
     let shared = Shared {
-        relays: Arc::new(relays::Registry::new()),
+        relays: Arc::new(registry),
         limiter: Arc::new(limits::Limiter::new(settings.limits)),
         metrics: RouterMetrics::new(&settings.router.id, &settings.policy, &settings.router),
         policy: settings.policy,
         me: settings.router,
         signing_key: settings.signing_key,
-        store: settings.store,
+        store: settings.store.records,
+        cluster,
+        store_up: Arc::new(AtomicBool::new(true)),
         address_key,
         ticket_lifetime: settings.ticket_lifetime,
         waiting_changed: Arc::new(tokio::sync::Notify::new()),
@@ -289,7 +305,32 @@ pub async fn run(
         reloading: tokio::sync::Mutex::new(()),
     });
     let app = api::routes(live.clone());
-    let health = tokio::spawn(relays::watch(live.clone()));
+    // Background work ends with this future, however it ends (a router
+    // stopped by dropping it must not go on planning as a ghost).
+    let mut background = tokio::task::JoinSet::new();
+    background.spawn(relays::watch(live.clone()));
+    background.spawn(watch_store(live.clone()));
+    // Commands another replica stored wake the reports held here; a
+    // waiting-room decision made on another replica wakes polls here.
+    if let Some(pg) = live.load().cluster.clone() {
+        let (one, all) = (live.clone(), live.clone());
+        background.spawn(pg.listen(
+            move |channel, payload| {
+                let shared = one.load();
+                match channel {
+                    crate::store::postgres::Channel::Commands => shared.relays.wake(payload),
+                    crate::store::postgres::Channel::Waiting => {
+                        shared.waiting_changed.notify_waiters()
+                    }
+                }
+            },
+            move || {
+                let shared = all.load();
+                shared.relays.wake_all();
+                shared.waiting_changed.notify_waiters();
+            },
+        ));
+    }
     let hangups = settings
         .reload_on_sighup
         // Listening before serving: a SIGHUP from then on reloads (and
@@ -315,7 +356,14 @@ pub async fn run(
     };
     let result = crate::http_server::serve(listener, app, options, shutdown).await;
     ready.store(false, Ordering::Relaxed);
-    health.abort();
+    background.abort_all();
+    let last = live.load();
+    if let Some(pg) = &last.cluster {
+        // The next replica plans at once instead of after the lease expires.
+        if let Err(e) = pg.release(relays::PLANNER, &last.me.id).await {
+            warn!(error = %e, "could not give the planner lease up");
+        }
+    }
     if let Some(h) = hangups {
         h.abort();
     }
@@ -323,6 +371,34 @@ pub async fn run(
         warn!(error = %e, "router HTTP stopped");
     }
     result.map_err(RouterError::Io)
+}
+
+/// How often the store's health is checked, and how long a check may take.
+const STORE_CHECK: Duration = Duration::from_millis(500);
+
+/// Checks every [`STORE_CHECK`] that the store answers: `/readyz` and
+/// `rr_router_store_up` say so, and the log says when it changes.
+async fn watch_store(live: Arc<Live>) {
+    let mut tick = tokio::time::interval(STORE_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let shared = live.load();
+        let up = matches!(
+            tokio::time::timeout(2 * STORE_CHECK, shared.store.ping()).await,
+            Ok(Ok(()))
+        );
+        shared.metrics.store_up.set(i64::from(up));
+        if shared.store_up.swap(up, Ordering::Relaxed) != up {
+            if up {
+                info!("store reachable again");
+            } else {
+                warn!(
+                    "store unreachable: joins and moderation answer 503 store_unavailable; calls in progress continue"
+                );
+            }
+        }
+    }
 }
 
 /// Reloads the policy on every SIGHUP (outcome in the log and metrics).

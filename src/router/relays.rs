@@ -12,6 +12,7 @@ use tracing::{info, warn};
 use super::Shared;
 use crate::policy::{Policy, RelayIdx};
 use crate::select::{Health, RelayState};
+use crate::store::StoreError;
 use crate::wire::channel::{Action, Command, ConferenceLoad, LinkLoad, RelayReport, STALE_AFTER};
 
 /// Commands kept per relay; beyond it the oldest go (a relay that far
@@ -216,9 +217,75 @@ impl Registry {
             // Distinct per run is all that matters.
             epoch = crate::relay::unix_now().to_le_bytes();
         }
+        Self::with_epoch(u64::from_le_bytes(epoch))
+    }
+
+    /// A registry numbering commands in `epoch` (replicas share the
+    /// store's, since any of them may deliver a command).
+    pub fn with_epoch(epoch: u64) -> Self {
         Registry {
             inner: Mutex::new(Inner::default()),
-            epoch: u64::from_le_bytes(epoch).max(1),
+            epoch: epoch.max(1),
+        }
+    }
+
+    /// Takes a report of `relay` that another replica received `age` ago:
+    /// what it carries and its health, not its commands (those are in the
+    /// shared store).
+    pub fn record_remote(&self, relay: &str, report: RelayReport, age: Duration, now: Instant) {
+        let mut inner = self.lock();
+        let e = inner.relays.entry(relay.to_owned()).or_default();
+        let at = now.checked_sub(age).unwrap_or(now - STALE_AFTER);
+        // A report this replica received itself since is newer.
+        if e.last_report.is_some_and(|last| last > at) {
+            return;
+        }
+        e.last_report = Some(at);
+        e.report = Some(report);
+        e.pending_joins = 0;
+    }
+
+    /// Wakes the report of `relay` held here, if any (a command for it was
+    /// stored by another replica).
+    pub fn wake(&self, relay: &str) {
+        let inner = self.lock();
+        if let Some(e) = inner.relays.get(relay) {
+            e.notify.notify_waiters();
+            e.notify.notify_one();
+        }
+    }
+
+    /// Wakes every held report (after missing announcements).
+    pub fn wake_all(&self) {
+        let inner = self.lock();
+        for e in inner.relays.values() {
+            e.notify.notify_waiters();
+            e.notify.notify_one();
+        }
+    }
+
+    /// The notifier `relay`'s held report waits on.
+    pub fn notifier(&self, relay: &str) -> Arc<Notify> {
+        self.lock()
+            .relays
+            .entry(relay.to_owned())
+            .or_default()
+            .notify
+            .clone()
+    }
+
+    /// Undoes [`Registry::place`]'s record of `relay` for `conference`
+    /// (another replica placed it first elsewhere).
+    pub fn unplace(&self, conference: &str, relay: &str) {
+        let mut inner = self.lock();
+        if let Some(placed) = inner.placed.get_mut(conference) {
+            placed.retain(|(r, _)| r != relay);
+        }
+        if let Some(e) = inner.relays.get_mut(relay) {
+            e.pending_joins = e.pending_joins.saturating_sub(1);
+        }
+        if let Some(recent) = inner.recent_tickets.get_mut(conference) {
+            recent.pop_back();
         }
     }
 
@@ -693,26 +760,157 @@ impl Default for Registry {
     }
 }
 
+/// Queues `action` for each of `relays`: in this router's memory, or with
+/// replicas in the shared store, where whichever replica a relay reports
+/// to delivers it. Stored before this returns, so a request answered after
+/// it cannot lose its command with the replica that answered.
+pub async fn send(shared: &Shared, relays: &[&str], action: &Action) -> Result<(), StoreError> {
+    send_fenced(shared, relays, action, None).await.map(|_| ())
+}
+
+/// [`send`] for the planner: with replicas, only while this replica still
+/// holds the planner lease with `term` (`false`, nothing queued, if not).
+async fn send_fenced(
+    shared: &Shared,
+    relays: &[&str],
+    action: &Action,
+    term: Option<i64>,
+) -> Result<bool, StoreError> {
+    match &shared.cluster {
+        None => {
+            shared.relays.command(relays.iter().copied(), action);
+            Ok(true)
+        }
+        Some(pg) => {
+            let json = serde_json::to_string(action).map_err(|e| StoreError::new(e.to_string()))?;
+            pg.push_commands(relays, &json, term.map(|t| (shared.me.id.as_str(), t)))
+                .await
+        }
+    }
+}
+
+/// The commands for `relay` not yet acknowledged, after taking its
+/// acknowledgement of `ack` in numbering `epoch`.
+pub async fn pending(
+    shared: &Shared,
+    relay: &str,
+    epoch: u64,
+    ack: u64,
+) -> Result<Vec<Command>, StoreError> {
+    match &shared.cluster {
+        None => Ok(shared.relays.commands(relay)),
+        Some(pg) => {
+            let ack = (epoch == shared.relays.epoch()).then_some(ack);
+            let rows = pg.commands(relay, ack).await?;
+            Ok(rows
+                .into_iter()
+                .filter_map(|(seq, action)| {
+                    serde_json::from_str(&action)
+                        .ok()
+                        .map(|action| Command { seq, action })
+                })
+                .collect())
+        }
+    }
+}
+
+/// Chooses the relay for a participant of `conference` (as
+/// [`Registry::place`]); with replicas, the first placement of a
+/// conference is claimed in the shared store, and a replica that lost the
+/// race places again on the winner's relay (or, if `decide` will not take
+/// it, keeps its own, which the planner links).
+pub async fn place<E>(
+    shared: &Shared,
+    conference: &str,
+    hint: Option<RelayIdx>,
+    decide: impl Fn(&[RelayState], &[RelayIdx], u32) -> Result<RelayIdx, E>,
+) -> Result<Result<RelayIdx, E>, StoreError> {
+    let policy = &shared.policy;
+    let Some(pg) = &shared.cluster else {
+        return Ok(shared
+            .relays
+            .place(policy, conference, hint, Instant::now(), decide));
+    };
+    let first = shared
+        .relays
+        .hosting(policy, conference, Instant::now())
+        .is_empty();
+    if !first {
+        return Ok(shared
+            .relays
+            .place(policy, conference, hint, Instant::now(), decide));
+    }
+    let claimed = pg
+        .placement(conference, PLACED_FRESH)
+        .await?
+        .and_then(|id| policy.relay_idx(&id));
+    let relay = match shared.relays.place(
+        policy,
+        conference,
+        claimed.or(hint),
+        Instant::now(),
+        &decide,
+    ) {
+        Ok(r) => r,
+        Err(e) => return Ok(Err(e)),
+    };
+    let mine = policy.relay(relay).id.as_str();
+    let winner = pg.claim_placement(conference, mine, PLACED_FRESH).await?;
+    if winner == mine {
+        return Ok(Ok(relay));
+    }
+    shared.relays.unplace(conference, mine);
+    Ok(shared.relays.place(
+        policy,
+        conference,
+        policy.relay_idx(&winner),
+        Instant::now(),
+        decide,
+    ))
+}
+
+/// Forgets an ended conference's placement, here and with replicas.
+pub async fn forget(shared: &Shared, conference: &str) -> Result<(), StoreError> {
+    shared.relays.forget(conference);
+    match &shared.cluster {
+        Some(pg) => pg.forget_placement(conference).await,
+        None => Ok(()),
+    }
+}
+
+/// How long the planner lease lasts unrenewed: a replica that dies is
+/// replaced as planner this long after its last renewal.
+pub const PLANNER_LEASE: Duration = Duration::from_secs(2);
+
+/// The lease's name in the store.
+pub const PLANNER: &str = "planner";
+
 /// Sends relay `a` a cascade ticket and the command to link to `b` for
 /// `conference`, after checking both are inside its jurisdiction.
-fn command_link(shared: &Shared, conference: &str, a: RelayIdx, b: RelayIdx) {
+async fn command_link(
+    shared: &Shared,
+    conference: &str,
+    a: RelayIdx,
+    b: RelayIdx,
+    term: Option<i64>,
+) -> Result<bool, StoreError> {
     let Some(j) = crate::wire::conference::jurisdiction_of(conference)
         .and_then(|j| shared.policy.jurisdiction_idx(j))
         .filter(|j| shared.me.serves(*j))
     else {
-        return;
+        return Ok(true);
     };
     let jurisdiction = shared.policy.jurisdiction(j);
     if !(jurisdiction.contains(a) && jurisdiction.contains(b)) {
         warn!(jurisdiction = %jurisdiction.id, "refusing to plan a cascade link outside the jurisdiction");
-        return;
+        return Ok(true);
     }
     let (from, to) = (shared.policy.relay(a), shared.policy.relay(b));
     let Some(cert) = shared.relays.cert(&to.id) else {
-        return;
+        return Ok(true);
     };
     let Ok(nonce) = crate::ticket::new_nonce() else {
-        return;
+        return Ok(true);
     };
     let now = crate::relay::unix_now();
     let ticket = crate::ticket::sign_cascade(
@@ -727,8 +925,9 @@ fn command_link(shared: &Shared, conference: &str, a: RelayIdx, b: RelayIdx) {
         },
         &shared.signing_key,
     );
-    shared.relays.command(
-        [from.id.as_str()],
+    send_fenced(
+        shared,
+        &[from.id.as_str()],
         &Action::Link {
             conference: conference.to_owned(),
             peer: to.id.clone(),
@@ -736,7 +935,49 @@ fn command_link(shared: &Shared, conference: &str, a: RelayIdx, b: RelayIdx) {
             peer_cert: cert,
             ticket,
         },
-    );
+        term,
+    )
+    .await
+}
+
+/// With replicas: takes the reports other replicas received since
+/// `version` (returning the new cursor), and takes or renews the planner
+/// lease (its term while held).
+async fn sync_replicas(shared: &Shared, version: &mut i64, failures: &mut u32) -> Option<i64> {
+    let pg = shared.cluster.as_ref()?;
+    let outcome = async {
+        let rows = pg.reports_since(*version, &shared.me.id).await?;
+        let now = Instant::now();
+        for row in rows {
+            *version = (*version).max(row.version);
+            match serde_json::from_str::<RelayReport>(&row.report) {
+                Ok(report) => shared
+                    .relays
+                    .record_remote(&row.relay, report, row.age, now),
+                Err(e) => warn!(relay = %row.relay, error = %e, "unreadable shared relay report"),
+            }
+        }
+        pg.lease(PLANNER, &shared.me.id, PLANNER_LEASE).await
+    }
+    .await;
+    match outcome {
+        Ok(term) => {
+            if *failures > 0 {
+                info!("shared store reachable again: relay reports and planning resume");
+            }
+            *failures = 0;
+            shared.metrics.planner.set(i64::from(term.is_some()));
+            term
+        }
+        Err(e) => {
+            *failures += 1;
+            if *failures == 1 || *failures % 40 == 0 {
+                warn!(error = %e, "cannot reach the shared store: not planning links");
+            }
+            shared.metrics.planner.set(0);
+            None
+        }
+    }
 }
 
 /// Every quarter second, under the policy in force: plan cascade links,
@@ -745,17 +986,36 @@ fn command_link(shared: &Shared, conference: &str, a: RelayIdx, b: RelayIdx) {
 /// per-jurisdiction gauges.
 pub(super) async fn watch(live: Arc<super::Live>) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks = 0u64;
+    let (mut version, mut failures) = (0i64, 0u32);
     loop {
         tick.tick().await;
         let shared = live.load();
-        let now = Instant::now();
         ticks += 1;
+        let term = sync_replicas(&shared, &mut version, &mut failures).await;
+        let now = Instant::now();
         if ticks % 120 == 0 {
             shared.relays.trim(now);
         }
+        // With replicas, one plans at a time: the holder of the lease.
+        if shared.cluster.is_some() && term.is_none() {
+            refresh(&shared, now);
+            continue;
+        }
         for (conference, a, b) in shared.relays.plan_links(&shared.policy, now) {
-            command_link(&shared, &conference, a, b);
+            match command_link(&shared, &conference, a, b, term).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    warn!("planner lease lost while planning: another replica plans now");
+                    break;
+                }
+                Err(e) => {
+                    shared.metrics.store_errors.inc();
+                    warn!(error = %e, "cannot store a link command");
+                    break;
+                }
+            }
         }
         for m in shared
             .relays
@@ -789,8 +1049,19 @@ pub(super) async fn watch(live: Arc<super::Live>) {
                     crate::wire::conference::jurisdiction_of(conference).unwrap_or_default()
                 ])
                 .inc();
-            shared.relays.command([relay.as_str()], &action);
+            if let Err(e) = send_fenced(&shared, &[relay.as_str()], &action, term).await {
+                shared.metrics.store_errors.inc();
+                warn!(error = %e, "cannot store a residency move");
+            }
         }
+        refresh(&shared, now);
+    }
+}
+
+/// Logs relays turning healthy or unhealthy and updates the
+/// per-jurisdiction gauges.
+fn refresh(shared: &Shared, now: Instant) {
+    {
         for (relay, healthy) in shared.relays.refresh(now) {
             if healthy {
                 info!(relay = %relay, "relay healthy");

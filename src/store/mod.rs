@@ -1,21 +1,46 @@
 //! The router's persistent records: conferences, invitations, participants,
 //! bans, abuse reports, the relays a conference used, and the audit log.
 //!
-//! [`Store`] is the seam: the router only talks to the trait, so a networked
-//! database can serve several router replicas later. [`Sqlite`] is the
-//! embedded default. Nothing here holds a raw client address: bans and the
-//! audit log carry a keyed hash of it ([`Store::address_key`]).
+//! [`Store`] is the seam: the router only talks to the trait. [`Sqlite`] is
+//! the embedded default for one router; [`Postgres`] is shared by several
+//! router replicas of the same jurisdictions (it also carries what replicas
+//! must agree on besides records: see [`postgres`]). Nothing here holds a
+//! raw client address: bans and the audit log carry a keyed hash of it
+//! ([`Store::address_key`]).
 
+pub mod postgres;
 mod sqlite;
 
 use serde::Serialize;
 
+pub use postgres::Postgres;
 pub use sqlite::Sqlite;
 
-/// A store operation failed (disk, corruption, locking).
+/// A store operation failed.
 #[derive(Debug, thiserror::Error)]
-#[error("store error: {0}")]
-pub struct StoreError(pub String);
+#[error("store error: {message}")]
+pub struct StoreError {
+    pub message: String,
+    /// The store could not be reached (database down, connection refused,
+    /// timed out): the request may succeed later, and nothing was written.
+    pub unavailable: bool,
+}
+
+impl StoreError {
+    pub fn new(message: impl Into<String>) -> Self {
+        StoreError {
+            message: message.into(),
+            unavailable: false,
+        }
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        StoreError {
+            message: message.into(),
+            unavailable: true,
+        }
+    }
+}
 
 /// A participant's role, from its invitation (passcode joins are speakers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -32,6 +57,15 @@ impl Role {
             Role::Host => "host",
             Role::Speaker => "speaker",
             Role::Viewer => "viewer",
+        }
+    }
+
+    /// As a statement parameter (a reference that lives as long as needed).
+    pub(crate) fn as_sql(self) -> &'static &'static str {
+        match self {
+            Role::Host => &"host",
+            Role::Speaker => &"speaker",
+            Role::Viewer => &"viewer",
         }
     }
 
@@ -113,6 +147,17 @@ impl Status {
             Status::Denied => "denied",
             Status::Joined => "joined",
             Status::Kicked => "kicked",
+        }
+    }
+
+    /// As a statement parameter.
+    fn as_sql(self) -> &'static &'static str {
+        match self {
+            Status::Waiting => &"waiting",
+            Status::Admitted => &"admitted",
+            Status::Denied => &"denied",
+            Status::Joined => &"joined",
+            Status::Kicked => &"kicked",
         }
     }
 
@@ -233,19 +278,26 @@ pub struct LinkUsage<'a> {
 
 /// The router's persistence. Implementations must be safe to call from many
 /// request handlers at once and make each call atomic.
+#[async_trait::async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Which backend this is.
+    fn backend(&self) -> Backend;
+
+    /// Whether the store answers now (for `/readyz`): a trivial round trip.
+    async fn ping(&self) -> Result<(), StoreError>;
+
     /// Secret key for hashing client addresses; made on first use and kept,
     /// so bans survive restarts.
-    fn address_key(&self) -> Result<[u8; 32], StoreError>;
+    async fn address_key(&self) -> Result<[u8; 32], StoreError>;
 
-    fn insert_conference(&self, c: &ConferenceRecord) -> Result<(), StoreError>;
-    fn conference(&self, id: &str) -> Result<Option<ConferenceRecord>, StoreError>;
-    fn set_locked(&self, id: &str, locked: bool) -> Result<(), StoreError>;
-    fn end_conference(&self, id: &str, at: u64) -> Result<(), StoreError>;
+    async fn insert_conference(&self, c: &ConferenceRecord) -> Result<(), StoreError>;
+    async fn conference(&self, id: &str) -> Result<Option<ConferenceRecord>, StoreError>;
+    async fn set_locked(&self, id: &str, locked: bool) -> Result<(), StoreError>;
+    async fn end_conference(&self, id: &str, at: u64) -> Result<(), StoreError>;
 
-    fn insert_invite(&self, invite: &InviteRecord) -> Result<(), StoreError>;
+    async fn insert_invite(&self, invite: &InviteRecord) -> Result<(), StoreError>;
     /// Looks an invitation up without using it.
-    fn invite(
+    async fn invite(
         &self,
         token_sha256: &[u8; 32],
         conference: &str,
@@ -253,19 +305,19 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Result<Result<InviteRecord, InviteRefusal>, StoreError>;
     /// Marks the invitation used, if it exists for `conference`, is unused
     /// and unexpired at `now`; atomically, so it is used at most once.
-    fn use_invite(
+    async fn use_invite(
         &self,
         token_sha256: &[u8; 32],
         conference: &str,
         now: u64,
     ) -> Result<Result<InviteRecord, InviteRefusal>, StoreError>;
 
-    fn upsert_participant(&self, p: &ParticipantRecord) -> Result<(), StoreError>;
+    async fn upsert_participant(&self, p: &ParticipantRecord) -> Result<(), StoreError>;
     /// A ticket was issued: the participant, the relay it was sent to and
     /// the audit line, and the claim of its invitation if it used one, in
     /// one transaction. `false` (and nothing written) when the invitation
     /// was used meanwhile or the participant was removed meanwhile.
-    fn record_join(
+    async fn record_join(
         &self,
         p: &ParticipantRecord,
         relay: &str,
@@ -273,14 +325,19 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         event: &AuditEvent,
         invite: Option<&[u8; 32]>,
     ) -> Result<bool, StoreError>;
-    fn participant(
+    async fn participant(
         &self,
         conference: &str,
         id: &str,
     ) -> Result<Option<ParticipantRecord>, StoreError>;
-    fn set_status(&self, conference: &str, id: &str, status: Status) -> Result<(), StoreError>;
+    async fn set_status(
+        &self,
+        conference: &str,
+        id: &str,
+        status: Status,
+    ) -> Result<(), StoreError>;
     /// Moves the participant from `from` to `to`; `false` if it was not in `from`.
-    fn set_status_if(
+    async fn set_status_if(
         &self,
         conference: &str,
         id: &str,
@@ -288,12 +345,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         to: Status,
     ) -> Result<bool, StoreError>;
     /// Participants in the waiting room, oldest first.
-    fn waiting(&self, conference: &str) -> Result<Vec<ParticipantRecord>, StoreError>;
+    async fn waiting(&self, conference: &str) -> Result<Vec<ParticipantRecord>, StoreError>;
 
-    fn add_ban(&self, ban: &Ban) -> Result<(), StoreError>;
+    async fn add_ban(&self, ban: &Ban) -> Result<(), StoreError>;
     /// Whether any ban of `conference` matches the participant id, the
     /// address hash or the invitation.
-    fn is_banned(
+    async fn is_banned(
         &self,
         conference: &str,
         participant_id: Option<&str>,
@@ -301,7 +358,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         invite_sha256: Option<&[u8; 32]>,
     ) -> Result<bool, StoreError>;
 
-    fn add_report(
+    async fn add_report(
         &self,
         conference: &str,
         participant_id: &str,
@@ -309,15 +366,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         at: u64,
     ) -> Result<i64, StoreError>;
     /// Abuse reports, newest first, at most `limit`.
-    fn reports(&self, limit: usize) -> Result<Vec<AbuseReport>, StoreError>;
+    async fn reports(&self, limit: usize) -> Result<Vec<AbuseReport>, StoreError>;
 
-    fn audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
+    async fn audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
     /// The audit log of one conference, oldest first.
-    fn audit_log(&self, conference: &str) -> Result<Vec<AuditEvent>, StoreError>;
+    async fn audit_log(&self, conference: &str) -> Result<Vec<AuditEvent>, StoreError>;
 
     /// Records that `relay` (in `country`, inside the conference's
     /// jurisdiction) carries `conference` as of `now`.
-    fn note_relay(
+    async fn note_relay(
         &self,
         conference: &str,
         relay: &str,
@@ -327,13 +384,83 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Records what `relay` reported carrying, per conference and per
     /// cascade link, kept as the highest counts seen so they outlive the
     /// relay's own; in one transaction.
-    fn record_usage(
+    async fn record_usage(
         &self,
         relay: &str,
         now: u64,
         usage: &[Usage<'_>],
         links: &[LinkUsage<'_>],
     ) -> Result<(), StoreError>;
-    fn links_of(&self, conference: &str) -> Result<Vec<LinkUse>, StoreError>;
-    fn relays_of(&self, conference: &str) -> Result<Vec<RelayUse>, StoreError>;
+    async fn links_of(&self, conference: &str) -> Result<Vec<LinkUse>, StoreError>;
+    async fn relays_of(&self, conference: &str) -> Result<Vec<RelayUse>, StoreError>;
+}
+
+/// Which backend a store is, for the residency report and `/readyz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// An opened store: its records, and on PostgreSQL what router replicas
+/// share besides them.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    pub records: std::sync::Arc<dyn Store>,
+    /// Set on PostgreSQL: relay reports, commands, placements and the
+    /// planner lease go through it.
+    pub postgres: Option<std::sync::Arc<Postgres>>,
+}
+
+impl From<Sqlite> for Handle {
+    fn from(store: Sqlite) -> Self {
+        Handle {
+            records: std::sync::Arc::new(store),
+            postgres: None,
+        }
+    }
+}
+
+impl From<Postgres> for Handle {
+    fn from(store: Postgres) -> Self {
+        let store = std::sync::Arc::new(store);
+        Handle {
+            records: store.clone(),
+            postgres: Some(store),
+        }
+    }
+}
+
+/// The environment variable a PostgreSQL password may come from.
+pub const PASSWORD_ENV: &str = "RR_STORE_PASSWORD";
+
+/// Opens the store at `location`: a SQLite file, or a PostgreSQL database
+/// (its password from the configured file, else [`PASSWORD_ENV`]).
+pub async fn open(location: &crate::policy::StoreLocation) -> Result<Handle, StoreError> {
+    use crate::policy::StoreLocation;
+    match location {
+        StoreLocation::Sqlite(path) => Sqlite::open(path).map(Handle::from),
+        StoreLocation::Postgres(pg) => {
+            let password = match &pg.password_file {
+                Some(file) => Some(
+                    std::fs::read_to_string(file)
+                        .map_err(|e| {
+                            StoreError::new(format!("cannot read {}: {e}", file.display()))
+                        })?
+                        .trim_end_matches(['\r', '\n'])
+                        .to_owned(),
+                ),
+                None => std::env::var(PASSWORD_ENV).ok(),
+            };
+            Postgres::connect(&postgres::Options {
+                url: pg.url.clone(),
+                password,
+                ca: pg.ca.clone(),
+                pool_size: 16,
+            })
+            .await
+            .map(Handle::from)
+        }
+    }
 }

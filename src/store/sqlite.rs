@@ -169,7 +169,7 @@ pub struct Sqlite {
 }
 
 fn err(e: impl std::fmt::Display) -> StoreError {
-    StoreError(e.to_string())
+    StoreError::new(e.to_string())
 }
 
 fn blob32(v: Option<Vec<u8>>) -> Option<[u8; 32]> {
@@ -302,8 +302,17 @@ fn participant_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ParticipantRecor
     })
 }
 
+#[async_trait::async_trait]
 impl Store for Sqlite {
-    fn address_key(&self) -> Result<[u8; 32], StoreError> {
+    fn backend(&self) -> super::Backend {
+        super::Backend::Sqlite
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.with(|db| db.query_row("SELECT 1", [], |_| Ok(())))
+    }
+
+    async fn address_key(&self) -> Result<[u8; 32], StoreError> {
         let existing = self.with(|c| {
             row(
                 c,
@@ -337,7 +346,7 @@ impl Store for Sqlite {
         .map(|v| blob32(Some(v)).unwrap_or(key))
     }
 
-    fn insert_conference(&self, c: &ConferenceRecord) -> Result<(), StoreError> {
+    async fn insert_conference(&self, c: &ConferenceRecord) -> Result<(), StoreError> {
         self.with(|db| {
             exec(
                 db,
@@ -362,7 +371,7 @@ impl Store for Sqlite {
         })
     }
 
-    fn conference(&self, id: &str) -> Result<Option<ConferenceRecord>, StoreError> {
+    async fn conference(&self, id: &str) -> Result<Option<ConferenceRecord>, StoreError> {
         self.with(|db| {
             row(
                 db,
@@ -393,7 +402,7 @@ impl Store for Sqlite {
         })
     }
 
-    fn set_locked(&self, id: &str, locked: bool) -> Result<(), StoreError> {
+    async fn set_locked(&self, id: &str, locked: bool) -> Result<(), StoreError> {
         self.with(|db| {
             exec(
                 db,
@@ -404,7 +413,7 @@ impl Store for Sqlite {
         })
     }
 
-    fn end_conference(&self, id: &str, at: u64) -> Result<(), StoreError> {
+    async fn end_conference(&self, id: &str, at: u64) -> Result<(), StoreError> {
         self.with(|db| {
             exec(
                 db,
@@ -415,7 +424,7 @@ impl Store for Sqlite {
         })
     }
 
-    fn insert_invite(&self, i: &InviteRecord) -> Result<(), StoreError> {
+    async fn insert_invite(&self, i: &InviteRecord) -> Result<(), StoreError> {
         self.with(|db| {
             exec(db,
                 "INSERT INTO invites (token_sha256, conference, participant_id, display_name, role, expires)
@@ -433,7 +442,7 @@ impl Store for Sqlite {
         })
     }
 
-    fn invite(
+    async fn invite(
         &self,
         token_sha256: &[u8; 32],
         conference: &str,
@@ -442,7 +451,7 @@ impl Store for Sqlite {
         self.with(|db| lookup_invite(db, token_sha256, conference, now))
     }
 
-    fn use_invite(
+    async fn use_invite(
         &self,
         token_sha256: &[u8; 32],
         conference: &str,
@@ -467,11 +476,11 @@ impl Store for Sqlite {
         })
     }
 
-    fn upsert_participant(&self, p: &ParticipantRecord) -> Result<(), StoreError> {
+    async fn upsert_participant(&self, p: &ParticipantRecord) -> Result<(), StoreError> {
         self.with(|db| upsert_participant(db, p))
     }
 
-    fn record_join(
+    async fn record_join(
         &self,
         p: &ParticipantRecord,
         relay: &str,
@@ -511,7 +520,7 @@ impl Store for Sqlite {
         Ok(true)
     }
 
-    fn participant(
+    async fn participant(
         &self,
         conference: &str,
         id: &str,
@@ -527,7 +536,12 @@ impl Store for Sqlite {
         })
     }
 
-    fn set_status(&self, conference: &str, id: &str, status: Status) -> Result<(), StoreError> {
+    async fn set_status(
+        &self,
+        conference: &str,
+        id: &str,
+        status: Status,
+    ) -> Result<(), StoreError> {
         self.with(|db| {
             exec(
                 db,
@@ -538,7 +552,7 @@ impl Store for Sqlite {
         })
     }
 
-    fn set_status_if(
+    async fn set_status_if(
         &self,
         conference: &str,
         id: &str,
@@ -555,7 +569,7 @@ impl Store for Sqlite {
         })
     }
 
-    fn waiting(&self, conference: &str) -> Result<Vec<ParticipantRecord>, StoreError> {
+    async fn waiting(&self, conference: &str) -> Result<Vec<ParticipantRecord>, StoreError> {
         self.with(|db| {
             let mut stmt = db.prepare_cached(
                 "SELECT * FROM participants WHERE conference = ?1 AND status = 'waiting'
@@ -566,7 +580,7 @@ impl Store for Sqlite {
         })
     }
 
-    fn add_ban(&self, b: &Ban) -> Result<(), StoreError> {
+    async fn add_ban(&self, b: &Ban) -> Result<(), StoreError> {
         self.with(|db| {
             exec(db,
                 "INSERT INTO bans (conference, participant_id, address_hash, invite_sha256, created)
@@ -583,7 +597,7 @@ impl Store for Sqlite {
         })
     }
 
-    fn is_banned(
+    async fn is_banned(
         &self,
         conference: &str,
         participant_id: Option<&str>,
@@ -606,7 +620,7 @@ impl Store for Sqlite {
         })
     }
 
-    fn add_report(
+    async fn add_report(
         &self,
         conference: &str,
         participant_id: &str,
@@ -624,7 +638,7 @@ impl Store for Sqlite {
         })
     }
 
-    fn reports(&self, limit: usize) -> Result<Vec<AbuseReport>, StoreError> {
+    async fn reports(&self, limit: usize) -> Result<Vec<AbuseReport>, StoreError> {
         self.with(|db| {
             let mut stmt = db.prepare_cached(
                 "SELECT id, conference, participant_id, reason, created FROM abuse_reports
@@ -643,11 +657,11 @@ impl Store for Sqlite {
         })
     }
 
-    fn audit(&self, e: &AuditEvent) -> Result<(), StoreError> {
+    async fn audit(&self, e: &AuditEvent) -> Result<(), StoreError> {
         self.with(|db| insert_audit(db, e))
     }
 
-    fn audit_log(&self, conference: &str) -> Result<Vec<AuditEvent>, StoreError> {
+    async fn audit_log(&self, conference: &str) -> Result<Vec<AuditEvent>, StoreError> {
         self.with(|db| {
             let mut stmt = db.prepare_cached(
                 "SELECT time, conference, event, detail FROM audit WHERE conference = ?1 ORDER BY id",
@@ -665,7 +679,7 @@ impl Store for Sqlite {
         })
     }
 
-    fn note_relay(
+    async fn note_relay(
         &self,
         conference: &str,
         relay: &str,
@@ -675,7 +689,7 @@ impl Store for Sqlite {
         self.with(|db| note_relay(db, conference, relay, country, now))
     }
 
-    fn record_usage(
+    async fn record_usage(
         &self,
         relay: &str,
         now: u64,
@@ -722,7 +736,7 @@ impl Store for Sqlite {
         tx.commit().map_err(err)
     }
 
-    fn links_of(&self, conference: &str) -> Result<Vec<LinkUse>, StoreError> {
+    async fn links_of(&self, conference: &str) -> Result<Vec<LinkUse>, StoreError> {
         self.with(|db| {
             let mut stmt = db.prepare_cached(
                 "SELECT relay, peer, first_seen, last_seen, bytes_in, bytes_out FROM conference_links
@@ -742,7 +756,7 @@ impl Store for Sqlite {
         })
     }
 
-    fn relays_of(&self, conference: &str) -> Result<Vec<RelayUse>, StoreError> {
+    async fn relays_of(&self, conference: &str) -> Result<Vec<RelayUse>, StoreError> {
         self.with(|db| {
             let mut stmt = db.prepare_cached(
                 "SELECT relay, first_seen, last_seen, bytes_in, bytes_out, peak_participants, countries, outside FROM conference_relays
@@ -809,261 +823,4 @@ fn lookup_invite(
         role: Role::parse(&role).unwrap_or(Role::Viewer),
         expires,
     }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn conference(id: &str) -> ConferenceRecord {
-        ConferenceRecord {
-            id: id.into(),
-            tenant: "acme".into(),
-            jurisdiction: "eu".into(),
-            passcode: Some(PasscodeHash {
-                salt: [1; 16],
-                sha256: [2; 32],
-            }),
-            host_token_sha256: [3; 32],
-            locked: false,
-            waiting_room: true,
-            created: 10,
-            ended: None,
-            e2ee: false,
-        }
-    }
-
-    #[test]
-    fn records_survive_reopening_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("nested/router.sqlite");
-        let key = {
-            let s = Sqlite::open(&path).unwrap();
-            s.insert_conference(&conference("eu-a")).unwrap();
-            s.set_locked("eu-a", true).unwrap();
-            s.add_ban(&Ban {
-                conference: "eu-a".into(),
-                participant_id: "p-1".into(),
-                address_hash: [9; 32],
-                invite_sha256: None,
-                created: 11,
-            })
-            .unwrap();
-            s.address_key().unwrap()
-        };
-        let s = Sqlite::open(&path).unwrap();
-        let c = s.conference("eu-a").unwrap().unwrap();
-        assert!(c.locked);
-        assert_eq!(c.passcode, conference("eu-a").passcode);
-        assert_eq!(s.address_key().unwrap(), key);
-        assert!(s.is_banned("eu-a", Some("p-1"), &[0; 32], None).unwrap());
-        assert!(s.is_banned("eu-a", None, &[9; 32], None).unwrap());
-        assert!(!s.is_banned("eu-a", Some("p-2"), &[0; 32], None).unwrap());
-        assert!(!s.is_banned("eu-b", Some("p-1"), &[9; 32], None).unwrap());
-    }
-
-    #[test]
-    fn files_from_before_versioning_are_migrated_and_newer_ones_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("old.sqlite");
-        {
-            let c = Connection::open(&path).unwrap();
-            c.execute_batch(
-                "CREATE TABLE conference_relays (conference TEXT NOT NULL, relay TEXT NOT NULL,
-                 first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL,
-                 PRIMARY KEY (conference, relay));
-                 INSERT INTO conference_relays VALUES ('eu-a', 'de-fra-1', 1, 2);",
-            )
-            .unwrap();
-        }
-        let s = Sqlite::open(&path).unwrap();
-        let used = s.relays_of("eu-a").unwrap();
-        assert_eq!((used[0].last_seen, used[0].bytes_in), (2, 0));
-        drop(s);
-        let newer = dir.path().join("newer.sqlite");
-        Connection::open(&newer)
-            .unwrap()
-            .execute_batch("PRAGMA user_version = 99")
-            .unwrap();
-        let e = Sqlite::open(&newer).unwrap_err();
-        assert!(e.to_string().contains("newer residency-relay"), "{e}");
-    }
-
-    #[test]
-    fn an_invitation_is_used_once_and_not_after_expiry() {
-        let s = Sqlite::in_memory().unwrap();
-        let invite = InviteRecord {
-            token_sha256: [7; 32],
-            conference: "eu-a".into(),
-            participant_id: "p-x".into(),
-            display_name: "Ada".into(),
-            role: Role::Host,
-            expires: 100,
-        };
-        s.insert_invite(&invite).unwrap();
-        s.insert_invite(&InviteRecord {
-            token_sha256: [8; 32],
-            expires: 50,
-            ..invite.clone()
-        })
-        .unwrap();
-        assert_eq!(
-            s.use_invite(&[7; 32], "eu-b", 10).unwrap(),
-            Err(InviteRefusal::Unknown)
-        );
-        assert_eq!(s.use_invite(&[7; 32], "eu-a", 10).unwrap(), Ok(invite));
-        assert_eq!(
-            s.use_invite(&[7; 32], "eu-a", 10).unwrap(),
-            Err(InviteRefusal::Used)
-        );
-        assert_eq!(
-            s.use_invite(&[8; 32], "eu-a", 50).unwrap(),
-            Err(InviteRefusal::Expired)
-        );
-    }
-
-    #[test]
-    fn waiting_room_and_relays_and_audit() {
-        let s = Sqlite::in_memory().unwrap();
-        let p = ParticipantRecord {
-            id: "p-1".into(),
-            conference: "eu-a".into(),
-            display_name: "Bo".into(),
-            role: Role::Speaker,
-            status: Status::Waiting,
-            address_hash: [1; 32],
-            invite_sha256: None,
-            wait_token_sha256: Some([2; 32]),
-            rejoin_sha256: None,
-            relay: None,
-            created: 5,
-        };
-        s.upsert_participant(&p).unwrap();
-        assert_eq!(s.waiting("eu-a").unwrap(), vec![p.clone()]);
-        s.set_status("eu-a", "p-1", Status::Admitted).unwrap();
-        assert!(s.waiting("eu-a").unwrap().is_empty());
-        assert!(
-            s.set_status_if("eu-a", "p-1", Status::Admitted, Status::Joined)
-                .unwrap()
-        );
-        assert!(
-            !s.set_status_if("eu-a", "p-1", Status::Admitted, Status::Joined)
-                .unwrap()
-        );
-        s.set_status("eu-a", "p-1", Status::Admitted).unwrap();
-        assert_eq!(
-            s.participant("eu-a", "p-1").unwrap().unwrap().status,
-            Status::Admitted
-        );
-        s.note_relay("eu-a", "de-fra-1", "DE", 5).unwrap();
-        s.note_relay("eu-a", "de-fra-1", "DE", 9).unwrap();
-        assert_eq!(
-            s.relays_of("eu-a").unwrap(),
-            vec![RelayUse {
-                relay: "de-fra-1".into(),
-                first_seen: 5,
-                last_seen: 9,
-                bytes_in: 0,
-                bytes_out: 0,
-                peak_participants: 0,
-                countries: vec!["DE".into()],
-                outside: false,
-            }]
-        );
-        let usage = |conference, participants, bytes_in, bytes_out| Usage {
-            conference,
-            participants,
-            bytes_in,
-            bytes_out,
-            country: "DE",
-            inside: true,
-        };
-        s.record_usage("de-fra-1", 10, &[usage("eu-a", 3, 100, 200)], &[])
-            .unwrap();
-        s.record_usage(
-            "de-fra-1",
-            11,
-            &[usage("eu-a", 1, 50, 300), usage("eu-b", 1, 1, 1)],
-            &[LinkUsage {
-                conference: "eu-a",
-                peer: "ie-dub-1",
-                bytes_in: 7,
-                bytes_out: 9,
-            }],
-        )
-        .unwrap();
-        let used = &s.relays_of("eu-a").unwrap()[0];
-        assert_eq!(
-            (
-                used.last_seen,
-                used.bytes_in,
-                used.bytes_out,
-                used.peak_participants
-            ),
-            (11, 100, 300, 3)
-        );
-        // A reload declared the relay American, outside the conference's
-        // jurisdiction, while it still carried it: both facts are kept.
-        s.record_usage(
-            "de-fra-1",
-            12,
-            &[Usage {
-                country: "US",
-                inside: false,
-                ..usage("eu-a", 1, 100, 300)
-            }],
-            &[],
-        )
-        .unwrap();
-        s.record_usage("de-fra-1", 13, &[usage("eu-a", 1, 100, 300)], &[])
-            .unwrap();
-        let used = &s.relays_of("eu-a").unwrap()[0];
-        assert_eq!(used.countries, ["DE", "US"]);
-        assert!(used.outside);
-        let links = s.links_of("eu-a").unwrap();
-        assert_eq!(
-            (links[0].peer.as_str(), links[0].bytes_out),
-            ("ie-dub-1", 9)
-        );
-        s.audit(&AuditEvent {
-            time: 1,
-            conference: "eu-a".into(),
-            event: "created".into(),
-            detail: serde_json::json!({"tenant": "acme"}),
-        })
-        .unwrap();
-        assert_eq!(s.audit_log("eu-a").unwrap()[0].detail["tenant"], "acme");
-        assert_eq!(s.add_report("eu-a", "p-1", "spam", 3).unwrap(), 1);
-        // A join claims its invitation with its records, once.
-        s.insert_invite(&InviteRecord {
-            token_sha256: [5; 32],
-            conference: "eu-a".into(),
-            participant_id: "p-2".into(),
-            display_name: "Cy".into(),
-            role: Role::Viewer,
-            expires: 100,
-        })
-        .unwrap();
-        let event = AuditEvent {
-            time: 2,
-            conference: "eu-a".into(),
-            event: "join_accepted".into(),
-            detail: serde_json::json!({}),
-        };
-        let joined = ParticipantRecord {
-            id: "p-2".into(),
-            status: Status::Joined,
-            ..p.clone()
-        };
-        assert!(
-            s.record_join(&joined, "de-fra-1", "DE", &event, Some(&[5; 32]))
-                .unwrap()
-        );
-        assert!(
-            !s.record_join(&joined, "de-fra-1", "DE", &event, Some(&[5; 32]))
-                .unwrap()
-        );
-        assert_eq!(s.audit_log("eu-a").unwrap().len(), 2);
-        assert_eq!(s.reports(10).unwrap()[0].reason, "spam");
-    }
 }

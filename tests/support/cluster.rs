@@ -14,7 +14,6 @@ use residency_relay::http_client::{self, Response};
 use residency_relay::policy::{self, Policy};
 use residency_relay::relay::{self, Identity, RouterLink};
 use residency_relay::router::{self, limits::LimitSettings};
-use residency_relay::store::Sqlite;
 use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -144,7 +143,12 @@ impl Cluster {
                     &format!("\"http://{ip}:{port}\""),
                 );
         }
-        let text = edit(text);
+        let mut text = edit(text);
+        // A router an edit added (a replica) listens on 127.0.2.4.
+        if text.contains("127.0.2.4:8080") {
+            let port = reserved.tcp_port("127.0.2.4");
+            text = text.replace("127.0.2.4:8080", &format!("127.0.2.4:{port}"));
+        }
         let config = dir.path().join("dev.toml");
         std::fs::write(&config, text).unwrap();
         let policy = Arc::new(policy::load(&config).unwrap_or_else(|e| panic!("{e}")));
@@ -157,6 +161,42 @@ impl Cluster {
             cert_lifetime: None,
             tap: None,
             reserved,
+        }
+    }
+
+    /// The dev config with the EU router on PostgreSQL at `store` and a
+    /// second replica of it, `de-fra-router-b` (same jurisdictions, same
+    /// store, listening on 127.0.2.4), edited further by `edit`.
+    pub fn replicated(store: &str, edit: impl Fn(String) -> String) -> Cluster {
+        let store = store.to_owned();
+        Cluster::new(move |text| {
+            let text = text.replace(
+                "store = \"data/de-fra-router.sqlite\"",
+                &format!("store = \"{store}\"\nstore_country = \"DE\""),
+            );
+            let key = text
+                .lines()
+                .find(|l| l.starts_with("signing_key = ") && l.contains("dev-ticket.key"))
+                .unwrap()
+                .to_owned();
+            let replica = format!(
+                "\n[[router]]\nid = \"de-fra-router-b\"\ncountry = \"DE\"\njurisdictions = [\"eu\", \"de\", \"global\"]\nlisten = \"127.0.2.4:8080\"\nurl = \"http://127.0.2.4:8080\"\n{key}\npublic_key = \"97069a8e2b9dcdfc0376daffafc7f95fce34533d5b53cd1ecd218d735028a3ea\"\nadmin_token_sha256 = \"df76ff796f70d2c9cb055ea6280553caa27eda26b70e01082c160de75a05a4a9\"\nstore = \"{store}\"\nstore_country = \"DE\"\n"
+            );
+            // After the last router section, before what follows it.
+            let at = text.find("\n[[router]]\nid = \"us-nyc-router\"").unwrap();
+            let mut text = text;
+            text.insert_str(at, &replica);
+            edit(text)
+        })
+    }
+
+    /// Stops router `id` abruptly, as a killed process would: no clean
+    /// shutdown, its connections simply gone.
+    pub async fn kill_router(&mut self, id: &str) {
+        if let Some(mut r) = self.routers.remove(id) {
+            r.stop.take();
+            r.task.abort();
+            let _ = r.task.await;
         }
     }
 
@@ -196,9 +236,10 @@ impl Cluster {
         let settings = router::Settings {
             policy: self.policy.clone(),
             signing_key: residency_relay::ticket::parse_signing_key(key.trim()).unwrap(),
-            store: Arc::new(Sqlite::open(&me.store).unwrap()),
+            store: residency_relay::store::open(&me.store).await.unwrap(),
             ticket_lifetime: Duration::from_secs(60),
-            limits: LimitSettings::from_policy(&self.policy),
+            limits: LimitSettings::from_policy(&self.policy)
+                .shared_by(self.policy.replicas(&me).len()),
             router: me.clone(),
             source: Some(self.source()),
             reload_on_sighup: false,

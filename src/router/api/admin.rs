@@ -12,7 +12,7 @@ use tracing::info;
 
 use super::{
     ApiError, ApiResult, App, Current, ErrorBody, Manager, bearer, conference, ids, manager,
-    store_failed, unauthorized,
+    store_failed, tell_relays, unauthorized,
 };
 use crate::policy::RelayIdx;
 use crate::router::Shared;
@@ -48,7 +48,11 @@ pub(super) async fn abuse_reports(
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
     admin(&shared, &headers)?;
-    let reports = shared.store.reports(1000).map_err(store_failed(&shared))?;
+    let reports = shared
+        .store
+        .reports(1000)
+        .await
+        .map_err(store_failed(&shared))?;
     Ok(Json(json!({ "reports": reports })))
 }
 
@@ -168,9 +172,12 @@ pub(super) async fn drain_relay(
                 "no such relay in this router's jurisdictions",
             )
         })?;
-    shared
-        .relays
-        .command([shared.policy.relay(relay).id.as_str()], &Action::Drain {});
+    tell_relays(
+        &shared,
+        &[shared.policy.relay(relay).id.clone()],
+        &Action::Drain {},
+    )
+    .await?;
     info!(relay = %relay_id, "drain requested");
     Ok(Json(json!({ "relay": relay_id, "draining": true })))
 }
@@ -247,9 +254,9 @@ pub(super) async fn audit_log(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
-    let (c, _) = conference(&shared, &id)?;
+    let (c, _) = conference(&shared, &id).await?;
     if admin(&shared, &headers).is_err() {
-        match manager(&shared, &headers, &c)? {
+        match manager(&shared, &headers, &c).await? {
             Manager::Tenant => {}
             Manager::Host | Manager::HostPage => {
                 return Err(ApiError::new(
@@ -260,6 +267,10 @@ pub(super) async fn audit_log(
             }
         }
     }
-    let log = shared.store.audit_log(&id).map_err(store_failed(&shared))?;
+    let log = shared
+        .store
+        .audit_log(&id)
+        .await
+        .map_err(store_failed(&shared))?;
     Ok(Json(json!({ "events": log })))
 }

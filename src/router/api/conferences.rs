@@ -8,12 +8,13 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tracing::info;
+use tracing::{info, warn};
 use utoipa::ToSchema;
 
 use super::{
     ApiError, ApiResult, Current, ErrorBody, MAX_NAME, Managed, Manager, audit, check_text, ids,
-    misdirected, moderated_relays, now_unix, parse, store_failed, tenant,
+    misdirected, moderated_relays, now_unix, parse, store_failed, tell_relays, tenant,
+    waiting_changed,
 };
 use crate::store::{ConferenceRecord, InviteRecord, Role};
 use crate::wire::channel::Action;
@@ -140,6 +141,7 @@ pub(super) async fn create_conference(
     shared
         .store
         .insert_conference(&record)
+        .await
         .map_err(store_failed(&shared))?;
     shared
         .metrics
@@ -151,7 +153,7 @@ pub(super) async fn create_conference(
         &id,
         "conference_created",
         json!({ "tenant": tenant.id, "jurisdiction": jid, "passcode": with_passcode, "waiting_room": waiting_room, "e2ee": e2ee }),
-    );
+    ).await;
     info!(tenant = %tenant.id, jurisdiction = %jid, "conference created");
     Ok((
         StatusCode::CREATED,
@@ -186,10 +188,14 @@ pub(super) async fn conference_state(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
-    let Managed { conference: c, .. } = Managed::check(&shared, &id, &headers)?;
+    let Managed { conference: c, .. } = Managed::check(&shared, &id, &headers).await?;
     let live = shared.relays.conference(&id);
     let participants: u32 = live.iter().map(|r| r.load.participants).sum();
-    let used = shared.store.relays_of(&id).map_err(store_failed(&shared))?;
+    let used = shared
+        .store
+        .relays_of(&id)
+        .await
+        .map_err(store_failed(&shared))?;
     let relays: Vec<Value> = used
         .iter()
         .map(|u| {
@@ -259,7 +265,7 @@ pub(super) async fn create_invite(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<impl IntoResponse> {
-    let managed = Managed::check(&shared, &id, &headers)?;
+    let managed = Managed::check(&shared, &id, &headers).await?;
     if managed.by == Manager::HostPage {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -301,13 +307,15 @@ pub(super) async fn create_invite(
             role,
             expires,
         })
+        .await
         .map_err(store_failed(&shared))?;
     audit(
         &shared,
         &id,
         "invite_created",
         json!({ "participant": participant_id, "role": role.as_str(), "expires": expires }),
-    );
+    )
+    .await;
     Ok((
         StatusCode::CREATED,
         Json(json!({
@@ -341,22 +349,28 @@ pub(super) async fn end(
 ) -> ApiResult<Json<Value>> {
     let Managed {
         jurisdiction: j, ..
-    } = Managed::check(&shared, &id, &headers)?.open()?;
+    } = Managed::check(&shared, &id, &headers).await?.open()?;
     let at = now_unix();
     shared
         .store
         .end_conference(&id, at)
+        .await
         .map_err(store_failed(&shared))?;
-    shared.relays.command(
-        moderated_relays(&shared, j, &id).iter().map(String::as_str),
+    tell_relays(
+        &shared,
+        &moderated_relays(&shared, j, &id),
         &Action::End {
             conference: id.clone(),
             at,
         },
-    );
-    shared.relays.forget(&id);
-    shared.waiting_changed.notify_waiters();
+    )
+    .await?;
+    if let Err(e) = crate::router::relays::forget(&shared, &id).await {
+        shared.metrics.store_errors.inc();
+        warn!(error = %e, "cannot forget an ended conference's placement");
+    }
+    waiting_changed(&shared, &id).await;
     shared.metrics.moderation.with_label_values(&["end"]).inc();
-    audit(&shared, &id, "end", json!({}));
+    audit(&shared, &id, "end", json!({})).await;
     Ok(Json(json!({ "id": id, "ended": at })))
 }

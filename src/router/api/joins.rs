@@ -20,6 +20,7 @@ use utoipa::ToSchema;
 use super::{
     ApiError, ApiResult, App, Current, ErrorBody, MAX_NAME, Managed, audit, bearer, check_text,
     client_ip, conference, ended_check, ids, now_unix, parse, store_failed, unauthorized,
+    waiting_changed,
 };
 use crate::policy::{JurisdictionIdx, RelayIdx};
 use crate::router::Shared;
@@ -102,14 +103,14 @@ pub(super) async fn join(
     let started = Instant::now();
     let ip = client_ip(&shared, peer, &headers);
     let request: JoinRequest = parse(&body).map_err(|e| refuse(&shared, None, "bad_request", e))?;
-    let (c, j) = conference(&shared, &id).map_err(|e| {
+    let (c, j) = conference(&shared, &id).await.map_err(|e| {
         if e.status == StatusCode::NOT_FOUND {
             refuse(&shared, None, "unknown_conference", e)
         } else {
             e
         }
     })?;
-    let result = join_checked(&shared, &c, j, ip, request, started);
+    let result = join_checked(&shared, &c, j, ip, request, started).await;
     if let Err(e) = &result {
         if e.code == "store_error" {
             shared.metrics.store_errors.inc();
@@ -118,7 +119,7 @@ pub(super) async fn join(
     result
 }
 
-fn join_checked(
+async fn join_checked(
     shared: &Shared,
     c: &ConferenceRecord,
     j: JurisdictionIdx,
@@ -127,12 +128,12 @@ fn join_checked(
     started: Instant,
 ) -> ApiResult<Response> {
     let now = now_unix();
-    let refused = |reason: &'static str, e: ApiError| {
-        audit(shared, &c.id, "join_refused", json!({ "reason": reason }));
+    let refused = |reason: &'static str, e: ApiError| async move {
+        audit(shared, &c.id, "join_refused", json!({ "reason": reason })).await;
         refuse(shared, Some(j), reason, e)
     };
     if c.ended.is_some() {
-        return Err(refused("ended", ended_check(c).unwrap_err()));
+        return Err(refused("ended", ended_check(c).unwrap_err()).await);
     }
     // Counted as a failure until the credential proves right. Invitations
     // are not guessable and skip the per-conference limit.
@@ -170,7 +171,7 @@ fn join_checked(
             .rsplit_once('.')
             .and_then(|(_, expires)| expires.parse::<u64>().ok())
             .is_some_and(|expires| expires > now);
-        let Some(mut p) = shared.store.participant(&c.id, pid)?.filter(|p| {
+        let Some(mut p) = shared.store.participant(&c.id, pid).await?.filter(|p| {
             unexpired
                 && p.rejoin_sha256
                     .is_some_and(|h| ids::secret_matches(&h, token))
@@ -183,16 +184,19 @@ fn join_checked(
                     "bad_rejoin",
                     "the rejoin token is not valid for this participant, or has expired; join again with the passcode or invitation",
                 ),
-            ));
+            ).await);
         };
         attempt.succeeded();
         if p.status != Status::Joined
-            || shared.store.is_banned(
-                &c.id,
-                Some(&p.id),
-                &p.address_hash,
-                p.invite_sha256.as_ref(),
-            )?
+            || shared
+                .store
+                .is_banned(
+                    &c.id,
+                    Some(&p.id),
+                    &p.address_hash,
+                    p.invite_sha256.as_ref(),
+                )
+                .await?
         {
             return Err(refused(
                 "banned",
@@ -201,13 +205,14 @@ fn join_checked(
                     "banned",
                     "a host removed you from this conference",
                 ),
-            ));
+            )
+            .await);
         }
         let failed = request
             .failed_relay
             .as_deref()
             .and_then(|r| shared.policy.relay_idx(r));
-        let answer = issue_ticket(shared, c, j, ip, &mut p, None, failed)?;
+        let answer = issue_ticket(shared, c, j, ip, &mut p, None, failed).await?;
         return Ok(Json(answer).into_response());
     }
     let address_hash = ids::address_hash(&shared.address_key, ip);
@@ -215,7 +220,7 @@ fn join_checked(
     let (invite, display_name) = match (&request.invite, &request.passcode) {
         (Some(token), _) => {
             let hash = ids::sha256(token);
-            match shared.store.invite(&hash, &c.id, now)? {
+            match shared.store.invite(&hash, &c.id, now).await? {
                 Ok(invite) => {
                     attempt.succeeded();
                     let name = invite.display_name.clone();
@@ -231,7 +236,8 @@ fn join_checked(
                     return Err(refused(
                         "bad_invite",
                         ApiError::new(StatusCode::FORBIDDEN, "bad_invite", message),
-                    ));
+                    )
+                    .await);
                 }
             }
         }
@@ -258,7 +264,8 @@ fn join_checked(
                 return Err(refused(
                     "wrong_passcode",
                     ApiError::new(StatusCode::FORBIDDEN, code, message),
-                ));
+                )
+                .await);
             }
             attempt.succeeded();
             let name = check_text("display_name", &request.display_name, MAX_NAME, true)
@@ -274,7 +281,8 @@ fn join_checked(
                     "passcode_required",
                     "send \"passcode\" or \"invite\"",
                 ),
-            ));
+            )
+            .await);
         }
     };
     let invite_hash = invite.as_ref().map(|i| i.token_sha256);
@@ -284,16 +292,19 @@ fn join_checked(
         None => ids::participant_id()?,
     };
     let banned_before_v6_prefixes = match ids::full_v6_address_hash(&shared.address_key, ip) {
-        Some(full) => shared.store.is_banned(&c.id, None, &full, None)?,
+        Some(full) => shared.store.is_banned(&c.id, None, &full, None).await?,
         None => false,
     };
     if banned_before_v6_prefixes
-        || shared.store.is_banned(
-            &c.id,
-            Some(&participant_id),
-            &address_hash,
-            invite_hash.as_ref(),
-        )?
+        || shared
+            .store
+            .is_banned(
+                &c.id,
+                Some(&participant_id),
+                &address_hash,
+                invite_hash.as_ref(),
+            )
+            .await?
     {
         return Err(refused(
             "banned",
@@ -302,7 +313,8 @@ fn join_checked(
                 "banned",
                 "a host removed you from this conference",
             ),
-        ));
+        )
+        .await);
     }
     if c.locked && role != Role::Host {
         return Err(refused(
@@ -312,7 +324,8 @@ fn join_checked(
                 "locked",
                 "the conference is locked; ask a host to unlock it",
             ),
-        ));
+        )
+        .await);
     }
     let mut record = ParticipantRecord {
         id: participant_id.clone(),
@@ -333,13 +346,14 @@ fn join_checked(
         let wait_token = ids::token("wait")?;
         record.status = Status::Waiting;
         record.wait_token_sha256 = Some(ids::sha256(&wait_token));
-        shared.store.upsert_participant(&record)?;
+        shared.store.upsert_participant(&record).await?;
         audit(
             shared,
             &c.id,
             "waiting",
             json!({ "participant": participant_id }),
-        );
+        )
+        .await;
         shared
             .metrics
             .joins
@@ -358,7 +372,7 @@ fn join_checked(
     }
     // The invitation is claimed with the join's records, atomically: a
     // refusal before that does not burn it, a second use fails there.
-    let answer = issue_ticket(shared, c, j, ip, &mut record, invite_hash.as_ref(), None)?;
+    let answer = issue_ticket(shared, c, j, ip, &mut record, invite_hash.as_ref(), None).await?;
     shared
         .metrics
         .join_seconds
@@ -369,7 +383,7 @@ fn join_checked(
 
 /// Selects a relay inside the jurisdiction for a participant at `ip`, signs
 /// a ticket bound to it, and records the join.
-fn issue_ticket(
+async fn issue_ticket(
     shared: &Shared,
     c: &ConferenceRecord,
     j: JurisdictionIdx,
@@ -389,7 +403,8 @@ fn issue_ticket(
     {
         shared
             .store
-            .relays_of(&c.id)?
+            .relays_of(&c.id)
+            .await?
             .into_iter()
             .max_by_key(|u| u.last_seen)
             .and_then(|u| shared.policy.relay_idx(&u.relay))
@@ -399,12 +414,11 @@ fn issue_ticket(
     // Each participant goes to the best relay inside the jurisdiction;
     // relays already carrying the conference are preferred (stickiness) and
     // are linked to each other by cascade links.
-    let placed = shared.relays.place(
-        &shared.policy,
+    let placed = crate::router::relays::place(
+        shared,
         &c.id,
         hint,
-        Instant::now(),
-        |states, hosting, size| {
+        |states: &[crate::select::RelayState], hosting: &[RelayIdx], size: u32| {
             let max = shared.policy.limits().conference_max_participants;
             if size >= max {
                 return Err((
@@ -435,7 +449,8 @@ fn issue_ticket(
                     )
                 })
         },
-    );
+    )
+    .await?;
     shared
         .metrics
         .route_decisions
@@ -449,7 +464,7 @@ fn issue_ticket(
     let relay = match placed {
         Ok(relay) => relay,
         Err((reason, message)) => {
-            audit(shared, &c.id, "join_refused", json!({ "reason": reason }));
+            audit(shared, &c.id, "join_refused", json!({ "reason": reason })).await;
             // Overload, not a fault: say when to try again.
             let retry = if reason == "conference_full" { 30 } else { 5 };
             return Err(refuse(
@@ -534,7 +549,8 @@ fn issue_ticket(
     };
     if !shared
         .store
-        .record_join(record, &r.id, &r.country.to_string(), &event, invite)?
+        .record_join(record, &r.id, &r.country.to_string(), &event, invite)
+        .await?
     {
         let (reason, message) = if invite.is_some() {
             ("bad_invite", "the invitation was already used")
@@ -625,8 +641,12 @@ pub(super) async fn waiting_list(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
-    Managed::check(&shared, &id, &headers)?;
-    let waiting = shared.store.waiting(&id).map_err(store_failed(&shared))?;
+    Managed::check(&shared, &id, &headers).await?;
+    let waiting = shared
+        .store
+        .waiting(&id)
+        .await
+        .map_err(store_failed(&shared))?;
     let list: Vec<Value> = waiting
         .iter()
         .map(|p| json!({ "participant_id": p.id, "display_name": p.display_name, "since": p.created }))
@@ -671,10 +691,11 @@ pub(super) async fn waiting_poll(
         let changed = shared.waiting_changed.notified();
         tokio::pin!(changed);
         changed.as_mut().enable();
-        let (c, j) = conference(&shared, &id)?;
+        let (c, j) = conference(&shared, &id).await?;
         let mut p = shared
             .store
             .participant(&id, &pid)
+            .await
             .map_err(store_failed(&shared))?
             .filter(|p| {
                 p.wait_token_sha256
@@ -700,12 +721,11 @@ pub(super) async fn waiting_poll(
                 let started = Instant::now();
                 let ip = client_ip(&shared, peer, &headers);
                 // A ban after the admission still holds.
-                if shared.store.is_banned(
-                    &id,
-                    Some(&p.id),
-                    &p.address_hash,
-                    p.invite_sha256.as_ref(),
-                )? {
+                if shared
+                    .store
+                    .is_banned(&id, Some(&p.id), &p.address_hash, p.invite_sha256.as_ref())
+                    .await?
+                {
                     return Err(refuse(
                         &shared,
                         Some(j),
@@ -720,15 +740,19 @@ pub(super) async fn waiting_poll(
                 // One ticket per admission, whatever polls race for it.
                 if !shared
                     .store
-                    .set_status_if(&id, &p.id, Status::Admitted, Status::Joined)?
+                    .set_status_if(&id, &p.id, Status::Admitted, Status::Joined)
+                    .await?
                 {
                     continue;
                 }
-                let answer = match issue_ticket(&shared, &c, j, ip, &mut p, None, None) {
+                let answer = match issue_ticket(&shared, &c, j, ip, &mut p, None, None).await {
                     Ok(answer) => answer,
                     Err(e) => {
                         // Still admitted: the participant may ask again.
-                        shared.store.set_status(&id, &p.id, Status::Admitted)?;
+                        shared
+                            .store
+                            .set_status(&id, &p.id, Status::Admitted)
+                            .await?;
                         return Err(e);
                     }
                 };
@@ -824,10 +848,11 @@ async fn decide(
     headers: &HeaderMap,
     status: Status,
 ) -> ApiResult<Json<Value>> {
-    Managed::check(shared, id, headers)?.open()?;
+    Managed::check(shared, id, headers).await?.open()?;
     let p = shared
         .store
         .participant(id, pid)
+        .await
         .map_err(store_failed(shared))?
         .filter(|p| p.status == Status::Waiting)
         .ok_or_else(|| {
@@ -840,6 +865,7 @@ async fn decide(
     shared
         .store
         .set_status(id, &p.id, status)
+        .await
         .map_err(store_failed(shared))?;
     let action = if status == Status::Admitted {
         "admit"
@@ -847,7 +873,7 @@ async fn decide(
         "deny"
     };
     shared.metrics.moderation.with_label_values(&[action]).inc();
-    audit(shared, id, action, json!({ "participant": p.id }));
-    shared.waiting_changed.notify_waiters();
+    audit(shared, id, action, json!({ "participant": p.id })).await;
+    waiting_changed(shared, id).await;
     Ok(Json(json!({ "participant_id": p.id, "status": status })))
 }

@@ -171,6 +171,9 @@ async fn count(Current(shared): Current, request: Request, next: Next) -> Respon
         .http_requests
         .with_label_values(&[route.as_str(), status.as_str()])
         .inc();
+    if response.extensions().get::<StoreUnavailable>().is_some() {
+        shared.metrics.store_unavailable.inc();
+    }
     // Rejections made by the framework before a handler ran (body too
     // large, undecodable path, wrong method) get the API's error shape too.
     let is_json = response
@@ -196,6 +199,11 @@ async fn count(Current(shared): Current, request: Request, next: Next) -> Respon
     }
     response
 }
+
+/// Marks an answer refused because the store could not be reached (for
+/// `rr_router_store_unavailable_total`).
+#[derive(Debug, Clone, Copy)]
+struct StoreUnavailable;
 
 /// An API error.
 #[derive(Debug)]
@@ -225,6 +233,16 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         warn!(error = %e, "store operation failed");
+        if e.unavailable {
+            return ApiError {
+                retry_after: Some(1),
+                ..ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the router cannot reach its records now; calls in progress go on; try again shortly",
+                )
+            };
+        }
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "store_error",
@@ -254,6 +272,9 @@ impl IntoResponse for ApiError {
             error["problems"] = problems;
         }
         let mut response = (self.status, Json(json!({ "error": error }))).into_response();
+        if self.code == "store_unavailable" {
+            response.extensions_mut().insert(StoreUnavailable);
+        }
         if let Some(secs) = self.retry_after {
             if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
                 response.headers_mut().insert(header::RETRY_AFTER, v);
@@ -424,7 +445,7 @@ fn client_ip(shared: &Shared, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
 }
 
 /// Loads a conference this router serves, or answers 421 / 404.
-fn conference(shared: &Shared, id: &str) -> ApiResult<(ConferenceRecord, JurisdictionIdx)> {
+async fn conference(shared: &Shared, id: &str) -> ApiResult<(ConferenceRecord, JurisdictionIdx)> {
     let not_found = || {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -437,7 +458,7 @@ fn conference(shared: &Shared, id: &str) -> ApiResult<(ConferenceRecord, Jurisdi
     if !shared.me.serves(j) {
         return Err(misdirected(shared, j));
     }
-    let record = shared.store.conference(id)?.ok_or_else(not_found)?;
+    let record = shared.store.conference(id).await?.ok_or_else(not_found)?;
     Ok((record, j))
 }
 
@@ -466,7 +487,7 @@ fn misdirected(shared: &Shared, j: JurisdictionIdx) -> ApiError {
 }
 
 /// Checks the bearer token against the conference's tenant or host token.
-fn manager(shared: &Shared, headers: &HeaderMap, c: &ConferenceRecord) -> ApiResult<Manager> {
+async fn manager(shared: &Shared, headers: &HeaderMap, c: &ConferenceRecord) -> ApiResult<Manager> {
     let Some(token) = bearer(headers) else {
         return Err(unauthorized());
     };
@@ -479,6 +500,7 @@ fn manager(shared: &Shared, headers: &HeaderMap, c: &ConferenceRecord) -> ApiRes
         let host = shared
             .store
             .participant(&c.id, &pid)
+            .await
             .map_err(store_failed(shared))?
             .is_some_and(|p| p.role == Role::Host && p.status == Status::Joined);
         return if host {
@@ -499,16 +521,41 @@ fn manager(shared: &Shared, headers: &HeaderMap, c: &ConferenceRecord) -> ApiRes
     }
 }
 
-fn audit(shared: &Shared, conference: &str, event: &str, detail: Value) {
+async fn audit(shared: &Shared, conference: &str, event: &str, detail: Value) {
     let entry = AuditEvent {
         time: now_unix(),
         conference: conference.to_owned(),
         event: event.to_owned(),
         detail,
     };
-    if let Err(e) = shared.store.audit(&entry) {
+    if let Err(e) = shared.store.audit(&entry).await {
         shared.metrics.store_errors.inc();
         warn!(error = %e, event, "audit log write failed");
+    }
+}
+
+/// Queues `action` for `relays` (see [`crate::router::relays::send`]):
+/// stored before the request is answered.
+async fn tell_relays(
+    shared: &Shared,
+    relays: &[String],
+    action: &crate::wire::channel::Action,
+) -> ApiResult<()> {
+    let relays: Vec<&str> = relays.iter().map(String::as_str).collect();
+    crate::router::relays::send(shared, &relays, action)
+        .await
+        .map_err(store_failed(shared))
+}
+
+/// Wakes the waiting-room polls of `conference` held here and, with
+/// replicas, on the others.
+async fn waiting_changed(shared: &Shared, conference: &str) {
+    shared.waiting_changed.notify_waiters();
+    if let Some(pg) = &shared.cluster {
+        if let Err(e) = pg.announce_waiting(conference).await {
+            shared.metrics.store_errors.inc();
+            warn!(error = %e, "cannot announce a waiting-room decision to the other replicas");
+        }
     }
 }
 
@@ -562,9 +609,9 @@ impl Managed {
     /// jurisdiction, `404` if there is none) and checks the bearer token
     /// against its tenant's API key, its host token and its hosts' manage
     /// tokens (`401`; `404` for another tenant's conference), in that order.
-    fn check(shared: &Shared, id: &str, headers: &HeaderMap) -> ApiResult<Managed> {
-        let (conference, jurisdiction) = conference(shared, id)?;
-        let by = manager(shared, headers, &conference)?;
+    async fn check(shared: &Shared, id: &str, headers: &HeaderMap) -> ApiResult<Managed> {
+        let (conference, jurisdiction) = conference(shared, id).await?;
+        let by = manager(shared, headers, &conference).await?;
         Ok(Managed {
             conference,
             jurisdiction,

@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 
 use super::{
     ApiError, ApiResult, Current, ErrorBody, Managed, audit, check_text, moderated_relays,
-    now_unix, parse, store_failed,
+    now_unix, parse, store_failed, tell_relays, waiting_changed,
 };
 use crate::router::Shared;
 use crate::store::{Ban, Status};
@@ -44,7 +44,7 @@ pub(super) async fn lock(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
-    set_lock(&shared, &id, &headers, true)
+    set_lock(&shared, &id, &headers, true).await
 }
 
 /// Unlocks the conference.
@@ -67,23 +67,24 @@ pub(super) async fn unlock(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
-    set_lock(&shared, &id, &headers, false)
+    set_lock(&shared, &id, &headers, false).await
 }
 
-fn set_lock(
+async fn set_lock(
     shared: &Shared,
     id: &str,
     headers: &HeaderMap,
     locked: bool,
 ) -> ApiResult<Json<Value>> {
-    Managed::check(shared, id, headers)?.open()?;
+    Managed::check(shared, id, headers).await?.open()?;
     shared
         .store
         .set_locked(id, locked)
+        .await
         .map_err(store_failed(shared))?;
     let action = if locked { "lock" } else { "unlock" };
     shared.metrics.moderation.with_label_values(&[action]).inc();
-    audit(shared, id, action, json!({}));
+    audit(shared, id, action, json!({})).await;
     Ok(Json(json!({ "id": id, "locked": locked })))
 }
 
@@ -126,7 +127,7 @@ pub(super) async fn kick(
 ) -> ApiResult<Json<Value>> {
     let Managed {
         jurisdiction: j, ..
-    } = Managed::check(&shared, &id, &headers)?;
+    } = Managed::check(&shared, &id, &headers).await?;
     let request: KickRequest = parse(&body)?;
     let reason = check_text(
         "reason",
@@ -137,6 +138,7 @@ pub(super) async fn kick(
     let p = shared
         .store
         .participant(&id, &pid)
+        .await
         .map_err(store_failed(&shared))?
         .ok_or_else(|| {
             ApiError::new(
@@ -148,6 +150,7 @@ pub(super) async fn kick(
     shared
         .store
         .set_status(&id, &pid, Status::Kicked)
+        .await
         .map_err(store_failed(&shared))?;
     if request.ban {
         shared
@@ -159,28 +162,32 @@ pub(super) async fn kick(
                 invite_sha256: p.invite_sha256,
                 created: now_unix(),
             })
+            .await
             .map_err(store_failed(&shared))?;
         shared.metrics.moderation.with_label_values(&["ban"]).inc();
     }
     shared.metrics.moderation.with_label_values(&["kick"]).inc();
     // Every relay of the jurisdiction: the participant may hold a ticket for
     // any of them that it has not used yet.
-    shared.relays.command(
-        moderated_relays(&shared, j, &id).iter().map(String::as_str),
+    tell_relays(
+        &shared,
+        &moderated_relays(&shared, j, &id),
         &Action::Kick {
             conference: id.clone(),
             participant: pid.clone(),
             reason,
             at: now_unix(),
         },
-    );
-    shared.waiting_changed.notify_waiters();
+    )
+    .await?;
+    waiting_changed(&shared, &id).await;
     audit(
         &shared,
         &id,
         "kick",
         json!({ "participant": pid, "ban": request.ban }),
-    );
+    )
+    .await;
     Ok(Json(
         json!({ "participant_id": pid, "kicked": true, "banned": request.ban }),
     ))
@@ -220,12 +227,13 @@ pub(super) async fn report_abuse(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<impl IntoResponse> {
-    Managed::check(&shared, &id, &headers)?;
+    Managed::check(&shared, &id, &headers).await?;
     let request: ReportRequest = parse(&body)?;
     let reason = check_text("reason", &request.reason, MAX_REASON, true)?;
     if shared
         .store
         .participant(&id, &pid)
+        .await
         .map_err(store_failed(&shared))?
         .is_none()
     {
@@ -238,6 +246,7 @@ pub(super) async fn report_abuse(
     let report = shared
         .store
         .add_report(&id, &pid, &reason, now_unix())
+        .await
         .map_err(store_failed(&shared))?;
     shared
         .metrics
@@ -249,6 +258,7 @@ pub(super) async fn report_abuse(
         &id,
         "abuse_report",
         json!({ "participant": pid, "report": report }),
-    );
+    )
+    .await;
     Ok((StatusCode::CREATED, Json(json!({ "report_id": report }))))
 }

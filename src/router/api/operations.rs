@@ -17,10 +17,14 @@ pub(super) async fn metrics(Current(shared): Current) -> impl IntoResponse {
 }
 
 pub(super) async fn readyz(Current(shared): Current) -> impl IntoResponse {
-    if shared.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n")
-    } else {
+    if !shared.ready.load(Ordering::Relaxed) {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+    } else if !shared.store_up.load(Ordering::Relaxed) {
+        // Joins would fail: a load balancer sends them to a replica that
+        // reaches the store (relays' reports still come here).
+        (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n")
+    } else {
+        (StatusCode::OK, "ready\n")
     }
 }
 

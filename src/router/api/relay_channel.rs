@@ -113,14 +113,23 @@ pub(super) async fn relay_report(
     // Outside a conference's jurisdiction, a relay is believed only about
     // conferences the router placed on it (before a policy change): it
     // cannot inflate other conferences' sizes or records.
-    let placed_here = |conference: &str| {
-        shared
-            .store
-            .relays_of(conference)
-            .is_ok_and(|used| used.iter().any(|u| u.relay == relay_id))
+    let mut placed_here = std::collections::HashSet::new();
+    let outside: std::collections::BTreeSet<&str> = report
+        .conferences
+        .iter()
+        .map(|c| c.id.as_str())
+        .chain(report.links.iter().map(|l| l.conference.as_str()))
+        .filter(|c| ours(c) && !inside_of(c))
+        .collect();
+    for conference in outside {
+        let used = shared.store.relays_of(conference).await;
+        if used.is_ok_and(|used| used.iter().any(|u| u.relay == relay_id)) {
+            placed_here.insert(conference.to_owned());
+        }
+    }
+    let believed = |conference: &str| {
+        ours(conference) && (inside_of(conference) || placed_here.contains(conference))
     };
-    let believed =
-        |conference: &str| ours(conference) && (inside_of(conference) || placed_here(conference));
     report.conferences.retain(|c| believed(&c.id));
     report.links.retain(|l| believed(&l.conference));
     let inside = relay.is_some_and(|relay| {
@@ -151,9 +160,36 @@ pub(super) async fn relay_report(
     } else {
         (Vec::new(), Vec::new())
     };
+    let (report_epoch, ack) = (report.epoch, report.ack);
+    // With replicas, the others learn the relay's state from the store.
+    let to_share = shared
+        .cluster
+        .as_ref()
+        .and_then(|_| serde_json::to_string(&report).ok());
     let recorded = shared.relays.record(&relay_id, report, Instant::now());
-    let commands = recorded.commands;
     let notify = recorded.notify;
+    if let (Some(pg), Some(json)) = (&shared.cluster, to_share) {
+        if let Err(e) = pg.publish_report(&relay_id, &shared.me.id, &json).await {
+            shared.metrics.store_errors.inc();
+            warn!(error = %e, "cannot share a relay report with the other replicas");
+        }
+    }
+    // Commands wait in the store with replicas: one the store cannot give
+    // now comes with a later report (the relay's calls are not affected).
+    let pending = |ack: u64| {
+        let shared = &shared;
+        let relay_id = &relay_id;
+        async move {
+            crate::router::relays::pending(shared, relay_id, report_epoch, ack)
+                .await
+                .unwrap_or_else(|e| {
+                    shared.metrics.store_errors.inc();
+                    warn!(error = %e, "cannot read the relay's commands");
+                    Vec::new()
+                })
+        }
+    };
+    let commands = pending(ack).await;
     // What the relay carried is written every few seconds (and when it
     // drains), and at once for conferences and links that just left it.
     // With the facts of the policy in force: the relay's country, and
@@ -185,6 +221,7 @@ pub(super) async fn relay_report(
         if let Err(e) = shared
             .store
             .record_usage(&relay_id, now_unix(), &usage, &links)
+            .await
         {
             shared.metrics.store_errors.inc();
             warn!(error = %e, "cannot record relay usage");
@@ -233,7 +270,10 @@ pub(super) async fn relay_report(
             .inc_by(u64::from(count));
         // Only conferences this router holds get the line (a forged
         // ticket may name any id).
-        if matches!(shared.store.conference(&event.conference), Ok(Some(_))) {
+        if matches!(
+            shared.store.conference(&event.conference).await,
+            Ok(Some(_))
+        ) {
             audit(
                 &shared,
                 &event.conference,
@@ -247,7 +287,8 @@ pub(super) async fn relay_report(
                     "relay_time": event.at,
                     "count": count,
                 }),
-            );
+            )
+            .await;
         }
     }
     let epoch = shared.relays.epoch();
@@ -259,6 +300,6 @@ pub(super) async fn relay_report(
     let _ = tokio::time::timeout(crate::wire::channel::HOLD, notified).await;
     Ok(Json(ReportReply {
         epoch,
-        commands: shared.relays.commands(&relay_id),
+        commands: pending(0).await,
     }))
 }

@@ -33,13 +33,25 @@ pub(super) async fn residency_report(
         conference: c,
         jurisdiction: j,
         ..
-    } = Managed::check(&shared, &id, &headers)?;
+    } = Managed::check(&shared, &id, &headers).await?;
     let jurisdiction = shared.policy.jurisdiction(j);
     let live = shared.relays.conference(&id);
     let live_links = shared.relays.conference_links(&id);
-    let used = shared.store.relays_of(&id).map_err(store_failed(&shared))?;
-    let links = shared.store.links_of(&id).map_err(store_failed(&shared))?;
-    let log = shared.store.audit_log(&id).map_err(store_failed(&shared))?;
+    let used = shared
+        .store
+        .relays_of(&id)
+        .await
+        .map_err(store_failed(&shared))?;
+    let links = shared
+        .store
+        .links_of(&id)
+        .await
+        .map_err(store_failed(&shared))?;
+    let log = shared
+        .store
+        .audit_log(&id)
+        .await
+        .map_err(store_failed(&shared))?;
     let relay_facts = |relay_id: &str| {
         shared.policy.relay_idx(relay_id).map(|r| {
             let relay = shared.policy.relay(r);

@@ -1,0 +1,1487 @@
+//! [`Store`] on PostgreSQL, shared by the router replicas of a group of
+//! jurisdictions, and the state those replicas must agree on besides the
+//! records.
+//!
+//! Any replica answers any request, so everything one replica decides that
+//! another may need lives here, each piece with the pattern that keeps
+//! replicas correct when two act at once or one dies:
+//!
+//! - **Records** (conferences, invitations, participants, bans, abuse
+//!   reports, the audit log, relay and link use): the same transactions as
+//!   the SQLite store, written before the request is answered, so nothing a
+//!   replica answered is lost when it dies. Conditional updates (an
+//!   invitation used once, a status moved only from the state it was in, a
+//!   kicked participant never rejoined) are single statements whose `WHERE`
+//!   makes the race safe under PostgreSQL's row locks. Audit lines are not
+//!   batched: each is written with the request that caused it.
+//! - **Relay reports** (`relay_reports`): whichever replica a relay reports
+//!   to upserts its last report with a fresh `version` from a sequence; the
+//!   others read rows newer than the last version they saw every quarter
+//!   second. Staleness (`STALE_AFTER`, 3 s) is measured by each replica from
+//!   when it saw a row change, so replicas' clocks never need to agree.
+//! - **Commands to relays** (`relay_commands`): numbered per relay from a
+//!   counter row (`relay_command_seq`) locked by the inserting transaction,
+//!   so numbers commit in order and a relay's acknowledgement of `n` means
+//!   every command up to `n`; any replica may insert one and `NOTIFY`s
+//!   `rr_commands`; the replica the relay's report is held on wakes and
+//!   delivers it; an acknowledged command is deleted by whichever replica
+//!   receives the acknowledgement. The numbering's epoch is the store's
+//!   (`meta.command_epoch`), so a relay switching replicas keeps its place.
+//! - **Placements** (`placements`): the first relay a conference was given.
+//!   The first writer wins (`INSERT … ON CONFLICT DO UPDATE … WHERE` the
+//!   existing row is stale), so two first joins racing on two replicas
+//!   agree on one relay.
+//! - **Link planning** (`leases`): one replica plans cascade links and
+//!   residency moves at a time, under a lease it renews every quarter
+//!   second. Taking a lease over raises its `term`; every command the
+//!   planner issues is inserted in a transaction that first locks the lease
+//!   row `FOR SHARE` and checks it still holds that term, so a planner that
+//!   lost its lease (paused, partitioned) cannot command a link after the
+//!   new one has started: the fencing is done by the database that holds
+//!   the commands.
+//! - **Rate limits** stay in each replica's memory, each enforcing its share
+//!   of the limit (see [`crate::router::limits`]): a limit must hold when the
+//!   store is slow or down, which is when floods arrive.
+//!
+//! Times in records are Unix seconds from the replica that wrote them, as in
+//! SQLite; leases and placements use the database's clock (`now()`), the
+//! one clock every replica shares.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tracing::{info, warn};
+
+use super::{
+    AbuseReport, AuditEvent, Ban, ConferenceRecord, InviteRecord, InviteRefusal, LinkUsage,
+    LinkUse, ParticipantRecord, PasscodeHash, RelayUse, Role, Status, Store, StoreError, Usage,
+};
+
+/// Schema version this code writes (`meta.schema_version`).
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BYTEA NOT NULL);
+CREATE TABLE IF NOT EXISTS conferences (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    jurisdiction TEXT NOT NULL,
+    passcode_salt BYTEA,
+    passcode_sha256 BYTEA,
+    host_token_sha256 BYTEA NOT NULL,
+    locked BOOLEAN NOT NULL,
+    waiting_room BOOLEAN NOT NULL,
+    created BIGINT NOT NULL,
+    ended BIGINT,
+    e2ee BOOLEAN NOT NULL DEFAULT FALSE
+);
+CREATE TABLE IF NOT EXISTS invites (
+    token_sha256 BYTEA PRIMARY KEY,
+    conference TEXT NOT NULL,
+    participant_id TEXT NOT NULL,
+    display_name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    expires BIGINT NOT NULL,
+    used BOOLEAN NOT NULL DEFAULT FALSE
+);
+CREATE TABLE IF NOT EXISTS participants (
+    conference TEXT NOT NULL,
+    id TEXT NOT NULL,
+    display_name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    status TEXT NOT NULL,
+    address_hash BYTEA NOT NULL,
+    invite_sha256 BYTEA,
+    wait_token_sha256 BYTEA,
+    rejoin_sha256 BYTEA,
+    relay TEXT,
+    created BIGINT NOT NULL,
+    PRIMARY KEY (conference, id)
+);
+CREATE INDEX IF NOT EXISTS participants_status ON participants (conference, status);
+CREATE TABLE IF NOT EXISTS bans (
+    id BIGSERIAL PRIMARY KEY,
+    conference TEXT NOT NULL,
+    participant_id TEXT NOT NULL,
+    address_hash BYTEA NOT NULL,
+    invite_sha256 BYTEA,
+    created BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS bans_conference ON bans (conference);
+CREATE TABLE IF NOT EXISTS abuse_reports (
+    id BIGSERIAL PRIMARY KEY,
+    conference TEXT NOT NULL,
+    participant_id TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    created BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id BIGSERIAL PRIMARY KEY,
+    time BIGINT NOT NULL,
+    conference TEXT NOT NULL,
+    event TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_conference ON audit (conference, id);
+CREATE TABLE IF NOT EXISTS conference_relays (
+    conference TEXT NOT NULL,
+    relay TEXT NOT NULL,
+    first_seen BIGINT NOT NULL,
+    last_seen BIGINT NOT NULL,
+    bytes_in BIGINT NOT NULL DEFAULT 0,
+    bytes_out BIGINT NOT NULL DEFAULT 0,
+    peak_participants BIGINT NOT NULL DEFAULT 0,
+    countries TEXT NOT NULL DEFAULT '',
+    outside BOOLEAN NOT NULL DEFAULT FALSE,
+    PRIMARY KEY (conference, relay)
+);
+CREATE TABLE IF NOT EXISTS conference_links (
+    conference TEXT NOT NULL,
+    relay TEXT NOT NULL,
+    peer TEXT NOT NULL,
+    first_seen BIGINT NOT NULL,
+    last_seen BIGINT NOT NULL,
+    bytes_in BIGINT NOT NULL DEFAULT 0,
+    bytes_out BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (conference, relay, peer)
+);
+CREATE SEQUENCE IF NOT EXISTS relay_report_version;
+CREATE TABLE IF NOT EXISTS relay_reports (
+    relay TEXT PRIMARY KEY,
+    router TEXT NOT NULL,
+    report TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    received TIMESTAMPTZ NOT NULL
+);
+CREATE INDEX IF NOT EXISTS relay_reports_version ON relay_reports (version);
+CREATE TABLE IF NOT EXISTS relay_command_seq (relay TEXT PRIMARY KEY, last BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS relay_commands (
+    relay TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    action TEXT NOT NULL,
+    PRIMARY KEY (relay, seq)
+);
+CREATE TABLE IF NOT EXISTS placements (
+    conference TEXT PRIMARY KEY,
+    relay TEXT NOT NULL,
+    at TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    term BIGINT NOT NULL,
+    expires TIMESTAMPTZ NOT NULL
+);
+";
+
+/// The `NOTIFY` channel a new command is announced on (payload: relay id).
+const COMMANDS_CHANNEL: &str = "rr_commands";
+
+/// The `NOTIFY` channel a waiting-room decision is announced on (payload:
+/// conference id).
+const WAITING_CHANNEL: &str = "rr_waiting";
+
+/// Commands kept per relay; beyond it the oldest go (a relay that far
+/// behind is not reporting).
+const MAX_COMMANDS: i64 = 10_000;
+
+/// How long a request waits for a connection, or for one to be made: past
+/// it the store counts as unavailable and joins answer 503 at once.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A relay's last report as another replica stored it.
+#[derive(Debug, Clone)]
+pub struct SharedReport {
+    pub relay: String,
+    /// The report, JSON.
+    pub report: String,
+    pub version: i64,
+    /// How long ago it was received, by the database's clock.
+    pub age: Duration,
+}
+
+/// How to reach the database.
+#[derive(Clone)]
+pub struct Options {
+    /// `postgres://user@host:port/db?…` or `host=… dbname=…`, without a
+    /// password (config refuses one there).
+    pub url: String,
+    pub password: Option<String>,
+    /// PEM file of the CA that signed the server's certificate: connections
+    /// then use TLS (rustls) and verify the server's name against it.
+    pub ca: Option<std::path::PathBuf>,
+    /// Connections in the pool.
+    pub pool_size: usize,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("url", &self.url)
+            .field("password", &self.password.as_ref().map(|_| "(hidden)"))
+            .field("ca", &self.ca)
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
+}
+
+#[derive(Clone)]
+enum Tls {
+    None,
+    Rustls(tokio_postgres_rustls::MakeRustlsConnect),
+}
+
+/// The PostgreSQL store of a group of router replicas.
+pub struct Postgres {
+    pool: Pool,
+    config: tokio_postgres::Config,
+    tls: Tls,
+    /// Where it is, for logs (no password).
+    url: String,
+    command_epoch: u64,
+}
+
+impl std::fmt::Debug for Postgres {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Postgres")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether an error means the database could not be reached (as opposed to
+/// a statement it refused).
+fn is_unavailable(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.code() {
+        None => e.as_db_error().is_none(),
+        Some(code) => {
+            code.code().starts_with("08")
+                || *code == SqlState::ADMIN_SHUTDOWN
+                || *code == SqlState::CRASH_SHUTDOWN
+                || *code == SqlState::CANNOT_CONNECT_NOW
+                || *code == SqlState::TOO_MANY_CONNECTIONS
+                || *code == SqlState::QUERY_CANCELED
+        }
+    }
+}
+
+fn err(e: tokio_postgres::Error) -> StoreError {
+    if is_unavailable(&e) {
+        StoreError::unavailable(format!("database unavailable: {e}"))
+    } else {
+        StoreError::new(format!("database: {e}"))
+    }
+}
+
+fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
+    use deadpool_postgres::PoolError;
+    match e {
+        PoolError::Backend(e) => err(e),
+        other => StoreError::unavailable(format!("database unavailable: {other}")),
+    }
+}
+
+fn blob32(v: Option<Vec<u8>>) -> Option<[u8; 32]> {
+    v.and_then(|b| b.try_into().ok())
+}
+
+fn rustls_config(ca: &Path) -> Result<rustls::ClientConfig, StoreError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca)
+        .map_err(|e| StoreError::new(format!("{}: {e}", ca.display())))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| StoreError::new(format!("{}: {e}", ca.display())))?;
+        roots
+            .add(cert)
+            .map_err(|e| StoreError::new(format!("{}: {e}", ca.display())))?;
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StoreError::new(e.to_string()))
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+}
+
+impl Postgres {
+    /// Connects, creates or upgrades the schema (one replica at a time,
+    /// under an advisory lock) and reads the command epoch.
+    pub async fn connect(options: &Options) -> Result<Postgres, StoreError> {
+        let mut config: tokio_postgres::Config = options
+            .url
+            .parse()
+            .map_err(|e| StoreError::new(format!("store '{}': {e}", options.url)))?;
+        if let Some(p) = &options.password {
+            config.password(p.as_bytes());
+        }
+        config.connect_timeout(CONNECT_TIMEOUT);
+        config.application_name("residency-relay");
+        // A statement stuck behind a lock must not hold a join for long.
+        config.options("-c statement_timeout=5000 -c lock_timeout=2000");
+        let tls = match &options.ca {
+            Some(ca) => Tls::Rustls(tokio_postgres_rustls::MakeRustlsConnect::new(
+                rustls_config(ca)?,
+            )),
+            None => Tls::None,
+        };
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match &tls {
+            Tls::None => {
+                Manager::from_config(config.clone(), tokio_postgres::NoTls, manager_config)
+            }
+            Tls::Rustls(t) => Manager::from_config(config.clone(), t.clone(), manager_config),
+        };
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size.max(2))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(CONNECT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(|e| StoreError::new(format!("store '{}': {e}", options.url)))?;
+        let mut store = Postgres {
+            pool,
+            config,
+            tls,
+            url: options.url.clone(),
+            command_epoch: 0,
+        };
+        store.migrate().await?;
+        store.command_epoch = store.epoch().await?;
+        info!(store = %store.url, "PostgreSQL store ready");
+        Ok(store)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(pool_err)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(err)?;
+        // Replicas starting together create the schema one at a time.
+        tx.execute("SELECT pg_advisory_xact_lock(7240511)", &[])
+            .await
+            .map_err(err)?;
+        tx.batch_execute(SCHEMA).await.map_err(err)?;
+        let version = tx
+            .query_opt("SELECT value FROM meta WHERE key = 'schema_version'", &[])
+            .await
+            .map_err(err)?
+            .map(|r| r.get::<_, Vec<u8>>(0))
+            .and_then(|v| <[u8; 8]>::try_from(v).ok())
+            .map(i64::from_be_bytes);
+        match version {
+            Some(v) if v > SCHEMA_VERSION => {
+                return Err(StoreError::new(format!(
+                    "the store was written by a newer residency-relay (schema {v}, this one knows {SCHEMA_VERSION}); upgrade the router"
+                )));
+            }
+            Some(v) if v == SCHEMA_VERSION => {}
+            _ => {
+                // Version 1 is the first: later versions add their steps
+                // here, each from the version before.
+                tx.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', $1)
+                     ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                    &[&SCHEMA_VERSION.to_be_bytes().to_vec()],
+                )
+                .await
+                .map_err(err)?;
+            }
+        }
+        tx.commit().await.map_err(err)
+    }
+
+    /// A value kept in `meta`, made with `make` on first use; of two
+    /// replicas racing, the first insert wins and both read it.
+    async fn meta_or(&self, key: &str, make: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+                &[&key, &make],
+            )
+            .await
+            .map_err(err)?;
+        client
+            .query_one("SELECT value FROM meta WHERE key = $1", &[&key])
+            .await
+            .map(|r| r.get(0))
+            .map_err(err)
+    }
+
+    async fn epoch(&self) -> Result<u64, StoreError> {
+        let mut fresh = [0u8; 8];
+        getrandom::fill(&mut fresh).map_err(|e| StoreError::new(e.to_string()))?;
+        let v = self.meta_or("command_epoch", fresh.to_vec()).await?;
+        let bytes = <[u8; 8]>::try_from(v.as_slice())
+            .map_err(|_| StoreError::new("meta.command_epoch is not 8 bytes"))?;
+        Ok(u64::from_be_bytes(bytes).max(1))
+    }
+
+    /// The numbering epoch of commands to relays, shared by every replica.
+    pub fn command_epoch(&self) -> u64 {
+        self.command_epoch
+    }
+
+    /// Where the database is (no password).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Stores `relay`'s last report (JSON) as received by `router`.
+    pub async fn publish_report(
+        &self,
+        relay: &str,
+        router: &str,
+        report: &str,
+    ) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "INSERT INTO relay_reports (relay, router, report, version, received)
+                 VALUES ($1, $2, $3, nextval('relay_report_version'), now())
+                 ON CONFLICT (relay) DO UPDATE SET router = EXCLUDED.router,
+                 report = EXCLUDED.report, version = EXCLUDED.version, received = now()",
+            )
+            .await
+            .map_err(err)?;
+        client
+            .execute(&stmt, &[&relay, &router, &report])
+            .await
+            .map(|_| ())
+            .map_err(err)
+    }
+
+    /// Reports other routers received since `version`, oldest first.
+    pub async fn reports_since(
+        &self,
+        version: i64,
+        me: &str,
+    ) -> Result<Vec<SharedReport>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT relay, report, version,
+                 GREATEST(EXTRACT(EPOCH FROM now() - received)::float8, 0)
+                 FROM relay_reports WHERE version > $1 AND router <> $2 ORDER BY version",
+            )
+            .await
+            .map_err(err)?;
+        let rows = client.query(&stmt, &[&version, &me]).await.map_err(err)?;
+        Ok(rows
+            .iter()
+            .map(|r| SharedReport {
+                relay: r.get(0),
+                report: r.get(1),
+                version: r.get(2),
+                age: Duration::try_from_secs_f64(r.get(3)).unwrap_or(Duration::MAX),
+            })
+            .collect())
+    }
+
+    /// Queues `action` (JSON) for each of `relays`, numbered per relay, and
+    /// announces it. With `fence` (holder, term), only while that holder
+    /// still holds the planner lease with that term; `false` if it does not
+    /// (nothing queued).
+    pub async fn push_commands(
+        &self,
+        relays: &[&str],
+        action: &str,
+        fence: Option<(&str, i64)>,
+    ) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(err)?;
+        if let Some((holder, term)) = fence {
+            let held = tx
+                .query_opt(
+                    "SELECT 1 FROM leases WHERE name = 'planner' AND holder = $1 AND term = $2
+                     AND expires > now() FOR SHARE",
+                    &[&holder, &term],
+                )
+                .await
+                .map_err(err)?;
+            if held.is_none() {
+                return Ok(false);
+            }
+        }
+        let next = tx
+            .prepare_cached(
+                "INSERT INTO relay_command_seq (relay, last) VALUES ($1, 1)
+                 ON CONFLICT (relay) DO UPDATE SET last = relay_command_seq.last + 1
+                 RETURNING last",
+            )
+            .await
+            .map_err(err)?;
+        let insert = tx
+            .prepare_cached("INSERT INTO relay_commands (relay, seq, action) VALUES ($1, $2, $3)")
+            .await
+            .map_err(err)?;
+        let trim = tx
+            .prepare_cached("DELETE FROM relay_commands WHERE relay = $1 AND seq <= $2")
+            .await
+            .map_err(err)?;
+        for relay in relays {
+            let seq: i64 = tx.query_one(&next, &[relay]).await.map_err(err)?.get(0);
+            tx.execute(&insert, &[relay, &seq, &action])
+                .await
+                .map_err(err)?;
+            if seq > MAX_COMMANDS && seq % 1000 == 0 {
+                tx.execute(&trim, &[relay, &(seq - MAX_COMMANDS)])
+                    .await
+                    .map_err(err)?;
+            }
+            tx.execute("SELECT pg_notify($1, $2)", &[&COMMANDS_CHANNEL, relay])
+                .await
+                .map_err(err)?;
+        }
+        tx.commit().await.map_err(err)?;
+        Ok(true)
+    }
+
+    /// Drops `relay`'s commands up to `ack` (when given) and returns those
+    /// left: (seq, action JSON), in order.
+    pub async fn commands(
+        &self,
+        relay: &str,
+        ack: Option<u64>,
+    ) -> Result<Vec<(u64, String)>, StoreError> {
+        let client = self.client().await?;
+        if let Some(ack) = ack.filter(|a| *a > 0) {
+            let stmt = client
+                .prepare_cached("DELETE FROM relay_commands WHERE relay = $1 AND seq <= $2")
+                .await
+                .map_err(err)?;
+            client
+                .execute(&stmt, &[&relay, &(ack.min(i64::MAX as u64) as i64)])
+                .await
+                .map_err(err)?;
+        }
+        let stmt = client
+            .prepare_cached(
+                "SELECT seq, action FROM relay_commands WHERE relay = $1 ORDER BY seq LIMIT 1000",
+            )
+            .await
+            .map_err(err)?;
+        let rows = client.query(&stmt, &[&relay]).await.map_err(err)?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<_, i64>(0) as u64, r.get(1)))
+            .collect())
+    }
+
+    /// Places `conference` on `relay` unless a placement younger than
+    /// `fresh` exists; returns the relay it is placed on (the first
+    /// writer's).
+    pub async fn claim_placement(
+        &self,
+        conference: &str,
+        relay: &str,
+        fresh: Duration,
+    ) -> Result<String, StoreError> {
+        let client = self.client().await?;
+        let secs = fresh.as_secs_f64();
+        let stmt = client
+            .prepare_cached(
+                "INSERT INTO placements AS p (conference, relay, at) VALUES ($1, $2, now())
+                 ON CONFLICT (conference) DO UPDATE SET relay = EXCLUDED.relay, at = now()
+                 WHERE p.relay = EXCLUDED.relay OR p.at < now() - make_interval(secs => $3)
+                 RETURNING relay",
+            )
+            .await
+            .map_err(err)?;
+        if let Some(row) = client
+            .query_opt(&stmt, &[&conference, &relay, &secs])
+            .await
+            .map_err(err)?
+        {
+            return Ok(row.get(0));
+        }
+        client
+            .query_one(
+                "SELECT relay FROM placements WHERE conference = $1",
+                &[&conference],
+            )
+            .await
+            .map(|r| r.get(0))
+            .map_err(err)
+    }
+
+    /// The relay `conference` was placed on within `fresh`, if any.
+    pub async fn placement(
+        &self,
+        conference: &str,
+        fresh: Duration,
+    ) -> Result<Option<String>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT relay FROM placements WHERE conference = $1
+                 AND at >= now() - make_interval(secs => $2)",
+            )
+            .await
+            .map_err(err)?;
+        client
+            .query_opt(&stmt, &[&conference, &fresh.as_secs_f64()])
+            .await
+            .map(|r| r.map(|r| r.get(0)))
+            .map_err(err)
+    }
+
+    /// Forgets `conference`'s placement (it ended).
+    pub async fn forget_placement(&self, conference: &str) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "DELETE FROM placements WHERE conference = $1",
+                &[&conference],
+            )
+            .await
+            .map(|_| ())
+            .map_err(err)
+    }
+
+    /// Takes or renews lease `name` for `holder` for `ttl`; its term while
+    /// `holder` holds it (raised whenever it changes hands), `None` while
+    /// another holder's lease is unexpired.
+    pub async fn lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<i64>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "INSERT INTO leases AS l (name, holder, term, expires)
+                 VALUES ($1, $2, 1, now() + make_interval(secs => $3))
+                 ON CONFLICT (name) DO UPDATE SET
+                   term = CASE WHEN l.holder = EXCLUDED.holder AND l.expires > now()
+                          THEN l.term ELSE l.term + 1 END,
+                   holder = EXCLUDED.holder, expires = EXCLUDED.expires
+                 WHERE l.holder = EXCLUDED.holder OR l.expires <= now()
+                 RETURNING term",
+            )
+            .await
+            .map_err(err)?;
+        client
+            .query_opt(&stmt, &[&name, &holder, &ttl.as_secs_f64()])
+            .await
+            .map(|r| r.map(|r| r.get(0)))
+            .map_err(err)
+    }
+
+    /// Gives lease `name` up if `holder` has it (a clean shutdown), so the
+    /// next holder need not wait for it to expire.
+    pub async fn release(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE leases SET expires = now() WHERE name = $1 AND holder = $2",
+                &[&name, &holder],
+            )
+            .await
+            .map(|_| ())
+            .map_err(err)
+    }
+
+    /// Announces that a waiting-room decision was made in `conference`, so
+    /// polls held on other replicas look again.
+    pub async fn announce_waiting(&self, conference: &str) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute("SELECT pg_notify($1, $2)", &[&WAITING_CHANNEL, &conference])
+            .await
+            .map(|_| ())
+            .map_err(err)
+    }
+
+    /// Calls `wake(channel, payload)` for every announcement, from a
+    /// connection of its own, reconnecting after a failure; calls `resync`
+    /// after each (re)connect, since announcements made while disconnected
+    /// are lost. Runs until aborted.
+    pub async fn listen(
+        self: Arc<Self>,
+        wake: impl Fn(Channel, &str) + Send + Sync + 'static,
+        resync: impl Fn() + Send + Sync + 'static,
+    ) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.listen_once(&wake, &resync).await {
+                Ok(()) => backoff = Duration::from_millis(100),
+                Err(e) => {
+                    warn!(error = %e, "store announcements: connection lost; reconnecting");
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    async fn listen_once(
+        &self,
+        wake: &(impl Fn(Channel, &str) + Send + Sync),
+        resync: &(impl Fn() + Send + Sync),
+    ) -> Result<(), tokio_postgres::Error> {
+        match &self.tls {
+            Tls::None => {
+                let (client, connection) = self.config.connect(tokio_postgres::NoTls).await?;
+                listen_on(client, connection, wake, resync).await
+            }
+            Tls::Rustls(t) => {
+                let (client, connection) = self.config.connect(t.clone()).await?;
+                listen_on(client, connection, wake, resync).await
+            }
+        }
+    }
+}
+
+/// What an announcement is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    /// A command was stored; the payload is the relay's id.
+    Commands,
+    /// A waiting-room decision; the payload is the conference id.
+    Waiting,
+}
+
+async fn listen_on<S, T>(
+    client: tokio_postgres::Client,
+    mut connection: tokio_postgres::Connection<S, T>,
+    wake: &(impl Fn(Channel, &str) + Send + Sync),
+    resync: &(impl Fn() + Send + Sync),
+) -> Result<(), tokio_postgres::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio_postgres::AsyncMessage;
+    let listen = client.batch_execute("LISTEN rr_commands; LISTEN rr_waiting");
+    tokio::pin!(listen);
+    // The LISTEN completes only while the connection is driven.
+    loop {
+        tokio::select! {
+            done = &mut listen => { done?; break; }
+            message = std::future::poll_fn(|cx| connection.poll_message(cx)) => {
+                match message {
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(e),
+                    None => return Ok(()),
+                }
+            }
+        }
+    }
+    resync();
+    loop {
+        match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            Some(Ok(AsyncMessage::Notification(n))) => match n.channel() {
+                COMMANDS_CHANNEL => wake(Channel::Commands, n.payload()),
+                WAITING_CHANNEL => wake(Channel::Waiting, n.payload()),
+                _ => {}
+            },
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e),
+            None => return Ok(()),
+        }
+    }
+}
+
+fn participant_row(r: &tokio_postgres::Row) -> ParticipantRecord {
+    let role: String = r.get("role");
+    let status: String = r.get("status");
+    ParticipantRecord {
+        id: r.get("id"),
+        conference: r.get("conference"),
+        display_name: r.get("display_name"),
+        role: Role::parse(&role).unwrap_or(Role::Viewer),
+        status: Status::parse(&status).unwrap_or(Status::Denied),
+        address_hash: blob32(r.get("address_hash")).unwrap_or_default(),
+        invite_sha256: blob32(r.get("invite_sha256")),
+        wait_token_sha256: blob32(r.get("wait_token_sha256")),
+        rejoin_sha256: blob32(r.get("rejoin_sha256")),
+        relay: r.get("relay"),
+        created: r.get::<_, i64>("created") as u64,
+    }
+}
+
+const UPSERT_PARTICIPANT: &str = "INSERT INTO participants (conference, id, display_name, role,
+     status, address_hash, invite_sha256, wait_token_sha256, relay, created, rejoin_sha256)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+     ON CONFLICT (conference, id) DO UPDATE SET display_name = $3, role = $4,
+     status = $5, address_hash = $6, invite_sha256 = $7, wait_token_sha256 = $8,
+     relay = $9, rejoin_sha256 = $11";
+
+fn participant_params(p: &ParticipantRecord) -> ParticipantParams {
+    ParticipantParams {
+        address_hash: p.address_hash.to_vec(),
+        invite: p.invite_sha256.map(|h| h.to_vec()),
+        wait: p.wait_token_sha256.map(|h| h.to_vec()),
+        rejoin: p.rejoin_sha256.map(|h| h.to_vec()),
+        created: p.created as i64,
+    }
+}
+
+struct ParticipantParams {
+    address_hash: Vec<u8>,
+    invite: Option<Vec<u8>>,
+    wait: Option<Vec<u8>>,
+    rejoin: Option<Vec<u8>>,
+    created: i64,
+}
+
+impl ParticipantParams {
+    fn with<'a>(&'a self, p: &'a ParticipantRecord) -> [&'a (dyn ToSql + Sync); 11] {
+        [
+            &p.conference,
+            &p.id,
+            &p.display_name,
+            p.role.as_sql(),
+            p.status.as_sql(),
+            &self.address_hash,
+            &self.invite,
+            &self.wait,
+            &p.relay,
+            &self.created,
+            &self.rejoin,
+        ]
+    }
+}
+
+const INSERT_AUDIT: &str =
+    "INSERT INTO audit (time, conference, event, detail) VALUES ($1, $2, $3, $4)";
+
+const NOTE_RELAY: &str = "INSERT INTO conference_relays (conference, relay, first_seen, last_seen, countries)
+     VALUES ($1, $2, $3, $3, $4)
+     ON CONFLICT (conference, relay) DO UPDATE SET last_seen = $3,
+     countries = CASE WHEN $4 = '' OR strpos(',' || conference_relays.countries || ',', ',' || $4 || ',') > 0
+             THEN conference_relays.countries
+             WHEN conference_relays.countries = '' THEN $4
+             ELSE conference_relays.countries || ',' || $4 END";
+
+#[async_trait::async_trait]
+impl Store for Postgres {
+    fn backend(&self) -> super::Backend {
+        super::Backend::Postgres
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute("SELECT 1", &[])
+            .await
+            .map(|_| ())
+            .map_err(err)
+    }
+
+    async fn address_key(&self) -> Result<[u8; 32], StoreError> {
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key).map_err(|e| StoreError::new(e.to_string()))?;
+        let v = self.meta_or("address_key", key.to_vec()).await?;
+        blob32(Some(v)).ok_or_else(|| StoreError::new("meta.address_key is not 32 bytes"))
+    }
+
+    async fn insert_conference(&self, c: &ConferenceRecord) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let salt = c.passcode.as_ref().map(|p| p.salt.to_vec());
+        let hash = c.passcode.as_ref().map(|p| p.sha256.to_vec());
+        let host = c.host_token_sha256.to_vec();
+        let created = c.created as i64;
+        let ended = c.ended.map(|e| e as i64);
+        let stmt = client
+            .prepare_cached(
+                "INSERT INTO conferences (id, tenant, jurisdiction, passcode_salt, passcode_sha256,
+                 host_token_sha256, locked, waiting_room, created, ended, e2ee)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            )
+            .await
+            .map_err(err)?;
+        client
+            .execute(
+                &stmt,
+                &[
+                    &c.id,
+                    &c.tenant,
+                    &c.jurisdiction,
+                    &salt,
+                    &hash,
+                    &host,
+                    &c.locked,
+                    &c.waiting_room,
+                    &created,
+                    &ended,
+                    &c.e2ee,
+                ],
+            )
+            .await
+            .map(|_| ())
+            .map_err(err)
+    }
+
+    async fn conference(&self, id: &str) -> Result<Option<ConferenceRecord>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached("SELECT * FROM conferences WHERE id = $1")
+            .await
+            .map_err(err)?;
+        let row = client.query_opt(&stmt, &[&id]).await.map_err(err)?;
+        Ok(row.map(|r| {
+            let salt: Option<Vec<u8>> = r.get("passcode_salt");
+            let hash = blob32(r.get("passcode_sha256"));
+            let passcode = match (salt.and_then(|s| <[u8; 16]>::try_from(s).ok()), hash) {
+                (Some(salt), Some(sha256)) => Some(PasscodeHash { salt, sha256 }),
+                _ => None,
+            };
+            ConferenceRecord {
+                id: r.get("id"),
+                tenant: r.get("tenant"),
+                jurisdiction: r.get("jurisdiction"),
+                passcode,
+                host_token_sha256: blob32(r.get("host_token_sha256")).unwrap_or_default(),
+                locked: r.get("locked"),
+                waiting_room: r.get("waiting_room"),
+                created: r.get::<_, i64>("created") as u64,
+                ended: r.get::<_, Option<i64>>("ended").map(|e| e as u64),
+                e2ee: r.get("e2ee"),
+            }
+        }))
+    }
+
+    async fn set_locked(&self, id: &str, locked: bool) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE conferences SET locked = $2 WHERE id = $1",
+                &[&id, &locked],
+            )
+            .await
+            .map(|_| ())
+            .map_err(err)
+    }
+
+    async fn end_conference(&self, id: &str, at: u64) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE conferences SET ended = $2 WHERE id = $1 AND ended IS NULL",
+                &[&id, &(at as i64)],
+            )
+            .await
+            .map(|_| ())
+            .map_err(err)
+    }
+
+    async fn insert_invite(&self, i: &InviteRecord) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO invites (token_sha256, conference, participant_id, display_name, role, expires)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+                &[
+                    &i.token_sha256.to_vec(),
+                    &i.conference,
+                    &i.participant_id,
+                    &i.display_name,
+                    i.role.as_sql(),
+                    &(i.expires as i64),
+                ],
+            )
+            .await
+            .map(|_| ())
+            .map_err(err)
+    }
+
+    async fn invite(
+        &self,
+        token_sha256: &[u8; 32],
+        conference: &str,
+        now: u64,
+    ) -> Result<Result<InviteRecord, InviteRefusal>, StoreError> {
+        let client = self.client().await?;
+        lookup_invite(&client, token_sha256, conference, now).await
+    }
+
+    async fn use_invite(
+        &self,
+        token_sha256: &[u8; 32],
+        conference: &str,
+        now: u64,
+    ) -> Result<Result<InviteRecord, InviteRefusal>, StoreError> {
+        let client = self.client().await?;
+        let invite = match lookup_invite(&client, token_sha256, conference, now).await? {
+            Ok(i) => i,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        // The condition on `used` makes the claim atomic: of two concurrent
+        // uses (on any replicas), one changes the row.
+        let changed = client
+            .execute(
+                "UPDATE invites SET used = TRUE WHERE token_sha256 = $1 AND used = FALSE",
+                &[&token_sha256.to_vec()],
+            )
+            .await
+            .map_err(err)?;
+        if changed == 0 {
+            return Ok(Err(InviteRefusal::Used));
+        }
+        Ok(Ok(invite))
+    }
+
+    async fn upsert_participant(&self, p: &ParticipantRecord) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(UPSERT_PARTICIPANT)
+            .await
+            .map_err(err)?;
+        let params = participant_params(p);
+        client
+            .execute(&stmt, &params.with(p))
+            .await
+            .map(|_| ())
+            .map_err(err)
+    }
+
+    async fn record_join(
+        &self,
+        p: &ParticipantRecord,
+        relay: &str,
+        relay_country: &str,
+        event: &AuditEvent,
+        invite: Option<&[u8; 32]>,
+    ) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(err)?;
+        // A participant removed meanwhile (a kick racing a rejoin, perhaps
+        // on another replica) stays removed: the row is locked until commit.
+        let current = tx
+            .prepare_cached(
+                "SELECT status FROM participants WHERE conference = $1 AND id = $2 FOR UPDATE",
+            )
+            .await
+            .map_err(err)?;
+        let status: Option<String> = tx
+            .query_opt(&current, &[&p.conference, &p.id])
+            .await
+            .map_err(err)?
+            .map(|r| r.get(0));
+        if status.as_deref() == Some("kicked") {
+            return Ok(false);
+        }
+        if let Some(token) = invite {
+            let claim = tx
+                .prepare_cached(
+                    "UPDATE invites SET used = TRUE WHERE token_sha256 = $1 AND used = FALSE",
+                )
+                .await
+                .map_err(err)?;
+            if tx.execute(&claim, &[&token.to_vec()]).await.map_err(err)? == 0 {
+                return Ok(false);
+            }
+        }
+        let upsert = tx.prepare_cached(UPSERT_PARTICIPANT).await.map_err(err)?;
+        let params = participant_params(p);
+        tx.execute(&upsert, &params.with(p)).await.map_err(err)?;
+        let note = tx.prepare_cached(NOTE_RELAY).await.map_err(err)?;
+        tx.execute(
+            &note,
+            &[&p.conference, &relay, &(event.time as i64), &relay_country],
+        )
+        .await
+        .map_err(err)?;
+        let audit = tx.prepare_cached(INSERT_AUDIT).await.map_err(err)?;
+        tx.execute(
+            &audit,
+            &[
+                &(event.time as i64),
+                &event.conference,
+                &event.event,
+                &event.detail.to_string(),
+            ],
+        )
+        .await
+        .map_err(err)?;
+        tx.commit().await.map_err(err)?;
+        Ok(true)
+    }
+
+    async fn participant(
+        &self,
+        conference: &str,
+        id: &str,
+    ) -> Result<Option<ParticipantRecord>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached("SELECT * FROM participants WHERE conference = $1 AND id = $2")
+            .await
+            .map_err(err)?;
+        client
+            .query_opt(&stmt, &[&conference, &id])
+            .await
+            .map(|r| r.as_ref().map(participant_row))
+            .map_err(err)
+    }
+
+    async fn set_status(
+        &self,
+        conference: &str,
+        id: &str,
+        status: Status,
+    ) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE participants SET status = $3 WHERE conference = $1 AND id = $2",
+                &[&conference, &id, status.as_sql()],
+            )
+            .await
+            .map(|_| ())
+            .map_err(err)
+    }
+
+    async fn set_status_if(
+        &self,
+        conference: &str,
+        id: &str,
+        from: Status,
+        to: Status,
+    ) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE participants SET status = $4 WHERE conference = $1 AND id = $2 AND status = $3",
+                &[&conference, &id, from.as_sql(), to.as_sql()],
+            )
+            .await
+            .map(|n| n == 1)
+            .map_err(err)
+    }
+
+    async fn waiting(&self, conference: &str) -> Result<Vec<ParticipantRecord>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT * FROM participants WHERE conference = $1 AND status = 'waiting'
+                 ORDER BY created, id",
+            )
+            .await
+            .map_err(err)?;
+        client
+            .query(&stmt, &[&conference])
+            .await
+            .map(|rows| rows.iter().map(participant_row).collect())
+            .map_err(err)
+    }
+
+    async fn add_ban(&self, b: &Ban) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO bans (conference, participant_id, address_hash, invite_sha256, created)
+                 VALUES ($1, $2, $3, $4, $5)",
+                &[
+                    &b.conference,
+                    &b.participant_id,
+                    &b.address_hash.to_vec(),
+                    &b.invite_sha256.map(|h| h.to_vec()),
+                    &(b.created as i64),
+                ],
+            )
+            .await
+            .map(|_| ())
+            .map_err(err)
+    }
+
+    async fn is_banned(
+        &self,
+        conference: &str,
+        participant_id: Option<&str>,
+        address_hash: &[u8; 32],
+        invite_sha256: Option<&[u8; 32]>,
+    ) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM bans WHERE conference = $1 AND
+                 (participant_id = $2 OR address_hash = $3 OR invite_sha256 = $4))",
+            )
+            .await
+            .map_err(err)?;
+        client
+            .query_one(
+                &stmt,
+                &[
+                    &conference,
+                    &participant_id,
+                    &address_hash.to_vec(),
+                    &invite_sha256.map(|h| h.to_vec()),
+                ],
+            )
+            .await
+            .map(|r| r.get(0))
+            .map_err(err)
+    }
+
+    async fn add_report(
+        &self,
+        conference: &str,
+        participant_id: &str,
+        reason: &str,
+        at: u64,
+    ) -> Result<i64, StoreError> {
+        let client = self.client().await?;
+        client
+            .query_one(
+                "INSERT INTO abuse_reports (conference, participant_id, reason, created)
+                 VALUES ($1, $2, $3, $4) RETURNING id",
+                &[&conference, &participant_id, &reason, &(at as i64)],
+            )
+            .await
+            .map(|r| r.get(0))
+            .map_err(err)
+    }
+
+    async fn reports(&self, limit: usize) -> Result<Vec<AbuseReport>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT id, conference, participant_id, reason, created FROM abuse_reports
+                 ORDER BY id DESC LIMIT $1",
+                &[&(limit.min(i64::MAX as usize) as i64)],
+            )
+            .await
+            .map_err(err)?;
+        Ok(rows
+            .iter()
+            .map(|r| AbuseReport {
+                id: r.get(0),
+                conference: r.get(1),
+                participant_id: r.get(2),
+                reason: r.get(3),
+                created: r.get::<_, i64>(4) as u64,
+            })
+            .collect())
+    }
+
+    async fn audit(&self, e: &AuditEvent) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(INSERT_AUDIT).await.map_err(err)?;
+        client
+            .execute(
+                &stmt,
+                &[
+                    &(e.time as i64),
+                    &e.conference,
+                    &e.event,
+                    &e.detail.to_string(),
+                ],
+            )
+            .await
+            .map(|_| ())
+            .map_err(err)
+    }
+
+    async fn audit_log(&self, conference: &str) -> Result<Vec<AuditEvent>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT time, conference, event, detail FROM audit WHERE conference = $1 ORDER BY id",
+                &[&conference],
+            )
+            .await
+            .map_err(err)?;
+        Ok(rows
+            .iter()
+            .map(|r| AuditEvent {
+                time: r.get::<_, i64>(0) as u64,
+                conference: r.get(1),
+                event: r.get(2),
+                detail: serde_json::from_str(r.get::<_, &str>(3))
+                    .unwrap_or(serde_json::Value::Null),
+            })
+            .collect())
+    }
+
+    async fn note_relay(
+        &self,
+        conference: &str,
+        relay: &str,
+        country: &str,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(NOTE_RELAY).await.map_err(err)?;
+        client
+            .execute(&stmt, &[&conference, &relay, &(now as i64), &country])
+            .await
+            .map(|_| ())
+            .map_err(err)
+    }
+
+    async fn record_usage(
+        &self,
+        relay: &str,
+        now: u64,
+        usage: &[Usage<'_>],
+        links: &[LinkUsage<'_>],
+    ) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(err)?;
+        let now = now as i64;
+        let conference = tx
+            .prepare_cached(
+                "INSERT INTO conference_relays AS r (conference, relay, first_seen, last_seen,
+                 bytes_in, bytes_out, peak_participants, countries, outside)
+                 VALUES ($1, $2, $3, $3, $4, $5, $6, $7, $8)
+                 ON CONFLICT (conference, relay) DO UPDATE SET last_seen = $3,
+                 bytes_in = GREATEST(r.bytes_in, $4), bytes_out = GREATEST(r.bytes_out, $5),
+                 peak_participants = GREATEST(r.peak_participants, $6),
+                 outside = r.outside OR $8,
+                 countries = CASE WHEN $7 = '' OR strpos(',' || r.countries || ',', ',' || $7 || ',') > 0
+                 THEN r.countries WHEN r.countries = '' THEN $7 ELSE r.countries || ',' || $7 END",
+            )
+            .await
+            .map_err(err)?;
+        for u in usage {
+            tx.execute(
+                &conference,
+                &[
+                    &u.conference,
+                    &relay,
+                    &now,
+                    &(u.bytes_in.min(i64::MAX as u64) as i64),
+                    &(u.bytes_out.min(i64::MAX as u64) as i64),
+                    &i64::from(u.participants),
+                    &u.country,
+                    &!u.inside,
+                ],
+            )
+            .await
+            .map_err(err)?;
+        }
+        let link = tx
+            .prepare_cached(
+                "INSERT INTO conference_links AS l (conference, relay, peer, first_seen, last_seen, bytes_in, bytes_out)
+                 VALUES ($1, $2, $3, $4, $4, $5, $6)
+                 ON CONFLICT (conference, relay, peer) DO UPDATE SET last_seen = $4,
+                 bytes_in = GREATEST(l.bytes_in, $5), bytes_out = GREATEST(l.bytes_out, $6)",
+            )
+            .await
+            .map_err(err)?;
+        for l in links {
+            tx.execute(
+                &link,
+                &[
+                    &l.conference,
+                    &relay,
+                    &l.peer,
+                    &now,
+                    &(l.bytes_in.min(i64::MAX as u64) as i64),
+                    &(l.bytes_out.min(i64::MAX as u64) as i64),
+                ],
+            )
+            .await
+            .map_err(err)?;
+        }
+        tx.commit().await.map_err(err)
+    }
+
+    async fn links_of(&self, conference: &str) -> Result<Vec<LinkUse>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT relay, peer, first_seen, last_seen, bytes_in, bytes_out FROM conference_links
+                 WHERE conference = $1 ORDER BY relay, peer",
+                &[&conference],
+            )
+            .await
+            .map_err(err)?;
+        Ok(rows
+            .iter()
+            .map(|r| LinkUse {
+                relay: r.get(0),
+                peer: r.get(1),
+                first_seen: r.get::<_, i64>(2) as u64,
+                last_seen: r.get::<_, i64>(3) as u64,
+                bytes_in: r.get::<_, i64>(4) as u64,
+                bytes_out: r.get::<_, i64>(5) as u64,
+            })
+            .collect())
+    }
+
+    async fn relays_of(&self, conference: &str) -> Result<Vec<RelayUse>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT relay, first_seen, last_seen, bytes_in, bytes_out, peak_participants,
+                 countries, outside FROM conference_relays
+                 WHERE conference = $1 ORDER BY first_seen, relay",
+            )
+            .await
+            .map_err(err)?;
+        let rows = client.query(&stmt, &[&conference]).await.map_err(err)?;
+        Ok(rows
+            .iter()
+            .map(|r| RelayUse {
+                relay: r.get(0),
+                first_seen: r.get::<_, i64>(1) as u64,
+                last_seen: r.get::<_, i64>(2) as u64,
+                bytes_in: r.get::<_, i64>(3) as u64,
+                bytes_out: r.get::<_, i64>(4) as u64,
+                peak_participants: r.get::<_, i64>(5).clamp(0, i64::from(u32::MAX)) as u32,
+                countries: r
+                    .get::<_, &str>(6)
+                    .split(',')
+                    .filter(|c| !c.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+                outside: r.get(7),
+            })
+            .collect())
+    }
+}
+
+async fn lookup_invite(
+    client: &deadpool_postgres::Object,
+    token_sha256: &[u8; 32],
+    conference: &str,
+    now: u64,
+) -> Result<Result<InviteRecord, InviteRefusal>, StoreError> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT participant_id, display_name, role, expires, used FROM invites
+             WHERE token_sha256 = $1 AND conference = $2",
+        )
+        .await
+        .map_err(err)?;
+    let Some(r) = client
+        .query_opt(&stmt, &[&token_sha256.to_vec(), &conference])
+        .await
+        .map_err(err)?
+    else {
+        return Ok(Err(InviteRefusal::Unknown));
+    };
+    let expires = r.get::<_, i64>(3) as u64;
+    if r.get::<_, bool>(4) {
+        return Ok(Err(InviteRefusal::Used));
+    }
+    if expires <= now {
+        return Ok(Err(InviteRefusal::Expired));
+    }
+    Ok(Ok(InviteRecord {
+        token_sha256: *token_sha256,
+        conference: conference.to_owned(),
+        participant_id: r.get(0),
+        display_name: r.get(1),
+        role: Role::parse(r.get::<_, &str>(2)).unwrap_or(Role::Viewer),
+        expires,
+    }))
+}
