@@ -830,6 +830,39 @@ pub fn summary(policy: &Policy) -> String {
             r.url,
             served.join(", ")
         );
+        let _ = match &r.store {
+            policy::StoreLocation::Sqlite(path) => {
+                writeln!(
+                    s,
+                    "    store: SQLite {} (on the router's machine)",
+                    path.display()
+                )
+            }
+            policy::StoreLocation::Postgres(pg) => {
+                let replicas: Vec<&str> = policy
+                    .replicas(r)
+                    .iter()
+                    .map(|o| o.id.as_str())
+                    .filter(|o| *o != r.id)
+                    .collect();
+                writeln!(
+                    s,
+                    "    store: PostgreSQL {} in {}{}{}",
+                    pg.url,
+                    pg.country,
+                    if pg.ca.is_some() {
+                        ", TLS verified"
+                    } else {
+                        ""
+                    },
+                    if replicas.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; replicas: {}", replicas.join(", "))
+                    }
+                )
+            }
+        };
     }
     for j in policy.jurisdictions() {
         if policy

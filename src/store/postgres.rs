@@ -821,6 +821,16 @@ const UPSERT_PARTICIPANT: &str = "INSERT INTO participants (conference, id, disp
      status = $5, address_hash = $6, invite_sha256 = $7, wait_token_sha256 = $8,
      relay = $9, rejoin_sha256 = $11";
 
+/// [`UPSERT_PARTICIPANT`] that leaves a kicked participant as it is (no
+/// row written: the caller rolls back).
+const UPSERT_JOINED: &str = "INSERT INTO participants AS p (conference, id, display_name, role,
+     status, address_hash, invite_sha256, wait_token_sha256, relay, created, rejoin_sha256)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+     ON CONFLICT (conference, id) DO UPDATE SET display_name = $3, role = $4,
+     status = $5, address_hash = $6, invite_sha256 = $7, wait_token_sha256 = $8,
+     relay = $9, rejoin_sha256 = $11
+     WHERE p.status <> 'kicked'";
+
 fn participant_params(p: &ParticipantRecord) -> ParticipantParams {
     ParticipantParams {
         address_hash: p.address_hash.to_vec(),
@@ -1060,55 +1070,44 @@ impl Store for Postgres {
     ) -> Result<bool, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(err)?;
-        // A participant removed meanwhile (a kick racing a rejoin, perhaps
-        // on another replica) stays removed: the row is locked until commit.
-        let current = tx
-            .prepare_cached(
-                "SELECT status FROM participants WHERE conference = $1 AND id = $2 FOR UPDATE",
-            )
-            .await
-            .map_err(err)?;
-        let status: Option<String> = tx
-            .query_opt(&current, &[&p.conference, &p.id])
-            .await
-            .map_err(err)?
-            .map(|r| r.get(0));
-        if status.as_deref() == Some("kicked") {
+        // The statements are sent together (one round trip) and run in
+        // order; the transaction is rolled back if the invitation was used
+        // meanwhile or the participant removed meanwhile (a kick racing a
+        // rejoin, perhaps on another replica: the upsert's `WHERE` under
+        // the row lock keeps it removed), so nothing is written then.
+        let (claim, upsert, note, audit) = tokio::try_join!(
+            tx.prepare_cached(
+                "UPDATE invites SET used = TRUE WHERE token_sha256 = $1 AND used = FALSE"
+            ),
+            tx.prepare_cached(UPSERT_JOINED),
+            tx.prepare_cached(NOTE_RELAY),
+            tx.prepare_cached(INSERT_AUDIT),
+        )
+        .map_err(err)?;
+        let params = participant_params(p);
+        let token = invite.map(|t| t.to_vec());
+        let (time, detail) = (event.time as i64, event.detail.to_string());
+        let claimed = async {
+            match &token {
+                Some(token) => tx.execute(&claim, &[token]).await.map(|n| n == 1),
+                None => Ok(true),
+            }
+        };
+        let upsert_params = params.with(p);
+        let note_params: [&(dyn ToSql + Sync); 4] = [&p.conference, &relay, &time, &relay_country];
+        let audit_params: [&(dyn ToSql + Sync); 4] =
+            [&time, &event.conference, &event.event, &detail];
+        let (claimed, written, _, _) = tokio::try_join!(
+            claimed,
+            tx.execute(&upsert, &upsert_params),
+            tx.execute(&note, &note_params),
+            tx.execute(&audit, &audit_params),
+        )
+        .map_err(err)?;
+        if !claimed || written == 0 {
+            tx.rollback().await.map_err(err)?;
             return Ok(false);
         }
-        if let Some(token) = invite {
-            let claim = tx
-                .prepare_cached(
-                    "UPDATE invites SET used = TRUE WHERE token_sha256 = $1 AND used = FALSE",
-                )
-                .await
-                .map_err(err)?;
-            if tx.execute(&claim, &[&token.to_vec()]).await.map_err(err)? == 0 {
-                return Ok(false);
-            }
-        }
-        let upsert = tx.prepare_cached(UPSERT_PARTICIPANT).await.map_err(err)?;
-        let params = participant_params(p);
-        tx.execute(&upsert, &params.with(p)).await.map_err(err)?;
-        let note = tx.prepare_cached(NOTE_RELAY).await.map_err(err)?;
-        tx.execute(
-            &note,
-            &[&p.conference, &relay, &(event.time as i64), &relay_country],
-        )
-        .await
-        .map_err(err)?;
-        let audit = tx.prepare_cached(INSERT_AUDIT).await.map_err(err)?;
-        tx.execute(
-            &audit,
-            &[
-                &(event.time as i64),
-                &event.conference,
-                &event.event,
-                &event.detail.to_string(),
-            ],
-        )
-        .await
-        .map_err(err)?;
         tx.commit().await.map_err(err)?;
         Ok(true)
     }

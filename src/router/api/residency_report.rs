@@ -153,6 +153,41 @@ pub(super) async fn residency_report(
         })
         .collect();
     let last_record = log.iter().map(|e| e.time).max().unwrap_or(c.created);
+    // Every replica may have answered for the conference; the store they
+    // share holds its records.
+    let replicas = shared.policy.replicas(&shared.me);
+    let routers: Vec<Value> = replicas
+        .iter()
+        .map(|r| {
+            json!({
+                "id": r.id,
+                "country": r.country.to_string(),
+                "jurisdictions": r.jurisdictions.iter().map(|j| shared.policy.jurisdiction(*j).id.clone()).collect::<Vec<_>>(),
+                "inside_jurisdiction": jurisdiction.countries.contains(r.country),
+                "role": if replicas.len() == 1 {
+                    "created the conference; stores its records and audit log"
+                } else {
+                    "a replica serving the conference's jurisdiction: any replica answers its requests, from the shared store"
+                },
+                "first_seen": c.created,
+                "last_seen": last_record,
+            })
+        })
+        .collect();
+    let (backend, store_country) = match &shared.me.store {
+        crate::policy::StoreLocation::Sqlite(_) => ("sqlite", shared.me.country),
+        crate::policy::StoreLocation::Postgres(pg) => ("postgresql", pg.country),
+    };
+    let store = json!({
+        "backend": backend,
+        "country": store_country.to_string(),
+        "inside_jurisdiction": jurisdiction.countries.contains(store_country),
+        "role": if backend == "sqlite" {
+            "an embedded file on the router's machine: the conference's records and audit log"
+        } else {
+            "a database shared by the router replicas: the conference's records and audit log"
+        },
+    });
     let report = json!({
         "conference": c.id,
         "tenant": c.tenant,
@@ -162,15 +197,8 @@ pub(super) async fn residency_report(
         "created": c.created,
         "ended": c.ended,
         "generated_at": now_unix(),
-        "routers": [{
-            "id": shared.me.id,
-            "country": shared.me.country.to_string(),
-            "jurisdictions": shared.me.jurisdictions.iter().map(|j| shared.policy.jurisdiction(*j).id.clone()).collect::<Vec<_>>(),
-            "inside_jurisdiction": jurisdiction.countries.contains(shared.me.country),
-            "role": "created the conference; stores its records and audit log",
-            "first_seen": c.created,
-            "last_seen": last_record,
-        }],
+        "routers": routers,
+        "store": store,
         "relays": relays,
         "links": links,
         "enforcement": enforcement,
