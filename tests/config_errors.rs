@@ -877,3 +877,88 @@ fn router_problems_are_each_reported() {
         "64 lower-case hex",
     );
 }
+
+const PG: &str = "postgres://rr@10.0.0.5:5432/rr";
+
+/// `router(…)` on a PostgreSQL store.
+fn pg_router(id: &str, store: &str, store_country: Option<&str>) -> String {
+    router(id, "DE", "[\"eu\"]", "").replace(
+        "store = \"r.sqlite\"\n",
+        &format!(
+            "store = \"{store}\"\n{}",
+            store_country.map_or(String::new(), |c| format!("store_country = \"{c}\"\n"))
+        ),
+    )
+}
+
+#[test]
+fn routers_on_one_postgresql_store_are_replicas() {
+    let f = Fixture::new();
+    f.config(&with_routers(&format!(
+        "{}{}",
+        pg_router("fra-a", PG, Some("DE")),
+        pg_router("fra-b", PG, Some("DE"))
+    )));
+    let policy = policy::load(&f.config_path()).unwrap_or_else(|e| panic!("{e}"));
+    let a = policy.router("fra-a").unwrap();
+    let replicas: Vec<&str> = policy.replicas(a).iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(replicas, ["fra-a", "fra-b"]);
+    match &a.store {
+        policy::StoreLocation::Postgres(pg) => {
+            assert_eq!(
+                (pg.url.as_str(), pg.country.to_string().as_str()),
+                (PG, "DE")
+            );
+        }
+        other => panic!("not PostgreSQL: {other:?}"),
+    }
+}
+
+#[test]
+fn a_postgresql_store_must_say_where_it_runs_hold_no_password_and_be_shared_to_share() {
+    let f = Fixture::new();
+    f.config(&with_routers(&format!(
+        "{}{}{}{}",
+        // The database is in the US: eu's records would leave the EU.
+        pg_router("a", PG, Some("US")),
+        // No store_country; a password in the URL.
+        pg_router("b", "postgres://rr:secret@10.0.0.6/rr", None),
+        // Serves eu beside "a" on another store: not a replica.
+        pg_router("c", "postgres://rr@10.0.0.7/rr", Some("DE")),
+        // store_country on a SQLite store.
+        router("d", "DE", "[\"us\"]", "store_country = \"DE\"\n"),
+    )));
+    let p = f.problems();
+    let c = "config/c.toml";
+    assert_problem(
+        &f,
+        &p,
+        c,
+        "router[0] \"a\".store_country",
+        "a store in US cannot hold the records of 'eu'",
+    );
+    assert_problem(
+        &f,
+        &p,
+        c,
+        "router[1] \"b\".store_country",
+        "say where the PostgreSQL store runs",
+    );
+    assert_problem(&f, &p, c, "router[1] \"b\".store", "holds a password");
+    assert_problem(
+        &f,
+        &p,
+        c,
+        "router[2] \"c\".jurisdictions[0]",
+        "replicas that share one PostgreSQL store",
+    );
+    assert_problem(
+        &f,
+        &p,
+        c,
+        "router[3] \"d\".store_country",
+        "only for a PostgreSQL store",
+    );
+    // The password is not repeated in the problems.
+    assert!(p.iter().all(|p| !p.message.contains("secret")), "{p:?}");
+}

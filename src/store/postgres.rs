@@ -13,12 +13,17 @@
 //!   invitation used once, a status moved only from the state it was in, a
 //!   kicked participant never rejoined) are single statements whose `WHERE`
 //!   makes the race safe under PostgreSQL's row locks. Audit lines are not
-//!   batched: each is written with the request that caused it.
+//!   batched: each is written with the request that caused it. A join by
+//!   passcode is one statement; a join's relay use is written at most once
+//!   a second per conference, relay and replica (its `last_seen` is in
+//!   seconds), since every join of a conference would otherwise update,
+//!   and lock until commit, the same row.
 //! - **Relay reports** (`relay_reports`): whichever replica a relay reports
 //!   to upserts its last report with a fresh `version` from a sequence; the
 //!   others read rows newer than the last version they saw every quarter
-//!   second. Staleness (`STALE_AFTER`, 3 s) is measured by each replica from
-//!   when it saw a row change, so replicas' clocks never need to agree.
+//!   second. Staleness (`STALE_AFTER`, 3 s) counts from when the database
+//!   received the row, by the database's clock (`now() - received`), so
+//!   replicas' clocks never need to agree.
 //! - **Commands to relays** (`relay_commands`): numbered per relay from a
 //!   counter row (`relay_command_seq`) locked by the inserting transaction,
 //!   so numbers commit in order and a relay's acknowledgement of `n` means
@@ -1132,7 +1137,11 @@ impl Store for Postgres {
         invite: Option<&[u8; 32]>,
     ) -> Result<bool, StoreError> {
         let (time, detail) = (event.time as i64, event.detail.to_string());
-        let key = (p.conference.clone(), relay.to_owned(), relay_country.to_owned());
+        let key = (
+            p.conference.clone(),
+            relay.to_owned(),
+            relay_country.to_owned(),
+        );
         let note_due = self
             .noted
             .lock()
@@ -1154,11 +1163,7 @@ impl Store for Postgres {
             if note_due {
                 all.extend([&relay as &(dyn ToSql + Sync), &relay_country]);
             }
-            let written: bool = client
-                .query_one(&stmt, &all)
-                .await
-                .map_err(err)?
-                .get(0);
+            let written: bool = client.query_one(&stmt, &all).await.map_err(err)?.get(0);
             if written && note_due {
                 self.noted_now(key, time);
             }
