@@ -29,26 +29,31 @@ pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 
 work=$(mktemp -d /tmp/rr-joins.XXXXXX)
-[ "$(id -u)" = 0 ] && chown postgres: "$work"
+chmod 711 "$work"
+mkdir "$work/pg"
+if [ "$(id -u)" = 0 ]; then chown postgres: "$work/pg"; fi
 dev_pid=""
 cleanup() {
     [ -n "$dev_pid" ] && kill "$dev_pid" 2>/dev/null && wait "$dev_pid" 2>/dev/null
-    as_pg "$pgbin/pg_ctl" -D "$work/data" -m immediate stop >/dev/null 2>&1 || true
+    as_pg "$pgbin/pg_ctl" -D "$work/pg/data" -m immediate stop >/dev/null 2>&1 || true
     rm -rf "$work" config/bench-joins*.toml
 }
 trap cleanup EXIT
-as_pg "$pgbin/initdb" -D "$work/data" -U rr -A trust -E UTF8 >/dev/null
-as_pg "$pgbin/pg_ctl" -D "$work/data" -l "$work/pg.log" -w \
-    -o "-c listen_addresses=127.0.0.1 -p $PORT -k $work -c synchronous_commit=$SYNC -c max_connections=200" \
+as_pg "$pgbin/initdb" -D "$work/pg/data" -U rr -A trust -E UTF8 >/dev/null
+as_pg "$pgbin/pg_ctl" -D "$work/pg/data" -l "$work/pg/pg.log" -w \
+    -o "-c listen_addresses=127.0.0.1 -p $PORT -k $work/pg -c synchronous_commit=$SYNC -c max_connections=200" \
     start >/dev/null
 url="postgres://rr@127.0.0.1:$PORT/rr"
 
 # The dev config with relay capacities and per-address limits raised: one
 # load tool on one address stands in for thousands of participants.
-sed -e 's/max_participants = [0-9_]*/max_participants = 1000000/' config/dev.toml > config/bench-joins.toml
+# The SQLite store in this run's directory, not the dev one in data/.
+sed -e 's/max_participants = [0-9_]*/max_participants = 1000000/' \
+    -e "s|^store = \"../data/de-fra-router.sqlite\"|store = \"$work/de-fra-router.sqlite\"|" \
+    config/dev.toml > config/bench-joins.toml
 printf '\n[limits]\njoins_per_address_per_minute = 100000000\nconference_max_participants = 1000000\nrelay_connections_per_address = 100000\n' >> config/bench-joins.toml
 # One router on PostgreSQL.
-sed -e "s|^store = \"../data/de-fra-router.sqlite\"|store = \"$url\"\nstore_country = \"DE\"|" \
+sed -e "s|^store = \"$work/de-fra-router.sqlite\"|store = \"$url\"\nstore_country = \"DE\"|" \
     config/bench-joins.toml > config/bench-joins-pg.toml
 
 wait_ready() {
@@ -65,8 +70,8 @@ wait_ready() {
 }
 
 fresh_stores() {
-    rm -f data/de-fra-router.sqlite*
-    as_pg "$pgbin/dropdb" -h 127.0.0.1 -p "$PORT" -U rr --if-exists rr
+    rm -f "$work"/de-fra-router.sqlite*
+    as_pg "$pgbin/dropdb" -h 127.0.0.1 -p "$PORT" -U rr --if-exists rr 2>/dev/null
     as_pg "$pgbin/createdb" -h 127.0.0.1 -p "$PORT" -U rr rr
 }
 

@@ -52,6 +52,12 @@ expect "$out/overload" "join attempts"
 expect "$out/hostile" "joins served"
 kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true; unset 'pids[-1]'
 
+echo "smoke: joins on SQLite, on PostgreSQL and on two replicas (dev --store)"
+ROUNDS=1 SECONDS_EACH=1 CONCURRENCY=2 benches/joins.sh >"$out/joins" 2>&1
+expect "$out/joins" "sqlite, 1 router | join:"
+expect "$out/joins" "postgres, 1 router | join:"
+expect "$out/joins" "postgres, 2 replicas | join:"
+
 echo "smoke: e2e (fan-out N = 10, memory 200 idle, idle relay 100 participants)"
 E2E_QUICK=1 cargo bench --locked --bench e2e >"$out/e2e" 2>&1
 expect "$out/e2e" "KiB per participant"
