@@ -177,6 +177,20 @@ async fn the_description_covers_every_route_the_router_serves() {
             responses.keys().any(|s| s.starts_with('2')),
             "{method} {path}: no success response"
         );
+        // An operation that uses the store says what it answers without it.
+        if responses.contains_key("500") {
+            let unavailable = &responses["503"];
+            assert!(
+                unavailable["description"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("store_unavailable")),
+                "{method} {path}: 503 store_unavailable not described"
+            );
+            assert_eq!(
+                unavailable["content"]["application/json"]["schema"]["$ref"], ERROR_SCHEMA,
+                "{method} {path}"
+            );
+        }
 
         // The live router answers it, with a status the description lists.
         // No credentials and dummy ids: a handler's own refusal is expected.

@@ -118,7 +118,38 @@ fn v1() -> OpenApiRouter<App> {
 /// The OpenAPI 3.1 description of the `/v1` API, as `GET /v1/openapi.json`
 /// serves it.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    v1().into_openapi()
+    let mut doc = v1().into_openapi();
+    // Every operation that reads or writes the store (those that can answer
+    // `500 store_error`) also answers `503 store_unavailable` while the
+    // store cannot be reached: added here once rather than on each handler.
+    for item in doc.paths.paths.values_mut() {
+        for op in [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let Some(utoipa::openapi::RefOr::T(failed)) = op.responses.responses.get("500") else {
+                continue;
+            };
+            let mut unavailable = failed.clone();
+            unavailable.description = "`store_unavailable`: the store cannot be reached now (the database is down or unreachable); `Retry-After: 1`. Calls in progress go on.".into();
+            op.responses
+                .responses
+                .entry("503".into())
+                .and_modify(|r| {
+                    if let utoipa::openapi::RefOr::T(r) = r {
+                        r.description.push_str(" Also `store_unavailable` (`Retry-After: 1`) while the store cannot be reached.");
+                    }
+                })
+                .or_insert(utoipa::openapi::RefOr::T(unavailable));
+        }
+    }
+    doc
 }
 
 /// [`openapi`] as JSON, made once: it is the same for every router.
