@@ -880,12 +880,12 @@ fn router_problems_are_each_reported() {
 
 const PG: &str = "postgres://rr@10.0.0.5:5432/rr";
 
-/// `router(…)` on a PostgreSQL store.
+/// `router(…)` on a PostgreSQL store (reached over TLS: `store_ca`).
 fn pg_router(id: &str, store: &str, store_country: Option<&str>) -> String {
     router(id, "DE", "[\"eu\"]", "").replace(
         "store = \"r.sqlite\"\n",
         &format!(
-            "store = \"{store}\"\n{}",
+            "store = \"{store}\"\nstore_ca = \"store-ca.pem\"\n{}",
             store_country.map_or(String::new(), |c| format!("store_country = \"{c}\"\n"))
         ),
     )
@@ -918,7 +918,7 @@ fn routers_on_one_postgresql_store_are_replicas() {
 fn a_postgresql_store_must_say_where_it_runs_hold_no_password_and_be_shared_to_share() {
     let f = Fixture::new();
     f.config(&with_routers(&format!(
-        "{}{}{}{}",
+        "{}{}{}{}{}",
         // The database is in the US: eu's records would leave the EU.
         pg_router("a", PG, Some("US")),
         // No store_country; a password in the URL.
@@ -927,6 +927,10 @@ fn a_postgresql_store_must_say_where_it_runs_hold_no_password_and_be_shared_to_s
         pg_router("c", "postgres://rr@10.0.0.7/rr", Some("DE")),
         // store_country on a SQLite store.
         router("d", "DE", "[\"us\"]", "store_country = \"DE\"\n"),
+        // A database on another machine without TLS; one on loopback may
+        // go without.
+        pg_router("e", "postgres://rr@10.0.0.5:5432/rr", Some("DE"))
+            .replace("store_ca = \"store-ca.pem\"\n", ""),
     )));
     let p = f.problems();
     let c = "config/c.toml";
@@ -958,6 +962,13 @@ fn a_postgresql_store_must_say_where_it_runs_hold_no_password_and_be_shared_to_s
         c,
         "router[3] \"d\".store_country",
         "only for a PostgreSQL store",
+    );
+    assert_problem(
+        &f,
+        &p,
+        c,
+        "router[4] \"e\".store_ca",
+        "is not on this machine",
     );
     // The password is not repeated in the problems.
     assert!(p.iter().all(|p| !p.message.contains("secret")), "{p:?}");

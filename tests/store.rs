@@ -9,10 +9,11 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use residency_relay::secret::{RecordsKey, RecordsKeys};
 use residency_relay::store::postgres::{Options, Postgres};
 use residency_relay::store::{
-    AuditEvent, Ban, ConferenceRecord, InviteRecord, InviteRefusal, LinkUsage, ParticipantRecord,
-    PasscodeHash, RelayUse, Role, Sqlite, Status, Store, Usage,
+    AuditEvent, Ban, ConferenceRecord, InviteRecord, InviteRefusal, KeyBinding, LinkUsage,
+    ParticipantRecord, PasscodeHash, RelayUse, Role, Sqlite, Status, Store, Usage,
 };
 use rusqlite::Connection;
 use support::pg::Pg;
@@ -304,6 +305,7 @@ where
     an_invitation_is_used_once_and_not_after_expiry(&*make().await).await;
     waiting_room_and_relays_and_audit(&*make().await).await;
     the_address_key_is_made_once_and_kept(&*make().await).await;
+    hashes_are_keyed_once_and_only_the_bound_key_is_taken(&*make().await).await;
     a_kicked_participant_stays_kicked(&*make().await).await;
     conditional_updates_hold_under_concurrency(make().await).await;
 }
@@ -344,6 +346,101 @@ async fn the_address_key_is_made_once_and_kept(s: &dyn Store) {
     let key = s.address_key().await.unwrap();
     assert_ne!(key, [0; 32]);
     assert_eq!(s.address_key().await.unwrap(), key);
+}
+
+/// A store written before records keys holds plain salted hashes: binding
+/// it keys every address and passcode hash once; rebinding the same key
+/// changes nothing; a previous key listed rotates; any other key is
+/// refused, and nothing is changed by the refusal.
+async fn hashes_are_keyed_once_and_only_the_bound_key_is_taken(s: &dyn Store) {
+    let (old_address, old_passcode) = ([21; 32], [22; 32]);
+    let mut c = conference("eu-k");
+    c.passcode = Some(PasscodeHash {
+        salt: [1; 16],
+        sha256: old_passcode,
+    });
+    s.insert_conference(&c).await.unwrap();
+    let p = ParticipantRecord {
+        id: "p-1".into(),
+        conference: "eu-k".into(),
+        display_name: "Bo".into(),
+        role: Role::Speaker,
+        status: Status::Joined,
+        address_hash: old_address,
+        invite_sha256: None,
+        wait_token_sha256: None,
+        rejoin_sha256: None,
+        relay: None,
+        created: 5,
+    };
+    s.upsert_participant(&p).await.unwrap();
+    s.add_ban(&Ban {
+        conference: "eu-k".into(),
+        participant_id: "p-1".into(),
+        address_hash: old_address,
+        invite_sha256: None,
+        created: 6,
+    })
+    .await
+    .unwrap();
+    let a = RecordsKey::from_bytes([31; 32]);
+    let b = RecordsKey::from_bytes([32; 32]);
+    let only_a = RecordsKeys::single(a.clone());
+    assert_eq!(
+        s.bind_records_key(&only_a).await.unwrap(),
+        KeyBinding::Keyed {
+            address_hashes: 2,
+            passcode_hashes: 1
+        }
+    );
+    let keyed = a.address(&old_address);
+    assert_eq!(
+        s.participant("eu-k", "p-1")
+            .await
+            .unwrap()
+            .unwrap()
+            .address_hash,
+        keyed
+    );
+    assert_eq!(
+        s.conference("eu-k")
+            .await
+            .unwrap()
+            .unwrap()
+            .passcode
+            .unwrap()
+            .sha256,
+        a.passcode(&old_passcode)
+    );
+    assert!(s.is_banned("eu-k", None, &keyed, None).await.unwrap());
+    assert!(!s.is_banned("eu-k", None, &old_address, None).await.unwrap());
+    // Bound: the same key again keys nothing twice.
+    assert_eq!(s.bind_records_key(&only_a).await.unwrap(), KeyBinding::Same);
+    assert!(s.is_banned("eu-k", None, &keyed, None).await.unwrap());
+    // Another key alone is refused, naming both keys.
+    let e = s
+        .bind_records_key(&RecordsKeys::single(b.clone()))
+        .await
+        .unwrap_err();
+    assert!(e.message.contains(&hex::encode(a.id())), "{e}");
+    assert!(e.message.contains(&hex::encode(b.id())), "{e}");
+    assert!(e.message.contains("records_key_previous"), "{e}");
+    assert!(s.is_banned("eu-k", None, &keyed, None).await.unwrap());
+    // Rotation: b current, a previous; afterwards a alone is the foreign one.
+    let rotated = RecordsKeys {
+        current: b.clone(),
+        previous: vec![a.clone()],
+    };
+    assert_eq!(
+        s.bind_records_key(&rotated).await.unwrap(),
+        KeyBinding::Rotated { from: a.id() }
+    );
+    assert!(s.is_banned("eu-k", None, &keyed, None).await.unwrap());
+    assert_eq!(
+        s.bind_records_key(&rotated).await.unwrap(),
+        KeyBinding::Same
+    );
+    assert!(s.bind_records_key(&only_a).await.is_err());
 }
 
 async fn a_kicked_participant_stays_kicked(s: &dyn Store) {

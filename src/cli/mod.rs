@@ -271,11 +271,22 @@ enum Command {
         #[arg(long)]
         token: String,
     },
-    /// Create an Ed25519 ticket-signing key; print its public key for `ticket_keys`.
+    /// Create an Ed25519 ticket-signing key and print its public key for
+    /// `ticket_keys`; with `--records-key`, a router's records key instead
+    /// (printing its id).
     Keygen {
-        /// Where to write the signing key (hex seed; created with mode 0600, never overwritten).
+        /// Where to write the key (hex; created with mode 0600, never overwritten).
         #[arg(long)]
         out: PathBuf,
+        /// Write a records key (`records_key` of a `[[router]]`: keys the
+        /// address and passcode hashes in its store).
+        #[arg(long)]
+        records_key: bool,
+        /// With `--records-key`: write the key a router derives from this
+        /// signing key file (what it uses without `records_key`), so that
+        /// the signing key can change and the records key stay.
+        #[arg(long, requires = "records_key")]
+        from_signing_key: Option<PathBuf>,
     },
     /// Mint a join ticket (for tests and manual use; routers issue them in production).
     Ticket {
@@ -403,7 +414,11 @@ pub fn main() -> ExitCode {
                 }
             }
         }
-        Command::Keygen { out } => keygen(&out),
+        Command::Keygen {
+            out,
+            records_key,
+            from_signing_key,
+        } => keygen(&out, records_key, from_signing_key.as_deref()),
         Command::Client { action } => match client::run(action) {
             Ok(()) => ExitCode::SUCCESS,
             Err(message) => {
@@ -673,26 +688,43 @@ fn report(result: Result<(), String>) -> ExitCode {
     }
 }
 
-fn keygen(out: &Path) -> ExitCode {
-    let key = match crate::ticket::generate_signing_key() {
-        Ok(k) => k,
-        Err(e) => {
-            eprintln!("error: no randomness for a key: {e}");
-            return ExitCode::FAILURE;
+fn keygen(out: &Path, records_key: bool, from_signing_key: Option<&Path>) -> ExitCode {
+    let mut seed = [0u8; 32];
+    if let Some(path) = from_signing_key {
+        let signing = std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|t| crate::ticket::parse_signing_key(t.trim()));
+        match signing {
+            Ok(k) => {
+                seed = crate::secret::RecordsKey::derived_from_signing_key(&k.to_bytes()).to_bytes()
+            }
+            Err(e) => {
+                eprintln!("error: {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
         }
-    };
+    } else if let Err(e) = getrandom::fill(&mut seed) {
+        eprintln!("error: no randomness for a key: {e}");
+        return ExitCode::FAILURE;
+    }
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let written = options
         .open(out)
-        .and_then(|mut f| writeln!(f, "{}", hex::encode(key.to_bytes())));
+        .and_then(|mut f| writeln!(f, "{}", hex::encode(seed)));
     if let Err(e) = written {
         eprintln!("error: cannot create {}: {e}", out.display());
         return ExitCode::FAILURE;
     }
-    println!("{}", hex::encode(key.verifying_key().to_bytes()));
+    if records_key {
+        let key = crate::secret::RecordsKey::from_bytes(seed);
+        println!("records key id {}", hex::encode(key.id()));
+    } else {
+        let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+        println!("{}", hex::encode(key.verifying_key().to_bytes()));
+    }
     ExitCode::SUCCESS
 }
 
@@ -863,6 +895,18 @@ pub fn summary(policy: &Policy) -> String {
                 )
             }
         };
+        let _ = writeln!(
+            s,
+            "    records key: {}{} (keys address and passcode hashes; not in the store: back it up apart from it)",
+            match &r.records_key {
+                Some(path) => path.display().to_string(),
+                None => format!("derived from {}", r.signing_key.display()),
+            },
+            match r.records_key_previous.len() {
+                0 => String::new(),
+                n => format!(", {n} previous still accepted"),
+            }
+        );
     }
     for j in policy.jurisdictions() {
         if policy

@@ -58,6 +58,43 @@ pub struct ConfigFile {
     pub logging: LoggingSection,
     #[serde(default)]
     pub limits: LimitsSection,
+    #[serde(default)]
+    pub retention: RetentionSection,
+}
+
+/// `[retention]`: how long a router keeps records once their conference
+/// has ended, in days. Records of a conference still running are kept.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionSection {
+    /// Participant rows (display names, address hashes, roles) and bans.
+    pub participants_days: u32,
+    /// Audit lines.
+    pub audit_days: u32,
+    /// Abuse reports hosts filed about a conference's participants.
+    pub abuse_reports_days: u32,
+    /// The conference record itself, its invitations and the relays and
+    /// links that carried it: what its residency report is made of (no
+    /// personal data). At least every other period above.
+    pub conferences_days: u32,
+    /// Rows deleted per statement: each batch is one short transaction, so
+    /// joins wait at most one batch for the store.
+    pub purge_batch: u32,
+    /// Seconds between purge runs.
+    pub purge_interval_secs: u32,
+}
+
+impl Default for RetentionSection {
+    fn default() -> Self {
+        RetentionSection {
+            participants_days: 30,
+            audit_days: 30,
+            abuse_reports_days: 90,
+            conferences_days: 90,
+            purge_batch: 1000,
+            purge_interval_secs: 300,
+        }
+    }
 }
 
 /// `[limits]`: what one address, one conference and one relay may take.
@@ -181,6 +218,16 @@ pub struct RouterSection {
     /// Lower-case hex SHA-256 of the operator's admin token (abuse reports,
     /// audit log). Without one the admin endpoints answer 403.
     pub admin_token_sha256: Option<String>,
+    /// File holding the records key (64 hex digits, as `keygen
+    /// --records-key` writes; relative to the config file) that keys every
+    /// address and passcode hash in the store. Default: derived from
+    /// `signing_key`. Never in the store; replicas of one store need the
+    /// same key.
+    pub records_key: Option<PathBuf>,
+    /// Earlier records key files, still accepted for the hashes made with
+    /// them (bans, passcodes) while they are listed.
+    #[serde(default)]
+    pub records_key_previous: Vec<PathBuf>,
 }
 
 /// `[selection]`: how relays are ranked.

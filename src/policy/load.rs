@@ -975,6 +975,40 @@ impl Policy {
                 ),
             );
         }
+        let retention = config.retention.clone();
+        for (field, v) in [
+            ("retention.participants_days", retention.participants_days),
+            ("retention.audit_days", retention.audit_days),
+            ("retention.abuse_reports_days", retention.abuse_reports_days),
+            ("retention.conferences_days", retention.conferences_days),
+            ("retention.purge_batch", retention.purge_batch),
+            (
+                "retention.purge_interval_secs",
+                retention.purge_interval_secs,
+            ),
+        ] {
+            if v == 0 {
+                p.push(
+                    cfg,
+                    field,
+                    "give a positive number (0 would purge records the moment a conference ends, or never run the purge)",
+                );
+            }
+        }
+        let longest_detail = retention
+            .participants_days
+            .max(retention.audit_days)
+            .max(retention.abuse_reports_days);
+        if retention.conferences_days < longest_detail {
+            p.push(
+                cfg,
+                "retention.conferences_days",
+                format!(
+                    "{} is less than the longest detail period ({longest_detail}): a conference's record, and its residency report, must outlive its participants, audit lines and abuse reports",
+                    retention.conferences_days
+                ),
+            );
+        }
         let mut full_addresses = Vec::new();
         for (i, jid) in log.full_addresses.iter().enumerate() {
             match known(jid) {
@@ -1014,6 +1048,7 @@ impl Policy {
                 full_addresses,
             },
             limits,
+            retention,
         })
     }
 }
@@ -1202,6 +1237,12 @@ fn build_routers(
                 public_key,
                 store,
                 admin_token_sha256,
+                records_key: r.records_key.as_ref().map(|k| resolve(base, k)),
+                records_key_previous: r
+                    .records_key_previous
+                    .iter()
+                    .map(|k| resolve(base, k))
+                    .collect(),
             });
         }
     }
@@ -1293,6 +1334,36 @@ fn build_store(
                 );
                 ok = false;
             }
+        }
+    }
+    // The store holds every record of the jurisdiction: off the router's
+    // machine it is reached over TLS with the server verified, or not at all.
+    if r.store_ca.is_none() {
+        let remote: Vec<String> = parsed
+            .get_hosts()
+            .iter()
+            .filter_map(|h| match h {
+                tokio_postgres::config::Host::Tcp(name) => {
+                    let loopback = name == "localhost"
+                        || name
+                            .parse::<std::net::IpAddr>()
+                            .is_ok_and(|ip| ip.is_loopback());
+                    (!loopback).then(|| name.clone())
+                }
+                #[cfg(unix)]
+                tokio_postgres::config::Host::Unix(_) => None,
+            })
+            .collect();
+        if !remote.is_empty() {
+            p.push(
+                cfg,
+                field("store_ca"),
+                format!(
+                    "the PostgreSQL store at {} is not on this machine: give the PEM file of the CA of its certificate, so that records travel over TLS to a verified server",
+                    remote.join(", ")
+                ),
+            );
+            ok = false;
         }
     }
     let country = country?;

@@ -133,6 +133,9 @@ pub struct Router {
     pub public_key: ed25519_dalek::VerifyingKey,
     pub store: StoreLocation,
     pub admin_token_sha256: Option<[u8; 32]>,
+    /// The records key file; `None`: derived from `signing_key`.
+    pub records_key: Option<PathBuf>,
+    pub records_key_previous: Vec<PathBuf>,
 }
 
 /// Where a router keeps its records.
@@ -253,6 +256,7 @@ pub struct Policy {
     routers: Vec<Router>,
     logging: Logging,
     limits: files::LimitsSection,
+    retention: files::RetentionSection,
 }
 
 /// The checked `[logging]` section.
@@ -353,6 +357,12 @@ impl Policy {
     /// The `[limits]` section (checked to be non-zero).
     pub fn limits(&self) -> &files::LimitsSection {
         &self.limits
+    }
+
+    /// The `[retention]` section (checked: non-zero, and conferences kept
+    /// at least as long as any of their details).
+    pub fn retention(&self) -> &files::RetentionSection {
+        &self.retention
     }
 
     pub fn logging(&self) -> &Logging {

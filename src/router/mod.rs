@@ -57,6 +57,8 @@ pub enum RouterError {
     Store(#[from] crate::store::StoreError),
     #[error("cannot serve HTTP: {0}")]
     Io(#[from] std::io::Error),
+    #[error("records key: {0}")]
+    RecordsKey(String),
 }
 
 /// Everything a request handler reads: the policy in force with this
@@ -73,7 +75,10 @@ pub struct Shared {
     pub cluster: Option<Arc<crate::store::Postgres>>,
     /// Whether the store answered its last health check.
     pub store_up: Arc<AtomicBool>,
+    /// The store's address salt ([`crate::store::Store::address_key`]).
     pub address_key: [u8; 32],
+    /// Keys every address and passcode hash the store keeps.
+    pub records_keys: crate::secret::RecordsKeys,
     pub relays: Arc<relays::Registry>,
     pub limiter: Arc<limits::Limiter>,
     pub metrics: RouterMetrics,
@@ -156,6 +161,13 @@ impl Live {
                 me.id, old.me.listen, me.listen
             ));
         }
+        if me.records_key != old.me.records_key
+            || me.records_key_previous != old.me.records_key_previous
+            || (me.records_key.is_none()
+                && signing_key.verifying_key() != old.signing_key.verifying_key())
+        {
+            restart_needed.push(format!("router '{}' records key", me.id));
+        }
         if me.store != old.me.store {
             restart_needed.push(format!(
                 "router '{}' store {} -> {}",
@@ -202,6 +214,7 @@ impl Live {
             cluster: old.cluster.clone(),
             store_up: old.store_up.clone(),
             address_key: old.address_key,
+            records_keys: old.records_keys.clone(),
             relays: old.relays.clone(),
             limiter: old.limiter.clone(),
             metrics: old.metrics.clone(),
@@ -244,6 +257,25 @@ pub fn signing_key(policy: &Policy, me: &policy::Router) -> Result<SigningKey, S
     Ok(key)
 }
 
+/// Router `me`'s records keys: its `records_key` file, else the key derived
+/// from its signing key; then its `records_key_previous` files.
+pub fn records_keys(
+    me: &policy::Router,
+    signing_key: &SigningKey,
+) -> Result<crate::secret::RecordsKeys, String> {
+    use crate::secret::{RecordsKey, RecordsKeys};
+    let current = match &me.records_key {
+        Some(path) => RecordsKey::read(path)?,
+        None => RecordsKey::derived_from_signing_key(&signing_key.to_bytes()),
+    };
+    let previous = me
+        .records_key_previous
+        .iter()
+        .map(|p| RecordsKey::read(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RecordsKeys { current, previous })
+}
+
 /// Connections waiting to be accepted, per listener (the kernel caps it at
 /// `net.core.somaxconn`). The usual default of 128 overflows when a burst of
 /// joins meets a busy router, and an overflow costs the client a one-second
@@ -270,6 +302,32 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RouterError> {
     let address_key = settings.store.records.address_key().await?;
+    let records_keys =
+        records_keys(&settings.router, &settings.signing_key).map_err(RouterError::RecordsKey)?;
+    match settings
+        .store
+        .records
+        .bind_records_key(&records_keys)
+        .await?
+    {
+        crate::store::KeyBinding::Same => {}
+        crate::store::KeyBinding::Keyed {
+            address_hashes,
+            passcode_hashes,
+        } => info!(
+            router = %settings.router.id,
+            key = %hex::encode(records_keys.current.id()),
+            address_hashes,
+            passcode_hashes,
+            "store bound to the records key: its address and passcode hashes are keyed"
+        ),
+        crate::store::KeyBinding::Rotated { from } => info!(
+            router = %settings.router.id,
+            from = %hex::encode(from),
+            to = %hex::encode(records_keys.current.id()),
+            "records key rotated: new hashes use the new key, the previous one still verifies old ones"
+        ),
+    }
     let cluster = settings.store.postgres.clone();
     let registry = match &cluster {
         Some(pg) => relays::Registry::with_epoch(pg.command_epoch()),
@@ -286,6 +344,7 @@ pub async fn run(
         cluster,
         store_up: Arc::new(AtomicBool::new(true)),
         address_key,
+        records_keys,
         ticket_lifetime: settings.ticket_lifetime,
         waiting_changed: Arc::new(tokio::sync::Notify::new()),
         ready: Arc::new(AtomicBool::new(true)),

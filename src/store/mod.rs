@@ -276,6 +276,30 @@ pub struct LinkUsage<'a> {
     pub bytes_out: u64,
 }
 
+/// What [`Store::bind_records_key`] found and did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyBinding {
+    /// The store was already bound to the current key.
+    Same,
+    /// The store had no records key: the hashes it held were keyed now.
+    Keyed {
+        address_hashes: u64,
+        passcode_hashes: u64,
+    },
+    /// The store was bound to a previous key; the current one makes new
+    /// hashes from now on, and the previous one still verifies old ones.
+    Rotated { from: [u8; 8] },
+}
+
+/// The refusal of a store bound to a key the router does not hold.
+pub(crate) fn foreign_key_error(stored: &[u8], keys: &crate::secret::RecordsKeys) -> StoreError {
+    StoreError::new(format!(
+        "the store's address and passcode hashes were made with records key {} but this router's records key is {}: give every replica the same records_key, or, to rotate, list the old key file in records_key_previous",
+        hex::encode(stored),
+        hex::encode(keys.current.id())
+    ))
+}
+
 /// The router's persistence. Implementations must be safe to call from many
 /// request handlers at once and make each call atomic.
 #[async_trait::async_trait]
@@ -286,9 +310,23 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Whether the store answers now (for `/readyz`): a trivial round trip.
     async fn ping(&self) -> Result<(), StoreError>;
 
-    /// Secret key for hashing client addresses; made on first use and kept,
-    /// so bans survive restarts.
+    /// Salt for hashing client addresses; made on first use and kept, so
+    /// bans survive restarts. Not a secret on its own: every address hash
+    /// is also keyed with the records key, which is never in the store
+    /// ([`crate::secret::RecordsKey`]).
     async fn address_key(&self) -> Result<[u8; 32], StoreError>;
+
+    /// Binds the store to the router's records key, in one transaction
+    /// (see [`KeyBinding`]): a store that has never seen a records key has
+    /// its address and passcode hashes keyed with `keys.current` (they were
+    /// plain salted SHA-256, which a copy of the store could reverse); a
+    /// store bound to a previous key is rebound to the current one; a store
+    /// bound to any other key is refused, since every ban and passcode in it
+    /// would silently stop matching.
+    async fn bind_records_key(
+        &self,
+        keys: &crate::secret::RecordsKeys,
+    ) -> Result<KeyBinding, StoreError>;
 
     async fn insert_conference(&self, c: &ConferenceRecord) -> Result<(), StoreError>;
     async fn conference(&self, id: &str) -> Result<Option<ConferenceRecord>, StoreError>;

@@ -62,12 +62,16 @@ use tokio_postgres::types::ToSql;
 use tracing::{info, warn};
 
 use super::{
-    AbuseReport, AuditEvent, Ban, ConferenceRecord, InviteRecord, InviteRefusal, LinkUsage,
-    LinkUse, ParticipantRecord, PasscodeHash, RelayUse, Role, Status, Store, StoreError, Usage,
+    AbuseReport, AuditEvent, Ban, ConferenceRecord, InviteRecord, InviteRefusal, KeyBinding,
+    LinkUsage, LinkUse, ParticipantRecord, PasscodeHash, RelayUse, Role, Status, Store, StoreError,
+    Usage,
 };
+use crate::secret::{RecordsKey, RecordsKeys};
 
 /// Schema version this code writes (`meta.schema_version`).
-const SCHEMA_VERSION: i64 = 1;
+/// 2: address and passcode hashes are keyed with the records key
+/// (`meta.records_key_id`); an older router would no longer match them.
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BYTEA NOT NULL);
@@ -303,6 +307,44 @@ fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
     }
 }
 
+/// Replaces every 32-byte value of `column` in `table` by `f` of it, in
+/// `tx` (one statement: old and new values as two arrays); returns how many
+/// rows changed. Values are distinct per address or passcode, so mapping
+/// by value is mapping by row.
+async fn rekey_column(
+    tx: &deadpool_postgres::Transaction<'_>,
+    table: &str,
+    column: &str,
+    f: impl Fn(&[u8; 32]) -> [u8; 32],
+) -> Result<u64, StoreError> {
+    let old: Vec<Vec<u8>> = tx
+        .query(
+            &format!("SELECT DISTINCT {column} FROM {table} WHERE {column} IS NOT NULL"),
+            &[],
+        )
+        .await
+        .map_err(err)?
+        .into_iter()
+        .map(|r| r.get::<_, Vec<u8>>(0))
+        .filter(|v| v.len() == 32)
+        .collect();
+    let new: Vec<Vec<u8>> = old
+        .iter()
+        .filter_map(|v| blob32(Some(v.clone())))
+        .map(|v| f(&v).to_vec())
+        .collect();
+    tx.execute(
+        &format!(
+            "UPDATE {table} AS t SET {column} = m.new
+             FROM unnest($1::bytea[], $2::bytea[]) AS m(old, new)
+             WHERE t.{column} = m.old"
+        ),
+        &[&old, &new],
+    )
+    .await
+    .map_err(err)
+}
+
 fn blob32(v: Option<Vec<u8>>) -> Option<[u8; 32]> {
     v.and_then(|b| b.try_into().ok())
 }
@@ -414,8 +456,9 @@ impl Postgres {
             }
             Some(v) if v == SCHEMA_VERSION => {}
             _ => {
-                // Version 1 is the first: later versions add their steps
-                // here, each from the version before.
+                // Version 1 is the first; 2 changed no table (the keying of
+                // hashes is `bind_records_key`'s). Later versions add their
+                // steps here, each from the version before.
                 tx.execute(
                     "INSERT INTO meta (key, value) VALUES ('schema_version', $1)
                      ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
@@ -966,6 +1009,59 @@ impl Store for Postgres {
         getrandom::fill(&mut key).map_err(|e| StoreError::new(e.to_string()))?;
         let v = self.meta_or("address_key", key.to_vec()).await?;
         blob32(Some(v)).ok_or_else(|| StoreError::new("meta.address_key is not 32 bytes"))
+    }
+
+    async fn bind_records_key(&self, keys: &RecordsKeys) -> Result<KeyBinding, StoreError> {
+        let current = keys.current.id();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(err)?;
+        // Replicas starting together bind one at a time: the second finds
+        // the first's key id (and refuses if it holds another key).
+        tx.execute("SELECT pg_advisory_xact_lock(7240512)", &[])
+            .await
+            .map_err(err)?;
+        let stored: Option<Vec<u8>> = tx
+            .query_opt("SELECT value FROM meta WHERE key = 'records_key_id'", &[])
+            .await
+            .map_err(err)?
+            .map(|r| r.get(0));
+        let outcome = match stored {
+            Some(id) if id == current => KeyBinding::Same,
+            Some(id) => match keys
+                .previous
+                .iter()
+                .map(RecordsKey::id)
+                .find(|p| p[..] == id[..])
+            {
+                Some(from) => KeyBinding::Rotated { from },
+                None => return Err(super::foreign_key_error(&id, keys)),
+            },
+            None => {
+                let mut address_hashes = 0;
+                for table in ["participants", "bans"] {
+                    address_hashes +=
+                        rekey_column(&tx, table, "address_hash", |h| keys.current.address(h))
+                            .await?;
+                }
+                let passcode_hashes = rekey_column(&tx, "conferences", "passcode_sha256", |h| {
+                    keys.current.passcode(h)
+                })
+                .await?;
+                KeyBinding::Keyed {
+                    address_hashes,
+                    passcode_hashes,
+                }
+            }
+        };
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('records_key_id', $1)
+             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+            &[&current.to_vec()],
+        )
+        .await
+        .map_err(err)?;
+        tx.commit().await.map_err(err)?;
+        Ok(outcome)
     }
 
     async fn insert_conference(&self, c: &ConferenceRecord) -> Result<(), StoreError> {

@@ -7,9 +7,11 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    AbuseReport, AuditEvent, Ban, ConferenceRecord, InviteRecord, InviteRefusal, LinkUsage,
-    LinkUse, ParticipantRecord, PasscodeHash, RelayUse, Role, Status, Store, StoreError, Usage,
+    AbuseReport, AuditEvent, Ban, ConferenceRecord, InviteRecord, InviteRefusal, KeyBinding,
+    LinkUsage, LinkUse, ParticipantRecord, PasscodeHash, RelayUse, Role, Status, Store, StoreError,
+    Usage,
 };
+use crate::secret::{RecordsKey, RecordsKeys};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -97,8 +99,11 @@ CREATE TABLE IF NOT EXISTS conference_links (
 );
 ";
 
-/// Schema version this code writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 5;
+/// Schema version this code writes (`PRAGMA user_version`). 6: address and
+/// passcode hashes are keyed with the records key (`meta.records_key_id`,
+/// [`Store::bind_records_key`]); an older router would no longer match them,
+/// so it must refuse the file.
+const SCHEMA_VERSION: i64 = 6;
 
 /// Brings a store file of any earlier version to [`SCHEMA_VERSION`], in one
 /// transaction; refuses a file written by a newer version.
@@ -174,6 +179,48 @@ fn err(e: impl std::fmt::Display) -> StoreError {
 
 fn blob32(v: Option<Vec<u8>>) -> Option<[u8; 32]> {
     v.and_then(|b| b.try_into().ok())
+}
+
+/// Applies `f` to every 32-byte value of `column` in `table` (by rowid);
+/// returns how many it changed.
+fn rekey_column(
+    db: &Connection,
+    table: &str,
+    column: &str,
+    f: impl Fn(&[u8; 32]) -> [u8; 32],
+) -> rusqlite::Result<u64> {
+    let rows: Vec<(i64, Vec<u8>)> = db
+        .prepare(&format!(
+            "SELECT rowid, {column} FROM {table} WHERE {column} IS NOT NULL"
+        ))?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut update = db.prepare(&format!(
+        "UPDATE {table} SET {column} = ?1 WHERE rowid = ?2"
+    ))?;
+    let mut changed = 0;
+    for (rowid, value) in rows {
+        // A value of another length never matched anything; it stays.
+        if let Some(inner) = blob32(Some(value)) {
+            update.execute(params![f(&inner).as_slice(), rowid])?;
+            changed += 1;
+        }
+    }
+    Ok(changed)
+}
+
+/// Keys every address and passcode hash in the store with `key` (they
+/// were made before the store had a records key).
+fn key_hashes(db: &Connection, key: &RecordsKey) -> rusqlite::Result<KeyBinding> {
+    let mut address_hashes = 0;
+    for table in ["participants", "bans"] {
+        address_hashes += rekey_column(db, table, "address_hash", |h| key.address(h))?;
+    }
+    let passcode_hashes = rekey_column(db, "conferences", "passcode_sha256", |h| key.passcode(h))?;
+    Ok(KeyBinding::Keyed {
+        address_hashes,
+        passcode_hashes,
+    })
 }
 
 impl Sqlite {
@@ -344,6 +391,51 @@ impl Store for Sqlite {
             )
         })
         .map(|v| blob32(Some(v)).unwrap_or(key))
+    }
+
+    async fn bind_records_key(&self, keys: &RecordsKeys) -> Result<KeyBinding, StoreError> {
+        let current = keys.current.id();
+        let previous: Vec<[u8; 8]> = keys.previous.iter().map(RecordsKey::id).collect();
+        let outcome = self.with(|db| {
+            db.execute_batch("BEGIN IMMEDIATE")?;
+            let result = (|| {
+                let stored: Option<Vec<u8>> = row(
+                    db,
+                    "SELECT value FROM meta WHERE key = 'records_key_id'",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()?;
+                let outcome = match stored {
+                    Some(id) if id == current => Ok(KeyBinding::Same),
+                    Some(id) => match previous.iter().find(|p| p[..] == id[..]) {
+                        Some(from) => Ok(KeyBinding::Rotated { from: *from }),
+                        None => Err(id),
+                    },
+                    None => Ok(key_hashes(db, &keys.current)?),
+                };
+                if outcome.is_ok() {
+                    exec(
+                        db,
+                        "INSERT INTO meta (key, value) VALUES ('records_key_id', ?1)
+                         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                        params![current.as_slice()],
+                    )?;
+                }
+                Ok(outcome)
+            })();
+            match result {
+                Ok(outcome) => {
+                    db.execute_batch("COMMIT")?;
+                    Ok(outcome)
+                }
+                Err(e) => {
+                    let _ = db.execute_batch("ROLLBACK");
+                    Err(e)
+                }
+            }
+        })?;
+        outcome.map_err(|stored| super::foreign_key_error(&stored, keys))
     }
 
     async fn insert_conference(&self, c: &ConferenceRecord) -> Result<(), StoreError> {

@@ -107,6 +107,7 @@ pub fn config(default_jurisdiction: &str, relays: Vec<RelaySection>) -> ConfigFi
         routers: vec![],
         logging: Default::default(),
         limits: Default::default(),
+        retention: Default::default(),
     }
 }
 

@@ -130,7 +130,10 @@ pub(super) async fn create_conference(
         id: id.clone(),
         tenant: tenant.id.clone(),
         jurisdiction: jid.clone(),
-        passcode: passcode.as_deref().map(ids::hash_passcode).transpose()?,
+        passcode: passcode
+            .as_deref()
+            .map(|p| ids::hash_passcode(&shared.records_keys.current, p))
+            .transpose()?,
         host_token_sha256: ids::sha256(&host_token),
         locked: false,
         waiting_room,

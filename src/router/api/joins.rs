@@ -25,8 +25,41 @@ use super::{
 use crate::policy::{JurisdictionIdx, RelayIdx};
 use crate::router::Shared;
 use crate::select;
-use crate::store::{AuditEvent, ConferenceRecord, InviteRefusal, ParticipantRecord, Role, Status};
+use crate::store::{
+    AuditEvent, ConferenceRecord, InviteRefusal, ParticipantRecord, Role, Status, StoreError,
+};
 use crate::ticket::{self, Claims, Grants};
+
+/// Whether a ban made before the address hash took its present form holds
+/// against `ip`: a ban hashed under a previous records key (still listed),
+/// or, for IPv6, one over the whole address from before bans covered the
+/// /64. One query per such form; none when no previous key is listed and
+/// the address is IPv4.
+async fn banned_by_an_older_address_hash(
+    shared: &Shared,
+    conference: &str,
+    ip: IpAddr,
+) -> Result<bool, StoreError> {
+    let keys = &shared.records_keys;
+    let older = keys
+        .previous
+        .iter()
+        .map(|key| ids::address_hash(key, &shared.address_key, ip))
+        .chain(
+            keys.all()
+                .filter_map(|key| ids::full_v6_address_hash(key, &shared.address_key, ip)),
+        );
+    for hash in older {
+        if shared
+            .store
+            .is_banned(conference, None, &hash, None)
+            .await?
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
 
 /// How long a waiting participant's poll is held before answering "still waiting".
 const WAIT_HOLD: Duration = Duration::from_secs(10);
@@ -215,7 +248,7 @@ async fn join_checked(
         let answer = issue_ticket(shared, c, j, ip, &mut p, None, failed).await?;
         return Ok(Json(answer).into_response());
     }
-    let address_hash = ids::address_hash(&shared.address_key, ip);
+    let address_hash = ids::address_hash(&shared.records_keys.current, &shared.address_key, ip);
     // Who is joining: an invitation names them, a passcode does not.
     let (invite, display_name) = match (&request.invite, &request.passcode) {
         (Some(token), _) => {
@@ -242,10 +275,9 @@ async fn join_checked(
             }
         }
         (None, Some(passcode)) => {
-            let ok = c
-                .passcode
-                .as_ref()
-                .is_some_and(|stored| ids::passcode_matches(stored, passcode));
+            let ok = c.passcode.as_ref().is_some_and(|stored| {
+                ids::passcode_matches(&shared.records_keys, stored, passcode)
+            });
             if !ok {
                 drop(attempt);
                 info!(
@@ -291,11 +323,7 @@ async fn join_checked(
         Some(i) => i.participant_id.clone(),
         None => ids::participant_id()?,
     };
-    let banned_before_v6_prefixes = match ids::full_v6_address_hash(&shared.address_key, ip) {
-        Some(full) => shared.store.is_banned(&c.id, None, &full, None).await?,
-        None => false,
-    };
-    if banned_before_v6_prefixes
+    if banned_by_an_older_address_hash(shared, &c.id, ip).await?
         || shared
             .store
             .is_banned(
