@@ -281,13 +281,28 @@ async fn first_joins_racing_on_two_replicas_agree_on_the_relay() {
 async fn a_killed_replica_is_taken_over_within_three_seconds() {
     let Some(pg) = Pg::start() else { return };
     let mut c = running(&pg).await;
-    let (a, b) = (c.url(A), c.url(B));
     let metric = |url: String, name: &'static str| async move {
         let m = request("GET", &format!("{url}/metrics"), None, None, None).await;
         sample(&String::from_utf8_lossy(&m.body), name)
     };
-    assert_eq!(metric(a.clone(), "rr_router_planner").await, 1.0);
-    assert_eq!(metric(b.clone(), "rr_router_planner").await, 0.0);
+    // Exactly one replica plans; which one took the lease first depends on
+    // timing. The planner is the one killed.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (killed_id, survivor_id) = loop {
+        let (pa, pb) = (
+            metric(c.url(A), "rr_router_planner").await,
+            metric(c.url(B), "rr_router_planner").await,
+        );
+        match (pa, pb) {
+            (1.0, 0.0) => break (A, B),
+            (0.0, 1.0) => break (B, A),
+            _ => {
+                assert!(Instant::now() < deadline, "planner: A {pa}, B {pb}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let (a, b) = (c.url(killed_id), c.url(survivor_id));
     let conf = open_conference(&a, "eu").await;
     let id = conf["id"].as_str().unwrap().to_owned();
     let passcode = conf["passcode"].as_str().unwrap().to_owned();
@@ -300,18 +315,18 @@ async fn a_killed_replica_is_taken_over_within_three_seconds() {
         .unwrap();
     let before = audit(&a, &conf).await;
 
-    c.kill_router(A).await;
+    c.kill_router(killed_id).await;
     let killed = Instant::now();
-    // Joins through B go on at once; this one lands in Dublin.
+    // Joins through the survivor go on at once; this one lands in Dublin.
     let irish = join_from(&b, &id, &passcode, "127.0.0.4").await.unwrap();
     assert_eq!(irish.relay_id, "ie-dub-1");
     let mut irish_client = connect(&irish, "127.0.0.4").await;
-    // B takes the planner lease over when A's expires...
+    // The survivor takes the planner lease over when the killed one's expires...
     let deadline = killed + Duration::from_secs(3);
     while metric(b.clone(), "rr_router_planner").await != 1.0 {
         assert!(
             Instant::now() < deadline,
-            "B did not take planning over within 3 s"
+            "{survivor_id} did not take planning over within 3 s"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -322,17 +337,18 @@ async fn a_killed_replica_is_taken_over_within_three_seconds() {
         .await
         .unwrap();
     hears(&german_client, &irish_client, track).await;
-    // Relays report to B now, healthy.
-    c.wait_health(B, &RELAYS, "healthy").await;
-    assert_eq!(reports_to(&pg, "de-fra-1"), B);
-    // Moderation through B reaches the relay A's participant is on.
+    // Relays report to the survivor now, healthy.
+    c.wait_health(survivor_id, &RELAYS, "healthy").await;
+    assert_eq!(reports_to(&pg, "de-fra-1"), survivor_id);
+    // Moderation through the survivor reaches the relay the killed one's
+    // participant is on.
     assert_eq!(kick(&b, &conf, &german.participant_id, false).await, 200);
     let code = tokio::time::timeout(Duration::from_secs(5), german_client.closed())
         .await
-        .expect("kick through B after A died");
+        .expect("kick through the survivor after the planner died");
     assert_eq!(code, Some(u64::from(close_code::KICKED)));
     eprintln!(
-        "planner taken over {took_over:?} after the kill; call moderated through B {:?} after it",
+        "planner taken over {took_over:?} after the kill; call moderated through {survivor_id} {:?} after it",
         killed.elapsed()
     );
     // Nothing A answered is lost.
