@@ -9,11 +9,14 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use residency_relay::policy::files::RetentionSection;
+use residency_relay::router::retention;
 use residency_relay::secret::{RecordsKey, RecordsKeys};
 use residency_relay::store::postgres::{Options, Postgres};
 use residency_relay::store::{
     AuditEvent, Ban, ConferenceRecord, InviteRecord, InviteRefusal, KeyBinding, LinkUsage,
-    ParticipantRecord, PasscodeHash, RelayUse, Role, Sqlite, Status, Store, Usage,
+    ParticipantRecord, PasscodeHash, PurgeCutoffs, Purged, RelayUse, Role, Sqlite, Status, Store,
+    Usage,
 };
 use rusqlite::Connection;
 use support::pg::Pg;
@@ -306,6 +309,7 @@ where
     waiting_room_and_relays_and_audit(&*make().await).await;
     the_address_key_is_made_once_and_kept(&*make().await).await;
     hashes_are_keyed_once_and_only_the_bound_key_is_taken(&*make().await).await;
+    records_go_when_their_period_is_over(&*make().await).await;
     a_kicked_participant_stays_kicked(&*make().await).await;
     conditional_updates_hold_under_concurrency(make().await).await;
 }
@@ -324,6 +328,83 @@ async fn connect(url: String) -> Postgres {
     })
     .await
     .unwrap()
+}
+
+/// A CA and, signed by it, a server certificate for 127.0.0.1 with its
+/// key (PEM).
+fn ca_and_server() -> (String, String, String) {
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca, rcgen::KeyPair::generate().unwrap()).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let server = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &*ca)
+        .unwrap();
+    (ca.pem(), server.pem(), key.serialize_pem())
+}
+
+async fn connect_with_ca(url: String, ca: &std::path::Path) -> Result<Postgres, String> {
+    Postgres::connect(&Options {
+        url,
+        password: None,
+        ca: Some(ca.to_owned()),
+        pool_size: 2,
+    })
+    .await
+    .map_err(|e| e.to_string())
+}
+
+/// With `store_ca` the store is reached over TLS only: a server whose
+/// certificate another CA signed is refused, and so is a server that does
+/// not offer TLS (no silent fallback to plain text); with the right CA the
+/// connection is encrypted, as the server itself reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_with_a_ca_is_reached_over_verified_tls_only() {
+    let Some(mut pg) = Pg::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = ca_and_server();
+    let (other_ca, _, _) = ca_and_server();
+    let (right, wrong) = (dir.path().join("ca.pem"), dir.path().join("other-ca.pem"));
+    std::fs::write(&right, ca).unwrap();
+    std::fs::write(&wrong, other_ca).unwrap();
+    let e = connect_with_ca(pg.url("rr"), &right).await.unwrap_err();
+    assert!(
+        e.contains("TLS") || e.contains("SSL") || e.contains("ssl"),
+        "{e}"
+    );
+
+    pg.serve_tls(&cert, &key);
+    let e = connect_with_ca(pg.url("rr"), &wrong).await.unwrap_err();
+    assert!(e.to_lowercase().contains("certificate"), "{e}");
+    let store = connect_with_ca(pg.url("rr"), &right).await.unwrap();
+    store.ping().await.unwrap();
+    let (client, connection) = tokio_postgres::connect(&pg.url("rr"), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let encrypted: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE s.ssl AND a.application_name = 'residency-relay'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let plain: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE NOT s.ssl AND a.application_name = 'residency-relay'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        encrypted >= 1 && plain == 0,
+        "{encrypted} encrypted, {plain} plain"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -441,6 +522,167 @@ async fn hashes_are_keyed_once_and_only_the_bound_key_is_taken(s: &dyn Store) {
         KeyBinding::Same
     );
     assert!(s.bind_records_key(&only_a).await.is_err());
+}
+
+/// Everything of one conference, as a call leaves it.
+async fn a_call(s: &dyn Store, id: &str, ended: Option<u64>, audit_lines: u64) {
+    let mut c = conference(id);
+    c.ended = ended;
+    s.insert_conference(&c).await.unwrap();
+    s.upsert_participant(&ParticipantRecord {
+        id: "p-1".into(),
+        conference: id.into(),
+        display_name: "Bo".into(),
+        role: Role::Speaker,
+        status: Status::Joined,
+        address_hash: [1; 32],
+        invite_sha256: None,
+        wait_token_sha256: None,
+        rejoin_sha256: None,
+        relay: Some("de-fra-1".into()),
+        created: 5,
+    })
+    .await
+    .unwrap();
+    s.add_ban(&Ban {
+        conference: id.into(),
+        participant_id: "p-2".into(),
+        address_hash: [2; 32],
+        invite_sha256: None,
+        created: 6,
+    })
+    .await
+    .unwrap();
+    let mut token = [0u8; 32];
+    token[..id.len().min(32)].copy_from_slice(&id.as_bytes()[..id.len().min(32)]);
+    s.insert_invite(&InviteRecord {
+        token_sha256: token,
+        conference: id.into(),
+        participant_id: "p-3".into(),
+        display_name: "Cy".into(),
+        role: Role::Viewer,
+        expires: 100,
+    })
+    .await
+    .unwrap();
+    for n in 0..audit_lines {
+        s.audit(&AuditEvent {
+            time: n,
+            conference: id.into(),
+            event: "join_accepted".into(),
+            detail: serde_json::json!({}),
+        })
+        .await
+        .unwrap();
+    }
+    s.add_report(id, "p-1", "spam", 7).await.unwrap();
+    s.record_usage(
+        "de-fra-1",
+        8,
+        &[Usage {
+            conference: id,
+            participants: 1,
+            bytes_in: 1,
+            bytes_out: 1,
+            country: "DE",
+            inside: true,
+        }],
+        &[LinkUsage {
+            conference: id,
+            peer: "ie-dub-1",
+            bytes_in: 1,
+            bytes_out: 1,
+        }],
+    )
+    .await
+    .unwrap();
+}
+
+/// What is left of conference `id`: participant, ban, invitation, audit
+/// lines, abuse reports, relay use, link use, record.
+async fn left(s: &dyn Store, id: &str) -> (bool, bool, bool, usize, usize, usize, usize, bool) {
+    let mut token = [0u8; 32];
+    token[..id.len().min(32)].copy_from_slice(&id.as_bytes()[..id.len().min(32)]);
+    (
+        s.participant(id, "p-1").await.unwrap().is_some(),
+        s.is_banned(id, Some("p-2"), &[0; 32], None).await.unwrap(),
+        !matches!(
+            s.invite(&token, id, 0).await.unwrap(),
+            Err(InviteRefusal::Unknown)
+        ),
+        s.audit_log(id).await.unwrap().len(),
+        s.reports(1000)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|r| r.conference == id)
+            .count(),
+        s.relays_of(id).await.unwrap().len(),
+        s.links_of(id).await.unwrap().len(),
+        s.conference(id).await.unwrap().is_some(),
+    )
+}
+
+/// The purge on a simulated clock: nothing goes a second before its
+/// period is over, each kind goes when its own is, in steps of the batch
+/// size, the conference record last; a running conference keeps all.
+async fn records_go_when_their_period_is_over(s: &dyn Store) {
+    const DAY: u64 = 86_400;
+    let ended = 1_000_000;
+    a_call(s, "eu-old", Some(ended), 5).await;
+    a_call(s, "eu-live", None, 2).await;
+    let r = RetentionSection::default();
+    let everything = (true, true, true, 5, 1, 1, 1, true);
+    let run = |now: u64| {
+        let cutoffs = retention::cutoffs(&r, now);
+        async move {
+            retention::purge(s, &PurgeCutoffs::default(), &cutoffs, 2, |_| {})
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(run(ended + 30 * DAY - 1).await, Purged::default());
+    assert_eq!(left(s, "eu-old").await, everything);
+    // A step takes at most the batch of each kind.
+    let step = s
+        .purge_step(
+            &PurgeCutoffs::default(),
+            &retention::cutoffs(&r, ended + 30 * DAY),
+            2,
+        )
+        .await
+        .unwrap();
+    assert_eq!((step.audit, step.participants), (2, 1));
+    let rest = run(ended + 30 * DAY).await;
+    assert_eq!(
+        (rest.audit, rest.participants, rest.bans, rest.invites),
+        (3, 0, 0, 0)
+    );
+    assert_eq!(
+        left(s, "eu-old").await,
+        (false, false, false, 0, 1, 1, 1, true)
+    );
+    assert_eq!(run(ended + 90 * DAY - 1).await, Purged::default());
+    let last = run(ended + 90 * DAY).await;
+    assert_eq!(
+        (
+            last.abuse_reports,
+            last.relay_use,
+            last.link_use,
+            last.conferences
+        ),
+        (1, 1, 1, 1)
+    );
+    assert_eq!(
+        left(s, "eu-old").await,
+        (false, false, false, 0, 0, 0, 0, false)
+    );
+    // Years later, the running conference still has everything.
+    assert_eq!(run(ended + 900 * DAY).await, Purged::default());
+    assert_eq!(
+        left(s, "eu-live").await,
+        (true, true, true, 2, 1, 1, 1, true)
+    );
 }
 
 async fn a_kicked_participant_stays_kicked(s: &dyn Store) {

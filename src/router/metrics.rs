@@ -57,6 +57,8 @@ pub struct RouterMetrics {
     pub misdirected: IntCounter,
     pub residency_moves: IntCounterVec,
     pub reloads: IntCounterVec,
+    /// Rows the retention purge deleted, by kind.
+    pub records_purged: IntCounterVec,
     /// The HTTP listener's connections.
     pub http: crate::http_server::ConnMetrics,
 }
@@ -251,6 +253,17 @@ impl RouterMetrics {
                 "Policy reloads (SIGHUP or admin endpoint) by outcome (applied, rejected).",
                 &["outcome"],
             ),
+            records_purged: {
+                let c = counter_vec(
+                    "records_purged_total",
+                    "Rows the retention purge deleted, by kind (participants, bans, invites, audit, abuse_reports, relay_use, link_use, conferences).",
+                    &["kind"],
+                );
+                for (kind, _) in crate::store::Purged::default().by_kind() {
+                    c.with_label_values(&[kind]);
+                }
+                c
+            },
             http: crate::http_server::ConnMetrics::register(&registry),
             registry,
         };

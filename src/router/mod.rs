@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod page;
 pub mod relays;
 pub mod residency;
+pub mod retention;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -369,6 +370,7 @@ pub async fn run(
     let mut background = tokio::task::JoinSet::new();
     background.spawn(relays::watch(live.clone()));
     background.spawn(watch_store(live.clone()));
+    background.spawn(retention::run(live.clone()));
     // Commands another replica stored wake the reports held here; a
     // waiting-room decision made on another replica wakes polls here.
     if let Some(pg) = live.load().cluster.clone() {

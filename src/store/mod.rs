@@ -291,6 +291,70 @@ pub enum KeyBinding {
     Rotated { from: [u8; 8] },
 }
 
+/// Until when each kind of record of ended conferences is kept: records of
+/// a conference that ended at or before a cutoff (Unix seconds) go.
+/// Records of a conference still running are kept whatever their age.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PurgeCutoffs {
+    /// Participant rows, bans and invitations (names, address hashes).
+    pub participants: u64,
+    pub audit: u64,
+    pub abuse_reports: u64,
+    /// The conference record and its relay and link use, once nothing
+    /// else of it is left.
+    pub conferences: u64,
+}
+
+/// Rows one purge step deleted, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    pub participants: u64,
+    pub bans: u64,
+    pub invites: u64,
+    pub audit: u64,
+    pub abuse_reports: u64,
+    pub relay_use: u64,
+    pub link_use: u64,
+    pub conferences: u64,
+}
+
+impl Purged {
+    /// Each kind with its metric label.
+    pub fn by_kind(&self) -> [(&'static str, u64); 8] {
+        [
+            ("participants", self.participants),
+            ("bans", self.bans),
+            ("invites", self.invites),
+            ("audit", self.audit),
+            ("abuse_reports", self.abuse_reports),
+            ("relay_use", self.relay_use),
+            ("link_use", self.link_use),
+            ("conferences", self.conferences),
+        ]
+    }
+
+    pub fn total(&self) -> u64 {
+        self.by_kind().iter().map(|(_, n)| n).sum()
+    }
+
+    /// Whether a step that may delete `batch` rows of each kind left some
+    /// behind (another step is due).
+    pub fn more_after(&self, batch: u32) -> bool {
+        self.by_kind().iter().any(|(_, n)| *n >= u64::from(batch))
+    }
+
+    pub fn add(&mut self, other: &Purged) {
+        self.participants += other.participants;
+        self.bans += other.bans;
+        self.invites += other.invites;
+        self.audit += other.audit;
+        self.abuse_reports += other.abuse_reports;
+        self.relay_use += other.relay_use;
+        self.link_use += other.link_use;
+        self.conferences += other.conferences;
+    }
+}
+
 /// The refusal of a store bound to a key the router does not hold.
 pub(crate) fn foreign_key_error(stored: &[u8], keys: &crate::secret::RecordsKeys) -> StoreError {
     StoreError::new(format!(
@@ -327,6 +391,22 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         &self,
         keys: &crate::secret::RecordsKeys,
     ) -> Result<KeyBinding, StoreError>;
+
+    /// One step of the retention purge: deletes at most `batch` rows of
+    /// each kind of the conferences that ended after `since` and at or
+    /// before `cutoffs` (per kind), each kind in its own short statement (so
+    /// a join waits for at most one of them). A conference record goes only
+    /// once nothing else of it is left. The caller repeats the step while
+    /// [`Purged::more_after`] says so; once a run is through, its cutoffs
+    /// are the next run's `since`, so a run looks only at conferences that
+    /// ended since the last one (every record belongs to a stored
+    /// conference, and a conference's end never moves back).
+    async fn purge_step(
+        &self,
+        since: &PurgeCutoffs,
+        cutoffs: &PurgeCutoffs,
+        batch: u32,
+    ) -> Result<Purged, StoreError>;
 
     async fn insert_conference(&self, c: &ConferenceRecord) -> Result<(), StoreError>;
     async fn conference(&self, id: &str) -> Result<Option<ConferenceRecord>, StoreError>;

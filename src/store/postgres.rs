@@ -63,8 +63,8 @@ use tracing::{info, warn};
 
 use super::{
     AbuseReport, AuditEvent, Ban, ConferenceRecord, InviteRecord, InviteRefusal, KeyBinding,
-    LinkUsage, LinkUse, ParticipantRecord, PasscodeHash, RelayUse, Role, Status, Store, StoreError,
-    Usage,
+    LinkUsage, LinkUse, ParticipantRecord, PasscodeHash, PurgeCutoffs, Purged, RelayUse, Role,
+    Status, Store, StoreError, Usage,
 };
 use crate::secret::{RecordsKey, RecordsKeys};
 
@@ -121,6 +121,8 @@ CREATE TABLE IF NOT EXISTS bans (
     created BIGINT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS bans_conference ON bans (conference);
+CREATE INDEX IF NOT EXISTS conferences_ended ON conferences (ended);
+CREATE INDEX IF NOT EXISTS invites_conference ON invites (conference);
 CREATE TABLE IF NOT EXISTS abuse_reports (
     id BIGSERIAL PRIMARY KEY,
     conference TEXT NOT NULL,
@@ -128,6 +130,7 @@ CREATE TABLE IF NOT EXISTS abuse_reports (
     reason TEXT NOT NULL,
     created BIGINT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS abuse_reports_conference ON abuse_reports (conference);
 CREATE TABLE IF NOT EXISTS audit (
     id BIGSERIAL PRIMARY KEY,
     time BIGINT NOT NULL,
@@ -292,10 +295,18 @@ fn is_unavailable(e: &tokio_postgres::Error) -> bool {
 }
 
 fn err(e: tokio_postgres::Error) -> StoreError {
+    // The causes too: "error performing TLS handshake" alone does not say
+    // that the server's certificate was refused.
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
     if is_unavailable(&e) {
-        StoreError::unavailable(format!("database unavailable: {e}"))
+        StoreError::unavailable(format!("database unavailable: {text}"))
     } else {
-        StoreError::new(format!("database: {e}"))
+        StoreError::new(format!("database: {text}"))
     }
 }
 
@@ -383,9 +394,14 @@ impl Postgres {
         // A statement stuck behind a lock must not hold a join for long.
         config.options("-c statement_timeout=5000 -c lock_timeout=2000");
         let tls = match &options.ca {
-            Some(ca) => Tls::Rustls(tokio_postgres_rustls::MakeRustlsConnect::new(
-                rustls_config(ca)?,
-            )),
+            Some(ca) => {
+                // TLS or nothing: a server (or someone in the middle) that
+                // does not offer it is refused, never fallen back from.
+                config.ssl_mode(tokio_postgres::config::SslMode::Require);
+                Tls::Rustls(tokio_postgres_rustls::MakeRustlsConnect::new(
+                    rustls_config(ca)?,
+                ))
+            }
             None => Tls::None,
         };
         let manager_config = ManagerConfig {
@@ -1062,6 +1078,78 @@ impl Store for Postgres {
         .map_err(err)?;
         tx.commit().await.map_err(err)?;
         Ok(outcome)
+    }
+
+    async fn purge_step(
+        &self,
+        since: &PurgeCutoffs,
+        cutoffs: &PurgeCutoffs,
+        batch: u32,
+    ) -> Result<Purged, StoreError> {
+        let client = self.client().await?;
+        let limit = i64::from(batch);
+        // Replicas may purge at once: a row another one deleted meanwhile
+        // is simply not deleted twice.
+        let rows = |table: &'static str, since: u64, cutoff: u64| {
+            let client = &client;
+            async move {
+                if cutoff <= since {
+                    return Ok(0);
+                }
+                client
+                    .execute(
+                        &format!(
+                            "DELETE FROM {table} WHERE ctid = ANY(ARRAY(
+                                SELECT t.ctid FROM conferences c JOIN {table} t ON t.conference = c.id
+                                WHERE c.ended > $1 AND c.ended <= $2 LIMIT $3))"
+                        ),
+                        &[&(since as i64), &(cutoff as i64), &limit],
+                    )
+                    .await
+                    .map_err(err)
+            }
+        };
+        let (p, a, r, c) = (
+            (since.participants, cutoffs.participants),
+            (since.audit, cutoffs.audit),
+            (since.abuse_reports, cutoffs.abuse_reports),
+            (since.conferences, cutoffs.conferences),
+        );
+        let mut purged = Purged {
+            participants: rows("participants", p.0, p.1).await?,
+            bans: rows("bans", p.0, p.1).await?,
+            invites: rows("invites", p.0, p.1).await?,
+            audit: rows("audit", a.0, a.1).await?,
+            abuse_reports: rows("abuse_reports", r.0, r.1).await?,
+            relay_use: rows("conference_relays", c.0, c.1).await?,
+            link_use: rows("conference_links", c.0, c.1).await?,
+            conferences: 0,
+        };
+        if c.1 > c.0 {
+            // Its placement (shared by the replicas) goes with it.
+            let gone: i64 = client
+                .query_one(
+                    "WITH gone AS (DELETE FROM conferences WHERE id = ANY(ARRAY(
+                        SELECT c.id FROM conferences c
+                        WHERE c.ended > $1 AND c.ended <= $2
+                          AND NOT EXISTS (SELECT 1 FROM participants t WHERE t.conference = c.id)
+                          AND NOT EXISTS (SELECT 1 FROM bans t WHERE t.conference = c.id)
+                          AND NOT EXISTS (SELECT 1 FROM invites t WHERE t.conference = c.id)
+                          AND NOT EXISTS (SELECT 1 FROM audit t WHERE t.conference = c.id)
+                          AND NOT EXISTS (SELECT 1 FROM abuse_reports t WHERE t.conference = c.id)
+                          AND NOT EXISTS (SELECT 1 FROM conference_relays t WHERE t.conference = c.id)
+                          AND NOT EXISTS (SELECT 1 FROM conference_links t WHERE t.conference = c.id)
+                        LIMIT $3)) RETURNING id),
+                     placed AS (DELETE FROM placements WHERE conference IN (SELECT id FROM gone))
+                     SELECT count(*) FROM gone",
+                    &[&(c.0 as i64), &(c.1 as i64), &limit],
+                )
+                .await
+                .map(|r| r.get(0))
+                .map_err(err)?;
+            purged.conferences = gone as u64;
+        }
+        Ok(purged)
     }
 
     async fn insert_conference(&self, c: &ConferenceRecord) -> Result<(), StoreError> {

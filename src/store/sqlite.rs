@@ -8,8 +8,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
     AbuseReport, AuditEvent, Ban, ConferenceRecord, InviteRecord, InviteRefusal, KeyBinding,
-    LinkUsage, LinkUse, ParticipantRecord, PasscodeHash, RelayUse, Role, Status, Store, StoreError,
-    Usage,
+    LinkUsage, LinkUse, ParticipantRecord, PasscodeHash, PurgeCutoffs, Purged, RelayUse, Role,
+    Status, Store, StoreError, Usage,
 };
 use crate::secret::{RecordsKey, RecordsKeys};
 
@@ -60,6 +60,8 @@ CREATE TABLE IF NOT EXISTS bans (
     created INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS bans_conference ON bans (conference);
+CREATE INDEX IF NOT EXISTS conferences_ended ON conferences (ended);
+CREATE INDEX IF NOT EXISTS invites_conference ON invites (conference);
 CREATE TABLE IF NOT EXISTS abuse_reports (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     conference TEXT NOT NULL,
@@ -67,6 +69,7 @@ CREATE TABLE IF NOT EXISTS abuse_reports (
     reason TEXT NOT NULL,
     created INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS abuse_reports_conference ON abuse_reports (conference);
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     time INTEGER NOT NULL,
@@ -207,6 +210,31 @@ fn rekey_column(
         }
     }
     Ok(changed)
+}
+
+/// Deletes at most `batch` rows of `table` belonging to conferences that
+/// ended in `(since, cutoff]` (by rowid, found through `conferences_ended`
+/// and the table's conference index).
+fn purge_rows(
+    db: &Connection,
+    table: &str,
+    since: u64,
+    cutoff: u64,
+    batch: u32,
+) -> rusqlite::Result<u64> {
+    if cutoff <= since {
+        return Ok(0);
+    }
+    let n = exec(
+        db,
+        &format!(
+            "DELETE FROM {table} WHERE rowid IN (
+                SELECT t.rowid FROM conferences c JOIN {table} t ON t.conference = c.id
+                WHERE c.ended > ?1 AND c.ended <= ?2 LIMIT ?3)"
+        ),
+        params![since as i64, cutoff as i64, batch],
+    )?;
+    Ok(n as u64)
 }
 
 /// Keys every address and passcode hash in the store with `key` (they
@@ -436,6 +464,55 @@ impl Store for Sqlite {
             }
         })?;
         outcome.map_err(|stored| super::foreign_key_error(&stored, keys))
+    }
+
+    async fn purge_step(
+        &self,
+        since: &PurgeCutoffs,
+        cutoffs: &PurgeCutoffs,
+        batch: u32,
+    ) -> Result<Purged, StoreError> {
+        // One statement per kind, each taking the connection on its own.
+        let rows = |table: &str, since: u64, cutoff: u64| {
+            self.with(|db| purge_rows(db, table, since, cutoff, batch))
+        };
+        let (p, a, r, c) = (
+            (since.participants, cutoffs.participants),
+            (since.audit, cutoffs.audit),
+            (since.abuse_reports, cutoffs.abuse_reports),
+            (since.conferences, cutoffs.conferences),
+        );
+        let mut purged = Purged {
+            participants: rows("participants", p.0, p.1)?,
+            bans: rows("bans", p.0, p.1)?,
+            invites: rows("invites", p.0, p.1)?,
+            audit: rows("audit", a.0, a.1)?,
+            abuse_reports: rows("abuse_reports", r.0, r.1)?,
+            relay_use: rows("conference_relays", c.0, c.1)?,
+            link_use: rows("conference_links", c.0, c.1)?,
+            conferences: 0,
+        };
+        if c.1 > c.0 {
+            purged.conferences = self.with(|db| {
+                exec(
+                    db,
+                    "DELETE FROM conferences WHERE id IN (
+                        SELECT c.id FROM conferences c
+                        WHERE c.ended > ?1 AND c.ended <= ?2
+                          AND NOT EXISTS (SELECT 1 FROM participants t WHERE t.conference = c.id)
+                          AND NOT EXISTS (SELECT 1 FROM bans t WHERE t.conference = c.id)
+                          AND NOT EXISTS (SELECT 1 FROM invites t WHERE t.conference = c.id)
+                          AND NOT EXISTS (SELECT 1 FROM audit t WHERE t.conference = c.id)
+                          AND NOT EXISTS (SELECT 1 FROM abuse_reports t WHERE t.conference = c.id)
+                          AND NOT EXISTS (SELECT 1 FROM conference_relays t WHERE t.conference = c.id)
+                          AND NOT EXISTS (SELECT 1 FROM conference_links t WHERE t.conference = c.id)
+                        LIMIT ?3)",
+                    params![c.0 as i64, c.1 as i64, batch],
+                )
+                .map(|n| n as u64)
+            })?;
+        }
+        Ok(purged)
     }
 
     async fn insert_conference(&self, c: &ConferenceRecord) -> Result<(), StoreError> {

@@ -183,6 +183,36 @@ impl Pg {
         self.running = false;
     }
 
+    /// Serves TLS with `cert` and `key` (PEM) from now on: writes them into
+    /// the data directory, turns `ssl` on and restarts the server.
+    pub fn serve_tls(&mut self, cert: &str, key: &str) {
+        let data = self.data();
+        std::fs::write(data.join("server.crt"), cert).unwrap();
+        std::fs::write(data.join("server.key"), key).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            data.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        if as_root() {
+            for f in ["server.crt", "server.key"] {
+                let status = Command::new("chown")
+                    .arg("postgres:postgres")
+                    .arg(data.join(f))
+                    .status()
+                    .unwrap();
+                assert!(status.success(), "chown of {f} failed");
+            }
+        }
+        let conf = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).unwrap();
+        text.push_str("\nssl = on\n");
+        std::fs::write(&conf, text).unwrap();
+        self.stop();
+        self.restart();
+    }
+
     /// The server's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()

@@ -17,7 +17,7 @@ use super::{ApiResult, Current, ErrorBody, Managed, now_unix, store_failed};
     tag = "residency",
     params(("id" = String, Path, description = "The conference id.")),
     responses(
-        (status = 200, description = "The signed residency report (docs/api.md, \"The residency report\"): `{report: {conference, tenant, jurisdiction, jurisdiction_name, legal_basis, created, ended, generated_at, routers, relays, links, enforcement, e2ee}, signature: {algorithm, public_key, value}}`; `residency-relay verify-report` checks it.", body = Value),
+        (status = 200, description = "The signed residency report (docs/api.md, \"The residency report\"): `{report: {conference, tenant, jurisdiction, jurisdiction_name, legal_basis, created, ended, generated_at, routers, store, relays, links, enforcement, retention, e2ee}, signature: {algorithm, public_key, value}}`; `residency-relay verify-report` checks it.", body = Value),
         (status = 401, description = "`unauthorized`: not the tenant's API key, the host token or a host's manage token.", body = ErrorBody),
         (status = 404, description = "`unknown_conference` (also another tenant's).", body = ErrorBody),
         (status = 421, description = "`wrong_router` (with `router_url`) or `jurisdiction_not_served`.", body = ErrorBody),
@@ -202,6 +202,8 @@ pub(super) async fn residency_report(
         "relays": relays,
         "links": links,
         "enforcement": enforcement,
+        // When the records this report is made of are deleted.
+        "retention": crate::router::retention::schedule(shared.policy.retention(), c.ended),
         // What the router recorded and put in every ticket; whether clients
         // encrypted is theirs to show (relays refused undeclared tracks).
         "e2ee": {

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# What a join costs the store, and what the retention purge gives back: the
+# EU router on SQLite takes joins from `joinload` (its conferences stay
+# open), then the script marks those conferences ended 100 days ago and
+# restarts the router, whose purge deletes everything past the default
+# periods. Bytes in use (pages in use, not the file's size: SQLite keeps
+# freed pages for reuse) are read with Python's sqlite3 before and after.
+#
+#   benches/store_size.sh                 # 32 concurrent, 10 s
+#   SECONDS_EACH=2 benches/store_size.sh  # quick
+#
+# Loopback only; needs `cargo build --release` and python3.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECONDS_EACH=${SECONDS_EACH:-10}
+CONCURRENCY=${CONCURRENCY:-32}
+bin=target/release/residency-relay
+[ -x "$bin" ] || { echo "build first: cargo build --release" >&2; exit 1; }
+work=$(mktemp -d /tmp/rr-store-size.XXXXXX)
+dev_pid=""
+cleanup() {
+    [ -n "$dev_pid" ] && kill "$dev_pid" 2>/dev/null && wait "$dev_pid" 2>/dev/null
+    rm -rf "$work" config/bench-store-size.toml
+}
+trap cleanup EXIT
+db="$work/de-fra-router.sqlite"
+sed -e 's/max_participants = [0-9_]*/max_participants = 1000000/' \
+    -e "s|^store = \"../data/de-fra-router.sqlite\"|store = \"$db\"|" \
+    config/dev.toml > config/bench-store-size.toml
+printf '\n[limits]\njoins_per_address_per_minute = 100000000\nconference_max_participants = 1000000\nrelay_connections_per_address = 100000\n\n[retention]\npurge_interval_secs = 1\n' >> config/bench-store-size.toml
+
+start_dev() {
+    RUST_LOG=warn "$bin" dev --config config/bench-store-size.toml >"$work/dev.out" 2>&1 &
+    dev_pid=$!
+    for _ in $(seq 1 200); do
+        if curl -sf -H 'Authorization: Bearer dev-admin-key' http://127.0.2.1:8080/v1/admin/relays | grep -q '"healthy"'; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "the dev router did not become ready" >&2
+    exit 1
+}
+stop_dev() { kill "$dev_pid"; wait "$dev_pid" 2>/dev/null || true; dev_pid=""; }
+in_use() { # bytes in pages in use, rows per table
+    python3 - "$db" <<'EOF'
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+page = db.execute("PRAGMA page_size").fetchone()[0]
+pages = db.execute("PRAGMA page_count").fetchone()[0]
+free = db.execute("PRAGMA freelist_count").fetchone()[0]
+rows = {t: db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+        for t in ["conferences", "participants", "audit", "conference_relays"]}
+print((pages - free) * page, pages * page, " ".join(f"{t}={n}" for t, n in rows.items()))
+EOF
+}
+
+start_dev
+"$bin" joinload --router http://127.0.2.1:8080 --api-key dev-acme-key \
+    --concurrency "$CONCURRENCY" --seconds "$SECONDS_EACH" | grep '^join:' | tee "$work/join"
+stop_dev
+joins=$(awk '{print $2}' "$work/join")
+read -r used file rows < <(in_use)
+echo "after $joins joins: $used bytes in use ($((used / joins)) per join), file $file bytes; $rows"
+
+# Every conference ended 100 days ago: past every default period.
+python3 - "$db" <<'EOF'
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1])
+db.execute("UPDATE conferences SET ended = ?", (int(time.time()) - 100 * 86400,))
+db.commit()
+EOF
+start_dev
+for _ in $(seq 1 600); do
+    left=$(python3 -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('SELECT count(*) FROM conferences').fetchone()[0])" "$db")
+    [ "$left" = 0 ] && break
+    sleep 0.5
+done
+purged=$(curl -sf http://127.0.2.1:8080/metrics | grep '^rr_router_records_purged_total' | awk '{s += $2} END {print s}')
+stop_dev
+read -r used file rows < <(in_use)
+echo "after the purge ($purged rows deleted): $used bytes in use, file $file bytes (freed pages are reused); $rows"
