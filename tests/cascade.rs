@@ -267,25 +267,46 @@ async fn an_eu_call_spans_eu_relays_only_and_the_report_accounts_for_every_byte(
 /// Opens a cascade-link connection to `relay` from `from_ip` and presents
 /// `ticket`; returns the relay's answer.
 async fn present_link_ticket(c: &Cluster, relay: &str, from_ip: &str, ticket: &str) -> LinkMessage {
-    let r = c.policy.relay(c.policy.relay_idx(relay).unwrap());
-    let cert = request(
-        "GET",
-        &format!("http://{}/cert", r.http_addr),
+    present_link_ticket_as(
+        c,
+        relay,
+        format!("{from_ip}:0").parse().unwrap(),
         None,
-        None,
-        None,
+        ticket,
     )
     .await
-    .json()["sha256"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let crypto = residency_relay::relay::tls::pinned_client_config_for(
-        &cert,
-        residency_relay::wire::CASCADE_ALPN,
-    )
+}
+
+/// [`present_link_ticket`] from `bind`, presenting `client`'s certificate.
+async fn present_link_ticket_as(
+    c: &Cluster,
+    relay: &str,
+    bind: std::net::SocketAddr,
+    client: Option<&residency_relay::relay::tls::Identity>,
+    ticket: &str,
+) -> LinkMessage {
+    let r = c.policy.relay(c.policy.relay_idx(relay).unwrap());
+    let cert = relay_cert(&r.http_addr.to_string()).await;
+    let crypto = match client {
+        Some(identity) => residency_relay::relay::tls::link_client_config(&cert, identity),
+        None => residency_relay::relay::tls::pinned_client_config_for(
+            &cert,
+            residency_relay::wire::CASCADE_ALPN,
+        ),
+    }
     .unwrap();
-    let mut endpoint = quinn::Endpoint::client(format!("{from_ip}:0").parse().unwrap()).unwrap();
+    // A stopped relay's address is free once its last task let go of it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut endpoint = loop {
+        match quinn::Endpoint::client(bind) {
+            Ok(e) => break e,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("bind {bind}: {e}"),
+        }
+    };
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
     let conn = endpoint
         .connect(r.quic_addr, "relay")
@@ -316,11 +337,33 @@ async fn present_link_ticket(c: &Cluster, relay: &str, from_ip: &str, ticket: &s
     }
 }
 
+/// The certificate fingerprint a relay serves at `/cert` of its HTTP address.
+async fn relay_cert(http_addr: &str) -> String {
+    request("GET", &format!("http://{http_addr}/cert"), None, None, None)
+        .await
+        .json()["sha256"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 fn cascade_ticket(
     key: &ed25519_dalek::SigningKey,
     conference: &str,
     from: &str,
     to: &str,
+) -> String {
+    cascade_ticket_naming(key, conference, from, to, vec![])
+}
+
+/// A cascade ticket that names `from_certs` as the dialing relay's
+/// certificates.
+fn cascade_ticket_naming(
+    key: &ed25519_dalek::SigningKey,
+    conference: &str,
+    from: &str,
+    to: &str,
+    from_certs: Vec<String>,
 ) -> String {
     let now = residency_relay::relay::unix_now();
     ticket::sign_cascade(
@@ -332,9 +375,78 @@ fn cascade_ticket(
             issued_at: now,
             expires_at: now + 60,
             nonce: ticket::new_nonce().unwrap(),
+            from_certs,
         },
         key,
     )
+}
+
+/// A genuine ticket and the dialing relay's address are not enough: the
+/// link must present the certificate the ticket names. From the relay's IP
+/// on another port nobody is asked for a certificate and the link is
+/// refused; from its very QUIC address (the relay stopped, an impostor in
+/// its place) a certificate is asked for, another one is refused, and only
+/// the one the ticket names opens the link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_link_opens_only_with_the_dialing_relays_certificate() {
+    let mut c = Cluster::new(|t| t);
+    c.start("de-fra-router", &["de-fra-1", "ie-dub-1"]).await;
+    let router = c.url("de-fra-router");
+    let conf = open_conference(&router, "eu").await;
+    let id = conf["id"].as_str().unwrap().to_owned();
+    let key = ticket::parse_signing_key(
+        std::fs::read_to_string(support::repo().join("config/dev-ticket.key"))
+            .unwrap()
+            .trim(),
+    )
+    .unwrap();
+    let fra = c
+        .policy
+        .relay(c.policy.relay_idx("de-fra-1").unwrap())
+        .clone();
+    let fra_cert = relay_cert(&fra.http_addr.to_string()).await;
+    let refused = |m: LinkMessage| match m {
+        LinkMessage::Error { code, .. } => code,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    let wrong = ticket::TicketError::WrongPeerCertificate.wire_code();
+    let naming =
+        |certs: Vec<String>| cascade_ticket_naming(&key, &id, "de-fra-1", "ie-dub-1", certs);
+
+    // Frankfurt's IP, another port: no certificate.
+    let t = naming(vec![fra_cert.clone()]);
+    assert_eq!(
+        refused(present_link_ticket(&c, "ie-dub-1", "127.0.1.1", &t).await),
+        wrong
+    );
+    // An impostor on Frankfurt's QUIC address.
+    c.stop_relay("de-fra-1").await;
+    let impostor =
+        residency_relay::relay::tls::Identity::self_signed(vec!["relay".into()]).unwrap();
+    let t = naming(vec![fra_cert.clone()]);
+    assert_eq!(
+        refused(present_link_ticket_as(&c, "ie-dub-1", fra.quic_addr, Some(&impostor), &t).await),
+        wrong
+    );
+    let t = naming(vec![fra_cert.clone()]);
+    assert_eq!(
+        refused(present_link_ticket_as(&c, "ie-dub-1", fra.quic_addr, None, &t).await),
+        wrong
+    );
+    // The certificate the ticket names opens it.
+    let t = naming(vec![impostor.fingerprint()]);
+    assert!(matches!(
+        present_link_ticket_as(&c, "ie-dub-1", fra.quic_addr, Some(&impostor), &t).await,
+        LinkMessage::LinkWelcome {}
+    ));
+    let ie = c.relay_metrics("ie-dub-1").await;
+    assert!(
+        ie.contains(
+            "rr_relay_cascade_refusals_total{origin=\"signed\",reason=\"wrong_peer_certificate\",relay=\"ie-dub-1\"} 3"
+        ),
+        "{ie}"
+    );
+    c.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

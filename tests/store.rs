@@ -81,6 +81,58 @@ async fn records_survive_reopening_the_file() {
     );
 }
 
+/// A schema-5 file (hashes from before records keys) is keyed at its first
+/// binding and only then; a file whose key id was deleted by hand (a lost
+/// key) binds the new key without keying its hashes a second time.
+#[tokio::test]
+async fn only_a_store_from_before_records_keys_is_keyed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("router.sqlite");
+    let ban = |hash: [u8; 32]| Ban {
+        conference: "eu-a".into(),
+        participant_id: "p-1".into(),
+        address_hash: hash,
+        invite_sha256: None,
+        created: 11,
+    };
+    {
+        let s = Sqlite::open(&path).unwrap();
+        s.add_ban(&ban([9; 32])).await.unwrap();
+    }
+    // As a schema-5 router left it.
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "DELETE FROM meta WHERE key = 'records_key_pending'; PRAGMA user_version = 5",
+        )
+        .unwrap();
+    let a = RecordsKey::from_bytes([51; 32]);
+    let keyed = a.address(&[9; 32]);
+    {
+        let s = Sqlite::open(&path).unwrap();
+        assert_eq!(
+            s.bind_records_key(&RecordsKeys::single(a.clone()))
+                .await
+                .unwrap(),
+            KeyBinding::Keyed {
+                address_hashes: 1,
+                passcode_hashes: 0
+            }
+        );
+        assert!(s.is_banned("eu-a", None, &keyed, None).await.unwrap());
+    }
+    // The key is lost; the operator deletes its id to start with another.
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch("DELETE FROM meta WHERE key = 'records_key_id'")
+        .unwrap();
+    let s = Sqlite::open(&path).unwrap();
+    let b = RecordsKeys::single(RecordsKey::from_bytes([52; 32]));
+    assert_eq!(s.bind_records_key(&b).await.unwrap(), KeyBinding::Adopted);
+    assert!(s.is_banned("eu-a", None, &keyed, None).await.unwrap());
+    assert_eq!(s.bind_records_key(&b).await.unwrap(), KeyBinding::Same);
+}
+
 #[tokio::test]
 async fn files_from_before_versioning_are_migrated_and_newer_ones_refused() {
     let dir = tempfile::tempdir().unwrap();

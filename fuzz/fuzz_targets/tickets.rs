@@ -29,7 +29,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(attested.is_some());
     }
     let _ = ticket::peek(&text);
-    let _ = v.check_cascade(&text, "127.0.1.3".parse().unwrap(), now);
+    let _ = v.check_cascade(&text, "127.0.1.3".parse().unwrap(), Some(&text), now);
     let _ = v.attest_cascade(&text);
     let _ = ticket::peek_cascade(&text);
 });

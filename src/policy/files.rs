@@ -67,15 +67,16 @@ pub struct ConfigFile {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetentionSection {
-    /// Participant rows (display names, address hashes, roles) and bans.
+    /// Participant rows (display names, address hashes, roles), bans and
+    /// invitations (which name their holder).
     pub participants_days: u32,
     /// Audit lines.
     pub audit_days: u32,
     /// Abuse reports hosts filed about a conference's participants.
     pub abuse_reports_days: u32,
-    /// The conference record itself, its invitations and the relays and
-    /// links that carried it: what its residency report is made of (no
-    /// personal data). At least every other period above.
+    /// The conference record itself and the relays and links that carried
+    /// it: what its residency report is made of (no personal data). At
+    /// least every other period above.
     pub conferences_days: u32,
     /// Rows deleted per statement: each batch is one short transaction, so
     /// joins wait at most one batch for the store.

@@ -1339,6 +1339,12 @@ fn build_store(
     // The store holds every record of the jurisdiction: off the router's
     // machine it is reached over TLS with the server verified, or not at all.
     if r.store_ca.is_none() {
+        let remote_addr: Vec<String> = parsed
+            .get_hostaddrs()
+            .iter()
+            .filter(|ip| !ip.is_loopback())
+            .map(ToString::to_string)
+            .collect();
         let remote: Vec<String> = parsed
             .get_hosts()
             .iter()
@@ -1353,6 +1359,7 @@ fn build_store(
                 #[cfg(unix)]
                 tokio_postgres::config::Host::Unix(_) => None,
             })
+            .chain(remote_addr)
             .collect();
         if !remote.is_empty() {
             p.push(

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::connection::serve_connection;
 use super::shards::Shards;
@@ -20,6 +20,8 @@ use super::{Metrics, Trust, close_code, rate};
 /// What the accept loop needs.
 pub(super) struct Accepting {
     pub(super) endpoint: quinn::Endpoint,
+    /// For connections from another relay's address (cascade links).
+    pub(super) identity: super::CurrentIdentity,
     pub(super) shards: Shards,
     pub(super) metrics: Metrics,
     pub(super) trust: Trust,
@@ -34,6 +36,7 @@ pub(super) struct Accepting {
 pub(super) async fn accept_loop(a: Accepting) {
     let Accepting {
         endpoint,
+        identity,
         shards,
         metrics,
         trust,
@@ -81,6 +84,32 @@ pub(super) async fn accept_loop(a: Accepting) {
             incoming.refuse();
             continue;
         }
+        // A connection from another relay's QUIC address can only be a
+        // cascade link: it is asked for its certificate, which the link's
+        // ticket must name. Nobody else is asked (browsers would not cope).
+        let from_relay = super::trusted(&trust)
+            .1
+            .is_peer_addr(incoming.remote_address());
+        let connecting = if from_relay {
+            let current = identity.read().unwrap_or_else(|e| e.into_inner()).clone();
+            match super::link_server_config(&current) {
+                Ok(config) => incoming.accept_with(Arc::new(config)),
+                Err(e) => {
+                    warn!(error = %e, "cannot make the link server config");
+                    incoming.refuse();
+                    continue;
+                }
+            }
+        } else {
+            incoming.accept()
+        };
+        let connecting = match connecting {
+            Ok(c) => c,
+            Err(e) => {
+                debug!(error = %e, "connection not accepted");
+                continue;
+            }
+        };
         handshaking.fetch_add(1, Ordering::Relaxed);
         let shards = shards.clone();
         let metrics = metrics.clone();
@@ -89,7 +118,7 @@ pub(super) async fn accept_loop(a: Accepting) {
         let handshaking = handshaking.clone();
         let max_per_address = max_per_address.clone();
         tokio::spawn(async move {
-            let handshake = incoming.await;
+            let handshake = connecting.await;
             handshaking.fetch_sub(1, Ordering::Relaxed);
             let Ok(conn) = handshake else {
                 debug!("handshake failed");

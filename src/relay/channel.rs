@@ -45,6 +45,8 @@ pub(super) struct Reporting {
     pub(super) metrics: Metrics,
     pub(super) ready: Arc<AtomicBool>,
     pub(super) endpoint: quinn::Endpoint,
+    /// The certificate links present (a renewal replaces it).
+    pub(super) identity: super::CurrentIdentity,
     pub(super) trust: Trust,
     /// This run's track id prefix, fixed at start.
     pub(super) track_base: u32,
@@ -110,6 +112,7 @@ async fn report_loop(links: tokio::sync::watch::Receiver<RouterLink>, ctx: Repor
         metrics,
         ready,
         endpoint,
+        identity,
         trust,
         track_base,
     } = ctx;
@@ -237,11 +240,18 @@ async fn report_loop(links: tokio::sync::watch::Receiver<RouterLink>, ctx: Repor
                                 peer_cert,
                                 ticket,
                             };
-                            let (endpoint, shards) = (endpoint.clone(), shards.clone());
+                            let (endpoint, shards, identity) =
+                                (endpoint.clone(), shards.clone(), identity.clone());
                             tokio::spawn(async move {
                                 let peer = dial.peer.clone();
-                                if let Err(e) =
-                                    link::dial(endpoint, dial, shards, Duration::from_secs(3)).await
+                                if let Err(e) = link::dial(
+                                    endpoint,
+                                    dial,
+                                    shards,
+                                    Duration::from_secs(3),
+                                    identity,
+                                )
+                                .await
                                 {
                                     warn!(peer = %peer, error = %e, "cascade link failed");
                                 }

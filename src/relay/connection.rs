@@ -222,6 +222,7 @@ async fn serve_participant(
                     recheck: Recheck {
                         ticket: ticket.clone(),
                         ip: conn.remote_address().ip(),
+                        cert: None,
                         generation,
                     },
                     reply: reply_tx,

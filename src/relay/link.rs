@@ -2,10 +2,14 @@
 //! tracks between two relays of its jurisdiction.
 //!
 //! The router decides the links and gives the dialing relay a cascade
-//! ticket. The accepting relay admits the link only if the ticket passes
-//! [`crate::ticket::Verifier::check_cascade`] (its jurisdiction, both relays inside it by
-//! the inventory, the link coming from the named relay's address, validity)
-//! and its nonce is new; every refusal is counted, logged without addresses
+//! ticket. Both ends authenticate by certificate: the dialing relay pins
+//! the accepting relay's (from the router's command) and presents its own,
+//! which the accepting relay asks for from connections that come from
+//! another relay's address. The accepting relay admits the link only if the
+//! ticket passes [`crate::ticket::Verifier::check_cascade`] (its
+//! jurisdiction, both relays inside it by the inventory, the link coming
+//! from the named relay's address, validity, the presented certificate one
+//! the router knew for that relay) and its nonce is new; every refusal is counted, logged without addresses
 //! and reported to the router as an enforcement event. Once up, both ends
 //! run the same loop: control messages and datagrams go to the core task,
 //! which treats the link as a member of the conference (see
@@ -67,7 +71,13 @@ pub(super) async fn accept(
     };
     // The trust in force when the hello arrived.
     let (generation, checker) = super::trusted(&trust);
-    let checked = checker.check_cascade(&ticket, conn.remote_address().ip(), unix_now());
+    let cert = super::tls::peer_fingerprint(&conn);
+    let checked = checker.check_cascade(
+        &ticket,
+        conn.remote_address().ip(),
+        cert.as_deref(),
+        unix_now(),
+    );
     let claims = match checked {
         Ok(claims) => claims,
         Err(e) => {
@@ -96,6 +106,7 @@ pub(super) async fn accept(
             recheck: Some(super::Recheck {
                 ticket: ticket.clone(),
                 ip: conn.remote_address().ip(),
+                cert,
                 generation,
             }),
             reply,
@@ -198,8 +209,12 @@ pub(super) async fn dial(
     dial: Dial,
     shards: Shards,
     timeout: Duration,
+    identity: super::CurrentIdentity,
 ) -> Result<(), String> {
-    let crypto = super::tls::pinned_client_config_for(&dial.peer_cert, crate::wire::CASCADE_ALPN)?;
+    let crypto = {
+        let identity = identity.read().unwrap_or_else(|e| e.into_inner()).clone();
+        super::tls::link_client_config(&dial.peer_cert, &identity)?
+    };
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
     transport

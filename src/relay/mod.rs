@@ -169,6 +169,10 @@ pub(crate) fn trusted(trust: &Trust) -> (u64, Arc<Verifier>) {
     trust.read().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
+/// The certificate the relay serves new connections with, which cascade
+/// links it dials present too (a renewal replaces it).
+pub(crate) type CurrentIdentity = Arc<std::sync::RwLock<Arc<Identity>>>;
+
 /// What the core needs to check a handshake again when the trust changed
 /// after its connection task checked it.
 #[derive(Debug)]
@@ -176,6 +180,8 @@ pub(crate) struct Recheck {
     pub ticket: String,
     /// The dialer's address (cascade links).
     pub ip: std::net::IpAddr,
+    /// The SHA-256 of the certificate the dialer presented (cascade links).
+    pub cert: Option<String>,
     /// The trust generation it was checked under.
     pub generation: u64,
 }
@@ -271,8 +277,9 @@ pub async fn run(
         current: fingerprint.clone(),
         next: None,
     });
+    let identity: CurrentIdentity = Arc::new(std::sync::RwLock::new(Arc::new(settings.identity)));
     let renewer = tokio::spawn(renew_certificate(
-        settings.identity,
+        identity.clone(),
         endpoint.clone(),
         pin_tx,
         metrics.clone(),
@@ -316,6 +323,7 @@ pub async fn run(
         metrics: metrics.clone(),
         ready: ready.clone(),
         endpoint: endpoint.clone(),
+        identity: identity.clone(),
         trust: trust.clone(),
         track_base: settings.core.track_id_base,
     };
@@ -371,6 +379,7 @@ pub async fn run(
     ));
     let accept = accept::accept_loop(accept::Accepting {
         endpoint: endpoint.clone(),
+        identity: identity.clone(),
         shards: shards.clone(),
         metrics: metrics.clone(),
         trust: trust.clone(),
@@ -437,7 +446,21 @@ pub async fn run(
 /// any stream can make the relay buffer.
 fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, RelayError> {
     let crypto = tls::server_config(identity).map_err(RelayError::Tls)?;
-    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    Ok(with_transport(quinn::ServerConfig::with_crypto(Arc::new(
+        crypto,
+    ))))
+}
+
+/// The server config for a connection from another relay's address: a
+/// cascade link, asked for its certificate ([`tls::link_server_config`]).
+pub(crate) fn link_server_config(identity: &Identity) -> Result<quinn::ServerConfig, RelayError> {
+    let crypto = tls::link_server_config(identity).map_err(RelayError::Tls)?;
+    Ok(with_transport(quinn::ServerConfig::with_crypto(Arc::new(
+        crypto,
+    ))))
+}
+
+fn with_transport(mut server: quinn::ServerConfig) -> quinn::ServerConfig {
     let mut transport = quinn::TransportConfig::default();
     transport
         .max_concurrent_bidi_streams(connection::H3_BIDI_STREAMS.into())
@@ -450,7 +473,7 @@ fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, RelayError>
         .datagram_send_buffer_size(256 << 10)
         .keep_alive_interval(Some(KEEP_ALIVE));
     server.transport_config(Arc::new(transport));
-    Ok(server)
+    server
 }
 
 /// Longest single wait of the renewal task.
@@ -464,11 +487,12 @@ const RENEWAL_STEP: Duration = Duration::from_secs(60);
 /// with, so nobody in a call notices. A certificate from files is left
 /// alone.
 async fn renew_certificate(
-    mut identity: Identity,
+    current: CurrentIdentity,
     endpoint: quinn::Endpoint,
     pins: tokio::sync::watch::Sender<tls::Pins>,
     metrics: Metrics,
 ) {
+    let mut identity = current.read().unwrap_or_else(|e| e.into_inner()).clone();
     // Certificates from files are their operator's to renew (the expiry
     // gauge stays 0: unknown to the relay).
     if identity.renewal.is_none() {
@@ -519,7 +543,8 @@ async fn renew_certificate(
         endpoint.set_server_config(Some(config));
         info!(cert_sha256 = %incoming.fingerprint(), "certificate renewed");
         metrics.certificate_renewals.inc();
-        identity = incoming;
+        identity = Arc::new(incoming);
+        *current.write().unwrap_or_else(|e| e.into_inner()) = identity.clone();
     }
 }
 

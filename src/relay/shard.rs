@@ -411,8 +411,8 @@ fn handle_event(
                 Err(TicketError::Revoked)
             } else if !inside {
                 Err(TicketError::PeerOutsideJurisdiction)
-            } else if let Some(Err(e)) =
-                stale.map(|r| verifier.check_cascade(&r.ticket, r.ip, unix_now()))
+            } else if let Some(Err(e)) = stale
+                .map(|r| verifier.check_cascade(&r.ticket, r.ip, r.cert.as_deref(), unix_now()))
             {
                 Err(e)
             } else {

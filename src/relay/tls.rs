@@ -169,6 +169,58 @@ pub fn server_config(
     quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| e.to_string())
 }
 
+/// The server crypto for a connection from another relay's address (a
+/// cascade link): the cascade ALPN only, and the peer is asked for its
+/// certificate. Any certificate is taken in the handshake, its signature
+/// checked; the link's ticket then says whether it is the dialing relay's
+/// ([`crate::ticket::Verifier::check_cascade`]). A peer that presents none
+/// completes the handshake and is refused with a clear code instead.
+pub fn link_server_config(
+    identity: &Identity,
+) -> Result<quinn::crypto::rustls::QuicServerConfig, String> {
+    let provider = provider();
+    let verifier = Arc::new(AnyClientCert {
+        provider: provider.clone(),
+    });
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(identity.chain.clone(), identity.key.clone_key())
+        .map_err(|e| e.to_string())?;
+    tls.alpn_protocols = vec![crate::wire::CASCADE_ALPN.to_vec()];
+    quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| e.to_string())
+}
+
+/// The client crypto of a cascade link: pins the accepting relay's
+/// certificate (`pin`) and presents this relay's own (`identity`).
+pub fn link_client_config(
+    pin: &str,
+    identity: &Identity,
+) -> Result<quinn::crypto::rustls::QuicClientConfig, String> {
+    let provider = provider();
+    let verifier = Arc::new(PinnedCert {
+        pin: pin.trim().to_ascii_lowercase(),
+        provider: provider.clone(),
+    });
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
+        .map_err(|e| e.to_string())?;
+    tls.alpn_protocols = vec![crate::wire::CASCADE_ALPN.to_vec()];
+    quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())
+}
+
+/// The SHA-256 (hex) of the certificate the peer of `conn` presented, if any.
+pub fn peer_fingerprint(conn: &quinn::Connection) -> Option<String> {
+    let identity = conn.peer_identity()?;
+    let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    chain.first().map(fingerprint)
+}
+
 /// Client crypto that accepts exactly the certificate whose SHA-256 is
 /// `pin` (hex), still checking the handshake signature with its key.
 pub fn pinned_client_config(pin: &str) -> Result<quinn::crypto::rustls::QuicClientConfig, String> {
@@ -217,6 +269,66 @@ impl ServerCertVerifier for PinnedCert {
                 "certificate does not match the pinned SHA-256".into(),
             ))
         }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("TLS 1.2 is not used".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Takes any client certificate whose handshake signature checks out:
+/// which certificate is acceptable is decided after the handshake, against
+/// the link's ticket.
+#[derive(Debug)]
+struct AnyClientCert {
+    provider: Arc<CryptoProvider>,
+}
+
+impl rustls::server::danger::ClientCertVerifier for AnyClientCert {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
     }
 
     fn verify_tls12_signature(

@@ -322,6 +322,11 @@ pub async fn run(
             passcode_hashes,
             "store bound to the records key: its address and passcode hashes are keyed"
         ),
+        crate::store::KeyBinding::Adopted => warn!(
+            router = %settings.router.id,
+            key = %hex::encode(records_keys.current.id()),
+            "the store had no records key id: bound to this key; hashes made under a lost key match nothing"
+        ),
         crate::store::KeyBinding::Rotated { from } => info!(
             router = %settings.router.id,
             from = %hex::encode(from),

@@ -909,6 +909,11 @@ async fn command_link(
     let Some(cert) = shared.relays.cert(&to.id) else {
         return Ok(true);
     };
+    // The certificates the dialing relay reported: the accepting relay
+    // takes the link only from one of them.
+    let Some((from_cert, from_next)) = shared.relays.certs(&from.id) else {
+        return Ok(true);
+    };
     let Ok(nonce) = crate::ticket::new_nonce() else {
         return Ok(true);
     };
@@ -922,6 +927,7 @@ async fn command_link(
             issued_at: now,
             expires_at: now + 60,
             nonce,
+            from_certs: std::iter::once(from_cert).chain(from_next).collect(),
         },
         &shared.signing_key,
     );

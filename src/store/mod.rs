@@ -289,6 +289,10 @@ pub enum KeyBinding {
     /// The store was bound to a previous key; the current one makes new
     /// hashes from now on, and the previous one still verifies old ones.
     Rotated { from: [u8; 8] },
+    /// The store's key id had been deleted by hand (a lost key): the
+    /// current key is bound and the hashes already there are left as they
+    /// are (keyed with the lost key, they match nothing any more).
+    Adopted,
 }
 
 /// Until when each kind of record of ended conferences is kept: records of
@@ -381,12 +385,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn address_key(&self) -> Result<[u8; 32], StoreError>;
 
     /// Binds the store to the router's records key, in one transaction
-    /// (see [`KeyBinding`]): a store that has never seen a records key has
-    /// its address and passcode hashes keyed with `keys.current` (they were
-    /// plain salted SHA-256, which a copy of the store could reverse); a
-    /// store bound to a previous key is rebound to the current one; a store
-    /// bound to any other key is refused, since every ban and passcode in it
-    /// would silently stop matching.
+    /// (see [`KeyBinding`]): a store that has never seen a records key
+    /// (created, or upgraded from a schema before records keys, which marks
+    /// it `records_key_pending`) has its address and passcode hashes keyed
+    /// with `keys.current` (they were plain salted SHA-256, which a copy of
+    /// the store could reverse); a store bound to a previous key is rebound
+    /// to the current one; a store bound to any other key is refused, since
+    /// every ban and passcode in it would silently stop matching.
     async fn bind_records_key(
         &self,
         keys: &crate::secret::RecordsKeys,

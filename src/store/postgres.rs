@@ -472,9 +472,19 @@ impl Postgres {
             }
             Some(v) if v == SCHEMA_VERSION => {}
             _ => {
-                // Version 1 is the first; 2 changed no table (the keying of
-                // hashes is `bind_records_key`'s). Later versions add their
-                // steps here, each from the version before.
+                // Version 1 is the first; 2 changed no table, but hashes
+                // written before it predate records keys: the first binding
+                // keys them. Later versions add their steps here, each from
+                // the version before.
+                if version.is_none_or(|v| v < 2) {
+                    tx.execute(
+                        "INSERT INTO meta (key, value) VALUES ('records_key_pending', '\\x01')
+                         ON CONFLICT (key) DO NOTHING",
+                        &[],
+                    )
+                    .await
+                    .map_err(err)?;
+                }
                 tx.execute(
                     "INSERT INTO meta (key, value) VALUES ('schema_version', $1)
                      ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
@@ -1031,6 +1041,11 @@ impl Store for Postgres {
         let current = keys.current.id();
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(err)?;
+        // Keying a large store takes longer than a request may: no
+        // statement or lock limit in this transaction.
+        tx.batch_execute("SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0")
+            .await
+            .map_err(err)?;
         // Replicas starting together bind one at a time: the second finds
         // the first's key id (and refuses if it holds another key).
         tx.execute("SELECT pg_advisory_xact_lock(7240512)", &[])
@@ -1052,6 +1067,14 @@ impl Store for Postgres {
                 Some(from) => KeyBinding::Rotated { from },
                 None => return Err(super::foreign_key_error(&id, keys)),
             },
+            None if tx
+                .query_opt("SELECT 1 FROM meta WHERE key = 'records_key_pending'", &[])
+                .await
+                .map_err(err)?
+                .is_none() =>
+            {
+                KeyBinding::Adopted
+            }
             None => {
                 let mut address_hashes = 0;
                 for table in ["participants", "bans"] {
@@ -1069,6 +1092,9 @@ impl Store for Postgres {
                 }
             }
         };
+        tx.execute("DELETE FROM meta WHERE key = 'records_key_pending'", &[])
+            .await
+            .map_err(err)?;
         tx.execute(
             "INSERT INTO meta (key, value) VALUES ('records_key_id', $1)
              ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
@@ -1125,6 +1151,15 @@ impl Store for Postgres {
             link_use: rows("conference_links", c.0, c.1).await?,
             conferences: 0,
         };
+        // Whatever of a conference was written after its own period had
+        // passed (an abuse report filed late, a refused ticket reported
+        // late) goes with the conference record at the latest, so nothing
+        // is left without its conference.
+        purged.participants += rows("participants", c.0, c.1).await?;
+        purged.bans += rows("bans", c.0, c.1).await?;
+        purged.invites += rows("invites", c.0, c.1).await?;
+        purged.audit += rows("audit", c.0, c.1).await?;
+        purged.abuse_reports += rows("abuse_reports", c.0, c.1).await?;
         if c.1 > c.0 {
             // Its placement (shared by the replicas) goes with it.
             let gone: i64 = client

@@ -7,7 +7,10 @@
 //! the ticket's jurisdiction; a key trusted for that jurisdiction signed it;
 //! it names this relay as `to`; the conference belongs to the jurisdiction;
 //! the inventory puts the `from` relay inside the jurisdiction; the link
-//! comes from that relay's address; the validity window; the nonce.
+//! comes from that relay's address; the validity window; the link's client
+//! certificate is one the router knew for the `from` relay (`from_certs`,
+//! from that relay's own reports), so neither a source address nor a
+//! stolen ticket alone opens a link; the nonce.
 
 use std::net::IpAddr;
 
@@ -32,6 +35,11 @@ pub struct CascadeClaims {
     pub issued_at: u64,
     pub expires_at: u64,
     pub nonce: String,
+    /// SHA-256 (hex) of the certificates the `from` relay may present:
+    /// the one it reported and its announced successor. A ticket without
+    /// any opens no link.
+    #[serde(default)]
+    pub from_certs: Vec<String>,
 }
 
 /// Signs cascade claims into a ticket.
@@ -44,6 +52,8 @@ fn parse(ticket: &str) -> Result<(CascadeClaims, &[u8], Signature), TicketError>
     if claims.conference.len() > MAX_CONFERENCE_ID_LEN
         || claims.from.len() > 64
         || claims.to.len() > 64
+        || claims.from_certs.len() > 2
+        || claims.from_certs.iter().any(|c| c.len() != 64)
     {
         return Err(TicketError::Malformed);
     }
@@ -64,11 +74,13 @@ impl Verifier {
             .then_some(claims)
     }
 
-    /// Checks a cascade ticket presented by a link coming from `peer_ip`.
+    /// Checks a cascade ticket presented by a link coming from `peer_ip`
+    /// with the client certificate whose SHA-256 (hex) is `peer_cert`.
     pub fn check_cascade(
         &self,
         ticket: &str,
         peer_ip: IpAddr,
+        peer_cert: Option<&str>,
         now: u64,
     ) -> Result<CascadeClaims, TicketError> {
         let (claims, signed, signature) = parse(ticket)?;
@@ -87,6 +99,15 @@ impl Verifier {
             return Err(TicketError::WrongPeer);
         }
         self.check_window(claims.issued_at, claims.expires_at, now)?;
+        let known = peer_cert.is_some_and(|presented| {
+            claims
+                .from_certs
+                .iter()
+                .any(|c| c.eq_ignore_ascii_case(presented))
+        });
+        if !known {
+            return Err(TicketError::WrongPeerCertificate);
+        }
         Ok(claims)
     }
 

@@ -100,10 +100,14 @@ pub enum TicketError {
     PeerOutsideJurisdiction,
     #[error("the link does not come from the relay the ticket names")]
     WrongPeer,
+    #[error(
+        "the link did not present a certificate the router knows for the relay the ticket names"
+    )]
+    WrongPeerCertificate,
 }
 
 impl TicketError {
-    pub const ALL: [TicketError; 13] = [
+    pub const ALL: [TicketError; 14] = [
         TicketError::Malformed,
         TicketError::ForeignJurisdiction,
         TicketError::BadSignature,
@@ -117,6 +121,7 @@ impl TicketError {
         TicketError::Revoked,
         TicketError::PeerOutsideJurisdiction,
         TicketError::WrongPeer,
+        TicketError::WrongPeerCertificate,
     ];
 
     /// Stable code (metric label, logs).
@@ -135,6 +140,7 @@ impl TicketError {
             TicketError::Revoked => "revoked",
             TicketError::PeerOutsideJurisdiction => "peer_outside_jurisdiction",
             TicketError::WrongPeer => "wrong_peer",
+            TicketError::WrongPeerCertificate => "wrong_peer_certificate",
         }
     }
 
@@ -295,6 +301,16 @@ impl Verifier {
             .get(peer)
             .filter(|p| p.jurisdictions.iter().any(|j| j == jurisdiction))
             .map(|p| p.addr)
+    }
+
+    /// Whether `addr` is another relay's QUIC address in the inventory: a
+    /// connection from there may be a cascade link, and is asked for its
+    /// certificate.
+    pub fn is_peer_addr(&self, addr: std::net::SocketAddr) -> bool {
+        let ip = addr.ip().to_canonical();
+        self.peers
+            .values()
+            .any(|p| p.addr.ip().to_canonical() == ip && p.addr.port() == addr.port())
     }
 
     /// The jurisdictions this relay is in, sorted.

@@ -30,6 +30,16 @@ use crate::store::{
 };
 use crate::ticket::{self, Claims, Grants};
 
+/// Whether an address ban holds against `ip` however it was hashed: under
+/// the current records key or, in the older forms, under the previous ones
+/// (for a participant coming back, whose stored hash may be from before a
+/// rotation).
+async fn banned_address(shared: &Shared, conference: &str, ip: IpAddr) -> Result<bool, StoreError> {
+    let now = ids::address_hash(&shared.records_keys.current, &shared.address_key, ip);
+    Ok(shared.store.is_banned(conference, None, &now, None).await?
+        || banned_by_an_older_address_hash(shared, conference, ip).await?)
+}
+
 /// Whether a ban made before the address hash took its present form holds
 /// against `ip`: a ban hashed under a previous records key (still listed),
 /// or, for IPv6, one over the whole address from before bans covered the
@@ -230,6 +240,7 @@ async fn join_checked(
                     p.invite_sha256.as_ref(),
                 )
                 .await?
+            || banned_address(shared, &c.id, ip).await?
         {
             return Err(refused(
                 "banned",
@@ -753,6 +764,7 @@ pub(super) async fn waiting_poll(
                     .store
                     .is_banned(&id, Some(&p.id), &p.address_hash, p.invite_sha256.as_ref())
                     .await?
+                    || banned_address(&shared, &id, ip).await?
                 {
                     return Err(refuse(
                         &shared,
