@@ -8,13 +8,16 @@
 #
 #   benches/store_size.sh                 # 32 concurrent, 10 s
 #   SECONDS_EACH=2 benches/store_size.sh  # quick
+#   BIN=/path/to/older/residency-relay PURGE=0 benches/store_size.sh
+#                                         # joins only, with another build
 #
 # Loopback only; needs `cargo build --release` and python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_EACH=${SECONDS_EACH:-10}
 CONCURRENCY=${CONCURRENCY:-32}
-bin=target/release/residency-relay
+bin=${BIN:-target/release/residency-relay}
+PURGE=${PURGE:-1}
 [ -x "$bin" ] || { echo "build first: cargo build --release" >&2; exit 1; }
 work=$(mktemp -d /tmp/rr-store-size.XXXXXX)
 dev_pid=""
@@ -27,7 +30,8 @@ db="$work/de-fra-router.sqlite"
 sed -e 's/max_participants = [0-9_]*/max_participants = 1000000/' \
     -e "s|^store = \"../data/de-fra-router.sqlite\"|store = \"$db\"|" \
     config/dev.toml > config/bench-store-size.toml
-printf '\n[limits]\njoins_per_address_per_minute = 100000000\nconference_max_participants = 1000000\nrelay_connections_per_address = 100000\n\n[retention]\npurge_interval_secs = 1\n' >> config/bench-store-size.toml
+printf '\n[limits]\njoins_per_address_per_minute = 100000000\nconference_max_participants = 1000000\nrelay_connections_per_address = 100000\n' >> config/bench-store-size.toml
+[ "$PURGE" = 1 ] && printf '\n[retention]\npurge_interval_secs = 1\n' >> config/bench-store-size.toml
 
 start_dev() {
     RUST_LOG=warn "$bin" dev --config config/bench-store-size.toml >"$work/dev.out" 2>&1 &
@@ -63,6 +67,7 @@ stop_dev
 joins=$(awk '{print $2}' "$work/join")
 read -r used file rows < <(in_use)
 echo "after $joins joins: $used bytes in use ($((used / joins)) per join), file $file bytes; $rows"
+[ "$PURGE" = 1 ] || exit 0
 
 # Every conference ended 100 days ago: past every default period.
 python3 - "$db" <<'EOF'
@@ -72,11 +77,14 @@ db.execute("UPDATE conferences SET ended = ?", (int(time.time()) - 100 * 86400,)
 db.commit()
 EOF
 start_dev
+# Until every conference that had ended is gone (dev makes a new demo
+# conference at each start, which stays).
 for _ in $(seq 1 600); do
-    left=$(python3 -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('SELECT count(*) FROM conferences').fetchone()[0])" "$db")
+    left=$(python3 -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('SELECT count(*) FROM conferences WHERE ended IS NOT NULL').fetchone()[0])" "$db")
     [ "$left" = 0 ] && break
     sleep 0.5
 done
+[ "$left" = 0 ] || { echo "the purge did not finish in 5 minutes" >&2; exit 1; }
 purged=$(curl -sf http://127.0.2.1:8080/metrics | grep '^rr_router_records_purged_total' | awk '{s += $2} END {print s}')
 stop_dev
 read -r used file rows < <(in_use)
