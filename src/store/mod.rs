@@ -359,6 +359,91 @@ impl Purged {
     }
 }
 
+/// A table holding part of a conference's records besides its own row:
+/// which period of [`PurgeCutoffs`] its rows are kept for, and which count
+/// of [`Purged`] its deleted rows go to.
+#[derive(Clone, Copy)]
+pub(crate) struct Detail {
+    pub table: &'static str,
+    pub period: fn(&PurgeCutoffs) -> u64,
+    pub count: fn(&mut Purged) -> &mut u64,
+}
+
+/// Every table holding part of a conference besides its row: the purge
+/// empties them, and the conference row goes once none holds anything of it.
+pub(crate) const CONFERENCE_DETAILS: [Detail; 7] = [
+    Detail {
+        table: "participants",
+        period: |c| c.participants,
+        count: |p| &mut p.participants,
+    },
+    Detail {
+        table: "bans",
+        period: |c| c.participants,
+        count: |p| &mut p.bans,
+    },
+    Detail {
+        table: "invites",
+        period: |c| c.participants,
+        count: |p| &mut p.invites,
+    },
+    Detail {
+        table: "audit",
+        period: |c| c.audit,
+        count: |p| &mut p.audit,
+    },
+    Detail {
+        table: "abuse_reports",
+        period: |c| c.abuse_reports,
+        count: |p| &mut p.abuse_reports,
+    },
+    Detail {
+        table: "conference_relays",
+        period: |c| c.conferences,
+        count: |p| &mut p.relay_use,
+    },
+    Detail {
+        table: "conference_links",
+        period: |c| c.conferences,
+        count: |p| &mut p.link_use,
+    },
+];
+
+/// The deletions of one purge step, in order, for both backends: each
+/// detail table with the window `(after, until]` of conference ends whose
+/// rows it loses — first its own period's; then, for what was written
+/// after its own period had passed (an abuse report filed late, a refused
+/// ticket reported late), the conference's, so nothing outlives its
+/// conference. Empty windows are left out.
+pub(crate) fn purge_plan(since: &PurgeCutoffs, cutoffs: &PurgeCutoffs) -> Vec<(Detail, u64, u64)> {
+    let conference = (since.conferences, cutoffs.conferences);
+    let own = CONFERENCE_DETAILS
+        .iter()
+        .map(|d| (*d, (d.period)(since), (d.period)(cutoffs)));
+    let late = CONFERENCE_DETAILS
+        .iter()
+        .filter(|d| ((d.period)(since), (d.period)(cutoffs)) != conference)
+        .map(|d| (*d, conference.0, conference.1));
+    own.chain(late)
+        .filter(|(_, after, until)| until > after)
+        .collect()
+}
+
+/// The SQL condition that nothing of conference `c` is left in any detail
+/// table (the conference row may go).
+pub(crate) fn nothing_left_of_c() -> String {
+    CONFERENCE_DETAILS
+        .iter()
+        .map(|d| {
+            format!(
+                "NOT EXISTS (SELECT 1 FROM {} t WHERE t.conference = c.id)",
+                d.table
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
 /// The refusal of a store bound to a key the router does not hold.
 pub(crate) fn foreign_key_error(stored: &[u8], keys: &crate::secret::RecordsKeys) -> StoreError {
     StoreError::new(format!(

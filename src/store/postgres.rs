@@ -1116,68 +1116,37 @@ impl Store for Postgres {
         let limit = i64::from(batch);
         // Replicas may purge at once: a row another one deleted meanwhile
         // is simply not deleted twice.
-        let rows = |table: &'static str, since: u64, cutoff: u64| {
-            let client = &client;
-            async move {
-                if cutoff <= since {
-                    return Ok(0);
-                }
-                client
-                    .execute(
-                        &format!(
-                            "DELETE FROM {table} WHERE ctid = ANY(ARRAY(
-                                SELECT t.ctid FROM conferences c JOIN {table} t ON t.conference = c.id
-                                WHERE c.ended > $1 AND c.ended <= $2 LIMIT $3))"
-                        ),
-                        &[&(since as i64), &(cutoff as i64), &limit],
-                    )
-                    .await
-                    .map_err(err)
-            }
-        };
-        let (p, a, r, c) = (
-            (since.participants, cutoffs.participants),
-            (since.audit, cutoffs.audit),
-            (since.abuse_reports, cutoffs.abuse_reports),
-            (since.conferences, cutoffs.conferences),
-        );
-        let mut purged = Purged {
-            participants: rows("participants", p.0, p.1).await?,
-            bans: rows("bans", p.0, p.1).await?,
-            invites: rows("invites", p.0, p.1).await?,
-            audit: rows("audit", a.0, a.1).await?,
-            abuse_reports: rows("abuse_reports", r.0, r.1).await?,
-            relay_use: rows("conference_relays", c.0, c.1).await?,
-            link_use: rows("conference_links", c.0, c.1).await?,
-            conferences: 0,
-        };
-        // Whatever of a conference was written after its own period had
-        // passed (an abuse report filed late, a refused ticket reported
-        // late) goes with the conference record at the latest, so nothing
-        // is left without its conference.
-        purged.participants += rows("participants", c.0, c.1).await?;
-        purged.bans += rows("bans", c.0, c.1).await?;
-        purged.invites += rows("invites", c.0, c.1).await?;
-        purged.audit += rows("audit", c.0, c.1).await?;
-        purged.abuse_reports += rows("abuse_reports", c.0, c.1).await?;
-        if c.1 > c.0 {
+        let mut purged = Purged::default();
+        for (detail, after, until) in super::purge_plan(since, cutoffs) {
+            let table = detail.table;
+            let n = client
+                .execute(
+                    &format!(
+                        "DELETE FROM {table} WHERE ctid = ANY(ARRAY(
+                            SELECT t.ctid FROM conferences c JOIN {table} t ON t.conference = c.id
+                            WHERE c.ended > $1 AND c.ended <= $2 LIMIT $3))"
+                    ),
+                    &[&(after as i64), &(until as i64), &limit],
+                )
+                .await
+                .map_err(err)?;
+            *(detail.count)(&mut purged) += n;
+        }
+        let (after, until) = (since.conferences, cutoffs.conferences);
+        if until > after {
             // Its placement (shared by the replicas) goes with it.
             let gone: i64 = client
                 .query_one(
-                    "WITH gone AS (DELETE FROM conferences WHERE id = ANY(ARRAY(
-                        SELECT c.id FROM conferences c
-                        WHERE c.ended > $1 AND c.ended <= $2
-                          AND NOT EXISTS (SELECT 1 FROM participants t WHERE t.conference = c.id)
-                          AND NOT EXISTS (SELECT 1 FROM bans t WHERE t.conference = c.id)
-                          AND NOT EXISTS (SELECT 1 FROM invites t WHERE t.conference = c.id)
-                          AND NOT EXISTS (SELECT 1 FROM audit t WHERE t.conference = c.id)
-                          AND NOT EXISTS (SELECT 1 FROM abuse_reports t WHERE t.conference = c.id)
-                          AND NOT EXISTS (SELECT 1 FROM conference_relays t WHERE t.conference = c.id)
-                          AND NOT EXISTS (SELECT 1 FROM conference_links t WHERE t.conference = c.id)
-                        LIMIT $3)) RETURNING id),
-                     placed AS (DELETE FROM placements WHERE conference IN (SELECT id FROM gone))
-                     SELECT count(*) FROM gone",
-                    &[&(c.0 as i64), &(c.1 as i64), &limit],
+                    &format!(
+                        "WITH gone AS (DELETE FROM conferences WHERE id = ANY(ARRAY(
+                            SELECT c.id FROM conferences c
+                            WHERE c.ended > $1 AND c.ended <= $2 AND {}
+                            LIMIT $3)) RETURNING id),
+                         placed AS (DELETE FROM placements WHERE conference IN (SELECT id FROM gone))
+                         SELECT count(*) FROM gone",
+                        super::nothing_left_of_c()
+                    ),
+                    &[&(after as i64), &(until as i64), &limit],
                 )
                 .await
                 .map(|r| r.get(0))

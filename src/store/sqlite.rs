@@ -228,9 +228,6 @@ fn purge_rows(
     cutoff: u64,
     batch: u32,
 ) -> rusqlite::Result<u64> {
-    if cutoff <= since {
-        return Ok(0);
-    }
     let n = exec(
         db,
         &format!(
@@ -493,57 +490,26 @@ impl Store for Sqlite {
         cutoffs: &PurgeCutoffs,
         batch: u32,
     ) -> Result<Purged, StoreError> {
-        // One statement per kind, each taking the connection on its own,
+        // One statement per table, each taking the connection on its own,
         // and a yield after each: a join waiting for the store gets it
         // between two statements.
-        let rows = |table: &'static str, since: u64, cutoff: u64| async move {
-            let n = self.with(|db| purge_rows(db, table, since, cutoff, batch));
+        let mut purged = Purged::default();
+        for (detail, after, until) in super::purge_plan(since, cutoffs) {
+            let n = self.with(|db| purge_rows(db, detail.table, after, until, batch))?;
+            *(detail.count)(&mut purged) += n;
             tokio::task::yield_now().await;
-            n
-        };
-        let (p, a, r, c) = (
-            (since.participants, cutoffs.participants),
-            (since.audit, cutoffs.audit),
-            (since.abuse_reports, cutoffs.abuse_reports),
-            (since.conferences, cutoffs.conferences),
-        );
-        let mut purged = Purged {
-            participants: rows("participants", p.0, p.1).await?,
-            bans: rows("bans", p.0, p.1).await?,
-            invites: rows("invites", p.0, p.1).await?,
-            audit: rows("audit", a.0, a.1).await?,
-            abuse_reports: rows("abuse_reports", r.0, r.1).await?,
-            relay_use: rows("conference_relays", c.0, c.1).await?,
-            link_use: rows("conference_links", c.0, c.1).await?,
-            conferences: 0,
-        };
-        // Whatever of a conference was written after its own period had
-        // passed (an abuse report filed late, a refused ticket reported
-        // late) goes with the conference record at the latest, so nothing
-        // is left without its conference.
-        purged.participants += rows("participants", c.0, c.1).await?;
-        purged.bans += rows("bans", c.0, c.1).await?;
-        purged.invites += rows("invites", c.0, c.1).await?;
-        purged.audit += rows("audit", c.0, c.1).await?;
-        purged.abuse_reports += rows("abuse_reports", c.0, c.1).await?;
-        if c.1 > c.0 {
+        }
+        let (after, until) = (since.conferences, cutoffs.conferences);
+        if until > after {
+            let sql = format!(
+                "DELETE FROM conferences WHERE id IN (
+                    SELECT c.id FROM conferences c
+                    WHERE c.ended > ?1 AND c.ended <= ?2 AND {}
+                    LIMIT ?3)",
+                super::nothing_left_of_c()
+            );
             purged.conferences = self.with(|db| {
-                exec(
-                    db,
-                    "DELETE FROM conferences WHERE id IN (
-                        SELECT c.id FROM conferences c
-                        WHERE c.ended > ?1 AND c.ended <= ?2
-                          AND NOT EXISTS (SELECT 1 FROM participants t WHERE t.conference = c.id)
-                          AND NOT EXISTS (SELECT 1 FROM bans t WHERE t.conference = c.id)
-                          AND NOT EXISTS (SELECT 1 FROM invites t WHERE t.conference = c.id)
-                          AND NOT EXISTS (SELECT 1 FROM audit t WHERE t.conference = c.id)
-                          AND NOT EXISTS (SELECT 1 FROM abuse_reports t WHERE t.conference = c.id)
-                          AND NOT EXISTS (SELECT 1 FROM conference_relays t WHERE t.conference = c.id)
-                          AND NOT EXISTS (SELECT 1 FROM conference_links t WHERE t.conference = c.id)
-                        LIMIT ?3)",
-                    params![c.0 as i64, c.1 as i64, batch],
-                )
-                .map(|n| n as u64)
+                exec(db, &sql, params![after as i64, until as i64, batch]).map(|n| n as u64)
             })?;
         }
         Ok(purged)
