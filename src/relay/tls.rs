@@ -155,18 +155,15 @@ fn provider() -> Arc<CryptoProvider> {
 pub fn server_config(
     identity: &Identity,
 ) -> Result<quinn::crypto::rustls::QuicServerConfig, String> {
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_single_cert(identity.chain.clone(), identity.key.clone_key())
-        .map_err(|e| e.to_string())?;
-    tls.alpn_protocols = vec![
-        ALPN.to_vec(),
-        crate::wire::CASCADE_ALPN.to_vec(),
-        crate::wire::WEBTRANSPORT_ALPN.to_vec(),
-    ];
-    quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| e.to_string())
+    quic_server(
+        identity,
+        None,
+        vec![
+            ALPN.to_vec(),
+            crate::wire::CASCADE_ALPN.to_vec(),
+            crate::wire::WEBTRANSPORT_ALPN.to_vec(),
+        ],
+    )
 }
 
 /// The server crypto for a connection from another relay's address (a
@@ -178,17 +175,34 @@ pub fn server_config(
 pub fn link_server_config(
     identity: &Identity,
 ) -> Result<quinn::crypto::rustls::QuicServerConfig, String> {
-    let provider = provider();
     let verifier = Arc::new(AnyClientCert {
-        provider: provider.clone(),
+        provider: provider(),
     });
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+    quic_server(
+        identity,
+        Some(verifier),
+        vec![crate::wire::CASCADE_ALPN.to_vec()],
+    )
+}
+
+/// TLS 1.3 server crypto serving `identity` for `alpns`, asking clients for
+/// a certificate only with a `client_verifier`.
+fn quic_server(
+    identity: &Identity,
+    client_verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+    alpns: Vec<Vec<u8>>,
+) -> Result<quinn::crypto::rustls::QuicServerConfig, String> {
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| e.to_string())?
-        .with_client_cert_verifier(verifier)
+        .map_err(|e| e.to_string())?;
+    let builder = match client_verifier {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
+    };
+    let mut tls = builder
         .with_single_cert(identity.chain.clone(), identity.key.clone_key())
         .map_err(|e| e.to_string())?;
-    tls.alpn_protocols = vec![crate::wire::CASCADE_ALPN.to_vec()];
+    tls.alpn_protocols = alpns;
     quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| e.to_string())
 }
 
@@ -198,20 +212,7 @@ pub fn link_client_config(
     pin: &str,
     identity: &Identity,
 ) -> Result<quinn::crypto::rustls::QuicClientConfig, String> {
-    let provider = provider();
-    let verifier = Arc::new(PinnedCert {
-        pin: pin.trim().to_ascii_lowercase(),
-        provider: provider.clone(),
-    });
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| e.to_string())?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
-        .map_err(|e| e.to_string())?;
-    tls.alpn_protocols = vec![crate::wire::CASCADE_ALPN.to_vec()];
-    quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())
+    quic_client(pin, Some(identity), crate::wire::CASCADE_ALPN)
 }
 
 /// The SHA-256 (hex) of the certificate the peer of `conn` presented, if any.
@@ -232,17 +233,32 @@ pub fn pinned_client_config_for(
     pin: &str,
     alpn: &[u8],
 ) -> Result<quinn::crypto::rustls::QuicClientConfig, String> {
+    quic_client(pin, None, alpn)
+}
+
+/// TLS 1.3 client crypto pinning `pin` for `alpn`, presenting `identity`'s
+/// certificate when there is one.
+fn quic_client(
+    pin: &str,
+    identity: Option<&Identity>,
+    alpn: &[u8],
+) -> Result<quinn::crypto::rustls::QuicClientConfig, String> {
     let provider = provider();
     let verifier = Arc::new(PinnedCert {
         pin: pin.trim().to_ascii_lowercase(),
         provider: provider.clone(),
     });
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| e.to_string())?
         .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
+        .with_custom_certificate_verifier(verifier);
+    let mut tls = match identity {
+        Some(identity) => builder
+            .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
+            .map_err(|e| e.to_string())?,
+        None => builder.with_no_client_auth(),
+    };
     tls.alpn_protocols = vec![alpn.to_vec()];
     quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())
 }
