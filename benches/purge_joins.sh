@@ -20,31 +20,9 @@ CONCURRENCY=${CONCURRENCY:-32}
 bin=target/release/residency-relay
 [ -x "$bin" ] || { echo "build first: cargo build --release" >&2; exit 1; }
 work=$(mktemp -d /tmp/rr-purge-joins.XXXXXX)
-dev_pid=""
-cleanup() {
-    [ -n "$dev_pid" ] && kill "$dev_pid" 2>/dev/null && wait "$dev_pid" 2>/dev/null
-    rm -rf "$work" config/bench-purge.toml
-}
-trap cleanup EXIT
-db="$work/de-fra-router.sqlite"
-sed -e 's/max_participants = [0-9_]*/max_participants = 1000000/' \
-    -e "s|^store = \"../data/de-fra-router.sqlite\"|store = \"$db\"|" \
-    config/dev.toml > config/bench-purge.toml
-printf '\n[limits]\njoins_per_address_per_minute = 100000000\nconference_max_participants = 1000000\nrelay_connections_per_address = 100000\n\n[retention]\npurge_interval_secs = 1\n' >> config/bench-purge.toml
-
-start_dev() {
-    RUST_LOG=warn "$bin" dev --config config/bench-purge.toml >"$work/dev.out" 2>&1 &
-    dev_pid=$!
-    for _ in $(seq 1 300); do
-        if curl -sf -H 'Authorization: Bearer dev-admin-key' http://127.0.2.1:8080/v1/admin/relays 2>/dev/null | grep -q '"healthy"'; then
-            return 0
-        fi
-        sleep 0.05
-    done
-    echo "the dev router did not become ready" >&2
-    exit 1
-}
-stop_dev() { kill "$dev_pid"; wait "$dev_pid" 2>/dev/null || true; dev_pid=""; }
+. benches/dev_store.sh
+trap 'dev_cleanup; rm -rf "$work"' EXIT
+dev_config "$(printf '\n[retention]\npurge_interval_secs = 1\n')"
 
 # A store with the router's schema, then the lines (one conference).
 start_dev

@@ -20,32 +20,13 @@ bin=${BIN:-target/release/residency-relay}
 PURGE=${PURGE:-1}
 [ -x "$bin" ] || { echo "build first: cargo build --release" >&2; exit 1; }
 work=$(mktemp -d /tmp/rr-store-size.XXXXXX)
-dev_pid=""
-cleanup() {
-    [ -n "$dev_pid" ] && kill "$dev_pid" 2>/dev/null && wait "$dev_pid" 2>/dev/null
-    rm -rf "$work" config/bench-store-size.toml
-}
-trap cleanup EXIT
-db="$work/de-fra-router.sqlite"
-sed -e 's/max_participants = [0-9_]*/max_participants = 1000000/' \
-    -e "s|^store = \"../data/de-fra-router.sqlite\"|store = \"$db\"|" \
-    config/dev.toml > config/bench-store-size.toml
-printf '\n[limits]\njoins_per_address_per_minute = 100000000\nconference_max_participants = 1000000\nrelay_connections_per_address = 100000\n' >> config/bench-store-size.toml
-[ "$PURGE" = 1 ] && printf '\n[retention]\npurge_interval_secs = 1\n' >> config/bench-store-size.toml
-
-start_dev() {
-    RUST_LOG=warn "$bin" dev --config config/bench-store-size.toml >"$work/dev.out" 2>&1 &
-    dev_pid=$!
-    for _ in $(seq 1 200); do
-        if curl -sf -H 'Authorization: Bearer dev-admin-key' http://127.0.2.1:8080/v1/admin/relays | grep -q '"healthy"'; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    echo "the dev router did not become ready" >&2
-    exit 1
-}
-stop_dev() { kill "$dev_pid"; wait "$dev_pid" 2>/dev/null || true; dev_pid=""; }
+. benches/dev_store.sh
+trap 'dev_cleanup; rm -rf "$work"' EXIT
+if [ "$PURGE" = 1 ]; then
+    dev_config "$(printf '\n[retention]\npurge_interval_secs = 1\n')"
+else
+    dev_config
+fi
 in_use() { # bytes in pages in use, rows per table
     python3 - "$db" <<'EOF'
 import sqlite3, sys

@@ -10,12 +10,10 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::Arc;
 
-use residency_relay::client::join::JoinError;
 use residency_relay::secret::RecordsKey;
 use rusqlite::Connection;
-use serde_json::json;
 use sha2::{Digest, Sha256};
-use support::cluster::{Cluster, join_from, open_conference, request};
+use support::cluster::{Cluster, join_from, kick, open_conference, refused_code};
 
 const CLIENTS: [&str; 5] = [
     "127.0.0.2",
@@ -24,27 +22,6 @@ const CLIENTS: [&str; 5] = [
     "127.0.0.5",
     "127.0.0.6",
 ];
-
-fn refused_code(e: JoinError) -> (u16, String) {
-    match e {
-        JoinError::Refused { status, code, .. } => (status, code),
-        other => panic!("expected a refusal, got {other}"),
-    }
-}
-
-async fn kick_and_ban(router: &str, conf: &serde_json::Value, pid: &str) {
-    let id = conf["id"].as_str().unwrap();
-    let host = format!("Bearer {}", conf["host_token"].as_str().unwrap());
-    let r = request(
-        "POST",
-        &format!("{router}/v1/conferences/{id}/participants/{pid}/kick"),
-        None,
-        Some(&host),
-        Some(json!({ "ban": true })),
-    )
-    .await;
-    assert_eq!(r.status, 200);
-}
 
 /// What a copy of the SQLite store holds: every 32-byte value of `meta`
 /// (anything that could be a key or a salt), the address hashes of
@@ -185,7 +162,10 @@ async fn a_copied_store_reveals_no_address_or_passcode() {
     for ip in CLIENTS {
         last = Some(join_from(&router, &id, &passcode, ip).await.unwrap());
     }
-    kick_and_ban(&router, &conf, &last.unwrap().participant_id).await;
+    assert_eq!(
+        kick(&router, &conf, &last.unwrap().participant_id, true).await,
+        200
+    );
     c.stop_router("de-fra-router").await;
     let me = c.policy.router("de-fra-router").unwrap().clone();
     let stolen = steal(me.store.sqlite().unwrap());
@@ -285,7 +265,7 @@ async fn a_rotated_records_key_keeps_bans_and_passcodes_while_the_old_one_is_lis
     let banned = join_from(&router, &old_id, &old_code, "127.0.0.6")
         .await
         .unwrap();
-    kick_and_ban(&router, &old, &banned.participant_id).await;
+    assert_eq!(kick(&router, &old, &banned.participant_id, true).await, 200);
 
     set_keys(&mut c, &b, &[&a]);
     restart(&mut c).await;
@@ -304,7 +284,7 @@ async fn a_rotated_records_key_keeps_bans_and_passcodes_while_the_old_one_is_lis
     let banned = join_from(&router, &new_id, &new_code, "127.0.0.5")
         .await
         .unwrap();
-    kick_and_ban(&router, &new, &banned.participant_id).await;
+    assert_eq!(kick(&router, &new, &banned.participant_id, true).await, 200);
 
     // The old key dropped: what it made lapses, what the new one made holds.
     set_keys(&mut c, &b, &[]);

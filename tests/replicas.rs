@@ -8,12 +8,13 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use residency_relay::client::join::{Credential, JoinError};
+use residency_relay::client::join::Credential;
 use residency_relay::relay::close_code;
 use residency_relay::wire::control::TrackKind;
 use serde_json::{Value, json};
 use support::cluster::{
-    ACME, ADMIN, Cluster, connect, create, join_from, open_conference, request, sample,
+    ACME, ADMIN, Cluster, connect, create, join_from, kick, open_conference, refused_code, request,
+    sample,
 };
 use support::pg::Pg;
 
@@ -39,27 +40,6 @@ async fn running(pg: &Pg) -> Cluster {
     c.wait_health(A, &RELAYS, "healthy").await;
     c.wait_health(B, &RELAYS, "healthy").await;
     c
-}
-
-fn refused(e: JoinError) -> (u16, String) {
-    match e {
-        JoinError::Refused { status, code, .. } => (status, code),
-        other => panic!("not a refusal: {other}"),
-    }
-}
-
-async fn kick(router: &str, conf: &Value, pid: &str, ban: bool) -> u16 {
-    let id = conf["id"].as_str().unwrap();
-    let host = format!("Bearer {}", conf["host_token"].as_str().unwrap());
-    request(
-        "POST",
-        &format!("{router}/v1/conferences/{id}/participants/{pid}/kick"),
-        None,
-        Some(&host),
-        Some(json!({ "ban": ban })),
-    )
-    .await
-    .status
 }
 
 async fn audit(router: &str, conf: &Value) -> Vec<Value> {
@@ -387,7 +367,11 @@ async fn a_call_outlives_the_database_going_down_and_coming_back() {
         let e = join_from(router, &id, &passcode, "127.0.0.7")
             .await
             .unwrap_err();
-        assert_eq!(refused(e), (503, "store_unavailable".into()), "{router}");
+        assert_eq!(
+            refused_code(e),
+            (503, "store_unavailable".into()),
+            "{router}"
+        );
         assert!(
             started.elapsed() < Duration::from_secs(1),
             "{router}: {:?}",
@@ -518,7 +502,7 @@ async fn both_replicas_restarted_keep_every_record() {
         let e = join_from(router, &id, &passcode, "127.0.0.6")
             .await
             .unwrap_err();
-        assert_eq!(refused(e), (403, "banned".into()));
+        assert_eq!(refused_code(e), (403, "banned".into()));
     }
     // The invitation still works, once.
     let joined = residency_relay::client::join::join(
@@ -542,7 +526,7 @@ async fn both_replicas_restarted_keep_every_record() {
     )
     .await
     .unwrap_err();
-    assert_eq!(refused(e), (403, "bad_invite".into()));
+    assert_eq!(refused_code(e), (403, "bad_invite".into()));
     c.shutdown().await;
 }
 
@@ -567,7 +551,7 @@ async fn each_replica_enforces_its_share_of_a_rate_limit() {
         let e = join_from(router, id, "000000000", "127.0.0.5")
             .await
             .unwrap_err();
-        codes.push(refused(e).1);
+        codes.push(refused_code(e).1);
     }
     assert_eq!(
         codes,

@@ -6,15 +6,14 @@ mod support;
 
 use std::time::Duration;
 
-use residency_relay::client::join::JoinError;
 use residency_relay::relay::close_code;
 use residency_relay::store::{Sqlite, Store};
 use residency_relay::wire::control::TrackKind;
 use residency_relay::wire::datagram::{Flags, MediaHeader};
 use serde_json::json;
 use support::cluster::{
-    ACME, ADMIN, Cluster, FREEBIE, connect, create, join_from, open_conference, request,
-    request_raw, sample,
+    ACME, ADMIN, Cluster, FREEBIE, connect, create, join_from, open_conference, refused_code,
+    request, request_raw, sample,
 };
 
 const EU_RELAYS: [&str; 3] = ["de-fra-1", "de-ber-1", "ie-dub-1"];
@@ -66,13 +65,6 @@ async fn prime(
     }
     // Primers still in flight.
     while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(100), to.recv_media()).await {}
-}
-
-fn refused_code(e: JoinError) -> (u16, String) {
-    match e {
-        JoinError::Refused { status, code, .. } => (status, code),
-        other => panic!("expected a refusal, got {other}"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

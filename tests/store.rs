@@ -39,6 +39,34 @@ fn conference(id: &str) -> ConferenceRecord {
     }
 }
 
+/// A ban of `participant` and the address hashed to `hash`.
+fn ban(conference: &str, participant: &str, hash: [u8; 32], created: u64) -> Ban {
+    Ban {
+        conference: conference.into(),
+        participant_id: participant.into(),
+        address_hash: hash,
+        invite_sha256: None,
+        created,
+    }
+}
+
+/// Speaker "Bo", joined from the address hashed to `hash`, on no relay yet.
+fn participant(conference: &str, id: &str, hash: [u8; 32]) -> ParticipantRecord {
+    ParticipantRecord {
+        id: id.into(),
+        conference: conference.into(),
+        display_name: "Bo".into(),
+        role: Role::Speaker,
+        status: Status::Joined,
+        address_hash: hash,
+        invite_sha256: None,
+        wait_token_sha256: None,
+        rejoin_sha256: None,
+        relay: None,
+        created: 5,
+    }
+}
+
 #[tokio::test]
 async fn records_survive_reopening_the_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -47,15 +75,7 @@ async fn records_survive_reopening_the_file() {
         let s = Sqlite::open(&path).unwrap();
         s.insert_conference(&conference("eu-a")).await.unwrap();
         s.set_locked("eu-a", true).await.unwrap();
-        s.add_ban(&Ban {
-            conference: "eu-a".into(),
-            participant_id: "p-1".into(),
-            address_hash: [9; 32],
-            invite_sha256: None,
-            created: 11,
-        })
-        .await
-        .unwrap();
+        s.add_ban(&ban("eu-a", "p-1", [9; 32], 11)).await.unwrap();
         s.address_key().await.unwrap()
     };
     let s = Sqlite::open(&path).unwrap();
@@ -88,16 +108,9 @@ async fn records_survive_reopening_the_file() {
 async fn only_a_store_from_before_records_keys_is_keyed() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("router.sqlite");
-    let ban = |hash: [u8; 32]| Ban {
-        conference: "eu-a".into(),
-        participant_id: "p-1".into(),
-        address_hash: hash,
-        invite_sha256: None,
-        created: 11,
-    };
     {
         let s = Sqlite::open(&path).unwrap();
-        s.add_ban(&ban([9; 32])).await.unwrap();
+        s.add_ban(&ban("eu-a", "p-1", [9; 32], 11)).await.unwrap();
     }
     // As a schema-5 router left it.
     Connection::open(&path)
@@ -197,17 +210,9 @@ async fn an_invitation_is_used_once_and_not_after_expiry(s: &dyn Store) {
 
 async fn waiting_room_and_relays_and_audit(s: &dyn Store) {
     let p = ParticipantRecord {
-        id: "p-1".into(),
-        conference: "eu-a".into(),
-        display_name: "Bo".into(),
-        role: Role::Speaker,
         status: Status::Waiting,
-        address_hash: [1; 32],
-        invite_sha256: None,
         wait_token_sha256: Some([2; 32]),
-        rejoin_sha256: None,
-        relay: None,
-        created: 5,
+        ..participant("eu-a", "p-1", [1; 32])
     };
     s.upsert_participant(&p).await.unwrap();
     assert_eq!(s.waiting("eu-a").await.unwrap(), vec![p.clone()]);
@@ -579,29 +584,12 @@ async fn hashes_are_keyed_once_and_only_the_bound_key_is_taken(s: &dyn Store) {
         sha256: old_passcode,
     });
     s.insert_conference(&c).await.unwrap();
-    let p = ParticipantRecord {
-        id: "p-1".into(),
-        conference: "eu-k".into(),
-        display_name: "Bo".into(),
-        role: Role::Speaker,
-        status: Status::Joined,
-        address_hash: old_address,
-        invite_sha256: None,
-        wait_token_sha256: None,
-        rejoin_sha256: None,
-        relay: None,
-        created: 5,
-    };
-    s.upsert_participant(&p).await.unwrap();
-    s.add_ban(&Ban {
-        conference: "eu-k".into(),
-        participant_id: "p-1".into(),
-        address_hash: old_address,
-        invite_sha256: None,
-        created: 6,
-    })
-    .await
-    .unwrap();
+    s.upsert_participant(&participant("eu-k", "p-1", old_address))
+        .await
+        .unwrap();
+    s.add_ban(&ban("eu-k", "p-1", old_address, 6))
+        .await
+        .unwrap();
     let a = RecordsKey::from_bytes([31; 32]);
     let b = RecordsKey::from_bytes([32; 32]);
     let only_a = RecordsKeys::single(a.clone());
@@ -662,39 +650,28 @@ async fn hashes_are_keyed_once_and_only_the_bound_key_is_taken(s: &dyn Store) {
     assert!(s.bind_records_key(&only_a).await.is_err());
 }
 
+/// The invitation token hash [`a_call`] gives conference `id`.
+fn invite_token(id: &str) -> [u8; 32] {
+    let mut token = [0u8; 32];
+    let n = id.len().min(32);
+    token[..n].copy_from_slice(&id.as_bytes()[..n]);
+    token
+}
+
 /// Everything of one conference, as a call leaves it.
 async fn a_call(s: &dyn Store, id: &str, ended: Option<u64>, audit_lines: u64) {
     let mut c = conference(id);
     c.ended = ended;
     s.insert_conference(&c).await.unwrap();
     s.upsert_participant(&ParticipantRecord {
-        id: "p-1".into(),
-        conference: id.into(),
-        display_name: "Bo".into(),
-        role: Role::Speaker,
-        status: Status::Joined,
-        address_hash: [1; 32],
-        invite_sha256: None,
-        wait_token_sha256: None,
-        rejoin_sha256: None,
         relay: Some("de-fra-1".into()),
-        created: 5,
+        ..participant(id, "p-1", [1; 32])
     })
     .await
     .unwrap();
-    s.add_ban(&Ban {
-        conference: id.into(),
-        participant_id: "p-2".into(),
-        address_hash: [2; 32],
-        invite_sha256: None,
-        created: 6,
-    })
-    .await
-    .unwrap();
-    let mut token = [0u8; 32];
-    token[..id.len().min(32)].copy_from_slice(&id.as_bytes()[..id.len().min(32)]);
+    s.add_ban(&ban(id, "p-2", [2; 32], 6)).await.unwrap();
     s.insert_invite(&InviteRecord {
-        token_sha256: token,
+        token_sha256: invite_token(id),
         conference: id.into(),
         participant_id: "p-3".into(),
         display_name: "Cy".into(),
@@ -739,13 +716,11 @@ async fn a_call(s: &dyn Store, id: &str, ended: Option<u64>, audit_lines: u64) {
 /// What is left of conference `id`: participant, ban, invitation, audit
 /// lines, abuse reports, relay use, link use, record.
 async fn left(s: &dyn Store, id: &str) -> (bool, bool, bool, usize, usize, usize, usize, bool) {
-    let mut token = [0u8; 32];
-    token[..id.len().min(32)].copy_from_slice(&id.as_bytes()[..id.len().min(32)]);
     (
         s.participant(id, "p-1").await.unwrap().is_some(),
         s.is_banned(id, Some("p-2"), &[0; 32], None).await.unwrap(),
         !matches!(
-            s.invite(&token, id, 0).await.unwrap(),
+            s.invite(&invite_token(id), id, 0).await.unwrap(),
             Err(InviteRefusal::Unknown)
         ),
         s.audit_log(id).await.unwrap().len(),
@@ -825,17 +800,9 @@ async fn records_go_when_their_period_is_over(s: &dyn Store) {
 
 async fn a_kicked_participant_stays_kicked(s: &dyn Store) {
     let p = ParticipantRecord {
-        id: "p-1".into(),
-        conference: "eu-a".into(),
-        display_name: "Bo".into(),
-        role: Role::Speaker,
-        status: Status::Joined,
-        address_hash: [1; 32],
-        invite_sha256: None,
-        wait_token_sha256: None,
         rejoin_sha256: Some([4; 32]),
         relay: Some("de-fra-1".into()),
-        created: 5,
+        ..participant("eu-a", "p-1", [1; 32])
     };
     let event = AuditEvent {
         time: 6,

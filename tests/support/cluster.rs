@@ -453,6 +453,30 @@ pub async fn open_conference(router: &str, residency: &str) -> Value {
     .await
 }
 
+/// The status and error code of a refused join.
+pub fn refused_code(e: JoinError) -> (u16, String) {
+    match e {
+        JoinError::Refused { status, code, .. } => (status, code),
+        other => panic!("expected a refusal, got {other}"),
+    }
+}
+
+/// Kicks `pid` out of `conf` (as its creator answered it) through `router`
+/// with the host token, banning it with `ban`; returns the status.
+pub async fn kick(router: &str, conf: &Value, pid: &str, ban: bool) -> u16 {
+    let id = conf["id"].as_str().unwrap();
+    let host = format!("Bearer {}", conf["host_token"].as_str().unwrap());
+    request(
+        "POST",
+        &format!("{router}/v1/conferences/{id}/participants/{pid}/kick"),
+        None,
+        Some(&host),
+        Some(serde_json::json!({ "ban": ban })),
+    )
+    .await
+    .status
+}
+
 /// Joins with a passcode from `ip`.
 pub async fn join_from(
     router: &str,
