@@ -16,6 +16,10 @@
 //!   `body_timeout` of its head; a keep-alive connection with nothing in
 //!   flight and no bytes moving is closed after `idle_timeout`.
 //!
+//! - TLS, when the listener has it: the handshake must complete within
+//!   `header_timeout` of the first byte; a failed or stalled handshake is
+//!   counted (`<prefix>_http_tls_failures_total`) and closed.
+//!
 //! Each listener's caps come out of the process's file-descriptor limit
 //! ([`FdBudget`]), so that one listener can never starve another, or a
 //! relay's QUIC socket, of descriptors.
@@ -111,13 +115,15 @@ impl FdBudget {
 
 /// A listener's connection metrics: `<prefix>_http_connections_open`,
 /// `<prefix>_http_connections_refused_total{reason}` (`listener_full`,
-/// `address_full`) and `<prefix>_http_connections_closed_total{reason}`
-/// (`idle`, `head_timeout`, `evicted`).
+/// `address_full`), `<prefix>_http_connections_closed_total{reason}`
+/// (`idle`, `head_timeout`, `evicted`) and
+/// `<prefix>_http_tls_failures_total{reason}` (`handshake`, `timeout`).
 #[derive(Debug, Clone)]
 pub struct ConnMetrics {
     pub open: IntGauge,
     pub refused: IntCounterVec,
     pub closed: IntCounterVec,
+    pub tls_failures: IntCounterVec,
 }
 
 impl ConnMetrics {
@@ -144,6 +150,14 @@ impl ConnMetrics {
             &["reason"],
         )
         .unwrap_or_else(|e| panic!("http_connections_closed_total: {e}"));
+        let tls_failures = IntCounterVec::new(
+            Opts::new(
+                "http_tls_failures_total",
+                "TLS handshakes that failed (a client that does not trust the certificate, or not speaking TLS) or did not complete in time.",
+            ),
+            &["reason"],
+        )
+        .unwrap_or_else(|e| panic!("http_tls_failures_total: {e}"));
         for reason in ["listener_full", "address_full"] {
             refused.with_label_values(&[reason]);
         }
@@ -157,7 +171,17 @@ impl ConnMetrics {
             open,
             refused,
             closed,
+            tls_failures,
         }
+    }
+
+    /// Also exports `<prefix>_http_tls_failures_total` (listeners serving TLS).
+    pub fn with_tls(self, registry: &Registry) -> Self {
+        for reason in ["handshake", "timeout"] {
+            self.tls_failures.with_label_values(&[reason]);
+        }
+        let _ = registry.register(Box::new(self.tls_failures.clone()));
+        self
     }
 }
 
@@ -170,12 +194,15 @@ pub struct Options {
     pub limits: Limits,
     pub metrics: ConnMetrics,
     pub trusted_proxy: TrustedProxy,
+    /// TLS for every connection; `None`: plain HTTP.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl std::fmt::Debug for Options {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Options")
             .field("limits", &self.limits)
+            .field("tls", &self.tls.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -429,11 +456,56 @@ async fn serve_connection(
     started: Instant,
     stop: &mut tokio::sync::watch::Receiver<bool>,
 ) {
-    let io = hyper_util::rt::TokioIo::new(Watched {
+    let watched = Watched {
         inner: stream,
         tracked: tracked.clone(),
         started,
-    });
+    };
+    match &options.tls {
+        None => serve_http(watched, peer, app, options, tracked, started, stop).await,
+        Some(acceptor) => {
+            // The handshake's bytes start a "head" (Watched::received), so
+            // it also counts against the head limit; it has its own
+            // deadline here as well, as nothing else reads it.
+            let handshake = tokio::select! {
+                h = tokio::time::timeout(options.limits.header_timeout, acceptor.accept(watched)) => h,
+                _ = tracked.evict.notified() => return,
+                _ = stop.changed() => return,
+            };
+            match handshake {
+                Ok(Ok(tls)) => serve_http(tls, peer, app, options, tracked, started, stop).await,
+                Ok(Err(e)) => {
+                    options
+                        .metrics
+                        .tls_failures
+                        .with_label_values(&["handshake"])
+                        .inc();
+                    debug!(error = %e, "TLS handshake failed");
+                }
+                Err(_) => {
+                    options
+                        .metrics
+                        .tls_failures
+                        .with_label_values(&["timeout"])
+                        .inc();
+                }
+            }
+        }
+    }
+}
+
+async fn serve_http<S>(
+    stream: S,
+    peer: SocketAddr,
+    app: axum::Router,
+    options: &Options,
+    tracked: Arc<Tracked>,
+    started: Instant,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = hyper_util::rt::TokioIo::new(stream);
     let body_timeout = options.limits.body_timeout;
     let in_flight = tracked.clone();
     let service =

@@ -45,4 +45,5 @@ pub mod secret;
 pub mod select;
 pub mod store;
 pub mod ticket;
+pub mod tls;
 pub mod wire;

@@ -76,7 +76,15 @@ pub(super) fn replicated_config(config: &Path, store: &str) -> Result<PathBuf, S
         .ok_or("the EU router's listen is not ip:port")?;
     let moved = std::net::SocketAddr::new([127, 0, 2, 4].into(), listen.port());
     replica.insert("listen".into(), toml::Value::String(moved.to_string()));
-    replica.insert("url".into(), toml::Value::String(format!("http://{moved}")));
+    let scheme = if table.contains_key("tls_cert") {
+        "https"
+    } else {
+        "http"
+    };
+    replica.insert(
+        "url".into(),
+        toml::Value::String(format!("{scheme}://{moved}")),
+    );
     replica.remove("relay_url");
     routers.insert(eu + 1, toml::Value::Table(replica));
     let name = config
@@ -124,6 +132,17 @@ async fn serve(policy: Arc<Policy>, demo: bool, log_console: bool) -> Result<(),
         config: policy.source().to_owned(),
         regions: None,
     };
+    // Its own calls to its routers trust what relays do (`--ca` aside).
+    if !http_client::has_default_trust() {
+        let cas: Vec<&Path> = policy
+            .routers()
+            .iter()
+            .filter_map(|r| r.tls_ca.as_deref())
+            .collect();
+        if !cas.is_empty() {
+            http_client::set_default_trust(http_client::Tls::from_ca_files(cas)?);
+        }
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -282,6 +301,21 @@ fn print_banner(policy: &Policy) {
         return;
     };
     let url = &eu_router.url;
+    let shown = |p: &Path| {
+        std::env::current_dir()
+            .ok()
+            .and_then(|cwd| p.strip_prefix(cwd).ok().map(Path::to_path_buf))
+            .unwrap_or_else(|| p.to_path_buf())
+            .display()
+            .to_string()
+    };
+    let (cacert, ca) = match eu_router.tls_ca.as_deref() {
+        Some(ca) if url.starts_with("https://") => (
+            format!(" --cacert {}", shown(ca)),
+            format!(" --ca {}", shown(ca)),
+        ),
+        _ => (String::new(), String::new()),
+    };
     let exe = std::env::current_exe()
         .ok()
         .and_then(|p| {
@@ -291,15 +325,24 @@ fn print_banner(policy: &Policy) {
         .map_or_else(|| "residency-relay".to_owned(), |p| p.display().to_string());
     println!("\ntry it:");
     println!(
-        "  curl -s -X POST {url}/v1/conferences -H 'Authorization: Bearer dev-acme-key' -d '{{\"residency\": \"eu\", \"waiting_room\": false}}'"
+        "  curl -s{cacert} -X POST {url}/v1/conferences -H 'Authorization: Bearer dev-acme-key' -d '{{\"residency\": \"eu\", \"waiting_room\": false}}'"
     );
     println!(
-        "  {exe} client subscribe --router {url} --conference ID --passcode PASSCODE --name Ada --bind 127.0.0.2:0 --duration 30   # a participant in Germany"
+        "  {exe} client subscribe{ca} --router {url} --conference ID --passcode PASSCODE --name Ada --bind 127.0.0.2:0 --duration 30   # a participant in Germany"
     );
     println!(
-        "  {exe} client publish --router {url} --conference ID --passcode PASSCODE --name Bob --bind 127.0.0.3:0 --duration 20    # a participant in the US"
+        "  {exe} client publish{ca} --router {url} --conference ID --passcode PASSCODE --name Bob --bind 127.0.0.3:0 --duration 20    # a participant in the US"
     );
-    println!("  curl -s {url}/v1/conferences/ID -H 'Authorization: Bearer HOST_TOKEN'");
+    println!("  curl -s{cacert} {url}/v1/conferences/ID -H 'Authorization: Bearer HOST_TOKEN'");
+    if let Some((cert, _)) = &eu_router.tls {
+        match crate::tls::read_certs(cert).and_then(|c| crate::tls::spki_sha256_base64(&c[0])) {
+            Ok(spki) => println!(
+                "\nthe routers' HTTPS certificate ({}) is for development: browsers warn about it.\nChromium started with --ignore-certificate-errors-spki-list={spki} accepts it (and only it).",
+                shown(cert)
+            ),
+            Err(e) => println!("\nthe routers' HTTPS certificate: {e}"),
+        }
+    }
 }
 
 /// Creates an end-to-end encrypted EU conference for the browser and

@@ -33,6 +33,11 @@ use crate::policy::{self, Policy};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// PEM file of the CA (or the self-signed certificate) to verify
+    /// routers' HTTPS certificates with, for commands that call routers
+    /// (`dev` trusts its config's `tls_ca` without it).
+    #[arg(long, global = true, value_name = "FILE")]
+    ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -342,6 +347,10 @@ pub fn main() -> ExitCode {
             };
         }
     };
+    if let Err(e) = crate::http_client::trust_ca_file(cli.ca.as_deref()) {
+        eprintln!("--ca: {e}");
+        return ExitCode::FAILURE;
+    }
     match cli.command {
         Command::Check {
             config,

@@ -151,6 +151,9 @@ pub fn diff(old: &Policy, new: &Policy) -> Vec<String> {
                 if a.admin_token_sha256 != b.admin_token_sha256 {
                     out.push(format!("router {id}: admin_token_sha256 changed"));
                 }
+                if a.tls != b.tls || a.tls_ca != b.tls_ca {
+                    out.push(format!("router {id}: tls files changed"));
+                }
             }
         }
     }

@@ -229,6 +229,20 @@ pub struct RouterSection {
     /// them (bans, passcodes) while they are listed.
     #[serde(default)]
     pub records_key_previous: Vec<PathBuf>,
+    /// PEM certificate chain (end-entity first) the router serves HTTPS
+    /// with, relative to the config file; read by the router process only,
+    /// again on every reload.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// PEM file of the CA certificate(s) that relays verify the router's
+    /// certificate against, for the host name of `url`: an internal CA,
+    /// the system's public CA bundle, or a self-signed `tls_cert` itself.
+    pub tls_ca: Option<PathBuf>,
+    /// Serve plain HTTP (a TLS-terminating proxy in front of it does TLS).
+    /// Explicit, and `check` warns about it.
+    #[serde(default)]
+    pub plain_http: bool,
 }
 
 /// `[selection]`: how relays are ranked.

@@ -1175,15 +1175,73 @@ fn build_routers(
             .unwrap_or(&url)
             .trim_end_matches('/')
             .to_owned();
-        if crate::http_client::split_url(&relay_url).is_err() {
+        if crate::http_client::parse_url(&relay_url).is_err() {
             p.push(
                 cfg,
                 field(if r.relay_url.is_some() { "relay_url" } else { "url" }),
                 format!(
-                    "relays cannot report to '{relay_url}': set relay_url to the router's http://ip:port on the operator's network"
+                    "relays cannot report to '{relay_url}': set relay_url to the router's https://ip:port on the operator's network"
                 ),
             );
             ok = false;
+        }
+        let tls = match (&r.tls_cert, &r.tls_key, r.plain_http) {
+            (Some(cert), Some(key), false) => Some((resolve(base, cert), resolve(base, key))),
+            (None, None, true) => None,
+            (_, _, true) => {
+                p.push(
+                    cfg,
+                    field("plain_http"),
+                    "plain_http = true serves no certificate: remove tls_cert and tls_key, or plain_http",
+                );
+                ok = false;
+                None
+            }
+            (cert, _, false) => {
+                p.push(
+                    cfg,
+                    field(if cert.is_none() { "tls_cert" } else { "tls_key" }),
+                    "a router serves HTTPS: give tls_cert and tls_key (PEM files), or set plain_http = true when a TLS-terminating proxy in front of it does TLS",
+                );
+                ok = false;
+                None
+            }
+        };
+        if tls.is_some() {
+            let mut urls = vec![("url", &url)];
+            if r.relay_url.is_some() {
+                urls.push(("relay_url", &relay_url));
+            }
+            for (f, u) in urls {
+                if u.starts_with("http://") {
+                    p.push(
+                        cfg,
+                        field(f),
+                        format!("'{u}': the router serves HTTPS, so its URLs are https://"),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        let tls_ca = r.tls_ca.as_ref().map(|c| resolve(base, c));
+        match &tls_ca {
+            Some(ca) => {
+                if let Err(m) = crate::tls::ca_roots(ca) {
+                    p.push(cfg, field("tls_ca"), m);
+                    ok = false;
+                }
+            }
+            None if relay_url.starts_with("https://") => {
+                p.push(
+                    cfg,
+                    field("tls_ca"),
+                    format!(
+                        "relays reach this router at {relay_url} and verify its certificate: give tls_ca, the PEM file of the CA that issued it (or the self-signed certificate itself)"
+                    ),
+                );
+                ok = false;
+            }
+            None => {}
         }
         let key_path = resolve(base, &r.signing_key);
         let public_key = match crate::ticket::parse_public_key(&r.public_key) {
@@ -1243,6 +1301,8 @@ fn build_routers(
                     .iter()
                     .map(|k| resolve(base, k))
                     .collect(),
+                tls,
+                tls_ca,
             });
         }
     }

@@ -136,6 +136,25 @@ pub struct Router {
     /// The records key file; `None`: derived from `signing_key`.
     pub records_key: Option<PathBuf>,
     pub records_key_previous: Vec<PathBuf>,
+    /// The certificate and key files it serves HTTPS with; `None`: plain
+    /// HTTP (`plain_http = true`, behind a TLS-terminating proxy).
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// The CA file relays verify it against (required when `relay_url` is
+    /// `https://`).
+    pub tls_ca: Option<PathBuf>,
+}
+
+impl Router {
+    /// Whom a relay (or a tool) trusts when reaching `relay_url`: the CA
+    /// file and the name the certificate must be for (the host of `url`,
+    /// the name clients use); `None` for a plain `http://` relay URL.
+    pub fn relay_trust(&self) -> Option<(PathBuf, String)> {
+        if !self.relay_url.starts_with("https://") {
+            return None;
+        }
+        let host = crate::http_client::url_host(&self.url)?;
+        Some((self.tls_ca.clone()?, host.to_owned()))
+    }
 }
 
 /// Where a router keeps its records.

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
+use crate::http_client::{HttpError, Tls};
+
 use super::shards::{Event, Shards, Snapshot};
 use super::{Metrics, RouterLink, Trust, link, trusted};
 
@@ -62,6 +64,46 @@ impl Reporting {
     }
 }
 
+/// The [`Tls`] of each `https://` router URL, made once per CA file and
+/// name (so its session cache lets reports resume TLS sessions).
+#[derive(Debug, Default)]
+struct Trusts(HashMap<String, ((std::path::PathBuf, String), Tls)>);
+
+impl Trusts {
+    /// What `url` of `link` is verified with; `Ok(None)` for `http://`.
+    fn get(&mut self, link: &RouterLink, url: &str) -> Result<Option<Tls>, HttpError> {
+        let Some(want) = link.trust.get(url) else {
+            return Ok(None);
+        };
+        if let Some((made_for, tls)) = self.0.get(url) {
+            if made_for == want {
+                return Ok(Some(tls.clone()));
+            }
+        }
+        let tls = Tls::from_ca_file(&want.0)
+            .and_then(|t| t.for_name(&want.1))
+            .map_err(|error| HttpError::Tls {
+                addr: crate::http_client::parse_url(url)
+                    .map(|t| t.addr)
+                    .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
+                error,
+            })?;
+        self.0.insert(url.to_owned(), (want.clone(), tls.clone()));
+        Ok(Some(tls))
+    }
+}
+
+/// Counts a report's outcome.
+fn count_report(metrics: &Metrics, answer: &Result<crate::http_client::Response, HttpError>) {
+    let outcome = match answer {
+        Ok(r) if r.status == 200 => "accepted",
+        Ok(_) => "refused",
+        Err(HttpError::Tls { .. } | HttpError::NoTrust(_)) => "tls",
+        Err(_) => "unreachable",
+    };
+    metrics.router_reports.with_label_values(&[outcome]).inc();
+}
+
 /// The last report of a relay shutting down: draining, so the router sends
 /// no more joins here.
 pub(super) async fn final_report(
@@ -85,10 +127,15 @@ pub(super) async fn final_report(
         track_base: 0,
     };
     // To the first replica that takes it.
+    let mut trusts = Trusts::default();
     for url in std::iter::once(&link.url).chain(&link.replicas) {
-        let sent = crate::http_client::request(
+        let Ok(tls) = trusts.get(&link, url) else {
+            continue;
+        };
+        let sent = crate::http_client::request_with(
             "POST",
             &format!("{url}{}", channel::report_path(&relay_id)),
+            tls.as_ref(),
             None,
             &[("authorization", &format!("Bearer {credential}"))],
             Some(serde_json::to_vec(&report).unwrap_or_default()),
@@ -124,6 +171,7 @@ async fn report_loop(links: tokio::sync::watch::Receiver<RouterLink>, ctx: Repor
     let mut epoch = 0u64;
     let mut last: Option<(Instant, u64)> = None;
     let mut failures = 0u32;
+    let mut trusts = Trusts::default();
     loop {
         let link = links.borrow().clone();
         let Some(snapshot) = shards.snapshot(&link.serves).await else {
@@ -183,15 +231,22 @@ async fn report_loop(links: tokio::sync::watch::Receiver<RouterLink>, ctx: Repor
         let urls: Vec<&String> = std::iter::once(&link.url).chain(&link.replicas).collect();
         replica %= urls.len();
         let url = format!("{}{}", urls[replica], channel::report_path(&relay_id));
-        let answer = crate::http_client::request(
-            "POST",
-            &url,
-            None,
-            &[("authorization", &auth)],
-            Some(body),
-            channel::HOLD + Duration::from_secs(5),
-        )
-        .await;
+        let answer = match trusts.get(&link, urls[replica]) {
+            Ok(tls) => {
+                crate::http_client::request_with(
+                    "POST",
+                    &url,
+                    tls.as_ref(),
+                    None,
+                    &[("authorization", &auth)],
+                    Some(body),
+                    channel::HOLD + Duration::from_secs(5),
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        count_report(&metrics, &answer);
         match answer {
             Ok(r) if r.status == 200 => {
                 if failures > 0 {

@@ -36,6 +36,7 @@ pub(super) async fn serve_http(listener: tokio::net::TcpListener, http: Http) {
         limits,
     } = http;
     let options = crate::http_server::Options {
+        tls: None,
         limits,
         metrics: metrics.http.clone(),
         // Operators and their Prometheus reach the relay directly.

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub keyframe_requests: IntCounter,
     pub e2ee_messages: IntCounter,
     pub moderation_disconnects: IntCounterVec,
+    /// Reports to routers by outcome.
+    pub router_reports: IntCounterVec,
     pub reloads: IntCounterVec,
     pub cascade_refusals: IntCounterVec,
     pub connection_refusals: IntCounterVec,
@@ -308,6 +310,13 @@ impl Metrics {
                 "Participants disconnected on a router's command or because the policy in force places the relay outside their conference's jurisdiction (moved), by reason.",
                 "reason",
                 &["kicked", "conference_ended", "moved"],
+            ),
+            router_reports: counter_vec(
+                &registry,
+                "router_reports_total",
+                "Reports to routers by outcome: accepted; refused (an answer other than 200: a wrong credential, say); tls (the router's certificate failed verification or the TLS handshake did); unreachable (no connection or no answer in time).",
+                "outcome",
+                &["accepted", "refused", "tls", "unreachable"],
             ),
             reloads: counter_vec(
                 &registry,

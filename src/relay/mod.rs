@@ -200,6 +200,9 @@ pub struct RouterLink {
     /// their conferences go to it (a relay outside a jurisdiction still
     /// reports the tickets for it that it refused).
     pub serves: Vec<String>,
+    /// For each `https://` URL above: the CA file its certificate is
+    /// verified against and the name it must be for.
+    pub trust: std::collections::BTreeMap<String, (std::path::PathBuf, String)>,
 }
 
 impl RouterLink {
@@ -225,6 +228,11 @@ impl RouterLink {
                     .filter(|j| mine.contains(&j.as_str()))
                     .collect();
                 (!shared.is_empty()).then(|| RouterLink {
+                    trust: policy
+                        .replicas(r)
+                        .iter()
+                        .filter_map(|o| Some((o.relay_url.clone(), o.relay_trust()?)))
+                        .collect(),
                     url: r.relay_url.clone(),
                     replicas: policy.replicas(r)[1..]
                         .iter()

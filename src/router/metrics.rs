@@ -61,6 +61,9 @@ pub struct RouterMetrics {
     pub records_purged: IntCounterVec,
     /// The HTTP listener's connections.
     pub http: crate::http_server::ConnMetrics,
+    /// `notAfter` of the certificate served (Unix seconds); exported only
+    /// when the router serves HTTPS itself.
+    pub tls_cert_expiry: prometheus::IntGauge,
 }
 
 fn must<T>(name: &str, r: Result<T, prometheus::Error>) -> T {
@@ -264,7 +267,27 @@ impl RouterMetrics {
                 }
                 c
             },
-            http: crate::http_server::ConnMetrics::register(&registry),
+            http: {
+                let http = crate::http_server::ConnMetrics::register(&registry);
+                if me.tls.is_some() {
+                    http.with_tls(&registry)
+                } else {
+                    http
+                }
+            },
+            tls_cert_expiry: {
+                let g = must(
+                    "tls_cert_expiry_timestamp_seconds",
+                    prometheus::IntGauge::new(
+                        "tls_cert_expiry_timestamp_seconds",
+                        "When the certificate the router serves HTTPS with expires (notAfter, Unix seconds).",
+                    ),
+                );
+                if me.tls.is_some() {
+                    let _ = registry.register(Box::new(g.clone()));
+                }
+                g
+            },
             registry,
         };
         let build = must(

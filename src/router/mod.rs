@@ -60,6 +60,8 @@ pub enum RouterError {
     Io(#[from] std::io::Error),
     #[error("records key: {0}")]
     RecordsKey(String),
+    #[error("HTTPS certificate: {0}")]
+    Tls(String),
 }
 
 /// Everything a request handler reads: the policy in force with this
@@ -102,6 +104,9 @@ pub const RETIRED_FOR: Duration = Duration::from_secs(600);
 pub struct Live {
     current: RwLock<Arc<Shared>>,
     source: Option<policy::Source>,
+    /// The certificate served over HTTPS (`None`: plain HTTP), read again
+    /// on every reload.
+    tls: Option<Arc<crate::tls::ServerCert>>,
     /// One reload at a time.
     reloading: tokio::sync::Mutex<()>,
 }
@@ -132,6 +137,7 @@ impl Live {
             )),
             Some(source) => {
                 let id = old.me.id.clone();
+                let cert = self.tls.clone();
                 tokio::task::spawn_blocking(move || {
                     let policy = source.load().map_err(ReloadError::Invalid)?;
                     let me = policy.router(&id).cloned().ok_or_else(|| {
@@ -141,6 +147,18 @@ impl Live {
                         ))
                     })?;
                     let key = signing_key(&policy, &me).map_err(ReloadError::Refused)?;
+                    // Last, as it swaps the certificate served when it
+                    // loads: nothing after it refuses the reload.
+                    if let Some(cert) = &cert {
+                        let (c, k) = cert.paths();
+                        if me.tls.as_ref().is_some_and(|(mc, mk)| mc == c && mk == k) {
+                            cert.reload().map_err(|e| {
+                                ReloadError::Refused(format!(
+                                    "router '{id}' HTTPS certificate: {e}; the one in force stays"
+                                ))
+                            })?;
+                        }
+                    }
                     Ok((policy, me, key))
                 })
                 .await
@@ -161,6 +179,12 @@ impl Live {
                 "router '{}' listen {} -> {}",
                 me.id, old.me.listen, me.listen
             ));
+        }
+        if me.tls != old.me.tls {
+            restart_needed.push(format!("router '{}' tls_cert/tls_key/plain_http", me.id));
+        }
+        if let Some(cert) = &self.tls {
+            old.metrics.tls_cert_expiry.set(cert.not_after());
         }
         if me.records_key != old.me.records_key
             || me.records_key_previous != old.me.records_key_previous
@@ -302,6 +326,12 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RouterError> {
+    let tls = match &settings.router.tls {
+        Some((cert, key)) => Some(Arc::new(
+            crate::tls::ServerCert::load(cert, key).map_err(RouterError::Tls)?,
+        )),
+        None => None,
+    };
     let address_key = settings.store.records.address_key().await?;
     let records_keys =
         records_keys(&settings.router, &settings.signing_key).map_err(RouterError::RecordsKey)?;
@@ -362,11 +392,21 @@ pub async fn run(
         .iter()
         .map(|j| shared.policy.jurisdiction(*j).id.as_str())
         .collect();
-    info!(router = %shared.me.id, addr = %listener.local_addr()?, jurisdictions = ?served, "router serving HTTP");
+    match &tls {
+        Some(cert) => {
+            shared.metrics.tls_cert_expiry.set(cert.not_after());
+            info!(router = %shared.me.id, addr = %listener.local_addr()?, jurisdictions = ?served, cert_sha256 = %cert.sha256(), "router serving HTTPS");
+        }
+        None => warn!(
+            router = %shared.me.id, addr = %listener.local_addr()?, jurisdictions = ?served,
+            "router serving plain HTTP (plain_http = true): a TLS-terminating proxy in front of it must do TLS"
+        ),
+    }
     let ready = shared.ready.clone();
     let live = Arc::new(Live {
         current: RwLock::new(Arc::new(shared)),
         source: settings.source,
+        tls: tls.clone(),
         reloading: tokio::sync::Mutex::new(()),
     });
     let app = api::routes(live.clone());
@@ -419,6 +459,7 @@ pub async fn run(
                 .iter()
                 .any(|n| n.contains(&ip))
         }),
+        tls: tls.map(|cert| tokio_rustls::TlsAcceptor::from(cert.server_config())),
     };
     let result = crate::http_server::serve(listener, app, options, shutdown).await;
     ready.store(false, Ordering::Relaxed);
