@@ -32,7 +32,7 @@ start_dev() {
     RUST_LOG=warn "$bin" dev --config "$config" >"$work/dev.out" 2>&1 &
     dev_pid=$!
     for _ in $(seq 1 300); do
-        if curl -sf -H 'Authorization: Bearer dev-admin-key' http://127.0.2.1:8080/v1/admin/relays 2>/dev/null | grep -q '"healthy"'; then
+        if curl -sf --cacert config/dev-router.crt -H 'Authorization: Bearer dev-admin-key' https://127.0.2.1:8080/v1/admin/relays 2>/dev/null | grep -q '"healthy"'; then
             return 0
         fi
         sleep 0.05

@@ -24,7 +24,7 @@ for r in de-fra-1 de-ber-1 ie-dub-1 us-nyc-1 ch-zrh-1 nl-ams-1; do
 done
 # Until the Frankfurt router calls the EU relays healthy.
 for _ in $(seq 1 100); do
-    healthy=$(curl -s -H 'Authorization: Bearer dev-admin-key' http://127.0.2.1:8080/v1/admin/relays | grep -o '"health":"healthy"' | wc -l || true)
+    healthy=$(curl -s --cacert config/dev-router.crt -H 'Authorization: Bearer dev-admin-key' https://127.0.2.1:8080/v1/admin/relays | grep -o '"health":"healthy"' | wc -l || true)
     [ "$healthy" -ge 6 ] && break
     sleep 0.2
 done

@@ -58,8 +58,8 @@ sed -e "s|^store = \"$work/de-fra-router.sqlite\"|store = \"$url\"\nstore_countr
 
 wait_ready() {
     for _ in $(seq 1 200); do
-        if curl -sf "$1/readyz" >/dev/null 2>&1 \
-            && curl -sf -H 'Authorization: Bearer dev-admin-key' "$1/v1/admin/relays" | grep -q '"healthy"'; then
+        if curl -sf --cacert config/dev-router.crt "$1/readyz" >/dev/null 2>&1 \
+            && curl -sf --cacert config/dev-router.crt -H 'Authorization: Bearer dev-admin-key' "$1/v1/admin/relays" | grep -q '"healthy"'; then
             sleep 2
             return 0
         fi
@@ -87,7 +87,7 @@ run_case() { # name, dev args..., -- routers
     dev_pid=$!
     for r in ${routers//,/ }; do wait_ready "$r"; done
     local line
-    line=$("$bin" joinload --router "$routers" --api-key dev-acme-key \
+    line=$("$bin" joinload --ca config/dev-router.crt --router "$routers" --api-key dev-acme-key \
         --concurrency "$CONCURRENCY" --seconds "$SECONDS_EACH" | grep '^join:')
     echo "$name | $line"
     kill "$dev_pid"
@@ -98,8 +98,8 @@ run_case() { # name, dev args..., -- routers
 echo "# $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); PostgreSQL $("$pgbin/postgres" --version | awk '{print $3}'), synchronous_commit=$SYNC; $CONCURRENCY concurrent, $SECONDS_EACH s per case"
 for round in $(seq 1 "$ROUNDS"); do
     echo "# round $round"
-    run_case "sqlite, 1 router" --config config/bench-joins.toml -- http://127.0.2.1:8080
-    run_case "postgres, 1 router" --config config/bench-joins-pg.toml -- http://127.0.2.1:8080
+    run_case "sqlite, 1 router" --config config/bench-joins.toml -- https://127.0.2.1:8080
+    run_case "postgres, 1 router" --config config/bench-joins-pg.toml -- https://127.0.2.1:8080
     run_case "postgres, 2 replicas" --config config/bench-joins.toml --store "$url" \
-        -- http://127.0.2.1:8080,http://127.0.2.4:8080
+        -- https://127.0.2.1:8080,https://127.0.2.4:8080
 done

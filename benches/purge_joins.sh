@@ -51,9 +51,9 @@ run_case() { # name
     cp "$work/$1.sqlite" "$db"
     start_dev
     local line purged
-    line=$("$bin" joinload --router http://127.0.2.1:8080 --api-key dev-acme-key \
+    line=$("$bin" joinload --ca config/dev-router.crt --router https://127.0.2.1:8080 --api-key dev-acme-key \
         --concurrency "$CONCURRENCY" --seconds "$SECONDS_EACH" | grep '^join:')
-    purged=$(curl -sf http://127.0.2.1:8080/metrics | grep '^rr_router_records_purged_total{kind="audit"' | awk '{print $2}')
+    purged=$(curl -sf --cacert config/dev-router.crt https://127.0.2.1:8080/metrics | grep '^rr_router_records_purged_total{kind="audit"' | awk '{print $2}')
     echo "$1 | $line | audit lines purged by the end: $purged"
     stop_dev
 }

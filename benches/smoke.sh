@@ -40,12 +40,12 @@ pids+=($!)
 wait_port 127.0.2.1:8080
 wait_port 127.0.1.6:9090
 sleep 2
-"$bin" joinload --router http://127.0.2.1:8080 --api-key dev-acme-key --concurrency 2 --seconds 1 \
+"$bin" joinload --ca config/dev-router.crt --router https://127.0.2.1:8080 --api-key dev-acme-key --concurrency 2 --seconds 1 \
     >"$out/joinload" 2>&1
 expect "$out/joinload" "answered 200"
 "$bin" cascadeload --config config/smoke.toml --subscribers 3 --pps 20 --seconds 1 >"$out/cascadeload" 2>&1
 expect "$out/cascadeload" "three relays"
-"$bin" overload --inside 20 --newcomers 5 --rate 20 --seconds 2 >"$out/overload" 2>&1
+"$bin" overload --ca config/dev-router.crt --inside 20 --newcomers 5 --rate 20 --seconds 2 >"$out/overload" 2>&1
 expect "$out/overload" "join attempts"
 "$bin" hostile --config config/smoke.toml --idle 200 --idle-sources 4 --stalled 4 \
     --initials-per-second 20 --join-rate 2 --seconds 2 --ramp 1 >"$out/hostile" 2>&1

@@ -42,7 +42,7 @@ EOF
 }
 
 start_dev
-"$bin" joinload --router http://127.0.2.1:8080 --api-key dev-acme-key \
+"$bin" joinload --ca config/dev-router.crt --router https://127.0.2.1:8080 --api-key dev-acme-key \
     --concurrency "$CONCURRENCY" --seconds "$SECONDS_EACH" | grep '^join:' | tee "$work/join"
 stop_dev
 joins=$(awk '{print $2}' "$work/join")
@@ -66,7 +66,7 @@ for _ in $(seq 1 600); do
     sleep 0.5
 done
 [ "$left" = 0 ] || { echo "the purge did not finish in 5 minutes" >&2; exit 1; }
-purged=$(curl -sf http://127.0.2.1:8080/metrics | grep '^rr_router_records_purged_total' | awk '{s += $2} END {print s}')
+purged=$(curl -sf --cacert config/dev-router.crt https://127.0.2.1:8080/metrics | grep '^rr_router_records_purged_total' | awk '{s += $2} END {print s}')
 stop_dev
 read -r used file rows < <(in_use)
 echo "after the purge ($purged rows deleted): $used bytes in use, file $file bytes (freed pages are reused); $rows"

@@ -92,10 +92,7 @@ impl Tls {
             // One config per trust: its session cache lets repeated
             // requests (a relay's reports) resume instead of a full
             // handshake each time.
-            config: Arc::new(crate::tls::client_config(
-                roots,
-                &[crate::tls::HTTP1_ALPN],
-            )),
+            config: Arc::new(crate::tls::client_config(roots, &[crate::tls::HTTP1_ALPN])),
             server_name: None,
         }
     }
@@ -212,9 +209,12 @@ pub async fn request_with(
     body: Option<Vec<u8>>,
     timeout: Duration,
 ) -> Result<Response, HttpError> {
-    tokio::time::timeout(timeout, request_inner(method, url, tls, bind, headers, body))
-        .await
-        .map_err(|_| HttpError::Timeout)?
+    tokio::time::timeout(
+        timeout,
+        request_inner(method, url, tls, bind, headers, body),
+    )
+    .await
+    .map_err(|_| HttpError::Timeout)?
 }
 
 async fn request_inner(

@@ -97,8 +97,8 @@ impl ServerCert {
                 key.display()
             )
         })?;
-        let not_after = not_after(&certified.cert[0])
-            .map_err(|e| format!("{}: {e}", cert.display()))?;
+        let not_after =
+            not_after(&certified.cert[0]).map_err(|e| format!("{}: {e}", cert.display()))?;
         let sha256 = hex::encode(Sha256::digest(certified.cert[0].as_ref()));
         Ok(Loaded {
             key: Arc::new(certified),
@@ -247,6 +247,7 @@ mod tests {
         assert_eq!(h(&one).len(), 44);
         // The SPKI is what rcgen says the public key is.
         use base64::Engine;
+        use rcgen::PublicKeyData;
         let expected = base64::engine::general_purpose::STANDARD
             .encode(Sha256::digest(key.subject_public_key_info()));
         assert_eq!(h(&one), expected);

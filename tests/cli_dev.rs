@@ -110,7 +110,11 @@ fn the_demo_keeps_an_eu_call_on_eu_relays() {
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("does not match"));
     let _ = std::fs::remove_file(&tampered);
-    assert!(stdout.contains("curl -s -X POST http://127.0.2.1:8080/v1/conferences"));
+    assert!(
+        stdout.contains("curl -s --cacert ")
+            && stdout.contains(" -X POST https://127.0.2.1:8080/v1/conferences"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -131,7 +135,11 @@ fn a_router_refuses_to_start_with_a_key_that_does_not_match_its_config() {
                 repo.join("config/dev-ch-router.key").display()
             ),
         )
-        .replace("store = \"../data/", "store = \"data/");
+        .replace("store = \"../data/", "store = \"data/")
+        .replace(
+            "= \"dev-router.",
+            &format!("= \"{}/dev-router.", repo.join("config").display()),
+        );
     let config = dir.path().join("dev.toml");
     std::fs::write(&config, text).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_residency-relay"))

@@ -781,7 +781,7 @@ fn with_routers(routers: &str) -> String {
 
 fn router(id: &str, country: &str, jurisdictions: &str, extra: &str) -> String {
     format!(
-        "\n[[router]]\nid = \"{id}\"\ncountry = \"{country}\"\njurisdictions = {jurisdictions}\nlisten = \"127.0.2.1:8080\"\nurl = \"http://127.0.2.1:8080\"\nsigning_key = \"r.key\"\npublic_key = \"{DEV_KEY}\"\nstore = \"r.sqlite\"\n{extra}"
+        "\n[[router]]\nid = \"{id}\"\ncountry = \"{country}\"\njurisdictions = {jurisdictions}\nlisten = \"127.0.2.1:8080\"\nurl = \"http://127.0.2.1:8080\"\nplain_http = true\nsigning_key = \"r.key\"\npublic_key = \"{DEV_KEY}\"\nstore = \"r.sqlite\"\n{extra}"
     )
 }
 
@@ -875,6 +875,104 @@ fn router_problems_are_each_reported() {
         c,
         "relay[0] \"de-fra-1\".credential_sha256",
         "64 lower-case hex",
+    );
+}
+
+/// `router(…)` serving HTTPS itself with `tls`, the lines in place of
+/// `plain_http = true`, at `url`.
+fn tls_router(id: &str, url: &str, tls: &str) -> String {
+    router(id, "DE", "[\"eu\"]", "")
+        .replace(
+            "url = \"http://127.0.2.1:8080\"",
+            &format!("url = \"{url}\""),
+        )
+        .replace("plain_http = true\n", tls)
+}
+
+#[test]
+fn a_router_serves_https_unless_plain_http_is_explicit() {
+    let f = Fixture::new();
+    let ca = rcgen::generate_simple_self_signed(vec!["127.0.2.1".into()]).unwrap();
+    std::fs::write(f.path("config/ca.pem"), ca.cert.pem()).unwrap();
+    let good = "tls_cert = \"r.crt\"\ntls_key = \"r.pem\"\ntls_ca = \"ca.pem\"\n";
+    f.config(&with_routers(&tls_router(
+        "fra",
+        "https://127.0.2.1:8080",
+        good,
+    )));
+    let policy = policy::load(&f.config_path()).unwrap_or_else(|e| panic!("{e}"));
+    let r = policy.router("fra").unwrap();
+    assert_eq!(
+        r.tls,
+        Some((f.path("config/r.crt"), f.path("config/r.pem")))
+    );
+    assert_eq!(
+        r.relay_trust(),
+        Some((f.path("config/ca.pem"), "127.0.2.1".to_owned()))
+    );
+    // Relays verify the certificate for the name clients use, at the
+    // address on the operator's network.
+    f.config(&with_routers(&tls_router(
+        "fra",
+        "https://eu.example.org",
+        &format!("{good}relay_url = \"https://10.0.0.2:8443\"\n"),
+    )));
+    let policy = policy::load(&f.config_path()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        policy.router("fra").unwrap().relay_trust(),
+        Some((f.path("config/ca.pem"), "eu.example.org".to_owned()))
+    );
+
+    let text = with_routers(&format!(
+        "{}{}{}{}{}",
+        // Neither certificate nor plain_http.
+        tls_router("a", "https://127.0.2.1:8080", ""),
+        // A certificate without its key.
+        tls_router("b", "https://127.0.2.1:8080", "tls_cert = \"r.crt\"\ntls_ca = \"ca.pem\"\n"),
+        // HTTPS served, http:// URLs given.
+        tls_router(
+            "c",
+            "http://127.0.2.1:8080",
+            "tls_cert = \"r.crt\"\ntls_key = \"r.pem\"\ntls_ca = \"ca.pem\"\nrelay_url = \"http://10.0.0.2:80\"\n",
+        ),
+        // HTTPS without the CA relays need.
+        tls_router("d", "https://127.0.2.1:8080", "tls_cert = \"r.crt\"\ntls_key = \"r.pem\"\n"),
+        // Plain HTTP with a certificate.
+        tls_router("e", "http://127.0.2.1:8080", "plain_http = true\ntls_cert = \"r.crt\"\n"),
+    ))
+    .replace("[\"eu\"]", "[\"us\"]");
+    f.config(&text);
+    let p = f.problems();
+    let c = "config/c.toml";
+    assert_problem(
+        &f,
+        &p,
+        c,
+        "router[0] \"a\".tls_cert",
+        "serves HTTPS: give tls_cert and tls_key",
+    );
+    assert_problem(
+        &f,
+        &p,
+        c,
+        "router[1] \"b\".tls_key",
+        "serves HTTPS: give tls_cert and tls_key",
+    );
+    assert_problem(&f, &p, c, "router[2] \"c\".url", "its URLs are https://");
+    assert_problem(
+        &f,
+        &p,
+        c,
+        "router[2] \"c\".relay_url",
+        "its URLs are https://",
+    );
+    assert_problem(&f, &p, c, "router[3] \"d\".tls_ca", "give tls_ca");
+    assert_problem(
+        &f,
+        &p,
+        c,
+        "router[4] \"e\".plain_http",
+        "remove tls_cert and tls_key",
     );
 }
 

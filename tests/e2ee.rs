@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,8 +14,8 @@ use residency_relay::relay::{Tap, Tapped};
 use residency_relay::wire::control::{ClientMessage, ServerMessage, TrackKind};
 use residency_relay::wire::datagram::{self, Flags, MediaHeader, TrackId};
 use serde_json::json;
-use support::cluster::{ACME, Cluster, connect, create, request};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use support::cluster::{self, ACME, Cluster, connect, create, request};
+use support::proxy::recording_proxy;
 
 /// A plaintext no server may ever see.
 const PATTERN: &[u8] = b"RESIDENCY-RELAY-PLAINTEXT-PATTERN-0123456789";
@@ -77,48 +76,6 @@ impl Seen {
                 .push(serde_json::to_string(m).unwrap()),
         }))
     }
-}
-
-/// A TCP proxy in front of the router that keeps every byte both ways.
-async fn recording_proxy(to: SocketAddr) -> (String, Arc<Mutex<Vec<u8>>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let recorded = Arc::new(Mutex::new(Vec::new()));
-    let rec = recorded.clone();
-    tokio::spawn(async move {
-        while let Ok((mut inbound, _)) = listener.accept().await {
-            let rec = rec.clone();
-            tokio::spawn(async move {
-                let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await else {
-                    return;
-                };
-                let (mut ri, mut wi) = inbound.split();
-                let (mut ro, mut wo) = outbound.split();
-                let up = async {
-                    let mut buf = [0u8; 8192];
-                    while let Ok(n) = ri.read(&mut buf).await {
-                        if n == 0 || wo.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                        rec.lock().unwrap().extend_from_slice(&buf[..n]);
-                    }
-                    let _ = wo.shutdown().await;
-                };
-                let down = async {
-                    let mut buf = [0u8; 8192];
-                    while let Ok(n) = ro.read(&mut buf).await {
-                        if n == 0 || wi.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                        rec.lock().unwrap().extend_from_slice(&buf[..n]);
-                    }
-                    let _ = wi.shutdown().await;
-                };
-                tokio::join!(up, down);
-            });
-        }
-    });
-    (url, recorded)
 }
 
 /// The forms a secret could leak in: raw, hex, base64 (both alphabets).
@@ -304,12 +261,15 @@ async fn settle_all(peers: &mut [&mut Peer]) {
 async fn servers_see_only_ciphertext() {
     let logs = logs();
     let seen = Seen::default();
-    let mut c = Cluster::new(|t| t);
+    // Plain HTTP to the router, so the proxy reads what the client sends
+    // and gets: the application's messages, not TLS records.
+    let mut c = Cluster::new(cluster::plain_http);
     c.tap = Some(seen.tap());
     c.start("de-fra-router", &["de-fra-1"]).await;
     let direct = c.url("de-fra-router");
     let listen = c.policy.router("de-fra-router").unwrap().listen;
-    let (router, recorded) = recording_proxy(listen).await;
+    let (proxy, recorded) = recording_proxy(listen).await;
+    let router = format!("http://{proxy}");
 
     let conf = e2ee_conference(&router).await;
     let id = conf["id"].as_str().unwrap();
@@ -408,10 +368,7 @@ async fn servers_see_only_ciphertext() {
         secrets.extend(forms(s));
     }
     let places: Vec<(&str, Vec<u8>)> = vec![
-        (
-            "router requests and answers",
-            recorded.lock().unwrap().clone(),
-        ),
+        ("router requests and answers", recorded.bytes()),
         ("relay control messages", control.into_bytes()),
         ("relay datagrams", ins.concat()),
         ("store", store),

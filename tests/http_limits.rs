@@ -13,10 +13,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 
-/// The dev config with HTTP limits small enough to watch.
+/// The dev config with HTTP limits small enough to watch, its routers on
+/// plain HTTP so the tests can write the bytes of requests themselves
+/// (the limits are the same under TLS: see the TLS test at the end).
 fn cluster(limits: &str) -> Cluster {
     let limits = limits.to_owned();
-    Cluster::new(move |t| format!("{t}\n[limits]\n{limits}\n"))
+    Cluster::new(move |t| format!("{}\n[limits]\n{limits}\n", support::cluster::plain_http(t)))
 }
 
 async fn connect_from(ip: &str, to: std::net::SocketAddr) -> TcpStream {
@@ -298,5 +300,101 @@ async fn stalled_uploads_cannot_fill_the_listener_either() {
         }
     }
     assert!(evicted >= 1, "no stalled upload made room");
+    c.shutdown().await;
+}
+
+/// `rr_router_http_tls_failures_total` for `reason`.
+fn tls_failures(text: &str, reason: &str) -> f64 {
+    let prefix = format!(
+        "rr_router_http_tls_failures_total{{reason=\"{reason}\",router=\"de-fra-router\"}} "
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {prefix}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_handshakes_that_stall_or_fail_are_closed_in_time_and_counted() {
+    let limits = "http_header_timeout_secs = 1\nhttp_idle_timeout_secs = 30";
+    let mut c = Cluster::new(move |t| format!("{t}\n[limits]\n{limits}\n"));
+    c.start_router("de-fra-router").await;
+    let addr = router_addr(&c);
+    let url = c.url("de-fra-router");
+    assert!(url.starts_with("https://"), "{url}");
+    let metrics = format!("{url}/metrics");
+    let ok = support::cluster::request("GET", &format!("{url}/healthz"), None, None, None).await;
+    assert_eq!(ok.status, 200);
+
+    // The first bytes of a ClientHello, then nothing: closed within the
+    // head limit, not held open.
+    let mut stalled = connect_from("127.0.0.9", addr).await;
+    stalled
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .await
+        .unwrap();
+    // Plain HTTP to the HTTPS port: the handshake fails at once.
+    let mut plain = connect_from("127.0.0.10", addr).await;
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = closed_within(&mut plain, Duration::from_secs(3))
+        .await
+        .expect("plain HTTP to the HTTPS port is closed");
+    assert!(
+        !answer.starts_with(b"HTTP/1.1 200"),
+        "plain HTTP was answered: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(
+        closed_within(&mut stalled, Duration::from_secs(4))
+            .await
+            .is_some(),
+        "a stalled handshake is closed"
+    );
+    // A client that does not trust the certificate gives up; the router
+    // counts the failed handshake.
+    let other = rcgen::generate_simple_self_signed(vec!["127.0.2.1".into()]).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(other.cert.der().clone()).unwrap();
+    let untrusting = residency_relay::http_client::Tls::from_roots(roots);
+    let refused = residency_relay::http_client::request_with(
+        "GET",
+        &format!("{url}/healthz"),
+        Some(&untrusting),
+        None,
+        &[],
+        None,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(refused, residency_relay::http_client::HttpError::Tls { .. }),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("UnknownIssuer"), "{refused}");
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = support::cluster::request("GET", &metrics, None, None, None).await;
+        let text = String::from_utf8_lossy(&m.body).into_owned();
+        let (timeouts, failed) = (
+            tls_failures(&text, "timeout"),
+            tls_failures(&text, "handshake"),
+        );
+        if timeouts >= 1.0 && failed >= 2.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tls failures: timeout {timeouts}, handshake {failed}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The listener still serves.
+    let ok = support::cluster::request("GET", &format!("{url}/healthz"), None, None, None).await;
+    assert_eq!(ok.status, 200);
     c.shutdown().await;
 }

@@ -40,6 +40,7 @@ pub(super) fn run(
     packets_per_second: u64,
     seconds: u64,
 ) -> Result<(), String> {
+    super::trust_routers_of(policy)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -132,17 +132,7 @@ async fn serve(policy: Arc<Policy>, demo: bool, log_console: bool) -> Result<(),
         config: policy.source().to_owned(),
         regions: None,
     };
-    // Its own calls to its routers trust what relays do (`--ca` aside).
-    if !http_client::has_default_trust() {
-        let cas: Vec<&Path> = policy
-            .routers()
-            .iter()
-            .filter_map(|r| r.tls_ca.as_deref())
-            .collect();
-        if !cas.is_empty() {
-            http_client::set_default_trust(http_client::Tls::from_ca_files(cas)?);
-        }
-    }
+    super::trust_routers_of(&policy)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;

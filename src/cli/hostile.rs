@@ -134,6 +134,7 @@ fn idle_source(n: usize) -> IpAddr {
 
 pub(super) fn run(plan: Plan) -> Result<(), String> {
     let policy = crate::policy::load(&plan.config).map_err(|e| e.to_string())?;
+    super::trust_routers_of(&policy)?;
     let _ = crate::http_server::FdBudget::raise();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

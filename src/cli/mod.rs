@@ -329,6 +329,23 @@ enum Command {
     },
 }
 
+/// Makes the commands' own calls to the routers of `policy` trust what
+/// relays trust (their `tls_ca` files), unless `--ca` said otherwise.
+fn trust_routers_of(policy: &Policy) -> Result<(), String> {
+    if crate::http_client::has_default_trust() {
+        return Ok(());
+    }
+    let cas: Vec<&Path> = policy
+        .routers()
+        .iter()
+        .filter_map(|r| r.tls_ca.as_deref())
+        .collect();
+    if !cas.is_empty() {
+        crate::http_client::set_default_trust(crate::http_client::Tls::from_ca_files(cas)?);
+    }
+    Ok(())
+}
+
 /// Exit code for a refused route (a valid answer, not a failure of the tool).
 const EXIT_REFUSED: u8 = 2;
 
@@ -871,6 +888,26 @@ pub fn summary(policy: &Policy) -> String {
             r.url,
             served.join(", ")
         );
+        let _ = match (&r.tls, &r.tls_ca) {
+            (Some((cert, _)), ca) => writeln!(
+                s,
+                "    https: serves {}{}",
+                cert.display(),
+                ca.as_ref().map_or(String::new(), |ca| format!(
+                    "; relays verify it against {}",
+                    ca.display()
+                ))
+            ),
+            (None, _) => writeln!(
+                s,
+                "    warning: plain HTTP (plain_http = true): only behind a TLS-terminating proxy, or passcodes, tickets{} cross the network in clear",
+                if r.relay_url.starts_with("http://") {
+                    " and relay credentials (relay_url is http://)"
+                } else {
+                    ""
+                }
+            ),
+        };
         let _ = match &r.store {
             policy::StoreLocation::Sqlite(path) => {
                 writeln!(

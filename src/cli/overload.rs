@@ -27,7 +27,7 @@ use crate::wire::control::TrackKind;
 #[derive(Debug, Clone, clap::Args)]
 pub(super) struct Plan {
     /// Router base URL (the default serves `ch`, one relay of 200).
-    #[arg(long, default_value = "http://127.0.2.3:8080")]
+    #[arg(long, default_value = "https://127.0.2.3:8080")]
     pub router: String,
     #[arg(long, default_value = "dev-acme-key")]
     pub api_key: String,

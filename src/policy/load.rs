@@ -1224,13 +1224,10 @@ fn build_routers(
             }
         }
         let tls_ca = r.tls_ca.as_ref().map(|c| resolve(base, c));
+        // The file is read where it is used (relays, at start), as the
+        // machine running `check` may not have it.
         match &tls_ca {
-            Some(ca) => {
-                if let Err(m) = crate::tls::ca_roots(ca) {
-                    p.push(cfg, field("tls_ca"), m);
-                    ok = false;
-                }
-            }
+            Some(_) => {}
             None if relay_url.starts_with("https://") => {
                 p.push(
                     cfg,

@@ -268,6 +268,13 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RelayError> {
+    // A CA file that cannot be read would fail every report: say so now.
+    for link in &settings.routers {
+        for (url, (ca, _)) in &link.trust {
+            crate::tls::ca_roots(ca)
+                .map_err(|e| RelayError::Tls(format!("tls_ca of the router at {url}: {e}")))?;
+        }
+    }
     let fingerprint = settings.identity.fingerprint();
     let server = server_config(&settings.identity)?;
     enlarge_socket_buffers(&socket);

@@ -2,7 +2,7 @@
 // reads one JSON command per line on stdin, answers one JSON line on
 // stdout. Pages are named by the caller.
 //
-//   {"id":1,"op":"open","page":"a","url":"http://127.0.2.1:8080/j/…#p=…"}
+//   {"id":1,"op":"open","page":"a","url":"https://127.0.2.1:8080/j/…#p=…"}
 //   {"id":2,"op":"eval","page":"a","js":"window.rr.snapshot()"}
 //   {"id":3,"op":"click","page":"a","selector":"#join-button"}
 //   {"id":4,"op":"fill","page":"a","selector":"#display-name","value":"Ada"}
@@ -11,10 +11,20 @@
 //
 // Chromium is Debian's (CHROMIUM, default /usr/bin/chromium), launched with
 // fake camera and microphone, without its background traffic, and never
-// with --disable-quic (WebTransport runs on QUIC).
+// with --disable-quic (WebTransport runs on QUIC). It accepts the dev
+// routers' self-signed certificate (config/dev-router.crt, or the file in
+// ROUTER_CERT), and only that one, by its public key: every other
+// certificate is verified as usual.
 
+import { createHash, X509Certificate } from "node:crypto";
+import { readFileSync } from "node:fs";
 import { createInterface } from "node:readline";
 import { chromium } from "playwright-core";
+
+const routerCert = new X509Certificate(readFileSync(process.env.ROUTER_CERT || "config/dev-router.crt"));
+const routerSpki = createHash("sha256")
+  .update(routerCert.publicKey.export({ type: "spki", format: "der" }))
+  .digest("base64");
 
 const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
 const args = [
@@ -26,6 +36,7 @@ const args = [
   "--disable-sync",
   "--no-first-run",
   "--disable-gpu",
+  `--ignore-certificate-errors-spki-list=${routerSpki}`,
 ];
 if (process.getuid?.() === 0) args.push("--no-sandbox");
 

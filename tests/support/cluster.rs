@@ -124,6 +124,13 @@ impl Cluster {
                 &format!("signing_key = \"{}/dev-", repo.join("config").display()),
             )
             .replace("store = \"../data/", "store = \"data/");
+        for key in ["tls_cert", "tls_key", "tls_ca"] {
+            text = text.replace(
+                &format!("{key} = \"dev-"),
+                &format!("{key} = \"{}/dev-", repo.join("config").display()),
+            );
+        }
+        trust_dev_certificate();
         for n in 1..=6 {
             let ip = format!("127.0.1.{n}");
             let quic = reserved.udp_port(&ip);
@@ -139,8 +146,8 @@ impl Cluster {
             text = text
                 .replace(&format!("\"{ip}:8080\""), &format!("\"{ip}:{port}\""))
                 .replace(
-                    &format!("\"http://{ip}:8080\""),
-                    &format!("\"http://{ip}:{port}\""),
+                    &format!("\"https://{ip}:8080\""),
+                    &format!("\"https://{ip}:{port}\""),
                 );
         }
         let mut text = edit(text);
@@ -174,13 +181,21 @@ impl Cluster {
                 "store = \"data/de-fra-router.sqlite\"",
                 &format!("store = \"{store}\"\nstore_country = \"DE\""),
             );
-            let key = text
-                .lines()
-                .find(|l| l.starts_with("signing_key = ") && l.contains("dev-ticket.key"))
-                .unwrap()
-                .to_owned();
+            let line = |start: &str, has: &str| {
+                text.lines()
+                    .find(|l| l.starts_with(start) && l.contains(has))
+                    .unwrap()
+                    .to_owned()
+            };
+            let key = line("signing_key = ", "dev-ticket.key");
+            let tls = [
+                line("tls_cert = ", "dev-router.crt"),
+                line("tls_key = ", "dev-router.key"),
+                line("tls_ca = ", "dev-router.crt"),
+            ]
+            .join("\n");
             let replica = format!(
-                "\n[[router]]\nid = \"de-fra-router-b\"\ncountry = \"DE\"\njurisdictions = [\"eu\", \"de\", \"global\"]\nlisten = \"127.0.2.4:8080\"\nurl = \"http://127.0.2.4:8080\"\n{key}\npublic_key = \"97069a8e2b9dcdfc0376daffafc7f95fce34533d5b53cd1ecd218d735028a3ea\"\nadmin_token_sha256 = \"df76ff796f70d2c9cb055ea6280553caa27eda26b70e01082c160de75a05a4a9\"\nstore = \"{store}\"\nstore_country = \"DE\"\n"
+                "\n[[router]]\nid = \"de-fra-router-b\"\ncountry = \"DE\"\njurisdictions = [\"eu\", \"de\", \"global\"]\nlisten = \"127.0.2.4:8080\"\nurl = \"https://127.0.2.4:8080\"\n{tls}\n{key}\npublic_key = \"97069a8e2b9dcdfc0376daffafc7f95fce34533d5b53cd1ecd218d735028a3ea\"\nadmin_token_sha256 = \"df76ff796f70d2c9cb055ea6280553caa27eda26b70e01082c160de75a05a4a9\"\nstore = \"{store}\"\nstore_country = \"DE\"\n"
             );
             // After the last router section, before what follows it.
             let at = text.find("\n[[router]]\nid = \"us-nyc-router\"").unwrap();
@@ -394,6 +409,37 @@ impl Cluster {
             self.stop_router(&r).await;
         }
     }
+}
+
+/// A [`Cluster::new`] edit: every router serves plain HTTP
+/// (`plain_http = true`, as behind a TLS-terminating proxy), for tests
+/// that read or write the HTTP bytes themselves.
+pub fn plain_http(text: String) -> String {
+    text.lines()
+        .filter(|l| !l.starts_with("tls_cert = ") && !l.starts_with("tls_key = "))
+        .map(|l| {
+            if l.starts_with("url = \"https://") {
+                format!(
+                    "{}\nplain_http = true",
+                    l.replacen("https://", "http://", 1)
+                )
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The dev routers' certificate (`config/dev-router.crt`, self-signed),
+/// trusted by every request of this test process that names no trust.
+pub fn trust_dev_certificate() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        http_client::set_default_trust(
+            http_client::Tls::from_ca_file(&super::repo().join("config/dev-router.crt")).unwrap(),
+        )
+    });
 }
 
 /// One HTTP request, from `bind` when given.

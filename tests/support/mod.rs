@@ -4,6 +4,7 @@
 pub mod browser;
 pub mod cluster;
 pub mod pg;
+pub mod proxy;
 pub mod relay;
 
 /// A child process that is killed and reaped when this is dropped: on
