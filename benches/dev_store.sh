@@ -7,8 +7,9 @@
 #                        and per-address limits raised (one load tool on one
 #                        address stands in for thousands of participants),
 #                        the EU router's store at $db, then EXTRA (TOML)
-#   start_dev            runs `dev` on $config until the EU router lists a
-#                        healthy relay (its output in $work/dev.out)
+#   start_dev [CONFIG [URL]]  runs `dev` on CONFIG (default $config) until
+#                        the EU router at URL (default https://127.0.2.1:8080)
+#                        lists a healthy relay (its output in $work/dev.out)
 #   stop_dev             stops it
 #
 # The caller's EXIT trap calls `dev_cleanup`.
@@ -29,10 +30,10 @@ dev_config() {
 }
 
 start_dev() {
-    RUST_LOG=warn "$bin" dev --config "$config" >"$work/dev.out" 2>&1 &
+    RUST_LOG=warn "$bin" dev --config "${1:-$config}" >"$work/dev.out" 2>&1 &
     dev_pid=$!
     for _ in $(seq 1 300); do
-        if curl -sf --cacert config/dev-router.crt -H 'Authorization: Bearer dev-admin-key' https://127.0.2.1:8080/v1/admin/relays 2>/dev/null | grep -q '"healthy"'; then
+        if curl -sf --cacert config/dev-router.crt -H 'Authorization: Bearer dev-admin-key' "${2:-https://127.0.2.1:8080}/v1/admin/relays" 2>/dev/null | grep -q '"healthy"'; then
             return 0
         fi
         sleep 0.05

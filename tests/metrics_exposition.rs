@@ -161,6 +161,18 @@ async fn metrics_after_a_call_are_bounded_and_free_of_personal_data() {
             "rr_router_moderation_total{action=\"kick\",router=\"de-fra-router\"} 1",
         ),
         (&router_text, "rr_router_build_info{version=\""),
+        (
+            &router_text,
+            "rr_router_http_tls_failures_total{reason=\"handshake\",router=\"de-fra-router\"} ",
+        ),
+        (
+            &router_text,
+            "rr_router_tls_cert_expiry_timestamp_seconds{router=\"de-fra-router\"} 2111972418",
+        ),
+        (
+            relay_text,
+            "rr_relay_router_reports_total{outcome=\"tls\",relay=\"de-fra-1\"} 0",
+        ),
         (&router_text, "\nprocess_cpu_seconds_total "),
         (relay_text, "\nprocess_resident_memory_bytes "),
         (relay_text, "rr_relay_shard_connections{shard=\""),

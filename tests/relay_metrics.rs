@@ -85,6 +85,7 @@ async fn names_and_labels_are_exact_and_carry_no_personal_data() {
         "rr_relay_participants",
         "rr_relay_queue_drops_total",
         "rr_relay_reloads_total",
+        "rr_relay_router_reports_total",
         "rr_relay_send_failures_total",
         "rr_relay_sessions_total",
         "rr_relay_shard_connections",

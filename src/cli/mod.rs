@@ -385,6 +385,10 @@ pub fn main() -> ExitCode {
                 Ok(p) => p,
                 Err(code) => return code,
             };
+            if let Err(e) = trust_routers_of(&policy) {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
             match dry_run::run(&policy, &url, token.as_deref().unwrap_or_default()) {
                 Ok(text) => {
                     print!("{text}");

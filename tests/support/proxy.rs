@@ -25,16 +25,24 @@ impl Recorded {
     }
 }
 
-/// A proxy on a free port of `ip` to `target`; returns its address and
-/// what it records.
+/// A proxy on a free port of `ip` to `target`, connecting from each
+/// client's own address; returns its address and what it records.
 pub async fn recording_proxy_on(ip: &str, target: SocketAddr) -> (SocketAddr, Recorded) {
     let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen = Recorded::default();
     let record = seen.clone();
     tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            let Ok(upstream) = tokio::net::TcpStream::connect(target).await else {
+        while let Ok((client, peer)) = listener.accept().await {
+            // From the client's own address, so the target locates it as
+            // it would without the proxy.
+            let Ok(socket) = tokio::net::TcpSocket::new_v4() else {
+                continue;
+            };
+            if socket.bind(SocketAddr::new(peer.ip(), 0)).is_err() {
+                continue;
+            }
+            let Ok(upstream) = socket.connect(target).await else {
                 continue;
             };
             let (cr, cw) = client.into_split();
@@ -69,4 +77,45 @@ pub async fn recording_proxy_on(ip: &str, target: SocketAddr) -> (SocketAddr, Re
 /// [`recording_proxy_on`] 127.0.0.1.
 pub async fn recording_proxy(target: SocketAddr) -> (SocketAddr, Recorded) {
     recording_proxy_on("127.0.0.1", target).await
+}
+
+/// A UDP proxy on a free port of `ip` to `target`: each client address
+/// gets its own upstream socket, on `upstream_ip`, so the target sees one
+/// peer per client. Records every datagram's payload both ways.
+pub async fn recording_udp_proxy(
+    ip: &str,
+    target: SocketAddr,
+    upstream_ip: &str,
+) -> (SocketAddr, Recorded) {
+    use std::collections::HashMap;
+    let front = Arc::new(tokio::net::UdpSocket::bind((ip, 0)).await.unwrap());
+    let addr = front.local_addr().unwrap();
+    let seen = Recorded::default();
+    let record = seen.clone();
+    let upstream_ip: std::net::IpAddr = upstream_ip.parse().unwrap();
+    tokio::spawn(async move {
+        let mut upstreams: HashMap<SocketAddr, Arc<tokio::net::UdpSocket>> = HashMap::new();
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, client)) = front.recv_from(&mut buf).await {
+            record.0.lock().unwrap().extend_from_slice(&buf[..n]);
+            let up = match upstreams.get(&client) {
+                Some(u) => u.clone(),
+                None => {
+                    let u = Arc::new(tokio::net::UdpSocket::bind((upstream_ip, 0)).await.unwrap());
+                    upstreams.insert(client, u.clone());
+                    let (front, u2, record) = (front.clone(), u.clone(), record.clone());
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 65536];
+                        while let Ok(n) = u2.recv(&mut buf).await {
+                            record.0.lock().unwrap().extend_from_slice(&buf[..n]);
+                            let _ = front.send_to(&buf[..n], client).await;
+                        }
+                    });
+                    u
+                }
+            };
+            let _ = up.send_to(&buf[..n], target).await;
+        }
+    });
+    (addr, seen)
 }
