@@ -172,10 +172,15 @@ pub fn has_default_trust() -> bool {
         .is_some()
 }
 
-/// Sets the default trust from a tool's `--ca FILE`, if given.
-pub fn trust_ca_file(ca: Option<&Path>) -> Result<(), String> {
+/// Sets the default trust from a tool's `--ca FILE` (and `--server-name`,
+/// for a certificate issued for a name, reached at an address), if given.
+pub fn trust_ca_file(ca: Option<&Path>, server_name: Option<&str>) -> Result<(), String> {
     if let Some(ca) = ca {
-        set_default_trust(Tls::from_ca_file(ca)?);
+        let tls = Tls::from_ca_file(ca)?;
+        set_default_trust(match server_name {
+            Some(name) => tls.for_name(name)?,
+            None => tls,
+        });
     }
     Ok(())
 }
@@ -249,20 +254,7 @@ async fn request_inner(
     let _ = stream.set_nodelay(true);
     let (mut sender, driver) = match tls {
         None => handshake(stream).await?,
-        Some(tls) => {
-            let name = tls
-                .server_name
-                .clone()
-                .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
-            let stream = tokio_rustls::TlsConnector::from(tls.config.clone())
-                .connect(name, stream)
-                .await
-                .map_err(|e| HttpError::Tls {
-                    addr,
-                    error: e.to_string(),
-                })?;
-            handshake(stream).await?
-        }
+        Some(tls) => handshake(tls_connect(tls, stream, addr).await?).await?,
     };
     let has_body = body.is_some();
     let mut req = hyper::Request::builder()
@@ -298,6 +290,30 @@ async fn request_inner(
         headers,
         body,
     })
+}
+
+/// TLS on `stream` (connected to `addr`), verified as `tls` says.
+pub async fn tls_connect(
+    tls: &Tls,
+    stream: tokio::net::TcpStream,
+    addr: SocketAddr,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, HttpError> {
+    let name = tls
+        .server_name
+        .clone()
+        .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
+    tokio_rustls::TlsConnector::from(tls.config.clone())
+        .connect(name, stream)
+        .await
+        .map_err(|e| match e.kind() {
+            // What rustls refused (a certificate, the protocol) comes as
+            // InvalidData; anything else is the connection failing.
+            std::io::ErrorKind::InvalidData => HttpError::Tls {
+                addr,
+                error: e.to_string(),
+            },
+            _ => HttpError::Connect(format!("{addr}: TLS handshake: {e}")),
+        })
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;

@@ -473,7 +473,16 @@ async fn serve_connection(
                 _ = stop.changed() => return,
             };
             match handshake {
-                Ok(Ok(tls)) => serve_http(tls, peer, app, options, tracked, started, stop).await,
+                Ok(Ok(tls)) => {
+                    // The handshake was not a request head: the head and
+                    // idle limits start over from here (a browser may hold
+                    // a fresh connection ready before it sends anything).
+                    tracked.head_started.store(0, Ordering::Relaxed);
+                    tracked
+                        .last_activity
+                        .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+                    serve_http(tls, peer, app, options, tracked, started, stop).await
+                }
                 Ok(Err(e)) => {
                     options
                         .metrics

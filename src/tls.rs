@@ -37,13 +37,17 @@ pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certs)
 }
 
-/// The CA certificates of a PEM file, as trust anchors.
+/// The CA certificates of a PEM file, as trust anchors. A bundle (the
+/// system's public CAs) may hold a certificate that is not usable as one:
+/// it is skipped; a file with none usable is an error.
 pub fn ca_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in read_certs(path)? {
-        roots
-            .add(cert)
-            .map_err(|e| format!("{}: not a usable CA certificate: {e}", path.display()))?;
+    let (added, _skipped) = roots.add_parsable_certificates(read_certs(path)?);
+    if added == 0 {
+        return Err(format!(
+            "{}: no certificate in it is usable as a CA",
+            path.display()
+        ));
     }
     Ok(roots)
 }
@@ -97,8 +101,17 @@ impl ServerCert {
                 key.display()
             )
         })?;
-        let not_after =
-            not_after(&certified.cert[0]).map_err(|e| format!("{}: {e}", cert.display()))?;
+        let (not_before, not_after) =
+            validity(&certified.cert[0]).map_err(|e| format!("{}: {e}", cert.display()))?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        if now < not_before || now > not_after {
+            return Err(format!(
+                "{}: the certificate is valid from {not_before} to {not_after} (Unix seconds), not now ({now}): clients would refuse it",
+                cert.display()
+            ));
+        }
         let sha256 = hex::encode(Sha256::digest(certified.cert[0].as_ref()));
         Ok(Loaded {
             key: Arc::new(certified),
@@ -169,14 +182,13 @@ fn parse(cert: &CertificateDer<'_>) -> Result<x509_cert::Certificate, String> {
         .map_err(|e| format!("not an X.509 certificate: {e}"))
 }
 
-/// `notAfter` of a DER certificate, Unix seconds.
-pub fn not_after(cert: &CertificateDer<'_>) -> Result<i64, String> {
-    let c = parse(cert)?;
-    Ok(c.tbs_certificate
-        .validity
-        .not_after
-        .to_unix_duration()
-        .as_secs() as i64)
+/// `notBefore` and `notAfter` of a DER certificate, Unix seconds.
+pub fn validity(cert: &CertificateDer<'_>) -> Result<(i64, i64), String> {
+    let v = parse(cert)?.tbs_certificate.validity;
+    Ok((
+        v.not_before.to_unix_duration().as_secs() as i64,
+        v.not_after.to_unix_duration().as_secs() as i64,
+    ))
 }
 
 /// Base64 of the SHA-256 of a DER certificate's SubjectPublicKeyInfo: what
@@ -229,6 +241,17 @@ mod tests {
         std::fs::copy(&b_key, &key).unwrap();
         assert!(served.reload().unwrap());
         assert_ne!(served.sha256(), first);
+        // Expired: refused, the one in force stays.
+        let in_force = served.sha256();
+        let key_pair = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".into()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        std::fs::write(&cert, params.self_signed(&key_pair).unwrap().pem()).unwrap();
+        std::fs::write(&key, key_pair.serialize_pem()).unwrap();
+        let err = served.reload().unwrap_err();
+        assert!(err.contains("not now"), "{err}");
+        assert_eq!(served.sha256(), in_force);
         // Not PEM at all.
         std::fs::write(&cert, "not a certificate").unwrap();
         assert!(served.reload().unwrap_err().contains("no PEM certificate"));

@@ -316,7 +316,7 @@ fn tls_failures(text: &str, reason: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_handshakes_that_stall_or_fail_are_closed_in_time_and_counted() {
-    let limits = "http_header_timeout_secs = 1\nhttp_idle_timeout_secs = 30";
+    let limits = "http_header_timeout_secs = 1\nhttp_idle_timeout_secs = 3";
     let mut c = Cluster::new(move |t| format!("{t}\n[limits]\n{limits}\n"));
     c.start_router("de-fra-router").await;
     let addr = router_addr(&c);
@@ -393,8 +393,72 @@ async fn tls_handshakes_that_stall_or_fail_are_closed_in_time_and_counted() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Inside TLS the same limits hold. A connection that completes the
+    // handshake and then waits is idle, not a slow head: still open after
+    // the head limit, closed after the idle limit. A head trickled a byte
+    // at a time inside TLS is cut off at the head limit.
+    let m = support::cluster::request("GET", &metrics, None, None, None).await;
+    let text = String::from_utf8_lossy(&m.body).into_owned();
+    let (idle_before, head_before) = (
+        closed_router(&text, "idle"),
+        closed_router(&text, "head_timeout"),
+    );
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(dev_client_config()));
+    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    let mut waiting = tls
+        .connect(name.clone(), connect_from("127.0.0.11", addr).await)
+        .await
+        .unwrap();
+    let mut trickling = tls
+        .connect(name, connect_from("127.0.0.12", addr).await)
+        .await
+        .unwrap();
+    let trickle = tokio::spawn(async move {
+        for b in b"GET /healthz HTTP/1.1\r\nhost: x\r\n" {
+            if trickling.write_all(&[*b]).await.is_err() || trickling.flush().await.is_err() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        false
+    });
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    let closed_after = match timeout(Duration::from_secs(8), waiting.read(&mut buf)).await {
+        Ok(Ok(0) | Err(_)) => started.elapsed(),
+        other => panic!("the idle TLS connection: {other:?}"),
+    };
+    assert!(
+        closed_after >= Duration::from_millis(2500),
+        "closed after {closed_after:?}, before the idle limit"
+    );
+    assert!(trickle.await.unwrap(), "the trickled head was not cut off");
+    let m = support::cluster::request("GET", &metrics, None, None, None).await;
+    let text = String::from_utf8_lossy(&m.body).into_owned();
+    assert!(closed_router(&text, "idle") > idle_before);
+    assert!(closed_router(&text, "head_timeout") > head_before);
+
     // The listener still serves.
     let ok = support::cluster::request("GET", &format!("{url}/healthz"), None, None, None).await;
     assert_eq!(ok.status, 200);
     c.shutdown().await;
+}
+
+/// A TLS client trusting the dev routers' certificate.
+fn dev_client_config() -> rustls::ClientConfig {
+    residency_relay::tls::client_config(
+        residency_relay::tls::ca_roots(&support::repo().join("config/dev-router.crt")).unwrap(),
+        &[residency_relay::tls::HTTP1_ALPN],
+    )
+}
+
+/// `rr_router_http_connections_closed_total` for `reason` (0 if absent).
+fn closed_router(text: &str, reason: &str) -> f64 {
+    let prefix = format!(
+        "rr_router_http_connections_closed_total{{reason=\"{reason}\",router=\"de-fra-router\"}} "
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }

@@ -493,10 +493,66 @@ async fn a_renewed_certificate_is_served_after_a_reload_and_a_broken_one_is_refu
     assert_eq!(r.status, 409, "{}", String::from_utf8_lossy(&r.body));
     let body = String::from_utf8_lossy(&r.body).into_owned();
     assert!(body.contains("HTTPS certificate"), "{body}");
+    // A fresh client (no session to resume) sees the certificate in force.
+    let ca = Tls::from_ca_file(&certs.path("ca.pem")).unwrap();
     assert_eq!(get(&ca, "GET", "/healthz").await.unwrap().status, 200);
+    let named_other = Tls::from_ca_file(&certs.path("ca.pem"))
+        .unwrap()
+        .for_name("router.example.org")
+        .unwrap();
+    assert!(get(&named_other, "GET", "/healthz").await.is_err());
     let m = get(&ca, "GET", "/metrics").await.unwrap();
     let m = String::from_utf8_lossy(&m.body).into_owned();
     assert!(labelled(&m, "rr_router_reloads_total", "outcome=\"rejected\"") >= 1.0);
     assert!(labelled(&m, "rr_router_tls_cert_expiry_timestamp_seconds", "") > 1.7e9);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_refuses_a_reload_whose_router_ca_does_not_load() {
+    let mut c = Cluster::new(|t| t);
+    c.start(ROUTER, &["de-fra-1"]).await;
+    let text = std::fs::read_to_string(&c.config).unwrap();
+    let ca_line = text
+        .lines()
+        .find(|l| l.starts_with("tls_ca = "))
+        .unwrap()
+        .to_owned();
+    std::fs::write(
+        &c.config,
+        text.replacen(&ca_line, "tls_ca = \"/nonexistent/ca.pem\"", 1),
+    )
+    .unwrap();
+    let relay = c
+        .policy
+        .relay(c.policy.relay_idx("de-fra-1").unwrap())
+        .http_addr;
+    let r = cluster::request(
+        "POST",
+        &format!("http://{relay}/v1/admin/reload"),
+        None,
+        Some("Bearer dev-relay-de-fra-1"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 409, "{}", String::from_utf8_lossy(&r.body));
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("/nonexistent/ca.pem"),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    // The policy in force stays: the relay still reports.
+    let before = labelled(
+        &c.relay_metrics("de-fra-1").await,
+        "rr_relay_router_reports_total",
+        "outcome=\"accepted\"",
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let after = labelled(
+        &c.relay_metrics("de-fra-1").await,
+        "rr_relay_router_reports_total",
+        "outcome=\"accepted\"",
+    );
+    assert!(after > before, "reports stopped: {before} -> {after}");
     c.shutdown().await;
 }

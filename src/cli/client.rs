@@ -17,7 +17,7 @@ use crate::wire::datagram::{Flags, HEADER_LEN, MediaHeader, TrackId};
 /// `--cert-sha256`, `--ticket`).
 #[derive(Debug, Args)]
 pub(super) struct Connection {
-    /// Router base URL to join through, e.g. http://127.0.2.1:8080
+    /// Router base URL to join through, e.g. https://127.0.2.1:8080 (with --ca)
     #[arg(long, requires = "conference", conflicts_with_all = ["relay", "ticket"])]
     router: Option<String>,
     /// Conference id (with --router).

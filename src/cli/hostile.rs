@@ -13,7 +13,8 @@
 //!   the count), from many loopback addresses (127.0.9.x onwards); each
 //!   reconnects when the server closes it;
 //! - stalled relay-channel uploads: `POST /v1/relays/no-such-relay/report`
-//!   announcing 4,000,000 bytes and sending one byte short, again and again;
+//!   announcing 4,000,000 bytes and sending one byte short, again and again
+//!   (over TLS to a router serving HTTPS, as anyone can);
 //! - one-way QUIC Initial packets "from" Frankfurt's relay address to the
 //!   other EU relays and "from" the German participant's address to
 //!   Frankfurt, never answered (a forged source).
@@ -112,6 +113,12 @@ pub(super) struct Worker {
     /// Initials per second.
     #[arg(long, default_value_t = 0)]
     pub rate: u64,
+    /// For a router serving HTTPS (stalled): the CA to verify it with ...
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// ... and the name its certificate is for.
+    #[arg(long)]
+    pub tls_name: Option<String>,
 }
 
 /// The attack a worker runs.
@@ -158,6 +165,12 @@ pub(super) fn run_worker(w: Worker) -> Result<(), String> {
     match w.mode {
         Mode::Idle => runtime.block_on(idle(w, limit)),
         Mode::Stalled => runtime.block_on(async move {
+            let tls = match (&w.tls_ca, &w.tls_name) {
+                (Some(ca), Some(name)) => {
+                    Some(crate::http_client::Tls::from_ca_file(ca).and_then(|t| t.for_name(name))?)
+                }
+                _ => None,
+            };
             let span = Duration::from_secs(w.seconds);
             let stats = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
             let tasks: Vec<_> = (0..w.count)
@@ -165,6 +178,7 @@ pub(super) fn run_worker(w: Worker) -> Result<(), String> {
                     let source = IpAddr::V4(Ipv4Addr::new(127, 0, 8, (i % 250) as u8 + 1));
                     tokio::spawn(stall(
                         w.targets[0],
+                        tls.clone(),
                         source,
                         span,
                         stats.clone(),
@@ -493,7 +507,7 @@ async fn measure(plan: Plan, policy: Policy) -> Result<(), String> {
             ]
         })
         .collect();
-    jobs.push(vec![
+    let mut stalled = vec![
         "--mode".into(),
         "stalled".into(),
         "--targets".into(),
@@ -502,7 +516,19 @@ async fn measure(plan: Plan, policy: Policy) -> Result<(), String> {
         plan.stalled.to_string(),
         "--reconnect-ms".into(),
         "100".into(),
-    ]);
+    ];
+    // A router serving HTTPS is attacked inside TLS, as anyone can.
+    if let (Some(_), Some(ca), Some(name)) =
+        (&me.tls, &me.tls_ca, crate::http_client::url_host(&me.url))
+    {
+        stalled.extend([
+            "--tls-ca".into(),
+            ca.display().to_string(),
+            "--tls-name".into(),
+            name.to_owned(),
+        ]);
+    }
+    jobs.push(stalled);
     let fra_source = SocketAddr::new(fra.quic_addr.ip(), 0);
     jobs.push(vec![
         "--mode".into(),
@@ -774,15 +800,16 @@ impl Ctx {
 }
 
 /// A stalled relay-channel upload, again and again for `span`: headers
-/// announcing 4,000,000 bytes, then the body one byte short.
+/// announcing 4,000,000 bytes, then the body one byte short (over TLS
+/// with `tls`).
 async fn stall(
     target: SocketAddr,
+    tls: Option<crate::http_client::Tls>,
     source: IpAddr,
     span: Duration,
     stats: Arc<(AtomicU64, AtomicU64)>,
     reconnect_ms: u64,
 ) {
-    const LENGTH: usize = 4_000_000;
     let stop = tokio::time::Instant::now() + span;
     let chunk = bytes::Bytes::from(vec![b' '; 64 << 10]);
     while tokio::time::Instant::now() < stop {
@@ -798,40 +825,67 @@ async fn stall(
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };
-        stats.0.fetch_add(1, Ordering::Relaxed);
-        let (mut rd, mut wr) = stream.into_split();
-        let head = format!(
-            "POST /v1/relays/no-such-relay/report HTTP/1.1\r\nhost: router\r\nauthorization: Bearer x\r\ncontent-type: application/json\r\ncontent-length: {LENGTH}\r\n\r\n"
-        );
-        let chunk = chunk.clone();
-        let writer = async move {
-            if wr.write_all(head.as_bytes()).await.is_err() {
-                return;
-            }
-            let mut left = LENGTH - 1;
-            while left > 0 {
-                let n = left.min(chunk.len());
-                if wr.write_all(&chunk[..n]).await.is_err() {
-                    return;
-                }
-                left -= n;
-            }
-            // One byte short: hold the connection open.
-            tokio::time::sleep_until(stop).await;
-        };
-        let reader = async {
-            let mut buf = [0u8; 16];
-            matches!(rd.read(&mut buf).await, Ok(n) if n > 0)
-        };
-        tokio::select! {
-            _ = tokio::time::timeout_at(stop, writer) => {}
-            answered = reader => {
-                if answered {
-                    stats.1.fetch_add(1, Ordering::Relaxed);
+        let answered = match &tls {
+            None => stall_on(stream, stop, &chunk, &stats).await,
+            Some(tls) => {
+                match tokio::time::timeout_at(
+                    stop,
+                    crate::http_client::tls_connect(tls, stream, target),
+                )
+                .await
+                {
+                    Ok(Ok(stream)) => stall_on(stream, stop, &chunk, &stats).await,
+                    _ => false,
                 }
             }
+        };
+        if answered {
+            stats.1.fetch_add(1, Ordering::Relaxed);
         }
         tokio::time::sleep(Duration::from_millis(reconnect_ms)).await;
+    }
+}
+
+/// One stalled upload on `stream`; whether the server answered before the
+/// body was complete.
+async fn stall_on<S>(
+    stream: S,
+    stop: tokio::time::Instant,
+    chunk: &bytes::Bytes,
+    stats: &(AtomicU64, AtomicU64),
+) -> bool
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+{
+    const LENGTH: usize = 4_000_000;
+    stats.0.fetch_add(1, Ordering::Relaxed);
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let head = format!(
+        "POST /v1/relays/no-such-relay/report HTTP/1.1\r\nhost: router\r\nauthorization: Bearer x\r\ncontent-type: application/json\r\ncontent-length: {LENGTH}\r\n\r\n"
+    );
+    let writer = async move {
+        if wr.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        let mut left = LENGTH - 1;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            if wr.write_all(&chunk[..n]).await.is_err() {
+                return;
+            }
+            left -= n;
+        }
+        let _ = wr.flush().await;
+        // One byte short: hold the connection open.
+        tokio::time::sleep_until(stop).await;
+    };
+    let reader = async {
+        let mut buf = [0u8; 16];
+        matches!(rd.read(&mut buf).await, Ok(n) if n > 0)
+    };
+    tokio::select! {
+        _ = tokio::time::timeout_at(stop, writer) => false,
+        answered = reader => answered,
     }
 }
 

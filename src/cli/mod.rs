@@ -38,6 +38,10 @@ struct Cli {
     /// (`dev` trusts its config's `tls_ca` without it).
     #[arg(long, global = true, value_name = "FILE")]
     ca: Option<PathBuf>,
+    /// The name routers' certificates must be for, when the URL given is
+    /// an address and the certificate is for a name (with --ca).
+    #[arg(long, global = true, value_name = "NAME", requires = "ca")]
+    server_name: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -196,7 +200,7 @@ enum Command {
     },
     /// Join load on a router: concurrent joins, then latency percentiles.
     Joinload {
-        /// Router base URL, e.g. http://127.0.2.1:8080; several, comma
+        /// Router base URL, e.g. https://127.0.2.1:8080 (with --ca); several, comma
         /// separated or repeated, for replicas: the conference is created
         /// on the first and the clients are spread over all of them.
         #[arg(long, required = true, value_delimiter = ',')]
@@ -221,7 +225,7 @@ enum Command {
         /// The config `dev` runs (for the relays' metrics addresses).
         #[arg(long, default_value = "config/dev.toml")]
         config: PathBuf,
-        #[arg(long, default_value = "http://127.0.2.1:8080")]
+        #[arg(long, default_value = "https://127.0.2.1:8080")]
         router: String,
         #[arg(long, default_value = "dev-acme-key")]
         api_key: String,
@@ -364,7 +368,8 @@ pub fn main() -> ExitCode {
             };
         }
     };
-    if let Err(e) = crate::http_client::trust_ca_file(cli.ca.as_deref()) {
+    if let Err(e) = crate::http_client::trust_ca_file(cli.ca.as_deref(), cli.server_name.as_deref())
+    {
         eprintln!("--ca: {e}");
         return ExitCode::FAILURE;
     }

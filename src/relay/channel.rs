@@ -64,31 +64,46 @@ impl Reporting {
     }
 }
 
-/// The [`Tls`] of each `https://` router URL, made once per CA file and
-/// name (so its session cache lets reports resume TLS sessions).
+/// The [`Tls`] of each `https://` router URL, made once per CA file (as
+/// last modified) and name, so its session cache lets reports resume TLS
+/// sessions, and a CA file replaced in place is read again.
 #[derive(Debug, Default)]
-struct Trusts(HashMap<String, ((std::path::PathBuf, String), Tls)>);
+struct Trusts(HashMap<String, (TrustKey, Tls)>);
+
+/// What a [`Tls`] was made from: CA file, name, and the file's modification
+/// time and length when it was read.
+type TrustKey = (
+    std::path::PathBuf,
+    String,
+    Option<(std::time::SystemTime, u64)>,
+);
 
 impl Trusts {
     /// What `url` of `link` is verified with; `Ok(None)` for `http://`.
     fn get(&mut self, link: &RouterLink, url: &str) -> Result<Option<Tls>, HttpError> {
-        let Some(want) = link.trust.get(url) else {
+        let Some((ca, name)) = link.trust.get(url) else {
             return Ok(None);
         };
+        let stamp = std::fs::metadata(ca)
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len())));
+        let key: TrustKey = (ca.clone(), name.clone(), stamp);
         if let Some((made_for, tls)) = self.0.get(url) {
-            if made_for == want {
+            if *made_for == key {
                 return Ok(Some(tls.clone()));
             }
         }
-        let tls = Tls::from_ca_file(&want.0)
-            .and_then(|t| t.for_name(&want.1))
+        let tls = Tls::from_ca_file(ca)
+            .and_then(|t| t.for_name(name))
             .map_err(|error| HttpError::Tls {
                 addr: crate::http_client::parse_url(url)
                     .map(|t| t.addr)
                     .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
                 error,
             })?;
-        self.0.insert(url.to_owned(), (want.clone(), tls.clone()));
+        // URLs the link no longer has go.
+        self.0.retain(|u, _| link.trust.contains_key(u));
+        self.0.insert(url.to_owned(), (key, tls.clone()));
         Ok(Some(tls))
     }
 }

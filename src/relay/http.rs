@@ -82,10 +82,15 @@ pub(super) async fn serve_http(listener: tokio::net::TcpListener, http: Http) {
         )
         .route(
             "/v1/admin/reload",
-            post(move |headers: axum::http::HeaderMap| {
-                let (credential, reload) = (credential.clone(), reload.clone());
-                async move { reload_endpoint(credential, reload, headers).await }
-            }),
+            post(
+                move |axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<
+                    std::net::SocketAddr,
+                >,
+                      headers: axum::http::HeaderMap| {
+                    let (credential, reload) = (credential.clone(), reload.clone());
+                    async move { reload_endpoint(credential, reload, peer, headers).await }
+                },
+            ),
         );
     if let Err(e) = crate::http_server::serve(listener, app, options, std::future::pending()).await
     {
@@ -95,10 +100,14 @@ pub(super) async fn serve_http(listener: tokio::net::TcpListener, http: Http) {
 
 /// `POST /v1/admin/reload`: `200` with what changed, `422` with every
 /// problem of files that do not load, `409` when this relay cannot run
-/// them (the policy in force stays), `401` without the relay's credential.
+/// them (the policy in force stays), `401` without the relay's credential,
+/// `403 loopback_only` from another machine: this listener is plain HTTP
+/// (for Prometheus), and the credential is the one that authenticates the
+/// relay to its routers, so it must not cross a network in clear.
 async fn reload_endpoint(
     credential: Option<String>,
     reload: mpsc::Sender<ReloadRequest>,
+    peer: std::net::SocketAddr,
     headers: axum::http::HeaderMap,
 ) -> (axum::http::StatusCode, axum::Json<serde_json::Value>) {
     use axum::http::StatusCode;
@@ -109,6 +118,14 @@ async fn reload_endpoint(
             axum::Json(json!({ "error": { "code": code, "message": message } })),
         )
     };
+    if !peer.ip().to_canonical().is_loopback() {
+        return error(
+            StatusCode::FORBIDDEN,
+            "loopback_only",
+            "reload from the relay's own machine (or send it SIGHUP): this listener is plain HTTP"
+                .into(),
+        );
+    }
     let presented = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

@@ -206,6 +206,17 @@ pub struct RouterLink {
 }
 
 impl RouterLink {
+    /// Whether every `tls_ca` file of the link loads and every name is a
+    /// server name (else every report to that router would fail).
+    pub fn check_trust(&self) -> Result<(), String> {
+        for (url, (ca, name)) in &self.trust {
+            crate::http_client::Tls::from_ca_file(ca)
+                .and_then(|t| t.for_name(name))
+                .map_err(|e| format!("tls_ca of the router at {url}: {e}"))?;
+        }
+        Ok(())
+    }
+
     /// The routers serving at least one of `relay`'s jurisdictions.
     pub fn for_relay(
         policy: &crate::policy::Policy,
@@ -270,10 +281,7 @@ pub async fn run(
 ) -> Result<(), RelayError> {
     // A CA file that cannot be read would fail every report: say so now.
     for link in &settings.routers {
-        for (url, (ca, _)) in &link.trust {
-            crate::tls::ca_roots(ca)
-                .map_err(|e| RelayError::Tls(format!("tls_ca of the router at {url}: {e}")))?;
-        }
+        link.check_trust().map_err(RelayError::Tls)?;
     }
     let fingerprint = settings.identity.fingerprint();
     let server = server_config(&settings.identity)?;

@@ -215,13 +215,18 @@ fn reconfigure(
             )));
         }
     }
+    let routers = if credential.is_some() {
+        RouterLink::for_relay(policy, idx)
+    } else {
+        Vec::new()
+    };
+    for link in &routers {
+        link.check_trust()
+            .map_err(|e| ReloadError::Refused(format!("relay '{id}': {e}")))?;
+    }
     Ok(Reconfigured {
         verifier: policy.ticket_verifier(idx),
-        routers: Some(if credential.is_some() {
-            RouterLink::for_relay(policy, idx)
-        } else {
-            Vec::new()
-        }),
+        routers: Some(routers),
         log_full_addresses,
         max_connections_per_address,
         removed: false,

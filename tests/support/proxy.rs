@@ -6,22 +6,42 @@ use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// Everything that crossed a [`recording_proxy`], both ways, in order.
+/// Everything that crossed a proxy: each direction of each connection (or
+/// UDP flow) kept apart, in order, so nothing that crossed in one piece is
+/// cut by another connection's bytes.
 #[derive(Clone, Default)]
-pub struct Recorded(Arc<Mutex<Vec<u8>>>);
+pub struct Recorded(Arc<Mutex<Vec<Vec<u8>>>>);
 
 impl Recorded {
+    /// A new stream; returns its index.
+    fn stream(&self) -> usize {
+        let mut streams = self.0.lock().unwrap();
+        streams.push(Vec::new());
+        streams.len() - 1
+    }
+
+    fn append(&self, stream: usize, bytes: &[u8]) {
+        self.0.lock().unwrap()[stream].extend_from_slice(bytes);
+    }
+
+    /// Every stream, one after another.
     pub fn bytes(&self) -> Vec<u8> {
-        self.0.lock().unwrap().clone()
+        self.0.lock().unwrap().concat()
     }
 
     pub fn len(&self) -> usize {
-        self.0.lock().unwrap().len()
+        self.0.lock().unwrap().iter().map(Vec::len).sum()
     }
 
-    /// Whether `needle` crossed in one piece.
+    /// Whether `needle` crossed in one piece in any stream.
     pub fn contains(&self, needle: &[u8]) -> bool {
-        !needle.is_empty() && self.bytes().windows(needle.len()).any(|w| w == needle)
+        !needle.is_empty()
+            && self
+                .0
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|s| s.windows(needle.len()).any(|w| w == needle))
     }
 }
 
@@ -55,13 +75,14 @@ pub async fn recording_proxy_on(ip: &str, target: SocketAddr) -> (SocketAddr, Re
                 ),
                 (Box::new(ur) as _, Box::new(cw) as _, record.clone()),
             ] {
+                let stream = record.stream();
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 16384];
                     while let Ok(n) = from.read(&mut buf).await {
                         if n == 0 {
                             break;
                         }
-                        record.0.lock().unwrap().extend_from_slice(&buf[..n]);
+                        record.append(stream, &buf[..n]);
                         if to.write_all(&buf[..n]).await.is_err() {
                             break;
                         }
@@ -94,26 +115,30 @@ pub async fn recording_udp_proxy(
     let record = seen.clone();
     let upstream_ip: std::net::IpAddr = upstream_ip.parse().unwrap();
     tokio::spawn(async move {
-        let mut upstreams: HashMap<SocketAddr, Arc<tokio::net::UdpSocket>> = HashMap::new();
+        // Per client: its upstream socket and the stream it sends on.
+        let mut upstreams: HashMap<SocketAddr, (Arc<tokio::net::UdpSocket>, usize)> =
+            HashMap::new();
         let mut buf = vec![0u8; 65536];
         while let Ok((n, client)) = front.recv_from(&mut buf).await {
-            record.0.lock().unwrap().extend_from_slice(&buf[..n]);
-            let up = match upstreams.get(&client) {
+            let (up, sent) = match upstreams.get(&client) {
                 Some(u) => u.clone(),
                 None => {
                     let u = Arc::new(tokio::net::UdpSocket::bind((upstream_ip, 0)).await.unwrap());
-                    upstreams.insert(client, u.clone());
+                    let sent = record.stream();
+                    upstreams.insert(client, (u.clone(), sent));
                     let (front, u2, record) = (front.clone(), u.clone(), record.clone());
+                    let received = record.stream();
                     tokio::spawn(async move {
                         let mut buf = vec![0u8; 65536];
                         while let Ok(n) = u2.recv(&mut buf).await {
-                            record.0.lock().unwrap().extend_from_slice(&buf[..n]);
+                            record.append(received, &buf[..n]);
                             let _ = front.send_to(&buf[..n], client).await;
                         }
                     });
-                    u
+                    (u, sent)
                 }
             };
+            record.append(sent, &buf[..n]);
             let _ = up.send_to(&buf[..n], target).await;
         }
     });
