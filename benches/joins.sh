@@ -11,7 +11,7 @@
 #
 # PostgreSQL is a throwaway server of this script (Debian's postgresql
 # package: initdb and pg_ctl as the postgres user, data in a temporary
-# directory, port 55432), with fsync on and synchronous_commit=$SYNC (on by
+# directory, port 15432), with fsync on and synchronous_commit=$SYNC (on by
 # default: every commit waits for the WAL flush; SQLite runs WAL with
 # synchronous=NORMAL, which does not flush each commit — `SYNC=off` is the
 # comparable durability). Loopback only; needs `cargo build --release`.
@@ -21,7 +21,9 @@ ROUNDS=${ROUNDS:-3}
 SECONDS_EACH=${SECONDS_EACH:-10}
 CONCURRENCY=${CONCURRENCY:-32}
 SYNC=${SYNC:-on}
-PORT=55432
+# Below the ephemeral port range (32768-60999 here), so no outgoing
+# connection of an earlier step can hold it.
+PORT=${PG_PORT:-15432}
 bin=target/release/residency-relay
 [ -x "$bin" ] || { echo "build first: cargo build --release" >&2; exit 1; }
 pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
@@ -40,9 +42,14 @@ cleanup() {
 }
 trap cleanup EXIT
 as_pg "$pgbin/initdb" -D "$work/pg/data" -U rr -A trust -E UTF8 >/dev/null
-as_pg "$pgbin/pg_ctl" -D "$work/pg/data" -l "$work/pg/pg.log" -w \
+if ! as_pg "$pgbin/pg_ctl" -D "$work/pg/data" -l "$work/pg/pg.log" -w \
     -o "-c listen_addresses=127.0.0.1 -p $PORT -k $work/pg -c synchronous_commit=$SYNC -c max_connections=200" \
-    start >/dev/null
+    start >/dev/null; then
+    echo "PostgreSQL did not start; its log:" >&2
+    cat "$work/pg/pg.log" >&2 || true
+    ss -ltnp 2>/dev/null | grep ":$PORT " >&2 || true
+    exit 1
+fi
 url="postgres://rr@127.0.0.1:$PORT/rr"
 
 # The dev config with relay capacities and per-address limits raised: one

@@ -56,6 +56,40 @@ fn check_summarises_the_dev_config() {
         "{text}"
     );
     assert!(text.contains("acme         plan business"), "{text}");
+    assert!(text.contains("    https: serves "), "{text}");
+    assert!(!text.contains("warning:"), "{text}");
+}
+
+#[test]
+fn check_warns_about_a_router_on_plain_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("plain.toml");
+    let repo = support::repo();
+    let text = std::fs::read_to_string(repo.join("config/dev.toml"))
+        .unwrap()
+        .replace(
+            "regions_dir = \"../regions\"",
+            &format!("regions_dir = \"{}\"", repo.join("regions").display()),
+        )
+        // The Zurich router behind a TLS proxy that reaches it in plain HTTP.
+        .replace(
+            "url = \"https://127.0.2.3:8080\"\ntls_cert = \"dev-router.crt\"\ntls_key = \"dev-router.key\"\n",
+            "url = \"http://127.0.2.3:8080\"\nplain_http = true\n",
+        );
+    assert!(text.contains("plain_http = true"));
+    std::fs::write(&config, text).unwrap();
+    let out = run(&["check", "--config", config.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = stdout(&out);
+    assert!(
+        text.contains("warning: plain HTTP (plain_http = true): only behind a TLS-terminating proxy, or passcodes, tickets and relay credentials (relay_url is http://) cross the network in clear"),
+        "{text}"
+    );
+    assert_eq!(text.matches("warning:").count(), 1, "{text}");
 }
 
 #[test]
