@@ -78,6 +78,12 @@ impl Tls {
         Ok(Tls::from_roots(crate::tls::ca_roots(ca)?))
     }
 
+    /// Trusts the CA certificates in `ca` for certificates issued to `name`
+    /// (see [`Tls::for_name`]).
+    pub fn from_ca_file_for(ca: &Path, name: &str) -> Result<Tls, String> {
+        Tls::from_ca_file(ca)?.for_name(name)
+    }
+
     /// Trusts the CA certificates of every one of `files`.
     pub fn from_ca_files<'a>(files: impl IntoIterator<Item = &'a Path>) -> Result<Tls, String> {
         let mut roots = rustls::RootCertStore::empty();
@@ -166,20 +172,23 @@ pub fn set_default_trust(tls: Tls) {
 
 /// Whether requests given no trust have one ([`set_default_trust`]).
 pub fn has_default_trust() -> bool {
+    default_trust().is_some()
+}
+
+fn default_trust() -> Option<Tls> {
     DEFAULT_TRUST
         .read()
         .unwrap_or_else(|e| e.into_inner())
-        .is_some()
+        .clone()
 }
 
 /// Sets the default trust from a tool's `--ca FILE` (and `--server-name`,
 /// for a certificate issued for a name, reached at an address), if given.
 pub fn trust_ca_file(ca: Option<&Path>, server_name: Option<&str>) -> Result<(), String> {
     if let Some(ca) = ca {
-        let tls = Tls::from_ca_file(ca)?;
         set_default_trust(match server_name {
-            Some(name) => tls.for_name(name)?,
-            None => tls,
+            Some(name) => Tls::from_ca_file_for(ca, name)?,
+            None => Tls::from_ca_file(ca)?,
         });
     }
     Ok(())
@@ -197,10 +206,7 @@ pub async fn request(
     body: Option<Vec<u8>>,
     timeout: Duration,
 ) -> Result<Response, HttpError> {
-    let tls = DEFAULT_TRUST
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    let tls = default_trust();
     request_with(method, url, tls.as_ref(), bind, headers, body, timeout).await
 }
 

@@ -134,36 +134,21 @@ impl ConnMetrics {
             "HTTP connections open on this listener.",
         )
         .unwrap_or_else(|e| panic!("http_connections_open: {e}"));
-        let refused = IntCounterVec::new(
-            Opts::new(
-                "http_connections_refused_total",
-                "HTTP connections refused at once, by the cap they hit.",
-            ),
-            &["reason"],
-        )
-        .unwrap_or_else(|e| panic!("http_connections_refused_total: {e}"));
-        let closed = IntCounterVec::new(
-            Opts::new(
-                "http_connections_closed_total",
-                "HTTP connections closed by this side: idle too long, a request head not complete in time, or evicted to make room.",
-            ),
-            &["reason"],
-        )
-        .unwrap_or_else(|e| panic!("http_connections_closed_total: {e}"));
-        let tls_failures = IntCounterVec::new(
-            Opts::new(
-                "http_tls_failures_total",
-                "TLS handshakes that failed (a client that does not trust the certificate, or not speaking TLS) or did not complete in time.",
-            ),
-            &["reason"],
-        )
-        .unwrap_or_else(|e| panic!("http_tls_failures_total: {e}"));
-        for reason in ["listener_full", "address_full"] {
-            refused.with_label_values(&[reason]);
-        }
-        for reason in ["idle", "head_timeout", "evicted"] {
-            closed.with_label_values(&[reason]);
-        }
+        let refused = by_reason(
+            "http_connections_refused_total",
+            "HTTP connections refused at once, by the cap they hit.",
+            &["listener_full", "address_full"],
+        );
+        let closed = by_reason(
+            "http_connections_closed_total",
+            "HTTP connections closed by this side: idle too long, a request head not complete in time, or evicted to make room.",
+            &["idle", "head_timeout", "evicted"],
+        );
+        let tls_failures = by_reason(
+            "http_tls_failures_total",
+            "TLS handshakes that failed (a client that does not trust the certificate, or not speaking TLS) or did not complete in time.",
+            &["handshake", "timeout"],
+        );
         let _ = registry.register(Box::new(open.clone()));
         let _ = registry.register(Box::new(refused.clone()));
         let _ = registry.register(Box::new(closed.clone()));
@@ -177,12 +162,20 @@ impl ConnMetrics {
 
     /// Also exports `<prefix>_http_tls_failures_total` (listeners serving TLS).
     pub fn with_tls(self, registry: &Registry) -> Self {
-        for reason in ["handshake", "timeout"] {
-            self.tls_failures.with_label_values(&[reason]);
-        }
         let _ = registry.register(Box::new(self.tls_failures.clone()));
         self
     }
+}
+
+/// A counter with a `reason` label, every one of `reasons` present from the
+/// start (at 0).
+fn by_reason(name: &str, help: &str, reasons: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), &["reason"])
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    for reason in reasons {
+        c.with_label_values(&[reason]);
+    }
+    c
 }
 
 /// Which peers are proxies whose clients share their address.
@@ -472,7 +465,7 @@ async fn serve_connection(
                 _ = tracked.evict.notified() => return,
                 _ = stop.changed() => return,
             };
-            match handshake {
+            let failed = match handshake {
                 Ok(Ok(tls)) => {
                     // The handshake was not a request head: the head and
                     // idle limits start over from here (a browser may hold
@@ -481,24 +474,19 @@ async fn serve_connection(
                     tracked
                         .last_activity
                         .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-                    serve_http(tls, peer, app, options, tracked, started, stop).await
+                    return serve_http(tls, peer, app, options, tracked, started, stop).await;
                 }
                 Ok(Err(e)) => {
-                    options
-                        .metrics
-                        .tls_failures
-                        .with_label_values(&["handshake"])
-                        .inc();
                     debug!(error = %e, "TLS handshake failed");
+                    "handshake"
                 }
-                Err(_) => {
-                    options
-                        .metrics
-                        .tls_failures
-                        .with_label_values(&["timeout"])
-                        .inc();
-                }
-            }
+                Err(_) => "timeout",
+            };
+            options
+                .metrics
+                .tls_failures
+                .with_label_values(&[failed])
+                .inc();
         }
     }
 }

@@ -22,8 +22,15 @@ use sha2::{Digest, Sha256};
 /// The ALPN both ends of the project's HTTPS speak.
 pub const HTTP1_ALPN: &[u8] = b"http/1.1";
 
-fn provider() -> Arc<CryptoProvider> {
+/// The project's one crypto provider (ring), for every rustls configuration.
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// SHA-256 of a DER certificate, lower-case hex: what clients pin and logs
+/// show.
+pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
+    hex::encode(Sha256::digest(cert.as_ref()))
 }
 
 /// Every certificate in a PEM file, in order; an error when there is none.
@@ -112,7 +119,7 @@ impl ServerCert {
                 cert.display()
             ));
         }
-        let sha256 = hex::encode(Sha256::digest(certified.cert[0].as_ref()));
+        let sha256 = fingerprint(&certified.cert[0]);
         Ok(Loaded {
             key: Arc::new(certified),
             not_after,

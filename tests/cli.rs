@@ -64,18 +64,22 @@ fn check_summarises_the_dev_config() {
 fn check_warns_about_a_router_on_plain_http() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("plain.toml");
-    let repo = support::repo();
-    let text = std::fs::read_to_string(repo.join("config/dev.toml"))
-        .unwrap()
-        .replace(
-            "regions_dir = \"../regions\"",
-            &format!("regions_dir = \"{}\"", repo.join("regions").display()),
-        )
-        // The Zurich router behind a TLS proxy that reaches it in plain HTTP.
-        .replace(
-            "url = \"https://127.0.2.3:8080\"\ntls_cert = \"dev-router.crt\"\ntls_key = \"dev-router.key\"\n",
-            "url = \"http://127.0.2.3:8080\"\nplain_http = true\n",
-        );
+    let text = support::dev_config_text();
+    // The Zurich router behind a TLS proxy that reaches it in plain HTTP.
+    let zurich = text
+        .lines()
+        .skip_while(|l| *l != "url = \"https://127.0.2.3:8080\"")
+        .take(3)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        zurich.contains("tls_cert") && zurich.contains("tls_key"),
+        "{zurich}"
+    );
+    let text = text.replace(
+        &zurich,
+        "url = \"http://127.0.2.3:8080\"\nplain_http = true",
+    );
     assert!(text.contains("plain_http = true"));
     std::fs::write(&config, text).unwrap();
     let out = run(&["check", "--config", config.to_str().unwrap()]);
@@ -106,22 +110,7 @@ fn check_accepts_the_production_example() {
 fn check_lists_every_problem_and_fails() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
-    let text = std::fs::read_to_string(support::repo().join("config/dev.toml"))
-        .unwrap()
-        .replace(
-            "regions_dir = \"../regions\"",
-            &format!(
-                "regions_dir = \"{}\"",
-                support::repo().join("regions").display()
-            ),
-        )
-        .replace(
-            "signing_key = \"dev-ticket.key\"",
-            &format!(
-                "signing_key = \"{}\"",
-                support::repo().join("config/dev-ticket.key").display()
-            ),
-        )
+    let text = support::dev_config_text()
         .replacen(
             "# sha256(\"dev-relay-us-nyc-1\")\ncountry = \"US\"",
             "\ncountry = \"XX\"",

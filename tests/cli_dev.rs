@@ -120,26 +120,20 @@ fn the_demo_keeps_an_eu_call_on_eu_relays() {
 #[test]
 fn a_router_refuses_to_start_with_a_key_that_does_not_match_its_config() {
     let dir = tempfile::tempdir().unwrap();
-    let repo = support::repo();
-    let text = std::fs::read_to_string(repo.join("config/dev.toml"))
-        .unwrap()
-        .replace(
-            "regions_dir = \"../regions\"",
-            &format!("regions_dir = \"{}\"", repo.join("regions").display()),
-        )
+    let config_dir = support::repo().join("config");
+    let text = support::dev_config_text()
         // The Swiss router's key file in place of the Frankfurt router's.
         .replace(
-            "signing_key = \"dev-ticket.key\"",
             &format!(
                 "signing_key = \"{}\"",
-                repo.join("config/dev-ch-router.key").display()
+                config_dir.join("dev-ticket.key").display()
+            ),
+            &format!(
+                "signing_key = \"{}\"",
+                config_dir.join("dev-ch-router.key").display()
             ),
         )
-        .replace("store = \"../data/", "store = \"data/")
-        .replace(
-            "= \"dev-router.",
-            &format!("= \"{}/dev-router.", repo.join("config").display()),
-        );
+        .replace("store = \"../data/", "store = \"data/");
     let config = dir.path().join("dev.toml");
     std::fs::write(&config, text).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_residency-relay"))

@@ -892,8 +892,6 @@ fn tls_router(id: &str, url: &str, tls: &str) -> String {
 #[test]
 fn a_router_serves_https_unless_plain_http_is_explicit() {
     let f = Fixture::new();
-    let ca = rcgen::generate_simple_self_signed(vec!["127.0.2.1".into()]).unwrap();
-    std::fs::write(f.path("config/ca.pem"), ca.cert.pem()).unwrap();
     let good = "tls_cert = \"r.crt\"\ntls_key = \"r.pem\"\ntls_ca = \"ca.pem\"\n";
     f.config(&with_routers(&tls_router(
         "fra",

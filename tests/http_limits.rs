@@ -42,15 +42,18 @@ async fn closed_within(stream: &mut TcpStream, within: Duration) -> Option<Vec<u
     }
 }
 
-/// `rr_router_http_connections_closed_total` for `reason`.
-fn closed(text: &str, reason: &str) -> f64 {
-    let prefix = format!(
-        "rr_router_http_connections_closed_total{{reason=\"{reason}\",router=\"de-fra-router\"}} "
-    );
+/// The router's `metric` for `reason`.
+fn by_reason(text: &str, metric: &str, reason: &str) -> f64 {
+    let prefix = format!("{metric}{{reason=\"{reason}\",router=\"de-fra-router\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(prefix.as_str()))
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no {prefix}"))
+}
+
+/// `rr_router_http_connections_closed_total` for `reason`.
+fn closed(text: &str, reason: &str) -> f64 {
+    by_reason(text, "rr_router_http_connections_closed_total", reason)
 }
 
 fn router_addr(c: &Cluster) -> std::net::SocketAddr {
@@ -305,13 +308,7 @@ async fn stalled_uploads_cannot_fill_the_listener_either() {
 
 /// `rr_router_http_tls_failures_total` for `reason`.
 fn tls_failures(text: &str, reason: &str) -> f64 {
-    let prefix = format!(
-        "rr_router_http_tls_failures_total{{reason=\"{reason}\",router=\"de-fra-router\"}} "
-    );
-    text.lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {prefix}"))
+    by_reason(text, "rr_router_http_tls_failures_total", reason)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -399,20 +396,21 @@ async fn tls_handshakes_that_stall_or_fail_are_closed_in_time_and_counted() {
     // at a time inside TLS is cut off at the head limit.
     let m = support::cluster::request("GET", &metrics, None, None, None).await;
     let text = String::from_utf8_lossy(&m.body).into_owned();
-    let (idle_before, head_before) = (
-        closed_router(&text, "idle"),
-        closed_router(&text, "head_timeout"),
-    );
-    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(dev_client_config()));
-    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
-    let mut waiting = tls
-        .connect(name.clone(), connect_from("127.0.0.11", addr).await)
-        .await
-        .unwrap();
-    let mut trickling = tls
-        .connect(name, connect_from("127.0.0.12", addr).await)
-        .await
-        .unwrap();
+    let (idle_before, head_before) = (closed(&text, "idle"), closed(&text, "head_timeout"));
+    let dev = residency_relay::http_client::Tls::from_ca_file(
+        &support::repo().join("config/dev-router.crt"),
+    )
+    .unwrap();
+    let tls = |from: &'static str| {
+        let dev = dev.clone();
+        async move {
+            residency_relay::http_client::tls_connect(&dev, connect_from(from, addr).await, addr)
+                .await
+                .unwrap()
+        }
+    };
+    let mut waiting = tls("127.0.0.11").await;
+    let mut trickling = tls("127.0.0.12").await;
     let trickle = tokio::spawn(async move {
         for b in b"GET /healthz HTTP/1.1\r\nhost: x\r\n" {
             if trickling.write_all(&[*b]).await.is_err() || trickling.flush().await.is_err() {
@@ -435,30 +433,11 @@ async fn tls_handshakes_that_stall_or_fail_are_closed_in_time_and_counted() {
     assert!(trickle.await.unwrap(), "the trickled head was not cut off");
     let m = support::cluster::request("GET", &metrics, None, None, None).await;
     let text = String::from_utf8_lossy(&m.body).into_owned();
-    assert!(closed_router(&text, "idle") > idle_before);
-    assert!(closed_router(&text, "head_timeout") > head_before);
+    assert!(closed(&text, "idle") > idle_before);
+    assert!(closed(&text, "head_timeout") > head_before);
 
     // The listener still serves.
     let ok = support::cluster::request("GET", &format!("{url}/healthz"), None, None, None).await;
     assert_eq!(ok.status, 200);
     c.shutdown().await;
-}
-
-/// A TLS client trusting the dev routers' certificate.
-fn dev_client_config() -> rustls::ClientConfig {
-    residency_relay::tls::client_config(
-        residency_relay::tls::ca_roots(&support::repo().join("config/dev-router.crt")).unwrap(),
-        &[residency_relay::tls::HTTP1_ALPN],
-    )
-}
-
-/// `rr_router_http_connections_closed_total` for `reason` (0 if absent).
-fn closed_router(text: &str, reason: &str) -> f64 {
-    let prefix = format!(
-        "rr_router_http_connections_closed_total{{reason=\"{reason}\",router=\"de-fra-router\"}} "
-    );
-    text.lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }

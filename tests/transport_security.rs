@@ -28,6 +28,24 @@ fn labelled(text: &str, name: &str, label: &str) -> f64 {
         .sum()
 }
 
+/// `method url`, verified with `trust`, with the admin token.
+async fn trusting(
+    trust: &Tls,
+    method: &str,
+    url: &str,
+) -> Result<http_client::Response, HttpError> {
+    http_client::request_with(
+        method,
+        url,
+        Some(trust),
+        None,
+        &[("authorization", ADMIN)],
+        None,
+        Duration::from_secs(5),
+    )
+    .await
+}
+
 /// Points the EU router's `relay_url` at `proxy` (its certificate is still
 /// verified for the host of its `url`), before any relay starts.
 fn relays_report_through(c: &mut Cluster, proxy: SocketAddr) {
@@ -284,27 +302,12 @@ async fn reports_to(c: &mut Cluster, trust: &Tls, secs: u64) -> (f64, f64, f64, 
     tokio::time::sleep(Duration::from_secs(secs)).await;
     let relay = c.relay_metrics("de-fra-1").await;
     let url = c.url(ROUTER);
-    let get = |path: &str, auth: Option<&'static str>| {
-        let url = format!("{url}{path}");
-        let trust = trust.clone();
-        async move {
-            let headers: Vec<(&str, &str)> =
-                auth.map(|a| ("authorization", a)).into_iter().collect();
-            http_client::request_with(
-                "GET",
-                &url,
-                Some(&trust),
-                None,
-                &headers,
-                None,
-                Duration::from_secs(5),
-            )
-            .await
-            .unwrap()
-        }
-    };
-    let router = String::from_utf8_lossy(&get("/metrics", None).await.body).into_owned();
-    let relays = get("/v1/admin/relays", Some(ADMIN)).await.json();
+    let metrics = trusting(trust, "GET", &format!("{url}/metrics")).await;
+    let router = String::from_utf8_lossy(&metrics.unwrap().body).into_owned();
+    let relays = trusting(trust, "GET", &format!("{url}/v1/admin/relays"))
+        .await
+        .unwrap()
+        .json();
     (
         labelled(&relay, "rr_relay_router_reports_total", "outcome=\"tls\""),
         labelled(
@@ -458,19 +461,8 @@ async fn a_renewed_certificate_is_served_after_a_reload_and_a_broken_one_is_refu
     let old = Tls::from_ca_file(&certs.path("stranger.crt")).unwrap();
     let ca = Tls::from_ca_file(&certs.path("ca.pem")).unwrap();
     let get = |tls: &Tls, method: &'static str, path: &'static str| {
-        let (tls, url) = (tls.clone(), url.clone());
-        async move {
-            http_client::request_with(
-                method,
-                &format!("{url}{path}"),
-                Some(&tls),
-                None,
-                &[("authorization", "Bearer dev-admin-key")],
-                None,
-                Duration::from_secs(5),
-            )
-            .await
-        }
+        let (tls, url) = (tls.clone(), format!("{url}{path}"));
+        async move { trusting(&tls, method, &url).await }
     };
     assert_eq!(get(&old, "GET", "/healthz").await.unwrap().status, 200);
     assert!(get(&ca, "GET", "/healthz").await.is_err());

@@ -167,7 +167,7 @@ pub(super) fn run_worker(w: Worker) -> Result<(), String> {
         Mode::Stalled => runtime.block_on(async move {
             let tls = match (&w.tls_ca, &w.tls_name) {
                 (Some(ca), Some(name)) => {
-                    Some(crate::http_client::Tls::from_ca_file(ca).and_then(|t| t.for_name(name))?)
+                    Some(crate::http_client::Tls::from_ca_file_for(ca, name)?)
                 }
                 _ => None,
             };

@@ -1223,22 +1223,18 @@ fn build_routers(
                 }
             }
         }
+        // The file is read where it is used (by relays, at start and on
+        // reload), as the machine running `check` may not have it.
         let tls_ca = r.tls_ca.as_ref().map(|c| resolve(base, c));
-        // The file is read where it is used (relays, at start), as the
-        // machine running `check` may not have it.
-        match &tls_ca {
-            Some(_) => {}
-            None if relay_url.starts_with("https://") => {
-                p.push(
-                    cfg,
-                    field("tls_ca"),
-                    format!(
-                        "relays reach this router at {relay_url} and verify its certificate: give tls_ca, the PEM file of the CA that issued it (or the self-signed certificate itself)"
-                    ),
-                );
-                ok = false;
-            }
-            None => {}
+        if tls_ca.is_none() && relay_url.starts_with("https://") {
+            p.push(
+                cfg,
+                field("tls_ca"),
+                format!(
+                    "relays reach this router at {relay_url} and verify its certificate: give tls_ca, the PEM file of the CA that issued it (or the self-signed certificate itself)"
+                ),
+            );
+            ok = false;
         }
         let key_path = resolve(base, &r.signing_key);
         let public_key = match crate::ticket::parse_public_key(&r.public_key) {

@@ -93,14 +93,12 @@ impl Trusts {
                 return Ok(Some(tls.clone()));
             }
         }
-        let tls = Tls::from_ca_file(ca)
-            .and_then(|t| t.for_name(name))
-            .map_err(|error| HttpError::Tls {
-                addr: crate::http_client::parse_url(url)
-                    .map(|t| t.addr)
-                    .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
-                error,
-            })?;
+        let tls = Tls::from_ca_file_for(ca, name).map_err(|error| HttpError::Tls {
+            addr: crate::http_client::parse_url(url)
+                .map(|t| t.addr)
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
+            error,
+        })?;
         // URLs the link no longer has go.
         self.0.retain(|u, _| link.trust.contains_key(u));
         self.0.insert(url.to_owned(), (key, tls.clone()));

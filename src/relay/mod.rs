@@ -210,8 +210,7 @@ impl RouterLink {
     /// server name (else every report to that router would fail).
     pub fn check_trust(&self) -> Result<(), String> {
         for (url, (ca, name)) in &self.trust {
-            crate::http_client::Tls::from_ca_file(ca)
-                .and_then(|t| t.for_name(name))
+            crate::http_client::Tls::from_ca_file_for(ca, name)
                 .map_err(|e| format!("tls_ca of the router at {url}: {e}"))?;
         }
         Ok(())

@@ -9,7 +9,6 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
-use sha2::{Digest, Sha256};
 
 use crate::wire::ALPN;
 
@@ -141,14 +140,8 @@ pub struct Pins {
     pub next: Option<String>,
 }
 
-/// SHA-256 of a DER certificate, lower-case hex.
-pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
-    hex::encode(Sha256::digest(cert.as_ref()))
-}
-
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
+pub use crate::tls::fingerprint;
+use crate::tls::provider;
 
 /// The relay's QUIC server crypto: TLS 1.3 only; the native, cascade and
 /// HTTP/3 (WebTransport) ALPNs.

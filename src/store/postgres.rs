@@ -372,7 +372,7 @@ fn rustls_config(ca: &Path) -> Result<rustls::ClientConfig, StoreError> {
             .add(cert)
             .map_err(|e| StoreError::new(format!("{}: {e}", ca.display())))?;
     }
-    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+    rustls::ClientConfig::builder_with_provider(crate::tls::provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| StoreError::new(e.to_string()))
         .map(|b| b.with_root_certificates(roots).with_no_client_auth())

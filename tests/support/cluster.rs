@@ -111,25 +111,8 @@ impl Cluster {
     /// The dev config on free ports, edited by `edit` (applied to the TOML text).
     pub fn new(edit: impl Fn(String) -> String) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let repo = super::repo();
         let mut reserved = Reserved::default();
-        let mut text = std::fs::read_to_string(repo.join("config/dev.toml"))
-            .unwrap()
-            .replace(
-                "regions_dir = \"../regions\"",
-                &format!("regions_dir = \"{}\"", repo.join("regions").display()),
-            )
-            .replace(
-                "signing_key = \"dev-",
-                &format!("signing_key = \"{}/dev-", repo.join("config").display()),
-            )
-            .replace("store = \"../data/", "store = \"data/");
-        for key in ["tls_cert", "tls_key", "tls_ca"] {
-            text = text.replace(
-                &format!("{key} = \"dev-"),
-                &format!("{key} = \"{}/dev-", repo.join("config").display()),
-            );
-        }
+        let mut text = super::dev_config_text().replace("store = \"../data/", "store = \"data/");
         trust_dev_certificate();
         for n in 1..=6 {
             let ip = format!("127.0.1.{n}");

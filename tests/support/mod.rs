@@ -123,6 +123,23 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// `config/dev.toml` with its regions directory and the files it names
+/// (`signing_key`, `tls_cert`, `tls_key`, `tls_ca`: every `= "dev-…"`)
+/// made absolute, so that a copy written anywhere still finds them.
+pub fn dev_config_text() -> String {
+    let repo = repo();
+    std::fs::read_to_string(repo.join("config/dev.toml"))
+        .unwrap()
+        .replace(
+            "regions_dir = \"../regions\"",
+            &format!("regions_dir = \"{}\"", repo.join("regions").display()),
+        )
+        .replace(
+            "= \"dev-",
+            &format!("= \"{}/dev-", repo.join("config").display()),
+        )
+}
+
 /// A MaxMind DB holding `records` (network, JSON record), written with
 /// `mmdb-writer` and read back by the production reader in the tests.
 pub fn mmdb(
