@@ -584,7 +584,10 @@ export class Call {
     await Promise.race([this.controlDone, new Promise((r) => setTimeout(r, 500))]);
     this.stopped = true;
     this.stats.closeCodes.push(info.closeCode);
-    if (this.endedWith) return this.endedWith;
+    // What the relay said (its last message) wins; a read error on the
+    // control stream is only the close seen from this side, and the close
+    // code may still say why.
+    if (this.endedWith && this.endedWith.kind !== "lost") return this.endedWith;
     switch (info.closeCode) {
       case CLOSE.KICKED:
         return new Ended("kicked", info.reason);
@@ -600,7 +603,7 @@ export class Call {
         // Rejoining would be refused again (or is abuse): stop.
         return new Ended("refused", info.reason || `close code ${info.closeCode}`);
       default:
-        return new Ended("lost", info.reason);
+        return this.endedWith ?? new Ended("lost", info.reason);
     }
   }
 
