@@ -20,6 +20,17 @@
 //!   `header_timeout` of the first byte; a failed or stalled handshake is
 //!   counted (`<prefix>_http_tls_failures_total`) and closed.
 //!
+//! - Long polls (a waiting participant's poll) are held in a budget of
+//!   their own, a quarter of the listener's connections: past it a poll is
+//!   answered at once (`Retry-After`), and when the listener is full a
+//!   held poll is answered early to make room, as an idle connection is
+//!   closed ([`LongPoll`]).
+//!
+//! - Over a cap, a listener serving TLS answers inside TLS (a client sees
+//!   a `503` with `Retry-After`, not a protocol error), with at most
+//!   [`REFUSALS_IN_TLS`] such handshakes at once; past that, or when the
+//!   handshake does not finish within a second, the connection is closed.
+//!
 //! Each listener's caps come out of the process's file-descriptor limit
 //! ([`FdBudget`]), so that one listener can never starve another, or a
 //! relay's QUIC socket, of descriptors.
@@ -28,7 +39,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -116,14 +127,18 @@ impl FdBudget {
 /// A listener's connection metrics: `<prefix>_http_connections_open`,
 /// `<prefix>_http_connections_refused_total{reason}` (`listener_full`,
 /// `address_full`), `<prefix>_http_connections_closed_total{reason}`
-/// (`idle`, `head_timeout`, `evicted`) and
-/// `<prefix>_http_tls_failures_total{reason}` (`handshake`, `timeout`).
+/// (`idle`, `head_timeout`, `evicted`),
+/// `<prefix>_http_tls_failures_total{reason}` (`handshake`, `timeout`),
+/// `<prefix>_http_long_polls_held` and
+/// `<prefix>_http_long_polls_cut_total{reason}` (`budget_full`, `evicted`).
 #[derive(Debug, Clone)]
 pub struct ConnMetrics {
     pub open: IntGauge,
     pub refused: IntCounterVec,
     pub closed: IntCounterVec,
     pub tls_failures: IntCounterVec,
+    pub long_polls: IntGauge,
+    pub long_polls_cut: IntCounterVec,
 }
 
 impl ConnMetrics {
@@ -149,6 +164,16 @@ impl ConnMetrics {
             "TLS handshakes that failed (a client that does not trust the certificate, or not speaking TLS) or did not complete in time.",
             &["handshake", "timeout"],
         );
+        let long_polls = IntGauge::new(
+            "http_long_polls_held",
+            "Long polls (waiting participants' polls) held open on this listener.",
+        )
+        .unwrap_or_else(|e| panic!("http_long_polls_held: {e}"));
+        let long_polls_cut = by_reason(
+            "http_long_polls_cut_total",
+            "Long polls answered before their time: the listener's long-poll budget was full, or the listener needed the connection.",
+            &["budget_full", "evicted"],
+        );
         let _ = registry.register(Box::new(open.clone()));
         let _ = registry.register(Box::new(refused.clone()));
         let _ = registry.register(Box::new(closed.clone()));
@@ -157,7 +182,17 @@ impl ConnMetrics {
             refused,
             closed,
             tls_failures,
+            long_polls,
+            long_polls_cut,
         }
+    }
+
+    /// Also exports the long-poll metrics (listeners whose app holds long
+    /// polls: the router's).
+    pub fn with_long_polls(self, registry: &Registry) -> Self {
+        let _ = registry.register(Box::new(self.long_polls.clone()));
+        let _ = registry.register(Box::new(self.long_polls_cut.clone()));
+        self
     }
 
     /// Also exports `<prefix>_http_tls_failures_total` (listeners serving TLS).
@@ -211,7 +246,97 @@ struct Tracked {
     in_flight: AtomicUsize,
     /// Requests in flight whose body is still being read.
     reading_body: AtomicUsize,
+    /// Requests in flight held as long polls ([`LongPoll::hold`]).
+    held: AtomicUsize,
     evict: tokio::sync::Notify,
+    /// The listener wants this connection back: its long polls answer now.
+    released: AtomicBool,
+    release: tokio::sync::Notify,
+}
+
+impl Tracked {
+    fn new(now_ms: u64) -> Self {
+        Tracked {
+            last_activity: AtomicU64::new(now_ms),
+            head_started: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            reading_body: AtomicUsize::new(0),
+            held: AtomicUsize::new(0),
+            evict: tokio::sync::Notify::new(),
+            released: AtomicBool::new(false),
+            release: tokio::sync::Notify::new(),
+        }
+    }
+}
+
+/// Long polls held on one listener, and its budget for them.
+#[derive(Debug)]
+struct PollBudget {
+    held: AtomicUsize,
+    max: usize,
+}
+
+/// A request's standing as a long poll, in its extensions on every request
+/// [`serve`] passes to the app. A handler that holds its answer until
+/// something happens takes [`LongPoll::hold`] first: within the listener's
+/// budget it may hold, and must answer as soon as [`Held::released`]
+/// resolves (the listener needs the connection); past the budget it
+/// answers at once.
+#[derive(Debug, Clone)]
+pub struct LongPoll {
+    tracked: Arc<Tracked>,
+    budget: Arc<PollBudget>,
+    metrics: ConnMetrics,
+}
+
+impl LongPoll {
+    /// A place in the listener's long-poll budget, or `None` (counted) when
+    /// it is full: the handler then answers at once, with `Retry-After`.
+    pub fn hold(&self) -> Option<Held> {
+        let taken = self
+            .budget
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.budget.max).then_some(n + 1)
+            });
+        if taken.is_err() {
+            self.metrics
+                .long_polls_cut
+                .with_label_values(&["budget_full"])
+                .inc();
+            return None;
+        }
+        self.tracked.held.fetch_add(1, Ordering::Relaxed);
+        self.metrics.long_polls.inc();
+        Some(Held(self.clone()))
+    }
+}
+
+/// A long poll within its listener's budget, given back when dropped.
+#[derive(Debug)]
+pub struct Held(LongPoll);
+
+impl Held {
+    /// Resolves when the listener needs this connection: the handler
+    /// answers now, with `connection: close`.
+    pub async fn released(&self) {
+        let t = &self.0.tracked;
+        let notified = t.release.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if t.released.load(Ordering::Acquire) {
+            return;
+        }
+        notified.await;
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.tracked.held.fetch_sub(1, Ordering::Relaxed);
+        self.0.budget.held.fetch_sub(1, Ordering::AcqRel);
+        self.0.metrics.long_polls.dec();
+    }
 }
 
 #[derive(Debug, Default)]
@@ -237,6 +362,56 @@ fn refusal() -> &'static [u8] {
     })
 }
 
+/// Over-cap connections answered inside TLS at once, per listener; past
+/// that they are closed unanswered. Each costs a handshake (a fraction of a
+/// millisecond of CPU) and a descriptor for at most [`REFUSAL_HANDSHAKE`].
+pub const REFUSALS_IN_TLS: usize = 64;
+
+/// How long an over-cap TLS client has to finish its handshake.
+const REFUSAL_HANDSHAKE: Duration = Duration::from_secs(1);
+
+/// Answers an over-cap connection with [`refusal`] inside TLS, in a task
+/// of its own, unless [`REFUSALS_IN_TLS`] are being answered already.
+fn refuse_in_tls(
+    stream: TcpStream,
+    acceptor: tokio_rustls::TlsAcceptor,
+    refusing: &Arc<AtomicUsize>,
+) {
+    if refusing.fetch_add(1, Ordering::AcqRel) >= REFUSALS_IN_TLS {
+        refusing.fetch_sub(1, Ordering::AcqRel);
+        return;
+    }
+    let refusing = refusing.clone();
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(REFUSAL_HANDSHAKE, async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut tls = acceptor.accept(stream).await?;
+            // The request head is read off first (closing over unread
+            // bytes would reset the connection before the answer is
+            // read); its body, if any, is not waited for.
+            let mut head = Vec::new();
+            let mut buf = [0u8; 2048];
+            while head.len() < 16 << 10 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match tls.read(&mut buf).await? {
+                    0 => break,
+                    n => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            tls.write_all(refusal()).await?;
+            tls.shutdown().await?;
+            // What else the client sends (a body) is read off until it
+            // closes, briefly, for the same reason.
+            let _ = tokio::time::timeout(Duration::from_millis(250), async {
+                while matches!(tls.read(&mut buf).await, Ok(n) if n > 0) {}
+            })
+            .await;
+            Ok::<(), std::io::Error>(())
+        })
+        .await;
+        refusing.fetch_sub(1, Ordering::AcqRel);
+    });
+}
+
 /// Serves `app` on `listener` within `options` until `shutdown` resolves,
 /// then lets requests in flight finish (up to 10 s).
 pub async fn serve(
@@ -247,6 +422,11 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let started = Instant::now();
     let table = Arc::new(Mutex::new(Table::default()));
+    let polls = Arc::new(PollBudget {
+        held: AtomicUsize::new(0),
+        max: (options.limits.max_connections / 4).max(1),
+    });
+    let refusing = Arc::new(AtomicUsize::new(0));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     let mut tasks = tokio::task::JoinSet::new();
@@ -272,18 +452,24 @@ pub async fn serve(
             Ok(t) => t,
             Err(reason) => {
                 options.metrics.refused.with_label_values(&[reason]).inc();
-                // Best effort, and never blocking: what the client already
-                // sent is read off (closing over unread bytes would reset
-                // the connection before the answer is read), one write into
-                // an empty socket buffer never blocks, then it is closed.
-                let mut sink = [0u8; 4096];
-                for _ in 0..4 {
-                    if !matches!(stream.try_read(&mut sink), Ok(n) if n > 0) {
-                        break;
+                // Plain HTTP: best effort, and never blocking: what the
+                // client already sent is read off (closing over unread
+                // bytes would reset the connection before the answer is
+                // read), one write into an empty socket buffer never
+                // blocks, then it is closed. TLS: the same inside a
+                // handshake, in a task of its own.
+                match &options.tls {
+                    None => {
+                        let mut sink = [0u8; 4096];
+                        for _ in 0..4 {
+                            if !matches!(stream.try_read(&mut sink), Ok(n) if n > 0) {
+                                break;
+                            }
+                        }
+                        let _ = stream.try_write(refusal());
                     }
+                    Some(acceptor) => refuse_in_tls(stream, acceptor.clone(), &refusing),
                 }
-                let _ = stream.try_write(refusal());
-                drop(stream);
                 continue;
             }
         };
@@ -294,7 +480,7 @@ pub async fn serve(
             group,
             open: options.metrics.open.clone(),
         };
-        let (app, options) = (app.clone(), options.clone());
+        let (app, options, polls) = (app.clone(), options.clone(), polls.clone());
         let mut stop = stop_rx.clone();
         tasks.spawn(async move {
             // Given back however the task ends, a panic included.
@@ -312,8 +498,11 @@ pub async fn serve(
                     peer,
                     app,
                     &options,
-                    tracked.1.clone(),
-                    started,
+                    Conn {
+                        tracked: tracked.1.clone(),
+                        polls,
+                        started,
+                    },
                     &mut stop,
                 ))
                 .await;
@@ -358,7 +547,8 @@ fn admit(
             .open
             .values()
             .filter(|c| {
-                c.in_flight.load(Ordering::Relaxed) <= c.reading_body.load(Ordering::Relaxed)
+                c.in_flight.load(Ordering::Relaxed)
+                    <= c.reading_body.load(Ordering::Relaxed) + c.held.load(Ordering::Relaxed)
             })
             .map(|c| (c.last_activity.load(Ordering::Relaxed), c))
             .min_by_key(|(at, _)| *at)
@@ -367,7 +557,19 @@ fn admit(
             // Its slot is taken over now; the evicted connection's own task
             // closes it and gives back nothing more.
             Some(c) => {
-                c.evict.notify_one();
+                if c.held.load(Ordering::Relaxed) > 0 {
+                    // A held poll is answered (with `connection: close`)
+                    // rather than cut: its client learns to come back.
+                    c.released.store(true, Ordering::Release);
+                    c.release.notify_waiters();
+                    options
+                        .metrics
+                        .long_polls_cut
+                        .with_label_values(&["evicted"])
+                        .inc();
+                } else {
+                    c.evict.notify_one();
+                }
                 options.metrics.closed.with_label_values(&["evicted"]).inc();
                 // Mark it busy so it is not picked twice.
                 c.in_flight.fetch_add(1 << 20, Ordering::Relaxed);
@@ -377,13 +579,7 @@ fn admit(
     }
     let id = t.next_id;
     t.next_id += 1;
-    let tracked = Arc::new(Tracked {
-        last_activity: AtomicU64::new(started.elapsed().as_millis() as u64),
-        head_started: AtomicU64::new(0),
-        in_flight: AtomicUsize::new(0),
-        reading_body: AtomicUsize::new(0),
-        evict: tokio::sync::Notify::new(),
-    });
+    let tracked = Arc::new(Tracked::new(started.elapsed().as_millis() as u64));
     t.open.insert(id, tracked.clone());
     *t.per_address.entry(group).or_default() += 1;
     Ok((id, tracked))
@@ -440,22 +636,29 @@ async fn first_byte(
     }
 }
 
+/// What a connection's task shares with the listener.
+struct Conn {
+    tracked: Arc<Tracked>,
+    polls: Arc<PollBudget>,
+    started: Instant,
+}
+
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     app: axum::Router,
     options: &Options,
-    tracked: Arc<Tracked>,
-    started: Instant,
+    conn: Conn,
     stop: &mut tokio::sync::watch::Receiver<bool>,
 ) {
+    let (tracked, started) = (conn.tracked.clone(), conn.started);
     let watched = Watched {
         inner: stream,
         tracked: tracked.clone(),
         started,
     };
     match &options.tls {
-        None => serve_http(watched, peer, app, options, tracked, started, stop).await,
+        None => serve_http(watched, peer, app, options, conn, stop).await,
         Some(acceptor) => {
             // The handshake's bytes start a "head" (Watched::received), so
             // it also counts against the head limit; it has its own
@@ -474,7 +677,7 @@ async fn serve_connection(
                     tracked
                         .last_activity
                         .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-                    return serve_http(tls, peer, app, options, tracked, started, stop).await;
+                    return serve_http(tls, peer, app, options, conn, stop).await;
                 }
                 Ok(Err(e)) => {
                     debug!(error = %e, "TLS handshake failed");
@@ -496,21 +699,31 @@ async fn serve_http<S>(
     peer: SocketAddr,
     app: axum::Router,
     options: &Options,
-    tracked: Arc<Tracked>,
-    started: Instant,
+    conn: Conn,
     stop: &mut tokio::sync::watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let Conn {
+        tracked,
+        polls,
+        started,
+    } = conn;
     let io = hyper_util::rt::TokioIo::new(stream);
     let body_timeout = options.limits.body_timeout;
     let in_flight = tracked.clone();
+    let long_poll = LongPoll {
+        tracked: tracked.clone(),
+        budget: polls,
+        metrics: options.metrics.clone(),
+    };
     let service =
         hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
             let mut app = app.clone();
             let guard = InFlight::new(in_flight.clone());
             let (mut parts, body) = request.into_parts();
             parts.extensions.insert(axum::extract::ConnectInfo(peer));
+            parts.extensions.insert(long_poll.clone());
             let body = axum::body::Body::new(Deadline::new(body, body_timeout, in_flight.clone()));
             let request = axum::http::Request::from_parts(parts, body);
             async move {

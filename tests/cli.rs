@@ -69,7 +69,7 @@ fn check_warns_about_a_router_on_plain_http() {
     let zurich = text
         .lines()
         .skip_while(|l| *l != "url = \"https://127.0.2.3:8080\"")
-        .take(3)
+        .take(5)
         .collect::<Vec<_>>()
         .join("\n");
     assert!(
@@ -78,7 +78,7 @@ fn check_warns_about_a_router_on_plain_http() {
     );
     let text = text.replace(
         &zurich,
-        "url = \"http://127.0.2.3:8080\"\nplain_http = true",
+        "url = \"http://127.0.2.3:8080\"\nrelay_listen = \"127.0.2.3:8081\"\nrelay_url = \"http://127.0.2.3:8081\"\nplain_http = true",
     );
     assert!(text.contains("plain_http = true"));
     std::fs::write(&config, text).unwrap();

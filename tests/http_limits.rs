@@ -225,7 +225,13 @@ async fn one_address_cannot_fill_the_listener_and_idle_connections_make_room() {
 async fn relay_reports_are_authenticated_before_their_body_is_read() {
     let mut c = cluster("http_body_timeout_secs = 30");
     c.start_router("de-fra-router").await;
-    let addr = router_addr(&c);
+    // Relays report on the router's relay listener.
+    let addr = c
+        .policy
+        .router("de-fra-router")
+        .unwrap()
+        .relay_listen
+        .unwrap();
     support::cluster::request("GET", &format!("http://{addr}/healthz"), None, None, None).await;
 
     // Announcing 4,000,000 bytes and sending none: the answer comes from
@@ -439,5 +445,307 @@ async fn tls_handshakes_that_stall_or_fail_are_closed_in_time_and_counted() {
     // The listener still serves.
     let ok = support::cluster::request("GET", &format!("{url}/healthz"), None, None, None).await;
     assert_eq!(ok.status, 200);
+    c.shutdown().await;
+}
+
+/// A waiting-room conference of tenant acme on `router` and `n`
+/// participants waiting in it: `(conference id, [(participant id, wait token)])`.
+async fn waiting(router: &str, n: usize) -> (String, Vec<(String, String)>) {
+    let conf = support::cluster::create(
+        router,
+        support::cluster::ACME,
+        serde_json::json!({ "residency": "eu", "waiting_room": true }),
+    )
+    .await;
+    let id = conf["id"].as_str().unwrap().to_owned();
+    let passcode = conf["passcode"].as_str().unwrap().to_owned();
+    let mut waiting = Vec::new();
+    for k in 0..n {
+        let r = support::cluster::request(
+            "POST",
+            &format!("{router}/v1/conferences/{id}/join"),
+            Some("127.0.0.2"),
+            None,
+            Some(serde_json::json!({ "passcode": passcode, "display_name": format!("w{k}") })),
+        )
+        .await;
+        assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+        let a = r.json();
+        waiting.push((
+            a["participant_id"].as_str().unwrap().to_owned(),
+            a["wait_token"].as_str().unwrap().to_owned(),
+        ));
+    }
+    (id, waiting)
+}
+
+/// Sends a waiting-room poll on a new connection from `from`.
+async fn poll_from(
+    from: &str,
+    addr: std::net::SocketAddr,
+    conference: &str,
+    (pid, token): &(String, String),
+) -> TcpStream {
+    let mut s = connect_from(from, addr).await;
+    s.write_all(
+        format!(
+            "GET /v1/conferences/{conference}/waiting/{pid} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    s
+}
+
+/// The answer's head and body once some arrived within `within`, or `None`.
+async fn answer_within(stream: &mut TcpStream, within: Duration) -> Option<String> {
+    let mut buf = [0u8; 4096];
+    match timeout(within, stream.read(&mut buf)).await {
+        Ok(Ok(n)) if n > 0 => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+        _ => None,
+    }
+}
+
+/// The router's metrics text, asked from `from`.
+async fn router_metrics(addr: std::net::SocketAddr, from: &str) -> String {
+    let m = support::cluster::request(
+        "GET",
+        &format!("http://{addr}/metrics"),
+        Some(from),
+        None,
+        None,
+    )
+    .await;
+    String::from_utf8_lossy(&m.body).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_poll_per_wait_token_and_long_polls_in_a_budget_of_their_own() {
+    // 8 connections: a budget of 2 held polls.
+    let mut c = cluster(
+        "http_connections_per_listener = 8\nhttp_connections_per_address = 8\nhttp_idle_timeout_secs = 60\nhttp_header_timeout_secs = 60",
+    );
+    c.start_router("de-fra-router").await;
+    let addr = router_addr(&c);
+    let router = c.url("de-fra-router");
+    let (conf, people) = waiting(&router, 3).await;
+
+    // The same wait token polled from two connections: the newer one takes
+    // over, the older is answered 409 at once.
+    let mut first = poll_from("127.0.0.21", addr, &conf, &people[0]).await;
+    assert_eq!(
+        answer_within(&mut first, Duration::from_millis(300)).await,
+        None,
+        "a poll is held"
+    );
+    let mut second = poll_from("127.0.0.22", addr, &conf, &people[0]).await;
+    let ended = answer_within(&mut first, Duration::from_secs(3))
+        .await
+        .expect("the older poll of the same token was ended");
+    assert!(ended.starts_with("HTTP/1.1 409"), "{ended}");
+    assert!(ended.contains("poll_superseded"), "{ended}");
+    assert_eq!(
+        answer_within(&mut second, Duration::from_millis(200)).await,
+        None,
+        "the newer poll is held"
+    );
+
+    // Another participant's poll is held too: the budget (2) is full, so a
+    // third is answered at once, still waiting, with when to come back.
+    let mut other = poll_from("127.0.0.23", addr, &conf, &people[1]).await;
+    assert_eq!(
+        answer_within(&mut other, Duration::from_millis(300)).await,
+        None
+    );
+    let mut third = poll_from("127.0.0.24", addr, &conf, &people[2]).await;
+    let at_once = answer_within(&mut third, Duration::from_secs(2))
+        .await
+        .expect("a poll over the budget is answered at once");
+    assert!(at_once.starts_with("HTTP/1.1 200"), "{at_once}");
+    assert!(at_once.contains("retry-after: 2"), "{at_once}");
+    assert!(at_once.contains("\"waiting\":true"), "{at_once}");
+
+    let text = router_metrics(addr, "127.0.0.25").await;
+    assert!(
+        text.contains("rr_router_waiting_polls_superseded_total{router=\"de-fra-router\"} 1"),
+        "{text}"
+    );
+    assert_eq!(
+        by_reason(&text, "rr_router_http_long_polls_cut_total", "budget_full"),
+        1.0
+    );
+    assert!(
+        text.contains("rr_router_http_long_polls_held{router=\"de-fra-router\"} 2"),
+        "{text}"
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_polls_make_room_as_idle_connections_do_and_relays_report_on_their_own_listener() {
+    let mut c = cluster(
+        "http_connections_per_listener = 8\nhttp_connections_per_address = 8\nhttp_idle_timeout_secs = 60\nhttp_header_timeout_secs = 60",
+    );
+    c.start("de-fra-router", &["de-fra-1"]).await;
+    let addr = router_addr(&c);
+    let router = c.url("de-fra-router");
+    let relay_listen = c
+        .policy
+        .router("de-fra-router")
+        .unwrap()
+        .relay_listen
+        .expect("the dev routers take relay reports on a listener of their own");
+    let (conf, people) = waiting(&router, 2).await;
+    // The joins' connections given back (but the one asking).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !router_metrics(addr, "127.0.0.30")
+        .await
+        .contains("rr_router_http_connections_open{router=\"de-fra-router\"} 1\n")
+    {
+        assert!(Instant::now() < deadline, "connections left open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Two held polls, then six idle connections: the listener is full, and
+    // the polls, whose bytes moved first, are the idlest.
+    let mut polls = Vec::new();
+    for (k, p) in people.iter().enumerate() {
+        let mut s = poll_from(&format!("127.0.0.{}", 31 + k), addr, &conf, p).await;
+        assert_eq!(
+            answer_within(&mut s, Duration::from_millis(200)).await,
+            None
+        );
+        polls.push(s);
+    }
+    let mut idle = Vec::new();
+    for k in 0..6 {
+        idle.push(connect_from(&format!("127.0.0.{}", 41 + k), addr).await);
+    }
+    // The relay channel's listener answers whatever the public one holds:
+    // relays keep reporting, and the relay stays healthy.
+    let health = support::cluster::request(
+        "GET",
+        &format!("http://{relay_listen}/healthz"),
+        Some("127.0.0.50"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(health.status, 200);
+
+    // A newcomer is served: the oldest held poll is answered, still
+    // waiting, come back in a second, and its connection closed.
+    let r = support::cluster::request(
+        "GET",
+        &format!("http://{addr}/healthz"),
+        Some("127.0.0.51"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let released = closed_within(&mut polls[0], Duration::from_secs(3))
+        .await
+        .expect("the longest-held poll made room and its connection closed");
+    let released = String::from_utf8_lossy(&released);
+    assert!(released.starts_with("HTTP/1.1 200"), "{released}");
+    assert!(released.contains("\"waiting\":true"), "{released}");
+    assert!(released.contains("retry-after: 1"), "{released}");
+    let text = router_metrics(addr, "127.0.0.52").await;
+    assert!(
+        by_reason(&text, "rr_router_http_long_polls_cut_total", "evicted") >= 1.0,
+        "{text}"
+    );
+
+    // The public listener no longer takes relay reports.
+    let r = support::cluster::request(
+        "POST",
+        &format!("http://{addr}/v1/relays/de-fra-1/report"),
+        Some("127.0.0.53"),
+        Some("Bearer dev-relay-de-fra-1"),
+        Some(serde_json::json!({})),
+    )
+    .await;
+    assert_eq!(r.status, 404, "{}", String::from_utf8_lossy(&r.body));
+    c.wait_health("de-fra-router", &["de-fra-1"], "healthy")
+        .await;
+    drop(idle);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_cap_a_tls_client_reads_a_503_and_the_client_backs_off() {
+    let limits = "http_connections_per_address = 2\nhttp_header_timeout_secs = 60\nhttp_idle_timeout_secs = 60";
+    let mut c = Cluster::new(move |t| format!("{t}\n[limits]\n{limits}\n"));
+    c.start("de-fra-router", &["de-fra-1"]).await;
+    let addr = router_addr(&c);
+    let url = c.url("de-fra-router");
+    let conf = support::cluster::open_conference(&url, "eu").await;
+    let id = conf["id"].as_str().unwrap().to_owned();
+    let passcode = conf["passcode"].as_str().unwrap().to_owned();
+
+    // Two connections from 127.0.0.61 fill its share; the third, over TLS,
+    // gets an answer it can read.
+    let held = vec![
+        connect_from("127.0.0.61", addr).await,
+        connect_from("127.0.0.61", addr).await,
+    ];
+    let r = residency_relay::http_client::request(
+        "GET",
+        &format!("{url}/healthz"),
+        Some("127.0.0.61".parse().unwrap()),
+        &[],
+        None,
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("a TLS client over the cap reads the answer");
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(r.json()["error"]["code"], "too_many_connections");
+
+    // A participant joining from there waits for Retry-After and asks
+    // again; once a connection is given back, it is in.
+    let joining = tokio::spawn({
+        let (url, id) = (url.clone(), id.clone());
+        async move {
+            residency_relay::client::join::join(
+                &url,
+                &id,
+                &residency_relay::client::join::Credential::Passcode(passcode),
+                "behind a NAT",
+                Some("127.0.0.61".parse().unwrap()),
+                Duration::from_secs(30),
+            )
+            .await
+        }
+    });
+    let metrics = format!("{url}/metrics");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = support::cluster::request("GET", &metrics, None, None, None).await;
+        let text = String::from_utf8_lossy(&m.body).into_owned();
+        let refused = by_reason(
+            &text,
+            "rr_router_http_connections_refused_total",
+            "address_full",
+        );
+        if refused >= 2.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the join was never refused: {refused}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(held);
+    let joined = timeout(Duration::from_secs(20), joining)
+        .await
+        .expect("the join backed off and came back")
+        .unwrap()
+        .expect("joined after backing off");
+    assert_eq!(joined.relay_id, "de-fra-1");
     c.shutdown().await;
 }

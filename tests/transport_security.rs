@@ -58,6 +58,8 @@ fn relays_report_through(c: &mut Cluster, proxy: SocketAddr) {
     let url_line = format!("url = \"{}\"", me.url);
     let text = std::fs::read_to_string(&c.config).unwrap();
     assert!(text.contains(&url_line));
+    // Its relay_url (relay_listen's), if it has one, gives way to the proxy's.
+    let text = text.replacen(&format!("relay_url = \"{}\"\n", me.relay_url), "", 1);
     let text = text.replacen(
         &url_line,
         &format!("{url_line}\nrelay_url = \"{scheme}://{proxy}\""),
@@ -84,8 +86,9 @@ struct Call {
 /// another, and Ada's QUIC goes through a UDP one.
 async fn a_call_through_recording_proxies(edit: fn(String) -> String) -> Call {
     let mut c = Cluster::new(edit);
-    let listen = c.policy.router(ROUTER).unwrap().listen;
-    let (channel_proxy, channel) = recording_proxy(listen).await;
+    let me = c.policy.router(ROUTER).unwrap().clone();
+    let listen = me.listen;
+    let (channel_proxy, channel) = recording_proxy(me.relay_listen.unwrap_or(listen)).await;
     relays_report_through(&mut c, channel_proxy);
     c.start(ROUTER, &["de-fra-1", "ie-dub-1"]).await;
     let scheme = if c.url(ROUTER).starts_with("https://") {

@@ -321,6 +321,10 @@ pub(super) fn run(action: Action) -> Result<(), String> {
                             Ok(ServerMessage::Kicked { reason }) => { println!("kicked: {reason}"); break; }
                             Ok(ServerMessage::ConferenceEnded {}) => { println!("the conference ended"); break; }
                             Ok(_) => {}
+                            // A quiet call sends nothing for as long as it
+                            // is quiet; only a lost relay or a closed
+                            // connection ends the wait.
+                            Err(e @ crate::client::ClientError::Lost) => { println!("{e}"); break; }
                             Err(e) => { println!("connection closed: {e}"); break; }
                         },
                         _ = tokio::time::sleep_until(end) => break,

@@ -140,7 +140,13 @@ async fn serve(policy: Arc<Policy>, demo: bool, log_console: bool) -> Result<(),
     let mut tasks = Vec::new();
     // Every HTTP listener of the process shares its descriptor limit.
     let budget = crate::http_server::FdBudget::raise();
-    let listeners = policy.routers().len() + policy.relays().len();
+    let listeners = policy.routers().len()
+        + policy
+            .routers()
+            .iter()
+            .filter(|r| r.relay_listen.is_some())
+            .count()
+        + policy.relays().len();
     for r in policy.routers() {
         let mut settings = super::router::settings(policy.clone(), &r.id).await?;
         settings.http = budget.fit(&settings.http, listeners);

@@ -17,7 +17,8 @@ pub(super) fn run(policy: Policy, id: &str, source: policy::Source) -> Result<()
         let mut settings = settings(Arc::new(policy), id).await?;
         settings.source = Some(source);
         settings.reload_on_sighup = true;
-        settings.http = crate::http_server::FdBudget::raise().fit(&settings.http, 1);
+        let listeners = 1 + usize::from(settings.relay_listener.is_some());
+        settings.http = crate::http_server::FdBudget::raise().fit(&settings.http, listeners);
         let listen = settings.router.listen;
         let listener =
             router::listen(listen).map_err(|e| format!("cannot bind HTTP on {listen}: {e}"))?;
@@ -40,7 +41,15 @@ pub(super) async fn settings(policy: Arc<Policy>, id: &str) -> Result<Settings, 
         .map_err(|e| format!("router '{id}': store {}: {e}", me.store.display()))?;
     let limits = LimitSettings::from_policy(&policy).shared_by(policy.replicas(&me).len());
     let http = crate::http_server::Limits::from_policy(policy.limits());
+    let relay_listener = match me.relay_listen {
+        Some(addr) => Some(
+            router::listen(addr)
+                .map_err(|e| format!("router '{id}': cannot bind relay_listen {addr}: {e}"))?,
+        ),
+        None => None,
+    };
     Ok(Settings {
+        relay_listener,
         policy,
         router: me,
         signing_key,

@@ -82,7 +82,7 @@ pub async fn join(
         }),
     };
     let url = format!("{router}/v1/conferences/{conference}/join");
-    let r = http_client::request(
+    let r = request_backing_off(
         "POST",
         &url,
         bind,
@@ -90,8 +90,7 @@ pub async fn join(
         Some(body.to_string().into_bytes()),
         Duration::from_secs(10),
     )
-    .await
-    .map_err(|e| JoinError::Unreachable(e.to_string()))?;
+    .await?;
     let answer = r.json();
     match r.status {
         200 => parse_joined(&answer),
@@ -107,8 +106,9 @@ pub async fn join(
                         "no host let us in before the wait ran out".into(),
                     ));
                 }
-                // The router holds each poll until a host decides or ~10 s pass.
-                let r = http_client::request(
+                // The router holds each poll until a host decides or ~10 s
+                // pass, or answers sooner with when to come back.
+                let r = request_backing_off(
                     "GET",
                     &poll,
                     bind,
@@ -116,11 +116,15 @@ pub async fn join(
                     None,
                     Duration::from_secs(30),
                 )
-                .await
-                .map_err(|e| JoinError::Unreachable(e.to_string()))?;
+                .await?;
                 let answer = r.json();
                 match r.status {
-                    200 if answer["waiting"] == true => continue,
+                    200 if answer["waiting"] == true => {
+                        if let Some(wait) = retry_after(&r) {
+                            tokio::time::sleep(wait).await;
+                        }
+                        continue;
+                    }
                     200 => return parse_joined(&answer),
                     _ => return Err(refused(r.status, &answer)),
                 }
@@ -173,6 +177,45 @@ pub async fn create(router: &str, api_key: &str, body: &Value) -> Result<Created
         passcode: answer["passcode"].as_str().map(str::to_owned),
         answer,
     })
+}
+
+/// Times a router over its connection caps is asked again (after its
+/// `Retry-After` each time) before the join gives up.
+pub const BUSY_RETRIES: u32 = 5;
+
+/// The longest `Retry-After` followed; a longer one is taken as this.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
+
+/// An answer's `Retry-After` (seconds), at most [`MAX_RETRY_AFTER`].
+pub fn retry_after(r: &http_client::Response) -> Option<Duration> {
+    let secs: u64 = r.header("retry-after")?.trim().parse().ok()?;
+    Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
+}
+
+/// A request that, when the router answers `503 too_many_connections`
+/// (its connection caps are full: many participants behind one address,
+/// or an attack), waits for its `Retry-After` and asks again, up to
+/// [`BUSY_RETRIES`] times.
+async fn request_backing_off(
+    method: &str,
+    url: &str,
+    bind: Option<IpAddr>,
+    headers: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+    timeout: Duration,
+) -> Result<http_client::Response, JoinError> {
+    let mut tries = 0;
+    loop {
+        let r = http_client::request(method, url, bind, headers, body.clone(), timeout)
+            .await
+            .map_err(|e| JoinError::Unreachable(e.to_string()))?;
+        let busy = r.status == 503 && r.json()["error"]["code"] == "too_many_connections";
+        if !busy || tries == BUSY_RETRIES {
+            return Ok(r);
+        }
+        tries += 1;
+        tokio::time::sleep(retry_after(&r).unwrap_or(Duration::from_secs(1))).await;
+    }
 }
 
 fn refused(status: u16, answer: &Value) -> JoinError {

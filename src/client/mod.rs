@@ -36,7 +36,12 @@ pub enum ClientError {
     Control(#[from] ControlError),
     #[error("the connection closed: {0}")]
     Closed(String),
-    #[error("timed out waiting for the relay")]
+    /// Nothing at all came from the relay, not even the QUIC
+    /// acknowledgements of our keep-alives, for the idle timeout: the relay
+    /// or the path to it is gone (a quiet call is not this).
+    #[error("lost the relay: nothing heard from it for {} s", IDLE_TIMEOUT.as_secs())]
+    Lost,
+    #[error("timed out waiting for the relay's answer")]
     Timeout,
     #[error("cannot send media: {0}")]
     Send(String),
@@ -105,7 +110,8 @@ pub fn endpoint(bind: SocketAddr, cert_sha256: &str) -> Result<quinn::Endpoint, 
         // time of NATs (RFC 4787 asks for at least 2 min): each keep-alive
         // is a packet and an acknowledgement for the relay, which is what
         // silent participants cost it.
-        .keep_alive_interval(Some(Duration::from_secs(10)));
+        .keep_alive_interval(Some(Duration::from_secs(10)))
+        .max_idle_timeout(IDLE_TIMEOUT.try_into().ok());
     config.transport_config(Arc::new(transport));
     let socket =
         std::net::UdpSocket::bind(bind).map_err(|e| ClientError::Connect(e.to_string()))?;
@@ -120,6 +126,11 @@ pub fn endpoint(bind: SocketAddr, cert_sha256: &str) -> Result<quinn::Endpoint, 
     endpoint.set_default_client_config(config);
     Ok(endpoint)
 }
+
+/// QUIC's idle timeout on a client's connection (quinn's default, which
+/// the relay uses too): with keep-alives every 10 s, only a relay or path
+/// that is gone lets it pass.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long to wait for the relay's answers.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -196,18 +207,31 @@ impl Client {
             .map_err(|e| ClientError::Closed(e.to_string()))
     }
 
+    /// The relay's answer to a request just sent: within [`ANSWER_TIMEOUT`].
     async fn read_control(&mut self) -> Result<ServerMessage, ClientError> {
+        tokio::time::timeout(ANSWER_TIMEOUT, self.read_message())
+            .await
+            .map_err(|_| ClientError::Timeout)?
+    }
+
+    /// The next control message, however long it takes: in a quiet call
+    /// none may come for minutes. A lost relay ends it through QUIC's idle
+    /// timeout ([`ClientError::Lost`]).
+    async fn read_message(&mut self) -> Result<ServerMessage, ClientError> {
         loop {
             if let Some(m) = self.decoder.next_message::<ServerMessage>()? {
                 return Ok(m);
             }
-            let chunk = tokio::time::timeout(
-                ANSWER_TIMEOUT,
-                self.recv.read_chunk(control::MAX_FRAME_LEN, true),
-            )
-            .await
-            .map_err(|_| ClientError::Timeout)?
-            .map_err(|e| ClientError::Closed(e.to_string()))?;
+            let chunk = self
+                .recv
+                .read_chunk(control::MAX_FRAME_LEN, true)
+                .await
+                .map_err(|e| match e {
+                    quinn::ReadError::ConnectionLost(quinn::ConnectionError::TimedOut) => {
+                        ClientError::Lost
+                    }
+                    e => ClientError::Closed(e.to_string()),
+                })?;
             match chunk {
                 Some(c) => self.decoder.push(&c.bytes),
                 None => return Err(ClientError::Closed("control stream ended".into())),
@@ -220,7 +244,7 @@ impl Client {
     pub async fn next_event(&mut self) -> Result<ServerMessage, ClientError> {
         match self.pending.pop_front() {
             Some(m) => Ok(m),
-            None => self.read_control().await,
+            None => self.read_message().await,
         }
     }
 

@@ -194,6 +194,11 @@ pub struct RouterSection {
     /// Base URL relays report to, `http://ip:port` on the operator's
     /// network. Default: `url`, which must then be of that form.
     pub relay_url: Option<String>,
+    /// `host:port` of a listener of its own for the relay channel, on the
+    /// operator's network (then `relay_url` names it and the public
+    /// listener no longer takes relay reports): no load on the public API
+    /// can keep relays from reporting. Default: relays report on `listen`.
+    pub relay_listen: Option<String>,
     /// Ed25519 signing key file (hex or base64url) for its tickets, relative
     /// to the config file. Read by the router process only (so `check` runs
     /// where the secret is not); it must match `public_key`.

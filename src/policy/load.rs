@@ -1185,6 +1185,43 @@ fn build_routers(
             );
             ok = false;
         }
+        let relay_listen = match &r.relay_listen {
+            None => None,
+            Some(text) => match text.parse::<SocketAddr>() {
+                Err(_) => {
+                    p.push(
+                        cfg,
+                        field("relay_listen"),
+                        format!("'{text}' is not an address; use ip:port"),
+                    );
+                    ok = false;
+                    None
+                }
+                Ok(addr) => {
+                    if listen == Some(addr) {
+                        p.push(
+                            cfg,
+                            field("relay_listen"),
+                            "the relay channel's listener must not be the public one (listen): give it a port of its own",
+                        );
+                        ok = false;
+                    } else if r.relay_url.is_none() {
+                        // `url` is the public listener's, where relay
+                        // reports are no longer taken.
+                        p.push(
+                            cfg,
+                            field("relay_url"),
+                            format!(
+                                "relays report on relay_listen ({addr}): set relay_url to the URL they reach it at (https://ip:{} on the operator's network)",
+                                addr.port()
+                            ),
+                        );
+                        ok = false;
+                    }
+                    Some(addr)
+                }
+            },
+        };
         let tls = match (&r.tls_cert, &r.tls_key, r.plain_http) {
             (Some(cert), Some(key), false) => Some((resolve(base, cert), resolve(base, key))),
             (None, None, true) => None,
@@ -1284,6 +1321,7 @@ fn build_routers(
                 listen,
                 url,
                 relay_url,
+                relay_listen,
                 signing_key: key_path,
                 public_key,
                 store,

@@ -128,6 +128,8 @@ pub struct Router {
     pub url: String,
     /// Where relays report (`http://ip:port`), without a trailing slash.
     pub relay_url: String,
+    /// The relay channel's own listener; `None`: relays report on `listen`.
+    pub relay_listen: Option<SocketAddr>,
     pub signing_key: PathBuf,
     /// Public half of `signing_key`.
     pub public_key: ed25519_dalek::VerifyingKey,

@@ -55,12 +55,19 @@ pub struct RouterMetrics {
     pub participants: IntGaugeVec,
     pub conferences: IntGaugeVec,
     pub misdirected: IntCounter,
+    /// Waiting-room polls ended because a newer one for the same
+    /// participant took over.
+    pub waiting_polls_superseded: IntCounter,
     pub residency_moves: IntCounterVec,
     pub reloads: IntCounterVec,
     /// Rows the retention purge deleted, by kind.
     pub records_purged: IntCounterVec,
     /// The HTTP listener's connections.
     pub http: crate::http_server::ConnMetrics,
+    /// The relay channel's own listener's connections
+    /// (`rr_router_relay_channel_http_*`, exported only with `relay_listen`).
+    pub channel_http: crate::http_server::ConnMetrics,
+    channel_registry: Option<Registry>,
     /// `notAfter` of the certificate served (Unix seconds); exported only
     /// when the router serves HTTPS itself.
     pub tls_cert_expiry: prometheus::IntGauge,
@@ -91,6 +98,16 @@ impl RouterMetrics {
             .iter()
             .map(|j| policy.jurisdiction(*j).id.as_str())
             .collect();
+        let channel_registry = me.relay_listen.map(|_| {
+            must(
+                "registry",
+                Registry::new_custom(
+                    Some("rr_router_relay_channel".into()),
+                    Some(std::iter::once(("router".to_owned(), router_id.to_owned())).collect()),
+                ),
+            )
+        });
+        let unexported = Registry::new();
         let m = RouterMetrics {
             process: crate::process_metrics::ProcessMetrics::new(),
             http_requests: counter_vec(
@@ -159,6 +176,17 @@ impl RouterMetrics {
                 "Tickets and cascade links relays refused for this router's conferences, by kind.",
                 &["kind"],
             ),
+            waiting_polls_superseded: {
+                let c = must(
+                    "waiting_polls_superseded_total",
+                    IntCounter::new(
+                        "waiting_polls_superseded_total",
+                        "Waiting-room polls ended because a newer poll for the same participant took over (one is held per wait token).",
+                    ),
+                );
+                let _ = registry.register(Box::new(c.clone()));
+                c
+            },
             store_errors: {
                 let c = must(
                     "store_errors_total",
@@ -268,13 +296,24 @@ impl RouterMetrics {
                 c
             },
             http: {
-                let http = crate::http_server::ConnMetrics::register(&registry);
+                let http =
+                    crate::http_server::ConnMetrics::register(&registry).with_long_polls(&registry);
                 if me.tls.is_some() {
                     http.with_tls(&registry)
                 } else {
                     http
                 }
             },
+            channel_http: {
+                let r = channel_registry.as_ref().unwrap_or(&unexported);
+                let http = crate::http_server::ConnMetrics::register(r);
+                if me.tls.is_some() {
+                    http.with_tls(r)
+                } else {
+                    http
+                }
+            },
+            channel_registry: channel_registry.clone(),
             tls_cert_expiry: {
                 let g = must(
                     "tls_cert_expiry_timestamp_seconds",
@@ -361,6 +400,9 @@ impl RouterMetrics {
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut families = self.registry.gather();
+        if let Some(r) = &self.channel_registry {
+            families.extend(r.gather());
+        }
         families.extend(self.process.gather());
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&families, &mut out);

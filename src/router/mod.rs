@@ -44,6 +44,9 @@ pub struct Settings {
     /// Caps and timeouts of its HTTP listener (fitted to the process's
     /// descriptor limit by the caller; a change needs a restart).
     pub http: crate::http_server::Limits,
+    /// The relay channel's own listener (bound on `router.relay_listen`
+    /// by the caller); `None`: relays report on the public listener.
+    pub relay_listener: Option<tokio::net::TcpListener>,
     /// Where the policy is reloaded from (`POST /v1/admin/reload`, SIGHUP);
     /// `None` refuses reloads.
     pub source: Option<policy::Source>,
@@ -88,6 +91,8 @@ pub struct Shared {
     pub ticket_lifetime: Duration,
     /// Woken whenever a waiting participant is admitted or denied.
     pub waiting_changed: Arc<tokio::sync::Notify>,
+    /// The one live poll of each waiting participant.
+    pub waiting_polls: Arc<api::joins::WaitingPolls>,
     pub ready: Arc<AtomicBool>,
     /// Credential hashes of relays that reloads removed from the inventory,
     /// and since when: their reports are still taken for [`RETIRED_FOR`],
@@ -180,6 +185,9 @@ impl Live {
                 me.id, old.me.listen, me.listen
             ));
         }
+        if me.relay_listen != old.me.relay_listen {
+            restart_needed.push(format!("router '{}' relay_listen", me.id));
+        }
         if me.tls != old.me.tls {
             restart_needed.push(format!("router '{}' tls_cert/tls_key/plain_http", me.id));
         }
@@ -245,6 +253,7 @@ impl Live {
             metrics: old.metrics.clone(),
             ticket_lifetime: old.ticket_lifetime,
             waiting_changed: old.waiting_changed.clone(),
+            waiting_polls: old.waiting_polls.clone(),
             ready: old.ready.clone(),
             retired,
         };
@@ -383,6 +392,7 @@ pub async fn run(
         records_keys,
         ticket_lifetime: settings.ticket_lifetime,
         waiting_changed: Arc::new(tokio::sync::Notify::new()),
+        waiting_polls: Arc::default(),
         ready: Arc::new(AtomicBool::new(true)),
         retired: std::collections::HashMap::new(),
     };
@@ -461,7 +471,28 @@ pub async fn run(
         }),
         tls: tls.map(|cert| tokio_rustls::TlsAcceptor::from(cert.server_config())),
     };
+    // The relay channel's own listener: its own caps and connection table,
+    // so nothing on the public listener can keep relays from reporting.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let channel = settings.relay_listener.map(|relays| {
+        if let Ok(addr) = relays.local_addr() {
+            info!(router = %live.load().me.id, addr = %addr, "relay channel on a listener of its own");
+        }
+        let app = api::relay_routes(live.clone());
+        let options = crate::http_server::Options {
+            metrics: live.load().metrics.channel_http.clone(),
+            ..options.clone()
+        };
+        let mut stop = stop_rx.clone();
+        tokio::spawn(crate::http_server::serve(relays, app, options, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }))
+    });
     let result = crate::http_server::serve(listener, app, options, shutdown).await;
+    let _ = stop_tx.send(true);
+    if let Some(channel) = channel {
+        let _ = channel.await;
+    }
     ready.store(false, Ordering::Relaxed);
     background.abort_all();
     let last = live.load();

@@ -125,13 +125,15 @@ impl Cluster {
         }
         for n in 1..=3 {
             let ip = format!("127.0.2.{n}");
-            let port = reserved.tcp_port(&ip);
-            text = text
-                .replace(&format!("\"{ip}:8080\""), &format!("\"{ip}:{port}\""))
-                .replace(
-                    &format!("\"https://{ip}:8080\""),
-                    &format!("\"https://{ip}:{port}\""),
-                );
+            for dev_port in [8080, 8081] {
+                let port = reserved.tcp_port(&ip);
+                text = text
+                    .replace(&format!("\"{ip}:{dev_port}\""), &format!("\"{ip}:{port}\""))
+                    .replace(
+                        &format!("\"https://{ip}:{dev_port}\""),
+                        &format!("\"https://{ip}:{port}\""),
+                    );
+            }
         }
         let mut text = edit(text);
         // A router an edit added (a replica) listens on 127.0.2.4.
@@ -242,7 +244,12 @@ impl Cluster {
             source: Some(self.source()),
             reload_on_sighup: false,
             http: residency_relay::http_server::Limits::from_policy(self.policy.limits()),
+            relay_listener: None,
         };
+        let mut settings = settings;
+        if let Some(addr) = me.relay_listen {
+            settings.relay_listener = Some(self.reserved.listener(addr).await);
+        }
         let listener = self.reserved.listener(me.listen).await;
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -266,6 +273,9 @@ impl Cluster {
     pub fn release(&mut self, id: &str) {
         if let Some(r) = self.policy.router(id) {
             self.reserved.tcp.remove(&r.listen);
+            if let Some(addr) = r.relay_listen {
+                self.reserved.tcp.remove(&addr);
+            }
         }
         if let Some(idx) = self.policy.relay_idx(id) {
             let r = self.policy.relay(idx);
@@ -406,6 +416,8 @@ pub fn plain_http(text: String) -> String {
                     "{}\nplain_http = true",
                     l.replacen("https://", "http://", 1)
                 )
+            } else if l.starts_with("relay_url = \"https://") {
+                l.replacen("https://", "http://", 1)
             } else {
                 l.to_owned()
             }

@@ -4,7 +4,9 @@
 //! joiners of a conference with a waiting room wait for a host to admit
 //! or deny them.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Json;
@@ -22,6 +24,7 @@ use super::{
     client_ip, conference, ended_check, ids, now_unix, parse, store_failed, unauthorized,
     waiting_changed,
 };
+use crate::http_server::{Held, LongPoll};
 use crate::policy::{JurisdictionIdx, RelayIdx};
 use crate::router::Shared;
 use crate::select;
@@ -705,11 +708,11 @@ pub(super) async fn waiting_list(
         ("pid" = String, Path, description = "The waiting participant's id."),
     ),
     responses(
-        (status = 200, description = "The join answer once a host admitted the participant (as `POST /v1/conferences/{id}/join` gives), or `{waiting: true, participant_id}` after 10 s: poll again.", body = Value),
+        (status = 200, description = "The join answer once a host admitted the participant (as `POST /v1/conferences/{id}/join` gives), or `{waiting: true, participant_id}` after 10 s: poll again. Answered sooner, with `Retry-After` (seconds to wait before the next poll), when the router's long-poll budget is full or it needs the connection.", body = Value),
         (status = 401, description = "`unauthorized`: no wait token.", body = ErrorBody),
         (status = 403, description = "`denied` (a host did not let the participant in) or `banned`.", body = ErrorBody),
         (status = 404, description = "`unknown_conference`, or `unknown_participant`: no waiting participant for this token.", body = ErrorBody),
-        (status = 409, description = "`already_joined`: this participant has its ticket.", body = ErrorBody),
+        (status = 409, description = "`already_joined`: this participant has its ticket; or `poll_superseded`: a newer poll for this participant took over (one poll per wait token is held).", body = ErrorBody),
         (status = 410, description = "`ended`.", body = ErrorBody),
         (status = 421, description = "`wrong_router` (with `router_url`) or `jurisdiction_not_served`.", body = ErrorBody),
         (status = 500, description = "`store_error` or `internal`.", body = ErrorBody),
@@ -720,10 +723,16 @@ pub(super) async fn waiting_poll(
     State(live): State<App>,
     Path((id, pid)): Path<(String, String)>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    long_poll: Option<axum::Extension<LongPoll>>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let token = bearer(&headers).ok_or_else(unauthorized)?.to_owned();
     let deadline = tokio::time::Instant::now() + WAIT_HOLD;
+    // This poll's turn as the participant's one live poll, and its place
+    // in the listener's long-poll budget: both taken once the token is
+    // known good and there is something to wait for.
+    let mut turn: Option<PollTurn> = None;
+    let mut held: Option<Held> = None;
     loop {
         // The policy in force now: the poll is held across reloads.
         let shared = live.load();
@@ -820,11 +829,128 @@ pub(super) async fn waiting_poll(
             }
             Status::Waiting => {}
         }
+        let turn = turn.get_or_insert_with(|| shared.waiting_polls.take_over(&id, &pid));
+        if held.is_none() {
+            match long_poll.as_ref().map(|l| l.hold()) {
+                // Not served by a listener with a budget (tests of the app).
+                None => {}
+                Some(Some(h)) => held = Some(h),
+                Some(None) => return Ok(still_waiting(&pid, Some(BUDGET_FULL_RETRY), false)),
+            }
+        }
+        let released = async {
+            match &held {
+                Some(h) => h.released().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = changed => {}
-            _ = tokio::time::sleep_until(deadline) => {
-                return Ok(Json(json!({ "waiting": true, "participant_id": pid })).into_response());
+            _ = tokio::time::sleep_until(deadline) => return Ok(still_waiting(&pid, None, false)),
+            _ = turn.superseded() => {
+                shared.metrics.waiting_polls_superseded.inc();
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "poll_superseded",
+                    "a newer poll for this participant took over; only one is held at a time",
+                ));
             }
+            _ = released => return Ok(still_waiting(&pid, Some(EVICTED_RETRY), true)),
+        }
+    }
+}
+
+/// Seconds a poll answered at once because the long-poll budget was full
+/// asks its client to wait before the next.
+const BUDGET_FULL_RETRY: u64 = 2;
+/// ... and one answered early because the listener needed its connection.
+const EVICTED_RETRY: u64 = 1;
+
+/// `{waiting: true}`: poll again (after `retry_after` seconds when given;
+/// `close`: on a new connection).
+fn still_waiting(pid: &str, retry_after: Option<u64>, close: bool) -> Response {
+    let mut r = Json(json!({ "waiting": true, "participant_id": pid })).into_response();
+    if let Some(secs) = retry_after {
+        r.headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, secs.into());
+    }
+    if close {
+        r.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    r
+}
+
+/// The live waiting-room poll of each waiting participant on this router:
+/// a new poll for a participant ends the one before, so one wait token
+/// holds at most one connection however many a client opens.
+#[derive(Debug, Default)]
+pub struct WaitingPolls {
+    next: std::sync::atomic::AtomicU64,
+    live: std::sync::Mutex<HashMap<(String, String), (u64, Arc<tokio::sync::Notify>)>>,
+}
+
+impl WaitingPolls {
+    /// Makes the caller the live poll of `pid` in `conference`, ending the
+    /// one before it.
+    pub fn take_over(self: &Arc<Self>, conference: &str, pid: &str) -> PollTurn {
+        let generation = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ended = Arc::new(tokio::sync::Notify::new());
+        let key = (conference.to_owned(), pid.to_owned());
+        let before = self
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone(), (generation, ended.clone()));
+        if let Some((_, earlier)) = before {
+            // A stored permit: the earlier poll sees it even if it is not
+            // waiting at this instant.
+            earlier.notify_one();
+        }
+        PollTurn {
+            owner: self.clone(),
+            key,
+            generation,
+            ended,
+        }
+    }
+
+    /// Polls held now.
+    pub fn len(&self) -> usize {
+        self.live.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A poll's turn as its participant's live poll; given up when dropped.
+#[derive(Debug)]
+pub struct PollTurn {
+    owner: Arc<WaitingPolls>,
+    key: (String, String),
+    generation: u64,
+    ended: Arc<tokio::sync::Notify>,
+}
+
+impl PollTurn {
+    /// Resolves when a newer poll for the same participant took over.
+    async fn superseded(&self) {
+        self.ended.notified().await;
+    }
+}
+
+impl Drop for PollTurn {
+    fn drop(&mut self) {
+        let mut live = self.owner.live.lock().unwrap_or_else(|e| e.into_inner());
+        if live
+            .get(&self.key)
+            .is_some_and(|(g, _)| *g == self.generation)
+        {
+            live.remove(&self.key);
         }
     }
 }

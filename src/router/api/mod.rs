@@ -38,7 +38,7 @@ use crate::store::{AuditEvent, ConferenceRecord, Role, Status, StoreError};
 
 mod admin;
 mod conferences;
-mod joins;
+pub mod joins;
 mod moderation;
 mod operations;
 mod relay_channel;
@@ -80,6 +80,19 @@ pub fn routes(shared: App) -> Router {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(shared.clone(), count))
+        .with_state(shared)
+}
+
+/// What the relay channel's own listener serves (`relay_listen`): relay
+/// reports, and the probes.
+pub fn relay_routes(shared: App) -> Router {
+    Router::from(OpenApiRouter::new().routes(routes!(relay_channel::relay_report)))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
+        .layer(axum::Extension(relay_channel::ChannelListener))
         .layer(axum::middleware::from_fn_with_state(shared.clone(), count))
         .with_state(shared)
 }

@@ -16,6 +16,10 @@ use super::{
 use crate::store::{LinkUsage, Usage};
 use crate::wire::channel::{RelayReport, ReportReply};
 
+/// Marks requests that came in on the relay channel's own listener.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ChannelListener;
+
 /// Largest relay report accepted (some 40,000 conferences).
 const MAX_REPORT_BODY: usize = 4 << 20;
 
@@ -39,9 +43,17 @@ const MAX_REPORT_BODY: usize = 4 << 20;
 pub(super) async fn relay_report(
     Current(shared): Current,
     Path(relay_id): Path<String>,
+    on_channel_listener: Option<axum::Extension<ChannelListener>>,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> ApiResult<Json<ReportReply>> {
+    if shared.me.relay_listen.is_some() && on_channel_listener.is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "relays report on this router's relay_listen, not here",
+        ));
+    }
     let count = |outcome: &str| {
         shared
             .metrics

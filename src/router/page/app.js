@@ -165,6 +165,8 @@ function refusalText(code, message, retryAfter) {
       return "This server does not serve the conference's jurisdiction. Ask the host for the right link.";
     case "bad_rejoin":
       return "Your place in the call expired. Join again with the link.";
+    case "too_many_connections":
+      return `The server is busy. Try again in ${retryAfter ?? 1} seconds.`;
     case "unreachable":
       return "The server cannot be reached. Check your connection and try again.";
     default:
@@ -215,7 +217,38 @@ class Refused extends Error {
   }
 }
 
+/** Times a router over its connection caps is asked again, after its Retry-After, before we give up. */
+const BUSY_RETRIES = 5;
+
+/** Seconds of a Retry-After header (1 to 10; `fallback` when absent or unreadable). */
+function retrySeconds(value, fallback = 1) {
+  const n = Number.parseInt(value ?? "", 10);
+  return Number.isFinite(n) ? Math.min(Math.max(n, 1), 10) : fallback;
+}
+
+/**
+ * One API call. A router whose connection caps are full (many participants
+ * behind one address, or an attack) answers 503 too_many_connections with
+ * Retry-After: we say so and ask again after it, a few times.
+ */
 async function api(method, path, body, token) {
+  for (let tries = 0; ; tries++) {
+    try {
+      const r = await apiOnce(method, path, body, token);
+      if (tries > 0) $("message").hidden = !state.message;
+      return r;
+    } catch (e) {
+      if (!(e instanceof Refused) || e.code !== "too_many_connections" || tries >= BUSY_RETRIES) throw e;
+      const secs = retrySeconds(e.retryAfter);
+      stats.busyRetries = (stats.busyRetries ?? 0) + 1;
+      $("message").textContent = `The server is busy. Trying again in ${secs} s…`;
+      $("message").hidden = false;
+      await new Promise((resolve) => setTimeout(resolve, secs * 1000));
+    }
+  }
+}
+
+async function apiOnce(method, path, body, token) {
   const headers = { "content-type": "application/json" };
   if (token) headers.authorization = `Bearer ${token}`;
   let r;
@@ -233,7 +266,7 @@ async function api(method, path, body, token) {
     const e = json.error ?? {};
     throw new Refused(r.status, e.code ?? `http_${r.status}`, e.message ?? text, r.headers.get("retry-after"));
   }
-  return { status: r.status, json };
+  return { status: r.status, json, retryAfter: r.headers.get("retry-after") };
 }
 
 function conferencePath() {
@@ -249,6 +282,8 @@ async function joinRouter(body) {
   for (;;) {
     const r = await api("GET", `${conferencePath()}/waiting/${encodeURIComponent(json.participant_id)}`, null, json.wait_token);
     if (r.json.waiting !== true) return r.json;
+    // Answered early (the router is busy): come back when it says.
+    if (r.retryAfter) await new Promise((resolve) => setTimeout(resolve, retrySeconds(r.retryAfter) * 1000));
   }
 }
 
