@@ -3,11 +3,14 @@
 //! from the router's own origin (`GET /`, `GET /j/{conference}`,
 //! `GET /static/{file}`). Nothing is fetched from anywhere else: the page
 //! works offline and under a Content-Security-Policy that allows only this
-//! origin, plus WebTransport (`https:`) to the relays join answers name.
+//! origin, plus WebTransport to the relays this router may send a
+//! participant to.
 
 use axum::extract::Path;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+
+use super::api::Current;
 
 /// `(name, content type, bytes)` of every file the page is made of.
 const FILES: &[(&str, &str, &str)] = &[
@@ -28,14 +31,41 @@ const JS: &str = "text/javascript; charset=utf-8";
 const INDEX: &str = include_str!("page/index.html");
 
 /// Only this origin's scripts and styles; media from the camera and
-/// decoders; connections to this origin (the API) and to relays over
-/// https (WebTransport). No framing, no referrer (a join link's path names
-/// the conference).
-const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-media-src 'self' blob: mediastream:; connect-src 'self' https:; base-uri 'none'; form-action 'self'; \
-frame-ancestors 'none'";
+/// decoders; connections to this origin (the API) and to the WebTransport
+/// URLs of the relays this router may send a participant to (those inside
+/// the jurisdictions it serves), and nowhere else: a script injected into
+/// the page could not send the key in the link's fragment to another
+/// origin. No framing, no referrer (a join link's path names the
+/// conference).
+pub fn content_security_policy(shared: &crate::router::Shared) -> String {
+    let policy = &shared.policy;
+    let mut relays: Vec<String> = shared
+        .me
+        .jurisdictions
+        .iter()
+        .flat_map(|j| policy.jurisdiction(*j).relays())
+        .map(|r| origin(&policy.relay(r).webtransport_url))
+        .collect();
+    relays.sort();
+    relays.dedup();
+    format!(
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+media-src 'self' blob: mediastream:; connect-src 'self'{}{}; base-uri 'none'; form-action 'self'; \
+frame-ancestors 'none'",
+        if relays.is_empty() { "" } else { " " },
+        relays.join(" ")
+    )
+}
 
-fn with_headers(mut response: Response, content_type: &str) -> Response {
+/// `scheme://host[:port]` of a URL (a CSP source matches the origin; a
+/// path would narrow it to that path only).
+fn origin(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("https", url));
+    let authority = rest.split('/').next().unwrap_or(rest);
+    format!("{scheme}://{authority}")
+}
+
+fn with_headers(mut response: Response, content_type: &str, csp: &str) -> Response {
     let h = response.headers_mut();
     let set = |h: &mut axum::http::HeaderMap, name, value: &'static str| {
         h.insert(name, HeaderValue::from_static(value));
@@ -43,7 +73,9 @@ fn with_headers(mut response: Response, content_type: &str) -> Response {
     if let Ok(v) = HeaderValue::from_str(content_type) {
         h.insert(header::CONTENT_TYPE, v);
     }
-    set(h, header::CONTENT_SECURITY_POLICY, CSP);
+    if let Ok(v) = HeaderValue::from_str(csp) {
+        h.insert(header::CONTENT_SECURITY_POLICY, v);
+    }
     set(h, header::REFERRER_POLICY, "no-referrer");
     set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
     set(h, header::CACHE_CONTROL, "no-cache");
@@ -56,13 +88,21 @@ fn with_headers(mut response: Response, content_type: &str) -> Response {
 
 /// The page itself; it reads the conference from a `/j/{conference}` path
 /// and a passcode or invitation from the URL fragment.
-pub async fn index() -> Response {
-    with_headers(INDEX.into_response(), "text/html; charset=utf-8")
+pub(crate) async fn index(Current(shared): Current) -> Response {
+    with_headers(
+        INDEX.into_response(),
+        "text/html; charset=utf-8",
+        &content_security_policy(&shared),
+    )
 }
 
-pub async fn asset(Path(file): Path<String>) -> Response {
+pub(crate) async fn asset(Current(shared): Current, Path(file): Path<String>) -> Response {
     match FILES.iter().find(|(name, _, _)| *name == file) {
-        Some((_, content_type, body)) => with_headers(body.into_response(), content_type),
+        Some((_, content_type, body)) => with_headers(
+            body.into_response(),
+            content_type,
+            &content_security_policy(&shared),
+        ),
         None => (
             StatusCode::NOT_FOUND,
             axum::Json(serde_json::json!({

@@ -53,7 +53,7 @@ type App = Arc<super::Live>;
 
 /// The policy in force when the request arrived, used throughout it (see
 /// [`super::Live::load`]).
-struct Current(Arc<Shared>);
+pub(crate) struct Current(pub(crate) Arc<Shared>);
 
 impl axum::extract::FromRequestParts<App> for Current {
     type Rejection = std::convert::Infallible;
@@ -202,13 +202,31 @@ the rules behind the answers are in docs/api.md.",
 )]
 struct ApiDoc;
 
-/// Counts every answer by route template and status.
+/// `Strict-Transport-Security` of a router clients reach over HTTPS: a
+/// year, this host only (an operator's other names are its own business).
+pub const HSTS: &str = "max-age=31536000";
+
+/// Counts every answer by route template and status, and sets the headers
+/// every answer carries.
 async fn count(Current(shared): Current, request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
     let mut response = next.run(request).await;
+    // Every answer: never sniffed into another type; and, where clients
+    // reach the router over HTTPS, never asked for over plain HTTP again.
+    let h = response.headers_mut();
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        axum::http::HeaderValue::from_static("nosniff"),
+    );
+    if shared.me.url.starts_with("https://") {
+        h.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            axum::http::HeaderValue::from_static(HSTS),
+        );
+    }
     let status = response.status();
     shared
         .metrics
