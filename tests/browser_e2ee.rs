@@ -353,3 +353,118 @@ fn a_browser_and_the_native_client_decrypt_each_other_across_a_cascade_link() {
     assert_eq!(undecryptable, 0, "{stats:?}");
     rt.block_on(c.shutdown());
 }
+
+/// A status message for everyone from `sender`, claiming `epoch`, with the
+/// mac anyone holding the link can make (docs/e2ee.md).
+fn forged_status(key: &Secret, sender: &str, epoch: u32) -> e2ee::Outgoing {
+    use base64::Engine as _;
+    use hmac::{KeyInit as _, Mac as _};
+    let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(&e2ee::auth_key(key)).unwrap();
+    let body = [&[0x03u8][..], &epoch.to_be_bytes(), &[0]].concat();
+    m.update(&body);
+    m.update(sender.as_bytes());
+    let tag = m.finalize().into_bytes();
+    e2ee::Outgoing {
+        to: None,
+        data: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([&body[..], &tag].concat()),
+    }
+}
+
+#[test]
+fn a_participant_who_is_not_a_host_cannot_move_the_hosts_keys() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut b) = Browser::launch() else {
+        return;
+    };
+    let rt = runtime();
+    let c = rt.block_on(Cluster::running(ROUTER, &["de-fra-1"]));
+    let router = c.url(ROUTER);
+    let conf = e2ee_conference(&rt, &router);
+    let id = conf["id"].as_str().unwrap().to_owned();
+    let key = Secret::random().unwrap();
+    let invite = host_invite(&rt, &router, &id);
+    b.join(
+        "host",
+        &format!("{router}/j/{id}#i={invite}&k={}", key.to_base64()),
+        "Hana",
+        None,
+    );
+    let s = b.wait_for("host", Duration::from_secs(30), "in call", in_call);
+    let code = s["e2ee"]["safetyCode"].clone();
+    assert_eq!(s["e2ee"]["epoch"], 0);
+
+    // A guest with the link (a native client) says, again and again, with
+    // a valid mac, that it holds keys of epoch 2^31 - 2.
+    let joined = rt
+        .block_on(cluster::join_from(
+            &router,
+            &id,
+            conf["passcode"].as_str().unwrap(),
+            "127.0.0.2",
+        ))
+        .unwrap();
+    assert_eq!(joined.role, "guest");
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let attacker_key = key.clone();
+    let attack = rt.spawn(async move {
+        let mut client = cluster::connect(&joined, "127.0.0.2").await;
+        let group = Group::new(&attacker_key, client.participant.clone(), false);
+        client.send_e2ee(group.announce()).await.unwrap();
+        let me = client.participant.0.clone();
+        let mut sent = 0u32;
+        while rx.try_recv().is_err() {
+            client
+                .send_e2ee(forged_status(&attacker_key, &me, 0x7fff_fffe - sent % 2))
+                .await
+                .unwrap();
+            sent += 1;
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        client.leave().await;
+        sent
+    });
+    // The host's page notices the claim once, offers the host its own
+    // decision, and changes nothing: the same epoch and safety code, no
+    // "Keys changed", for 12 s of claims (the earlier page jumped every 5 s).
+    let noticed = |s: &Value| {
+        s["e2ee"]["notices"].as_array().map_or(0, |n| {
+            n.iter()
+                .filter(|t| {
+                    t.as_str()
+                        .is_some_and(|t| t.contains("which no host here made"))
+                })
+                .count()
+        })
+    };
+    b.wait_for("host", Duration::from_secs(20), "the claim noticed", |s| {
+        noticed(s) >= 1
+    });
+    let until = Instant::now() + Duration::from_secs(12);
+    while Instant::now() < until {
+        let s = b.snapshot("host");
+        assert_eq!(s["e2ee"]["epoch"], 0, "{:#}", s["e2ee"]);
+        assert_eq!(s["e2ee"]["safetyCode"], code, "{:#}", s["e2ee"]);
+        assert_eq!(noticed(&s), 1, "{:#}", s["e2ee"]["notices"]);
+        assert!(
+            !s["e2ee"]["notices"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t.as_str().is_some_and(|t| t.starts_with("Keys changed"))),
+            "{:#}",
+            s["e2ee"]["notices"]
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let shown = b.cmd(json!({"op": "text", "page": "host", "selector": "#e2ee-takeover"}));
+    assert!(
+        shown
+            .as_str()
+            .is_some_and(|t| t.contains("New keys for everyone")),
+        "{shown}"
+    );
+    tx.send(()).unwrap();
+    let sent = rt.block_on(attack).unwrap();
+    assert!(sent >= 40, "only {sent} claims were sent");
+    rt.block_on(c.shutdown());
+}

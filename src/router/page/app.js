@@ -47,6 +47,9 @@ const state = {
   genericNotice: null, // {at, index} of a key-change notice that could not say why
   joinedAt: new Map(), // participant id -> when we saw them arrive
   caughtUpAt: null, // when, as host, we last jumped past the others' epoch
+  rememberedEpoch: 0, // the epoch this tab held before a reload (sessionStorage)
+  claimNoticed: new Set(), // participants whose claim of an epoch no host made we reported
+  takeOver: 0, // the highest such claim, for the host's "new keys for everyone" button
 };
 
 /** What the page shows about end-to-end encryption; window.rr.snapshot().e2ee. */
@@ -508,8 +511,29 @@ async function setUpE2ee(answer) {
     state.e2ee = await E2ee.create({ secret: state.key, participant: answer.participant_id, host: state.host });
     state.e2ee.onchange = onE2eeChange;
     state.callStartedAt = Date.now();
+    state.rememberedEpoch = rememberedEpoch();
   }
   state.e2ee.host = state.host;
+}
+
+/** Where this tab keeps the epoch it is at, so that a host whose page reloads knows where it was. */
+function epochKey() {
+  return `rr-e2ee-epoch:${state.conference}`;
+}
+
+function rememberedEpoch() {
+  try {
+    const n = Number.parseInt(sessionStorage.getItem(epochKey()) ?? "", 10);
+    return Number.isFinite(n) && n >= 0 ? n : 0;
+  } catch {
+    return 0;
+  }
+}
+
+function rememberEpoch(n) {
+  try {
+    sessionStorage.setItem(epochKey(), String(n));
+  } catch {}
 }
 
 /** Sends e2ee messages ({to, data}, or {data} for everyone) on the current connection. */
@@ -539,6 +563,7 @@ function onE2eeChange(event) {
   if (event.type !== "epoch") return renderE2ee();
   const now = Date.now();
   const e = state.e2ee;
+  rememberEpoch(event.epoch);
   // Others already said they were at this epoch: we are a newcomer handed
   // the keys in force, and nothing changed for anyone else.
   const others = state.call ? [...state.call.roster.keys()].map((pid) => e.peerStatus(pid)?.epoch ?? -1) : [];
@@ -585,13 +610,34 @@ async function e2eeTick() {
   }
   if (e2eeView.state === 1) cannot.push(call.me); // the others see it from our status
   e2eeView.cannotDecrypt = cannot;
-  // A host whose session is new (its page reloaded) starts at epoch 0
-  // while the others may be further on, and nobody hands epochs to a host:
-  // it makes one above the highest any status names, for everyone.
-  const ahead = Math.max(0, ...[...call.roster.keys()].map((pid) => e.peerStatus(pid)?.epoch ?? 0));
-  if (state.host && ahead > e.epoch && now - (state.caughtUpAt ?? 0) > 5000) {
-    state.caughtUpAt = now;
-    await rotateKeys([], "Keys changed: new keys for everyone", ahead);
+  // Epochs move only by what a host decides. A host whose page reloaded
+  // starts again at epoch 0 while the others may be further on, and nobody
+  // hands epochs to a host: it makes one above where this tab was before
+  // the reload, or above what another host says. A participant who is not
+  // a host and claims a later epoch moves nothing: anyone with the link can
+  // say anything. We say so once per participant, and a host may decide to
+  // make new keys for everyone above it (its page may be new on this device).
+  const others = [...call.roster.keys()].filter((pid) => pid !== call.me);
+  if (state.host) {
+    const hostsSay = others.map((pid) => e.peerStatus(pid)).filter((s) => s?.host).map((s) => s.epoch);
+    const ahead = Math.max(state.rememberedEpoch, ...hostsSay, 0);
+    if (ahead > e.epoch && now - (state.caughtUpAt ?? 0) > 5000) {
+      state.caughtUpAt = now;
+      await rotateKeys([], "Keys changed: new keys for everyone", ahead);
+    }
+  }
+  for (const pid of others) {
+    const s = e.peerStatus(pid);
+    if (!s || s.host || s.epoch <= e.epoch || state.claimNoticed.has(pid)) continue;
+    state.claimNoticed.add(pid);
+    stats.e2eeClaimsIgnored = (stats.e2eeClaimsIgnored ?? 0) + 1;
+    const name = call.roster.get(pid) ?? "A participant";
+    console.warn(`e2ee: ${pid} claims epoch ${s.epoch}, above ours (${e.epoch}); no host made it here, nothing changed`);
+    notice(`${name}'s page says it holds keys of epoch ${s.epoch}, which no host here made. Nothing was changed.`);
+    if (state.host) {
+      state.takeOver = Math.max(state.takeOver, s.epoch);
+      $("e2ee-takeover").hidden = false;
+    }
   }
   try {
     sendE2ee(await e.status(e2eeView.state));
@@ -824,6 +870,11 @@ function init() {
     state.call = null;
     stopMedia();
     show("ended", ENDED_TEXT.left());
+  });
+  // The host's decision to make keys above a claim it was told of.
+  $("e2ee-takeover-button").addEventListener("click", async () => {
+    $("e2ee-takeover").hidden = true;
+    if (state.host && state.e2ee) await rotateKeys([], "Keys changed: new keys for everyone", state.takeOver);
   });
   $("lock").addEventListener("click", async () => {
     const r = await hostAction("POST", "/lock");

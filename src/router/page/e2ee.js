@@ -805,7 +805,7 @@ export class E2ee {
             }
             return await this.onEpoch(from, bytes);
           case MSG_STATUS:
-            return await this.onStatus(from, bytes);
+            return await this.onStatus(from, bytes, host);
           default:
             this.stats.badMessages++;
             return [];
@@ -902,14 +902,16 @@ export class E2ee {
     this.emit({ type: "epoch", epoch: next.n, from: next.from, previous: before.n, reason });
   }
 
-  async onStatus(from, bytes) {
+  async onStatus(from, bytes, host = false) {
     const s = await verifyStatus(this.auth, bytes, from);
     if (!s) {
       this.stats.badMessages++;
       return [];
     }
     const peer = this.peers.get(from);
-    const status = { epoch: s.epoch, state: s.state, at: this.now() };
+    // `host`: the relay says the sender may moderate; only a host's word on
+    // epochs may move a host's keys (the page decides what to do with it).
+    const status = { epoch: s.epoch, state: s.state, at: this.now(), host: !!host };
     if (peer) peer.status = status;
     else this.peers.set(from, { publicKey: null, sealed: -1, status });
     this.emit({ type: "status", participant: from });
