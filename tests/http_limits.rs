@@ -667,7 +667,8 @@ async fn held_polls_make_room_as_idle_connections_do_and_relays_report_on_their_
         Some(serde_json::json!({})),
     )
     .await;
-    assert_eq!(r.status, 404, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.status, 421, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["error"]["code"], "wrong_listener");
     c.wait_health("de-fra-router", &["de-fra-1"], "healthy")
         .await;
     drop(idle);

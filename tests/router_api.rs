@@ -725,11 +725,12 @@ async fn relays_must_authenticate_and_belong_to_the_jurisdiction() {
     c.start_router("ch-zrh-router").await;
     c.start_router("de-fra-router").await;
     let ch = c.url("ch-zrh-router");
+    let ch_relays = c.relay_url("ch-zrh-router");
     let report = json!({ "cert_sha256": "00", "participants": 0, "bitrate_bps": 0, "draining": false, "conferences": [], "ack": 0, "epoch": 0 });
     // Wrong credential.
     let r = request(
         "POST",
-        &format!("{ch}/v1/relays/ch-zrh-1/report"),
+        &format!("{ch_relays}/v1/relays/ch-zrh-1/report"),
         None,
         Some("Bearer dev-relay-de-fra-1"),
         Some(report.clone()),
@@ -739,7 +740,7 @@ async fn relays_must_authenticate_and_belong_to_the_jurisdiction() {
     // A genuine German relay at the Swiss router: refused.
     let r = request(
         "POST",
-        &format!("{ch}/v1/relays/de-fra-1/report"),
+        &format!("{ch_relays}/v1/relays/de-fra-1/report"),
         None,
         Some("Bearer dev-relay-de-fra-1"),
         Some(report.clone()),
@@ -750,7 +751,7 @@ async fn relays_must_authenticate_and_belong_to_the_jurisdiction() {
     // Unknown relay; malformed report.
     let r = request(
         "POST",
-        &format!("{ch}/v1/relays/nope/report"),
+        &format!("{ch_relays}/v1/relays/nope/report"),
         None,
         Some("Bearer x"),
         Some(report),
@@ -759,7 +760,7 @@ async fn relays_must_authenticate_and_belong_to_the_jurisdiction() {
     assert_eq!(r.status, 404);
     let r = request_raw(
         "POST",
-        &format!("{ch}/v1/relays/ch-zrh-1/report"),
+        &format!("{ch_relays}/v1/relays/ch-zrh-1/report"),
         None,
         Some("Bearer dev-relay-ch-zrh-1"),
         Some(b"{".to_vec()),
@@ -785,11 +786,12 @@ async fn relays_must_authenticate_and_belong_to_the_jurisdiction() {
     // outside: the German router drops conferences of jurisdictions it
     // does not serve from what it keeps.
     let de = c.url("de-fra-router");
+    let de_relays = c.relay_url("de-fra-router");
     let report = json!({ "cert_sha256": "00", "participants": 1, "bitrate_bps": 0, "draining": false,
         "conferences": [{ "id": "us-aaaaaaaaaaaaaaaaaaaaaaaaaa", "participants": 1, "bytes_in": 5, "bytes_out": 5 }], "ack": 0, "epoch": 0 });
     let r = request(
         "POST",
-        &format!("{de}/v1/relays/us-nyc-1/report"),
+        &format!("{de_relays}/v1/relays/us-nyc-1/report"),
         None,
         Some("Bearer dev-relay-us-nyc-1"),
         Some(report),
@@ -821,6 +823,7 @@ async fn relays_must_authenticate_and_belong_to_the_jurisdiction() {
 async fn malformed_requests_get_4xx_and_metrics_carry_no_personal_data() {
     let c = eu_cluster().await;
     let router = c.url("de-fra-router");
+    let router_relays = c.relay_url("de-fra-router");
     let conf = open_conference(&router, "eu").await;
     let id = conf["id"].as_str().unwrap();
     let host = format!("Bearer {}", conf["host_token"].as_str().unwrap());
@@ -884,9 +887,14 @@ async fn malformed_requests_get_4xx_and_metrics_carry_no_personal_data() {
             } else {
                 &host
             };
+            let base = if path.contains("relays") {
+                &router_relays
+            } else {
+                &router
+            };
             let r = request_raw(
                 "POST",
-                &format!("{router}{path}"),
+                &format!("{base}{path}"),
                 Some("127.0.0.4"),
                 Some(auth),
                 Some(body.clone()),
@@ -966,7 +974,7 @@ async fn malformed_requests_get_4xx_and_metrics_carry_no_personal_data() {
     assert!(report.to_string().len() > 100_000);
     let r = request(
         "POST",
-        &format!("{router}/v1/relays/de-ber-1/report"),
+        &format!("{router_relays}/v1/relays/de-ber-1/report"),
         None,
         Some("Bearer dev-relay-de-ber-1"),
         Some(report),
@@ -1016,9 +1024,9 @@ fn relays_report_only_to_routers_of_their_own_jurisdictions() {
         l
     };
     let (de, us, ch) = (
-        c.url("de-fra-router"),
-        c.url("us-nyc-router"),
-        c.url("ch-zrh-router"),
+        c.relay_url("de-fra-router"),
+        c.relay_url("us-nyc-router"),
+        c.relay_url("ch-zrh-router"),
     );
     // Frankfurt: only the German router (eu, de, global).
     assert_eq!(

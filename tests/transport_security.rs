@@ -318,9 +318,10 @@ async fn reports_to(c: &mut Cluster, trust: &Tls, secs: u64) -> (f64, f64, f64, 
             "rr_relay_router_reports_total",
             "outcome=\"accepted\"",
         ),
+        // Relays report on the router's relay listener.
         labelled(
             &router,
-            "rr_router_http_tls_failures_total",
+            "rr_router_relay_channel_http_tls_failures_total",
             "reason=\"handshake\"",
         ),
         relays,
@@ -372,7 +373,7 @@ async fn relays_report_only_to_a_router_whose_certificate_their_ca_vouches_for()
 async fn the_router_takes_reports_only_with_the_relays_credential() {
     let mut c = Cluster::new(|t| t);
     c.start(ROUTER, &["de-fra-1"]).await;
-    let url = c.url(ROUTER);
+    let url = c.relay_url(ROUTER);
     for wrong in ["Bearer dev-relay-ie-dub-1", "Bearer guess", ""] {
         let r = cluster::request_raw(
             "POST",
@@ -389,7 +390,8 @@ async fn the_router_takes_reports_only_with_the_relays_credential() {
             String::from_utf8_lossy(&r.body)
         );
     }
-    let m = cluster::request("GET", &format!("{url}/metrics"), None, None, None).await;
+    let public = c.url(ROUTER);
+    let m = cluster::request("GET", &format!("{public}/metrics"), None, None, None).await;
     let m = String::from_utf8_lossy(&m.body).into_owned();
     assert!(
         labelled(

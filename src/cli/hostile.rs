@@ -15,6 +15,10 @@
 //! - stalled relay-channel uploads: `POST /v1/relays/no-such-relay/report`
 //!   announcing 4,000,000 bytes and sending one byte short, again and again
 //!   (over TLS to a router serving HTTPS, as anyone can);
+//! - waiting-room polls held open: one wait token (from joining a
+//!   waiting-room conference, as anyone with its passcode can) polled by
+//!   many connections from many addresses at once, each polling again
+//!   after an answer (over TLS to a router serving HTTPS);
 //! - one-way QUIC Initial packets "from" Frankfurt's relay address to the
 //!   other EU relays and "from" the German participant's address to
 //!   Frankfurt, never answered (a forged source).
@@ -65,6 +69,12 @@ pub(super) struct Plan {
     /// Forged QUIC Initial packets per second.
     #[arg(long, default_value_t = 200)]
     pub initials_per_second: u64,
+    /// Waiting-room polls held open with one wait token (0: none).
+    #[arg(long, default_value_t = 1020)]
+    pub polls: usize,
+    /// Source addresses the polls come from (127.0.12.x).
+    #[arg(long, default_value_t = 40)]
+    pub poll_sources: usize,
     /// Newcomers asking to join per second.
     #[arg(long, default_value_t = 20)]
     pub join_rate: u64,
@@ -119,6 +129,12 @@ pub(super) struct Worker {
     /// ... and the name its certificate is for.
     #[arg(long)]
     pub tls_name: Option<String>,
+    /// The waiting-room poll's path (polls).
+    #[arg(long)]
+    pub path: Option<String>,
+    /// The wait token it is polled with (polls).
+    #[arg(long)]
+    pub token: Option<String>,
 }
 
 /// The attack a worker runs.
@@ -126,6 +142,7 @@ pub(super) struct Worker {
 pub(super) enum Mode {
     Idle,
     Stalled,
+    Polls,
     Initials,
 }
 
@@ -194,6 +211,57 @@ pub(super) fn run_worker(w: Worker) -> Result<(), String> {
                 json!({
                     "stalled_rounds": stats.0.load(Ordering::Relaxed),
                     "answered_before_the_body": stats.1.load(Ordering::Relaxed),
+                })
+            );
+            Ok(())
+        }),
+        Mode::Polls => runtime.block_on(async move {
+            let (Some(path), Some(token)) = (w.path.clone(), w.token.clone()) else {
+                return Err("polls need --path and --token".into());
+            };
+            let tls = match (&w.tls_ca, &w.tls_name) {
+                (Some(ca), Some(name)) => {
+                    Some(crate::http_client::Tls::from_ca_file_for(ca, name)?)
+                }
+                _ => None,
+            };
+            let head = Arc::new(format!(
+                "GET {path} HTTP/1.1\r\nhost: router\r\nauthorization: Bearer {token}\r\n\r\n"
+            ));
+            let stop = tokio::time::Instant::now() + Duration::from_secs(w.seconds);
+            let stats = Arc::new(PollStats::default());
+            let tasks: Vec<_> = (0..w.count)
+                .map(|i| {
+                    let source = IpAddr::V4(Ipv4Addr::new(
+                        127,
+                        0,
+                        12,
+                        (i % w.sources.min(250)) as u8 + 1,
+                    ));
+                    tokio::spawn(hold_polls(
+                        w.targets[0],
+                        tls.clone(),
+                        source,
+                        head.clone(),
+                        stop,
+                        w.reconnect_ms,
+                        stats.clone(),
+                    ))
+                })
+                .collect();
+            for t in tasks {
+                let _ = t.await;
+            }
+            let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+            println!(
+                "{}",
+                json!({
+                    "polls_sent": n(&stats.sent),
+                    "answered_200": n(&stats.ok),
+                    "answered_409": n(&stats.superseded),
+                    "answered_503": n(&stats.busy),
+                    "answered_other": n(&stats.other),
+                    "connect_failures": n(&stats.failed),
                 })
             );
             Ok(())
@@ -322,8 +390,11 @@ struct Peak {
 #[derive(Debug, Default)]
 struct Phase {
     newcomers: Newcomers,
-    /// The fewest EU relays the router called healthy, of how many.
+    /// The fewest EU relays the router called healthy, of how many (only
+    /// answered checks count: an unanswered one says nothing of the relays).
     min_healthy: Option<(usize, usize)>,
+    health_checks: u64,
+    health_unanswered: u64,
     peaks: Vec<(u32, Peak)>,
     /// What each attack worker reported (attack phase only).
     workers: Vec<String>,
@@ -367,6 +438,8 @@ async fn measure(plan: Plan, policy: Policy) -> Result<(), String> {
         );
     }
     let mut http_targets: Vec<SocketAddr> = policy.routers().iter().map(|r| r.listen).collect();
+    // Relay channel listeners of their own are attacked too.
+    http_targets.extend(policy.routers().iter().filter_map(|r| r.relay_listen));
     http_targets.extend(policy.relays().iter().map(|r| r.http_addr));
 
     // The call: Germany publishes (Frankfurt), Ireland (Dublin) and the
@@ -511,7 +584,8 @@ async fn measure(plan: Plan, policy: Policy) -> Result<(), String> {
         "--mode".into(),
         "stalled".into(),
         "--targets".into(),
-        me.listen.to_string(),
+        // Where relays report: the relay channel's own listener if it has one.
+        me.relay_listen.unwrap_or(me.listen).to_string(),
         "--count".into(),
         plan.stalled.to_string(),
         "--reconnect-ms".into(),
@@ -529,6 +603,38 @@ async fn measure(plan: Plan, policy: Policy) -> Result<(), String> {
         ]);
     }
     jobs.push(stalled);
+    if plan.polls > 0 {
+        // One wait token, as anyone with a waiting-room conference's
+        // passcode can get, polled from many connections at once.
+        let (path, token) = wait_token(&router_url, &plan.api_key).await?;
+        let mut polls = vec![
+            "--mode".into(),
+            "polls".into(),
+            "--targets".into(),
+            me.listen.to_string(),
+            "--count".into(),
+            plan.polls.to_string(),
+            "--sources".into(),
+            plan.poll_sources.max(1).to_string(),
+            "--reconnect-ms".into(),
+            plan.reconnect_ms.to_string(),
+            "--path".into(),
+            path,
+            "--token".into(),
+            token,
+        ];
+        if let (Some(_), Some(ca), Some(name)) =
+            (&me.tls, &me.tls_ca, crate::http_client::url_host(&me.url))
+        {
+            polls.extend([
+                "--tls-ca".into(),
+                ca.display().to_string(),
+                "--tls-name".into(),
+                name.to_owned(),
+            ]);
+        }
+        jobs.push(polls);
+    }
     let fra_source = SocketAddr::new(fra.quic_addr.ip(), 0);
     jobs.push(vec![
         "--mode".into(),
@@ -602,13 +708,15 @@ async fn measure(plan: Plan, policy: Policy) -> Result<(), String> {
         plan.pps, plan.join_rate, plan.seconds, plan.ramp
     );
     println!(
-        "attack (nice {}): {} idle connections from {} addresses to {} HTTP listeners (reconnecting {} ms after a close), {} stalled uploads, {} forged Initials/s",
+        "attack (nice {}): {} idle connections from {} addresses to {} HTTP listeners (reconnecting {} ms after a close), {} stalled uploads, {} waiting-room polls of one wait token from {} addresses, {} forged Initials/s",
         plan.attacker_nice,
         plan.idle,
         plan.idle_sources,
         http_targets.len(),
         plan.reconnect_ms,
         plan.stalled,
+        plan.polls,
+        plan.poll_sources,
         plan.initials_per_second
     );
     for (name, phase, rx) in [
@@ -637,7 +745,10 @@ async fn measure(plan: Plan, policy: Policy) -> Result<(), String> {
             u64::from(count) * subscribers - rx.packets.min(u64::from(count) * subscribers)
         );
         if let Some((healthy, of)) = phase.min_healthy {
-            println!("  {name:<6} fewest healthy EU relays at the router: {healthy} of {of}");
+            println!(
+                "  {name:<6} fewest healthy EU relays at the router: {healthy} of {of} ({} of {} health checks unanswered)",
+                phase.health_unanswered, phase.health_checks
+            );
         }
         for (pid, p) in &phase.peaks {
             println!(
@@ -652,6 +763,44 @@ async fn measure(plan: Plan, policy: Policy) -> Result<(), String> {
         println!("  attack worker: {w}");
     }
     Ok(())
+}
+
+/// Joins a new waiting-room conference once: the path of its waiting
+/// participant's poll, and the wait token.
+async fn wait_token(router_url: &str, api_key: &str) -> Result<(String, String), String> {
+    let created = join::create(
+        router_url,
+        api_key,
+        &json!({ "residency": "eu", "waiting_room": true }),
+    )
+    .await
+    .map_err(|e| format!("creating the waiting-room conference: {e}"))?;
+    let r = crate::http_client::request(
+        "POST",
+        &format!("{router_url}/v1/conferences/{}/join", created.id),
+        Some(IpAddr::V4(Ipv4Addr::new(127, 0, 12, 251))),
+        &[],
+        Some(
+            json!({ "passcode": created.passcode, "display_name": "waiting" })
+                .to_string()
+                .into_bytes(),
+        ),
+        Duration::from_secs(10),
+    )
+    .await
+    .map_err(|e| format!("joining the waiting room: {e}"))?;
+    let answer = r.json();
+    match (
+        r.status,
+        answer["participant_id"].as_str(),
+        answer["wait_token"].as_str(),
+    ) {
+        (202, Some(pid), Some(token)) => Ok((
+            format!("/v1/conferences/{}/waiting/{pid}", created.id),
+            token.to_owned(),
+        )),
+        _ => Err(format!("joining the waiting room: {} {answer}", r.status)),
+    }
 }
 
 /// What the measuring tasks share.
@@ -687,25 +836,28 @@ impl Ctx {
                     Duration::from_secs(2),
                 )
                 .await;
+                phase.health_checks += 1;
                 let healthy = match answer {
-                    Ok(r) if r.status == 200 => r.json()["relays"]
-                        .as_array()
-                        .map(|list| {
-                            list.iter()
-                                .filter(|r| {
-                                    r["health"] == "healthy"
-                                        && ctx.eu_relays.iter().any(|id| r["id"] == id.as_str())
-                                })
-                                .count()
-                        })
-                        .unwrap_or(0),
-                    _ => 0,
+                    Ok(r) if r.status == 200 => r.json()["relays"].as_array().map(|list| {
+                        list.iter()
+                            .filter(|r| {
+                                r["health"] == "healthy"
+                                    && ctx.eu_relays.iter().any(|id| r["id"] == id.as_str())
+                            })
+                            .count()
+                    }),
+                    _ => None,
                 };
                 let of = ctx.eu_relays.len();
-                phase.min_healthy = Some(match phase.min_healthy {
-                    Some((h, _)) => (h.min(healthy), of),
-                    None => (healthy, of),
-                });
+                match healthy {
+                    None => phase.health_unanswered += 1,
+                    Some(healthy) => {
+                        phase.min_healthy = Some(match phase.min_healthy {
+                            Some((h, _)) => (h.min(healthy), of),
+                            None => (healthy, of),
+                        })
+                    }
+                }
                 for (pid, peak) in &mut phase.peaks {
                     let (rss, fds) = usage(*pid);
                     peak.rss_kib = peak.rss_kib.max(rss);
@@ -887,6 +1039,93 @@ where
         _ = tokio::time::timeout_at(stop, writer) => false,
         answered = reader => answered,
     }
+}
+
+/// What the poll holders saw.
+#[derive(Debug, Default)]
+struct PollStats {
+    sent: AtomicU64,
+    ok: AtomicU64,
+    superseded: AtomicU64,
+    busy: AtomicU64,
+    other: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// Holds a waiting-room poll open from `source` until `stop`: connects,
+/// sends the poll, and whenever an answer comes polls again on the same
+/// connection (or on a new one `reconnect_ms` after the server closed it).
+/// It ignores `Retry-After`, as an attacker would.
+async fn hold_polls(
+    target: SocketAddr,
+    tls: Option<crate::http_client::Tls>,
+    source: IpAddr,
+    head: Arc<String>,
+    stop: tokio::time::Instant,
+    reconnect_ms: u64,
+    stats: Arc<PollStats>,
+) {
+    while tokio::time::Instant::now() < stop {
+        let connected = async {
+            let socket = tokio::net::TcpSocket::new_v4().ok()?;
+            socket.bind(SocketAddr::new(source, 0)).ok()?;
+            tokio::time::timeout_at(stop, socket.connect(target))
+                .await
+                .ok()?
+                .ok()
+        };
+        match connected.await {
+            None => {
+                stats.failed.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(stream) => match &tls {
+                None => polls_on(stream, &head, stop, &stats).await,
+                Some(tls) => {
+                    match tokio::time::timeout_at(
+                        stop,
+                        crate::http_client::tls_connect(tls, stream, target),
+                    )
+                    .await
+                    {
+                        Ok(Ok(stream)) => polls_on(stream, &head, stop, &stats).await,
+                        _ => {
+                            stats.failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            },
+        }
+        tokio::time::sleep(Duration::from_millis(reconnect_ms)).await;
+    }
+}
+
+/// Polls on one connection until it closes or `stop`.
+async fn polls_on<S>(mut stream: S, head: &str, stop: tokio::time::Instant, stats: &PollStats)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; 8192];
+    let _ = tokio::time::timeout_at(stop, async {
+        loop {
+            if stream.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            stats.sent.fetch_add(1, Ordering::Relaxed);
+            // One answer (its head names the status; the bodies are small).
+            let n = match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let counter = match buf[..n].get(9..12) {
+                Some(b"200") => &stats.ok,
+                Some(b"409") => &stats.superseded,
+                Some(b"503") => &stats.busy,
+                _ => &stats.other,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    })
+    .await;
 }
 
 /// Sends forged Initials at `rate` a second for `span`, round robin over

@@ -230,6 +230,11 @@ impl Cluster {
         self.policy.router(router).unwrap().url.clone()
     }
 
+    /// Where `router`'s relays report (its relay listener's URL).
+    pub fn relay_url(&self, router: &str) -> String {
+        self.policy.router(router).unwrap().relay_url.clone()
+    }
+
     pub async fn start_router(&mut self, id: &str) {
         let me = self.policy.router(id).unwrap().clone();
         let key = std::fs::read_to_string(&me.signing_key).unwrap();

@@ -889,8 +889,11 @@ fn still_waiting(pid: &str, retry_after: Option<u64>, close: bool) -> Response {
 #[derive(Debug, Default)]
 pub struct WaitingPolls {
     next: std::sync::atomic::AtomicU64,
-    live: std::sync::Mutex<HashMap<(String, String), (u64, Arc<tokio::sync::Notify>)>>,
+    live: std::sync::Mutex<HashMap<PollKey, (u64, Arc<tokio::sync::Notify>)>>,
 }
+
+/// (conference, participant).
+type PollKey = (String, String);
 
 impl WaitingPolls {
     /// Makes the caller the live poll of `pid` in `conference`, ending the
@@ -931,7 +934,7 @@ impl WaitingPolls {
 #[derive(Debug)]
 pub struct PollTurn {
     owner: Arc<WaitingPolls>,
-    key: (String, String),
+    key: PollKey,
     generation: u64,
     ended: Arc<tokio::sync::Notify>,
 }

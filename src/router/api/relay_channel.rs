@@ -38,6 +38,7 @@ const MAX_REPORT_BODY: usize = 4 << 20;
         (status = 403, description = "`outside_jurisdiction`: the relay is in none of this router's jurisdictions.", body = ErrorBody),
         (status = 404, description = "`unknown_relay`: no such relay in the inventory.", body = ErrorBody),
         (status = 413, description = "`body_too_large`: a report over 4 MiB.", body = ErrorBody),
+        (status = 421, description = "`wrong_listener`: this router takes relay reports on a listener of their own (`relay_listen`), not on its public one.", body = ErrorBody),
     )
 )]
 pub(super) async fn relay_report(
@@ -49,9 +50,9 @@ pub(super) async fn relay_report(
 ) -> ApiResult<Json<ReportReply>> {
     if shared.me.relay_listen.is_some() && on_channel_listener.is_none() {
         return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "relays report on this router's relay_listen, not here",
+            StatusCode::MISDIRECTED_REQUEST,
+            "wrong_listener",
+            "relays report on this router's relay listener (relay_listen), not here",
         ));
     }
     let count = |outcome: &str| {
