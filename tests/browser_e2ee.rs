@@ -456,6 +456,11 @@ fn a_participant_who_is_not_a_host_cannot_move_the_hosts_keys() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+    let dir = support::repo().join("target/browser");
+    std::fs::create_dir_all(&dir).unwrap();
+    let shot = dir.join("e2ee-claim-ignored.png");
+    b.screenshot("host", &shot);
+    assert!(std::fs::metadata(&shot).unwrap().len() > 10_000);
     let shown = b.cmd(json!({"op": "text", "page": "host", "selector": "#e2ee-takeover"}));
     assert!(
         shown

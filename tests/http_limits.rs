@@ -531,14 +531,25 @@ async fn one_poll_per_wait_token_and_long_polls_in_a_budget_of_their_own() {
     let router = c.url("de-fra-router");
     let (conf, people) = waiting(&router, 3).await;
 
-    // The same wait token polled from two connections: the newer one takes
-    // over, the older is answered 409 at once.
+    // The same wait token polled from two connections: within a second of
+    // the first, the second is refused from memory and closed; after it,
+    // the newer one takes over and the older is answered 409 at once.
     let mut first = poll_from("127.0.0.21", addr, &conf, &people[0]).await;
     assert_eq!(
         answer_within(&mut first, Duration::from_millis(300)).await,
         None,
         "a poll is held"
     );
+    let mut too_soon = poll_from("127.0.0.22", addr, &conf, &people[0]).await;
+    let refused = closed_within(&mut too_soon, Duration::from_secs(3))
+        .await
+        .expect("a second poll within a second is answered and closed");
+    let refused = String::from_utf8_lossy(&refused);
+    assert!(refused.starts_with("HTTP/1.1 429"), "{refused}");
+    assert!(refused.contains("poll_in_progress"), "{refused}");
+    assert!(refused.contains("retry-after: 1"), "{refused}");
+    // The rule is one take-over a second: wait that second out.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let mut second = poll_from("127.0.0.22", addr, &conf, &people[0]).await;
     let ended = answer_within(&mut first, Duration::from_secs(3))
         .await
@@ -567,9 +578,13 @@ async fn one_poll_per_wait_token_and_long_polls_in_a_budget_of_their_own() {
     assert!(at_once.contains("\"waiting\":true"), "{at_once}");
 
     let text = router_metrics(addr, "127.0.0.25").await;
-    assert!(
-        text.contains("rr_router_waiting_polls_superseded_total{router=\"de-fra-router\"} 1"),
-        "{text}"
+    assert_eq!(
+        by_reason(&text, "rr_router_waiting_polls_cut_total", "superseded"),
+        1.0
+    );
+    assert_eq!(
+        by_reason(&text, "rr_router_waiting_polls_cut_total", "in_progress"),
+        1.0
     );
     assert_eq!(
         by_reason(&text, "rr_router_http_long_polls_cut_total", "budget_full"),

@@ -259,6 +259,7 @@ pub(super) fn run_worker(w: Worker) -> Result<(), String> {
                     "polls_sent": n(&stats.sent),
                     "answered_200": n(&stats.ok),
                     "answered_409": n(&stats.superseded),
+                    "answered_429": n(&stats.too_soon),
                     "answered_503": n(&stats.busy),
                     "answered_other": n(&stats.other),
                     "connect_failures": n(&stats.failed),
@@ -1047,6 +1048,7 @@ struct PollStats {
     sent: AtomicU64,
     ok: AtomicU64,
     superseded: AtomicU64,
+    too_soon: AtomicU64,
     busy: AtomicU64,
     other: AtomicU64,
     failed: AtomicU64,
@@ -1119,6 +1121,7 @@ where
             let counter = match buf[..n].get(9..12) {
                 Some(b"200") => &stats.ok,
                 Some(b"409") => &stats.superseded,
+                Some(b"429") => &stats.too_soon,
                 Some(b"503") => &stats.busy,
                 _ => &stats.other,
             };

@@ -55,9 +55,9 @@ pub struct RouterMetrics {
     pub participants: IntGaugeVec,
     pub conferences: IntGaugeVec,
     pub misdirected: IntCounter,
-    /// Waiting-room polls ended because a newer one for the same
-    /// participant took over.
-    pub waiting_polls_superseded: IntCounter,
+    /// Waiting-room polls cut short by another poll of the same
+    /// participant, by reason (`superseded`, `in_progress`).
+    pub waiting_polls: IntCounterVec,
     pub residency_moves: IntCounterVec,
     pub reloads: IntCounterVec,
     /// Rows the retention purge deleted, by kind.
@@ -176,15 +176,15 @@ impl RouterMetrics {
                 "Tickets and cascade links relays refused for this router's conferences, by kind.",
                 &["kind"],
             ),
-            waiting_polls_superseded: {
-                let c = must(
-                    "waiting_polls_superseded_total",
-                    IntCounter::new(
-                        "waiting_polls_superseded_total",
-                        "Waiting-room polls ended because a newer poll for the same participant took over (one is held per wait token).",
-                    ),
+            waiting_polls: {
+                let c = counter_vec(
+                    "waiting_polls_cut_total",
+                    "Waiting-room polls cut short by another poll of the same participant (one is held per wait token): ended by a newer one (superseded), or refused because one began less than a second ago (in_progress).",
+                    &["reason"],
                 );
-                let _ = registry.register(Box::new(c.clone()));
+                for reason in ["superseded", "in_progress"] {
+                    c.with_label_values(&[reason]);
+                }
                 c
             },
             store_errors: {

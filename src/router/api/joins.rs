@@ -713,6 +713,7 @@ pub(super) async fn waiting_list(
         (status = 403, description = "`denied` (a host did not let the participant in) or `banned`.", body = ErrorBody),
         (status = 404, description = "`unknown_conference`, or `unknown_participant`: no waiting participant for this token.", body = ErrorBody),
         (status = 409, description = "`already_joined`: this participant has its ticket; or `poll_superseded`: a newer poll for this participant took over (one poll per wait token is held).", body = ErrorBody),
+        (status = 429, description = "`poll_in_progress`: this participant's poll began less than a second ago on another connection; `Retry-After: 1`, and the connection is closed.", body = ErrorBody),
         (status = 410, description = "`ended`.", body = ErrorBody),
         (status = 421, description = "`wrong_router` (with `router_url`) or `jurisdiction_not_served`.", body = ErrorBody),
         (status = 500, description = "`store_error` or `internal`.", body = ErrorBody),
@@ -727,6 +728,29 @@ pub(super) async fn waiting_poll(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let token = bearer(&headers).ok_or_else(unauthorized)?.to_owned();
+    // A wait token whose live poll began moments ago is being polled from
+    // several connections at once: answered here, without the store, and
+    // the connection closed, so the polls cannot end each other in a loop.
+    if live.load().waiting_polls.taken_just_now(&id, &pid, &token) {
+        live.load()
+            .metrics
+            .waiting_polls
+            .with_label_values(&["in_progress"])
+            .inc();
+        let mut r = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "poll_in_progress",
+            "this participant's poll is already held; poll from one connection at a time",
+        )
+        .into_response();
+        r.headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, TAKE_OVER_EVERY_SECS.into());
+        r.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+        return Ok(r);
+    }
     let deadline = tokio::time::Instant::now() + WAIT_HOLD;
     // This poll's turn as the participant's one live poll, and its place
     // in the listener's long-poll budget: both taken once the token is
@@ -829,7 +853,9 @@ pub(super) async fn waiting_poll(
             }
             Status::Waiting => {}
         }
-        let turn = turn.get_or_insert_with(|| shared.waiting_polls.take_over(&id, &pid));
+        let token_sha256 = p.wait_token_sha256.unwrap_or_default();
+        let turn =
+            turn.get_or_insert_with(|| shared.waiting_polls.take_over(&id, &pid, token_sha256));
         if held.is_none() {
             match long_poll.as_ref().map(|l| l.hold()) {
                 // Not served by a listener with a budget (tests of the app).
@@ -848,7 +874,11 @@ pub(super) async fn waiting_poll(
             _ = changed => {}
             _ = tokio::time::sleep_until(deadline) => return Ok(still_waiting(&pid, None, false)),
             _ = turn.superseded() => {
-                shared.metrics.waiting_polls_superseded.inc();
+                shared
+                    .metrics
+                    .waiting_polls
+                    .with_label_values(&["superseded"])
+                    .inc();
                 return Err(ApiError::new(
                     StatusCode::CONFLICT,
                     "poll_superseded",
@@ -889,8 +919,23 @@ fn still_waiting(pid: &str, retry_after: Option<u64>, close: bool) -> Response {
 #[derive(Debug, Default)]
 pub struct WaitingPolls {
     next: std::sync::atomic::AtomicU64,
-    live: std::sync::Mutex<HashMap<PollKey, (u64, Arc<tokio::sync::Notify>)>>,
+    live: std::sync::Mutex<HashMap<PollKey, LivePoll>>,
 }
+
+/// The live poll of one waiting participant.
+#[derive(Debug)]
+struct LivePoll {
+    generation: u64,
+    ended: Arc<tokio::sync::Notify>,
+    since: Instant,
+    /// The wait token's hash, from the store when the poll began: a later
+    /// poll with the same token is known good without the store.
+    token_sha256: [u8; 32],
+}
+
+/// A participant's live poll is taken over at most once in this many
+/// seconds; polls in between are answered `429 poll_in_progress`.
+const TAKE_OVER_EVERY_SECS: u64 = 1;
 
 /// (conference, participant).
 type PollKey = (String, String);
@@ -898,19 +943,28 @@ type PollKey = (String, String);
 impl WaitingPolls {
     /// Makes the caller the live poll of `pid` in `conference`, ending the
     /// one before it.
-    pub fn take_over(self: &Arc<Self>, conference: &str, pid: &str) -> PollTurn {
+    pub fn take_over(
+        self: &Arc<Self>,
+        conference: &str,
+        pid: &str,
+        token_sha256: [u8; 32],
+    ) -> PollTurn {
         let generation = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let ended = Arc::new(tokio::sync::Notify::new());
         let key = (conference.to_owned(), pid.to_owned());
-        let before = self
-            .live
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key.clone(), (generation, ended.clone()));
-        if let Some((_, earlier)) = before {
+        let before = self.live.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            key.clone(),
+            LivePoll {
+                generation,
+                ended: ended.clone(),
+                since: Instant::now(),
+                token_sha256,
+            },
+        );
+        if let Some(earlier) = before {
             // A stored permit: the earlier poll sees it even if it is not
             // waiting at this instant.
-            earlier.notify_one();
+            earlier.ended.notify_one();
         }
         PollTurn {
             owner: self.clone(),
@@ -918,6 +972,17 @@ impl WaitingPolls {
             generation,
             ended,
         }
+    }
+
+    /// Whether `token` is the wait token of a poll of `pid` that began less
+    /// than [`TAKE_OVER_EVERY_SECS`] ago.
+    pub fn taken_just_now(&self, conference: &str, pid: &str, token: &str) -> bool {
+        let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        live.get(&(conference.to_owned(), pid.to_owned()))
+            .is_some_and(|p| {
+                p.since.elapsed() < Duration::from_secs(TAKE_OVER_EVERY_SECS)
+                    && crate::secret::secret_matches(&p.token_sha256, token)
+            })
     }
 
     /// Polls held now.
@@ -951,7 +1016,7 @@ impl Drop for PollTurn {
         let mut live = self.owner.live.lock().unwrap_or_else(|e| e.into_inner());
         if live
             .get(&self.key)
-            .is_some_and(|(g, _)| *g == self.generation)
+            .is_some_and(|p| p.generation == self.generation)
         {
             live.remove(&self.key);
         }
