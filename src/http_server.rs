@@ -724,10 +724,29 @@ async fn serve_http<S>(
             let (mut parts, body) = request.into_parts();
             parts.extensions.insert(axum::extract::ConnectInfo(peer));
             parts.extensions.insert(long_poll.clone());
-            let body = axum::body::Body::new(Deadline::new(body, body_timeout, in_flight.clone()));
-            let request = axum::http::Request::from_parts(parts, body);
+            let body = Deadline::new(body, body_timeout, in_flight.clone());
+            let unread = body.unread.clone();
+            let request = axum::http::Request::from_parts(parts, axum::body::Body::new(body));
             async move {
-                let response = tower_service::Service::call(&mut app, request).await;
+                let mut response = tower_service::Service::call(&mut app, request).await;
+                // Answered before its body was read (a refusal from the
+                // headers alone, or a body nobody wanted): what of it is on
+                // its way is read off, a little and briefly, so that the
+                // connection can serve the next request. Closing over
+                // unread bytes would reset it and cut the answer short at
+                // the client; a body too large or too slow to read off ends
+                // the connection with this answer, which says so.
+                let rest = unread.and_then(|u| u.lock().unwrap_or_else(|e| e.into_inner()).take());
+                if let Some(rest) = rest {
+                    if !read_off(rest).await {
+                        if let Ok(r) = &mut response {
+                            r.headers_mut().insert(
+                                axum::http::header::CONNECTION,
+                                axum::http::HeaderValue::from_static("close"),
+                            );
+                        }
+                    }
+                }
                 drop(guard);
                 response
             }
@@ -877,11 +896,41 @@ pub struct BodyTimedOut(Duration);
 /// A request body that must be complete within a time of its head
 /// (a trickle of bytes does not extend it).
 struct Deadline {
-    inner: hyper::body::Incoming,
+    /// `None` once given to [`Deadline::unread`].
+    inner: Option<hyper::body::Incoming>,
     sleep: Pin<Box<tokio::time::Sleep>>,
     after: Duration,
     /// Counted in `reading_body` until the body ends or is dropped.
     reading: Option<Arc<Tracked>>,
+    /// Where the body goes when it is dropped before its end, for the
+    /// service to read off; `None`: there was no body.
+    unread: Option<Arc<Mutex<Option<hyper::body::Incoming>>>>,
+}
+
+/// How much of a body nobody read is read off after the answer, and for
+/// how long, before the connection is closed instead.
+const READ_OFF_BYTES: usize = 64 << 10;
+const READ_OFF_TIME: Duration = Duration::from_millis(250);
+
+/// Reads off what is left of a request body, within [`READ_OFF_BYTES`] and
+/// [`READ_OFF_TIME`]; whether it ended.
+async fn read_off(mut body: hyper::body::Incoming) -> bool {
+    use http_body_util::BodyExt;
+    tokio::time::timeout(READ_OFF_TIME, async {
+        let mut read = 0;
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => read += f.data_ref().map_or(0, |d| d.len()),
+                Err(_) => return false,
+            }
+            if read > READ_OFF_BYTES {
+                return false;
+            }
+        }
+        true
+    })
+    .await
+    .unwrap_or(false)
 }
 
 impl Deadline {
@@ -891,11 +940,13 @@ impl Deadline {
             tracked.reading_body.fetch_add(1, Ordering::Relaxed);
             tracked
         });
+        let unread = reading.is_some().then(|| Arc::new(Mutex::new(None)));
         Deadline {
-            inner,
+            inner: Some(inner),
             sleep: Box::pin(tokio::time::sleep(after)),
             after,
             reading,
+            unread,
         }
     }
 
@@ -908,6 +959,11 @@ impl Deadline {
 
 impl Drop for Deadline {
     fn drop(&mut self) {
+        if self.reading.is_some() {
+            if let (Some(unread), Some(inner)) = (&self.unread, self.inner.take()) {
+                *unread.lock().unwrap_or_else(|e| e.into_inner()) = Some(inner);
+            }
+        }
         self.done();
     }
 }
@@ -921,9 +977,12 @@ impl http_body::Body for Deadline {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(&mut *inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                if frame.is_none() || this.inner.is_end_stream() {
+                if frame.is_none() || inner.is_end_stream() {
                     this.done();
                 }
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
@@ -936,11 +995,13 @@ impl http_body::Body for Deadline {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| http_body::SizeHint::with_exact(0), |b| b.size_hint())
     }
 }
 

@@ -222,3 +222,104 @@ async fn the_description_covers_every_route_the_router_serves() {
     }
     c.shutdown().await;
 }
+
+/// What the API fuzzer (tests/schemathesis/run.sh, in CI) found where the
+/// description and the server disagreed, pinned here case by case.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_description_says_exactly_what_the_server_accepts() {
+    let c = Cluster::running("de-fra-router", &[]).await;
+    let router = c.url("de-fra-router");
+    let doc = request(
+        "GET",
+        &format!("{router}/v1/openapi.json"),
+        None,
+        None,
+        None,
+    )
+    .await
+    .json();
+    let schemas = &doc["components"]["schemas"];
+
+    // `residency`: the jurisdictions the policy defines, or null; no other
+    // string (the server answers 400 unknown_jurisdiction to any other).
+    let mut ids: Vec<Value> = c
+        .policy
+        .jurisdictions()
+        .iter()
+        .map(|j| Value::from(j.id.as_str()))
+        .collect();
+    ids.push(Value::Null);
+    assert_eq!(
+        schemas["CreateRequest"]["properties"]["residency"]["enum"],
+        Value::Array(ids)
+    );
+    // Optional bodies are absent, never null (the server answers 400).
+    for path in [
+        "/v1/conferences",
+        "/v1/conferences/{id}/participants/{pid}/kick",
+    ] {
+        let body = &doc["paths"][path]["post"]["requestBody"];
+        assert_ne!(body["required"], true, "{path}");
+        let schema = &body["content"]["application/json"]["schema"];
+        assert!(schema.get("oneOf").is_none(), "{path}: {schema}");
+        assert!(schema["$ref"].is_string(), "{path}: {schema}");
+    }
+    // Text fields say their limits.
+    let invite = &schemas["InviteRequest"]["properties"];
+    assert_eq!(invite["display_name"]["minLength"], 1);
+    assert_eq!(invite["display_name"]["maxLength"], 64);
+    assert_eq!(invite["ttl_seconds"]["minimum"], 1);
+    assert_eq!(invite["ttl_seconds"]["maximum"], 604800);
+    assert_eq!(
+        schemas["ReportRequest"]["required"],
+        serde_json::json!(["reason"])
+    );
+    assert_eq!(
+        schemas["ReportRequest"]["properties"]["reason"]["maxLength"],
+        1000
+    );
+
+    let conf = support::cluster::open_conference(&router, "eu").await;
+    let id = conf["id"].as_str().unwrap();
+    let host = format!("Bearer {}", conf["host_token"].as_str().unwrap());
+    let post = |path: String, body: &'static [u8]| {
+        let host = host.clone();
+        async move {
+            support::cluster::request_raw("POST", &path, None, Some(&host), Some(body.to_vec()))
+                .await
+        }
+    };
+    // Whitespace is not an absent body.
+    let r = post(
+        format!("{router}/v1/conferences/{id}/participants/p-x/kick"),
+        b" \n",
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    // A whole number of seconds written with a zero fraction is one.
+    let r = post(
+        format!("{router}/v1/conferences/{id}/invites"),
+        br#"{"display_name": "Ann", "ttl_seconds": 86400.0}"#,
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    // Text is measured as sent: blanks around a name count.
+    let r = post(
+        format!("{router}/v1/conferences/{id}/invites"),
+        br#"{"display_name": "Ann                                                                  "}"#,
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    // An ended conference still says first that a body is not an invitation.
+    let r = post(format!("{router}/v1/conferences/{id}/end"), b"").await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = post(format!("{router}/v1/conferences/{id}/invites"), b"[[]]").await;
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    let r = post(
+        format!("{router}/v1/conferences/{id}/invites"),
+        br#"{"display_name": "Ann"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 410, "{}", String::from_utf8_lossy(&r.body));
+    c.shutdown().await;
+}

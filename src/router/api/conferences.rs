@@ -235,12 +235,39 @@ pub(super) async fn conference_state(
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct InviteRequest {
-    /// The invited participant's name, as others see it.
+    /// The invited participant's name, as others see it: at most 64 bytes
+    /// of UTF-8, not blank, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\u0000-\u001F\u007F-\u009F \u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     display_name: String,
     /// `host`, `speaker` (the default) or `viewer`.
-    role: Option<String>,
+    role: Option<InviteRole>,
     /// How long the invitation is valid: 1 s to 7 days (default 24 h).
+    #[serde(default, deserialize_with = "super::whole_seconds")]
+    #[schema(minimum = 1, maximum = 604800)]
     ttl_seconds: Option<u64>,
+}
+
+/// The role an invitation gives.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+enum InviteRole {
+    Host,
+    Speaker,
+    Viewer,
+}
+
+impl From<InviteRole> for Role {
+    fn from(r: InviteRole) -> Role {
+        match r {
+            InviteRole::Host => Role::Host,
+            InviteRole::Speaker => Role::Speaker,
+            InviteRole::Viewer => Role::Viewer,
+        }
+    }
 }
 
 /// An invitation naming one participant, with a role.
@@ -276,19 +303,11 @@ pub(super) async fn create_invite(
             "a host's call page cannot create invitations; the tenant or the host token can",
         ));
     }
-    managed.open()?;
+    // The request first: a body that is not an invitation is 400 whether
+    // or not the conference has ended.
     let request: InviteRequest = parse(&body)?;
     let display_name = check_text("display_name", &request.display_name, MAX_NAME, true)?;
-    let role = match request.role.as_deref() {
-        None => Role::Speaker,
-        Some(r) => Role::parse(r).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "role must be host, speaker or viewer",
-            )
-        })?,
-    };
+    let role = request.role.map_or(Role::Speaker, Role::from);
     let ttl = request.ttl_seconds.unwrap_or(INVITE_TTL);
     if ttl == 0 || ttl > MAX_INVITE_TTL {
         return Err(ApiError::new(
@@ -297,6 +316,7 @@ pub(super) async fn create_invite(
             format!("ttl_seconds must be between 1 and {MAX_INVITE_TTL}"),
         ));
     }
+    managed.open()?;
     let token = ids::token("inv")?;
     let participant_id = ids::participant_id()?;
     let expires = now_unix() + ttl;

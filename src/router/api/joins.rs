@@ -84,7 +84,10 @@ struct JoinRequest {
     passcode: Option<String>,
     /// …or an invitation, which names its holder.
     invite: Option<String>,
+    /// The name others see (a passcode join needs one, not blank): at most
+    /// 64 bytes of UTF-8, no control characters.
     #[serde(default)]
+    #[schema(max_length = 64, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     display_name: String,
     /// Rejoining after a relay failure: the token from the last join answer…
     rejoin: Option<String>,

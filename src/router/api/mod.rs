@@ -165,16 +165,52 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     doc
 }
 
-/// [`openapi`] as JSON, made once: it is the same for every router.
-fn openapi_document() -> Bytes {
-    static DOCUMENT: OnceLock<Bytes> = OnceLock::new();
-    DOCUMENT
-        .get_or_init(|| {
-            serde_json::to_vec(&openapi())
-                .expect("an OpenAPI document has string keys only")
-                .into()
-        })
-        .clone()
+/// [`openapi`] as JSON, made once, with what JSON Schema says better than
+/// the annotations: an optional request body is absent, never `null`.
+fn openapi_value() -> &'static Value {
+    static DOCUMENT: OnceLock<Value> = OnceLock::new();
+    DOCUMENT.get_or_init(|| {
+        let mut doc = serde_json::to_value(openapi()).unwrap_or_default();
+        if let Some(paths) = doc["paths"].as_object_mut() {
+            for item in paths.values_mut() {
+                let Some(ops) = item.as_object_mut() else {
+                    continue;
+                };
+                for op in ops.values_mut() {
+                    let schema = &mut op["requestBody"]["content"]["application/json"]["schema"];
+                    let one = schema["oneOf"].as_array().and_then(|alternatives| {
+                        let rest: Vec<&Value> = alternatives
+                            .iter()
+                            .filter(|a| a["type"] != "null")
+                            .collect();
+                        (rest.len() == 1 && alternatives.len() == 2).then(|| rest[0].clone())
+                    });
+                    if let Some(one) = one {
+                        *schema = one;
+                    }
+                }
+            }
+        }
+        doc
+    })
+}
+
+/// The description a router serves: [`openapi_value`] with the
+/// jurisdictions its policy defines as the only values of a conference's
+/// `residency` (any other is refused `400 unknown_jurisdiction`).
+fn openapi_document(policy: &crate::policy::Policy) -> Bytes {
+    let mut doc = openapi_value().clone();
+    let residency = &mut doc["components"]["schemas"]["CreateRequest"]["properties"]["residency"];
+    if residency.is_object() {
+        let mut ids: Vec<Value> = policy
+            .jurisdictions()
+            .iter()
+            .map(|j| Value::from(j.id.as_str()))
+            .collect();
+        ids.push(Value::Null);
+        residency["enum"] = Value::Array(ids);
+    }
+    serde_json::to_vec(&doc).unwrap_or_default().into()
 }
 
 /// What the description says besides its paths.
@@ -386,8 +422,10 @@ fn now_unix() -> u64 {
     crate::relay::unix_now()
 }
 
+/// A request body: no body at all takes every default; anything else must
+/// be the JSON object (a `null`, or whitespace, is not).
 fn parse<T: DeserializeOwned + Default>(body: &Bytes) -> ApiResult<T> {
-    if body.iter().all(u8::is_ascii_whitespace) {
+    if body.is_empty() {
         return Ok(T::default());
     }
     serde_json::from_slice(body).map_err(|e| {
@@ -399,7 +437,19 @@ fn parse<T: DeserializeOwned + Default>(body: &Bytes) -> ApiResult<T> {
     })
 }
 
+/// A text field as sent: at most `max` bytes of UTF-8 without control
+/// characters, and, when `required`, not blank; kept without the blanks
+/// around it. Checked before it is trimmed, so that what the API
+/// description says of the field (its length, its pattern) is exactly what
+/// is accepted.
 fn check_text(field: &str, text: &str, max: usize, required: bool) -> ApiResult<String> {
+    if text.len() > max || text.chars().any(char::is_control) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("{field} must be at most {max} bytes of UTF-8 without control characters"),
+        ));
+    }
     let text = text.trim();
     if required && text.is_empty() {
         return Err(ApiError::new(
@@ -408,14 +458,31 @@ fn check_text(field: &str, text: &str, max: usize, required: bool) -> ApiResult<
             format!("{field} must not be empty"),
         ));
     }
-    if text.len() > max || text.chars().any(char::is_control) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("{field} must be at most {max} bytes of UTF-8 without control characters"),
-        ));
-    }
     Ok(text.to_owned())
+}
+
+// The API description's patterns of text fields (`#[schema(pattern)]`
+// takes literals only): without control characters (Unicode Cc),
+// `^[^\u0000-\u001F\u007F-\u009F]*$`, and also not blank (one character
+// that is neither a control character nor `char::is_whitespace`); `\uXXXX`
+// means the same in ECMA-262, Python and Rust regular expressions.
+
+/// A whole number of seconds, also when written as a JSON number with a
+/// fraction of zero (`86400.0`), which JSON Schema's `integer` admits.
+fn whole_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    use serde::Deserialize as _;
+    use serde::de::Error as _;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    n.as_u64()
+        .or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < u64::MAX as f64)
+                .map(|f| f as u64)
+        })
+        .map(Some)
+        .ok_or_else(|| D::Error::custom(format!("{n} is not a whole number of seconds")))
 }
 
 /// Reads a request body of at most `max` bytes.

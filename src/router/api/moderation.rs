@@ -94,7 +94,9 @@ struct KickRequest {
     /// Keep the participant out from now on.
     #[serde(default)]
     ban: bool,
-    /// What the participant is told, at most 64 bytes.
+    /// What the participant is told: at most 64 bytes of UTF-8, no control
+    /// characters.
+    #[schema(max_length = 64, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     reason: Option<String>,
 }
 
@@ -196,8 +198,13 @@ pub(super) async fn kick(
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ReportRequest {
-    /// What happened, at most 1,000 characters.
-    #[serde(default)]
+    /// What happened: at most 1,000 bytes of UTF-8, not blank, no control
+    /// characters.
+    #[schema(
+        min_length = 1,
+        max_length = 1000,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\u0000-\u001F\u007F-\u009F \u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     reason: String,
 }
 

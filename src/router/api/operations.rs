@@ -39,9 +39,9 @@ pub(super) async fn readyz(Current(shared): Current) -> impl IntoResponse {
         (status = 503, description = "`too_many_connections`: the listener is over a connection cap (as any endpoint may be); `Retry-After` says when to try again.", body = ErrorBody),
     )
 )]
-pub(super) async fn openapi_json() -> impl IntoResponse {
+pub(super) async fn openapi_json(super::Current(shared): super::Current) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "application/json")],
-        super::openapi_document(),
+        super::openapi_document(&shared.policy),
     )
 }
