@@ -36,7 +36,7 @@ fn tenant_key(policy: &Policy, tenant: &str) -> Option<String> {
 
 /// Writes, beside `config`, a copy in which the router serving `eu` keeps
 /// its records in the PostgreSQL database `store`, and a second replica of
-/// it (id `<id>-b`, on 127.0.2.4 with the same port) shares them; returns
+/// it (id `<id>-b`, on 127.0.2.4 with the same ports) shares them; returns
 /// the copy's path (`<name>.replicas.toml`).
 pub(super) fn replicated_config(config: &Path, store: &str) -> Result<PathBuf, String> {
     let text = std::fs::read_to_string(config)
@@ -86,6 +86,22 @@ pub(super) fn replicated_config(config: &Path, store: &str) -> Result<PathBuf, S
         toml::Value::String(format!("{scheme}://{moved}")),
     );
     replica.remove("relay_url");
+    // Its relay channel's own listener, if the EU router has one, moves too.
+    if let Some(relay_listen) = table
+        .get("relay_listen")
+        .and_then(toml::Value::as_str)
+        .and_then(|l| l.parse::<std::net::SocketAddr>().ok())
+    {
+        let moved = std::net::SocketAddr::new([127, 0, 2, 4].into(), relay_listen.port());
+        replica.insert(
+            "relay_listen".into(),
+            toml::Value::String(moved.to_string()),
+        );
+        replica.insert(
+            "relay_url".into(),
+            toml::Value::String(format!("{scheme}://{moved}")),
+        );
+    }
     routers.insert(eu + 1, toml::Value::Table(replica));
     let name = config
         .file_stem()
