@@ -536,7 +536,7 @@ async fn one_poll_per_wait_token_and_long_polls_in_a_budget_of_their_own() {
     // the newer one takes over and the older is answered 409 at once.
     let mut first = poll_from("127.0.0.21", addr, &conf, &people[0]).await;
     assert_eq!(
-        answer_within(&mut first, Duration::from_millis(300)).await,
+        answer_within(&mut first, Duration::from_millis(100)).await,
         None,
         "a poll is held"
     );
