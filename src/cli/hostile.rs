@@ -137,6 +137,34 @@ pub(super) struct Worker {
     pub token: Option<String>,
 }
 
+impl Worker {
+    /// Trust for a router serving HTTPS (`--tls-ca`, `--tls-name`), or
+    /// `None`: plain HTTP.
+    fn tls(&self) -> Result<Option<crate::http_client::Tls>, String> {
+        match (&self.tls_ca, &self.tls_name) {
+            (Some(ca), Some(name)) => {
+                Ok(Some(crate::http_client::Tls::from_ca_file_for(ca, name)?))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+/// A TCP connection from `source` to `target`, or `None` if it cannot be
+/// made before `stop`.
+async fn dial(
+    target: SocketAddr,
+    source: IpAddr,
+    stop: tokio::time::Instant,
+) -> Option<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4().ok()?;
+    socket.bind(SocketAddr::new(source, 0)).ok()?;
+    tokio::time::timeout_at(stop, socket.connect(target))
+        .await
+        .ok()?
+        .ok()
+}
+
 /// The attack a worker runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(super) enum Mode {
@@ -182,12 +210,7 @@ pub(super) fn run_worker(w: Worker) -> Result<(), String> {
     match w.mode {
         Mode::Idle => runtime.block_on(idle(w, limit)),
         Mode::Stalled => runtime.block_on(async move {
-            let tls = match (&w.tls_ca, &w.tls_name) {
-                (Some(ca), Some(name)) => {
-                    Some(crate::http_client::Tls::from_ca_file_for(ca, name)?)
-                }
-                _ => None,
-            };
+            let tls = w.tls()?;
             let span = Duration::from_secs(w.seconds);
             let stats = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
             let tasks: Vec<_> = (0..w.count)
@@ -219,12 +242,7 @@ pub(super) fn run_worker(w: Worker) -> Result<(), String> {
             let (Some(path), Some(token)) = (w.path.clone(), w.token.clone()) else {
                 return Err("polls need --path and --token".into());
             };
-            let tls = match (&w.tls_ca, &w.tls_name) {
-                (Some(ca), Some(name)) => {
-                    Some(crate::http_client::Tls::from_ca_file_for(ca, name)?)
-                }
-                _ => None,
-            };
+            let tls = w.tls()?;
             let head = Arc::new(format!(
                 "GET {path} HTTP/1.1\r\nhost: router\r\nauthorization: Bearer {token}\r\n\r\n"
             ));
@@ -593,16 +611,16 @@ async fn measure(plan: Plan, policy: Policy) -> Result<(), String> {
         "100".into(),
     ];
     // A router serving HTTPS is attacked inside TLS, as anyone can.
-    if let (Some(_), Some(ca), Some(name)) =
-        (&me.tls, &me.tls_ca, crate::http_client::url_host(&me.url))
-    {
-        stalled.extend([
+    let tls_args: Vec<String> = match (&me.tls, &me.tls_ca, crate::http_client::url_host(&me.url)) {
+        (Some(_), Some(ca), Some(name)) => vec![
             "--tls-ca".into(),
             ca.display().to_string(),
             "--tls-name".into(),
             name.to_owned(),
-        ]);
-    }
+        ],
+        _ => Vec::new(),
+    };
+    stalled.extend(tls_args.iter().cloned());
     jobs.push(stalled);
     if plan.polls > 0 {
         // One wait token, as anyone with a waiting-room conference's
@@ -624,16 +642,7 @@ async fn measure(plan: Plan, policy: Policy) -> Result<(), String> {
             "--token".into(),
             token,
         ];
-        if let (Some(_), Some(ca), Some(name)) =
-            (&me.tls, &me.tls_ca, crate::http_client::url_host(&me.url))
-        {
-            polls.extend([
-                "--tls-ca".into(),
-                ca.display().to_string(),
-                "--tls-name".into(),
-                name.to_owned(),
-            ]);
-        }
+        polls.extend(tls_args);
         jobs.push(polls);
     }
     let fra_source = SocketAddr::new(fra.quic_addr.ip(), 0);
@@ -966,15 +975,7 @@ async fn stall(
     let stop = tokio::time::Instant::now() + span;
     let chunk = bytes::Bytes::from(vec![b' '; 64 << 10]);
     while tokio::time::Instant::now() < stop {
-        let Ok(socket) = tokio::net::TcpSocket::new_v4() else {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            continue;
-        };
-        if socket.bind(SocketAddr::new(source, 0)).is_err() {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            continue;
-        }
-        let Ok(Ok(stream)) = tokio::time::timeout_at(stop, socket.connect(target)).await else {
+        let Some(stream) = dial(target, source, stop).await else {
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };
@@ -1068,15 +1069,7 @@ async fn hold_polls(
     stats: Arc<PollStats>,
 ) {
     while tokio::time::Instant::now() < stop {
-        let connected = async {
-            let socket = tokio::net::TcpSocket::new_v4().ok()?;
-            socket.bind(SocketAddr::new(source, 0)).ok()?;
-            tokio::time::timeout_at(stop, socket.connect(target))
-                .await
-                .ok()?
-                .ok()
-        };
-        match connected.await {
+        match dial(target, source, stop).await {
             None => {
                 stats.failed.fetch_add(1, Ordering::Relaxed);
             }

@@ -734,26 +734,25 @@ pub(super) async fn waiting_poll(
     // A wait token whose live poll began moments ago is being polled from
     // several connections at once: answered here, without the store, and
     // the connection closed, so the polls cannot end each other in a loop.
-    if live.load().waiting_polls.taken_just_now(&id, &pid, &token) {
-        live.load()
-            .metrics
+    let now = live.load();
+    if now.waiting_polls.taken_just_now(&id, &pid, &token) {
+        now.metrics
             .waiting_polls
             .with_label_values(&["in_progress"])
             .inc();
-        let mut r = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "poll_in_progress",
-            "this participant's poll is already held; poll from one connection at a time",
-        )
-        .into_response();
-        r.headers_mut()
-            .insert(axum::http::header::RETRY_AFTER, TAKE_OVER_EVERY_SECS.into());
-        r.headers_mut().insert(
-            axum::http::header::CONNECTION,
-            axum::http::HeaderValue::from_static("close"),
-        );
-        return Ok(r);
+        return Ok(closing(
+            ApiError {
+                retry_after: Some(TAKE_OVER_EVERY_SECS),
+                ..ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "poll_in_progress",
+                    "this participant's poll is already held; poll from one connection at a time",
+                )
+            }
+            .into_response(),
+        ));
     }
+    drop(now);
     let deadline = tokio::time::Instant::now() + WAIT_HOLD;
     // This poll's turn as the participant's one live poll, and its place
     // in the listener's long-poll budget: both taken once the token is
@@ -907,12 +906,15 @@ fn still_waiting(pid: &str, retry_after: Option<u64>, close: bool) -> Response {
         r.headers_mut()
             .insert(axum::http::header::RETRY_AFTER, secs.into());
     }
-    if close {
-        r.headers_mut().insert(
-            axum::http::header::CONNECTION,
-            axum::http::HeaderValue::from_static("close"),
-        );
-    }
+    if close { closing(r) } else { r }
+}
+
+/// `r`, ending its connection (the client comes back on a new one).
+fn closing(mut r: Response) -> Response {
+    r.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
     r
 }
 
@@ -986,15 +988,6 @@ impl WaitingPolls {
                 p.since.elapsed() < Duration::from_secs(TAKE_OVER_EVERY_SECS)
                     && crate::secret::secret_matches(&p.token_sha256, token)
             })
-    }
-
-    /// Polls held now.
-    pub fn len(&self) -> usize {
-        self.live.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
