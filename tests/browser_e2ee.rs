@@ -40,6 +40,13 @@ fn guest_link(router: &str, conf: &Value, key: Option<&Secret>) -> String {
     url
 }
 
+/// A host's link to conference `id` on `router`: a host invitation and
+/// the key, both in the fragment.
+fn host_link(rt: &tokio::runtime::Runtime, router: &str, id: &str, key: &Secret) -> String {
+    let invite = host_invite(rt, router, id);
+    format!("{router}/j/{id}#i={invite}&k={}", key.to_base64())
+}
+
 fn decrypted(s: &Value, participant: &str, kind: &str) -> u64 {
     s["peers"][participant][kind]["decrypted"]
         .as_u64()
@@ -118,13 +125,7 @@ fn an_encrypted_call_between_browsers_changes_keys_when_the_host_removes_someone
     });
     b.close("nokey");
 
-    let invite = host_invite(&rt, &router, &id);
-    b.join(
-        "host",
-        &format!("{router}/j/{id}#i={invite}&k={}", key.to_base64()),
-        "Hana",
-        None,
-    );
+    b.join("host", &host_link(&rt, &router, &id, &key), "Hana", None);
     b.join("bob", &guest_link(&router, &conf, Some(&key)), "Bob", None);
     b.join(
         "carol",
@@ -382,13 +383,7 @@ fn a_participant_who_is_not_a_host_cannot_move_the_hosts_keys() {
     let conf = e2ee_conference(&rt, &router);
     let id = conf["id"].as_str().unwrap().to_owned();
     let key = Secret::random().unwrap();
-    let invite = host_invite(&rt, &router, &id);
-    b.join(
-        "host",
-        &format!("{router}/j/{id}#i={invite}&k={}", key.to_base64()),
-        "Hana",
-        None,
-    );
+    b.join("host", &host_link(&rt, &router, &id, &key), "Hana", None);
     let s = b.wait_for("host", Duration::from_secs(30), "in call", in_call);
     let code = s["e2ee"]["safetyCode"].clone();
     assert_eq!(s["e2ee"]["epoch"], 0);
