@@ -31,7 +31,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use residency_relay::client::frames::{MAX_DATAGRAM, Packetizer};
-use residency_relay::client::synthetic::{now_micros, quantile};
+use residency_relay::client::synthetic::quantile;
+use residency_relay::clock::unix_micros as now_micros;
 use residency_relay::wire::control::{ServerMessage, TrackKind};
 use serde_json::Value;
 use support::browser::{Browser, decoded};

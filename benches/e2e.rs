@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use residency_relay::client::{self, Client};
 use residency_relay::forward::CoreConfig;
-use residency_relay::relay::{self, Identity, tls};
+use residency_relay::relay::{Identity, tls};
 use residency_relay::wire::control::TrackKind;
 use residency_relay::wire::datagram::{self, Flags, MediaHeader, TrackId};
 use support::relay::{PUBLISHER, TestRelay, VIEWER, claims, sign_dev};
@@ -94,7 +94,7 @@ async fn direct(n: usize, rate: Option<f64>) -> (f64, u64) {
     server.transport_config(Arc::new(transport));
     // The same socket treatment as the relay's, so only forwarding differs.
     let socket = std::net::UdpSocket::bind("127.0.1.9:0").unwrap();
-    relay::enlarge_socket_buffers(&socket);
+    residency_relay::quic::enlarge_socket_buffers(&socket);
     let ep = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
         Some(server),

@@ -18,9 +18,10 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
 use criterion::Criterion;
+use residency_relay::geo::CountryCode;
 use residency_relay::geo::{Database, GeoIp, Location, Overrides};
 use residency_relay::policy::files::RegionFile;
-use residency_relay::policy::{CountryCode, JurisdictionIdx, Policy};
+use residency_relay::policy::{JurisdictionIdx, Policy};
 use residency_relay::select::{self, Evaluation, Health, RelayState};
 
 const REAL_DB: &str = "../shared/geoip/geo-whois-asn-country.mmdb";

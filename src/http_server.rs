@@ -445,7 +445,7 @@ pub async fn serve(
             },
         };
         while tasks.try_join_next().is_some() {}
-        let group = crate::router::limits::address_key(peer.ip().to_canonical());
+        let group = address_group(peer.ip().to_canonical());
         let exempt = (options.trusted_proxy)(peer.ip().to_canonical());
         let admitted = admit(&table, &options, group, exempt, started);
         let tracked = match admitted {
@@ -1002,6 +1002,24 @@ impl http_body::Body for Deadline {
         self.inner
             .as_ref()
             .map_or_else(|| http_body::SizeHint::with_exact(0), |b| b.size_hint())
+    }
+}
+
+/// The group an address is counted under: IPv6 clients by their /64 (one
+/// subscriber's usual allocation), IPv4 by address. The connection caps
+/// here, and the router's failure limits and bans
+/// (`router::ids::address_hash`), all group addresses by it.
+pub fn address_group(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut o = v6.octets();
+                o[8..].fill(0);
+                IpAddr::from(o)
+            }
+        },
     }
 }
 

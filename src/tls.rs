@@ -110,9 +110,7 @@ impl ServerCert {
         })?;
         let (not_before, not_after) =
             validity(&certified.cert[0]).map_err(|e| format!("{}: {e}", cert.display()))?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
+        let now = crate::clock::unix_now() as i64;
         if now < not_before || now > not_after {
             return Err(format!(
                 "{}: the certificate is valid from {not_before} to {not_after} (Unix seconds), not now ({now}): clients would refuse it",

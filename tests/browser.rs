@@ -448,11 +448,7 @@ fn a_browser_and_a_native_client_exchange_frames_across_a_cascade_link() {
                     tick.tick().await;
                     let frame = vec![(n % 251) as u8; 3000 + (n as usize % 7) * 100];
                     for d in p
-                        .packetize(
-                            &frame,
-                            n % 30 == 0,
-                            residency_relay::client::synthetic::now_micros(),
-                        )
+                        .packetize(&frame, n % 30 == 0, residency_relay::clock::unix_micros())
                         .unwrap()
                     {
                         let _ = client.send_raw(d.into());

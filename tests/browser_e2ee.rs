@@ -283,7 +283,7 @@ fn a_browser_and_the_native_client_decrypt_each_other_across_a_cascade_link() {
             tokio::select! {
                 _ = tick.tick() => {
                     let frame = vec![(n % 251) as u8; 3000];
-                    for d in p.packetize(&frame, n % 30 == 0, residency_relay::client::synthetic::now_micros()).unwrap() {
+                    for d in p.packetize(&frame, n % 30 == 0, residency_relay::clock::unix_micros()).unwrap() {
                         let sealed = group.encrypt(0, &d).unwrap();
                         let _ = sender.send_raw(sealed.into());
                     }

@@ -289,7 +289,7 @@ async fn present_link_ticket_as(
     let cert = relay_cert(&r.http_addr.to_string()).await;
     let crypto = match client {
         Some(identity) => residency_relay::relay::tls::link_client_config(&cert, identity),
-        None => residency_relay::relay::tls::pinned_client_config_for(
+        None => residency_relay::quic::pinned_client_config_for(
             &cert,
             residency_relay::wire::CASCADE_ALPN,
         ),
@@ -365,7 +365,7 @@ fn cascade_ticket_naming(
     to: &str,
     from_certs: Vec<String>,
 ) -> String {
-    let now = residency_relay::relay::unix_now();
+    let now = residency_relay::clock::unix_now();
     ticket::sign_cascade(
         &CascadeClaims {
             conference: conference.to_owned(),
@@ -527,7 +527,7 @@ async fn forged_misdirected_and_foreign_tickets_are_refused_and_reported() {
     // Forgeries naming the conference, sent to New York by someone who only
     // knows its id: a participant ticket and a cascade ticket signed by a
     // key nobody gave the EU.
-    let now = residency_relay::relay::unix_now();
+    let now = residency_relay::clock::unix_now();
     let forged_join = ticket::sign(
         &ticket::Claims {
             e2ee: false,
@@ -792,7 +792,7 @@ async fn a_drained_relay_takes_no_joins_and_its_participants_move() {
     );
 
     // Anna is told to go, and moves to the other German relay.
-    support::cluster::going_away(&mut anna, residency_relay::relay::GOING_AWAY_DRAIN).await;
+    support::cluster::going_away(&mut anna, residency_relay::wire::GOING_AWAY_DRAIN).await;
     anna.recover(Duration::from_secs(10)).await.unwrap();
     assert_eq!(anna.joined.relay_id, "de-ber-1");
     // New joins avoid the drained relay.

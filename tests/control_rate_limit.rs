@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use residency_relay::client::{Client, ClientError};
 use residency_relay::forward::CoreConfig;
-use residency_relay::relay::close_code;
 use residency_relay::wire::ErrorCode;
+use residency_relay::wire::close_code;
 use residency_relay::wire::control::{self, ClientMessage, ServerMessage, TrackKind};
 use support::relay::{PUBLISHER, TestRelay, VIEWER, claims, sign_dev};
 

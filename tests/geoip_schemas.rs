@@ -6,8 +6,8 @@ mod support;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+use residency_relay::geo::CountryCode;
 use residency_relay::geo::{Database, GeoIp, Location, Override, Overrides, Precision, Unlocated};
-use residency_relay::policy::CountryCode;
 use support::{city_record, country_code_record, country_record, mmdb};
 
 fn open(bytes: Vec<u8>) -> GeoIp {

@@ -159,7 +159,7 @@ async fn kick_reasons_fit_the_kicked_message() {
     }
     assert_eq!(
         alice.closed().await,
-        Some(residency_relay::relay::close_code::KICKED.into())
+        Some(residency_relay::wire::close_code::KICKED.into())
     );
     c.shutdown().await;
 }

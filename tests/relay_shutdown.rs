@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use residency_relay::client::Client;
 use residency_relay::forward::CoreConfig;
-use residency_relay::relay::GOING_AWAY_SHUTDOWN;
+use residency_relay::wire::GOING_AWAY_SHUTDOWN;
 use residency_relay::wire::control::ServerMessage;
 use support::relay::{PUBLISHER, TestRelay, claims, sign_dev};
 

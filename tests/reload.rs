@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use residency_relay::client::session::Session;
 use residency_relay::client::{Client, ClientError};
-use residency_relay::relay::{GOING_AWAY_MOVED, close_code};
 use residency_relay::ticket::{self, Claims, Grants, TicketError};
 use residency_relay::wire::control::TrackKind;
 use residency_relay::wire::datagram::TrackId;
+use residency_relay::wire::{GOING_AWAY_MOVED, close_code};
 use serde_json::{Value, json};
 use support::cluster::{
     ACME, ADMIN, Cluster, create, going_away, hear, join_from, open_conference, request, session,
@@ -203,7 +203,7 @@ fn labelled(text: &str, name: &str, label: &str) -> f64 {
 
 /// A ticket for `conference` at `relay`, signed with the Frankfurt router's key.
 fn ticket_for(conference: &str, relay: &str) -> String {
-    ticket_issued(conference, relay, residency_relay::relay::unix_now())
+    ticket_issued(conference, relay, residency_relay::clock::unix_now())
 }
 
 /// Likewise, issued at `issued_at` (unix seconds).
@@ -215,7 +215,7 @@ fn ticket_issued(conference: &str, relay: &str, issued_at: u64) -> String {
 fn mint(key: &str, jurisdiction: &str, conference: &str, relay: &str, issued_at: u64) -> String {
     let key = std::fs::read_to_string(support::repo().join("config").join(key)).unwrap();
     let key = ticket::parse_signing_key(key.trim()).unwrap();
-    let now = residency_relay::relay::unix_now();
+    let now = residency_relay::clock::unix_now();
     ticket::sign(
         &Claims {
             e2ee: false,
@@ -495,7 +495,7 @@ async fn a_relay_reloaded_alone_moves_out_what_it_may_no_longer_carry() {
     let old = ticket_issued(
         &call.conference,
         "de-fra-1",
-        residency_relay::relay::unix_now() - residency_relay::ticket::CLOCK_SKEW_SECS - 120,
+        residency_relay::clock::unix_now() - residency_relay::ticket::CLOCK_SKEW_SECS - 120,
     );
     assert_eq!(
         refused(&call.cluster, "de-fra-1", "127.0.0.2", &old).await,
@@ -724,7 +724,7 @@ async fn a_relay_removed_from_the_inventory_gives_up_its_conferences() {
     // to give the conference up, and has no relay left in `ch` for her.
     let original = std::fs::read_to_string(&c.config).unwrap();
     std::fs::write(&c.config, without_relay(&original, "ch-zrh-1")).unwrap();
-    let before_reload = residency_relay::relay::unix_now();
+    let before_reload = residency_relay::clock::unix_now();
     let r = request(
         "POST",
         &format!("{router}/v1/admin/reload"),

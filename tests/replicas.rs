@@ -9,7 +9,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use residency_relay::client::join::Credential;
-use residency_relay::relay::close_code;
+use residency_relay::wire::close_code;
 use residency_relay::wire::control::TrackKind;
 use serde_json::{Value, json};
 use support::cluster::{

@@ -5,8 +5,9 @@
 mod support;
 
 use proptest::prelude::*;
+use residency_relay::geo::CountryCode;
 use residency_relay::geo::{GeoPoint, Location, Precision, Unlocated};
-use residency_relay::policy::{CountryCode, RelayIdx};
+use residency_relay::policy::RelayIdx;
 use residency_relay::select::{self, Evaluation, Health, RefusalReason, RelayState};
 use support::{build, config, region, relay};
 

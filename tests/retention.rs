@@ -16,12 +16,7 @@ use support::cluster::{ACME, Cluster, join_from, open_conference, request};
 const LINES: u64 = 1_000_000;
 const DAY: u64 = 86_400;
 
-fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
+use residency_relay::clock::unix_now as now_unix;
 
 async fn purged_audit_lines(router: &str) -> u64 {
     let r = request("GET", &format!("{router}/metrics"), None, None, None).await;

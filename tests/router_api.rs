@@ -6,8 +6,8 @@ mod support;
 
 use std::time::Duration;
 
-use residency_relay::relay::close_code;
 use residency_relay::store::{Sqlite, Store};
+use residency_relay::wire::close_code;
 use residency_relay::wire::control::TrackKind;
 use residency_relay::wire::datagram::{Flags, MediaHeader};
 use serde_json::json;

@@ -2,8 +2,9 @@
 
 mod support;
 
+use residency_relay::geo::CountryCode;
 use residency_relay::geo::{Location, Unlocated};
-use residency_relay::policy::{CountryCode, PinError, Policy, RelayIdx, plan};
+use residency_relay::policy::{PinError, Policy, RelayIdx, plan};
 use residency_relay::select::{
     self, Basis, Evaluation, Exclusion, Health, RefusalReason, RelayState,
 };

@@ -4,7 +4,8 @@ mod support;
 
 use std::collections::BTreeSet;
 
-use residency_relay::policy::{self, CountryCode};
+use residency_relay::geo::CountryCode;
+use residency_relay::policy;
 
 fn load(config: &str) -> residency_relay::policy::Policy {
     policy::load(&support::repo().join(config)).unwrap_or_else(|e| panic!("{e}"))

@@ -221,7 +221,7 @@ async fn serve(policy: Arc<Policy>, demo: bool, log_console: bool) -> Result<(),
             println!("logs: {LOG_FILE} (--log-console writes them here instead)\n");
         }
         println!("Ctrl-C stops everything.\n");
-        super::relay::shutdown_signal().await;
+        crate::signals::shutdown().await;
         Ok(())
     };
     let _ = stop_tx.send(true);

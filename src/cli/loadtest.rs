@@ -10,7 +10,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -137,9 +137,7 @@ async fn run_async(policy: &Policy, plan: Plan) -> Result<(), String> {
     );
 
     // Join everyone.
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = crate::clock::unix_now();
     let mut rooms: Vec<Vec<Client>> = Vec::new();
     for c in 0..plan.conferences {
         let mut room = Vec::new();

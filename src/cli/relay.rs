@@ -21,10 +21,10 @@ pub(super) fn run(
     let policy = std::sync::Arc::new(policy);
     let mut settings = settings(&policy, id, queue_packets, shutdown_grace, credential)?;
     if let Some(w) = workers {
-        if !(1..=relay::shards::MAX_WORKERS).contains(&w) {
+        if !(1..=crate::policy::MAX_WORKERS).contains(&w) {
             return Err(format!(
                 "--workers must be 1 to {}",
-                relay::shards::MAX_WORKERS
+                crate::policy::MAX_WORKERS
             ));
         }
         settings.workers = w;
@@ -49,7 +49,7 @@ pub(super) fn run(
             .map_err(|e| format!("cannot bind QUIC on {quic}: {e}"))?;
         let listener =
             crate::router::listen(http).map_err(|e| format!("cannot bind HTTP on {http}: {e}"))?;
-        relay::run(socket, listener, settings, shutdown_signal())
+        relay::run(socket, listener, settings, crate::signals::shutdown())
             .await
             .map_err(|e| e.to_string())
     })
@@ -80,7 +80,7 @@ pub(super) fn settings(
         // than this start (less the clock skew allowed).
         verifier: policy
             .ticket_verifier(idx)
-            .issued_after(crate::relay::unix_now().saturating_sub(crate::ticket::CLOCK_SKEW_SECS)),
+            .issued_after(crate::clock::unix_now().saturating_sub(crate::ticket::CLOCK_SKEW_SECS)),
         core: CoreConfig {
             queue_packets,
             // Distinct per relay, so tracks keep their ids across links.
@@ -109,30 +109,6 @@ pub(super) fn settings(
         settings.routers.clear();
     }
     Ok(settings)
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub(super) async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = interrupt.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
-    }
 }
 
 /// Human-readable logs on stderr; level from `RUST_LOG` (default `info`).

@@ -22,7 +22,7 @@ pub(super) fn run(policy: Policy, id: &str, source: policy::Source) -> Result<()
         let listen = settings.router.listen;
         let listener =
             router::listen(listen).map_err(|e| format!("cannot bind HTTP on {listen}: {e}"))?;
-        router::run(listener, settings, super::relay::shutdown_signal())
+        router::run(listener, settings, crate::signals::shutdown())
             .await
             .map_err(|e| e.to_string())
     })

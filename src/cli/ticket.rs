@@ -1,7 +1,6 @@
 //! `residency-relay ticket`: mint a join ticket.
 
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::policy::Policy;
 use crate::ticket::{self, Claims, Grants, MAX_LIFETIME_SECS};
@@ -66,10 +65,10 @@ pub(super) fn mint(policy: &Policy, req: Request<'_>) -> Result<String, String> 
             req.jurisdiction
         ));
     }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_err(|_| "the system clock is before 1970".to_owned())?
-        .as_secs();
+    let now = match crate::clock::unix_now() {
+        0 => return Err("the system clock is before 1970".to_owned()),
+        now => now,
+    };
     let claims = Claims {
         e2ee: req.e2ee,
         conference: req.conference,

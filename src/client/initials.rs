@@ -12,7 +12,7 @@ use std::time::Instant;
 /// connection (a fresh connection id).
 pub fn initials(server: SocketAddr, count: usize) -> Result<Vec<Vec<u8>>, String> {
     // The handshake never gets far enough for the pin to matter.
-    let crypto = crate::relay::tls::pinned_client_config_for(&"00".repeat(32), crate::wire::ALPN)?;
+    let crypto = crate::quic::pinned_client_config_for(&"00".repeat(32), crate::wire::ALPN)?;
     let config = quinn_proto::ClientConfig::new(Arc::new(crypto));
     let mut endpoint = quinn_proto::Endpoint::new(
         Arc::new(quinn_proto::EndpointConfig::default()),

@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::relay::tls;
 use crate::wire::control::{
     self, ClientMessage, ControlError, Decoder, Layers, ParticipantId, ServerMessage, TrackInfo,
     TrackKind,
@@ -101,7 +100,7 @@ impl Datagrams {
 /// certificate whose SHA-256 is `cert_sha256`. One endpoint can carry many
 /// clients ([`Client::connect_on`]).
 pub fn endpoint(bind: SocketAddr, cert_sha256: &str) -> Result<quinn::Endpoint, ClientError> {
-    let crypto = tls::pinned_client_config(cert_sha256).map_err(ClientError::Tls)?;
+    let crypto = crate::quic::pinned_client_config(cert_sha256).map_err(ClientError::Tls)?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
     transport
@@ -115,7 +114,7 @@ pub fn endpoint(bind: SocketAddr, cert_sha256: &str) -> Result<quinn::Endpoint, 
     config.transport_config(Arc::new(transport));
     let socket =
         std::net::UdpSocket::bind(bind).map_err(|e| ClientError::Connect(e.to_string()))?;
-    crate::relay::enlarge_socket_buffers(&socket);
+    crate::quic::enlarge_socket_buffers(&socket);
     let mut endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
         None,
@@ -411,7 +410,7 @@ impl Client {
     }
 
     /// The application close code, once the relay closed the connection
-    /// (see [`crate::relay::close_code`]).
+    /// (see [`crate::wire::close_code`]).
     pub fn close_code(&self) -> Option<u64> {
         match self.conn.close_reason()? {
             quinn::ConnectionError::ApplicationClosed(c) => Some(c.error_code.into_inner()),

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::join::{self, Credential, JoinError, Joined};
 use super::{Client, ClientError};
-use crate::relay::close_code;
+use crate::wire::close_code;
 use crate::wire::control::TrackKind;
 use crate::wire::datagram::TrackId;
 

@@ -6,24 +6,16 @@
 //! datagram header's sequence number is the per-track sequence.
 
 use std::collections::HashMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::wire::datagram::{self, TrackId};
 
 /// Bytes of the payload that carry the send time.
 pub const STAMP_LEN: usize = 8;
 
-/// Microseconds since the Unix epoch.
-pub fn now_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
-
 /// A payload of `size` bytes stamped with the current time.
 pub fn payload(size: usize) -> Vec<u8> {
     let mut p = vec![0x5a; size.max(STAMP_LEN)];
-    p[..STAMP_LEN].copy_from_slice(&now_micros().to_be_bytes());
+    p[..STAMP_LEN].copy_from_slice(&crate::clock::unix_micros().to_be_bytes());
     p
 }
 
@@ -128,7 +120,7 @@ impl ReceiveStats {
         self.packets += 1;
         self.bytes += datagram.len() as u64;
         self.latencies_us
-            .push(now_micros().saturating_sub(u64::from_be_bytes(*stamp)));
+            .push(crate::clock::unix_micros().saturating_sub(u64::from_be_bytes(*stamp)));
         let entry =
             self.tracks
                 .entry(header.track)

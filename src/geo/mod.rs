@@ -1,4 +1,5 @@
-//! Where a client is: CIDR overrides first, then a MaxMind DB, else unknown.
+//! Where a client is: CIDR overrides first, then a MaxMind DB, else unknown;
+//! and the country codes ([`country`]) that jurisdictions are made of.
 //!
 //! Residency never depends on this module. The conference's pin decides the
 //! jurisdiction; the location only ranks relays inside it, and an unknown
@@ -11,6 +12,7 @@
 //!   in City databases, `location.latitude` / `location.longitude`;
 //! - `country_code`-only databases (e.g. the ip-location-db builds).
 
+pub mod country;
 pub mod overrides;
 pub mod point;
 
@@ -20,10 +22,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use country::{CountryCode, CountrySet, UnknownCountry};
 pub use overrides::{Overlap, Override, Overrides};
 pub use point::{GeoPoint, PointSet};
-
-use crate::policy::CountryCode;
 
 /// How precise a known position is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::policy::CountryCode;
+use super::CountryCode;
 
 use super::GeoPoint;
 

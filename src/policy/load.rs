@@ -10,10 +10,12 @@ use ipnet::IpNet;
 
 use super::files::{ConfigFile, RegionFile};
 use super::{
-    CountryCode, CountrySet, Jurisdiction, JurisdictionIdx, Member, Plan, Policy, Relay, RelayIdx,
-    Router, SelectionParams, Tenant,
+    Jurisdiction, JurisdictionIdx, Member, Plan, Policy, Relay, RelayIdx, Router, SelectionParams,
+    Tenant,
 };
-use crate::geo::{Database, GeoIp, GeoPoint, Override, Overrides, PointSet};
+use crate::geo::{
+    CountryCode, CountrySet, Database, GeoIp, GeoPoint, Override, Overrides, PointSet,
+};
 
 /// One thing wrong with the operator's files.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -491,13 +493,13 @@ impl Policy {
                 }
             }
             if let Some(w) = r.workers {
-                if !(1..=crate::relay::shards::MAX_WORKERS).contains(&w) {
+                if !(1..=super::MAX_WORKERS).contains(&w) {
                     p.push(
                         cfg,
                         field("workers"),
                         format!(
                             "must be 1 to {} (omit it for one per core)",
-                            crate::relay::shards::MAX_WORKERS
+                            super::MAX_WORKERS
                         ),
                     );
                 }

@@ -5,7 +5,6 @@
 //! [`Policy`]: an immutable, indexed view that relay selection and plan rules
 //! read without touching the clock, the network or the file system.
 
-pub mod country;
 mod diff;
 pub mod files;
 mod load;
@@ -17,13 +16,12 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-pub use country::{CountryCode, CountrySet, UnknownCountry};
 pub use diff::diff;
 pub use load::{ConfigError, ConfigProblem, load, load_with_regions};
 pub use plan::PinError;
-pub use source::{Hangups, ReloadError, Reloaded, Source};
+pub use source::{ReloadError, Reloaded, Source};
 
-use crate::geo::{GeoIp, GeoPoint, PointSet};
+use crate::geo::{CountryCode, CountrySet, GeoIp, GeoPoint, PointSet};
 
 /// Index of a jurisdiction inside one [`Policy`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -113,9 +111,12 @@ pub struct Relay {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// SHA-256 of the credential it registers with routers.
     pub credential_sha256: Option<[u8; 32]>,
-    /// Shards to run; `None`: one per available core.
+    /// Shards to run; `None`: one per available core. At most [`MAX_WORKERS`].
     pub workers: Option<usize>,
 }
+
+/// Most shards a relay runs (the bound of the relay's `shard` metric label).
+pub const MAX_WORKERS: usize = 64;
 
 /// A router from the config.
 #[derive(Debug, Clone)]

@@ -15,7 +15,8 @@ use tracing::{debug, warn};
 
 use super::connection::serve_connection;
 use super::shards::Shards;
-use super::{Metrics, Trust, close_code, rate};
+use super::{Metrics, Trust, rate};
+use crate::wire::close_code;
 
 /// What the accept loop needs.
 pub(super) struct Accepting {

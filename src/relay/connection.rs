@@ -14,37 +14,19 @@
 
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tracing::{debug, info};
 use web_transport_quinn::Session;
 
-use super::shards::{Event, Shards};
-use super::{GOING_AWAY_MOVED, Metrics, Recheck, Trust, close_code, link, rate, trusted, unix_now};
+use super::framing::{read_message, write_message};
+use super::shards::{Event, Shards, Transport};
+use super::{Metrics, Recheck, Trust, link, rate, trusted};
+use crate::clock::unix_now;
 use crate::ticket::TicketError;
 use crate::wire::ErrorCode;
 use crate::wire::channel::Enforcement;
-use crate::wire::control::{self, ClientMessage, ControlError, Decoder, ServerMessage};
-
-/// How a participant reached the relay (the `transport` metric label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    /// The native protocol (ALPN `residency-relay/1`).
-    Native,
-    /// WebTransport over HTTP/3 (ALPN `h3`), from browsers.
-    WebTransport,
-}
-
-impl Transport {
-    pub const ALL: [Transport; 2] = [Transport::Native, Transport::WebTransport];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Transport::Native => "native",
-            Transport::WebTransport => "webtransport",
-        }
-    }
-}
+use crate::wire::control::{ClientMessage, Decoder, ServerMessage};
+use crate::wire::{GOING_AWAY_MOVED, close_code};
 
 /// Streams a browser's HTTP/3 connection needs: its control and two QPACK
 /// streams (unidirectional), the `CONNECT` request and the session's
@@ -383,35 +365,4 @@ async fn serve_participant(
     let _ = events.send(Event::Closed(id)).await;
     writer.abort();
     Err(outcome)
-}
-
-/// Reads until one whole control message is decoded (client control
-/// streams, over either transport, and cascade links share the framing).
-pub(super) async fn read_message<M, R>(
-    recv: &mut R,
-    decoder: &mut Decoder,
-) -> Result<Option<M>, ControlError>
-where
-    M: for<'de> serde::Deserialize<'de> + control::Labels,
-    R: AsyncRead + Unpin,
-{
-    let mut buf = [0u8; 4096];
-    loop {
-        if let Some(m) = decoder.next_message::<M>()? {
-            return Ok(Some(m));
-        }
-        match recv.read(&mut buf).await {
-            Ok(0) | Err(_) => return Ok(None),
-            Ok(n) => decoder.push(&buf[..n]),
-        }
-    }
-}
-
-pub(super) async fn write_message<M: serde::Serialize, W: AsyncWrite + Unpin>(
-    send: &mut W,
-    message: &M,
-) -> Result<(), ()> {
-    let mut frame = Vec::new();
-    control::encode(message, &mut frame).map_err(|_| ())?;
-    send.write_all(&frame).await.map_err(|_| ())
 }

@@ -22,11 +22,13 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use super::connection::{read_message, write_message};
+use super::Metrics;
+use super::framing::{read_message, write_message};
 use super::shards::{Event, Shards};
-use super::{Metrics, close_code, unix_now};
+use crate::clock::unix_now;
 use crate::ticket::{self, TicketError};
 use crate::wire::channel::Enforcement;
+use crate::wire::close_code;
 use crate::wire::control::Decoder;
 use crate::wire::link::LinkMessage;
 
@@ -71,7 +73,7 @@ pub(super) async fn accept(
     };
     // The trust in force when the hello arrived.
     let (generation, checker) = super::trusted(&trust);
-    let cert = super::tls::peer_fingerprint(&conn);
+    let cert = crate::quic::peer_fingerprint(&conn);
     let checked = checker.check_cascade(
         &ticket,
         conn.remote_address().ip(),

@@ -184,7 +184,7 @@ impl Metrics {
         .collect();
         let queue: Vec<&str> = DropReason::ALL.iter().map(|r| r.code()).collect();
         let tickets: Vec<&str> = TicketError::ALL.iter().map(|e| e.code()).collect();
-        let transports: Vec<&str> = super::connection::Transport::ALL
+        let transports: Vec<&str> = super::shards::Transport::ALL
             .iter()
             .map(|t| t.label())
             .collect();

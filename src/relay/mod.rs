@@ -22,6 +22,7 @@
 mod accept;
 mod channel;
 mod connection;
+mod framing;
 mod http;
 mod link;
 pub mod metrics;
@@ -42,53 +43,15 @@ use tracing::{info, warn};
 
 use crate::forward::{Core, CoreConfig};
 use crate::ticket::Verifier;
+use crate::wire::close_code;
 use channel::{Reporters, Reporting, final_report};
-pub use connection::Transport;
 use http::{Http, serve_http};
 pub use metrics::Metrics;
 use reload::{Reloader, reload_loop, reload_on_hangup};
+pub use shards::Transport;
 pub use shards::shard_of;
 use shards::{Event, Shards};
 pub use tls::Identity;
-
-/// QUIC application close codes the relay uses.
-pub mod close_code {
-    /// Normal close (leave, or after `going_away`).
-    pub const NORMAL: u32 = 0;
-    /// The ticket was refused.
-    pub const TICKET_REFUSED: u32 = 1;
-    /// The control stream broke the protocol.
-    pub const PROTOCOL: u32 = 2;
-    /// The client did not read its control messages.
-    pub const SLOW_CONTROL: u32 = 3;
-    /// The relay is shutting down.
-    pub const GOING_AWAY: u32 = 4;
-    /// A host removed the participant.
-    pub const KICKED: u32 = 5;
-    /// A host ended the conference.
-    pub const CONFERENCE_ENDED: u32 = 6;
-    /// A cascade link was refused.
-    pub const CASCADE_REFUSED: u32 = 7;
-    /// The policy in force places the relay outside the conference's
-    /// jurisdiction: reconnect through the router (after `going_away`).
-    pub const MOVED: u32 = 8;
-    /// The source address has its limit of connections.
-    pub const TOO_MANY_CONNECTIONS: u32 = 9;
-    /// The participant kept sending control messages over its rate.
-    pub const RATE_LIMITED: u32 = 10;
-}
-
-/// `going_away` code: the policy in force no longer places this relay
-/// inside the conference's jurisdiction; reconnect through the router,
-/// which sends you to a relay inside it.
-pub const GOING_AWAY_MOVED: u16 = 3;
-
-/// `going_away` code: the operator is draining the relay; reconnect through
-/// the router, which sends you to another relay of the jurisdiction.
-pub const GOING_AWAY_DRAIN: u16 = 2;
-
-/// `going_away` code: the relay is shutting down.
-pub const GOING_AWAY_SHUTDOWN: u16 = 1;
 
 /// How a relay runs.
 #[derive(Debug)]
@@ -284,7 +247,7 @@ pub async fn run(
     }
     let fingerprint = settings.identity.fingerprint();
     let server = server_config(&settings.identity)?;
-    enlarge_socket_buffers(&socket);
+    crate::quic::enlarge_socket_buffers(&socket);
     let endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
         Some(server),
@@ -385,7 +348,7 @@ pub async fn run(
         .then(|| {
             tokio::spawn(reload_on_hangup(
                 reload_tx.clone(),
-                crate::policy::Hangups::new(),
+                crate::signals::Hangups::new(),
             ))
         });
     let http_task = tokio::spawn(serve_http(
@@ -570,27 +533,20 @@ async fn renew_certificate(
     }
 }
 
-/// Seconds since the Unix epoch (0 if the clock is before it).
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// Runs the futures concurrently and waits for all.
 async fn futures_join_all<F: Future<Output = ()> + Send + 'static>(futures: Vec<F>) {
     futures_join(futures.into_iter().map(tokio::spawn).collect()).await;
 }
 
 /// The shards a relay runs for `workers` (0: one per available core),
-/// at most [`shards::MAX_WORKERS`].
+/// at most [`crate::policy::MAX_WORKERS`].
 pub fn effective_workers(workers: usize) -> usize {
     let n = if workers == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     } else {
         workers
     };
-    n.clamp(1, shards::MAX_WORKERS)
+    n.clamp(1, crate::policy::MAX_WORKERS)
 }
 
 /// How long a client connection may be silent before the relay sends a
@@ -604,21 +560,6 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
     for t in tasks {
         let _ = t.await;
-    }
-}
-
-/// Socket buffer size asked for (the kernel caps it at its maximum, e.g.
-/// `net.core.rmem_max`). The default of a few hundred KiB overflows within
-/// milliseconds at gigabit rates, and overflow is loss.
-const SOCKET_BUFFER_BYTES: usize = 8 << 20;
-
-/// Asks for large UDP send and receive buffers; keeps the defaults if refused.
-pub fn enlarge_socket_buffers(socket: &std::net::UdpSocket) {
-    let s = socket2::SockRef::from(socket);
-    if s.set_recv_buffer_size(SOCKET_BUFFER_BYTES).is_err()
-        || s.set_send_buffer_size(SOCKET_BUFFER_BYTES).is_err()
-    {
-        warn!("could not enlarge UDP socket buffers; expect loss at high rates");
     }
 }
 

@@ -78,7 +78,7 @@ pub(super) async fn reload_loop(mut r: Reloader, mut requests: mpsc::Receiver<Re
 /// Asks for a reload on every SIGHUP (outcome in the log and metrics).
 pub(super) async fn reload_on_hangup(
     requests: mpsc::Sender<ReloadRequest>,
-    mut hangups: crate::policy::Hangups,
+    mut hangups: crate::signals::Hangups,
 ) {
     while hangups.next().await {
         info!("SIGHUP: reloading the policy");

@@ -18,14 +18,14 @@ use tracing::{info, warn};
 use web_transport_quinn::Session;
 
 use super::shards::{Event, Snapshot};
-use super::{
-    GOING_AWAY_DRAIN, GOING_AWAY_MOVED, GOING_AWAY_SHUTDOWN, Metrics, close_code, link, unix_now,
-};
+use super::{Metrics, link};
+use crate::clock::unix_now;
 use crate::forward::{Admission, ConnId, Core, IngressDrop, Permissions};
 use crate::ticket::{TicketError, Verifier};
 use crate::wire::channel::Enforcement;
 use crate::wire::control::{ClientMessage, ParticipantId, ServerMessage};
 use crate::wire::link::LinkMessage;
+use crate::wire::{GOING_AWAY_DRAIN, GOING_AWAY_MOVED, GOING_AWAY_SHUTDOWN, close_code};
 
 /// How soon a subscriber whose QUIC send buffer was full is tried again.
 pub(super) const BACKLOG_RETRY: Duration = Duration::from_millis(1);

@@ -22,8 +22,25 @@ use crate::wire::channel::Enforcement;
 use crate::wire::control::{ClientMessage, ServerMessage};
 use crate::wire::link::LinkMessage;
 
-/// Most shards a relay runs (the bound of the `shard` metric label).
-pub const MAX_WORKERS: usize = 64;
+/// How a participant reached the relay (the `transport` metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// The native protocol (ALPN `residency-relay/1`).
+    Native,
+    /// WebTransport over HTTP/3 (ALPN `h3`), from browsers.
+    WebTransport,
+}
+
+impl Transport {
+    pub const ALL: [Transport; 2] = [Transport::Native, Transport::WebTransport];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::Native => "native",
+            Transport::WebTransport => "webtransport",
+        }
+    }
+}
 
 /// Events waiting for a shard before senders wait.
 pub(super) const SHARD_QUEUE: usize = 8192;
@@ -108,7 +125,7 @@ pub(super) enum Event {
     Hello {
         /// Boxed: a session is large, and the queue holds many events.
         conn: Box<web_transport_quinn::Session>,
-        transport: super::connection::Transport,
+        transport: Transport,
         claims: crate::ticket::Claims,
         recheck: Recheck,
         reply: oneshot::Sender<Result<(ConnId, mpsc::Receiver<ServerMessage>), TicketError>>,

@@ -1,15 +1,12 @@
-//! TLS 1.3 for QUIC: the relay's certificate (from files, or self-signed for
-//! development), and a client verifier that pins the certificate's SHA-256.
+//! The relay's certificate (from files, or self-signed for development, and
+//! then renewed), and the QUIC crypto that serves it ([`crate::quic`]).
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
+use crate::quic;
 use crate::wire::ALPN;
 
 /// A certificate chain and its key.
@@ -141,16 +138,16 @@ pub struct Pins {
 }
 
 pub use crate::tls::fingerprint;
-use crate::tls::provider;
 
 /// The relay's QUIC server crypto: TLS 1.3 only; the native, cascade and
 /// HTTP/3 (WebTransport) ALPNs.
 pub fn server_config(
     identity: &Identity,
 ) -> Result<quinn::crypto::rustls::QuicServerConfig, String> {
-    quic_server(
-        identity,
-        None,
+    quic::server_crypto(
+        &identity.chain,
+        &identity.key,
+        false,
         vec![
             ALPN.to_vec(),
             crate::wire::CASCADE_ALPN.to_vec(),
@@ -168,35 +165,12 @@ pub fn server_config(
 pub fn link_server_config(
     identity: &Identity,
 ) -> Result<quinn::crypto::rustls::QuicServerConfig, String> {
-    let verifier = Arc::new(AnyClientCert {
-        provider: provider(),
-    });
-    quic_server(
-        identity,
-        Some(verifier),
+    quic::server_crypto(
+        &identity.chain,
+        &identity.key,
+        true,
         vec![crate::wire::CASCADE_ALPN.to_vec()],
     )
-}
-
-/// TLS 1.3 server crypto serving `identity` for `alpns`, asking clients for
-/// a certificate only with a `client_verifier`.
-fn quic_server(
-    identity: &Identity,
-    client_verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
-    alpns: Vec<Vec<u8>>,
-) -> Result<quinn::crypto::rustls::QuicServerConfig, String> {
-    let builder = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| e.to_string())?;
-    let builder = match client_verifier {
-        Some(verifier) => builder.with_client_cert_verifier(verifier),
-        None => builder.with_no_client_auth(),
-    };
-    let mut tls = builder
-        .with_single_cert(identity.chain.clone(), identity.key.clone_key())
-        .map_err(|e| e.to_string())?;
-    tls.alpn_protocols = alpns;
-    quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| e.to_string())
 }
 
 /// The client crypto of a cascade link: pins the accepting relay's
@@ -205,169 +179,11 @@ pub fn link_client_config(
     pin: &str,
     identity: &Identity,
 ) -> Result<quinn::crypto::rustls::QuicClientConfig, String> {
-    quic_client(pin, Some(identity), crate::wire::CASCADE_ALPN)
-}
-
-/// The SHA-256 (hex) of the certificate the peer of `conn` presented, if any.
-pub fn peer_fingerprint(conn: &quinn::Connection) -> Option<String> {
-    let identity = conn.peer_identity()?;
-    let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
-    chain.first().map(fingerprint)
-}
-
-/// Client crypto that accepts exactly the certificate whose SHA-256 is
-/// `pin` (hex), still checking the handshake signature with its key.
-pub fn pinned_client_config(pin: &str) -> Result<quinn::crypto::rustls::QuicClientConfig, String> {
-    pinned_client_config_for(pin, ALPN)
-}
-
-/// [`pinned_client_config`] for another protocol (cascade links).
-pub fn pinned_client_config_for(
-    pin: &str,
-    alpn: &[u8],
-) -> Result<quinn::crypto::rustls::QuicClientConfig, String> {
-    quic_client(pin, None, alpn)
-}
-
-/// TLS 1.3 client crypto pinning `pin` for `alpn`, presenting `identity`'s
-/// certificate when there is one.
-fn quic_client(
-    pin: &str,
-    identity: Option<&Identity>,
-    alpn: &[u8],
-) -> Result<quinn::crypto::rustls::QuicClientConfig, String> {
-    let provider = provider();
-    let verifier = Arc::new(PinnedCert {
-        pin: pin.trim().to_ascii_lowercase(),
-        provider: provider.clone(),
-    });
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| e.to_string())?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier);
-    let mut tls = match identity {
-        Some(identity) => builder
-            .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
-            .map_err(|e| e.to_string())?,
-        None => builder.with_no_client_auth(),
-    };
-    tls.alpn_protocols = vec![alpn.to_vec()];
-    quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())
-}
-
-#[derive(Debug)]
-struct PinnedCert {
-    pin: String,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for PinnedCert {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if fingerprint(end_entity) == self.pin {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(
-                "certificate does not match the pinned SHA-256".into(),
-            ))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("TLS 1.2 is not used".into()))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-/// Takes any client certificate whose handshake signature checks out:
-/// which certificate is acceptable is decided after the handshake, against
-/// the link's ticket.
-#[derive(Debug)]
-struct AnyClientCert {
-    provider: Arc<CryptoProvider>,
-}
-
-impl rustls::server::danger::ClientCertVerifier for AnyClientCert {
-    fn offer_client_auth(&self) -> bool {
-        true
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        false
-    }
-
-    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
-    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
-        Ok(rustls::server::danger::ClientCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("TLS 1.2 is not used".into()))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
+    quic::client_crypto(
+        pin,
+        Some((&identity.chain, &identity.key)),
+        crate::wire::CASCADE_ALPN,
+    )
 }
 
 #[cfg(test)]
@@ -417,10 +233,5 @@ mod tests {
         assert!(err.contains("absent.pem"), "{err}");
         std::fs::write(dir.path().join("empty.pem"), "").unwrap();
         assert!(Identity::from_pem_files(&dir.path().join("empty.pem"), &key).is_err());
-    }
-
-    #[test]
-    fn pinned_client_config_builds() {
-        assert!(pinned_client_config(&"ab".repeat(32)).is_ok());
     }
 }

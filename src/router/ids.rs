@@ -98,7 +98,7 @@ pub fn passcode_matches(keys: &RecordsKeys, stored: &PasscodeHash, passcode: &st
 pub fn address_hash(key: &RecordsKey, salt: &[u8; 32], ip: IpAddr) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(salt);
-    match super::limits::address_key(ip) {
+    match crate::http_server::address_group(ip) {
         IpAddr::V4(v4) => h.update(v4.octets()),
         // The /64 alone: its lower half is zero.
         IpAddr::V6(v6) => h.update(&v6.octets()[..8]),

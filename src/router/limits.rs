@@ -12,6 +12,8 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::http_server::address_group;
+
 /// Limits of the failure counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LimitSettings {
@@ -163,24 +165,6 @@ impl<K: Hash + Eq + Clone> Windows<K> {
     }
 }
 
-/// The key an address is counted under: IPv6 clients by their /64 (one
-/// subscriber's usual allocation), IPv4 by address. The failure limits,
-/// bans ([`super::ids::address_hash`]) and the HTTP connection caps
-/// ([`crate::http_server`]) all group addresses by it.
-pub fn address_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let mut o = v6.octets();
-                o[8..].fill(0);
-                IpAddr::from(o)
-            }
-        },
-    }
-}
-
 /// The counters' tables.
 #[derive(Debug)]
 struct Tables {
@@ -211,7 +195,7 @@ impl Attempt<'_> {
     /// The credential was right: the attempt is not a failure.
     pub fn succeeded(self) {
         if let Ok(mut guard) = self.limiter.inner.lock() {
-            guard.failures.refund(&address_key(self.ip));
+            guard.failures.refund(&address_group(self.ip));
             if let Some(c) = &self.conference {
                 guard.conferences.refund(c);
             }
@@ -261,7 +245,7 @@ impl Limiter {
             settings,
         } = &mut *guard;
         let s = &*settings;
-        let key = address_key(ip);
+        let key = address_group(ip);
         let (n, left) = attempts.count(&key, now, s.window);
         if n >= s.attempts_per_address {
             return Err(Limited::Attempts { retry_after: left });
@@ -388,7 +372,7 @@ mod tests {
 
     #[test]
     fn addresses_are_keyed_by_their_64_and_mapped_ones_as_ipv4() {
-        let key = |s: &str| address_key(s.parse().unwrap());
+        let key = |s: &str| address_group(s.parse().unwrap());
         assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::2"));
         assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
         assert_eq!(key("::ffff:192.0.2.7"), key("192.0.2.7"));

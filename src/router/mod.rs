@@ -118,6 +118,21 @@ pub struct Live {
 
 pub use crate::policy::{ReloadError, Reloaded};
 
+/// The policy in force when the request arrived, used throughout it (see
+/// [`Live::load`]).
+pub(crate) struct Current(pub(crate) Arc<Shared>);
+
+impl axum::extract::FromRequestParts<Arc<Live>> for Current {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        _parts: &mut axum::http::request::Parts,
+        live: &Arc<Live>,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Current(live.load()))
+    }
+}
+
 impl Live {
     /// The policy in force and everything else handlers read. A handler
     /// takes it once and uses it throughout, so it never mixes two
@@ -454,7 +469,7 @@ pub async fn run(
         .then(|| {
             tokio::spawn(reload_on_hangup(
                 live.clone(),
-                crate::policy::Hangups::new(),
+                crate::signals::Hangups::new(),
             ))
         });
     let proxies = live.clone();
@@ -540,7 +555,7 @@ async fn watch_store(live: Arc<Live>) {
 }
 
 /// Reloads the policy on every SIGHUP (outcome in the log and metrics).
-async fn reload_on_hangup(live: Arc<Live>, mut hangups: crate::policy::Hangups) {
+async fn reload_on_hangup(live: Arc<Live>, mut hangups: crate::signals::Hangups) {
     while hangups.next().await {
         info!("SIGHUP: reloading the policy");
         let _ = live.reload().await;

@@ -10,7 +10,7 @@ use axum::extract::Path;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::api::Current;
+use super::Current;
 
 /// `(name, content type, bytes)` of every file the page is made of.
 const FILES: &[(&str, &str, &str)] = &[

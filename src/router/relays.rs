@@ -215,7 +215,7 @@ impl Registry {
         let mut epoch = [0u8; 8];
         if getrandom::fill(&mut epoch).is_err() {
             // Distinct per run is all that matters.
-            epoch = crate::relay::unix_now().to_le_bytes();
+            epoch = crate::clock::unix_now().to_le_bytes();
         }
         Self::with_epoch(u64::from_le_bytes(epoch))
     }
@@ -917,7 +917,7 @@ async fn command_link(
     let Ok(nonce) = crate::ticket::new_nonce() else {
         return Ok(true);
     };
-    let now = crate::relay::unix_now();
+    let now = crate::clock::unix_now();
     let ticket = crate::ticket::sign_cascade(
         &crate::ticket::CascadeClaims {
             conference: conference.to_owned(),
@@ -1030,7 +1030,7 @@ pub(super) async fn watch(live: Arc<super::Live>) {
             let (relay, action) = match m {
                 Misplaced::Relay { conference, relay } => {
                     warn!(relay = %relay, jurisdiction = crate::wire::conference::jurisdiction_of(&conference).unwrap_or_default(), "relay carries a conference outside its jurisdiction under the policy in force: moving its participants");
-                    let at = crate::relay::unix_now();
+                    let at = crate::clock::unix_now();
                     (relay, Action::Move { conference, at })
                 }
                 Misplaced::Link {

@@ -80,12 +80,6 @@ pub async fn purge(
     }
 }
 
-fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// The background purge of a running router: the first run a few seconds
 /// after the start, then one every `purge_interval_secs` of the policy in
 /// force. A run the store fails is counted, logged and tried again at the
@@ -104,7 +98,7 @@ pub async fn run(live: Arc<super::Live>) {
     loop {
         let shared = live.load();
         let retention = shared.policy.retention().clone();
-        let cutoffs = cutoffs(&retention, now_unix());
+        let cutoffs = cutoffs(&retention, crate::clock::unix_now());
         let metrics = &shared.metrics;
         let outcome = purge(
             &*shared.store,

@@ -45,7 +45,7 @@
 //!   new one has started: the fencing is done by the database that holds
 //!   the commands.
 //! - **Rate limits** stay in each replica's memory, each enforcing its share
-//!   of the limit (see [`crate::router::limits`]): a limit must hold when the
+//!   of the limit (see the router's `limits`): a limit must hold when the
 //!   store is slow or down, which is when floods arrive.
 //!
 //! Times in records are Unix seconds from the replica that wrote them, as in

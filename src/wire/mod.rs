@@ -27,6 +27,45 @@ pub const CASCADE_ALPN: &[u8] = b"residency-relay-cascade/1";
 /// session then carries wire protocol v1 unchanged.
 pub const WEBTRANSPORT_ALPN: &[u8] = web_transport_quinn::ALPN.as_bytes();
 
+/// QUIC application close codes of a relay's connections.
+pub mod close_code {
+    /// Normal close (leave, or after `going_away`).
+    pub const NORMAL: u32 = 0;
+    /// The ticket was refused.
+    pub const TICKET_REFUSED: u32 = 1;
+    /// The control stream broke the protocol.
+    pub const PROTOCOL: u32 = 2;
+    /// The client did not read its control messages.
+    pub const SLOW_CONTROL: u32 = 3;
+    /// The relay is shutting down.
+    pub const GOING_AWAY: u32 = 4;
+    /// A host removed the participant.
+    pub const KICKED: u32 = 5;
+    /// A host ended the conference.
+    pub const CONFERENCE_ENDED: u32 = 6;
+    /// A cascade link was refused.
+    pub const CASCADE_REFUSED: u32 = 7;
+    /// The policy in force places the relay outside the conference's
+    /// jurisdiction: reconnect through the router (after `going_away`).
+    pub const MOVED: u32 = 8;
+    /// The source address has its limit of connections.
+    pub const TOO_MANY_CONNECTIONS: u32 = 9;
+    /// The participant kept sending control messages over its rate.
+    pub const RATE_LIMITED: u32 = 10;
+}
+
+/// `going_away` code: the policy in force no longer places this relay
+/// inside the conference's jurisdiction; reconnect through the router,
+/// which sends you to a relay inside it.
+pub const GOING_AWAY_MOVED: u16 = 3;
+
+/// `going_away` code: the operator is draining the relay; reconnect through
+/// the router, which sends you to another relay of the jurisdiction.
+pub const GOING_AWAY_DRAIN: u16 = 2;
+
+/// `going_away` code: the relay is shutting down.
+pub const GOING_AWAY_SHUTDOWN: u16 = 1;
+
 /// Stable numeric codes carried in `error` control messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u16)]

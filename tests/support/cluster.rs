@@ -308,7 +308,8 @@ impl Cluster {
             relay_id: id.to_owned(),
             identity,
             verifier: self.policy.ticket_verifier(idx).issued_after(
-                relay::unix_now().saturating_sub(residency_relay::ticket::CLOCK_SKEW_SECS),
+                residency_relay::clock::unix_now()
+                    .saturating_sub(residency_relay::ticket::CLOCK_SKEW_SECS),
             ),
             core: CoreConfig {
                 track_id_base: residency_relay::forward::track_id_base(idx.index()),

@@ -1,7 +1,7 @@
 //! Starting relays on loopback and minting dev tickets for them.
 
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use residency_relay::forward::CoreConfig;
 use residency_relay::policy;
@@ -109,12 +109,7 @@ impl TestRelay {
     }
 }
 
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
+pub use residency_relay::clock::unix_now;
 
 /// Claims for `participant` in conference `eu-test` on `relay`, valid for 60 s.
 pub fn claims(relay: &str, participant: &str, grants: Grants) -> Claims {

@@ -13,9 +13,9 @@ use utoipa::ToSchema;
 
 use super::{
     ApiError, ApiResult, Current, ErrorBody, MAX_NAME, Managed, Manager, audit, check_text, ids,
-    misdirected, moderated_relays, now_unix, parse, store_failed, tell_relays, tenant,
-    waiting_changed,
+    misdirected, moderated_relays, parse, store_failed, tell_relays, tenant, waiting_changed,
 };
+use crate::clock::unix_now;
 use crate::store::{ConferenceRecord, InviteRecord, Role};
 use crate::wire::channel::Action;
 
@@ -137,7 +137,7 @@ pub(super) async fn create_conference(
         host_token_sha256: ids::sha256(&host_token),
         locked: false,
         waiting_room,
-        created: now_unix(),
+        created: unix_now(),
         ended: None,
         e2ee,
     };
@@ -319,7 +319,7 @@ pub(super) async fn create_invite(
     managed.open()?;
     let token = ids::token("inv")?;
     let participant_id = ids::participant_id()?;
-    let expires = now_unix() + ttl;
+    let expires = unix_now() + ttl;
     shared
         .store
         .insert_invite(&InviteRecord {
@@ -373,7 +373,7 @@ pub(super) async fn end(
     let Managed {
         jurisdiction: j, ..
     } = Managed::check(&shared, &id, &headers).await?.open()?;
-    let at = now_unix();
+    let at = unix_now();
     shared
         .store
         .end_conference(&id, at)

@@ -21,9 +21,9 @@ use utoipa::ToSchema;
 
 use super::{
     ApiError, ApiResult, App, Current, ErrorBody, MAX_NAME, Managed, audit, bearer, check_text,
-    client_ip, conference, ended_check, ids, now_unix, parse, store_failed, unauthorized,
-    waiting_changed,
+    client_ip, conference, ended_check, ids, parse, store_failed, unauthorized, waiting_changed,
 };
+use crate::clock::unix_now;
 use crate::http_server::{Held, LongPoll};
 use crate::policy::{JurisdictionIdx, RelayIdx};
 use crate::router::Shared;
@@ -176,7 +176,7 @@ async fn join_checked(
     request: JoinRequest,
     started: Instant,
 ) -> ApiResult<Response> {
-    let now = now_unix();
+    let now = unix_now();
     let refused = |reason: &'static str, e: ApiError| async move {
         audit(shared, &c.id, "join_refused", json!({ "reason": reason })).await;
         refuse(shared, Some(j), reason, e)
@@ -538,7 +538,7 @@ async fn issue_ticket(
         ));
     }
     let r = shared.policy.relay(relay);
-    let now = now_unix();
+    let now = unix_now();
     let grants = match record.role {
         Role::Host => Grants {
             publish: true,

@@ -31,8 +31,8 @@ use utoipa::{OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::Shared;
 use super::ids;
+use super::{Current, Shared};
 use crate::policy::{JurisdictionIdx, Tenant};
 use crate::store::{AuditEvent, ConferenceRecord, Role, Status, StoreError};
 
@@ -50,21 +50,6 @@ const MAX_BODY: usize = 16 * 1024;
 const MAX_NAME: usize = crate::wire::control::MAX_LABEL_LEN;
 
 type App = Arc<super::Live>;
-
-/// The policy in force when the request arrived, used throughout it (see
-/// [`super::Live::load`]).
-pub(crate) struct Current(pub(crate) Arc<Shared>);
-
-impl axum::extract::FromRequestParts<App> for Current {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(
-        _parts: &mut axum::http::request::Parts,
-        live: &App,
-    ) -> Result<Self, Self::Rejection> {
-        Ok(Current(live.load()))
-    }
-}
 
 /// The router's routes.
 pub fn routes(shared: App) -> Router {
@@ -418,10 +403,6 @@ struct ReloadProblem {
 
 type ApiResult<T> = Result<T, ApiError>;
 
-fn now_unix() -> u64 {
-    crate::relay::unix_now()
-}
-
 /// A request body: no body at all takes every default; anything else must
 /// be the JSON object (a `null`, or whitespace, is not).
 fn parse<T: DeserializeOwned + Default>(body: &Bytes) -> ApiResult<T> {
@@ -625,7 +606,9 @@ async fn manager(shared: &Shared, headers: &HeaderMap, c: &ConferenceRecord) -> 
     }
     // A host's call page: a manage token from its join answer, good while
     // that participant is still a host here and was not removed.
-    if let Some(pid) = super::manage::check(&shared.signing_key, token, &c.id, now_unix()) {
+    if let Some(pid) =
+        super::manage::check(&shared.signing_key, token, &c.id, crate::clock::unix_now())
+    {
         let host = shared
             .store
             .participant(&c.id, &pid)
@@ -652,7 +635,7 @@ async fn manager(shared: &Shared, headers: &HeaderMap, c: &ConferenceRecord) -> 
 
 async fn audit(shared: &Shared, conference: &str, event: &str, detail: Value) {
     let entry = AuditEvent {
-        time: now_unix(),
+        time: crate::clock::unix_now(),
         conference: conference.to_owned(),
         event: event.to_owned(),
         detail,

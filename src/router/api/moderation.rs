@@ -11,9 +11,10 @@ use serde_json::{Value, json};
 use utoipa::ToSchema;
 
 use super::{
-    ApiError, ApiResult, Current, ErrorBody, Managed, audit, check_text, moderated_relays,
-    now_unix, parse, store_failed, tell_relays, waiting_changed,
+    ApiError, ApiResult, Current, ErrorBody, Managed, audit, check_text, moderated_relays, parse,
+    store_failed, tell_relays, waiting_changed,
 };
+use crate::clock::unix_now;
 use crate::router::Shared;
 use crate::store::{Ban, Status};
 use crate::wire::channel::Action;
@@ -162,7 +163,7 @@ pub(super) async fn kick(
                 participant_id: pid.clone(),
                 address_hash: p.address_hash,
                 invite_sha256: p.invite_sha256,
-                created: now_unix(),
+                created: unix_now(),
             })
             .await
             .map_err(store_failed(&shared))?;
@@ -178,7 +179,7 @@ pub(super) async fn kick(
             conference: id.clone(),
             participant: pid.clone(),
             reason,
-            at: now_unix(),
+            at: unix_now(),
         },
     )
     .await?;
@@ -252,7 +253,7 @@ pub(super) async fn report_abuse(
     }
     let report = shared
         .store
-        .add_report(&id, &pid, &reason, now_unix())
+        .add_report(&id, &pid, &reason, unix_now())
         .await
         .map_err(store_failed(&shared))?;
     shared

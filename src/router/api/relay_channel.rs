@@ -10,9 +10,8 @@ use axum::http::{HeaderMap, StatusCode};
 use serde_json::json;
 use tracing::warn;
 
-use super::{
-    ApiError, ApiResult, Current, ErrorBody, audit, bearer, ids, now_unix, read_body, unauthorized,
-};
+use super::{ApiError, ApiResult, Current, ErrorBody, audit, bearer, ids, read_body, unauthorized};
+use crate::clock::unix_now;
 use crate::store::{LinkUsage, Usage};
 use crate::wire::channel::{RelayReport, ReportReply};
 
@@ -233,7 +232,7 @@ pub(super) async fn relay_report(
     if !usage.is_empty() || !links.is_empty() {
         if let Err(e) = shared
             .store
-            .record_usage(&relay_id, now_unix(), &usage, &links)
+            .record_usage(&relay_id, unix_now(), &usage, &links)
             .await
         {
             shared.metrics.store_errors.inc();

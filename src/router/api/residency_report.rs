@@ -6,7 +6,8 @@ use axum::extract::Path;
 use axum::http::HeaderMap;
 use serde_json::{Value, json};
 
-use super::{ApiResult, Current, ErrorBody, Managed, now_unix, store_failed};
+use super::{ApiResult, Current, ErrorBody, Managed, store_failed};
+use crate::clock::unix_now;
 
 /// Where the conference's media and metadata went: every relay and router
 /// that recorded handling it, with countries, times and bytes, the cascade
@@ -84,7 +85,7 @@ pub(super) async fn residency_report(
                     (Some(c), j, i && !u.outside)
                 })
             } else {
-                let jurisdictions = crate::policy::CountryCode::parse(&u.countries[0])
+                let jurisdictions = crate::geo::CountryCode::parse(&u.countries[0])
                     .map(|c| {
                         shared
                             .policy
@@ -118,8 +119,8 @@ pub(super) async fn residency_report(
             links.push(crate::store::LinkUse {
                 relay: relay.clone(),
                 peer: l.peer.clone(),
-                first_seen: now_unix(),
-                last_seen: now_unix(),
+                first_seen: unix_now(),
+                last_seen: unix_now(),
                 bytes_in: l.bytes_in,
                 bytes_out: l.bytes_out,
             });
@@ -196,7 +197,7 @@ pub(super) async fn residency_report(
         "legal_basis": jurisdiction.legal_basis,
         "created": c.created,
         "ended": c.ended,
-        "generated_at": now_unix(),
+        "generated_at": unix_now(),
         "routers": routers,
         "store": store,
         "relays": relays,

@@ -8,7 +8,7 @@
 use std::fmt;
 use std::sync::OnceLock;
 
-use crate::geo::point::GeoPoint;
+use super::point::GeoPoint;
 
 /// Number of two-letter combinations `AA`..`ZZ`; the dense index space.
 const SLOTS: usize = 26 * 26;
