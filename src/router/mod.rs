@@ -13,6 +13,7 @@ pub mod manage;
 pub mod metrics;
 pub mod page;
 pub mod relays;
+pub mod replicas;
 pub mod residency;
 pub mod retention;
 
@@ -26,6 +27,7 @@ use tracing::{info, warn};
 
 use crate::policy::{self, Policy};
 use crate::store::Store;
+use crate::store::replicas::Announcement;
 
 pub use metrics::RouterMetrics;
 
@@ -76,9 +78,10 @@ pub struct Shared {
     pub me: policy::Router,
     pub signing_key: SigningKey,
     pub store: Arc<dyn Store>,
-    /// The shared store of this router's replicas (PostgreSQL only): relay
-    /// reports, commands, placements and the planner lease go through it.
-    pub cluster: Option<Arc<crate::store::Postgres>>,
+    /// What this router agrees on with its replicas: relay reports,
+    /// commands, placements and the planner lease (in its own memory when
+    /// it has none: [`replicas::Alone`]).
+    pub replicas: Arc<dyn crate::store::Replicas>,
     /// Whether the store answered its last health check.
     pub store_up: Arc<AtomicBool>,
     /// The store's address salt ([`crate::store::Store::address_key`]).
@@ -259,7 +262,7 @@ impl Live {
             me: me.clone(),
             signing_key,
             store: old.store.clone(),
-            cluster: old.cluster.clone(),
+            replicas: old.replicas.clone(),
             store_up: old.store_up.clone(),
             address_key: old.address_key,
             records_keys: old.records_keys.clone(),
@@ -388,20 +391,30 @@ pub async fn run(
             "records key rotated: new hashes use the new key, the previous one still verifies old ones"
         ),
     }
-    let cluster = settings.store.postgres.clone();
-    let registry = match &cluster {
-        Some(pg) => relays::Registry::with_epoch(pg.command_epoch()),
-        None => relays::Registry::new(),
-    };
+    let relays = Arc::new(
+        match settings
+            .store
+            .replicas
+            .as_ref()
+            .and_then(|r| r.command_epoch())
+        {
+            Some(epoch) => relays::Registry::with_epoch(epoch),
+            None => relays::Registry::new(),
+        },
+    );
+    let replicas = settings
+        .store
+        .replicas
+        .unwrap_or_else(|| Arc::new(replicas::Alone::new(relays.clone())));
     let shared = Shared {
-        relays: Arc::new(registry),
+        relays,
         limiter: Arc::new(limits::Limiter::new(settings.limits)),
         metrics: RouterMetrics::new(&settings.router.id, &settings.policy, &settings.router),
         policy: settings.policy,
         me: settings.router,
         signing_key: settings.signing_key,
         store: settings.store.records,
-        cluster,
+        replicas,
         store_up: Arc::new(AtomicBool::new(true)),
         address_key,
         records_keys,
@@ -443,24 +456,22 @@ pub async fn run(
     background.spawn(retention::run(live.clone()));
     // Commands another replica stored wake the reports held here; a
     // waiting-room decision made on another replica wakes polls here.
-    if let Some(pg) = live.load().cluster.clone() {
-        let (one, all) = (live.clone(), live.clone());
-        background.spawn(pg.listen(
-            move |channel, payload| {
-                let shared = one.load();
-                match channel {
-                    crate::store::postgres::Channel::Commands => shared.relays.wake(payload),
-                    crate::store::postgres::Channel::Waiting => {
-                        shared.waiting_changed.notify_waiters()
-                    }
-                }
-            },
-            move || {
-                let shared = all.load();
-                shared.relays.wake_all();
-                shared.waiting_changed.notify_waiters();
-            },
-        ));
+    let (one, all) = (live.clone(), live.clone());
+    if let Some(listening) = live.load().replicas.clone().listen(
+        Box::new(move |about, payload| {
+            let shared = one.load();
+            match about {
+                Announcement::Commands => shared.relays.wake(payload),
+                Announcement::Waiting => shared.waiting_changed.notify_waiters(),
+            }
+        }),
+        Box::new(move || {
+            let shared = all.load();
+            shared.relays.wake_all();
+            shared.waiting_changed.notify_waiters();
+        }),
+    ) {
+        background.spawn(listening);
     }
     let hangups = settings
         .reload_on_sighup
@@ -511,11 +522,9 @@ pub async fn run(
     ready.store(false, Ordering::Relaxed);
     background.abort_all();
     let last = live.load();
-    if let Some(pg) = &last.cluster {
-        // The next replica plans at once instead of after the lease expires.
-        if let Err(e) = pg.release(relays::PLANNER, &last.me.id).await {
-            warn!(error = %e, "could not give the planner lease up");
-        }
+    // The next replica plans at once instead of after the lease expires.
+    if let Err(e) = last.replicas.release(relays::PLANNER, &last.me.id).await {
+        warn!(error = %e, "could not give the planner lease up");
     }
     if let Some(h) = hangups {
         h.abort();

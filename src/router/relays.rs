@@ -776,17 +776,10 @@ async fn send_fenced(
     action: &Action,
     term: Option<i64>,
 ) -> Result<bool, StoreError> {
-    match &shared.cluster {
-        None => {
-            shared.relays.command(relays.iter().copied(), action);
-            Ok(true)
-        }
-        Some(pg) => {
-            let json = serde_json::to_string(action).map_err(|e| StoreError::new(e.to_string()))?;
-            pg.push_commands(relays, &json, term.map(|t| (shared.me.id.as_str(), t)))
-                .await
-        }
-    }
+    shared
+        .replicas
+        .queue_commands(relays, action, term.map(|t| (shared.me.id.as_str(), t)))
+        .await
 }
 
 /// The commands for `relay` not yet acknowledged, after taking its
@@ -797,21 +790,8 @@ pub async fn pending(
     epoch: u64,
     ack: u64,
 ) -> Result<Vec<Command>, StoreError> {
-    match &shared.cluster {
-        None => Ok(shared.relays.commands(relay)),
-        Some(pg) => {
-            let ack = (epoch == shared.relays.epoch()).then_some(ack);
-            let rows = pg.commands(relay, ack).await?;
-            Ok(rows
-                .into_iter()
-                .filter_map(|(seq, action)| {
-                    serde_json::from_str(&action)
-                        .ok()
-                        .map(|action| Command { seq, action })
-                })
-                .collect())
-        }
-    }
+    let ack = (epoch == shared.relays.epoch()).then_some(ack);
+    shared.replicas.pending_commands(relay, ack).await
 }
 
 /// Chooses the relay for a participant of `conference` (as
@@ -826,11 +806,6 @@ pub async fn place<E>(
     decide: impl Fn(&[RelayState], &[RelayIdx], u32) -> Result<RelayIdx, E>,
 ) -> Result<Result<RelayIdx, E>, StoreError> {
     let policy = &shared.policy;
-    let Some(pg) = &shared.cluster else {
-        return Ok(shared
-            .relays
-            .place(policy, conference, hint, Instant::now(), decide));
-    };
     let first = shared
         .relays
         .hosting(policy, conference, Instant::now())
@@ -840,7 +815,8 @@ pub async fn place<E>(
             .relays
             .place(policy, conference, hint, Instant::now(), decide));
     }
-    let claimed = pg
+    let claimed = shared
+        .replicas
         .placement(conference, PLACED_FRESH)
         .await?
         .and_then(|id| policy.relay_idx(&id));
@@ -855,7 +831,10 @@ pub async fn place<E>(
         Err(e) => return Ok(Err(e)),
     };
     let mine = policy.relay(relay).id.as_str();
-    let winner = pg.claim_placement(conference, mine, PLACED_FRESH).await?;
+    let winner = shared
+        .replicas
+        .claim_placement(conference, mine, PLACED_FRESH)
+        .await?;
     if winner == mine {
         return Ok(Ok(relay));
     }
@@ -872,10 +851,7 @@ pub async fn place<E>(
 /// Forgets an ended conference's placement, here and with replicas.
 pub async fn forget(shared: &Shared, conference: &str) -> Result<(), StoreError> {
     shared.relays.forget(conference);
-    match &shared.cluster {
-        Some(pg) => pg.forget_placement(conference).await,
-        None => Ok(()),
-    }
+    shared.replicas.forget_placement(conference).await
 }
 
 /// How long the planner lease lasts unrenewed: a replica that dies is
@@ -950,20 +926,19 @@ async fn command_link(
 /// `version` (returning the new cursor), and takes or renews the planner
 /// lease (its term while held).
 async fn sync_replicas(shared: &Shared, version: &mut i64, failures: &mut u32) -> Option<i64> {
-    let pg = shared.cluster.as_ref()?;
+    let replicas = &shared.replicas;
     let outcome = async {
-        let rows = pg.reports_since(*version, &shared.me.id).await?;
+        let rows = replicas.shared_reports(*version, &shared.me.id).await?;
         let now = Instant::now();
         for row in rows {
             *version = (*version).max(row.version);
-            match serde_json::from_str::<RelayReport>(&row.report) {
-                Ok(report) => shared
+            if let Some(report) = row.report {
+                shared
                     .relays
-                    .record_remote(&row.relay, report, row.age, now),
-                Err(e) => warn!(relay = %row.relay, error = %e, "unreadable shared relay report"),
+                    .record_remote(&row.relay, report, row.age, now);
             }
         }
-        pg.lease(PLANNER, &shared.me.id, PLANNER_LEASE).await
+        replicas.lease(PLANNER, &shared.me.id, PLANNER_LEASE).await
     }
     .await;
     match outcome {
@@ -1005,7 +980,7 @@ pub(super) async fn watch(live: Arc<super::Live>) {
             shared.relays.trim(now);
         }
         // With replicas, one plans at a time: the holder of the lease.
-        if shared.cluster.is_some() && term.is_none() {
+        if term.is_none() {
             refresh(&shared, now);
             continue;
         }

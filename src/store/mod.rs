@@ -3,17 +3,20 @@
 //!
 //! [`Store`] is the seam: the router only talks to the trait. [`Sqlite`] is
 //! the embedded default for one router; [`Postgres`] is shared by several
-//! router replicas of the same jurisdictions (it also carries what replicas
-//! must agree on besides records: see [`postgres`]). Nothing here holds a
+//! router replicas of the same jurisdictions, and also carries what
+//! replicas must agree on besides records, behind the [`Replicas`] trait
+//! (see [`postgres`] for how, and `router::replicas` for a router alone). Nothing here holds a
 //! raw client address: bans and the audit log carry a keyed hash of it
 //! ([`Store::address_key`]).
 
 pub mod postgres;
+pub mod replicas;
 mod sqlite;
 
 use serde::Serialize;
 
 pub use postgres::Postgres;
+pub use replicas::Replicas;
 pub use sqlite::Sqlite;
 
 /// A store operation failed.
@@ -617,15 +620,15 @@ pub enum Backend {
 pub struct Handle {
     pub records: std::sync::Arc<dyn Store>,
     /// Set on PostgreSQL: relay reports, commands, placements and the
-    /// planner lease go through it.
-    pub postgres: Option<std::sync::Arc<Postgres>>,
+    /// planner lease go through it; `None`: a router alone keeps them.
+    pub replicas: Option<std::sync::Arc<dyn Replicas>>,
 }
 
 impl From<Sqlite> for Handle {
     fn from(store: Sqlite) -> Self {
         Handle {
             records: std::sync::Arc::new(store),
-            postgres: None,
+            replicas: None,
         }
     }
 }
@@ -635,7 +638,7 @@ impl From<Postgres> for Handle {
         let store = std::sync::Arc::new(store);
         Handle {
             records: store.clone(),
-            postgres: Some(store),
+            replicas: Some(store),
         }
     }
 }

@@ -663,11 +663,9 @@ async fn tell_relays(
 /// replicas, on the others.
 async fn waiting_changed(shared: &Shared, conference: &str) {
     shared.waiting_changed.notify_waiters();
-    if let Some(pg) = &shared.cluster {
-        if let Err(e) = pg.announce_waiting(conference).await {
-            shared.metrics.store_errors.inc();
-            warn!(error = %e, "cannot announce a waiting-room decision to the other replicas");
-        }
+    if let Err(e) = shared.replicas.announce_waiting(conference).await {
+        shared.metrics.store_errors.inc();
+        warn!(error = %e, "cannot announce a waiting-room decision to the other replicas");
     }
 }
 

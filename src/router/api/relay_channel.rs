@@ -174,18 +174,16 @@ pub(super) async fn relay_report(
     };
     let (report_epoch, ack) = (report.epoch, report.ack);
     // With replicas, the others learn the relay's state from the store.
-    let to_share = shared
-        .cluster
-        .as_ref()
-        .and_then(|_| serde_json::to_string(&report).ok());
+    if let Err(e) = shared
+        .replicas
+        .share_report(&relay_id, &shared.me.id, &report)
+        .await
+    {
+        shared.metrics.store_errors.inc();
+        warn!(error = %e, "cannot share a relay report with the other replicas");
+    }
     let recorded = shared.relays.record(&relay_id, report, Instant::now());
     let notify = recorded.notify;
-    if let (Some(pg), Some(json)) = (&shared.cluster, to_share) {
-        if let Err(e) = pg.publish_report(&relay_id, &shared.me.id, &json).await {
-            shared.metrics.store_errors.inc();
-            warn!(error = %e, "cannot share a relay report with the other replicas");
-        }
-    }
     // Commands wait in the store with replicas: one the store cannot give
     // now comes with a later report (the relay's calls are not affected).
     let pending = |ack: u64| {
