@@ -1,14 +1,17 @@
 //! Reading and checking policy files: every problem is collected and reported
 //! together, each naming the file, the field and what to do about it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
 
-use super::files::{ConfigFile, RegionFile};
+use super::files::{
+    ConfigFile, GeoIpSection, LimitsSection, LoggingSection, PlanSection, RegionFile, RelaySection,
+    RetentionSection, SelectionSection, TenantSection,
+};
 use super::{
     Jurisdiction, JurisdictionIdx, Member, Plan, Policy, Relay, RelayIdx, Router, SelectionParams,
     Tenant,
@@ -362,7 +365,7 @@ fn parse_country(code: &str) -> Result<CountryCode, String> {
 impl Policy {
     /// Checks parsed files and builds the policy. `config_path` names the config
     /// file in messages and anchors relative paths; `regions` pairs each region
-    /// with the file it came from.
+    /// with the file it came from. Every step reports all of its problems.
     pub fn from_files(
         config_path: &Path,
         config: ConfigFile,
@@ -370,7 +373,6 @@ impl Policy {
     ) -> Result<Policy, ConfigError> {
         let mut p = Problems::default();
         let cfg = config_path;
-
         let mut jurisdictions = build_jurisdictions(regions, &mut p);
         let jurisdiction_by_id: HashMap<String, JurisdictionIdx> = jurisdictions
             .iter()
@@ -380,648 +382,51 @@ impl Policy {
         if jurisdictions.len() > usize::from(u16::MAX) {
             p.push(cfg, "regions_dir", "more than 65535 jurisdictions");
         }
-        let known = |id: &str| jurisdiction_by_id.get(id).copied();
-        let not_a_jurisdiction = |id: &str| {
-            let mut ids: Vec<_> = jurisdiction_by_id.keys().map(String::as_str).collect();
-            ids.sort_unstable();
-            format!(
-                "'{id}' is not a jurisdiction; use one of: {}",
-                ids.join(", ")
-            )
+        let ctx = Ctx {
+            cfg,
+            base: cfg.parent().unwrap_or(Path::new(".")),
+            jurisdiction_by_id: &jurisdiction_by_id,
         };
-
-        let default_jurisdiction = known(&config.default_jurisdiction);
+        let default_jurisdiction = ctx.known(&config.default_jurisdiction);
         if default_jurisdiction.is_none() {
             p.push(
                 cfg,
                 "default_jurisdiction",
-                not_a_jurisdiction(&config.default_jurisdiction),
+                ctx.not_a_jurisdiction(&config.default_jurisdiction),
             );
         }
-
-        let sel = &config.selection;
-        for (field, v) in [
-            ("selection.load_penalty_km", sel.load_penalty_km),
-            ("selection.stickiness_km", sel.stickiness_km),
-        ] {
-            if !v.is_finite() || v < 0.0 {
-                p.push(
-                    cfg,
-                    field,
-                    format!("{v} is not a distance; use a number of kilometres >= 0"),
-                );
-            }
-        }
-
-        let base = cfg.parent().unwrap_or(Path::new("."));
-
-        // Relays, in id order.
-        let mut relays: Vec<Relay> = Vec::new();
-        let mut seen_relay: HashSet<String> = HashSet::new();
-        let mut seen_addr: HashMap<SocketAddr, String> = HashMap::new();
-        for (i, r) in config.relays.iter().enumerate() {
-            let field = |f: &str| at("relay", i, &r.id, f);
-            let mut ok = true;
-            if let Err(m) = check_id(&r.id, 64) {
-                p.push(cfg, field("id"), m);
-                ok = false;
-            }
-            if !seen_relay.insert(r.id.clone()) {
-                p.push(
-                    cfg,
-                    field("id"),
-                    format!("relay id '{}' is used twice; ids must be unique", r.id),
-                );
-                ok = false;
-            }
-            let country = match parse_country(&r.country) {
-                Ok(c) => {
-                    if !jurisdictions.iter().any(|j| j.countries.contains(c)) {
-                        p.push(
-                            cfg,
-                            field("country"),
-                            format!(
-                                "{c} ({}) is in no jurisdiction, so the relay could serve nobody; add {c} to a region file or remove the relay",
-                                c.name()
-                            ),
-                        );
-                    }
-                    Some(c)
-                }
-                Err(m) => {
-                    p.push(cfg, field("country"), m);
-                    None
-                }
-            };
-            let position = GeoPoint::new(r.latitude, r.longitude);
-            if position.is_none() {
-                p.push(
-                    cfg,
-                    field("latitude"),
-                    format!(
-                        "({}, {}) is not a position; latitude must be in [-90, 90] and longitude in [-180, 180]",
-                        r.latitude, r.longitude
-                    ),
-                );
-            }
-            let quic_addr = match r.quic_addr.parse::<SocketAddr>() {
-                Ok(addr) => {
-                    if let Some(other) = seen_addr.insert(addr, r.id.clone()) {
-                        p.push(
-                            cfg,
-                            field("quic_addr"),
-                            format!("{addr} is also the address of relay '{other}'; give each relay its own"),
-                        );
-                    }
-                    Some(addr)
-                }
-                Err(_) => {
-                    p.push(
-                        cfg,
-                        field("quic_addr"),
-                        format!(
-                            "'{}' is not an ip:port address such as 192.0.2.10:4433",
-                            r.quic_addr
-                        ),
-                    );
-                    None
-                }
-            };
-            if let Some(url) = &r.webtransport_url {
-                if let Err(problem) = check_webtransport_url(url, quic_addr) {
-                    p.push(cfg, field("webtransport_url"), problem);
-                }
-            }
-            if let Some(w) = r.workers {
-                if !(1..=super::MAX_WORKERS).contains(&w) {
-                    p.push(
-                        cfg,
-                        field("workers"),
-                        format!(
-                            "must be 1 to {} (omit it for one per core)",
-                            super::MAX_WORKERS
-                        ),
-                    );
-                }
-            }
-            if r.max_participants == 0 {
-                p.push(
-                    cfg,
-                    field("max_participants"),
-                    "is 0; a relay must accept at least one participant",
-                );
-            }
-            if r.max_bitrate_bps > MAX_BITRATE_BPS {
-                p.push(
-                    cfg,
-                    field("max_bitrate_bps"),
-                    format!("is above {MAX_BITRATE_BPS} (2^53 bit/s); give the relay's real forwarding capacity"),
-                );
-            }
-            if r.max_bitrate_bps == 0 {
-                p.push(
-                    cfg,
-                    field("max_bitrate_bps"),
-                    "is 0; give the relay's forwarding capacity in bits per second",
-                );
-            }
-            let http_addr = match (&r.http_addr, quic_addr) {
-                (Some(text), _) => text
-                    .parse::<SocketAddr>()
-                    .map_err(|_| {
-                        p.push(
-                            cfg,
-                            field("http_addr"),
-                            format!("'{text}' is not an ip:port address such as 192.0.2.10:9090"),
-                        )
-                    })
-                    .ok(),
-                (None, Some(q)) => Some(SocketAddr::new(q.ip(), 9090)),
-                (None, None) => None,
-            };
-            let tls = match (&r.tls_cert, &r.tls_key) {
-                (Some(c), Some(k)) => {
-                    let (c, k) = (resolve(base, c), resolve(base, k));
-                    for (f, path) in [("tls_cert", &c), ("tls_key", &k)] {
-                        if let Err(e) = std::fs::metadata(path) {
-                            p.push(
-                                cfg,
-                                field(f),
-                                format!("cannot read {}: {e}", path.display()),
-                            );
-                        }
-                    }
-                    Some((c, k))
-                }
-                (None, None) => None,
-                _ => {
-                    p.push(
-                        cfg,
-                        field("tls_cert"),
-                        "give both tls_cert and tls_key, or neither (a self-signed certificate)",
-                    );
-                    None
-                }
-            };
-            let credential_sha256 = r.credential_sha256.as_deref().and_then(|h| {
-                parse_sha256_hex(h)
-                    .map_err(|m| p.push(cfg, field("credential_sha256"), m))
-                    .ok()
-            });
-            if let (true, Some(country), Some(position), Some(quic_addr), Some(http_addr)) =
-                (ok, country, position, quic_addr, http_addr)
-            {
-                relays.push(Relay {
-                    id: r.id.clone(),
-                    country,
-                    position,
-                    quic_addr,
-                    webtransport_url: r
-                        .webtransport_url
-                        .clone()
-                        .unwrap_or_else(|| format!("https://{quic_addr}/")),
-                    city: r.city.clone(),
-                    max_participants: r.max_participants,
-                    max_bitrate_bps: r.max_bitrate_bps,
-                    http_addr,
-                    tls,
-                    credential_sha256,
-                    workers: r.workers,
-                });
-            }
-        }
-        relays.sort_by(|a, b| a.id.cmp(&b.id));
-        if relays.len() > u32::MAX as usize {
-            p.push(cfg, "relay", "too many relays");
-        }
+        check_selection(&ctx, &config.selection, &mut p);
+        let (relays, seen_relay) = build_relays(&ctx, &config.relays, &jurisdictions, &mut p);
         let relay_by_id: HashMap<String, RelayIdx> = relays
             .iter()
             .enumerate()
             .map(|(i, r)| (r.id.clone(), RelayIdx(i as u32)))
             .collect();
-        for j in &mut jurisdictions {
-            j.members = relays
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| j.countries.contains(r.country))
-                .map(|(i, r)| Member {
-                    relay: RelayIdx(i as u32),
-                    max_participants: r.max_participants,
-                    max_bitrate_bps: r.max_bitrate_bps,
-                    inv_max_participants: 1.0 / f64::from(r.max_participants),
-                    inv_max_bitrate_bps: 1.0 / r.max_bitrate_bps as f64,
-                })
-                .collect();
-            j.positions = j
-                .members
-                .iter()
-                .map(|m| relays[m.relay.index()].position)
-                .collect();
-        }
-
-        for (jid, rid) in &config.default_relay {
-            let field = format!("default_relay.{jid}");
-            let Some(j) = known(jid) else {
-                p.push(cfg, field, not_a_jurisdiction(jid));
-                continue;
-            };
-            match relay_by_id.get(rid) {
-                None if seen_relay.contains(rid) => {} // already reported on the relay itself
-                None => p.push(cfg, field, format!("no relay has the id '{rid}'")),
-                Some(r) if !jurisdictions[j.index()].contains(*r) => p.push(
-                    cfg,
-                    field,
-                    format!(
-                        "relay '{rid}' is in {}, which is outside jurisdiction '{jid}'; pick a relay inside it",
-                        relays[r.index()].country
-                    ),
-                ),
-                Some(r) => jurisdictions[j.index()].default_relay = Some(*r),
-            }
-        }
-
-        let mut ticket_keys = HashMap::new();
-        for (jid, keys) in &config.ticket_keys {
-            let Some(j) = known(jid) else {
-                p.push(cfg, format!("ticket_keys.{jid}"), not_a_jurisdiction(jid));
-                continue;
-            };
-            let mut parsed = Vec::new();
-            for (i, key) in keys.iter().enumerate() {
-                match crate::ticket::parse_public_key(key) {
-                    Ok(k) => parsed.push(k),
-                    Err(m) => p.push(
-                        cfg,
-                        format!("ticket_keys.{jid}[{i}]"),
-                        format!(
-                            "{m}; give the router's public key (residency-relay keygen prints it)"
-                        ),
-                    ),
-                }
-            }
-            ticket_keys.insert(j, parsed);
-        }
-
-        // Plans.
-        let mut plans: Vec<Plan> = Vec::new();
-        // Plan id → index in `plans`; `None` for a plan that had problems (and
-        // was not stored), so tenants on it are not reported a second time.
-        let mut plan_by_id: HashMap<String, Option<usize>> = HashMap::new();
-        for (i, plan) in config.plans.iter().enumerate() {
-            let field = |f: &str| at("plan", i, &plan.id, f);
-            if let Err(m) = check_id(&plan.id, 64) {
-                p.push(cfg, field("id"), m);
-            }
-            if plan_by_id.contains_key(&plan.id) {
-                p.push(
-                    cfg,
-                    field("id"),
-                    format!("plan id '{}' is used twice", plan.id),
-                );
-                continue;
-            }
-            let mut choosable = Vec::new();
-            for (k, jid) in plan.jurisdictions.iter().enumerate() {
-                match known(jid) {
-                    Some(j) if choosable.contains(&j) => p.push(
-                        cfg,
-                        field(&format!("jurisdictions[{k}]")),
-                        format!("'{jid}' is listed twice"),
-                    ),
-                    Some(j) => choosable.push(j),
-                    None => p.push(
-                        cfg,
-                        field(&format!("jurisdictions[{k}]")),
-                        not_a_jurisdiction(jid),
-                    ),
-                }
-            }
-            let default = match &plan.default {
-                Some(jid) => {
-                    let j = known(jid);
-                    if j.is_none() {
-                        p.push(cfg, field("default"), not_a_jurisdiction(jid));
-                    }
-                    j
-                }
-                None => default_jurisdiction,
-            };
-            if let Some(d) = default {
-                if !choosable.is_empty() && !choosable.contains(&d) {
-                    p.push(
-                        cfg,
-                        field("default"),
-                        format!(
-                            "the plan's default '{}' is not among its jurisdictions; add it there or set plan.default to one of them",
-                            jurisdictions[d.index()].id
-                        ),
-                    );
-                } else if choosable.is_empty()
-                    && plan.default.is_some()
-                    && Some(d) != default_jurisdiction
-                {
-                    p.push(
-                        cfg,
-                        field("default"),
-                        "a plan that may not choose gets the operator default_jurisdiction; remove plan.default or list the plan's jurisdictions",
-                    );
-                }
-            }
-            let stored = default.map(|default| {
-                plans.push(Plan {
-                    id: plan.id.clone(),
-                    jurisdictions: choosable,
-                    default,
-                    allow_no_passcode: plan.allow_no_passcode,
-                    waiting_room: plan.waiting_room,
-                    e2ee: plan.e2ee,
-                });
-                plans.len() - 1
-            });
-            plan_by_id.insert(plan.id.clone(), stored);
-        }
-
-        // Tenants.
-        let mut tenants: Vec<Tenant> = Vec::new();
-        let mut seen_tenant: HashSet<&str> = HashSet::new();
-        let mut seen_key: HashMap<[u8; 32], &str> = HashMap::new();
-        for (i, t) in config.tenants.iter().enumerate() {
-            let field = |f: &str| at("tenant", i, &t.id, f);
-            if let Err(m) = check_id(&t.id, 64) {
-                p.push(cfg, field("id"), m);
-            }
-            if !seen_tenant.insert(&t.id) {
-                p.push(
-                    cfg,
-                    field("id"),
-                    format!("tenant id '{}' is used twice", t.id),
-                );
-            }
-            let plan = plan_by_id.get(&t.plan).copied();
-            if plan.is_none() {
-                let mut ids: Vec<_> = plan_by_id.keys().map(String::as_str).collect();
-                ids.sort_unstable();
-                p.push(
-                    cfg,
-                    field("plan"),
-                    format!("'{}' is not a plan; use one of: {}", t.plan, ids.join(", ")),
-                );
-            }
-            let mut hash = [0u8; 32];
-            let key_ok = t.api_key_sha256.len() == 64
-                && t.api_key_sha256
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-                && hex::decode_to_slice(&t.api_key_sha256, &mut hash).is_ok();
-            if !key_ok {
-                p.push(
-                    cfg,
-                    field("api_key_sha256"),
-                    "is not 64 lower-case hex digits; store the SHA-256 of the key (residency-relay hash-api-key), never the key",
-                );
-            } else if let Some(other) = seen_key.insert(hash, &t.id) {
-                p.push(
-                    cfg,
-                    field("api_key_sha256"),
-                    format!("tenant '{other}' has the same API key; issue each tenant its own key"),
-                );
-            }
-            if let (Some(Some(plan)), true) = (plan, key_ok) {
-                tenants.push(Tenant {
-                    id: t.id.clone(),
-                    plan,
-                    api_key_sha256: hash,
-                    waiting_room: t.waiting_room,
-                });
-            }
-        }
-
-        // GeoIP.
-        let geo = &config.geoip;
-        let mut trusted_proxies = Vec::new();
-        for (i, cidr) in geo.trusted_proxies.iter().enumerate() {
-            match parse_cidr(cidr) {
-                Ok(net) => trusted_proxies.push(net),
-                Err(m) => p.push(cfg, format!("geoip.trusted_proxies[{i}]"), m),
-            }
-        }
-        let mut overrides = Vec::new();
-        let mut override_fields = Vec::new();
-        for (i, o) in geo.overrides.iter().enumerate() {
-            let field = |f: &str| format!("geoip.override[{i}].{f}");
-            let net = parse_cidr(&o.cidr)
-                .map_err(|m| p.push(cfg, field("cidr"), m))
-                .ok();
-            let country = parse_country(&o.country)
-                .map_err(|m| p.push(cfg, field("country"), m))
-                .ok();
-            let point = match (o.latitude, o.longitude, country) {
-                (None, None, Some(c)) => Some(c.centroid()),
-                (Some(lat), Some(lon), _) => {
-                    let point = GeoPoint::new(lat, lon);
-                    if point.is_none() {
-                        p.push(
-                            cfg,
-                            field("latitude"),
-                            format!("({lat}, {lon}) is not a position"),
-                        );
-                    }
-                    point
-                }
-                (None, None, None) => None,
-                _ => {
-                    p.push(
-                        cfg,
-                        field("latitude"),
-                        "give both latitude and longitude, or neither",
-                    );
-                    None
-                }
-            };
-            if let (Some(net), Some(country), Some(point)) = (net, country, point) {
-                overrides.push(Override {
-                    net,
-                    country,
-                    point,
-                });
-                override_fields.push(i);
-            }
-        }
-        let overrides = match Overrides::new(overrides) {
-            Ok(o) => o,
-            Err(overlaps) => {
-                for overlap in overlaps {
-                    let (a, b) = (override_fields[overlap.0], override_fields[overlap.1]);
-                    p.push(
-                        cfg,
-                        format!("geoip.override[{b}].cidr"),
-                        format!(
-                            "{} overlaps geoip.override[{a}] ({}); overrides must not overlap, split or remove one",
-                            geo.overrides[b].cidr, geo.overrides[a].cidr
-                        ),
-                    );
-                }
-                Overrides::default()
-            }
-        };
-        let database = match &geo.database {
-            None => None,
-            Some(path) => {
-                let path = resolve(base, path);
-                match Database::open(&path) {
-                    Ok(db) => Some(db),
-                    Err(e) => {
-                        p.push(
-                            cfg,
-                            "geoip.database",
-                            format!("{e}; fix the path, or remove the setting to route by overrides only"),
-                        );
-                        None
-                    }
-                }
-            }
-        };
-
+        index_members(&mut jurisdictions, &relays);
+        build_default_relays(
+            &ctx,
+            &config.default_relay,
+            &mut jurisdictions,
+            &relays,
+            &relay_by_id,
+            &seen_relay,
+            &mut p,
+        );
+        let ticket_keys = build_ticket_keys(&ctx, &config.ticket_keys, &mut p);
+        let (plans, plan_by_id) = build_plans(
+            &ctx,
+            &config.plans,
+            default_jurisdiction,
+            &jurisdictions,
+            &mut p,
+        );
+        let tenants = build_tenants(&ctx, &config.tenants, &plan_by_id, &mut p);
+        let (trusted_proxies, geoip) = build_geoip(&ctx, &config.geoip, &mut p);
+        let known = |id: &str| ctx.known(id);
         let routers = build_routers(&config, cfg, &jurisdictions, &known, &ticket_keys, &mut p);
-
-        let log = &config.logging;
-        let json = match log.format.as_deref() {
-            None | Some("human") => false,
-            Some("json") => true,
-            Some(other) => {
-                p.push(
-                    cfg,
-                    "logging.format",
-                    format!("'{other}' is not a log format; use human or json"),
-                );
-                false
-            }
-        };
-        let level = log.level.clone().unwrap_or_else(|| "info".to_owned());
-        if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
-            p.push(
-                cfg,
-                "logging.level",
-                format!("'{level}' is not a level or filter; use e.g. info, debug or residency_relay=debug"),
-            );
-        }
-        let limits = config.limits.clone();
-        for (field, v) in [
-            (
-                "limits.failed_joins_per_address",
-                limits.failed_joins_per_address,
-            ),
-            (
-                "limits.failed_joins_per_conference",
-                limits.failed_joins_per_conference,
-            ),
-            (
-                "limits.joins_per_address_per_minute",
-                limits.joins_per_address_per_minute,
-            ),
-            (
-                "limits.conference_max_participants",
-                limits.conference_max_participants,
-            ),
-            (
-                "limits.relay_connections_per_address",
-                limits.relay_connections_per_address,
-            ),
-            (
-                "limits.http_connections_per_listener",
-                limits.http_connections_per_listener,
-            ),
-            (
-                "limits.http_connections_per_address",
-                limits.http_connections_per_address,
-            ),
-            (
-                "limits.http_header_timeout_secs",
-                limits.http_header_timeout_secs,
-            ),
-            (
-                "limits.http_body_timeout_secs",
-                limits.http_body_timeout_secs,
-            ),
-            (
-                "limits.http_idle_timeout_secs",
-                limits.http_idle_timeout_secs,
-            ),
-            (
-                "limits.announcements_per_second",
-                limits.announcements_per_second,
-            ),
-            ("limits.announcement_burst", limits.announcement_burst),
-            (
-                "limits.subscriptions_per_second",
-                limits.subscriptions_per_second,
-            ),
-            ("limits.subscription_burst", limits.subscription_burst),
-            ("limits.rejoin_token_secs", limits.rejoin_token_secs),
-        ] {
-            if v == 0 {
-                p.push(
-                    cfg,
-                    field,
-                    "0 would refuse everyone; give a positive number",
-                );
-            }
-        }
-        if limits.http_connections_per_address > limits.http_connections_per_listener {
-            p.push(
-                cfg,
-                "limits.http_connections_per_address",
-                format!(
-                    "{} is more than http_connections_per_listener ({}); one address could fill the listener",
-                    limits.http_connections_per_address, limits.http_connections_per_listener
-                ),
-            );
-        }
-        let retention = config.retention.clone();
-        for (field, v) in [
-            ("retention.participants_days", retention.participants_days),
-            ("retention.audit_days", retention.audit_days),
-            ("retention.abuse_reports_days", retention.abuse_reports_days),
-            ("retention.conferences_days", retention.conferences_days),
-            ("retention.purge_batch", retention.purge_batch),
-            (
-                "retention.purge_interval_secs",
-                retention.purge_interval_secs,
-            ),
-        ] {
-            if v == 0 {
-                p.push(
-                    cfg,
-                    field,
-                    "give a positive number (0 would purge records the moment a conference ends, or never run the purge)",
-                );
-            }
-        }
-        let longest_detail = retention
-            .participants_days
-            .max(retention.audit_days)
-            .max(retention.abuse_reports_days);
-        if retention.conferences_days < longest_detail {
-            p.push(
-                cfg,
-                "retention.conferences_days",
-                format!(
-                    "{} is less than the longest detail period ({longest_detail}): a conference's record, and its residency report, must outlive its participants, audit lines and abuse reports",
-                    retention.conferences_days
-                ),
-            );
-        }
-        let mut full_addresses = Vec::new();
-        for (i, jid) in log.full_addresses.iter().enumerate() {
-            match known(jid) {
-                Some(j) => full_addresses.push(j),
-                None => p.push(
-                    cfg,
-                    format!("logging.full_addresses[{i}]"),
-                    not_a_jurisdiction(jid),
-                ),
-            }
-        }
+        let logging = build_logging(&ctx, &config.logging, &mut p);
+        check_limits(&ctx, &config.limits, &mut p);
+        check_retention(&ctx, &config.retention, &mut p);
 
         // A missing default jurisdiction was reported above.
         let (true, Some(default_jurisdiction)) = (p.0.is_empty(), default_jurisdiction) else {
@@ -1037,21 +442,765 @@ impl Policy {
             tenants,
             default_jurisdiction,
             selection: SelectionParams {
-                load_penalty_km: sel.load_penalty_km,
-                stickiness_km: sel.stickiness_km,
+                load_penalty_km: config.selection.load_penalty_km,
+                stickiness_km: config.selection.stickiness_km,
             },
-            geoip: GeoIp::new(overrides, database),
+            geoip,
             trusted_proxies,
             ticket_keys,
             routers,
-            logging: super::Logging {
-                json,
-                level,
-                full_addresses,
-            },
-            limits,
-            retention,
+            logging,
+            limits: config.limits,
+            retention: config.retention,
         })
+    }
+}
+
+/// What every step of loading reads: the config file (problems name it,
+/// relative paths start from its folder) and the jurisdictions by id.
+struct Ctx<'a> {
+    cfg: &'a Path,
+    base: &'a Path,
+    jurisdiction_by_id: &'a HashMap<String, JurisdictionIdx>,
+}
+
+impl Ctx<'_> {
+    fn known(&self, id: &str) -> Option<JurisdictionIdx> {
+        self.jurisdiction_by_id.get(id).copied()
+    }
+
+    fn not_a_jurisdiction(&self, id: &str) -> String {
+        let mut ids: Vec<_> = self.jurisdiction_by_id.keys().map(String::as_str).collect();
+        ids.sort_unstable();
+        format!(
+            "'{id}' is not a jurisdiction; use one of: {}",
+            ids.join(", ")
+        )
+    }
+}
+
+/// The selection parameters: distances in kilometres.
+fn check_selection(ctx: &Ctx<'_>, sel: &SelectionSection, p: &mut Problems) {
+    for (field, v) in [
+        ("selection.load_penalty_km", sel.load_penalty_km),
+        ("selection.stickiness_km", sel.stickiness_km),
+    ] {
+        if !v.is_finite() || v < 0.0 {
+            p.push(
+                ctx.cfg,
+                field,
+                format!("{v} is not a distance; use a number of kilometres >= 0"),
+            );
+        }
+    }
+}
+
+/// The relays, in id order, and every relay id the file names (also those
+/// with problems, so that nothing else reports them again).
+fn build_relays(
+    ctx: &Ctx<'_>,
+    sections: &[RelaySection],
+    jurisdictions: &[Jurisdiction],
+    p: &mut Problems,
+) -> (Vec<Relay>, HashSet<String>) {
+    let mut relays: Vec<Relay> = Vec::new();
+    let mut seen_relay: HashSet<String> = HashSet::new();
+    let mut seen_addr: HashMap<SocketAddr, String> = HashMap::new();
+    for (i, r) in sections.iter().enumerate() {
+        let field = |f: &str| at("relay", i, &r.id, f);
+        let mut ok = true;
+        if let Err(m) = check_id(&r.id, 64) {
+            p.push(ctx.cfg, field("id"), m);
+            ok = false;
+        }
+        if !seen_relay.insert(r.id.clone()) {
+            p.push(
+                ctx.cfg,
+                field("id"),
+                format!("relay id '{}' is used twice; ids must be unique", r.id),
+            );
+            ok = false;
+        }
+        let relay = build_relay(ctx, i, r, jurisdictions, &mut seen_addr, p);
+        if let (true, Some(relay)) = (ok, relay) {
+            relays.push(relay);
+        }
+    }
+    relays.sort_by(|a, b| a.id.cmp(&b.id));
+    if relays.len() > u32::MAX as usize {
+        p.push(ctx.cfg, "relay", "too many relays");
+    }
+    (relays, seen_relay)
+}
+
+/// One relay's place, addresses and credentials; `None` if one is wrong.
+fn build_relay(
+    ctx: &Ctx<'_>,
+    i: usize,
+    r: &RelaySection,
+    jurisdictions: &[Jurisdiction],
+    seen_addr: &mut HashMap<SocketAddr, String>,
+    p: &mut Problems,
+) -> Option<Relay> {
+    let field = |f: &str| at("relay", i, &r.id, f);
+    let country = match parse_country(&r.country) {
+        Ok(c) => {
+            if !jurisdictions.iter().any(|j| j.countries.contains(c)) {
+                p.push(
+                    ctx.cfg,
+                    field("country"),
+                    format!(
+                        "{c} ({}) is in no jurisdiction, so the relay could serve nobody; add {c} to a region file or remove the relay",
+                        c.name()
+                    ),
+                );
+            }
+            Some(c)
+        }
+        Err(m) => {
+            p.push(ctx.cfg, field("country"), m);
+            None
+        }
+    };
+    let position = GeoPoint::new(r.latitude, r.longitude);
+    if position.is_none() {
+        p.push(
+            ctx.cfg,
+            field("latitude"),
+            format!(
+                "({}, {}) is not a position; latitude must be in [-90, 90] and longitude in [-180, 180]",
+                r.latitude, r.longitude
+            ),
+        );
+    }
+    let quic_addr = match r.quic_addr.parse::<SocketAddr>() {
+        Ok(addr) => {
+            if let Some(other) = seen_addr.insert(addr, r.id.clone()) {
+                p.push(
+                    ctx.cfg,
+                    field("quic_addr"),
+                    format!(
+                        "{addr} is also the address of relay '{other}'; give each relay its own"
+                    ),
+                );
+            }
+            Some(addr)
+        }
+        Err(_) => {
+            p.push(
+                ctx.cfg,
+                field("quic_addr"),
+                format!(
+                    "'{}' is not an ip:port address such as 192.0.2.10:4433",
+                    r.quic_addr
+                ),
+            );
+            None
+        }
+    };
+    if let Some(url) = &r.webtransport_url {
+        if let Err(problem) = check_webtransport_url(url, quic_addr) {
+            p.push(ctx.cfg, field("webtransport_url"), problem);
+        }
+    }
+    check_capacity(ctx, i, r, p);
+    let http_addr = match (&r.http_addr, quic_addr) {
+        (Some(text), _) => text
+            .parse::<SocketAddr>()
+            .map_err(|_| {
+                p.push(
+                    ctx.cfg,
+                    field("http_addr"),
+                    format!("'{text}' is not an ip:port address such as 192.0.2.10:9090"),
+                )
+            })
+            .ok(),
+        (None, Some(q)) => Some(SocketAddr::new(q.ip(), 9090)),
+        (None, None) => None,
+    };
+    let tls = relay_tls(ctx, i, r, p);
+    let credential_sha256 = r.credential_sha256.as_deref().and_then(|h| {
+        parse_sha256_hex(h)
+            .map_err(|m| p.push(ctx.cfg, field("credential_sha256"), m))
+            .ok()
+    });
+    let (Some(country), Some(position), Some(quic_addr), Some(http_addr)) =
+        (country, position, quic_addr, http_addr)
+    else {
+        return None;
+    };
+    Some(Relay {
+        id: r.id.clone(),
+        country,
+        position,
+        quic_addr,
+        webtransport_url: r
+            .webtransport_url
+            .clone()
+            .unwrap_or_else(|| format!("https://{quic_addr}/")),
+        city: r.city.clone(),
+        max_participants: r.max_participants,
+        max_bitrate_bps: r.max_bitrate_bps,
+        http_addr,
+        tls,
+        credential_sha256,
+        workers: r.workers,
+    })
+}
+
+/// A relay's shards and capacity.
+fn check_capacity(ctx: &Ctx<'_>, i: usize, r: &RelaySection, p: &mut Problems) {
+    let field = |f: &str| at("relay", i, &r.id, f);
+    if let Some(w) = r.workers {
+        if !(1..=super::MAX_WORKERS).contains(&w) {
+            p.push(
+                ctx.cfg,
+                field("workers"),
+                format!(
+                    "must be 1 to {} (omit it for one per core)",
+                    super::MAX_WORKERS
+                ),
+            );
+        }
+    }
+    if r.max_participants == 0 {
+        p.push(
+            ctx.cfg,
+            field("max_participants"),
+            "is 0; a relay must accept at least one participant",
+        );
+    }
+    if r.max_bitrate_bps > MAX_BITRATE_BPS {
+        p.push(
+            ctx.cfg,
+            field("max_bitrate_bps"),
+            format!(
+                "is above {MAX_BITRATE_BPS} (2^53 bit/s); give the relay's real forwarding capacity"
+            ),
+        );
+    }
+    if r.max_bitrate_bps == 0 {
+        p.push(
+            ctx.cfg,
+            field("max_bitrate_bps"),
+            "is 0; give the relay's forwarding capacity in bits per second",
+        );
+    }
+}
+
+/// A relay's certificate and key files: both or neither.
+fn relay_tls(
+    ctx: &Ctx<'_>,
+    i: usize,
+    r: &RelaySection,
+    p: &mut Problems,
+) -> Option<(PathBuf, PathBuf)> {
+    let field = |f: &str| at("relay", i, &r.id, f);
+    match (&r.tls_cert, &r.tls_key) {
+        (Some(c), Some(k)) => {
+            let (c, k) = (resolve(ctx.base, c), resolve(ctx.base, k));
+            for (f, path) in [("tls_cert", &c), ("tls_key", &k)] {
+                if let Err(e) = std::fs::metadata(path) {
+                    p.push(
+                        ctx.cfg,
+                        field(f),
+                        format!("cannot read {}: {e}", path.display()),
+                    );
+                }
+            }
+            Some((c, k))
+        }
+        (None, None) => None,
+        _ => {
+            p.push(
+                ctx.cfg,
+                field("tls_cert"),
+                "give both tls_cert and tls_key, or neither (a self-signed certificate)",
+            );
+            None
+        }
+    }
+}
+
+/// Each jurisdiction's member relays, packed for selection.
+fn index_members(jurisdictions: &mut [Jurisdiction], relays: &[Relay]) {
+    for j in jurisdictions.iter_mut() {
+        j.members = relays
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| j.countries.contains(r.country))
+            .map(|(i, r)| Member {
+                relay: RelayIdx(i as u32),
+                max_participants: r.max_participants,
+                max_bitrate_bps: r.max_bitrate_bps,
+                inv_max_participants: 1.0 / f64::from(r.max_participants),
+                inv_max_bitrate_bps: 1.0 / r.max_bitrate_bps as f64,
+            })
+            .collect();
+        j.positions = j
+            .members
+            .iter()
+            .map(|m| relays[m.relay.index()].position)
+            .collect();
+    }
+}
+
+/// The relay each jurisdiction gives participants of unknown location.
+fn build_default_relays(
+    ctx: &Ctx<'_>,
+    config: &BTreeMap<String, String>,
+    jurisdictions: &mut [Jurisdiction],
+    relays: &[Relay],
+    relay_by_id: &HashMap<String, RelayIdx>,
+    seen_relay: &HashSet<String>,
+    p: &mut Problems,
+) {
+    for (jid, rid) in config {
+        let field = format!("default_relay.{jid}");
+        let Some(j) = ctx.known(jid) else {
+            p.push(ctx.cfg, field, ctx.not_a_jurisdiction(jid));
+            continue;
+        };
+        match relay_by_id.get(rid) {
+            None if seen_relay.contains(rid) => {} // already reported on the relay itself
+            None => p.push(ctx.cfg, field, format!("no relay has the id '{rid}'")),
+            Some(r) if !jurisdictions[j.index()].contains(*r) => p.push(
+                ctx.cfg,
+                field,
+                format!(
+                    "relay '{rid}' is in {}, which is outside jurisdiction '{jid}'; pick a relay inside it",
+                    relays[r.index()].country
+                ),
+            ),
+            Some(r) => jurisdictions[j.index()].default_relay = Some(*r),
+        }
+    }
+}
+
+/// The routers' public keys each jurisdiction's relays trust for tickets.
+fn build_ticket_keys(
+    ctx: &Ctx<'_>,
+    config: &BTreeMap<String, Vec<String>>,
+    p: &mut Problems,
+) -> HashMap<JurisdictionIdx, Vec<ed25519_dalek::VerifyingKey>> {
+    let mut ticket_keys = HashMap::new();
+    for (jid, keys) in config {
+        let Some(j) = ctx.known(jid) else {
+            p.push(
+                ctx.cfg,
+                format!("ticket_keys.{jid}"),
+                ctx.not_a_jurisdiction(jid),
+            );
+            continue;
+        };
+        let mut parsed = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            match crate::ticket::parse_public_key(key) {
+                Ok(k) => parsed.push(k),
+                Err(m) => p.push(
+                    ctx.cfg,
+                    format!("ticket_keys.{jid}[{i}]"),
+                    format!("{m}; give the router's public key (residency-relay keygen prints it)"),
+                ),
+            }
+        }
+        ticket_keys.insert(j, parsed);
+    }
+    ticket_keys
+}
+
+/// The plans, and each plan id's index (`None` for a plan with problems).
+fn build_plans(
+    ctx: &Ctx<'_>,
+    sections: &[PlanSection],
+    default_jurisdiction: Option<JurisdictionIdx>,
+    jurisdictions: &[Jurisdiction],
+    p: &mut Problems,
+) -> (Vec<Plan>, HashMap<String, Option<usize>>) {
+    let mut plans: Vec<Plan> = Vec::new();
+    // Plan id → index in `plans`; `None` for a plan that had problems (and
+    // was not stored), so tenants on it are not reported a second time.
+    let mut plan_by_id: HashMap<String, Option<usize>> = HashMap::new();
+    for (i, plan) in sections.iter().enumerate() {
+        let field = |f: &str| at("plan", i, &plan.id, f);
+        if let Err(m) = check_id(&plan.id, 64) {
+            p.push(ctx.cfg, field("id"), m);
+        }
+        if plan_by_id.contains_key(&plan.id) {
+            p.push(
+                ctx.cfg,
+                field("id"),
+                format!("plan id '{}' is used twice", plan.id),
+            );
+            continue;
+        }
+        let mut choosable = Vec::new();
+        for (k, jid) in plan.jurisdictions.iter().enumerate() {
+            match ctx.known(jid) {
+                Some(j) if choosable.contains(&j) => p.push(
+                    ctx.cfg,
+                    field(&format!("jurisdictions[{k}]")),
+                    format!("'{jid}' is listed twice"),
+                ),
+                Some(j) => choosable.push(j),
+                None => p.push(
+                    ctx.cfg,
+                    field(&format!("jurisdictions[{k}]")),
+                    ctx.not_a_jurisdiction(jid),
+                ),
+            }
+        }
+        let default = match &plan.default {
+            Some(jid) => {
+                let j = ctx.known(jid);
+                if j.is_none() {
+                    p.push(ctx.cfg, field("default"), ctx.not_a_jurisdiction(jid));
+                }
+                j
+            }
+            None => default_jurisdiction,
+        };
+        if let Some(d) = default {
+            if !choosable.is_empty() && !choosable.contains(&d) {
+                p.push(
+                    ctx.cfg,
+                    field("default"),
+                    format!(
+                        "the plan's default '{}' is not among its jurisdictions; add it there or set plan.default to one of them",
+                        jurisdictions[d.index()].id
+                    ),
+                );
+            } else if choosable.is_empty()
+                && plan.default.is_some()
+                && Some(d) != default_jurisdiction
+            {
+                p.push(
+                    ctx.cfg,
+                    field("default"),
+                    "a plan that may not choose gets the operator default_jurisdiction; remove plan.default or list the plan's jurisdictions",
+                );
+            }
+        }
+        let stored = default.map(|default| {
+            plans.push(Plan {
+                id: plan.id.clone(),
+                jurisdictions: choosable,
+                default,
+                allow_no_passcode: plan.allow_no_passcode,
+                waiting_room: plan.waiting_room,
+                e2ee: plan.e2ee,
+            });
+            plans.len() - 1
+        });
+        plan_by_id.insert(plan.id.clone(), stored);
+    }
+    (plans, plan_by_id)
+}
+
+/// The tenants, each on a plan, with the SHA-256 of its API key.
+fn build_tenants(
+    ctx: &Ctx<'_>,
+    sections: &[TenantSection],
+    plan_by_id: &HashMap<String, Option<usize>>,
+    p: &mut Problems,
+) -> Vec<Tenant> {
+    let mut tenants: Vec<Tenant> = Vec::new();
+    let mut seen_tenant: HashSet<&str> = HashSet::new();
+    let mut seen_key: HashMap<[u8; 32], &str> = HashMap::new();
+    for (i, t) in sections.iter().enumerate() {
+        let field = |f: &str| at("tenant", i, &t.id, f);
+        if let Err(m) = check_id(&t.id, 64) {
+            p.push(ctx.cfg, field("id"), m);
+        }
+        if !seen_tenant.insert(&t.id) {
+            p.push(
+                ctx.cfg,
+                field("id"),
+                format!("tenant id '{}' is used twice", t.id),
+            );
+        }
+        let plan = plan_by_id.get(&t.plan).copied();
+        if plan.is_none() {
+            let mut ids: Vec<_> = plan_by_id.keys().map(String::as_str).collect();
+            ids.sort_unstable();
+            p.push(
+                ctx.cfg,
+                field("plan"),
+                format!("'{}' is not a plan; use one of: {}", t.plan, ids.join(", ")),
+            );
+        }
+        let mut hash = [0u8; 32];
+        let key_ok = t.api_key_sha256.len() == 64
+            && t.api_key_sha256
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            && hex::decode_to_slice(&t.api_key_sha256, &mut hash).is_ok();
+        if !key_ok {
+            p.push(
+                ctx.cfg,
+                field("api_key_sha256"),
+                "is not 64 lower-case hex digits; store the SHA-256 of the key (residency-relay hash-api-key), never the key",
+            );
+        } else if let Some(other) = seen_key.insert(hash, &t.id) {
+            p.push(
+                ctx.cfg,
+                field("api_key_sha256"),
+                format!("tenant '{other}' has the same API key; issue each tenant its own key"),
+            );
+        }
+        if let (Some(Some(plan)), true) = (plan, key_ok) {
+            tenants.push(Tenant {
+                id: t.id.clone(),
+                plan,
+                api_key_sha256: hash,
+                waiting_room: t.waiting_room,
+            });
+        }
+    }
+    tenants
+}
+
+/// Where clients are: trusted proxies, operator overrides and the database.
+fn build_geoip(ctx: &Ctx<'_>, geo: &GeoIpSection, p: &mut Problems) -> (Vec<IpNet>, GeoIp) {
+    let mut trusted_proxies = Vec::new();
+    for (i, cidr) in geo.trusted_proxies.iter().enumerate() {
+        match parse_cidr(cidr) {
+            Ok(net) => trusted_proxies.push(net),
+            Err(m) => p.push(ctx.cfg, format!("geoip.trusted_proxies[{i}]"), m),
+        }
+    }
+    let mut overrides = Vec::new();
+    let mut override_fields = Vec::new();
+    for (i, o) in geo.overrides.iter().enumerate() {
+        let field = |f: &str| format!("geoip.override[{i}].{f}");
+        let net = parse_cidr(&o.cidr)
+            .map_err(|m| p.push(ctx.cfg, field("cidr"), m))
+            .ok();
+        let country = parse_country(&o.country)
+            .map_err(|m| p.push(ctx.cfg, field("country"), m))
+            .ok();
+        let point = match (o.latitude, o.longitude, country) {
+            (None, None, Some(c)) => Some(c.centroid()),
+            (Some(lat), Some(lon), _) => {
+                let point = GeoPoint::new(lat, lon);
+                if point.is_none() {
+                    p.push(
+                        ctx.cfg,
+                        field("latitude"),
+                        format!("({lat}, {lon}) is not a position"),
+                    );
+                }
+                point
+            }
+            (None, None, None) => None,
+            _ => {
+                p.push(
+                    ctx.cfg,
+                    field("latitude"),
+                    "give both latitude and longitude, or neither",
+                );
+                None
+            }
+        };
+        if let (Some(net), Some(country), Some(point)) = (net, country, point) {
+            overrides.push(Override {
+                net,
+                country,
+                point,
+            });
+            override_fields.push(i);
+        }
+    }
+    let overrides = match Overrides::new(overrides) {
+        Ok(o) => o,
+        Err(overlaps) => {
+            for overlap in overlaps {
+                let (a, b) = (override_fields[overlap.0], override_fields[overlap.1]);
+                p.push(
+                    ctx.cfg,
+                    format!("geoip.override[{b}].cidr"),
+                    format!(
+                        "{} overlaps geoip.override[{a}] ({}); overrides must not overlap, split or remove one",
+                        geo.overrides[b].cidr, geo.overrides[a].cidr
+                    ),
+                );
+            }
+            Overrides::default()
+        }
+    };
+    let database = match &geo.database {
+        None => None,
+        Some(path) => {
+            let path = resolve(ctx.base, path);
+            match Database::open(&path) {
+                Ok(db) => Some(db),
+                Err(e) => {
+                    p.push(
+                        ctx.cfg,
+                        "geoip.database",
+                        format!(
+                            "{e}; fix the path, or remove the setting to route by overrides only"
+                        ),
+                    );
+                    None
+                }
+            }
+        }
+    };
+    (trusted_proxies, GeoIp::new(overrides, database))
+}
+
+/// The log format, level and the jurisdictions whose logs show full addresses.
+fn build_logging(ctx: &Ctx<'_>, log: &LoggingSection, p: &mut Problems) -> super::Logging {
+    let json = match log.format.as_deref() {
+        None | Some("human") => false,
+        Some("json") => true,
+        Some(other) => {
+            p.push(
+                ctx.cfg,
+                "logging.format",
+                format!("'{other}' is not a log format; use human or json"),
+            );
+            false
+        }
+    };
+    let level = log.level.clone().unwrap_or_else(|| "info".to_owned());
+    if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+        p.push(
+            ctx.cfg,
+            "logging.level",
+            format!(
+                "'{level}' is not a level or filter; use e.g. info, debug or residency_relay=debug"
+            ),
+        );
+    }
+    let mut full_addresses = Vec::new();
+    for (i, jid) in log.full_addresses.iter().enumerate() {
+        match ctx.known(jid) {
+            Some(j) => full_addresses.push(j),
+            None => p.push(
+                ctx.cfg,
+                format!("logging.full_addresses[{i}]"),
+                ctx.not_a_jurisdiction(jid),
+            ),
+        }
+    }
+    super::Logging {
+        json,
+        level,
+        full_addresses,
+    }
+}
+
+/// Limits: none may be 0, and one address may not fill a listener.
+fn check_limits(ctx: &Ctx<'_>, limits: &LimitsSection, p: &mut Problems) {
+    for (field, v) in [
+        (
+            "limits.failed_joins_per_address",
+            limits.failed_joins_per_address,
+        ),
+        (
+            "limits.failed_joins_per_conference",
+            limits.failed_joins_per_conference,
+        ),
+        (
+            "limits.joins_per_address_per_minute",
+            limits.joins_per_address_per_minute,
+        ),
+        (
+            "limits.conference_max_participants",
+            limits.conference_max_participants,
+        ),
+        (
+            "limits.relay_connections_per_address",
+            limits.relay_connections_per_address,
+        ),
+        (
+            "limits.http_connections_per_listener",
+            limits.http_connections_per_listener,
+        ),
+        (
+            "limits.http_connections_per_address",
+            limits.http_connections_per_address,
+        ),
+        (
+            "limits.http_header_timeout_secs",
+            limits.http_header_timeout_secs,
+        ),
+        (
+            "limits.http_body_timeout_secs",
+            limits.http_body_timeout_secs,
+        ),
+        (
+            "limits.http_idle_timeout_secs",
+            limits.http_idle_timeout_secs,
+        ),
+        (
+            "limits.announcements_per_second",
+            limits.announcements_per_second,
+        ),
+        ("limits.announcement_burst", limits.announcement_burst),
+        (
+            "limits.subscriptions_per_second",
+            limits.subscriptions_per_second,
+        ),
+        ("limits.subscription_burst", limits.subscription_burst),
+        ("limits.rejoin_token_secs", limits.rejoin_token_secs),
+    ] {
+        if v == 0 {
+            p.push(
+                ctx.cfg,
+                field,
+                "0 would refuse everyone; give a positive number",
+            );
+        }
+    }
+    if limits.http_connections_per_address > limits.http_connections_per_listener {
+        p.push(
+            ctx.cfg,
+            "limits.http_connections_per_address",
+            format!(
+                "{} is more than http_connections_per_listener ({}); one address could fill the listener",
+                limits.http_connections_per_address, limits.http_connections_per_listener
+            ),
+        );
+    }
+}
+
+/// Retention periods: positive, and conferences outlive their details.
+fn check_retention(ctx: &Ctx<'_>, retention: &RetentionSection, p: &mut Problems) {
+    for (field, v) in [
+        ("retention.participants_days", retention.participants_days),
+        ("retention.audit_days", retention.audit_days),
+        ("retention.abuse_reports_days", retention.abuse_reports_days),
+        ("retention.conferences_days", retention.conferences_days),
+        ("retention.purge_batch", retention.purge_batch),
+        (
+            "retention.purge_interval_secs",
+            retention.purge_interval_secs,
+        ),
+    ] {
+        if v == 0 {
+            p.push(
+                ctx.cfg,
+                field,
+                "give a positive number (0 would purge records the moment a conference ends, or never run the purge)",
+            );
+        }
+    }
+    let longest_detail = retention
+        .participants_days
+        .max(retention.audit_days)
+        .max(retention.abuse_reports_days);
+    if retention.conferences_days < longest_detail {
+        p.push(
+            ctx.cfg,
+            "retention.conferences_days",
+            format!(
+                "{} is less than the longest detail period ({longest_detail}): a conference's record, and its residency report, must outlive its participants, audit lines and abuse reports",
+                retention.conferences_days
+            ),
+        );
     }
 }
 
