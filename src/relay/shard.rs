@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 use web_transport_quinn::Session;
 
@@ -292,6 +292,19 @@ impl Revocations {
     }
 }
 
+/// What handling one event may touch: the shard's core, its trust, its
+/// connections and the loop's state.
+struct Shard<'a> {
+    core: &'a mut Core,
+    verifier: &'a mut Verifier,
+    handles: &'a mut HashMap<ConnId, Handle>,
+    st: &'a mut LoopState,
+    metrics: &'a Metrics,
+}
+
+type HelloReply = oneshot::Sender<Result<(ConnId, mpsc::Receiver<ServerMessage>), TicketError>>;
+type LinkReply = oneshot::Sender<Result<(ConnId, mpsc::Receiver<LinkMessage>), TicketError>>;
+
 fn handle_event(
     event: Event,
     core: &mut Core,
@@ -300,8 +313,13 @@ fn handle_event(
     st: &mut LoopState,
     metrics: &Metrics,
 ) {
-    let generation = st.trust_generation;
-    let revoked = &mut st.revoked;
+    let shard = |core, verifier, handles, st| Shard {
+        core,
+        verifier,
+        handles,
+        st,
+        metrics,
+    };
     match event {
         Event::Hello {
             conn,
@@ -309,88 +327,7 @@ fn handle_event(
             claims,
             recheck,
             reply,
-        } => match
-            // Checked under an older trust (a reload came since): again,
-            // under this one (keys, jurisdictions, relay).
-            (if recheck.generation == generation {
-                Ok(())
-            } else {
-                verifier.check(&recheck.ticket, unix_now()).map(|_| ())
-            })
-            .and_then(|()| revoked.check(&claims))
-            // The trust may have changed since the connection task checked
-            // the ticket (a reload): the jurisdiction must still be taken.
-            .and_then(|()| {
-                if verifier.trusts(&claims.jurisdiction) {
-                    Ok(())
-                } else {
-                    Err(TicketError::ForeignJurisdiction)
-                }
-            })
-            .and_then(|()| verifier.remember(&claims, unix_now()))
-        {
-            Ok(()) => {
-                info!(
-                    client = %crate::redact::Addr::new(
-                        conn.remote_address().ip(),
-                        st.log_full_addresses.contains(&claims.jurisdiction),
-                    ),
-                    participant = %crate::redact::Id(&claims.participant),
-                    name = %crate::redact::Name(&claims.display_name),
-                    "participant admitted"
-                );
-                let id = core.admit(Admission {
-                    conference: claims.conference,
-                    participant: ParticipantId(claims.participant),
-                    display_name: claims.display_name,
-                    permissions: Permissions {
-                        publish: claims.grants.publish,
-                        subscribe: claims.grants.subscribe,
-                        moderate: claims.grants.moderate,
-                    },
-                    e2ee: claims.e2ee,
-                });
-                // Room for what the admission queued for the newcomer at
-                // once (its welcome, the tracks after it, who is here),
-                // which grows with the conference, beside the backlog a
-                // reader may fall behind by.
-                let (tx, rx) = mpsc::channel(CONTROL_BACKLOG + core.pending_control());
-                metrics.sessions.with_label_values(&[transport.label()]).inc();
-                handles.insert(
-                    id,
-                    Handle {
-                        conn: *conn,
-                        control: Sink::Client(tx),
-                        _counted: Some(Counted::new(
-                            metrics
-                                .client_connections
-                                .with_label_values(&[transport.label()]),
-                        )),
-                    },
-                );
-                if reply.send(Ok((id, rx))).is_err() {
-                    // The connection task is gone already.
-                    core.handle_closed(id);
-                    handles.remove(&id);
-                }
-            }
-            Err(e) => {
-                metrics
-                    .ticket_refusals
-                    .with_label_values(&[e.code(), "signed"])
-                    .inc();
-                // No client address in the log: the refusal reason only.
-                info!(reason = e.code(), "ticket refused");
-                st.enforcement(Enforcement {
-                    conference: claims.conference.clone(),
-                    kind: "ticket".into(),
-                    reason: e.code().into(),
-                    peer: None,
-                    at: unix_now(),
-                });
-                let _ = reply.send(Err(e));
-            }
-        },
+        } => shard(core, verifier, handles, st).hello(conn, transport, claims, recheck, reply),
         Event::LinkUp {
             conn,
             conference,
@@ -398,65 +335,8 @@ fn handle_event(
             claims,
             recheck,
             reply,
-        } => {
-            // An ended conference takes no links, whoever asks.
-            let ended = st.revoked.conferences.contains_key(&conference);
-            // Under the trust in force now (a reload may have come since the
-            // handshake), both ends must be inside the conference's jurisdiction.
-            let inside = crate::wire::conference::jurisdiction_of(&conference)
-                .and_then(|j| verifier.link_target(&peer, j))
-                .is_some();
-            let stale = recheck.as_ref().filter(|r| r.generation != generation);
-            let checked = if ended {
-                Err(TicketError::Revoked)
-            } else if !inside {
-                Err(TicketError::PeerOutsideJurisdiction)
-            } else if let Some(Err(e)) = stale
-                .map(|r| verifier.check_cascade(&r.ticket, r.ip, r.cert.as_deref(), unix_now()))
-            {
-                Err(e)
-            } else {
-                claims.as_ref().map_or(Ok(()), |c| {
-                    st.revoked
-                        .check_moved(&c.conference, c.issued_at)
-                        .and_then(|()| verifier.remember_cascade(c, unix_now()))
-                })
-            };
-            let key = (conference.clone(), peer.clone());
-            match checked {
-                // Counted and reported by the connection task, which has the ticket.
-                Err(e) => {
-                    let _ = reply.send(Err(e));
-                }
-                Ok(()) => {
-                    // A newer link for the same conference and peer replaces
-                    // the old one (the peer restarted, or both ends retried).
-                    if let Some(old) = st.links.remove(&key) {
-                        core.handle_closed(old);
-                        if let Some(h) = handles.remove(&old) {
-                            h.conn.close(close_code::NORMAL, b"replaced");
-                        }
-                    }
-                    let id = core.admit_link(&conference, &peer);
-                    let (tx, rx) = mpsc::channel(link::LINK_BACKLOG);
-                    handles.insert(
-                        id,
-                        Handle {
-                            conn: Session::raw(conn),
-                            control: Sink::Link(tx),
-                            _counted: None,
-                        },
-                    );
-                    st.links.insert(key.clone(), id);
-                    if reply.send(Ok((id, rx))).is_err() {
-                        core.handle_closed(id);
-                        handles.remove(&id);
-                        st.links.remove(&key);
-                    }
-                    info!(link_to = %peer, "cascade link admitted");
-                }
-            }
-        }
+        } => shard(core, verifier, handles, st)
+            .link_up(conn, conference, peer, claims, recheck, reply),
         Event::Link(id, message) => {
             if let Some(tap) = &st.tap {
                 (tap.0)(super::Tapped::Link(&message));
@@ -502,170 +382,14 @@ fn handle_event(
             st.links.retain(|_, l| *l != id);
         }
         Event::Snapshot(serves, reply) => {
-            let conferences = core.conference_stats();
-            // Links of conferences nobody here takes part in any more carry
-            // nothing anyone here wants: close them after a grace period.
-            let now = Instant::now();
-            let idle: Vec<String> = conferences
-                .iter()
-                .filter(|c| c.participants == 0)
-                .map(|c| c.id.clone())
-                .collect();
-            st.idle_since.retain(|c, _| idle.contains(c));
-            for c in idle {
-                let since = *st.idle_since.entry(c.clone()).or_insert(now);
-                if now.duration_since(since) >= IDLE_LINK_AFTER {
-                    for id in core.connections_of(&c, None) {
-                        core.handle_closed(id);
-                        if let Some(h) = handles.remove(&id) {
-                            h.conn.close(close_code::NORMAL, b"link idle");
-                        }
-                    }
-                    st.links.retain(|(conf, _), _| *conf != c);
-                    st.idle_since.remove(&c);
-                }
-            }
-            let counters = core.counters();
-            let _ = reply.send(Snapshot {
-                participants: core.participants() as u32,
-                bytes_total: counters.bytes_received + counters.bytes_delivered,
-                conferences: core.conference_stats(),
-                links: core.link_stats(),
-                events: {
-                    // Each event goes to the router serving its conference.
-                    let (mine, rest): (Vec<_>, Vec<_>) =
-                        std::mem::take(&mut st.pending).into_iter().partition(|e| {
-                            crate::wire::conference::jurisdiction_of(&e.conference)
-                                .is_some_and(|j| serves.iter().any(|s| s == j))
-                        });
-                    let horizon = unix_now().saturating_sub(60);
-                    st.pending = rest.into_iter().filter(|e| e.at >= horizon).collect();
-                    mine
-                },
-            });
-            st.revoked.prune(unix_now());
+            shard(core, verifier, handles, st).snapshot(serves, reply)
         }
-        Event::Command(action) => {
-            use crate::wire::channel::Action;
-            let now = unix_now();
-            let (conns, message, code) = match &action {
-                Action::Kick {
-                    conference,
-                    participant,
-                    reason,
-                    at,
-                } => {
-                    // The router's clock, which stamped the tickets; never
-                    // earlier than ours, so skew only widens the refusal.
-                    revoked
-                        .participants
-                        .insert((conference.clone(), participant.clone()), (*at).max(now));
-                    (
-                        core.connections_of(conference, Some(participant)),
-                        // Routers refuse longer reasons; one from an older
-                        // router is cut, never left to break the message.
-                        ServerMessage::Kicked {
-                            reason: crate::wire::control::fit_label(reason),
-                        },
-                        "kicked",
-                    )
-                }
-                Action::End { conference, at } => {
-                    revoked
-                        .conferences
-                        .insert(conference.clone(), (*at).max(now));
-                    st.links.retain(|(c, _), _| c != conference);
-                    (
-                        core.connections_of(conference, None),
-                        ServerMessage::ConferenceEnded {},
-                        "conference_ended",
-                    )
-                }
-                Action::Drain {} => {
-                    for h in handles.values() {
-                        if let Sink::Client(tx) = &h.control {
-                            let _ = tx.try_send(ServerMessage::GoingAway {
-                                code: GOING_AWAY_DRAIN,
-                                reason: "relay draining; reconnect through the router".into(),
-                            });
-                        }
-                    }
-                    return;
-                }
-                Action::Move { conference, at } => {
-                    // Tickets and links for it issued up to now are refused.
-                    st.revoked.moved.insert(conference.clone(), (*at).max(now));
-                    move_out(core, handles, st, metrics, conference);
-                    return;
-                }
-                Action::Unlink { conference, peer } => {
-                    close_link(core, handles, st, conference, peer);
-                    return;
-                }
-                // Links are dialled by the report task, which has the endpoint.
-                Action::Link { .. } => return,
-            };
-            for id in conns {
-                let is_link = core.link_peer(id).is_some();
-                core.handle_closed(id);
-                if let Some(h) = handles.remove(&id) {
-                    if is_link {
-                        h.conn
-                            .close(close_code::CONFERENCE_ENDED, b"conference ended");
-                        continue;
-                    }
-                    metrics
-                        .moderation_disconnects
-                        .with_label_values(&[code])
-                        .inc();
-                    // The writer sends this last message, then closes the
-                    // connection with the matching code.
-                    let _ = h.control.send(message.clone());
-                }
-            }
-            flush_control(core, handles);
-        }
+        Event::Command(action) => shard(core, verifier, handles, st).command(action),
         Event::Reload {
             verifier: next,
             log_full_addresses,
             generation,
-        } => {
-            st.trust_generation = generation;
-            let before = verifier.jurisdictions();
-            verifier.adopt(next);
-            st.log_full_addresses = log_full_addresses;
-            let inside = verifier.jurisdictions();
-            for j in before.iter().filter(|j| !inside.contains(j)) {
-                let _ = metrics.participants.remove_label_values(&[j.as_str()]);
-                let _ = metrics.conferences.remove_label_values(&[j.as_str()]);
-            }
-            // Conferences of jurisdictions the relay is no longer in leave it.
-            let outside: Vec<String> = core
-                .conference_stats()
-                .into_iter()
-                .map(|c| c.id)
-                .filter(|id| {
-                    crate::wire::conference::jurisdiction_of(id)
-                        .is_some_and(|j| !inside.iter().any(|i| i == j))
-                })
-                .collect();
-            for conference in &outside {
-                move_out(core, handles, st, metrics, conference);
-            }
-            // Links to peers the policy no longer places inside close.
-            let foreign: Vec<(String, String)> = st
-                .links
-                .keys()
-                .filter(|(conference, peer)| {
-                    crate::wire::conference::jurisdiction_of(conference)
-                        .is_none_or(|j| verifier.link_target(peer, j).is_none())
-                })
-                .cloned()
-                .collect();
-            for (conference, peer) in foreign {
-                close_link(core, handles, st, &conference, &peer);
-            }
-        }
+        } => shard(core, verifier, handles, st).reload(next, log_full_addresses, generation),
         Event::Shutdown => {
             for h in handles.values() {
                 let _ = h.control.send(ServerMessage::GoingAway {
@@ -673,6 +397,372 @@ fn handle_event(
                     reason: "relay shutting down; reconnect through the router".into(),
                 });
             }
+        }
+    }
+}
+
+impl Shard<'_> {
+    /// `hello`: the ticket again under the trust in force, then admission.
+    fn hello(
+        self,
+        conn: Box<web_transport_quinn::Session>,
+        transport: super::Transport,
+        claims: crate::ticket::Claims,
+        recheck: super::Recheck,
+        reply: HelloReply,
+    ) {
+        let Shard {
+            core,
+            verifier,
+            handles,
+            st,
+            metrics,
+        } = self;
+        let generation = st.trust_generation;
+        let revoked = &mut st.revoked;
+        match
+        // Checked under an older trust (a reload came since): again,
+        // under this one (keys, jurisdictions, relay).
+        (if recheck.generation == generation {
+            Ok(())
+        } else {
+            verifier.check(&recheck.ticket, unix_now()).map(|_| ())
+        })
+        .and_then(|()| revoked.check(&claims))
+        // The trust may have changed since the connection task checked
+        // the ticket (a reload): the jurisdiction must still be taken.
+        .and_then(|()| {
+            if verifier.trusts(&claims.jurisdiction) {
+                Ok(())
+            } else {
+                Err(TicketError::ForeignJurisdiction)
+            }
+        })
+        .and_then(|()| verifier.remember(&claims, unix_now()))
+    {
+        Ok(()) => {
+            info!(
+                client = %crate::redact::Addr::new(
+                    conn.remote_address().ip(),
+                    st.log_full_addresses.contains(&claims.jurisdiction),
+                ),
+                participant = %crate::redact::Id(&claims.participant),
+                name = %crate::redact::Name(&claims.display_name),
+                "participant admitted"
+            );
+            let id = core.admit(Admission {
+                conference: claims.conference,
+                participant: ParticipantId(claims.participant),
+                display_name: claims.display_name,
+                permissions: Permissions {
+                    publish: claims.grants.publish,
+                    subscribe: claims.grants.subscribe,
+                    moderate: claims.grants.moderate,
+                },
+                e2ee: claims.e2ee,
+            });
+            // Room for what the admission queued for the newcomer at
+            // once (its welcome, the tracks after it, who is here),
+            // which grows with the conference, beside the backlog a
+            // reader may fall behind by.
+            let (tx, rx) = mpsc::channel(CONTROL_BACKLOG + core.pending_control());
+            metrics.sessions.with_label_values(&[transport.label()]).inc();
+            handles.insert(
+                id,
+                Handle {
+                    conn: *conn,
+                    control: Sink::Client(tx),
+                    _counted: Some(Counted::new(
+                        metrics
+                            .client_connections
+                            .with_label_values(&[transport.label()]),
+                    )),
+                },
+            );
+            if reply.send(Ok((id, rx))).is_err() {
+                // The connection task is gone already.
+                core.handle_closed(id);
+                handles.remove(&id);
+            }
+        }
+        Err(e) => {
+            metrics
+                .ticket_refusals
+                .with_label_values(&[e.code(), "signed"])
+                .inc();
+            // No client address in the log: the refusal reason only.
+            info!(reason = e.code(), "ticket refused");
+            st.enforcement(Enforcement {
+                conference: claims.conference.clone(),
+                kind: "ticket".into(),
+                reason: e.code().into(),
+                peer: None,
+                at: unix_now(),
+            });
+            let _ = reply.send(Err(e));
+        }
+    }
+    }
+
+    /// A cascade link up: admitted unless ended, outside, or refused.
+    fn link_up(
+        self,
+        conn: quinn::Connection,
+        conference: String,
+        peer: String,
+        claims: Option<crate::ticket::CascadeClaims>,
+        recheck: Option<super::Recheck>,
+        reply: LinkReply,
+    ) {
+        let Shard {
+            core,
+            verifier,
+            handles,
+            st,
+            ..
+        } = self;
+        let generation = st.trust_generation;
+        // An ended conference takes no links, whoever asks.
+        let ended = st.revoked.conferences.contains_key(&conference);
+        // Under the trust in force now (a reload may have come since the
+        // handshake), both ends must be inside the conference's jurisdiction.
+        let inside = crate::wire::conference::jurisdiction_of(&conference)
+            .and_then(|j| verifier.link_target(&peer, j))
+            .is_some();
+        let stale = recheck.as_ref().filter(|r| r.generation != generation);
+        let checked = if ended {
+            Err(TicketError::Revoked)
+        } else if !inside {
+            Err(TicketError::PeerOutsideJurisdiction)
+        } else if let Some(Err(e)) =
+            stale.map(|r| verifier.check_cascade(&r.ticket, r.ip, r.cert.as_deref(), unix_now()))
+        {
+            Err(e)
+        } else {
+            claims.as_ref().map_or(Ok(()), |c| {
+                st.revoked
+                    .check_moved(&c.conference, c.issued_at)
+                    .and_then(|()| verifier.remember_cascade(c, unix_now()))
+            })
+        };
+        let key = (conference.clone(), peer.clone());
+        match checked {
+            // Counted and reported by the connection task, which has the ticket.
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+            Ok(()) => {
+                // A newer link for the same conference and peer replaces
+                // the old one (the peer restarted, or both ends retried).
+                if let Some(old) = st.links.remove(&key) {
+                    core.handle_closed(old);
+                    if let Some(h) = handles.remove(&old) {
+                        h.conn.close(close_code::NORMAL, b"replaced");
+                    }
+                }
+                let id = core.admit_link(&conference, &peer);
+                let (tx, rx) = mpsc::channel(link::LINK_BACKLOG);
+                handles.insert(
+                    id,
+                    Handle {
+                        conn: Session::raw(conn),
+                        control: Sink::Link(tx),
+                        _counted: None,
+                    },
+                );
+                st.links.insert(key.clone(), id);
+                if reply.send(Ok((id, rx))).is_err() {
+                    core.handle_closed(id);
+                    handles.remove(&id);
+                    st.links.remove(&key);
+                }
+                info!(link_to = %peer, "cascade link admitted");
+            }
+        }
+    }
+
+    /// What the next report to a router serving `serves` carries; idle links close.
+    fn snapshot(self, serves: Vec<String>, reply: oneshot::Sender<Snapshot>) {
+        let Shard {
+            core, handles, st, ..
+        } = self;
+        let conferences = core.conference_stats();
+        // Links of conferences nobody here takes part in any more carry
+        // nothing anyone here wants: close them after a grace period.
+        let now = Instant::now();
+        let idle: Vec<String> = conferences
+            .iter()
+            .filter(|c| c.participants == 0)
+            .map(|c| c.id.clone())
+            .collect();
+        st.idle_since.retain(|c, _| idle.contains(c));
+        for c in idle {
+            let since = *st.idle_since.entry(c.clone()).or_insert(now);
+            if now.duration_since(since) >= IDLE_LINK_AFTER {
+                for id in core.connections_of(&c, None) {
+                    core.handle_closed(id);
+                    if let Some(h) = handles.remove(&id) {
+                        h.conn.close(close_code::NORMAL, b"link idle");
+                    }
+                }
+                st.links.retain(|(conf, _), _| *conf != c);
+                st.idle_since.remove(&c);
+            }
+        }
+        let counters = core.counters();
+        let _ = reply.send(Snapshot {
+            participants: core.participants() as u32,
+            bytes_total: counters.bytes_received + counters.bytes_delivered,
+            conferences: core.conference_stats(),
+            links: core.link_stats(),
+            events: {
+                // Each event goes to the router serving its conference.
+                let (mine, rest): (Vec<_>, Vec<_>) =
+                    std::mem::take(&mut st.pending).into_iter().partition(|e| {
+                        crate::wire::conference::jurisdiction_of(&e.conference)
+                            .is_some_and(|j| serves.iter().any(|s| s == j))
+                    });
+                let horizon = unix_now().saturating_sub(60);
+                st.pending = rest.into_iter().filter(|e| e.at >= horizon).collect();
+                mine
+            },
+        });
+        st.revoked.prune(unix_now());
+    }
+
+    /// A router's command: kick, end, drain, move or unlink.
+    fn command(self, action: crate::wire::channel::Action) {
+        let Shard {
+            core,
+            handles,
+            st,
+            metrics,
+            ..
+        } = self;
+        let revoked = &mut st.revoked;
+        use crate::wire::channel::Action;
+        let now = unix_now();
+        let (conns, message, code) = match &action {
+            Action::Kick {
+                conference,
+                participant,
+                reason,
+                at,
+            } => {
+                // The router's clock, which stamped the tickets; never
+                // earlier than ours, so skew only widens the refusal.
+                revoked
+                    .participants
+                    .insert((conference.clone(), participant.clone()), (*at).max(now));
+                (
+                    core.connections_of(conference, Some(participant)),
+                    // Routers refuse longer reasons; one from an older
+                    // router is cut, never left to break the message.
+                    ServerMessage::Kicked {
+                        reason: crate::wire::control::fit_label(reason),
+                    },
+                    "kicked",
+                )
+            }
+            Action::End { conference, at } => {
+                revoked
+                    .conferences
+                    .insert(conference.clone(), (*at).max(now));
+                st.links.retain(|(c, _), _| c != conference);
+                (
+                    core.connections_of(conference, None),
+                    ServerMessage::ConferenceEnded {},
+                    "conference_ended",
+                )
+            }
+            Action::Drain {} => {
+                for h in handles.values() {
+                    if let Sink::Client(tx) = &h.control {
+                        let _ = tx.try_send(ServerMessage::GoingAway {
+                            code: GOING_AWAY_DRAIN,
+                            reason: "relay draining; reconnect through the router".into(),
+                        });
+                    }
+                }
+                return;
+            }
+            Action::Move { conference, at } => {
+                // Tickets and links for it issued up to now are refused.
+                st.revoked.moved.insert(conference.clone(), (*at).max(now));
+                move_out(core, handles, st, metrics, conference);
+                return;
+            }
+            Action::Unlink { conference, peer } => {
+                close_link(core, handles, st, conference, peer);
+                return;
+            }
+            // Links are dialled by the report task, which has the endpoint.
+            Action::Link { .. } => return,
+        };
+        for id in conns {
+            let is_link = core.link_peer(id).is_some();
+            core.handle_closed(id);
+            if let Some(h) = handles.remove(&id) {
+                if is_link {
+                    h.conn
+                        .close(close_code::CONFERENCE_ENDED, b"conference ended");
+                    continue;
+                }
+                metrics
+                    .moderation_disconnects
+                    .with_label_values(&[code])
+                    .inc();
+                // The writer sends this last message, then closes the
+                // connection with the matching code.
+                let _ = h.control.send(message.clone());
+            }
+        }
+        flush_control(core, handles);
+    }
+
+    /// A reloaded policy: adopt its trust; move out what it places outside.
+    fn reload(self, next: Verifier, log_full_addresses: Vec<String>, generation: u64) {
+        let Shard {
+            core,
+            verifier,
+            handles,
+            st,
+            metrics,
+        } = self;
+        st.trust_generation = generation;
+        let before = verifier.jurisdictions();
+        verifier.adopt(next);
+        st.log_full_addresses = log_full_addresses;
+        let inside = verifier.jurisdictions();
+        for j in before.iter().filter(|j| !inside.contains(j)) {
+            let _ = metrics.participants.remove_label_values(&[j.as_str()]);
+            let _ = metrics.conferences.remove_label_values(&[j.as_str()]);
+        }
+        // Conferences of jurisdictions the relay is no longer in leave it.
+        let outside: Vec<String> = core
+            .conference_stats()
+            .into_iter()
+            .map(|c| c.id)
+            .filter(|id| {
+                crate::wire::conference::jurisdiction_of(id)
+                    .is_some_and(|j| !inside.iter().any(|i| i == j))
+            })
+            .collect();
+        for conference in &outside {
+            move_out(core, handles, st, metrics, conference);
+        }
+        // Links to peers the policy no longer places inside close.
+        let foreign: Vec<(String, String)> = st
+            .links
+            .keys()
+            .filter(|(conference, peer)| {
+                crate::wire::conference::jurisdiction_of(conference)
+                    .is_none_or(|j| verifier.link_target(peer, j).is_none())
+            })
+            .cloned()
+            .collect();
+        for (conference, peer) in foreign {
+            close_link(core, handles, st, &conference, &peer);
         }
     }
 }
