@@ -20,6 +20,9 @@ use crate::client::synthetic::{self, ReceiveStats, quantile};
 use crate::client::{self, Client};
 use crate::http_client;
 use crate::wire::control::TrackKind;
+use std::process::ExitCode;
+
+use super::args::CascadeloadArgs;
 
 /// What one run measured.
 struct Outcome {
@@ -262,4 +265,20 @@ async fn measure(
         sent: count,
         expected: count * subscribers as u64,
     })
+}
+
+/// `cascadeload`: against the relays of the config `dev` runs.
+pub(super) fn command(a: CascadeloadArgs) -> ExitCode {
+    let policy = match super::load(&a.config, None) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    super::report(run(
+        &policy,
+        &a.router,
+        &a.api_key,
+        a.subscribers,
+        a.pps,
+        a.seconds,
+    ))
 }

@@ -22,6 +22,9 @@ use crate::http_client;
 use crate::policy::Policy;
 use crate::wire::control::TrackKind;
 use crate::wire::datagram::{Flags, HEADER_LEN, MediaHeader};
+use std::process::ExitCode;
+
+use super::args::DevArgs;
 
 fn dev_secret_matches(hash: &[u8; 32], secret: &str) -> bool {
     crate::router::ids::secret_matches(hash, secret)
@@ -728,4 +731,24 @@ async fn run_demo(policy: &Policy) -> Result<(), String> {
         hex::encode(router.public_key.as_bytes())
     );
     Ok(())
+}
+
+/// `dev`: every router and relay of the config in one process, with a
+/// second EU replica on PostgreSQL when given `--store`.
+pub(super) fn command(a: DevArgs) -> ExitCode {
+    let config = match a.store {
+        None => a.config,
+        Some(store) => match replicated_config(&a.config, &store) {
+            Ok(path) => path,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let policy = match super::load(&config, None) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    super::report(run(policy, a.demo, a.log_console))
 }

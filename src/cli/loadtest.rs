@@ -79,6 +79,9 @@ async fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
 }
 
 use crate::relay::metrics::sample;
+use std::process::ExitCode;
+
+use super::args::LoadtestArgs;
 
 /// The `offset`-th address after `base` (IPv4; an IPv6 base is used as is).
 fn source(base: IpAddr, offset: usize) -> IpAddr {
@@ -402,6 +405,32 @@ async fn run_async(policy: &Policy, plan: Plan) -> Result<(), String> {
         println!("{:<28} {:>13.1} MiB", "relay RSS", rss / (1024.0 * 1024.0));
     }
     Ok(())
+}
+
+/// `loadtest`: the plan from the arguments, run against the relay.
+pub(super) fn command(a: LoadtestArgs) -> ExitCode {
+    let policy = match super::load(&a.config, a.regions.as_deref()) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let plan = Plan {
+        relay: a.relay,
+        key: a.key,
+        conferences: a.conferences,
+        participants: a.participants,
+        publishers: a.publishers,
+        video_bps: a.video_bps,
+        audio_bps: a.audio_bps,
+        packet_size: a.packet_size.clamp(
+            crate::wire::datagram::HEADER_LEN + 8,
+            crate::wire::datagram::MAX_DATAGRAM_LEN,
+        ),
+        fps: a.fps,
+        sources: a.sources.max(1),
+        duration: Duration::from_secs(a.duration.max(1)),
+        bind_ip: a.bind_ip,
+    };
+    super::report(run(&policy, plan))
 }
 
 #[cfg(test)]

@@ -5,6 +5,9 @@ use std::time::Duration;
 use crate::forward::CoreConfig;
 use crate::policy::Policy;
 use crate::relay::{self, Identity, Settings};
+use std::process::ExitCode;
+
+use super::args::RelayArgs;
 
 /// Starts the tokio runtime and serves until SIGINT or SIGTERM; SIGHUP
 /// reloads the policy from `source`.
@@ -125,4 +128,35 @@ pub(super) fn init_logging_for(policy: &Policy) {
 
 fn init(json: bool, level: &str) {
     crate::logging::init(json, level);
+}
+
+/// `relay`: runs the inventory's relay `id` until SIGINT/SIGTERM.
+pub(super) fn command(a: RelayArgs) -> ExitCode {
+    let policy = match super::load(&a.config, a.regions.as_deref()) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let credential = match a.credential_file {
+        Some(path) => match std::fs::read_to_string(&path) {
+            Ok(text) => Some(text.trim().to_owned()),
+            Err(e) => {
+                eprintln!("error: cannot read {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        None => std::env::var("RESIDENCY_RELAY_CREDENTIAL").ok(),
+    };
+    let source = crate::policy::Source {
+        config: a.config,
+        regions: a.regions,
+    };
+    super::report(run(
+        policy,
+        source,
+        &a.id,
+        a.queue_packets,
+        a.shutdown_grace,
+        a.workers,
+        credential,
+    ))
 }

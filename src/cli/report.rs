@@ -7,6 +7,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::http_client;
+use std::process::ExitCode;
+
+use super::args::VerifyReportArgs;
 
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_current_thread()
@@ -152,4 +155,18 @@ pub(super) fn drain(router: &str, relay: &str, token: &str) -> Result<(), String
     )?;
     println!("{relay} is draining: no new joins; its participants are moving");
     Ok(())
+}
+
+/// `verify-report`: prints the verified report's summary.
+pub(super) fn verify_command(a: VerifyReportArgs) -> ExitCode {
+    match verify(&a.file, &a.key) {
+        Ok(summary) => {
+            print!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
 }

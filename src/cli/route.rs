@@ -8,6 +8,10 @@ use serde_json::{Value, json};
 use crate::geo::{Location, Precision};
 use crate::policy::{JurisdictionIdx, PinError, Policy, RelayIdx, plan};
 use crate::select::{self, Evaluation, Health, RelayState};
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use super::args::RouteArgs;
 
 pub(super) struct Request<'a> {
     pub(super) ip: IpAddr,
@@ -317,5 +321,42 @@ impl Report {
         }));
         out["excluded"] = Value::Array(excluded);
         out
+    }
+}
+
+/// `route`: prints where a client would go, and why; exit 2 on a refusal.
+pub(super) fn command(a: RouteArgs) -> ExitCode {
+    let policy = match super::load(&a.config, a.regions.as_deref()) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let request = Request {
+        ip: a.ip,
+        jurisdiction: a.jurisdiction.as_deref(),
+        tenant: a.tenant.as_deref(),
+        hosting: &a.hosting,
+        down: &a.down,
+    };
+    match run(&policy, &request) {
+        Ok(report) => {
+            let mut out = std::io::stdout().lock();
+            let written = if a.json {
+                writeln!(out, "{}", report.to_json(&policy))
+            } else {
+                write!(out, "{}", report.to_text(&policy))
+            };
+            if written.is_err() {
+                return ExitCode::FAILURE;
+            }
+            if report.is_refusal() {
+                ExitCode::from(super::EXIT_REFUSED)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use crate::policy::{self, Policy};
 use crate::router::{self, Settings, limits::LimitSettings};
+use std::process::ExitCode;
+
+use super::args::RouterArgs;
 
 /// Starts the runtime and serves until SIGINT or SIGTERM.
 pub(super) fn run(policy: Policy, id: &str, source: policy::Source) -> Result<(), String> {
@@ -60,4 +63,17 @@ pub(super) async fn settings(policy: Arc<Policy>, id: &str) -> Result<Settings, 
         reload_on_sighup: false,
         http,
     })
+}
+
+/// `router`: runs the config's router `id` until SIGINT/SIGTERM.
+pub(super) fn command(a: RouterArgs) -> ExitCode {
+    let policy = match super::load(&a.config, a.regions.as_deref()) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let source = policy::Source {
+        config: a.config,
+        regions: a.regions,
+    };
+    super::report(run(policy, &a.id, source))
 }

@@ -4,6 +4,9 @@ use std::path::Path;
 
 use crate::policy::Policy;
 use crate::ticket::{self, Claims, Grants, MAX_LIFETIME_SECS};
+use std::process::ExitCode;
+
+use super::args::TicketArgs;
 
 pub(super) struct Request<'a> {
     pub(super) key: &'a Path,
@@ -82,4 +85,37 @@ pub(super) fn mint(policy: &Policy, req: Request<'_>) -> Result<String, String> 
         nonce: ticket::new_nonce().map_err(|e| format!("no randomness for a nonce: {e}"))?,
     };
     Ok(ticket::sign(&claims, &key))
+}
+
+/// `ticket`: mints a join ticket and prints it.
+pub(super) fn command(a: TicketArgs) -> ExitCode {
+    let policy = match super::load(&a.config, a.regions.as_deref()) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let request = Request {
+        key: &a.key,
+        conference: a.conference,
+        jurisdiction: a.jurisdiction,
+        relay: a.relay,
+        participant: a.participant,
+        name: a.name,
+        grants: crate::ticket::Grants {
+            publish: a.publish,
+            subscribe: a.subscribe,
+            moderate: a.moderate,
+        },
+        e2ee: a.e2ee,
+        ttl: a.ttl,
+    };
+    match mint(&policy, request) {
+        Ok(t) => {
+            println!("{t}");
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
 }
