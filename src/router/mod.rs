@@ -12,6 +12,7 @@ pub mod limits;
 pub mod manage;
 pub mod metrics;
 pub mod page;
+pub mod planner;
 pub mod relays;
 pub mod replicas;
 pub mod residency;
@@ -451,7 +452,7 @@ pub async fn run(
     // Background work ends with this future, however it ends (a router
     // stopped by dropping it must not go on planning as a ghost).
     let mut background = tokio::task::JoinSet::new();
-    background.spawn(relays::watch(live.clone()));
+    background.spawn(planner::watch(live.clone()));
     background.spawn(watch_store(live.clone()));
     background.spawn(retention::run(live.clone()));
     // Commands another replica stored wake the reports held here; a
@@ -523,7 +524,7 @@ pub async fn run(
     background.abort_all();
     let last = live.load();
     // The next replica plans at once instead of after the lease expires.
-    if let Err(e) = last.replicas.release(relays::PLANNER, &last.me.id).await {
+    if let Err(e) = last.replicas.release(planner::PLANNER, &last.me.id).await {
         warn!(error = %e, "could not give the planner lease up");
     }
     if let Some(h) = hangups {
