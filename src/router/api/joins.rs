@@ -24,12 +24,16 @@ use super::{
     client_ip, conference, ended_check, ids, parse, store_failed, unauthorized, waiting_changed,
 };
 use crate::clock::unix_now;
+use crate::geo::Location;
 use crate::http_server::{Held, LongPoll};
-use crate::policy::{JurisdictionIdx, RelayIdx};
+use crate::policy::{JurisdictionIdx, Policy, RelayIdx};
 use crate::router::Shared;
+use crate::router::limits::Attempt;
 use crate::select;
+use crate::select::RelayState;
 use crate::store::{
-    AuditEvent, ConferenceRecord, InviteRefusal, ParticipantRecord, Role, Status, StoreError,
+    AuditEvent, ConferenceRecord, InviteRecord, InviteRefusal, ParticipantRecord, Role, Status,
+    StoreError,
 };
 use crate::ticket::{self, Claims, Grants};
 
@@ -177,12 +181,8 @@ async fn join_checked(
     started: Instant,
 ) -> ApiResult<Response> {
     let now = unix_now();
-    let refused = |reason: &'static str, e: ApiError| async move {
-        audit(shared, &c.id, "join_refused", json!({ "reason": reason })).await;
-        refuse(shared, Some(j), reason, e)
-    };
     if c.ended.is_some() {
-        return Err(refused("ended", ended_check(c).unwrap_err()).await);
+        return Err(refused(shared, c, j, "ended", ended_check(c).unwrap_err()).await);
     }
     // Counted as a failure until the credential proves right. Invitations
     // are not guessable and skip the per-conference limit.
@@ -211,129 +211,12 @@ async fn join_checked(
             ));
         }
     };
-    if let Some(token) = &request.rejoin {
-        // A participant whose relay failed comes back without its
-        // passcode or invitation, as itself.
-        let pid = request.participant_id.as_deref().unwrap_or_default();
-        // The token carries its expiry, covered by the stored hash.
-        let unexpired = token
-            .rsplit_once('.')
-            .and_then(|(_, expires)| expires.parse::<u64>().ok())
-            .is_some_and(|expires| expires > now);
-        let Some(mut p) = shared.store.participant(&c.id, pid).await?.filter(|p| {
-            unexpired
-                && p.rejoin_sha256
-                    .is_some_and(|h| ids::secret_matches(&h, token))
-        }) else {
-            drop(attempt);
-            return Err(refused(
-                "bad_rejoin",
-                ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "bad_rejoin",
-                    "the rejoin token is not valid for this participant, or has expired; join again with the passcode or invitation",
-                ),
-            ).await);
-        };
-        attempt.succeeded();
-        if p.status != Status::Joined
-            || shared
-                .store
-                .is_banned(
-                    &c.id,
-                    Some(&p.id),
-                    &p.address_hash,
-                    p.invite_sha256.as_ref(),
-                )
-                .await?
-            || banned_address(shared, &c.id, ip).await?
-        {
-            return Err(refused(
-                "banned",
-                ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "banned",
-                    "a host removed you from this conference",
-                ),
-            )
-            .await);
-        }
-        let failed = request
-            .failed_relay
-            .as_deref()
-            .and_then(|r| shared.policy.relay_idx(r));
-        let answer = issue_ticket(shared, c, j, ip, &mut p, None, failed).await?;
-        return Ok(Json(answer).into_response());
+    if request.rejoin.is_some() {
+        return rejoin(shared, c, j, ip, &request, attempt, now).await;
     }
     let address_hash = ids::address_hash(&shared.records_keys.current, &shared.address_key, ip);
     // Who is joining: an invitation names them, a passcode does not.
-    let (invite, display_name) = match (&request.invite, &request.passcode) {
-        (Some(token), _) => {
-            let hash = ids::sha256(token);
-            match shared.store.invite(&hash, &c.id, now).await? {
-                Ok(invite) => {
-                    attempt.succeeded();
-                    let name = invite.display_name.clone();
-                    (Some(invite), name)
-                }
-                Err(why) => {
-                    drop(attempt);
-                    let message = match why {
-                        InviteRefusal::Unknown => "the invitation is not valid for this conference",
-                        InviteRefusal::Used => "the invitation was already used",
-                        InviteRefusal::Expired => "the invitation has expired",
-                    };
-                    return Err(refused(
-                        "bad_invite",
-                        ApiError::new(StatusCode::FORBIDDEN, "bad_invite", message),
-                    )
-                    .await);
-                }
-            }
-        }
-        (None, Some(passcode)) => {
-            let ok = c.passcode.as_ref().is_some_and(|stored| {
-                ids::passcode_matches(&shared.records_keys, stored, passcode)
-            });
-            if !ok {
-                drop(attempt);
-                info!(
-                    jurisdiction = %shared.policy.jurisdiction(j).id,
-                    client = %crate::redact::Addr::new(ip, shared.policy.full_addresses(&shared.policy.jurisdiction(j).id)),
-                    "join refused: wrong passcode"
-                );
-                let (code, message) = if c.passcode.is_some() {
-                    ("wrong_passcode", "wrong passcode")
-                } else {
-                    (
-                        "invite_required",
-                        "this conference is joined by invitation only",
-                    )
-                };
-                return Err(refused(
-                    "wrong_passcode",
-                    ApiError::new(StatusCode::FORBIDDEN, code, message),
-                )
-                .await);
-            }
-            attempt.succeeded();
-            let name = check_text("display_name", &request.display_name, MAX_NAME, true)
-                .map_err(|e| refuse(shared, Some(j), "bad_request", e))?;
-            (None, name)
-        }
-        (None, None) => {
-            attempt.succeeded();
-            return Err(refused(
-                "passcode_required",
-                ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "passcode_required",
-                    "send \"passcode\" or \"invite\"",
-                ),
-            )
-            .await);
-        }
-    };
+    let (invite, display_name) = credential(shared, c, j, ip, &request, attempt, now).await?;
     let invite_hash = invite.as_ref().map(|i| i.token_sha256);
     let role = invite.as_ref().map_or(Role::Speaker, |i| i.role);
     let participant_id = match &invite {
@@ -352,6 +235,9 @@ async fn join_checked(
             .await?
     {
         return Err(refused(
+            shared,
+            c,
+            j,
             "banned",
             ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -363,6 +249,9 @@ async fn join_checked(
     }
     if c.locked && role != Role::Host {
         return Err(refused(
+            shared,
+            c,
+            j,
             "locked",
             ApiError::new(
                 StatusCode::LOCKED,
@@ -426,6 +315,171 @@ async fn join_checked(
     Ok(Json(answer).into_response())
 }
 
+/// A participant whose relay failed comes back with its rejoin token,
+/// without its passcode or invitation, as itself.
+async fn rejoin(
+    shared: &Shared,
+    c: &ConferenceRecord,
+    j: JurisdictionIdx,
+    ip: IpAddr,
+    request: &JoinRequest,
+    attempt: Attempt<'_>,
+    now: u64,
+) -> ApiResult<Response> {
+    // The caller saw a token; an empty one matches no participant.
+    let token = request.rejoin.as_deref().unwrap_or_default();
+    let pid = request.participant_id.as_deref().unwrap_or_default();
+    // The token carries its expiry, covered by the stored hash.
+    let unexpired = token
+        .rsplit_once('.')
+        .and_then(|(_, expires)| expires.parse::<u64>().ok())
+        .is_some_and(|expires| expires > now);
+    let Some(mut p) = shared.store.participant(&c.id, pid).await?.filter(|p| {
+        unexpired
+            && p.rejoin_sha256
+                .is_some_and(|h| ids::secret_matches(&h, token))
+    }) else {
+        drop(attempt);
+        let why = "the rejoin token is not valid for this participant, or has expired; join again with the passcode or invitation";
+        let e = ApiError::new(StatusCode::FORBIDDEN, "bad_rejoin", why);
+        return Err(refused(shared, c, j, "bad_rejoin", e).await);
+    };
+    attempt.succeeded();
+    if p.status != Status::Joined
+        || shared
+            .store
+            .is_banned(
+                &c.id,
+                Some(&p.id),
+                &p.address_hash,
+                p.invite_sha256.as_ref(),
+            )
+            .await?
+        || banned_address(shared, &c.id, ip).await?
+    {
+        return Err(refused(
+            shared,
+            c,
+            j,
+            "banned",
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "banned",
+                "a host removed you from this conference",
+            ),
+        )
+        .await);
+    }
+    let failed = request
+        .failed_relay
+        .as_deref()
+        .and_then(|r| shared.policy.relay_idx(r));
+    let answer = issue_ticket(shared, c, j, ip, &mut p, None, failed).await?;
+    Ok(Json(answer).into_response())
+}
+
+/// Who is joining, from the credential: an invitation names them, a
+/// passcode does not. A wrong or missing one is refused here; the attempt
+/// counts as a failure unless it proves right.
+async fn credential(
+    shared: &Shared,
+    c: &ConferenceRecord,
+    j: JurisdictionIdx,
+    ip: IpAddr,
+    request: &JoinRequest,
+    attempt: Attempt<'_>,
+    now: u64,
+) -> ApiResult<(Option<InviteRecord>, String)> {
+    match (&request.invite, &request.passcode) {
+        (Some(token), _) => {
+            let hash = ids::sha256(token);
+            match shared.store.invite(&hash, &c.id, now).await? {
+                Ok(invite) => {
+                    attempt.succeeded();
+                    let name = invite.display_name.clone();
+                    Ok((Some(invite), name))
+                }
+                Err(why) => {
+                    drop(attempt);
+                    let message = match why {
+                        InviteRefusal::Unknown => "the invitation is not valid for this conference",
+                        InviteRefusal::Used => "the invitation was already used",
+                        InviteRefusal::Expired => "the invitation has expired",
+                    };
+                    return Err(refused(
+                        shared,
+                        c,
+                        j,
+                        "bad_invite",
+                        ApiError::new(StatusCode::FORBIDDEN, "bad_invite", message),
+                    )
+                    .await);
+                }
+            }
+        }
+        (None, Some(passcode)) => {
+            let ok = c.passcode.as_ref().is_some_and(|stored| {
+                ids::passcode_matches(&shared.records_keys, stored, passcode)
+            });
+            if !ok {
+                drop(attempt);
+                info!(
+                    jurisdiction = %shared.policy.jurisdiction(j).id,
+                    client = %crate::redact::Addr::new(ip, shared.policy.full_addresses(&shared.policy.jurisdiction(j).id)),
+                    "join refused: wrong passcode"
+                );
+                let (code, message) = if c.passcode.is_some() {
+                    ("wrong_passcode", "wrong passcode")
+                } else {
+                    (
+                        "invite_required",
+                        "this conference is joined by invitation only",
+                    )
+                };
+                return Err(refused(
+                    shared,
+                    c,
+                    j,
+                    "wrong_passcode",
+                    ApiError::new(StatusCode::FORBIDDEN, code, message),
+                )
+                .await);
+            }
+            attempt.succeeded();
+            let name = check_text("display_name", &request.display_name, MAX_NAME, true)
+                .map_err(|e| refuse(shared, Some(j), "bad_request", e))?;
+            Ok((None, name))
+        }
+        (None, None) => {
+            attempt.succeeded();
+            return Err(refused(
+                shared,
+                c,
+                j,
+                "passcode_required",
+                ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "passcode_required",
+                    "send \"passcode\" or \"invite\"",
+                ),
+            )
+            .await);
+        }
+    }
+}
+
+/// A join refused once its conference is known: audited and counted.
+async fn refused(
+    shared: &Shared,
+    c: &ConferenceRecord,
+    j: JurisdictionIdx,
+    reason: &'static str,
+    e: ApiError,
+) -> ApiError {
+    audit(shared, &c.id, "join_refused", json!({ "reason": reason })).await;
+    refuse(shared, Some(j), reason, e)
+}
+
 /// Selects a relay inside the jurisdiction for a participant at `ip`, signs
 /// a ticket bound to it, and records the join.
 async fn issue_ticket(
@@ -439,104 +493,7 @@ async fn issue_ticket(
 ) -> ApiResult<Value> {
     let jurisdiction = shared.policy.jurisdiction(j);
     let location = shared.policy.geoip().locate(ip);
-    // After a restart this run may not know where the conference is yet:
-    // the store remembers the relay that carried it last.
-    let hint = if shared
-        .relays
-        .hosting(&shared.policy, &c.id, Instant::now())
-        .is_empty()
-    {
-        shared
-            .store
-            .relays_of(&c.id)
-            .await?
-            .into_iter()
-            .max_by_key(|u| u.last_seen)
-            .and_then(|u| shared.policy.relay_idx(&u.relay))
-    } else {
-        None
-    };
-    // Each participant goes to the best relay inside the jurisdiction;
-    // relays already carrying the conference are preferred (stickiness) and
-    // are linked to each other by cascade links.
-    let placed = crate::router::relays::place(
-        shared,
-        &c.id,
-        hint,
-        |states: &[crate::select::RelayState], hosting: &[RelayIdx], size: u32| {
-            let max = shared.policy.limits().conference_max_participants;
-            if size >= max {
-                return Err((
-                    "conference_full",
-                    format!("the conference has its maximum of {max} participants"),
-                ));
-            }
-            // A relay the participant just lost is not offered again now.
-            let mut states = states.to_vec();
-            if let Some(s) = failed.and_then(|f| states.get_mut(f.index())) {
-                s.health = select::Health::Unhealthy;
-            }
-            let states = &states[..];
-            let hosting: Vec<RelayIdx> = hosting
-                .iter()
-                .copied()
-                .filter(|r| jurisdiction.contains(*r))
-                .collect();
-            select::select(&shared.policy, j, &location, states, &hosting)
-                .map(|d| d.relay)
-                .map_err(|refusal| {
-                    (
-                        refusal.reason.code(),
-                        format!(
-                            "{} '{}'; no relay outside it is ever used",
-                            refusal.reason, jurisdiction.id
-                        ),
-                    )
-                })
-        },
-    )
-    .await?;
-    shared
-        .metrics
-        .route_decisions
-        .with_label_values(&[
-            jurisdiction.id.as_str(),
-            placed
-                .as_ref()
-                .map_or_else(|(reason, _)| *reason, |_| "relay_chosen"),
-        ])
-        .inc();
-    let relay = match placed {
-        Ok(relay) => relay,
-        Err((reason, message)) => {
-            audit(shared, &c.id, "join_refused", json!({ "reason": reason })).await;
-            // Overload, not a fault: say when to try again.
-            let retry = if reason == "conference_full" { 30 } else { 5 };
-            return Err(refuse(
-                shared,
-                Some(j),
-                reason,
-                ApiError {
-                    retry_after: Some(retry),
-                    ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, reason, message)
-                },
-            ));
-        }
-    };
-    // Residency guard: selection only looks inside the jurisdiction; this
-    // makes a future change that breaks that fail closed, not open.
-    if !jurisdiction.contains(relay) {
-        return Err(refuse(
-            shared,
-            Some(j),
-            "no_healthy_relay",
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no_healthy_relay",
-                "no relay inside the jurisdiction",
-            ),
-        ));
-    }
+    let relay = choose_relay(shared, c, j, &location, failed).await?;
     let r = shared.policy.relay(relay);
     let now = unix_now();
     let grants = match record.role {
@@ -622,6 +579,170 @@ async fn issue_ticket(
         name = %crate::redact::Name(&record.display_name),
         "join accepted"
     );
+    Ok(join_answer(
+        shared,
+        c,
+        j,
+        record,
+        Issued {
+            relay: r,
+            ticket: &signed,
+            expires_at: claims.expires_at,
+            rejoin: &rejoin,
+            now,
+        },
+    ))
+}
+
+/// The relay inside the jurisdiction for a participant at `location`, or
+/// the refusal (counted, audited, with when to try again).
+async fn choose_relay(
+    shared: &Shared,
+    c: &ConferenceRecord,
+    j: JurisdictionIdx,
+    location: &Location,
+    failed: Option<RelayIdx>,
+) -> ApiResult<RelayIdx> {
+    let jurisdiction = shared.policy.jurisdiction(j);
+    // After a restart this run may not know where the conference is yet:
+    // the store remembers the relay that carried it last.
+    let hint = if shared
+        .relays
+        .hosting(&shared.policy, &c.id, Instant::now())
+        .is_empty()
+    {
+        shared
+            .store
+            .relays_of(&c.id)
+            .await?
+            .into_iter()
+            .max_by_key(|u| u.last_seen)
+            .and_then(|u| shared.policy.relay_idx(&u.relay))
+    } else {
+        None
+    };
+    // Each participant goes to the best relay inside the jurisdiction;
+    // relays already carrying the conference are preferred (stickiness) and
+    // are linked to each other by cascade links.
+    let placed = crate::router::relays::place(shared, &c.id, hint, |states, hosting, size| {
+        pick_relay(&shared.policy, j, location, failed, states, hosting, size)
+    })
+    .await?;
+    shared
+        .metrics
+        .route_decisions
+        .with_label_values(&[
+            jurisdiction.id.as_str(),
+            placed
+                .as_ref()
+                .map_or_else(|(reason, _)| *reason, |_| "relay_chosen"),
+        ])
+        .inc();
+    let relay = match placed {
+        Ok(relay) => relay,
+        Err((reason, message)) => {
+            audit(shared, &c.id, "join_refused", json!({ "reason": reason })).await;
+            // Overload, not a fault: say when to try again.
+            let retry = if reason == "conference_full" { 30 } else { 5 };
+            return Err(refuse(
+                shared,
+                Some(j),
+                reason,
+                ApiError {
+                    retry_after: Some(retry),
+                    ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, reason, message)
+                },
+            ));
+        }
+    };
+    // Residency guard: selection only looks inside the jurisdiction; this
+    // makes a future change that breaks that fail closed, not open.
+    if !jurisdiction.contains(relay) {
+        return Err(refuse(
+            shared,
+            Some(j),
+            "no_healthy_relay",
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_healthy_relay",
+                "no relay inside the jurisdiction",
+            ),
+        ));
+    }
+    Ok(relay)
+}
+
+/// The join's one call of relay selection, a pure decision: from the
+/// relays' states, those already hosting the conference and its size,
+/// which relay inside jurisdiction `j` a participant at `location` gets,
+/// or the refusal's code and message. A relay the participant just lost
+/// (`failed`) is not offered again now.
+fn pick_relay(
+    policy: &Policy,
+    j: JurisdictionIdx,
+    location: &Location,
+    failed: Option<RelayIdx>,
+    states: &[RelayState],
+    hosting: &[RelayIdx],
+    size: u32,
+) -> Result<RelayIdx, (&'static str, String)> {
+    let jurisdiction = policy.jurisdiction(j);
+    let max = policy.limits().conference_max_participants;
+    if size >= max {
+        return Err((
+            "conference_full",
+            format!("the conference has its maximum of {max} participants"),
+        ));
+    }
+    let mut states = states.to_vec();
+    if let Some(s) = failed.and_then(|f| states.get_mut(f.index())) {
+        s.health = select::Health::Unhealthy;
+    }
+    let hosting: Vec<RelayIdx> = hosting
+        .iter()
+        .copied()
+        .filter(|r| jurisdiction.contains(*r))
+        .collect();
+    select::select(policy, j, location, &states, &hosting)
+        .map(|d| d.relay)
+        .map_err(|refusal| {
+            (
+                refusal.reason.code(),
+                format!(
+                    "{} '{}'; no relay outside it is ever used",
+                    refusal.reason, jurisdiction.id
+                ),
+            )
+        })
+}
+
+/// What a join hands out besides the participant's record.
+struct Issued<'a> {
+    relay: &'a crate::policy::Relay,
+    ticket: &'a str,
+    expires_at: u64,
+    rejoin: &'a str,
+    now: u64,
+}
+
+/// What an admitted participant is told: its relay (with the certificates
+/// to pin), the jurisdiction, its ticket and rejoin token, and a host's
+/// manage token.
+fn join_answer(
+    shared: &Shared,
+    c: &ConferenceRecord,
+    j: JurisdictionIdx,
+    record: &ParticipantRecord,
+    issued: Issued<'_>,
+) -> Value {
+    let jurisdiction = shared.policy.jurisdiction(j);
+    let Issued {
+        relay: r,
+        ticket: signed,
+        expires_at,
+        rejoin,
+        now,
+    } = issued;
     let (cert, next_cert) = shared.relays.certs(&r.id).unzip();
     let mut answer = json!({
         "relay": {
@@ -651,7 +772,7 @@ async fn issue_ticket(
         // End-to-end encrypted: the page refuses to join media without the
         // link's key, and publishes encrypted tracks only.
         "e2ee": c.e2ee,
-        "expires_at": claims.expires_at,
+        "expires_at": expires_at,
         "rejoin_token": rejoin,
     });
     if record.role == Role::Host {
@@ -662,7 +783,7 @@ async fn issue_ticket(
             now + crate::router::manage::LIFETIME_SECS,
         ));
     }
-    Ok(answer)
+    answer
 }
 
 // ---------------------------------------------------------------- waiting room
