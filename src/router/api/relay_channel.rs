@@ -12,8 +12,10 @@ use tracing::warn;
 
 use super::{ApiError, ApiResult, Current, ErrorBody, audit, bearer, ids, read_body, unauthorized};
 use crate::clock::unix_now;
+use crate::policy::RelayIdx;
+use crate::router::Shared;
 use crate::store::{LinkUsage, Usage};
-use crate::wire::channel::{RelayReport, ReportReply};
+use crate::wire::channel::{ConferenceLoad, Enforcement, LinkLoad, RelayReport, ReportReply};
 
 /// Marks requests that came in on the relay channel's own listener.
 #[derive(Debug, Clone, Copy)]
@@ -61,35 +63,7 @@ pub(super) async fn relay_report(
             .with_label_values(&[outcome])
             .inc();
     };
-    // The credential from the inventory, or, for a relay a reload removed,
-    // from the last inventory it was in: it may still carry conferences
-    // that must move off it.
-    let relay = shared.policy.relay_idx(&relay_id);
-    let credential = match relay {
-        Some(r) => shared.policy.relay(r).credential_sha256,
-        None => shared
-            .retired
-            .get(&relay_id)
-            .filter(|(_, since)| since.elapsed() < crate::router::RETIRED_FOR)
-            .map(|(hash, _)| *hash),
-    };
-    if relay.is_none() && credential.is_none() {
-        count("unknown_relay");
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_relay",
-            "no such relay in the inventory",
-        ));
-    }
-    let authentic = match (&credential, bearer(&headers)) {
-        (Some(h), Some(token)) => ids::secret_matches(h, token),
-        _ => false,
-    };
-    if !authentic {
-        count("bad_credential");
-        warn!(relay = %relay_id, "relay report with a bad credential");
-        return Err(unauthorized());
-    }
+    let relay = authenticate(&shared, &relay_id, &headers, &count)?;
     // Only now, from a relay that proved itself, is the body read: bounded,
     // and within the listener's body timeout.
     let body = read_body(body, MAX_REPORT_BODY).await.inspect_err(|_| {
@@ -103,47 +77,7 @@ pub(super) async fn relay_report(
             format!("not a relay report: {e}"),
         )
     })?;
-    // Keep only this router's conferences, whatever the relay sent; also
-    // those of its jurisdictions the relay is no longer in (a policy change
-    // moved it out or removed it): they are facts for the residency report,
-    // and the router moves them off the relay. Links are kept whoever the
-    // peer is, for the same reasons.
-    let ours = |conference: &str| {
-        crate::wire::conference::jurisdiction_of(conference)
-            .and_then(|j| shared.policy.jurisdiction_idx(j))
-            .is_some_and(|j| shared.me.serves(j))
-    };
-    // Whether the policy in force places the relay inside a conference's
-    // jurisdiction.
-    let inside_of = |conference: &str| {
-        relay.is_some_and(|r| {
-            crate::wire::conference::jurisdiction_of(conference)
-                .and_then(|j| shared.policy.jurisdiction_idx(j))
-                .is_some_and(|j| shared.policy.jurisdiction(j).contains(r))
-        })
-    };
-    // Outside a conference's jurisdiction, a relay is believed only about
-    // conferences the router placed on it (before a policy change): it
-    // cannot inflate other conferences' sizes or records.
-    let mut placed_here = std::collections::HashSet::new();
-    let outside: std::collections::BTreeSet<&str> = report
-        .conferences
-        .iter()
-        .map(|c| c.id.as_str())
-        .chain(report.links.iter().map(|l| l.conference.as_str()))
-        .filter(|c| ours(c) && !inside_of(c))
-        .collect();
-    for conference in outside {
-        let used = shared.store.relays_of(conference).await;
-        if used.is_ok_and(|used| used.iter().any(|u| u.relay == relay_id)) {
-            placed_here.insert(conference.to_owned());
-        }
-    }
-    let believed = |conference: &str| {
-        ours(conference) && (inside_of(conference) || placed_here.contains(conference))
-    };
-    report.conferences.retain(|c| believed(&c.id));
-    report.links.retain(|l| believed(&l.conference));
+    keep_believed(&shared, &relay_id, relay, &mut report).await;
     let inside = relay.is_some_and(|relay| {
         shared
             .me
@@ -202,24 +136,139 @@ pub(super) async fn relay_report(
     let commands = pending(ack).await;
     // What the relay carried is written every few seconds (and when it
     // drains), and at once for conferences and links that just left it.
-    // With the facts of the policy in force: the relay's country, and
-    // whether that policy places it inside each conference's jurisdiction.
-    let country = relay.map_or_else(String::new, |r| shared.policy.relay(r).country.to_string());
-    let usage: Vec<Usage<'_>> = current
+    record_usage(
+        &shared,
+        &relay_id,
+        relay,
+        current.iter().chain(&recorded.vanished),
+        current_links.iter().chain(&recorded.vanished_links),
+    )
+    .await;
+    audit_enforcement(&shared, &relay_id, relay, events).await;
+    let epoch = shared.relays.epoch();
+    // A draining relay may be about to stop: answer at once.
+    if !commands.is_empty() || draining {
+        return Ok(Json(ReportReply { epoch, commands }));
+    }
+    let notified = notify.notified();
+    let _ = tokio::time::timeout(crate::wire::channel::HOLD, notified).await;
+    Ok(Json(ReportReply {
+        epoch,
+        commands: pending(0).await,
+    }))
+}
+
+/// The reporting relay, by its credential: from the inventory, or, for a
+/// relay a reload removed, from the last inventory it was in (it may still
+/// carry conferences that must move off it).
+fn authenticate(
+    shared: &Shared,
+    relay_id: &str,
+    headers: &HeaderMap,
+    count: &dyn Fn(&str),
+) -> ApiResult<Option<RelayIdx>> {
+    let relay = shared.policy.relay_idx(relay_id);
+    let credential = match relay {
+        Some(r) => shared.policy.relay(r).credential_sha256,
+        None => shared
+            .retired
+            .get(relay_id)
+            .filter(|(_, since)| since.elapsed() < crate::router::RETIRED_FOR)
+            .map(|(hash, _)| *hash),
+    };
+    if relay.is_none() && credential.is_none() {
+        count("unknown_relay");
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_relay",
+            "no such relay in the inventory",
+        ));
+    }
+    let authentic = match (&credential, bearer(headers)) {
+        (Some(h), Some(token)) => ids::secret_matches(h, token),
+        _ => false,
+    };
+    if !authentic {
+        count("bad_credential");
+        warn!(relay = %relay_id, "relay report with a bad credential");
+        return Err(unauthorized());
+    }
+    Ok(relay)
+}
+
+/// Keeps only what the router believes of a report: this router's
+/// conferences, whatever the relay sent; also those of its jurisdictions
+/// the relay is no longer in (a policy change moved it out or removed it):
+/// they are facts for the residency report, and the router moves them off
+/// the relay. Links are kept whoever the peer is, for the same reasons.
+async fn keep_believed(
+    shared: &Shared,
+    relay_id: &str,
+    relay: Option<RelayIdx>,
+    report: &mut RelayReport,
+) {
+    let ours = |conference: &str| {
+        crate::wire::conference::jurisdiction_of(conference)
+            .and_then(|j| shared.policy.jurisdiction_idx(j))
+            .is_some_and(|j| shared.me.serves(j))
+    };
+    let inside_of = |conference: &str| placed_inside(shared, relay, conference);
+    // Outside a conference's jurisdiction, a relay is believed only about
+    // conferences the router placed on it (before a policy change): it
+    // cannot inflate other conferences' sizes or records.
+    let mut placed_here = std::collections::HashSet::new();
+    let outside: std::collections::BTreeSet<&str> = report
+        .conferences
         .iter()
-        .chain(&recorded.vanished)
+        .map(|c| c.id.as_str())
+        .chain(report.links.iter().map(|l| l.conference.as_str()))
+        .filter(|c| ours(c) && !inside_of(c))
+        .collect();
+    for conference in outside {
+        let used = shared.store.relays_of(conference).await;
+        if used.is_ok_and(|used| used.iter().any(|u| u.relay == relay_id)) {
+            placed_here.insert(conference.to_owned());
+        }
+    }
+    let believed = |conference: &str| {
+        ours(conference) && (inside_of(conference) || placed_here.contains(conference))
+    };
+    report.conferences.retain(|c| believed(&c.id));
+    report.links.retain(|l| believed(&l.conference));
+}
+
+/// Whether the policy in force places `relay` inside `conference`'s
+/// jurisdiction.
+fn placed_inside(shared: &Shared, relay: Option<RelayIdx>, conference: &str) -> bool {
+    relay.is_some_and(|r| {
+        crate::wire::conference::jurisdiction_of(conference)
+            .and_then(|j| shared.policy.jurisdiction_idx(j))
+            .is_some_and(|j| shared.policy.jurisdiction(j).contains(r))
+    })
+}
+
+/// Writes what the relay carried: `conferences` and `links` with the facts
+/// of the policy in force (the relay's country, and whether that policy
+/// places it inside each conference's jurisdiction).
+async fn record_usage<'a>(
+    shared: &Shared,
+    relay_id: &str,
+    relay: Option<RelayIdx>,
+    conferences: impl Iterator<Item = &'a ConferenceLoad>,
+    links: impl Iterator<Item = &'a LinkLoad>,
+) {
+    let country = relay.map_or_else(String::new, |r| shared.policy.relay(r).country.to_string());
+    let usage: Vec<Usage<'_>> = conferences
         .map(|c| Usage {
             conference: &c.id,
             participants: c.participants,
             bytes_in: c.bytes_in,
             bytes_out: c.bytes_out,
             country: &country,
-            inside: inside_of(&c.id),
+            inside: placed_inside(shared, relay, &c.id),
         })
         .collect();
-    let links: Vec<LinkUsage<'_>> = current_links
-        .iter()
-        .chain(&recorded.vanished_links)
+    let links: Vec<LinkUsage<'_>> = links
         .map(|l| LinkUsage {
             conference: &l.conference,
             peer: &l.peer,
@@ -230,17 +279,26 @@ pub(super) async fn relay_report(
     if !usage.is_empty() || !links.is_empty() {
         if let Err(e) = shared
             .store
-            .record_usage(&relay_id, unix_now(), &usage, &links)
+            .record_usage(relay_id, unix_now(), &usage, &links)
             .await
         {
             shared.metrics.store_errors.inc();
             warn!(error = %e, "cannot record relay usage");
         }
     }
-    // Events are aggregated per conference, kind, reason and peer for each
-    // report, and only known codes and inventory relay ids are kept, so
-    // refused tickets (which anyone can send a relay) cannot flood the log.
-    let mut aggregated: Vec<(crate::wire::channel::Enforcement, u32)> = Vec::new();
+}
+
+/// Counts and audits the relay's enforcement events. They are aggregated
+/// per conference, kind, reason and peer for each report, and only known
+/// codes and inventory relay ids are kept, so refused tickets (which anyone
+/// can send a relay) cannot flood the log.
+async fn audit_enforcement(
+    shared: &Shared,
+    relay_id: &str,
+    relay: Option<RelayIdx>,
+    events: Vec<Enforcement>,
+) {
+    let mut aggregated: Vec<(Enforcement, u32)> = Vec::new();
     for event in events.into_iter().take(1000) {
         let known_reason = crate::ticket::TicketError::ALL
             .iter()
@@ -285,7 +343,7 @@ pub(super) async fn relay_report(
             Ok(Some(_))
         ) {
             audit(
-                &shared,
+                shared,
                 &event.conference,
                 "enforcement",
                 json!({
@@ -301,15 +359,4 @@ pub(super) async fn relay_report(
             .await;
         }
     }
-    let epoch = shared.relays.epoch();
-    // A draining relay may be about to stop: answer at once.
-    if !commands.is_empty() || draining {
-        return Ok(Json(ReportReply { epoch, commands }));
-    }
-    let notified = notify.notified();
-    let _ = tokio::time::timeout(crate::wire::channel::HOLD, notified).await;
-    Ok(Json(ReportReply {
-        epoch,
-        commands: pending(0).await,
-    }))
 }
