@@ -10,7 +10,18 @@ use super::Policy;
 /// routers, plans, tenants, GeoIP overrides and the other sections.
 pub fn diff(old: &Policy, new: &Policy) -> Vec<String> {
     let mut out = Vec::new();
-    // Jurisdictions.
+    jurisdictions(old, new, &mut out);
+    relays(old, new, &mut out);
+    routers(old, new, &mut out);
+    plans(old, new, &mut out);
+    tenants(old, new, &mut out);
+    geoip(old, new, &mut out);
+    rest(old, new, &mut out);
+    out
+}
+
+/// Jurisdictions: added, removed, their countries and member relays.
+fn jurisdictions(old: &Policy, new: &Policy, out: &mut Vec<String>) {
     for (id, change) in pairs(
         old.jurisdictions().iter().map(|j| (j.id.as_str(), j)),
         new.jurisdictions().iter().map(|j| (j.id.as_str(), j)),
@@ -54,7 +65,10 @@ pub fn diff(old: &Policy, new: &Policy) -> Vec<String> {
             }
         }
     }
-    // Relays.
+}
+
+/// Relays: added, removed, and what changed of each.
+fn relays(old: &Policy, new: &Policy, out: &mut Vec<String>) {
     for (id, change) in pairs(
         old.relays().iter().map(|r| (r.id.as_str(), r)),
         new.relays().iter().map(|r| (r.id.as_str(), r)),
@@ -64,31 +78,17 @@ pub fn diff(old: &Policy, new: &Policy) -> Vec<String> {
             Change::Removed => out.push(format!("relay {id} removed")),
             Change::Both(a, b) => {
                 field(
-                    &mut out,
+                    out,
                     "relay",
                     id,
                     "country",
                     &a.country.to_string(),
                     &b.country.to_string(),
                 );
+                field(out, "relay", id, "quic_addr", &a.quic_addr, &b.quic_addr);
+                field(out, "relay", id, "http_addr", &a.http_addr, &b.http_addr);
                 field(
-                    &mut out,
-                    "relay",
-                    id,
-                    "quic_addr",
-                    &a.quic_addr,
-                    &b.quic_addr,
-                );
-                field(
-                    &mut out,
-                    "relay",
-                    id,
-                    "http_addr",
-                    &a.http_addr,
-                    &b.http_addr,
-                );
-                field(
-                    &mut out,
+                    out,
                     "relay",
                     id,
                     "max_participants",
@@ -96,7 +96,7 @@ pub fn diff(old: &Policy, new: &Policy) -> Vec<String> {
                     &b.max_participants,
                 );
                 field(
-                    &mut out,
+                    out,
                     "relay",
                     id,
                     "max_bitrate_bps",
@@ -112,7 +112,10 @@ pub fn diff(old: &Policy, new: &Policy) -> Vec<String> {
             }
         }
     }
-    // Routers.
+}
+
+/// Routers: added, removed, and what changed of each.
+fn routers(old: &Policy, new: &Policy, out: &mut Vec<String>) {
     let served = |p: &Policy, r: &super::Router| {
         r.jurisdictions
             .iter()
@@ -129,22 +132,15 @@ pub fn diff(old: &Policy, new: &Policy) -> Vec<String> {
             Change::Removed => out.push(format!("router {id} removed")),
             Change::Both(a, b) => {
                 field(
-                    &mut out,
+                    out,
                     "router",
                     id,
                     "jurisdictions",
                     &served(old, a),
                     &served(new, b),
                 );
-                field(&mut out, "router", id, "url", &a.url, &b.url);
-                field(
-                    &mut out,
-                    "router",
-                    id,
-                    "relay_url",
-                    &a.relay_url,
-                    &b.relay_url,
-                );
+                field(out, "router", id, "url", &a.url, &b.url);
+                field(out, "router", id, "relay_url", &a.relay_url, &b.relay_url);
                 if a.public_key != b.public_key {
                     out.push(format!("router {id}: public_key changed"));
                 }
@@ -157,7 +153,10 @@ pub fn diff(old: &Policy, new: &Policy) -> Vec<String> {
             }
         }
     }
-    // Plans.
+}
+
+/// Plans, each as one line of text.
+fn plans(old: &Policy, new: &Policy, out: &mut Vec<String>) {
     let plan_text = |p: &Policy, plan: &super::Plan| {
         format!(
             "jurisdictions [{}], default {}, allow_no_passcode {}, waiting_room {}",
@@ -178,17 +177,15 @@ pub fn diff(old: &Policy, new: &Policy) -> Vec<String> {
         match change {
             Change::Added(_) => out.push(format!("plan {id} added")),
             Change::Removed => out.push(format!("plan {id} removed")),
-            Change::Both(a, b) => field(
-                &mut out,
-                "plan",
-                id,
-                "",
-                &plan_text(old, a),
-                &plan_text(new, b),
-            ),
+            Change::Both(a, b) => {
+                field(out, "plan", id, "", &plan_text(old, a), &plan_text(new, b))
+            }
         }
     }
-    // Tenants (never their keys, only that they changed).
+}
+
+/// Tenants (never their keys, only that they changed).
+fn tenants(old: &Policy, new: &Policy, out: &mut Vec<String>) {
     for (id, change) in pairs(
         old.tenants().iter().map(|t| (t.id.as_str(), t)),
         new.tenants().iter().map(|t| (t.id.as_str(), t)),
@@ -198,7 +195,7 @@ pub fn diff(old: &Policy, new: &Policy) -> Vec<String> {
             Change::Removed => out.push(format!("tenant {id} removed")),
             Change::Both(a, b) => {
                 field(
-                    &mut out,
+                    out,
                     "tenant",
                     id,
                     "plan",
@@ -209,7 +206,7 @@ pub fn diff(old: &Policy, new: &Policy) -> Vec<String> {
                     out.push(format!("tenant {id}: api key changed"));
                 }
                 field(
-                    &mut out,
+                    out,
                     "tenant",
                     id,
                     "waiting_room",
@@ -219,7 +216,10 @@ pub fn diff(old: &Policy, new: &Policy) -> Vec<String> {
             }
         }
     }
-    // GeoIP overrides, by network.
+}
+
+/// GeoIP overrides, by network, and the database.
+fn geoip(old: &Policy, new: &Policy, out: &mut Vec<String>) {
     let overrides = |p: &Policy| {
         p.geoip()
             .overrides()
@@ -236,18 +236,14 @@ pub fn diff(old: &Policy, new: &Policy) -> Vec<String> {
         out.push(format!("override {o} removed"));
     }
     let database = |p: &Policy| p.geoip().database().map(|d| d.path().to_owned());
-    field(
-        &mut out,
-        "geoip",
-        "database",
-        "",
-        &database(old),
-        &database(new),
-    );
-    // The rest.
+    field(out, "geoip", "database", "", &database(old), &database(new));
+}
+
+/// The rest: default jurisdiction, selection, proxies, ticket keys, limits, logging.
+fn rest(old: &Policy, new: &Policy, out: &mut Vec<String>) {
     let default = |p: &Policy| p.jurisdiction(p.default_jurisdiction()).id.clone();
     field(
-        &mut out,
+        out,
         "policy",
         "default",
         "jurisdiction",
@@ -255,7 +251,7 @@ pub fn diff(old: &Policy, new: &Policy) -> Vec<String> {
         &default(new),
     );
     field(
-        &mut out,
+        out,
         "policy",
         "selection",
         "",
@@ -263,7 +259,7 @@ pub fn diff(old: &Policy, new: &Policy) -> Vec<String> {
         &new.selection(),
     );
     field(
-        &mut out,
+        out,
         "policy",
         "trusted_proxies",
         "",
@@ -288,7 +284,7 @@ pub fn diff(old: &Policy, new: &Policy) -> Vec<String> {
     if keys(old) != keys(new) {
         out.push("ticket_keys changed".to_owned());
     }
-    field(&mut out, "policy", "limits", "", old.limits(), new.limits());
+    field(out, "policy", "limits", "", old.limits(), new.limits());
     let logging = |p: &Policy| {
         let l = p.logging();
         format!(
@@ -298,15 +294,7 @@ pub fn diff(old: &Policy, new: &Policy) -> Vec<String> {
             p.full_address_jurisdictions().join(",")
         )
     };
-    field(
-        &mut out,
-        "policy",
-        "logging",
-        "",
-        &logging(old),
-        &logging(new),
-    );
-    out
+    field(out, "policy", "logging", "", &logging(old), &logging(new));
 }
 
 enum Change<'a, T> {
