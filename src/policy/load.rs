@@ -10,7 +10,7 @@ use ipnet::IpNet;
 
 use super::files::{
     ConfigFile, GeoIpSection, LimitsSection, LoggingSection, PlanSection, RegionFile, RelaySection,
-    RetentionSection, SelectionSection, TenantSection,
+    RetentionSection, RouterSection, SelectionSection, TenantSection,
 };
 use super::{
     Jurisdiction, JurisdictionIdx, Member, Plan, Policy, Relay, RelayIdx, Router, SelectionParams,
@@ -422,8 +422,7 @@ impl Policy {
         );
         let tenants = build_tenants(&ctx, &config.tenants, &plan_by_id, &mut p);
         let (trusted_proxies, geoip) = build_geoip(&ctx, &config.geoip, &mut p);
-        let known = |id: &str| ctx.known(id);
-        let routers = build_routers(&config, cfg, &jurisdictions, &known, &ticket_keys, &mut p);
+        let routers = build_routers(&ctx, &config.routers, &jurisdictions, &ticket_keys, &mut p);
         let logging = build_logging(&ctx, &config.logging, &mut p);
         check_limits(&ctx, &config.limits, &mut p);
         check_retention(&ctx, &config.retention, &mut p);
@@ -1223,24 +1222,22 @@ fn parse_sha256_hex(text: &str) -> Result<[u8; 32], String> {
 /// contain its country, no jurisdiction has two routers, and its signing key
 /// is one the relays of its jurisdictions trust.
 fn build_routers(
-    config: &ConfigFile,
-    cfg: &Path,
+    ctx: &Ctx<'_>,
+    sections: &[RouterSection],
     jurisdictions: &[Jurisdiction],
-    known: &dyn Fn(&str) -> Option<JurisdictionIdx>,
     ticket_keys: &HashMap<JurisdictionIdx, Vec<ed25519_dalek::VerifyingKey>>,
     p: &mut Problems,
 ) -> Vec<Router> {
-    let base = cfg.parent().unwrap_or(Path::new("."));
+    let (cfg, base) = (ctx.cfg, ctx.base);
     let mut routers = Vec::new();
     let mut seen: HashSet<&str> = HashSet::new();
-    let mut served_by: HashMap<JurisdictionIdx, &crate::policy::files::RouterSection> =
-        HashMap::new();
-    for (i, r) in config.routers.iter().enumerate() {
+    let mut served_by: HashMap<JurisdictionIdx, &RouterSection> = HashMap::new();
+    for (i, r) in sections.iter().enumerate() {
+        // Every problem of this entry was reported; it is kept only without any.
+        let before = p.0.len();
         let field = |f: &str| at("router", i, &r.id, f);
-        let mut ok = true;
         if let Err(m) = check_id(&r.id, 64) {
             p.push(cfg, field("id"), m);
-            ok = false;
         }
         if !seen.insert(&r.id) {
             p.push(
@@ -1248,214 +1245,15 @@ fn build_routers(
                 field("id"),
                 format!("router id '{}' is used twice", r.id),
             );
-            ok = false;
         }
         let country = parse_country(&r.country)
             .map_err(|m| p.push(cfg, field("country"), m))
             .ok();
-        let mut served = Vec::new();
-        if r.jurisdictions.is_empty() {
-            p.push(
-                cfg,
-                field("jurisdictions"),
-                "list the jurisdictions this router serves",
-            );
-            ok = false;
-        }
-        for (k, jid) in r.jurisdictions.iter().enumerate() {
-            let f = field(&format!("jurisdictions[{k}]"));
-            let Some(j) = known(jid) else {
-                p.push(cfg, f, format!("'{jid}' is not a jurisdiction"));
-                ok = false;
-                continue;
-            };
-            if let Some(c) = country {
-                if !jurisdictions[j.index()].countries.contains(c) {
-                    p.push(
-                        cfg,
-                        f.clone(),
-                        format!(
-                            "a router in {c} cannot serve '{jid}': its records would be stored outside the jurisdiction; run a router inside it"
-                        ),
-                    );
-                    ok = false;
-                }
-            }
-            if let Some(other) = served_by.insert(j, r) {
-                // Replicas: the same PostgreSQL store, the same jurisdictions.
-                let replica = is_postgres(&r.store)
-                    && other.store == r.store
-                    && other.jurisdictions == r.jurisdictions;
-                if !replica {
-                    p.push(
-                        cfg,
-                        f,
-                        format!(
-                            "'{jid}' is already served by router '{}'; a jurisdiction has one router, or replicas that share one PostgreSQL store (the same store and the same jurisdictions)",
-                            other.id
-                        ),
-                    );
-                    ok = false;
-                }
-            }
-            served.push(j);
-        }
-        let listen = r
-            .listen
-            .parse::<SocketAddr>()
-            .map_err(|_| {
-                p.push(
-                    cfg,
-                    field("listen"),
-                    format!("'{}' is not an address; use ip:port", r.listen),
-                )
-            })
-            .ok();
-        let url = r.url.trim_end_matches('/').to_owned();
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            p.push(
-                cfg,
-                field("url"),
-                format!("'{}' is not an http:// or https:// URL", r.url),
-            );
-            ok = false;
-        }
-        let relay_url = r
-            .relay_url
-            .as_deref()
-            .unwrap_or(&url)
-            .trim_end_matches('/')
-            .to_owned();
-        if crate::http_client::parse_url(&relay_url).is_err() {
-            p.push(
-                cfg,
-                field(if r.relay_url.is_some() { "relay_url" } else { "url" }),
-                format!(
-                    "relays cannot report to '{relay_url}': set relay_url to the router's https://ip:port on the operator's network"
-                ),
-            );
-            ok = false;
-        }
-        let relay_listen = match &r.relay_listen {
-            None => None,
-            Some(text) => match text.parse::<SocketAddr>() {
-                Err(_) => {
-                    p.push(
-                        cfg,
-                        field("relay_listen"),
-                        format!("'{text}' is not an address; use ip:port"),
-                    );
-                    ok = false;
-                    None
-                }
-                Ok(addr) => {
-                    if listen == Some(addr) {
-                        p.push(
-                            cfg,
-                            field("relay_listen"),
-                            "the relay channel's listener must not be the public one (listen): give it a port of its own",
-                        );
-                        ok = false;
-                    } else if r.relay_url.is_none() {
-                        // `url` is the public listener's, where relay
-                        // reports are no longer taken.
-                        p.push(
-                            cfg,
-                            field("relay_url"),
-                            format!(
-                                "relays report on relay_listen ({addr}): set relay_url to the URL they reach it at (https://ip:{} on the operator's network)",
-                                addr.port()
-                            ),
-                        );
-                        ok = false;
-                    }
-                    Some(addr)
-                }
-            },
-        };
-        let tls = match (&r.tls_cert, &r.tls_key, r.plain_http) {
-            (Some(cert), Some(key), false) => Some((resolve(base, cert), resolve(base, key))),
-            (None, None, true) => None,
-            (_, _, true) => {
-                p.push(
-                    cfg,
-                    field("plain_http"),
-                    "plain_http = true serves no certificate: remove tls_cert and tls_key, or plain_http",
-                );
-                ok = false;
-                None
-            }
-            (cert, _, false) => {
-                p.push(
-                    cfg,
-                    field(if cert.is_none() { "tls_cert" } else { "tls_key" }),
-                    "a router serves HTTPS: give tls_cert and tls_key (PEM files), or set plain_http = true when a TLS-terminating proxy in front of it does TLS",
-                );
-                ok = false;
-                None
-            }
-        };
-        if tls.is_some() {
-            let mut urls = vec![("url", &url)];
-            if r.relay_url.is_some() {
-                urls.push(("relay_url", &relay_url));
-            }
-            for (f, u) in urls {
-                if u.starts_with("http://") {
-                    p.push(
-                        cfg,
-                        field(f),
-                        format!("'{u}': the router serves HTTPS, so its URLs are https://"),
-                    );
-                    ok = false;
-                }
-            }
-        }
-        // The file is read where it is used (by relays, at start and on
-        // reload), as the machine running `check` may not have it.
-        let tls_ca = r.tls_ca.as_ref().map(|c| resolve(base, c));
-        if tls_ca.is_none() && relay_url.starts_with("https://") {
-            p.push(
-                cfg,
-                field("tls_ca"),
-                format!(
-                    "relays reach this router at {relay_url} and verify its certificate: give tls_ca, the PEM file of the CA that issued it (or the self-signed certificate itself)"
-                ),
-            );
-            ok = false;
-        }
+        let served = router_served(ctx, &field, r, country, jurisdictions, &mut served_by, p);
+        let (listen, url, relay_url, relay_listen) = router_addresses(ctx, &field, r, p);
+        let (tls, tls_ca) = router_tls(ctx, &field, r, &url, &relay_url, p);
         let key_path = resolve(base, &r.signing_key);
-        let public_key = match crate::ticket::parse_public_key(&r.public_key) {
-            Ok(key) => Some(key),
-            Err(m) => {
-                p.push(
-                    cfg,
-                    field("public_key"),
-                    format!("{m}; give the public key residency-relay keygen printed for the router's signing key"),
-                );
-                None
-            }
-        };
-        if let Some(public) = public_key {
-            for (k, j) in served.iter().enumerate() {
-                let trusted = ticket_keys
-                    .get(j)
-                    .is_some_and(|keys| keys.contains(&public));
-                if !trusted {
-                    p.push(
-                        cfg,
-                        field(&format!("jurisdictions[{k}]")),
-                        format!(
-                            "relays in '{}' would refuse this router's tickets: add its public key {} to ticket_keys.{}",
-                            jurisdictions[j.index()].id,
-                            hex::encode(public.as_bytes()),
-                            jurisdictions[j.index()].id
-                        ),
-                    );
-                    ok = false;
-                }
-            }
-        }
+        let public_key = router_public_key(ctx, &field, r, &served, jurisdictions, ticket_keys, p);
         let admin_token_sha256 = r.admin_token_sha256.as_deref().and_then(|h| {
             parse_sha256_hex(h)
                 .map_err(|m| p.push(cfg, field("admin_token_sha256"), m))
@@ -1463,7 +1261,7 @@ fn build_routers(
         });
         let store = build_store(r, base, &served, jurisdictions, cfg, &field, p);
         if let (true, Some(country), Some(listen), Some(public_key), Some(store)) =
-            (ok, country, listen, public_key, store)
+            (p.0.len() == before, country, listen, public_key, store)
         {
             routers.push(Router {
                 id: r.id.clone(),
@@ -1489,6 +1287,245 @@ fn build_routers(
         }
     }
     routers
+}
+
+/// The jurisdictions a router serves: known, around its country, and
+/// served by no other router that is not its replica.
+fn router_served<'c>(
+    ctx: &Ctx<'_>,
+    field: &dyn Fn(&str) -> String,
+    r: &'c RouterSection,
+    country: Option<CountryCode>,
+    jurisdictions: &[Jurisdiction],
+    served_by: &mut HashMap<JurisdictionIdx, &'c RouterSection>,
+    p: &mut Problems,
+) -> Vec<JurisdictionIdx> {
+    let mut served = Vec::new();
+    if r.jurisdictions.is_empty() {
+        p.push(
+            ctx.cfg,
+            field("jurisdictions"),
+            "list the jurisdictions this router serves",
+        );
+    }
+    for (k, jid) in r.jurisdictions.iter().enumerate() {
+        let f = field(&format!("jurisdictions[{k}]"));
+        let Some(j) = ctx.known(jid) else {
+            p.push(ctx.cfg, f, format!("'{jid}' is not a jurisdiction"));
+            continue;
+        };
+        if let Some(c) = country {
+            if !jurisdictions[j.index()].countries.contains(c) {
+                p.push(
+                    ctx.cfg,
+                    f.clone(),
+                    format!(
+                        "a router in {c} cannot serve '{jid}': its records would be stored outside the jurisdiction; run a router inside it"
+                    ),
+                );
+            }
+        }
+        if let Some(other) = served_by.insert(j, r) {
+            // Replicas: the same PostgreSQL store, the same jurisdictions.
+            let replica = is_postgres(&r.store)
+                && other.store == r.store
+                && other.jurisdictions == r.jurisdictions;
+            if !replica {
+                p.push(
+                    ctx.cfg,
+                    f,
+                    format!(
+                        "'{jid}' is already served by router '{}'; a jurisdiction has one router, or replicas that share one PostgreSQL store (the same store and the same jurisdictions)",
+                        other.id
+                    ),
+                );
+            }
+        }
+        served.push(j);
+    }
+    served
+}
+
+/// A router's listeners and the URLs participants and relays reach it at.
+fn router_addresses(
+    ctx: &Ctx<'_>,
+    field: &dyn Fn(&str) -> String,
+    r: &RouterSection,
+    p: &mut Problems,
+) -> (Option<SocketAddr>, String, String, Option<SocketAddr>) {
+    let listen = r
+        .listen
+        .parse::<SocketAddr>()
+        .map_err(|_| {
+            p.push(
+                ctx.cfg,
+                field("listen"),
+                format!("'{}' is not an address; use ip:port", r.listen),
+            )
+        })
+        .ok();
+    let url = r.url.trim_end_matches('/').to_owned();
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        p.push(
+            ctx.cfg,
+            field("url"),
+            format!("'{}' is not an http:// or https:// URL", r.url),
+        );
+    }
+    let relay_url = r
+        .relay_url
+        .as_deref()
+        .unwrap_or(&url)
+        .trim_end_matches('/')
+        .to_owned();
+    if crate::http_client::parse_url(&relay_url).is_err() {
+        p.push(
+            ctx.cfg,
+            field(if r.relay_url.is_some() { "relay_url" } else { "url" }),
+            format!(
+                "relays cannot report to '{relay_url}': set relay_url to the router's https://ip:port on the operator's network"
+            ),
+        );
+    }
+    let relay_listen = match &r.relay_listen {
+        None => None,
+        Some(text) => match text.parse::<SocketAddr>() {
+            Err(_) => {
+                p.push(
+                    ctx.cfg,
+                    field("relay_listen"),
+                    format!("'{text}' is not an address; use ip:port"),
+                );
+                None
+            }
+            Ok(addr) => {
+                if listen == Some(addr) {
+                    p.push(
+                        ctx.cfg,
+                        field("relay_listen"),
+                        "the relay channel's listener must not be the public one (listen): give it a port of its own",
+                    );
+                } else if r.relay_url.is_none() {
+                    // `url` is the public listener's, where relay
+                    // reports are no longer taken.
+                    p.push(
+                        ctx.cfg,
+                        field("relay_url"),
+                        format!(
+                            "relays report on relay_listen ({addr}): set relay_url to the URL they reach it at (https://ip:{} on the operator's network)",
+                            addr.port()
+                        ),
+                    );
+                }
+                Some(addr)
+            }
+        },
+    };
+    (listen, url, relay_url, relay_listen)
+}
+
+/// A router's HTTPS certificate (or plain HTTP behind a proxy), and the
+/// CA its relays verify it with.
+fn router_tls(
+    ctx: &Ctx<'_>,
+    field: &dyn Fn(&str) -> String,
+    r: &RouterSection,
+    url: &str,
+    relay_url: &str,
+    p: &mut Problems,
+) -> (Option<(PathBuf, PathBuf)>, Option<PathBuf>) {
+    let tls = match (&r.tls_cert, &r.tls_key, r.plain_http) {
+        (Some(cert), Some(key), false) => Some((resolve(ctx.base, cert), resolve(ctx.base, key))),
+        (None, None, true) => None,
+        (_, _, true) => {
+            p.push(
+                ctx.cfg,
+                field("plain_http"),
+                "plain_http = true serves no certificate: remove tls_cert and tls_key, or plain_http",
+            );
+            None
+        }
+        (cert, _, false) => {
+            p.push(
+                ctx.cfg,
+                field(if cert.is_none() { "tls_cert" } else { "tls_key" }),
+                "a router serves HTTPS: give tls_cert and tls_key (PEM files), or set plain_http = true when a TLS-terminating proxy in front of it does TLS",
+            );
+            None
+        }
+    };
+    if tls.is_some() {
+        let mut urls = vec![("url", url)];
+        if r.relay_url.is_some() {
+            urls.push(("relay_url", relay_url));
+        }
+        for (f, u) in urls {
+            if u.starts_with("http://") {
+                p.push(
+                    ctx.cfg,
+                    field(f),
+                    format!("'{u}': the router serves HTTPS, so its URLs are https://"),
+                );
+            }
+        }
+    }
+    // The file is read where it is used (by relays, at start and on
+    // reload), as the machine running `check` may not have it.
+    let tls_ca = r.tls_ca.as_ref().map(|c| resolve(ctx.base, c));
+    if tls_ca.is_none() && relay_url.starts_with("https://") {
+        p.push(
+            ctx.cfg,
+            field("tls_ca"),
+            format!(
+                "relays reach this router at {relay_url} and verify its certificate: give tls_ca, the PEM file of the CA that issued it (or the self-signed certificate itself)"
+            ),
+        );
+    }
+    (tls, tls_ca)
+}
+
+/// A router's public key, which every jurisdiction it serves must trust
+/// for tickets.
+fn router_public_key(
+    ctx: &Ctx<'_>,
+    field: &dyn Fn(&str) -> String,
+    r: &RouterSection,
+    served: &[JurisdictionIdx],
+    jurisdictions: &[Jurisdiction],
+    ticket_keys: &HashMap<JurisdictionIdx, Vec<ed25519_dalek::VerifyingKey>>,
+    p: &mut Problems,
+) -> Option<ed25519_dalek::VerifyingKey> {
+    let public_key = match crate::ticket::parse_public_key(&r.public_key) {
+        Ok(key) => Some(key),
+        Err(m) => {
+            p.push(
+                ctx.cfg,
+                field("public_key"),
+                format!("{m}; give the public key residency-relay keygen printed for the router's signing key"),
+            );
+            None
+        }
+    };
+    if let Some(public) = public_key {
+        for (k, j) in served.iter().enumerate() {
+            let trusted = ticket_keys
+                .get(j)
+                .is_some_and(|keys| keys.contains(&public));
+            if !trusted {
+                p.push(
+                    ctx.cfg,
+                    field(&format!("jurisdictions[{k}]")),
+                    format!(
+                        "relays in '{}' would refuse this router's tickets: add its public key {} to ticket_keys.{}",
+                        jurisdictions[j.index()].id,
+                        hex::encode(public.as_bytes()),
+                        jurisdictions[j.index()].id
+                    ),
+                );
+            }
+        }
+    }
+    public_key
 }
 
 fn is_postgres(store: &str) -> bool {
