@@ -6,13 +6,16 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
+use crate::forward::{ConferenceStats, LinkStats};
 use crate::http_client::{HttpError, Tls};
+use crate::wire::channel::{self, Action, ConferenceLoad, LinkLoad, RelayReport, ReportReply};
 
 use super::shards::{Event, Shards, Snapshot};
 use super::{Metrics, RouterLink, Trust, link, trusted};
@@ -171,12 +174,11 @@ async fn report_loop(links: tokio::sync::watch::Receiver<RouterLink>, ctx: Repor
         shards,
         metrics,
         ready,
-        endpoint,
-        identity,
         trust,
         track_base,
-    } = ctx;
-    use crate::wire::channel::{self, Action, ConferenceLoad, LinkLoad, RelayReport, ReportReply};
+        ..
+    } = ctx.clone();
+    let reporting = ctx;
     let auth = format!("Bearer {credential}");
     // Which replica of the router reports go to (0: the router itself).
     let mut replica = 0usize;
@@ -200,12 +202,7 @@ async fn report_loop(links: tokio::sync::watch::Receiver<RouterLink>, ctx: Repor
             None => 0,
         };
         last = Some((now, snapshot.bytes_total));
-        // Only what concerns the jurisdictions this router serves and the
-        // relay is in leaves for it.
-        let ours = |conference: &str| {
-            crate::wire::conference::jurisdiction_of(conference)
-                .is_some_and(|j| link.jurisdictions.iter().any(|l| l == j))
-        };
+        let (conferences, link_loads) = loads_for(&link, snapshot.conferences, snapshot.links);
         let pins = cert_sha256.borrow().clone();
         let report = RelayReport {
             cert_sha256: pins.current,
@@ -213,28 +210,8 @@ async fn report_loop(links: tokio::sync::watch::Receiver<RouterLink>, ctx: Repor
             participants: snapshot.participants,
             bitrate_bps,
             draining: !ready.load(Ordering::Relaxed),
-            conferences: snapshot
-                .conferences
-                .into_iter()
-                .filter(|c| ours(&c.id))
-                .map(|c| ConferenceLoad {
-                    id: c.id,
-                    participants: c.participants,
-                    bytes_in: c.bytes_in,
-                    bytes_out: c.bytes_out,
-                })
-                .collect(),
-            links: snapshot
-                .links
-                .into_iter()
-                .filter(|l| ours(&l.conference))
-                .map(|l| LinkLoad {
-                    conference: l.conference,
-                    peer: l.peer,
-                    bytes_in: l.bytes_in,
-                    bytes_out: l.bytes_out,
-                })
-                .collect(),
+            conferences,
+            links: link_loads,
             events: snapshot.events,
             ack,
             epoch,
@@ -277,91 +254,8 @@ async fn report_loop(links: tokio::sync::watch::Receiver<RouterLink>, ctx: Repor
                         continue;
                     }
                     ack = command.seq;
-                    match command.action {
-                        Action::Link {
-                            conference,
-                            peer,
-                            peer_addr,
-                            peer_cert,
-                            ticket,
-                        } => {
-                            // The inventory, not the router, decides where a
-                            // conference's media may go: the conference must be
-                            // of a jurisdiction this router serves and this relay
-                            // is in, and the peer inside it; it is dialled at its
-                            // inventory address.
-                            let jurisdiction =
-                                crate::wire::conference::jurisdiction_of(&conference)
-                                    .filter(|j| link.jurisdictions.iter().any(|l| l == j));
-                            let target =
-                                jurisdiction.and_then(|j| trusted(&trust).1.link_target(&peer, j));
-                            let Some(peer_addr) = target
-                                .filter(|a| peer_addr.parse::<SocketAddr>().is_ok_and(|p| p == *a))
-                            else {
-                                warn!(peer = %peer, "refusing a link command outside the jurisdiction or to an address the inventory does not give");
-                                continue;
-                            };
-                            let dial = link::Dial {
-                                conference,
-                                peer,
-                                peer_addr,
-                                peer_cert,
-                                ticket,
-                            };
-                            let (endpoint, shards, identity) =
-                                (endpoint.clone(), shards.clone(), identity.clone());
-                            tokio::spawn(async move {
-                                let peer = dial.peer.clone();
-                                if let Err(e) = link::dial(
-                                    endpoint,
-                                    dial,
-                                    shards,
-                                    Duration::from_secs(3),
-                                    identity,
-                                )
-                                .await
-                                {
-                                    warn!(peer = %peer, error = %e, "cascade link failed");
-                                }
-                            });
-                        }
-                        Action::Drain {} => {
-                            ready.store(false, Ordering::Relaxed);
-                            if shards
-                                .broadcast(|| Event::Command(Action::Drain {}))
-                                .await
-                                .is_err()
-                            {
-                                return;
-                            }
-                        }
-                        // Only for conferences of the jurisdictions the
-                        // router serves: one router cannot disturb another's.
-                        Action::Move { ref conference, .. }
-                        | Action::Unlink { ref conference, .. }
-                            if !crate::wire::conference::jurisdiction_of(conference)
-                                .is_some_and(|j| link.serves.iter().any(|s| s == j)) =>
-                        {
-                            warn!(router = %link.url, "ignoring a move for a conference of a jurisdiction the router does not serve");
-                        }
-                        action => {
-                            let conference = match &action {
-                                Action::Kick { conference, .. }
-                                | Action::End { conference, .. }
-                                | Action::Move { conference, .. }
-                                | Action::Unlink { conference, .. } => conference.clone(),
-                                // Handled above.
-                                Action::Link { .. } | Action::Drain {} => continue,
-                            };
-                            if shards
-                                .of(&conference)
-                                .send(Event::Command(action))
-                                .await
-                                .is_err()
-                            {
-                                return;
-                            }
-                        }
+                    if reporting.apply(&link, command.action).await.is_break() {
+                        return;
                     }
                 }
             }
@@ -386,6 +280,132 @@ async fn report_loop(links: tokio::sync::watch::Receiver<RouterLink>, ctx: Repor
             }
         }
     }
+}
+
+impl Reporting {
+    /// Applies one of a router's commands; `Break` once the shards are gone.
+    async fn apply(&self, link: &RouterLink, action: Action) -> ControlFlow<()> {
+        match action {
+            Action::Link {
+                conference,
+                peer,
+                peer_addr,
+                peer_cert,
+                ticket,
+            } => {
+                // The inventory, not the router, decides where a
+                // conference's media may go: the conference must be
+                // of a jurisdiction this router serves and this relay
+                // is in, and the peer inside it; it is dialled at its
+                // inventory address.
+                let jurisdiction = crate::wire::conference::jurisdiction_of(&conference)
+                    .filter(|j| link.jurisdictions.iter().any(|l| l == j));
+                let target =
+                    jurisdiction.and_then(|j| trusted(&self.trust).1.link_target(&peer, j));
+                let Some(peer_addr) =
+                    target.filter(|a| peer_addr.parse::<SocketAddr>().is_ok_and(|p| p == *a))
+                else {
+                    warn!(peer = %peer, "refusing a link command outside the jurisdiction or to an address the inventory does not give");
+                    return ControlFlow::Continue(());
+                };
+                let dial = link::Dial {
+                    conference,
+                    peer,
+                    peer_addr,
+                    peer_cert,
+                    ticket,
+                };
+                let (endpoint, shards, identity) = (
+                    self.endpoint.clone(),
+                    self.shards.clone(),
+                    self.identity.clone(),
+                );
+                tokio::spawn(async move {
+                    let peer = dial.peer.clone();
+                    if let Err(e) =
+                        link::dial(endpoint, dial, shards, Duration::from_secs(3), identity).await
+                    {
+                        warn!(peer = %peer, error = %e, "cascade link failed");
+                    }
+                });
+            }
+            Action::Drain {} => {
+                self.ready.store(false, Ordering::Relaxed);
+                if self
+                    .shards
+                    .broadcast(|| Event::Command(Action::Drain {}))
+                    .await
+                    .is_err()
+                {
+                    return ControlFlow::Break(());
+                }
+            }
+            // Only for conferences of the jurisdictions the
+            // router serves: one router cannot disturb another's.
+            Action::Move { ref conference, .. } | Action::Unlink { ref conference, .. }
+                if !crate::wire::conference::jurisdiction_of(conference)
+                    .is_some_and(|j| link.serves.iter().any(|s| s == j)) =>
+            {
+                warn!(router = %link.url, "ignoring a move for a conference of a jurisdiction the router does not serve");
+            }
+            action => {
+                let conference = match &action {
+                    Action::Kick { conference, .. }
+                    | Action::End { conference, .. }
+                    | Action::Move { conference, .. }
+                    | Action::Unlink { conference, .. } => conference.clone(),
+                    // Handled above.
+                    Action::Link { .. } | Action::Drain {} => return ControlFlow::Continue(()),
+                };
+                if self
+                    .shards
+                    .of(&conference)
+                    .send(Event::Command(action))
+                    .await
+                    .is_err()
+                {
+                    return ControlFlow::Break(());
+                }
+            }
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// What the report to `link`'s router carries of the shards' snapshot:
+/// only what concerns the jurisdictions that router serves and the relay
+/// is in.
+fn loads_for(
+    link: &RouterLink,
+    conferences: Vec<ConferenceStats>,
+    links: Vec<LinkStats>,
+) -> (Vec<ConferenceLoad>, Vec<LinkLoad>) {
+    let ours = |conference: &str| {
+        crate::wire::conference::jurisdiction_of(conference)
+            .is_some_and(|j| link.jurisdictions.iter().any(|l| l == j))
+    };
+    (
+        conferences
+            .into_iter()
+            .filter(|c| ours(&c.id))
+            .map(|c| ConferenceLoad {
+                id: c.id,
+                participants: c.participants,
+                bytes_in: c.bytes_in,
+                bytes_out: c.bytes_out,
+            })
+            .collect(),
+        links
+            .into_iter()
+            .filter(|l| ours(&l.conference))
+            .map(|l| LinkLoad {
+                conference: l.conference,
+                peer: l.peer,
+                bytes_in: l.bytes_in,
+                bytes_out: l.bytes_out,
+            })
+            .collect(),
+    )
 }
 
 /// The relay-wide gauges a merged snapshot sets: cascade links, and
