@@ -14,7 +14,7 @@
 
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info};
 use web_transport_quinn::Session;
 
@@ -22,6 +22,7 @@ use super::framing::{read_message, write_message};
 use super::shards::{Event, Shards, Transport};
 use super::{Metrics, Recheck, Trust, link, rate, trusted};
 use crate::clock::unix_now;
+use crate::forward::ConnId;
 use crate::ticket::TicketError;
 use crate::wire::ErrorCode;
 use crate::wire::channel::Enforcement;
@@ -190,72 +191,9 @@ async fn serve_participant(
             return Err("no hello");
         }
     };
-    // The trust in force when the hello arrived.
-    let (generation, checker) = trusted(&trust);
-    let checked = match checker.check(&ticket, unix_now()) {
-        Ok(claims) => {
-            let (reply_tx, reply_rx) = oneshot::channel();
-            let events = shards.of(&claims.conference).clone();
-            events
-                .send(Event::Hello {
-                    conn: Box::new(conn.clone()),
-                    transport,
-                    claims,
-                    recheck: Recheck {
-                        ticket: ticket.clone(),
-                        ip: conn.remote_address().ip(),
-                        cert: None,
-                        generation,
-                    },
-                    reply: reply_tx,
-                })
-                .await
-                .map_err(|_| "relay stopping")?;
-            reply_rx
-                .await
-                .map_err(|_| "relay stopping")?
-                .map(|(id, rx)| (id, rx, events))
-        }
-        Err(refusal) => {
-            // Only a ticket a router of the policy really signed names a
-            // conference worth recording; anyone can write the claims of
-            // a forgery.
-            // A bad signature under a trusted key is no better under the
-            // same keys again: only other refusals are worth the check.
-            let attested = match refusal {
-                TicketError::BadSignature | TicketError::Malformed => None,
-                _ => checker.attest(&ticket),
-            };
-            let origin = if attested.is_some() {
-                "signed"
-            } else {
-                "forged"
-            };
-            metrics
-                .ticket_refusals
-                .with_label_values(&[refusal.code(), origin])
-                .inc();
-            // No client address in the log: the refusal reason only.
-            info!(reason = refusal.code(), origin, "ticket refused");
-            // The router of the conference named hears of it (a ticket for
-            // one jurisdiction presented to a relay outside it).
-            if let Some(claims) = attested {
-                let _ = shards
-                    .of(&claims.conference)
-                    .send(Event::Enforcement(Enforcement {
-                        conference: claims.conference,
-                        kind: "ticket".into(),
-                        reason: refusal.code().into(),
-                        peer: None,
-                        at: unix_now(),
-                    }))
-                    .await;
-            }
-            Err(refusal)
-        }
-    };
+    let checked = admit(&conn, transport, &shards, &metrics, &trust, ticket).await?;
     // From here on, everything goes to the conference's shard.
-    let (id, mut control_rx, events) = match checked {
+    let (id, control_rx, events) = match checked {
         Ok(admitted) => admitted,
         Err(refusal) => {
             let _ = write_message(
@@ -274,39 +212,7 @@ async fn serve_participant(
         }
     };
 
-    let writer_conn = conn.clone();
-    let writer = tokio::spawn(async move {
-        while let Some(message) = control_rx.recv().await {
-            let going_away = matches!(message, ServerMessage::GoingAway { .. });
-            if write_message(&mut send, &message).await.is_err() {
-                // Cannot encode or cannot write: the client would miss
-                // events silently, so end the connection instead.
-                writer_conn.close(close_code::PROTOCOL, b"control message not delivered");
-                break;
-            }
-            if going_away {
-                let _ = send.finish();
-            }
-            let removed = match message {
-                ServerMessage::Kicked { .. } => Some((close_code::KICKED, &b"kicked"[..])),
-                ServerMessage::ConferenceEnded {} => {
-                    Some((close_code::CONFERENCE_ENDED, &b"conference ended"[..]))
-                }
-                ServerMessage::GoingAway {
-                    code: GOING_AWAY_MOVED,
-                    ..
-                } => Some((close_code::MOVED, &b"moved"[..])),
-                _ => None,
-            };
-            if let Some((code, reason)) = removed {
-                let _ = send.finish();
-                // Give the message a moment to arrive before closing.
-                let _ = tokio::time::timeout(Duration::from_millis(200), send.stopped()).await;
-                writer_conn.close(code, reason);
-                break;
-            }
-        }
-    });
+    let writer = tokio::spawn(write_control(conn.clone(), send, control_rx));
     let mut rate = rate::ControlRate::new(control_limits, Instant::now());
     let outcome = loop {
         tokio::select! {
@@ -365,4 +271,135 @@ async fn serve_participant(
     let _ = events.send(Event::Closed(id)).await;
     writer.abort();
     Err(outcome)
+}
+
+/// The relay is stopping: nobody takes the participant's events.
+struct Stopping;
+
+impl From<Stopping> for &'static str {
+    fn from(_: Stopping) -> Self {
+        "relay stopping"
+    }
+}
+
+/// A participant admitted by its conference's shard: its id, its control
+/// messages, and the shard's queue.
+type Admitted = (ConnId, mpsc::Receiver<ServerMessage>, mpsc::Sender<Event>);
+
+/// Checks `ticket` under the trust in force when the hello arrived and asks
+/// the conference's shard to admit the participant; a refusal is counted
+/// and, for a ticket a router of the policy really signed, reported to
+/// that conference's router.
+async fn admit(
+    conn: &Session,
+    transport: Transport,
+    shards: &Shards,
+    metrics: &Metrics,
+    trust: &Trust,
+    ticket: String,
+) -> Result<Result<Admitted, TicketError>, Stopping> {
+    // The trust in force when the hello arrived.
+    let (generation, checker) = trusted(trust);
+    match checker.check(&ticket, unix_now()) {
+        Ok(claims) => {
+            let (reply_tx, reply_rx) = oneshot::channel();
+            let events = shards.of(&claims.conference).clone();
+            events
+                .send(Event::Hello {
+                    conn: Box::new(conn.clone()),
+                    transport,
+                    claims,
+                    recheck: Recheck {
+                        ticket: ticket.clone(),
+                        ip: conn.remote_address().ip(),
+                        cert: None,
+                        generation,
+                    },
+                    reply: reply_tx,
+                })
+                .await
+                .map_err(|_| Stopping)?;
+            Ok(reply_rx
+                .await
+                .map_err(|_| Stopping)?
+                .map(|(id, rx)| (id, rx, events)))
+        }
+        Err(refusal) => {
+            // Only a ticket a router of the policy really signed names a
+            // conference worth recording; anyone can write the claims of
+            // a forgery.
+            // A bad signature under a trusted key is no better under the
+            // same keys again: only other refusals are worth the check.
+            let attested = match refusal {
+                TicketError::BadSignature | TicketError::Malformed => None,
+                _ => checker.attest(&ticket),
+            };
+            let origin = if attested.is_some() {
+                "signed"
+            } else {
+                "forged"
+            };
+            metrics
+                .ticket_refusals
+                .with_label_values(&[refusal.code(), origin])
+                .inc();
+            // No client address in the log: the refusal reason only.
+            info!(reason = refusal.code(), origin, "ticket refused");
+            // The router of the conference named hears of it (a ticket for
+            // one jurisdiction presented to a relay outside it).
+            if let Some(claims) = attested {
+                let _ = shards
+                    .of(&claims.conference)
+                    .send(Event::Enforcement(Enforcement {
+                        conference: claims.conference,
+                        kind: "ticket".into(),
+                        reason: refusal.code().into(),
+                        peer: None,
+                        at: unix_now(),
+                    }))
+                    .await;
+            }
+            Ok(Err(refusal))
+        }
+    }
+}
+
+/// Sends what the shard has for the participant, in order; after a
+/// message that removes it (kicked, ended, moved) the connection closes
+/// with the matching code once the message had a moment to arrive.
+async fn write_control(
+    writer_conn: Session,
+    mut send: web_transport_quinn::SendStream,
+    mut control_rx: mpsc::Receiver<ServerMessage>,
+) {
+    while let Some(message) = control_rx.recv().await {
+        let going_away = matches!(message, ServerMessage::GoingAway { .. });
+        if write_message(&mut send, &message).await.is_err() {
+            // Cannot encode or cannot write: the client would miss
+            // events silently, so end the connection instead.
+            writer_conn.close(close_code::PROTOCOL, b"control message not delivered");
+            break;
+        }
+        if going_away {
+            let _ = send.finish();
+        }
+        let removed = match message {
+            ServerMessage::Kicked { .. } => Some((close_code::KICKED, &b"kicked"[..])),
+            ServerMessage::ConferenceEnded {} => {
+                Some((close_code::CONFERENCE_ENDED, &b"conference ended"[..]))
+            }
+            ServerMessage::GoingAway {
+                code: GOING_AWAY_MOVED,
+                ..
+            } => Some((close_code::MOVED, &b"moved"[..])),
+            _ => None,
+        };
+        if let Some((code, reason)) = removed {
+            let _ = send.finish();
+            // Give the message a moment to arrive before closing.
+            let _ = tokio::time::timeout(Duration::from_millis(200), send.stopped()).await;
+            writer_conn.close(code, reason);
+            break;
+        }
+    }
 }
