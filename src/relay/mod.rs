@@ -279,27 +279,14 @@ pub async fn run(
         Arc::new(settings.verifier.clone()),
     )));
     let max_per_address = Arc::new(AtomicU32::new(settings.max_connections_per_address));
-    // W shards, each with its own core and a share of the track ids.
-    let mut senders = Vec::with_capacity(workers);
-    let mut shard_tasks = Vec::with_capacity(workers);
-    for index in 0..workers {
-        let (tx, rx) = mpsc::channel::<Event>(shards::SHARD_QUEUE);
-        senders.push(tx);
-        let core = Core::new(CoreConfig {
-            track_id_share: (index as u32, workers as u32),
-            ..settings.core
-        });
-        shard_tasks.push(tokio::spawn(shard::run(
-            index,
-            settings.tap.clone(),
-            settings.log_full_addresses.clone(),
-            core,
-            settings.verifier.clone(),
-            rx,
-            metrics.clone(),
-        )));
-    }
-    let shards = Shards::new(senders);
+    let (shards, shard_tasks) = start_shards(
+        workers,
+        settings.core,
+        &settings.tap,
+        &settings.log_full_addresses,
+        &settings.verifier,
+        &metrics,
+    );
     let reporting = Reporting {
         relay_id: settings.relay_id.clone(),
         credential: settings.credential.clone().unwrap_or_default(),
@@ -385,6 +372,59 @@ pub async fn run(
         task.abort();
     }
     // Tell the routers at once, so no new joins are sent here.
+    goodbye(
+        &reporters,
+        &settings.relay_id,
+        settings.credential.as_deref().unwrap_or_default(),
+        &pin,
+    )
+    .await;
+    close_endpoint(&endpoint, shards, shard_tasks, settings.shutdown_grace).await;
+    http_task.abort();
+    Ok(())
+}
+
+/// Starts `workers` shards, each with its own core and a share of the
+/// track ids.
+fn start_shards(
+    workers: usize,
+    core: CoreConfig,
+    tap: &Option<Tap>,
+    log_full_addresses: &[String],
+    verifier: &Verifier,
+    metrics: &Metrics,
+) -> (Shards, Vec<tokio::task::JoinHandle<()>>) {
+    let mut senders = Vec::with_capacity(workers);
+    let mut shard_tasks = Vec::with_capacity(workers);
+    for index in 0..workers {
+        let (tx, rx) = mpsc::channel::<Event>(shards::SHARD_QUEUE);
+        senders.push(tx);
+        let core = Core::new(CoreConfig {
+            track_id_share: (index as u32, workers as u32),
+            ..core
+        });
+        shard_tasks.push(tokio::spawn(shard::run(
+            index,
+            tap.clone(),
+            log_full_addresses.to_vec(),
+            core,
+            verifier.clone(),
+            rx,
+            metrics.clone(),
+        )));
+    }
+    let shards = Shards::new(senders);
+    (shards, shard_tasks)
+}
+
+/// Stops reporting to the routers and sends each a last report, with the
+/// relay draining, so that no new joins are sent here.
+async fn goodbye(
+    reporters: &std::sync::Mutex<Reporters>,
+    relay_id: &str,
+    credential: &str,
+    pin: &tokio::sync::watch::Receiver<tls::Pins>,
+) {
     let links: Vec<RouterLink> = {
         let mut r = reporters.lock().unwrap_or_else(|e| e.into_inner());
         r.running
@@ -400,16 +440,26 @@ pub async fn run(
         .map(|link| {
             final_report(
                 link,
-                settings.relay_id.clone(),
-                settings.credential.clone().unwrap_or_default(),
+                relay_id.to_owned(),
+                credential.to_owned(),
                 pin.borrow().current.clone(),
             )
         })
         .collect();
     futures_join_all(finals).await;
+}
+
+/// Takes no new connections, tells the clients the relay is going away,
+/// gives them `grace` to leave, then closes and ends the shards.
+async fn close_endpoint(
+    endpoint: &quinn::Endpoint,
+    shards: Shards,
+    shard_tasks: Vec<tokio::task::JoinHandle<()>>,
+    grace: Duration,
+) {
     endpoint.set_server_config(None);
     let _ = shards.broadcast(|| Event::Shutdown).await;
-    let deadline = tokio::time::Instant::now() + settings.shutdown_grace;
+    let deadline = tokio::time::Instant::now() + grace;
     while endpoint.open_connections() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -418,8 +468,6 @@ pub async fn run(
     // The shards end once the last sender is gone.
     drop(shards);
     let _ = tokio::time::timeout(Duration::from_secs(1), futures_join(shard_tasks)).await;
-    http_task.abort();
-    Ok(())
 }
 
 /// The endpoint's server config for `identity`: its certificate, and the
