@@ -155,40 +155,7 @@ impl Live {
     pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
         let _one = self.reloading.lock().await;
         let old = self.load();
-        let outcome = match self.source.clone() {
-            None => Err(ReloadError::Refused(
-                "this router was started without policy files to reload".into(),
-            )),
-            Some(source) => {
-                let id = old.me.id.clone();
-                let cert = self.tls.clone();
-                tokio::task::spawn_blocking(move || {
-                    let policy = source.load().map_err(ReloadError::Invalid)?;
-                    let me = policy.router(&id).cloned().ok_or_else(|| {
-                        ReloadError::Refused(format!(
-                            "router '{id}' is not in {}: stop it instead",
-                            policy.source().display()
-                        ))
-                    })?;
-                    let key = signing_key(&policy, &me).map_err(ReloadError::Refused)?;
-                    // Last, as it swaps the certificate served when it
-                    // loads: nothing after it refuses the reload.
-                    if let Some(cert) = &cert {
-                        let (c, k) = cert.paths();
-                        if me.tls.as_ref().is_some_and(|(mc, mk)| mc == c && mk == k) {
-                            cert.reload().map_err(|e| {
-                                ReloadError::Refused(format!(
-                                    "router '{id}' HTTPS certificate: {e}; the one in force stays"
-                                ))
-                            })?;
-                        }
-                    }
-                    Ok((policy, me, key))
-                })
-                .await
-                .unwrap_or_else(|e| Err(ReloadError::Refused(format!("reload failed: {e}"))))
-            }
-        };
+        let outcome = self.load_next(&old).await;
         let (policy, me, signing_key) = match outcome {
             Ok(x) => x,
             Err(e) => {
@@ -197,52 +164,12 @@ impl Live {
                 return Err(e);
             }
         };
-        let mut restart_needed = Vec::new();
-        if me.listen != old.me.listen {
-            restart_needed.push(format!(
-                "router '{}' listen {} -> {}",
-                me.id, old.me.listen, me.listen
-            ));
-        }
-        if me.relay_listen != old.me.relay_listen {
-            restart_needed.push(format!("router '{}' relay_listen", me.id));
-        }
-        if me.tls != old.me.tls {
-            restart_needed.push(format!("router '{}' tls_cert/tls_key/plain_http", me.id));
-        }
         if let Some(cert) = &self.tls {
             old.metrics.tls_cert_expiry.set(cert.not_after());
         }
-        if me.records_key != old.me.records_key
-            || me.records_key_previous != old.me.records_key_previous
-            || (me.records_key.is_none()
-                && signing_key.verifying_key() != old.signing_key.verifying_key())
-        {
-            restart_needed.push(format!("router '{}' records key", me.id));
-        }
-        if me.store != old.me.store {
-            restart_needed.push(format!(
-                "router '{}' store {} -> {}",
-                me.id,
-                old.me.store.display(),
-                me.store.display()
-            ));
-        }
-        restart_needed.extend(crate::logging::reload(
-            old.policy.logging(),
-            policy.logging(),
-        ));
+        let restart_needed = restart_needed(&old, &policy, &me, &signing_key);
         let changes = policy::diff(&old.policy, &policy);
-        let now = std::time::Instant::now();
-        let mut retired = old.retired.clone();
-        for r in old.policy.relays() {
-            if let (Some(hash), None) = (r.credential_sha256, policy.relay_idx(&r.id)) {
-                retired.insert(r.id.clone(), (hash, now));
-            }
-        }
-        retired.retain(|id, (_, since)| {
-            policy.relay_idx(id).is_none() && now.duration_since(*since) < RETIRED_FOR
-        });
+        let retired = retired_after(&old, &policy);
         let policy = Arc::new(policy);
         old.limiter
             .set(limits::LimitSettings::from_policy(&policy).shared_by(policy.replicas(&me).len()));
@@ -290,6 +217,110 @@ impl Live {
             restart_needed,
         })
     }
+
+    /// Reads and checks the policy files again, this router's entry and
+    /// key in them, and its HTTPS certificate (last, as loading it swaps
+    /// the one served).
+    async fn load_next(
+        &self,
+        old: &Shared,
+    ) -> Result<(Policy, policy::Router, SigningKey), ReloadError> {
+        match self.source.clone() {
+            None => Err(ReloadError::Refused(
+                "this router was started without policy files to reload".into(),
+            )),
+            Some(source) => {
+                let id = old.me.id.clone();
+                let cert = self.tls.clone();
+                tokio::task::spawn_blocking(move || {
+                    let policy = source.load().map_err(ReloadError::Invalid)?;
+                    let me = policy.router(&id).cloned().ok_or_else(|| {
+                        ReloadError::Refused(format!(
+                            "router '{id}' is not in {}: stop it instead",
+                            policy.source().display()
+                        ))
+                    })?;
+                    let key = signing_key(&policy, &me).map_err(ReloadError::Refused)?;
+                    // Last, as it swaps the certificate served when it
+                    // loads: nothing after it refuses the reload.
+                    if let Some(cert) = &cert {
+                        let (c, k) = cert.paths();
+                        if me.tls.as_ref().is_some_and(|(mc, mk)| mc == c && mk == k) {
+                            cert.reload().map_err(|e| {
+                                ReloadError::Refused(format!(
+                                    "router '{id}' HTTPS certificate: {e}; the one in force stays"
+                                ))
+                            })?;
+                        }
+                    }
+                    Ok((policy, me, key))
+                })
+                .await
+                .unwrap_or_else(|e| Err(ReloadError::Refused(format!("reload failed: {e}"))))
+            }
+        }
+    }
+}
+
+/// The settings a reload changed that take effect only at the next start.
+fn restart_needed(
+    old: &Shared,
+    policy: &Policy,
+    me: &policy::Router,
+    signing_key: &SigningKey,
+) -> Vec<String> {
+    let mut restart_needed = Vec::new();
+    if me.listen != old.me.listen {
+        restart_needed.push(format!(
+            "router '{}' listen {} -> {}",
+            me.id, old.me.listen, me.listen
+        ));
+    }
+    if me.relay_listen != old.me.relay_listen {
+        restart_needed.push(format!("router '{}' relay_listen", me.id));
+    }
+    if me.tls != old.me.tls {
+        restart_needed.push(format!("router '{}' tls_cert/tls_key/plain_http", me.id));
+    }
+    if me.records_key != old.me.records_key
+        || me.records_key_previous != old.me.records_key_previous
+        || (me.records_key.is_none()
+            && signing_key.verifying_key() != old.signing_key.verifying_key())
+    {
+        restart_needed.push(format!("router '{}' records key", me.id));
+    }
+    if me.store != old.me.store {
+        restart_needed.push(format!(
+            "router '{}' store {} -> {}",
+            me.id,
+            old.me.store.display(),
+            me.store.display()
+        ));
+    }
+    restart_needed.extend(crate::logging::reload(
+        old.policy.logging(),
+        policy.logging(),
+    ));
+    restart_needed
+}
+
+/// Relays a reload removed keep reporting for [`RETIRED_FOR`] with the
+/// credential of the last inventory they were in.
+fn retired_after(
+    old: &Shared,
+    policy: &Policy,
+) -> std::collections::HashMap<String, ([u8; 32], std::time::Instant)> {
+    let now = std::time::Instant::now();
+    let mut retired = old.retired.clone();
+    for r in old.policy.relays() {
+        if let (Some(hash), None) = (r.credential_sha256, policy.relay_idx(&r.id)) {
+            retired.insert(r.id.clone(), (hash, now));
+        }
+    }
+    retired.retain(|id, (_, since)| {
+        policy.relay_idx(id).is_none() && now.duration_since(*since) < RETIRED_FOR
+    });
+    retired
 }
 
 /// Reads router `me`'s signing key and checks it against its public key in
