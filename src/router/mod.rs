@@ -391,38 +391,7 @@ pub async fn run(
         )),
         None => None,
     };
-    let address_key = settings.store.records.address_key().await?;
-    let records_keys =
-        records_keys(&settings.router, &settings.signing_key).map_err(RouterError::RecordsKey)?;
-    match settings
-        .store
-        .records
-        .bind_records_key(&records_keys)
-        .await?
-    {
-        crate::store::KeyBinding::Same => {}
-        crate::store::KeyBinding::Keyed {
-            address_hashes,
-            passcode_hashes,
-        } => info!(
-            router = %settings.router.id,
-            key = %hex::encode(records_keys.current.id()),
-            address_hashes,
-            passcode_hashes,
-            "store bound to the records key: its address and passcode hashes are keyed"
-        ),
-        crate::store::KeyBinding::Adopted => warn!(
-            router = %settings.router.id,
-            key = %hex::encode(records_keys.current.id()),
-            "the store had no records key id: bound to this key; hashes made under a lost key match nothing"
-        ),
-        crate::store::KeyBinding::Rotated { from } => info!(
-            router = %settings.router.id,
-            from = %hex::encode(from),
-            to = %hex::encode(records_keys.current.id()),
-            "records key rotated: new hashes use the new key, the previous one still verifies old ones"
-        ),
-    }
+    let (address_key, records_keys) = bind_store(&settings).await?;
     let relays = Arc::new(
         match settings
             .store
@@ -456,22 +425,7 @@ pub async fn run(
         ready: Arc::new(AtomicBool::new(true)),
         retired: std::collections::HashMap::new(),
     };
-    let served: Vec<&str> = shared
-        .me
-        .jurisdictions
-        .iter()
-        .map(|j| shared.policy.jurisdiction(*j).id.as_str())
-        .collect();
-    match &tls {
-        Some(cert) => {
-            shared.metrics.tls_cert_expiry.set(cert.not_after());
-            info!(router = %shared.me.id, addr = %listener.local_addr()?, jurisdictions = ?served, cert_sha256 = %cert.sha256(), "router serving HTTPS");
-        }
-        None => warn!(
-            router = %shared.me.id, addr = %listener.local_addr()?, jurisdictions = ?served,
-            "router serving plain HTTP (plain_http = true): a TLS-terminating proxy in front of it must do TLS"
-        ),
-    }
+    log_serving(&shared, tls.as_deref(), &listener)?;
     let ready = shared.ready.clone();
     let live = Arc::new(Live {
         current: RwLock::new(Arc::new(shared)),
@@ -480,31 +434,7 @@ pub async fn run(
         reloading: tokio::sync::Mutex::new(()),
     });
     let app = api::routes(live.clone());
-    // Background work ends with this future, however it ends (a router
-    // stopped by dropping it must not go on planning as a ghost).
-    let mut background = tokio::task::JoinSet::new();
-    background.spawn(planner::watch(live.clone()));
-    background.spawn(watch_store(live.clone()));
-    background.spawn(retention::run(live.clone()));
-    // Commands another replica stored wake the reports held here; a
-    // waiting-room decision made on another replica wakes polls here.
-    let (one, all) = (live.clone(), live.clone());
-    if let Some(listening) = live.load().replicas.clone().listen(
-        Box::new(move |about, payload| {
-            let shared = one.load();
-            match about {
-                Announcement::Commands => shared.relays.wake(payload),
-                Announcement::Waiting => shared.waiting_changed.notify_waiters(),
-            }
-        }),
-        Box::new(move || {
-            let shared = all.load();
-            shared.relays.wake_all();
-            shared.waiting_changed.notify_waiters();
-        }),
-    ) {
-        background.spawn(listening);
-    }
+    let mut background = background(&live);
     let hangups = settings
         .reload_on_sighup
         // Listening before serving: a SIGHUP from then on reloads (and
@@ -565,6 +495,103 @@ pub async fn run(
         warn!(error = %e, "router HTTP stopped");
     }
     result.map_err(RouterError::Io)
+}
+
+/// Says what the router serves, and how (HTTPS, or plain HTTP behind a
+/// TLS-terminating proxy).
+fn log_serving(
+    shared: &Shared,
+    tls: Option<&crate::tls::ServerCert>,
+    listener: &tokio::net::TcpListener,
+) -> std::io::Result<()> {
+    let served: Vec<&str> = shared
+        .me
+        .jurisdictions
+        .iter()
+        .map(|j| shared.policy.jurisdiction(*j).id.as_str())
+        .collect();
+    match tls {
+        Some(cert) => {
+            shared.metrics.tls_cert_expiry.set(cert.not_after());
+            info!(router = %shared.me.id, addr = %listener.local_addr()?, jurisdictions = ?served, cert_sha256 = %cert.sha256(), "router serving HTTPS");
+        }
+        None => warn!(
+            router = %shared.me.id, addr = %listener.local_addr()?, jurisdictions = ?served,
+            "router serving plain HTTP (plain_http = true): a TLS-terminating proxy in front of it must do TLS"
+        ),
+    }
+    Ok(())
+}
+
+/// The store's address salt, and the records key it is bound to (bound
+/// now, or rebound after a rotation).
+async fn bind_store(
+    settings: &Settings,
+) -> Result<([u8; 32], crate::secret::RecordsKeys), RouterError> {
+    let address_key = settings.store.records.address_key().await?;
+    let records_keys =
+        records_keys(&settings.router, &settings.signing_key).map_err(RouterError::RecordsKey)?;
+    match settings
+        .store
+        .records
+        .bind_records_key(&records_keys)
+        .await?
+    {
+        crate::store::KeyBinding::Same => {}
+        crate::store::KeyBinding::Keyed {
+            address_hashes,
+            passcode_hashes,
+        } => info!(
+            router = %settings.router.id,
+            key = %hex::encode(records_keys.current.id()),
+            address_hashes,
+            passcode_hashes,
+            "store bound to the records key: its address and passcode hashes are keyed"
+        ),
+        crate::store::KeyBinding::Adopted => warn!(
+            router = %settings.router.id,
+            key = %hex::encode(records_keys.current.id()),
+            "the store had no records key id: bound to this key; hashes made under a lost key match nothing"
+        ),
+        crate::store::KeyBinding::Rotated { from } => info!(
+            router = %settings.router.id,
+            from = %hex::encode(from),
+            to = %hex::encode(records_keys.current.id()),
+            "records key rotated: new hashes use the new key, the previous one still verifies old ones"
+        ),
+    }
+    Ok((address_key, records_keys))
+}
+
+/// The router's background work: the planner, the store's health, the
+/// retention purge and the other replicas' announcements. It ends with the
+/// set, however the router ends (a router stopped by dropping it must not
+/// go on planning as a ghost).
+fn background(live: &Arc<Live>) -> tokio::task::JoinSet<()> {
+    let mut background = tokio::task::JoinSet::new();
+    background.spawn(planner::watch(live.clone()));
+    background.spawn(watch_store(live.clone()));
+    background.spawn(retention::run(live.clone()));
+    // Commands another replica stored wake the reports held here; a
+    // waiting-room decision made on another replica wakes polls here.
+    let (one, all) = (live.clone(), live.clone());
+    if let Some(listening) = live.load().replicas.clone().listen(
+        Box::new(move |about, payload| {
+            let shared = one.load();
+            match about {
+                Announcement::Commands => shared.relays.wake(payload),
+                Announcement::Waiting => shared.waiting_changed.notify_waiters(),
+            }
+        }),
+        Box::new(move || {
+            let shared = all.load();
+            shared.relays.wake_all();
+            shared.waiting_changed.notify_waiters();
+        }),
+    ) {
+        background.spawn(listening);
+    }
+    background
 }
 
 /// How often the store's health is checked, and how long a check may take.
