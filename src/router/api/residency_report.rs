@@ -8,6 +8,11 @@ use serde_json::{Value, json};
 
 use super::{ApiResult, Current, ErrorBody, Managed, store_failed};
 use crate::clock::unix_now;
+use crate::policy::Jurisdiction;
+use crate::router::Shared;
+use crate::router::relays::ConferenceOnRelay;
+use crate::store::{ConferenceRecord, RelayUse};
+use crate::wire::channel::LinkLoad;
 
 /// Where the conference's media and metadata went: every relay and router
 /// that recorded handling it, with countries, times and bytes, the cascade
@@ -53,97 +58,8 @@ pub(super) async fn residency_report(
         .audit_log(&id)
         .await
         .map_err(store_failed(&shared))?;
-    let relay_facts = |relay_id: &str| {
-        shared.policy.relay_idx(relay_id).map(|r| {
-            let relay = shared.policy.relay(r);
-            let jurisdictions: Vec<&str> = shared
-                .policy
-                .jurisdictions_of(r)
-                .map(|j| j.id.as_str())
-                .collect();
-            (
-                relay.country.to_string(),
-                jurisdictions,
-                jurisdiction.contains(r),
-            )
-        })
-    };
-    // Countries and inside-ness as recorded while each relay carried the
-    // conference (a later reload does not rewrite them); the policy in
-    // force only for records older than the store's schema 4.
-    let recorded = |relay_id: &str| {
-        used.iter()
-            .find(|u| u.relay == relay_id && !u.countries.is_empty())
-            .map(|u| u.countries[0].clone())
-    };
-    let relays: Vec<Value> = used
-        .iter()
-        .map(|u| {
-            let here = live.iter().find(|l| l.relay == u.relay);
-            let (country, jurisdictions, inside) = if u.countries.is_empty() {
-                relay_facts(&u.relay).map_or((None, Vec::new(), false), |(c, j, i)| {
-                    (Some(c), j, i && !u.outside)
-                })
-            } else {
-                let jurisdictions = crate::geo::CountryCode::parse(&u.countries[0])
-                    .map(|c| {
-                        shared
-                            .policy
-                            .jurisdictions()
-                            .iter()
-                            .filter(|j| j.countries.contains(c))
-                            .map(|j| j.id.as_str())
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                (Some(u.countries[0].clone()), jurisdictions, !u.outside)
-            };
-            json!({
-                "id": u.relay,
-                "country": country,
-                "countries": u.countries,
-                "jurisdictions": jurisdictions,
-                "inside_jurisdiction": inside,
-                "first_seen": u.first_seen,
-                "last_seen": u.last_seen,
-                "bytes_in": here.map_or(0, |l| l.load.bytes_in).max(u.bytes_in),
-                "bytes_out": here.map_or(0, |l| l.load.bytes_out).max(u.bytes_out),
-                "peak_participants": here.map_or(0, |l| l.load.participants).max(u.peak_participants),
-            })
-        })
-        .collect();
-    // Links the relays reported but not yet written to the store.
-    let mut links = links;
-    for (relay, l) in &live_links {
-        if !links.iter().any(|x| x.relay == *relay && x.peer == l.peer) {
-            links.push(crate::store::LinkUse {
-                relay: relay.clone(),
-                peer: l.peer.clone(),
-                first_seen: unix_now(),
-                last_seen: unix_now(),
-                bytes_in: l.bytes_in,
-                bytes_out: l.bytes_out,
-            });
-        }
-    }
-    let links: Vec<Value> = links
-        .iter()
-        .map(|l| {
-            let here = live_links
-                .iter()
-                .find(|(r, x)| *r == l.relay && x.peer == l.peer);
-            json!({
-                "relay": l.relay,
-                "peer": l.peer,
-                "relay_country": recorded(&l.relay).or_else(|| relay_facts(&l.relay).map(|f| f.0)),
-                "peer_country": recorded(&l.peer).or_else(|| relay_facts(&l.peer).map(|f| f.0)),
-                "first_seen": l.first_seen,
-                "last_seen": l.last_seen,
-                "bytes_in": here.map_or(0, |(_, x)| x.bytes_in).max(l.bytes_in),
-                "bytes_out": here.map_or(0, |(_, x)| x.bytes_out).max(l.bytes_out),
-            })
-        })
-        .collect();
+    let relays = relays_section(&shared, jurisdiction, &used, &live);
+    let links = links_section(&shared, jurisdiction, &used, links, &live_links);
     let enforcement: Vec<Value> = log
         .iter()
         .filter(|e| e.event == "enforcement")
@@ -154,41 +70,8 @@ pub(super) async fn residency_report(
         })
         .collect();
     let last_record = log.iter().map(|e| e.time).max().unwrap_or(c.created);
-    // Every replica may have answered for the conference; the store they
-    // share holds its records.
-    let replicas = shared.policy.replicas(&shared.me);
-    let routers: Vec<Value> = replicas
-        .iter()
-        .map(|r| {
-            json!({
-                "id": r.id,
-                "country": r.country.to_string(),
-                "jurisdictions": r.jurisdictions.iter().map(|j| shared.policy.jurisdiction(*j).id.clone()).collect::<Vec<_>>(),
-                "inside_jurisdiction": jurisdiction.countries.contains(r.country),
-                "role": if replicas.len() == 1 {
-                    "created the conference; stores its records and audit log"
-                } else {
-                    "a replica serving the conference's jurisdiction: any replica answers its requests, from the shared store"
-                },
-                "first_seen": c.created,
-                "last_seen": last_record,
-            })
-        })
-        .collect();
-    let (backend, store_country) = match &shared.me.store {
-        crate::policy::StoreLocation::Sqlite(_) => ("sqlite", shared.me.country),
-        crate::policy::StoreLocation::Postgres(pg) => ("postgresql", pg.country),
-    };
-    let store = json!({
-        "backend": backend,
-        "country": store_country.to_string(),
-        "inside_jurisdiction": jurisdiction.countries.contains(store_country),
-        "role": if backend == "sqlite" {
-            "an embedded file on the router's machine: the conference's records and audit log"
-        } else {
-            "a database shared by the router replicas: the conference's records and audit log"
-        },
-    });
+    let routers = routers_section(&shared, jurisdiction, &c, last_record);
+    let store = store_section(&shared, jurisdiction);
     let report = json!({
         "conference": c.id,
         "tenant": c.tenant,
@@ -220,4 +103,171 @@ pub(super) async fn residency_report(
         report,
         &shared.signing_key,
     )))
+}
+
+/// The relays that carried the conference: where, whether inside, when,
+/// and how much (the larger of what was recorded and what they report now).
+fn relays_section(
+    shared: &Shared,
+    jurisdiction: &Jurisdiction,
+    used: &[RelayUse],
+    live: &[ConferenceOnRelay],
+) -> Vec<Value> {
+    used
+        .iter()
+        .map(|u| {
+            let here = live.iter().find(|l| l.relay == u.relay);
+            let (country, jurisdictions, inside) = if u.countries.is_empty() {
+                relay_facts(shared, jurisdiction, &u.relay).map_or((None, Vec::new(), false), |(c, j, i)| {
+                    (Some(c), j, i && !u.outside)
+                })
+            } else {
+                let jurisdictions = crate::geo::CountryCode::parse(&u.countries[0])
+                    .map(|c| {
+                        shared
+                            .policy
+                            .jurisdictions()
+                            .iter()
+                            .filter(|j| j.countries.contains(c))
+                            .map(|j| j.id.as_str())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (Some(u.countries[0].clone()), jurisdictions, !u.outside)
+            };
+            json!({
+                "id": u.relay,
+                "country": country,
+                "countries": u.countries,
+                "jurisdictions": jurisdictions,
+                "inside_jurisdiction": inside,
+                "first_seen": u.first_seen,
+                "last_seen": u.last_seen,
+                "bytes_in": here.map_or(0, |l| l.load.bytes_in).max(u.bytes_in),
+                "bytes_out": here.map_or(0, |l| l.load.bytes_out).max(u.bytes_out),
+                "peak_participants": here.map_or(0, |l| l.load.participants).max(u.peak_participants),
+            })
+        })
+        .collect()
+}
+
+/// The cascade links between its relays, with those the relays reported
+/// but not yet written to the store.
+fn links_section(
+    shared: &Shared,
+    jurisdiction: &Jurisdiction,
+    used: &[RelayUse],
+    mut links: Vec<crate::store::LinkUse>,
+    live_links: &[(String, LinkLoad)],
+) -> Vec<Value> {
+    for (relay, l) in live_links {
+        if !links.iter().any(|x| x.relay == *relay && x.peer == l.peer) {
+            links.push(crate::store::LinkUse {
+                relay: relay.clone(),
+                peer: l.peer.clone(),
+                first_seen: unix_now(),
+                last_seen: unix_now(),
+                bytes_in: l.bytes_in,
+                bytes_out: l.bytes_out,
+            });
+        }
+    }
+    links
+        .iter()
+        .map(|l| {
+            let here = live_links
+                .iter()
+                .find(|(r, x)| *r == l.relay && x.peer == l.peer);
+            json!({
+                "relay": l.relay,
+                "peer": l.peer,
+                "relay_country": recorded_country(used, &l.relay)
+                    .or_else(|| relay_facts(shared, jurisdiction, &l.relay).map(|f| f.0)),
+                "peer_country": recorded_country(used, &l.peer)
+                    .or_else(|| relay_facts(shared, jurisdiction, &l.peer).map(|f| f.0)),
+                "first_seen": l.first_seen,
+                "last_seen": l.last_seen,
+                "bytes_in": here.map_or(0, |(_, x)| x.bytes_in).max(l.bytes_in),
+                "bytes_out": here.map_or(0, |(_, x)| x.bytes_out).max(l.bytes_out),
+            })
+        })
+        .collect()
+}
+
+/// The routers that answered for the conference: every replica may have;
+/// the store they share holds its records.
+fn routers_section(
+    shared: &Shared,
+    jurisdiction: &Jurisdiction,
+    c: &ConferenceRecord,
+    last_record: u64,
+) -> Vec<Value> {
+    let replicas = shared.policy.replicas(&shared.me);
+    replicas
+        .iter()
+        .map(|r| {
+            json!({
+                "id": r.id,
+                "country": r.country.to_string(),
+                "jurisdictions": r.jurisdictions.iter().map(|j| shared.policy.jurisdiction(*j).id.clone()).collect::<Vec<_>>(),
+                "inside_jurisdiction": jurisdiction.countries.contains(r.country),
+                "role": if replicas.len() == 1 {
+                    "created the conference; stores its records and audit log"
+                } else {
+                    "a replica serving the conference's jurisdiction: any replica answers its requests, from the shared store"
+                },
+                "first_seen": c.created,
+                "last_seen": last_record,
+            })
+        })
+        .collect()
+}
+
+/// Where the conference's records are kept.
+fn store_section(shared: &Shared, jurisdiction: &Jurisdiction) -> Value {
+    let (backend, store_country) = match &shared.me.store {
+        crate::policy::StoreLocation::Sqlite(_) => ("sqlite", shared.me.country),
+        crate::policy::StoreLocation::Postgres(pg) => ("postgresql", pg.country),
+    };
+    json!({
+        "backend": backend,
+        "country": store_country.to_string(),
+        "inside_jurisdiction": jurisdiction.countries.contains(store_country),
+        "role": if backend == "sqlite" {
+            "an embedded file on the router's machine: the conference's records and audit log"
+        } else {
+            "a database shared by the router replicas: the conference's records and audit log"
+        },
+    })
+}
+
+/// A relay of the policy in force: its country, its jurisdictions, and
+/// whether it is inside `jurisdiction`.
+fn relay_facts<'p>(
+    shared: &'p Shared,
+    jurisdiction: &Jurisdiction,
+    relay_id: &str,
+) -> Option<(String, Vec<&'p str>, bool)> {
+    shared.policy.relay_idx(relay_id).map(|r| {
+        let relay = shared.policy.relay(r);
+        let jurisdictions: Vec<&str> = shared
+            .policy
+            .jurisdictions_of(r)
+            .map(|j| j.id.as_str())
+            .collect();
+        (
+            relay.country.to_string(),
+            jurisdictions,
+            jurisdiction.contains(r),
+        )
+    })
+}
+
+/// The country recorded while `relay_id` carried the conference (a later
+/// reload does not rewrite it); `None` for records older than the store's
+/// schema 4, which take the policy in force instead.
+fn recorded_country(used: &[RelayUse], relay_id: &str) -> Option<String> {
+    used.iter()
+        .find(|u| u.relay == relay_id && !u.countries.is_empty())
+        .map(|u| u.countries[0].clone())
 }
