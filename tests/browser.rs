@@ -15,6 +15,7 @@ use residency_relay::wire::datagram;
 use serde_json::{Value, json};
 use support::browser::{Browser, decoded, host_invite, in_call, link, reassembled, runtime};
 use support::cluster::{self, ACME, ADMIN, Cluster};
+use support::wait::until_blocking;
 
 /// One Chromium at a time: two cores cannot encode for more.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -92,15 +93,22 @@ fn two_browsers_see_and_hear_each_other_and_the_media_stays_in_the_eu() {
         decoded(s, &pa, "video") >= 30
     });
 
-    // Two live tiles, drawn and moving: screenshots a second apart differ,
-    // and the remote tile's canvas is not one flat colour.
+    // Two live tiles, drawn and moving: a later screenshot differs from
+    // the first, and the remote tile's canvas is not one flat colour.
     let dir = support::repo().join("target/browser");
     std::fs::create_dir_all(&dir).unwrap();
     let (one, two) = (dir.join("call-1.png"), dir.join("call-2.png"));
     b.screenshot("a", &one);
-    std::thread::sleep(Duration::from_secs(1));
-    b.screenshot("a", &two);
-    let (x, y) = (std::fs::read(&one).unwrap(), std::fs::read(&two).unwrap());
+    let x = std::fs::read(&one).unwrap();
+    let y = until_blocking("the call moving on screen", Duration::from_secs(10), || {
+        b.screenshot("a", &two);
+        let y = std::fs::read(&two).unwrap();
+        if y != x {
+            Ok(y)
+        } else {
+            Err(format!("{} bytes, as the first", y.len()))
+        }
+    });
     assert!(
         x.len() > 10_000 && x != y,
         "screenshots: {} and {} bytes, equal: {}",
@@ -178,7 +186,9 @@ fn every_refusal_and_removal_has_its_message() {
     message(&mut b, "w", "wrong passcode", "That passcode is not right");
     for _ in 0..5 {
         b.click("w", "#join-button");
-        std::thread::sleep(Duration::from_millis(300));
+        b.wait_for("w", Duration::from_secs(20), "the attempt answered", |s| {
+            s["phase"] == "refused"
+        });
     }
     let s = message(
         &mut b,
@@ -229,8 +239,14 @@ fn every_refusal_and_removal_has_its_message() {
 
     // Locked: a newcomer is told.
     b.click("host", "#lock");
-    b.wait_for("host", Duration::from_secs(10), "locked", |_| true);
-    std::thread::sleep(Duration::from_millis(500));
+    until_blocking("the lock", Duration::from_secs(10), || {
+        let status = b.eval("host", "document.getElementById('host-status').textContent");
+        if status.as_str().is_some_and(|s| s.starts_with("Locked")) {
+            Ok(())
+        } else {
+            Err(status)
+        }
+    });
     b.join("late", &link(&router, &conf), "Lou", None);
     message(
         &mut b,
@@ -597,11 +613,20 @@ fn a_host_runs_the_waiting_room_mutes_bans_and_reads_the_report_from_the_page() 
     );
     assert!(sh["phase"] == "in_call");
     b.click("host", "#mute-video");
-    std::thread::sleep(Duration::from_millis(500));
+    until_blocking("the camera muted", Duration::from_secs(10), || {
+        let muted = b.eval("host", "window.rr.state.call?.muted.video === true");
+        if muted == json!(true) {
+            Ok(())
+        } else {
+            Err(muted)
+        }
+    });
     let before = b.snapshot("host")["sent"]["video"]["frames"]
         .as_u64()
         .unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    // No frame sent for a second (30 at the camera's rate): a wait for
+    // nothing to happen has no event to end it.
+    std::thread::sleep(Duration::from_secs(1));
     let after = b.snapshot("host")["sent"]["video"]["frames"]
         .as_u64()
         .unwrap();

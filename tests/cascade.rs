@@ -19,14 +19,21 @@ use residency_relay::wire::datagram::{Flags, MediaHeader, TrackId};
 use residency_relay::wire::link::LinkMessage;
 use serde_json::{Value, json};
 use support::cluster::{
-    ACME, Cluster, connect, join_from, open_conference, request, sample, session,
+    ACME, ADMIN, Cluster, connect, join_from, open_conference, request, sample, session,
 };
+use support::wait::{REPORTS, send_until_heard, until};
 
 /// What one client received, counted by a task reading its datagrams.
 #[derive(Default, Debug)]
 struct Received {
     bytes: u64,
     per_track: HashMap<TrackId, u64>,
+}
+
+impl Received {
+    fn got(&self, track: TrackId) -> u64 {
+        self.per_track.get(&track).copied().unwrap_or(0)
+    }
 }
 
 struct Participant {
@@ -76,13 +83,7 @@ impl Participant {
     }
 
     fn got(&self, track: TrackId) -> u64 {
-        self.received
-            .lock()
-            .unwrap()
-            .per_track
-            .get(&track)
-            .copied()
-            .unwrap_or(0)
+        self.received.lock().unwrap().got(track)
     }
 
     fn bytes(&self) -> u64 {
@@ -107,17 +108,16 @@ impl Participant {
 /// Sends `track` from `from` until every one of `to` has received it (a
 /// subscription beyond a link takes effect once the link passed it on).
 async fn prime(ps: &mut [Participant], from: usize, to: &[usize], track: TrackId) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let mut sequence = 1_000_000;
-    while !to.iter().all(|t| ps[*t].got(track) > 0) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "media never arrived"
-        );
-        ps[from].send(track, sequence, b"primer");
-        sequence += 1;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // What the receivers counted, apart from the sender borrowed to send.
+    let counts: Vec<Arc<Mutex<Received>>> = to.iter().map(|t| ps[*t].received.clone()).collect();
+    send_until_heard(
+        |sequence| ps[from].send(track, sequence, b"primer"),
+        || async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            counts.iter().all(|r| r.lock().unwrap().got(track) > 0)
+        },
+    )
+    .await;
 }
 
 async fn residency(router: &str, id: &str, auth: &str) -> Value {
@@ -194,7 +194,22 @@ async fn an_eu_call_spans_eu_relays_only_and_the_report_accounts_for_every_byte(
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    until("every packet received", Duration::from_secs(10), || async {
+        let mut got = Vec::new();
+        for i in 0..3 {
+            for k in 0..3 {
+                if i != k {
+                    got.push(ps[i].got(tracks[k]));
+                }
+            }
+        }
+        if got.iter().all(|n| *n >= 41) {
+            Ok(())
+        } else {
+            Err(format!("of each other track: {got:?}"))
+        }
+    })
+    .await;
     for i in 0..3 {
         for k in 0..3 {
             if i != k {
@@ -212,11 +227,30 @@ async fn an_eu_call_spans_eu_relays_only_and_the_report_accounts_for_every_byte(
     assert_eq!(sample(&us, "rr_relay_connections"), 0.0);
     assert_eq!(sample(&us, "rr_relay_cascade_links"), 0.0);
 
-    // The report, after the relays' next reports: EU relays only, and
+    // The report, once the relays' next reports are in: EU relays only, and
     // their byte counts agree with what their participants sent and received.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
     let host = format!("Bearer {}", conf["host_token"].as_str().unwrap());
-    let envelope = residency(&router, &id, &host).await;
+    let on =
+        |relay: &str| -> Vec<usize> { (0..3).filter(|i| joined[*i].relay_id == relay).collect() };
+    let accounted =
+        |report: &Value| {
+            ["de-fra-1", "ie-dub-1"].into_iter().all(|relay| {
+                let sent: u64 = on(relay).iter().map(|i| ps[*i].sent_bytes).sum();
+                let received: u64 = on(relay).iter().map(|i| ps[*i].bytes()).sum();
+                report["relays"].as_array().into_iter().flatten().any(|r| {
+                    r["id"] == relay && r["bytes_in"] == sent && r["bytes_out"] == received
+                })
+            })
+        };
+    let envelope = until("the relays' reports of every byte", REPORTS, || async {
+        let envelope = residency(&router, &id, &host).await;
+        if accounted(&envelope["report"]) {
+            Ok(envelope)
+        } else {
+            Err(envelope["report"]["relays"].clone())
+        }
+    })
+    .await;
     let key = c.policy.router("de-fra-router").unwrap().public_key;
     let report = residency_relay::router::residency::verify(&envelope, &key)
         .unwrap()
@@ -228,8 +262,6 @@ async fn an_eu_call_spans_eu_relays_only_and_the_report_accounts_for_every_byte(
         assert_eq!(r["inside_jurisdiction"], true, "{r}");
         assert!(["DE", "IE"].contains(&r["country"].as_str().unwrap()));
     }
-    let on =
-        |relay: &str| -> Vec<usize> { (0..3).filter(|i| joined[*i].relay_id == relay).collect() };
     for relay in ["de-fra-1", "ie-dub-1"] {
         let r = relays.iter().find(|r| r["id"] == relay).unwrap();
         let sent: u64 = on(relay).iter().map(|i| ps[*i].sent_bytes).sum();
@@ -728,8 +760,40 @@ async fn each_packet_crosses_each_link_once() {
         ps[0].send(track, sequence, &[7; 500]);
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let report = residency(&router, &id, ACME).await["report"].clone();
+    // Until every subscriber has every packet and the relays' next reports
+    // count them, the counts below still grow.
+    let counted = |report: &Value| {
+        let carried = |a: &str, b: &str, bytes: u64| {
+            report["links"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|l| l["relay"] == a && l["peer"] == b && l["bytes_out"] == bytes)
+        };
+        let subscribers = [("ie-dub-1", [3, 4]), ("nl-ams-1", [5, 6])]
+            .into_iter()
+            .all(|(peer, subs)| {
+                let got = ps[subs[0]].bytes();
+                ps[subs[1]].bytes() == got
+                    && ps[subs[0]].got(track) >= 101
+                    && carried("de-fra-1", peer, got)
+            });
+        let fra = report["relays"].as_array().into_iter().flatten().any(|r| {
+            r["id"] == "de-fra-1"
+                && r["bytes_in"] == ps[0].sent_bytes
+                && r["bytes_out"] == ps[1].bytes() + ps[2].bytes()
+        });
+        subscribers && fra
+    };
+    let report = until("the relays' reports of every packet", REPORTS, || async {
+        let report = residency(&router, &id, ACME).await["report"].clone();
+        if counted(&report) {
+            Ok(report)
+        } else {
+            Err(report)
+        }
+    })
+    .await;
     let link = |a: &str, b: &str| -> Value {
         report["links"]
             .as_array()
@@ -826,7 +890,25 @@ async fn a_dry_run_lists_what_a_policy_change_would_do_to_live_calls() {
     .await
     .unwrap();
     let _in = connect(&joined, "127.0.0.2").await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The router lists the conference live once the relay's report counts
+    // the participant in.
+    let live = format!("{router}/v1/admin/conferences");
+    until("the live conference at the router", REPORTS, || async {
+        let list = request("GET", &live, None, Some(ADMIN), None).await.json();
+        let carried = list["conferences"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| {
+                c["id"] == id.as_str()
+                    && c["participants"] == 1
+                    && c["relays"]
+                        .as_array()
+                        .is_some_and(|r| r.contains(&json!("de-fra-1")))
+            });
+        if carried { Ok(()) } else { Err(list) }
+    })
+    .await;
 
     let run = |config: &std::path::Path| {
         std::process::Command::new(env!("CARGO_BIN_EXE_residency-relay"))

@@ -1,33 +1,14 @@
 //! A routing decision (GeoIP lookup + selection into a reused Evaluation)
 //! allocates nothing once the buffers have grown.
-// A global allocator needs `unsafe impl`; it only counts and delegates.
-#![allow(unsafe_code)]
 
+#[path = "support/counting_alloc.rs"]
+mod counting_alloc;
 mod support;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
-
+use counting_alloc::{Counting, allocations};
 use residency_relay::geo::{Database, GeoIp, Overrides};
 use residency_relay::select::{self, Evaluation, RelayState};
 use support::{build, city_record, config, country_code_record, mmdb, region, relay};
-
-struct Counting;
-
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `alloc` above, i.e. from the system allocator.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -76,14 +57,14 @@ fn steady_state_decisions_do_not_allocate() {
             &mut scratch,
         );
     }
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = allocations();
     let mut chosen = 0;
     for round in 0..1000 {
         let location = geo.locate(clients[round % clients.len()]);
         select::evaluate(&policy, eu, &location, &states, &hosting, &mut scratch);
         chosen += usize::from(scratch.outcome().is_ok());
     }
-    let after = ALLOCATIONS.load(Ordering::Relaxed);
+    let after = allocations();
     assert_eq!(chosen, 1000);
     assert_eq!(
         after - before,

@@ -326,7 +326,9 @@ async fn servers_see_only_ciphertext() {
     assert_eq!(report["report"]["e2ee"]["declared"], true, "{report}");
     ada.client.leave().await;
     bo.client.leave().await;
-    // Read the store before the cluster (and its directory) goes.
+    // Read the store before the cluster (and its directory) goes, after
+    // any write the leaves cause: what is checked is that none holds a
+    // secret, and no event marks the last write, so a short fixed wait.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let store = store_bytes(
         c.policy

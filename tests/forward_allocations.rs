@@ -1,33 +1,16 @@
 //! Steady-state forwarding allocates nothing: a datagram in, 100 clones
 //! queued, the queues drained.
-// A global allocator needs `unsafe impl`; it only counts and delegates.
-#![allow(unsafe_code)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+#[path = "support/counting_alloc.rs"]
+mod counting_alloc;
+
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
+use counting_alloc::{Counting, allocations};
 use residency_relay::forward::{Admission, Core, CoreConfig, Permissions};
 use residency_relay::wire::control::{ClientMessage, ParticipantId, ServerMessage, TrackKind};
 use residency_relay::wire::datagram::{self, Flags, MediaHeader};
-
-struct Counting;
-
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `alloc` above, i.e. from the system allocator.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -107,14 +90,14 @@ fn forwarding_allocates_nothing_per_packet() {
     for packet in &packets[..100] {
         forward(&mut core, packet);
     }
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = allocations();
     for packet in &packets[100..] {
         forward(&mut core, packet);
     }
-    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    let allocated = allocations() - before;
     assert_eq!(core.counters().deliveries, 1100 * 100);
     assert_eq!(
-        allocations, 0,
-        "{allocations} allocations for 1,000 datagrams to 100 subscribers"
+        allocated, 0,
+        "{allocated} allocations for 1,000 datagrams to 100 subscribers"
     );
 }

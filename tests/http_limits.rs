@@ -178,6 +178,8 @@ async fn one_address_cannot_fill_the_listener_and_idle_connections_make_room() {
     for _ in 0..4 {
         held.push(connect_from("127.0.0.11", addr).await);
     }
+    // A fixed wait: asking the router whether it has them would take a
+    // connection of the full listener, which is what comes next.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let r = support::cluster::request("GET", &healthz, Some("127.0.0.12"), None, None).await;
     assert_eq!(r.status, 200);
@@ -297,6 +299,8 @@ async fn stalled_uploads_cannot_fill_the_listener_either() {
             held.push(s);
         }
     }
+    // For the router to read the heads: a fixed wait, as asking it would
+    // take a connection of the full listener, which is what comes next.
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Someone else still gets in: a request waiting for its body is no
     // better than an idle connection.

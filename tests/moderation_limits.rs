@@ -6,10 +6,12 @@ mod support;
 
 use std::time::Duration;
 
+use residency_relay::clock::unix_now;
 use residency_relay::http_client;
 use residency_relay::wire::control::ServerMessage;
 use serde_json::{Value, json};
 use support::cluster::{Cluster, connect, join_from, open_conference, request};
+use support::wait::until;
 
 /// Joins with the passcode as a client at `client_ip`, through the dev
 /// config's trusted proxy (127.0.0.1) that names it in X-Forwarded-For.
@@ -193,8 +195,22 @@ async fn rejoin_tokens_expire_and_die_with_the_conference() {
     let (status, _) = rejoin(&router, &conf, &pid, &stretched).await;
     assert_eq!(status, 403);
 
-    // After its time: refused.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // After its time (the router's clock at or past the expiry the token
+    // names): refused.
+    let expires: u64 = newer.rsplit_once('.').unwrap().1.parse().unwrap();
+    until(
+        "the rejoin token's expiry",
+        Duration::from_secs(10),
+        || async {
+            let now = unix_now();
+            if now >= expires {
+                Ok(())
+            } else {
+                Err(format!("now {now}, expires {expires}"))
+            }
+        },
+    )
+    .await;
     let (status, answer) = rejoin(&router, &conf, &pid, &newer).await;
     assert_eq!(status, 403, "{answer}");
     assert_eq!(answer["error"]["code"], "bad_rejoin");

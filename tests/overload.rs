@@ -12,7 +12,10 @@ use residency_relay::client::join::JoinError;
 use residency_relay::wire::control::TrackKind;
 use residency_relay::wire::datagram::{Flags, MediaHeader};
 use serde_json::json;
-use support::cluster::{Cluster, connect, join_from, open_conference, request, sample};
+use support::cluster::{
+    Cluster, connect, join_from, open_conference, request, sample, wait_participants,
+};
+use support::wait::until;
 
 fn refusal(e: JoinError) -> (u16, String) {
     match e {
@@ -56,7 +59,8 @@ async fn a_full_relay_refuses_newcomers_and_keeps_serving_those_in() {
             }
         });
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The router counts the relay full once its report has the twelve.
+    wait_participants(&router, &conf, 12).await;
     let before: Vec<u64> = received.iter().map(|r| r.load(Ordering::Relaxed)).collect();
 
     // The publisher keeps sending while 20 newcomers are refused.
@@ -91,7 +95,23 @@ async fn a_full_relay_refuses_newcomers_and_keeps_serving_those_in() {
         assert_eq!(r.header("retry-after"), Some("5"));
     }
     let _publisher = sender.await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until(
+        "every subscriber's 300 datagrams",
+        Duration::from_secs(10),
+        || async {
+            let got: Vec<u64> = received
+                .iter()
+                .zip(&before)
+                .map(|(r, b)| r.load(Ordering::Relaxed) - b)
+                .collect();
+            if got.iter().all(|n| *n >= 300) {
+                Ok(())
+            } else {
+                Err(format!("{got:?}"))
+            }
+        },
+    )
+    .await;
     // Everyone already in got everything sent meanwhile.
     for (r, b) in received.iter().zip(before) {
         assert_eq!(r.load(Ordering::Relaxed) - b, 300);

@@ -13,10 +13,11 @@ use residency_relay::wire::close_code;
 use residency_relay::wire::control::TrackKind;
 use serde_json::{Value, json};
 use support::cluster::{
-    ACME, ADMIN, Cluster, connect, create, join_from, kick, open_conference, refused_code, request,
-    sample,
+    ACME, ADMIN, Cluster, connect, create, first_waiting, hear_from, join_from, kick,
+    open_conference, refused_code, request, sample,
 };
 use support::pg::Pg;
+use support::wait::until;
 
 const A: &str = "de-fra-router";
 const B: &str = "de-fra-router-b";
@@ -64,37 +65,6 @@ fn reports_to(pg: &Pg, relay: &str) -> String {
     )
 }
 
-/// Sends on `track` from `from` until `to` receives it, then drains what
-/// is still in flight.
-async fn hears(
-    from: &residency_relay::client::Client,
-    to: &residency_relay::client::Client,
-    track: residency_relay::wire::datagram::TrackId,
-) {
-    use residency_relay::wire::datagram::{Flags, MediaHeader};
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    for sequence in 0u32.. {
-        from.send_media(
-            &MediaHeader {
-                track,
-                sequence,
-                flags: Flags::default(),
-            },
-            b"opus frame",
-        )
-        .unwrap();
-        if let Ok(d) = tokio::time::timeout(Duration::from_millis(50), to.recv_media()).await {
-            assert!(d.unwrap().ends_with(b"opus frame"));
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no media of the track arrived"
-        );
-    }
-    while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(100), to.recv_media()).await {}
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn any_replica_answers_for_a_conference_another_created() {
     let Some(pg) = Pg::start() else { return };
@@ -133,23 +103,21 @@ async fn any_replica_answers_for_a_conference_another_created() {
     let wait_id = id.clone();
     let waiter =
         tokio::spawn(async move { join_from(&poll_at, &wait_id, &pass, "127.0.0.4").await });
-    let pid = loop {
-        let list = request(
-            "GET",
-            &format!("{b}/v1/conferences/{id}/waiting"),
-            None,
-            Some(&host),
-            None,
-        )
-        .await
-        .json();
-        if let Some(p) = list["waiting"][0]["participant_id"].as_str() {
-            break p.to_owned();
+    let pid = first_waiting(&b, &id, &host).await["participant_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // A's poll held, not just started.
+    let a_metrics = format!("{a}/metrics");
+    until("A holding the poll", Duration::from_secs(10), || async {
+        let m = request("GET", &a_metrics, None, None, None).await;
+        let text = String::from_utf8_lossy(&m.body).into_owned();
+        match residency_relay::relay::metrics::sample(&text, "rr_router_http_long_polls_held") {
+            Some(held) if held >= 1.0 => Ok(()),
+            held => Err(format!("rr_router_http_long_polls_held {held:?}")),
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    // Long enough that A's poll is held, not just started.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    })
+    .await;
     let admitted_at = Instant::now();
     let r = request(
         "POST",
@@ -316,7 +284,7 @@ async fn a_killed_replica_is_taken_over_within_three_seconds() {
         .subscribe_announced(track, Duration::from_secs(10))
         .await
         .unwrap();
-    hears(&german_client, &irish_client, track).await;
+    hear_from(&german_client, &irish_client, track).await;
     // Relays report to the survivor now, healthy.
     c.wait_health(survivor_id, &RELAYS, "healthy").await;
     assert_eq!(reports_to(&pg, "de-fra-1"), survivor_id);
@@ -357,7 +325,7 @@ async fn a_call_outlives_the_database_going_down_and_coming_back() {
         .subscribe_announced(track, Duration::from_secs(10))
         .await
         .unwrap();
-    hears(&german_client, &irish_client, track).await;
+    hear_from(&german_client, &irish_client, track).await;
     let before = audit(&a, &conf).await;
 
     pg.stop();
@@ -396,7 +364,7 @@ async fn a_call_outlives_the_database_going_down_and_coming_back() {
         assert!(sample(&text, "rr_router_store_unavailable_total") >= 1.0);
     }
     // The call goes on without the database.
-    hears(&german_client, &irish_client, track).await;
+    hear_from(&german_client, &irish_client, track).await;
 
     pg.restart();
     // Both replicas reconnect and take joins again.
@@ -419,7 +387,7 @@ async fn a_call_outlives_the_database_going_down_and_coming_back() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    hears(&german_client, &irish_client, track).await;
+    hear_from(&german_client, &irish_client, track).await;
     // No record was lost.
     let after = audit(&b, &conf).await;
     assert_eq!(after[..before.len()], before[..]);

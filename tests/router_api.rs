@@ -12,9 +12,10 @@ use residency_relay::wire::control::TrackKind;
 use residency_relay::wire::datagram::{Flags, MediaHeader};
 use serde_json::json;
 use support::cluster::{
-    ACME, ADMIN, Cluster, FREEBIE, connect, create, join_from, open_conference, refused_code,
-    request, request_raw, sample,
+    ACME, ADMIN, Cluster, FREEBIE, connect, create, first_waiting, hear_from, join_from,
+    open_conference, refused_code, request, request_raw, sample, wait_participants,
 };
+use support::wait::{REPORTS, until};
 
 const EU_RELAYS: [&str; 3] = ["de-fra-1", "de-ber-1", "ie-dub-1"];
 
@@ -34,37 +35,6 @@ async fn eu_cluster() -> Cluster {
     c.wait_health("us-nyc-router", &["us-nyc-1"], "healthy")
         .await;
     c
-}
-
-/// Sends `track` from `from` until `to` receives it: a subscription to a
-/// track on another relay takes effect once the link has passed it on.
-async fn prime(
-    from: &residency_relay::client::Client,
-    to: &residency_relay::client::Client,
-    track: residency_relay::wire::datagram::TrackId,
-) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    for sequence in 1_000_000u32.. {
-        from.send_media(
-            &MediaHeader {
-                track,
-                sequence,
-                flags: Flags::default(),
-            },
-            b"primer",
-        )
-        .unwrap();
-        if let Ok(d) = tokio::time::timeout(Duration::from_millis(50), to.recv_media()).await {
-            assert!(d.unwrap().ends_with(b"primer"));
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "media never arrived"
-        );
-    }
-    // Primers still in flight.
-    while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(100), to.recv_media()).await {}
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -92,7 +62,7 @@ async fn paid_eu_conference_keeps_an_american_on_an_eu_relay_and_media_flows() {
     b.subscribe_announced(track, Duration::from_secs(10))
         .await
         .unwrap();
-    prime(&a, &b, track).await;
+    hear_from(&a, &b, track).await;
     let payload = b"end-to-end encrypted bytes the relay never reads".to_vec();
     for sequence in 0..20u32 {
         a.send_media(
@@ -121,15 +91,22 @@ async fn paid_eu_conference_keeps_an_american_on_an_eu_relay_and_media_flows() {
     assert_eq!(sample(&us, "rr_relay_deliveries_total"), 0.0);
     assert_eq!(sample(&us, "rr_relay_connections"), 0.0);
 
-    // The router's view lists only the EU relays, with what they carried.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let state = request(
-        "GET",
-        &format!("{router}/v1/conferences/{id}"),
-        None,
-        Some(&format!("Bearer {}", conf["host_token"].as_str().unwrap())),
-        None,
-    )
+    // The router's view lists only the EU relays, with what they carried
+    // (once the relays' next reports count both participants and the bytes).
+    let url = format!("{router}/v1/conferences/{id}");
+    let host = format!("Bearer {}", conf["host_token"].as_str().unwrap());
+    let state = until("the relays' reports of the call", REPORTS, || async {
+        let state = request("GET", &url, None, Some(&host), None).await;
+        let seen = state.json();
+        let carried = seen["relays"].as_array().into_iter().flatten().any(|r| {
+            r["id"] == "de-fra-1" && r["bytes_in"].as_u64() >= Some(20 * payload.len() as u64)
+        });
+        if state.status == 200 && seen["participants"] == 2 && carried {
+            Ok(state)
+        } else {
+            Err(format!("{} {seen}", state.status))
+        }
+    })
     .await;
     assert_eq!(state.status, 200);
     let state = state.json();
@@ -456,7 +433,7 @@ async fn no_healthy_or_free_relay_in_the_jurisdiction_is_503_never_abroad() {
     let first = join_from(&ch, id, passcode, "127.0.0.5").await.unwrap();
     assert_eq!(first.relay_id, "ch-zrh-1");
     let _in = connect(&first, "127.0.0.5").await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    wait_participants(&ch, &conf, 1).await;
     let e = join_from(&ch, id, passcode, "127.0.0.2").await.unwrap_err();
     assert_eq!(refused_code(e), (503, "at_capacity".into()));
 
@@ -532,7 +509,7 @@ async fn a_restarted_router_keeps_conferences_bans_placement_and_moderation() {
         .await
         .unwrap();
     // Media across the link set up after the restart.
-    prime(&irish_client, &german_client, track).await;
+    hear_from(&irish_client, &german_client, track).await;
     // Bans hold.
     let e = join_from(&router, &id, &passcode, "127.0.0.6")
         .await
@@ -576,25 +553,9 @@ async fn waiting_room_and_invitations() {
     let (r_id, r_pass, r_router) = (id.clone(), passcode.clone(), router.clone());
     let waiter =
         tokio::spawn(async move { join_from(&r_router, &r_id, &r_pass, "127.0.0.4").await });
-    let pid = loop {
-        let list = request(
-            "GET",
-            &format!("{router}/v1/conferences/{id}/waiting"),
-            None,
-            Some(&host),
-            None,
-        )
-        .await
-        .json();
-        if let Some(p) = list["waiting"][0]["participant_id"].as_str() {
-            assert_eq!(
-                list["waiting"][0]["display_name"],
-                "participant at 127.0.0.4"
-            );
-            break p.to_owned();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let waiting = first_waiting(&router, &id, &host).await;
+    assert_eq!(waiting["display_name"], "participant at 127.0.0.4");
+    let pid = waiting["participant_id"].as_str().unwrap().to_owned();
     let r = request(
         "POST",
         &format!("{router}/v1/conferences/{id}/waiting/{pid}/admit"),
@@ -616,21 +577,10 @@ async fn waiting_room_and_invitations() {
     let (r_id, r_pass, r_router) = (id.clone(), passcode.clone(), router.clone());
     let waiter =
         tokio::spawn(async move { join_from(&r_router, &r_id, &r_pass, "127.0.0.5").await });
-    let pid = loop {
-        let list = request(
-            "GET",
-            &format!("{router}/v1/conferences/{id}/waiting"),
-            None,
-            Some(&host),
-            None,
-        )
-        .await
-        .json();
-        if let Some(p) = list["waiting"][0]["participant_id"].as_str() {
-            break p.to_owned();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let pid = first_waiting(&router, &id, &host).await["participant_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     request(
         "POST",
         &format!("{router}/v1/conferences/{id}/waiting/{pid}/deny"),

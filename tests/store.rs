@@ -915,6 +915,7 @@ async fn the_first_placement_wins_and_a_stale_one_is_replaced() {
     a.claim_placement("eu-old", "relay-a", Duration::from_secs(20))
         .await
         .unwrap();
+    // Its age is the condition: past the 100 ms window B's claim gives.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         b.claim_placement("eu-old", "relay-b", Duration::from_millis(100))

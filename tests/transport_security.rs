@@ -17,6 +17,7 @@ use residency_relay::policy;
 use serde_json::{Value, json};
 use support::cluster::{self, ACME, ADMIN, Cluster};
 use support::proxy::{Recorded, recording_proxy, recording_udp_proxy};
+use support::wait::{REPORTS, until};
 
 const ROUTER: &str = "de-fra-router";
 
@@ -296,36 +297,56 @@ fn serving(certs: &Certs, cert: &str) -> Cluster {
     })
 }
 
-/// Starts the EU router and Frankfurt, waits `secs`, and returns the
-/// relay's report outcomes and the router's failed handshakes (read with
-/// `trust`).
-async fn reports_to(c: &mut Cluster, trust: &Tls, secs: u64) -> (f64, f64, f64, Value) {
+/// How the relay's reports fare: the relay's reports refused at TLS and
+/// accepted, the router's failed handshakes on its relay listener, and
+/// the router's list of relays.
+type Fared = (f64, f64, f64, Value);
+
+/// Starts the EU router and Frankfurt and returns how the relay's reports
+/// fare (read with `trust`) once `settled` holds of it.
+async fn reports_to(
+    c: &mut Cluster,
+    trust: &Tls,
+    what: &str,
+    settled: impl Fn(&Fared) -> bool,
+) -> Fared {
     c.start_router(ROUTER).await;
     c.start_relay("de-fra-1").await;
-    tokio::time::sleep(Duration::from_secs(secs)).await;
-    let relay = c.relay_metrics("de-fra-1").await;
+    let c = &*c;
     let url = c.url(ROUTER);
-    let metrics = trusting(trust, "GET", &format!("{url}/metrics")).await;
-    let router = String::from_utf8_lossy(&metrics.unwrap().body).into_owned();
-    let relays = trusting(trust, "GET", &format!("{url}/v1/admin/relays"))
-        .await
-        .unwrap()
-        .json();
-    (
-        labelled(&relay, "rr_relay_router_reports_total", "outcome=\"tls\""),
-        labelled(
-            &relay,
-            "rr_relay_router_reports_total",
-            "outcome=\"accepted\"",
-        ),
-        // Relays report on the router's relay listener.
-        labelled(
-            &router,
-            "rr_router_relay_channel_http_tls_failures_total",
-            "reason=\"handshake\"",
-        ),
-        relays,
-    )
+    until(what, REPORTS, || async {
+        let relay = c.relay_metrics("de-fra-1").await;
+        let metrics = trusting(trust, "GET", &format!("{url}/metrics")).await;
+        let router = String::from_utf8_lossy(&metrics.unwrap().body).into_owned();
+        let relays = trusting(trust, "GET", &format!("{url}/v1/admin/relays"))
+            .await
+            .unwrap()
+            .json();
+        let fared = (
+            labelled(&relay, "rr_relay_router_reports_total", "outcome=\"tls\""),
+            labelled(
+                &relay,
+                "rr_relay_router_reports_total",
+                "outcome=\"accepted\"",
+            ),
+            // Relays report on the router's relay listener.
+            labelled(
+                &router,
+                "rr_router_relay_channel_http_tls_failures_total",
+                "reason=\"handshake\"",
+            ),
+            relays,
+        );
+        if settled(&fared) {
+            Ok(fared)
+        } else {
+            Err(format!(
+                "tls {}, accepted {}, failed handshakes {}, {}",
+                fared.0, fared.1, fared.2, fared.3
+            ))
+        }
+    })
+    .await
 }
 
 fn health_of(relays: &Value, id: &str) -> String {
@@ -343,7 +364,10 @@ async fn relays_report_only_to_a_router_whose_certificate_their_ca_vouches_for()
 
     // Issued by the CA for the router's address: reports go through.
     let mut c = serving(&certs, "good");
-    let (tls, accepted, _, relays) = reports_to(&mut c, &ca, 2).await;
+    let (tls, accepted, _, relays) = reports_to(&mut c, &ca, "a report accepted", |f| {
+        f.1 >= 1.0 && health_of(&f.3, "de-fra-1") == "healthy"
+    })
+    .await;
     assert_eq!(tls, 0.0);
     assert!(accepted >= 1.0);
     assert_eq!(health_of(&relays, "de-fra-1"), "healthy", "{relays}");
@@ -352,7 +376,12 @@ async fn relays_report_only_to_a_router_whose_certificate_their_ca_vouches_for()
     // A certificate the CA did not issue, for the right address: refused.
     let mut c = serving(&certs, "stranger");
     let own = Tls::from_ca_file(&certs.path("stranger.crt")).unwrap();
-    let (tls, accepted, failed, relays) = reports_to(&mut c, &own, 3).await;
+    // Two tries refused (the first and the one a second later), and
+    // counted at the router.
+    let (tls, accepted, failed, relays) = reports_to(&mut c, &own, "reports refused", |f| {
+        f.0 >= 2.0 && f.2 >= 1.0
+    })
+    .await;
     assert!(tls >= 1.0, "tls failures {tls}");
     assert_eq!(accepted, 0.0);
     assert!(failed >= 1.0, "the router counts the refused handshakes");
@@ -362,7 +391,8 @@ async fn relays_report_only_to_a_router_whose_certificate_their_ca_vouches_for()
     // Issued by the CA, for another name: refused too.
     let mut c = serving(&certs, "wrong-name");
     let named = ca.clone().for_name("router.example.org").unwrap();
-    let (tls, accepted, _, relays) = reports_to(&mut c, &named, 3).await;
+    let (tls, accepted, _, relays) =
+        reports_to(&mut c, &named, "reports refused", |f| f.0 >= 2.0).await;
     assert!(tls >= 1.0, "tls failures {tls}");
     assert_eq!(accepted, 0.0);
     assert_ne!(health_of(&relays, "de-fra-1"), "healthy", "{relays}");
@@ -539,17 +569,23 @@ async fn a_relay_refuses_a_reload_whose_router_ca_does_not_load() {
         String::from_utf8_lossy(&r.body)
     );
     // The policy in force stays: the relay still reports.
-    let before = labelled(
-        &c.relay_metrics("de-fra-1").await,
-        "rr_relay_router_reports_total",
-        "outcome=\"accepted\"",
-    );
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let after = labelled(
-        &c.relay_metrics("de-fra-1").await,
-        "rr_relay_router_reports_total",
-        "outcome=\"accepted\"",
-    );
+    let accepted = || async {
+        labelled(
+            &c.relay_metrics("de-fra-1").await,
+            "rr_relay_router_reports_total",
+            "outcome=\"accepted\"",
+        )
+    };
+    let before = accepted().await;
+    let after = until("a report accepted after the reload", REPORTS, || async {
+        let after = accepted().await;
+        if after > before {
+            Ok(after)
+        } else {
+            Err(after)
+        }
+    })
+    .await;
     assert!(after > before, "reports stopped: {before} -> {after}");
     c.shutdown().await;
 }

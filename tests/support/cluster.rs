@@ -561,15 +561,13 @@ pub fn sample(text: &str, name: &str) -> f64 {
 }
 
 /// `to` subscribes to `track` (announced, possibly over a cascade link)
-/// unless `subscribed`, then `from` sends it until `to` receives it: a
-/// subscription beyond a link takes effect once the link passed it on.
+/// unless `subscribed`, then hears it from `from` ([`hear_from`]).
 pub async fn hear(
     from: &mut residency_relay::client::session::Session,
     to: &mut residency_relay::client::session::Session,
     track: residency_relay::wire::datagram::TrackId,
     subscribed: &mut bool,
 ) {
-    use residency_relay::wire::datagram::{Flags, MediaHeader};
     if !*subscribed {
         to.client()
             .subscribe_announced(track, Duration::from_secs(10))
@@ -577,27 +575,85 @@ pub async fn hear(
             .unwrap();
         *subscribed = true;
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    for sequence in 0u32.. {
-        from.client()
-            .send_media(
+    hear_from(from.client(), to.client(), track).await;
+}
+
+/// Sends on `track` from `from` until `to` receives it (a subscription
+/// beyond a link takes effect once the link passed it on), then drains
+/// what is still in flight, so that what `to` receives next is what was
+/// sent after.
+pub async fn hear_from(
+    from: &Client,
+    to: &Client,
+    track: residency_relay::wire::datagram::TrackId,
+) {
+    use residency_relay::wire::datagram::{Flags, MediaHeader};
+    const PRIMER: &[u8] = b"primer";
+    super::wait::send_until_heard(
+        |sequence| {
+            from.send_media(
                 &MediaHeader {
                     track,
                     sequence,
                     flags: Flags::default(),
                 },
-                b"still here",
+                PRIMER,
             )
-            .unwrap();
-        if let Ok(Ok(d)) =
-            tokio::time::timeout(Duration::from_millis(50), to.client().recv_media()).await
-        {
-            if d.ends_with(b"still here") {
-                return;
+            .unwrap()
+        },
+        || async {
+            match tokio::time::timeout(Duration::from_millis(50), to.recv_media()).await {
+                Ok(d) => {
+                    assert!(d.unwrap().ends_with(PRIMER));
+                    true
+                }
+                Err(_) => false,
             }
-        }
-        assert!(tokio::time::Instant::now() < deadline, "media stopped");
-    }
+        },
+    )
+    .await;
+    while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(100), to.recv_media()).await {}
+}
+
+/// Waits until the relays' reports to `router` count `n` participants in
+/// conference `conf` (as `create` answered it): until then the router
+/// knows of a join only by the ticket it issued, which the next report
+/// may forget.
+pub async fn wait_participants(router: &str, conf: &Value, n: u64) {
+    let url = format!("{router}/v1/conferences/{}", conf["id"].as_str().unwrap());
+    let host = format!("Bearer {}", conf["host_token"].as_str().unwrap());
+    super::wait::until(
+        &format!("{n} participants reported to {router}"),
+        super::wait::REPORTS,
+        || async {
+            let state = request("GET", &url, None, Some(&host), None).await.json();
+            if state["participants"] == n {
+                Ok(())
+            } else {
+                Err(state)
+            }
+        },
+    )
+    .await
+}
+
+/// The first participant in the waiting room of conference `id`, asked of
+/// `router` with `auth` until one is there.
+pub async fn first_waiting(router: &str, id: &str, auth: &str) -> Value {
+    let url = format!("{router}/v1/conferences/{id}/waiting");
+    super::wait::until(
+        "a participant in the waiting room",
+        Duration::from_secs(10),
+        || async {
+            let list = request("GET", &url, None, Some(auth), None).await.json();
+            if list["waiting"][0]["participant_id"].is_string() {
+                Ok(list["waiting"][0].clone())
+            } else {
+                Err(list)
+            }
+        },
+    )
+    .await
 }
 
 /// Waits for `going_away` with `code` on `session`'s relay connection.

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod pg;
 pub mod proxy;
 pub mod relay;
+pub mod wait;
 
 /// A child process that is killed and reaped when this is dropped: on
 /// every exit path of a test or bench, a failed assertion's panic
