@@ -168,22 +168,7 @@ async fn measure(
         .publish(TrackKind::Video, "synthetic-video", None)
         .await
         .map_err(|e| e.to_string())?;
-    // Subscribers: one endpoint per (address, relay), shared.
-    let mut endpoints: HashMap<(IpAddr, String), quinn::Endpoint> = HashMap::new();
-    let mut subs: Vec<(Joined, Client)> = Vec::new();
-    for n in 0..subscribers {
-        let (ip, joined) = joiner(spread_over[n % spread_over.len()]).await?;
-        let key = (ip, joined.relay_id.clone());
-        if !endpoints.contains_key(&key) {
-            let e = client::endpoint(SocketAddr::new(ip, 0), &joined.cert_sha256)
-                .map_err(|e| e.to_string())?;
-            endpoints.insert(key.clone(), e);
-        }
-        let client = Client::connect_on(endpoints[&key].clone(), joined.quic_addr, &joined.ticket)
-            .await
-            .map_err(|e| e.to_string())?;
-        subs.push((joined, client));
-    }
+    let mut subs = subscribers_join(&joiner, subscribers, spread_over).await?;
     for (_, client) in &mut subs {
         client
             .subscribe_announced(track, Duration::from_secs(15))
@@ -197,40 +182,13 @@ async fn measure(
     let first_measured = stream.sequence + 1_000;
     let mut sequence = first_measured;
     // Egress counters before the media phase.
-    // Every relay of the jurisdiction: those carrying nothing show 0.
-    let relays: Vec<(String, SocketAddr)> = policy
-        .jurisdiction_idx("eu")
-        .map(|j| {
-            policy
-                .jurisdiction(j)
-                .relays()
-                .map(|r| (policy.relay(r).id.clone(), policy.relay(r).http_addr))
-                .collect()
-        })
-        .unwrap_or_default();
+    let relays = eu_relays(policy);
     let mut before = Vec::new();
     for (_, http) in &relays {
         before.push(metric(*http, "rr_relay_bytes_delivered_total").await);
     }
     // Receivers, then the publisher at a steady rate.
-    let mut tasks = Vec::new();
-    for (j, client) in subs {
-        let local = j.relay_id == pub_joined.relay_id;
-        let datagrams = client.datagrams();
-        tasks.push(tokio::spawn(async move {
-            let mut stats = ReceiveStats::default();
-            let stop = tokio::time::Instant::now() + Duration::from_secs(seconds + 2);
-            while let Ok(Ok(d)) = tokio::time::timeout_at(stop, datagrams.next()).await {
-                if let Ok(h) = crate::wire::datagram::parse(&d) {
-                    if h.sequence >= first_measured {
-                        stats.record(&d);
-                    }
-                }
-            }
-            drop(client);
-            (local, stats)
-        }));
-    }
+    let tasks = receive(subs, &pub_joined.relay_id, first_measured, seconds);
     let count = pps * seconds;
     let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / pps.max(1)));
     for _ in 0..count {
@@ -265,6 +223,80 @@ async fn measure(
         sent: count,
         expected: count * subscribers as u64,
     })
+}
+
+/// Every relay of the EU jurisdiction and its HTTP address: those
+/// carrying nothing show 0.
+fn eu_relays(policy: &crate::policy::Policy) -> Vec<(String, SocketAddr)> {
+    policy
+        .jurisdiction_idx("eu")
+        .map(|j| {
+            policy
+                .jurisdiction(j)
+                .relays()
+                .map(|r| (policy.relay(r).id.clone(), policy.relay(r).http_addr))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Each subscriber counts what arrives from `first_measured` on for
+/// `seconds` (and 2 more), told apart by whether it is on the publisher's
+/// relay.
+fn receive(
+    subs: Vec<(Joined, Client)>,
+    publisher_relay: &str,
+    first_measured: u32,
+    seconds: u64,
+) -> Vec<tokio::task::JoinHandle<(bool, ReceiveStats)>> {
+    let mut tasks = Vec::new();
+    for (j, client) in subs {
+        let local = j.relay_id == publisher_relay;
+        let datagrams = client.datagrams();
+        tasks.push(tokio::spawn(async move {
+            let mut stats = ReceiveStats::default();
+            let stop = tokio::time::Instant::now() + Duration::from_secs(seconds + 2);
+            while let Ok(Ok(d)) = tokio::time::timeout_at(stop, datagrams.next()).await {
+                if let Ok(h) = crate::wire::datagram::parse(&d) {
+                    if h.sequence >= first_measured {
+                        stats.record(&d);
+                    }
+                }
+            }
+            drop(client);
+            (local, stats)
+        }));
+    }
+    tasks
+}
+
+/// Subscribers join from the `spread_over` addresses in turn: one
+/// endpoint per (address, relay), shared.
+async fn subscribers_join<F, Fut>(
+    joiner: &F,
+    subscribers: usize,
+    spread_over: &[&str],
+) -> Result<Vec<(Joined, Client)>, String>
+where
+    F: Fn(&str) -> Fut,
+    Fut: std::future::Future<Output = Result<(IpAddr, Joined), String>>,
+{
+    let mut endpoints: HashMap<(IpAddr, String), quinn::Endpoint> = HashMap::new();
+    let mut subs: Vec<(Joined, Client)> = Vec::new();
+    for n in 0..subscribers {
+        let (ip, joined) = joiner(spread_over[n % spread_over.len()]).await?;
+        let key = (ip, joined.relay_id.clone());
+        if !endpoints.contains_key(&key) {
+            let e = client::endpoint(SocketAddr::new(ip, 0), &joined.cert_sha256)
+                .map_err(|e| e.to_string())?;
+            endpoints.insert(key.clone(), e);
+        }
+        let client = Client::connect_on(endpoints[&key].clone(), joined.quic_addr, &joined.ticket)
+            .await
+            .map_err(|e| e.to_string())?;
+        subs.push((joined, client));
+    }
+    Ok(subs)
 }
 
 /// `cascadeload`: against the relays of the config `dev` runs.

@@ -1,6 +1,7 @@
 //! `check`: validate policy files and print a summary, or a dry run of
 //! them against a running router ([`super::dry_run`]).
 
+use std::fmt::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -43,9 +44,22 @@ fn check(config: &Path, regions: Option<&Path>) -> ExitCode {
 
 /// The `check` summary: jurisdictions, relays per jurisdiction, plans, tenants, GeoIP.
 pub fn summary(policy: &Policy) -> String {
-    use std::fmt::Write as _;
     let mut s = String::new();
     let _ = writeln!(s, "{}: OK", policy.source().display());
+    jurisdictions(&mut s, policy);
+    relays(&mut s, policy);
+    plans_and_tenants(&mut s, policy);
+    geoip(&mut s, policy);
+    let _ = writeln!(s, "routers ({}):", policy.routers().len());
+    for r in policy.routers() {
+        router(&mut s, policy, r);
+    }
+    notes(&mut s, policy);
+    s
+}
+
+/// Each jurisdiction: its countries, relays and default relay.
+fn jurisdictions(s: &mut String, policy: &Policy) {
     let _ = writeln!(s, "jurisdictions ({}):", policy.jurisdictions().len());
     for j in policy.jurisdictions() {
         let relays: Vec<&str> = j.relays().map(|r| policy.relay(r).id.as_str()).collect();
@@ -84,6 +98,10 @@ pub fn summary(policy: &Policy) -> String {
             );
         }
     }
+}
+
+/// Each relay: country, address, jurisdictions and capacity.
+fn relays(s: &mut String, policy: &Policy) {
     let _ = writeln!(s, "relays ({}):", policy.relays().len());
     for (i, r) in policy.relays().iter().enumerate() {
         let member: Vec<&str> = policy
@@ -101,6 +119,10 @@ pub fn summary(policy: &Policy) -> String {
             r.max_bitrate_bps
         );
     }
+}
+
+/// The operator's default jurisdiction, the plans and the tenants.
+fn plans_and_tenants(s: &mut String, policy: &Policy) {
     let default = &policy.jurisdiction(policy.default_jurisdiction()).id;
     let _ = writeln!(s, "operator default jurisdiction: {default}");
     let _ = writeln!(s, "plans ({}):", policy.plans().len());
@@ -126,6 +148,10 @@ pub fn summary(policy: &Policy) -> String {
     for t in policy.tenants() {
         let _ = writeln!(s, "  {:<12} plan {}", t.id, policy.plan_of(t).id);
     }
+}
+
+/// The GeoIP database, overrides and trusted proxies.
+fn geoip(s: &mut String, policy: &Policy) {
     let geo = policy.geoip();
     match geo.database() {
         Some(db) => {
@@ -144,87 +170,93 @@ pub fn summary(policy: &Policy) -> String {
         geo.overrides().entries().len(),
         policy.trusted_proxies().len()
     );
-    let _ = writeln!(s, "routers ({}):", policy.routers().len());
-    for r in policy.routers() {
-        let served: Vec<&str> = r
-            .jurisdictions
-            .iter()
-            .map(|j| policy.jurisdiction(*j).id.as_str())
-            .collect();
-        let _ = writeln!(
+}
+
+/// One router: where, what it serves, HTTPS, its store and records key.
+fn router(s: &mut String, policy: &Policy, r: &policy::Router) {
+    let served: Vec<&str> = r
+        .jurisdictions
+        .iter()
+        .map(|j| policy.jurisdiction(*j).id.as_str())
+        .collect();
+    let _ = writeln!(
+        s,
+        "  {:<16} {} {} serves {}",
+        r.id,
+        r.country,
+        r.url,
+        served.join(", ")
+    );
+    let _ = match (&r.tls, &r.tls_ca) {
+        (Some((cert, _)), ca) => writeln!(
             s,
-            "  {:<16} {} {} serves {}",
-            r.id,
-            r.country,
-            r.url,
-            served.join(", ")
-        );
-        let _ = match (&r.tls, &r.tls_ca) {
-            (Some((cert, _)), ca) => writeln!(
+            "    https: serves {}{}",
+            cert.display(),
+            ca.as_ref().map_or(String::new(), |ca| format!(
+                "; relays verify it against {}",
+                ca.display()
+            ))
+        ),
+        (None, _) => writeln!(
+            s,
+            "    warning: plain HTTP (plain_http = true): only behind a TLS-terminating proxy, or passcodes, tickets{} cross the network in clear",
+            if r.relay_url.starts_with("http://") {
+                " and relay credentials (relay_url is http://)"
+            } else {
+                ""
+            }
+        ),
+    };
+    let _ = match &r.store {
+        policy::StoreLocation::Sqlite(path) => {
+            writeln!(
                 s,
-                "    https: serves {}{}",
-                cert.display(),
-                ca.as_ref().map_or(String::new(), |ca| format!(
-                    "; relays verify it against {}",
-                    ca.display()
-                ))
-            ),
-            (None, _) => writeln!(
+                "    store: SQLite {} (on the router's machine)",
+                path.display()
+            )
+        }
+        policy::StoreLocation::Postgres(pg) => {
+            let replicas: Vec<&str> = policy
+                .replicas(r)
+                .iter()
+                .map(|o| o.id.as_str())
+                .filter(|o| *o != r.id)
+                .collect();
+            writeln!(
                 s,
-                "    warning: plain HTTP (plain_http = true): only behind a TLS-terminating proxy, or passcodes, tickets{} cross the network in clear",
-                if r.relay_url.starts_with("http://") {
-                    " and relay credentials (relay_url is http://)"
+                "    store: PostgreSQL {} in {}{}{}",
+                pg.url,
+                pg.country,
+                if pg.ca.is_some() {
+                    ", TLS verified"
                 } else {
                     ""
+                },
+                if replicas.is_empty() {
+                    String::new()
+                } else {
+                    format!("; replicas: {}", replicas.join(", "))
                 }
-            ),
-        };
-        let _ = match &r.store {
-            policy::StoreLocation::Sqlite(path) => {
-                writeln!(
-                    s,
-                    "    store: SQLite {} (on the router's machine)",
-                    path.display()
-                )
-            }
-            policy::StoreLocation::Postgres(pg) => {
-                let replicas: Vec<&str> = policy
-                    .replicas(r)
-                    .iter()
-                    .map(|o| o.id.as_str())
-                    .filter(|o| *o != r.id)
-                    .collect();
-                writeln!(
-                    s,
-                    "    store: PostgreSQL {} in {}{}{}",
-                    pg.url,
-                    pg.country,
-                    if pg.ca.is_some() {
-                        ", TLS verified"
-                    } else {
-                        ""
-                    },
-                    if replicas.is_empty() {
-                        String::new()
-                    } else {
-                        format!("; replicas: {}", replicas.join(", "))
-                    }
-                )
-            }
-        };
-        let _ = writeln!(
-            s,
-            "    records key: {}{} (keys address and passcode hashes; not in the store: back it up apart from it)",
-            match &r.records_key {
-                Some(path) => path.display().to_string(),
-                None => format!("derived from {}", r.signing_key.display()),
-            },
-            match r.records_key_previous.len() {
-                0 => String::new(),
-                n => format!(", {n} previous still accepted"),
-            }
-        );
-    }
+            )
+        }
+    };
+    let _ = writeln!(
+        s,
+        "    records key: {}{} (keys address and passcode hashes; not in the store: back it up apart from it)",
+        match &r.records_key {
+            Some(path) => path.display().to_string(),
+            None => format!("derived from {}", r.signing_key.display()),
+        },
+        match r.records_key_previous.len() {
+            0 => String::new(),
+            n => format!(", {n} previous still accepted"),
+        }
+    );
+}
+
+/// What the operator may have missed: jurisdictions no router serves,
+/// relays that cannot register.
+fn notes(s: &mut String, policy: &Policy) {
     for j in policy.jurisdictions() {
         if policy
             .jurisdiction_idx(&j.id)
@@ -250,5 +282,4 @@ pub fn summary(policy: &Policy) -> String {
             }
         }
     }
-    s
 }

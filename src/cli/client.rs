@@ -203,154 +203,173 @@ pub(super) fn run(action: Action) -> Result<(), String> {
     runtime.block_on(async move {
         match action {
             Action::Publish {
-                connection: c,
+                connection,
                 bitrate,
                 packet_size,
                 duration,
-            } => {
-                let mut c = c.connect().await?;
-                let encrypted = c.group.is_some();
-                let track = c
-                    .client
-                    .publish_declared(TrackKind::Video, "synthetic-video", None, encrypted)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                println!("publishing track {}", track.0);
-                // Room for the SFrame header and tag within the size asked for.
-                let overhead = if encrypted { e2ee::MAX_OVERHEAD } else { 0 };
-                let size = packet_size.clamp(
-                    HEADER_LEN + synthetic::STAMP_LEN + overhead,
-                    crate::wire::datagram::MAX_DATAGRAM_LEN,
-                ) - overhead;
-                let pps = (bitrate / (8 * size as u64)).max(1);
-                let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / pps));
-                let end = Instant::now() + Duration::from_secs(duration);
-                let mut sequence = 0u32;
-                while Instant::now() < end {
-                    tokio::select! {
-                        _ = tick.tick() => {}
-                        event = c.client.next_event() => {
-                            let event = event.map_err(|e| e.to_string())?;
-                            key_event(&mut c, &event).await?;
-                            continue;
-                        }
-                    }
-                    let flags = if sequence % 100 == 0 {
-                        Flags::KEYFRAME
-                    } else {
-                        Flags::default()
-                    };
-                    let mut datagram = Vec::with_capacity(size + overhead);
-                    crate::wire::datagram::encode(
-                        &MediaHeader {
-                            track,
-                            sequence,
-                            flags,
-                        },
-                        &synthetic::payload(size - HEADER_LEN),
-                        &mut datagram,
-                    );
-                    if let Some(group) = c.group.as_mut() {
-                        datagram = group.encrypt(0, &datagram).map_err(|e| e.to_string())?;
-                    }
-                    c.client
-                        .send_raw(datagram.into())
-                        .map_err(|e| e.to_string())?;
-                    sequence += 1;
-                }
-                println!("sent {sequence} packets of {} bytes", size + overhead);
-                c.client.leave().await;
-                Ok(())
-            }
+            } => publish(connection, bitrate, packet_size, duration).await,
             Action::Subscribe {
-                connection: c,
+                connection,
                 tracks,
                 duration,
-            } => {
-                let mut c = c.connect().await?;
-                // No tracks named: everything published now and later.
-                let follow = tracks.is_empty();
-                let mut wanted: Vec<TrackId> = tracks.into_iter().map(TrackId).collect();
-                if follow {
-                    wanted = c.client.initial_tracks.iter().map(|t| t.track).collect();
-                }
-                for t in &wanted {
-                    c.client.subscribe(*t).await.map_err(|e| e.to_string())?;
-                }
-                println!(
-                    "subscribed to {:?}{}",
-                    wanted.iter().map(|t| t.0).collect::<Vec<_>>(),
-                    if follow { " and any track published later" } else { "" }
-                );
-                let datagrams = c.client.datagrams();
-                let mut stats = ReceiveStats::default();
-                let mut undecryptable = 0u64;
-                let end = tokio::time::Instant::now() + Duration::from_secs(duration);
-                loop {
-                    tokio::select! {
-                        d = datagrams.next() => match d {
-                            Ok(d) => match c.group.as_mut() {
-                                None => stats.record(&d),
-                                // Only what decrypts counts; never plaintext.
-                                Some(g) => match g.decrypt(&d, Instant::now()) {
-                                    Some(plain) => {
-                                        let mut whole = d[..HEADER_LEN].to_vec();
-                                        whole.extend_from_slice(&plain);
-                                        stats.record(&whole);
-                                    }
-                                    None => undecryptable += 1,
-                                },
-                            },
-                            Err(e) => { println!("connection closed: {e}"); break; }
-                        },
-                        event = c.client.next_event() => match event {
-                            Ok(ServerMessage::TrackPublished(info)) if follow => {
-                                if c.group.is_some() && !info.encrypted {
-                                    println!("not subscribing to track {} of {}: not declared encrypted", info.track.0, info.participant.0);
-                                    continue;
-                                }
-                                println!("subscribing to track {} of {}", info.track.0, info.participant.0);
-                                if let Err(e) = c.client.subscribe(info.track).await {
-                                    println!("cannot subscribe: {e}");
-                                }
-                            }
-                            Ok(event @ (ServerMessage::E2ee { .. } | ServerMessage::ParticipantLeft { .. })) => {
-                                key_event(&mut c, &event).await?;
-                            }
-                            Ok(ServerMessage::GoingAway { reason, .. }) => println!("relay going away: {reason}"),
-                            Ok(ServerMessage::Kicked { reason }) => { println!("kicked: {reason}"); break; }
-                            Ok(ServerMessage::ConferenceEnded {}) => { println!("the conference ended"); break; }
-                            Ok(_) => {}
-                            // A quiet call sends nothing for as long as it
-                            // is quiet; only a lost relay or a closed
-                            // connection ends the wait.
-                            Err(e @ crate::client::ClientError::Lost) => { println!("{e}"); break; }
-                            Err(e) => { println!("connection closed: {e}"); break; }
-                        },
-                        _ = tokio::time::sleep_until(end) => break,
-                    }
-                }
-                let p50 = synthetic::quantile(&mut stats.latencies_us, 0.5);
-                let p99 = synthetic::quantile(&mut stats.latencies_us, 0.99);
-                println!(
-                    "received {} packets, {} bytes, {} missing; latency p50 {} us, p99 {} us",
-                    stats.packets,
-                    stats.bytes,
-                    stats.lost(),
-                    p50.unwrap_or(0),
-                    p99.unwrap_or(0)
-                );
-                if let Some(g) = &c.group {
-                    println!(
-                        "end-to-end encrypted: {} decrypted, {undecryptable} did not decrypt (dropped); epoch {}, safety code {}",
-                        g.stats.decrypted,
-                        g.epoch(),
-                        g.safety_code()
-                    );
-                }
-                c.client.leave().await;
-                Ok(())
-            }
+            } => subscribe(connection, tracks, duration).await,
         }
     })
+}
+
+/// Publishes synthetic video at `bitrate` in datagrams of `packet_size`
+/// (end-to-end encrypted when the conference is) for `duration` seconds,
+/// answering key messages meanwhile.
+async fn publish(
+    c: Connection,
+    bitrate: u64,
+    packet_size: usize,
+    duration: u64,
+) -> Result<(), String> {
+    let mut c = c.connect().await?;
+    let encrypted = c.group.is_some();
+    let track = c
+        .client
+        .publish_declared(TrackKind::Video, "synthetic-video", None, encrypted)
+        .await
+        .map_err(|e| e.to_string())?;
+    println!("publishing track {}", track.0);
+    // Room for the SFrame header and tag within the size asked for.
+    let overhead = if encrypted { e2ee::MAX_OVERHEAD } else { 0 };
+    let size = packet_size.clamp(
+        HEADER_LEN + synthetic::STAMP_LEN + overhead,
+        crate::wire::datagram::MAX_DATAGRAM_LEN,
+    ) - overhead;
+    let pps = (bitrate / (8 * size as u64)).max(1);
+    let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / pps));
+    let end = Instant::now() + Duration::from_secs(duration);
+    let mut sequence = 0u32;
+    while Instant::now() < end {
+        tokio::select! {
+            _ = tick.tick() => {}
+            event = c.client.next_event() => {
+                let event = event.map_err(|e| e.to_string())?;
+                key_event(&mut c, &event).await?;
+                continue;
+            }
+        }
+        let flags = if sequence % 100 == 0 {
+            Flags::KEYFRAME
+        } else {
+            Flags::default()
+        };
+        let mut datagram = Vec::with_capacity(size + overhead);
+        crate::wire::datagram::encode(
+            &MediaHeader {
+                track,
+                sequence,
+                flags,
+            },
+            &synthetic::payload(size - HEADER_LEN),
+            &mut datagram,
+        );
+        if let Some(group) = c.group.as_mut() {
+            datagram = group.encrypt(0, &datagram).map_err(|e| e.to_string())?;
+        }
+        c.client
+            .send_raw(datagram.into())
+            .map_err(|e| e.to_string())?;
+        sequence += 1;
+    }
+    println!("sent {sequence} packets of {} bytes", size + overhead);
+    c.client.leave().await;
+    Ok(())
+}
+
+/// Subscribes to `tracks` (none: everything published now and later) for
+/// `duration` seconds and prints what arrived; on an end-to-end encrypted
+/// conference only what decrypts counts.
+async fn subscribe(c: Connection, tracks: Vec<u32>, duration: u64) -> Result<(), String> {
+    let mut c = c.connect().await?;
+    // No tracks named: everything published now and later.
+    let follow = tracks.is_empty();
+    let mut wanted: Vec<TrackId> = tracks.into_iter().map(TrackId).collect();
+    if follow {
+        wanted = c.client.initial_tracks.iter().map(|t| t.track).collect();
+    }
+    for t in &wanted {
+        c.client.subscribe(*t).await.map_err(|e| e.to_string())?;
+    }
+    println!(
+        "subscribed to {:?}{}",
+        wanted.iter().map(|t| t.0).collect::<Vec<_>>(),
+        if follow {
+            " and any track published later"
+        } else {
+            ""
+        }
+    );
+    let datagrams = c.client.datagrams();
+    let mut stats = ReceiveStats::default();
+    let mut undecryptable = 0u64;
+    let end = tokio::time::Instant::now() + Duration::from_secs(duration);
+    loop {
+        tokio::select! {
+            d = datagrams.next() => match d {
+                Ok(d) => match c.group.as_mut() {
+                    None => stats.record(&d),
+                    // Only what decrypts counts; never plaintext.
+                    Some(g) => match g.decrypt(&d, Instant::now()) {
+                        Some(plain) => {
+                            let mut whole = d[..HEADER_LEN].to_vec();
+                            whole.extend_from_slice(&plain);
+                            stats.record(&whole);
+                        }
+                        None => undecryptable += 1,
+                    },
+                },
+                Err(e) => { println!("connection closed: {e}"); break; }
+            },
+            event = c.client.next_event() => match event {
+                Ok(ServerMessage::TrackPublished(info)) if follow => {
+                    if c.group.is_some() && !info.encrypted {
+                        println!("not subscribing to track {} of {}: not declared encrypted", info.track.0, info.participant.0);
+                        continue;
+                    }
+                    println!("subscribing to track {} of {}", info.track.0, info.participant.0);
+                    if let Err(e) = c.client.subscribe(info.track).await {
+                        println!("cannot subscribe: {e}");
+                    }
+                }
+                Ok(event @ (ServerMessage::E2ee { .. } | ServerMessage::ParticipantLeft { .. })) => {
+                    key_event(&mut c, &event).await?;
+                }
+                Ok(ServerMessage::GoingAway { reason, .. }) => println!("relay going away: {reason}"),
+                Ok(ServerMessage::Kicked { reason }) => { println!("kicked: {reason}"); break; }
+                Ok(ServerMessage::ConferenceEnded {}) => { println!("the conference ended"); break; }
+                Ok(_) => {}
+                // A quiet call sends nothing for as long as it
+                // is quiet; only a lost relay or a closed
+                // connection ends the wait.
+                Err(e @ crate::client::ClientError::Lost) => { println!("{e}"); break; }
+                Err(e) => { println!("connection closed: {e}"); break; }
+            },
+            _ = tokio::time::sleep_until(end) => break,
+        }
+    }
+    let p50 = synthetic::quantile(&mut stats.latencies_us, 0.5);
+    let p99 = synthetic::quantile(&mut stats.latencies_us, 0.99);
+    println!(
+        "received {} packets, {} bytes, {} missing; latency p50 {} us, p99 {} us",
+        stats.packets,
+        stats.bytes,
+        stats.lost(),
+        p50.unwrap_or(0),
+        p99.unwrap_or(0)
+    );
+    if let Some(g) = &c.group {
+        println!(
+            "end-to-end encrypted: {} decrypted, {undecryptable} did not decrypt (dropped); epoch {}, safety code {}",
+            g.stats.decrypted,
+            g.epoch(),
+            g.safety_code()
+        );
+    }
+    c.client.leave().await;
+    Ok(())
 }

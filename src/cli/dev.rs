@@ -19,9 +19,9 @@ use crate::client::Client;
 use crate::client::join::{self, Credential};
 use crate::client::synthetic::{self, ReceiveStats};
 use crate::http_client;
-use crate::policy::Policy;
+use crate::policy::{JurisdictionIdx, Policy};
 use crate::wire::control::TrackKind;
-use crate::wire::datagram::{Flags, HEADER_LEN, MediaHeader};
+use crate::wire::datagram::{Flags, HEADER_LEN, MediaHeader, TrackId};
 use std::process::ExitCode;
 
 use super::args::DevArgs;
@@ -473,6 +473,50 @@ async fn run_demo(policy: &Policy) -> Result<(), String> {
         c["jurisdiction"]
     );
 
+    let mut clients = join_demo(policy, &router.url, &id, &passcode).await?;
+    let mut tracks = Vec::new();
+    for (_, client, _) in &mut clients {
+        tracks.push(
+            client
+                .publish(TrackKind::Video, "synthetic-video", None)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    subscribe_others(&mut clients, &tracks).await?;
+    println!(
+        "  (each is on the nearest relay inside the EU; the relays carrying the call are linked to each other)"
+    );
+    println!(
+        "  everyone publishes 1 Mbit/s of synthetic video for 3 s and subscribes to the others"
+    );
+    let connected = exchange_media(clients, tracks).await?;
+
+    moderate(&router.url, &id, &host_token, connected).await?;
+    print_relay_bytes(policy, eu).await?;
+    let state = http_client::request(
+        "GET",
+        &format!("{}/v1/conferences/{id}", router.url),
+        None,
+        &[("authorization", &format!("Bearer {host_token}"))],
+        None,
+        Duration::from_secs(2),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    println!("\nthe router's view of the conference:\n  {}", state.json());
+
+    save_report(policy, router, &id, &host_token).await
+}
+
+/// Anna (Germany), Aoife (Ireland) and Bob (United States) join with the
+/// passcode; each is told where it was located and which relay it got.
+async fn join_demo(
+    policy: &Policy,
+    router_url: &str,
+    id: &str,
+    passcode: &str,
+) -> Result<Vec<(&'static str, Client, String)>, String> {
     let people: [(&str, &str); 3] = [
         ("Anna (Germany)", "127.0.0.2"),
         ("Aoife (Ireland)", "127.0.0.4"),
@@ -482,9 +526,9 @@ async fn run_demo(policy: &Policy) -> Result<(), String> {
     for (name, ip) in people {
         let ip: IpAddr = ip.parse().map_err(|_| "bad address")?;
         let joined = join::join(
-            &router.url,
-            &id,
-            &Credential::Passcode(passcode.clone()),
+            router_url,
+            id,
+            &Credential::Passcode(passcode.to_owned()),
             name,
             Some(ip),
             Duration::from_secs(30),
@@ -510,17 +554,15 @@ async fn run_demo(policy: &Policy) -> Result<(), String> {
         .map_err(|e| format!("{name}: {e}"))?;
         clients.push((name, client, joined.participant_id));
     }
-    let mut tracks = Vec::new();
-    for (_, client, _) in &mut clients {
-        tracks.push(
-            client
-                .publish(TrackKind::Video, "synthetic-video", None)
-                .await
-                .map_err(|e| e.to_string())?,
-        );
-    }
-    // Each subscribes to the others' tracks as they are announced: tracks
-    // published on another relay arrive once the cascade link is up.
+    Ok(clients)
+}
+
+/// Each subscribes to the others' tracks as they are announced: tracks
+/// published on another relay arrive once the cascade link is up.
+async fn subscribe_others(
+    clients: &mut [(&'static str, Client, String)],
+    tracks: &[TrackId],
+) -> Result<(), String> {
     for (i, (name, client, _)) in clients.iter_mut().enumerate() {
         let mut wanted: Vec<_> = tracks
             .iter()
@@ -551,12 +593,15 @@ async fn run_demo(policy: &Policy) -> Result<(), String> {
             }
         }
     }
-    println!(
-        "  (each is on the nearest relay inside the EU; the relays carrying the call are linked to each other)"
-    );
-    println!(
-        "  everyone publishes 1 Mbit/s of synthetic video for 3 s and subscribes to the others"
-    );
+    Ok(())
+}
+
+/// Everyone sends 1 Mbit/s of synthetic video for 3 s and counts what it
+/// receives; the clients stay connected for moderation.
+async fn exchange_media(
+    clients: Vec<(&'static str, Client, String)>,
+    tracks: Vec<TrackId>,
+) -> Result<Vec<(&'static str, Client, String)>, String> {
     let mut handles = Vec::new();
     for ((name, client, pid), track) in clients.into_iter().zip(tracks) {
         handles.push(tokio::spawn(async move {
@@ -602,14 +647,23 @@ async fn run_demo(policy: &Policy) -> Result<(), String> {
         );
         connected.push((name, client, pid));
     }
+    Ok(connected)
+}
 
-    // Moderation: the host removes the last participant, then ends the call.
+/// Moderation: the host removes the last participant, then ends the call;
+/// how soon the relays disconnected them.
+async fn moderate(
+    router_url: &str,
+    id: &str,
+    host_token: &str,
+    mut connected: Vec<(&'static str, Client, String)>,
+) -> Result<(), String> {
     let host = format!("Bearer {host_token}");
     if let Some((name, client, pid)) = connected.pop() {
         let started = std::time::Instant::now();
         let r = http_client::request(
             "POST",
-            &format!("{}/v1/conferences/{id}/participants/{pid}/kick", router.url),
+            &format!("{}/v1/conferences/{id}/participants/{pid}/kick", router_url),
             None,
             &[("authorization", &host)],
             Some(
@@ -634,7 +688,7 @@ async fn run_demo(policy: &Policy) -> Result<(), String> {
     let started = std::time::Instant::now();
     let r = http_client::request(
         "POST",
-        &format!("{}/v1/conferences/{id}/end", router.url),
+        &format!("{}/v1/conferences/{id}/end", router_url),
         None,
         &[("authorization", &host)],
         None,
@@ -651,6 +705,11 @@ async fn run_demo(policy: &Policy) -> Result<(), String> {
         connected.len(),
         started.elapsed().as_secs_f64() * 1000.0
     );
+    Ok(())
+}
+
+/// The bytes each relay carried, from the relays' own /metrics.
+async fn print_relay_bytes(policy: &Policy, eu: JurisdictionIdx) -> Result<(), String> {
     println!("\nbytes each relay carried (from the relays' own /metrics):");
     for r in policy.relays() {
         let m = http_client::request(
@@ -679,19 +738,17 @@ async fn run_demo(policy: &Policy) -> Result<(), String> {
             value("rr_relay_bytes_delivered_total"),
         );
     }
-    let state = http_client::request(
-        "GET",
-        &format!("{}/v1/conferences/{id}", router.url),
-        None,
-        &[("authorization", &format!("Bearer {host_token}"))],
-        None,
-        Duration::from_secs(2),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    println!("\nthe router's view of the conference:\n  {}", state.json());
+    Ok(())
+}
 
-    // The signed residency report, as a tenant would hand it to an auditor.
+/// The signed residency report, as a tenant would hand it to an auditor:
+/// fetched, checked against the router's configured key, saved.
+async fn save_report(
+    policy: &Policy,
+    router: &crate::policy::Router,
+    id: &str,
+    host_token: &str,
+) -> Result<(), String> {
     let report = http_client::request(
         "GET",
         &format!("{}/v1/conferences/{id}/residency", router.url),

@@ -461,44 +461,7 @@ async fn measure(plan: Plan, policy: Policy) -> Result<(), String> {
     http_targets.extend(policy.routers().iter().filter_map(|r| r.relay_listen));
     http_targets.extend(policy.relays().iter().map(|r| r.http_addr));
 
-    // The call: Germany publishes (Frankfurt), Ireland (Dublin) and the
-    // Netherlands (Amsterdam) receive over cascade links.
-    let created = join::create(
-        &router_url,
-        &plan.api_key,
-        &json!({ "residency": "eu", "waiting_room": false }),
-    )
-    .await
-    .map_err(|e| format!("creating the conference: {e}"))?;
-    let (id, credential) = (created.id.clone(), created.credential());
-    let mut call = Vec::new();
-    for (ip, name) in [
-        ("127.0.0.2", "germany"),
-        ("127.0.0.4", "ireland"),
-        ("127.0.0.7", "netherlands"),
-    ] {
-        let ip: IpAddr = ip.parse().map_err(|_| "address")?;
-        let joined = join::join(
-            &router_url,
-            &id,
-            &credential,
-            name,
-            Some(ip),
-            Duration::from_secs(30),
-        )
-        .await
-        .map_err(|e| format!("{name} could not join: {e}"))?;
-        let c = Client::connect(
-            SocketAddr::new(ip, 0),
-            joined.quic_addr,
-            &joined.cert_sha256,
-            &joined.ticket,
-        )
-        .await
-        .map_err(|e| format!("{name} could not connect: {e}"))?;
-        println!("  {name} on {}", joined.relay_id);
-        call.push(c);
-    }
+    let (id, credential, mut call) = join_call(&router_url, &plan.api_key).await?;
     let mut publisher = call.remove(0);
     let track = publisher
         .publish(TrackKind::Video, "synthetic-video", None)
@@ -520,6 +483,116 @@ async fn measure(plan: Plan, policy: Policy) -> Result<(), String> {
     let attack_first = calm_first + count + 100_000;
     let subscribers = call.len() as u64;
     let total = Duration::from_secs(2 * plan.seconds + plan.ramp + 30);
+    let receivers = receive(call, calm_first, attack_first, count, total);
+
+    // Calm.
+    let ctx = Ctx {
+        router_url: router_url.clone(),
+        conference: id.clone(),
+        credential: credential.clone(),
+        admin: format!("Bearer {}", plan.admin_token),
+        eu_relays: eu_relays.clone(),
+        pids: pids.clone(),
+    };
+    let mut calm = phase(&ctx, &plan, &mut stream, calm_first..calm_first + count, 0).await?;
+
+    // Attack: start everything, let it ramp, then measure as before.
+    let span = (plan.ramp + plan.seconds + 2).to_string();
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let jobs = attack_jobs(&plan, &me, &http_targets, [&fra, &dub, &ams], &router_url).await?;
+    let workers = start_workers(&plan, &exe, jobs, &span)?;
+    tokio::time::sleep(Duration::from_secs(plan.ramp)).await;
+    let mut attack = phase(
+        &ctx,
+        &plan,
+        &mut stream,
+        attack_first..attack_first + count,
+        1,
+    )
+    .await?;
+    for w in workers {
+        let out = tokio::task::spawn_blocking(move || w.wait_with_output())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        attack
+            .workers
+            .push(String::from_utf8_lossy(&out.stdout).trim().to_owned());
+    }
+
+    let mut calm_rx = ReceiveStats::default();
+    let mut attack_rx = ReceiveStats::default();
+    for r in receivers {
+        let (c, a) = r.await.map_err(|e| e.to_string())?;
+        calm_rx.merge(c);
+        attack_rx.merge(a);
+    }
+    publisher.leave().await;
+
+    print_results(
+        &plan,
+        http_targets.len(),
+        [(&mut calm, &calm_rx), (&mut attack, &attack_rx)],
+        u64::from(count) * subscribers,
+    );
+    Ok(())
+}
+
+/// The call: Germany publishes (Frankfurt), Ireland (Dublin) and the
+/// Netherlands (Amsterdam) receive over cascade links. The conference's id
+/// and credential, and the three clients, publisher first.
+async fn join_call(
+    router_url: &str,
+    api_key: &str,
+) -> Result<(String, join::Credential, Vec<Client>), String> {
+    let created = join::create(
+        router_url,
+        api_key,
+        &json!({ "residency": "eu", "waiting_room": false }),
+    )
+    .await
+    .map_err(|e| format!("creating the conference: {e}"))?;
+    let (id, credential) = (created.id.clone(), created.credential());
+    let mut call = Vec::new();
+    for (ip, name) in [
+        ("127.0.0.2", "germany"),
+        ("127.0.0.4", "ireland"),
+        ("127.0.0.7", "netherlands"),
+    ] {
+        let ip: IpAddr = ip.parse().map_err(|_| "address")?;
+        let joined = join::join(
+            router_url,
+            &id,
+            &credential,
+            name,
+            Some(ip),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|e| format!("{name} could not join: {e}"))?;
+        let c = Client::connect(
+            SocketAddr::new(ip, 0),
+            joined.quic_addr,
+            &joined.cert_sha256,
+            &joined.ticket,
+        )
+        .await
+        .map_err(|e| format!("{name} could not connect: {e}"))?;
+        println!("  {name} on {}", joined.relay_id);
+        call.push(c);
+    }
+    Ok((id, credential, call))
+}
+
+/// Each receiver counts the calm phase's datagrams and the attack's
+/// (by sequence number) until the last of the attack's, or `total`.
+fn receive(
+    call: Vec<Client>,
+    calm_first: u32,
+    attack_first: u32,
+    count: u32,
+    total: Duration,
+) -> Vec<tokio::task::JoinHandle<(ReceiveStats, ReceiveStats)>> {
     let mut receivers = Vec::new();
     for c in call {
         let datagrams = c.datagrams();
@@ -543,33 +616,40 @@ async fn measure(plan: Plan, policy: Policy) -> Result<(), String> {
             (calm, attack)
         }));
     }
-    let interval = Duration::from_nanos(1_000_000_000 / plan.pps.max(1));
+    receivers
+}
 
-    // Calm.
-    let ctx = Ctx {
-        router_url: router_url.clone(),
-        conference: id.clone(),
-        credential: credential.clone(),
-        admin: format!("Bearer {}", plan.admin_token),
-        eu_relays: eu_relays.clone(),
-        pids: pids.clone(),
-    };
-    let mut calm = {
-        let watch = ctx.watch(Duration::from_secs(plan.seconds));
-        let newcomers = ctx.newcomers(plan.join_rate, Duration::from_secs(plan.seconds), 0);
-        let mut tick = tokio::time::interval(interval);
-        for s in calm_first..calm_first + count {
-            tick.tick().await;
-            stream.send(s);
-        }
-        let mut phase = watch.await.map_err(|e| e.to_string())?;
-        phase.newcomers = newcomers.await.map_err(|e| e.to_string())?;
-        phase
-    };
+/// One phase: the call's datagrams `sequences` at the plan's rate while
+/// the router and processes are watched and newcomers join (`round` tells
+/// the phases' newcomers apart).
+async fn phase(
+    ctx: &Ctx,
+    plan: &Plan,
+    stream: &mut synthetic::Stream<'_>,
+    sequences: std::ops::Range<u32>,
+    round: u8,
+) -> Result<Phase, String> {
+    let watch = ctx.watch(Duration::from_secs(plan.seconds));
+    let newcomers = ctx.newcomers(plan.join_rate, Duration::from_secs(plan.seconds), round);
+    let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / plan.pps.max(1)));
+    for s in sequences {
+        tick.tick().await;
+        stream.send(s);
+    }
+    let mut phase = watch.await.map_err(|e| e.to_string())?;
+    phase.newcomers = newcomers.await.map_err(|e| e.to_string())?;
+    Ok(phase)
+}
 
-    // Attack: start everything, let it ramp, then measure as before.
-    let attack_span = Duration::from_secs(plan.ramp + plan.seconds + 2);
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+/// Each attack worker's arguments: idle connections (two workers), stalled
+/// uploads, waiting-room polls, and forged Initials.
+async fn attack_jobs(
+    plan: &Plan,
+    me: &crate::policy::Router,
+    http_targets: &[SocketAddr],
+    [fra, dub, ams]: [&crate::policy::Relay; 3],
+    router_url: &str,
+) -> Result<Vec<Vec<String>>, String> {
     let list = |v: &[SocketAddr]| {
         v.iter()
             .map(|a| a.to_string())
@@ -578,14 +658,13 @@ async fn measure(plan: Plan, policy: Policy) -> Result<(), String> {
     };
     let per_worker = plan.idle.div_ceil(2);
     let sources = plan.idle_sources.div_ceil(2).max(1);
-    let span = attack_span.as_secs().to_string();
     let mut jobs: Vec<Vec<String>> = (0..2)
         .map(|w| {
             vec![
                 "--mode".into(),
                 "idle".into(),
                 "--targets".into(),
-                list(&http_targets),
+                list(http_targets),
                 "--count".into(),
                 per_worker
                     .min(plan.idle.saturating_sub(w * per_worker))
@@ -625,7 +704,7 @@ async fn measure(plan: Plan, policy: Policy) -> Result<(), String> {
     if plan.polls > 0 {
         // One wait token, as anyone with a waiting-room conference's
         // passcode can get, polled from many connections at once.
-        let (path, token) = wait_token(&router_url, &plan.api_key).await?;
+        let (path, token) = wait_token(router_url, &plan.api_key).await?;
         let mut polls = vec![
             "--mode".into(),
             "polls".into(),
@@ -660,59 +739,48 @@ async fn measure(plan: Plan, policy: Policy) -> Result<(), String> {
         "--rate".into(),
         plan.initials_per_second.to_string(),
     ]);
+    Ok(jobs)
+}
+
+/// Starts one `hostile-worker` process per job, for `span` seconds.
+fn start_workers(
+    plan: &Plan,
+    exe: &std::path::Path,
+    jobs: Vec<Vec<String>>,
+    span: &str,
+) -> Result<Vec<std::process::Child>, String> {
     let mut workers = Vec::new();
     for args in jobs {
         // At a lower priority when asked: the attacker's CPU is not the
         // victim's on the internet, but it is on one test machine.
         let mut command = if plan.attacker_nice > 0 {
             let mut c = std::process::Command::new("nice");
-            c.arg("-n").arg(plan.attacker_nice.to_string()).arg(&exe);
+            c.arg("-n").arg(plan.attacker_nice.to_string()).arg(exe);
             c
         } else {
-            std::process::Command::new(&exe)
+            std::process::Command::new(exe)
         };
         let child = command
             .arg("hostile-worker")
             .args(&args)
             .arg("--seconds")
-            .arg(&span)
+            .arg(span)
             .stdout(std::process::Stdio::piped())
             .spawn()
             .map_err(|e| format!("cannot start an attack worker: {e}"))?;
         workers.push(child);
     }
-    tokio::time::sleep(Duration::from_secs(plan.ramp)).await;
-    let mut attack = {
-        let watch = ctx.watch(Duration::from_secs(plan.seconds));
-        let newcomers = ctx.newcomers(plan.join_rate, Duration::from_secs(plan.seconds), 1);
-        let mut tick = tokio::time::interval(interval);
-        for s in attack_first..attack_first + count {
-            tick.tick().await;
-            stream.send(s);
-        }
-        let mut phase = watch.await.map_err(|e| e.to_string())?;
-        phase.newcomers = newcomers.await.map_err(|e| e.to_string())?;
-        phase
-    };
-    for w in workers {
-        let out = tokio::task::spawn_blocking(move || w.wait_with_output())
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-        attack
-            .workers
-            .push(String::from_utf8_lossy(&out.stdout).trim().to_owned());
-    }
+    Ok(workers)
+}
 
-    let mut calm_rx = ReceiveStats::default();
-    let mut attack_rx = ReceiveStats::default();
-    for r in receivers {
-        let (c, a) = r.await.map_err(|e| e.to_string())?;
-        calm_rx.merge(c);
-        attack_rx.merge(a);
-    }
-    publisher.leave().await;
-
+/// What the run measured, phase by phase (`expected`: deliveries the
+/// call should have received in each).
+fn print_results(
+    plan: &Plan,
+    http_listeners: usize,
+    phases: [(&mut Phase, &ReceiveStats); 2],
+    expected: u64,
+) {
     println!(
         "hostile: EU call (Germany -> Ireland, Netherlands over cascade links) at {} packets/s; newcomers {} /s; {} s per phase ({} s ramp)",
         plan.pps, plan.join_rate, plan.seconds, plan.ramp
@@ -722,17 +790,16 @@ async fn measure(plan: Plan, policy: Policy) -> Result<(), String> {
         plan.attacker_nice,
         plan.idle,
         plan.idle_sources,
-        http_targets.len(),
+        http_listeners,
         plan.reconnect_ms,
         plan.stalled,
         plan.polls,
         plan.poll_sources,
         plan.initials_per_second
     );
-    for (name, phase, rx) in [
-        ("calm", &mut calm, &calm_rx),
-        ("attack", &mut attack, &attack_rx),
-    ] {
+    let [calm, attack] = phases;
+    let workers = attack.0.workers.clone();
+    for (name, (phase, rx)) in [("calm", calm), ("attack", attack)] {
         let n = &mut phase.newcomers;
         let ms = |v: &mut Vec<u64>, q: f64| quantile(v, q).map_or(0.0, |x| x as f64 / 1000.0);
         let refused: u64 = n.refused.values().sum();
@@ -751,8 +818,8 @@ async fn measure(plan: Plan, policy: Policy) -> Result<(), String> {
         println!(
             "  {name:<6} call: {} of {} deliveries received ({} lost)",
             rx.packets,
-            u64::from(count) * subscribers,
-            u64::from(count) * subscribers - rx.packets.min(u64::from(count) * subscribers)
+            expected,
+            expected - rx.packets.min(expected)
         );
         if let Some((healthy, of)) = phase.min_healthy {
             println!(
@@ -769,10 +836,9 @@ async fn measure(plan: Plan, policy: Policy) -> Result<(), String> {
             );
         }
     }
-    for w in &attack.workers {
+    for w in &workers {
         println!("  attack worker: {w}");
     }
-    Ok(())
 }
 
 /// Joins a new waiting-room conference once: the path of its waiting

@@ -93,10 +93,20 @@ fn source(base: IpAddr, offset: usize) -> IpAddr {
     }
 }
 
-async fn run_async(policy: &Policy, plan: Plan) -> Result<(), String> {
-    if plan.publishers > plan.participants || plan.participants == 0 || plan.conferences == 0 {
-        return Err("need at least one conference and participant, and no more publishers than participants".into());
-    }
+/// The relay of the plan, the jurisdiction of its that trusts the plan's
+/// key, the key, and the relay's certificate pin (from its /cert).
+async fn target(
+    policy: &Policy,
+    plan: &Plan,
+) -> Result<
+    (
+        crate::policy::Relay,
+        String,
+        ed25519_dalek::SigningKey,
+        String,
+    ),
+    String,
+> {
     let idx = policy
         .relay_idx(&plan.relay)
         .ok_or_else(|| format!("no relay '{}'", plan.relay))?;
@@ -124,6 +134,14 @@ async fn run_async(policy: &Policy, plan: Plan) -> Result<(), String> {
         .as_str()
         .ok_or("no sha256 in /cert")?
         .to_owned();
+    Ok((relay, jurisdiction, key, pin))
+}
+
+async fn run_async(policy: &Policy, plan: Plan) -> Result<(), String> {
+    if plan.publishers > plan.participants || plan.participants == 0 || plan.conferences == 0 {
+        return Err("need at least one conference and participant, and no more publishers than participants".into());
+    }
+    let (relay, jurisdiction, key, pin) = target(policy, &plan).await?;
 
     eprintln!(
         "loadtest: relay {} at {} ({jurisdiction}), {} conference(s) x {} participants, {} publisher(s) each: video {} bit/s in {}-byte packets at {} fps + audio {} bit/s; {} s",
@@ -139,79 +157,8 @@ async fn run_async(policy: &Policy, plan: Plan) -> Result<(), String> {
         plan.duration.as_secs()
     );
 
-    // Join everyone.
-    let now = crate::clock::unix_now();
-    let mut rooms: Vec<Vec<Client>> = Vec::new();
-    for c in 0..plan.conferences {
-        let mut room = Vec::new();
-        for p in 0..plan.participants {
-            let claims = Claims {
-                e2ee: false,
-                conference: format!("{jurisdiction}-loadtest{c}"),
-                jurisdiction: jurisdiction.clone(),
-                relay: relay.id.clone(),
-                participant: format!("c{c}p{p}"),
-                display_name: format!("load {c}/{p}"),
-                grants: Grants {
-                    publish: p < plan.publishers,
-                    subscribe: true,
-                    moderate: false,
-                },
-                issued_at: now,
-                expires_at: now + 120,
-                nonce: ticket::new_nonce().map_err(|e| e.to_string())?,
-            };
-            let client = Client::connect(
-                SocketAddr::new(
-                    source(
-                        plan.bind_ip,
-                        (c * plan.participants + p) % usize::from(plan.sources),
-                    ),
-                    0,
-                ),
-                relay.quic_addr,
-                &pin,
-                &ticket::sign(&claims, &key),
-            )
-            .await
-            .map_err(|e| format!("participant c{c}p{p} could not join: {e}"))?;
-            room.push(client);
-        }
-        rooms.push(room);
-    }
-    // Publish, then everyone subscribes to everyone else's tracks.
-    let mut tracks: Vec<Vec<(usize, TrackId, TrackKind)>> = Vec::new();
-    for room in &mut rooms {
-        let mut published = Vec::new();
-        for (p, client) in room.iter_mut().enumerate().take(plan.publishers) {
-            let kinds: &[TrackKind] = if plan.audio_bps == 0 {
-                &[TrackKind::Video]
-            } else {
-                &[TrackKind::Video, TrackKind::Audio]
-            };
-            for &kind in kinds {
-                let codec = if kind == TrackKind::Video {
-                    "synthetic-video"
-                } else {
-                    "synthetic-audio"
-                };
-                let t = client
-                    .publish(kind, codec, None)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                published.push((p, t, kind));
-            }
-        }
-        for (p, client) in room.iter_mut().enumerate() {
-            for (owner, t, _) in &published {
-                if *owner != p {
-                    client.subscribe(*t).await.map_err(|e| e.to_string())?;
-                }
-            }
-        }
-        tracks.push(published);
-    }
-
+    let mut rooms = join_rooms(&plan, &relay, &jurisdiction, &key, &pin).await?;
+    let tracks = publish_all(&plan, &mut rooms).await?;
     // Relay CPU is sampled around the media phase only (not the joins).
     let before = http_get(relay.http_addr, "/metrics")
         .await
@@ -243,63 +190,15 @@ async fn run_async(policy: &Policy, plan: Plan) -> Result<(), String> {
             for (track, kind) in mine {
                 let tx = client.clone();
                 let progress_tx = progress.clone();
-                let (packet_size, video_bps, audio_bps, fps) =
-                    (plan.packet_size, plan.video_bps, plan.audio_bps, plan.fps);
-                senders.push(tokio::spawn(async move {
-                    // Bytes of datagrams (headers included) per frame.
-                    let (frame_bytes, per_sec, keyframe_every) = match kind {
-                        TrackKind::Video if fps > 0 => (
-                            (video_bps / 8 / u64::from(fps)).max(1) as usize,
-                            u64::from(fps),
-                            2 * u64::from(fps),
-                        ),
-                        TrackKind::Video => (
-                            packet_size,
-                            (video_bps / (8 * packet_size as u64)).max(1),
-                            100,
-                        ),
-                        _ => (
-                            (audio_bps / 8 / AUDIO_FRAMES_PER_SEC).max(16) as usize,
-                            AUDIO_FRAMES_PER_SEC,
-                            1,
-                        ),
-                    };
-                    let mut tick =
-                        tokio::time::interval(Duration::from_nanos(1_000_000_000 / per_sec));
-                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-                    let (mut sequence, mut frame) = (0u32, 0u64);
-                    while Instant::now() < deadline {
-                        tick.tick().await;
-                        let flags = if kind == TrackKind::Video && frame % keyframe_every == 0 {
-                            Flags::KEYFRAME
-                        } else {
-                            Flags::default()
-                        };
-                        // One frame: split into datagrams, sent at once.
-                        let mut left = frame_bytes;
-                        while left > 0 {
-                            let size = left.min(packet_size);
-                            left -= size;
-                            let payload = synthetic::payload(
-                                size.saturating_sub(crate::wire::datagram::HEADER_LEN),
-                            );
-                            let header = MediaHeader {
-                                track,
-                                sequence,
-                                flags,
-                            };
-                            if tx.send_media(&header, &payload).is_ok() {
-                                progress_tx.sent_packets.fetch_add(1, Ordering::Relaxed);
-                                progress_tx.sent_bytes.fetch_add(
-                                    (payload.len() + crate::wire::datagram::HEADER_LEN) as u64,
-                                    Ordering::Relaxed,
-                                );
-                            }
-                            sequence = sequence.wrapping_add(1);
-                        }
-                        frame += 1;
-                    }
-                }));
+                let shape = (plan.packet_size, plan.video_bps, plan.audio_bps, plan.fps);
+                senders.push(tokio::spawn(send_track(
+                    tx,
+                    track,
+                    kind,
+                    shape,
+                    deadline,
+                    progress_tx,
+                )));
             }
         }
     }
@@ -335,6 +234,177 @@ async fn run_async(policy: &Policy, plan: Plan) -> Result<(), String> {
         }
     }
 
+    report(&plan, &progress, total, &before, &after, cpu_secs);
+    Ok(())
+}
+
+/// Everyone joins: `plan.participants` in each of `plan.conferences`,
+/// with tickets signed by `key`, spread over the plan's source addresses.
+async fn join_rooms(
+    plan: &Plan,
+    relay: &crate::policy::Relay,
+    jurisdiction: &str,
+    key: &ed25519_dalek::SigningKey,
+    pin: &str,
+) -> Result<Vec<Vec<Client>>, String> {
+    let now = crate::clock::unix_now();
+    let mut rooms: Vec<Vec<Client>> = Vec::new();
+    for c in 0..plan.conferences {
+        let mut room = Vec::new();
+        for p in 0..plan.participants {
+            let claims = Claims {
+                e2ee: false,
+                conference: format!("{jurisdiction}-loadtest{c}"),
+                jurisdiction: jurisdiction.to_owned(),
+                relay: relay.id.clone(),
+                participant: format!("c{c}p{p}"),
+                display_name: format!("load {c}/{p}"),
+                grants: Grants {
+                    publish: p < plan.publishers,
+                    subscribe: true,
+                    moderate: false,
+                },
+                issued_at: now,
+                expires_at: now + 120,
+                nonce: ticket::new_nonce().map_err(|e| e.to_string())?,
+            };
+            let client = Client::connect(
+                SocketAddr::new(
+                    source(
+                        plan.bind_ip,
+                        (c * plan.participants + p) % usize::from(plan.sources),
+                    ),
+                    0,
+                ),
+                relay.quic_addr,
+                pin,
+                &ticket::sign(&claims, key),
+            )
+            .await
+            .map_err(|e| format!("participant c{c}p{p} could not join: {e}"))?;
+            room.push(client);
+        }
+        rooms.push(room);
+    }
+    Ok(rooms)
+}
+
+/// The first `plan.publishers` of each room publish (video, and audio
+/// unless it has no bitrate), then everyone subscribes to everyone else's
+/// tracks. Each room's tracks: (publisher, track, kind).
+async fn publish_all(
+    plan: &Plan,
+    rooms: &mut [Vec<Client>],
+) -> Result<Vec<Vec<(usize, TrackId, TrackKind)>>, String> {
+    let mut tracks: Vec<Vec<(usize, TrackId, TrackKind)>> = Vec::new();
+    for room in rooms.iter_mut() {
+        let mut published = Vec::new();
+        for (p, client) in room.iter_mut().enumerate().take(plan.publishers) {
+            let kinds: &[TrackKind] = if plan.audio_bps == 0 {
+                &[TrackKind::Video]
+            } else {
+                &[TrackKind::Video, TrackKind::Audio]
+            };
+            for &kind in kinds {
+                let codec = if kind == TrackKind::Video {
+                    "synthetic-video"
+                } else {
+                    "synthetic-audio"
+                };
+                let t = client
+                    .publish(kind, codec, None)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                published.push((p, t, kind));
+            }
+        }
+        for (p, client) in room.iter_mut().enumerate() {
+            for (owner, t, _) in &published {
+                if *owner != p {
+                    client.subscribe(*t).await.map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        tracks.push(published);
+    }
+
+    Ok(tracks)
+}
+
+/// Sends one track until `deadline`: frames of the plan's size at its
+/// rate, each cut into datagrams sent at once; video with a keyframe now
+/// and then. `shape`: packet size, video and audio bit/s, video fps.
+async fn send_track(
+    tx: Arc<Client>,
+    track: TrackId,
+    kind: TrackKind,
+    (packet_size, video_bps, audio_bps, fps): (usize, u64, u64, u32),
+    deadline: Instant,
+    progress_tx: Arc<Progress>,
+) {
+    // Bytes of datagrams (headers included) per frame.
+    let (frame_bytes, per_sec, keyframe_every) = match kind {
+        TrackKind::Video if fps > 0 => (
+            (video_bps / 8 / u64::from(fps)).max(1) as usize,
+            u64::from(fps),
+            2 * u64::from(fps),
+        ),
+        TrackKind::Video => (
+            packet_size,
+            (video_bps / (8 * packet_size as u64)).max(1),
+            100,
+        ),
+        _ => (
+            (audio_bps / 8 / AUDIO_FRAMES_PER_SEC).max(16) as usize,
+            AUDIO_FRAMES_PER_SEC,
+            1,
+        ),
+    };
+    let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / per_sec));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let (mut sequence, mut frame) = (0u32, 0u64);
+    while Instant::now() < deadline {
+        tick.tick().await;
+        let flags = if kind == TrackKind::Video && frame % keyframe_every == 0 {
+            Flags::KEYFRAME
+        } else {
+            Flags::default()
+        };
+        // One frame: split into datagrams, sent at once.
+        let mut left = frame_bytes;
+        while left > 0 {
+            let size = left.min(packet_size);
+            left -= size;
+            let payload =
+                synthetic::payload(size.saturating_sub(crate::wire::datagram::HEADER_LEN));
+            let header = MediaHeader {
+                track,
+                sequence,
+                flags,
+            };
+            if tx.send_media(&header, &payload).is_ok() {
+                progress_tx.sent_packets.fetch_add(1, Ordering::Relaxed);
+                progress_tx.sent_bytes.fetch_add(
+                    (payload.len() + crate::wire::datagram::HEADER_LEN) as u64,
+                    Ordering::Relaxed,
+                );
+            }
+            sequence = sequence.wrapping_add(1);
+        }
+        frame += 1;
+    }
+}
+
+/// What the run delivered: rates, loss, latency and the relay's CPU and
+/// memory (from its metrics `before` and `after` the media phase).
+fn report(
+    plan: &Plan,
+    progress: &Progress,
+    mut total: ReceiveStats,
+    before: &str,
+    after: &str,
+    cpu_secs: f64,
+) {
     let secs = plan.duration.as_secs_f64();
     let sent_packets = progress.sent_packets.load(Ordering::Relaxed);
     let sent_bytes = progress.sent_bytes.load(Ordering::Relaxed);
@@ -382,7 +452,7 @@ async fn run_async(policy: &Policy, plan: Plan) -> Result<(), String> {
     let cpu = |m: &str| {
         sample(m, "process_cpu_seconds_total").or_else(|| sample(m, "rr_relay_cpu_seconds"))
     };
-    if let (Some(a), Some(b)) = (cpu(&before), cpu(&after)) {
+    if let (Some(a), Some(b)) = (cpu(before), cpu(after)) {
         println!(
             "{:<28} {:>13.1} % of one core",
             "relay CPU",
@@ -399,12 +469,11 @@ async fn run_async(policy: &Policy, plan: Plan) -> Result<(), String> {
             );
         }
     }
-    if let Some(rss) = sample(&after, "process_resident_memory_bytes")
-        .or_else(|| sample(&after, "rr_relay_process_resident_memory_bytes"))
+    if let Some(rss) = sample(after, "process_resident_memory_bytes")
+        .or_else(|| sample(after, "rr_relay_process_resident_memory_bytes"))
     {
         println!("{:<28} {:>13.1} MiB", "relay RSS", rss / (1024.0 * 1024.0));
     }
-    Ok(())
 }
 
 /// `loadtest`: the plan from the arguments, run against the relay.

@@ -95,35 +95,7 @@ async fn measure(plan: Plan) -> Result<(), String> {
     .map_err(|e| format!("creating the conference: {e}"))?;
     let (id, credential) = (created.id.clone(), created.credential());
 
-    // The call: one endpoint per address.
-    let mut endpoints: HashMap<IpAddr, quinn::Endpoint> = HashMap::new();
-    let mut clients: Vec<Client> = Vec::new();
-    for n in 0..plan.inside {
-        let ip = address(4, n / PER_ADDRESS);
-        let joined = join::join(
-            &plan.router,
-            &id,
-            &credential,
-            "load",
-            Some(ip),
-            Duration::from_secs(30),
-        )
-        .await
-        .map_err(|e| format!("participant {n} of the call could not join: {e}"))?;
-        let endpoint = match endpoints.entry(ip) {
-            std::collections::hash_map::Entry::Occupied(e) => e.get().clone(),
-            std::collections::hash_map::Entry::Vacant(e) => e
-                .insert(
-                    client::endpoint(SocketAddr::new(ip, 0), &joined.cert_sha256)
-                        .map_err(|e| e.to_string())?,
-                )
-                .clone(),
-        };
-        let client = Client::connect_on(endpoint, joined.quic_addr, &joined.ticket)
-            .await
-            .map_err(|e| e.to_string())?;
-        clients.push(client);
-    }
+    let mut clients = join_call(&plan, &id, &credential).await?;
     let mut publisher = clients.remove(0);
     let track = publisher
         .publish(TrackKind::Video, "synthetic-video", None)
@@ -178,55 +150,7 @@ async fn measure(plan: Plan) -> Result<(), String> {
     // Overload: newcomers ask to join at `rate` while the media goes on.
     let attempts = Arc::new(Mutex::new(Attempts::default()));
     let stop = tokio::time::Instant::now() + Duration::from_secs(plan.seconds);
-    let mut newcomers = Vec::new();
-    let every = Duration::from_secs_f64(plan.newcomers.max(1) as f64 / plan.rate.max(1) as f64);
-    for n in 0..plan.newcomers {
-        let (router, id, credential) = (plan.router.clone(), id.clone(), credential.clone());
-        let attempts = attempts.clone();
-        let ip = address(5, n);
-        newcomers.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            while tokio::time::Instant::now() < stop {
-                tick.tick().await;
-                let started = Instant::now();
-                let answer = join::join(
-                    &router,
-                    &id,
-                    &credential,
-                    "newcomer",
-                    Some(ip),
-                    Duration::from_secs(10),
-                )
-                .await;
-                let took = started.elapsed().as_micros() as u64;
-                match answer {
-                    Ok(joined) => {
-                        let client = Client::connect(
-                            SocketAddr::new(ip, 0),
-                            joined.quic_addr,
-                            &joined.cert_sha256,
-                            &joined.ticket,
-                        )
-                        .await;
-                        let mut a = attempts.lock().unwrap_or_else(|e| e.into_inner());
-                        a.accepted += 1;
-                        a.accepted_us.push(took);
-                        if let Ok(client) = client {
-                            a.admitted.push(client);
-                        }
-                    }
-                    Err(JoinError::Refused { status, code, .. }) => {
-                        let mut a = attempts.lock().unwrap_or_else(|e| e.into_inner());
-                        *a.refused.entry(format!("{status} {code}")).or_default() += 1;
-                        a.refusal_us.push(took);
-                    }
-                    Err(_) => {
-                        attempts.lock().unwrap_or_else(|e| e.into_inner()).failed += 1;
-                    }
-                }
-            }
-        }));
-    }
+    let newcomers = newcomers(&plan, &id, &credential, &attempts, stop);
     for s in overload_first..overload_first + count {
         tick.tick().await;
         stream.send(s);
@@ -244,6 +168,140 @@ async fn measure(plan: Plan) -> Result<(), String> {
     publisher.leave().await;
 
     let mut a = std::mem::take(&mut *attempts.lock().unwrap_or_else(|e| e.into_inner()));
+    print_results(
+        &plan,
+        &mut a,
+        subscribers,
+        [&calm, &overload],
+        u64::from(count) * subscribers,
+    );
+    for client in a.admitted.drain(..) {
+        client.leave().await;
+    }
+    Ok(())
+}
+
+/// The call: `plan.inside` participants, one endpoint per address.
+async fn join_call(
+    plan: &Plan,
+    id: &str,
+    credential: &join::Credential,
+) -> Result<Vec<Client>, String> {
+    let mut endpoints: HashMap<IpAddr, quinn::Endpoint> = HashMap::new();
+    let mut clients: Vec<Client> = Vec::new();
+    for n in 0..plan.inside {
+        let ip = address(4, n / PER_ADDRESS);
+        let joined = join::join(
+            &plan.router,
+            id,
+            credential,
+            "load",
+            Some(ip),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|e| format!("participant {n} of the call could not join: {e}"))?;
+        let endpoint = match endpoints.entry(ip) {
+            std::collections::hash_map::Entry::Occupied(e) => e.get().clone(),
+            std::collections::hash_map::Entry::Vacant(e) => e
+                .insert(
+                    client::endpoint(SocketAddr::new(ip, 0), &joined.cert_sha256)
+                        .map_err(|e| e.to_string())?,
+                )
+                .clone(),
+        };
+        let client = Client::connect_on(endpoint, joined.quic_addr, &joined.ticket)
+            .await
+            .map_err(|e| e.to_string())?;
+        clients.push(client);
+    }
+    Ok(clients)
+}
+
+/// Newcomers asking to join at the plan's rate until `stop`, each from
+/// an address of its own.
+fn newcomers(
+    plan: &Plan,
+    id: &str,
+    credential: &join::Credential,
+    attempts: &Arc<Mutex<Attempts>>,
+    stop: tokio::time::Instant,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut newcomers = Vec::new();
+    let every = Duration::from_secs_f64(plan.newcomers.max(1) as f64 / plan.rate.max(1) as f64);
+    for n in 0..plan.newcomers {
+        let (router, id, credential) = (plan.router.clone(), id.to_owned(), credential.clone());
+        let attempts = attempts.clone();
+        let ip = address(5, n);
+        newcomers.push(tokio::spawn(newcomer(
+            router, id, credential, ip, every, stop, attempts,
+        )));
+    }
+    newcomers
+}
+
+/// One newcomer: asks to join every `every` until `stop`; counts what it
+/// was answered, and connects when accepted.
+async fn newcomer(
+    router: String,
+    id: String,
+    credential: join::Credential,
+    ip: IpAddr,
+    every: Duration,
+    stop: tokio::time::Instant,
+    attempts: Arc<Mutex<Attempts>>,
+) {
+    let mut tick = tokio::time::interval(every);
+    while tokio::time::Instant::now() < stop {
+        tick.tick().await;
+        let started = Instant::now();
+        let answer = join::join(
+            &router,
+            &id,
+            &credential,
+            "newcomer",
+            Some(ip),
+            Duration::from_secs(10),
+        )
+        .await;
+        let took = started.elapsed().as_micros() as u64;
+        match answer {
+            Ok(joined) => {
+                let client = Client::connect(
+                    SocketAddr::new(ip, 0),
+                    joined.quic_addr,
+                    &joined.cert_sha256,
+                    &joined.ticket,
+                )
+                .await;
+                let mut a = attempts.lock().unwrap_or_else(|e| e.into_inner());
+                a.accepted += 1;
+                a.accepted_us.push(took);
+                if let Ok(client) = client {
+                    a.admitted.push(client);
+                }
+            }
+            Err(JoinError::Refused { status, code, .. }) => {
+                let mut a = attempts.lock().unwrap_or_else(|e| e.into_inner());
+                *a.refused.entry(format!("{status} {code}")).or_default() += 1;
+                a.refusal_us.push(took);
+            }
+            Err(_) => {
+                attempts.lock().unwrap_or_else(|e| e.into_inner()).failed += 1;
+            }
+        }
+    }
+}
+
+/// What the newcomers were answered and what those in the call received,
+/// calm against overload (`expected` deliveries in each phase).
+fn print_results(
+    plan: &Plan,
+    a: &mut Attempts,
+    subscribers: u64,
+    [calm, overload]: [&ReceiveStats; 2],
+    expected: u64,
+) {
     let ms = |v: &mut Vec<u64>, q: f64| quantile(v, q).map_or(0.0, |x| x as f64 / 1000.0);
     let refused: u64 = a.refused.values().sum();
     println!(
@@ -269,19 +327,15 @@ async fn measure(plan: Plan) -> Result<(), String> {
             ms(&mut a.refusal_us, 0.99)
         );
     }
-    for (what, stats) in [("calm", &calm), ("overload", &overload)] {
+    for (what, stats) in [("calm", calm), ("overload", overload)] {
         let mut l = stats.latencies_us.clone();
         println!(
             "  those in, {what:<8}: p50 {:.2} ms, p99 {:.2} ms, {} of {} deliveries received ({} lost)",
             ms(&mut l, 0.5),
             ms(&mut l, 0.99),
             stats.packets,
-            u64::from(count) * subscribers,
+            expected,
             stats.lost()
         );
     }
-    for client in a.admitted.drain(..) {
-        client.leave().await;
-    }
-    Ok(())
 }
