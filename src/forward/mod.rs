@@ -25,7 +25,7 @@ pub use queue::{DropReason, Queue};
 
 use crate::wire::ErrorCode;
 use crate::wire::control::{
-    ClientMessage, ParticipantId, ServerMessage, TrackInfo, TrackKind, valid_e2ee_data,
+    ClientMessage, Layers, ParticipantId, ServerMessage, TrackInfo, TrackKind, valid_e2ee_data,
 };
 use crate::wire::datagram::{self, DatagramError, TrackId};
 
@@ -731,9 +731,7 @@ impl Core {
         let permissions = c.permissions;
         let participant = c.participant.clone();
         let conference = c.conference.clone();
-        let e2ee = c.e2ee;
         let owns = |track: &TrackId| c.published.contains(track);
-        let published = c.published.len();
         match message {
             ClientMessage::Hello { .. } => {
                 self.error(conn, ErrorCode::OutOfOrder, "already admitted")
@@ -744,123 +742,15 @@ impl Core {
                 codec,
                 layers,
                 encrypted,
-            } => {
-                if !permissions.publish {
-                    return self.error(
-                        conn,
-                        ErrorCode::NotPermitted,
-                        "the ticket does not allow publishing",
-                    );
-                }
-                if published >= self.config.max_tracks_per_participant {
-                    return self.error(conn, ErrorCode::TooManyTracks, "too many tracks published");
-                }
-                if !encrypted && (e2ee || self.is_e2ee(&conference)) {
-                    return self.error(
-                        conn,
-                        ErrorCode::NotEncrypted,
-                        "this conference is end-to-end encrypted: publish with \"encrypted\": true and encrypt the payloads",
-                    );
-                }
-                // Ids are a counter; after it wraps, skip ids still in use.
-                let mask = (1 << TRACK_COUNTER_BITS) - 1;
-                let base = self.config.track_id_base & !mask;
-                let (lo, hi) = self.config.track_counter_range();
-                let step = |n: u32| if n + 1 >= hi { lo } else { n + 1 };
-                let mut track = TrackId(base | self.next_track);
-                while self.tracks.contains_key(&track) {
-                    self.next_track = step(self.next_track);
-                    track = TrackId(base | self.next_track);
-                }
-                self.next_track = step(self.next_track);
-                let info = TrackInfo {
-                    track,
-                    participant,
-                    kind,
-                    codec,
-                    layers,
-                    encrypted,
-                };
-                for other in self.members(&conference).to_vec() {
-                    if other != conn {
-                        self.control
-                            .push_back((other, ServerMessage::TrackPublished(info.clone())));
-                    }
-                }
-                self.tracks.insert(
-                    track,
-                    Track {
-                        owner: conn,
-                        info,
-                        subscribers: Vec::new(),
-                        last_keyframe_request: None,
-                    },
-                );
-                if let Some(c) = self.conn_mut(conn) {
-                    c.published.push(track);
-                }
-                self.control
-                    .push_back((conn, ServerMessage::Published { request, track }));
-            }
+            } => self.publish(conn, request, kind, codec, layers, encrypted),
             ClientMessage::Unpublish { track } => {
                 if !owns(&track) {
                     return self.error(conn, ErrorCode::NotOwner, "not your track");
                 }
                 self.remove_track(track);
             }
-            ClientMessage::Subscribe { track } => {
-                if !permissions.subscribe {
-                    return self.error(
-                        conn,
-                        ErrorCode::NotPermitted,
-                        "the ticket does not allow subscribing",
-                    );
-                }
-                let same_conference = self
-                    .tracks
-                    .get(&track)
-                    .and_then(|t| self.conn(t.owner))
-                    .is_some_and(|owner| owner.conference == conference);
-                if !same_conference {
-                    return self.error(
-                        conn,
-                        ErrorCode::UnknownTrack,
-                        "no such track in this conference",
-                    );
-                }
-                let mut added = false;
-                if let Some(t) = self.tracks.get_mut(&track) {
-                    if !t.subscribers.contains(&conn) {
-                        t.subscribers.push(conn);
-                        added = true;
-                    }
-                }
-                if added {
-                    self.note_link_subscriber(track, true);
-                }
-                if let Some(c) = self.conn_mut(conn) {
-                    if !c.subscriptions.contains(&track) {
-                        c.subscriptions.push(track);
-                    }
-                }
-                self.control
-                    .push_back((conn, ServerMessage::Subscribed { track }));
-            }
-            ClientMessage::Unsubscribe { track } => {
-                let mut removed = false;
-                if let Some(t) = self.tracks.get_mut(&track) {
-                    let before = t.subscribers.len();
-                    t.subscribers.retain(|s| *s != conn);
-                    removed = t.subscribers.len() < before;
-                }
-                if removed {
-                    self.note_link_subscriber(track, false);
-                }
-                if let Some(c) = self.conn_mut(conn) {
-                    c.subscriptions.retain(|t| *t != track);
-                    c.resume.retain(|t| *t != track);
-                }
-            }
+            ClientMessage::Subscribe { track } => self.subscribe(conn, track),
+            ClientMessage::Unsubscribe { track } => self.unsubscribe(conn, track),
             ClientMessage::Leave {} => self.handle_closed(conn),
             ClientMessage::E2ee { to, data } => {
                 if !valid_e2ee_data(&data) {
@@ -885,6 +775,145 @@ impl Core {
                 }
                 self.request_keyframe(track, now);
             }
+        }
+    }
+
+    /// `publish`: a new track of `conn`'s, announced to the conference.
+    fn publish(
+        &mut self,
+        conn: ConnId,
+        request: u32,
+        kind: TrackKind,
+        codec: String,
+        layers: Option<Layers>,
+        encrypted: bool,
+    ) {
+        let Some(c) = self.conn(conn) else {
+            return;
+        };
+        let (permissions, participant, conference, e2ee, published) = (
+            c.permissions,
+            c.participant.clone(),
+            c.conference.clone(),
+            c.e2ee,
+            c.published.len(),
+        );
+        if !permissions.publish {
+            return self.error(
+                conn,
+                ErrorCode::NotPermitted,
+                "the ticket does not allow publishing",
+            );
+        }
+        if published >= self.config.max_tracks_per_participant {
+            return self.error(conn, ErrorCode::TooManyTracks, "too many tracks published");
+        }
+        if !encrypted && (e2ee || self.is_e2ee(&conference)) {
+            return self.error(
+                conn,
+                ErrorCode::NotEncrypted,
+                "this conference is end-to-end encrypted: publish with \"encrypted\": true and encrypt the payloads",
+            );
+        }
+        // Ids are a counter; after it wraps, skip ids still in use.
+        let mask = (1 << TRACK_COUNTER_BITS) - 1;
+        let base = self.config.track_id_base & !mask;
+        let (lo, hi) = self.config.track_counter_range();
+        let step = |n: u32| if n + 1 >= hi { lo } else { n + 1 };
+        let mut track = TrackId(base | self.next_track);
+        while self.tracks.contains_key(&track) {
+            self.next_track = step(self.next_track);
+            track = TrackId(base | self.next_track);
+        }
+        self.next_track = step(self.next_track);
+        let info = TrackInfo {
+            track,
+            participant,
+            kind,
+            codec,
+            layers,
+            encrypted,
+        };
+        for other in self.members(&conference).to_vec() {
+            if other != conn {
+                self.control
+                    .push_back((other, ServerMessage::TrackPublished(info.clone())));
+            }
+        }
+        self.tracks.insert(
+            track,
+            Track {
+                owner: conn,
+                info,
+                subscribers: Vec::new(),
+                last_keyframe_request: None,
+            },
+        );
+        if let Some(c) = self.conn_mut(conn) {
+            c.published.push(track);
+        }
+        self.control
+            .push_back((conn, ServerMessage::Published { request, track }));
+    }
+
+    /// `subscribe`: `conn` receives `track`, which must be of its conference.
+    fn subscribe(&mut self, conn: ConnId, track: TrackId) {
+        let Some(c) = self.conn(conn) else {
+            return;
+        };
+        let (permissions, conference) = (c.permissions, c.conference.clone());
+        if !permissions.subscribe {
+            return self.error(
+                conn,
+                ErrorCode::NotPermitted,
+                "the ticket does not allow subscribing",
+            );
+        }
+        let same_conference = self
+            .tracks
+            .get(&track)
+            .and_then(|t| self.conn(t.owner))
+            .is_some_and(|owner| owner.conference == conference);
+        if !same_conference {
+            return self.error(
+                conn,
+                ErrorCode::UnknownTrack,
+                "no such track in this conference",
+            );
+        }
+        let mut added = false;
+        if let Some(t) = self.tracks.get_mut(&track) {
+            if !t.subscribers.contains(&conn) {
+                t.subscribers.push(conn);
+                added = true;
+            }
+        }
+        if added {
+            self.note_link_subscriber(track, true);
+        }
+        if let Some(c) = self.conn_mut(conn) {
+            if !c.subscriptions.contains(&track) {
+                c.subscriptions.push(track);
+            }
+        }
+        self.control
+            .push_back((conn, ServerMessage::Subscribed { track }));
+    }
+
+    /// `unsubscribe`: `conn` no longer receives `track`.
+    fn unsubscribe(&mut self, conn: ConnId, track: TrackId) {
+        let mut removed = false;
+        if let Some(t) = self.tracks.get_mut(&track) {
+            let before = t.subscribers.len();
+            t.subscribers.retain(|s| *s != conn);
+            removed = t.subscribers.len() < before;
+        }
+        if removed {
+            self.note_link_subscriber(track, false);
+        }
+        if let Some(c) = self.conn_mut(conn) {
+            c.subscriptions.retain(|t| *t != track);
+            c.resume.retain(|t| *t != track);
         }
     }
 
