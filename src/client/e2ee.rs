@@ -397,89 +397,12 @@ impl Group {
             return refused(self);
         }
         match bytes.first() {
-            Some(&ANNOUNCE) if bytes.len() == 65 => {
-                let (key, tag) = (&bytes[1..33], &bytes[33..]);
-                if !mac_ok(&self.auth, &[&[ANNOUNCE], key, from.0.as_bytes()], tag) {
-                    return refused(self);
-                }
-                let key: [u8; 32] = key.try_into().expect("32 bytes");
-                if <Kem as hpke::Kem>::PublicKey::from_bytes(&key).is_err() {
-                    return refused(self);
-                }
-                let first = !self.members.contains_key(from);
-                if first && self.members.len() >= MAX_MEMBERS {
-                    return refused(self);
-                }
-                if self.members.insert(from.clone(), key) == Some(key) {
-                    return (Event::Nothing, Vec::new());
-                }
-                let mut out = Vec::new();
-                // Only hosts need others' keys: a host that came after us
-                // learns ours (once per host, so nobody can make us flood).
-                if host && first {
-                    out.push(Outgoing {
-                        to: Some(from.clone()),
-                        data: B64.encode(self.announce_bytes()),
-                    });
-                }
-                let recently = self
-                    .sealed
-                    .get(from)
-                    .is_some_and(|at| now.saturating_duration_since(*at) < RESEAL_INTERVAL);
-                if self.host && self.current.number > 0 && !recently {
-                    out.extend(self.seal_to(from, now));
-                }
-                (Event::Announced(from.clone()), out)
-            }
-            Some(&EPOCH) if bytes.len() == 1 + 4 + 32 + 48 + 32 => {
-                let epoch = u32::from_be_bytes(bytes[1..5].try_into().expect("4 bytes"));
-                // Only hosts hand out epochs, and never one past the end.
-                if !host || epoch > MAX_EPOCH {
-                    return refused(self);
-                }
-                let (enc, ct, tag) = (&bytes[5..37], &bytes[37..85], &bytes[85..]);
-                if !mac_ok(
-                    &self.auth,
-                    &[&[EPOCH], &bytes[1..5], enc, ct, self.me.0.as_bytes()],
-                    tag,
-                ) {
-                    return refused(self);
-                }
-                let Ok(enc) = <Kem as hpke::Kem>::EncappedKey::from_bytes(enc) else {
-                    return refused(self);
-                };
-                let info = epoch_info(epoch, &self.me);
-                let Ok(secret) = hpke::single_shot_open::<Aead, Kdf, Kem>(
-                    &hpke::OpModeR::Base,
-                    &self.secret_key,
-                    &enc,
-                    &info,
-                    ct,
-                    EPOCH_LABEL,
-                ) else {
-                    return refused(self);
-                };
-                let Ok(secret) = <[u8; 32]>::try_from(secret) else {
-                    return refused(self);
-                };
-                let secret = Secret(secret);
-                let newer = epoch > self.current.number
-                    || (epoch == self.current.number
-                        && epoch > 0
-                        && secret != self.current.secret
-                        && self.current.from.as_ref().is_none_or(|f| from.0 < f.0));
-                if !newer {
-                    return (Event::Nothing, Vec::new());
-                }
-                self.switch(epoch, secret, Some(from.clone()), now);
-                (
-                    Event::EpochChanged {
-                        epoch,
-                        from: from.clone(),
-                    },
-                    Vec::new(),
-                )
-            }
+            Some(&ANNOUNCE) if bytes.len() == 65 => self
+                .announced(from, host, &bytes, now)
+                .unwrap_or_else(|| refused(self)),
+            Some(&EPOCH) if bytes.len() == 1 + 4 + 32 + 48 + 32 => self
+                .epoch_sealed(from, host, &bytes, now)
+                .unwrap_or_else(|| refused(self)),
             Some(&STATUS) if bytes.len() == 1 + 4 + 1 + 32 => {
                 let (epoch, state, tag) = (&bytes[1..5], &bytes[5..6], &bytes[6..]);
                 if state[0] > 1
@@ -502,6 +425,105 @@ impl Group {
             }
             _ => refused(self),
         }
+    }
+
+    /// An `announce` of `from`'s public key; `None` if refused.
+    fn announced(
+        &mut self,
+        from: &ParticipantId,
+        host: bool,
+        bytes: &[u8],
+        now: Instant,
+    ) -> Option<(Event, Vec<Outgoing>)> {
+        let (key, tag) = (&bytes[1..33], &bytes[33..]);
+        if !mac_ok(&self.auth, &[&[ANNOUNCE], key, from.0.as_bytes()], tag) {
+            return None;
+        }
+        let key: [u8; 32] = key.try_into().expect("32 bytes");
+        if <Kem as hpke::Kem>::PublicKey::from_bytes(&key).is_err() {
+            return None;
+        }
+        let first = !self.members.contains_key(from);
+        if first && self.members.len() >= MAX_MEMBERS {
+            return None;
+        }
+        if self.members.insert(from.clone(), key) == Some(key) {
+            return Some((Event::Nothing, Vec::new()));
+        }
+        let mut out = Vec::new();
+        // Only hosts need others' keys: a host that came after us
+        // learns ours (once per host, so nobody can make us flood).
+        if host && first {
+            out.push(Outgoing {
+                to: Some(from.clone()),
+                data: B64.encode(self.announce_bytes()),
+            });
+        }
+        let recently = self
+            .sealed
+            .get(from)
+            .is_some_and(|at| now.saturating_duration_since(*at) < RESEAL_INTERVAL);
+        if self.host && self.current.number > 0 && !recently {
+            out.extend(self.seal_to(from, now));
+        }
+        Some((Event::Announced(from.clone()), out))
+    }
+
+    /// An epoch's secret a host sealed to us; `None` if refused.
+    fn epoch_sealed(
+        &mut self,
+        from: &ParticipantId,
+        host: bool,
+        bytes: &[u8],
+        now: Instant,
+    ) -> Option<(Event, Vec<Outgoing>)> {
+        let epoch = u32::from_be_bytes(bytes[1..5].try_into().expect("4 bytes"));
+        // Only hosts hand out epochs, and never one past the end.
+        if !host || epoch > MAX_EPOCH {
+            return None;
+        }
+        let (enc, ct, tag) = (&bytes[5..37], &bytes[37..85], &bytes[85..]);
+        if !mac_ok(
+            &self.auth,
+            &[&[EPOCH], &bytes[1..5], enc, ct, self.me.0.as_bytes()],
+            tag,
+        ) {
+            return None;
+        }
+        let Ok(enc) = <Kem as hpke::Kem>::EncappedKey::from_bytes(enc) else {
+            return None;
+        };
+        let info = epoch_info(epoch, &self.me);
+        let Ok(secret) = hpke::single_shot_open::<Aead, Kdf, Kem>(
+            &hpke::OpModeR::Base,
+            &self.secret_key,
+            &enc,
+            &info,
+            ct,
+            EPOCH_LABEL,
+        ) else {
+            return None;
+        };
+        let Ok(secret) = <[u8; 32]>::try_from(secret) else {
+            return None;
+        };
+        let secret = Secret(secret);
+        let newer = epoch > self.current.number
+            || (epoch == self.current.number
+                && epoch > 0
+                && secret != self.current.secret
+                && self.current.from.as_ref().is_none_or(|f| from.0 < f.0));
+        if !newer {
+            return Some((Event::Nothing, Vec::new()));
+        }
+        self.switch(epoch, secret, Some(from.clone()), now);
+        Some((
+            Event::EpochChanged {
+                epoch,
+                from: from.clone(),
+            },
+            Vec::new(),
+        ))
     }
 
     fn switch(&mut self, number: u32, secret: Secret, from: Option<ParticipantId>, now: Instant) {
