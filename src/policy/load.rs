@@ -1533,6 +1533,33 @@ fn is_postgres(store: &str) -> bool {
 }
 
 /// A router's `store`: a SQLite path, or a PostgreSQL URL without a
+/// The hosts of a PostgreSQL URL that are not this machine (names other
+/// than localhost, addresses other than loopback).
+fn remote_hosts(parsed: &tokio_postgres::Config) -> Vec<String> {
+    let remote_addr: Vec<String> = parsed
+        .get_hostaddrs()
+        .iter()
+        .filter(|ip| !ip.is_loopback())
+        .map(ToString::to_string)
+        .collect();
+    parsed
+        .get_hosts()
+        .iter()
+        .filter_map(|h| match h {
+            tokio_postgres::config::Host::Tcp(name) => {
+                let loopback = name == "localhost"
+                    || name
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback());
+                (!loopback).then(|| name.clone())
+            }
+            #[cfg(unix)]
+            tokio_postgres::config::Host::Unix(_) => None,
+        })
+        .chain(remote_addr)
+        .collect()
+}
+
 /// password whose `store_country` is inside every jurisdiction `served`.
 fn build_store(
     r: &crate::policy::files::RouterSection,
@@ -1618,28 +1645,7 @@ fn build_store(
     // The store holds every record of the jurisdiction: off the router's
     // machine it is reached over TLS with the server verified, or not at all.
     if r.store_ca.is_none() {
-        let remote_addr: Vec<String> = parsed
-            .get_hostaddrs()
-            .iter()
-            .filter(|ip| !ip.is_loopback())
-            .map(ToString::to_string)
-            .collect();
-        let remote: Vec<String> = parsed
-            .get_hosts()
-            .iter()
-            .filter_map(|h| match h {
-                tokio_postgres::config::Host::Tcp(name) => {
-                    let loopback = name == "localhost"
-                        || name
-                            .parse::<std::net::IpAddr>()
-                            .is_ok_and(|ip| ip.is_loopback());
-                    (!loopback).then(|| name.clone())
-                }
-                #[cfg(unix)]
-                tokio_postgres::config::Host::Unix(_) => None,
-            })
-            .chain(remote_addr)
-            .collect();
+        let remote = remote_hosts(&parsed);
         if !remote.is_empty() {
             p.push(
                 cfg,
