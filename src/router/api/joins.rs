@@ -277,32 +277,7 @@ async fn join_checked(
     // The waiting room holds passcode joiners; invitations name their
     // holder and skip it.
     if c.waiting_room && invite.is_none() {
-        let wait_token = ids::token("wait")?;
-        record.status = Status::Waiting;
-        record.wait_token_sha256 = Some(ids::sha256(&wait_token));
-        shared.store.upsert_participant(&record).await?;
-        audit(
-            shared,
-            &c.id,
-            "waiting",
-            json!({ "participant": participant_id }),
-        )
-        .await;
-        shared
-            .metrics
-            .joins
-            .with_label_values(&[shared.policy.jurisdiction(j).id.as_str(), "waiting"])
-            .inc();
-        return Ok((
-            StatusCode::ACCEPTED,
-            Json(json!({
-                "waiting": true,
-                "participant_id": participant_id,
-                "wait_token": wait_token,
-                "poll": format!("/v1/conferences/{}/waiting/{}", c.id, participant_id),
-            })),
-        )
-            .into_response());
+        return wait(shared, c, j, record).await;
     }
     // The invitation is claimed with the join's records, atomically: a
     // refusal before that does not burn it, a second use fails there.
@@ -313,6 +288,43 @@ async fn join_checked(
         .with_label_values(&[shared.policy.jurisdiction(j).id.as_str()])
         .observe(started.elapsed().as_secs_f64());
     Ok(Json(answer).into_response())
+}
+
+/// A passcode joiner of a conference with a waiting room waits: recorded
+/// as waiting, with the token and the path of its poll.
+async fn wait(
+    shared: &Shared,
+    c: &ConferenceRecord,
+    j: JurisdictionIdx,
+    mut record: ParticipantRecord,
+) -> ApiResult<Response> {
+    let participant_id = record.id.clone();
+    let wait_token = ids::token("wait")?;
+    record.status = Status::Waiting;
+    record.wait_token_sha256 = Some(ids::sha256(&wait_token));
+    shared.store.upsert_participant(&record).await?;
+    audit(
+        shared,
+        &c.id,
+        "waiting",
+        json!({ "participant": participant_id }),
+    )
+    .await;
+    shared
+        .metrics
+        .joins
+        .with_label_values(&[shared.policy.jurisdiction(j).id.as_str(), "waiting"])
+        .inc();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "waiting": true,
+            "participant_id": participant_id,
+            "wait_token": wait_token,
+            "poll": format!("/v1/conferences/{}/waiting/{}", c.id, participant_id),
+        })),
+    )
+        .into_response())
 }
 
 /// A participant whose relay failed comes back with its rejoin token,
@@ -855,25 +867,9 @@ pub(super) async fn waiting_poll(
     // A wait token whose live poll began moments ago is being polled from
     // several connections at once: answered here, without the store, and
     // the connection closed, so the polls cannot end each other in a loop.
-    let now = live.load();
-    if now.waiting_polls.taken_just_now(&id, &pid, &token) {
-        now.metrics
-            .waiting_polls
-            .with_label_values(&["in_progress"])
-            .inc();
-        return Ok(closing(
-            ApiError {
-                retry_after: Some(TAKE_OVER_EVERY_SECS),
-                ..ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "poll_in_progress",
-                    "this participant's poll is already held; poll from one connection at a time",
-                )
-            }
-            .into_response(),
-        ));
+    if live.load().waiting_polls.taken_just_now(&id, &pid, &token) {
+        return Ok(poll_in_progress(&live.load()));
     }
-    drop(now);
     let deadline = tokio::time::Instant::now() + WAIT_HOLD;
     // This poll's turn as the participant's one live poll, and its place
     // in the listener's long-poll budget: both taken once the token is
@@ -913,51 +909,12 @@ pub(super) async fn waiting_poll(
         }
         match p.status {
             Status::Admitted => {
-                let started = Instant::now();
                 let ip = client_ip(&shared, peer, &headers);
-                // A ban after the admission still holds.
-                if shared
-                    .store
-                    .is_banned(&id, Some(&p.id), &p.address_hash, p.invite_sha256.as_ref())
-                    .await?
-                    || banned_address(&shared, &id, ip).await?
-                {
-                    return Err(refuse(
-                        &shared,
-                        Some(j),
-                        "banned",
-                        ApiError::new(
-                            StatusCode::FORBIDDEN,
-                            "banned",
-                            "a host removed you from this conference",
-                        ),
-                    ));
+                match admitted_join(&shared, &c, j, &id, ip, &mut p).await? {
+                    Some(answer) => return Ok(answer),
+                    // Another poll took this admission's ticket.
+                    None => continue,
                 }
-                // One ticket per admission, whatever polls race for it.
-                if !shared
-                    .store
-                    .set_status_if(&id, &p.id, Status::Admitted, Status::Joined)
-                    .await?
-                {
-                    continue;
-                }
-                let answer = match issue_ticket(&shared, &c, j, ip, &mut p, None, None).await {
-                    Ok(answer) => answer,
-                    Err(e) => {
-                        // Still admitted: the participant may ask again.
-                        shared
-                            .store
-                            .set_status(&id, &p.id, Status::Admitted)
-                            .await?;
-                        return Err(e);
-                    }
-                };
-                shared
-                    .metrics
-                    .join_seconds
-                    .with_label_values(&[shared.policy.jurisdiction(j).id.as_str()])
-                    .observe(started.elapsed().as_secs_f64());
-                return Ok(Json(answer).into_response());
             }
             Status::Denied | Status::Kicked => {
                 return Err(refuse(
@@ -1011,6 +968,80 @@ pub(super) async fn waiting_poll(
             _ = released => return Ok(still_waiting(&pid, Some(EVICTED_RETRY), true)),
         }
     }
+}
+
+/// The answer to a poll of a wait token whose live poll began moments
+/// ago: `429 poll_in_progress`, counted, and the connection closed.
+fn poll_in_progress(shared: &Shared) -> Response {
+    shared
+        .metrics
+        .waiting_polls
+        .with_label_values(&["in_progress"])
+        .inc();
+    closing(
+        ApiError {
+            retry_after: Some(TAKE_OVER_EVERY_SECS),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "poll_in_progress",
+                "this participant's poll is already held; poll from one connection at a time",
+            )
+        }
+        .into_response(),
+    )
+}
+
+/// An admitted participant's poll gets its ticket: once per admission,
+/// whatever polls race for it (`None` to the losers), never after a ban.
+async fn admitted_join(
+    shared: &Shared,
+    c: &ConferenceRecord,
+    j: JurisdictionIdx,
+    id: &str,
+    ip: IpAddr,
+    p: &mut ParticipantRecord,
+) -> ApiResult<Option<Response>> {
+    let started = Instant::now();
+    // A ban after the admission still holds.
+    if shared
+        .store
+        .is_banned(id, Some(&p.id), &p.address_hash, p.invite_sha256.as_ref())
+        .await?
+        || banned_address(shared, id, ip).await?
+    {
+        return Err(refuse(
+            shared,
+            Some(j),
+            "banned",
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "banned",
+                "a host removed you from this conference",
+            ),
+        ));
+    }
+    // One ticket per admission, whatever polls race for it.
+    if !shared
+        .store
+        .set_status_if(id, &p.id, Status::Admitted, Status::Joined)
+        .await?
+    {
+        return Ok(None);
+    }
+    let answer = match issue_ticket(shared, c, j, ip, p, None, None).await {
+        Ok(answer) => answer,
+        Err(e) => {
+            // Still admitted: the participant may ask again.
+            shared.store.set_status(id, &p.id, Status::Admitted).await?;
+            return Err(e);
+        }
+    };
+    shared
+        .metrics
+        .join_seconds
+        .with_label_values(&[shared.policy.jurisdiction(j).id.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    Ok(Some(Json(answer).into_response()))
 }
 
 /// Seconds a poll answered at once because the long-poll budget was full
