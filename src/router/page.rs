@@ -14,11 +14,25 @@ use super::Current;
 
 /// `(name, content type, bytes)` of every file the page is made of.
 const FILES: &[(&str, &str, &str)] = &[
+    // The page: what it knows, its words, the API, joining and the call,
+    // end-to-end encryption as shown, host controls.
     ("app.js", JS, include_str!("page/app.js")),
+    ("state.js", JS, include_str!("page/state.js")),
+    ("words.js", JS, include_str!("page/words.js")),
+    ("api.js", JS, include_str!("page/api.js")),
+    ("join.js", JS, include_str!("page/join.js")),
+    ("keys.js", JS, include_str!("page/keys.js")),
+    ("host.js", JS, include_str!("page/host.js")),
+    // The relay connection and the wire.
     ("call.js", JS, include_str!("page/call.js")),
     ("frames.js", JS, include_str!("page/frames.js")),
-    ("e2ee.js", JS, include_str!("page/e2ee.js")),
     ("wire.js", JS, include_str!("page/wire.js")),
+    // End-to-end encryption: the scheme and its primitives.
+    ("e2ee.js", JS, include_str!("page/e2ee.js")),
+    ("bytes.js", JS, include_str!("page/bytes.js")),
+    ("hkdf.js", JS, include_str!("page/hkdf.js")),
+    ("sframe.js", JS, include_str!("page/sframe.js")),
+    ("hpke.js", JS, include_str!("page/hpke.js")),
     (
         "style.css",
         "text/css; charset=utf-8",

@@ -3,7 +3,7 @@
 // every other participant's tracks reassembled, decoded and drawn. The
 // page (app.js) decides what to do when the connection ends.
 
-import { CLOSE, ControlDecoder, encodeControl, parseHeader } from "./wire.js";
+import { CLOSE, ControlDecoder, ERROR, encodeControl, parseHeader } from "./wire.js";
 import { Packetizer, Reassembler, nowMicros } from "./frames.js";
 import { OVERHEAD as E2EE_OVERHEAD } from "./e2ee.js";
 
@@ -22,8 +22,6 @@ const CRYPTO_IN_FLIGHT = 256;
 const TRACK_IDLE_MS = 2000;
 /** A track whose datagrams fail for this long counts as one we cannot decrypt. */
 const FAILING_AFTER_MS = 1000;
-/** Error code of a publish refused for not being declared encrypted. */
-export const ERROR_NOT_ENCRYPTED = 8;
 
 function hexBytes(hex) {
   const out = new Uint8Array(hex.length / 2);
@@ -202,7 +200,7 @@ export class Call {
         this.stats.errors.push(`${m.code} ${m.message}`);
         // Our publish was not declared encrypted on an e2ee conference: a
         // bug here, and the relay's guard against it. Nothing is sent.
-        if (m.code === ERROR_NOT_ENCRYPTED) this.stats.errors.push("the relay refused a track not declared end-to-end encrypted");
+        if (m.code === ERROR.NOT_ENCRYPTED) this.stats.errors.push("the relay refused a track not declared end-to-end encrypted");
         break;
       default:
         break;

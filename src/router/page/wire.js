@@ -75,7 +75,20 @@ export const CLOSE = {
   GOING_AWAY: 4,
   KICKED: 5,
   CONFERENCE_ENDED: 6,
+  CASCADE_REFUSED: 7,
   MOVED: 8,
   TOO_MANY_CONNECTIONS: 9,
   RATE_LIMITED: 10,
+};
+
+/** Codes of `error` control messages (docs/wire-protocol.md). */
+export const ERROR = {
+  BAD_MESSAGE: 1,
+  NOT_PERMITTED: 2,
+  UNKNOWN_TRACK: 3,
+  TOO_MANY_TRACKS: 4,
+  OUT_OF_ORDER: 5,
+  NOT_OWNER: 6,
+  RATE_LIMITED: 7,
+  NOT_ENCRYPTED: 8,
 };
