@@ -32,6 +32,12 @@ pub fn init(json: bool, level: &str) {
     install(json, level, std::io::stderr, true);
 }
 
+/// Logs as a config's `[logging]` says: human or JSON lines on stderr, its
+/// level unless `RUST_LOG` is set.
+pub fn init_as(logging: &crate::policy::Logging) {
+    init(logging.json, &logging.level);
+}
+
 fn install<W>(json: bool, level: &str, writer: W, ansi: bool)
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,

@@ -1,11 +1,11 @@
 //! The command line's arguments: what each command takes.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
-use super::{client, hostile, overload};
+use crate::client::e2ee::Secret;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -45,7 +45,7 @@ pub(super) enum Command {
     /// Join a relay by hand: publish synthetic media, or subscribe and count.
     Client {
         #[command(subcommand)]
-        action: client::Action,
+        action: ClientAction,
     },
     /// Load a relay with synthetic conferences and print what was delivered.
     Loadtest(LoadtestArgs),
@@ -63,15 +63,15 @@ pub(super) enum Command {
     /// Overload: a call filling a jurisdiction's relay capacity, then
     /// newcomers asking to join at a fixed rate; joins accepted and refused,
     /// and the latency of those in, calm against overload.
-    Overload(overload::Plan),
+    Overload(OverloadArgs),
     /// Hostile load: idle connections, stalled uploads and forged QUIC
     /// Initials against a running `dev`, all at once, while an EU call runs
     /// and newcomers join; joins, their latency, the call's loss, relay
     /// health, RSS and descriptors, calm against attack.
-    Hostile(hostile::Plan),
+    Hostile(HostileArgs),
     /// One attack worker of `hostile`.
     #[command(hide = true)]
-    HostileWorker(hostile::Worker),
+    HostileWorker(HostileWorkerArgs),
     /// Fetch a conference's signed residency report from its router.
     Report(ReportArgs),
     /// Verify a residency report offline against the router's public key.
@@ -370,4 +370,204 @@ pub(super) struct TicketArgs {
     /// Validity in seconds (at most 300).
     #[arg(long, default_value_t = 60)]
     pub(super) ttl: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum ClientAction {
+    /// Publish one synthetic video track at a bitrate.
+    Publish {
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long, default_value_t = 1_500_000)]
+        bitrate: u64,
+        #[arg(long, default_value_t = 1100)]
+        packet_size: usize,
+        /// Seconds to send.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+    },
+    /// Subscribe to tracks (all announced ones when none given) and count.
+    Subscribe {
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long = "track")]
+        tracks: Vec<u32>,
+        /// Seconds to listen.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+    },
+}
+
+/// Either join through a router (`--router`, `--conference`, `--passcode`
+/// or `--invite`), or connect to a relay directly with a ticket (`--relay`,
+/// `--cert-sha256`, `--ticket`).
+#[derive(Debug, Args)]
+pub(super) struct Connection {
+    /// Router base URL to join through, e.g. https://127.0.2.1:8080 (with --ca)
+    #[arg(long, requires = "conference", conflicts_with_all = ["relay", "ticket"])]
+    pub(super) router: Option<String>,
+    /// Conference id (with --router).
+    #[arg(long)]
+    pub(super) conference: Option<String>,
+    /// Conference passcode (with --router).
+    #[arg(long)]
+    pub(super) passcode: Option<String>,
+    /// Invitation token (with --router), instead of a passcode.
+    #[arg(long)]
+    pub(super) invite: Option<String>,
+    /// Display name (with --router and --passcode).
+    #[arg(long, default_value = "cli")]
+    pub(super) name: String,
+    /// The relay's QUIC address (without --router).
+    #[arg(long, requires_all = ["cert_sha256", "ticket"])]
+    pub(super) relay: Option<SocketAddr>,
+    /// SHA-256 of the relay's certificate (its /cert, or the log line at start).
+    #[arg(long)]
+    pub(super) cert_sha256: Option<String>,
+    /// A ticket for this relay (`residency-relay ticket …`).
+    #[arg(long)]
+    pub(super) ticket: Option<String>,
+    /// Local address to send from.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub(super) bind: SocketAddr,
+    /// The conference's end-to-end encryption secret: 43 base64url
+    /// characters, or a join link whose fragment carries it (`#…&k=…`).
+    /// Required for an end-to-end encrypted conference.
+    /// Given, the client refuses a conference that is not end-to-end
+    /// encrypted rather than send in the clear.
+    #[arg(long, value_name = "SECRET_OR_LINK", value_parser = Secret::parse)]
+    pub(super) e2ee_secret: Option<Secret>,
+}
+
+/// What to run (the command's arguments).
+#[derive(Debug, Clone, clap::Args)]
+pub(super) struct OverloadArgs {
+    /// Router base URL (the default serves `ch`, one relay of 200).
+    #[arg(long, default_value = "https://127.0.2.3:8080")]
+    pub(super) router: String,
+    #[arg(long, default_value = "dev-acme-key")]
+    pub(super) api_key: String,
+    #[arg(long, default_value = "ch")]
+    pub(super) residency: String,
+    /// Participants in the call (the first publishes): the capacity.
+    #[arg(long, default_value_t = 200)]
+    pub(super) inside: usize,
+    /// Concurrent newcomers (each from its own address).
+    #[arg(long, default_value_t = 50)]
+    pub(super) newcomers: usize,
+    /// Join attempts per second, all newcomers together.
+    #[arg(long, default_value_t = 200)]
+    pub(super) rate: u64,
+    /// Packets per second the publisher sends (1,100 bytes each).
+    #[arg(long, default_value_t = 100)]
+    pub(super) pps: u64,
+    /// Length of each phase.
+    #[arg(long, default_value_t = 10)]
+    pub(super) seconds: u64,
+}
+
+/// What to run (the command's arguments).
+#[derive(Debug, Clone, clap::Args)]
+pub(super) struct HostileArgs {
+    /// The config `dev` runs (addresses of its routers and relays).
+    #[arg(long, default_value = "config/dev.toml")]
+    pub(super) config: PathBuf,
+    /// The router of the EU call and the newcomers.
+    #[arg(long, default_value = "de-fra-router")]
+    pub(super) router: String,
+    #[arg(long, default_value = "dev-acme-key")]
+    pub(super) api_key: String,
+    #[arg(long, default_value = "dev-admin-key")]
+    pub(super) admin_token: String,
+    /// Idle TCP connections held open (two worker processes).
+    #[arg(long, default_value_t = 20_000)]
+    pub(super) idle: usize,
+    /// Source addresses the idle connections come from.
+    #[arg(long, default_value_t = 100)]
+    pub(super) idle_sources: usize,
+    /// How long an idle connection the server closed waits before it
+    /// connects again (lower turns the idle attack into a connect flood).
+    #[arg(long, default_value_t = 1000)]
+    pub(super) reconnect_ms: u64,
+    /// Stalled uploads to the relay channel at any time.
+    #[arg(long, default_value_t = 100)]
+    pub(super) stalled: usize,
+    /// Forged QUIC Initial packets per second.
+    #[arg(long, default_value_t = 200)]
+    pub(super) initials_per_second: u64,
+    /// Waiting-room polls held open with one wait token (0: none).
+    #[arg(long, default_value_t = 1020)]
+    pub(super) polls: usize,
+    /// Source addresses the polls come from (127.0.12.x).
+    #[arg(long, default_value_t = 40)]
+    pub(super) poll_sources: usize,
+    /// Newcomers asking to join per second.
+    #[arg(long, default_value_t = 20)]
+    pub(super) join_rate: u64,
+    /// Packets per second of the call's publisher (1,100 bytes each).
+    #[arg(long, default_value_t = 100)]
+    pub(super) pps: u64,
+    /// Length of each measured phase.
+    #[arg(long, default_value_t = 20)]
+    pub(super) seconds: u64,
+    /// Seconds the attack runs before its phase is measured.
+    #[arg(long, default_value_t = 10)]
+    pub(super) ramp: u64,
+    /// Nice level of the attack workers (0: the same priority as `dev`).
+    #[arg(long, default_value_t = 0)]
+    pub(super) attacker_nice: u8,
+    /// Processes to watch (default: the running `dev`, found in /proc).
+    #[arg(long)]
+    pub(super) pid: Vec<u32>,
+}
+
+/// What one attack worker does (a hidden command; `hostile` starts them
+/// as separate processes, so their descriptors and CPU are their own).
+#[derive(Debug, Clone, clap::Args)]
+pub(super) struct HostileWorkerArgs {
+    #[arg(long, value_enum)]
+    pub(super) mode: AttackMode,
+    /// Where to: HTTP listeners (idle, round robin), the router (stalled),
+    /// relays' QUIC addresses (initials, paired with `--from`).
+    #[arg(long, value_delimiter = ',')]
+    pub(super) targets: Vec<SocketAddr>,
+    /// Forged sources of the Initials, one per target.
+    #[arg(long, value_delimiter = ',')]
+    pub(super) from: Vec<SocketAddr>,
+    /// Connections held (idle, stalled).
+    #[arg(long, default_value_t = 0)]
+    pub(super) count: usize,
+    /// Index of the first source address (127.0.9.1 is 0), and how many.
+    #[arg(long, default_value_t = 0)]
+    pub(super) first_source: usize,
+    #[arg(long, default_value_t = 1)]
+    pub(super) sources: usize,
+    #[arg(long)]
+    pub(super) seconds: u64,
+    #[arg(long, default_value_t = 1000)]
+    pub(super) reconnect_ms: u64,
+    /// Initials per second.
+    #[arg(long, default_value_t = 0)]
+    pub(super) rate: u64,
+    /// For a router serving HTTPS (stalled): the CA to verify it with ...
+    #[arg(long)]
+    pub(super) tls_ca: Option<PathBuf>,
+    /// ... and the name its certificate is for.
+    #[arg(long)]
+    pub(super) tls_name: Option<String>,
+    /// The waiting-room poll's path (polls).
+    #[arg(long)]
+    pub(super) path: Option<String>,
+    /// The wait token it is polled with (polls).
+    #[arg(long)]
+    pub(super) token: Option<String>,
+}
+
+/// The attack a worker runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(super) enum AttackMode {
+    Idle,
+    Stalled,
+    Polls,
+    Initials,
 }

@@ -1,57 +1,15 @@
 //! `residency-relay client publish|subscribe`: one participant by hand.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use clap::{Args, Subcommand};
+use super::args::{ClientAction as Action, Connection};
 
 use crate::client::Client;
-use crate::client::e2ee::{self, Event, Group, Secret};
+use crate::client::e2ee::{self, Event, Group};
 use crate::client::join::{self, Credential};
 use crate::client::synthetic::{self, ReceiveStats};
 use crate::wire::control::{ServerMessage, TrackKind};
 use crate::wire::datagram::{Flags, HEADER_LEN, MediaHeader, TrackId};
-
-/// Either join through a router (`--router`, `--conference`, `--passcode`
-/// or `--invite`), or connect to a relay directly with a ticket (`--relay`,
-/// `--cert-sha256`, `--ticket`).
-#[derive(Debug, Args)]
-pub(super) struct Connection {
-    /// Router base URL to join through, e.g. https://127.0.2.1:8080 (with --ca)
-    #[arg(long, requires = "conference", conflicts_with_all = ["relay", "ticket"])]
-    router: Option<String>,
-    /// Conference id (with --router).
-    #[arg(long)]
-    conference: Option<String>,
-    /// Conference passcode (with --router).
-    #[arg(long)]
-    passcode: Option<String>,
-    /// Invitation token (with --router), instead of a passcode.
-    #[arg(long)]
-    invite: Option<String>,
-    /// Display name (with --router and --passcode).
-    #[arg(long, default_value = "cli")]
-    name: String,
-    /// The relay's QUIC address (without --router).
-    #[arg(long, requires_all = ["cert_sha256", "ticket"])]
-    relay: Option<SocketAddr>,
-    /// SHA-256 of the relay's certificate (its /cert, or the log line at start).
-    #[arg(long)]
-    cert_sha256: Option<String>,
-    /// A ticket for this relay (`residency-relay ticket …`).
-    #[arg(long)]
-    ticket: Option<String>,
-    /// Local address to send from.
-    #[arg(long, default_value = "127.0.0.1:0")]
-    bind: SocketAddr,
-    /// The conference's end-to-end encryption secret: 43 base64url
-    /// characters, or a join link whose fragment carries it (`#…&k=…`).
-    /// Required for an end-to-end encrypted conference.
-    /// Given, the client refuses a conference that is not end-to-end
-    /// encrypted rather than send in the clear.
-    #[arg(long, value_name = "SECRET_OR_LINK", value_parser = Secret::parse)]
-    e2ee_secret: Option<Secret>,
-}
 
 /// A connected participant and its end-to-end encryption, if any.
 struct Connected {
@@ -168,34 +126,9 @@ async fn key_event(c: &mut Connected, event: &ServerMessage) -> Result<(), Strin
     Ok(())
 }
 
-#[derive(Debug, Subcommand)]
-pub(super) enum Action {
-    /// Publish one synthetic video track at a bitrate.
-    Publish {
-        #[command(flatten)]
-        connection: Connection,
-        #[arg(long, default_value_t = 1_500_000)]
-        bitrate: u64,
-        #[arg(long, default_value_t = 1100)]
-        packet_size: usize,
-        /// Seconds to send.
-        #[arg(long, default_value_t = 10)]
-        duration: u64,
-    },
-    /// Subscribe to tracks (all announced ones when none given) and count.
-    Subscribe {
-        #[command(flatten)]
-        connection: Connection,
-        #[arg(long = "track")]
-        tracks: Vec<u32>,
-        /// Seconds to listen.
-        #[arg(long, default_value_t = 10)]
-        duration: u64,
-    },
-}
-
 pub(super) fn run(action: Action) -> Result<(), String> {
-    super::relay::init_logging();
+    // Human-readable logs on stderr; level from `RUST_LOG` (default `info`).
+    crate::logging::init(false, "info");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

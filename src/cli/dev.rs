@@ -128,7 +128,7 @@ pub(super) const LOG_FILE: &str = "data/dev.log";
 
 pub(super) fn run(policy: Policy, demo: bool, log_console: bool) -> Result<(), String> {
     if log_console {
-        super::relay::init_logging_for(&policy);
+        crate::logging::init_as(policy.logging());
     } else {
         let l = policy.logging();
         crate::logging::init_to_file(l.json, &l.level, std::path::Path::new(LOG_FILE))?;

@@ -26,7 +26,6 @@
 //! Loopback only: every address it uses or targets is in 127.0.0.0/8.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -34,108 +33,12 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::args::{AttackMode as Mode, HostileArgs as Plan, HostileWorkerArgs as Worker};
 use crate::client::join::{self, JoinError};
 use crate::client::synthetic::{self, ReceiveStats, quantile};
 use crate::client::{self, Client};
 use crate::policy::Policy;
 use crate::wire::control::TrackKind;
-
-/// What to run (the command's arguments).
-#[derive(Debug, Clone, clap::Args)]
-pub(super) struct Plan {
-    /// The config `dev` runs (addresses of its routers and relays).
-    #[arg(long, default_value = "config/dev.toml")]
-    pub config: PathBuf,
-    /// The router of the EU call and the newcomers.
-    #[arg(long, default_value = "de-fra-router")]
-    pub router: String,
-    #[arg(long, default_value = "dev-acme-key")]
-    pub api_key: String,
-    #[arg(long, default_value = "dev-admin-key")]
-    pub admin_token: String,
-    /// Idle TCP connections held open (two worker processes).
-    #[arg(long, default_value_t = 20_000)]
-    pub idle: usize,
-    /// Source addresses the idle connections come from.
-    #[arg(long, default_value_t = 100)]
-    pub idle_sources: usize,
-    /// How long an idle connection the server closed waits before it
-    /// connects again (lower turns the idle attack into a connect flood).
-    #[arg(long, default_value_t = 1000)]
-    pub reconnect_ms: u64,
-    /// Stalled uploads to the relay channel at any time.
-    #[arg(long, default_value_t = 100)]
-    pub stalled: usize,
-    /// Forged QUIC Initial packets per second.
-    #[arg(long, default_value_t = 200)]
-    pub initials_per_second: u64,
-    /// Waiting-room polls held open with one wait token (0: none).
-    #[arg(long, default_value_t = 1020)]
-    pub polls: usize,
-    /// Source addresses the polls come from (127.0.12.x).
-    #[arg(long, default_value_t = 40)]
-    pub poll_sources: usize,
-    /// Newcomers asking to join per second.
-    #[arg(long, default_value_t = 20)]
-    pub join_rate: u64,
-    /// Packets per second of the call's publisher (1,100 bytes each).
-    #[arg(long, default_value_t = 100)]
-    pub pps: u64,
-    /// Length of each measured phase.
-    #[arg(long, default_value_t = 20)]
-    pub seconds: u64,
-    /// Seconds the attack runs before its phase is measured.
-    #[arg(long, default_value_t = 10)]
-    pub ramp: u64,
-    /// Nice level of the attack workers (0: the same priority as `dev`).
-    #[arg(long, default_value_t = 0)]
-    pub attacker_nice: u8,
-    /// Processes to watch (default: the running `dev`, found in /proc).
-    #[arg(long)]
-    pub pid: Vec<u32>,
-}
-
-/// What one attack worker does (a hidden command; `hostile` starts them
-/// as separate processes, so their descriptors and CPU are their own).
-#[derive(Debug, Clone, clap::Args)]
-pub(super) struct Worker {
-    #[arg(long, value_enum)]
-    pub mode: Mode,
-    /// Where to: HTTP listeners (idle, round robin), the router (stalled),
-    /// relays' QUIC addresses (initials, paired with `--from`).
-    #[arg(long, value_delimiter = ',')]
-    pub targets: Vec<SocketAddr>,
-    /// Forged sources of the Initials, one per target.
-    #[arg(long, value_delimiter = ',')]
-    pub from: Vec<SocketAddr>,
-    /// Connections held (idle, stalled).
-    #[arg(long, default_value_t = 0)]
-    pub count: usize,
-    /// Index of the first source address (127.0.9.1 is 0), and how many.
-    #[arg(long, default_value_t = 0)]
-    pub first_source: usize,
-    #[arg(long, default_value_t = 1)]
-    pub sources: usize,
-    #[arg(long)]
-    pub seconds: u64,
-    #[arg(long, default_value_t = 1000)]
-    pub reconnect_ms: u64,
-    /// Initials per second.
-    #[arg(long, default_value_t = 0)]
-    pub rate: u64,
-    /// For a router serving HTTPS (stalled): the CA to verify it with ...
-    #[arg(long)]
-    pub tls_ca: Option<PathBuf>,
-    /// ... and the name its certificate is for.
-    #[arg(long)]
-    pub tls_name: Option<String>,
-    /// The waiting-room poll's path (polls).
-    #[arg(long)]
-    pub path: Option<String>,
-    /// The wait token it is polled with (polls).
-    #[arg(long)]
-    pub token: Option<String>,
-}
 
 impl Worker {
     /// Trust for a router serving HTTPS (`--tls-ca`, `--tls-name`), or
@@ -163,15 +66,6 @@ async fn dial(
         .await
         .ok()?
         .ok()
-}
-
-/// The attack a worker runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub(super) enum Mode {
-    Idle,
-    Stalled,
-    Polls,
-    Initials,
 }
 
 /// The `n`th address from 127.0.9.1 on (250 per /24).

@@ -18,37 +18,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use super::args::OverloadArgs as Plan;
 use crate::client::join::{self, JoinError};
 use crate::client::synthetic::{self, ReceiveStats, quantile};
 use crate::client::{self, Client};
 use crate::wire::control::TrackKind;
-
-/// What to run (the command's arguments).
-#[derive(Debug, Clone, clap::Args)]
-pub(super) struct Plan {
-    /// Router base URL (the default serves `ch`, one relay of 200).
-    #[arg(long, default_value = "https://127.0.2.3:8080")]
-    pub router: String,
-    #[arg(long, default_value = "dev-acme-key")]
-    pub api_key: String,
-    #[arg(long, default_value = "ch")]
-    pub residency: String,
-    /// Participants in the call (the first publishes): the capacity.
-    #[arg(long, default_value_t = 200)]
-    pub inside: usize,
-    /// Concurrent newcomers (each from its own address).
-    #[arg(long, default_value_t = 50)]
-    pub newcomers: usize,
-    /// Join attempts per second, all newcomers together.
-    #[arg(long, default_value_t = 200)]
-    pub rate: u64,
-    /// Packets per second the publisher sends (1,100 bytes each).
-    #[arg(long, default_value_t = 100)]
-    pub pps: u64,
-    /// Length of each phase.
-    #[arg(long, default_value_t = 10)]
-    pub seconds: u64,
-}
 
 /// Participants per source address (well under the per-address limits).
 const PER_ADDRESS: usize = 20;

@@ -20,7 +20,7 @@ pub(super) fn run(
     workers: Option<usize>,
     credential: Option<String>,
 ) -> Result<(), String> {
-    init_logging_for(&policy);
+    crate::logging::init_as(policy.logging());
     let policy = std::sync::Arc::new(policy);
     let mut settings = settings(&policy, id, queue_packets, shutdown_grace, credential)?;
     if let Some(w) = workers {
@@ -112,22 +112,6 @@ pub(super) fn settings(
         settings.routers.clear();
     }
     Ok(settings)
-}
-
-/// Human-readable logs on stderr; level from `RUST_LOG` (default `info`).
-pub(super) fn init_logging() {
-    init(false, "info");
-}
-
-/// Logs as the config's `[logging]` says: human or JSON lines on stderr,
-/// its level unless `RUST_LOG` is set.
-pub(super) fn init_logging_for(policy: &Policy) {
-    let l = policy.logging();
-    init(l.json, &l.level);
-}
-
-fn init(json: bool, level: &str) {
-    crate::logging::init(json, level);
 }
 
 /// `relay`: runs the inventory's relay `id` until SIGINT/SIGTERM.

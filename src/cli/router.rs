@@ -11,7 +11,7 @@ use super::args::RouterArgs;
 
 /// Starts the runtime and serves until SIGINT or SIGTERM.
 pub(super) fn run(policy: Policy, id: &str, source: policy::Source) -> Result<(), String> {
-    super::relay::init_logging_for(&policy);
+    crate::logging::init_as(policy.logging());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -12,7 +12,7 @@
 // about the page; the page (call.js, app.js) moves the bytes.
 
 import { compareIds, concat, equalBytes, fromBase64url, randomBytes, toBase64url, u32, utf8 } from "./bytes.js";
-import { HASH_LEN, hkdfExpand, HMAC, hmacKey, hmacSha256, hmacVerify } from "./hkdf.js";
+import { HASH_LEN, hkdfExpand, hmacKey, hmacSha256, hmacVerify } from "./hkdf.js";
 import { dh, hpkeOpen, hpkeSeal, X25519_LEN, x25519Generate } from "./hpke.js";
 import { deriveSframeKey, parseSframeHeader, SFRAME_NK, SFRAME_NT, sframeDecrypt, sframeEncrypt } from "./sframe.js";
 import { HEADER_LEN as WIRE_HEADER } from "./wire.js";

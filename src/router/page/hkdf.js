@@ -6,7 +6,7 @@ import { concat } from "./bytes.js";
 const subtle = globalThis.crypto.subtle;
 const EMPTY = new Uint8Array(0);
 
-export const HMAC = { name: "HMAC", hash: "SHA-256" };
+const HMAC = { name: "HMAC", hash: "SHA-256" };
 export const HASH_LEN = 32;
 
 /**

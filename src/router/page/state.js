@@ -1,9 +1,6 @@
 // What the call page knows and shows: its state, the statistics tests and
 // curious people read (window.rr.snapshot()), and the element look-up.
 
-import { notice, rememberedEpoch } from "./keys.js";
-import { show } from "./words.js";
-
 export const $ = (id) => document.getElementById(id);
 
 /** What tests and curious people can read: window.rr.snapshot(). */
