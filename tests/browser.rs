@@ -624,9 +624,18 @@ fn a_host_runs_the_waiting_room_mutes_bans_and_reads_the_report_from_the_page() 
     let before = b.snapshot("host")["sent"]["video"]["frames"]
         .as_u64()
         .unwrap();
-    // No frame sent for a second (30 at the camera's rate): a wait for
-    // nothing to happen has no event to end it.
-    std::thread::sleep(Duration::from_secs(1));
+    // No video frame while the microphone goes on sending: 50 audio
+    // frames (a second at 20 ms each) is 30 camera frames' time, counted
+    // by the page itself rather than slept.
+    let audio = b.snapshot("host")["sent"]["audio"]["frames"]
+        .as_u64()
+        .unwrap();
+    b.wait_for(
+        "host",
+        Duration::from_secs(10),
+        "a second of audio",
+        move |s| s["sent"]["audio"]["frames"].as_u64() >= Some(audio + 50),
+    );
     let after = b.snapshot("host")["sent"]["video"]["frames"]
         .as_u64()
         .unwrap();
