@@ -224,6 +224,11 @@ pub struct Options {
     pub trusted_proxy: TrustedProxy,
     /// TLS for every connection; `None`: plain HTTP.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The kernel send buffer of each connection (`SO_SNDBUF`); `None`:
+    /// the system's default. A listener whose connections carry live media
+    /// keeps it small, so that what a slow reader cannot take waits where
+    /// the relay's drop policy applies, not in the kernel.
+    pub send_buffer: Option<usize>,
 }
 
 impl std::fmt::Debug for Options {
@@ -248,6 +253,9 @@ struct Tracked {
     reading_body: AtomicUsize,
     /// Requests in flight held as long polls ([`LongPoll::hold`]).
     held: AtomicUsize,
+    /// Upgraded connections (WebSocket) still open ([`Upgrade::keep`]).
+    upgraded: AtomicUsize,
+    upgrade_ended: tokio::sync::Notify,
     evict: tokio::sync::Notify,
     /// The listener wants this connection back: its long polls answer now.
     released: AtomicBool,
@@ -262,10 +270,40 @@ impl Tracked {
             in_flight: AtomicUsize::new(0),
             reading_body: AtomicUsize::new(0),
             held: AtomicUsize::new(0),
+            upgraded: AtomicUsize::new(0),
+            upgrade_ended: tokio::sync::Notify::new(),
             evict: tokio::sync::Notify::new(),
             released: AtomicBool::new(false),
             release: tokio::sync::Notify::new(),
         }
+    }
+}
+
+/// A request's connection, for a handler that upgrades it (WebSocket):
+/// the upgraded connection keeps its place in the listener's caps.
+#[derive(Debug, Clone)]
+pub struct Upgrade(Arc<Tracked>);
+
+impl Upgrade {
+    /// Holds the connection's place until the returned guard drops: it
+    /// counts as a request in flight (so it is never taken for an idle
+    /// connection) and the listener's slot for it is given back only then.
+    pub fn keep(&self) -> Upgraded {
+        self.0.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.0.upgraded.fetch_add(1, Ordering::AcqRel);
+        Upgraded(self.0.clone())
+    }
+}
+
+/// An upgraded connection's hold on its listener slot ([`Upgrade::keep`]).
+#[derive(Debug)]
+pub struct Upgraded(Arc<Tracked>);
+
+impl Drop for Upgraded {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.upgraded.fetch_sub(1, Ordering::AcqRel);
+        self.0.upgrade_ended.notify_waiters();
     }
 }
 
@@ -447,6 +485,9 @@ pub async fn serve(
         while tasks.try_join_next().is_some() {}
         let group = address_group(peer.ip().to_canonical());
         let exempt = (options.trusted_proxy)(peer.ip().to_canonical());
+        if let Some(size) = options.send_buffer {
+            let _ = socket2::SockRef::from(&stream).set_send_buffer_size(size);
+        }
         let admitted = admit(&table, &options, group, exempt, started);
         let tracked = match admitted {
             Ok(t) => t,
@@ -724,6 +765,7 @@ async fn serve_http<S>(
             let (mut parts, body) = request.into_parts();
             parts.extensions.insert(axum::extract::ConnectInfo(peer));
             parts.extensions.insert(long_poll.clone());
+            parts.extensions.insert(Upgrade(in_flight.clone()));
             let body = Deadline::new(body, body_timeout, in_flight.clone());
             let unread = body.unread.clone();
             let request = axum::http::Request::from_parts(parts, axum::body::Body::new(body));
@@ -756,7 +798,7 @@ async fn serve_http<S>(
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(None)
         .max_buf_size(64 << 10);
-    let connection = builder.serve_connection(io, service);
+    let connection = builder.serve_connection(io, service).with_upgrades();
     let mut connection = std::pin::pin!(connection);
     // The head and idle limits are kept here rather than by hyper, whose
     // head timer also runs between requests and would make the idle
@@ -775,6 +817,15 @@ async fn serve_http<S>(
             result = connection.as_mut() => {
                 if let Err(e) = result {
                     debug!(error = %e, "HTTP connection ended with an error");
+                }
+                // An upgraded connection lives on in its handler's task:
+                // its slot is given back when that ends.
+                while tracked.upgraded.load(Ordering::Acquire) > 0 {
+                    let ended = tracked.upgrade_ended.notified();
+                    if tracked.upgraded.load(Ordering::Acquire) == 0 {
+                        break;
+                    }
+                    ended.await;
                 }
                 return;
             }

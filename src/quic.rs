@@ -84,6 +84,21 @@ pub fn client_crypto(
     certificate: Option<(&[CertificateDer<'static>], &PrivateKeyDer<'static>)>,
     alpn: &[u8],
 ) -> Result<quinn::crypto::rustls::QuicClientConfig, String> {
+    let tls = pinned_tls(pin, certificate, alpn)?;
+    quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())
+}
+
+/// TLS 1.3 client config pinning `pin` for `alpn`, over TCP (the native
+/// client's WebSocket transport to a relay's own certificate).
+pub fn pinned_tls_config(pin: &str, alpn: &[u8]) -> Result<rustls::ClientConfig, String> {
+    pinned_tls(pin, None, alpn)
+}
+
+fn pinned_tls(
+    pin: &str,
+    certificate: Option<(&[CertificateDer<'static>], &PrivateKeyDer<'static>)>,
+    alpn: &[u8],
+) -> Result<rustls::ClientConfig, String> {
     let provider = provider();
     let verifier = Arc::new(PinnedCert {
         pin: pin.trim().to_ascii_lowercase(),
@@ -101,7 +116,7 @@ pub fn client_crypto(
         None => builder.with_no_client_auth(),
     };
     tls.alpn_protocols = vec![alpn.to_vec()];
-    quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())
+    Ok(tls)
 }
 
 #[derive(Debug)]

@@ -398,6 +398,13 @@ pub(super) enum ClientAction {
     },
 }
 
+/// How the client reaches its relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(super) enum TransportArg {
+    Quic,
+    Websocket,
+}
+
 /// Either join through a router (`--router`, `--conference`, `--passcode`
 /// or `--invite`), or connect to a relay directly with a ticket (`--relay`,
 /// `--cert-sha256`, `--ticket`).
@@ -430,6 +437,19 @@ pub(super) struct Connection {
     /// Local address to send from.
     #[arg(long, default_value = "127.0.0.1:0")]
     pub(super) bind: SocketAddr,
+    /// How to reach the relay: QUIC, or WebSocket on TLS over TCP (for
+    /// networks that block UDP).
+    #[arg(long, value_enum, default_value_t = TransportArg::Quic)]
+    pub(super) transport: TransportArg,
+    /// The relay's WebSocket URL (without --router; default
+    /// wss://<relay>/ws).
+    #[arg(long)]
+    pub(super) websocket_url: Option<String>,
+    /// PEM file of the CA (or certificate) to verify the relay's WebSocket
+    /// certificate with; without it the relay's own certificate is pinned
+    /// (--cert-sha256, or the join answer's).
+    #[arg(long, value_name = "FILE")]
+    pub(super) websocket_ca: Option<PathBuf>,
     /// The conference's end-to-end encryption secret: 43 base64url
     /// characters, or a join link whose fragment carries it (`#…&k=…`).
     /// Required for an end-to-end encrypted conference.

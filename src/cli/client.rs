@@ -2,12 +2,13 @@
 
 use std::time::{Duration, Instant};
 
-use super::args::{ClientAction as Action, Connection};
+use super::args::{ClientAction as Action, Connection, TransportArg};
 
 use crate::client::Client;
 use crate::client::e2ee::{self, Event, Group};
 use crate::client::join::{self, Credential};
 use crate::client::synthetic::{self, ReceiveStats};
+use crate::client::websocket::Trust;
 use crate::wire::control::{ServerMessage, TrackKind};
 use crate::wire::datagram::{Flags, HEADER_LEN, MediaHeader, TrackId};
 
@@ -55,9 +56,11 @@ impl Connection {
             (&self.relay, &self.cert_sha256, &self.ticket)
         {
             let claims = crate::ticket::peek(ticket).map_err(|e| e.to_string())?;
-            let client = Client::connect(self.bind, *relay, cert, ticket)
-                .await
-                .map_err(|e| e.to_string())?;
+            let url = self
+                .websocket_url
+                .clone()
+                .unwrap_or_else(|| format!("wss://{relay}{}", crate::wire::websocket::PATH));
+            let client = self.dial(*relay, Some(&url), cert, ticket).await?;
             return Ok((client, claims.e2ee, claims.grants.moderate));
         }
         let (Some(router), Some(conference)) = (&self.router, &self.conference) else {
@@ -84,15 +87,39 @@ impl Connection {
             "joined as {} on relay {} ({}) at {}",
             joined.participant_id, joined.relay_id, joined.relay_country, joined.quic_addr
         );
-        let client = Client::connect(
-            self.bind,
-            joined.quic_addr,
-            &joined.cert_sha256,
-            &joined.ticket,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+        let client = self
+            .dial(
+                joined.quic_addr,
+                joined.websocket_url.as_deref(),
+                &joined.cert_sha256,
+                &joined.ticket,
+            )
+            .await?;
         Ok((client, joined.e2ee, joined.role == "host"))
+    }
+
+    /// Connects to the relay over the transport asked for.
+    async fn dial(
+        &self,
+        quic: std::net::SocketAddr,
+        websocket_url: Option<&str>,
+        cert_sha256: &str,
+        ticket: &str,
+    ) -> Result<Client, String> {
+        let client = match self.transport {
+            TransportArg::Quic => Client::connect(self.bind, quic, cert_sha256, ticket).await,
+            TransportArg::Websocket => {
+                let url = websocket_url.ok_or("the relay offers no WebSocket URL")?;
+                let trust = match &self.websocket_ca {
+                    Some(ca) => Trust::Roots(std::sync::Arc::new(crate::tls::ca_roots(ca)?)),
+                    None => Trust::Pin(cert_sha256.to_owned()),
+                };
+                Client::connect_websocket(self.bind.ip(), url, &trust, ticket).await
+            }
+        };
+        let client = client.map_err(|e| e.to_string())?;
+        println!("connected over {}", client.transport());
+        Ok(client)
     }
 }
 

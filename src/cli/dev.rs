@@ -165,7 +165,8 @@ async fn serve(policy: Arc<Policy>, demo: bool, log_console: bool) -> Result<(),
             .iter()
             .filter(|r| r.relay_listen.is_some())
             .count()
-        + policy.relays().len();
+        // Each relay's HTTP and WebSocket listeners.
+        + 2 * policy.relays().len();
     for r in policy.routers() {
         let mut settings = super::router::settings(policy.clone(), &r.id).await?;
         settings.http = budget.fit(&settings.http, listeners);
@@ -204,6 +205,13 @@ async fn serve(policy: Arc<Policy>, demo: bool, log_console: bool) -> Result<(),
             .map_err(|e| format!("relay {}: cannot bind {}: {e}", r.id, r.quic_addr))?;
         let http = crate::router::listen(r.http_addr)
             .map_err(|e| format!("relay {}: cannot bind {}: {e}", r.id, r.http_addr))?;
+        settings.websocket = Some(super::relay::websocket(
+            r,
+            budget.fit(
+                &crate::http_server::Limits::from_policy(policy.limits()),
+                listeners,
+            ),
+        )?);
         let rx = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
             crate::relay::run(socket, http, settings, stopped(rx))

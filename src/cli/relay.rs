@@ -39,9 +39,12 @@ pub(super) fn run(
         policy: policy.clone(),
         on_sighup: true,
     });
-    settings.http = crate::http_server::FdBudget::raise().fit(&settings.http, 1);
+    let budget = crate::http_server::FdBudget::raise();
+    settings.http = budget.fit(&settings.http, 2);
+    let websocket_limits = budget.fit(&crate::http_server::Limits::from_policy(policy.limits()), 2);
     let r = policy.relay(policy.relay_idx(id).ok_or("unknown relay")?);
     let (quic, http) = (r.quic_addr, r.http_addr);
+    let r = r.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .enable_all()
@@ -52,9 +55,37 @@ pub(super) fn run(
             .map_err(|e| format!("cannot bind QUIC on {quic}: {e}"))?;
         let listener =
             crate::router::listen(http).map_err(|e| format!("cannot bind HTTP on {http}: {e}"))?;
+        settings.websocket = Some(websocket(&r, websocket_limits)?);
         relay::run(socket, listener, settings, crate::signals::shutdown())
             .await
             .map_err(|e| e.to_string())
+    })
+}
+
+/// Relay `r`'s WebSocket listener, bound (inside a runtime), with its
+/// certificate: `websocket_tls_cert`, else `tls_cert`, else the relay's
+/// own self-signed one.
+pub(super) fn websocket(
+    r: &crate::policy::Relay,
+    limits: crate::http_server::Limits,
+) -> Result<relay::WebSocketSettings, String> {
+    let cert = r
+        .websocket_tls
+        .as_ref()
+        .or(r.tls.as_ref())
+        .map(|(cert, key)| crate::tls::ServerCert::load(cert, key).map(std::sync::Arc::new))
+        .transpose()?;
+    let addr = r.websocket_addr;
+    let listener = crate::router::listen(addr).map_err(|e| {
+        format!(
+            "relay {}: cannot bind the WebSocket listener on {addr} (TCP): {e}",
+            r.id
+        )
+    })?;
+    Ok(relay::WebSocketSettings {
+        listener,
+        cert,
+        limits,
     })
 }
 
@@ -99,6 +130,8 @@ pub(super) fn settings(
         unvalidated_handshakes: policy.limits().relay_unvalidated_handshakes as usize,
         control_limits: relay::rate::ControlLimits::from_policy(policy.limits()),
         http: crate::http_server::Limits::from_policy(policy.limits()),
+        // Bound by the caller ([`run`]).
+        websocket: None,
         log_full_addresses: policy.full_address_jurisdictions(),
         reload: None,
         tap: None,

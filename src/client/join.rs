@@ -29,6 +29,8 @@ pub struct Joined {
     pub relay_id: String,
     pub relay_country: String,
     pub quic_addr: SocketAddr,
+    /// The relay's WebSocket URL (`wss://…`), for networks without UDP.
+    pub websocket_url: Option<String>,
     pub cert_sha256: String,
     pub ticket: String,
     /// Lets this participant rejoin after a relay failure.
@@ -237,6 +239,7 @@ fn parse_joined(answer: &Value) -> Result<Joined, JoinError> {
             relay_id: text(&relay["id"])?,
             relay_country: text(&relay["country"])?,
             quic_addr: relay["quic_addr"].as_str()?.parse().ok()?,
+            websocket_url: relay["websocket_url"].as_str().map(str::to_owned),
             cert_sha256: text(&relay["cert_sha256"])?,
             ticket: text(&answer["ticket"])?,
             rejoin_token: text(&answer["rejoin_token"]),

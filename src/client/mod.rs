@@ -8,6 +8,7 @@ pub mod initials;
 pub mod join;
 pub mod session;
 pub mod synthetic;
+pub mod websocket;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -49,10 +50,7 @@ pub enum ClientError {
 /// A connected, admitted participant.
 #[derive(Debug)]
 pub struct Client {
-    endpoint: quinn::Endpoint,
-    conn: quinn::Connection,
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
+    path: Path,
     decoder: Decoder,
     /// Control messages received while waiting for a specific one.
     pending: VecDeque<ServerMessage>,
@@ -65,34 +63,74 @@ pub struct Client {
     owns_endpoint: bool,
 }
 
+/// How a client reaches its relay.
+#[derive(Debug)]
+enum Path {
+    /// QUIC: the native protocol.
+    Quic {
+        endpoint: quinn::Endpoint,
+        conn: quinn::Connection,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+    },
+    /// WebSocket on TLS over TCP ([`websocket`]).
+    WebSocket {
+        link: websocket::Link,
+        control: websocket::ControlIn,
+    },
+}
+
+/// Where a client's datagrams go and come from.
+#[derive(Debug, Clone)]
+enum Way {
+    Quic(quinn::Connection),
+    WebSocket(websocket::Link),
+}
+
+impl Way {
+    fn send(&self, datagram: Bytes) -> Result<(), ClientError> {
+        match self {
+            Way::Quic(conn) => conn
+                .send_datagram(datagram)
+                .map_err(|e| ClientError::Send(e.to_string())),
+            Way::WebSocket(link) => link.send_datagram(&datagram),
+        }
+    }
+
+    async fn next(&self) -> Result<Bytes, ClientError> {
+        match self {
+            Way::Quic(conn) => conn
+                .read_datagram()
+                .await
+                .map_err(|e| ClientError::Closed(e.to_string())),
+            Way::WebSocket(link) => link.recv_datagram().await,
+        }
+    }
+}
+
 /// Receives a client's media datagrams ([`Client::datagrams`]).
 #[derive(Debug, Clone)]
 pub struct Datagrams {
-    conn: quinn::Connection,
+    way: Way,
 }
 
 /// Sends a client's media datagrams from another task ([`Client::sender`]).
 #[derive(Debug, Clone)]
 pub struct Sender {
-    conn: quinn::Connection,
+    way: Way,
 }
 
 impl Sender {
     /// Sends bytes as one datagram (a send error is loss).
     pub fn send_raw(&self, datagram: Bytes) -> Result<(), ClientError> {
-        self.conn
-            .send_datagram(datagram)
-            .map_err(|e| ClientError::Send(e.to_string()))
+        self.way.send(datagram)
     }
 }
 
 impl Datagrams {
     /// The next media datagram received.
     pub async fn next(&self) -> Result<Bytes, ClientError> {
-        self.conn
-            .read_datagram()
-            .await
-            .map_err(|e| ClientError::Closed(e.to_string()))
+        self.way.next().await
     }
 }
 
@@ -164,11 +202,35 @@ impl Client {
             .open_bi()
             .await
             .map_err(|e| ClientError::Closed(e.to_string()))?;
+        Self::hello(
+            Path::Quic {
+                endpoint,
+                conn,
+                send,
+                recv,
+            },
+            ticket,
+        )
+        .await
+    }
+
+    /// Connects from `bind` to the relay's WebSocket `url` (TLS over TCP,
+    /// for networks without UDP), trusting its certificate by `trust`, and
+    /// joins with `ticket`: the same participant as over QUIC.
+    pub async fn connect_websocket(
+        bind: std::net::IpAddr,
+        url: &str,
+        trust: &websocket::Trust,
+        ticket: &str,
+    ) -> Result<Self, ClientError> {
+        let (link, control) = websocket::connect(bind, url, trust).await?;
+        Self::hello(Path::WebSocket { link, control }, ticket).await
+    }
+
+    /// Sends `hello` on a new path and reads the welcome.
+    async fn hello(path: Path, ticket: &str) -> Result<Self, ClientError> {
         let mut client = Client {
-            endpoint,
-            conn,
-            send,
-            recv,
+            path,
             decoder: Decoder::new(),
             pending: VecDeque::new(),
             next_request: 1,
@@ -200,10 +262,7 @@ impl Client {
     async fn send_control(&mut self, message: &ClientMessage) -> Result<(), ClientError> {
         let mut frame = Vec::new();
         control::encode(message, &mut frame)?;
-        self.send
-            .write_all(&frame)
-            .await
-            .map_err(|e| ClientError::Closed(e.to_string()))
+        self.send_control_raw(&frame).await
     }
 
     /// The relay's answer to a request just sent: within [`ANSWER_TIMEOUT`].
@@ -221,18 +280,21 @@ impl Client {
             if let Some(m) = self.decoder.next_message::<ServerMessage>()? {
                 return Ok(m);
             }
-            let chunk = self
-                .recv
-                .read_chunk(control::MAX_FRAME_LEN, true)
-                .await
-                .map_err(|e| match e {
-                    quinn::ReadError::ConnectionLost(quinn::ConnectionError::TimedOut) => {
-                        ClientError::Lost
-                    }
-                    e => ClientError::Closed(e.to_string()),
-                })?;
+            let chunk = match &mut self.path {
+                Path::Quic { recv, .. } => recv
+                    .read_chunk(control::MAX_FRAME_LEN, true)
+                    .await
+                    .map_err(|e| match e {
+                        quinn::ReadError::ConnectionLost(quinn::ConnectionError::TimedOut) => {
+                            ClientError::Lost
+                        }
+                        e => ClientError::Closed(e.to_string()),
+                    })?
+                    .map(|c| c.bytes),
+                Path::WebSocket { control, .. } => control.next().await,
+            };
             match chunk {
-                Some(c) => self.decoder.push(&c.bytes),
+                Some(c) => self.decoder.push(&c),
                 None => return Err(ClientError::Closed("control stream ended".into())),
             }
         }
@@ -358,17 +420,33 @@ impl Client {
     /// Writes bytes to the control stream as they are, unframed (tests use
     /// it to send malformed control messages).
     pub async fn send_control_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
-        self.send
-            .write_all(bytes)
-            .await
-            .map_err(|e| ClientError::Closed(e.to_string()))
+        match &mut self.path {
+            Path::Quic { send, .. } => send
+                .write_all(bytes)
+                .await
+                .map_err(|e| ClientError::Closed(e.to_string())),
+            Path::WebSocket { link, .. } => link.send_control(bytes).await,
+        }
+    }
+
+    fn way(&self) -> Way {
+        match &self.path {
+            Path::Quic { conn, .. } => Way::Quic(conn.clone()),
+            Path::WebSocket { link, .. } => Way::WebSocket(link.clone()),
+        }
+    }
+
+    /// The transport in use: `native` (QUIC) or `websocket`.
+    pub fn transport(&self) -> &'static str {
+        match &self.path {
+            Path::Quic { .. } => "native",
+            Path::WebSocket { .. } => "websocket",
+        }
     }
 
     /// A handle that sends this client's datagrams from another task.
     pub fn sender(&self) -> Sender {
-        Sender {
-            conn: self.conn.clone(),
-        }
+        Sender { way: self.way() }
     }
 
     /// Asks the publisher of `track` (subscribed) for a keyframe: part of
@@ -387,66 +465,79 @@ impl Client {
 
     /// Sends bytes as a datagram unchanged (tests send malformed ones).
     pub fn send_raw(&self, datagram: Bytes) -> Result<(), ClientError> {
-        self.conn
-            .send_datagram(datagram)
-            .map_err(|e| ClientError::Send(e.to_string()))
+        self.way().send(datagram)
     }
 
     /// Sends bytes as a datagram, waiting while the connection's send buffer
     /// is full instead of dropping older datagrams (load generators).
     pub async fn send_raw_wait(&self, datagram: Bytes) -> Result<(), ClientError> {
-        self.conn
-            .send_datagram_wait(datagram)
-            .await
-            .map_err(|e| ClientError::Send(e.to_string()))
+        match &self.path {
+            Path::Quic { conn, .. } => conn
+                .send_datagram_wait(datagram)
+                .await
+                .map_err(|e| ClientError::Send(e.to_string())),
+            Path::WebSocket { link, .. } => link.send_datagram_wait(&datagram).await,
+        }
     }
 
     /// The next media datagram received.
     pub async fn recv_media(&self) -> Result<Bytes, ClientError> {
-        self.conn
-            .read_datagram()
-            .await
-            .map_err(|e| ClientError::Closed(e.to_string()))
+        self.way().next().await
     }
 
     /// The application close code, once the relay closed the connection
     /// (see [`crate::wire::close_code`]).
     pub fn close_code(&self) -> Option<u64> {
-        match self.conn.close_reason()? {
-            quinn::ConnectionError::ApplicationClosed(c) => Some(c.error_code.into_inner()),
-            _ => None,
+        match &self.path {
+            Path::Quic { conn, .. } => match conn.close_reason()? {
+                quinn::ConnectionError::ApplicationClosed(c) => Some(c.error_code.into_inner()),
+                _ => None,
+            },
+            Path::WebSocket { link, .. } => link.close_code(),
         }
     }
 
     /// Waits until the connection is closed, by either side; returns the
     /// application close code if the relay gave one.
     pub async fn closed(&self) -> Option<u64> {
-        match self.conn.closed().await {
-            quinn::ConnectionError::ApplicationClosed(c) => Some(c.error_code.into_inner()),
-            _ => None,
+        match &self.path {
+            Path::Quic { conn, .. } => match conn.closed().await {
+                quinn::ConnectionError::ApplicationClosed(c) => Some(c.error_code.into_inner()),
+                _ => None,
+            },
+            Path::WebSocket { link, .. } => link.closed().await,
         }
     }
 
     /// A handle that receives this client's media datagrams, so a caller can
     /// wait for media and control events at the same time.
     pub fn datagrams(&self) -> Datagrams {
-        Datagrams {
-            conn: self.conn.clone(),
-        }
+        Datagrams { way: self.way() }
     }
 
     /// Why the connection closed, once it has.
     pub fn close_reason(&self) -> Option<String> {
-        self.conn.close_reason().map(|e| e.to_string())
+        match &self.path {
+            Path::Quic { conn, .. } => conn.close_reason().map(|e| e.to_string()),
+            Path::WebSocket { link, .. } => link.is_closed().then(|| match link.close_code() {
+                Some(code) => format!("closed by the relay (code {code})"),
+                None => "the WebSocket connection closed".to_owned(),
+            }),
+        }
     }
 
     /// Leaves the conference and closes the connection.
     pub async fn leave(mut self) {
         let _ = self.send_control(&ClientMessage::Leave {}).await;
-        let _ = tokio::time::timeout(Duration::from_millis(500), self.conn.closed()).await;
-        self.conn.close(0u32.into(), b"bye");
-        if self.owns_endpoint {
-            self.endpoint.wait_idle().await;
+        let _ = tokio::time::timeout(Duration::from_millis(500), self.closed()).await;
+        match &self.path {
+            Path::Quic { endpoint, conn, .. } => {
+                conn.close(0u32.into(), b"bye");
+                if self.owns_endpoint {
+                    endpoint.wait_idle().await;
+                }
+            }
+            Path::WebSocket { link, .. } => link.close("bye").await,
         }
     }
 }

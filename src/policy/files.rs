@@ -319,6 +319,18 @@ pub struct RelaySection {
     /// `https://…` URL of the WebTransport endpoint browsers are given:
     /// the relay's QUIC port (default `https://<quic_addr>/`).
     pub webtransport_url: Option<String>,
+    /// `ip:port` of the WebSocket listener (TLS over TCP) for participants
+    /// whose network blocks UDP; default: the QUIC address, over TCP.
+    pub websocket_addr: Option<String>,
+    /// `wss://…` URL participants are given for it; default
+    /// `wss://<websocket_addr>/ws`.
+    pub websocket_url: Option<String>,
+    /// PEM certificate chain and key the WebSocket listener serves (one
+    /// browsers trust: WebSocket has no certificate pinning); default
+    /// `tls_cert`/`tls_key`, else the relay's self-signed certificate,
+    /// which only clients that pin it accept.
+    pub websocket_tls_cert: Option<std::path::PathBuf>,
+    pub websocket_tls_key: Option<std::path::PathBuf>,
     /// Where the relay stands, as the call page names it ("Frankfurt").
     pub city: Option<String>,
     pub max_participants: u32,

@@ -603,6 +603,32 @@ fn build_relay(
         }
     }
     check_capacity(ctx, i, r, p);
+    let websocket_addr = match (&r.websocket_addr, quic_addr) {
+        (Some(text), _) => text
+            .parse::<SocketAddr>()
+            .map_err(|_| {
+                p.push(
+                    ctx.cfg,
+                    field("websocket_addr"),
+                    format!("'{text}' is not an ip:port address such as 192.0.2.10:443"),
+                )
+            })
+            .ok(),
+        (None, q) => q,
+    };
+    if let Some(url) = &r.websocket_url {
+        if let Err(problem) = check_websocket_url(url) {
+            p.push(ctx.cfg, field("websocket_url"), problem);
+        }
+    }
+    let websocket_tls = tls_pair(
+        ctx,
+        i,
+        r,
+        ("websocket_tls_cert", &r.websocket_tls_cert),
+        ("websocket_tls_key", &r.websocket_tls_key),
+        p,
+    );
     let http_addr = match (&r.http_addr, quic_addr) {
         (Some(text), _) => text
             .parse::<SocketAddr>()
@@ -623,8 +649,8 @@ fn build_relay(
             .map_err(|m| p.push(ctx.cfg, field("credential_sha256"), m))
             .ok()
     });
-    let (Some(country), Some(position), Some(quic_addr), Some(http_addr)) =
-        (country, position, quic_addr, http_addr)
+    let (Some(country), Some(position), Some(quic_addr), Some(http_addr), Some(websocket_addr)) =
+        (country, position, quic_addr, http_addr, websocket_addr)
     else {
         return None;
     };
@@ -637,6 +663,12 @@ fn build_relay(
             .webtransport_url
             .clone()
             .unwrap_or_else(|| format!("https://{quic_addr}/")),
+        websocket_addr,
+        websocket_url: r
+            .websocket_url
+            .clone()
+            .unwrap_or_else(|| format!("wss://{websocket_addr}{}", crate::wire::websocket::PATH)),
+        websocket_tls,
         city: r.city.clone(),
         max_participants: r.max_participants,
         max_bitrate_bps: r.max_bitrate_bps,
@@ -694,11 +726,31 @@ fn relay_tls(
     r: &RelaySection,
     p: &mut Problems,
 ) -> Option<(PathBuf, PathBuf)> {
+    tls_pair(
+        ctx,
+        i,
+        r,
+        ("tls_cert", &r.tls_cert),
+        ("tls_key", &r.tls_key),
+        p,
+    )
+}
+
+/// A certificate and key file given together (or neither), resolved
+/// against the config's directory and readable.
+fn tls_pair(
+    ctx: &Ctx<'_>,
+    i: usize,
+    r: &RelaySection,
+    (cert_field, cert): (&str, &Option<PathBuf>),
+    (key_field, key): (&str, &Option<PathBuf>),
+    p: &mut Problems,
+) -> Option<(PathBuf, PathBuf)> {
     let field = |f: &str| at("relay", i, &r.id, f);
-    match (&r.tls_cert, &r.tls_key) {
+    match (cert, key) {
         (Some(c), Some(k)) => {
             let (c, k) = (resolve(ctx.base, c), resolve(ctx.base, k));
-            for (f, path) in [("tls_cert", &c), ("tls_key", &k)] {
+            for (f, path) in [(cert_field, &c), (key_field, &k)] {
                 if let Err(e) = std::fs::metadata(path) {
                     p.push(
                         ctx.cfg,
@@ -713,12 +765,23 @@ fn relay_tls(
         _ => {
             p.push(
                 ctx.cfg,
-                field("tls_cert"),
-                "give both tls_cert and tls_key, or neither (a self-signed certificate)",
+                field(cert_field),
+                format!("give both {cert_field} and {key_field}, or neither"),
             );
             None
         }
     }
+}
+
+/// Participants are given `url` for WebSocket: `wss://` with a host.
+fn check_websocket_url(url: &str) -> Result<(), String> {
+    let bad = || format!("'{url}' is not a wss:// URL with a host; the WebSocket path needs TLS");
+    let rest = url.strip_prefix("wss://").ok_or_else(bad)?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if url.contains(char::is_whitespace) || authority.is_empty() || authority.contains('@') {
+        return Err(bad());
+    }
+    Ok(())
 }
 
 /// Each jurisdiction's member relays, packed for selection.

@@ -102,6 +102,15 @@ pub struct Relay {
     /// What join answers give browsers: the inventory's, or
     /// `https://<quic_addr>/`.
     pub webtransport_url: String,
+    /// The WebSocket listener (TLS over TCP): the inventory's, or the QUIC
+    /// address over TCP.
+    pub websocket_addr: SocketAddr,
+    /// What join answers give for WebSocket: the inventory's, or
+    /// `wss://<websocket_addr>/ws`.
+    pub websocket_url: String,
+    /// The WebSocket listener's PEM certificate and key, when configured
+    /// (else `tls`, else the self-signed certificate).
+    pub websocket_tls: Option<(PathBuf, PathBuf)>,
     /// For the call page ("your media goes through Frankfurt, Germany").
     pub city: Option<String>,
     pub max_participants: u32,

@@ -19,6 +19,7 @@ use tracing::{debug, info};
 use web_transport_quinn::Session;
 
 use super::framing::{read_message, write_message};
+use super::peer::Peer;
 use super::shards::{Event, Shards, Transport};
 use super::{Metrics, Recheck, Trust, link, rate, trusted};
 use crate::clock::unix_now;
@@ -191,7 +192,8 @@ async fn serve_participant(
             return Err("no hello");
         }
     };
-    let checked = admit(&conn, transport, &shards, &metrics, &trust, ticket).await?;
+    let peer = Peer::Quic(conn.clone());
+    let checked = admit(peer, transport, &shards, &metrics, &trust, ticket).await?;
     // From here on, everything goes to the conference's shard.
     let (id, control_rx, events) = match checked {
         Ok(admitted) => admitted,
@@ -229,34 +231,14 @@ async fn serve_participant(
                 Err(_) => break "closed",
             },
             message = read_message(&mut recv, &mut decoder) => match message {
-                Ok(Some(m)) => match rate.check(&m, Instant::now()) {
-                    rate::Verdict::Pass => {
-                        let leaving = matches!(m, ClientMessage::Leave {});
-                        if events.send(Event::Control(id, m)).await.is_err() {
-                            break "relay stopping";
+                Ok(Some(m)) => {
+                    if let Err(stop) = pass_control(m, &mut rate, id, &events, &metrics).await {
+                        if let Some((code, reason)) = stop.close {
+                            conn.close(code, reason);
                         }
-                        if leaving {
-                            break "left";
-                        }
+                        break stop.reason;
                     }
-                    rate::Verdict::Drop => {
-                        metrics.control_rate_limited.with_label_values(&["dropped"]).inc();
-                        if events.send(Event::RateLimited(id)).await.is_err() {
-                            break "relay stopping";
-                        }
-                    }
-                    rate::Verdict::Disconnect => {
-                        metrics
-                            .control_rate_limited
-                            .with_label_values(&["disconnected"])
-                            .inc();
-                        conn.close(
-                            close_code::RATE_LIMITED,
-                            b"control messages over the rate",
-                        );
-                        break "control messages over the rate";
-                    }
-                },
+                }
                 Ok(None) => break "control stream ended",
                 Err(_) => {
                     let _ = events.send(Event::BadControl(id)).await;
@@ -273,8 +255,66 @@ async fn serve_participant(
     Err(outcome)
 }
 
+/// Why a participant's connection ends after a control message, and the
+/// close code and reason to give it, if any.
+pub(super) struct Stop {
+    pub(super) reason: &'static str,
+    pub(super) close: Option<(u32, &'static [u8])>,
+}
+
+/// Hands a participant's control message to its shard within its rate
+/// (over QUIC and WebSocket alike).
+pub(super) async fn pass_control(
+    m: ClientMessage,
+    rate: &mut rate::ControlRate,
+    id: ConnId,
+    events: &mpsc::Sender<Event>,
+    metrics: &Metrics,
+) -> Result<(), Stop> {
+    let stopping = Stop {
+        reason: "relay stopping",
+        close: None,
+    };
+    match rate.check(&m, Instant::now()) {
+        rate::Verdict::Pass => {
+            let leaving = matches!(m, ClientMessage::Leave {});
+            events
+                .send(Event::Control(id, m))
+                .await
+                .map_err(|_| stopping)?;
+            if leaving {
+                return Err(Stop {
+                    reason: "left",
+                    close: None,
+                });
+            }
+        }
+        rate::Verdict::Drop => {
+            metrics
+                .control_rate_limited
+                .with_label_values(&["dropped"])
+                .inc();
+            events
+                .send(Event::RateLimited(id))
+                .await
+                .map_err(|_| stopping)?;
+        }
+        rate::Verdict::Disconnect => {
+            metrics
+                .control_rate_limited
+                .with_label_values(&["disconnected"])
+                .inc();
+            return Err(Stop {
+                reason: "control messages over the rate",
+                close: Some((close_code::RATE_LIMITED, b"control messages over the rate")),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The relay is stopping: nobody takes the participant's events.
-struct Stopping;
+pub(super) struct Stopping;
 
 impl From<Stopping> for &'static str {
     fn from(_: Stopping) -> Self {
@@ -284,14 +324,14 @@ impl From<Stopping> for &'static str {
 
 /// A participant admitted by its conference's shard: its id, its control
 /// messages, and the shard's queue.
-type Admitted = (ConnId, mpsc::Receiver<ServerMessage>, mpsc::Sender<Event>);
+pub(super) type Admitted = (ConnId, mpsc::Receiver<ServerMessage>, mpsc::Sender<Event>);
 
 /// Checks `ticket` under the trust in force when the hello arrived and asks
 /// the conference's shard to admit the participant; a refusal is counted
 /// and, for a ticket a router of the policy really signed, reported to
 /// that conference's router.
-async fn admit(
-    conn: &Session,
+pub(super) async fn admit(
+    peer: Peer,
     transport: Transport,
     shards: &Shards,
     metrics: &Metrics,
@@ -306,15 +346,15 @@ async fn admit(
             let events = shards.of(&claims.conference).clone();
             events
                 .send(Event::Hello {
-                    conn: Box::new(conn.clone()),
-                    transport,
-                    claims,
                     recheck: Recheck {
                         ticket: ticket.clone(),
-                        ip: conn.remote_address().ip(),
+                        ip: peer.remote_address().ip(),
                         cert: None,
                         generation,
                     },
+                    conn: Box::new(peer),
+                    transport,
+                    claims,
                     reply: reply_tx,
                 })
                 .await
@@ -364,6 +404,22 @@ async fn admit(
     }
 }
 
+/// The close code and reason that follow a message removing the
+/// participant (kicked, ended, moved), if it is one.
+pub(super) fn removal(message: &ServerMessage) -> Option<(u32, &'static [u8])> {
+    match message {
+        ServerMessage::Kicked { .. } => Some((close_code::KICKED, b"kicked")),
+        ServerMessage::ConferenceEnded {} => {
+            Some((close_code::CONFERENCE_ENDED, b"conference ended"))
+        }
+        ServerMessage::GoingAway {
+            code: GOING_AWAY_MOVED,
+            ..
+        } => Some((close_code::MOVED, b"moved")),
+        _ => None,
+    }
+}
+
 /// Sends what the shard has for the participant, in order; after a
 /// message that removes it (kicked, ended, moved) the connection closes
 /// with the matching code once the message had a moment to arrive.
@@ -383,18 +439,7 @@ async fn write_control(
         if going_away {
             let _ = send.finish();
         }
-        let removed = match message {
-            ServerMessage::Kicked { .. } => Some((close_code::KICKED, &b"kicked"[..])),
-            ServerMessage::ConferenceEnded {} => {
-                Some((close_code::CONFERENCE_ENDED, &b"conference ended"[..]))
-            }
-            ServerMessage::GoingAway {
-                code: GOING_AWAY_MOVED,
-                ..
-            } => Some((close_code::MOVED, &b"moved"[..])),
-            _ => None,
-        };
-        if let Some((code, reason)) = removed {
+        if let Some((code, reason)) = removal(&message) {
             let _ = send.finish();
             // Give the message a moment to arrive before closing.
             let _ = tokio::time::timeout(Duration::from_millis(200), send.stopped()).await;

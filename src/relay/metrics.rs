@@ -13,6 +13,9 @@ use crate::wire::datagram::DatagramError;
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,
+    /// The WebSocket listener's connection metrics
+    /// (`rr_relay_websocket_http_*`), apart from the HTTP listener's.
+    websocket_registry: Registry,
     pub connections: IntGauge,
     pub datagrams_received: IntCounter,
     pub bytes_received: IntCounter,
@@ -50,6 +53,11 @@ pub struct Metrics {
     pub control_rate_limited: IntCounterVec,
     /// The HTTP listener's connections.
     pub http: crate::http_server::ConnMetrics,
+    /// The WebSocket listener's connections (caps, timeouts, TLS).
+    pub websocket_http: crate::http_server::ConnMetrics,
+    /// WebSocket connections refused or closed for what they sent, by
+    /// reason.
+    pub websocket_refusals: IntCounterVec,
     pub cascade_links: IntGauge,
     pub cascade_bytes_received: IntCounter,
     pub cascade_bytes_sent: IntCounter,
@@ -169,6 +177,11 @@ impl Metrics {
     pub fn with_jurisdictions(relay_id: &str, jurisdictions: &[String]) -> Self {
         let registry = Registry::new_custom(
             Some("rr_relay".into()),
+            Some(std::iter::once(("relay".to_owned(), relay_id.to_owned())).collect()),
+        )
+        .unwrap_or_else(|e| unreachable_metric("registry", e));
+        let websocket_registry = Registry::new_custom(
+            Some("rr_relay_websocket".into()),
             Some(std::iter::once(("relay".to_owned(), relay_id.to_owned())).collect()),
         )
         .unwrap_or_else(|e| unreachable_metric("registry", e));
@@ -342,7 +355,7 @@ impl Metrics {
             sessions: counter_vec(
                 &registry,
                 "sessions_total",
-                "Participants admitted, by transport: native (QUIC, ALPN residency-relay/1) or webtransport (browsers, HTTP/3).",
+                "Participants admitted, by transport: native (QUIC, ALPN residency-relay/1), webtransport (browsers, HTTP/3) or websocket (TLS over TCP).",
                 "transport",
                 &transports,
             ),
@@ -383,6 +396,23 @@ impl Metrics {
                 &["dropped", "disconnected"],
             ),
             http: crate::http_server::ConnMetrics::register(&registry),
+            websocket_http: crate::http_server::ConnMetrics::register(&websocket_registry)
+                .with_tls(&websocket_registry),
+            websocket_refusals: counter_vec(
+                &registry,
+                "websocket_refusals_total",
+                "WebSocket connections refused or closed for what they sent, by reason: not_websocket (a request that is not an upgrade to the relay's subprotocol), text_message, bad_kind (a message of no known kind), oversized (a message over the limit), malformed (not a valid WebSocket frame), no_hello (no hello within the hello timeout), silent (nothing heard for the idle timeout).",
+                "reason",
+                &[
+                    "not_websocket",
+                    "text_message",
+                    "bad_kind",
+                    "oversized",
+                    "malformed",
+                    "no_hello",
+                    "silent",
+                ],
+            ),
             cascade_bytes_received: counter(
                 &registry,
                 "cascade_bytes_received_total",
@@ -420,6 +450,7 @@ impl Metrics {
                 h
             },
             registry,
+            websocket_registry,
         }
     }
 
@@ -523,6 +554,7 @@ impl Metrics {
     pub fn render(&self) -> String {
         self.update_imbalance();
         let mut families = self.registry.gather();
+        families.extend(self.websocket_registry.gather());
         families.extend(self.process.gather());
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&families, &mut out);

@@ -26,11 +26,13 @@ mod framing;
 mod http;
 mod link;
 pub mod metrics;
+mod peer;
 pub mod rate;
 mod reload;
 mod shard;
 pub mod shards;
 pub mod tls;
+mod websocket;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -83,6 +85,8 @@ pub struct Settings {
     /// Caps and timeouts of the HTTP listener (fitted to the process's
     /// descriptor limit by the caller).
     pub http: crate::http_server::Limits,
+    /// The WebSocket listener for participants without UDP; `None`: none.
+    pub websocket: Option<WebSocketSettings>,
     /// How to reload the policy (`POST /v1/admin/reload` with the relay's
     /// credential, SIGHUP); `None` refuses reloads.
     pub reload: Option<Reloading>,
@@ -90,6 +94,18 @@ pub struct Settings {
     /// as the relay holds them once QUIC has decrypted them: audits and
     /// tests use it to check what a relay can see. `None` in production.
     pub tap: Option<Tap>,
+}
+
+/// A relay's WebSocket listener ([`websocket`]).
+#[derive(Debug)]
+pub struct WebSocketSettings {
+    pub listener: tokio::net::TcpListener,
+    /// The certificate it serves, from files; `None`: the relay's own
+    /// certificate (self-signed ones only clients that pin it accept).
+    pub cert: Option<Arc<crate::tls::ServerCert>>,
+    /// Caps and timeouts, as any HTTP listener's (fitted to the process's
+    /// descriptor limit by the caller).
+    pub limits: crate::http_server::Limits,
 }
 
 /// What a [`Tap`] is shown.
@@ -349,6 +365,23 @@ pub async fn run(
             limits: settings.http.clone(),
         },
     ));
+    let (websocket_stop, websocket_task) = match settings.websocket {
+        Some(w) => {
+            let (stop, task) = serve_websocket(
+                w,
+                websocket::Serving {
+                    shards: shards.clone(),
+                    metrics: metrics.clone(),
+                    trust: trust.clone(),
+                    hello_timeout: settings.hello_timeout,
+                    control_limits: settings.control_limits,
+                },
+                identity.clone(),
+            );
+            (Some(stop), Some(task))
+        }
+        None => (None, None),
+    };
     let accept = accept::accept_loop(accept::Accepting {
         endpoint: endpoint.clone(),
         identity: identity.clone(),
@@ -368,6 +401,10 @@ pub async fn run(
     info!(relay = %settings.relay_id, "shutting down: refusing new connections, telling clients");
     ready.store(false, Ordering::Relaxed);
     renewer.abort();
+    // No new WebSocket connections; those open hear `going_away` below.
+    if let Some(stop) = websocket_stop {
+        let _ = stop.send(true);
+    }
     for task in [reloader, hangups].into_iter().flatten() {
         task.abort();
     }
@@ -379,7 +416,17 @@ pub async fn run(
         &pin,
     )
     .await;
-    close_endpoint(&endpoint, shards, shard_tasks, settings.shutdown_grace).await;
+    close_endpoint(
+        &endpoint,
+        &metrics,
+        shards,
+        shard_tasks,
+        settings.shutdown_grace,
+    )
+    .await;
+    if let Some(task) = websocket_task {
+        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+    }
     http_task.abort();
     Ok(())
 }
@@ -453,6 +500,7 @@ async fn goodbye(
 /// gives them `grace` to leave, then closes and ends the shards.
 async fn close_endpoint(
     endpoint: &quinn::Endpoint,
+    metrics: &Metrics,
     shards: Shards,
     shard_tasks: Vec<tokio::task::JoinHandle<()>>,
     grace: Duration,
@@ -460,7 +508,8 @@ async fn close_endpoint(
     endpoint.set_server_config(None);
     let _ = shards.broadcast(|| Event::Shutdown).await;
     let deadline = tokio::time::Instant::now() + grace;
-    while endpoint.open_connections() > 0 && tokio::time::Instant::now() < deadline {
+    let open = || endpoint.open_connections() > 0 || metrics.websocket_http.open.get() > 0;
+    while open() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     endpoint.close(close_code::GOING_AWAY.into(), b"relay shutting down");
@@ -468,6 +517,45 @@ async fn close_endpoint(
     // The shards end once the last sender is gone.
     drop(shards);
     let _ = tokio::time::timeout(Duration::from_secs(1), futures_join(shard_tasks)).await;
+}
+
+/// Starts serving the WebSocket listener: its certificate from files, or
+/// the relay's own as renewed; returns the switch that stops it accepting
+/// and its task.
+fn serve_websocket(
+    w: WebSocketSettings,
+    serving: websocket::Serving,
+    identity: CurrentIdentity,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+) {
+    let tls = match &w.cert {
+        Some(cert) => cert.server_config(),
+        None => websocket::own_certificate(identity),
+    };
+    if let Ok(addr) = w.listener.local_addr() {
+        info!(addr = %addr, "relay serving WebSocket (TLS over TCP)");
+    }
+    let options = crate::http_server::Options {
+        limits: w.limits,
+        metrics: serving.metrics.websocket_http.clone(),
+        // Participants connect directly, never through a proxy of ours.
+        trusted_proxy: Arc::new(|_| false),
+        tls: Some(tokio_rustls::TlsAcceptor::from(tls)),
+        send_buffer: Some(websocket::SEND_BUFFER),
+    };
+    let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(async move {
+        let app = websocket::routes(serving);
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = crate::http_server::serve(w.listener, app, options, stopped).await {
+            warn!(error = %e, "the WebSocket listener stopped");
+        }
+    });
+    (stop_tx, task)
 }
 
 /// The endpoint's server config for `identity`: its certificate, and the

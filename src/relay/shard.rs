@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 use web_transport_quinn::Session;
 
+use super::peer::Peer;
 use super::shards::{Event, Snapshot};
 use super::{Metrics, link};
 use crate::clock::unix_now;
@@ -61,9 +62,7 @@ impl Sink {
 }
 
 struct Handle {
-    /// A native connection or link is a raw session; a browser's is a
-    /// WebTransport session, whose datagrams the crate prefixes.
-    conn: Session,
+    conn: Peer,
     control: Sink,
     /// Holds the participant's place in `rr_relay_client_connections`.
     _counted: Option<Counted>,
@@ -405,7 +404,7 @@ impl Shard<'_> {
     /// `hello`: the ticket again under the trust in force, then admission.
     fn hello(
         self,
-        conn: Box<web_transport_quinn::Session>,
+        conn: Box<Peer>,
         transport: super::Transport,
         claims: crate::ticket::Claims,
         recheck: super::Recheck,
@@ -565,7 +564,7 @@ impl Shard<'_> {
                 handles.insert(
                     id,
                     Handle {
-                        conn: Session::raw(conn),
+                        conn: Peer::Quic(Session::raw(conn)),
                         control: Sink::Link(tx),
                         _counted: None,
                     },

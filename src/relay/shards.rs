@@ -29,15 +29,23 @@ pub enum Transport {
     Native,
     /// WebTransport over HTTP/3 (ALPN `h3`), from browsers.
     WebTransport,
+    /// WebSocket over TLS over TCP ([`super::websocket`]), from browsers
+    /// and networks without UDP.
+    WebSocket,
 }
 
 impl Transport {
-    pub const ALL: [Transport; 2] = [Transport::Native, Transport::WebTransport];
+    pub const ALL: [Transport; 3] = [
+        Transport::Native,
+        Transport::WebTransport,
+        Transport::WebSocket,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
             Transport::Native => "native",
             Transport::WebTransport => "webtransport",
+            Transport::WebSocket => "websocket",
         }
     }
 }
@@ -124,7 +132,7 @@ pub(super) enum Event {
     /// the replay check and admits it.
     Hello {
         /// Boxed: a session is large, and the queue holds many events.
-        conn: Box<web_transport_quinn::Session>,
+        conn: Box<super::peer::Peer>,
         transport: Transport,
         claims: crate::ticket::Claims,
         recheck: Recheck,

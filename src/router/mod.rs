@@ -458,6 +458,7 @@ pub async fn run(
                 .any(|n| n.contains(&ip))
         }),
         tls: tls.map(|cert| tokio_rustls::TlsAcceptor::from(cert.server_config())),
+        send_buffer: None,
     };
     // The relay channel's own listener: its own caps and connection table,
     // so nothing on the public listener can keep relays from reporting.

@@ -46,7 +46,7 @@ const INDEX: &str = include_str!("page/index.html");
 
 /// Only this origin's scripts and styles; media from the camera and
 /// decoders; connections to this origin (the API) and to the WebTransport
-/// URLs of the relays this router may send a participant to (those inside
+/// and WebSocket URLs of the relays this router may send a participant to (those inside
 /// the jurisdictions it serves), and nowhere else: a script injected into
 /// the page could not send the key in the link's fragment to another
 /// origin. No framing, no referrer (a join link's path names the
@@ -58,7 +58,10 @@ pub fn content_security_policy(shared: &crate::router::Shared) -> String {
         .jurisdictions
         .iter()
         .flat_map(|j| policy.jurisdiction(*j).relays())
-        .map(|r| origin(&policy.relay(r).webtransport_url))
+        .flat_map(|r| {
+            let r = policy.relay(r);
+            [origin(&r.webtransport_url), origin(&r.websocket_url)]
+        })
         .collect();
     relays.sort();
     relays.dedup();

@@ -16,6 +16,7 @@ pub mod conference;
 pub mod control;
 pub mod datagram;
 pub mod link;
+pub mod websocket;
 
 /// ALPN protocol id for wire protocol v1.
 pub const ALPN: &[u8] = b"residency-relay/1";

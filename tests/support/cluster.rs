@@ -327,6 +327,19 @@ impl Cluster {
             unvalidated_handshakes: self.policy.limits().relay_unvalidated_handshakes as usize,
             control_limits: relay::rate::ControlLimits::from_policy(self.policy.limits()),
             http: residency_relay::http_server::Limits::from_policy(self.policy.limits()),
+            // The development certificate, which the browsers in tests
+            // accept (config/dev-router.crt) and native clients trust.
+            websocket: Some(relay::WebSocketSettings {
+                listener: self.reserved.listener(r.websocket_addr).await,
+                cert: Some(std::sync::Arc::new(
+                    residency_relay::tls::ServerCert::load(
+                        &super::repo().join("config/dev-router.crt"),
+                        &super::repo().join("config/dev-router.key"),
+                    )
+                    .unwrap(),
+                )),
+                limits: residency_relay::http_server::Limits::from_policy(self.policy.limits()),
+            }),
             reload: Some(relay::Reloading {
                 source: self.source(),
                 policy: self.policy.clone(),

@@ -14,6 +14,8 @@ use tokio::task::JoinHandle;
 /// A relay running in this process.
 pub struct TestRelay {
     pub quic: SocketAddr,
+    /// The WebSocket listener (TLS over TCP, the relay's own certificate).
+    pub websocket: SocketAddr,
     pub http: SocketAddr,
     pub fingerprint: String,
     shutdown: Option<oneshot::Sender<()>>,
@@ -42,6 +44,11 @@ impl TestRelay {
             .await
             .expect("bind TCP");
         let http_addr = http.local_addr().unwrap();
+        // WebSocket over TCP on the QUIC port, as relays of the inventory
+        // do by default; the relay's own certificate, which clients pin.
+        let websocket = tokio::net::TcpListener::bind(quic)
+            .await
+            .expect("bind the WebSocket listener");
         let identity = Identity::self_signed(relay::certificate_names(quic)).expect("certificate");
         let fingerprint = identity.fingerprint();
         let settings = Settings {
@@ -62,6 +69,11 @@ impl TestRelay {
             unvalidated_handshakes: 64,
             control_limits: relay::rate::ControlLimits::default(),
             http: residency_relay::http_server::Limits::from_policy(policy.limits()),
+            websocket: Some(relay::WebSocketSettings {
+                listener: websocket,
+                cert: None,
+                limits: residency_relay::http_server::Limits::from_policy(policy.limits()),
+            }),
             tap: None,
         };
         let (tx, rx) = oneshot::channel::<()>();
@@ -70,6 +82,7 @@ impl TestRelay {
         }));
         TestRelay {
             quic,
+            websocket: quic,
             http: http_addr,
             fingerprint,
             shutdown: Some(tx),

@@ -132,7 +132,7 @@ fn refuse(
     params(("id" = String, Path, description = "The conference id.")),
     request_body = JoinRequest,
     responses(
-        (status = 200, description = "The join answer: `{relay: {id, country, country_name, city, quic_addr, webtransport_url, cert_sha256, cert_sha256_next, webtransport_pin}, jurisdiction: {id, name, legal_basis}, ticket, participant_id, display_name, role, e2ee, expires_at, rejoin_token, manage_token?}` (`manage_token` for a host).", body = Value),
+        (status = 200, description = "The join answer: `{relay: {id, country, country_name, city, quic_addr, webtransport_url, websocket_url, cert_sha256, cert_sha256_next, webtransport_pin}, jurisdiction: {id, name, legal_basis}, ticket, participant_id, display_name, role, e2ee, expires_at, rejoin_token, manage_token?}` (`manage_token` for a host).", body = Value),
         (status = 202, description = "In the waiting room: `{waiting: true, participant_id, wait_token, poll}`; poll `GET` the `poll` path with the wait token.", body = Value),
         (status = 400, description = "`bad_request`: the body or the display name.", body = ErrorBody),
         (status = 403, description = "`wrong_passcode`, `invite_required`, `passcode_required`, `bad_invite`, `bad_rejoin` or `banned`.", body = ErrorBody),
@@ -764,6 +764,9 @@ fn join_answer(
             "city": r.city,
             "quic_addr": r.quic_addr.to_string(),
             "webtransport_url": r.webtransport_url,
+            // For networks that block UDP, and browsers without
+            // WebTransport (docs/wire-protocol.md#websocket).
+            "websocket_url": r.websocket_url,
             "cert_sha256": cert,
             // The certificate the relay switches to at its next renewal:
             // browsers pin both.
