@@ -711,6 +711,11 @@ async fn serve_connection(
             };
             let failed = match handshake {
                 Ok(Ok(tls)) => {
+                    // An ACME validation (TLS-ALPN-01) is over once its
+                    // handshake is: nothing else is served on it.
+                    if tls.get_ref().1.alpn_protocol() == Some(crate::acme::ACME_TLS_ALPN) {
+                        return;
+                    }
                     // The handshake was not a request head: the head and
                     // idle limits start over from here (a browser may hold
                     // a fresh connection ready before it sends anything).

@@ -22,7 +22,8 @@
 //!      one jurisdiction, and the relay's verifier (time is an argument).
 //!    - [`tls`]: TLS over TCP (certificates served, CAs trusted).
 //! 3. Shared I/O: [`quic`] (QUIC endpoint crypto and sockets of relays and
-//!    their clients) and [`http_client`].
+//!    their clients), [`http_client`], and [`acme`] (certificates from an
+//!    ACME CA for a listener given a DNS name).
 //! 4. [`policy`]: the operator's jurisdictions (`regions/*.toml`), relay
 //!    inventory, plans and tenants (`config/*.toml`), loaded and checked once
 //!    into an immutable [`policy::Policy`]. Policy code never reads the clock
@@ -49,6 +50,7 @@
 //!    wrappers that print what the layers below decide.
 #![forbid(unsafe_code)]
 
+pub mod acme;
 pub mod cli;
 pub mod client;
 pub mod clock;

@@ -206,6 +206,7 @@ async fn serve(policy: Arc<Policy>, demo: bool, log_console: bool) -> Result<(),
         let http = crate::router::listen(r.http_addr)
             .map_err(|e| format!("relay {}: cannot bind {}: {e}", r.id, r.http_addr))?;
         settings.websocket = Some(super::relay::websocket(
+            &policy,
             r,
             budget.fit(
                 &crate::http_server::Limits::from_policy(policy.limits()),

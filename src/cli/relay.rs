@@ -55,26 +55,45 @@ pub(super) fn run(
             .map_err(|e| format!("cannot bind QUIC on {quic}: {e}"))?;
         let listener =
             crate::router::listen(http).map_err(|e| format!("cannot bind HTTP on {http}: {e}"))?;
-        settings.websocket = Some(websocket(&r, websocket_limits)?);
+        settings.websocket = Some(websocket(&policy, &r, websocket_limits)?);
         relay::run(socket, listener, settings, crate::signals::shutdown())
             .await
             .map_err(|e| e.to_string())
     })
 }
 
+/// The host of a `wss://` URL when it is a DNS name (not an address).
+fn dns_name(url: &str) -> Option<&str> {
+    let authority = url.strip_prefix("wss://")?.split(['/', '?', '#']).next()?;
+    let host = match authority.rsplit_once(':') {
+        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => authority,
+    };
+    (!host.is_empty() && !host.starts_with('[') && host.parse::<std::net::IpAddr>().is_err())
+        .then_some(host)
+}
+
 /// Relay `r`'s WebSocket listener, bound (inside a runtime), with its
-/// certificate: `websocket_tls_cert`, else `tls_cert`, else the relay's
-/// own self-signed one.
+/// certificate: `websocket_tls_cert`, else `tls_cert`, else over ACME
+/// when the policy has `[acme]` and its `websocket_url` names a host,
+/// else the relay's own self-signed one.
 pub(super) fn websocket(
+    policy: &Policy,
     r: &crate::policy::Relay,
     limits: crate::http_server::Limits,
 ) -> Result<relay::WebSocketSettings, String> {
-    let cert = r
-        .websocket_tls
-        .as_ref()
-        .or(r.tls.as_ref())
-        .map(|(cert, key)| crate::tls::ServerCert::load(cert, key).map(std::sync::Arc::new))
-        .transpose()?;
+    let files = r.websocket_tls.as_ref().or(r.tls.as_ref());
+    let cert = match (files, policy.acme(), dns_name(&r.websocket_url)) {
+        (Some((cert, key)), _, _) => relay::WebSocketCert::Files(std::sync::Arc::new(
+            crate::tls::ServerCert::load(cert, key)?,
+        )),
+        (None, Some(acme), Some(name)) => {
+            let settings = crate::acme::Settings::from_section(acme, &r.id)?;
+            let managed = crate::acme::Managed::new(name, &settings.state_dir);
+            relay::WebSocketCert::Acme(managed, settings)
+        }
+        _ => relay::WebSocketCert::Own,
+    };
     let addr = r.websocket_addr;
     let listener = crate::router::listen(addr).map_err(|e| {
         format!(

@@ -60,6 +60,27 @@ pub struct ConfigFile {
     pub limits: LimitsSection,
     #[serde(default)]
     pub retention: RetentionSection,
+    /// Certificates over ACME for relays whose `websocket_url` names a
+    /// host (and that have no certificate files).
+    pub acme: Option<AcmeSection>,
+}
+
+/// `[acme]`: where relays given a DNS name get their WebSocket
+/// certificate (RFC 8555), and where they keep it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeSection {
+    /// The CA's directory URL (`https://…`).
+    pub directory: String,
+    /// Contact URLs for the account (`mailto:…`).
+    #[serde(default)]
+    pub contact: Vec<String>,
+    /// Where the account key and certificates are kept (relative to the
+    /// config file); each relay uses `<state_dir>/<relay id>/`.
+    pub state_dir: PathBuf,
+    /// PEM file of the roots that the directory's HTTPS certificate chains
+    /// to; default: the system's (`/etc/ssl/certs/ca-certificates.crt`).
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `[retention]`: how long a router keeps records once their conference

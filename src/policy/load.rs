@@ -426,7 +426,21 @@ impl Policy {
         let logging = build_logging(&ctx, &config.logging, &mut p);
         check_limits(&ctx, &config.limits, &mut p);
         check_retention(&ctx, &config.retention, &mut p);
+        if let Some(acme) = &config.acme {
+            if !acme.directory.starts_with("https://") {
+                p.push(
+                    ctx.cfg,
+                    "acme.directory".to_owned(),
+                    format!("'{}' is not an https:// URL", acme.directory),
+                );
+            }
+        }
 
+        let acme = config.acme.map(|a| super::files::AcmeSection {
+            state_dir: resolve(ctx.base, &a.state_dir),
+            ca_file: a.ca_file.as_ref().map(|f| resolve(ctx.base, f)),
+            ..a
+        });
         // A missing default jurisdiction was reported above.
         let (true, Some(default_jurisdiction)) = (p.0.is_empty(), default_jurisdiction) else {
             return Err(ConfigError { problems: p.0 });
@@ -451,6 +465,7 @@ impl Policy {
             logging,
             limits: config.limits,
             retention: config.retention,
+            acme,
         })
     }
 }

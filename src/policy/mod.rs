@@ -288,6 +288,7 @@ pub struct Policy {
     logging: Logging,
     limits: files::LimitsSection,
     retention: files::RetentionSection,
+    acme: Option<files::AcmeSection>,
 }
 
 /// The checked `[logging]` section.
@@ -394,6 +395,11 @@ impl Policy {
     /// at least as long as any of their details).
     pub fn retention(&self) -> &files::RetentionSection {
         &self.retention
+    }
+
+    /// The `[acme]` section, paths resolved against the config's folder.
+    pub fn acme(&self) -> Option<&files::AcmeSection> {
+        self.acme.as_ref()
     }
 
     pub fn logging(&self) -> &Logging {

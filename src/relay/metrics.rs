@@ -58,6 +58,11 @@ pub struct Metrics {
     /// WebSocket connections refused or closed for what they sent, by
     /// reason.
     pub websocket_refusals: IntCounterVec,
+    /// When the WebSocket listener's certificate expires (files or ACME).
+    pub websocket_certificate_expiry: IntGauge,
+    /// Certificates obtained over ACME, and attempts that failed.
+    pub acme_certificates: IntCounter,
+    pub acme_failures: IntCounter,
     pub cascade_links: IntGauge,
     pub cascade_bytes_received: IntCounter,
     pub cascade_bytes_sent: IntCounter,
@@ -398,6 +403,21 @@ impl Metrics {
             http: crate::http_server::ConnMetrics::register(&registry),
             websocket_http: crate::http_server::ConnMetrics::register(&websocket_registry)
                 .with_tls(&websocket_registry),
+            websocket_certificate_expiry: gauge(
+                &websocket_registry,
+                "certificate_expiry_timestamp_seconds",
+                "When the WebSocket listener's certificate (from files or ACME) expires, in Unix seconds; 0 while an ACME certificate is awaited or for the relay's own certificate (rr_relay_certificate_expiry_timestamp_seconds).",
+            ),
+            acme_certificates: counter(
+                &websocket_registry,
+                "acme_certificates_total",
+                "Certificates obtained over ACME for the WebSocket listener (renewals included).",
+            ),
+            acme_failures: counter(
+                &websocket_registry,
+                "acme_failures_total",
+                "ACME orders that failed (tried again later; the certificate in force stays).",
+            ),
             websocket_refusals: counter_vec(
                 &registry,
                 "websocket_refusals_total",

@@ -100,12 +100,21 @@ pub struct Settings {
 #[derive(Debug)]
 pub struct WebSocketSettings {
     pub listener: tokio::net::TcpListener,
-    /// The certificate it serves, from files; `None`: the relay's own
-    /// certificate (self-signed ones only clients that pin it accept).
-    pub cert: Option<Arc<crate::tls::ServerCert>>,
+    pub cert: WebSocketCert,
     /// Caps and timeouts, as any HTTP listener's (fitted to the process's
     /// descriptor limit by the caller).
     pub limits: crate::http_server::Limits,
+}
+
+/// The certificate a relay's WebSocket listener serves.
+#[derive(Debug)]
+pub enum WebSocketCert {
+    /// From the operator's files.
+    Files(Arc<crate::tls::ServerCert>),
+    /// Obtained and renewed over ACME for the listener's DNS name.
+    Acme(Arc<crate::acme::Managed>, crate::acme::Settings),
+    /// The relay's own (self-signed ones only clients that pin it accept).
+    Own,
 }
 
 /// What a [`Tap`] is shown.
@@ -530,9 +539,24 @@ fn serve_websocket(
     tokio::sync::watch::Sender<bool>,
     tokio::task::JoinHandle<()>,
 ) {
-    let tls = match &w.cert {
-        Some(cert) => cert.server_config(),
-        None => websocket::own_certificate(identity),
+    let metrics = serving.metrics.clone();
+    let (tls, acme) = match w.cert {
+        WebSocketCert::Files(cert) => {
+            metrics.websocket_certificate_expiry.set(cert.not_after());
+            (cert.server_config(), None)
+        }
+        WebSocketCert::Acme(managed, settings) => {
+            let renewing = tokio::spawn(managed.clone().run(
+                settings,
+                crate::acme::Metrics {
+                    expiry: metrics.websocket_certificate_expiry.clone(),
+                    issued: metrics.acme_certificates.clone(),
+                    failures: metrics.acme_failures.clone(),
+                },
+            ));
+            (managed.server_config(), Some(renewing))
+        }
+        WebSocketCert::Own => (websocket::own_certificate(identity), None),
     };
     if let Ok(addr) = w.listener.local_addr() {
         info!(addr = %addr, "relay serving WebSocket (TLS over TCP)");
@@ -553,6 +577,9 @@ fn serve_websocket(
         };
         if let Err(e) = crate::http_server::serve(w.listener, app, options, stopped).await {
             warn!(error = %e, "the WebSocket listener stopped");
+        }
+        if let Some(renewing) = acme {
+            renewing.abort();
         }
     });
     (stop_tx, task)

@@ -331,7 +331,7 @@ impl Cluster {
             // accept (config/dev-router.crt) and native clients trust.
             websocket: Some(relay::WebSocketSettings {
                 listener: self.reserved.listener(r.websocket_addr).await,
-                cert: Some(std::sync::Arc::new(
+                cert: relay::WebSocketCert::Files(std::sync::Arc::new(
                     residency_relay::tls::ServerCert::load(
                         &super::repo().join("config/dev-router.crt"),
                         &super::repo().join("config/dev-router.key"),

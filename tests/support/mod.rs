@@ -114,6 +114,7 @@ pub fn config(default_jurisdiction: &str, relays: Vec<RelaySection>) -> ConfigFi
         logging: Default::default(),
         limits: Default::default(),
         retention: Default::default(),
+        acme: None,
     }
 }
 

@@ -36,6 +36,19 @@ impl TestRelay {
         core: CoreConfig,
         workers: usize,
     ) -> TestRelay {
+        Self::start_with_websocket(relay_id, ip, core, workers, None).await
+    }
+
+    /// As [`TestRelay::start_with_workers`], with the WebSocket listener
+    /// and certificate given (default: on the QUIC port, with the relay's
+    /// own certificate).
+    pub async fn start_with_websocket(
+        relay_id: &str,
+        ip: &str,
+        core: CoreConfig,
+        workers: usize,
+        websocket: Option<(tokio::net::TcpListener, relay::WebSocketCert)>,
+    ) -> TestRelay {
         let policy = policy::load(&super::repo().join("config/dev.toml")).expect("dev policy");
         let idx = policy.relay_idx(relay_id).expect("relay in dev policy");
         let socket = std::net::UdpSocket::bind((ip, 0)).expect("bind UDP");
@@ -46,9 +59,16 @@ impl TestRelay {
         let http_addr = http.local_addr().unwrap();
         // WebSocket over TCP on the QUIC port, as relays of the inventory
         // do by default; the relay's own certificate, which clients pin.
-        let websocket = tokio::net::TcpListener::bind(quic)
-            .await
-            .expect("bind the WebSocket listener");
+        let (websocket, websocket_cert) = match websocket {
+            Some(given) => given,
+            None => (
+                tokio::net::TcpListener::bind(quic)
+                    .await
+                    .expect("bind the WebSocket listener"),
+                relay::WebSocketCert::Own,
+            ),
+        };
+        let websocket_addr = websocket.local_addr().unwrap();
         let identity = Identity::self_signed(relay::certificate_names(quic)).expect("certificate");
         let fingerprint = identity.fingerprint();
         let settings = Settings {
@@ -71,7 +91,7 @@ impl TestRelay {
             http: residency_relay::http_server::Limits::from_policy(policy.limits()),
             websocket: Some(relay::WebSocketSettings {
                 listener: websocket,
-                cert: None,
+                cert: websocket_cert,
                 limits: residency_relay::http_server::Limits::from_policy(policy.limits()),
             }),
             tap: None,
@@ -82,7 +102,7 @@ impl TestRelay {
         }));
         TestRelay {
             quic,
-            websocket: quic,
+            websocket: websocket_addr,
             http: http_addr,
             fingerprint,
             shutdown: Some(tx),
