@@ -56,14 +56,21 @@ async fn every_answer_is_nosniff_and_hsts_and_the_page_connects_only_where_it_ma
         .unwrap_or_else(|| panic!("no connect-src in {csp}"))
         .split_whitespace()
         .collect();
-    // The router itself, and the WebTransport origin of every relay in the
-    // jurisdictions it serves: nothing else, no scheme-wide source.
+    // The router itself, and the WebTransport and WebSocket origins of
+    // every relay in the jurisdictions it serves: nothing else, no
+    // scheme-wide source.
     let me = c.policy.router(ROUTER).unwrap();
     let mut expected: BTreeSet<String> = me
         .jurisdictions
         .iter()
         .flat_map(|j| c.policy.jurisdiction(*j).relays())
-        .map(|r| format!("https://{}", c.policy.relay(r).quic_addr))
+        .flat_map(|r| {
+            let r = c.policy.relay(r);
+            [
+                format!("https://{}", r.quic_addr),
+                format!("wss://{}", r.websocket_addr),
+            ]
+        })
         .collect();
     expected.insert("'self'".into());
     assert_eq!(
@@ -71,7 +78,10 @@ async fn every_answer_is_nosniff_and_hsts_and_the_page_connects_only_where_it_ma
         expected.iter().map(String::as_str).collect::<BTreeSet<_>>(),
         "{csp}"
     );
-    assert!(!connect.contains("https:"), "{csp}");
+    assert!(
+        !connect.contains("https:") && !connect.contains("wss:"),
+        "{csp}"
+    );
     c.shutdown().await;
 }
 

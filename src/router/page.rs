@@ -25,8 +25,17 @@ const FILES: &[(&str, &str, &str)] = &[
     ("host.js", JS, include_str!("page/host.js")),
     // The relay connection and the wire.
     ("call.js", JS, include_str!("page/call.js")),
+    ("transport.js", JS, include_str!("page/transport.js")),
     ("frames.js", JS, include_str!("page/frames.js")),
     ("wire.js", JS, include_str!("page/wire.js")),
+    // Camera, microphone and loudspeaker; the AudioWorklet module is
+    // loaded by the page like its scripts (script-src 'self').
+    ("media.js", JS, include_str!("page/media.js")),
+    (
+        "audio-worklet.js",
+        JS,
+        include_str!("page/audio-worklet.js"),
+    ),
     // End-to-end encryption: the scheme and its primitives.
     ("e2ee.js", JS, include_str!("page/e2ee.js")),
     ("bytes.js", JS, include_str!("page/bytes.js")),

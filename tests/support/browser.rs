@@ -23,28 +23,101 @@ fn required() -> bool {
     std::env::var("RR_REQUIRE_BROWSER").is_ok_and(|v| v == "1")
 }
 
+/// Which browser a driver runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Debian's Chromium through playwright-core (`driver.mjs`).
+    Chromium,
+    /// Debian's Firefox ESR through puppeteer-core over WebDriver BiDi
+    /// (`driver-firefox.mjs`), playing into a private PulseAudio sink.
+    Firefox,
+    /// WebKitGTK's MiniBrowser through WebKitWebDriver under its own Xvfb
+    /// (`driver-webkit.mjs`).
+    WebKit,
+}
+
+impl Kind {
+    fn driver(self) -> &'static str {
+        match self {
+            Kind::Chromium => "tests/browser/driver.mjs",
+            Kind::Firefox => "tests/browser/driver-firefox.mjs",
+            Kind::WebKit => "tests/browser/driver-webkit.mjs",
+        }
+    }
+
+    /// What this machine lacks to run it, in words.
+    fn missing(self, repo: &std::path::Path) -> Option<String> {
+        let file =
+            |env: &str, default: &str| std::env::var(env).unwrap_or_else(|_| default.to_owned());
+        let needs: Vec<(String, &str)> = match self {
+            Kind::Chromium => vec![
+                (
+                    file("CHROMIUM", "/usr/bin/chromium"),
+                    "apt-get install chromium",
+                ),
+                (
+                    repo.join("node_modules/playwright-core")
+                        .display()
+                        .to_string(),
+                    "run npm ci",
+                ),
+            ],
+            Kind::Firefox => vec![
+                (
+                    file("FIREFOX", "/usr/bin/firefox-esr"),
+                    "apt-get install firefox-esr",
+                ),
+                (
+                    "/usr/bin/pulseaudio".to_owned(),
+                    "apt-get install pulseaudio",
+                ),
+                (
+                    repo.join("node_modules/puppeteer-core")
+                        .display()
+                        .to_string(),
+                    "run npm ci",
+                ),
+            ],
+            Kind::WebKit => vec![
+                (
+                    "/usr/bin/WebKitWebDriver".to_owned(),
+                    "apt-get install webkit2gtk-driver",
+                ),
+                (
+                    file(
+                        "MINIBROWSER",
+                        "/usr/lib/x86_64-linux-gnu/webkit2gtk-4.1/MiniBrowser",
+                    ),
+                    "apt-get install libwebkit2gtk-4.1-0",
+                ),
+                ("/usr/bin/Xvfb".to_owned(), "apt-get install xvfb"),
+            ],
+        };
+        needs
+            .into_iter()
+            .find(|(path, _)| !std::path::Path::new(path).exists())
+            .map(|(path, fix)| format!("no {path} ({fix})"))
+    }
+}
+
 impl Browser {
     /// Starts Chromium, or `None` (loudly) when this machine has no
     /// Chromium or no `npm ci` was run; in CI that is a failure.
     pub fn launch() -> Option<Browser> {
+        Self::launch_kind(Kind::Chromium)
+    }
+
+    /// Starts the browser `kind`, or `None` (loudly) when this machine
+    /// lacks it; in CI that is a failure.
+    pub fn launch_kind(kind: Kind) -> Option<Browser> {
         let repo = super::repo();
-        let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
-        let missing = if !std::path::Path::new(&chromium).exists() {
-            Some(format!(
-                "no Chromium at {chromium} (apt-get install chromium)"
-            ))
-        } else if !repo.join("node_modules/playwright-core").exists() {
-            Some("no node_modules/playwright-core (run npm ci)".to_owned())
-        } else {
-            None
-        };
-        if let Some(why) = missing {
+        if let Some(why) = kind.missing(&repo) {
             assert!(!required(), "browser tests are required here: {why}");
             eprintln!("\n*** SKIPPING BROWSER TEST: {why} ***\n");
             return None;
         }
         let mut child = Command::new("node")
-            .arg(repo.join("tests/browser/driver.mjs"))
+            .arg(repo.join(kind.driver()))
             .current_dir(&repo)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -64,7 +137,7 @@ impl Browser {
         });
         let first = lines
             .recv_timeout(Duration::from_secs(60))
-            .expect("the driver starts Chromium");
+            .expect("the driver starts its browser");
         let ready: Value = serde_json::from_str(&first).expect("driver speaks JSON");
         assert_eq!(ready["ready"], true, "{first}");
         Some(Browser {

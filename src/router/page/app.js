@@ -13,8 +13,9 @@ import { parseConferenceSecret } from "./e2ee.js";
 import { hostAction, report } from "./host.js";
 import { applyMute, finishCall, startCall, stopMedia } from "./join.js";
 import { e2eeTick, rotateKeys } from "./keys.js";
+import { startAudio } from "./media.js";
 import { $, e2eeView, state, stats } from "./state.js";
-import { E2EE_TEXT, ENDED_TEXT, refusalText, show } from "./words.js";
+import { BROWSER_TEXT, E2EE_TEXT, ENDED_TEXT, refusalText, show } from "./words.js";
 
 function readLink() {
   const m = location.pathname.match(/^\/j\/([^/]+)$/);
@@ -30,7 +31,11 @@ function readLink() {
     state.key = parseConferenceSecret(fragment.get("k"));
     state.keyRejected = !state.key;
   }
-  if (location.hash) history.replaceState(null, "", location.pathname);
+  // A test, or someone who knows their network, can ask for one way to
+  // the relay: ?transport=websocket or ?transport=webtransport.
+  const transport = new URLSearchParams(location.search).get("transport");
+  if (transport === "websocket" || transport === "webtransport") state.transport = transport;
+  if (location.hash) history.replaceState(null, "", location.pathname + location.search);
   $("e2ee-key-row").hidden = !state.keyRejected;
   $("conference").value = state.conference ?? "";
   $("passcode").value = state.credential?.passcode ?? "";
@@ -64,11 +69,12 @@ async function onJoin(event) {
   if (!state.conference || !state.name) {
     return show("refused", "Enter the conference id and your name.");
   }
-  const needed = ["WebTransport", "VideoEncoder", "AudioEncoder", "MediaStreamTrackProcessor", "MediaStreamTrackGenerator"];
-  const missing = needed.filter((n) => !(n in window));
-  if (missing.length) {
-    return show("refused", `This browser cannot join calls: it lacks ${missing.join(", ")}. Use a current Chromium-based browser (Chromium, Chrome, Edge).`);
-  }
+  // Browsers hide all of it from a page that is not secure.
+  if (!window.isSecureContext) return show("refused", BROWSER_TEXT.insecure);
+  const missing = missingFeatures(state.transport);
+  if (missing.length) return show("refused", BROWSER_TEXT.lacks(missing));
+  // Browsers start audio only in answer to a person's gesture: this click.
+  state.audio = startAudio(state.audio);
   // A key typed in (the field shows when the conference needs one).
   const typed = $("e2ee-key").value.trim();
   if (typed) {
@@ -115,6 +121,24 @@ async function onJoin(event) {
   } finally {
     $("join-button").disabled = false;
   }
+}
+
+/**
+ * What this browser lacks to join a call (names words.js explains): the
+ * WebCodecs encoders and decoders, the AudioWorklet (microphone and
+ * playback), and a way to the relay, the one the link asks for if it does.
+ */
+function missingFeatures(force) {
+  const missing = ["VideoEncoder", "VideoDecoder", "AudioEncoder", "AudioDecoder"].filter((n) => typeof window[n] !== "function");
+  if (typeof AudioContext !== "function" || typeof AudioWorkletNode !== "function" || !("audioWorklet" in AudioContext.prototype)) {
+    missing.push("AudioWorklet");
+  }
+  const webTransport = typeof WebTransport === "function";
+  const webSocket = typeof WebSocket === "function";
+  if (force === "webtransport" && !webTransport) missing.push("WebTransport");
+  else if (force === "websocket" && !webSocket) missing.push("WebSocket");
+  else if (!webTransport && !webSocket) missing.push("connection");
+  return missing;
 }
 
 function toggle(button) {

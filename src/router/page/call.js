@@ -1,11 +1,15 @@
-// One connection to a relay: WebTransport session, control stream, the
-// camera and microphone encoded with WebCodecs and cut into datagrams, and
-// every other participant's tracks reassembled, decoded and drawn. The
-// page (app.js) decides what to do when the connection ends.
+// One connection to a relay: over WebTransport or WebSocket
+// (transport.js), the control stream, the camera and microphone encoded
+// with WebCodecs and cut into datagrams, and every other participant's
+// tracks reassembled, decoded, drawn and played (media.js). The page
+// (app.js) decides what to do when the connection ends.
 
 import { CLOSE, ControlDecoder, ERROR, encodeControl, parseHeader } from "./wire.js";
 import { Packetizer, Reassembler, nowMicros } from "./frames.js";
 import { OVERHEAD as E2EE_OVERHEAD } from "./e2ee.js";
+import { Playback, audioData, captureAudio, captureVideo, level, loadAudioWorklet } from "./media.js";
+import { WebSocketLink, WebTransportLink } from "./transport.js";
+import { TRANSPORT_TEXT } from "./words.js";
 
 export const VIDEO = { codec: "vp8", width: 640, height: 360, framerate: 30, bitrate: 600_000, keyframeEvery: 60 };
 export const AUDIO = { codec: "opus", sampleRate: 48_000, bitrate: 32_000 };
@@ -13,8 +17,8 @@ export const AUDIO = { codec: "opus", sampleRate: 48_000, bitrate: 32_000 };
 const SENT_LOG = 4096;
 /** Video frames waiting in a decoder before the page drops frames to catch up. */
 const MAX_DECODE_QUEUE = 3;
-/** Datagrams the browser may hold unsent before frames are dropped. */
-const OUTGOING_DATAGRAMS = 64;
+/** Camera frames waiting in the encoder before new ones are skipped. */
+const MAX_ENCODE_QUEUE = 3;
 const LATENCY_LOG = 4096;
 /** Datagrams being encrypted or decrypted at once before more are dropped. */
 const CRYPTO_IN_FLIGHT = 256;
@@ -22,12 +26,13 @@ const CRYPTO_IN_FLIGHT = 256;
 const TRACK_IDLE_MS = 2000;
 /** A track whose datagrams fail for this long counts as one we cannot decrypt. */
 const FAILING_AFTER_MS = 1000;
-
-function hexBytes(hex) {
-  const out = new Uint8Array(hex.length / 2);
-  for (let i = 0; i < out.length; i++) out[i] = parseInt(hex.substr(i * 2, 2), 16);
-  return out;
-}
+/**
+ * How long WebTransport tries alone before WebSocket is tried beside it. A
+ * working WebTransport is ready within one or two round trips, far below
+ * this; a network that blocks UDP often gives no error at all, only
+ * silence, so waiting for one could keep the person waiting for good.
+ */
+const WEBTRANSPORT_HEAD_START_MS = 2000;
 
 /** Why a call ended, as the page explains it. */
 export class Ended extends Error {
@@ -46,14 +51,25 @@ export class Call {
    * end-to-end encrypted conference (e2ee.js), or null. With it, every
    * datagram we send is encrypted after packetisation and every datagram
    * we receive is decrypted before reassembly: nothing else is sent or
-   * rendered.
+   * rendered. options: {audio: the page's AudioContext (started by the
+   * join click), transport: "webtransport" | "websocket" to use that one
+   * only, or null to choose}.
    */
-  constructor(answer, media, hooks, stats, e2ee = null) {
+  constructor(answer, media, hooks, stats, e2ee = null, options = {}) {
     this.answer = answer;
     this.media = media;
     this.hooks = hooks;
     this.stats = stats;
     this.e2ee = e2ee;
+    this.audio = options.audio ?? null;
+    this.transportChoice = options.transport ?? null;
+    this.me = null; // our participant id, once the relay has welcomed us
+    this.link = null; // the WebTransportLink or WebSocketLink in use
+    this.linkWhy = null; // why that one (see openLink)
+    this.capture = []; // {stop()} of the camera and microphone capture
+    this.encoders = [];
+    this.microphoneLevel = 0;
+    this.canPlay = false; // whether remote audio can be played (the worklet loaded)
     this.contexts = {}; // kind -> SFrame context slot (publish order)
     this.sendChain = Promise.resolve(); // encrypted datagrams go out in order
     this.receiveChain = Promise.resolve(); // decrypted datagrams are reassembled in arrival order
@@ -72,31 +88,38 @@ export class Call {
 
   /** Connects and sends hello; resolves once welcomed. */
   async connect() {
-    const relay = this.answer.relay;
-    const options = {};
-    if (relay.webtransport_pin && relay.cert_sha256) {
-      // The certificate in force and its successor (the relay may renew
-      // between this answer and the connection).
-      options.serverCertificateHashes = [relay.cert_sha256, relay.cert_sha256_next]
-        .filter(Boolean)
-        .map((h) => ({ algorithm: "sha-256", value: hexBytes(h) }));
+    // The worklet loads while the connection is made and the relay
+    // answers (Firefox takes a second or two): remote audio plays through
+    // it from the first packet. Without it the call goes on unheard
+    // rather than not at all.
+    const worklet = this.audio
+      ? loadAudioWorklet(this.audio).then(
+          () => true,
+          (e) => {
+            this.stats.errors.push(`audio worklet: ${e}`);
+            return false;
+          },
+        )
+      : false;
+    const { link, why } = await openLink(this.answer.relay, this.transportChoice, this.stats);
+    this.link = link;
+    this.linkWhy = why;
+    try {
+      await this.welcome();
+      this.canPlay = await worklet;
+    } catch (e) {
+      this.stopped = true;
+      link.close(CLOSE.NORMAL, "");
+      throw e;
     }
-    this.wt = new WebTransport(relay.webtransport_url, options);
-    this.closed = this.wt.closed.then(
-      (info) => info,
-      (e) => ({ closeCode: null, reason: String(e) }),
-    );
-    await this.wt.ready;
-    const stream = await this.wt.createBidirectionalStream();
-    this.writer = stream.writable.getWriter();
-    this.reader = stream.readable.getReader();
-    // Media late by more than this is worth nothing: the browser drops it
-    // rather than queue it behind a slow network or a busy page.
-    this.wt.datagrams.outgoingMaxAge = 300;
-    this.wt.datagrams.incomingMaxAge = 300;
-    this.wt.datagrams.outgoingHighWaterMark = OUTGOING_DATAGRAMS;
-    this.datagrams = this.wt.datagrams.writable.getWriter();
-    this.maxDatagram = this.wt.datagrams.maxDatagramSize || 1200;
+    this.controlDone = this.controlLoop();
+    this.link.receiveDatagrams((d) => this.onDatagram(d));
+    this.publishMedia();
+    this.hooks.roster(this.roster);
+  }
+
+  /** Sends hello and reads the relay's welcome. */
+  async welcome() {
     await this.send({ type: "hello", ticket: this.answer.ticket });
     this.decoder = new ControlDecoder();
     const first = await this.nextMessage();
@@ -106,15 +129,16 @@ export class Call {
     this.me = first.participant;
     this.roster.set(this.me, this.answer.display_name || "you");
     for (const t of first.tracks) this.trackPublished(t);
-    this.controlDone = this.controlLoop();
-    this.datagramLoop();
-    this.publishMedia();
-    this.hooks.roster(this.roster);
   }
 
   async send(message) {
+    // The relay closes a connection whose first message is not hello, and
+    // the page may have things to say before then (its end-to-end
+    // encryption status, every second): nothing but hello goes out until
+    // the relay has welcomed us.
+    if (this.me === null && message.type !== "hello") return;
     const frame = encodeControl(message);
-    this.sendQueue = this.sendQueue.then(() => this.writer.write(frame)).catch(() => {});
+    this.sendQueue = this.sendQueue.then(() => this.link.sendControl(frame)).catch(() => {});
     return this.sendQueue;
   }
 
@@ -122,9 +146,9 @@ export class Call {
     for (;;) {
       const m = this.decoder.next();
       if (m) return m;
-      const { value, done } = await this.reader.read();
-      if (done) return null;
-      this.decoder.push(value);
+      const bytes = await this.link.receiveControl();
+      if (!bytes) return null;
+      this.decoder.push(bytes);
     }
   }
 
@@ -150,7 +174,7 @@ export class Call {
         if (p) p.track = m.track;
         // Encrypted datagrams grow by up to E2EE_OVERHEAD: fragments are cut
         // that much shorter, so what is sent is no larger than before.
-        else this.packetizers[kind] = new Packetizer(m.track, this.maxDatagram, this.e2ee ? E2EE_OVERHEAD : 0);
+        else this.packetizers[kind] = new Packetizer(m.track, this.link.maxDatagram, this.e2ee ? E2EE_OVERHEAD : 0);
         if (kind === "video") this.forceKeyframe = true;
         break;
       }
@@ -188,9 +212,7 @@ export class Call {
         // Rejoin through the router now; the relay closes us later.
         this.endedWith = new Ended("going_away", m.reason);
         this.stats.goingAway.push(m.code);
-        try {
-          this.wt.close({ closeCode: 0, reason: "moving" });
-        } catch {}
+        this.link.close(CLOSE.NORMAL, "moving");
         break;
       case "e2ee":
         // `host`: the relay says the sender's ticket lets it moderate.
@@ -249,20 +271,7 @@ export class Call {
     if (!t) return;
     this.tracks.delete(id);
     this.hooks.trackDone(statOf(t));
-    try {
-      t.decoder?.close();
-    } catch {}
-  }
-
-  async datagramLoop() {
-    const reader = this.wt.datagrams.readable.getReader();
-    try {
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        this.onDatagram(value);
-      }
-    } catch {}
+    closeTrack(t);
   }
 
   onDatagram(d) {
@@ -360,13 +369,19 @@ export class Call {
       );
     } else if (t.kind === "audio" && t.codec === AUDIO.codec) {
       if (!t.decoder || t.decoder.state === "closed") {
-        const generator = new MediaStreamTrackGenerator({ kind: "audio" });
-        const sink = generator.writable.getWriter();
-        this.hooks.audio(t.participant, new MediaStream([generator]));
+        // Without the worklet (no AudioContext, or it would not load) audio
+        // is decoded and counted, not played.
+        t.playback ??= this.canPlay ? new Playback(this.audio) : null;
         t.decoder = new AudioDecoder({
           output: (data) => {
             t.decoded++;
-            sink.write(data).catch(() => data.close());
+            try {
+              t.playback?.push(data);
+            } catch {
+              t.decodeErrors++;
+            } finally {
+              data.close();
+            }
           },
           error: () => {
             t.decodeErrors++;
@@ -393,7 +408,7 @@ export class Call {
     // The browser cannot send as fast as we encode (a busy machine, a slow
     // link): drop the frame rather than queue it, and start again from a
     // keyframe.
-    if ((this.datagrams.desiredSize !== null && this.datagrams.desiredSize <= 0) || this.encryptionBehind()) {
+    if (this.link.congested() || this.encryptionBehind()) {
       this.stats.sendDropped[kind]++;
       if (kind === "video") this.forceKeyframe = true;
       return;
@@ -407,7 +422,7 @@ export class Call {
     }
     const frameNumber = p.frame - 1;
     if (this.e2ee) this.sendEncrypted(kind, datagrams);
-    else for (const d of datagrams) this.datagrams.write(d).catch(() => {});
+    else for (const d of datagrams) this.sendDatagram(d);
     const s = this.stats.sent[kind];
     s.frames++;
     s.bytes += data.length;
@@ -428,12 +443,17 @@ export class Call {
       .then(() => sealing)
       .then((sealed) => {
         if (this.stopped) return;
-        for (const d of sealed) this.datagrams.write(d).catch(() => {});
+        for (const d of sealed) this.sendDatagram(d);
       })
       .catch((e) => this.stats.errors.push(`encryption: ${e}`))
       .finally(() => {
         this.inFlight.encrypt -= datagrams.length;
       });
+  }
+
+  /** Hands one datagram to the transport, which may drop it (WebSocket backed up): counted. */
+  sendDatagram(d) {
+    if (!this.link.sendDatagram(d)) this.stats.datagramsDropped++;
   }
 
   /** Whether frames of `kind` should be dropped because encryption lags behind. */
@@ -459,11 +479,15 @@ export class Call {
     const audio = this.media.getAudioTracks()[0];
     if (video) {
       await this.publish(1, "video", VIDEO.codec);
-      this.encodeVideo(video);
+      try {
+        this.encodeVideo(video);
+      } catch (e) {
+        this.stats.errors.push(`camera: ${e}`);
+      }
     }
     if (audio) {
       await this.publish(2, "audio", AUDIO.codec);
-      this.encodeAudio(audio);
+      this.encodeAudio(audio).catch((e) => this.stats.errors.push(`microphone: ${e}`));
     }
   }
 
@@ -497,76 +521,122 @@ export class Call {
     return out;
   }
 
-  async encodeVideo(track) {
-    const reader = new MediaStreamTrackProcessor({ track }).readable.getReader();
+  /**
+   * Encodes the camera: a frame taken from it at each new picture (while
+   * published and not muted), stamped with its capture time, which the
+   * chunk's timestamp carries to the subscribers.
+   */
+  encodeVideo(track) {
     let encoder = null;
+    let size = null; // "width x height" the encoder is configured for
     let n = 0;
-    while (!this.stopped) {
-      const { value: frame, done } = await reader.read();
-      if (done) break;
-      if (!encoder) {
-        encoder = new VideoEncoder({
-          output: (chunk) => {
-            const data = new Uint8Array(chunk.byteLength);
-            chunk.copyTo(data);
-            this.sendFrame("video", data, chunk.type === "key", chunk.timestamp);
-          },
-          error: (e) => this.stats.errors.push(`video encoder: ${e}`),
-        });
-        encoder.configure({
-          codec: VIDEO.codec,
-          width: frame.displayWidth,
-          height: frame.displayHeight,
-          bitrate: VIDEO.bitrate,
-          framerate: VIDEO.framerate,
-          latencyMode: "realtime",
-        });
-        this.videoEncoder = encoder;
-      }
-      // The chunk's timestamp carries the capture time to the subscribers.
-      const stamped = new VideoFrame(frame, { timestamp: nowMicros() });
-      frame.close();
-      if (this.packetizers.video && !this.muted.video && encoder.encodeQueueSize < 3) {
+    const capture = captureVideo(track, VIDEO.framerate, (video) => {
+      if (this.stopped || !this.packetizers.video || this.muted.video) return;
+      // An encoder that failed is closed for good: start a new one.
+      if (encoder?.state === "closed") [encoder, size] = [null, null];
+      // The encoder is behind (a busy machine): skip this picture.
+      if (encoder && encoder.encodeQueueSize >= MAX_ENCODE_QUEUE) return;
+      let frame = null;
+      try {
+        frame = new VideoFrame(video, { timestamp: nowMicros() });
+        encoder ??= this.makeVideoEncoder();
+        // The camera may change size (another camera, a rotated phone).
+        const now = `${frame.displayWidth}x${frame.displayHeight}`;
+        if (size !== now) {
+          encoder.configure({
+            codec: VIDEO.codec,
+            width: frame.displayWidth,
+            height: frame.displayHeight,
+            bitrate: VIDEO.bitrate,
+            framerate: VIDEO.framerate,
+            latencyMode: "realtime",
+          });
+          size = now;
+          this.forceKeyframe = true;
+        }
         const keyFrame = this.forceKeyframe || n % VIDEO.keyframeEvery === 0;
         this.forceKeyframe = false;
-        encoder.encode(stamped, { keyFrame });
+        encoder.encode(frame, { keyFrame });
         n = keyFrame ? 1 : n + 1;
+      } catch (e) {
+        this.noteError(`video capture: ${e}`);
+      } finally {
+        frame?.close();
       }
-      stamped.close();
-    }
-    try {
-      encoder?.close();
-    } catch {}
+    });
+    this.capture.push(capture);
   }
 
+  makeVideoEncoder() {
+    const encoder = new VideoEncoder({
+      output: (chunk) => {
+        const data = new Uint8Array(chunk.byteLength);
+        chunk.copyTo(data);
+        this.sendFrame("video", data, chunk.type === "key", chunk.timestamp);
+      },
+      error: (e) => this.noteError(`video encoder: ${e}`),
+    });
+    this.encoders.push(encoder);
+    return encoder;
+  }
+
+  /**
+   * Encodes the microphone: 20 ms chunks from the AudioWorklet, at Opus's
+   * 48 kHz, one Opus packet each.
+   */
   async encodeAudio(track) {
-    const reader = new MediaStreamTrackProcessor({ track }).readable.getReader();
+    if (!this.audio) return;
     let encoder = null;
-    while (!this.stopped) {
-      const { value: data, done } = await reader.read();
-      if (done) break;
-      if (!encoder) {
-        encoder = new AudioEncoder({
-          output: (chunk) => {
-            const bytes = new Uint8Array(chunk.byteLength);
-            chunk.copyTo(bytes);
-            this.sendFrame("audio", bytes, false, nowMicros());
-          },
-          error: (e) => this.stats.errors.push(`audio encoder: ${e}`),
-        });
-        encoder.configure({
-          codec: AUDIO.codec,
-          sampleRate: data.sampleRate,
-          numberOfChannels: data.numberOfChannels,
-          bitrate: AUDIO.bitrate,
-        });
+    let samples = 0; // encoded so far: the chunks' timestamps count them
+    const capture = await captureAudio(this.audio, track, AUDIO.sampleRate, (chunk) => {
+      // A meter's peak hold: the loudest recent chunk, fading over a second.
+      this.microphoneLevel = Math.max(level(chunk), this.microphoneLevel * 0.9);
+      if (this.stopped || !this.packetizers.audio || this.muted.audio) return;
+      let data = null;
+      try {
+        if (!encoder || encoder.state === "closed") encoder = this.makeAudioEncoder();
+        data = audioData(chunk, AUDIO.sampleRate, Math.round((samples * 1e6) / AUDIO.sampleRate));
+        samples += chunk.length;
+        encoder.encode(data);
+      } catch (e) {
+        this.noteError(`audio capture: ${e}`);
+      } finally {
+        data?.close();
       }
-      if (this.packetizers.audio && !this.muted.audio) encoder.encode(data);
-      data.close();
+    });
+    // Stopped while the worklet loaded.
+    if (this.stopped) capture.stop();
+    else this.capture.push(capture);
+  }
+
+  makeAudioEncoder() {
+    const encoder = new AudioEncoder({
+      output: (packet) => {
+        const bytes = new Uint8Array(packet.byteLength);
+        packet.copyTo(bytes);
+        this.sendFrame("audio", bytes, false, nowMicros());
+      },
+      error: (e) => this.noteError(`audio encoder: ${e}`),
+    });
+    encoder.configure({ codec: AUDIO.codec, sampleRate: AUDIO.sampleRate, numberOfChannels: 1, bitrate: AUDIO.bitrate });
+    this.encoders.push(encoder);
+    return encoder;
+  }
+
+  /** Records an error once: a camera that fails, fails at every frame. */
+  noteError(text) {
+    if (!this.stats.errors.includes(text)) this.stats.errors.push(text);
+  }
+
+  /** Stops taking the camera and microphone, and their encoders. */
+  stopCapture() {
+    this.stopped = true;
+    for (const c of this.capture.splice(0)) c.stop();
+    for (const e of this.encoders.splice(0)) {
+      try {
+        e.close();
+      } catch {}
     }
-    try {
-      encoder?.close();
-    } catch {}
   }
 
   setMuted(kind, muted) {
@@ -576,11 +646,11 @@ export class Call {
 
   /** Resolves with why the connection ended. */
   async ended() {
-    const info = await this.closed;
+    const info = await this.link.closed;
     // The relay's last control message (kicked, conference_ended,
     // going_away) may still be on its way to the control loop.
     await Promise.race([this.controlDone, new Promise((r) => setTimeout(r, 500))]);
-    this.stopped = true;
+    this.stopCapture();
     this.stats.closeCodes.push(info.closeCode);
     // What the relay said (its last message) wins; a read error on the
     // control stream is only the close seen from this side, and the close
@@ -606,24 +676,42 @@ export class Call {
   }
 
   async leave() {
-    this.stopped = true;
+    this.stopCapture();
     try {
       await this.send({ type: "leave" });
-      this.wt.close({ closeCode: 0, reason: "left" });
     } catch {}
+    this.link?.close(CLOSE.NORMAL, "left");
   }
 
   /** Closes without telling the relay (the relay is gone anyway). */
   drop() {
-    this.stopped = true;
+    this.stopCapture();
+    for (const t of this.tracks.values()) closeTrack(t);
+    this.link?.close(CLOSE.NORMAL, "");
+  }
+
+  /**
+   * The audio as heard: the microphone's level and, per participant, what
+   * their playback did ({level, bufferedMs, targetMs, played, underruns,
+   * dropped}, frames counted at the AudioContext's rate; levels are RMS, 0
+   * for silence).
+   */
+  audioStats() {
+    const rate = this.audio?.sampleRate ?? AUDIO.sampleRate;
+    const peers = {};
     for (const t of this.tracks.values()) {
-      try {
-        t.decoder?.close();
-      } catch {}
+      if (!t.playback) continue;
+      const p = t.playback.stats;
+      peers[t.participant] = {
+        level: p.level,
+        bufferedMs: Math.round((p.buffered * 1000) / rate),
+        targetMs: Math.round((p.target * 1000) / rate),
+        played: p.played,
+        underruns: p.underruns,
+        dropped: p.dropped,
+      };
     }
-    try {
-      this.wt.close();
-    } catch {}
+    return { context: this.audio?.state ?? null, sampleRate: this.audio?.sampleRate ?? null, microphone: this.microphoneLevel, peers };
   }
 
   trackStats() {
@@ -631,6 +719,58 @@ export class Call {
     for (const t of this.tracks.values()) out[t.id] = statOf(t);
     return out;
   }
+}
+
+/** Closes a remote track's decoder and playback. */
+function closeTrack(t) {
+  try {
+    t.decoder?.close();
+  } catch {}
+  t.playback?.close();
+  t.playback = null;
+}
+
+/**
+ * Opens the way to `relay`: WebTransport first where the browser has it,
+ * WebSocket when it does not, fails, or is not ready after its head start;
+ * the first ready wins and the other is closed. `force` ("webtransport" or
+ * "websocket", from the link) allows that one only. Resolves with {link,
+ * why}: why is "forced", "chosen" (WebTransport), or for WebSocket
+ * "browser" (no WebTransport here), "relay" (the relay offers no
+ * WebTransport) or "network" (WebTransport failed or stayed silent).
+ */
+async function openLink(relay, force, stats) {
+  const canWt = typeof WebTransport === "function" && !!relay.webtransport_url && force !== "websocket";
+  const canWs = typeof WebSocket === "function" && !!relay.websocket_url && force !== "webtransport";
+  if (!canWt && !canWs) throw new Error(TRANSPORT_TEXT.none(force, !!relay.websocket_url));
+  let wt = null;
+  let wtOpening = null;
+  if (canWt) {
+    wt = new WebTransportLink(relay);
+    wtOpening = wt.open().then(() => wt);
+    if (!canWs) return { link: await wtOpening, why: force ? "forced" : "chosen" };
+    const headStart = new Promise((resolve) => setTimeout(resolve, WEBTRANSPORT_HEAD_START_MS, "slow"));
+    const first = await Promise.race([wtOpening, headStart]).catch((e) => e);
+    if (first === wt) return { link: wt, why: "chosen" };
+    stats.errors.push(first === "slow" ? "WebTransport not ready after its head start: trying WebSocket beside it" : `WebTransport: ${first}`);
+    if (first !== "slow") wtOpening = null;
+  }
+  const ws = new WebSocketLink(relay);
+  const candidates = [ws.open().then(() => ws)];
+  if (wtOpening) candidates.push(wtOpening);
+  let link;
+  try {
+    link = await Promise.any(candidates);
+  } catch (e) {
+    throw new Error(e.errors.map(String).join("; "));
+  }
+  for (const other of [wt, ws]) if (other && other !== link) other.close(CLOSE.NORMAL, "another transport won");
+  let why = "network";
+  if (link === wt) why = "chosen";
+  else if (force) why = "forced";
+  else if (typeof WebTransport !== "function") why = "browser";
+  else if (!relay.webtransport_url) why = "relay";
+  return { link, why };
 }
 
 function statOf(t) {

@@ -2,7 +2,7 @@
 // AES-128-GCM, on WebCrypto: how the host seals each epoch's secret to
 // every participant.
 
-import { concat, fromBase64url, fromHex, randomBytes, u16, utf8 } from "./bytes.js";
+import { concat, fromHex, randomBytes, u16, utf8 } from "./bytes.js";
 import { hkdfExpand, hkdfExtract } from "./hkdf.js";
 
 const subtle = globalThis.crypto.subtle;
@@ -22,6 +22,8 @@ export const X25519_LEN = 32;
 const X25519 = { name: "X25519" };
 // A PKCS #8 PrivateKeyInfo for X25519 up to the 32 key bytes (RFC 8410).
 const PKCS8_X25519 = fromHex("302e020100300506032b656e04220420");
+// X25519's base point, u = 9 (RFC 7748 §4.1), as a raw public key.
+const BASE_POINT = concat([9], new Uint8Array(X25519_LEN - 1));
 
 /** LabeledExtract(salt, label, ikm) under a suite id (RFC 9180 §4). */
 export function labeledExtract(suiteId, salt, label, ikm) {
@@ -40,17 +42,16 @@ function importPublic(raw) {
 
 /**
  * A key pair from raw private key bytes: {privateKey, publicKey (raw
- * bytes)}. WebCrypto computes the public key when the private one is
- * exported as a JWK, which needs it extractable; it is kept only as long
- * as the pair (an ephemeral key, or a test's).
+ * bytes)}. The public key is X25519(sk, 9), a DH with the base point.
+ * WebCrypto has no call that returns it in every browser: Firefox 140
+ * refuses to export a key imported from PKCS #8 as a JWK (OperationError),
+ * and Chromium, Firefox and WebKit all want a private JWK to bring its
+ * public key `x` along. The private key need not be extractable.
  */
 export async function x25519FromPrivate(sk) {
   if (sk.length !== X25519_LEN) throw new Error("X25519 private keys are 32 bytes");
-  const privateKey = await subtle.importKey("pkcs8", concat(PKCS8_X25519, sk), X25519, true, ["deriveBits"]);
-  const jwk = await subtle.exportKey("jwk", privateKey);
-  const publicKey = fromBase64url(jwk.x);
-  if (!publicKey || publicKey.length !== X25519_LEN) throw new Error("X25519: no public key");
-  return { privateKey, publicKey };
+  const privateKey = await subtle.importKey("pkcs8", concat(PKCS8_X25519, sk), X25519, false, ["deriveBits"]);
+  return { privateKey, publicKey: await dh(privateKey, BASE_POINT) };
 }
 
 /** A fresh key pair whose private key never leaves WebCrypto. */

@@ -7,7 +7,7 @@ import { api, conferencePath, Refused } from "./api.js";
 import { kick, pollWaiting, report } from "./host.js";
 import { renderE2ee, rotateKeys, sendE2ee, setUpE2ee } from "./keys.js";
 import { $, addTrack, e2eeView, state, stats } from "./state.js";
-import { ENDED_TEXT, refusalText, show } from "./words.js";
+import { ENDED_TEXT, TRANSPORT_TEXT, refusalText, show } from "./words.js";
 
 const hooks = {
   trackDone(t) {
@@ -98,18 +98,6 @@ const hooks = {
   },
   removeTile(pid) {
     document.querySelector(`.tile[data-participant="${CSS.escape(pid)}"]`)?.remove();
-    document.querySelector(`audio[data-participant="${CSS.escape(pid)}"]`)?.remove();
-  },
-  audio(pid, stream) {
-    let el = document.querySelector(`audio[data-participant="${CSS.escape(pid)}"]`);
-    if (!el) {
-      el = document.createElement("audio");
-      el.dataset.participant = pid;
-      el.autoplay = true;
-      $("audio").append(el);
-    }
-    el.srcObject = stream;
-    el.play().catch(() => {});
   },
 };
 
@@ -130,9 +118,13 @@ export async function startCall(answer) {
   $("host").hidden = !state.host;
   await setUpE2ee(answer);
   const media = answer.role === "viewer" ? null : state.media;
-  const call = new Call(answer, media, hooks, stats, state.e2eeOn ? state.e2ee : null);
+  // Every connection, a move's too, chooses its transport afresh: the
+  // new relay, or the network since, may allow what the last did not.
+  const call = new Call(answer, media, hooks, stats, state.e2eeOn ? state.e2ee : null, { audio: state.audio, transport: state.transport });
   state.call = call;
   await call.connect();
+  stats.transports.push(call.link.kind);
+  $("transport").textContent = TRANSPORT_TEXT.connected(call.link.kind, call.linkWhy);
   if (state.e2eeOn) {
     if (call.me !== state.e2ee.participant) stats.errors.push(`e2ee: the relay calls us ${call.me}, the router ${state.e2ee.participant}`);
     // Everyone learns our key; whoever had not seen it answers with theirs.
@@ -149,7 +141,7 @@ export function finishCall(call) {
   for (const t of Object.values(call.trackStats())) addTrack(stats.finished, t);
   call.drop();
   document.querySelectorAll(".tile[data-participant]").forEach((t) => t.remove());
-  $("audio").textContent = "";
+  $("transport").textContent = "";
 }
 
 async function onEnded(call, why) {
@@ -200,6 +192,8 @@ async function onEnded(call, why) {
 
 export function stopMedia() {
   state.media?.getTracks().forEach((t) => t.stop());
+  // Nothing more to hear; the next join click resumes it.
+  state.audio?.suspend().catch(() => {});
 }
 
 export function applyMute() {

@@ -8,6 +8,7 @@ export const stats = {
   sent: { video: { frames: 0, keyframes: 0, bytes: 0 }, audio: { frames: 0, keyframes: 0, bytes: 0 } },
   sentLog: [],
   sendDropped: { video: 0, audio: 0 },
+  datagramsDropped: 0, // media datagrams a backed-up WebSocket did not take
   latency: [],
   errors: [],
   goingAway: [],
@@ -15,6 +16,7 @@ export const stats = {
   keyframeRequestsReceived: 0,
   moves: 0,
   relays: [],
+  transports: [], // per connection, as relays: "webtransport" | "websocket"
   finished: {}, // per participant, counts from connections that ended
 };
 
@@ -25,6 +27,8 @@ export const state = {
   answer: null,
   call: null,
   media: null,
+  audio: null, // the AudioContext, started by the join click
+  transport: null, // "webtransport" | "websocket" when the link's ?transport= asks for one
   phase: "form",
   message: "",
   host: false,
@@ -75,7 +79,11 @@ window.rr = {
       sent: stats.sent,
       sentLog: stats.sentLog,
       sendDropped: stats.sendDropped,
+      datagramsDropped: stats.datagramsDropped,
+      transport: stats.transports.at(-1) ?? null,
+      transports: stats.transports,
       peers,
+      audio: state.call ? state.call.audioStats() : null,
       latency: stats.latency,
       errors: stats.errors,
       goingAway: stats.goingAway,

@@ -63,6 +63,56 @@ export const ENDED_TEXT = {
   left: () => "You left the call.",
 };
 
+/** Which way the call reaches its relay, as the call's status line says it. */
+export const TRANSPORT_TEXT = {
+  /** kind: "webtransport" | "websocket"; why: as call.js's openLink says. */
+  connected(kind, why) {
+    if (kind === "webtransport") return why === "forced" ? "Connected over WebTransport (QUIC), as the link asks." : "Connected over WebTransport (QUIC).";
+    switch (why) {
+      case "forced":
+        return "Connected over WebSocket (TCP), as the link asks.";
+      case "browser":
+        return "Connected over WebSocket (TCP): this browser has no WebTransport.";
+      case "relay":
+        return "Connected over WebSocket (TCP): this relay offers no WebTransport.";
+      default:
+        return "Connected over WebSocket (TCP): your network blocks UDP or WebTransport.";
+    }
+  },
+  /** Why neither way can be tried: force is the link's ?transport=, or null. */
+  none(force, relayHasWebSocket) {
+    if (force === "websocket") return "the link asks for WebSocket, and this relay offers none";
+    if (force === "webtransport") return "the link asks for WebTransport, which this browser does not have";
+    if (!relayHasWebSocket) return "this browser has no WebTransport, and this relay offers no WebSocket; Firefox, Chrome, Edge and Chromium have WebTransport";
+    return "this browser has neither WebTransport nor WebSocket";
+  },
+};
+
+/** What a browser needs to join a call, each in plain words. */
+const FEATURE_TEXT = {
+  VideoEncoder: "video encoding (WebCodecs VideoEncoder)",
+  VideoDecoder: "video decoding (WebCodecs VideoDecoder)",
+  AudioEncoder: "audio encoding (WebCodecs AudioEncoder)",
+  AudioDecoder: "audio decoding (WebCodecs AudioDecoder)",
+  AudioWorklet: "audio processing (Web Audio AudioWorklet)",
+  connection: "a connection to the relay (WebTransport or WebSocket)",
+  WebTransport: "WebTransport, which the link asks for (transport=webtransport)",
+  WebSocket: "WebSocket, which the link asks for (transport=websocket)",
+};
+
+export const BROWSER_TEXT = {
+  insecure:
+    "This page must be opened over https:// (or from this computer): browsers give the camera, the microphone and what a call needs to secure pages only.",
+  /** missing: names of FEATURE_TEXT. */
+  lacks(missing) {
+    const only = missing.length === 1 ? missing[0] : null;
+    if (only === "WebTransport" || only === "WebSocket") {
+      return `This browser has no ${only}, which the link asks for (?transport=${only.toLowerCase()}): open the link without it.`;
+    }
+    return `This browser cannot join calls: it lacks ${missing.map((n) => FEATURE_TEXT[n] ?? n).join(", ")}. Use a current Firefox, Chrome, Edge or Chromium, or GNOME Web.`;
+  },
+};
+
 export function show(phase, message = "") {
   state.phase = phase;
   state.message = message;
