@@ -274,11 +274,15 @@ fn mutated_files_on_disk_load_or_list_problems() {
         .unwrap();
     }
     let config = dir.path().join("config/dev.toml");
-    std::fs::copy(
-        support::repo().join("config/dev-ticket.key"),
-        dir.path().join("config/dev-ticket.key"),
-    )
-    .unwrap();
+    // The files the config names: the ticket key, and the development
+    // certificate the relays' WebSocket listeners serve.
+    for file in ["dev-ticket.key", "dev-router.crt", "dev-router.key"] {
+        std::fs::copy(
+            support::repo().join("config").join(file),
+            dir.path().join("config").join(file),
+        )
+        .unwrap();
+    }
     let config_text = shipped("config/dev.toml");
     let region_text = shipped("regions/ch.toml");
     let mut runner = TestRunner::new(ProptestConfig {

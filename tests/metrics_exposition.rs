@@ -19,7 +19,7 @@ const ROUTER_SERIES: [&str; 7] = [
     "rr_router_moderation_total{action=\"kick\",router=\"de-fra-router\"} 1",
     "rr_router_build_info{version=\"",
     "rr_router_http_tls_failures_total{reason=\"handshake\",router=\"de-fra-router\"} ",
-    "rr_router_tls_cert_expiry_timestamp_seconds{router=\"de-fra-router\"} 2111972418",
+    "rr_router_tls_cert_expiry_timestamp_seconds{router=\"de-fra-router\"} 2112019311",
     "\nprocess_cpu_seconds_total ",
 ];
 

@@ -278,20 +278,21 @@ fn serving(certs: &Certs, cert: &str) -> Cluster {
                 .unwrap()
                 .to_owned()
         };
-        // The first router is the EU one.
+        // The first router is the EU one; whole lines only (the relays'
+        // websocket_tls_cert lines end the same way).
         text.replacen(
-            &dev("tls_cert", "dev-router.crt"),
-            &format!("tls_cert = \"{}\"", crt.display()),
+            &format!("\n{}", dev("tls_cert", "dev-router.crt")),
+            &format!("\ntls_cert = \"{}\"", crt.display()),
             1,
         )
         .replacen(
-            &dev("tls_key", "dev-router.key"),
-            &format!("tls_key = \"{}\"", key.display()),
+            &format!("\n{}", dev("tls_key", "dev-router.key")),
+            &format!("\ntls_key = \"{}\"", key.display()),
             1,
         )
         .replacen(
-            &dev("tls_ca", "dev-router.crt"),
-            &format!("tls_ca = \"{}\"", ca.display()),
+            &format!("\n{}", dev("tls_ca", "dev-router.crt")),
+            &format!("\ntls_ca = \"{}\"", ca.display()),
             1,
         )
     })

@@ -401,7 +401,7 @@ async fn browser_links(policy: &Policy) -> Result<String, String> {
         .to_owned();
     let url = &router.url;
     Ok(format!(
-        "\na call in your browser (Chromium, Chrome or Edge: WebTransport and WebCodecs), pinned to the EU:\n\
+        "\na call in your browser (Chromium, Chrome, Edge, Firefox or a WebKit browser; WebCodecs, and WebTransport or WebSocket), pinned to the EU:\n\
          \x20 host:  {url}/j/{id}#i={invite}&k={secret}\n\
          \x20 guest: {url}/j/{id}#p={passcode}&k={secret}\n\
          open both, in two tabs or two browsers, allow camera and microphone, and see and hear\n\

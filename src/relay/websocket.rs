@@ -366,7 +366,8 @@ async fn write(
     started: Instant,
     metrics: &Metrics,
 ) -> Result<(u32, Vec<u8>, &'static str), &'static str> {
-    let mut ping = tokio::time::interval(PING_EVERY);
+    // The first ping after a quiet PING_EVERY, not at once.
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

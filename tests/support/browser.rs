@@ -110,13 +110,28 @@ impl Browser {
     /// Starts the browser `kind`, or `None` (loudly) when this machine
     /// lacks it; in CI that is a failure.
     pub fn launch_kind(kind: Kind) -> Option<Browser> {
+        Self::launch_in(kind, None)
+    }
+
+    /// Starts the browser `kind` inside network namespace `netns` when
+    /// given (`ip netns exec`), or `None` (loudly) when this machine lacks
+    /// it; in CI that is a failure.
+    pub fn launch_in(kind: Kind, netns: Option<&str>) -> Option<Browser> {
         let repo = super::repo();
         if let Some(why) = kind.missing(&repo) {
             assert!(!required(), "browser tests are required here: {why}");
             eprintln!("\n*** SKIPPING BROWSER TEST: {why} ***\n");
             return None;
         }
-        let mut child = Command::new("node")
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "node"]);
+                c
+            }
+            None => Command::new("node"),
+        };
+        let mut child = command
             .arg(repo.join(kind.driver()))
             .current_dir(&repo)
             .stdin(Stdio::piped())
