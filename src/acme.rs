@@ -9,8 +9,8 @@
 //! listener's own port, so no other port is needed. [`Managed::run`]
 //! obtains a certificate when there is none, and a new one with a third
 //! of the current one's lifetime left; each is kept on disk
-//! (`<state_dir>/cert.pem`, `key.pem`, and the account in
-//! `account.json`) and served to new handshakes from then on, while open
+//! (`<state_dir>/ca-<directory hash>/account.json`, and `<name>/cert.pem`
+//! and `key.pem` beside it) and served to new handshakes from then on, while open
 //! connections keep theirs. A failure keeps the certificate in force and
 //! is tried again later (doubling waits up to an hour), counted in
 //! `…_acme_failures_total`.
@@ -88,21 +88,26 @@ struct Current {
 #[derive(Debug)]
 pub struct Managed {
     name: String,
+    /// Where its certificate is kept: per CA directory and name, so that
+    /// a changed name or CA never serves what was kept for another.
+    folder: PathBuf,
     current: RwLock<Option<Current>>,
     /// Challenge certificates by the name they answer for (lower case).
     challenges: Mutex<HashMap<String, Arc<CertifiedKey>>>,
 }
 
 impl Managed {
-    /// A certificate for `name`, starting from the one kept in
-    /// `state_dir` if it is still valid.
-    pub fn new(name: &str, state_dir: &Path) -> Arc<Managed> {
+    /// A certificate for `name` from the CA `settings` name, starting from
+    /// the one kept for both if it is still valid.
+    pub fn new(name: &str, settings: &Settings) -> Arc<Managed> {
+        let name = name.to_ascii_lowercase();
         let managed = Managed {
-            name: name.to_ascii_lowercase(),
+            folder: directory_folder(settings).join(&name),
+            name,
             current: RwLock::new(None),
             challenges: Mutex::new(HashMap::new()),
         };
-        match load(state_dir) {
+        match load(&managed.folder) {
             Ok(Some(current)) if current.not_after > crate::clock::unix_now() as i64 => {
                 *managed.current.write().unwrap_or_else(|e| e.into_inner()) = Some(current);
             }
@@ -112,6 +117,11 @@ impl Managed {
             }
         }
         Arc::new(managed)
+    }
+
+    /// Where the certificate and its key are kept.
+    pub fn folder(&self) -> &Path {
+        &self.folder
     }
 
     /// `notAfter` of the certificate in force, if any.
@@ -160,13 +170,20 @@ impl Managed {
                 tokio::time::sleep(Duration::from_secs(wait.min(3600) as u64)).await;
                 continue;
             }
-            match self.obtain(&settings).await {
+            // A CA that stops answering mid-order is given up on.
+            let order = tokio::time::timeout(Duration::from_secs(300), self.obtain(&settings));
+            match order
+                .await
+                .unwrap_or_else(|_| Err("no certificate within 5 minutes".into()))
+            {
                 Ok(current) => {
                     failures = 0;
                     info!(name = %self.name, not_after = current.not_after, "ACME certificate in force");
                     metrics.expiry.set(current.not_after);
                     metrics.issued.inc();
                     *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(current);
+                    // Never order back to back, whatever the clock says.
+                    tokio::time::sleep(Duration::from_secs(5)).await;
                 }
                 Err(e) => {
                     failures += 1;
@@ -246,7 +263,7 @@ impl Managed {
             .await
             .map_err(|e| format!("certificate: {e}"))?;
         let current = certified(chain_pem.as_bytes(), key_pem.as_bytes())?;
-        keep(&s.state_dir, &chain_pem, &key_pem)?;
+        keep(&self.folder, &chain_pem, &key_pem)?;
         Ok(current)
     }
 }
@@ -364,9 +381,18 @@ fn keep(dir: &Path, chain_pem: &str, key_pem: &str) -> Result<(), String> {
     write_atomically(dir, "cert.pem", chain_pem.as_bytes())
 }
 
-/// The account kept in the state folder, or a new one (kept there).
+/// The state folder of the CA `s` names: its account and certificates.
+fn directory_folder(s: &Settings) -> PathBuf {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(s.directory.as_bytes());
+    s.state_dir
+        .join(format!("ca-{}", hex::encode(&digest[..8])))
+}
+
+/// The account kept for the CA, or a new one (kept there).
 async fn account(s: &Settings) -> Result<Account, String> {
-    let path = s.state_dir.join("account.json");
+    let folder = directory_folder(s);
+    let path = folder.join("account.json");
     let http = || -> Box<dyn instant_acme::HttpClient> {
         Box::new(Client {
             tls: Arc::new(crate::tls::client_config(
@@ -396,9 +422,9 @@ async fn account(s: &Settings) -> Result<Account, String> {
         )
         .await
         .map_err(|e| format!("a new ACME account: {e}"))?;
-    std::fs::create_dir_all(&s.state_dir).map_err(|e| format!("{}: {e}", s.state_dir.display()))?;
+    std::fs::create_dir_all(&folder).map_err(|e| format!("{}: {e}", folder.display()))?;
     let json = serde_json::to_string(&credentials).map_err(|e| e.to_string())?;
-    write_atomically(&s.state_dir, "account.json", json.as_bytes())?;
+    write_atomically(&folder, "account.json", json.as_bytes())?;
     Ok(account)
 }
 

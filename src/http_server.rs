@@ -804,7 +804,10 @@ async fn serve_http<S>(
         .header_read_timeout(None)
         .max_buf_size(64 << 10);
     let connection = builder.serve_connection(io, service).with_upgrades();
-    let mut connection = std::pin::pin!(connection);
+    // Boxed, so that it can be dropped before an upgraded connection is
+    // waited for: a failed upgrade's handle lives in it, and the handler
+    // waiting on that handle only learns of the failure when it goes.
+    let mut connection = Box::pin(connection);
     // The head and idle limits are kept here rather than by hyper, whose
     // head timer also runs between requests and would make the idle
     // limit the head limit.
@@ -823,16 +826,7 @@ async fn serve_http<S>(
                 if let Err(e) = result {
                     debug!(error = %e, "HTTP connection ended with an error");
                 }
-                // An upgraded connection lives on in its handler's task:
-                // its slot is given back when that ends.
-                while tracked.upgraded.load(Ordering::Acquire) > 0 {
-                    let ended = tracked.upgrade_ended.notified();
-                    if tracked.upgraded.load(Ordering::Acquire) == 0 {
-                        break;
-                    }
-                    ended.await;
-                }
-                return;
+                break;
             }
             _ = tracked.evict.notified() => return,
             changed = stop.changed(), if !stopping => {
@@ -858,6 +852,16 @@ async fn serve_http<S>(
                 }
             }
         }
+    }
+    drop(connection);
+    // An upgraded connection lives on in its handler's task: its slot is
+    // given back when that ends.
+    while tracked.upgraded.load(Ordering::Acquire) > 0 {
+        let ended = tracked.upgrade_ended.notified();
+        if tracked.upgraded.load(Ordering::Acquire) == 0 {
+            break;
+        }
+        ended.await;
     }
 }
 

@@ -205,14 +205,17 @@ async fn the_websocket_certificate_comes_over_acme_and_is_renewed_without_droppi
         state_dir: state.clone(),
         roots: Arc::new(residency_relay::tls::ca_roots(&pebble.ca).unwrap()),
     };
-    let managed = Managed::new(NAME, &state);
+    let managed = Managed::new(NAME, &settings);
     assert_eq!(managed.not_after(), None, "nothing kept yet");
     let mut relay = TestRelay::start_with_websocket(
         "de-fra-1",
         "127.0.1.1",
         CoreConfig::default(),
         0,
-        Some((listener, WebSocketCert::Acme(managed.clone(), settings))),
+        Some((
+            listener,
+            WebSocketCert::Acme(managed.clone(), settings.clone()),
+        )),
     )
     .await;
 
@@ -234,11 +237,11 @@ async fn the_websocket_certificate_comes_over_acme_and_is_renewed_without_droppi
         metric(&body, "rr_relay_websocket_acme_certificates_total"),
         1.0
     );
+    let kept = managed.folder();
     assert!(
-        state.join("cert.pem").exists()
-            && state.join("key.pem").exists()
-            && state.join("account.json").exists()
+        kept.starts_with(&state) && kept.join("cert.pem").exists() && kept.join("key.pem").exists()
     );
+    assert!(kept.parent().unwrap().join("account.json").exists());
 
     // A participant on that certificate.
     let (tls, _) = handshake(addr, &roots).await.unwrap();
@@ -339,7 +342,12 @@ async fn the_websocket_certificate_comes_over_acme_and_is_renewed_without_droppi
     }
 
     // Kept on disk: a restart starts from the renewed certificate.
-    let again = Managed::new(NAME, &state);
+    let again = Managed::new(NAME, &settings);
     assert_eq!(again.not_after(), managed.not_after());
+    // Kept for this CA and this name only: another name starts afresh.
+    assert_eq!(
+        Managed::new("relay-ams-1.test", &settings).not_after(),
+        None
+    );
     relay.stop().await;
 }

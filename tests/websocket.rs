@@ -294,6 +294,15 @@ async fn bad_input_on_the_websocket_listener_is_refused_and_counted() {
     let _ = plain.read_to_string(&mut answer).await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(answer.contains(ws::SUBPROTOCOL), "{answer}");
+    let mut post = tls(&relay).await;
+    post.write_all(
+        b"POST /ws HTTP/1.1\r\nHost: relay\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = String::new();
+    let _ = post.read_to_string(&mut answer).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     let refused = raw(&relay, None).await.unwrap_err();
     assert!(refused.contains("400"), "{refused}");
     let refused = raw(&relay, Some("chat")).await.unwrap_err();
@@ -376,7 +385,7 @@ async fn bad_input_on_the_websocket_listener_is_refused_and_counted() {
             &series("rr_relay_websocket_refusals_total", "reason", reason),
         )
     };
-    assert_eq!(refusals("not_websocket"), 3.0);
+    assert_eq!(refusals("not_websocket"), 4.0);
     assert_eq!(refusals("text_message"), 1.0);
     assert_eq!(refusals("bad_kind"), 1.0);
     assert_eq!(refusals("oversized"), 1.0);
@@ -390,6 +399,49 @@ async fn bad_input_on_the_websocket_listener_is_refused_and_counted() {
         ),
         0.0
     );
+
+    // Frames behind `hello` in the same message are handled at once: the
+    // answer to a subscribe that came with it arrives without anything
+    // more being sent.
+    let mut socket = raw(&relay, Some(ws::SUBPROTOCOL)).await.unwrap();
+    let mut both = Vec::new();
+    control::encode(
+        &ClientMessage::Hello {
+            ticket: sign_dev(&claims("de-fra-1", "eager", VIEWER)),
+        },
+        &mut both,
+    )
+    .unwrap();
+    control::encode(
+        &ClientMessage::Subscribe {
+            track: TrackId(4242),
+        },
+        &mut both,
+    )
+    .unwrap();
+    socket
+        .send(Message::Binary(ws::message(ws::KIND_CONTROL, &both)))
+        .await
+        .unwrap();
+    let mut decoder = Decoder::new();
+    let mut said = Vec::new();
+    while said.len() < 2 {
+        match tokio::time::timeout(Duration::from_secs(5), socket.next()).await {
+            Ok(Some(Ok(Message::Binary(b)))) => {
+                if let Ok(ws::Inbound::Control(c)) = ws::parse(b) {
+                    decoder.push(&c);
+                    while let Ok(Some(m)) = decoder.next_message::<ServerMessage>() {
+                        said.push(m);
+                    }
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no answer to the subscribe that came with hello: {other:?}, {said:?}"),
+        }
+    }
+    assert!(matches!(said[0], ServerMessage::Welcome { .. }), "{said:?}");
+    assert!(matches!(said[1], ServerMessage::Error { .. }), "{said:?}");
+    drop(socket);
 
     // And the relay still serves participants.
     let mut ok = join_websocket(&relay, "127.0.0.5", "ok", VIEWER).await;

@@ -89,11 +89,16 @@ pub(super) fn websocket(
         )),
         (None, Some(acme), Some(name)) => {
             let settings = crate::acme::Settings::from_section(acme, &r.id)?;
-            let managed = crate::acme::Managed::new(name, &settings.state_dir);
+            let managed = crate::acme::Managed::new(name, &settings);
             relay::WebSocketCert::Acme(managed, settings)
         }
         _ => relay::WebSocketCert::Own,
     };
+    // Participants, not page loads: as many from one address as QUIC
+    // takes (an office behind one NAT that blocks UDP).
+    let mut limits = limits;
+    limits.max_per_address =
+        (policy.limits().relay_connections_per_address as usize).min(limits.max_connections);
     let addr = r.websocket_addr;
     let listener = crate::router::listen(addr).map_err(|e| {
         format!(

@@ -421,7 +421,7 @@ impl Metrics {
             websocket_refusals: counter_vec(
                 &registry,
                 "websocket_refusals_total",
-                "WebSocket connections refused or closed for what they sent, by reason: not_websocket (a request that is not an upgrade to the relay's subprotocol), text_message, bad_kind (a message of no known kind), oversized (a message over the limit), malformed (not a valid WebSocket frame), no_hello (no hello within the hello timeout), silent (nothing heard for the idle timeout).",
+                "WebSocket connections refused or closed for what they sent, by reason: not_websocket (a request that is not an upgrade to the relay's subprotocol), text_message, bad_kind (a message of no known kind), oversized (a message over the limit), malformed (not a valid WebSocket frame), no_hello (no hello within the hello timeout), silent (nothing heard for the idle timeout), stalled (a message could not be written for 10 s: the peer does not read).",
                 "reason",
                 &[
                     "not_websocket",
@@ -431,6 +431,7 @@ impl Metrics {
                     "malformed",
                     "no_hello",
                     "silent",
+                    "stalled",
                 ],
             ),
             cascade_bytes_received: counter(

@@ -123,6 +123,15 @@ impl Inbox {
         self.rx.recv().await
     }
 
+    /// What is waiting now, without waiting.
+    pub(super) fn try_recv(&mut self) -> Option<Outgoing> {
+        let out = self.rx.try_recv().ok()?;
+        if let Outgoing::Datagram(d) = &out {
+            self.written(d.len());
+        }
+        Some(out)
+    }
+
     /// A datagram of `len` bytes left for the socket: its room is free.
     pub(super) fn written(&self, len: usize) {
         self.queued.fetch_sub(len, Ordering::AcqRel);

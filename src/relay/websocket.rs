@@ -71,7 +71,7 @@ pub(super) struct Serving {
 /// The WebSocket listener's routes: `GET /ws`, and nothing else.
 pub(super) fn routes(serving: Serving) -> axum::Router {
     axum::Router::new()
-        .route(ws::PATH, axum::routing::get(upgrade))
+        .route(ws::PATH, axum::routing::get(upgrade).fallback(not_here))
         .fallback(not_here)
         .with_state(Arc::new(serving))
 }
@@ -307,57 +307,58 @@ async fn read(
     started: Instant,
 ) -> ReadEnd {
     let mut rate = rate::ControlRate::new(s.control_limits, Instant::now());
+    // Frames that came in the message with `hello` are handled first.
+    let mut inbound = Some(Inbound::Control(Bytes::new()));
     loop {
-        let inbound = match next_inbound(stream, &s.metrics).await {
+        if let Some(Inbound::Control(bytes)) = inbound.take() {
+            decoder.push(&bytes);
+            loop {
+                match decoder.next_message::<ClientMessage>() {
+                    Ok(None) => break,
+                    Ok(Some(m)) => {
+                        if let Err(stop) = pass_control(m, &mut rate, id, events, &s.metrics).await
+                        {
+                            return match stop.close {
+                                Some((code, reason)) => ReadEnd::Close(code, reason, stop.reason),
+                                None => ReadEnd::Close(close_code::NORMAL, b"left", stop.reason),
+                            };
+                        }
+                    }
+                    Err(_) => {
+                        let _ = events.send(Event::BadControl(id)).await;
+                        return ReadEnd::Close(
+                            close_code::PROTOCOL,
+                            b"malformed control message",
+                            "malformed control",
+                        );
+                    }
+                }
+            }
+        }
+        let next = match next_inbound(stream, &s.metrics).await {
             Ok(i) => i,
             Err(end) => return end,
         };
         heard.store(millis_since(started), std::sync::atomic::Ordering::Relaxed);
-        match inbound {
-            None => {}
+        match next {
             Some(Inbound::Datagram(d)) => {
                 let handed = events.send(Event::Datagram(id, d, Instant::now())).await;
                 if handed.is_err() {
                     return ReadEnd::Gone("relay stopping");
                 }
             }
-            Some(Inbound::Control(bytes)) => {
-                decoder.push(&bytes);
-                loop {
-                    match decoder.next_message::<ClientMessage>() {
-                        Ok(None) => break,
-                        Ok(Some(m)) => {
-                            if let Err(stop) =
-                                pass_control(m, &mut rate, id, events, &s.metrics).await
-                            {
-                                return match stop.close {
-                                    Some((code, reason)) => {
-                                        ReadEnd::Close(code, reason, stop.reason)
-                                    }
-                                    None => {
-                                        ReadEnd::Close(close_code::NORMAL, b"left", stop.reason)
-                                    }
-                                };
-                            }
-                        }
-                        Err(_) => {
-                            let _ = events.send(Event::BadControl(id)).await;
-                            return ReadEnd::Close(
-                                close_code::PROTOCOL,
-                                b"malformed control message",
-                                "malformed control",
-                            );
-                        }
-                    }
-                }
-            }
+            // Handled at the top of the loop.
+            control => inbound = control,
         }
     }
 }
 
 /// Sends what the shard has for the participant: control messages first,
-/// then datagrams; a ping when it has been quiet. Ends with the close to
-/// give it, or `Err` when the socket broke.
+/// then a ping when one is due, then datagrams. Ends with the close to
+/// give it, or `Err` when the socket broke. A message that cannot be
+/// written within [`STALLED_FOR`] (a peer whose window stays shut, a path
+/// that is gone) ends the connection, as does silence: neither waits on
+/// TCP's own give-up, which takes many minutes.
 async fn write(
     sink: &mut Sink,
     mut control_rx: mpsc::Receiver<ServerMessage>,
@@ -369,29 +370,28 @@ async fn write(
     // The first ping after a quiet PING_EVERY, not at once.
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stalled = || {
+        metrics
+            .websocket_refusals
+            .with_label_values(&["stalled"])
+            .inc();
+        "stalled"
+    };
     loop {
         tokio::select! {
             biased;
             message = control_rx.recv() => {
-                // The shard dropped the participant's sender: it is gone.
+                // The shard dropped the participant's sender: it closed
+                // the participant (its close, if any, waits in the outbox)
+                // or the relay is stopping.
                 let Some(message) = message else {
-                    return Ok((close_code::NORMAL, Vec::new(), "removed"));
+                    return Ok(closed_by_shard(&mut inbox));
                 };
-                sink.send(control_message(&message)).await.map_err(|_| "broken")?;
+                send_within(sink, control_message(&message)).await.map_err(|e| e.unwrap_or_else(stalled))?;
                 if let Some((code, reason)) = removal(&message) {
                     return Ok((code, reason.to_vec(), "removed"));
                 }
             }
-            out = inbox.recv() => match out {
-                Some(Outgoing::Datagram(d)) => {
-                    let len = d.len();
-                    let sent = sink.send(Message::Binary(ws::message(ws::KIND_DATAGRAM, &d))).await;
-                    inbox.written(len);
-                    sent.map_err(|_| "broken")?;
-                }
-                Some(Outgoing::Close(code, reason)) => return Ok((code, reason, "closed by the relay")),
-                None => return Ok((close_code::NORMAL, Vec::new(), "removed")),
-            },
             _ = ping.tick() => {
                 let quiet = millis_since(started)
                     .saturating_sub(heard.load(std::sync::atomic::Ordering::Relaxed));
@@ -399,10 +399,49 @@ async fn write(
                     metrics.websocket_refusals.with_label_values(&["silent"]).inc();
                     return Ok((close_code::NORMAL, b"nothing heard".to_vec(), "silent"));
                 }
-                sink.send(Message::Ping(Bytes::new())).await.map_err(|_| "broken")?;
+                send_within(sink, Message::Ping(Bytes::new())).await.map_err(|e| e.unwrap_or_else(stalled))?;
             }
+            out = inbox.recv() => match out {
+                Some(Outgoing::Datagram(d)) => {
+                    let len = d.len();
+                    let sent = send_within(sink, Message::Binary(ws::message(ws::KIND_DATAGRAM, &d))).await;
+                    inbox.written(len);
+                    sent.map_err(|e| e.unwrap_or_else(stalled))?;
+                }
+                Some(Outgoing::Close(code, reason)) => return Ok((code, reason, "closed by the relay")),
+                None => return Ok(closed_by_shard(&mut inbox)),
+            },
         }
     }
+}
+
+/// How long one message may take to go into the socket.
+const STALLED_FOR: Duration = Duration::from_secs(10);
+
+/// Sends `message` within [`STALLED_FOR`]: `Err(None)` when it did not
+/// go in time, `Err(Some(_))` when the socket broke.
+async fn send_within(sink: &mut Sink, message: Message) -> Result<(), Option<&'static str>> {
+    match tokio::time::timeout(STALLED_FOR, sink.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Some("broken")),
+        Err(_) => Err(None),
+    }
+}
+
+/// The close a shard gave with the participant's removal, which waits in
+/// the outbox behind its datagrams; without one the relay is stopping,
+/// which QUIC participants hear as `going_away`'s close code.
+fn closed_by_shard(inbox: &mut Inbox) -> (u32, Vec<u8>, &'static str) {
+    while let Some(out) = inbox.try_recv() {
+        if let Outgoing::Close(code, reason) = out {
+            return (code, reason, "closed by the relay");
+        }
+    }
+    (
+        close_code::GOING_AWAY,
+        b"relay shutting down".to_vec(),
+        "relay stopping",
+    )
 }
 
 fn control_message(message: &ServerMessage) -> Message {
