@@ -11,8 +11,8 @@ use std::io::{Cursor, Read, Write};
 use libfuzzer_sys::fuzz_target;
 use residency_relay::wire::control::{ClientMessage, Decoder};
 use residency_relay::wire::{datagram, websocket};
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocket, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocket, WebSocketConfig};
 
 /// The participant's bytes to read; what the relay writes back is dropped.
 struct Wire(Cursor<Vec<u8>>);
@@ -37,7 +37,8 @@ fuzz_target!(|data: &[u8]| {
     let config = WebSocketConfig::default()
         .max_message_size(Some(websocket::MAX_MESSAGE_LEN))
         .max_frame_size(Some(websocket::MAX_MESSAGE_LEN));
-    let mut socket = WebSocket::from_raw_socket(Wire(Cursor::new(data.to_vec())), Role::Server, Some(config));
+    let mut socket =
+        WebSocket::from_raw_socket(Wire(Cursor::new(data.to_vec())), Role::Server, Some(config));
     let mut decoder = Decoder::new();
     // A bad frame or message ends the connection, as it does on the relay.
     while let Ok(message) = socket.read() {
