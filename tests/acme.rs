@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use residency_relay::acme::{Managed, Settings};
+use residency_relay::client::websocket::upgrade_request;
 use residency_relay::forward::CoreConfig;
 use residency_relay::relay::WebSocketCert;
-use residency_relay::wire::control::{self, ClientMessage, Decoder, ServerMessage};
+use residency_relay::wire::control::{ClientMessage, Decoder, ServerMessage};
 use residency_relay::wire::websocket as ws;
 use support::Reaped;
 use support::relay::{TestRelay, VIEWER, claims, sign_dev};
@@ -163,9 +164,7 @@ async fn handshake(
 }
 
 fn metric(body: &str, name: &str) -> f64 {
-    body.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    residency_relay::relay::metrics::sample(body, name)
         .unwrap_or_else(|| panic!("no {name} in\n{body}"))
 }
 
@@ -245,32 +244,17 @@ async fn the_websocket_certificate_comes_over_acme_and_is_renewed_without_droppi
 
     // A participant on that certificate.
     let (tls, _) = handshake(addr, &roots).await.unwrap();
-    let request = tokio_tungstenite::tungstenite::http::Request::builder()
-        .uri(format!("wss://{NAME}:{}{}", addr.port(), ws::PATH))
-        .header("Host", format!("{NAME}:{}", addr.port()))
-        .header("Connection", "Upgrade")
-        .header("Upgrade", "websocket")
-        .header("Sec-WebSocket-Version", "13")
-        .header(
-            "Sec-WebSocket-Key",
-            tokio_tungstenite::tungstenite::handshake::client::generate_key(),
-        )
-        .header("Sec-WebSocket-Protocol", ws::SUBPROTOCOL)
-        .body(())
-        .unwrap();
-    let (mut socket, _) = tokio_tungstenite::client_async(request, tls).await.unwrap();
-    let mut frame = Vec::new();
-    control::encode(
-        &ClientMessage::Hello {
-            ticket: sign_dev(&claims("de-fra-1", "ada", VIEWER)),
-        },
-        &mut frame,
+    let request = upgrade_request(
+        &format!("wss://{NAME}:{}{}", addr.port(), ws::PATH),
+        &format!("{NAME}:{}", addr.port()),
+        Some(ws::SUBPROTOCOL),
     )
     .unwrap();
-    socket
-        .send(Message::Binary(ws::message(ws::KIND_CONTROL, &frame)))
-        .await
-        .unwrap();
+    let (mut socket, _) = tokio_tungstenite::client_async(request, tls).await.unwrap();
+    let hello = ws::control(&ClientMessage::Hello {
+        ticket: sign_dev(&claims("de-fra-1", "ada", VIEWER)),
+    });
+    socket.send(Message::Binary(hello.unwrap())).await.unwrap();
     let mut decoder = Decoder::new();
     let mut next_message = async || loop {
         if let Some(m) = decoder.next_message::<ServerMessage>().unwrap() {
@@ -313,16 +297,11 @@ async fn the_websocket_certificate_comes_over_acme_and_is_renewed_without_droppi
         2.0
     );
     assert_eq!(metric(&body, "rr_relay_websocket_acme_failures_total"), 0.0);
-    let mut frame = Vec::new();
-    control::encode(
-        &ClientMessage::Subscribe {
-            track: residency_relay::wire::datagram::TrackId(99),
-        },
-        &mut frame,
-    )
-    .unwrap();
+    let subscribe = ws::control(&ClientMessage::Subscribe {
+        track: residency_relay::wire::datagram::TrackId(99),
+    });
     socket
-        .send(Message::Binary(ws::message(ws::KIND_CONTROL, &frame)))
+        .send(Message::Binary(subscribe.unwrap()))
         .await
         .unwrap();
     let mut answered = false;

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use residency_relay::client::Client;
 use residency_relay::client::synthetic::{self, ReceiveStats};
-use residency_relay::client::websocket::Trust;
+use residency_relay::client::websocket::{Trust, upgrade_request};
 use residency_relay::forward::CoreConfig;
 use residency_relay::wire::control::{self, ClientMessage, Decoder, ServerMessage, TrackKind};
 use residency_relay::wire::datagram::{self, Flags, MediaHeader, TrackId};
@@ -94,12 +94,9 @@ async fn receive(client: &Client, n: usize) -> Vec<Bytes> {
     got
 }
 
-/// The value of the metric line starting with `series` (name and labels).
+/// The value of `series` (a name, or a name and its labels).
 fn metric(body: &str, series: &str) -> f64 {
-    body.lines()
-        .find(|l| l.starts_with(series))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+    residency_relay::relay::metrics::sample(body, series)
         .unwrap_or_else(|| panic!("no {series} in\n{body}"))
 }
 
@@ -215,29 +212,15 @@ async fn tls(relay: &TestRelay) -> tokio_rustls::client::TlsStream<tokio::net::T
 
 /// A WebSocket upgrade offering `protocol`, with nothing else done.
 async fn raw(relay: &TestRelay, protocol: Option<&str>) -> Result<Raw, String> {
-    let mut request = tokio_tungstenite::tungstenite::http::Request::builder()
-        .uri(url(relay))
-        .header("Host", relay.websocket.to_string())
-        .header("Connection", "Upgrade")
-        .header("Upgrade", "websocket")
-        .header("Sec-WebSocket-Version", "13")
-        .header(
-            "Sec-WebSocket-Key",
-            tokio_tungstenite::tungstenite::handshake::client::generate_key(),
-        );
-    if let Some(p) = protocol {
-        request = request.header("Sec-WebSocket-Protocol", p);
-    }
-    tokio_tungstenite::client_async(request.body(()).unwrap(), tls(relay).await)
+    let request = upgrade_request(&url(relay), &relay.websocket.to_string(), protocol).unwrap();
+    tokio_tungstenite::client_async(request, tls(relay).await)
         .await
         .map(|(s, _)| s)
         .map_err(|e| e.to_string())
 }
 
 fn control_message(m: &ClientMessage) -> Message {
-    let mut frame = Vec::new();
-    control::encode(m, &mut frame).unwrap();
-    Message::Binary(ws::message(ws::KIND_CONTROL, &frame))
+    Message::Binary(ws::control(m).unwrap())
 }
 
 /// Reads until the relay closes; its close code and the control messages
@@ -390,7 +373,15 @@ async fn bad_input_on_the_websocket_listener_is_refused_and_counted() {
     assert_eq!(refusals("bad_kind"), 1.0);
     assert_eq!(refusals("oversized"), 1.0);
     assert_eq!(refusals("no_hello"), 1.0);
-    assert!(metric(&body, "rr_relay_ticket_refusals_total{") >= 0.0);
+    // The forged ticket was refused and counted as a forgery.
+    let forged: f64 = body
+        .lines()
+        .filter(|l| {
+            l.starts_with("rr_relay_ticket_refusals_total{") && l.contains("origin=\"forged\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(forged, 1.0, "{body}");
     // Every one of them gave its listener slot back.
     assert_eq!(
         metric(

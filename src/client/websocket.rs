@@ -102,18 +102,7 @@ pub(super) async fn connect(
         .connect(name, tcp)
         .await
         .map_err(|e| ClientError::Connect(format!("TLS to {addr}: {e}")))?;
-    let request = tokio_tungstenite::tungstenite::http::Request::builder()
-        .uri(url)
-        .header("Host", format!("{host}:{port}"))
-        .header("Connection", "Upgrade")
-        .header("Upgrade", "websocket")
-        .header("Sec-WebSocket-Version", "13")
-        .header(
-            "Sec-WebSocket-Key",
-            tokio_tungstenite::tungstenite::handshake::client::generate_key(),
-        )
-        .header("Sec-WebSocket-Protocol", ws::SUBPROTOCOL)
-        .body(())
+    let request = upgrade_request(url, &format!("{host}:{port}"), Some(ws::SUBPROTOCOL))
         .map_err(|e| ClientError::Connect(e.to_string()))?;
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(ws::MAX_MESSAGE_LEN))
@@ -134,6 +123,33 @@ pub(super) async fn connect(
         },
         ControlIn(control_rx),
     ))
+}
+
+/// The WebSocket upgrade of `url`, with `host` as its `Host` header and
+/// offering `protocol` (the relay's subprotocol; tests offer others, or
+/// none).
+pub fn upgrade_request(
+    url: &str,
+    host: &str,
+    protocol: Option<&str>,
+) -> Result<
+    tokio_tungstenite::tungstenite::http::Request<()>,
+    tokio_tungstenite::tungstenite::http::Error,
+> {
+    let mut request = tokio_tungstenite::tungstenite::http::Request::builder()
+        .uri(url)
+        .header("Host", host)
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Version", "13")
+        .header(
+            "Sec-WebSocket-Key",
+            tokio_tungstenite::tungstenite::handshake::client::generate_key(),
+        );
+    if let Some(p) = protocol {
+        request = request.header("Sec-WebSocket-Protocol", p);
+    }
+    request.body(())
 }
 
 async fn tcp_from(bind: IpAddr, to: SocketAddr) -> Result<tokio::net::TcpStream, ClientError> {

@@ -35,7 +35,7 @@ use super::{Metrics, Trust, rate};
 use crate::forward::ConnId;
 use crate::wire::ErrorCode;
 use crate::wire::close_code;
-use crate::wire::control::{self, ClientMessage, Decoder, ServerMessage};
+use crate::wire::control::{ClientMessage, Decoder, ServerMessage};
 use crate::wire::websocket::{self as ws, Inbound};
 
 /// The kernel send buffer of each WebSocket connection. Linux doubles it
@@ -445,10 +445,8 @@ fn closed_by_shard(inbox: &mut Inbox) -> (u32, Vec<u8>, &'static str) {
 }
 
 fn control_message(message: &ServerMessage) -> Message {
-    let mut frame = Vec::new();
     // A message the relay itself made always encodes.
-    let _ = control::encode(message, &mut frame);
-    Message::Binary(ws::message(ws::KIND_CONTROL, &frame))
+    Message::Binary(ws::control(message).unwrap_or_else(|_| ws::message(ws::KIND_CONTROL, &[])))
 }
 
 fn close_frame(code: u32, reason: &[u8]) -> CloseFrame {

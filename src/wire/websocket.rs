@@ -93,6 +93,13 @@ pub fn parse(message: Bytes) -> Result<Inbound, FrameError> {
     }
 }
 
+/// A control message as one message: its frame behind the control kind.
+pub fn control<M: serde::Serialize>(message: &M) -> Result<Bytes, super::control::ControlError> {
+    let mut out = vec![KIND_CONTROL];
+    super::control::encode(message, &mut out)?;
+    Ok(Bytes::from(out))
+}
+
 /// A message of `kind` carrying `payload`.
 pub fn message(kind: u8, payload: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(1 + payload.len());
@@ -124,6 +131,20 @@ mod tests {
         );
         let big = Bytes::from(vec![KIND_CONTROL; MAX_MESSAGE_LEN + 1]);
         assert_eq!(parse(big), Err(FrameError::Oversized(MAX_MESSAGE_LEN + 1)));
+    }
+
+    #[test]
+    fn a_control_message_is_its_frame_behind_the_control_kind() {
+        let hello = super::super::control::ClientMessage::Hello { ticket: "t".into() };
+        let Ok(Inbound::Control(frame)) = parse(control(&hello).unwrap()) else {
+            panic!("not a control message");
+        };
+        let mut decoder = super::super::control::Decoder::new();
+        decoder.push(&frame);
+        let read = decoder.next_message::<super::super::control::ClientMessage>();
+        assert!(
+            matches!(read, Ok(Some(super::super::control::ClientMessage::Hello { ticket })) if ticket == "t")
+        );
     }
 
     #[test]
