@@ -30,6 +30,10 @@ wait_port 127.0.1.1:9090
 "$bin" loadtest --config config/dev.toml --relay de-fra-1 --conferences 2 --participants 3 \
     --publishers 1 --duration 1 >"$out/loadtest" 2>&1
 expect "$out/loadtest" "relay efficiency"
+"$bin" loadtest --config config/dev.toml --relay de-fra-1 --conferences 1 --participants 3 \
+    --publishers 1 --duration 1 --transport websocket >"$out/loadtest-ws" 2>&1
+expect "$out/loadtest-ws" "over Websocket"
+expect "$out/loadtest-ws" "relay efficiency"
 kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true; unset 'pids[-1]'
 
 echo "smoke: joinload, cascadeload, overload, hostile against dev"

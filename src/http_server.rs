@@ -224,11 +224,15 @@ pub struct Options {
     pub trusted_proxy: TrustedProxy,
     /// TLS for every connection; `None`: plain HTTP.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
-    /// The kernel send buffer of each connection (`SO_SNDBUF`); `None`:
-    /// the system's default. A listener whose connections carry live media
-    /// keeps it small, so that what a slow reader cannot take waits where
-    /// the relay's drop policy applies, not in the kernel.
-    pub send_buffer: Option<usize>,
+    /// For connections that carry live media: the unsent bytes each may
+    /// keep in the kernel (`TCP_NOTSENT_LOWAT`: the socket takes no more
+    /// while it holds this many not yet sent), so that what a slow reader
+    /// cannot take waits where the relay's drop policy applies, while
+    /// what is in flight still grows with the path (a small `SO_SNDBUF`
+    /// would cap that too: a window per round trip). Such connections
+    /// also use BBR congestion control where the kernel has it, which
+    /// keeps the path's own queue short. `None`: the system's defaults.
+    pub unsent_limit: Option<u32>,
 }
 
 impl std::fmt::Debug for Options {
@@ -485,8 +489,8 @@ pub async fn serve(
         while tasks.try_join_next().is_some() {}
         let group = address_group(peer.ip().to_canonical());
         let exempt = (options.trusted_proxy)(peer.ip().to_canonical());
-        if let Some(size) = options.send_buffer {
-            let _ = socket2::SockRef::from(&stream).set_send_buffer_size(size);
+        if let Some(limit) = options.unsent_limit {
+            live_media(&stream, limit);
         }
         let admitted = admit(&table, &options, group, exempt, started);
         let tracked = match admitted {
@@ -1081,6 +1085,20 @@ pub fn address_group(ip: IpAddr) -> IpAddr {
             }
         },
     }
+}
+
+/// Sets a live-media connection's socket up (see [`Options::unsent_limit`]).
+/// Each option is best effort: a kernel without BBR keeps its default
+/// congestion control.
+fn live_media(stream: &tokio::net::TcpStream, unsent_limit: u32) {
+    let socket = socket2::SockRef::from(stream);
+    #[cfg(target_os = "linux")]
+    {
+        let _ = socket.set_tcp_notsent_lowat(unsent_limit);
+        let _ = socket.set_tcp_congestion(b"bbr");
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = socket.set_send_buffer_size(unsent_limit as usize);
 }
 
 #[cfg(test)]

@@ -181,6 +181,15 @@ pub(super) struct LoadtestArgs {
     /// Local address the clients send from.
     #[arg(long, default_value = "127.0.0.1")]
     pub(super) bind_ip: std::net::IpAddr,
+    /// How the clients reach the relay: QUIC, or WebSocket on TLS over TCP
+    /// (its `websocket_url`).
+    #[arg(long, value_enum, default_value_t = TransportArg::Quic)]
+    pub(super) transport: TransportArg,
+    /// PEM file of the CA (or certificate) to verify the relay's WebSocket
+    /// certificate with; without it the certificate the relay's config
+    /// names (`websocket_tls_cert`) is pinned, else its own (its /cert).
+    #[arg(long, value_name = "FILE")]
+    pub(super) websocket_ca: Option<PathBuf>,
 }
 
 // `relay`'s arguments (its help text is the variant's).

@@ -16,6 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::client::Client;
 use crate::client::synthetic::{self, ReceiveStats};
+use crate::client::websocket::Trust;
 use crate::policy::Policy;
 use crate::ticket::{self, Claims, Grants};
 use crate::wire::control::TrackKind;
@@ -38,6 +39,8 @@ pub(super) struct Plan {
     pub(super) sources: u8,
     pub(super) duration: Duration,
     pub(super) bind_ip: IpAddr,
+    pub(super) transport: TransportArg,
+    pub(super) websocket_ca: Option<std::path::PathBuf>,
 }
 
 /// Audio is sent as 20 ms frames.
@@ -81,7 +84,7 @@ async fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
 use crate::relay::metrics::sample;
 use std::process::ExitCode;
 
-use super::args::LoadtestArgs;
+use super::args::{LoadtestArgs, TransportArg};
 
 /// The `offset`-th address after `base` (IPv4; an IPv6 base is used as is).
 fn source(base: IpAddr, offset: usize) -> IpAddr {
@@ -144,9 +147,13 @@ async fn run_async(policy: &Policy, plan: Plan) -> Result<(), String> {
     let (relay, jurisdiction, key, pin) = target(policy, &plan).await?;
 
     eprintln!(
-        "loadtest: relay {} at {} ({jurisdiction}), {} conference(s) x {} participants, {} publisher(s) each: video {} bit/s in {}-byte packets at {} fps + audio {} bit/s; {} s",
+        "loadtest: relay {} at {} over {:?} ({jurisdiction}), {} conference(s) x {} participants, {} publisher(s) each: video {} bit/s in {}-byte packets at {} fps + audio {} bit/s; {} s",
         relay.id,
-        relay.quic_addr,
+        match plan.transport {
+            TransportArg::Quic => relay.quic_addr.to_string(),
+            TransportArg::Websocket => relay.websocket_url.clone(),
+        },
+        plan.transport,
         plan.conferences,
         plan.participants,
         plan.publishers,
@@ -247,6 +254,10 @@ async fn join_rooms(
     key: &ed25519_dalek::SigningKey,
     pin: &str,
 ) -> Result<Vec<Vec<Client>>, String> {
+    let trust = match plan.transport {
+        TransportArg::Quic => None,
+        TransportArg::Websocket => Some(websocket_trust(plan, relay, pin)?),
+    };
     let now = crate::clock::unix_now();
     let mut rooms: Vec<Vec<Client>> = Vec::new();
     for c in 0..plan.conferences {
@@ -268,25 +279,40 @@ async fn join_rooms(
                 expires_at: now + 120,
                 nonce: ticket::new_nonce().map_err(|e| e.to_string())?,
             };
-            let client = Client::connect(
-                SocketAddr::new(
-                    source(
-                        plan.bind_ip,
-                        (c * plan.participants + p) % usize::from(plan.sources),
-                    ),
-                    0,
-                ),
-                relay.quic_addr,
-                pin,
-                &ticket::sign(&claims, key),
-            )
-            .await
+            let from = source(
+                plan.bind_ip,
+                (c * plan.participants + p) % usize::from(plan.sources),
+            );
+            let ticket = ticket::sign(&claims, key);
+            let client = match &trust {
+                None => {
+                    Client::connect(SocketAddr::new(from, 0), relay.quic_addr, pin, &ticket).await
+                }
+                Some(trust) => {
+                    Client::connect_websocket(from, &relay.websocket_url, trust, &ticket).await
+                }
+            }
             .map_err(|e| format!("participant c{c}p{p} could not join: {e}"))?;
             room.push(client);
         }
         rooms.push(room);
     }
     Ok(rooms)
+}
+
+/// How the clients trust the relay's WebSocket certificate: the plan's CA
+/// file, else the certificate file the relay's config names, else the
+/// relay's own certificate (`pin`, which it serves when it has no other).
+fn websocket_trust(plan: &Plan, relay: &crate::policy::Relay, pin: &str) -> Result<Trust, String> {
+    if let Some(ca) = &plan.websocket_ca {
+        return Ok(Trust::Roots(Arc::new(crate::tls::ca_roots(ca)?)));
+    }
+    match &relay.websocket_tls {
+        Some((cert, _)) => Ok(Trust::Pin(crate::tls::fingerprint(
+            &crate::tls::read_certs(cert)?[0],
+        ))),
+        None => Ok(Trust::Pin(pin.to_owned())),
+    }
 }
 
 /// The first `plan.publishers` of each room publish (video, and audio
@@ -498,6 +524,8 @@ pub(super) fn command(a: LoadtestArgs) -> ExitCode {
         sources: a.sources.max(1),
         duration: Duration::from_secs(a.duration.max(1)),
         bind_ip: a.bind_ip,
+        transport: a.transport,
+        websocket_ca: a.websocket_ca,
     };
     super::report(run(&policy, plan))
 }

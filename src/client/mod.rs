@@ -293,9 +293,16 @@ impl Client {
                     .map(|c| c.bytes),
                 Path::WebSocket { control, .. } => control.next().await,
             };
-            match chunk {
-                Some(c) => self.decoder.push(&c),
-                None => return Err(ClientError::Closed("control stream ended".into())),
+            match (chunk, &self.path) {
+                (Some(c), _) => self.decoder.push(&c),
+                (None, Path::WebSocket { link, .. }) => {
+                    // The socket's task notes how it ended before it drops
+                    // the control sender.
+                    return Err(link.ended_error());
+                }
+                (None, Path::Quic { .. }) => {
+                    return Err(ClientError::Closed("control stream ended".into()));
+                }
             }
         }
     }
@@ -521,7 +528,7 @@ impl Client {
             Path::Quic { conn, .. } => conn.close_reason().map(|e| e.to_string()),
             Path::WebSocket { link, .. } => link.is_closed().then(|| match link.close_code() {
                 Some(code) => format!("closed by the relay (code {code})"),
-                None => "the WebSocket connection closed".to_owned(),
+                None => link.ended_error().to_string(),
             }),
         }
     }

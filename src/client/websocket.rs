@@ -31,14 +31,24 @@ pub enum Trust {
 /// QUIC drops datagrams a reader does not take).
 const DATAGRAM_BACKLOG: usize = 4096;
 
+/// How the connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// Closed, by either side or by an error; the relay's application
+    /// close code if it gave one.
+    Closed(Option<u64>),
+    /// Nothing came from the relay for [`super::IDLE_TIMEOUT`], not even
+    /// the pings it sends every 10 s: the relay or the path is gone.
+    Lost,
+}
+
 /// What the socket's task shares with the client.
 #[derive(Debug, Clone)]
 pub(super) struct Link {
     out: mpsc::Sender<Message>,
     datagrams: Arc<Mutex<mpsc::Receiver<Bytes>>>,
-    /// `Some(code)` once closed: the relay's application close code, if
-    /// it gave one.
-    closed: watch::Receiver<Option<Option<u64>>>,
+    /// `Some` once the connection has ended.
+    ended: watch::Receiver<Option<Ended>>,
 }
 
 /// The control stream's receiving end.
@@ -104,22 +114,27 @@ pub(super) async fn connect(
         .map_err(|e| ClientError::Connect(format!("TLS to {addr}: {e}")))?;
     let request = upgrade_request(url, &format!("{host}:{port}"), Some(ws::SUBPROTOCOL))
         .map_err(|e| ClientError::Connect(e.to_string()))?;
+    // The read buffer is zeroed to its size before each read: one TLS
+    // record's worth, not the default 128 KiB. Messages gather into one
+    // record until the task flushes (when nothing more waits to go).
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(ws::MAX_MESSAGE_LEN))
-        .max_frame_size(Some(ws::MAX_MESSAGE_LEN));
+        .max_frame_size(Some(ws::MAX_MESSAGE_LEN))
+        .read_buffer_size(16 << 10)
+        .write_buffer_size(16 << 10);
     let (socket, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))
         .await
         .map_err(|e| ClientError::Connect(format!("WebSocket upgrade at {url}: {e}")))?;
     let (out_tx, out_rx) = mpsc::channel(1024);
     let (control_tx, control_rx) = mpsc::channel(1024);
     let (datagram_tx, datagram_rx) = mpsc::channel(DATAGRAM_BACKLOG);
-    let (closed_tx, closed) = watch::channel(None);
-    tokio::spawn(run(socket, out_rx, control_tx, datagram_tx, closed_tx));
+    let (ended_tx, ended) = watch::channel(None);
+    tokio::spawn(run(socket, out_rx, control_tx, datagram_tx, ended_tx));
     Ok((
         Link {
             out: out_tx,
             datagrams: Arc::new(Mutex::new(datagram_rx)),
-            closed,
+            ended,
         },
         ControlIn(control_rx),
     ))
@@ -170,38 +185,59 @@ async fn tcp_from(bind: IpAddr, to: SocketAddr) -> Result<tokio::net::TcpStream,
         .map_err(|e| ClientError::Connect(format!("{to}: {e}")))
 }
 
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
-
 /// Owns the socket: sends what the client hands over, hands on what
-/// arrives, and notes how it closed.
-async fn run(
-    socket: Socket,
+/// arrives, and notes how it ended. The relay pings every 10 s, so a
+/// connection silent for [`super::IDLE_TIMEOUT`] is a lost relay (as
+/// QUIC's idle timeout tells it on the other path).
+async fn run<S>(
+    socket: tokio_tungstenite::WebSocketStream<S>,
     mut out: mpsc::Receiver<Message>,
     control: mpsc::Sender<Bytes>,
     datagrams: mpsc::Sender<Bytes>,
-    closed: watch::Sender<Option<Option<u64>>>,
-) {
+    ended: watch::Sender<Option<Ended>>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let (mut sink, mut stream) = socket.split();
-    let code = loop {
+    let silence = tokio::time::sleep(super::IDLE_TIMEOUT);
+    tokio::pin!(silence);
+    let how = loop {
         tokio::select! {
+            () = &mut silence => break Ended::Lost,
             message = out.recv() => match message {
                 Some(m) => {
-                    let leaving = matches!(m, Message::Close(_));
-                    if sink.send(m).await.is_err() || leaving {
-                        break None;
+                    let mut leaving = matches!(m, Message::Close(_));
+                    // What else waits goes in the same flush. A relay that
+                    // stops reading is as gone as a silent one.
+                    let write = async {
+                        sink.feed(m).await?;
+                        let mut more = 64;
+                        while more > 0 && !leaving && let Ok(next) = out.try_recv() {
+                            more -= 1;
+                            leaving = matches!(next, Message::Close(_));
+                            sink.feed(next).await?;
+                        }
+                        sink.flush().await
+                    };
+                    match tokio::time::timeout_at(silence.deadline(), write).await {
+                        Err(_) => break Ended::Lost,
+                        Ok(Err(_)) => break Ended::Closed(None),
+                        Ok(Ok(())) if leaving => break Ended::Closed(None),
+                        Ok(Ok(())) => {}
                     }
                 }
                 None => {
                     let _ = sink.send(Message::Close(None)).await;
-                    break None;
+                    break Ended::Closed(None);
                 }
             },
-            incoming = stream.next() => match incoming {
+            incoming = stream.next() => {
+                silence.as_mut().reset(tokio::time::Instant::now() + super::IDLE_TIMEOUT);
+                match incoming {
                 Some(Ok(Message::Binary(bytes))) => match ws::parse(bytes) {
                     Ok(Inbound::Control(c)) => {
                         if control.send(c).await.is_err() {
-                            break None;
+                            break Ended::Closed(None);
                         }
                     }
                     // A reader that does not keep up loses datagrams, as
@@ -209,23 +245,24 @@ async fn run(
                     Ok(Inbound::Datagram(d)) => {
                         let _ = datagrams.try_send(d);
                     }
-                    Err(_) => break None,
+                    Err(_) => break Ended::Closed(None),
                 },
                 Some(Ok(Message::Close(frame))) => {
-                    break frame.and_then(|f| ws::quic_close_code(u16::from(f.code)).map(u64::from));
+                    break Ended::Closed(frame.and_then(|f| ws::quic_close_code(u16::from(f.code)).map(u64::from)));
                 }
                 Some(Ok(Message::Ping(_))) => {
                     // The pong tungstenite queued goes out now.
                     if sink.flush().await.is_err() {
-                        break None;
+                        break Ended::Closed(None);
                     }
                 }
                 Some(Ok(_)) => {}
-                Some(Err(_)) | None => break None,
-            },
+                Some(Err(_)) | None => break Ended::Closed(None),
+                }
+            }
         }
     };
-    let _ = closed.send(Some(code));
+    let _ = ended.send(Some(how));
 }
 
 impl Link {
@@ -263,23 +300,43 @@ impl Link {
             .await
             .recv()
             .await
-            .ok_or_else(|| ClientError::Closed("the WebSocket connection is closed".into()))
+            .ok_or_else(|| self.ended_error())
+    }
+
+    /// Why the connection can no longer be used.
+    pub(super) fn ended_error(&self) -> ClientError {
+        if self.is_lost() {
+            ClientError::Lost
+        } else {
+            ClientError::Closed("the WebSocket connection is closed".into())
+        }
     }
 
     /// The relay's close code, once closed (`None` while open or when it
     /// gave none).
     pub(super) fn close_code(&self) -> Option<u64> {
-        self.closed.borrow().flatten()
+        match *self.ended.borrow() {
+            Some(Ended::Closed(code)) => code,
+            _ => None,
+        }
     }
 
     pub(super) fn is_closed(&self) -> bool {
-        self.closed.borrow().is_some()
+        self.ended.borrow().is_some()
+    }
+
+    /// Whether the connection ended because the relay fell silent.
+    pub(super) fn is_lost(&self) -> bool {
+        *self.ended.borrow() == Some(Ended::Lost)
     }
 
     /// Waits until closed; the relay's close code if it gave one.
     pub(super) async fn closed(&self) -> Option<u64> {
-        let mut closed = self.closed.clone();
-        closed.wait_for(Option::is_some).await.ok()?.flatten()
+        let mut ended = self.ended.clone();
+        match *ended.wait_for(Option::is_some).await.ok()? {
+            Some(Ended::Closed(code)) => code,
+            _ => None,
+        }
     }
 
     pub(super) async fn close(&self, reason: &str) {
@@ -289,5 +346,63 @@ impl Link {
                 reason: reason.to_owned().into(),
             })))
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_tungstenite::WebSocketStream;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    /// A client task on one end of an in-memory pipe, the relay's end of
+    /// the WebSocket returned.
+    async fn pair() -> (WebSocketStream<tokio::io::DuplexStream>, Link, ControlIn) {
+        let (near, far) = tokio::io::duplex(64 << 10);
+        let client = WebSocketStream::from_raw_socket(near, Role::Client, None).await;
+        let relay = WebSocketStream::from_raw_socket(far, Role::Server, None).await;
+        let (out_tx, out_rx) = mpsc::channel(8);
+        let (control_tx, control_rx) = mpsc::channel(8);
+        let (datagram_tx, datagram_rx) = mpsc::channel(8);
+        let (ended_tx, ended) = watch::channel(None);
+        tokio::spawn(run(client, out_rx, control_tx, datagram_tx, ended_tx));
+        let link = Link {
+            out: out_tx,
+            datagrams: Arc::new(Mutex::new(datagram_rx)),
+            ended,
+        };
+        (relay, link, ControlIn(control_rx))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_relay_that_falls_silent_is_lost_after_the_idle_timeout() {
+        let (_relay, link, mut control) = pair().await;
+        let started = tokio::time::Instant::now();
+        assert_eq!(control.next().await, None);
+        assert!(started.elapsed() >= crate::client::IDLE_TIMEOUT);
+        assert!(link.is_lost());
+        assert!(matches!(link.ended_error(), ClientError::Lost));
+        assert_eq!(link.closed().await, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_relay_that_pings_keeps_a_quiet_connection_alive() {
+        let (mut relay, link, _control) = pair().await;
+        for _ in 0..9 {
+            tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+            relay.send(Message::Ping(Bytes::new())).await.unwrap();
+            // The client answers each ping.
+            assert!(matches!(relay.next().await, Some(Ok(Message::Pong(_)))));
+        }
+        assert!(!link.is_closed(), "90 s of pings only");
+        relay
+            .send(Message::Close(Some(CloseFrame {
+                code: CloseCode::from(4000 + 3),
+                reason: "".into(),
+            })))
+            .await
+            .unwrap();
+        assert_eq!(link.closed().await, Some(3));
+        assert!(!link.is_lost());
     }
 }

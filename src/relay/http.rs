@@ -37,7 +37,7 @@ pub(super) async fn serve_http(listener: tokio::net::TcpListener, http: Http) {
     } = http;
     let options = crate::http_server::Options {
         tls: None,
-        send_buffer: None,
+        unsent_limit: None,
         limits,
         metrics: metrics.http.clone(),
         // Operators and their Prometheus reach the relay directly.

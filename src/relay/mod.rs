@@ -567,7 +567,7 @@ fn serve_websocket(
         // Participants connect directly, never through a proxy of ours.
         trusted_proxy: Arc::new(|_| false),
         tls: Some(tokio_rustls::TlsAcceptor::from(tls)),
-        send_buffer: Some(websocket::SEND_BUFFER),
+        unsent_limit: Some(websocket::UNSENT_LIMIT),
     };
     let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(async move {

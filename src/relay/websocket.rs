@@ -12,8 +12,8 @@
 //! rate limits; its shard sends it datagrams through an [`Outbox`] that
 //! takes only what the connection has written out, so a subscriber that
 //! cannot keep up loses discardable video first in the core's queue
-//! (the same drop policy as QUIC), while its socket buffer is kept small
-//! (`SO_SNDBUF`, [`SEND_BUFFER`]) so no latency hides in the kernel.
+//! (the same drop policy as QUIC), while its socket keeps little unsent
+//! ([`UNSENT_LIMIT`], with BBR) so no latency hides in the kernel.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,15 +38,22 @@ use crate::wire::close_code;
 use crate::wire::control::{ClientMessage, Decoder, ServerMessage};
 use crate::wire::websocket::{self as ws, Inbound};
 
-/// The kernel send buffer of each WebSocket connection. Linux doubles it
-/// and keeps half for its own bookkeeping: about this much media waits in
-/// the kernel, some 200 ms of a 600 kbit/s video.
-pub(super) const SEND_BUFFER: usize = 16 * 1024;
+/// Bytes not yet sent that a WebSocket connection's socket may hold
+/// (`TCP_NOTSENT_LOWAT`): about 200 ms of a 600 kbit/s video waits in the
+/// kernel at most, besides what is in flight.
+pub(super) const UNSENT_LIMIT: u32 = 16 * 1024;
 
 /// Datagram bytes a shard may hand one WebSocket connection before it has
 /// written them out: a few frames of video; the rest waits in the core's
 /// queue, where the drop policy applies.
 pub(super) const OUTBOX_BUDGET: usize = 16 * 1024;
+
+/// The WebSocket layer's read buffer: the largest TLS record.
+const READ_BUFFER: usize = 16 * 1024;
+
+/// Bytes of messages written to TLS together: what the outbox holds at
+/// most, so one batch is one flush.
+const WRITE_BATCH: usize = OUTBOX_BUDGET;
 
 /// How often the relay pings a quiet connection, and how long a
 /// connection may stay silent (no message, no pong) before it is taken
@@ -115,9 +122,13 @@ async fn upgrade(
     upgrade
         .max_message_size(ws::MAX_MESSAGE_LEN)
         .max_frame_size(ws::MAX_MESSAGE_LEN)
-        // Each message goes to the socket at once: the outbox, not a
-        // write buffer, is where media waits.
-        .write_buffer_size(0)
+        // The read buffer is zeroed up to its size before each read: the
+        // default 128 KiB cost more CPU than everything else the
+        // connection does (docs/benchmarks.md). One TLS record is enough.
+        .read_buffer_size(READ_BUFFER)
+        // Messages gather into one TLS record until it is full or the
+        // writer flushes, which it does once the outbox has nothing more.
+        .write_buffer_size(WRITE_BATCH)
         .on_failed_upgrade(move |_| failed.with_label_values(&["malformed"]).inc())
         .on_upgrade(move |socket| async move {
             if let Err(reason) = serve(socket, remote, &s).await {
@@ -403,10 +414,11 @@ async fn write(
             }
             out = inbox.recv() => match out {
                 Some(Outgoing::Datagram(d)) => {
-                    let len = d.len();
-                    let sent = send_within(sink, Message::Binary(ws::message(ws::KIND_DATAGRAM, &d))).await;
-                    inbox.written(len);
-                    sent.map_err(|e| e.unwrap_or_else(stalled))?;
+                    inbox.written(d.len());
+                    let close = batch(sink, d, &mut inbox).await.map_err(|e| e.unwrap_or_else(stalled))?;
+                    if let Some((code, reason)) = close {
+                        return Ok((code, reason, "closed by the relay"));
+                    }
                 }
                 Some(Outgoing::Close(code, reason)) => return Ok((code, reason, "closed by the relay")),
                 None => return Ok(closed_by_shard(&mut inbox)),
@@ -414,6 +426,49 @@ async fn write(
         }
     }
 }
+
+/// Writes `first` and every datagram waiting behind it in the outbox as
+/// one batch (a TLS record and a system call for several messages, where
+/// QUIC sends them in one GSO batch), within [`STALLED_FOR`]. Returns the
+/// relay's close if one came behind the datagrams.
+async fn batch(
+    sink: &mut Sink,
+    first: Bytes,
+    inbox: &mut Inbox,
+) -> Result<Option<(u32, Vec<u8>)>, Option<&'static str>> {
+    let write = async {
+        sink.feed(Message::Binary(ws::message(ws::KIND_DATAGRAM, &first)))
+            .await?;
+        let mut close = None;
+        let mut more = MAX_BATCH;
+        while more > 0
+            && let Some(out) = inbox.try_recv()
+        {
+            more -= 1;
+            match out {
+                Outgoing::Datagram(d) => {
+                    sink.feed(Message::Binary(ws::message(ws::KIND_DATAGRAM, &d)))
+                        .await?;
+                }
+                Outgoing::Close(code, reason) => {
+                    close = Some((code, reason));
+                    break;
+                }
+            }
+        }
+        sink.flush().await?;
+        Ok::<_, axum::Error>(close)
+    };
+    match tokio::time::timeout(STALLED_FOR, write).await {
+        Ok(Ok(close)) => Ok(close),
+        Ok(Err(_)) => Err(Some("broken")),
+        Err(_) => Err(None),
+    }
+}
+
+/// Datagrams in one batch at most, so that a sender that keeps the outbox
+/// full still sees its batches flushed.
+const MAX_BATCH: usize = 64;
 
 /// How long one message may take to go into the socket.
 const STALLED_FOR: Duration = Duration::from_secs(10);

@@ -458,7 +458,7 @@ pub async fn run(
                 .any(|n| n.contains(&ip))
         }),
         tls: tls.map(|cert| tokio_rustls::TlsAcceptor::from(cert.server_config())),
-        send_buffer: None,
+        unsent_limit: None,
     };
     // The relay channel's own listener: its own caps and connection table,
     // so nothing on the public listener can keep relays from reporting.
