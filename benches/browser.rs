@@ -22,8 +22,15 @@
 //!
 //! Run: `cargo bench --bench browser` (needs Chromium and `npm ci`).
 //! `BROWSER_BENCH_N=2,6` picks the call sizes; `BROWSER_BENCH_SECS` the
-//! measured window (default 15). `E2E_QUICK=1` runs a 2-browser call for
-//! 3 s (CI: the bench works; no figures).
+//! measured window (default 15). `BROWSER_BENCH_BROWSER=firefox|webkit`
+//! runs Firefox or WebKit instead of Chromium (as tests/browsers.rs
+//! drives them), `BROWSER_BENCH_TRANSPORT=webtransport|websocket` makes
+//! the pages use that transport (`?transport=`), `BROWSER_BENCH_E2EE=0`
+//! skips the encrypted call. `BROWSER_BENCH_JOINS=K` first measures
+//! joining K times: a page already in a call, then K newcomers one after
+//! another, each timed from its join click (and from opening the page)
+//! to the first video frame it draws from the other. `E2E_QUICK=1` runs a
+//! 2-browser call for 3 s (CI: the bench works; no figures).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -35,7 +42,7 @@ use residency_relay::client::synthetic::quantile;
 use residency_relay::clock::unix_micros as now_micros;
 use residency_relay::wire::control::{ServerMessage, TrackKind};
 use serde_json::Value;
-use support::browser::{Browser, decoded};
+use support::browser::{Browser, Kind, decoded};
 use support::cluster::{self, Cluster};
 
 const ROUTER: &str = "de-fra-router";
@@ -62,20 +69,97 @@ fn machine_jiffies() -> (u64, u64) {
     (total - idle, total)
 }
 
-/// CPU seconds of every Chromium process now (all pages' renderers,
-/// the GPU and network processes, the browser).
-fn chromium_cpu_seconds() -> f64 {
+/// CPU seconds of every browser process now: the processes descending
+/// from the driver `root` (all pages' renderers or content processes, the
+/// GPU and network processes, the browser), without the driver itself
+/// (node), the X server WebKit draws into and the sound server Firefox
+/// plays into, which a browser on a desktop shares with everything else.
+fn browser_cpu_seconds(root: u32) -> f64 {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return 0.0;
     };
-    dir.filter_map(Result::ok)
+    let parent: std::collections::HashMap<u32, (u32, String)> = dir
+        .filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|c| c.trim() == "chromium")
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // "pid (comm) state ppid ...": comm may hold spaces.
+            let (comm, rest) = stat.split_once(" (")?.1.rsplit_once(") ")?;
+            let ppid = rest.split_whitespace().nth(1)?.parse().ok()?;
+            Some((pid, (ppid, comm.to_owned())))
         })
-        .map(support::cpu_seconds)
+        .collect();
+    let descends = |mut pid: u32| loop {
+        match parent.get(&pid) {
+            Some((ppid, _)) if *ppid == root => return true,
+            Some((ppid, _)) if *ppid > 1 => pid = *ppid,
+            _ => return false,
+        }
+    };
+    parent
+        .iter()
+        .filter(|(pid, (_, comm))| {
+            !matches!(comm.as_str(), "node" | "Xvfb" | "pulseaudio") && descends(**pid)
+        })
+        .map(|(pid, _)| support::cpu_seconds(*pid))
         .sum()
+}
+
+/// The page link with `?transport=` when one is asked for.
+fn with_transport(link: String, transport: Option<&str>) -> String {
+    match (transport, link.split_once('#')) {
+        (Some(t), Some((path, fragment))) => format!("{path}?transport={t}#{fragment}"),
+        _ => link,
+    }
+}
+
+/// Joining `joins` times into a call of one: newcomer pages one after
+/// another, each timed from its join click and from its opening to the
+/// first video frame it draws (the page's own clock).
+fn measure_joins(b: &mut Browser, router: &str, rt: &tokio::runtime::Runtime, joins: usize) {
+    let transport = std::env::var("BROWSER_BENCH_TRANSPORT").ok();
+    let conf = rt.block_on(cluster::create(
+        router,
+        cluster::ACME,
+        serde_json::json!({"residency": "eu", "waiting_room": false}),
+    ));
+    let url = with_transport(support::browser::link(router, &conf), transport.as_deref());
+    b.join("resident", &url, "Resident", None);
+    b.wait_for("resident", Duration::from_secs(60), "in call", |s| {
+        s["phase"] == "in_call"
+    });
+    let (mut from_click, mut from_open) = (Vec::new(), Vec::new());
+    let mut used = std::collections::BTreeMap::<String, usize>::new();
+    for k in 0..joins {
+        let page = format!("newcomer{k}");
+        b.join(&page, &url, "Newcomer", None);
+        let s = b.wait_for(&page, Duration::from_secs(60), "a remote frame", |s| {
+            s["firstRemoteFrameAt"].is_number()
+        });
+        let (click, frame) = (
+            s["joinClickedAt"].as_f64().unwrap_or(0.0),
+            s["firstRemoteFrameAt"].as_f64().unwrap_or(0.0),
+        );
+        from_click.push(((frame - click) * 1000.0) as u64);
+        from_open.push((frame * 1000.0) as u64);
+        *used
+            .entry(s["transport"].as_str().unwrap_or("?").to_owned())
+            .or_default() += 1;
+        b.click(&page, "#leave");
+        b.close(&page);
+    }
+    b.click("resident", "#leave");
+    b.close("resident");
+    let ms = |v: &mut Vec<u64>, q: f64| quantile(v, q).unwrap_or(0) as f64 / 1000.0;
+    println!(
+        "  joining, {joins} times ({used:?}): join click -> first remote frame p50 {:.0} ms, p90 {:.0} ms, max {:.0} ms; \
+         page opened -> first remote frame p50 {:.0} ms, p90 {:.0} ms",
+        ms(&mut from_click, 0.5),
+        ms(&mut from_click, 0.9),
+        ms(&mut from_click, 1.0),
+        ms(&mut from_open, 0.5),
+        ms(&mut from_open, 0.9),
+    );
 }
 
 /// What one measured window gave.
@@ -104,7 +188,18 @@ struct Rates {
 }
 
 fn main() {
-    let Some(mut b) = Browser::launch() else {
+    let kind = match std::env::var("BROWSER_BENCH_BROWSER").as_deref() {
+        Ok("firefox") => Kind::Firefox,
+        Ok("webkit") => Kind::WebKit,
+        _ => Kind::Chromium,
+    };
+    let transport = std::env::var("BROWSER_BENCH_TRANSPORT").ok();
+    let encrypted: &[bool] = match std::env::var("BROWSER_BENCH_E2EE").as_deref() {
+        Ok("0") => &[false],
+        _ => &[false, true],
+    };
+    let joins: usize = std::env::var("BROWSER_BENCH_JOINS").map_or(0, |n| n.parse().unwrap());
+    let Some(mut b) = Browser::launch_kind(kind) else {
         return;
     };
     let sizes: Vec<usize> = if quick() {
@@ -145,19 +240,26 @@ fn main() {
     rt.block_on(c.wait_health(ROUTER, &[RELAY], "healthy"));
     let router = c.url(ROUTER);
     println!(
-        "browser bench: Chromium {}, relay {RELAY} as process {pid}, {secs} s windows",
-        b.version
+        "browser bench: {kind:?} {}, transport {}, relay {RELAY} as process {pid}, {secs} s windows",
+        b.version,
+        transport.as_deref().unwrap_or("as the page chooses")
     );
+    if joins > 0 {
+        measure_joins(&mut b, &router, &rt, joins);
+    }
+    let driver = b.pid();
     for &n in &sizes {
         // The same call without and with end-to-end encryption.
         let mut runs: Vec<(Window, Rates, f64)> = Vec::new();
-        for e2ee in [false, true] {
+        let mut used = String::new();
+        for &e2ee in encrypted {
             let conf = rt.block_on(cluster::create(
                 &router,
                 cluster::ACME,
                 serde_json::json!({"residency": "eu", "waiting_room": false, "e2ee": e2ee}),
             ));
-            let mut url = support::browser::link(&router, &conf);
+            let mut url =
+                with_transport(support::browser::link(&router, &conf), transport.as_deref());
             if e2ee {
                 let key = residency_relay::client::e2ee::Secret::random().unwrap();
                 url.push_str(&format!("&k={}", key.to_base64()));
@@ -200,9 +302,9 @@ fn main() {
             let (in0, out0) = rt.block_on(relay_bytes(&c));
             let (cpu0, t0) = (support::cpu_seconds(pid), Instant::now());
             let machine0 = machine_jiffies();
-            let browser0 = chromium_cpu_seconds();
+            let browser0 = browser_cpu_seconds(driver);
             std::thread::sleep(Duration::from_secs(secs));
-            let browser1 = chromium_cpu_seconds();
+            let browser1 = browser_cpu_seconds(driver);
             let machine1 = machine_jiffies();
             let (secs_taken, cpu1) = (t0.elapsed().as_secs_f64(), support::cpu_seconds(pid));
             let browser_cpu = browser1 - browser0;
@@ -300,6 +402,10 @@ fn main() {
                 );
             }
             let cpu_per = browser_cpu / w.secs * 100.0 / n as f64;
+            used = b.snapshot(&pages[0])["transport"]
+                .as_str()
+                .unwrap_or("?")
+                .to_owned();
             for p in &pages {
                 b.click(p, "#leave");
                 b.close(p);
@@ -307,10 +413,12 @@ fn main() {
             std::thread::sleep(Duration::from_secs(1));
             runs.push((w, rates, cpu_per));
         }
-        println!(
-            "  {n} browsers: browser CPU per participant, end-to-end encrypted / not: {:.2}",
-            runs[1].2 / runs[0].2.max(1e-9)
-        );
+        if runs.len() == 2 {
+            println!(
+                "  {n} browsers: browser CPU per participant, end-to-end encrypted / not: {:.2}",
+                runs[1].2 / runs[0].2.max(1e-9)
+            );
+        }
         let (w, rates, _) = runs.swap_remove(0);
         // Native clients at the same rates and in the same number.
         let conf = rt.block_on(cluster::open_conference(&router, "eu"));
@@ -318,7 +426,7 @@ fn main() {
         let per = |w: &Window| w.relay_cpu / w.secs * 100.0 / n as f64;
         println!(
             "  {n} native clients at those rates: {:.0} kbit/s in per participant; relay {:.2} % of a core in all, {:.3} % per participant; \
-             relay CPU per participant, WebTransport / native: {:.2}",
+             relay CPU per participant, {used} / native: {:.2}",
             native.bytes_in * 8.0 / native.secs / 1000.0 / n as f64,
             native.relay_cpu / native.secs * 100.0,
             per(&native),

@@ -1,7 +1,9 @@
 //! A relay's WebSocket listener gets its certificate over ACME from
 //! Debian's `pebble` (a real ACME server) on loopback, answering the
 //! TLS-ALPN-01 challenge on its own port, keeps it on disk, and renews it
-//! ahead of expiry without dropping the participants connected.
+//! ahead of expiry without dropping the participants connected. A router
+//! whose `url` names a host and that has no certificate files gets its
+//! HTTPS certificate the same way, from the config's `[acme]`.
 
 mod support;
 
@@ -151,16 +153,46 @@ async fn handshake(
     ),
     String,
 > {
+    handshake_as(NAME, addr, roots).await
+}
+
+/// TLS to the listener as `name`, trusting `roots` only.
+async fn handshake_as(
+    name: &'static str,
+    addr: std::net::SocketAddr,
+    roots: &rustls::RootCertStore,
+) -> Result<
+    (
+        tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+        Vec<u8>,
+    ),
+    String,
+> {
     let config = residency_relay::tls::client_config(roots.clone(), &[b"http/1.1"]);
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| e.to_string())?;
     let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(NAME.try_into().unwrap(), tcp)
+        .connect(name.try_into().unwrap(), tcp)
         .await
         .map_err(|e| e.to_string())?;
     let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
     Ok((tls, leaf))
+}
+
+/// pebble's issuing root once it serves it, as trust anchors.
+async fn pebble_roots(pebble: &Pebble, dir: &Path) -> rustls::RootCertStore {
+    // pebble answers once it listens (well under a second).
+    let roots_url = format!("{}/roots/0", pebble.management);
+    let roots_pem =
+        support::wait::until("pebble serves its roots", Duration::from_secs(20), || {
+            get(&roots_url, &pebble.ca)
+        })
+        .await;
+    get(&pebble.directory, &pebble.ca).await.unwrap();
+    let root_file = dir.join("root.pem");
+    std::fs::write(&root_file, &roots_pem).unwrap();
+    residency_relay::tls::ca_roots(&root_file).unwrap()
 }
 
 fn metric(body: &str, name: &str) -> f64 {
@@ -182,20 +214,7 @@ async fn the_websocket_certificate_comes_over_acme_and_is_renewed_without_droppi
     let Some(pebble) = start_pebble(dir.path(), addr.port()) else {
         return;
     };
-    // pebble answers once it listens (well under a second).
-    let roots_url = format!("{}/roots/0", pebble.management);
-    let roots_pem =
-        support::wait::until("pebble serves its roots", Duration::from_secs(20), || {
-            get(&roots_url, &pebble.ca)
-        })
-        .await;
-    get(&pebble.directory, &pebble.ca).await.unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    let root_file = dir.path().join("root.pem");
-    std::fs::write(&root_file, &roots_pem).unwrap();
-    roots
-        .roots
-        .extend(residency_relay::tls::ca_roots(&root_file).unwrap().roots);
+    let roots = pebble_roots(&pebble, dir.path()).await;
 
     let state = dir.path().join("acme");
     let settings = Settings {
@@ -329,4 +348,121 @@ async fn the_websocket_certificate_comes_over_acme_and_is_renewed_without_droppi
         None
     );
     relay.stop().await;
+}
+
+const ROUTER_NAME: &str = "router-fra.test";
+
+/// `GET path` over TLS to the router as [`ROUTER_NAME`]: the body, and
+/// the certificate served.
+async fn router_get(
+    addr: std::net::SocketAddr,
+    roots: &rustls::RootCertStore,
+    path: &str,
+) -> Result<(String, Vec<u8>), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut tls, leaf) = handshake_as(ROUTER_NAME, addr, roots).await?;
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {ROUTER_NAME}\r\nConnection: close\r\n\r\n");
+    tls.write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut response = Vec::new();
+    let _ = tls.read_to_end(&mut response).await;
+    let response = String::from_utf8_lossy(&response).into_owned();
+    match response.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok((body.to_owned(), leaf)),
+        _ => Err(format!("GET {path}: {response}")),
+    }
+}
+
+#[tokio::test]
+async fn a_router_given_a_dns_name_gets_its_https_certificate_over_acme_and_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let Some(pebble) = start_pebble(dir.path(), port) else {
+        return;
+    };
+    let roots = pebble_roots(&pebble, dir.path()).await;
+    let state = dir.path().join("acme");
+    let acme = format!(
+        "\n[acme]\ndirectory = \"{}\"\ncontact = [\"mailto:ops@example.org\"]\nstate_dir = \"{}\"\nca_file = \"{}\"\n",
+        pebble.directory,
+        state.display(),
+        pebble.ca.display()
+    );
+    // The EU router on 127.0.0.1 (where pebble's DNS sends every name),
+    // reached as router-fra.test, without certificate files.
+    let mut c = support::cluster::Cluster::new(move |text| {
+        let mut out = String::new();
+        let mut in_router = false;
+        for line in text.lines() {
+            if line.starts_with("id = ") {
+                in_router = line == "id = \"de-fra-router\"";
+            }
+            if in_router && line.starts_with("listen = ") {
+                out.push_str(&format!("listen = \"127.0.0.1:{port}\"\n"));
+            } else if in_router && line.starts_with("url = ") {
+                out.push_str(&format!("url = \"https://{ROUTER_NAME}:{port}\"\n"));
+            } else if !(in_router
+                && (line.starts_with("tls_cert = ") || line.starts_with("tls_key = ")))
+            {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out + &acme
+    });
+    assert_eq!(
+        c.policy.router("de-fra-router").unwrap().acme.as_deref(),
+        Some(ROUTER_NAME)
+    );
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    c.start_router("de-fra-router").await;
+
+    // Until the certificate comes, handshakes fail; then the router
+    // serves HTTPS with it, for its name, from pebble's CA.
+    let (body, first) = support::wait::until(
+        "the router's certificate is issued",
+        Duration::from_secs(30),
+        || router_get(addr, &roots, "/metrics"),
+    )
+    .await;
+    assert!(
+        metric(&body, "rr_router_tls_cert_expiry_timestamp_seconds")
+            > residency_relay::clock::unix_now() as f64
+    );
+    assert_eq!(metric(&body, "rr_router_acme_certificates_total"), 1.0);
+    assert_eq!(metric(&body, "rr_router_acme_failures_total"), 0.0);
+    let kept: Vec<_> = walk(&state)
+        .into_iter()
+        .filter(|p| p.ends_with(format!("{ROUTER_NAME}/cert.pem")))
+        .collect();
+    assert_eq!(kept.len(), 1, "kept under {}: {kept:?}", state.display());
+
+    // Restarted, it serves the certificate it kept, ordering none.
+    c.kill_router("de-fra-router").await;
+    c.start_router("de-fra-router").await;
+    let (body, again) = support::wait::until(
+        "the restarted router serves HTTPS",
+        Duration::from_secs(10),
+        || router_get(addr, &roots, "/metrics"),
+    )
+    .await;
+    assert_eq!(again, first);
+    assert_eq!(metric(&body, "rr_router_acme_certificates_total"), 0.0);
+    c.shutdown().await;
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }

@@ -996,3 +996,74 @@ fn a_postgresql_store_must_say_where_it_runs_hold_no_password_and_be_shared_to_s
     // The password is not repeated in the problems.
     assert!(p.iter().all(|p| !p.message.contains("secret")), "{p:?}");
 }
+
+#[test]
+fn a_router_named_by_dns_gets_its_certificate_over_acme_when_the_config_has_acme() {
+    let f = Fixture::new();
+    let acme =
+        "\n[acme]\ndirectory = \"https://acme.example.org/directory\"\nstate_dir = \"acme\"\n";
+    // No certificate files, a host name in its url, [acme]: over ACME.
+    f.config(&format!(
+        "{}{acme}",
+        with_routers(&tls_router(
+            "fra",
+            "https://eu.example.org",
+            "tls_ca = \"ca.pem\"\nrelay_url = \"https://10.0.0.2:8443\"\n"
+        ))
+    ));
+    let policy = policy::load(&f.config_path()).unwrap_or_else(|e| panic!("{e}"));
+    let r = policy.router("fra").unwrap();
+    assert_eq!(r.acme.as_deref(), Some("eu.example.org"));
+    assert_eq!(r.tls, None);
+    assert!(r.serves_https());
+    // Certificate files win over ACME.
+    f.config(&format!(
+        "{}{acme}",
+        with_routers(&tls_router(
+            "fra",
+            "https://eu.example.org",
+            "tls_cert = \"r.crt\"\ntls_key = \"r.pem\"\ntls_ca = \"ca.pem\"\nrelay_url = \"https://10.0.0.2:8443\"\n"
+        ))
+    ));
+    let policy = policy::load(&f.config_path()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(policy.router("fra").unwrap().acme, None);
+    // An address is no name a CA certifies; without [acme] there is no CA.
+    let text = with_routers(&format!(
+        "{}{}",
+        tls_router(
+            "a",
+            "https://127.0.2.1:8080",
+            "tls_ca = \"ca.pem\"\nrelay_url = \"https://10.0.0.2:8443\"\n"
+        ),
+        tls_router(
+            "b",
+            "https://eu.example.org",
+            "tls_ca = \"ca.pem\"\nrelay_url = \"https://10.0.0.2:8443\"\n"
+        ),
+    ))
+    .replace("[\"eu\"]", "[\"us\"]");
+    f.config(&format!("{text}{acme}"));
+    let p = f.problems();
+    let c = "config/c.toml";
+    assert_problem(
+        &f,
+        &p,
+        c,
+        "router[0] \"a\".tls_cert",
+        "or [acme] and an https:// url naming a host",
+    );
+    assert!(
+        !p.iter()
+            .any(|problem| problem.field.starts_with("router[1] \"b\".tls")),
+        "{p:?}"
+    );
+    f.config(&text);
+    let p = f.problems();
+    assert_problem(
+        &f,
+        &p,
+        c,
+        "router[1] \"b\".tls_cert",
+        "serves HTTPS: give tls_cert and tls_key",
+    );
+}

@@ -187,17 +187,24 @@ fn router(s: &mut String, policy: &Policy, r: &policy::Router) {
         r.url,
         served.join(", ")
     );
-    let _ = match (&r.tls, &r.tls_ca) {
-        (Some((cert, _)), ca) => writeln!(
+    let verified = |ca: &Option<std::path::PathBuf>| {
+        ca.as_ref().map_or(String::new(), |ca| {
+            format!("; relays verify it against {}", ca.display())
+        })
+    };
+    let _ = match (&r.tls, &r.acme) {
+        (Some((cert, _)), _) => writeln!(
             s,
             "    https: serves {}{}",
             cert.display(),
-            ca.as_ref().map_or(String::new(), |ca| format!(
-                "; relays verify it against {}",
-                ca.display()
-            ))
+            verified(&r.tls_ca)
         ),
-        (None, _) => writeln!(
+        (None, Some(name)) => writeln!(
+            s,
+            "    https: a certificate for {name} over ACME ([acme]){}",
+            verified(&r.tls_ca)
+        ),
+        (None, None) => writeln!(
             s,
             "    warning: plain HTTP (plain_http = true): only behind a TLS-terminating proxy, or passcodes, tickets{} cross the network in clear",
             if r.relay_url.starts_with("http://") {

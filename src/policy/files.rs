@@ -257,7 +257,9 @@ pub struct RouterSection {
     pub records_key_previous: Vec<PathBuf>,
     /// PEM certificate chain (end-entity first) the router serves HTTPS
     /// with, relative to the config file; read by the router process only,
-    /// again on every reload.
+    /// again on every reload. Without it (and `tls_key`), a router whose
+    /// `url` is `https://` and names a host gets its certificate over ACME
+    /// when the config has `[acme]`.
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of `tls_cert`.
     pub tls_key: Option<PathBuf>,

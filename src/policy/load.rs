@@ -386,6 +386,7 @@ impl Policy {
             cfg,
             base: cfg.parent().unwrap_or(Path::new(".")),
             jurisdiction_by_id: &jurisdiction_by_id,
+            acme: config.acme.is_some(),
         };
         let default_jurisdiction = ctx.known(&config.default_jurisdiction);
         if default_jurisdiction.is_none() {
@@ -476,6 +477,9 @@ struct Ctx<'a> {
     cfg: &'a Path,
     base: &'a Path,
     jurisdiction_by_id: &'a HashMap<String, JurisdictionIdx>,
+    /// Whether the config has `[acme]`: listeners given a DNS name and no
+    /// certificate files get theirs over ACME.
+    acme: bool,
 }
 
 impl Ctx<'_> {
@@ -1329,7 +1333,7 @@ fn build_routers(
             .ok();
         let served = router_served(ctx, &field, r, country, jurisdictions, &mut served_by, p);
         let (listen, url, relay_url, relay_listen) = router_addresses(ctx, &field, r, p);
-        let (tls, tls_ca) = router_tls(ctx, &field, r, &url, &relay_url, p);
+        let (tls, acme, tls_ca) = router_tls(ctx, &field, r, &url, &relay_url, p);
         let key_path = resolve(base, &r.signing_key);
         let public_key = router_public_key(ctx, &field, r, &served, jurisdictions, ticket_keys, p);
         let admin_token_sha256 = r.admin_token_sha256.as_deref().and_then(|h| {
@@ -1360,6 +1364,7 @@ fn build_routers(
                     .map(|k| resolve(base, k))
                     .collect(),
                 tls,
+                acme,
                 tls_ca,
             });
         }
@@ -1502,8 +1507,9 @@ fn router_addresses(
     (listen, url, relay_url, relay_listen)
 }
 
-/// A router's HTTPS certificate (or plain HTTP behind a proxy), and the
-/// CA its relays verify it with.
+/// A router's HTTPS certificate files, or the DNS name it obtains one for
+/// over ACME (neither: plain HTTP behind a proxy), and the CA its relays
+/// verify it with.
 fn router_tls(
     ctx: &Ctx<'_>,
     field: &dyn Fn(&str) -> String,
@@ -1511,10 +1517,21 @@ fn router_tls(
     url: &str,
     relay_url: &str,
     p: &mut Problems,
-) -> (Option<(PathBuf, PathBuf)>, Option<PathBuf>) {
+) -> (Option<(PathBuf, PathBuf)>, Option<String>, Option<PathBuf>) {
+    let acme_name = || {
+        url.strip_prefix("https://")
+            .and_then(|_| crate::http_client::url_host(url))
+            .filter(|h| h.parse::<std::net::IpAddr>().is_err() && !url.contains("://["))
+            .map(str::to_ascii_lowercase)
+    };
+    let mut acme = None;
     let tls = match (&r.tls_cert, &r.tls_key, r.plain_http) {
         (Some(cert), Some(key), false) => Some((resolve(ctx.base, cert), resolve(ctx.base, key))),
         (None, None, true) => None,
+        (None, None, false) if ctx.acme && acme_name().is_some() => {
+            acme = acme_name();
+            None
+        }
         (_, _, true) => {
             p.push(
                 ctx.cfg,
@@ -1527,12 +1544,12 @@ fn router_tls(
             p.push(
                 ctx.cfg,
                 field(if cert.is_none() { "tls_cert" } else { "tls_key" }),
-                "a router serves HTTPS: give tls_cert and tls_key (PEM files), or set plain_http = true when a TLS-terminating proxy in front of it does TLS",
+                "a router serves HTTPS: give tls_cert and tls_key (PEM files), or [acme] and an https:// url naming a host (its certificate then comes over ACME), or set plain_http = true when a TLS-terminating proxy in front of it does TLS",
             );
             None
         }
     };
-    if tls.is_some() {
+    if tls.is_some() || acme.is_some() {
         let mut urls = vec![("url", url)];
         if r.relay_url.is_some() {
             urls.push(("relay_url", relay_url));
@@ -1559,7 +1576,7 @@ fn router_tls(
             ),
         );
     }
-    (tls, tls_ca)
+    (tls, acme, tls_ca)
 }
 
 /// A router's public key, which every jurisdiction it serves must trust

@@ -148,15 +148,24 @@ pub struct Router {
     /// The records key file; `None`: derived from `signing_key`.
     pub records_key: Option<PathBuf>,
     pub records_key_previous: Vec<PathBuf>,
-    /// The certificate and key files it serves HTTPS with; `None`: plain
-    /// HTTP (`plain_http = true`, behind a TLS-terminating proxy).
+    /// The certificate and key files it serves HTTPS with; `None`: over
+    /// ACME (`acme`), else plain HTTP (`plain_http = true`, behind a
+    /// TLS-terminating proxy).
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// The DNS name (the host of `url`) it obtains its HTTPS certificate
+    /// for over ACME (`[acme]`), when it has no certificate files.
+    pub acme: Option<String>,
     /// The CA file relays verify it against (required when `relay_url` is
     /// `https://`).
     pub tls_ca: Option<PathBuf>,
 }
 
 impl Router {
+    /// Whether it serves HTTPS (from files or over ACME).
+    pub fn serves_https(&self) -> bool {
+        self.tls.is_some() || self.acme.is_some()
+    }
+
     /// Whom a relay (or a tool) trusts when reaching `relay_url`: the CA
     /// file and the name the certificate must be for (the host of `url`,
     /// the name clients use); `None` for a plain `http://` relay URL.

@@ -71,6 +71,10 @@ pub struct RouterMetrics {
     /// `notAfter` of the certificate served (Unix seconds); exported only
     /// when the router serves HTTPS itself.
     pub tls_cert_expiry: prometheus::IntGauge,
+    /// Certificates obtained over ACME, and orders that failed; exported
+    /// only when the router's certificate comes over ACME.
+    pub acme_certificates: IntCounter,
+    pub acme_failures: IntCounter,
 }
 
 fn must<T>(name: &str, r: Result<T, prometheus::Error>) -> T {
@@ -298,7 +302,7 @@ impl RouterMetrics {
             http: {
                 let http =
                     crate::http_server::ConnMetrics::register(&registry).with_long_polls(&registry);
-                if me.tls.is_some() {
+                if me.serves_https() {
                     http.with_tls(&registry)
                 } else {
                     http
@@ -307,7 +311,7 @@ impl RouterMetrics {
             channel_http: {
                 let r = channel_registry.as_ref().unwrap_or(&unexported);
                 let http = crate::http_server::ConnMetrics::register(r);
-                if me.tls.is_some() {
+                if me.serves_https() {
                     http.with_tls(r)
                 } else {
                     http
@@ -322,10 +326,36 @@ impl RouterMetrics {
                         "When the certificate the router serves HTTPS with expires (notAfter, Unix seconds).",
                     ),
                 );
-                if me.tls.is_some() {
+                if me.serves_https() {
                     let _ = registry.register(Box::new(g.clone()));
                 }
                 g
+            },
+            acme_certificates: {
+                let c = must(
+                    "acme_certificates_total",
+                    IntCounter::new(
+                        "acme_certificates_total",
+                        "Certificates obtained over ACME for the router's HTTPS (renewals included).",
+                    ),
+                );
+                if me.acme.is_some() {
+                    let _ = registry.register(Box::new(c.clone()));
+                }
+                c
+            },
+            acme_failures: {
+                let c = must(
+                    "acme_failures_total",
+                    IntCounter::new(
+                        "acme_failures_total",
+                        "ACME orders that failed (tried again later; the certificate in force stays).",
+                    ),
+                );
+                if me.acme.is_some() {
+                    let _ = registry.register(Box::new(c.clone()));
+                }
+                c
             },
             registry,
         };

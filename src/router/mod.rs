@@ -279,7 +279,7 @@ fn restart_needed(
     if me.relay_listen != old.me.relay_listen {
         restart_needed.push(format!("router '{}' relay_listen", me.id));
     }
-    if me.tls != old.me.tls {
+    if me.tls != old.me.tls || me.acme != old.me.acme {
         restart_needed.push(format!("router '{}' tls_cert/tls_key/plain_http", me.id));
     }
     if me.records_key != old.me.records_key
@@ -391,6 +391,17 @@ pub async fn run(
         )),
         None => None,
     };
+    let acme = match (&settings.router.acme, settings.policy.acme()) {
+        (Some(name), Some(section)) => {
+            let acme = crate::acme::Settings::from_section(
+                section,
+                &format!("router-{}", settings.router.id),
+            )
+            .map_err(RouterError::Tls)?;
+            Some((crate::acme::Managed::new(name, &acme), acme))
+        }
+        _ => None,
+    };
     let (address_key, records_keys) = bind_store(&settings).await?;
     let relays = Arc::new(
         match settings
@@ -425,7 +436,31 @@ pub async fn run(
         ready: Arc::new(AtomicBool::new(true)),
         retired: std::collections::HashMap::new(),
     };
-    log_serving(&shared, tls.as_deref(), &listener)?;
+    log_serving(
+        &shared,
+        tls.as_deref(),
+        acme.as_ref().map(|(m, _)| m.as_ref()),
+        &listener,
+    )?;
+    let served_tls = match (&tls, &acme) {
+        (Some(cert), _) => Some(cert.server_config()),
+        (None, Some((managed, _))) => Some(managed.server_config()),
+        (None, None) => None,
+    };
+    // Obtains the certificate (answering the CA's TLS-ALPN-01 validation
+    // on the listener), then renews it ahead of expiry.
+    // Stopped with the router, however it ends.
+    let _renewing = acme.map(|(managed, acme)| {
+        let metrics = &shared.metrics;
+        AbortOnDrop(tokio::spawn(managed.run(
+            acme,
+            crate::acme::Metrics {
+                expiry: metrics.tls_cert_expiry.clone(),
+                issued: metrics.acme_certificates.clone(),
+                failures: metrics.acme_failures.clone(),
+            },
+        )))
+    });
     let ready = shared.ready.clone();
     let live = Arc::new(Live {
         current: RwLock::new(Arc::new(shared)),
@@ -457,7 +492,7 @@ pub async fn run(
                 .iter()
                 .any(|n| n.contains(&ip))
         }),
-        tls: tls.map(|cert| tokio_rustls::TlsAcceptor::from(cert.server_config())),
+        tls: served_tls.map(tokio_rustls::TlsAcceptor::from),
         unsent_limit: None,
     };
     // The relay channel's own listener: its own caps and connection table,
@@ -498,11 +533,21 @@ pub async fn run(
     result.map_err(RouterError::Io)
 }
 
+/// A task that ends when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Says what the router serves, and how (HTTPS, or plain HTTP behind a
 /// TLS-terminating proxy).
 fn log_serving(
     shared: &Shared,
     tls: Option<&crate::tls::ServerCert>,
+    acme: Option<&crate::acme::Managed>,
     listener: &tokio::net::TcpListener,
 ) -> std::io::Result<()> {
     let served: Vec<&str> = shared
@@ -511,12 +556,24 @@ fn log_serving(
         .iter()
         .map(|j| shared.policy.jurisdiction(*j).id.as_str())
         .collect();
-    match tls {
-        Some(cert) => {
+    match (tls, acme) {
+        (Some(cert), _) => {
             shared.metrics.tls_cert_expiry.set(cert.not_after());
             info!(router = %shared.me.id, addr = %listener.local_addr()?, jurisdictions = ?served, cert_sha256 = %cert.sha256(), "router serving HTTPS");
         }
-        None => warn!(
+        (None, Some(managed)) => {
+            shared
+                .metrics
+                .tls_cert_expiry
+                .set(managed.not_after().unwrap_or(0));
+            info!(
+                router = %shared.me.id, addr = %listener.local_addr()?, jurisdictions = ?served,
+                name = %shared.me.acme.as_deref().unwrap_or_default(),
+                kept = managed.not_after().is_some(),
+                "router serving HTTPS with its certificate over ACME (until the first arrives, handshakes fail)"
+            );
+        }
+        (None, None) => warn!(
             router = %shared.me.id, addr = %listener.local_addr()?, jurisdictions = ?served,
             "router serving plain HTTP (plain_http = true): a TLS-terminating proxy in front of it must do TLS"
         ),

@@ -164,6 +164,11 @@ impl Browser {
         })
     }
 
+    /// The driver's process: the browser's processes descend from it.
+    pub fn pid(&self) -> u32 {
+        self._child.0.id()
+    }
+
     /// Runs one driver command; panics with the driver's error.
     pub fn cmd(&mut self, mut command: Value) -> Value {
         self.next += 1;

@@ -63,6 +63,7 @@ async function getMedia() {
 
 async function onJoin(event) {
   event.preventDefault();
+  stats.joinClickedAt ??= performance.now();
   state.conference = $("conference").value.trim();
   state.name = $("display-name").value.trim();
   if (!state.credential?.invite) state.credential = { passcode: $("passcode").value.trim() };

@@ -342,6 +342,7 @@ export class Call {
             const latency = (nowMicros() - vf.timestamp) / 1000;
             vf.close();
             t.decoded++;
+            this.stats.firstRemoteFrameAt ??= performance.now();
             this.stats.latency.push(latency);
             if (this.stats.latency.length > LATENCY_LOG) this.stats.latency.shift();
           },

@@ -18,6 +18,10 @@ export const stats = {
   relays: [],
   transports: [], // per connection, as relays: "webtransport" | "websocket"
   finished: {}, // per participant, counts from connections that ended
+  // performance.now() (ms since the page was opened) of the join click
+  // and of the first remote video frame drawn: how long joining takes.
+  joinClickedAt: null,
+  firstRemoteFrameAt: null,
 };
 
 export const state = {
@@ -82,6 +86,8 @@ window.rr = {
       datagramsDropped: stats.datagramsDropped,
       transport: stats.transports.at(-1) ?? null,
       transports: stats.transports,
+      joinClickedAt: stats.joinClickedAt,
+      firstRemoteFrameAt: stats.firstRemoteFrameAt,
       peers,
       audio: state.call ? state.call.audioStats() : null,
       latency: stats.latency,
