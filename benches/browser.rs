@@ -29,8 +29,12 @@
 //! skips the encrypted call. `BROWSER_BENCH_JOINS=K` first measures
 //! joining K times: a page already in a call, then K newcomers one after
 //! another, each timed from its join click (and from opening the page)
-//! to the first video frame it draws from the other. `E2E_QUICK=1` runs a
-//! 2-browser call for 3 s (CI: the bench works; no figures).
+//! to the first video frame it draws from the other.
+//! `BROWSER_BENCH_SHAPED=0,400,150` instead measures two Chromium pages,
+//! one of them in a network namespace of its own whose downlink is
+//! limited to each of those kbit/s in turn (0: not limited; needs root),
+//! over WebTransport and over WebSocket. `E2E_QUICK=1` runs a 2-browser
+//! call for 3 s (CI: the bench works; no figures).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -187,7 +191,139 @@ struct Rates {
     audio_frame: f64,
 }
 
+/// Relay `RELAY` of cluster `c` as its own process (its CPU its own).
+fn relay_process(c: &mut Cluster) -> support::Reaped {
+    c.release(RELAY);
+    let credential = c.dir.path().join("credential");
+    std::fs::write(&credential, format!("dev-relay-{RELAY}")).unwrap();
+    support::Reaped(
+        std::process::Command::new(env!("CARGO_BIN_EXE_residency-relay"))
+            .args(["relay", "--config"])
+            .arg(&c.config)
+            .args(["--id", RELAY, "--shutdown-grace", "1", "--credential-file"])
+            .arg(&credential)
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// `BROWSER_BENCH_SHAPED=KBIT,…`: a call of two Chromium pages, one of
+/// them inside a network namespace whose downlink is limited to KBIT
+/// kbit/s (0: not limited; an htb class on the veth pair, 200 ms of queue),
+/// over WebTransport and then over WebSocket; the capture-to-render
+/// latency of what the limited page draws, and how many frames it drew.
+fn shaped(spec: &str, secs: u64) {
+    if !support::netns::is_root() {
+        eprintln!("BROWSER_BENCH_SHAPED needs root (network namespaces)");
+        return;
+    }
+    let Some(mut outside) = Browser::launch() else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    println!(
+        "browser bench, shaped downlink: Chromium {}, {secs} s windows",
+        outside.version
+    );
+    for (i, kbit) in spec
+        .split(',')
+        .map(|k| k.trim().parse::<u32>().unwrap())
+        .enumerate()
+    {
+        // A namespace of its own each time: the last one's pair goes only
+        // once its browser's processes are gone.
+        let n = (std::process::id() + i as u32) % 250 + 1;
+        let ns = support::netns::Namespace::new("bb", n).unwrap();
+        if kbit > 0 {
+            ns.limit_downlink(kbit).unwrap();
+        }
+        let Some(mut inside) = Browser::launch_in(Kind::Chromium, Some(&ns.name)) else {
+            return;
+        };
+        let cert = tempfile::NamedTempFile::new().unwrap();
+        support::netns::dev_router_certificate(&ns.host, cert.path());
+        let host = ns.host.clone();
+        let cert_path = cert.path().to_owned();
+        let mut c = Cluster::new(move |t| support::netns::on_host(t, &host, &cert_path));
+        rt.block_on(c.start_router(ROUTER));
+        let relay = relay_process(&mut c);
+        rt.block_on(c.wait_health(ROUTER, &[RELAY], "healthy"));
+        let router = c.url(ROUTER);
+        for transport in ["webtransport", "websocket"] {
+            let conf = rt.block_on(cluster::create(
+                &router,
+                cluster::ACME,
+                serde_json::json!({"residency": "eu", "waiting_room": false}),
+            ));
+            let url = with_transport(support::browser::link(&router, &conf), Some(transport));
+            outside.join("far", &url, "Far", None);
+            inside.join("near", &url, "Near", None);
+            let far = outside.wait_for("far", Duration::from_secs(60), "in call", |s| {
+                s["phase"] == "in_call"
+            })["participant"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            let who = far.clone();
+            inside.wait_for("near", Duration::from_secs(90), "video", move |s| {
+                decoded(s, &who, "video") >= 10
+            });
+            inside.eval("near", "window.rr.stats.latency.length = 0");
+            let before = decoded(&inside.snapshot("near"), &far, "video");
+            std::thread::sleep(Duration::from_secs(secs));
+            let s = inside.snapshot("near");
+            let drawn = decoded(&s, &far, "video") - before;
+            let mut latencies: Vec<u64> = s["latency"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(Value::as_f64)
+                .map(|ms| (ms * 1000.0).max(0.0) as u64)
+                .collect();
+            let sent = outside.snapshot("far")["sent"]["video"]["frames"]
+                .as_u64()
+                .unwrap_or(0);
+            let p50 = quantile(&mut latencies, 0.5).unwrap_or(0) as f64 / 1000.0;
+            let p99 = quantile(&mut latencies, 0.99).unwrap_or(0) as f64 / 1000.0;
+            let limit = if kbit == 0 {
+                "not limited".to_owned()
+            } else {
+                format!("{kbit} kbit/s")
+            };
+            println!(
+                "  downlink {limit}, {}: capture-to-render p50 {p50:.1} ms, p99 {p99:.1} ms; {:.1} video frames/s drawn; \
+                 {} frames lost on the way, {} dropped before decoding (its publisher sent {sent} in all)",
+                s["transport"].as_str().unwrap_or("?"),
+                drawn as f64 / secs as f64,
+                s["peers"][&far]["video"]["lost"].as_u64().unwrap_or(0),
+                s["peers"][&far]["video"]["dropped"].as_u64().unwrap_or(0),
+            );
+            for (b, p) in [(&mut outside, "far"), (&mut inside, "near")] {
+                b.click(p, "#leave");
+                b.close(p);
+            }
+        }
+        drop(inside);
+        drop(relay);
+        rt.block_on(c.shutdown());
+    }
+}
+
 fn main() {
+    let secs: u64 = if quick() {
+        3
+    } else {
+        std::env::var("BROWSER_BENCH_SECS").map_or(15, |s| s.parse().unwrap())
+    };
+    if let Ok(spec) = std::env::var("BROWSER_BENCH_SHAPED") {
+        shaped(&spec, secs);
+        return;
+    }
     let kind = match std::env::var("BROWSER_BENCH_BROWSER").as_deref() {
         Ok("firefox") => Kind::Firefox,
         Ok("webkit") => Kind::WebKit,
@@ -211,11 +347,6 @@ fn main() {
             .map(|n| n.trim().parse().unwrap())
             .collect()
     };
-    let secs: u64 = if quick() {
-        3
-    } else {
-        std::env::var("BROWSER_BENCH_SECS").map_or(15, |s| s.parse().unwrap())
-    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -223,19 +354,7 @@ fn main() {
         .unwrap();
     let mut c = Cluster::new(|t| t);
     rt.block_on(c.start_router(ROUTER));
-    c.release(RELAY);
-    let credential = c.dir.path().join("credential");
-    std::fs::write(&credential, format!("dev-relay-{RELAY}")).unwrap();
-    let relay = support::Reaped(
-        std::process::Command::new(env!("CARGO_BIN_EXE_residency-relay"))
-            .args(["relay", "--config"])
-            .arg(&c.config)
-            .args(["--id", RELAY, "--shutdown-grace", "1", "--credential-file"])
-            .arg(&credential)
-            .env("RUST_LOG", "warn")
-            .spawn()
-            .unwrap(),
-    );
+    let relay = relay_process(&mut c);
     let pid = relay.0.id();
     rt.block_on(c.wait_health(ROUTER, &[RELAY], "healthy"));
     let router = c.url(ROUTER);

@@ -10,7 +10,6 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use residency_relay::client::frames::{MAX_DATAGRAM, Packetizer, Reassembler};
@@ -27,75 +26,9 @@ const ROUTER: &str = "de-fra-router";
 /// itself, with room for a loaded CI machine.
 const FALLBACK_BOUND: Duration = Duration::from_secs(10);
 
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
-/// A namespace joined to this one by a veth pair, deleted when dropped.
-struct Namespace {
-    name: String,
-    /// This side's address, where the router and relay listen.
-    host: String,
-}
-
-impl Namespace {
-    /// `10.77.<n>.1` here, `10.77.<n>.2` inside, UDP blackholed inside.
-    fn with_udp_blocked() -> Result<Namespace, String> {
-        let n = std::process::id() % 250 + 1;
-        let name = format!("rr-noudp-{n}");
-        let (outer, inner) = (format!("rrnu{n}h"), format!("rrnu{n}n"));
-        let _ = ip(&["netns", "del", &name]);
-        ip(&["netns", "add", &name])?;
-        let ns = Namespace {
-            name: name.clone(),
-            host: format!("10.77.{n}.1"),
-        };
-        let inside = |args: &[&str]| {
-            let mut all = vec!["netns", "exec", &name, "ip"];
-            all.extend_from_slice(args);
-            ip(&all)
-        };
-        ip(&[
-            "link", "add", &outer, "type", "veth", "peer", "name", &inner,
-        ])?;
-        ip(&["link", "set", &inner, "netns", &name])?;
-        ip(&["addr", "add", &format!("10.77.{n}.1/30"), "dev", &outer])?;
-        ip(&["link", "set", &outer, "up"])?;
-        inside(&["addr", "add", &format!("10.77.{n}.2/30"), "dev", &inner])?;
-        inside(&["link", "set", &inner, "up"])?;
-        inside(&["link", "set", "lo", "up"])?;
-        inside(&["route", "add", "default", "via", &format!("10.77.{n}.1")])?;
-        inside(&["rule", "add", "ipproto", "udp", "blackhole"])?;
-        Ok(ns)
-    }
-}
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        // The veth pair goes with the namespace.
-        let _ = ip(&["netns", "del", &self.name]);
-    }
-}
-
 #[test]
 fn a_participant_whose_network_blocks_udp_joins_over_websocket_by_itself() {
-    let is_root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout == b"0\n");
-    if !is_root {
+    if !support::netns::is_root() {
         assert!(
             std::env::var("RR_REQUIRE_BROWSER").as_deref() != Ok("1"),
             "this test is required here but needs root for its network namespace"
@@ -107,7 +40,9 @@ fn a_participant_whose_network_blocks_udp_joins_over_websocket_by_itself() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let ns = Namespace::with_udp_blocked().expect("a network namespace with UDP blackholed");
+    let ns = support::netns::Namespace::new("noudp", std::process::id() % 250 + 1)
+        .and_then(|ns| ns.block_udp().map(|()| ns))
+        .expect("a network namespace with UDP blackholed");
     let Some(mut b) = Browser::launch_in(Kind::Chromium, Some(&ns.name)) else {
         return;
     };
@@ -115,47 +50,13 @@ fn a_participant_whose_network_blocks_udp_joins_over_websocket_by_itself() {
     // The Frankfurt router's public listener and relay de-fra-1 on this
     // side of the veth pair; the relays' channel stays on loopback.
     let rt = runtime();
-    // The Frankfurt router's certificate for that address too, made with
-    // the development key under the development certificate's name: the
-    // relays' CA file (the development certificate) vouches for it, and
-    // the browser's allow-list (by public key) takes it.
+    // The Frankfurt router's certificate for that address too (see
+    // support::netns::dev_router_certificate).
     let dir = tempfile::tempdir().unwrap();
     let cert = dir.path().join("router.crt");
-    let key = rcgen::KeyPair::from_pem(
-        &std::fs::read_to_string(support::repo().join("config/dev-router.key")).unwrap(),
-    )
-    .unwrap();
-    let mut params =
-        rcgen::CertificateParams::new(vec![host.clone(), "127.0.2.1".into(), "localhost".into()])
-            .unwrap();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "residency-relay dev router");
-    std::fs::write(&cert, params.self_signed(&key).unwrap().pem()).unwrap();
+    support::netns::dev_router_certificate(&host, &cert);
     let c = rt.block_on(async {
-        let mut c = Cluster::new(|text| {
-            // Whole lines only: relay_listen and relay_url stay.
-            let tls_cert = text
-                .lines()
-                .find(|l| l.starts_with("tls_cert = "))
-                .unwrap()
-                .to_owned();
-            text.replacen(
-                &format!("\n{tls_cert}"),
-                &format!("\ntls_cert = \"{}\"", cert.display()),
-                1,
-            )
-            .replace("\nlisten = \"127.0.2.1:", &format!("\nlisten = \"{host}:"))
-            .replace(
-                "\nurl = \"https://127.0.2.1:",
-                &format!("\nurl = \"https://{host}:"),
-            )
-            .replace(
-                "quic_addr = \"127.0.1.1:",
-                &format!("quic_addr = \"{host}:"),
-            )
-        });
+        let mut c = Cluster::new(|text| support::netns::on_host(text, &host, &cert));
         c.start(ROUTER, &["de-fra-1"]).await;
         c
     });

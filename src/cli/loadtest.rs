@@ -301,13 +301,15 @@ async fn join_rooms(
 }
 
 /// How the clients trust the relay's WebSocket certificate: the plan's CA
-/// file, else the certificate file the relay's config names, else the
-/// relay's own certificate (`pin`, which it serves when it has no other).
+/// file, else the certificate file the relay's config names for it
+/// (`websocket_tls_cert`, else `tls_cert`), else the relay's own
+/// certificate (`pin`, which it serves when it has no other).
 fn websocket_trust(plan: &Plan, relay: &crate::policy::Relay, pin: &str) -> Result<Trust, String> {
     if let Some(ca) = &plan.websocket_ca {
         return Ok(Trust::Roots(Arc::new(crate::tls::ca_roots(ca)?)));
     }
-    match &relay.websocket_tls {
+    // The listener serves these files when the config names them.
+    match relay.websocket_tls.as_ref().or(relay.tls.as_ref()) {
         Some((cert, _)) => Ok(Trust::Pin(crate::tls::fingerprint(
             &crate::tls::read_certs(cert)?[0],
         ))),

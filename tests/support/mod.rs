@@ -3,6 +3,7 @@
 
 pub mod browser;
 pub mod cluster;
+pub mod netns;
 pub mod pg;
 pub mod proxy;
 pub mod relay;
