@@ -73,14 +73,15 @@ fn machine_jiffies() -> (u64, u64) {
     (total - idle, total)
 }
 
-/// CPU seconds of every browser process now: the processes descending
-/// from the driver `root` (all pages' renderers or content processes, the
-/// GPU and network processes, the browser), without the driver itself
-/// (node), the X server WebKit draws into and the sound server Firefox
-/// plays into, which a browser on a desktop shares with everything else.
-fn browser_cpu_seconds(root: u32) -> f64 {
+/// CPU seconds of every browser process now, by process: the processes
+/// descending from the driver `root` (all pages' renderers or content
+/// processes, the GPU and network processes, the browser), without the
+/// driver itself (node), the X server WebKit draws into and the sound
+/// server Firefox plays into, which a browser on a desktop shares with
+/// everything else.
+fn browser_cpu(root: u32) -> std::collections::HashMap<u32, f64> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0.0;
+        return std::collections::HashMap::new();
     };
     let parent: std::collections::HashMap<u32, (u32, String)> = dir
         .filter_map(Result::ok)
@@ -105,7 +106,21 @@ fn browser_cpu_seconds(root: u32) -> f64 {
         .filter(|(pid, (_, comm))| {
             !matches!(comm.as_str(), "node" | "Xvfb" | "pulseaudio") && descends(**pid)
         })
-        .map(|(pid, _)| support::cpu_seconds(*pid))
+        .map(|(pid, _)| (*pid, support::cpu_seconds(*pid)))
+        .collect()
+}
+
+/// CPU seconds the browser's processes used between two samples: per
+/// process, so that one that ended meanwhile takes nothing away (its last
+/// seconds are lost, not its whole life), and one that started counts
+/// from zero.
+fn browser_cpu_between(
+    before: &std::collections::HashMap<u32, f64>,
+    after: &std::collections::HashMap<u32, f64>,
+) -> f64 {
+    after
+        .iter()
+        .map(|(pid, t)| t - before.get(pid).copied().unwrap_or(0.0))
         .sum()
 }
 
@@ -421,12 +436,12 @@ fn main() {
             let (in0, out0) = rt.block_on(relay_bytes(&c));
             let (cpu0, t0) = (support::cpu_seconds(pid), Instant::now());
             let machine0 = machine_jiffies();
-            let browser0 = browser_cpu_seconds(driver);
+            let browser0 = browser_cpu(driver);
             std::thread::sleep(Duration::from_secs(secs));
-            let browser1 = browser_cpu_seconds(driver);
+            let browser1 = browser_cpu(driver);
             let machine1 = machine_jiffies();
             let (secs_taken, cpu1) = (t0.elapsed().as_secs_f64(), support::cpu_seconds(pid));
-            let browser_cpu = browser1 - browser0;
+            let browser_cpu = browser_cpu_between(&browser0, &browser1);
             let (in1, out1) = rt.block_on(relay_bytes(&c));
             let w = Window {
                 secs: secs_taken,

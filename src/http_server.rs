@@ -1094,8 +1094,18 @@ fn live_media(stream: &tokio::net::TcpStream, unsent_limit: u32) {
     let socket = socket2::SockRef::from(stream);
     #[cfg(target_os = "linux")]
     {
+        static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
         let _ = socket.set_tcp_notsent_lowat(unsent_limit);
-        let _ = socket.set_tcp_congestion(b"bbr");
+        // An unprivileged process may choose only what
+        // net.ipv4.tcp_allowed_congestion_control lists.
+        if let Err(e) = socket.set_tcp_congestion(b"bbr")
+            && !SAID.swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::warn!(
+                error = %e,
+                "BBR congestion control is not available to this process (load tcp_bbr and list it in net.ipv4.tcp_allowed_congestion_control, or give CAP_NET_ADMIN): media connections keep the system's default"
+            );
+        }
     }
     #[cfg(not(target_os = "linux"))]
     let _ = socket.set_send_buffer_size(unsent_limit as usize);

@@ -439,7 +439,9 @@ async fn a_router_given_a_dns_name_gets_its_https_certificate_over_acme_and_keep
         .collect();
     assert_eq!(kept.len(), 1, "kept under {}: {kept:?}", state.display());
 
-    // Restarted, it serves the certificate it kept, ordering none.
+    // Restarted, it serves the certificate it kept, ordering none (the
+    // restart is in-process and takes well under the 16 s after which a
+    // 24 s certificate falls due for renewal).
     c.kill_router("de-fra-router").await;
     c.start_router("de-fra-router").await;
     let (body, again) = support::wait::until(

@@ -1067,3 +1067,33 @@ fn a_router_named_by_dns_gets_its_certificate_over_acme_when_the_config_has_acme
         "serves HTTPS: give tls_cert and tls_key",
     );
 }
+
+#[test]
+fn routers_sharing_a_name_cannot_get_their_certificate_over_acme() {
+    let f = Fixture::new();
+    let acme =
+        "\n[acme]\ndirectory = \"https://acme.example.org/directory\"\nstate_dir = \"acme\"\n";
+    let tls = "tls_ca = \"ca.pem\"\nrelay_url = \"https://10.0.0.2:8443\"\n";
+    // Replicas behind one name, on one PostgreSQL store.
+    let replica = |id: &str| {
+        tls_router(id, "https://eu.example.org", tls).replace(
+            "store = \"r.sqlite\"\n",
+            &format!("store = \"{PG}\"\nstore_country = \"DE\"\nstore_ca = \"store-ca.pem\"\n"),
+        )
+    };
+    f.config(&format!(
+        "{}{acme}",
+        with_routers(&format!("{}{}", replica("fra-a"), replica("fra-b")))
+    ));
+    let p = f.problems();
+    let c = "config/c.toml";
+    for (i, (id, other)) in [("fra-a", "fra-b"), ("fra-b", "fra-a")].iter().enumerate() {
+        assert_problem(
+            &f,
+            &p,
+            c,
+            &format!("router[{i}] \"{id}\".url"),
+            &format!("also the name of router(s) {other}"),
+        );
+    }
+}

@@ -186,8 +186,9 @@ pub(super) struct LoadtestArgs {
     #[arg(long, value_enum, default_value_t = TransportArg::Quic)]
     pub(super) transport: TransportArg,
     /// PEM file of the CA (or certificate) to verify the relay's WebSocket
-    /// certificate with; without it the certificate the relay's config
-    /// names (`websocket_tls_cert`) is pinned, else its own (its /cert).
+    /// certificate with (required for one over ACME); without it the
+    /// certificate the relay's config names (`websocket_tls_cert`, else
+    /// `tls_cert`) is pinned, else its own (its /cert).
     #[arg(long, value_name = "FILE")]
     pub(super) websocket_ca: Option<PathBuf>,
 }

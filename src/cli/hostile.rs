@@ -584,8 +584,12 @@ async fn attack_jobs(
         "100".into(),
     ];
     // A router serving HTTPS is attacked inside TLS, as anyone can.
-    let tls_args: Vec<String> = match (&me.tls, &me.tls_ca, crate::http_client::url_host(&me.url)) {
-        (Some(_), Some(ca), Some(name)) => vec![
+    let tls_args: Vec<String> = match (
+        me.serves_https(),
+        &me.tls_ca,
+        crate::http_client::url_host(&me.url),
+    ) {
+        (true, Some(ca), Some(name)) => vec![
             "--tls-ca".into(),
             ca.display().to_string(),
             "--tls-name".into(),

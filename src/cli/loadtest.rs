@@ -41,6 +41,9 @@ pub(super) struct Plan {
     pub(super) bind_ip: IpAddr,
     pub(super) transport: TransportArg,
     pub(super) websocket_ca: Option<std::path::PathBuf>,
+    /// Whether the policy has `[acme]` (relays named by DNS then serve
+    /// WebSocket with a certificate over ACME).
+    pub(super) acme: bool,
 }
 
 /// Audio is sent as 20 ms frames.
@@ -308,8 +311,16 @@ fn websocket_trust(plan: &Plan, relay: &crate::policy::Relay, pin: &str) -> Resu
     if let Some(ca) = &plan.websocket_ca {
         return Ok(Trust::Roots(Arc::new(crate::tls::ca_roots(ca)?)));
     }
-    // The listener serves these files when the config names them.
-    match relay.websocket_tls.as_ref().or(relay.tls.as_ref()) {
+    // The listener serves these files when the config names them, else a
+    // certificate over ACME for a host name, else its own.
+    let files = relay.websocket_tls.as_ref().or(relay.tls.as_ref());
+    if files.is_none() && plan.acme && super::relay::dns_name(&relay.websocket_url).is_some() {
+        return Err(format!(
+            "relay {} serves WebSocket with a certificate over ACME for {}: give --websocket-ca, the PEM file of that CA's root",
+            relay.id, relay.websocket_url
+        ));
+    }
+    match files {
         Some((cert, _)) => Ok(Trust::Pin(crate::tls::fingerprint(
             &crate::tls::read_certs(cert)?[0],
         ))),
@@ -528,6 +539,7 @@ pub(super) fn command(a: LoadtestArgs) -> ExitCode {
         bind_ip: a.bind_ip,
         transport: a.transport,
         websocket_ca: a.websocket_ca,
+        acme: policy.acme().is_some(),
     };
     super::report(run(&policy, plan))
 }

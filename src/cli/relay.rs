@@ -63,7 +63,7 @@ pub(super) fn run(
 }
 
 /// The host of a `wss://` URL when it is a DNS name (not an address).
-fn dns_name(url: &str) -> Option<&str> {
+pub(super) fn dns_name(url: &str) -> Option<&str> {
     let authority = url.strip_prefix("wss://")?.split(['/', '?', '#']).next()?;
     let host = match authority.rsplit_once(':') {
         Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,

@@ -39,7 +39,7 @@ pub enum ClientError {
     /// Nothing at all came from the relay, not even the QUIC
     /// acknowledgements of our keep-alives, for the idle timeout: the relay
     /// or the path to it is gone (a quiet call is not this).
-    #[error("lost the relay: nothing heard from it for {} s", IDLE_TIMEOUT.as_secs())]
+    #[error("lost the relay: nothing heard from it, or nothing taken by it, for {} s", IDLE_TIMEOUT.as_secs())]
     Lost,
     #[error("timed out waiting for the relay's answer")]
     Timeout,

@@ -53,7 +53,7 @@ pub(super) struct Link {
 
 /// The control stream's receiving end.
 #[derive(Debug)]
-pub(super) struct ControlIn(mpsc::Receiver<Bytes>);
+pub(super) struct ControlIn(mpsc::UnboundedReceiver<Bytes>);
 
 impl ControlIn {
     /// The next control-stream bytes; `None` once the connection is gone.
@@ -126,7 +126,9 @@ pub(super) async fn connect(
         .await
         .map_err(|e| ClientError::Connect(format!("WebSocket upgrade at {url}: {e}")))?;
     let (out_tx, out_rx) = mpsc::channel(1024);
-    let (control_tx, control_rx) = mpsc::channel(1024);
+    // Unbounded: a client that reads no control messages (the load tools)
+    // must not stop the socket's task; they are few and small.
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
     let (datagram_tx, datagram_rx) = mpsc::channel(DATAGRAM_BACKLOG);
     let (ended_tx, ended) = watch::channel(None);
     tokio::spawn(run(socket, out_rx, control_tx, datagram_tx, ended_tx));
@@ -192,7 +194,7 @@ async fn tcp_from(bind: IpAddr, to: SocketAddr) -> Result<tokio::net::TcpStream,
 async fn run<S>(
     socket: tokio_tungstenite::WebSocketStream<S>,
     mut out: mpsc::Receiver<Message>,
-    control: mpsc::Sender<Bytes>,
+    control: mpsc::UnboundedSender<Bytes>,
     datagrams: mpsc::Sender<Bytes>,
     ended: watch::Sender<Option<Ended>>,
 ) where
@@ -227,7 +229,11 @@ async fn run<S>(
                     }
                 }
                 None => {
-                    let _ = sink.send(Message::Close(None)).await;
+                    let _ = tokio::time::timeout_at(
+                        silence.deadline(),
+                        sink.send(Message::Close(None)),
+                    )
+                    .await;
                     break Ended::Closed(None);
                 }
             },
@@ -236,7 +242,7 @@ async fn run<S>(
                 match incoming {
                 Some(Ok(Message::Binary(bytes))) => match ws::parse(bytes) {
                     Ok(Inbound::Control(c)) => {
-                        if control.send(c).await.is_err() {
+                        if control.send(c).is_err() {
                             break Ended::Closed(None);
                         }
                     }
@@ -252,8 +258,10 @@ async fn run<S>(
                 }
                 Some(Ok(Message::Ping(_))) => {
                     // The pong tungstenite queued goes out now.
-                    if sink.flush().await.is_err() {
-                        break Ended::Closed(None);
+                    match tokio::time::timeout_at(silence.deadline(), sink.flush()).await {
+                        Err(_) => break Ended::Lost,
+                        Ok(Err(_)) => break Ended::Closed(None),
+                        Ok(Ok(())) => {}
                     }
                 }
                 Some(Ok(_)) => {}
@@ -269,10 +277,7 @@ impl Link {
     /// Hands a message to the socket's task, waiting while its queue is
     /// full.
     async fn send(&self, message: Message) -> Result<(), ClientError> {
-        self.out
-            .send(message)
-            .await
-            .map_err(|_| ClientError::Closed("the WebSocket connection is closed".into()))
+        self.out.send(message).await.map_err(|_| self.ended_error())
     }
 
     pub(super) async fn send_control(&self, bytes: &[u8]) -> Result<(), ClientError> {
@@ -285,7 +290,10 @@ impl Link {
     pub(super) fn send_datagram(&self, datagram: &[u8]) -> Result<(), ClientError> {
         self.out
             .try_send(Message::Binary(ws::message(ws::KIND_DATAGRAM, datagram)))
-            .map_err(|e| ClientError::Send(e.to_string()))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Closed(_) => self.ended_error(),
+                full => ClientError::Send(full.to_string()),
+            })
     }
 
     /// Sends a datagram, waiting for room.
@@ -362,7 +370,7 @@ mod tests {
         let client = WebSocketStream::from_raw_socket(near, Role::Client, None).await;
         let relay = WebSocketStream::from_raw_socket(far, Role::Server, None).await;
         let (out_tx, out_rx) = mpsc::channel(8);
-        let (control_tx, control_rx) = mpsc::channel(8);
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
         let (datagram_tx, datagram_rx) = mpsc::channel(8);
         let (ended_tx, ended) = watch::channel(None);
         tokio::spawn(run(client, out_rx, control_tx, datagram_tx, ended_tx));
@@ -383,6 +391,35 @@ mod tests {
         assert!(link.is_lost());
         assert!(matches!(link.ended_error(), ClientError::Lost));
         assert_eq!(link.closed().await, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_relay_that_stops_reading_is_lost_though_it_pings() {
+        let (relay, link, _control) = pair().await;
+        // The relay still pings, but reads nothing: the pipe fills, and
+        // the client's writes (its datagrams, its pongs) wait.
+        let (mut relay_out, _relay_in) = relay.split();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+                if relay_out.send(Message::Ping(Bytes::new())).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let started = tokio::time::Instant::now();
+        let datagram = vec![7u8; 1000];
+        while !link.is_closed() {
+            // A full queue is loss; the task's blocked write is what ends it.
+            let _ = link.send_datagram(&datagram);
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(link.is_lost(), "{:?}", *link.ended.borrow());
+        assert!(started.elapsed() < std::time::Duration::from_secs(60));
+        assert!(matches!(
+            link.send_datagram(&datagram),
+            Err(ClientError::Lost)
+        ));
     }
 
     #[tokio::test(start_paused = true)]

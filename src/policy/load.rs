@@ -1369,7 +1369,49 @@ fn build_routers(
             });
         }
     }
+    check_acme_names(ctx, sections, &routers, p);
     routers
+}
+
+/// A router's certificate over ACME needs the CA's TLS-ALPN-01
+/// validation of its name to reach that router: not so when other
+/// routers (replicas behind one name) answer for the name too, where each
+/// would order its own certificate and the validation would reach any of
+/// them.
+fn check_acme_names(
+    ctx: &Ctx<'_>,
+    sections: &[RouterSection],
+    routers: &[Router],
+    p: &mut Problems,
+) {
+    for (i, r) in sections.iter().enumerate() {
+        let Some(name) = routers
+            .iter()
+            .find(|m| m.id == r.id)
+            .and_then(|m| m.acme.as_deref())
+        else {
+            continue;
+        };
+        let shared: Vec<&str> = sections
+            .iter()
+            .filter(|o| {
+                o.id != r.id
+                    && crate::http_client::url_host(&o.url)
+                        .is_some_and(|h| h.eq_ignore_ascii_case(name))
+            })
+            .map(|o| o.id.as_str())
+            .collect();
+        if !shared.is_empty() {
+            p.push(
+                ctx.cfg,
+                at("router", i, &r.id, "url"),
+                format!(
+                    "{name} is also the name of router(s) {}: an ACME CA's validation of it would reach any of them, and each would order its own certificate; give the routers sharing a name the same tls_cert and tls_key",
+                    shared.join(", ")
+                ),
+            );
+        }
+    }
 }
 
 /// The jurisdictions a router serves: known, around its country, and

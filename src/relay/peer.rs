@@ -123,16 +123,14 @@ impl Inbox {
         self.rx.recv().await
     }
 
-    /// What is waiting now, without waiting.
+    /// What is waiting now, without waiting; a datagram's room stays
+    /// taken until [`Inbox::written`] says it is in the socket.
     pub(super) fn try_recv(&mut self) -> Option<Outgoing> {
-        let out = self.rx.try_recv().ok()?;
-        if let Outgoing::Datagram(d) = &out {
-            self.written(d.len());
-        }
-        Some(out)
+        self.rx.try_recv().ok()
     }
 
-    /// A datagram of `len` bytes left for the socket: its room is free.
+    /// Datagrams of `len` bytes in all are in the socket: their room is
+    /// free.
     pub(super) fn written(&self, len: usize) {
         self.queued.fetch_sub(len, Ordering::AcqRel);
     }

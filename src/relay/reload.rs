@@ -261,5 +261,19 @@ fn restart_needed(
     if a.tls != b.tls {
         out.push(format!("relay '{id}' tls files"));
     }
+    if a.websocket_addr != b.websocket_addr {
+        out.push(format!(
+            "relay '{id}' websocket_addr {} -> {}",
+            a.websocket_addr, b.websocket_addr
+        ));
+    }
+    if a.websocket_tls != b.websocket_tls || a.websocket_url != b.websocket_url {
+        out.push(format!(
+            "relay '{id}' WebSocket certificate (websocket_tls_cert/websocket_tls_key, or over ACME for the host of websocket_url)"
+        ));
+    }
+    if old.acme() != new.acme() {
+        out.push("[acme]".to_owned());
+    }
     out
 }

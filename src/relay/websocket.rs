@@ -414,7 +414,6 @@ async fn write(
             }
             out = inbox.recv() => match out {
                 Some(Outgoing::Datagram(d)) => {
-                    inbox.written(d.len());
                     let close = batch(sink, d, &mut inbox).await.map_err(|e| e.unwrap_or_else(stalled))?;
                     if let Some((code, reason)) = close {
                         return Ok((code, reason, "closed by the relay"));
@@ -429,13 +428,17 @@ async fn write(
 
 /// Writes `first` and every datagram waiting behind it in the outbox as
 /// one batch (a TLS record and a system call for several messages, where
-/// QUIC sends them in one GSO batch), within [`STALLED_FOR`]. Returns the
-/// relay's close if one came behind the datagrams.
+/// QUIC sends them in one GSO batch), within [`STALLED_FOR`]. The batch's
+/// room in the outbox is freed once it is in the socket, not before, so
+/// a batch is at most the outbox's budget and what waits outside the
+/// drop policy stays within it. Returns the relay's close if one came
+/// behind the datagrams.
 async fn batch(
     sink: &mut Sink,
     first: Bytes,
     inbox: &mut Inbox,
 ) -> Result<Option<(u32, Vec<u8>)>, Option<&'static str>> {
+    let mut taken = first.len();
     let write = async {
         sink.feed(Message::Binary(ws::message(ws::KIND_DATAGRAM, &first)))
             .await?;
@@ -447,6 +450,7 @@ async fn batch(
             more -= 1;
             match out {
                 Outgoing::Datagram(d) => {
+                    taken += d.len();
                     sink.feed(Message::Binary(ws::message(ws::KIND_DATAGRAM, &d)))
                         .await?;
                 }
@@ -459,7 +463,9 @@ async fn batch(
         sink.flush().await?;
         Ok::<_, axum::Error>(close)
     };
-    match tokio::time::timeout(STALLED_FOR, write).await {
+    let done = tokio::time::timeout(STALLED_FOR, write).await;
+    inbox.written(taken);
+    match done {
         Ok(Ok(close)) => Ok(close),
         Ok(Err(_)) => Err(Some("broken")),
         Err(_) => Err(None),

@@ -72,7 +72,7 @@ pub struct RouterMetrics {
     /// when the router serves HTTPS itself.
     pub tls_cert_expiry: prometheus::IntGauge,
     /// Certificates obtained over ACME, and orders that failed; exported
-    /// only when the router's certificate comes over ACME.
+    /// by routers serving HTTPS (0 for one serving certificate files).
     pub acme_certificates: IntCounter,
     pub acme_failures: IntCounter,
 }
@@ -339,7 +339,7 @@ impl RouterMetrics {
                         "Certificates obtained over ACME for the router's HTTPS (renewals included).",
                     ),
                 );
-                if me.acme.is_some() {
+                if me.serves_https() {
                     let _ = registry.register(Box::new(c.clone()));
                 }
                 c
@@ -352,7 +352,7 @@ impl RouterMetrics {
                         "ACME orders that failed (tried again later; the certificate in force stays).",
                     ),
                 );
-                if me.acme.is_some() {
+                if me.serves_https() {
                     let _ = registry.register(Box::new(c.clone()));
                 }
                 c

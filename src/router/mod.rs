@@ -279,8 +279,19 @@ fn restart_needed(
     if me.relay_listen != old.me.relay_listen {
         restart_needed.push(format!("router '{}' relay_listen", me.id));
     }
-    if me.tls != old.me.tls || me.acme != old.me.acme {
+    if me.tls != old.me.tls {
         restart_needed.push(format!("router '{}' tls_cert/tls_key/plain_http", me.id));
+    }
+    if me.acme != old.me.acme {
+        restart_needed.push(format!(
+            "router '{}' HTTPS certificate over ACME for {} -> {}",
+            me.id,
+            old.me.acme.as_deref().unwrap_or("(none)"),
+            me.acme.as_deref().unwrap_or("(none)")
+        ));
+    }
+    if me.acme.is_some() && policy.acme() != old.policy.acme() {
+        restart_needed.push("[acme]".to_owned());
     }
     if me.records_key != old.me.records_key
         || me.records_key_previous != old.me.records_key_previous
@@ -400,7 +411,13 @@ pub async fn run(
             .map_err(RouterError::Tls)?;
             Some((crate::acme::Managed::new(name, &acme), acme))
         }
-        _ => None,
+        (Some(_), None) => {
+            return Err(RouterError::Tls(
+                "the router's certificate is to come over ACME, but the policy has no [acme]"
+                    .into(),
+            ));
+        }
+        (None, _) => None,
     };
     let (address_key, records_keys) = bind_store(&settings).await?;
     let relays = Arc::new(

@@ -7,21 +7,29 @@
 #![allow(unsafe_code)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::Cell;
 
 /// Counts each allocation and leaves it to the system allocator.
 pub(crate) struct Counting;
 
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    /// Allocations made by this thread. Per thread, because the test
+    /// harness's own threads allocate at moments of their own (a waiting
+    /// thread's first block on a channel, for one), which a loaded machine
+    /// moves into a measured window.
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
 
-/// Allocations so far, on any thread.
+/// Allocations so far by the calling thread (the code the tests measure
+/// runs on it).
 pub(crate) fn allocations() -> usize {
-    ALLOCATIONS.load(Ordering::Relaxed)
+    ALLOCATIONS.with(Cell::get)
 }
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // Not during the thread's teardown, when its counter is gone.
+        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
         // SAFETY: forwarded unchanged to the system allocator.
         unsafe { System.alloc(layout) }
     }
