@@ -146,11 +146,14 @@ async fn native(
 
 /// Audio from `participant` that `snapshot`'s page played, and how loud
 /// (RMS, 0 for silence).
+/// What a page played of `participant`'s audio: samples, and the loudest
+/// level so far (the current level of a page starved of CPU flickers to
+/// 0 between reports, which made "everyone heard at once" a coin toss).
 fn heard(snapshot: &Value, participant: &str) -> (u64, f64) {
     let peer = &snapshot["audio"]["peers"][participant];
     (
         peer["played"].as_u64().unwrap_or(0),
-        peer["level"].as_f64().unwrap_or(0.0),
+        peer["peak"].as_f64().unwrap_or(0.0),
     )
 }
 

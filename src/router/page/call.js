@@ -693,9 +693,9 @@ export class Call {
 
   /**
    * The audio as heard: the microphone's level and, per participant, what
-   * their playback did ({level, bufferedMs, targetMs, played, underruns,
-   * dropped}, frames counted at the AudioContext's rate; levels are RMS, 0
-   * for silence).
+   * their playback did ({level, peak, bufferedMs, targetMs, played,
+   * underruns, dropped}, frames counted at the AudioContext's rate; levels
+   * are RMS, 0 for silence; peak the loudest level so far).
    */
   audioStats() {
     const rate = this.audio?.sampleRate ?? AUDIO.sampleRate;
@@ -705,6 +705,7 @@ export class Call {
       const p = t.playback.stats;
       peers[t.participant] = {
         level: p.level,
+        peak: t.playback.peak,
         bufferedMs: Math.round((p.buffered * 1000) / rate),
         targetMs: Math.round((p.target * 1000) / rate),
         played: p.played,

@@ -225,8 +225,12 @@ export class Playback {
     });
     this.resampler = null; // made when decoded audio comes at another rate
     this.stats = { played: 0, underruns: 0, dropped: 0, buffered: 0, target: 0, level: 0 };
+    // The loudest level reported so far: whether anything but silence
+    // was ever played (the level itself is that of the last report).
+    this.peak = 0;
     this.node.port.onmessage = (e) => {
       this.stats = e.data;
+      this.peak = Math.max(this.peak, e.data.level);
     };
     this.node.connect(context.destination);
   }
