@@ -69,7 +69,7 @@ expect "$out/e2e" "% of one core"
 echo "smoke: browser bench (2 browsers without and with end-to-end encryption, 2 native clients, 3 s each)"
 E2E_QUICK=1 cargo bench --locked --bench browser >"$out/browser" 2>&1
 expect "$out/browser" "capture-to-render"
-expect "$out/browser" "WebTransport / native"
+expect "$out/browser" "relay CPU per participant, webtransport / native"
 expect "$out/browser" "end-to-end encrypted / not"
 expect "$out/browser" "datagrams that did not decrypt: 0; pages showing the end-to-end encrypted mark: 2 of 2"
 echo "smoke: every load tool ran"
