@@ -112,6 +112,13 @@ impl RouterMetrics {
             )
         });
         let unexported = Registry::new();
+        // The series of a router serving HTTPS (its certificate, and ACME):
+        // exported by such routers only.
+        let https_only = |m: Box<dyn prometheus::core::Collector>| {
+            if me.serves_https() {
+                let _ = registry.register(m);
+            }
+        };
         let m = RouterMetrics {
             process: crate::process_metrics::ProcessMetrics::new(),
             http_requests: counter_vec(
@@ -326,9 +333,7 @@ impl RouterMetrics {
                         "When the certificate the router serves HTTPS with expires (notAfter, Unix seconds).",
                     ),
                 );
-                if me.serves_https() {
-                    let _ = registry.register(Box::new(g.clone()));
-                }
+                https_only(Box::new(g.clone()));
                 g
             },
             acme_certificates: {
@@ -339,9 +344,7 @@ impl RouterMetrics {
                         "Certificates obtained over ACME for the router's HTTPS (renewals included).",
                     ),
                 );
-                if me.serves_https() {
-                    let _ = registry.register(Box::new(c.clone()));
-                }
+                https_only(Box::new(c.clone()));
                 c
             },
             acme_failures: {
@@ -352,9 +355,7 @@ impl RouterMetrics {
                         "ACME orders that failed (tried again later; the certificate in force stays).",
                     ),
                 );
-                if me.serves_https() {
-                    let _ = registry.register(Box::new(c.clone()));
-                }
+                https_only(Box::new(c.clone()));
                 c
             },
             registry,
