@@ -51,6 +51,7 @@ fn packet(track: TrackId) -> Bytes {
             track,
             sequence: 0,
             flags: Flags::default(),
+            info: residency_relay::wire::datagram::Info::NONE,
         },
         &[0x5a; PACKET - datagram::HEADER_LEN],
         &mut out,

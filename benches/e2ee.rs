@@ -21,6 +21,7 @@ fn header(sequence: u32) -> MediaHeader {
         track: TrackId(1 << 20 | 1),
         sequence,
         flags: Flags::default(),
+        info: residency_relay::wire::datagram::Info::NONE,
     }
 }
 

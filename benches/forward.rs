@@ -65,6 +65,7 @@ fn setup(n: usize) -> (Core, ConnId, Bytes) {
         track,
         sequence: 1,
         flags: Flags::default(),
+        info: residency_relay::wire::datagram::Info::NONE,
     };
     datagram::encode(&header, &[0x5a; PACKET - datagram::HEADER_LEN], &mut out);
     (core, publisher, Bytes::from(out))

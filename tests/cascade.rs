@@ -75,6 +75,7 @@ impl Participant {
                     track,
                     sequence,
                     flags: Flags::default(),
+                    info: residency_relay::wire::datagram::Info::NONE,
                 },
                 payload,
             )

@@ -230,6 +230,7 @@ impl Peer {
                     track,
                     sequence,
                     flags: Flags::default(),
+                    info: residency_relay::wire::datagram::Info::NONE,
                 },
                 &[PATTERN, PATTERN, &sequence.to_be_bytes()].concat(),
                 &mut plain,

@@ -67,6 +67,7 @@ fn forwarding_allocates_nothing_per_packet() {
                     track,
                     sequence: i,
                     flags: Flags::default(),
+                    info: residency_relay::wire::datagram::Info::NONE,
                 },
                 &[7; 1091],
                 &mut out,

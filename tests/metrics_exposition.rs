@@ -80,6 +80,7 @@ async fn metrics_after_a_call_are_bounded_and_free_of_personal_data() {
                 track,
                 sequence,
                 flags: Flags::default(),
+                info: residency_relay::wire::datagram::Info::NONE,
             },
             b"x",
         )

@@ -73,6 +73,7 @@ async fn a_full_relay_refuses_newcomers_and_keeps_serving_those_in() {
                         track,
                         sequence,
                         flags: Flags::default(),
+                        info: residency_relay::wire::datagram::Info::NONE,
                     },
                     &[1; 200],
                 )

@@ -64,6 +64,7 @@ async fn bad_control_frames_close_only_their_sender() {
                     track,
                     sequence: i,
                     flags: Flags::default(),
+                    info: residency_relay::wire::datagram::Info::NONE,
                 },
                 b"on air",
             )

@@ -62,6 +62,7 @@ async fn two_subscribers_receive_exactly_what_was_sent() {
             } else {
                 Flags::default()
             },
+            info: residency_relay::wire::datagram::Info::NONE,
         };
         // An opaque payload, as an end-to-end encrypted frame would be.
         let payload: Vec<u8> = (0..900).map(|k| (k as u32 * 31 + i) as u8).collect();
@@ -133,6 +134,7 @@ async fn malformed_and_foreign_datagrams_are_dropped_and_counted() {
                 track,
                 sequence: 9,
                 flags: Flags::default(),
+                info: residency_relay::wire::datagram::Info::NONE,
             },
             b"spoof",
         )
@@ -143,6 +145,7 @@ async fn malformed_and_foreign_datagrams_are_dropped_and_counted() {
                 track: TrackId(77),
                 sequence: 9,
                 flags: Flags::default(),
+                info: residency_relay::wire::datagram::Info::NONE,
             },
             b"x",
         )
@@ -158,6 +161,7 @@ async fn malformed_and_foreign_datagrams_are_dropped_and_counted() {
                 track: own,
                 sequence: 1,
                 flags: Flags::default(),
+                info: residency_relay::wire::datagram::Info::NONE,
             },
             b"fine",
         )
@@ -170,6 +174,7 @@ async fn malformed_and_foreign_datagrams_are_dropped_and_counted() {
                     track,
                     sequence: i,
                     flags: Flags::default(),
+                    info: residency_relay::wire::datagram::Info::NONE,
                 },
                 b"audio",
             )

@@ -42,6 +42,7 @@ async fn names_and_labels_are_exact_and_carry_no_personal_data() {
                 track,
                 sequence: 0,
                 flags: Flags::default(),
+                info: residency_relay::wire::datagram::Info::NONE,
             },
             b"x",
         )

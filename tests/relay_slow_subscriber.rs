@@ -59,6 +59,7 @@ async fn a_stalled_subscriber_costs_the_others_nothing() {
                     track,
                     sequence,
                     flags: Flags::default(),
+                    info: residency_relay::wire::datagram::Info::NONE,
                 },
                 &payload,
             )

@@ -87,6 +87,7 @@ async fn each_ticket_failure_is_refused_with_its_code() {
                     track,
                     sequence: i,
                     flags: Flags::default(),
+                    info: residency_relay::wire::datagram::Info::NONE,
                 },
                 b"still here",
             )

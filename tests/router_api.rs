@@ -70,6 +70,7 @@ async fn paid_eu_conference_keeps_an_american_on_an_eu_relay_and_media_flows() {
                 track,
                 sequence,
                 flags: Flags::default(),
+                info: residency_relay::wire::datagram::Info::NONE,
             },
             &payload,
         )

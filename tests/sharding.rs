@@ -78,6 +78,7 @@ async fn every_participant_of_a_conference_lands_in_its_shard() {
             track: *track,
             sequence: i as u32,
             flags: Flags::KEYFRAME,
+            info: residency_relay::wire::datagram::Info::NONE,
         };
         publisher.send_media(&header, b"frame").unwrap();
         let got = tokio::time::timeout(Duration::from_secs(5), viewer.recv_media())

@@ -70,6 +70,7 @@ async fn send(client: &Client, track: TrackId, n: u32) -> Vec<Bytes> {
             } else {
                 Flags::default()
             },
+            info: residency_relay::wire::datagram::Info::NONE,
         };
         let payload: Vec<u8> = (0..900).map(|k| (k as u32 * 31 + i) as u8).collect();
         let mut d = Vec::new();
@@ -511,6 +512,7 @@ async fn a_websocket_subscriber_that_does_not_read_costs_the_others_nothing() {
                     track,
                     sequence,
                     flags,
+                    info: residency_relay::wire::datagram::Info::NONE,
                 },
                 &payload,
             )

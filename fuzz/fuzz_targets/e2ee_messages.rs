@@ -25,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
         1 => {
             // A valid datagram, then the input XORed into it.
             let mut sender = Group::new(&secret, ParticipantId("s".into()), false);
-            let mut plain = vec![0x21, 0, 0x10, 0, 1, 0, 0, 0, 1];
+            let mut plain = vec![0x41, 0, 0x10, 0, 1, 0, 0, 0, 1, 0x80];
             plain.extend_from_slice(b"payload of a datagram");
             let mut sealed = sender.encrypt(0, &plain).unwrap();
             let mut changed = false;
@@ -36,7 +36,7 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             match receiver.decrypt(&sealed, now) {
-                Some(p) => assert!(!changed && p == plain[9..], "a changed datagram decrypted"),
+                Some(p) => assert!(!changed && p == plain[10..], "a changed datagram decrypted"),
                 None => assert!(changed, "the datagram as sent did not decrypt"),
             }
         }

@@ -224,6 +224,7 @@ async fn publish(
                 track,
                 sequence,
                 flags,
+                info: crate::wire::datagram::Info::NONE,
             },
             &synthetic::payload(size - HEADER_LEN),
             &mut datagram,

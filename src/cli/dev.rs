@@ -625,7 +625,7 @@ async fn exchange_media(
                         if tokio::time::Instant::now() >= end { break; }
                         let flags = if sequence % 100 == 0 { Flags::KEYFRAME } else { Flags::default() };
                         let _ = client.send_media(
-                            &MediaHeader { track, sequence, flags },
+                            &MediaHeader { track, sequence, flags, info: crate::wire::datagram::Info::NONE },
                             &synthetic::payload(size - HEADER_LEN),
                         );
                         sequence += 1;

@@ -420,6 +420,7 @@ async fn send_track(
                 track,
                 sequence,
                 flags,
+                info: crate::wire::datagram::Info::NONE,
             };
             if tx.send_media(&header, &payload).is_ok() {
                 progress_tx.sent_packets.fetch_add(1, Ordering::Relaxed);

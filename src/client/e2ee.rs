@@ -698,7 +698,7 @@ mod tests {
     }
 
     fn datagram(payload: &[u8]) -> Vec<u8> {
-        let mut d = vec![0x21, 0, 0x10, 0, 1, 0, 0, 0, 7];
+        let mut d = vec![0x41, 0, 0x10, 0, 1, 0, 0, 0, 7, 0x40];
         d.extend_from_slice(payload);
         d
     }
@@ -758,8 +758,9 @@ mod tests {
             Some(&b"hello, encrypted world"[..])
         );
         assert_eq!(stranger.decrypt(&sealed, now), None);
-        // A relay that flips the keyframe flag or the track id: refused.
-        for i in [0usize, 3, 8, HEADER_LEN + 2, sealed.len() - 1] {
+        // A relay that flips the keyframe flag, the track id or the layer
+        // or audio level byte: refused.
+        for i in [0usize, 3, 8, 9, HEADER_LEN + 2, sealed.len() - 1] {
             let mut t = sealed.clone();
             t[i] ^= 1;
             assert_eq!(b.decrypt(&t, now), None, "byte {i} flipped");

@@ -136,6 +136,7 @@ impl Packetizer {
                     track: self.track,
                     sequence: self.sequence,
                     flags,
+                    info: crate::wire::datagram::Info::NONE,
                 },
                 &payload,
                 &mut d,
@@ -453,10 +454,10 @@ mod tests {
         let mut r = Reassembler::new(true);
         for d in [
             &[][..],
-            &[0x20, 0, 0, 0, 1, 0, 0, 0, 1][..],
-            &[0x21, 0, 0, 0, 1, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 5, 0, 0][..],
+            &[0x40, 0, 0, 0, 1, 0, 0, 0, 1, 0][..],
+            &[0x41, 0, 0, 0, 1, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 5, 0, 0][..],
             &[
-                0x21, 0, 0, 0, 1, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                0x41, 0, 0, 0, 1, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
             ][..],
         ] {
             assert_eq!(r.push(d).frame, None);

@@ -52,6 +52,7 @@ impl<'a> Stream<'a> {
                 } else {
                     datagram::Flags::default()
                 },
+                info: datagram::Info::NONE,
             },
             &payload(STREAM_PACKET - datagram::HEADER_LEN),
         );
@@ -172,6 +173,7 @@ mod tests {
                 track: TrackId(track),
                 sequence,
                 flags: Flags::default(),
+                info: crate::wire::datagram::Info::NONE,
             },
             &payload(100),
             &mut out,

@@ -13,6 +13,8 @@
 //! only ever fills its own bounded queue: the publisher and other subscribers
 //! are not slowed, and every drop is counted by reason.
 
+pub mod estimate;
+pub mod layers;
 mod queue;
 
 use std::collections::HashMap;
@@ -21,13 +23,16 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-pub use queue::{DropReason, Queue};
+pub use estimate::{PathSample, Signal};
+pub use queue::{DropReason, Dropped, Queue};
 
 use crate::wire::ErrorCode;
 use crate::wire::control::{
-    ClientMessage, Layers, ParticipantId, ServerMessage, TrackInfo, TrackKind, valid_e2ee_data,
+    ClientMessage, Layers, Limit, ParticipantId, ServerMessage, TrackInfo, TrackKind,
+    valid_e2ee_data,
 };
-use crate::wire::datagram::{self, DatagramError, TrackId};
+use crate::wire::datagram::{self, DatagramError, MAX_LAYERS, TrackId};
+use estimate::Estimator;
 
 /// Tracks one link may announce.
 pub const MAX_LINK_TRACKS: usize = 4096;
@@ -123,8 +128,12 @@ pub enum LinkRequest {
     Subscribe(TrackId),
     /// Nobody here wants it any more.
     Unsubscribe(TrackId),
-    /// A subscriber here lost reference data: ask its publisher for a keyframe.
-    KeyframeRequest(TrackId),
+    /// A subscriber here lost reference data, or switches layers: ask its
+    /// publisher for a keyframe (of this spatial layer, when given).
+    KeyframeRequest(TrackId, Option<u8>),
+    /// The subscribers here take these spatial layers of the peer's track
+    /// (bitmask): send no others.
+    Layers(TrackId, u8),
     /// A participant's `e2ee` message for participants beyond the link.
     E2ee {
         from: ParticipantId,
@@ -173,6 +182,9 @@ pub enum IngressDrop {
     UnknownTrack,
     /// A track published by someone else.
     NotOwner,
+    /// The header's `info` byte does not fit the track: a layer the track
+    /// did not declare, or bits that must be zero.
+    BadInfo,
 }
 
 impl IngressDrop {
@@ -182,6 +194,7 @@ impl IngressDrop {
             IngressDrop::UnknownConnection => "unknown_connection",
             IngressDrop::UnknownTrack => "unknown_track",
             IngressDrop::NotOwner => "not_owner",
+            IngressDrop::BadInfo => "bad_info",
         }
     }
 }
@@ -198,6 +211,7 @@ pub struct Counters {
     pub ingress_unknown_connection: u64,
     pub ingress_unknown_track: u64,
     pub ingress_not_owner: u64,
+    pub ingress_bad_info: u64,
     /// Subscriber-queue drops, indexed by [`DropReason::index`].
     pub queue_drops: [u64; DropReason::COUNT],
     pub keyframe_requests: u64,
@@ -207,6 +221,17 @@ pub struct Counters {
     /// Media bytes received over cascade links, and taken to send over them.
     pub link_bytes_in: u64,
     pub link_bytes_out: u64,
+    /// A subscriber switched to another spatial layer of a track.
+    pub layer_switches: u64,
+    /// A subscriber's video of a track was paused because its path
+    /// carries no more than audio.
+    pub video_paused: u64,
+    /// A publisher was told to stop its top layer: its uplink loses.
+    pub uplink_sheds: u64,
+    /// A conference's active speaker changed.
+    pub speaker_changes: u64,
+    /// Ticks a subscriber's path was congested, by [`Signal`].
+    pub congested_ticks: [u64; 4],
 }
 
 struct Conn {
@@ -236,6 +261,10 @@ struct Conn {
     e2ee: bool,
     /// For a link: the participants its peer announced (id, name).
     remote: Vec<(ParticipantId, String)>,
+    /// Datagrams its queue dropped.
+    drops: u64,
+    /// What its path carries.
+    estimator: Estimator,
 }
 
 impl Conn {
@@ -256,6 +285,8 @@ impl Conn {
             link,
             e2ee: a.e2ee,
             remote: Vec::new(),
+            drops: 0,
+            estimator: Estimator::default(),
         }
     }
 }
@@ -276,9 +307,189 @@ pub struct ConferenceStats {
 struct Track {
     owner: ConnId,
     info: TrackInfo,
-    subscribers: Vec<ConnId>,
-    last_keyframe_request: Option<Instant>,
+    subscribers: Vec<Sub>,
+    /// Per spatial layer (audio and data: index 0).
+    last_keyframe_request: [Option<Instant>; MAX_LAYERS as usize],
+    /// Spatial layers declared (1 unless a video track said more).
+    layers: u8,
+    media: Media,
 }
+
+impl Track {
+    fn new(owner: ConnId, info: TrackInfo) -> Self {
+        let layers = match (info.kind, info.layers) {
+            (TrackKind::Video, Some(l)) => l.spatial.clamp(1, MAX_LAYERS),
+            _ => 1,
+        };
+        Track {
+            owner,
+            info,
+            subscribers: Vec::new(),
+            last_keyframe_request: [None; MAX_LAYERS as usize],
+            layers,
+            media: Media::new(layers),
+        }
+    }
+
+    fn video(&self) -> bool {
+        self.info.kind == TrackKind::Video
+    }
+
+    fn sub_mut(&mut self, conn: ConnId) -> Option<&mut Sub> {
+        self.subscribers.iter_mut().find(|s| s.conn == conn)
+    }
+
+    fn has(&self, conn: ConnId) -> bool {
+        self.subscribers.iter().any(|s| s.conn == conn)
+    }
+
+    /// The highest layer the publisher sends now.
+    fn top(&self) -> u8 {
+        self.media.uplink_max.min(self.layers - 1)
+    }
+}
+
+/// No layer: nothing forwarded, or (as a view) a hidden tile.
+const NO_LAYER: u8 = u8::MAX;
+
+/// No view said yet: every layer the publisher sends.
+const ANY_VIEW: u8 = u8::MAX - 1;
+
+/// Every layer (a link's mask until its peer says otherwise).
+const ALL_LAYERS: u8 = (1 << MAX_LAYERS) - 1;
+
+/// A subscriber of a track, and what it gets of it.
+#[derive(Debug, Clone, Copy)]
+struct Sub {
+    conn: ConnId,
+    /// A cascade link: it takes every layer in `mask`.
+    link: bool,
+    /// Video: the layer forwarded now ([`NO_LAYER`]: none).
+    layer: u8,
+    /// Video: the layer to switch to at its next keyframe start.
+    target: u8,
+    /// The highest layer its view calls for ([`ANY_VIEW`], [`NO_LAYER`]).
+    view: u8,
+    /// A link's layers (bitmask).
+    mask: u8,
+    /// What it was last told of this track (`forwarding`).
+    told: Option<(u8, Limit)>,
+}
+
+impl Sub {
+    fn new(conn: ConnId, link: bool, layers: u8) -> Self {
+        // A track of one layer flows at once, as it always did; with more,
+        // the first datagram forwarded starts a keyframe of the lowest.
+        let layer = if layers == 1 { 0 } else { NO_LAYER };
+        Sub {
+            conn,
+            link,
+            layer,
+            target: 0,
+            view: ANY_VIEW,
+            mask: ALL_LAYERS,
+            told: None,
+        }
+    }
+
+    /// The layers it needs flowing now (bitmask): the one it gets and the
+    /// one it waits to switch to.
+    fn wanted(&self) -> u8 {
+        if self.link {
+            return self.mask;
+        }
+        let bit = |l: u8| if l < MAX_LAYERS { 1 << l } else { 0 };
+        bit(self.layer) | bit(self.target)
+    }
+}
+
+/// What the core measures of one spatial layer as it arrives.
+#[derive(Debug, Clone, Copy, Default)]
+struct LayerStats {
+    /// Bytes since the last tick.
+    bytes: u64,
+    /// Rate, bit/s (smoothed over ticks; 0 until measured).
+    rate: u64,
+    /// The sequence number expected next.
+    next_sequence: Option<u32>,
+    /// Datagrams missing (sequence gaps) and received since the last tick.
+    lost: u32,
+    received: u32,
+    /// The next datagram starts a frame (the last one ended one).
+    frame_start: bool,
+}
+
+/// Ticks of ingress loss remembered for the uplink decision (1 s).
+const UPLINK_WINDOW: usize = 5;
+
+/// Ingress loss above which a publisher sheds its top layer.
+const UPLINK_LOSS: f64 = 0.05;
+
+const UPLINK_HOLD_MIN: Duration = Duration::from_secs(5);
+const UPLINK_HOLD_MAX: Duration = Duration::from_secs(60);
+
+/// What the core measures of a track's media.
+#[derive(Debug, Clone)]
+struct Media {
+    per_layer: [LayerStats; MAX_LAYERS as usize],
+    /// Layers the publisher was last told to send (bitmask).
+    active: u8,
+    /// The highest layer its uplink carries, as far as the relay can tell.
+    uplink_max: u8,
+    /// No layer is restored before this; shedding doubles it.
+    uplink_hold_until: Option<Instant>,
+    uplink_hold: Duration,
+    /// When a layer was last restored (a shed soon after doubles the hold).
+    restored_at: Option<Instant>,
+    /// (lost, received) per tick, newest last.
+    window: [(u32, u32); UPLINK_WINDOW],
+    /// Audio: sum and count of loudness (127 - level) since the last tick.
+    loudness_sum: u32,
+    loudness_count: u32,
+    /// Audio: smoothed loudness (0 silence, 127 loudest).
+    loudness: f32,
+}
+
+impl Media {
+    fn new(layers: u8) -> Self {
+        Media {
+            per_layer: [LayerStats {
+                frame_start: true,
+                ..LayerStats::default()
+            }; MAX_LAYERS as usize],
+            active: (1u8 << layers) - 1,
+            uplink_max: layers - 1,
+            uplink_hold_until: None,
+            uplink_hold: UPLINK_HOLD_MIN,
+            restored_at: None,
+            window: [(0, 0); UPLINK_WINDOW],
+            loudness_sum: 0,
+            loudness_count: 0,
+            loudness: 0.0,
+        }
+    }
+
+    /// Each layer's rate, the nominal one where none was measured.
+    fn rates(&self) -> [u64; MAX_LAYERS as usize] {
+        let mut r = layers::NOMINAL;
+        for (i, l) in self.per_layer.iter().enumerate() {
+            if l.rate > 0 {
+                r[i] = l.rate;
+            }
+        }
+        r
+    }
+}
+
+/// Loudness (127 - level in -dBov) a speaker must keep up, smoothed: a
+/// level of about -50 dBov.
+const SPEECH: f32 = 77.0;
+
+/// How much louder (dB) another must be to take over from the speaker.
+const SPEAKER_MARGIN: f32 = 6.0;
+
+/// Least time between two changes of a conference's speaker.
+const SPEAKER_HOLD: Duration = Duration::from_secs(1);
 
 /// Hashes a track id (a counter the relay assigns, not chosen by clients)
 /// with one multiplication, instead of SipHash, once per datagram.
@@ -318,6 +529,9 @@ pub struct Core {
     control: std::collections::VecDeque<(ConnId, ServerMessage)>,
     link_out: std::collections::VecDeque<(ConnId, LinkRequest)>,
     counters: Counters,
+    /// Per conference: the active speaker and when it last changed.
+    speakers: HashMap<String, (Option<ParticipantId>, Instant)>,
+    last_tick: Option<Instant>,
 }
 
 impl std::fmt::Debug for Core {
@@ -345,6 +559,8 @@ impl Core {
             control: std::collections::VecDeque::new(),
             link_out: std::collections::VecDeque::new(),
             counters: Counters::default(),
+            speakers: HashMap::new(),
+            last_tick: None,
         }
     }
 
@@ -546,15 +762,7 @@ impl Core {
         }
         self.tell_participants(&conference, &ServerMessage::TrackPublished(info.clone()));
         let track = info.track;
-        self.tracks.insert(
-            track,
-            Track {
-                owner: link,
-                info,
-                subscribers: Vec::new(),
-                last_keyframe_request: None,
-            },
-        );
+        self.tracks.insert(track, Track::new(link, info));
         if let Some(c) = self.conn_mut(link) {
             c.published.push(track);
         }
@@ -571,7 +779,8 @@ impl Core {
                 c.subscriptions.push(track);
             }
             if let Some(t) = self.tracks.get_mut(&track) {
-                t.subscribers.push(m);
+                let sub = Sub::new(m, false, t.layers);
+                t.subscribers.push(sub);
             }
             self.note_link_subscriber(track, true);
             self.control
@@ -605,8 +814,9 @@ impl Core {
             return false;
         }
         if let Some(t) = self.tracks.get_mut(&track) {
-            if !t.subscribers.contains(&link) {
-                t.subscribers.push(link);
+            if !t.has(link) {
+                let sub = Sub::new(link, true, t.layers);
+                t.subscribers.push(sub);
             }
         }
         if let Some(c) = self.conn_mut(link) {
@@ -620,21 +830,34 @@ impl Core {
     /// The peer no longer wants a track.
     pub fn link_unsubscribe(&mut self, link: ConnId, track: TrackId) {
         if let Some(t) = self.tracks.get_mut(&track) {
-            t.subscribers.retain(|s| *s != link);
+            t.subscribers.retain(|s| s.conn != link);
         }
         if let Some(c) = self.conn_mut(link) {
             c.subscriptions.retain(|t| *t != track);
         }
     }
 
+    /// The peer's subscribers take these layers (bitmask) of a track
+    /// published here.
+    pub fn link_layers(&mut self, link: ConnId, track: TrackId, mask: u8) {
+        if let Some(sub) = self.tracks.get_mut(&track).and_then(|t| t.sub_mut(link)) {
+            if sub.link {
+                sub.mask = mask & ALL_LAYERS;
+            }
+        }
+    }
+
     /// The peer's subscribers need a keyframe of a track published here.
-    pub fn link_keyframe_request(&mut self, link: ConnId, track: TrackId, now: Instant) {
-        let subscribed = self
-            .tracks
-            .get(&track)
-            .is_some_and(|t| t.subscribers.contains(&link));
+    pub fn link_keyframe_request(
+        &mut self,
+        link: ConnId,
+        track: TrackId,
+        layer: Option<u8>,
+        now: Instant,
+    ) {
+        let subscribed = self.tracks.get(&track).is_some_and(|t| t.has(link));
         if subscribed {
-            self.request_keyframe(track, now);
+            self.request_keyframe(track, layer, now);
         }
     }
 
@@ -764,16 +987,49 @@ impl Core {
                 self.deliver_e2ee(&conference, Some(conn), participant, host, to, data);
             }
             // A subscriber lost part of a frame: its publisher is asked for
-            // a keyframe (at most once per interval, however many ask).
+            // a keyframe of the layer it gets (at most once per interval,
+            // however many ask).
             ClientMessage::KeyframeRequest { track } => {
-                if !c.subscriptions.contains(&track) {
+                let layer = self
+                    .tracks
+                    .get_mut(&track)
+                    .and_then(|t| t.sub_mut(conn))
+                    .map(|s| {
+                        if s.layer == NO_LAYER {
+                            s.target
+                        } else {
+                            s.layer
+                        }
+                    });
+                let Some(layer) = layer else {
                     return self.error(
                         conn,
                         ErrorCode::UnknownTrack,
                         "not subscribed to the track",
                     );
+                };
+                self.request_keyframe(track, (layer < MAX_LAYERS).then_some(layer), now);
+            }
+            ClientMessage::View {
+                track,
+                width,
+                height,
+            } => {
+                let Some(t) = self.tracks.get_mut(&track) else {
+                    return self.error(conn, ErrorCode::UnknownTrack, "no such track");
+                };
+                let layers = t.layers;
+                let video = t.video();
+                let Some(sub) = t.sub_mut(conn) else {
+                    return self.error(
+                        conn,
+                        ErrorCode::UnknownTrack,
+                        "not subscribed to the track",
+                    );
+                };
+                if video {
+                    sub.view = layers::layer_for_view(width, height, layers).unwrap_or(NO_LAYER);
                 }
-                self.request_keyframe(track, now);
             }
         }
     }
@@ -808,6 +1064,15 @@ impl Core {
         if published >= self.config.max_tracks_per_participant {
             return self.error(conn, ErrorCode::TooManyTracks, "too many tracks published");
         }
+        if let Some(l) = layers {
+            if kind != TrackKind::Video || !l.valid() {
+                return self.error(
+                    conn,
+                    ErrorCode::BadMessage,
+                    "layers: only video has them, 1 to 3 spatial and 1 to 4 temporal",
+                );
+            }
+        }
         if !encrypted && (e2ee || self.is_e2ee(&conference)) {
             return self.error(
                 conn,
@@ -840,15 +1105,7 @@ impl Core {
                     .push_back((other, ServerMessage::TrackPublished(info.clone())));
             }
         }
-        self.tracks.insert(
-            track,
-            Track {
-                owner: conn,
-                info,
-                subscribers: Vec::new(),
-                last_keyframe_request: None,
-            },
-        );
+        self.tracks.insert(track, Track::new(conn, info));
         if let Some(c) = self.conn_mut(conn) {
             c.published.push(track);
         }
@@ -883,8 +1140,9 @@ impl Core {
         }
         let mut added = false;
         if let Some(t) = self.tracks.get_mut(&track) {
-            if !t.subscribers.contains(&conn) {
-                t.subscribers.push(conn);
+            if !t.has(conn) {
+                let sub = Sub::new(conn, false, t.layers);
+                t.subscribers.push(sub);
                 added = true;
             }
         }
@@ -905,7 +1163,7 @@ impl Core {
         let mut removed = false;
         if let Some(t) = self.tracks.get_mut(&track) {
             let before = t.subscribers.len();
-            t.subscribers.retain(|s| *s != conn);
+            t.subscribers.retain(|s| s.conn != conn);
             removed = t.subscribers.len() < before;
         }
         if removed {
@@ -1060,7 +1318,7 @@ impl Core {
             return;
         };
         for s in &t.subscribers {
-            if let Some(c) = self.conn_mut(*s) {
+            if let Some(c) = self.conn_mut(s.conn) {
                 c.subscriptions.retain(|x| *x != track);
             }
         }
@@ -1103,7 +1361,7 @@ impl Core {
                 let subscribers = self
                     .tracks
                     .get(&track)
-                    .map(|t| t.subscribers.clone())
+                    .map(|t| t.subscribers.iter().map(|s| s.conn).collect::<Vec<_>>())
                     .unwrap_or_default();
                 for s in subscribers {
                     if let Some(c) = self.conn_mut(s) {
@@ -1119,7 +1377,7 @@ impl Core {
             let mut removed = false;
             if let Some(t) = self.tracks.get_mut(&track) {
                 let before = t.subscribers.len();
-                t.subscribers.retain(|s| *s != conn);
+                t.subscribers.retain(|s| s.conn != conn);
                 removed = t.subscribers.len() < before;
             }
             if removed && !link {
@@ -1131,6 +1389,7 @@ impl Core {
             if members.is_empty() {
                 self.conferences.remove(&conference);
                 self.closed_bytes.remove(&conference);
+                self.speakers.remove(&conference);
             } else {
                 let t = self.closed_bytes.entry(conference.clone()).or_default();
                 t.0 += bytes_in;
@@ -1202,6 +1461,42 @@ impl Core {
             self.counters.ingress_not_owner += 1;
             return Err(IngressDrop::NotOwner);
         }
+        let kind = track.info.kind;
+        let layer = match kind {
+            TrackKind::Video if header.info.valid_video(track.layers) => {
+                header.info.spatial_layer()
+            }
+            TrackKind::Audio => {
+                let m = &mut track.media;
+                m.loudness_sum += u32::from(127 - header.info.level());
+                m.loudness_count += 1;
+                0
+            }
+            TrackKind::Data if header.info == datagram::Info::NONE => 0,
+            _ => {
+                self.counters.ingress_bad_info += 1;
+                return Err(IngressDrop::BadInfo);
+            }
+        };
+        let video = kind == TrackKind::Video;
+        let stats = &mut track.media.per_layer[layer as usize];
+        stats.bytes += datagram.len() as u64;
+        stats.received += 1;
+        if let Some(expected) = stats.next_sequence {
+            // A gap is loss on the publisher's uplink; a datagram from
+            // before the expected one (reordered) counts nothing.
+            let gap = header.sequence.wrapping_sub(expected);
+            if gap < 1024 {
+                stats.lost += gap;
+            }
+            if gap < u32::MAX / 2 {
+                stats.next_sequence = Some(header.sequence.wrapping_add(1));
+            }
+        } else {
+            stats.next_sequence = Some(header.sequence.wrapping_add(1));
+        }
+        let keyframe_start = header.flags.keyframe() && stats.frame_start;
+        stats.frame_start = header.flags.end_of_frame();
         if let Some(Some(c)) = self.conns.get_mut(conn.index as usize) {
             c.bytes_in += datagram.len() as u64;
             if c.link {
@@ -1210,66 +1505,324 @@ impl Core {
         }
         // Tracks that lost reference data to an eviction (a few distinct
         // ones per datagram at most; a fixed array keeps this allocation-free).
-        let mut lost: [Option<TrackId>; 4] = [None; 4];
+        let mut lost: [Option<(TrackId, u8)>; 4] = [None; 4];
         let mut delivered = 0u64;
-        for sub in &track.subscribers {
-            let Some(Some(c)) = self.conns.get_mut(sub.index as usize) else {
+        for sub in track.subscribers.iter_mut() {
+            if video {
+                if sub.link {
+                    if sub.mask & (1 << layer) == 0 {
+                        continue;
+                    }
+                } else if sub.layer != layer {
+                    // Switch only where the new layer's keyframe starts.
+                    if sub.target != layer || !keyframe_start {
+                        continue;
+                    }
+                    if sub.layer != NO_LAYER {
+                        self.counters.layer_switches += 1;
+                    }
+                    sub.layer = layer;
+                }
+            }
+            let Some(Some(c)) = self.conns.get_mut(sub.conn.index as usize) else {
                 continue;
             };
-            if c.generation != sub.generation {
+            if c.generation != sub.conn.generation {
                 continue;
             }
-            match c.queue.push(datagram.clone(), header.flags, header.track) {
+            let audio = kind == TrackKind::Audio;
+            match c
+                .queue
+                .push(datagram.clone(), header.flags, header.track, layer, audio)
+            {
                 None => delivered += 1,
-                Some((reason, victim)) => {
-                    self.counters.queue_drops[reason.index()] += 1;
-                    if reason != DropReason::FullDroppedDiscardable {
+                Some(d) => {
+                    self.counters.queue_drops[d.reason.index()] += 1;
+                    c.drops += 1;
+                    if !d.reason.dropped_arrival() {
                         // The arriving datagram was queued; an older one went.
                         delivered += 1;
                     }
-                    if reason.loses_reference() && !lost.contains(&Some(victim)) {
+                    let victim = Some((d.track, d.layer));
+                    if d.reason.loses_reference() && !lost.contains(&victim) {
                         if let Some(slot) = lost.iter_mut().find(|s| s.is_none()) {
-                            *slot = Some(victim);
+                            *slot = victim;
                         }
                     }
                 }
             }
             if !c.ready {
                 c.ready = true;
-                self.ready.push(*sub);
+                self.ready.push(sub.conn);
             }
         }
         self.counters.deliveries += delivered;
         self.counters.bytes_delivered += delivered * datagram.len() as u64;
-        for victim in lost.into_iter().flatten() {
-            self.request_keyframe(victim, now);
+        for (victim, layer) in lost.into_iter().flatten() {
+            self.request_keyframe(victim, Some(layer), now);
         }
         Ok(())
     }
 
-    /// Asks the publisher of `track` for a keyframe, at most once per
-    /// interval, and only for video (audio and data have no keyframes).
-    fn request_keyframe(&mut self, track: TrackId, now: Instant) {
+    /// Asks the publisher of `track` for a keyframe of `layer` (any: its
+    /// lowest), at most once per interval and layer, and only for video
+    /// (audio and data have no keyframes).
+    fn request_keyframe(&mut self, track: TrackId, layer: Option<u8>, now: Instant) {
         let Some(t) = self.tracks.get_mut(&track) else {
             return;
         };
-        if t.info.kind != TrackKind::Video {
+        if !t.video() {
             return;
         }
-        let due = t.last_keyframe_request.is_none_or(|last| {
+        let index = layer.unwrap_or(0).min(t.layers - 1);
+        let last = &mut t.last_keyframe_request[index as usize];
+        let due = last.is_none_or(|last| {
             now.saturating_duration_since(last) >= self.config.keyframe_request_interval
         });
         if due {
-            t.last_keyframe_request = Some(now);
+            *last = Some(now);
             self.counters.keyframe_requests += 1;
             let owner = t.owner;
+            // Layers are named only for tracks that have several.
+            let layer = (t.layers > 1).then_some(index);
             if self.is_link(owner) {
                 // Published beyond a link: its origin relay asks the publisher.
                 self.link_out
-                    .push_back((owner, LinkRequest::KeyframeRequest(track)));
+                    .push_back((owner, LinkRequest::KeyframeRequest(track, layer)));
             } else {
                 self.control
-                    .push_back((owner, ServerMessage::KeyframeRequest { track }));
+                    .push_back((owner, ServerMessage::KeyframeRequest { track, layer }));
+            }
+        }
+    }
+
+    /// Every [`estimate::TICK`]: measures each track's layers, sheds the
+    /// top layer of publishers whose uplink loses, picks the active
+    /// speakers, re-estimates each subscriber's path (`path` gives what
+    /// its transport reports) and re-chooses its layers, and tells
+    /// publishers which layers anyone takes.
+    pub fn tick(&mut self, now: Instant, path: impl Fn(ConnId) -> PathSample) {
+        let dt = self
+            .last_tick
+            .replace(now)
+            .map_or(estimate::TICK, |last| now.saturating_duration_since(last))
+            .as_secs_f64()
+            .max(0.001);
+        for t in self.tracks.values_mut() {
+            measure(t, dt);
+            if t.video() && t.layers > 1 {
+                uplink(t, now, &mut self.counters);
+            }
+        }
+        let conferences: Vec<String> = self.conferences.keys().cloned().collect();
+        for conference in &conferences {
+            self.choose_speaker(conference, now);
+        }
+        let subscribers: Vec<ConnId> = self
+            .conferences
+            .values()
+            .flatten()
+            .copied()
+            .filter(|m| self.conn(*m).is_some_and(|c| !c.link))
+            .collect();
+        for id in subscribers {
+            self.allocate(id, now, path(id));
+        }
+        self.tell_publishers();
+    }
+
+    /// The loudest participant of `conference` speaks, if loud enough and
+    /// clearly louder than the one speaking so far.
+    fn choose_speaker(&mut self, conference: &str, now: Instant) {
+        let mut loudest: Option<(&ParticipantId, f32)> = None;
+        let (current, changed) = match self.speakers.get(conference) {
+            Some((p, at)) => (p.clone(), Some(*at)),
+            None => (None, None),
+        };
+        let mut current_loudness = 0.0f32;
+        for m in self.members(conference) {
+            let Some(c) = self.conn(*m) else { continue };
+            for track in &c.published {
+                let Some(t) = self.tracks.get(track) else {
+                    continue;
+                };
+                if t.info.kind != TrackKind::Audio {
+                    continue;
+                }
+                let l = t.media.loudness;
+                if current.as_ref() == Some(&t.info.participant) {
+                    current_loudness = current_loudness.max(l);
+                }
+                if loudest.is_none_or(|(_, best)| l > best) {
+                    loudest = Some((&t.info.participant, l));
+                }
+            }
+        }
+        let Some((who, loudness)) = loudest else {
+            return;
+        };
+        if loudness < SPEECH || current.as_ref() == Some(who) {
+            return;
+        }
+        let takes_over = current.is_none()
+            || current_loudness < SPEECH
+            || loudness > current_loudness + SPEAKER_MARGIN;
+        let held = changed.is_some_and(|at| now.saturating_duration_since(at) < SPEAKER_HOLD);
+        if !takes_over || held {
+            return;
+        }
+        let who = who.clone();
+        self.speakers
+            .insert(conference.to_owned(), (Some(who.clone()), now));
+        self.counters.speaker_changes += 1;
+        self.tell_participants(
+            conference,
+            &ServerMessage::ActiveSpeaker {
+                participant: Some(who),
+            },
+        );
+    }
+
+    /// The active speaker of `conference`, if any.
+    pub fn active_speaker(&self, conference: &str) -> Option<&ParticipantId> {
+        self.speakers.get(conference)?.0.as_ref()
+    }
+
+    /// Re-estimates `id`'s path and re-chooses the layer of each video
+    /// track it takes.
+    fn allocate(&mut self, id: ConnId, now: Instant, path: PathSample) {
+        let Some(c) = self.conn_mut(id) else { return };
+        let queue = estimate::QueueSample {
+            bytes_out: c.bytes_out,
+            drops: c.drops,
+            queued_bytes: c.queue.bytes() as u64,
+        };
+        let estimate = c.estimator.update(now, queue, path);
+        if let Some(signal) = c.estimator.congested() {
+            self.counters.congested_ticks[signal as usize] += 1;
+        }
+        let Some(c) = self.conn(id) else { return };
+        let speaker = self
+            .speakers
+            .get(&c.conference)
+            .and_then(|(p, _)| p.as_ref());
+        let mut audio = 0u64;
+        let mut wants = Vec::new();
+        for track in &c.subscriptions {
+            let Some(t) = self.tracks.get(track) else {
+                continue;
+            };
+            match t.info.kind {
+                TrackKind::Audio => audio += t.media.per_layer[0].rate,
+                TrackKind::Video => {
+                    let Some(sub) = t.subscribers.iter().find(|s| s.conn == id) else {
+                        continue;
+                    };
+                    let view = view_max(sub.view, t.layers);
+                    wants.push(layers::Want {
+                        track: *track,
+                        current: (sub.layer < MAX_LAYERS).then_some(sub.layer),
+                        max: view.map(|v| v.min(t.top())),
+                        rates: t.media.rates(),
+                        priority: speaker == Some(&t.info.participant),
+                    });
+                }
+                TrackKind::Data => {}
+            }
+        }
+        if wants.is_empty() {
+            return;
+        }
+        let choice = layers::choose(estimate.saturating_sub(audio), &wants);
+        let mut raised = false;
+        let mut keyframes = Vec::new();
+        let mut told = Vec::new();
+        let mut paused = Vec::new();
+        for (w, choice) in wants.iter().zip(choice) {
+            let Some(t) = self.tracks.get_mut(&w.track) else {
+                continue;
+            };
+            let (layers, top) = (t.layers, t.top());
+            let Some(sub) = t.sub_mut(id) else { continue };
+            let view = view_max(sub.view, layers);
+            let limit = match (view, choice) {
+                (None, _) => Limit::View,
+                (Some(_), None) => Limit::Network,
+                (Some(v), Some(l)) if l < v.min(top) => Limit::Network,
+                (Some(v), Some(_)) if top < v => Limit::Publisher,
+                (Some(v), Some(_)) if v < layers - 1 => Limit::View,
+                _ => Limit::None,
+            };
+            let target = choice.unwrap_or(NO_LAYER);
+            if sub.target != target
+                && target != NO_LAYER
+                && (sub.layer == NO_LAYER || target > sub.layer)
+            {
+                raised = true;
+            }
+            sub.target = target;
+            if target == NO_LAYER && sub.layer != NO_LAYER {
+                // Paused at once: what waits of it goes too.
+                sub.layer = NO_LAYER;
+                paused.push(w.track);
+                if limit == Limit::Network {
+                    self.counters.video_paused += 1;
+                }
+            }
+            if target != NO_LAYER && sub.layer != target {
+                keyframes.push((w.track, target));
+            }
+            if sub.told != Some((target, limit)) {
+                sub.told = Some((target, limit));
+                told.push(ServerMessage::Forwarding {
+                    track: w.track,
+                    layer: choice,
+                    limit,
+                });
+            }
+        }
+        if let Some(c) = self.conn_mut(id) {
+            if raised {
+                c.estimator.raised(now);
+            }
+            for track in paused {
+                c.queue.discard_track(track);
+            }
+        }
+        for (track, layer) in keyframes {
+            self.request_keyframe(track, Some(layer), now);
+        }
+        for m in told {
+            self.control.push_back((id, m));
+        }
+    }
+
+    /// Tells each video track's publisher (or the link it came over)
+    /// which layers anyone here takes, when that changed.
+    fn tell_publishers(&mut self) {
+        for (id, t) in self.tracks.iter_mut() {
+            if !t.video() {
+                continue;
+            }
+            let mut mask = t.subscribers.iter().fold(0, |m, s| m | s.wanted());
+            mask &= (1u8 << (t.top() + 1)) - 1;
+            if mask == t.media.active {
+                continue;
+            }
+            t.media.active = mask;
+            let owner = t.owner;
+            let from_link = self
+                .conns
+                .get(owner.index as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|c| c.link && c.generation == owner.generation);
+            if from_link {
+                self.link_out
+                    .push_back((owner, LinkRequest::Layers(*id, mask)));
+            } else {
+                let active = (0..MAX_LAYERS).filter(|l| mask & (1 << l) != 0).collect();
+                self.control
+                    .push_back((owner, ServerMessage::Layers { track: *id, active }));
             }
         }
     }
@@ -1367,5 +1920,90 @@ impl Core {
     }
 }
 
+/// The highest layer a view calls for, of a track of `layers`.
+fn view_max(view: u8, layers: u8) -> Option<u8> {
+    match view {
+        NO_LAYER => None,
+        ANY_VIEW => Some(layers - 1),
+        v => Some(v.min(layers - 1)),
+    }
+}
+
+/// A tick's rates, uplink loss and loudness of one track.
+fn measure(t: &mut Track, dt: f64) {
+    let m = &mut t.media;
+    let (mut lost, mut received) = (0, 0);
+    for l in m.per_layer.iter_mut() {
+        if l.bytes > 0 {
+            let now = (l.bytes as f64 * 8.0 / dt) as u64;
+            l.rate = if l.rate == 0 {
+                now
+            } else {
+                (l.rate * 7 + now * 3) / 10
+            };
+        }
+        l.bytes = 0;
+        lost += l.lost;
+        received += l.received;
+        l.lost = 0;
+        l.received = 0;
+    }
+    m.window.rotate_left(1);
+    m.window[UPLINK_WINDOW - 1] = (lost, received);
+    if t.info.kind == TrackKind::Audio {
+        let loudness = if m.loudness_count == 0 {
+            0.0
+        } else {
+            m.loudness_sum as f32 / m.loudness_count as f32
+        };
+        m.loudness = m.loudness * 0.6 + loudness * 0.4;
+        m.loudness_sum = 0;
+        m.loudness_count = 0;
+    }
+}
+
+/// Sheds the top layer a publisher sends when its uplink loses more than
+/// [`UPLINK_LOSS`] over the last second; restores one after a hold that
+/// doubles when a restored layer is shed again within 10 s.
+fn uplink(t: &mut Track, now: Instant, counters: &mut Counters) {
+    let layers = t.layers;
+    let m = &mut t.media;
+    let (lost, received) = m
+        .window
+        .iter()
+        .fold((0u32, 0u32), |a, w| (a.0 + w.0, a.1 + w.1));
+    let expected = lost + received;
+    let lossy = expected >= 20 && f64::from(lost) > f64::from(expected) * UPLINK_LOSS;
+    // The highest layer it sends now.
+    let sending = (0..=m.uplink_max).rev().find(|l| m.active & (1 << l) != 0);
+    if lossy {
+        let Some(top) = sending.filter(|t| *t > 0) else {
+            return;
+        };
+        if m.restored_at
+            .is_some_and(|r| now.saturating_duration_since(r) < Duration::from_secs(10))
+        {
+            m.uplink_hold = (m.uplink_hold * 2).min(UPLINK_HOLD_MAX);
+        }
+        m.uplink_max = top - 1;
+        m.uplink_hold_until = Some(now + m.uplink_hold);
+        m.restored_at = None;
+        m.window = [(0, 0); UPLINK_WINDOW];
+        counters.uplink_sheds += 1;
+    } else if m.uplink_max < layers - 1 && m.uplink_hold_until.is_none_or(|h| now >= h) {
+        m.uplink_max += 1;
+        m.restored_at = Some(now);
+        m.uplink_hold_until = Some(now + m.uplink_hold);
+    } else if m
+        .restored_at
+        .is_some_and(|r| now.saturating_duration_since(r) > Duration::from_secs(20))
+    {
+        m.uplink_hold = (m.uplink_hold / 2).max(UPLINK_HOLD_MIN);
+        m.restored_at = None;
+    }
+}
+
+#[cfg(test)]
+mod layer_tests;
 #[cfg(test)]
 mod tests;

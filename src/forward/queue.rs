@@ -1,8 +1,14 @@
 //! A subscriber's bounded datagram queue and its drop policy.
 //!
-//! When the queue is full, the least useful datagram goes: the new one if it
-//! is discardable; else the oldest discardable queued one; else the oldest
-//! non-keyframe; else the oldest. Every drop is reported with its reason.
+//! Audio goes first: audio datagrams wait in a lane of their own that is
+//! always drained before video and data, so under congestion audio never
+//! waits behind video. When the queue (both lanes together) is full, the
+//! least useful datagram goes: the new one if it is discardable; else the
+//! oldest discardable queued one; else the oldest non-keyframe video or
+//! data; else the oldest keyframe; and only when the queue holds nothing
+//! but audio, the oldest audio datagram (for arriving audio) or the
+//! arriving video (which never displaces audio). Every drop is reported
+//! with its reason.
 
 use std::collections::VecDeque;
 
@@ -21,15 +27,23 @@ pub enum DropReason {
     EvictedNonKeyframe,
     /// The queue was full of keyframes; the oldest went.
     EvictedKeyframe,
+    /// The queue was full of audio: the arriving video or data datagram
+    /// was dropped (audio is never displaced by video).
+    FullOfAudio,
+    /// The queue was full of audio: the oldest audio datagram made room
+    /// for a newer one.
+    EvictedAudio,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 4;
+    pub const COUNT: usize = 6;
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::FullDroppedDiscardable,
         DropReason::EvictedDiscardable,
         DropReason::EvictedNonKeyframe,
         DropReason::EvictedKeyframe,
+        DropReason::FullOfAudio,
+        DropReason::EvictedAudio,
     ];
 
     pub fn index(self) -> usize {
@@ -43,6 +57,8 @@ impl DropReason {
             DropReason::EvictedDiscardable => "evicted_discardable",
             DropReason::EvictedNonKeyframe => "evicted_non_keyframe",
             DropReason::EvictedKeyframe => "evicted_keyframe",
+            DropReason::FullOfAudio => "full_of_audio",
+            DropReason::EvictedAudio => "evicted_audio",
         }
     }
 
@@ -51,20 +67,49 @@ impl DropReason {
     pub fn loses_reference(self) -> bool {
         matches!(
             self,
-            DropReason::EvictedNonKeyframe | DropReason::EvictedKeyframe
+            DropReason::EvictedNonKeyframe | DropReason::EvictedKeyframe | DropReason::FullOfAudio
+        )
+    }
+
+    /// Whether the datagram that went was the arriving one.
+    pub fn dropped_arrival(self) -> bool {
+        matches!(
+            self,
+            DropReason::FullDroppedDiscardable | DropReason::FullOfAudio
         )
     }
 }
 
-/// A bounded FIFO of datagrams for one subscriber.
+/// What was dropped: why, and the track and spatial layer of the datagram
+/// that went (the arriving one's, or the evicted one's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dropped {
+    pub reason: DropReason,
+    pub track: TrackId,
+    pub layer: u8,
+}
+
+/// One queued datagram and what the drop policy needs to know of it.
+#[derive(Debug)]
+struct Item {
+    datagram: Bytes,
+    flags: Flags,
+    track: TrackId,
+    layer: u8,
+}
+
+/// A bounded FIFO of datagrams for one subscriber, audio first.
 #[derive(Debug)]
 pub struct Queue {
-    items: VecDeque<(Bytes, Flags, TrackId)>,
+    audio: VecDeque<Item>,
+    items: VecDeque<Item>,
     limit: usize,
     /// Queued datagrams flagged discardable: when none is, a full queue
     /// skips the search for one (a subscriber that fell behind would
     /// otherwise cost a scan of its whole queue per datagram).
     discardable: usize,
+    /// Bytes queued in both lanes.
+    bytes: usize,
 }
 
 impl Queue {
@@ -73,71 +118,137 @@ impl Queue {
     pub fn new(limit: usize) -> Self {
         let limit = limit.max(1);
         Queue {
+            audio: VecDeque::with_capacity(limit),
             items: VecDeque::with_capacity(limit),
             limit,
             discardable: 0,
+            bytes: 0,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.items.len()
+        self.audio.len() + self.items.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
+        self.audio.is_empty() && self.items.is_empty()
     }
 
-    /// Queues `datagram` of `track`, applying the drop policy when full.
-    /// Returns what was dropped: why, and the track the dropped datagram
-    /// belonged to (the arriving one's, or the evicted one's).
+    /// Bytes queued.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Queues `datagram` of `track` (video: of spatial `layer`) in the
+    /// audio lane if `audio`, applying the drop policy when full. Returns
+    /// what was dropped.
     #[inline]
     pub fn push(
         &mut self,
         datagram: Bytes,
         flags: Flags,
         track: TrackId,
-    ) -> Option<(DropReason, TrackId)> {
-        if self.items.len() < self.limit {
-            self.discardable += usize::from(flags.discardable());
-            self.items.push_back((datagram, flags, track));
+        layer: u8,
+        audio: bool,
+    ) -> Option<Dropped> {
+        let item = Item {
+            datagram,
+            flags,
+            track,
+            layer,
+        };
+        if self.len() < self.limit {
+            self.insert(item, audio);
             return None;
         }
-        if flags.discardable() {
-            return Some((DropReason::FullDroppedDiscardable, track));
+        let dropped = |reason, item: &Item| Dropped {
+            reason,
+            track: item.track,
+            layer: item.layer,
+        };
+        if !audio && flags.discardable() {
+            return Some(dropped(DropReason::FullDroppedDiscardable, &item));
         }
         let discardable = if self.discardable == 0 {
             None
         } else {
-            self.items.iter().position(|(_, f, _)| f.discardable())
+            self.items.iter().position(|i| i.flags.discardable())
         };
-        let (victim, reason) = if let Some(i) = discardable {
-            (i, DropReason::EvictedDiscardable)
-        } else if let Some(i) = self.items.iter().position(|(_, f, _)| !f.keyframe()) {
-            (i, DropReason::EvictedNonKeyframe)
+        let victim = if let Some(i) = discardable {
+            Some((i, DropReason::EvictedDiscardable))
+        } else if let Some(i) = self.items.iter().position(|i| !i.flags.keyframe()) {
+            Some((i, DropReason::EvictedNonKeyframe))
+        } else if !self.items.is_empty() {
+            Some((0, DropReason::EvictedKeyframe))
         } else {
-            (0, DropReason::EvictedKeyframe)
+            None
         };
-        let evicted = match self.items.remove(victim) {
-            Some((_, f, t)) => {
-                self.discardable -= usize::from(f.discardable());
-                t
+        let out = match victim {
+            Some((i, reason)) => {
+                let gone = self.items.remove(i).expect("an index of the queue");
+                self.forget(&gone);
+                dropped(reason, &gone)
             }
-            None => track,
+            // Nothing but audio is queued.
+            None if audio => {
+                let gone = self.audio.pop_front().expect("a full queue of audio");
+                self.forget(&gone);
+                dropped(DropReason::EvictedAudio, &gone)
+            }
+            None => return Some(dropped(DropReason::FullOfAudio, &item)),
         };
-        self.items.push_back((datagram, flags, track));
-        Some((reason, evicted))
+        self.insert(item, audio);
+        Some(out)
     }
 
-    /// Length of the oldest queued datagram.
+    fn insert(&mut self, item: Item, audio: bool) {
+        self.bytes += item.datagram.len();
+        // Counted in both lanes (only the video lane is searched).
+        self.discardable += usize::from(item.flags.discardable());
+        if audio {
+            self.audio.push_back(item);
+        } else {
+            self.items.push_back(item);
+        }
+    }
+
+    fn forget(&mut self, item: &Item) {
+        self.bytes -= item.datagram.len();
+        self.discardable -= usize::from(item.flags.discardable());
+    }
+
+    /// Length of the datagram [`Queue::pop`] would return.
     pub fn front_len(&self) -> Option<usize> {
-        self.items.front().map(|(b, _, _)| b.len())
+        self.audio
+            .front()
+            .or_else(|| self.items.front())
+            .map(|i| i.datagram.len())
     }
 
-    /// The oldest queued datagram.
+    /// The next datagram to send: the oldest audio one, else the oldest.
     pub fn pop(&mut self) -> Option<Bytes> {
-        let (b, f, _) = self.items.pop_front()?;
-        self.discardable -= usize::from(f.discardable());
-        Some(b)
+        let item = self.audio.pop_front().or_else(|| self.items.pop_front())?;
+        self.forget(&item);
+        Some(item.datagram)
+    }
+
+    /// Drops every queued video datagram of `track` (its subscriber no
+    /// longer takes the track, or switched layers); returns how many.
+    pub fn discard_track(&mut self, track: TrackId) -> usize {
+        let before = self.items.len();
+        let mut bytes = 0;
+        let mut discardable = 0;
+        self.items.retain(|i| {
+            let keep = i.track != track;
+            if !keep {
+                bytes += i.datagram.len();
+                discardable += usize::from(i.flags.discardable());
+            }
+            keep
+        });
+        self.bytes -= bytes;
+        self.discardable -= discardable;
+        before - self.items.len()
     }
 }
 
@@ -151,6 +262,13 @@ mod tests {
         Bytes::from(vec![n])
     }
 
+    impl Queue {
+        /// A video datagram of layer 0.
+        fn push_video(&mut self, d: Bytes, f: Flags, t: TrackId) -> Option<(DropReason, TrackId)> {
+            self.push(d, f, t, 0, false).map(|x| (x.reason, x.track))
+        }
+    }
+
     fn drain(q: &mut Queue) -> Vec<u8> {
         std::iter::from_fn(|| q.pop()).map(|b| b[0]).collect()
     }
@@ -159,7 +277,7 @@ mod tests {
     fn fifo_under_the_limit() {
         let mut q = Queue::new(3);
         for n in 0..3 {
-            assert_eq!(q.push(d(n), Flags::default(), T), None);
+            assert_eq!(q.push_video(d(n), Flags::default(), T), None);
         }
         assert_eq!(drain(&mut q), [0, 1, 2]);
         assert!(q.is_empty());
@@ -168,33 +286,82 @@ mod tests {
     #[test]
     fn full_queue_drops_the_least_useful() {
         let mut q = Queue::new(3);
-        q.push(d(0), Flags::KEYFRAME, T);
-        q.push(d(1), Flags::DISCARDABLE, T);
-        q.push(d(2), Flags::default(), T);
+        q.push_video(d(0), Flags::KEYFRAME, T);
+        q.push_video(d(1), Flags::DISCARDABLE, T);
+        q.push_video(d(2), Flags::default(), T);
         // A discardable arrival is dropped.
         let full = Some((DropReason::FullDroppedDiscardable, T));
-        assert_eq!(q.push(d(3), Flags::DISCARDABLE, T), full);
+        assert_eq!(q.push_video(d(3), Flags::DISCARDABLE, T), full);
         // Otherwise the oldest discardable makes room.
         let evicted = Some((DropReason::EvictedDiscardable, T));
-        assert_eq!(q.push(d(4), Flags::default(), T), evicted);
+        assert_eq!(q.push_video(d(4), Flags::default(), T), evicted);
         // Then the oldest non-keyframe.
         let evicted = Some((DropReason::EvictedNonKeyframe, T));
-        assert_eq!(q.push(d(5), Flags::KEYFRAME, T), evicted);
-        assert_eq!(q.push(d(6), Flags::KEYFRAME, T), evicted);
+        assert_eq!(q.push_video(d(5), Flags::KEYFRAME, T), evicted);
+        assert_eq!(q.push_video(d(6), Flags::KEYFRAME, T), evicted);
         // All keyframes: the oldest goes.
         let evicted = Some((DropReason::EvictedKeyframe, T));
-        assert_eq!(q.push(d(7), Flags::KEYFRAME, T), evicted);
+        assert_eq!(q.push_video(d(7), Flags::KEYFRAME, T), evicted);
         assert_eq!(drain(&mut q), [5, 6, 7]);
     }
 
     #[test]
     fn reports_the_evicted_datagrams_track() {
         let mut q = Queue::new(2);
-        q.push(d(0), Flags::default(), TrackId(7));
-        q.push(d(1), Flags::KEYFRAME, TrackId(8));
+        q.push_video(d(0), Flags::default(), TrackId(7));
+        q.push_video(d(1), Flags::KEYFRAME, TrackId(8));
         assert_eq!(
-            q.push(d(2), Flags::KEYFRAME, TrackId(8)),
+            q.push_video(d(2), Flags::KEYFRAME, TrackId(8)),
             Some((DropReason::EvictedNonKeyframe, TrackId(7)))
         );
+    }
+
+    #[test]
+    fn audio_goes_first_and_is_never_displaced_by_video() {
+        let mut q = Queue::new(4);
+        q.push_video(d(0), Flags::KEYFRAME, T);
+        q.push_video(d(1), Flags::default(), T);
+        assert_eq!(q.push(d(10), Flags::default(), TrackId(2), 0, true), None);
+        assert_eq!(q.bytes(), 3);
+        assert_eq!(q.front_len(), Some(1));
+        // Full: arriving audio evicts video, never the other way round.
+        q.push(d(11), Flags::default(), TrackId(2), 0, true);
+        let got = q
+            .push(d(12), Flags::default(), TrackId(2), 0, true)
+            .unwrap();
+        assert_eq!((got.reason, got.track), (DropReason::EvictedNonKeyframe, T));
+        let got = q
+            .push(d(13), Flags::default(), TrackId(2), 0, true)
+            .unwrap();
+        assert_eq!(got.reason, DropReason::EvictedKeyframe);
+        // Now nothing but audio: video is refused, older audio makes room.
+        let got = q.push_video(d(2), Flags::default(), T);
+        assert_eq!(got, Some((DropReason::FullOfAudio, T)));
+        let got = q
+            .push(d(14), Flags::default(), TrackId(2), 0, true)
+            .unwrap();
+        assert_eq!(got.reason, DropReason::EvictedAudio);
+        assert_eq!(drain(&mut q), [11, 12, 13, 14]);
+        assert_eq!(q.bytes(), 0);
+    }
+
+    #[test]
+    fn audio_is_sent_before_older_video() {
+        let mut q = Queue::new(8);
+        q.push_video(d(0), Flags::default(), T);
+        q.push_video(d(1), Flags::default(), T);
+        q.push(d(9), Flags::default(), TrackId(2), 0, true);
+        assert_eq!(drain(&mut q), [9, 0, 1]);
+    }
+
+    #[test]
+    fn discarding_a_track_keeps_the_counts() {
+        let mut q = Queue::new(8);
+        q.push_video(d(0), Flags::DISCARDABLE, T);
+        q.push_video(d(1), Flags::default(), TrackId(3));
+        q.push(d(9), Flags::default(), T, 0, true);
+        assert_eq!(q.discard_track(T), 1);
+        assert_eq!(q.bytes(), 2);
+        assert_eq!(drain(&mut q), [9, 1]);
     }
 }

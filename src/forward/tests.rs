@@ -27,6 +27,7 @@ fn datagram(track: TrackId, sequence: u32, flags: Flags, payload: &[u8]) -> Byte
             track,
             sequence,
             flags,
+            info: crate::wire::datagram::Info::NONE,
         },
         payload,
         &mut out,
@@ -248,7 +249,7 @@ fn a_stalled_subscriber_harms_no_one_and_triggers_keyframe_requests() {
     // One keyframe request per 500 ms of simulated time at most: 1 s → 2.
     let requests = control_for(&mut core, alice)
         .into_iter()
-        .filter(|m| matches!(m, ServerMessage::KeyframeRequest { track: t } if *t == track))
+        .filter(|m| matches!(m, ServerMessage::KeyframeRequest { track: t, .. } if *t == track))
         .count();
     assert_eq!(requests, 2);
     assert_eq!(core.counters().keyframe_requests, 2);
@@ -414,7 +415,13 @@ fn keyframe_requests_go_to_the_publisher_whose_video_was_evicted() {
         std::iter::from_fn(|| core.poll_control()).collect();
     assert_eq!(
         requests,
-        vec![(video, ServerMessage::KeyframeRequest { track: v })]
+        vec![(
+            video,
+            ServerMessage::KeyframeRequest {
+                track: v,
+                layer: None
+            }
+        )]
     );
     // Evicting audio asks no one for a keyframe.
     for i in 1..6 {
@@ -619,7 +626,13 @@ fn a_subscriber_that_lost_a_fragment_asks_the_publisher_for_a_keyframe_at_a_boun
     };
     assert_eq!(
         ask(&mut core, sub, now),
-        vec![(publisher, ServerMessage::KeyframeRequest { track: v })]
+        vec![(
+            publisher,
+            ServerMessage::KeyframeRequest {
+                track: v,
+                layer: None
+            }
+        )]
     );
     // Another subscriber asking within the interval adds nothing.
     assert_eq!(
@@ -629,7 +642,13 @@ fn a_subscriber_that_lost_a_fragment_asks_the_publisher_for_a_keyframe_at_a_boun
     let later = now + CoreConfig::default().keyframe_request_interval;
     assert_eq!(
         ask(&mut core, other, later),
-        vec![(publisher, ServerMessage::KeyframeRequest { track: v })]
+        vec![(
+            publisher,
+            ServerMessage::KeyframeRequest {
+                track: v,
+                layer: None
+            }
+        )]
     );
     assert_eq!(core.counters().keyframe_requests, 2);
     // Only a subscriber of the track may ask.

@@ -29,6 +29,11 @@ pub struct Metrics {
     pub control_errors: IntCounter,
     pub keyframe_requests: IntCounter,
     pub e2ee_messages: IntCounter,
+    pub layer_switches: IntCounter,
+    pub video_paused: IntCounter,
+    pub uplink_sheds: IntCounter,
+    pub speaker_changes: IntCounter,
+    pub congested_ticks: IntCounterVec,
     pub moderation_disconnects: IntCounterVec,
     /// Reports to routers by outcome.
     pub router_reports: IntCounterVec,
@@ -198,7 +203,12 @@ impl Metrics {
         ]
         .iter()
         .map(|e| e.code())
-        .chain(["unknown_connection", "unknown_track", "not_owner"])
+        .chain([
+            "unknown_connection",
+            "unknown_track",
+            "not_owner",
+            "bad_info",
+        ])
         .collect();
         let queue: Vec<&str> = DropReason::ALL.iter().map(|r| r.code()).collect();
         let tickets: Vec<&str> = TicketError::ALL.iter().map(|e| e.code()).collect();
@@ -321,6 +331,33 @@ impl Metrics {
                 &registry,
                 "e2ee_messages_total",
                 "End-to-end encryption key messages handed to participants, unread (one per recipient).",
+            ),
+            layer_switches: counter(
+                &registry,
+                "layer_switches_total",
+                "Subscribers switched to another spatial layer of a video track (at its keyframe).",
+            ),
+            video_paused: counter(
+                &registry,
+                "video_paused_total",
+                "Subscriptions whose video was paused because the subscriber's path carries no more than audio.",
+            ),
+            uplink_sheds: counter(
+                &registry,
+                "uplink_sheds_total",
+                "Publishers told to stop their top layer because their uplink loses datagrams.",
+            ),
+            speaker_changes: counter(
+                &registry,
+                "active_speaker_changes_total",
+                "Conferences whose active speaker changed (by the audio levels in datagram headers).",
+            ),
+            congested_ticks: counter_vec(
+                &registry,
+                "subscriber_congested_ticks_total",
+                "Subscriber path samples (every 200 ms) that showed congestion, by the first signal seen.",
+                "signal",
+                &["drops", "backlog", "loss", "delay"],
             ),
             moderation_disconnects: counter_vec(
                 &registry,
@@ -507,10 +544,24 @@ impl Metrics {
                 last.ingress_unknown_track,
             ),
             ("not_owner", now.ingress_not_owner, last.ingress_not_owner),
+            ("bad_info", now.ingress_bad_info, last.ingress_bad_info),
         ] {
             self.ingress_drops
                 .with_label_values(&[label])
                 .inc_by(d(a, b));
+        }
+        self.layer_switches
+            .inc_by(d(now.layer_switches, last.layer_switches));
+        self.video_paused
+            .inc_by(d(now.video_paused, last.video_paused));
+        self.uplink_sheds
+            .inc_by(d(now.uplink_sheds, last.uplink_sheds));
+        self.speaker_changes
+            .inc_by(d(now.speaker_changes, last.speaker_changes));
+        for (i, label) in ["drops", "backlog", "loss", "delay"].iter().enumerate() {
+            self.congested_ticks
+                .with_label_values(&[label])
+                .inc_by(d(now.congested_ticks[i], last.congested_ticks[i]));
         }
         for reason in DropReason::ALL {
             let i = reason.index();

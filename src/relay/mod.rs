@@ -618,7 +618,7 @@ fn with_transport(mut server: quinn::ServerConfig) -> quinn::ServerConfig {
         // Enough for bursts; beyond it datagrams wait in the core's queue,
         // where the drop policy and keyframe requests apply.
         .datagram_receive_buffer_size(Some(1 << 20))
-        .datagram_send_buffer_size(256 << 10)
+        .datagram_send_buffer_size(peer::QUIC_DATAGRAM_BUFFER)
         .keep_alive_interval(Some(KEEP_ALIVE));
     server.transport_config(Arc::new(transport));
     server

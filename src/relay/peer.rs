@@ -24,12 +24,47 @@ pub(super) enum Peer {
     WebSocket(Outbox),
 }
 
+/// Datagram bytes a QUIC connection may hold unsent (its send buffer,
+/// set where the endpoints are configured).
+pub(super) const QUIC_DATAGRAM_BUFFER: usize = 256 << 10;
+
+/// Of those, what the shard hands it at most: enough to keep a fast
+/// path busy between two passes, little enough that a slow path's
+/// backlog waits in the core's queue, where audio goes first, the drop
+/// policy applies and the estimator sees it (a full 256 KiB buffer is
+/// five seconds at 400 kbit/s).
+pub(super) const QUIC_BACKLOG: usize = 48 << 10;
+
 impl Peer {
-    /// Bytes of datagrams that can be sent now without being dropped.
+    /// Bytes of datagrams the shard may hand over now.
     pub(super) fn datagram_send_buffer_space(&self) -> usize {
         match self {
-            Peer::Quic(s) => s.datagram_send_buffer_space(),
+            Peer::Quic(s) => s
+                .datagram_send_buffer_space()
+                .saturating_sub(QUIC_DATAGRAM_BUFFER.saturating_sub(QUIC_BACKLOG)),
             Peer::WebSocket(o) => o.space(),
+        }
+    }
+
+    /// What the transport says of the path, for the core's estimator.
+    pub(super) fn path_sample(&self) -> crate::forward::PathSample {
+        match self {
+            Peer::Quic(s) => {
+                let connection: &quinn::Connection = s;
+                let path = connection.stats().path;
+                crate::forward::PathSample {
+                    rtt: Some(path.rtt),
+                    lost_packets: path.lost_packets,
+                    sent_packets: path.sent_packets,
+                    backlog_bytes: QUIC_DATAGRAM_BUFFER
+                        .saturating_sub(s.datagram_send_buffer_space())
+                        as u64,
+                }
+            }
+            Peer::WebSocket(o) => crate::forward::PathSample {
+                backlog_bytes: o.queued() as u64,
+                ..Default::default()
+            },
         }
     }
 
@@ -96,6 +131,10 @@ impl Outbox {
             },
             Inbox { rx, queued },
         )
+    }
+
+    fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
     }
 
     fn space(&self) -> usize {

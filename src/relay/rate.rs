@@ -127,6 +127,7 @@ impl ControlRate {
             ClientMessage::Subscribe { .. }
             | ClientMessage::Unsubscribe { .. }
             | ClientMessage::KeyframeRequest { .. }
+            | ClientMessage::View { .. }
             | ClientMessage::Hello { .. } => self.subscriptions.take(now),
             // The connection task stops reading after it.
             ClientMessage::Leave {} => true,

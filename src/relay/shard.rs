@@ -112,15 +112,29 @@ pub(super) async fn run(
     let mut last = core.counters().clone();
     let mut counted_connections = 0i64;
     let mut open = true;
+    // Paths are sampled and layers re-chosen on a steady beat; a missed
+    // beat (a long batch) is not made up in a burst.
+    let mut tick = tokio::time::interval(crate::forward::estimate::TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while open {
-        // Wake on work: an event, or (only while a subscriber's send buffer
-        // was full) the retry.
+        // Wake on work: an event, the tick, or (only while a subscriber's
+        // send buffer was full) the retry.
         let first = if backlog.is_empty() {
-            Some(events.recv().await)
+            tokio::select! {
+                event = events.recv() => Some(event),
+                _ = tick.tick() => {
+                    core.tick(Instant::now(), |id| handles.get(&id).map(|h| h.conn.path_sample()).unwrap_or_default());
+                    None
+                }
+            }
         } else {
             tokio::select! {
                 event = events.recv() => Some(event),
                 () = tokio::time::sleep(BACKLOG_RETRY) => None,
+                _ = tick.tick() => {
+                    core.tick(Instant::now(), |id| handles.get(&id).map(|h| h.conn.path_sample()).unwrap_or_default());
+                    None
+                }
             }
         };
         // Handles one event; 1 if it was a datagram.
@@ -841,8 +855,15 @@ fn link_message(id: ConnId, message: LinkMessage, core: &mut Core, metrics: &Met
             let _ = core.link_subscribe(id, track);
         }
         LinkMessage::Unsubscribe { track } => core.link_unsubscribe(id, track),
-        LinkMessage::KeyframeRequest { track } => {
-            core.link_keyframe_request(id, track, Instant::now())
+        LinkMessage::KeyframeRequest { track, layer } => {
+            core.link_keyframe_request(id, track, layer, Instant::now())
+        }
+        LinkMessage::Layers { track, active } => {
+            let mask = active
+                .iter()
+                .filter(|l| **l < crate::wire::datagram::MAX_LAYERS)
+                .fold(0u8, |m, l| m | 1 << l);
+            core.link_layers(id, track, mask);
         }
         LinkMessage::E2ee {
             from,
@@ -884,9 +905,15 @@ fn flush_control(core: &mut Core, handles: &mut HashMap<ConnId, Handle>) {
         let message = match request {
             crate::forward::LinkRequest::Subscribe(track) => LinkMessage::Subscribe { track },
             crate::forward::LinkRequest::Unsubscribe(track) => LinkMessage::Unsubscribe { track },
-            crate::forward::LinkRequest::KeyframeRequest(track) => {
-                LinkMessage::KeyframeRequest { track }
+            crate::forward::LinkRequest::KeyframeRequest(track, layer) => {
+                LinkMessage::KeyframeRequest { track, layer }
             }
+            crate::forward::LinkRequest::Layers(track, mask) => LinkMessage::Layers {
+                track,
+                active: (0..crate::wire::datagram::MAX_LAYERS)
+                    .filter(|l| mask & (1 << l) != 0)
+                    .collect(),
+            },
             crate::forward::LinkRequest::E2ee {
                 from,
                 host,

@@ -59,12 +59,39 @@ pub enum TrackKind {
     Data,
 }
 
-/// Scalable-coding layers of a track, for information only.
+/// A video track's layers: `spatial` simulcast layers (1 to
+/// [`MAX_LAYERS`](super::datagram::MAX_LAYERS), each datagram naming its
+/// own in the header's `info` byte), and `temporal` layers within each,
+/// for information (1 to 4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Layers {
     pub spatial: u8,
     pub temporal: u8,
+}
+
+impl Layers {
+    /// Whether a track may declare these.
+    pub fn valid(self) -> bool {
+        (1..=super::datagram::MAX_LAYERS).contains(&self.spatial)
+            && (1..=4).contains(&self.temporal)
+    }
+}
+
+/// What limits the video a subscriber gets of a track (`forwarding`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Limit {
+    /// Nothing: the layer the tile's size calls for.
+    None,
+    /// The tile is hidden (or small): its size decides.
+    View,
+    /// The subscriber's path: it carries no more (or, with no layer, only
+    /// audio).
+    Network,
+    /// The publisher sends no higher layer (its uplink is congested, or it
+    /// sends none).
+    Publisher,
 }
 
 /// Participant id within a conference, assigned by whoever issued the ticket.
@@ -105,6 +132,13 @@ pub enum ClientMessage {
     /// keyframe.
     KeyframeRequest {
         track: TrackId,
+    },
+    /// How large this video track is shown, in device pixels; 0 × 0: not
+    /// shown (no video is forwarded). Decides the highest layer taken.
+    View {
+        track: TrackId,
+        width: u16,
+        height: u16,
     },
     /// Key material for other participants (docs/e2ee.md), forwarded
     /// without being read: to one participant, or to everyone in the
@@ -147,9 +181,30 @@ pub enum ServerMessage {
     TrackUnpublished {
         track: TrackId,
     },
-    /// A subscriber fell behind: send a keyframe on this track.
+    /// A subscriber fell behind, or is switching to a layer: send a
+    /// keyframe on this track (of this spatial layer, when given).
     KeyframeRequest {
         track: TrackId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        layer: Option<u8>,
+    },
+    /// To a publisher: send only these spatial layers of this video track
+    /// (none: no one takes any video of it now).
+    Layers {
+        track: TrackId,
+        active: Vec<u8>,
+    },
+    /// To a subscriber: of this video track it now gets `layer` (none:
+    /// video paused), and what holds it there.
+    Forwarding {
+        track: TrackId,
+        layer: Option<u8>,
+        limit: Limit,
+    },
+    /// Who speaks now, by the audio levels in the datagrams' headers
+    /// (none: nobody for a while).
+    ActiveSpeaker {
+        participant: Option<ParticipantId>,
     },
     Kicked {
         reason: String,
@@ -359,6 +414,11 @@ mod tests {
                 encrypted: false,
             },
             ClientMessage::Subscribe { track: TrackId(9) },
+            ClientMessage::View {
+                track: TrackId(9),
+                width: 640,
+                height: 360,
+            },
             ClientMessage::Leave {},
         ];
         let stream: Vec<u8> = messages.iter().flat_map(frame).collect();
@@ -411,6 +471,7 @@ mod tests {
             b"[1,2]",
             b"\xff\xfe",
             b"{\"type\":\"subscribe\",\"track\":-1}",
+            b"{\"type\":\"view\",\"track\":1,\"width\":70000,\"height\":1}",
         ] {
             let mut body = vec![VERSION];
             body.extend_from_slice(bad);
@@ -484,7 +545,26 @@ mod tests {
             },
             ServerMessage::TrackPublished(info),
             ServerMessage::TrackUnpublished { track: TrackId(3) },
-            ServerMessage::KeyframeRequest { track: TrackId(3) },
+            ServerMessage::KeyframeRequest {
+                track: TrackId(3),
+                layer: None,
+            },
+            ServerMessage::KeyframeRequest {
+                track: TrackId(3),
+                layer: Some(2),
+            },
+            ServerMessage::Layers {
+                track: TrackId(3),
+                active: vec![0, 1],
+            },
+            ServerMessage::Forwarding {
+                track: TrackId(3),
+                layer: None,
+                limit: Limit::Network,
+            },
+            ServerMessage::ActiveSpeaker {
+                participant: Some(ParticipantId("p1".into())),
+            },
             ServerMessage::Kicked {
                 reason: "moderator".into(),
             },

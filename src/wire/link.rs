@@ -5,8 +5,8 @@
 //! accepting relay answers `link_welcome` or `error` and closes. Then both
 //! sides announce the tracks their own participants publish
 //! (`track_published` / `track_unpublished`), ask for the tracks their
-//! participants subscribe to (`subscribe` / `unsubscribe`), and pass on
-//! keyframe requests. Media follows in QUIC datagrams with the usual header.
+//! participants subscribe to (`subscribe` / `unsubscribe`) and the layers
+//! they take (`layers`), and pass on keyframe requests. Media follows in QUIC datagrams with the usual header.
 
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +33,15 @@ pub enum LinkMessage {
     },
     KeyframeRequest {
         track: TrackId,
+        /// Of this spatial layer.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        layer: Option<u8>,
+    },
+    /// The sender's subscribers take these spatial layers of a track the
+    /// receiver announced: it sends no others over the link.
+    Layers {
+        track: TrackId,
+        active: Vec<u8>,
     },
     /// A participant's `e2ee` message for participants beyond the link
     /// (all of them, or `to`).

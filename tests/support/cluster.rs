@@ -609,6 +609,7 @@ pub async fn hear_from(
                     track,
                     sequence,
                     flags: Flags::default(),
+                    info: residency_relay::wire::datagram::Info::NONE,
                 },
                 PRIMER,
             )

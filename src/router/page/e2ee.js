@@ -519,7 +519,7 @@ export class E2ee {
   }
 
   /**
-   * Encrypts one datagram (9-byte wire header, then the plaintext payload)
+   * Encrypts one datagram (10-byte wire header, then the plaintext payload)
    * of our track in slot `context` (0 to 7) under the current epoch: the
    * wire header unchanged, then SFrame header || ciphertext || tag, with
    * the wire header as SFrame metadata. The KID and counter are taken at

@@ -34,8 +34,11 @@ export class Packetizer {
     this.reserve = reserve;
   }
 
-  /** The datagrams of one frame (`data` a Uint8Array). */
-  packetize(data, keyframe, captureMicros) {
+  /**
+   * The datagrams of one frame (`data` a Uint8Array); `info` is the
+   * wire header's info byte (wire.js layerInfo / audioInfo).
+   */
+  packetize(data, keyframe, captureMicros, info = 0) {
     const room = this.maxDatagram - WIRE_HEADER - HEADER_LEN - this.reserve;
     if (room <= 0) throw new Error(`datagrams of ${this.maxDatagram} bytes leave no room`);
     const count = Math.max(1, Math.ceil(data.length / room));
@@ -48,7 +51,7 @@ export class Packetizer {
       const d = new Uint8Array(WIRE_HEADER + HEADER_LEN + chunk.length);
       let flags = keyframe ? FLAG_KEYFRAME : 0;
       if (i + 1 === count) flags |= FLAG_END_OF_FRAME;
-      writeHeader(d, this.track, this.sequence, flags);
+      writeHeader(d, this.track, this.sequence, flags, info);
       this.sequence = (this.sequence + 1) >>> 0;
       const view = new DataView(d.buffer, WIRE_HEADER);
       d[WIRE_HEADER] = VERSION;

@@ -1,9 +1,10 @@
 // Wire protocol v1 as the relay speaks it (docs/wire-protocol.md): control
-// frames on the one bidirectional stream, media datagrams with a 9-byte
-// header. Nothing here knows about the page.
+// frames on the one bidirectional stream, media datagrams with a 10-byte
+// header (datagram format 2). Nothing here knows about the page.
 
 export const MAX_FRAME_LEN = 16 * 1024;
-export const HEADER_LEN = 9;
+export const HEADER_LEN = 10;
+export const DATAGRAM_VERSION = 2;
 export const FLAG_KEYFRAME = 0b00001;
 export const FLAG_END_OF_FRAME = 0b00010;
 export const FLAG_DISCARDABLE = 0b00100;
@@ -47,23 +48,48 @@ export class ControlDecoder {
   }
 }
 
-/** Parses a datagram's header; null if it is not wire v1. */
+/** Parses a datagram's header; null if it is not datagram format 2. */
 export function parseHeader(datagram) {
-  if (datagram.length < HEADER_LEN || datagram[0] >> 5 !== 1) return null;
+  if (datagram.length < HEADER_LEN || datagram[0] >> 5 !== DATAGRAM_VERSION) return null;
   const view = new DataView(datagram.buffer, datagram.byteOffset, datagram.byteLength);
   return {
     flags: datagram[0] & 0b11111,
     track: view.getUint32(1),
     sequence: view.getUint32(5),
+    info: datagram[9],
   };
 }
 
 /** Writes a datagram header into `out` (at least HEADER_LEN bytes). */
-export function writeHeader(out, track, sequence, flags) {
-  out[0] = (1 << 5) | (flags & 0b111);
+export function writeHeader(out, track, sequence, flags, info = 0) {
+  out[0] = (DATAGRAM_VERSION << 5) | (flags & 0b111);
   const view = new DataView(out.buffer, out.byteOffset, out.byteLength);
   view.setUint32(1, track);
   view.setUint32(5, sequence);
+  out[9] = info & 0xff;
+}
+
+/** The `info` byte of a video datagram of spatial layer `layer`. */
+export function layerInfo(layer) {
+  return (layer & 0b11) << 6;
+}
+
+/** The spatial layer of a video datagram's `info` byte. */
+export function infoLayer(info) {
+  return info >> 6;
+}
+
+/**
+ * The `info` byte of an audio datagram (RFC 6464's encoding): `voice`
+ * and the level in -dBov, 0 (loudest) to 127 (silence).
+ */
+export function audioInfo(voice, dbov) {
+  return (voice ? 0x80 : 0) | Math.max(0, Math.min(127, Math.round(dbov)));
+}
+
+/** An audio datagram's level in -dBov (127: silence). */
+export function infoLevel(info) {
+  return info & 0x7f;
 }
 
 /** Close codes the relay uses (docs/wire-protocol.md). */
