@@ -114,18 +114,19 @@ async fn malformed_and_foreign_datagrams_are_dropped_and_counted() {
     let mut bob = join(&relay, "127.0.0.3", "bob", VIEWER).await;
     bob.subscribe(track).await.unwrap();
 
-    // Mallory: too short, wrong version, reserved flags, someone else's track, an unknown track.
+    // Mallory: too short, wrong version, reserved flags, someone else's
+    // track, an unknown track, a layer on a track that has none.
     mallory
         .send_raw(Bytes::from_static(b"\x20\x00\x00"))
         .unwrap();
     mallory
         .send_raw(Bytes::from_static(
-            b"\x40\x00\x00\x00\x01\x00\x00\x00\x01xx",
+            b"\x60\x00\x00\x00\x01\x00\x00\x00\x01\x00xx",
         ))
         .unwrap();
     mallory
         .send_raw(Bytes::from_static(
-            b"\x38\x00\x00\x00\x01\x00\x00\x00\x01xx",
+            b"\x58\x00\x00\x00\x01\x00\x00\x00\x01\x00xx",
         ))
         .unwrap();
     mallory
@@ -166,6 +167,18 @@ async fn malformed_and_foreign_datagrams_are_dropped_and_counted() {
             b"fine",
         )
         .unwrap();
+    // A data track has no layers: an info byte there is refused.
+    mallory
+        .send_media(
+            &MediaHeader {
+                track: own,
+                sequence: 2,
+                flags: Flags::default(),
+                info: residency_relay::wire::datagram::Info::layer(1),
+            },
+            b"lying",
+        )
+        .unwrap();
     // Alice is unaffected.
     for i in 0..10u32 {
         alice
@@ -202,6 +215,7 @@ async fn malformed_and_foreign_datagrams_are_dropped_and_counted() {
         "reserved_flags",
         "not_owner",
         "unknown_track",
+        "bad_info",
     ] {
         let line =
             format!("rr_relay_ingress_drops_total{{reason=\"{reason}\",relay=\"de-fra-1\"}} 1");

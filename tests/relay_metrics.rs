@@ -56,6 +56,7 @@ async fn names_and_labels_are_exact_and_carry_no_personal_data() {
         .map(|l| l.split(' ').next().unwrap())
         .collect();
     let expected: BTreeSet<&str> = [
+        "rr_relay_active_speaker_changes_total",
         "rr_relay_address_validations_total",
         "rr_relay_build_info",
         "rr_relay_bytes_delivered_total",
@@ -82,6 +83,7 @@ async fn names_and_labels_are_exact_and_carry_no_personal_data() {
         "rr_relay_http_connections_refused_total",
         "rr_relay_ingress_drops_total",
         "rr_relay_keyframe_requests_total",
+        "rr_relay_layer_switches_total",
         "rr_relay_moderation_disconnects_total",
         "rr_relay_participants",
         "rr_relay_queue_drops_total",
@@ -93,7 +95,10 @@ async fn names_and_labels_are_exact_and_carry_no_personal_data() {
         "rr_relay_shard_datagrams_total",
         "rr_relay_shard_imbalance",
         "rr_relay_shard_queue_depth",
+        "rr_relay_subscriber_congested_ticks_total",
         "rr_relay_ticket_refusals_total",
+        "rr_relay_uplink_sheds_total",
+        "rr_relay_video_paused_total",
         "rr_relay_webtransport_refusals_total",
         "rr_relay_websocket_acme_certificates_total",
         "rr_relay_websocket_acme_failures_total",

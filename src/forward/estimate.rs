@@ -18,29 +18,29 @@
 //! [`QUEUE_DELAY`] above the lowest RTT seen (a queue is building on the
 //! path).
 //!
-//! **Down fast**: a congested tick sets the estimate to 85 % of the lower
-//! of the estimate and the rate that left, at once. **Up slowly, after
-//! probing**: after a quiet hold the estimate grows 30 % per second, but
-//! never past 3.5 times what left plus 300 kbit/s, so an estimate grows
-//! only in steps the path has just carried. Layer choice
-//! ([`super::layers`]) turns a grown estimate into a higher layer: that
-//! switch is the probe. Congestion within [`PROBE_WINDOW`] of a switch up
-//! doubles the hold before the next (2 s, up to 32 s); a probe that
-//! holds halves it again.
+//! Until a path shows congestion its estimate is unbounded: a subscriber
+//! on a good path gets the layers its tiles call for from the start. **Down
+//! fast**: a congested tick sets the estimate to 85 % of the lower of the
+//! estimate and the rate that left, at once. A quiet tick never leaves it
+//! below the rate that left. **Up slowly, after probing**: after a quiet
+//! hold the estimate grows 30 % per second, but never past 3.5 times what
+//! left plus 300 kbit/s, or the next step up the core names
+//! ([`Estimator::next_step`]) with its margin, so an estimate grows only in
+//! steps the path has just carried. Layer choice ([`super::layers`]) turns
+//! a grown estimate into a higher layer: that switch is the probe.
+//! Congestion within [`PROBE_WINDOW`] of a switch up doubles the hold
+//! before the next (2 s, up to 32 s); a probe that holds halves it again.
 
 use std::time::{Duration, Instant};
 
 /// How often the shell samples paths and the core re-chooses layers.
 pub const TICK: Duration = Duration::from_millis(200);
 
-/// The estimate a new subscriber starts with (bit/s).
-pub const INITIAL: u64 = 2_000_000;
-
 /// The estimate never goes below this (bit/s): audio for a few tracks.
 pub const FLOOR: u64 = 64_000;
 
-/// Nor above this (bit/s).
-pub const CEILING: u64 = 50_000_000;
+/// A path that never showed congestion (bit/s): no limit.
+pub const UNBOUNDED: u64 = u64::MAX;
 
 /// Sending time waiting in the relay before a tick counts as congested.
 pub const BACKLOG: Duration = Duration::from_millis(150);
@@ -98,12 +98,14 @@ pub struct Estimator {
     /// When the layer choice last went up.
     raised_at: Option<Instant>,
     congested: Option<Signal>,
+    /// What the next layer up would need in all (bit/s).
+    next_step: u64,
 }
 
 impl Default for Estimator {
     fn default() -> Self {
         Estimator {
-            estimate: INITIAL,
+            estimate: UNBOUNDED,
             delivered: 0,
             min_rtt: None,
             last: None,
@@ -111,6 +113,7 @@ impl Default for Estimator {
             hold: HOLD_MIN,
             raised_at: None,
             congested: None,
+            next_step: 0,
         }
     }
 }
@@ -134,6 +137,13 @@ impl Estimator {
     /// The layer choice went up at `now` (a probe).
     pub fn raised(&mut self, now: Instant) {
         self.raised_at = Some(now);
+    }
+
+    /// What the choice would need in all to go one layer up (or to
+    /// resume a paused track), bit/s: the estimate may grow that far even
+    /// when little is flowing now.
+    pub fn next_step(&mut self, bps: u64) {
+        self.next_step = bps;
     }
 
     /// Takes one tick's samples; returns the new estimate.
@@ -187,7 +197,7 @@ impl Estimator {
             }
             // Only a fresh reading lowers the estimate: once lowered, a
             // backlog draining at the new rate is not congestion again.
-            let base = self.estimate.min(self.delivered.max(FLOOR));
+            let base = self.estimate.min(self.delivered).max(FLOOR);
             self.estimate = ((base as f64 * 0.85) as u64).max(FLOOR);
             self.hold_until = Some(now + self.hold);
             return self.estimate;
@@ -200,11 +210,16 @@ impl Estimator {
             self.hold = (self.hold / 2).max(HOLD_MIN);
             self.raised_at = None;
         }
+        if self.estimate == UNBOUNDED {
+            return self.estimate;
+        }
+        self.estimate = self.estimate.max(self.delivered);
         if self.hold_until.is_none_or(|h| now >= h) {
-            let cap = self.delivered.saturating_mul(7) / 2 + 300_000;
+            let cap = (self.delivered.saturating_mul(7) / 2 + 300_000)
+                .max((self.next_step as f64 * super::layers::UP_MARGIN * 1.05) as u64);
             if self.estimate < cap {
                 let grown = (self.estimate as f64 * (1.0 + 0.3 * dt)) as u64;
-                self.estimate = grown.min(cap).min(CEILING);
+                self.estimate = grown.min(cap);
             }
         }
         self.estimate

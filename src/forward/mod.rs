@@ -1734,6 +1734,30 @@ impl Core {
             return;
         }
         let choice = layers::choose(estimate.saturating_sub(audio), &wants);
+        // What one more step would need: the cheapest resume or layer up.
+        let now_needed: u64 = wants
+            .iter()
+            .zip(&choice)
+            .map(|(w, c)| c.map_or(0, |l| w.rates[l as usize]))
+            .sum();
+        let step = wants
+            .iter()
+            .zip(&choice)
+            .filter_map(|(w, c)| {
+                let max = w.max?;
+                match c {
+                    None => Some(w.rates[0]),
+                    Some(l) if *l < max => {
+                        Some(w.rates[*l as usize + 1].saturating_sub(w.rates[*l as usize]))
+                    }
+                    Some(_) => None,
+                }
+            })
+            .min();
+        if let Some(c) = self.conn_mut(id) {
+            c.estimator
+                .next_step(step.map_or(0, |s| audio + now_needed + s));
+        }
         let mut raised = false;
         let mut keyframes = Vec::new();
         let mut told = Vec::new();

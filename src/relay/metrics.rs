@@ -355,8 +355,8 @@ impl Metrics {
             congested_ticks: counter_vec(
                 &registry,
                 "subscriber_congested_ticks_total",
-                "Subscriber path samples (every 200 ms) that showed congestion, by the first signal seen.",
-                "signal",
+                "Subscriber path samples (every 200 ms) that showed congestion, by the first sign seen (reason).",
+                "reason",
                 &["drops", "backlog", "loss", "delay"],
             ),
             moderation_disconnects: counter_vec(
