@@ -64,10 +64,12 @@ pub enum PacketizeError {
     FrameTooLarge(usize),
 }
 
-/// Cuts the frames of one track into datagrams.
+/// Cuts the frames of one track (of one layer) into datagrams.
 #[derive(Debug)]
 pub struct Packetizer {
     track: TrackId,
+    /// The header's info byte: the layer, or the audio level.
+    info: datagram::Info,
     /// The next wire sequence number.
     sequence: u32,
     /// The next frame number.
@@ -82,10 +84,18 @@ impl Packetizer {
     pub fn new(track: TrackId, max_datagram: usize) -> Self {
         Packetizer {
             track,
+            info: datagram::Info::NONE,
             sequence: 0,
             frame: 0,
             max_datagram,
         }
+    }
+
+    /// The info byte the next datagrams carry: a video layer's
+    /// ([`datagram::Info::layer`]) or the level of the next audio frame
+    /// ([`datagram::Info::audio`]).
+    pub fn set_info(&mut self, info: datagram::Info) {
+        self.info = info;
     }
 
     /// The track whose id the datagrams carry; a new id (after a rejoin)
@@ -136,7 +146,7 @@ impl Packetizer {
                     track: self.track,
                     sequence: self.sequence,
                     flags,
-                    info: crate::wire::datagram::Info::NONE,
+                    info: self.info,
                 },
                 &payload,
                 &mut d,
@@ -196,6 +206,10 @@ pub struct Reassembler {
     since_asked: Option<u32>,
     /// The newest frame number given or dropped.
     last: Option<u32>,
+    /// Video: the spatial layer the last datagram was of. A switch (the
+    /// relay makes one only where the new layer's keyframe starts) begins
+    /// the numbering afresh.
+    layer: Option<u8>,
     pub frames: u64,
     pub keyframes: u64,
     pub lost_frames: u64,
@@ -218,6 +232,7 @@ impl Reassembler {
             need_keyframe: video,
             since_asked: None,
             last: None,
+            layer: None,
             frames: 0,
             keyframes: 0,
             lost_frames: 0,
@@ -236,6 +251,19 @@ impl Reassembler {
             self.bad_datagrams += 1;
             return out;
         };
+        if self.video {
+            let layer = header.info.spatial_layer();
+            if self.layer.is_some_and(|l| l != layer) {
+                // Another layer's frames: its numbers are its own, and what
+                // was being put together of the old layer will not finish.
+                self.current = None;
+                self.last = None;
+                if !header.flags.keyframe() {
+                    self.need_keyframe = true;
+                }
+            }
+            self.layer = Some(layer);
+        }
         // A fragment of a frame already given or dropped (reordered or
         // duplicated): nothing to do.
         if let Some(last) = self.last {

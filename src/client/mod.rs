@@ -7,6 +7,7 @@ pub mod frames;
 pub mod initials;
 pub mod join;
 pub mod session;
+pub mod simulcast;
 pub mod synthetic;
 pub mod websocket;
 
@@ -461,6 +462,22 @@ impl Client {
     pub async fn request_keyframe(&mut self, track: TrackId) -> Result<(), ClientError> {
         self.send_control(&ClientMessage::KeyframeRequest { track })
             .await
+    }
+
+    /// Tells the relay how large `track` (video, subscribed) is shown, in
+    /// device pixels; 0 × 0: not shown. It decides the highest layer sent.
+    pub async fn view(
+        &mut self,
+        track: TrackId,
+        width: u16,
+        height: u16,
+    ) -> Result<(), ClientError> {
+        self.send_control(&ClientMessage::View {
+            track,
+            width,
+            height,
+        })
+        .await
     }
 
     /// Sends one media datagram.

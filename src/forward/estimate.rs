@@ -12,17 +12,23 @@
 //! - what actually left: bytes taken from the queue over the tick.
 //!
 //! A tick is **congested** when the queue dropped anything, when more
-//! than [`BACKLOG`] of sending time waits in the queue and transport
-//! (at the rate that left), when more than 10 % of the packets sent were
-//! lost (at least 10 sent), or when the smoothed RTT stands more than
+//! than [`BACKLOG`] of sending time (at the rate that left, and at least
+//! 16 KiB) waits in the queue and transport at this tick and the one
+//! before (a keyframe's burst drains within one), when more than 10 % of the packets sent were
+//! lost (at least 3 of at least 10 sent), or when the smoothed RTT stands more than
 //! [`QUEUE_DELAY`] above the lowest RTT seen (a queue is building on the
 //! path).
 //!
 //! Until a path shows congestion its estimate is unbounded: a subscriber
 //! on a good path gets the layers its tiles call for from the start. **Down
 //! fast**: a congested tick sets the estimate to 85 % of the lower of the
-//! estimate and the rate that left, at once. A quiet tick never leaves it
-//! below the rate that left. **Up slowly, after probing**: after a quiet
+//! estimate and the rate that left over that tick (what the path drains
+//! while it is full), at once. The queue and RTT signals lag a cut (the backlog drains, the
+//! smoothed RTT follows over several round trips, the transport declares
+//! packets lost a round trip or more after they were, and a transport that
+//! lost much sends slowly for a while): for [`SETTLE`] after a cut nothing
+//! cuts again, so the estimate falls at most once a second. A quiet tick never leaves the
+//! estimate below the rate that left. **Up slowly, after probing**: after a quiet
 //! hold the estimate grows 30 % per second, but never past 3.5 times what
 //! left plus 300 kbit/s, or the next step up the core names
 //! ([`Estimator::next_step`]) with its margin, so an estimate grows only in
@@ -46,7 +52,11 @@ pub const UNBOUNDED: u64 = u64::MAX;
 pub const BACKLOG: Duration = Duration::from_millis(150);
 
 /// RTT above the lowest seen that counts as a queue on the path.
-pub const QUEUE_DELAY: Duration = Duration::from_millis(60);
+pub const QUEUE_DELAY: Duration = Duration::from_millis(100);
+
+/// After a cut, how long a queue or a high RTT is taken for the backlog
+/// of before the cut rather than for new congestion.
+pub const SETTLE: Duration = Duration::from_secs(1);
 
 /// A switch up followed by congestion within this window failed.
 pub const PROBE_WINDOW: Duration = Duration::from_secs(2);
@@ -91,6 +101,8 @@ pub struct Estimator {
     estimate: u64,
     /// The rate that left over the last tick (bit/s).
     delivered: u64,
+    /// When the estimate was last cut.
+    cut_at: Option<Instant>,
     min_rtt: Option<Duration>,
     last: Option<(Instant, QueueSample, PathSample)>,
     hold_until: Option<Instant>,
@@ -100,6 +112,8 @@ pub struct Estimator {
     congested: Option<Signal>,
     /// What the next layer up would need in all (bit/s).
     next_step: u64,
+    /// The last tick had a backlog over the limit.
+    backlogged: bool,
 }
 
 impl Default for Estimator {
@@ -107,6 +121,7 @@ impl Default for Estimator {
         Estimator {
             estimate: UNBOUNDED,
             delivered: 0,
+            cut_at: None,
             min_rtt: None,
             last: None,
             hold_until: None,
@@ -114,6 +129,7 @@ impl Default for Estimator {
             raised_at: None,
             congested: None,
             next_step: 0,
+            backlogged: false,
         }
     }
 }
@@ -176,17 +192,28 @@ impl Estimator {
             (Some(rtt), Some(min)) => rtt > min + QUEUE_DELAY,
             _ => false,
         };
+        let backlogged = waiting as f64 > allowed;
+        let persistent = backlogged && self.backlogged;
+        self.backlogged = backlogged;
         self.congested = if drops > 0 {
             Some(Signal::Drops)
-        } else if waiting as f64 > allowed {
+        } else if persistent {
             Some(Signal::Backlog)
-        } else if sent >= 10 && lost * 10 > sent {
+        } else if sent >= 10 && lost >= 3 && lost * 10 > sent {
             Some(Signal::Loss)
         } else if delay {
             Some(Signal::Delay)
         } else {
             None
         };
+        let settling = self
+            .cut_at
+            .is_some_and(|c| now.saturating_duration_since(c) < SETTLE);
+        if settling && self.congested.is_some() {
+            // The backlog of before the cut draining: neither cut nor grow.
+            self.congested = None;
+            return self.estimate;
+        }
         if self.congested.is_some() {
             let failed_probe = self
                 .raised_at
@@ -200,6 +227,7 @@ impl Estimator {
             let base = self.estimate.min(self.delivered).max(FLOOR);
             self.estimate = ((base as f64 * 0.85) as u64).max(FLOOR);
             self.hold_until = Some(now + self.hold);
+            self.cut_at = Some(now);
             return self.estimate;
         }
         if self
@@ -282,6 +310,8 @@ mod tests {
         e.update(t, QueueSample::default(), PathSample::default());
         run(&mut e, &mut t, &mut out, 2, |est| est, 400_000);
         assert_eq!(e.hold, HOLD_MIN);
+        // Settled, a probe that meets congestion at once.
+        run(&mut e, &mut t, &mut out, 5, |_| 100_000, 400_000);
         e.raised(t);
         run(&mut e, &mut t, &mut out, 1, |_| 800_000, 400_000);
         assert_eq!(e.hold, HOLD_MIN * 2);
@@ -318,17 +348,26 @@ mod tests {
         };
         e.update(t + TICK * 2, q(50 * KIB, 0), lossy);
         assert_eq!(e.congested(), Some(Signal::Loss));
+        // Right after a cut, the transport's signals are the old backlog's.
+        let later = PathSample {
+            lost_packets: 40,
+            sent_packets: 200,
+            ..base
+        };
+        e.update(t + TICK * 3, q(60 * KIB, 0), later);
+        assert_eq!(e.congested(), None);
+        let t = t + SETTLE;
         // 2 % loss is not congestion.
         let light = PathSample {
-            lost_packets: 22,
-            sent_packets: 200,
+            lost_packets: 42,
+            sent_packets: 300,
             ..base
         };
         e.update(t + TICK * 3, q(75 * KIB, 0), light);
         assert_eq!(e.congested(), None);
-        // RTT 100 ms above the lowest.
+        // RTT 130 ms above the lowest.
         let slow = PathSample {
-            rtt: Some(Duration::from_millis(120)),
+            rtt: Some(Duration::from_millis(150)),
             ..light
         };
         e.update(t + TICK * 4, q(100 * KIB, 0), slow);
@@ -338,7 +377,10 @@ mod tests {
             backlog_bytes: 200 * KIB,
             ..light
         };
-        e.update(t + TICK * 5, q(125 * KIB, 0), backlog);
+        // One tick of backlog is a burst draining; two are congestion.
+        e.update(t + TICK * 5 + SETTLE, q(125 * KIB, 0), backlog);
+        assert_eq!(e.congested(), None);
+        e.update(t + TICK * 6 + SETTLE, q(150 * KIB, 0), backlog);
         assert_eq!(e.congested(), Some(Signal::Backlog));
         assert!(e.estimate() >= FLOOR);
     }

@@ -1698,7 +1698,16 @@ impl Core {
             queued_bytes: c.queue.bytes() as u64,
         };
         let estimate = c.estimator.update(now, queue, path);
-        if let Some(signal) = c.estimator.congested() {
+        let cut = c.estimator.congested();
+        tracing::trace!(
+            ?cut,
+            estimate,
+            delivered = c.estimator.delivered(),
+            queued = c.queue.bytes(),
+            ?path,
+            "path estimate"
+        );
+        if let Some(signal) = cut {
             self.counters.congested_ticks[signal as usize] += 1;
         }
         let Some(c) = self.conn(id) else { return };
@@ -1719,9 +1728,13 @@ impl Core {
                         continue;
                     };
                     let view = view_max(sub.view, t.layers);
+                    // Waiting for a switch, the layer switched to counts.
+                    let current = [sub.layer, sub.target]
+                        .into_iter()
+                        .find(|l| *l < MAX_LAYERS);
                     wants.push(layers::Want {
                         track: *track,
-                        current: (sub.layer < MAX_LAYERS).then_some(sub.layer),
+                        current,
                         max: view.map(|v| v.min(t.top())),
                         rates: t.media.rates(),
                         priority: speaker == Some(&t.info.participant),
@@ -1762,7 +1775,16 @@ impl Core {
         let mut keyframes = Vec::new();
         let mut told = Vec::new();
         let mut paused = Vec::new();
-        for (w, choice) in wants.iter().zip(choice) {
+        for (w, mut choice) in wants.iter().zip(choice) {
+            // Down one step at a time to a pause: a path that could not
+            // carry a higher layer may well carry the lowest, and only
+            // congestion seen there (a cut while on it) pauses the video.
+            if choice.is_none()
+                && w.max.is_some()
+                && w.current.is_some_and(|c| c > 0 || cut.is_none())
+            {
+                choice = Some(0);
+            }
             let Some(t) = self.tracks.get_mut(&w.track) else {
                 continue;
             };
@@ -1785,11 +1807,16 @@ impl Core {
                 raised = true;
             }
             sub.target = target;
-            if target == NO_LAYER && sub.layer != NO_LAYER {
-                // Paused at once: what waits of it goes too.
+            let congested_down =
+                limit == Limit::Network && sub.layer != NO_LAYER && target < sub.layer;
+            if (target == NO_LAYER || congested_down) && sub.layer != NO_LAYER {
+                // Paused at once, what waits of it included; going down
+                // because the path is congested, the higher layer stops
+                // at once too (rather than overload the path, audio with
+                // it, until the lower layer's keyframe comes).
                 sub.layer = NO_LAYER;
                 paused.push(w.track);
-                if limit == Limit::Network {
+                if target == NO_LAYER {
                     self.counters.video_paused += 1;
                 }
             }

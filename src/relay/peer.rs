@@ -28,20 +28,24 @@ pub(super) enum Peer {
 /// set where the endpoints are configured).
 pub(super) const QUIC_DATAGRAM_BUFFER: usize = 256 << 10;
 
-/// Of those, what the shard hands it at most: enough to keep a fast
-/// path busy between two passes, little enough that a slow path's
-/// backlog waits in the core's queue, where audio goes first, the drop
-/// policy applies and the estimator sees it (a full 256 KiB buffer is
-/// five seconds at 400 kbit/s).
+/// Of those, what the shard hands a participant's connection at most:
+/// enough to keep a fast path busy between two passes, little enough that
+/// a slow path's backlog waits in the core's queue, where audio goes
+/// first, the drop policy applies and the estimator sees it (a full 256
+/// KiB buffer is five seconds at 400 kbit/s). Sizing it by the congestion
+/// window instead (8–48 KiB) was tried: on the shaped test a path now and
+/// then stalled for seconds after its window collapsed.
 pub(super) const QUIC_BACKLOG: usize = 48 << 10;
 
 impl Peer {
-    /// Bytes of datagrams the shard may hand over now.
-    pub(super) fn datagram_send_buffer_space(&self) -> usize {
+    /// Bytes of datagrams the shard may hand over now, the transport
+    /// holding at most `backlog` unsent (QUIC; `usize::MAX`: its whole
+    /// buffer, as for cascade links).
+    pub(super) fn datagram_send_buffer_space(&self, backlog: usize) -> usize {
         match self {
             Peer::Quic(s) => s
                 .datagram_send_buffer_space()
-                .saturating_sub(QUIC_DATAGRAM_BUFFER.saturating_sub(QUIC_BACKLOG)),
+                .saturating_sub(QUIC_DATAGRAM_BUFFER.saturating_sub(backlog)),
             Peer::WebSocket(o) => o.space(),
         }
     }

@@ -64,6 +64,9 @@ impl Sink {
 struct Handle {
     conn: Peer,
     control: Sink,
+    /// What its transport may hold unsent ([`super::peer::QUIC_BACKLOG`];
+    /// `usize::MAX` for links: the whole buffer).
+    backlog: usize,
     /// Holds the participant's place in `rr_relay_client_connections`.
     _counted: Option<Counted>,
 }
@@ -123,7 +126,7 @@ pub(super) async fn run(
             tokio::select! {
                 event = events.recv() => Some(event),
                 _ = tick.tick() => {
-                    core.tick(Instant::now(), |id| handles.get(&id).map(|h| h.conn.path_sample()).unwrap_or_default());
+                    core.tick(Instant::now(), |id| sample(&handles, id));
                     None
                 }
             }
@@ -132,7 +135,7 @@ pub(super) async fn run(
                 event = events.recv() => Some(event),
                 () = tokio::time::sleep(BACKLOG_RETRY) => None,
                 _ = tick.tick() => {
-                    core.tick(Instant::now(), |id| handles.get(&id).map(|h| h.conn.path_sample()).unwrap_or_default());
+                    core.tick(Instant::now(), |id| sample(&handles, id));
                     None
                 }
             }
@@ -178,7 +181,7 @@ pub(super) async fn run(
             };
             // Asked once per connection and pass; QUIC's driver only frees
             // space meanwhile, so counting down stays on the safe side.
-            let mut space = h.conn.datagram_send_buffer_space();
+            let mut space = h.conn.datagram_send_buffer_space(h.backlog);
             while let Some(len) = core.next_datagram_len(conn) {
                 if space < len {
                     backlog.push(conn);
@@ -211,6 +214,14 @@ pub(super) async fn run(
         metrics.sync(core.counters(), &mut last);
     }
     metrics.connections.sub(counted_connections);
+}
+
+/// What a participant's transport reports, for the core's tick.
+fn sample(handles: &HashMap<ConnId, Handle>, id: ConnId) -> crate::forward::PathSample {
+    handles
+        .get(&id)
+        .map(|h| h.conn.path_sample())
+        .unwrap_or_default()
 }
 
 /// Hands `take` the events already waiting, at most [`BATCH`]; the sum
@@ -485,6 +496,7 @@ impl Shard<'_> {
                 Handle {
                     conn: *conn,
                     control: Sink::Client(tx),
+                    backlog: super::peer::QUIC_BACKLOG,
                     _counted: Some(Counted::new(
                         metrics
                             .client_connections
@@ -580,6 +592,7 @@ impl Shard<'_> {
                     Handle {
                         conn: Peer::Quic(Session::raw(conn)),
                         control: Sink::Link(tx),
+                        backlog: usize::MAX,
                         _counted: None,
                     },
                 );

@@ -195,3 +195,138 @@ pub fn on_host(text: String, host: &str, cert: &std::path::Path) -> String {
         &format!("quic_addr = \"{host}:"),
     )
 }
+
+/// A namespace of its own loopback only, shaped like a real link: MTU
+/// 1,500 and no segmentation offload (a 64 KiB super-packet would reach
+/// a queue whole), an htb root whose default class is unlimited, and a
+/// class per address [`Loopback::limit`] names. Relays and clients run
+/// inside on `127.0.0.0/8` from a thread [`Loopback::enter`] moves there.
+/// Needs root; deleted when dropped.
+#[derive(Debug)]
+pub struct Loopback {
+    pub name: String,
+    classes: std::sync::Mutex<Vec<(String, u32)>>,
+}
+
+/// Which packets of an address a limit takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Way {
+    /// Those sent to it: its downlink.
+    To,
+    /// Those it sends: its uplink.
+    From,
+}
+
+impl Loopback {
+    pub fn new(tag: &str, n: u32) -> Result<Loopback, String> {
+        let name = format!("rr-{tag}-{n}");
+        let _ = ip(&["netns", "del", &name]);
+        ip(&["netns", "add", &name])?;
+        let lo = Loopback {
+            name,
+            classes: std::sync::Mutex::new(Vec::new()),
+        };
+        lo.ip(&[
+            "link",
+            "set",
+            "lo",
+            "up",
+            "mtu",
+            "1500",
+            "gso_max_segs",
+            "1",
+            "gso_max_size",
+            "1500",
+        ])?;
+        lo.tc(&[
+            "qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb", "default", "10",
+        ])?;
+        lo.tc(&[
+            "class", "add", "dev", "lo", "parent", "1:", "classid", "1:10", "htb", "rate",
+            "10gbit", "quantum", "60000",
+        ])?;
+        Ok(lo)
+    }
+
+    fn ip(&self, args: &[&str]) -> Result<(), String> {
+        let mut all = vec!["netns", "exec", &self.name, "ip"];
+        all.extend_from_slice(args);
+        ip(&all)
+    }
+
+    fn tc(&self, args: &[&str]) -> Result<(), String> {
+        let mut all = vec!["netns", "exec", &self.name, "tc"];
+        all.extend_from_slice(args);
+        run("ip", &all)
+    }
+
+    /// Limits `addr`'s packets (`way`) to `kbit` kbit/s, with a queue of
+    /// 200 ms of that rate; 0 lifts the limit.
+    pub fn limit(&self, way: Way, addr: &str, kbit: u32) -> Result<(), String> {
+        let key = format!("{way:?} {addr}");
+        let mut classes = self.classes.lock().unwrap();
+        let (rate, queue) = if kbit == 0 {
+            ("10gbit".to_owned(), "10000000".to_owned())
+        } else {
+            (
+                format!("{kbit}kbit"),
+                (u64::from(kbit) * 1000 / 8 / 5).max(3000).to_string(),
+            )
+        };
+        if let Some((_, id)) = classes.iter().find(|(k, _)| *k == key) {
+            let class = format!("1:{id}");
+            let handle = format!("{id}:");
+            self.tc(&[
+                "class", "change", "dev", "lo", "parent", "1:", "classid", &class, "htb", "rate",
+                &rate, "ceil", &rate,
+            ])?;
+            return self.tc(&[
+                "qdisc", "change", "dev", "lo", "parent", &class, "handle", &handle, "bfifo",
+                "limit", &queue,
+            ]);
+        }
+        let id = 20 + classes.len() as u32;
+        let (class, handle) = (format!("1:{id}"), format!("{id}:"));
+        self.tc(&[
+            "class", "add", "dev", "lo", "parent", "1:", "classid", &class, "htb", "rate", &rate,
+            "ceil", &rate,
+        ])?;
+        self.tc(&[
+            "qdisc", "add", "dev", "lo", "parent", &class, "handle", &handle, "bfifo", "limit",
+            &queue,
+        ])?;
+        let matched = format!("{addr}/32");
+        let field = match way {
+            Way::To => "dst",
+            Way::From => "src",
+        };
+        self.tc(&[
+            "filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", "1", "u32",
+            "match", "ip", field, &matched, "flowid", &class,
+        ])?;
+        classes.push((key, id));
+        Ok(())
+    }
+
+    /// Runs `f` on a thread inside the namespace; threads it starts (a
+    /// tokio runtime's workers) are inside too.
+    pub fn enter<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        let path = format!("/var/run/netns/{}", self.name);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let fd = std::fs::File::open(&path).expect("the namespace's file");
+                nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .expect("setns into the namespace");
+                f()
+            })
+            .join()
+            .expect("the namespace's thread")
+        })
+    }
+}
+
+impl Drop for Loopback {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
