@@ -4,7 +4,7 @@
 // tracks reassembled, decoded, drawn and played (media.js). The page
 // (app.js) decides what to do when the connection ends.
 
-import { CLOSE, ControlDecoder, ERROR, encodeControl, parseHeader } from "./wire.js";
+import { CLOSE, ControlDecoder, ERROR, audioInfo, encodeControl, parseHeader } from "./wire.js";
 import { Packetizer, Reassembler, nowMicros } from "./frames.js";
 import { OVERHEAD as E2EE_OVERHEAD } from "./e2ee.js";
 import { Playback, audioData, captureAudio, captureVideo, level, loadAudioWorklet } from "./media.js";
@@ -69,6 +69,11 @@ export class Call {
     this.capture = []; // {stop()} of the camera and microphone capture
     this.encoders = [];
     this.microphoneLevel = 0;
+    // The level of the chunk being encoded, RMS 0–1 (the audio headers
+    // carry it in -dBov, RFC 6464 style).
+    this.chunkLevel = 0;
+    // The relay's word: no one takes our video now (`layers` with none).
+    this.videoPaused = false;
     this.canPlay = false; // whether remote audio can be played (the worklet loaded)
     this.contexts = {}; // kind -> SFrame context slot (publish order)
     this.sendChain = Promise.resolve(); // encrypted datagrams go out in order
@@ -195,6 +200,21 @@ export class Call {
         for (const [id, t] of this.tracks) if (t.participant === m.participant) this.trackGone(id);
         this.hooks.removeTile(m.participant);
         this.hooks.roster(this.roster);
+        break;
+      case "layers":
+        // Layers no one takes are not sent: with one layer, all or nothing.
+        if (m.track === this.published.video) {
+          const paused = !(Array.isArray(m.active) && m.active.includes(0));
+          if (this.videoPaused && !paused) this.forceKeyframe = true;
+          this.videoPaused = paused;
+        }
+        break;
+      case "forwarding":
+        // What the relay sends us of a video track, and what limits it.
+        this.hooks.forwarding?.(this.tracks.get(m.track)?.participant, m.layer, m.limit);
+        break;
+      case "active_speaker":
+        this.hooks.speaker?.(m.participant ?? null);
         break;
       case "keyframe_request":
         if (m.track === this.published.video) {
@@ -406,6 +426,10 @@ export class Call {
   sendFrame(kind, data, keyframe, captureMicros) {
     const p = this.packetizers[kind];
     if (!p || this.muted[kind] || this.stopped) return;
+    if (kind === "video" && this.videoPaused) {
+      this.stats.sendDropped.paused = (this.stats.sendDropped.paused ?? 0) + 1;
+      return;
+    }
     // The browser cannot send as fast as we encode (a busy machine, a slow
     // link): drop the frame rather than queue it, and start again from a
     // keyframe.
@@ -416,7 +440,10 @@ export class Call {
     }
     let datagrams;
     try {
-      datagrams = p.packetize(data, keyframe, captureMicros);
+      // Audio headers carry the level (RFC 6464: -dBov, voice below 50).
+      const dbov = this.chunkLevel > 0 ? -20 * Math.log10(this.chunkLevel) : 127;
+      const info = kind === "audio" ? audioInfo(dbov < 50, dbov) : 0;
+      datagrams = p.packetize(data, keyframe, captureMicros, info);
     } catch (e) {
       this.stats.errors.push(String(e));
       return;
@@ -591,7 +618,8 @@ export class Call {
     let samples = 0; // encoded so far: the chunks' timestamps count them
     const capture = await captureAudio(this.audio, track, AUDIO.sampleRate, (chunk) => {
       // A meter's peak hold: the loudest recent chunk, fading over a second.
-      this.microphoneLevel = Math.max(level(chunk), this.microphoneLevel * 0.9);
+      this.chunkLevel = level(chunk);
+      this.microphoneLevel = Math.max(this.chunkLevel, this.microphoneLevel * 0.9);
       if (this.stopped || !this.packetizers.audio || this.muted.audio) return;
       let data = null;
       try {

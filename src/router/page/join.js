@@ -96,6 +96,18 @@ const hooks = {
     if (note) tile.querySelector(".note").textContent = `no picture: ${note}`;
     return tile.querySelector("canvas");
   },
+  speaker(pid) {
+    for (const tile of document.querySelectorAll(".tile[data-participant]")) {
+      tile.classList.toggle("speaking", tile.dataset.participant === pid);
+    }
+  },
+  forwarding(pid, layer, limit) {
+    if (!pid) return;
+    const tile = document.querySelector(`.tile[data-participant="${CSS.escape(pid)}"]`);
+    if (!tile) return;
+    // Video paused because our connection carries only audio: say so.
+    tile.dataset.paused = layer === null && limit === "network" ? "network" : "";
+  },
   removeTile(pid) {
     document.querySelector(`.tile[data-participant="${CSS.escape(pid)}"]`)?.remove();
   },
