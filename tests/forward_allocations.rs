@@ -107,7 +107,7 @@ fn forwarding_allocates_nothing_per_packet() {
 fn choosing_layers_allocates_nothing_per_packet() {
     let mut core = Core::new(CoreConfig::default());
     let publisher = core.admit(admission("pub"));
-    let mut publish = |core: &mut Core, kind, layers| {
+    let publish = |core: &mut Core, kind, layers| {
         core.handle_control(
             publisher,
             ClientMessage::Publish {
