@@ -395,6 +395,20 @@ pub(super) enum ClientAction {
         /// Seconds to send.
         #[arg(long, default_value_t = 10)]
         duration: u64,
+        /// Send call media instead: a camera in this many simulcast
+        /// layers (1–3; 150, 500, 1,500 kbit/s at 30 fps) and audio,
+        /// following the relay's word on layers and keyframes
+        /// (`--bitrate` and `--packet-size` then do not apply).
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=3), conflicts_with = "screen")]
+        layers: Option<u8>,
+        /// Send call media as a shared screen: one layer at 5 fps, 1.2
+        /// Mbit/s, and audio.
+        #[arg(long)]
+        screen: bool,
+        /// The level the call audio's headers carry, in -dBov (0 loudest,
+        /// 127 silence; below 60 counts as speech).
+        #[arg(long, default_value_t = 127, value_parser = clap::value_parser!(u8).range(0..=127))]
+        level: u8,
     },
     /// Subscribe to tracks (all announced ones when none given) and count.
     Subscribe {

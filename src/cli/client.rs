@@ -7,9 +7,10 @@ use super::args::{ClientAction as Action, Connection, TransportArg};
 use crate::client::Client;
 use crate::client::e2ee::{self, Event, Group};
 use crate::client::join::{self, Credential};
+use crate::client::simulcast::{Kind, Source};
 use crate::client::synthetic::{self, ReceiveStats};
 use crate::client::websocket::Trust;
-use crate::wire::control::{ServerMessage, TrackKind};
+use crate::wire::control::{Layers, ServerMessage, TrackKind};
 use crate::wire::datagram::{Flags, HEADER_LEN, MediaHeader, TrackId};
 
 /// A connected participant and its end-to-end encryption, if any.
@@ -164,9 +165,24 @@ pub(super) fn run(action: Action) -> Result<(), String> {
         match action {
             Action::Publish {
                 connection,
+                layers,
+                screen,
+                level,
+                duration,
+                ..
+            } if layers.is_some() || screen => {
+                let kind = match layers {
+                    Some(layers) => Kind::Camera { layers },
+                    None => Kind::Screen,
+                };
+                publish_call(connection, kind, level, duration).await
+            }
+            Action::Publish {
+                connection,
                 bitrate,
                 packet_size,
                 duration,
+                ..
             } => publish(connection, bitrate, packet_size, duration).await,
             Action::Subscribe {
                 connection,
@@ -238,6 +254,84 @@ async fn publish(
         sequence += 1;
     }
     println!("sent {sequence} packets of {} bytes", size + overhead);
+    c.client.leave().await;
+    Ok(())
+}
+
+/// Publishes call media (`kind`, and audio at `level`) for `duration`
+/// seconds, following the relay's `layers` and `keyframe_request`, and
+/// printing what it says of layers and speakers.
+async fn publish_call(c: Connection, kind: Kind, level: u8, duration: u64) -> Result<(), String> {
+    let mut c = c.connect().await?;
+    let encrypted = c.group.is_some();
+    let declared = match kind {
+        Kind::Camera { layers } if layers > 1 => Some(Layers {
+            spatial: layers,
+            temporal: 1,
+        }),
+        _ => None,
+    };
+    let codec = match kind {
+        Kind::Camera { .. } => "x-synthetic",
+        Kind::Screen => "x-synthetic-screen",
+    };
+    let video = c
+        .client
+        .publish_declared(TrackKind::Video, codec, declared, encrypted)
+        .await
+        .map_err(|e| e.to_string())?;
+    let audio = c
+        .client
+        .publish_declared(TrackKind::Audio, "x-synthetic", None, encrypted)
+        .await
+        .map_err(|e| e.to_string())?;
+    println!(
+        "publishing video track {} and audio track {}",
+        video.0, audio.0
+    );
+    let reserve = if encrypted { e2ee::MAX_OVERHEAD } else { 0 };
+    let mut source = Source::new(
+        kind,
+        video,
+        Some(audio),
+        crate::client::frames::MAX_DATAGRAM,
+        reserve,
+    );
+    source.level = level;
+    let mut video_tick = tokio::time::interval(source.frame_interval());
+    let mut audio_tick = tokio::time::interval(crate::client::simulcast::AUDIO_INTERVAL);
+    let end = tokio::time::Instant::now() + Duration::from_secs(duration);
+    loop {
+        let datagrams = tokio::select! {
+            _ = video_tick.tick() => source.video_frame(crate::clock::unix_micros()),
+            _ = audio_tick.tick() => source.audio_frame(crate::clock::unix_micros()),
+            event = c.client.next_event() => {
+                let event = event.map_err(|e| e.to_string())?;
+                source.on_control(&event);
+                match &event {
+                    ServerMessage::Layers { track, active } if *track == video => {
+                        println!("the relay asks for layers {active:?}");
+                    }
+                    ServerMessage::ActiveSpeaker { participant } => {
+                        println!("active speaker: {}", participant.as_ref().map_or("nobody", |p| p.0.as_str()));
+                    }
+                    _ => {}
+                }
+                key_event(&mut c, &event).await?;
+                continue;
+            }
+            _ = tokio::time::sleep_until(end) => break,
+        };
+        for d in datagrams {
+            let d = match c.group.as_mut() {
+                Some(g) => g.encrypt(0, &d).map_err(|e| e.to_string())?,
+                None => d,
+            };
+            // A full send buffer drops the oldest: loss the relay sees.
+            let _ = c.client.send_raw(d.into());
+        }
+    }
+    println!("sent frames by layer {:?}", source.sent_frames);
     c.client.leave().await;
     Ok(())
 }

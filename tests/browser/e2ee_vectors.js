@@ -260,13 +260,15 @@ const deliver = async (all, from, messages, drop = new Set()) => {
   return delivered;
 };
 
-/** A wire v1 datagram: header (version 1, flags, track, sequence), then `payload`. */
+/** A datagram of format 2: header (version 2, flags, track, sequence, info), then `payload`. */
+const WIRE = 10;
 const datagram = (track, sequence, flags, payload) => {
-  const d = new Uint8Array(9 + payload.length);
-  d[0] = (1 << 5) | flags;
+  const d = new Uint8Array(WIRE + payload.length);
+  d[0] = (2 << 5) | flags;
   new DataView(d.buffer).setUint32(1, track);
   new DataView(d.buffer).setUint32(5, sequence);
-  d.set(payload, 9);
+  d[9] = 0x40; // a video datagram of layer 1
+  d.set(payload, WIRE);
   return d;
 };
 const payload = m.utf8("one fragment of a frame, with its payload header");
@@ -283,7 +285,7 @@ await check("scheme_round_trip", async () => {
   const plain0 = datagram(42, 7, 0b011, payload);
   const sealed0 = await all.bob.encryptDatagram(plain0, 0);
   good &&=
-    same("the wire header stays", sealed0.subarray(0, 9), plain0.subarray(0, 9)) &&
+    same("the wire header stays", sealed0.subarray(0, WIRE), plain0.subarray(0, WIRE)) &&
     ok(`overhead ${sealed0.length - plain0.length} within ${m.OVERHEAD}`, sealed0.length - plain0.length <= m.OVERHEAD) &&
     same("epoch 0: the host decrypts", await all.host.decryptDatagram(sealed0), plain0) &&
     same("epoch 0: Carol decrypts", await all.carol.decryptDatagram(sealed0), plain0);
@@ -334,8 +336,8 @@ await check("scheme_round_trip", async () => {
     return d;
   };
   // The same datagram claiming epoch 3 (its KID's low bits), which nobody holds.
-  const h1 = m.parseSframeHeader(sealed1.subarray(9));
-  const otherEpoch = m.concat(sealed1.subarray(0, 9), m.encodeSframeHeader((h1.kid & ~0xfn) | 3n, h1.ctr), sealed1.subarray(9 + h1.length));
+  const h1 = m.parseSframeHeader(sealed1.subarray(WIRE));
+  const otherEpoch = m.concat(sealed1.subarray(0, WIRE), m.encodeSframeHeader((h1.kid & ~0xfn) | 3n, h1.ctr), sealed1.subarray(WIRE + h1.length));
   const moved = Uint8Array.from(sealed1);
   new DataView(moved.buffer).setUint32(1, 43);
   for (const [what, d] of [
@@ -381,9 +383,13 @@ await check("scheme_round_trip", async () => {
   // Counters in every datagram grow: two datagrams never share a nonce.
   const a = await all.bob.encryptDatagram(plain1, 2);
   const b = await all.bob.encryptDatagram(plain1, 2);
-  const ha = m.parseSframeHeader(a.subarray(9));
-  const hb = m.parseSframeHeader(b.subarray(9));
+  const ha = m.parseSframeHeader(a.subarray(WIRE));
+  const hb = m.parseSframeHeader(b.subarray(WIRE));
   good &&= ok("same KID, next counter", ha.kid === hb.kid && hb.ctr === ha.ctr + 1n && m.splitKid(ha.kid).context === 2);
+  // The header's info byte (a layer, an audio level) is authenticated too.
+  const flipped = a.slice();
+  flipped[9] ^= 0x40;
+  good &&= ok("a changed layer byte does not decrypt", (await all.host.decryptDatagram(flipped)) === null && (await all.host.decryptDatagram(a)) !== null);
   return good;
 });
 
