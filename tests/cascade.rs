@@ -784,7 +784,13 @@ async fn each_packet_crosses_each_link_once() {
                 && r["bytes_in"] == ps[0].sent_bytes
                 && r["bytes_out"] == ps[1].bytes() + ps[2].bytes()
         });
-        subscribers && fra
+        // And the Dublin–Amsterdam link, once a relay has reported it.
+        let between = report["links"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|l| l["relay"] == "ie-dub-1" && l["peer"] == "nl-ams-1");
+        subscribers && fra && between
     };
     let report = until("the relays' reports of every packet", REPORTS, || async {
         let report = residency(&router, &id, ACME).await["report"].clone();
