@@ -520,8 +520,15 @@ async fn limited_publisher(lo: &Loopback) {
         "300 kbit/s uplink: down to the low layer after {:?}",
         shed.unwrap()
     );
-    // Settled: audio and the low layer reach both.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Settled: both get nothing but the low layer for 2 s; then, over a
+    // 10 s window, audio and the low layer reach both.
+    for (name, s) in [("bob", &bob), ("carol", &carol)] {
+        assert!(
+            settled_on(s, p.video, 0, Duration::from_secs(15)).await,
+            "{name} never settled on the low layer: {:?}",
+            frames(s, p.video)
+        );
+    }
     let before = [&bob, &carol].map(|s| (frames(s, p.video), audio(s, p.audio)));
     tokio::time::sleep(Duration::from_secs(10)).await;
     for (i, s) in [&bob, &carol].into_iter().enumerate() {
