@@ -293,6 +293,30 @@ async fn settled_on(seen: &Arc<Mutex<Seen>>, track: TrackId, want: u8, bound: Du
     false
 }
 
+/// Alice (127.0.0.2) publishes a camera in three layers with loud audio;
+/// Bob (127.0.0.3) and Carol (127.0.0.4) subscribe. Her tracks, what the
+/// relay told her source, and what each of them sees.
+async fn camera_call(
+    relay: &TestRelay,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> (
+    Published,
+    Arc<Mutex<Vec<ServerMessage>>>,
+    Arc<Mutex<Seen>>,
+    Arc<Mutex<Seen>>,
+) {
+    let alice = join(relay, "127.0.0.2", "alice", false).await;
+    let (p, told) = publisher(alice, Kind::Camera { layers: 3 }, 30, None, stop.clone()).await;
+    let mut seen = Vec::new();
+    for (ip, name) in [("127.0.0.3", "bob"), ("127.0.0.4", "carol")] {
+        let client = join(relay, ip, name, false).await;
+        seen.push(subscriber(client, &[p], None, stop.clone()).await);
+    }
+    let carol = seen.pop().unwrap();
+    let bob = seen.pop().unwrap();
+    (p, told, bob, carol)
+}
+
 /// Polls (every 50 ms, up to `bound`) until `check` holds; the time it took.
 async fn within(bound: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
     let start = Instant::now();
@@ -358,22 +382,7 @@ async fn limited_subscriber(lo: &Loopback) {
         .try_init();
     let mut relay = TestRelay::start("de-fra-1", "127.0.1.1", CoreConfig::default()).await;
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let alice = join(&relay, "127.0.0.2", "alice", false).await;
-    let (p, _) = publisher(alice, Kind::Camera { layers: 3 }, 30, None, stop.clone()).await;
-    let bob = subscriber(
-        join(&relay, "127.0.0.3", "bob", false).await,
-        &[p],
-        None,
-        stop.clone(),
-    )
-    .await;
-    let carol = subscriber(
-        join(&relay, "127.0.0.4", "carol", false).await,
-        &[p],
-        None,
-        stop.clone(),
-    )
-    .await;
+    let (p, _, bob, carol) = camera_call(&relay, &stop).await;
     // Unlimited: both settle on the top layer.
     for (name, s) in [("bob", &bob), ("carol", &carol)] {
         assert!(
@@ -489,22 +498,7 @@ async fn limited_publisher(lo: &Loopback) {
     let mut relay = TestRelay::start("de-fra-1", "127.0.1.1", CoreConfig::default()).await;
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     lo.limit(Way::From, "127.0.0.2", 300).unwrap();
-    let alice = join(&relay, "127.0.0.2", "alice", false).await;
-    let (p, told) = publisher(alice, Kind::Camera { layers: 3 }, 30, None, stop.clone()).await;
-    let bob = subscriber(
-        join(&relay, "127.0.0.3", "bob", false).await,
-        &[p],
-        None,
-        stop.clone(),
-    )
-    .await;
-    let carol = subscriber(
-        join(&relay, "127.0.0.4", "carol", false).await,
-        &[p],
-        None,
-        stop.clone(),
-    )
-    .await;
+    let (p, told, bob, carol) = camera_call(&relay, &stop).await;
     let shed = within(Duration::from_secs(20), || {
         told.lock().unwrap().iter().any(|m| {
             matches!(m, ServerMessage::Layers { active, .. } if !active.is_empty() && !active.contains(&2) && !active.contains(&1))
